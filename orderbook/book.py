@@ -1,0 +1,54 @@
+"""The one interface both books implement, and how to get one.
+
+    book = make_book(BookConfig(name="H100"), engine="numba")   # or "reference"
+    events = book.process(commands)     # COMMAND_DTYPE array in, EVENT_DTYPE array out
+    book.state_hash()                   # equal for equal states, across engines
+    blob = book.snapshot(); book2 = type(book).restore(config, blob)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from orderbook.config import BookConfig
+
+ENGINES = ("numba", "reference")
+
+
+class Book(Protocol):
+    cfg: BookConfig
+
+    def process(self, commands: np.ndarray) -> np.ndarray: ...
+
+    def state_hash(self) -> int: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def crossing_pairs(self) -> list[tuple[int, int]]: ...
+
+
+def make_book(config: BookConfig | None = None, engine: str = "numba") -> Book:
+    """A fresh book for one GPU class."""
+    config = config or BookConfig()
+    if engine == "reference":
+        from orderbook.reference import ReferenceBook
+
+        return ReferenceBook(config)
+    if engine == "numba":
+        from orderbook.fast import NumbaBook
+
+        return NumbaBook(config)
+    raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+
+
+def restore_book(config: BookConfig, blob: bytes, engine: str = "numba") -> Book:
+    """A book restored from `snapshot()` bytes of the same engine."""
+    if engine == "reference":
+        from orderbook.reference import ReferenceBook
+
+        return ReferenceBook.restore(config, blob)
+    from orderbook.fast import NumbaBook
+
+    return NumbaBook.restore(config, blob)

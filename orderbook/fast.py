@@ -1,0 +1,1478 @@
+"""The numba book: the same market rules as `reference.py`, over preallocated arrays.
+
+Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / typed Dict):
+
+* ``O[slot, O_*]`` — orders (bids and asks).  Free slots form a list through ``O_FREE``.
+* ``L[slot, L_*]`` — running leases.  Each ask keeps a doubly linked list of its leases.
+* Ladders: for each of the four ladders (firm asks, spot asks, firm bids, spot bids) a FIFO
+  list per price level (``LH``/``LT`` heads and tails) and a two-level bitmap of the levels
+  that hold orders, so the next level with orders is found in a few word operations.
+* Per-level skip index ``AG[ladder, level, *]``: for asks the latest window end, the earliest
+  window start and the smallest min_hours of the level's asks (bounds, kept conservative), so a
+  walk skips whole levels of asks that cannot hold a bid's window without visiting them.
+* ``HK``/``HV`` — open-addressing hash maps (order id -> slot, trade id -> lease slot).
+* ``TM`` — a binary heap of timers (expiries, lease ends, ask window starts); ``RO`` — a
+  heap of asks waiting for a re-offer (R13), in ask priority.
+* ``S`` — scalars (engine time, sequence numbers, counters).
+
+Commands come in as an int64 matrix (one row per COMMAND_DTYPE record), events go out as an
+int64 matrix converted to EVENT_DTYPE.  A batch stops early when a pool runs low; the Python
+wrapper grows the pools and resumes, so a command is never cut in half (R15).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from orderbook import reasons as R
+from orderbook.config import (
+    P_GATE_S,
+    P_MAX_GPUS,
+    P_MAX_HOURS,
+    P_MAX_PRICE,
+    P_MAX_WINDOW_HOURS,
+    P_MIN_PRICE,
+    P_NOTICE_S,
+    P_TICK,
+    BookConfig,
+)
+from orderbook.statehash import hash_words
+from orderbook.types import (
+    CMD_AMEND,
+    CMD_ASK,
+    CMD_BID,
+    CMD_CANCEL,
+    CMD_CLOCK,
+    CMD_RELEASE,
+    COMMAND_DTYPE,
+    END_FOK,
+    END_GATE,
+    END_GTD,
+    END_IOC,
+    END_USER,
+    END_WINDOW,
+    EV_ACCEPTED,
+    EV_AMENDED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_PREEMPTED,
+    EV_REJECTED,
+    EV_RELEASED,
+    EV_TRADE,
+    EVENT_DTYPE,
+    FOK,
+    GTC,
+    GTD,
+    HOUR,
+    IOC,
+    ON_DEMAND,
+    RESERVED,
+    SIDE_ASK,
+    SIDE_BID,
+    SPOT,
+)
+
+# --- order columns ---------------------------------------------------------------
+(O_OID, O_ACC, O_SIDE, O_KIND, O_TIF, O_GPUS, O_REM, O_HOURS, O_PRICE, O_SPOT, O_START, O_END,
+ O_MINH, O_BLOCK, O_EXP, O_WHY, O_LEASE, O_POST, O_LIVE, O_NEXT, O_PREV, O_SNEXT, O_SPREV,
+ O_LHEAD, O_FSUM, O_SSUM, O_PEND, O_FREE) = range(28)
+NO = 28
+LIVE_FREE, LIVE_RESTING, LIVE_INCOMING = 0, 1, 2
+
+# --- lease columns ---------------------------------------------------------------------
+(L_TID, L_ASK, L_BID, L_BUYER, L_PROV, L_KIND, L_GPUS, L_START, L_END, L_PRICE, L_RESOLD,
+ L_ASLOT, L_NEXT, L_PREV, L_LIVE, L_FREE) = range(16)
+NL = 16
+
+# --- command columns: COMMAND_DTYPE order ---------------------------------------------
+(C_TIME, C_OID, C_ACC, C_PRICE, C_SPOT, C_START, C_END, C_EXP, C_LEASE, C_GPUS, C_HOURS, C_MINH,
+ C_BLOCK, C_TYPE, C_KIND, C_TIF, C_POST) = range(17)
+NC = 17
+assert COMMAND_DTYPE.names[C_POST] == "post_only" and len(COMMAND_DTYPE.names) == NC
+
+# --- event columns: EVENT_DTYPE order --------------------------------------------------
+(E_SEQ, E_TIME, E_OID, E_OID2, E_TID, E_ACC, E_ACC2, E_PRICE, E_PRICE2, E_START, E_END, E_EXP,
+ E_LEASE, E_GPUS, E_REM, E_HOURS, E_BLOCK, E_MINH, E_REASON, E_TYPE, E_KIND, E_SIDE, E_TIF,
+ E_MAKER, E_CMD) = range(25)
+NE = 25
+assert EVENT_DTYPE.names[E_CMD] == "cmd" and len(EVENT_DTYPE.names) == NE
+
+# --- scalars -------------------------------------------------------------------------------
+(S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
+ S_NLEASE, S_OHN, S_LHN) = range(14)
+NS = 16
+
+# ladders
+LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_FIRM, LAD_BID_SPOT = 0, 1, 2, 3
+# skip index columns (asks): max end, min start, min min_hours
+AG_END, AG_START, AG_MINH = 0, 1, 2
+NAG = 3
+
+# timer kinds, in the order they run at equal times
+T_EXPIRE, T_LEASE_END, T_ASK_START = 0, 1, 2
+
+# batch status
+ST_DONE, ST_NEED_SPACE, ST_ERROR = 0, 1, 2
+
+# what one command may consume at most (checked before it starts)
+LEASE_RESERVE = 65_536
+EVENT_RESERVE = 65_536
+
+BIG = np.int64(2**62)
+U1 = np.uint64(1)
+U0 = np.uint64(0)
+ALL1 = np.uint64(0xFFFFFFFFFFFFFFFF)
+HMUL = np.uint64(0x9E3779B97F4A7C15)
+
+# ctz via de Bruijn
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_DB_TABLE = np.array(
+    [0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22, 45, 39,
+     33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11, 46, 26,
+     40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6],
+    dtype=np.int64,
+)
+
+
+# ======================================================================= bit helpers
+@njit(cache=True, inline="always")
+def _ctz(w: np.uint64) -> int:
+    low = w & (~w + U1)
+    return _DB_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+
+
+@njit(cache=True, inline="always")
+def _msb(w: np.uint64) -> int:
+    n = 0
+    if w >> np.uint64(32):
+        w >>= np.uint64(32)
+        n += 32
+    if w >> np.uint64(16):
+        w >>= np.uint64(16)
+        n += 16
+    if w >> np.uint64(8):
+        w >>= np.uint64(8)
+        n += 8
+    if w >> np.uint64(4):
+        w >>= np.uint64(4)
+        n += 4
+    if w >> np.uint64(2):
+        w >>= np.uint64(2)
+        n += 2
+    if w >> np.uint64(1):
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def _bm_set(BM, BS, lad, lvl):
+    w = lvl >> 6
+    BM[lad, w] |= U1 << np.uint64(lvl & 63)
+    BS[lad, w >> 6] |= U1 << np.uint64(w & 63)
+
+
+@njit(cache=True)
+def _bm_clear(BM, BS, lad, lvl):
+    w = lvl >> 6
+    BM[lad, w] &= ~(U1 << np.uint64(lvl & 63))
+    if BM[lad, w] == U0:
+        BS[lad, w >> 6] &= ~(U1 << np.uint64(w & 63))
+
+
+@njit(cache=True)
+def _bm_next_up(BM, BS, lad, lvl):
+    """Lowest level >= lvl that holds orders, or -1."""
+    nw = BM.shape[1]
+    w = lvl >> 6
+    if w >= nw:
+        return -1
+    m = BM[lad, w] & (ALL1 << np.uint64(lvl & 63))
+    if m != U0:
+        return (w << 6) + _ctz(m)
+    w += 1
+    if w >= nw:
+        return -1
+    s = w >> 6
+    ms = BS[lad, s] & (ALL1 << np.uint64(w & 63))
+    ns = BS.shape[1]
+    while ms == U0:
+        s += 1
+        if s >= ns:
+            return -1
+        ms = BS[lad, s]
+    w = (s << 6) + _ctz(ms)
+    return (w << 6) + _ctz(BM[lad, w])
+
+
+@njit(cache=True)
+def _bm_next_down(BM, BS, lad, lvl):
+    """Highest level <= lvl that holds orders, or -1."""
+    if lvl < 0:
+        return -1
+    nw = BM.shape[1]
+    w = lvl >> 6
+    if w >= nw:
+        w = nw - 1
+        lvl = (w << 6) + 63
+    b = lvl & 63
+    mask = ALL1 if b == 63 else (U1 << np.uint64(b + 1)) - U1
+    m = BM[lad, w] & mask
+    if m != U0:
+        return (w << 6) + _msb(m)
+    w -= 1
+    if w < 0:
+        return -1
+    s = w >> 6
+    b = w & 63
+    mask = ALL1 if b == 63 else (U1 << np.uint64(b + 1)) - U1
+    ms = BS[lad, s] & mask
+    while ms == U0:
+        s -= 1
+        if s < 0:
+            return -1
+        ms = BS[lad, s]
+    w = (s << 6) + _msb(ms)
+    return (w << 6) + _msb(BM[lad, w])
+
+
+# ======================================================================= hash maps
+@njit(cache=True, inline="always")
+def _h(key, mask):
+    return np.int64((np.uint64(key) * HMUL) >> np.uint64(32)) & mask
+
+
+@njit(cache=True)
+def _map_get(HK, HV, key):
+    mask = HK.shape[0] - 1
+    i = _h(key, mask)
+    while True:
+        k = HK[i]
+        if k == key:
+            return HV[i]
+        if k == 0:
+            return -1
+        i = (i + 1) & mask
+
+
+@njit(cache=True)
+def _map_put(HK, HV, key, val):
+    mask = HK.shape[0] - 1
+    i = _h(key, mask)
+    while HK[i] != 0 and HK[i] != key:
+        i = (i + 1) & mask
+    HK[i] = key
+    HV[i] = val
+
+
+@njit(cache=True)
+def _map_del(HK, HV, key):
+    """Delete with backward shift (linear probing keeps no tombstones)."""
+    mask = HK.shape[0] - 1
+    i = _h(key, mask)
+    while HK[i] != key:
+        if HK[i] == 0:
+            return
+        i = (i + 1) & mask
+    j = i
+    while True:
+        HK[i] = 0
+        while True:
+            j = (j + 1) & mask
+            if HK[j] == 0:
+                return
+            k = _h(HK[j], mask)
+            # move HK[j] to i unless its home k lies cyclically in (i, j]
+            if i <= j:
+                if i < k <= j:
+                    continue
+            elif i < k or k <= j:
+                continue
+            break
+        HK[i] = HK[j]
+        HV[i] = HV[j]
+        i = j
+
+
+# ======================================================================= heaps
+# rows: (k0, k1, k2, ref); ordered by (k0, k1, k2)
+@njit(cache=True, inline="always")
+def _hless(H, a, b):
+    if H[a, 0] != H[b, 0]:
+        return H[a, 0] < H[b, 0]
+    if H[a, 1] != H[b, 1]:
+        return H[a, 1] < H[b, 1]
+    return H[a, 2] < H[b, 2]
+
+
+@njit(cache=True)
+def _hswap(H, a, b):
+    for c in range(4):
+        t = H[a, c]
+        H[a, c] = H[b, c]
+        H[b, c] = t
+
+
+@njit(cache=True)
+def _hpush(H, S, si, k0, k1, k2, ref):
+    n = S[si]
+    H[n, 0] = k0
+    H[n, 1] = k1
+    H[n, 2] = k2
+    H[n, 3] = ref
+    S[si] = n + 1
+    while n > 0:
+        p = (n - 1) >> 1
+        if _hless(H, n, p):
+            _hswap(H, n, p)
+            n = p
+        else:
+            break
+
+
+@njit(cache=True)
+def _hpop(H, S, si):
+    n = S[si] - 1
+    S[si] = n
+    if n > 0:
+        _hswap(H, 0, n)
+        i = 0
+        while True:
+            lft = 2 * i + 1
+            if lft >= n:
+                break
+            m = lft
+            if lft + 1 < n and _hless(H, lft + 1, lft):
+                m = lft + 1
+            if _hless(H, m, i):
+                _hswap(H, m, i)
+                i = m
+            else:
+                break
+
+
+# ======================================================================= events
+@njit(cache=True)
+def _ev(E, S, typ):
+    k = S[S_NEV]
+    if k >= E.shape[0]:
+        S[S_ERR] = 1
+        return E.shape[0] - 1  # overwrite the last row; the batch is failed anyway
+    S[S_NEV] = k + 1
+    S[S_SEQ] += 1
+    for c in range(NE):
+        E[k, c] = 0
+    E[k, E_SEQ] = S[S_SEQ]
+    E[k, E_TIME] = S[S_NOW]
+    E[k, E_TYPE] = typ
+    return k
+
+
+@njit(cache=True)
+def _ev_order_end(E, S, O, o, typ, why):
+    k = _ev(E, S, typ)
+    E[k, E_OID] = O[o, O_OID]
+    E[k, E_ACC] = O[o, O_ACC]
+    E[k, E_SIDE] = O[o, O_SIDE]
+    E[k, E_KIND] = O[o, O_KIND]
+    E[k, E_REASON] = why
+    E[k, E_REM] = O[o, O_REM]
+
+
+@njit(cache=True)
+def _ev_lease(E, S, Lz, lz, typ, end):
+    k = _ev(E, S, typ)
+    E[k, E_TID] = Lz[lz, L_TID]
+    E[k, E_OID] = Lz[lz, L_BID]
+    E[k, E_OID2] = Lz[lz, L_ASK]
+    E[k, E_ACC] = Lz[lz, L_BUYER]
+    E[k, E_ACC2] = Lz[lz, L_PROV]
+    E[k, E_KIND] = Lz[lz, L_KIND]
+    E[k, E_GPUS] = Lz[lz, L_GPUS]
+    E[k, E_PRICE] = Lz[lz, L_PRICE]
+    E[k, E_START] = Lz[lz, L_START]
+    E[k, E_END] = end
+    return k
+
+
+@njit(cache=True)
+def _reject(E, S, C, i, code):
+    k = _ev(E, S, EV_REJECTED)
+    t = C[i, C_TYPE]
+    E[k, E_OID] = C[i, C_OID]
+    E[k, E_ACC] = C[i, C_ACC]
+    E[k, E_REASON] = code
+    E[k, E_SIDE] = SIDE_ASK if t == CMD_ASK else (SIDE_BID if t == CMD_BID else 0)
+    E[k, E_CMD] = t
+    E[k, E_LEASE] = C[i, C_LEASE]
+
+
+# ======================================================================= pools
+@njit(cache=True)
+def _alloc_order(O, S):
+    o = S[S_OFREE]
+    S[S_OFREE] = O[o, O_FREE]
+    for c in range(NO):
+        O[o, c] = 0
+    O[o, O_NEXT] = -1
+    O[o, O_PREV] = -1
+    O[o, O_SNEXT] = -1
+    O[o, O_SPREV] = -1
+    O[o, O_LHEAD] = -1
+    S[S_NORD] += 1
+    return o
+
+
+@njit(cache=True)
+def _free_order(O, S, o):
+    O[o, O_LIVE] = LIVE_FREE
+    O[o, O_FREE] = S[S_OFREE]
+    S[S_OFREE] = o
+    S[S_NORD] -= 1
+
+
+@njit(cache=True)
+def _alloc_lease(Lz, S):
+    lz = S[S_LFREE]
+    if lz < 0:
+        S[S_ERR] = 2
+        return 0
+    S[S_LFREE] = Lz[lz, L_FREE]
+    for c in range(NL):
+        Lz[lz, c] = 0
+    Lz[lz, L_LIVE] = 1
+    S[S_NLEASE] += 1
+    return lz
+
+
+@njit(cache=True)
+def _free_lease(Lz, S, lz):
+    Lz[lz, L_LIVE] = 0
+    Lz[lz, L_FREE] = S[S_LFREE]
+    S[S_LFREE] = lz
+    S[S_NLEASE] -= 1
+
+
+# ======================================================================= ladders
+@njit(cache=True, inline="always")
+def _level(P, price):
+    return (price - P[P_MIN_PRICE]) // P[P_TICK]
+
+
+@njit(cache=True)
+def _lad_insert(O, LH, LT, BM, BS, lad, lvl, o, nxt, prv):
+    tail = LT[lad, lvl]
+    O[o, nxt] = -1
+    O[o, prv] = tail
+    if tail < 0:
+        LH[lad, lvl] = o
+        _bm_set(BM, BS, lad, lvl)
+    else:
+        O[tail, nxt] = o
+    LT[lad, lvl] = o
+
+
+@njit(cache=True)
+def _lad_remove(O, LH, LT, BM, BS, lad, lvl, o, nxt, prv):
+    n = O[o, nxt]
+    p = O[o, prv]
+    if p < 0:
+        LH[lad, lvl] = n
+    else:
+        O[p, nxt] = n
+    if n < 0:
+        LT[lad, lvl] = p
+    else:
+        O[n, prv] = p
+    if LH[lad, lvl] < 0:
+        _bm_clear(BM, BS, lad, lvl)
+
+
+@njit(cache=True)
+def _ag_add(AG, lad, lvl, O, o):
+    """Widen the level's bounds to cover ask o."""
+    if O[o, O_END] > AG[lad, lvl, AG_END]:
+        AG[lad, lvl, AG_END] = O[o, O_END]
+    if O[o, O_START] < AG[lad, lvl, AG_START]:
+        AG[lad, lvl, AG_START] = O[o, O_START]
+    if O[o, O_MINH] < AG[lad, lvl, AG_MINH]:
+        AG[lad, lvl, AG_MINH] = O[o, O_MINH]
+
+
+@njit(cache=True)
+def _ag_recompute(AG, LH, O, lad, lvl, nxt):
+    """Tighten the level's bounds to exactly its current asks."""
+    AG[lad, lvl, AG_END] = -BIG
+    AG[lad, lvl, AG_START] = BIG
+    AG[lad, lvl, AG_MINH] = BIG
+    a = LH[lad, lvl]
+    while a >= 0:
+        _ag_add(AG, lad, lvl, O, a)
+        a = O[a, nxt]
+
+
+@njit(cache=True)
+def _insert_order(O, LH, LT, BM, BS, AG, TM, S, P, o):
+    """Put an accepted order on its ladder(s) and set its timers."""
+    O[o, O_LIVE] = LIVE_RESTING
+    if O[o, O_SIDE] == SIDE_ASK:
+        lvl = _level(P, O[o, O_PRICE])
+        _lad_insert(O, LH, LT, BM, BS, LAD_ASK_FIRM, lvl, o, O_NEXT, O_PREV)
+        _ag_add(AG, LAD_ASK_FIRM, lvl, O, o)
+        if O[o, O_SPOT] > 0:
+            lvl = _level(P, O[o, O_SPOT])
+            _lad_insert(O, LH, LT, BM, BS, LAD_ASK_SPOT, lvl, o, O_SNEXT, O_SPREV)
+            _ag_add(AG, LAD_ASK_SPOT, lvl, O, o)
+        if O[o, O_START] > S[S_NOW]:
+            _hpush(TM, S, S_TMN, O[o, O_START], T_ASK_START, O[o, O_OID], o)
+    else:
+        lad = LAD_BID_SPOT if O[o, O_KIND] == SPOT else LAD_BID_FIRM
+        _lad_insert(O, LH, LT, BM, BS, lad, _level(P, O[o, O_PRICE]), o, O_NEXT, O_PREV)
+    if O[o, O_EXP] > 0:
+        _hpush(TM, S, S_TMN, O[o, O_EXP], T_EXPIRE, O[o, O_OID], o)
+
+
+# ======================================================================= capacity (R5, R9)
+@njit(cache=True)
+def _usage_at(Lz, head, p, with_spot):
+    s = 0
+    lz = head
+    while lz >= 0:
+        if Lz[lz, L_START] <= p < Lz[lz, L_END] and (with_spot or Lz[lz, L_KIND] != SPOT):
+            s += Lz[lz, L_GPUS]
+        lz = Lz[lz, L_NEXT]
+    return s
+
+
+@njit(cache=True)
+def _peak_usage(Lz, head, ws, we, with_spot):
+    """max over t in [ws, we) of firm(a, t) (+ spot(a, t)) for the ask whose list is `head`."""
+    if head < 0 or we <= ws:
+        return 0
+    peak = _usage_at(Lz, head, ws, with_spot)
+    lz = head
+    while lz >= 0:
+        st = Lz[lz, L_START]
+        if ws < st < we and Lz[lz, L_END] > st and (with_spot or Lz[lz, L_KIND] != SPOT):
+            u = _usage_at(Lz, head, st, with_spot)
+            if u > peak:
+                peak = u
+        lz = Lz[lz, L_NEXT]
+    return peak
+
+
+@njit(cache=True)
+def _fill_qty(O, Lz, now, b, a, want):
+    """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10)."""
+    if O[a, O_ACC] == O[b, O_ACC] or O[b, O_HOURS] < O[a, O_MINH]:
+        return 0
+    kind = O[b, O_KIND]
+    spot = kind == SPOT
+    if spot:
+        sp = O[a, O_SPOT]
+        if sp == 0 or O[b, O_PRICE] < sp:
+            return 0
+    elif O[b, O_PRICE] < O[a, O_PRICE]:
+        return 0
+    ws = O[b, O_START] if kind == RESERVED else now
+    we = ws + O[b, O_HOURS] * HOUR
+    if ws < O[a, O_START] or we > O[a, O_END]:
+        return 0
+    gp = O[a, O_GPUS]
+    used = O[a, O_FSUM] + (O[a, O_SSUM] if spot else 0)
+    if gp - used >= want:
+        q = want
+    else:
+        free = gp - _peak_usage(Lz, O[a, O_LHEAD], ws, we, spot)
+        q = want if want < free else free
+    if q <= 0:
+        return 0
+    return q - q % O[b, O_BLOCK]
+
+
+@njit(cache=True)
+def _ask_level_can_hold(AG, lad, lvl, ws, we, hours):
+    return AG[lad, lvl, AG_START] <= ws and AG[lad, lvl, AG_END] >= we and AG[lad, lvl, AG_MINH] <= hours
+
+
+# ======================================================================= removal
+@njit(cache=True)
+def _reoffer(O, RO, S, a):
+    if O[a, O_PEND] == 0:
+        O[a, O_PEND] = 1
+        _hpush(RO, S, S_RON, O[a, O_PRICE], O[a, O_OID], 0, a)
+
+
+@njit(cache=True)
+def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, o):
+    """Take a resting order out of the book and free its slot."""
+    if O[o, O_SIDE] == SIDE_ASK:
+        lvl = _level(P, O[o, O_PRICE])
+        _lad_remove(O, LH, LT, BM, BS, LAD_ASK_FIRM, lvl, o, O_NEXT, O_PREV)
+        _ag_recompute(AG, LH, O, LAD_ASK_FIRM, lvl, O_NEXT)
+        if O[o, O_SPOT] > 0:
+            lvl = _level(P, O[o, O_SPOT])
+            _lad_remove(O, LH, LT, BM, BS, LAD_ASK_SPOT, lvl, o, O_SNEXT, O_SPREV)
+            _ag_recompute(AG, LH, O, LAD_ASK_SPOT, lvl, O_SNEXT)
+        if O[o, O_LEASE] > 0:  # a resale ask gives its unsold GPUs back (R16)
+            pl = _map_get(LK, LV, O[o, O_LEASE])
+            if pl >= 0:
+                sold = _peak_usage(Lz, O[o, O_LHEAD], S[S_NOW], O[o, O_END], True)
+                Lz[pl, L_RESOLD] -= O[o, O_GPUS] - sold
+        lz = O[o, O_LHEAD]
+        while lz >= 0:  # what it sold stands, detached from the ask (R7)
+            Lz[lz, L_ASLOT] = -1
+            lz = Lz[lz, L_NEXT]
+        O[o, O_PEND] = 0
+    else:
+        lad = LAD_BID_SPOT if O[o, O_KIND] == SPOT else LAD_BID_FIRM
+        _lad_remove(O, LH, LT, BM, BS, lad, _level(P, O[o, O_PRICE]), o, O_NEXT, O_PREV)
+    _map_del(HK, HV, O[o, O_OID])
+    _free_order(O, S, o)
+
+
+@njit(cache=True)
+def _drop_lease(O, Lz, LK, LV, RO, S, lz):
+    """A lease has ended: its GPUs return to its ask, which is offered again (R13)."""
+    a = Lz[lz, L_ASLOT]
+    if a >= 0:
+        n = Lz[lz, L_NEXT]
+        p = Lz[lz, L_PREV]
+        if p < 0:
+            O[a, O_LHEAD] = n
+        else:
+            Lz[p, L_NEXT] = n
+        if n >= 0:
+            Lz[n, L_PREV] = p
+        if Lz[lz, L_KIND] == SPOT:
+            O[a, O_SSUM] -= Lz[lz, L_GPUS]
+        else:
+            O[a, O_FSUM] -= Lz[lz, L_GPUS]
+        _reoffer(O, RO, S, a)
+    _map_del(LK, LV, Lz[lz, L_TID])
+    _free_lease(Lz, S, lz)
+
+
+# ======================================================================= matching (R9–R12)
+@njit(cache=True)
+def _preempt(O, Lz, RO, TM, E, S, P, a, firm):
+    """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start)."""
+    now = S[S_NOW]
+    t0 = now + P[P_NOTICE_S]
+    fstart = Lz[firm, L_START]
+    fend = Lz[firm, L_END]
+    if fstart > t0:
+        t0 = fstart
+    if t0 >= fend:
+        return
+    gp = O[a, O_GPUS]
+    while True:
+        head = O[a, O_LHEAD]
+        n = 0
+        lz = head
+        while lz >= 0:
+            n += 1
+            lz = Lz[lz, L_NEXT]
+        pts = np.empty(2 * n + 1, dtype=np.int64)
+        npts = 0
+        pts[npts] = t0
+        npts += 1
+        lz = head
+        while lz >= 0:
+            for c in (L_START, L_END):
+                p = Lz[lz, c]
+                if t0 < p < fend:
+                    pts[npts] = p
+                    npts += 1
+            lz = Lz[lz, L_NEXT]
+        bad = np.empty(npts, dtype=np.int64)
+        nbad = 0
+        for j in range(npts):
+            if _usage_at(Lz, head, pts[j], True) > gp:
+                bad[nbad] = pts[j]
+                nbad += 1
+        victim = -1
+        lz = head
+        while lz >= 0:
+            if Lz[lz, L_KIND] == SPOT and Lz[lz, L_END] > t0:
+                hit = False
+                for j in range(nbad):
+                    if Lz[lz, L_START] <= bad[j] < Lz[lz, L_END]:
+                        hit = True
+                        break
+                if hit and (
+                    victim < 0
+                    or Lz[lz, L_PRICE] < Lz[victim, L_PRICE]
+                    or (Lz[lz, L_PRICE] == Lz[victim, L_PRICE] and Lz[lz, L_TID] > Lz[victim, L_TID])
+                ):
+                    victim = lz
+            lz = Lz[lz, L_NEXT]
+        if victim < 0:
+            return
+        Lz[victim, L_END] = t0
+        _hpush(TM, S, S_TMN, t0, T_LEASE_END, Lz[victim, L_TID], victim)
+        k = _ev_lease(E, S, Lz, victim, EV_PREEMPTED, t0)
+        E[k, E_LEASE] = Lz[firm, L_TID]
+        _reoffer(O, RO, S, a)
+
+
+# ======================================================================= the state bundle
+State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM RO E S P")
+
+
+@njit(cache=True)
+def _remove(st, o):
+    _remove_order(st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, o)
+
+
+@njit(cache=True)
+def _fill(st, b, a, q):
+    """Bid b takes q GPUs from ask a: a lease, a TRADE event, maybe preemption (R10–R12, R16)."""
+    O = st.O
+    Lz = st.Lz
+    S = st.S
+    now = S[S_NOW]
+    kind = O[b, O_KIND]
+    ws = O[b, O_START] if kind == RESERVED else now
+    we = ws + O[b, O_HOURS] * HOUR
+    if O[b, O_OID] < O[a, O_OID]:  # R11: the maker's price
+        maker = SIDE_BID
+        price = O[b, O_PRICE]
+    else:
+        maker = SIDE_ASK
+        price = O[a, O_SPOT] if kind == SPOT else O[a, O_PRICE]
+    lz = _alloc_lease(Lz, S)
+    tid = S[S_NEXTTID]
+    S[S_NEXTTID] = tid + 1
+    Lz[lz, L_TID] = tid
+    Lz[lz, L_ASK] = O[a, O_OID]
+    Lz[lz, L_BID] = O[b, O_OID]
+    Lz[lz, L_BUYER] = O[b, O_ACC]
+    Lz[lz, L_PROV] = O[a, O_ACC]
+    Lz[lz, L_KIND] = kind
+    Lz[lz, L_GPUS] = q
+    Lz[lz, L_START] = ws
+    Lz[lz, L_END] = we
+    Lz[lz, L_PRICE] = price
+    Lz[lz, L_ASLOT] = a
+    head = O[a, O_LHEAD]
+    Lz[lz, L_NEXT] = head
+    Lz[lz, L_PREV] = -1
+    if head >= 0:
+        Lz[head, L_PREV] = lz
+    O[a, O_LHEAD] = lz
+    if kind == SPOT:
+        O[a, O_SSUM] += q
+    else:
+        O[a, O_FSUM] += q
+    _map_put(st.LK, st.LV, tid, lz)
+    _hpush(st.TM, S, S_TMN, we, T_LEASE_END, tid, lz)
+    O[b, O_REM] -= q
+    E = st.E
+    k = _ev(E, S, EV_TRADE)
+    E[k, E_TID] = tid
+    E[k, E_OID] = O[b, O_OID]
+    E[k, E_OID2] = O[a, O_OID]
+    E[k, E_ACC] = O[b, O_ACC]
+    E[k, E_ACC2] = O[a, O_ACC]
+    E[k, E_KIND] = kind
+    E[k, E_GPUS] = q
+    E[k, E_REM] = O[b, O_REM]
+    E[k, E_PRICE] = price
+    E[k, E_START] = ws
+    E[k, E_END] = we
+    E[k, E_MAKER] = maker
+    E[k, E_LEASE] = O[a, O_LEASE]
+    E[k, E_HOURS] = O[b, O_HOURS]
+    if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
+        _remove(st, b)
+    if kind != SPOT:
+        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, a, lz)
+
+
+@njit(cache=True)
+def _walk_asks(st, b, dry):
+    """Incoming bid b walks the asks cheapest first, then oldest (R10).
+
+    With dry=True nothing changes and the GPUs that could be filled are returned (FOK)."""
+    O = st.O
+    P = st.P
+    now = st.S[S_NOW]
+    kind = O[b, O_KIND]
+    if kind == SPOT:
+        lad, nxt = LAD_ASK_SPOT, O_SNEXT
+    else:
+        lad, nxt = LAD_ASK_FIRM, O_NEXT
+    ws = O[b, O_START] if kind == RESERVED else now
+    we = ws + O[b, O_HOURS] * HOUR
+    hours = O[b, O_HOURS]
+    top = _level(P, O[b, O_PRICE])
+    want = O[b, O_REM]
+    got = 0
+    lvl = _bm_next_up(st.BM, st.BS, lad, 0)
+    while 0 <= lvl <= top:
+        if _ask_level_can_hold(st.AG, lad, lvl, ws, we, hours):
+            a = st.LH[lad, lvl]
+            while a >= 0:
+                if dry:
+                    got += _fill_qty(O, st.Lz, now, b, a, want)
+                    if got >= want:
+                        return got
+                else:
+                    q = _fill_qty(O, st.Lz, now, b, a, O[b, O_REM])
+                    if q > 0:
+                        _fill(st, b, a, q)
+                        if O[b, O_REM] == 0:
+                            return 0
+                a = O[a, nxt]
+        lvl = _bm_next_up(st.BM, st.BS, lad, lvl + 1)
+    return got
+
+
+@njit(cache=True)
+def _walk_bids(st, a, dry):
+    """Ask a walks the resting bids: highest limit first, then oldest (R10).
+
+    Firm bids need limit >= price, spot bids limit >= spot_price; the two ladders are merged.
+    With dry=True nothing changes and 1 is returned if any bid could trade (post_only)."""
+    O = st.O
+    P = st.P
+    BM = st.BM
+    BS = st.BS
+    LH = st.LH
+    now = st.S[S_NOW]
+    top = BM.shape[1] * 64 - 1
+    lf = _bm_next_down(BM, BS, LAD_BID_FIRM, top)
+    low_f = _level(P, O[a, O_PRICE])
+    if lf < low_f:
+        lf = -1
+    bf = LH[LAD_BID_FIRM, lf] if lf >= 0 else -1
+    ls = -1
+    low_s = 0
+    if O[a, O_SPOT] > 0:
+        low_s = _level(P, O[a, O_SPOT])
+        ls = _bm_next_down(BM, BS, LAD_BID_SPOT, top)
+        if ls < low_s:
+            ls = -1
+    bs = LH[LAD_BID_SPOT, ls] if ls >= 0 else -1
+    while bf >= 0 or bs >= 0:
+        if bs < 0 or (bf >= 0 and (lf > ls or (lf == ls and O[bf, O_OID] < O[bs, O_OID]))):
+            b = bf
+            bf = O[bf, O_NEXT]
+            if bf < 0:
+                lf = _bm_next_down(BM, BS, LAD_BID_FIRM, lf - 1)
+                if lf < low_f:
+                    lf = -1
+                bf = LH[LAD_BID_FIRM, lf] if lf >= 0 else -1
+        else:
+            b = bs
+            bs = O[bs, O_NEXT]
+            if bs < 0:
+                ls = _bm_next_down(BM, BS, LAD_BID_SPOT, ls - 1)
+                if ls < low_s:
+                    ls = -1
+                bs = LH[LAD_BID_SPOT, ls] if ls >= 0 else -1
+        q = _fill_qty(O, st.Lz, now, b, a, O[b, O_REM])
+        if q > 0:
+            if dry:
+                return 1
+            _fill(st, b, a, q)
+    return 0
+
+
+@njit(cache=True)
+def _run_reoffers(st):
+    """R13: asks whose free capacity grew meet the resting bids again, in ask priority."""
+    RO = st.RO
+    S = st.S
+    O = st.O
+    while S[S_RON] > 0:
+        a = RO[0, 3]
+        oid = RO[0, 1]
+        _hpop(RO, S, S_RON)
+        if O[a, O_LIVE] != LIVE_RESTING or O[a, O_OID] != oid or O[a, O_PEND] == 0:
+            continue
+        O[a, O_PEND] = 0
+        _walk_bids(st, a, False)
+
+
+@njit(cache=True)
+def _space_ok(st):
+    S = st.S
+    return (
+        S[S_NEV] + EVENT_RESERVE <= st.E.shape[0]
+        and S[S_OFREE] >= 0
+        and S[S_NLEASE] + LEASE_RESERVE <= st.Lz.shape[0]
+        and S[S_TMN] + 2 * LEASE_RESERVE + 4 <= st.TM.shape[0]
+        and S[S_RON] + LEASE_RESERVE + 4 <= st.RO.shape[0]
+        and 2 * (S[S_NORD] + 1) <= st.HK.shape[0]
+        and 2 * (S[S_NLEASE] + LEASE_RESERVE) <= st.LK.shape[0]
+    )
+
+
+@njit(cache=True)
+def _advance(st, t):
+    """Apply everything that expires or ends at or before t, in time order (R13, R14).
+
+    Returns False if it stopped early for space; calling it again continues."""
+    S = st.S
+    O = st.O
+    Lz = st.Lz
+    TM = st.TM
+    while S[S_TMN] > 0 and TM[0, 0] <= t:
+        if not _space_ok(st):
+            return False
+        when = TM[0, 0]
+        kind = TM[0, 1]
+        key = TM[0, 2]
+        ref = TM[0, 3]
+        _hpop(TM, S, S_TMN)
+        if kind == T_EXPIRE:
+            if O[ref, O_LIVE] == LIVE_RESTING and O[ref, O_OID] == key and O[ref, O_EXP] == when:
+                S[S_NOW] = when
+                _remove(st, ref)  # slot freed but its fields are still readable
+                _ev_order_end(st.E, S, O, ref, EV_EXPIRED, O[ref, O_WHY])
+        elif kind == T_LEASE_END:
+            if Lz[ref, L_LIVE] == 1 and Lz[ref, L_TID] == key and Lz[ref, L_END] == when:
+                _drop_lease(O, Lz, st.LK, st.LV, st.RO, S, ref)
+        else:
+            if O[ref, O_LIVE] == LIVE_RESTING and O[ref, O_OID] == key:
+                _reoffer(O, st.RO, S, ref)
+    if t > S[S_NOW]:
+        S[S_NOW] = t
+    return True
+
+
+# ======================================================================= commands
+@njit(cache=True)
+def _check_price(P, price):
+    if price < P[P_MIN_PRICE] or price > P[P_MAX_PRICE]:
+        return R.BAD_PRICE
+    if price % P[P_TICK] != 0:
+        return R.OFF_TICK
+    return R.OK
+
+
+@njit(cache=True)
+def _on_ask(st, C, i):
+    O = st.O
+    S = st.S
+    P = st.P
+    Lz = st.Lz
+    now = S[S_NOW]
+    start = C[i, C_START]
+    if start < now:
+        start = now
+    end = C[i, C_END]
+    minh = C[i, C_MINH]
+    if minh == 0:
+        minh = 1
+    gpus = C[i, C_GPUS]
+    price = C[i, C_PRICE]
+    spot = C[i, C_SPOT]
+    code = R.OK
+    if C[i, C_ACC] <= 0:
+        code = R.BAD_ACCOUNT
+    elif C[i, C_OID] <= S[S_LASTOID]:
+        code = R.BAD_ORDER_ID
+    elif not 1 <= gpus <= P[P_MAX_GPUS]:
+        code = R.BAD_GPUS
+    else:
+        code = _check_price(P, price)
+    if code == R.OK and spot != 0:
+        if spot < 0 or spot > price:
+            code = R.BAD_SPOT_PRICE
+        elif spot % P[P_TICK] != 0:
+            code = R.OFF_TICK
+    if code == R.OK and not 1 <= minh <= P[P_MAX_HOURS]:
+        code = R.BAD_MIN_HOURS
+    if code == R.OK and (end - start < minh * HOUR or end - start > P[P_MAX_WINDOW_HOURS] * HOUR):
+        code = R.BAD_WINDOW
+    pl = -1
+    if code == R.OK and C[i, C_LEASE] != 0:
+        pl = _map_get(st.LK, st.LV, C[i, C_LEASE])
+        if pl < 0 or Lz[pl, L_END] <= now:
+            code = R.UNKNOWN_LEASE
+        elif Lz[pl, L_BUYER] != C[i, C_ACC]:
+            code = R.NOT_LEASE_HOLDER
+        elif Lz[pl, L_KIND] == SPOT:
+            code = R.LEASE_NOT_RESELLABLE
+        elif start < max(Lz[pl, L_START], now) or end > Lz[pl, L_END]:
+            code = R.RESALE_WINDOW
+        elif gpus > Lz[pl, L_GPUS] - Lz[pl, L_RESOLD]:
+            code = R.RESALE_EXCEEDS_LEASE
+    if code != R.OK:
+        _reject(st.E, S, C, i, code)
+        return
+    a = _alloc_order(O, S)
+    O[a, O_OID] = C[i, C_OID]
+    O[a, O_ACC] = C[i, C_ACC]
+    O[a, O_SIDE] = SIDE_ASK
+    O[a, O_GPUS] = gpus
+    O[a, O_PRICE] = price
+    O[a, O_SPOT] = spot
+    O[a, O_START] = start
+    O[a, O_END] = end
+    O[a, O_MINH] = minh
+    O[a, O_EXP] = end
+    O[a, O_WHY] = END_WINDOW
+    O[a, O_LEASE] = C[i, C_LEASE]
+    O[a, O_POST] = 1 if C[i, C_POST] != 0 else 0
+    O[a, O_LIVE] = LIVE_INCOMING
+    if O[a, O_POST] == 1 and _walk_bids(st, a, True) == 1:
+        _free_order(O, S, a)
+        _reject(st.E, S, C, i, R.POST_ONLY_WOULD_TRADE)
+        return
+    S[S_LASTOID] = O[a, O_OID]
+    if pl >= 0:
+        Lz[pl, L_RESOLD] += gpus
+    _insert_order(O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, S, P, a)
+    _map_put(st.HK, st.HV, O[a, O_OID], a)
+    E = st.E
+    k = _ev(E, S, EV_ACCEPTED)
+    E[k, E_OID] = O[a, O_OID]
+    E[k, E_ACC] = O[a, O_ACC]
+    E[k, E_SIDE] = SIDE_ASK
+    E[k, E_GPUS] = gpus
+    E[k, E_PRICE] = price
+    E[k, E_PRICE2] = spot
+    E[k, E_START] = start
+    E[k, E_END] = end
+    E[k, E_MINH] = minh
+    E[k, E_LEASE] = O[a, O_LEASE]
+    E[k, E_EXP] = end
+    _walk_bids(st, a, False)
+
+
+@njit(cache=True)
+def _on_bid(st, C, i):
+    O = st.O
+    S = st.S
+    P = st.P
+    now = S[S_NOW]
+    kind = C[i, C_KIND]
+    tif = C[i, C_TIF]
+    gpus = C[i, C_GPUS]
+    hours = C[i, C_HOURS]
+    block = C[i, C_BLOCK]
+    if block == 0:
+        block = 1
+    code = R.OK
+    if C[i, C_ACC] <= 0:
+        code = R.BAD_ACCOUNT
+    elif C[i, C_OID] <= S[S_LASTOID]:
+        code = R.BAD_ORDER_ID
+    elif kind != SPOT and kind != ON_DEMAND and kind != RESERVED:
+        code = R.BAD_KIND
+    elif tif != GTC and tif != IOC and tif != FOK and tif != GTD:
+        code = R.BAD_TIF
+    elif not 1 <= gpus <= P[P_MAX_GPUS]:
+        code = R.BAD_GPUS
+    elif not 1 <= hours <= P[P_MAX_HOURS]:
+        code = R.BAD_HOURS
+    else:
+        code = _check_price(P, C[i, C_PRICE])
+    if code == R.OK and (block < 1 or gpus % block != 0):
+        code = R.BAD_BLOCK
+    start = C[i, C_START] if kind == RESERVED else 0
+    if code == R.OK and kind == RESERVED:
+        if start % HOUR != 0:
+            code = R.UNALIGNED_START
+        elif start - now < P[P_GATE_S]:
+            code = R.PAST_GATE
+    expire_at = 0
+    why = 0
+    if code == R.OK and tif == GTD:
+        if C[i, C_EXP] <= now:
+            code = R.BAD_EXPIRY
+        expire_at = C[i, C_EXP]
+        why = END_GTD
+    if code != R.OK:
+        _reject(st.E, S, C, i, code)
+        return
+    gate = start - P[P_GATE_S]
+    if kind == RESERVED and (tif == GTC or tif == GTD) and (expire_at == 0 or gate < expire_at):
+        expire_at = gate
+        why = END_GATE
+    b = _alloc_order(O, S)
+    O[b, O_OID] = C[i, C_OID]
+    O[b, O_ACC] = C[i, C_ACC]
+    O[b, O_SIDE] = SIDE_BID
+    O[b, O_KIND] = kind
+    O[b, O_TIF] = tif
+    O[b, O_GPUS] = gpus
+    O[b, O_REM] = gpus
+    O[b, O_HOURS] = hours
+    O[b, O_PRICE] = C[i, C_PRICE]
+    O[b, O_START] = start
+    O[b, O_END] = start + hours * HOUR if kind == RESERVED else 0
+    O[b, O_BLOCK] = block
+    O[b, O_EXP] = expire_at
+    O[b, O_WHY] = why
+    O[b, O_LIVE] = LIVE_INCOMING
+    S[S_LASTOID] = O[b, O_OID]
+    E = st.E
+    k = _ev(E, S, EV_ACCEPTED)
+    E[k, E_OID] = O[b, O_OID]
+    E[k, E_ACC] = O[b, O_ACC]
+    E[k, E_SIDE] = SIDE_BID
+    E[k, E_KIND] = kind
+    E[k, E_TIF] = tif
+    E[k, E_GPUS] = gpus
+    E[k, E_REM] = gpus
+    E[k, E_HOURS] = hours
+    E[k, E_PRICE] = O[b, O_PRICE]
+    E[k, E_BLOCK] = block
+    E[k, E_START] = start
+    E[k, E_END] = O[b, O_END]
+    E[k, E_EXP] = expire_at
+    if tif == FOK and _walk_asks(st, b, True) < gpus:
+        _ev_order_end(E, S, O, b, EV_CANCELLED, END_FOK)
+        _free_order(O, S, b)
+        return
+    _walk_asks(st, b, False)
+    if O[b, O_REM] == 0:
+        _free_order(O, S, b)
+    elif tif == IOC or tif == FOK:
+        _ev_order_end(E, S, O, b, EV_CANCELLED, END_IOC)
+        _free_order(O, S, b)
+    elif expire_at != 0 and expire_at <= now:  # a reserved bid placed exactly at its gate
+        _ev_order_end(E, S, O, b, EV_EXPIRED, why)
+        _free_order(O, S, b)
+    else:
+        _insert_order(O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, S, P, b)
+        _map_put(st.HK, st.HV, O[b, O_OID], b)
+
+
+@njit(cache=True)
+def _owned_order(st, C, i):
+    o = _map_get(st.HK, st.HV, C[i, C_OID])
+    if o < 0:
+        return -1, R.UNKNOWN_ORDER
+    if st.O[o, O_ACC] != C[i, C_ACC]:
+        return -1, R.NOT_OWNER
+    return o, R.OK
+
+
+@njit(cache=True)
+def _on_cancel(st, C, i):
+    o, code = _owned_order(st, C, i)
+    if o < 0:
+        _reject(st.E, st.S, C, i, code)
+        return
+    _remove(st, o)
+    _ev_order_end(st.E, st.S, st.O, o, EV_CANCELLED, END_USER)
+
+
+@njit(cache=True)
+def _on_amend(st, C, i):
+    O = st.O
+    o, code = _owned_order(st, C, i)
+    new = C[i, C_GPUS]
+    if o >= 0:
+        if O[o, O_SIDE] == SIDE_BID:
+            if not 1 <= new < O[o, O_REM] or new % O[o, O_BLOCK] != 0:
+                code = R.BAD_AMEND
+        elif not 1 <= new < O[o, O_GPUS]:
+            code = R.BAD_AMEND
+        elif new < _peak_usage(st.Lz, O[o, O_LHEAD], st.S[S_NOW], O[o, O_END], True):
+            code = R.AMEND_BELOW_SOLD
+    if code != R.OK:
+        _reject(st.E, st.S, C, i, code)
+        return
+    if O[o, O_SIDE] == SIDE_BID:
+        O[o, O_REM] = new
+    else:
+        if O[o, O_LEASE] != 0:
+            pl = _map_get(st.LK, st.LV, O[o, O_LEASE])
+            if pl >= 0:
+                st.Lz[pl, L_RESOLD] -= O[o, O_GPUS] - new
+        O[o, O_GPUS] = new
+    k = _ev(st.E, st.S, EV_AMENDED)
+    st.E[k, E_OID] = O[o, O_OID]
+    st.E[k, E_ACC] = O[o, O_ACC]
+    st.E[k, E_SIDE] = O[o, O_SIDE]
+    st.E[k, E_KIND] = O[o, O_KIND]
+    st.E[k, E_GPUS] = new
+    st.E[k, E_REM] = O[o, O_REM]
+
+
+@njit(cache=True)
+def _on_release(st, C, i):
+    Lz = st.Lz
+    S = st.S
+    code = R.OK
+    lz = _map_get(st.LK, st.LV, C[i, C_LEASE]) if C[i, C_LEASE] > 0 else -1
+    if lz < 0 or Lz[lz, L_END] <= S[S_NOW]:
+        code = R.UNKNOWN_LEASE
+    elif Lz[lz, L_BUYER] != C[i, C_ACC]:
+        code = R.NOT_LEASE_HOLDER
+    elif Lz[lz, L_KIND] == RESERVED:
+        code = R.LEASE_NOT_RELEASABLE
+    elif Lz[lz, L_RESOLD] != 0:
+        code = R.LEASE_RESOLD
+    if code != R.OK:
+        _reject(st.E, S, C, i, code)
+        return
+    Lz[lz, L_END] = S[S_NOW]
+    _ev_lease(st.E, S, Lz, lz, EV_RELEASED, S[S_NOW])
+    _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, S, lz)
+
+
+@njit(cache=True)
+def process_batch(st, C, first):
+    """Apply commands C[first:] in order.  Returns (status, index of the first command not applied)."""
+    S = st.S
+    n = C.shape[0]
+    i = first
+    while i < n:
+        if not _space_ok(st):
+            return ST_NEED_SPACE, i
+        t = C[i, C_TIME]
+        typ = C[i, C_TYPE]
+        if t < S[S_NOW]:
+            _reject(st.E, S, C, i, R.STALE_TIME)
+        else:
+            if not _advance(st, t):
+                return ST_NEED_SPACE, i
+            if typ == CMD_ASK:
+                _on_ask(st, C, i)
+            elif typ == CMD_BID:
+                _on_bid(st, C, i)
+            elif typ == CMD_CANCEL:
+                _on_cancel(st, C, i)
+            elif typ == CMD_AMEND:
+                _on_amend(st, C, i)
+            elif typ == CMD_RELEASE:
+                _on_release(st, C, i)
+            elif typ != CMD_CLOCK:
+                _reject(st.E, S, C, i, R.BAD_COMMAND)
+            _run_reoffers(st)
+        if S[S_ERR] != 0:
+            return ST_ERROR, i
+        i += 1
+    return ST_DONE, n
+
+
+# ======================================================================= inspection
+@njit(cache=True)
+def _state_hash(st):
+    O = st.O
+    Lz = st.Lz
+    S = st.S
+    w = np.zeros(20, dtype=np.int64)
+    w[0] = 0
+    w[1] = S[S_NOW]
+    w[2] = S[S_SEQ]
+    w[3] = S[S_LASTOID]
+    w[4] = S[S_NEXTTID]
+    h = hash_words(w, 5)
+    for o in range(O.shape[0]):
+        if O[o, O_LIVE] != LIVE_RESTING:
+            continue
+        w[0] = 1
+        w[1] = O[o, O_OID]
+        w[2] = O[o, O_ACC]
+        w[3] = O[o, O_SIDE]
+        w[4] = O[o, O_KIND]
+        w[5] = O[o, O_TIF]
+        w[6] = O[o, O_GPUS]
+        w[7] = O[o, O_REM]
+        w[8] = O[o, O_HOURS]
+        w[9] = O[o, O_PRICE]
+        w[10] = O[o, O_SPOT]
+        w[11] = O[o, O_START]
+        w[12] = O[o, O_END]
+        w[13] = O[o, O_MINH]
+        w[14] = O[o, O_BLOCK]
+        w[15] = O[o, O_EXP]
+        w[16] = O[o, O_LEASE]
+        w[17] = O[o, O_POST]
+        h += hash_words(w, 18)
+    for lz in range(Lz.shape[0]):
+        if Lz[lz, L_LIVE] != 1 or Lz[lz, L_END] <= S[S_NOW]:
+            continue
+        w[0] = 2
+        for c in range(11):
+            w[1 + c] = Lz[lz, c]
+        h += hash_words(w, 12)
+    return h
+
+
+@njit(cache=True)
+def _crossing_pairs(st):
+    O = st.O
+    now = st.S[S_NOW]
+    out = []
+    for b in range(O.shape[0]):
+        if O[b, O_LIVE] != LIVE_RESTING or O[b, O_SIDE] != SIDE_BID:
+            continue
+        for a in range(O.shape[0]):
+            if O[a, O_LIVE] == LIVE_RESTING and O[a, O_SIDE] == SIDE_ASK:
+                if _fill_qty(O, st.Lz, now, b, a, O[b, O_REM]) > 0:
+                    out.append((O[b, O_OID], O[a, O_OID]))
+    return out
+
+
+@njit(cache=True)
+def _rehash(HK, HV, keys, vals):
+    HK[:] = 0
+    for j in range(keys.shape[0]):
+        _map_put(HK, HV, keys[j], vals[j])
+
+
+# ======================================================================= the Python face
+class BookCapacityError(RuntimeError):
+    """A single command needed more leases or events than one command may produce."""
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+class NumbaBook:
+    """One GPU class's book over numba-jitted functions; same interface as ReferenceBook."""
+
+    def __init__(self, config: BookConfig | None = None, orders: int = 1024) -> None:
+        self.cfg = config or BookConfig()
+        levels = self.cfg.levels
+        nw = (levels + 63) // 64
+        ns = (nw + 63) // 64
+        O = np.zeros((orders, NO), dtype=np.int64)  # noqa: E741
+        O[:, O_FREE] = np.arange(1, orders + 1)
+        O[-1, O_FREE] = -1
+        nl = LEASE_RESERVE + 1024
+        Lz = np.zeros((nl, NL), dtype=np.int64)
+        Lz[:, L_FREE] = np.arange(1, nl + 1)
+        Lz[-1, L_FREE] = -1
+        AG = np.empty((2, levels, NAG), dtype=np.int64)
+        AG[:, :, AG_END] = -BIG
+        AG[:, :, AG_START] = BIG
+        AG[:, :, AG_MINH] = BIG
+        S = np.zeros(NS, dtype=np.int64)
+        S[S_NEXTTID] = 1
+        S[S_OFREE] = 0
+        S[S_LFREE] = 0
+        self.st = State(
+            O=O,
+            Lz=Lz,
+            LH=np.full((4, levels), -1, dtype=np.int64),
+            LT=np.full((4, levels), -1, dtype=np.int64),
+            BM=np.zeros((4, nw), dtype=np.uint64),
+            BS=np.zeros((4, ns), dtype=np.uint64),
+            AG=AG,
+            HK=np.zeros(_pow2_at_least(4 * orders), dtype=np.int64),
+            HV=np.zeros(_pow2_at_least(4 * orders), dtype=np.int64),
+            LK=np.zeros(_pow2_at_least(2 * nl), dtype=np.int64),
+            LV=np.zeros(_pow2_at_least(2 * nl), dtype=np.int64),
+            TM=np.zeros((2 * LEASE_RESERVE + 1024, 4), dtype=np.int64),
+            RO=np.zeros((LEASE_RESERVE + 1024, 4), dtype=np.int64),
+            E=np.zeros((EVENT_RESERVE + 4096, NE), dtype=np.int64),
+            S=S,
+            P=self.cfg.as_array(),
+        )
+
+    # ------------------------------------------------------------------ public API
+    def process(self, commands: np.ndarray) -> np.ndarray:
+        """Apply a batch of command records; return the event records they produced."""
+        n = len(commands)
+        C = np.empty((n, NC), dtype=np.int64)
+        for j, name in enumerate(COMMAND_DTYPE.names):
+            C[:, j] = commands[name]
+        self.st.S[S_NEV] = 0
+        i = 0
+        while True:
+            status, i = process_batch(self.st, C, i)
+            if status == ST_DONE:
+                break
+            if status == ST_ERROR:
+                raise BookCapacityError(
+                    f"command {i} needed more than {LEASE_RESERVE} leases or {EVENT_RESERVE} events; "
+                    "the book is no longer consistent"
+                )
+            self._grow()
+        nev = int(self.st.S[S_NEV])
+        E = self.st.E
+        out = np.empty(nev, dtype=EVENT_DTYPE)
+        for j, name in enumerate(EVENT_DTYPE.names):
+            out[name] = E[:nev, j]
+        return out
+
+    def state_hash(self) -> int:
+        return int(_state_hash(self.st))
+
+    def snapshot(self) -> bytes:
+        buf = io.BytesIO()
+        arrays = {k: v for k, v in self.st._asdict().items() if k != "E"}
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def restore(cls, config: BookConfig, blob: bytes) -> NumbaBook:
+        book = cls(config)
+        with np.load(io.BytesIO(blob)) as z:
+            arrays = {k: z[k] for k in z.files}
+        if not np.array_equal(arrays["P"], config.as_array()):
+            raise ValueError("snapshot was taken with another instrument configuration")
+        arrays["E"] = book.st.E
+        book.st = State(**arrays)
+        return book
+
+    def crossing_pairs(self) -> list[tuple[int, int]]:
+        return [(int(b), int(a)) for b, a in _crossing_pairs(self.st)]
+
+    def resting_orders(self) -> int:
+        return int(self.st.S[S_NORD])
+
+    def running_leases(self) -> int:
+        return int(self.st.S[S_NLEASE])
+
+    @property
+    def now(self) -> int:
+        return int(self.st.S[S_NOW])
+
+    # ------------------------------------------------------------------ growth
+    def _grow(self) -> None:
+        st = self.st
+        S = st.S
+        changes: dict[str, np.ndarray] = {}
+        if S[S_OFREE] < 0 or 2 * (S[S_NORD] + 1) > st.HK.shape[0]:
+            old = st.O.shape[0]
+            O = np.zeros((2 * old, NO), dtype=np.int64)  # noqa: E741
+            O[:old] = st.O
+            O[old:, O_FREE] = np.arange(old + 1, 2 * old + 1)
+            O[-1, O_FREE] = S[S_OFREE]
+            S[S_OFREE] = old
+            live = np.nonzero(O[:, O_LIVE] == LIVE_RESTING)[0]
+            size = _pow2_at_least(8 * old)
+            HK = np.zeros(size, dtype=np.int64)
+            HV = np.zeros(size, dtype=np.int64)
+            _rehash(HK, HV, O[live, O_OID].copy(), live.astype(np.int64))
+            changes.update(O=O, HK=HK, HV=HV)
+        if S[S_NLEASE] + LEASE_RESERVE > st.Lz.shape[0] or 2 * (S[S_NLEASE] + LEASE_RESERVE) > st.LK.shape[0]:
+            old = st.Lz.shape[0]
+            Lz = np.zeros((2 * old, NL), dtype=np.int64)
+            Lz[:old] = st.Lz
+            Lz[old:, L_FREE] = np.arange(old + 1, 2 * old + 1)
+            Lz[-1, L_FREE] = S[S_LFREE]
+            S[S_LFREE] = old
+            live = np.nonzero(Lz[:, L_LIVE] == 1)[0]
+            size = _pow2_at_least(4 * old)
+            LK = np.zeros(size, dtype=np.int64)
+            LV = np.zeros(size, dtype=np.int64)
+            _rehash(LK, LV, Lz[live, L_TID].copy(), live.astype(np.int64))
+            changes.update(Lz=Lz, LK=LK, LV=LV)
+        for name, key, need in (("TM", S_TMN, 2 * LEASE_RESERVE + 4), ("RO", S_RON, LEASE_RESERVE + 4),
+                                ("E", S_NEV, EVENT_RESERVE)):
+            arr = getattr(st, name)
+            if S[key] + need > arr.shape[0]:
+                bigger = np.zeros((2 * arr.shape[0], arr.shape[1]), dtype=np.int64)
+                bigger[: S[key]] = arr[: S[key]]
+                changes[name] = bigger
+        self.st = st._replace(**changes)

@@ -195,6 +195,7 @@ class ReferenceBook:
             self._reject(cmd, R.STALE_TIME)
             return
         self._advance(cmd["time"])  # R4: a later stamp first advances the book
+        self._run_reoffers()  # ... exactly as a clock command would, re-offers included (R4, R13)
         t = cmd["type"]
         if t == CMD_ASK:
             self._on_ask(cmd)

@@ -1,0 +1,39 @@
+"""Fixtures: every rule test runs against each engine (the numba book must pass them too)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderbook.book import make_book as _make_book
+from orderbook.config import BookConfig
+
+
+def _engine_or_skip(engine: str) -> str:
+    if engine == "numba":
+        try:
+            import orderbook.fast  # noqa: F401
+        except ImportError:
+            pytest.skip("orderbook.fast not available yet")
+    return engine
+
+
+@pytest.fixture(params=["reference", "numba"])
+def engine(request) -> str:
+    """The engine under test."""
+    return _engine_or_skip(request.param)
+
+
+@pytest.fixture
+def make_book(engine):
+    """Factory: a fresh book of the engine under test, for a given BookConfig."""
+
+    def factory(config: BookConfig | None = None):
+        return _make_book(config or BookConfig(), engine=engine)
+
+    return factory
+
+
+@pytest.fixture
+def book(make_book):
+    """A fresh book with the default configuration (tick 1,000 µ$, gate 300 s, notice 120 s)."""
+    return make_book(BookConfig())

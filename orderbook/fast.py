@@ -247,6 +247,8 @@ def _h(key, mask):
 
 @njit(cache=True)
 def _map_get(HK, HV, key):
+    if key <= 0:  # 0 marks an empty slot; ids are positive
+        return -1
     mask = HK.shape[0] - 1
     i = _h(key, mask)
     while True:
@@ -1238,6 +1240,7 @@ def process_batch(st, C, first):
         else:
             if not _advance(st, t):
                 return ST_NEED_SPACE, i
+            _run_reoffers(st)  # R4: exactly as a clock command would, re-offers included
             if typ == CMD_ASK:
                 _on_ask(st, C, i)
             elif typ == CMD_BID:

@@ -1,0 +1,82 @@
+"""The `gpux` command line.  Handlers parse arguments and call one function each.
+
+    gpux simulate [--engine numba|reference] [--class H100] [--config FILE.toml] [--batch N]
+        JSON-lines commands on stdin -> JSON-lines events on stdout (docs/formats.md)
+    gpux demo [--engine numba|reference] [--seed N] [--steps N]
+        a small seeded market in three GPU classes, printed as trades and a summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from exchange.engines import EngineUnavailable, open_book
+from exchange.instruments import ConfigError, instrument_config
+from orderbook.book import ENGINES
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from exchange.simulate import simulate
+
+    book = open_book(instrument_config(args.gpu_class, args.config), args.engine)
+    stats = simulate(sys.stdin.buffer, sys.stdout.buffer, book, batch=args.batch)
+    return 0 if stats.errors == 0 or not args.strict else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from exchange.demo import run_demo
+
+    run_demo(lambda cfg: open_book(cfg, args.engine), seed=args.seed, steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpux", description="gpux: an exchange for GPU-hours")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    engine_help = "book engine (default: numba, or reference with a warning if numba cannot be loaded)"
+
+    sim = sub.add_parser("simulate", help="run JSON-lines commands from stdin through one book",
+                         description="Read JSON-lines commands from stdin, run them through one book "
+                                     "and print one JSON event per line (docs/formats.md).")
+    sim.add_argument("--engine", choices=ENGINES, default=None, help=engine_help)
+    sim.add_argument("--class", dest="gpu_class", default="H100", metavar="NAME",
+                     help="GPU class of the book (default H100)")
+    sim.add_argument("--config", metavar="FILE.toml", default=None,
+                     help="instrument settings, [instruments.NAME] tables of BookConfig fields")
+    sim.add_argument("--batch", type=_positive, default=4096, metavar="N",
+                     help="commands per book call (default 4096)")
+    sim.add_argument("--strict", action="store_true", help="exit 1 if any line was malformed")
+    sim.set_defaults(handler=_cmd_simulate)
+
+    demo = sub.add_parser("demo", help="a small seeded market in three GPU classes")
+    demo.add_argument("--engine", choices=ENGINES, default=None, help=engine_help)
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument("--steps", type=_positive, default=60, help="steps per class (default 60)")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, EngineUnavailable) as e:
+        print(f"gpux: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `gpux simulate ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

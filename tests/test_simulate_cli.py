@@ -1,0 +1,148 @@
+"""`gpux simulate` and `gpux demo` run as real processes, over the documented example.
+
+docs/examples/simulate.jsonl is the example of docs/formats.md: two asks, a spot bid that
+is preempted by an on-demand bid, a malformed line (line 5), a reserved bid, an off-tick
+bid, a cancel, a clock tick and a last bid that takes its time from the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "docs" / "examples" / "simulate.jsonl"
+INSTRUMENTS = ROOT / "docs" / "examples" / "instruments.toml"
+
+
+def _engine_or_skip(engine: str) -> str:
+    if engine == "numba":
+        try:
+            import orderbook.fast  # noqa: F401
+        except Exception as e:  # being written: a missing or broken module
+            pytest.skip(f"numba engine unavailable: `import orderbook.fast` failed ({e!r})")
+    return engine
+
+
+@pytest.fixture(params=["reference", "numba"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return _engine_or_skip(request.param)
+
+
+def gpux(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """Run `python -m exchange.cli ARGS` from the repository root, as a user would run `gpux`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "exchange.cli", *args], input=stdin, capture_output=True,
+                          cwd=ROOT, env=env, timeout=540)
+
+
+def _lines(out: bytes) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("batch", ["4096", "1"])
+def test_simulate_example(engine: str, batch: str) -> None:
+    proc = gpux("simulate", "--engine", engine, "--batch", batch, stdin=EXAMPLE.read_bytes())
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = _lines(proc.stdout)
+    events = [d for d in out if d["type"] != "error"]
+    errors = [d for d in out if d["type"] == "error"]
+
+    # the malformed line: an error line naming the field, and the run went on
+    assert errors == [{"type": "error", "line": 5, "reason": "MALFORMED",
+                       "message": "Expected `int`, got `str` - at `$.gpus`"}]
+    at = out.index(errors[0])
+    before, after = out[:at], out[at + 1:]
+    assert before and after
+    assert all(d["time"] <= 1767225720 for d in before)  # lines 1-4
+    assert all(d["time"] >= 1767225780 for d in after)  # lines 6-10
+
+    assert [d["seq"] for d in events] == list(range(1, len(events) + 1))  # R15
+    trades = [d for d in events if d["type"] == "trade"]
+    assert [(t["bid_oid"], t["kind"]) for t in trades][:2] == [(3, "spot"), (4, "on_demand")]
+    assert [d["trade_id"] for d in events if d["type"] == "preempted"] == [1]  # R12
+    # line 6: the reserved bid gets order id 5 (the malformed line used none) and trades
+    assert any(d["type"] == "trade" and d["bid_oid"] == 5 and d["kind"] == "reserved" for d in after)
+    # line 7: off tick, refused by the book with its own reason code
+    assert any(d["type"] == "rejected" and d["oid"] == 6 and d["reason"] == "OFF_TICK" for d in after)
+    # line 8: the provider cancels its ask
+    assert any(d["type"] == "cancelled" and d["oid"] == 2 and d["reason"] == "user" for d in after)
+    # line 10: no time given, so it runs at the clock's time (line 9), and trades
+    last = events[-1]
+    assert last["type"] == "trade" and last["bid_oid"] == 7 and last["time"] == 1767236400
+
+
+def test_engines_agree_on_the_example() -> None:
+    _engine_or_skip("numba")
+    ref = gpux("simulate", "--engine", "reference", stdin=EXAMPLE.read_bytes())
+    fast = gpux("simulate", "--engine", "numba", stdin=EXAMPLE.read_bytes())
+    assert fast.returncode == ref.returncode == 0
+    assert fast.stdout == ref.stdout
+
+
+def test_simulate_reads_instrument_config(tmp_path: Path) -> None:
+    config = tmp_path / "coarse.toml"
+    config.write_text("[instruments.H100]\ntick = 100000\nmin_price = 100000\nmax_price = 10000000\n")
+    proc = gpux("simulate", "--engine", "reference", "--config", str(config), stdin=EXAMPLE.read_bytes())
+    assert proc.returncode == 0, proc.stderr.decode()
+    refused = {d["oid"]: d["reason"] for d in _lines(proc.stdout) if d["type"] == "rejected"}
+    assert refused[3] == "OFF_TICK"  # limit 1,250,000 is not a multiple of 100,000
+
+    ok = gpux("simulate", "--engine", "reference", "--config", str(INSTRUMENTS), "--class", "RTX4090",
+              stdin=EXAMPLE.read_bytes())
+    assert ok.returncode == 0, ok.stderr.decode()
+    refused = [(d["cmd"], d["oid"], d["reason"]) for d in _lines(ok.stdout) if d["type"] == "rejected"]
+    assert ("ask", 2, "BAD_PRICE") in refused  # $2.10 is above the RTX4090's max_price of $2.00
+    assert ("cancel", 2, "UNKNOWN_ORDER") in refused  # so there is no ask 2 to cancel
+    assert all(oid != 1 for _, oid, _ in refused)  # $2.00 itself is allowed
+
+
+@pytest.mark.parametrize(
+    "toml, needle",
+    [
+        ("[instruments.H100]\ntick = 0\n", "tick must be positive"),
+        ("[instruments.H100]\ntick_size = 1000\n", "unknown key(s) tick_size"),
+        ("[instruments.H100]\ntick = 1000.0\n", "tick must be an integer"),
+        ("[instruments.A100]\ntick = 1000\n", "no [instruments.H100] table"),
+        ("[instruments.H100\n", "coarse.toml"),
+        ("title = 'no instruments'\n", "no [instruments.NAME] tables"),
+    ],
+)
+def test_simulate_refuses_bad_config(tmp_path: Path, toml: str, needle: str) -> None:
+    config = tmp_path / "coarse.toml"
+    config.write_text(toml)
+    proc = gpux("simulate", "--engine", "reference", "--config", str(config), stdin=EXAMPLE.read_bytes())
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert needle in proc.stderr.decode()
+
+
+def test_simulate_strict_and_empty_input() -> None:
+    strict = gpux("simulate", "--engine", "reference", "--strict", stdin=EXAMPLE.read_bytes())
+    assert strict.returncode == 1 and b'"type":"error"' in strict.stdout
+    empty = gpux("simulate", "--engine", "reference", stdin=b"")
+    assert empty.returncode == 0 and empty.stdout == b""
+
+
+def test_demo_runs_and_summarises_each_class(engine: str) -> None:
+    proc = gpux("demo", "--engine", engine, "--steps", "30")
+    assert proc.returncode == 0, proc.stderr.decode()
+    text = proc.stdout.decode()
+    assert " trade #1 " in text
+    summary = text.split("summary per class")[1]
+    for name in ("H100", "A100", "RTX4090"):
+        assert name in summary
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "gpux"
+    if not script.exists():
+        pytest.skip("gpux is not installed in this environment (run `make .venv`)")
+    proc = subprocess.run([str(script), "--help"], capture_output=True, timeout=120)
+    assert proc.returncode == 0
+    assert b"simulate" in proc.stdout and b"demo" in proc.stdout

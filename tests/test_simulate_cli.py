@@ -77,6 +77,14 @@ def test_simulate_example(engine: str, batch: str) -> None:
     assert last["type"] == "trade" and last["bid_oid"] == 7 and last["time"] == 1767236400
 
 
+def test_documented_output_is_what_simulate_prints() -> None:
+    """docs/formats.md shows the example's output; it must be the real one."""
+    doc = (ROOT / "docs" / "formats.md").read_text()
+    block = doc.split("Output (reference engine")[1].split("```json\n")[1].split("```")[0]
+    proc = gpux("simulate", "--engine", "reference", stdin=EXAMPLE.read_bytes())
+    assert proc.stdout.decode() == block
+
+
 def test_engines_agree_on_the_example() -> None:
     _engine_or_skip("numba")
     ref = gpux("simulate", "--engine", "reference", stdin=EXAMPLE.read_bytes())

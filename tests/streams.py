@@ -109,8 +109,19 @@ INTENT = st.one_of(
 
 
 def command_streams(max_size: int = 400) -> st.SearchStrategy[np.ndarray]:
-    """Hypothesis strategy for command arrays of up to max_size commands."""
-    return st.lists(INTENT, max_size=max_size).map(build)
+    """Hypothesis strategy: long command streams (a quarter of them exactly max_size).
+
+    Drawn as a seed and a length through `random_stream`; `drawn_streams` gives short
+    streams drawn intent by intent, which hypothesis shrinks to a minimal failing case."""
+    length = st.one_of(st.just(max_size), st.integers(max(1, max_size // 4), max_size))
+    return st.tuples(st.integers(0, 2**32 - 1), length).map(
+        lambda s: random_stream(np.random.default_rng(s[0]), s[1])
+    )
+
+
+def drawn_streams(max_size: int = 60) -> st.SearchStrategy[np.ndarray]:
+    """Hypothesis strategy: streams drawn intent by intent (shrinkable)."""
+    return st.lists(INTENT, min_size=1, max_size=max_size).map(build)
 
 
 def random_stream(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""The numba book against the reference book, event for event (R4–R16, R15, R21).
+
+Random command streams (tests/streams.py) go through both books one command at a time.
+After every command: the same events, the same state hash, and a quiescent book — no
+resting bid and resting ask that could trade (R9).  Then: batching changes nothing, and
+snapshot -> restore -> continue gives the same events as never stopping.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from streams import command_streams, drawn_streams, random_stream
+
+from orderbook.book import make_book, restore_book
+from orderbook.config import BookConfig
+from orderbook.types import EVENT_DTYPE
+
+# small price range so levels fill up; short gate and notice so they matter in short streams
+CFG = BookConfig(name="T", max_price=20_000, gate_s=300, notice_s=120)
+EXAMPLES = int(os.environ.get("GPUX_DIFF_EXAMPLES", "300"))
+SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
+
+
+def _show(events: np.ndarray) -> list[dict[str, int]]:
+    return [{k: int(e[k]) for k in EVENT_DTYPE.names if e[k]} for e in events]
+
+
+def _run_both(commands: np.ndarray) -> tuple[list[np.ndarray], object, object]:
+    ref = make_book(CFG, engine="reference")
+    fast = make_book(CFG, engine="numba")
+    out = []
+    for i in range(len(commands)):
+        one = commands[i : i + 1]
+        e_ref = ref.process(one)
+        e_fast = fast.process(one)
+        assert _show(e_fast) == _show(e_ref), f"command {i}: {one[0]}"
+        assert np.array_equal(e_fast, e_ref)
+        assert fast.state_hash() == ref.state_hash(), f"state differs after command {i}: {one[0]}"
+        assert fast.crossing_pairs() == [], f"book not quiescent after command {i}: {one[0]}"
+        out.append(e_ref)
+    return out, ref, fast
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=SLOW)
+@given(command_streams(400))
+def test_numba_book_equals_reference_book(commands: np.ndarray) -> None:
+    events, ref, fast = _run_both(commands)
+    assert ref.crossing_pairs() == []  # the reference's own check agrees at the end
+    seqs = np.concatenate([e["seq"] for e in events]) if events else np.zeros(0)
+    assert np.array_equal(seqs, np.arange(1, len(seqs) + 1))  # R15: consecutive per book
+
+
+@settings(max_examples=max(EXAMPLES // 3, 10), deadline=None, suppress_health_check=SLOW)
+@given(drawn_streams(60))
+def test_numba_book_equals_reference_book_shrinkable(commands: np.ndarray) -> None:
+    """Short streams drawn intent by intent: a failure shrinks to a minimal stream."""
+    _run_both(commands)
+
+
+@settings(max_examples=max(EXAMPLES // 6, 10), deadline=None, suppress_health_check=SLOW)
+@given(command_streams(300), st.data())
+def test_batching_does_not_change_events(commands: np.ndarray, data: st.DataObject) -> None:
+    """One batch, many batches or one command at a time: the same events (ARCHITECTURE: batches)."""
+    whole = make_book(CFG, engine="numba").process(commands)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(commands)), max_size=8)))
+    book = make_book(CFG, engine="numba")
+    parts = [book.process(commands[a:b]) for a, b in zip([0, *cuts], [*cuts, len(commands)])]
+    assert np.array_equal(np.concatenate(parts), whole)
+
+
+@pytest.mark.parametrize("engine", ["reference", "numba"])
+@pytest.mark.parametrize("seed", range(6))
+def test_snapshot_restore_continue_equals_never_stopping(engine: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    commands = random_stream(rng, 400)
+    cut = int(rng.integers(50, 350))
+    straight = make_book(CFG, engine=engine)
+    expected = straight.process(commands)
+    first = make_book(CFG, engine=engine)
+    head = first.process(commands[:cut])
+    blob = first.snapshot()
+    second = restore_book(CFG, blob, engine=engine)
+    assert second.state_hash() == first.state_hash()
+    tail = second.process(commands[cut:])
+    assert np.array_equal(np.concatenate([head, tail]), expected)
+    assert second.state_hash() == straight.state_hash()
+
+
+def test_restore_refuses_other_configuration() -> None:
+    book = make_book(CFG, engine="numba")
+    book.process(random_stream(np.random.default_rng(1), 50))
+    with pytest.raises(ValueError):
+        restore_book(BookConfig(name="T", max_price=20_000, notice_s=60), book.snapshot(), engine="numba")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pools_grow_without_changing_events(seed: int) -> None:
+    """A book that starts tiny grows its arrays mid-batch; events stay those of the reference."""
+    from orderbook.fast import NumbaBook
+
+    commands = random_stream(np.random.default_rng(100 + seed), 600)
+    tiny = NumbaBook(CFG, orders=2)
+    ref = make_book(CFG, engine="reference")
+    assert np.array_equal(tiny.process(commands), ref.process(commands))
+    assert tiny.state_hash() == ref.state_hash()

@@ -114,6 +114,11 @@ def run_raw(book, *cmds: np.ndarray) -> list[dict]:
     return evs
 
 
+def continue_seq(book, last_seq: int) -> None:
+    """Tell `run` that `book` (e.g. restored from a snapshot) already used seq up to last_seq."""
+    _last_seq[book] = last_seq
+
+
 def run(book, *cmds: np.ndarray) -> list[dict]:
     """Process commands; their events without `seq`.  Asserts seq continuity and quiescence."""
     evs = run_raw(book, *cmds)

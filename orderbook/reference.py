@@ -261,11 +261,12 @@ class ReferenceBook:
             self.asks_firm.remove((o.price, o.oid))
             if o.spot_price:
                 self.asks_spot.remove((o.spot_price, o.oid))
+            if o.lease_id in self.leases:  # a resale ask gives its unsold GPUs back (R16)
+                # (before its leases are forgotten: what it sold from now on stays resold)
+                self.leases[o.lease_id].resold -= o.gpus - self._peak_usage(o, self.now, o.end, True)
             self.ask_leases.pop(o.oid)
             self.ask_starts.discard((o.start, o.oid))
             self._reoffer.discard(o.oid)
-            if o.lease_id in self.leases:  # a resale ask gives its unsold GPUs back (R16)
-                self.leases[o.lease_id].resold -= o.gpus - self._peak_usage(o, self.now, o.end, True)
         else:
             (self.bids_spot if o.kind == SPOT else self.bids_firm).remove((-o.price, o.oid))
         if o.expire_at:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orderbook import reasons as R
-from orderbook.types import CMD_BID, CMD_CLOCK, END_WINDOW, HOUR, ON_DEMAND, SIDE_ASK
+from orderbook.types import CMD_BID, CMD_CLOCK, END_GTD, END_WINDOW, GTD, HOUR, ON_DEMAND, SIDE_ASK, SIDE_BID
 from tests.helpers import (
     BUYER,
     BUYER2,
@@ -101,3 +101,20 @@ def test_r4_accepted_ask_reports_now_as_start(book):
     evs = run(book, clock(T), ask(T + 7, 1, PROV, 1, P, T + 7 + HOUR))
     assert evs == [accepted_ask(time=T + 7, oid=1, account=PROV, gpus=1, price=P, start=T + 7,
                                 end=T + 7 + HOUR)]
+
+
+def test_r4_rejected_late_command_still_advances_the_clock(make_book):
+    """R4, R8: a refused command stamped later is `clock(t)` then the refusal: expiries still apply."""
+    setup = [bid(T, 1, BUYER, ON_DEMAND, 1, 1, P, tif=GTD, expire_at=T + 100)]
+    bad = bid(T + 200, 2, BUYER2, ON_DEMAND, 0, 1, P)
+    a, b = make_book(), make_book()
+    run(a, *setup)
+    run(b, *setup)
+    via_clock = run(a, clock(T + 200)) + run(a, bad)
+    direct = run(b, bad)
+    assert direct == via_clock == [
+        expired(time=T + 100, oid=1, account=BUYER, side=SIDE_BID, kind=ON_DEMAND, reason=END_GTD,
+                remaining=1),
+        rejected(time=T + 200, oid=2, account=BUYER2, reason=R.BAD_GPUS, cmd=CMD_BID),
+    ]
+    assert a.state_hash() == b.state_hash()

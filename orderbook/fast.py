@@ -79,14 +79,18 @@ from orderbook.types import (
 # --- order columns ---------------------------------------------------------------
 (O_OID, O_ACC, O_SIDE, O_KIND, O_TIF, O_GPUS, O_REM, O_HOURS, O_PRICE, O_SPOT, O_START, O_END,
  O_MINH, O_BLOCK, O_EXP, O_WHY, O_LEASE, O_POST, O_LIVE, O_NEXT, O_PREV, O_SNEXT, O_SPREV,
- O_LHEAD, O_FSUM, O_SSUM, O_PEND, O_FREE) = range(28)
-NO = 28
+ O_LHEAD, O_FSUM, O_SSUM, O_PEND, O_FREE, O_UNF, O_UNS, O_LMAXEND, O_NEXTSTART) = range(32)
+NO = 32
+# O_FSUM / O_SSUM: GPUs of all running firm / spot leases on an ask (an upper bound of its usage);
+# O_UNF / O_UNS: GPUs of the leases that hold the ask at the current time (a lower bound);
+# O_LMAXEND: no lease on the ask ends after this (an upper bound); O_NEXTSTART: no lease that
+# has not started yet starts before this (a lower bound; BIG when there is none)
 LIVE_FREE, LIVE_RESTING, LIVE_INCOMING = 0, 1, 2
 
 # --- lease columns ---------------------------------------------------------------------
 (L_TID, L_ASK, L_BID, L_BUYER, L_PROV, L_KIND, L_GPUS, L_START, L_END, L_PRICE, L_RESOLD,
- L_ASLOT, L_NEXT, L_PREV, L_LIVE, L_FREE) = range(16)
-NL = 16
+ L_ASLOT, L_NEXT, L_PREV, L_LIVE, L_FREE, L_NOW) = range(17)
+NL = 17  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS
 
 # --- command columns: COMMAND_DTYPE order ---------------------------------------------
 (C_TIME, C_OID, C_ACC, C_PRICE, C_SPOT, C_START, C_END, C_EXP, C_LEASE, C_GPUS, C_HOURS, C_MINH,
@@ -103,17 +107,24 @@ assert EVENT_DTYPE.names[E_CMD] == "cmd" and len(EVENT_DTYPE.names) == NE
 
 # --- scalars -------------------------------------------------------------------------------
 (S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
- S_NLEASE, S_OHN, S_LHN) = range(14)
-NS = 16
+ S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN) = range(16)
+NS = 16  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned)
 
 # ladders
-LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_FIRM, LAD_BID_SPOT = 0, 1, 2, 3
+LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4
+NLAD = 5
+
+
+@njit(cache=True, _nrt=False)
+def _bid_ladder(kind):
+    return LAD_BID_SPOT if kind == SPOT else (LAD_BID_RES if kind == RESERVED else LAD_BID_OD)
 # skip index columns (asks): max end, min start, min min_hours
-AG_END, AG_START, AG_MINH = 0, 1, 2
-NAG = 3
+AG_END, AG_START, AG_MINH, AG_FREE = 0, 1, 2, 3  # ask ladders
+BG_MINH, BG_MAXH, BG_MINBLK, BG_MAXSTART, BG_MINEND = 0, 1, 2, 3, 4  # bid ladders
+NAG = 5  # AG_FREE: no ask of the level has more GPUs free right now (an upper bound)
 
 # timer kinds, in the order they run at equal times
-T_EXPIRE, T_LEASE_END, T_ASK_START = 0, 1, 2
+T_EXPIRE, T_LEASE_END, T_ASK_START, T_LEASE_START = 0, 1, 2, 3
 
 # batch status
 ST_DONE, ST_NEED_SPACE, ST_ERROR = 0, 1, 2
@@ -121,6 +132,10 @@ ST_DONE, ST_NEED_SPACE, ST_ERROR = 0, 1, 2
 # what one command may consume at most (checked before it starts)
 LEASE_RESERVE = 65_536
 EVENT_RESERVE = 65_536
+
+# Hot-path functions run without numba's reference counting (NRT): they never allocate, and
+# counting references to the state's arrays on every call cost more than the matching itself.
+_hot = njit(cache=True, _nrt=False)
 
 BIG = np.int64(2**62)
 U1 = np.uint64(1)
@@ -139,13 +154,13 @@ _DB_TABLE = np.array(
 
 
 # ======================================================================= bit helpers
-@njit(cache=True, inline="always")
+@_hot
 def _ctz(w: np.uint64) -> int:
     low = w & (~w + U1)
     return _DB_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
 
 
-@njit(cache=True, inline="always")
+@_hot
 def _msb(w: np.uint64) -> int:
     n = 0
     if w >> np.uint64(32):
@@ -168,14 +183,14 @@ def _msb(w: np.uint64) -> int:
     return n
 
 
-@njit(cache=True)
+@_hot
 def _bm_set(BM, BS, lad, lvl):
     w = lvl >> 6
     BM[lad, w] |= U1 << np.uint64(lvl & 63)
     BS[lad, w >> 6] |= U1 << np.uint64(w & 63)
 
 
-@njit(cache=True)
+@_hot
 def _bm_clear(BM, BS, lad, lvl):
     w = lvl >> 6
     BM[lad, w] &= ~(U1 << np.uint64(lvl & 63))
@@ -183,7 +198,7 @@ def _bm_clear(BM, BS, lad, lvl):
         BS[lad, w >> 6] &= ~(U1 << np.uint64(w & 63))
 
 
-@njit(cache=True)
+@_hot
 def _bm_next_up(BM, BS, lad, lvl):
     """Lowest level >= lvl that holds orders, or -1."""
     nw = BM.shape[1]
@@ -208,7 +223,7 @@ def _bm_next_up(BM, BS, lad, lvl):
     return (w << 6) + _ctz(BM[lad, w])
 
 
-@njit(cache=True)
+@_hot
 def _bm_next_down(BM, BS, lad, lvl):
     """Highest level <= lvl that holds orders, or -1."""
     if lvl < 0:
@@ -240,12 +255,12 @@ def _bm_next_down(BM, BS, lad, lvl):
 
 
 # ======================================================================= hash maps
-@njit(cache=True, inline="always")
+@_hot
 def _h(key, mask):
     return np.int64((np.uint64(key) * HMUL) >> np.uint64(32)) & mask
 
 
-@njit(cache=True)
+@_hot
 def _map_get(HK, HV, key):
     if key <= 0:  # 0 marks an empty slot; ids are positive
         return -1
@@ -260,7 +275,7 @@ def _map_get(HK, HV, key):
         i = (i + 1) & mask
 
 
-@njit(cache=True)
+@_hot
 def _map_put(HK, HV, key, val):
     mask = HK.shape[0] - 1
     i = _h(key, mask)
@@ -270,7 +285,7 @@ def _map_put(HK, HV, key, val):
     HV[i] = val
 
 
-@njit(cache=True)
+@_hot
 def _map_del(HK, HV, key):
     """Delete with backward shift (linear probing keeps no tombstones)."""
     mask = HK.shape[0] - 1
@@ -301,7 +316,7 @@ def _map_del(HK, HV, key):
 
 # ======================================================================= heaps
 # rows: (k0, k1, k2, ref); ordered by (k0, k1, k2)
-@njit(cache=True, inline="always")
+@_hot
 def _hless(H, a, b):
     if H[a, 0] != H[b, 0]:
         return H[a, 0] < H[b, 0]
@@ -310,7 +325,7 @@ def _hless(H, a, b):
     return H[a, 2] < H[b, 2]
 
 
-@njit(cache=True)
+@_hot
 def _hswap(H, a, b):
     for c in range(4):
         t = H[a, c]
@@ -318,7 +333,7 @@ def _hswap(H, a, b):
         H[b, c] = t
 
 
-@njit(cache=True)
+@_hot
 def _hpush(H, S, si, k0, k1, k2, ref):
     n = S[si]
     H[n, 0] = k0
@@ -335,7 +350,7 @@ def _hpush(H, S, si, k0, k1, k2, ref):
             break
 
 
-@njit(cache=True)
+@_hot
 def _hpop(H, S, si):
     n = S[si] - 1
     S[si] = n
@@ -357,7 +372,7 @@ def _hpop(H, S, si):
 
 
 # ======================================================================= events
-@njit(cache=True)
+@_hot
 def _ev(E, S, typ):
     k = S[S_NEV]
     if k >= E.shape[0]:
@@ -373,7 +388,7 @@ def _ev(E, S, typ):
     return k
 
 
-@njit(cache=True)
+@_hot
 def _ev_order_end(E, S, O, o, typ, why):
     k = _ev(E, S, typ)
     E[k, E_OID] = O[o, O_OID]
@@ -384,7 +399,7 @@ def _ev_order_end(E, S, O, o, typ, why):
     E[k, E_REM] = O[o, O_REM]
 
 
-@njit(cache=True)
+@_hot
 def _ev_lease(E, S, Lz, lz, typ, end):
     k = _ev(E, S, typ)
     E[k, E_TID] = Lz[lz, L_TID]
@@ -400,7 +415,7 @@ def _ev_lease(E, S, Lz, lz, typ, end):
     return k
 
 
-@njit(cache=True)
+@_hot
 def _reject(E, S, C, i, code):
     k = _ev(E, S, EV_REJECTED)
     t = C[i, C_TYPE]
@@ -413,7 +428,7 @@ def _reject(E, S, C, i, code):
 
 
 # ======================================================================= pools
-@njit(cache=True)
+@_hot
 def _alloc_order(O, S):
     o = S[S_OFREE]
     S[S_OFREE] = O[o, O_FREE]
@@ -428,7 +443,7 @@ def _alloc_order(O, S):
     return o
 
 
-@njit(cache=True)
+@_hot
 def _free_order(O, S, o):
     O[o, O_LIVE] = LIVE_FREE
     O[o, O_FREE] = S[S_OFREE]
@@ -436,7 +451,7 @@ def _free_order(O, S, o):
     S[S_NORD] -= 1
 
 
-@njit(cache=True)
+@_hot
 def _alloc_lease(Lz, S):
     lz = S[S_LFREE]
     if lz < 0:
@@ -450,7 +465,7 @@ def _alloc_lease(Lz, S):
     return lz
 
 
-@njit(cache=True)
+@_hot
 def _free_lease(Lz, S, lz):
     Lz[lz, L_LIVE] = 0
     Lz[lz, L_FREE] = S[S_LFREE]
@@ -459,12 +474,12 @@ def _free_lease(Lz, S, lz):
 
 
 # ======================================================================= ladders
-@njit(cache=True, inline="always")
+@_hot
 def _level(P, price):
     return (price - P[P_MIN_PRICE]) // P[P_TICK]
 
 
-@njit(cache=True)
+@_hot
 def _lad_insert(O, LH, LT, BM, BS, lad, lvl, o, nxt, prv):
     tail = LT[lad, lvl]
     O[o, nxt] = -1
@@ -477,7 +492,7 @@ def _lad_insert(O, LH, LT, BM, BS, lad, lvl, o, nxt, prv):
     LT[lad, lvl] = o
 
 
-@njit(cache=True)
+@_hot
 def _lad_remove(O, LH, LT, BM, BS, lad, lvl, o, nxt, prv):
     n = O[o, nxt]
     p = O[o, prv]
@@ -493,9 +508,19 @@ def _lad_remove(O, LH, LT, BM, BS, lad, lvl, o, nxt, prv):
         _bm_clear(BM, BS, lad, lvl)
 
 
-@njit(cache=True)
+@_hot
+def _free_now(O, o, lad):
+    """GPUs of ask o that no lease holds right now (spot ladder: neither firm nor spot)."""
+    f = O[o, O_GPUS] - O[o, O_UNF]
+    return f - O[o, O_UNS] if lad == LAD_ASK_SPOT else f
+
+
+@_hot
 def _ag_add(AG, lad, lvl, O, o):
     """Widen the level's bounds to cover ask o."""
+    f = _free_now(O, o, lad)
+    if f > AG[lad, lvl, AG_FREE]:
+        AG[lad, lvl, AG_FREE] = f
     if O[o, O_END] > AG[lad, lvl, AG_END]:
         AG[lad, lvl, AG_END] = O[o, O_END]
     if O[o, O_START] < AG[lad, lvl, AG_START]:
@@ -504,19 +529,49 @@ def _ag_add(AG, lad, lvl, O, o):
         AG[lad, lvl, AG_MINH] = O[o, O_MINH]
 
 
-@njit(cache=True)
+@_hot
 def _ag_recompute(AG, LH, O, lad, lvl, nxt):
     """Tighten the level's bounds to exactly its current asks."""
     AG[lad, lvl, AG_END] = -BIG
     AG[lad, lvl, AG_START] = BIG
     AG[lad, lvl, AG_MINH] = BIG
+    AG[lad, lvl, AG_FREE] = -BIG
     a = LH[lad, lvl]
     while a >= 0:
         _ag_add(AG, lad, lvl, O, a)
         a = O[a, nxt]
 
 
-@njit(cache=True)
+@_hot
+def _bg_add(AG, lad, lvl, O, o):
+    """Widen a bid level's bounds to cover bid o."""
+    h = O[o, O_HOURS]
+    if h < AG[lad, lvl, BG_MINH]:
+        AG[lad, lvl, BG_MINH] = h
+    if h > AG[lad, lvl, BG_MAXH]:
+        AG[lad, lvl, BG_MAXH] = h
+    if O[o, O_BLOCK] < AG[lad, lvl, BG_MINBLK]:
+        AG[lad, lvl, BG_MINBLK] = O[o, O_BLOCK]
+    if O[o, O_START] > AG[lad, lvl, BG_MAXSTART]:
+        AG[lad, lvl, BG_MAXSTART] = O[o, O_START]
+    if O[o, O_END] < AG[lad, lvl, BG_MINEND]:
+        AG[lad, lvl, BG_MINEND] = O[o, O_END]
+
+
+@_hot
+def _bg_recompute(AG, LH, O, lad, lvl):
+    AG[lad, lvl, BG_MINH] = BIG
+    AG[lad, lvl, BG_MAXH] = -BIG
+    AG[lad, lvl, BG_MINBLK] = BIG
+    AG[lad, lvl, BG_MAXSTART] = -BIG
+    AG[lad, lvl, BG_MINEND] = BIG
+    b = LH[lad, lvl]
+    while b >= 0:
+        _bg_add(AG, lad, lvl, O, b)
+        b = O[b, O_NEXT]
+
+
+@_hot
 def _insert_order(O, LH, LT, BM, BS, AG, TM, S, P, o):
     """Put an accepted order on its ladder(s) and set its timers."""
     O[o, O_LIVE] = LIVE_RESTING
@@ -531,14 +586,16 @@ def _insert_order(O, LH, LT, BM, BS, AG, TM, S, P, o):
         if O[o, O_START] > S[S_NOW]:
             _hpush(TM, S, S_TMN, O[o, O_START], T_ASK_START, O[o, O_OID], o)
     else:
-        lad = LAD_BID_SPOT if O[o, O_KIND] == SPOT else LAD_BID_FIRM
-        _lad_insert(O, LH, LT, BM, BS, lad, _level(P, O[o, O_PRICE]), o, O_NEXT, O_PREV)
+        lad = _bid_ladder(O[o, O_KIND])
+        lvl = _level(P, O[o, O_PRICE])
+        _lad_insert(O, LH, LT, BM, BS, lad, lvl, o, O_NEXT, O_PREV)
+        _bg_add(AG, lad, lvl, O, o)
     if O[o, O_EXP] > 0:
         _hpush(TM, S, S_TMN, O[o, O_EXP], T_EXPIRE, O[o, O_OID], o)
 
 
 # ======================================================================= capacity (R5, R9)
-@njit(cache=True)
+@_hot
 def _usage_at(Lz, head, p, with_spot):
     s = 0
     lz = head
@@ -549,26 +606,60 @@ def _usage_at(Lz, head, p, with_spot):
     return s
 
 
-@njit(cache=True)
+@_hot
 def _peak_usage(Lz, head, ws, we, with_spot):
     """max over t in [ws, we) of firm(a, t) (+ spot(a, t)) for the ask whose list is `head`."""
     if head < 0 or we <= ws:
         return 0
-    peak = _usage_at(Lz, head, ws, with_spot)
+    return _free_for(Lz, head, ws, we, with_spot, BIG, 1, BIG)
+
+
+@_hot
+def _free_for(Lz, head, ws, we, with_spot, gpus, block, want):
+    """With gpus=BIG: the peak usage over [ws, we).  Otherwise the free GPUs of an ask of `gpus`
+    over [ws, we), exact when it matters: anything >= want may come back as want, anything
+    below block as 0 (the caller rounds to blocks).
+
+    One pass finds the usage at ws (a lower bound of the peak), the sum of the overlapping
+    leases (an upper bound) and whether any lease starts inside the window; only then are
+    the usages at those starts summed (the step function peaks at ws or at a lease start)."""
+    at_ws = 0
+    overlap = 0
+    inner = 0
     lz = head
     while lz >= 0:
         st = Lz[lz, L_START]
-        if ws < st < we and Lz[lz, L_END] > st and (with_spot or Lz[lz, L_KIND] != SPOT):
-            u = _usage_at(Lz, head, st, with_spot)
+        en = Lz[lz, L_END]
+        if st < we and en > ws and (with_spot or Lz[lz, L_KIND] != SPOT):
+            g = Lz[lz, L_GPUS]
+            overlap += g
+            if st <= ws:
+                at_ws += g
+            else:
+                inner += 1
+        lz = Lz[lz, L_NEXT]
+    if gpus - overlap >= want:
+        return want if gpus != BIG else overlap
+    if inner == 0 or gpus - at_ws < block:
+        return gpus - at_ws if gpus != BIG else at_ws
+    peak = at_ws
+    lz = head
+    while lz >= 0:
+        p = Lz[lz, L_START]
+        if ws < p < we and Lz[lz, L_END] > p and (with_spot or Lz[lz, L_KIND] != SPOT):
+            u = _usage_at(Lz, head, p, with_spot)
             if u > peak:
                 peak = u
+                if gpus - peak < block:
+                    break
         lz = Lz[lz, L_NEXT]
-    return peak
+    return gpus - peak if gpus != BIG else peak
 
 
-@njit(cache=True)
-def _fill_qty(O, Lz, now, b, a, want):
+@_hot
+def _fill_qty(O, Lz, S, b, a, want):
     """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10)."""
+    now = S[S_NOW]
     if O[a, O_ACC] == O[b, O_ACC] or O[b, O_HOURS] < O[a, O_MINH]:
         return 0
     kind = O[b, O_KIND]
@@ -584,31 +675,44 @@ def _fill_qty(O, Lz, now, b, a, want):
     if ws < O[a, O_START] or we > O[a, O_END]:
         return 0
     gp = O[a, O_GPUS]
+    block = O[b, O_BLOCK]
     used = O[a, O_FSUM] + (O[a, O_SSUM] if spot else 0)
+    if kind != RESERVED:
+        used_now = O[a, O_UNF] + (O[a, O_UNS] if spot else 0)
+        if used == used_now or we <= O[a, O_NEXTSTART]:
+            # no lease starts inside the window: usage is highest now, and only falls
+            q = gp - used_now
+            q = want if want < q else q
+            return q - q % block if q >= block else 0
+        if gp - used_now < block:
+            return 0  # held right now by leases: no window starting now fits a block
     if gp - used >= want:
         q = want
+    elif ws >= O[a, O_LMAXEND]:  # every lease on the ask ends before the window starts
+        q = want if want < gp else gp
     else:
-        free = gp - _peak_usage(Lz, O[a, O_LHEAD], ws, we, spot)
+        S[S_SCAN] += 1
+        free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want)
         q = want if want < free else free
-    if q <= 0:
+    if q < block:
         return 0
-    return q - q % O[b, O_BLOCK]
+    return q - q % block
 
 
-@njit(cache=True)
+@_hot
 def _ask_level_can_hold(AG, lad, lvl, ws, we, hours):
     return AG[lad, lvl, AG_START] <= ws and AG[lad, lvl, AG_END] >= we and AG[lad, lvl, AG_MINH] <= hours
 
 
 # ======================================================================= removal
-@njit(cache=True)
+@_hot
 def _reoffer(O, RO, S, a):
     if O[a, O_PEND] == 0:
         O[a, O_PEND] = 1
         _hpush(RO, S, S_RON, O[a, O_PRICE], O[a, O_OID], 0, a)
 
 
-@njit(cache=True)
+@_hot
 def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, o):
     """Take a resting order out of the book and free its slot."""
     if O[o, O_SIDE] == SIDE_ASK:
@@ -630,14 +734,16 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, o):
             lz = Lz[lz, L_NEXT]
         O[o, O_PEND] = 0
     else:
-        lad = LAD_BID_SPOT if O[o, O_KIND] == SPOT else LAD_BID_FIRM
-        _lad_remove(O, LH, LT, BM, BS, lad, _level(P, O[o, O_PRICE]), o, O_NEXT, O_PREV)
+        lad = _bid_ladder(O[o, O_KIND])
+        lvl = _level(P, O[o, O_PRICE])
+        _lad_remove(O, LH, LT, BM, BS, lad, lvl, o, O_NEXT, O_PREV)
+        _bg_recompute(AG, LH, O, lad, lvl)
     _map_del(HK, HV, O[o, O_OID])
     _free_order(O, S, o)
 
 
-@njit(cache=True)
-def _drop_lease(O, Lz, LK, LV, RO, S, lz):
+@_hot
+def _drop_lease(O, Lz, LK, LV, RO, AG, S, P, lz):
     """A lease has ended: its GPUs return to its ask, which is offered again (R13)."""
     a = Lz[lz, L_ASLOT]
     if a >= 0:
@@ -649,18 +755,28 @@ def _drop_lease(O, Lz, LK, LV, RO, S, lz):
             Lz[p, L_NEXT] = n
         if n >= 0:
             Lz[n, L_PREV] = p
-        if Lz[lz, L_KIND] == SPOT:
-            O[a, O_SSUM] -= Lz[lz, L_GPUS]
+        g = Lz[lz, L_GPUS]
+        spot = Lz[lz, L_KIND] == SPOT
+        if spot:
+            O[a, O_SSUM] -= g
         else:
-            O[a, O_FSUM] -= Lz[lz, L_GPUS]
+            O[a, O_FSUM] -= g
+        if Lz[lz, L_NOW] == 1:
+            if spot:
+                O[a, O_UNS] -= g
+            else:
+                O[a, O_UNF] -= g
+            _ag_add(AG, LAD_ASK_FIRM, _level(P, O[a, O_PRICE]), O, a)  # more free now
+            if O[a, O_SPOT] > 0:
+                _ag_add(AG, LAD_ASK_SPOT, _level(P, O[a, O_SPOT]), O, a)
         _reoffer(O, RO, S, a)
     _map_del(LK, LV, Lz[lz, L_TID])
     _free_lease(Lz, S, lz)
 
 
 # ======================================================================= matching (R9–R12)
-@njit(cache=True)
-def _preempt(O, Lz, RO, TM, E, S, P, a, firm):
+@_hot
+def _preempt(O, Lz, RO, TM, E, S, P, W, a, firm):
     """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start)."""
     now = S[S_NOW]
     t0 = now + P[P_NOTICE_S]
@@ -668,8 +784,8 @@ def _preempt(O, Lz, RO, TM, E, S, P, a, firm):
     fend = Lz[firm, L_END]
     if fstart > t0:
         t0 = fstart
-    if t0 >= fend:
-        return
+    if t0 >= fend or O[a, O_SSUM] == 0 or O[a, O_FSUM] + O[a, O_SSUM] <= O[a, O_GPUS]:
+        return  # no spot lease, or not even all leases at once overcommit the ask
     gp = O[a, O_GPUS]
     while True:
         head = O[a, O_LHEAD]
@@ -678,7 +794,7 @@ def _preempt(O, Lz, RO, TM, E, S, P, a, firm):
         while lz >= 0:
             n += 1
             lz = Lz[lz, L_NEXT]
-        pts = np.empty(2 * n + 1, dtype=np.int64)
+        pts = W[0]  # scratch rows, at least 2 * running leases + 2 long
         npts = 0
         pts[npts] = t0
         npts += 1
@@ -690,7 +806,7 @@ def _preempt(O, Lz, RO, TM, E, S, P, a, firm):
                     pts[npts] = p
                     npts += 1
             lz = Lz[lz, L_NEXT]
-        bad = np.empty(npts, dtype=np.int64)
+        bad = W[1]
         nbad = 0
         for j in range(npts):
             if _usage_at(Lz, head, pts[j], True) > gp:
@@ -722,15 +838,15 @@ def _preempt(O, Lz, RO, TM, E, S, P, a, firm):
 
 
 # ======================================================================= the state bundle
-State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM RO E S P")
+State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM RO E S P W")
 
 
-@njit(cache=True)
+@_hot
 def _remove(st, o):
     _remove_order(st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, o)
 
 
-@njit(cache=True)
+@_hot
 def _fill(st, b, a, q):
     """Bid b takes q GPUs from ask a: a lease, a TRADE event, maybe preemption (R10–R12, R16)."""
     O = st.O
@@ -770,6 +886,18 @@ def _fill(st, b, a, q):
         O[a, O_SSUM] += q
     else:
         O[a, O_FSUM] += q
+    if we > O[a, O_LMAXEND]:
+        O[a, O_LMAXEND] = we
+    if ws <= now:
+        Lz[lz, L_NOW] = 1
+        if kind == SPOT:
+            O[a, O_UNS] += q
+        else:
+            O[a, O_UNF] += q
+    else:  # starts later: counted as holding the ask from its start on
+        _hpush(st.TM, S, S_TMN, ws, T_LEASE_START, tid, lz)
+        if ws < O[a, O_NEXTSTART]:
+            O[a, O_NEXTSTART] = ws
     _map_put(st.LK, st.LV, tid, lz)
     _hpush(st.TM, S, S_TMN, we, T_LEASE_END, tid, lz)
     O[b, O_REM] -= q
@@ -792,10 +920,10 @@ def _fill(st, b, a, q):
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
     if kind != SPOT:
-        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, a, lz)
+        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, st.W, a, lz)
 
 
-@njit(cache=True)
+@_hot
 def _walk_asks(st, b, dry):
     """Incoming bid b walks the asks cheapest first, then oldest (R10).
 
@@ -814,70 +942,105 @@ def _walk_asks(st, b, dry):
     top = _level(P, O[b, O_PRICE])
     want = O[b, O_REM]
     got = 0
+    block = O[b, O_BLOCK]
+    now_window = kind != RESERVED
+    AG = st.AG
     lvl = _bm_next_up(st.BM, st.BS, lad, 0)
     while 0 <= lvl <= top:
-        if _ask_level_can_hold(st.AG, lad, lvl, ws, we, hours):
+        if _ask_level_can_hold(AG, lad, lvl, ws, we, hours) and (
+            not now_window or AG[lad, lvl, AG_FREE] >= block
+        ):
             a = st.LH[lad, lvl]
             while a >= 0:
+                st.S[S_VISIT_ASK] += 1
                 if dry:
-                    got += _fill_qty(O, st.Lz, now, b, a, want)
+                    got += _fill_qty(O, st.Lz, st.S, b, a, want)
                     if got >= want:
                         return got
                 else:
-                    q = _fill_qty(O, st.Lz, now, b, a, O[b, O_REM])
+                    q = _fill_qty(O, st.Lz, st.S, b, a, O[b, O_REM])
                     if q > 0:
                         _fill(st, b, a, q)
                         if O[b, O_REM] == 0:
                             return 0
                 a = O[a, nxt]
+            if now_window:  # fills and starts since the bounds were set: make them exact again
+                _ag_recompute(AG, st.LH, O, lad, lvl, nxt)
+        st.S[S_VISIT_LEVEL] += 1
         lvl = _bm_next_up(st.BM, st.BS, lad, lvl + 1)
     return got
 
 
-@njit(cache=True)
+@_hot
+def _next_bid(st, lad, lvl, low, b, a, free):
+    """The bid after b on ladder lad walking down (b < 0: start at level lvl); -1, -1 at the end.
+
+    Levels whose bounds show that none of their bids fits ask a (window, min_hours, at most
+    `free` GPUs) are skipped whole."""
+    O = st.O
+    if b >= 0:
+        b = O[b, O_NEXT]
+        if b >= 0:
+            return lvl, b
+        lvl -= 1
+    AG = st.AG
+    now = st.S[S_NOW]
+    while True:
+        lvl = _bm_next_down(st.BM, st.BS, lad, lvl)
+        if lvl < low:
+            return -1, -1
+        if AG[lad, lvl, BG_MAXH] >= O[a, O_MINH] and AG[lad, lvl, BG_MINBLK] <= free:
+            if lad == LAD_BID_RES:
+                if AG[lad, lvl, BG_MAXSTART] >= O[a, O_START] and AG[lad, lvl, BG_MINEND] <= O[a, O_END]:
+                    return lvl, st.LH[lad, lvl]
+            elif now + AG[lad, lvl, BG_MINH] * HOUR <= O[a, O_END]:
+                return lvl, st.LH[lad, lvl]
+        lvl -= 1
+
+
+@_hot
 def _walk_bids(st, a, dry):
     """Ask a walks the resting bids: highest limit first, then oldest (R10).
 
-    Firm bids need limit >= price, spot bids limit >= spot_price; the two ladders are merged.
-    With dry=True nothing changes and 1 is returned if any bid could trade (post_only)."""
+    Three ladders (spot, on_demand, reserved) merged in that one order.  Spot bids need
+    limit >= spot_price, the others limit >= price.  A ladder whose bids all need GPUs from
+    now on is left out when the ask cannot give any now (not started, or fully held), which
+    only skips bids that could not trade.  With dry=True nothing changes and 1 is returned if
+    any bid could trade (post_only)."""
     O = st.O
     P = st.P
-    BM = st.BM
-    BS = st.BS
-    LH = st.LH
     now = st.S[S_NOW]
-    top = BM.shape[1] * 64 - 1
-    lf = _bm_next_down(BM, BS, LAD_BID_FIRM, top)
+    top = st.BM.shape[1] * 64 - 1
     low_f = _level(P, O[a, O_PRICE])
-    if lf < low_f:
-        lf = -1
-    bf = LH[LAD_BID_FIRM, lf] if lf >= 0 else -1
-    ls = -1
+    gp = O[a, O_GPUS]
+    started = O[a, O_START] <= now and O[a, O_END] - now >= HOUR
+    free_od = gp - O[a, O_UNF]
+    free_spot = free_od - O[a, O_UNS]
+    lr, br = _next_bid(st, LAD_BID_RES, top, low_f, -1, a, gp)
+    lo, bo = -1, -1
+    if started and free_od >= 1:
+        lo, bo = _next_bid(st, LAD_BID_OD, top, low_f, -1, a, free_od)
+    ls, bs = -1, -1
     low_s = 0
-    if O[a, O_SPOT] > 0:
+    if O[a, O_SPOT] > 0 and started and free_spot >= 1:
         low_s = _level(P, O[a, O_SPOT])
-        ls = _bm_next_down(BM, BS, LAD_BID_SPOT, top)
-        if ls < low_s:
-            ls = -1
-    bs = LH[LAD_BID_SPOT, ls] if ls >= 0 else -1
-    while bf >= 0 or bs >= 0:
-        if bs < 0 or (bf >= 0 and (lf > ls or (lf == ls and O[bf, O_OID] < O[bs, O_OID]))):
-            b = bf
-            bf = O[bf, O_NEXT]
-            if bf < 0:
-                lf = _bm_next_down(BM, BS, LAD_BID_FIRM, lf - 1)
-                if lf < low_f:
-                    lf = -1
-                bf = LH[LAD_BID_FIRM, lf] if lf >= 0 else -1
+        ls, bs = _next_bid(st, LAD_BID_SPOT, top, low_s, -1, a, free_spot)
+    while br >= 0 or bo >= 0 or bs >= 0:
+        # pick the best of the three heads: highest level, then lowest order id
+        pick = 0
+        lvl, b = lr, br
+        if bo >= 0 and (b < 0 or lo > lvl or (lo == lvl and O[bo, O_OID] < O[b, O_OID])):
+            pick, lvl, b = 1, lo, bo
+        if bs >= 0 and (b < 0 or ls > lvl or (ls == lvl and O[bs, O_OID] < O[b, O_OID])):
+            pick, lvl, b = 2, ls, bs
+        if pick == 0:
+            lr, br = _next_bid(st, LAD_BID_RES, lr, low_f, br, a, gp)
+        elif pick == 1:
+            lo, bo = _next_bid(st, LAD_BID_OD, lo, low_f, bo, a, free_od)
         else:
-            b = bs
-            bs = O[bs, O_NEXT]
-            if bs < 0:
-                ls = _bm_next_down(BM, BS, LAD_BID_SPOT, ls - 1)
-                if ls < low_s:
-                    ls = -1
-                bs = LH[LAD_BID_SPOT, ls] if ls >= 0 else -1
-        q = _fill_qty(O, st.Lz, now, b, a, O[b, O_REM])
+            ls, bs = _next_bid(st, LAD_BID_SPOT, ls, low_s, bs, a, free_spot)
+        st.S[S_VISIT_BID] += 1
+        q = _fill_qty(O, st.Lz, st.S, b, a, O[b, O_REM])
         if q > 0:
             if dry:
                 return 1
@@ -885,7 +1048,7 @@ def _walk_bids(st, a, dry):
     return 0
 
 
-@njit(cache=True)
+@_hot
 def _run_reoffers(st):
     """R13: asks whose free capacity grew meet the resting bids again, in ask priority."""
     RO = st.RO
@@ -901,7 +1064,7 @@ def _run_reoffers(st):
         _walk_bids(st, a, False)
 
 
-@njit(cache=True)
+@_hot
 def _space_ok(st):
     S = st.S
     return (
@@ -915,7 +1078,24 @@ def _space_ok(st):
     )
 
 
-@njit(cache=True)
+@_hot
+def _lease_started(O, Lz, lz):
+    """A lease that was sold ahead now holds its ask (O_UNF); find the ask's next such start."""
+    Lz[lz, L_NOW] = 1
+    a = Lz[lz, L_ASLOT]
+    if a < 0:
+        return
+    O[a, O_UNF] += Lz[lz, L_GPUS]
+    nxt = BIG
+    x = O[a, O_LHEAD]
+    while x >= 0:
+        if Lz[x, L_NOW] == 0 and Lz[x, L_START] < nxt:
+            nxt = Lz[x, L_START]
+        x = Lz[x, L_NEXT]
+    O[a, O_NEXTSTART] = nxt
+
+
+@_hot
 def _advance(st, t):
     """Apply everything that expires or ends at or before t, in time order (R13, R14).
 
@@ -939,7 +1119,10 @@ def _advance(st, t):
                 _ev_order_end(st.E, S, O, ref, EV_EXPIRED, O[ref, O_WHY])
         elif kind == T_LEASE_END:
             if Lz[ref, L_LIVE] == 1 and Lz[ref, L_TID] == key and Lz[ref, L_END] == when:
-                _drop_lease(O, Lz, st.LK, st.LV, st.RO, S, ref)
+                _drop_lease(O, Lz, st.LK, st.LV, st.RO, st.AG, S, st.P, ref)
+        elif kind == T_LEASE_START:
+            if Lz[ref, L_LIVE] == 1 and Lz[ref, L_TID] == key and Lz[ref, L_NOW] == 0:
+                _lease_started(O, Lz, ref)
         else:
             if O[ref, O_LIVE] == LIVE_RESTING and O[ref, O_OID] == key:
                 _reoffer(O, st.RO, S, ref)
@@ -949,7 +1132,7 @@ def _advance(st, t):
 
 
 # ======================================================================= commands
-@njit(cache=True)
+@_hot
 def _check_price(P, price):
     if price < P[P_MIN_PRICE] or price > P[P_MAX_PRICE]:
         return R.BAD_PRICE
@@ -958,7 +1141,7 @@ def _check_price(P, price):
     return R.OK
 
 
-@njit(cache=True)
+@_hot
 def _on_ask(st, C, i):
     O = st.O
     S = st.S
@@ -1024,6 +1207,7 @@ def _on_ask(st, C, i):
     O[a, O_LEASE] = C[i, C_LEASE]
     O[a, O_POST] = 1 if C[i, C_POST] != 0 else 0
     O[a, O_LIVE] = LIVE_INCOMING
+    O[a, O_NEXTSTART] = BIG
     if O[a, O_POST] == 1 and _walk_bids(st, a, True) == 1:
         _free_order(O, S, a)
         _reject(st.E, S, C, i, R.POST_ONLY_WOULD_TRADE)
@@ -1049,7 +1233,7 @@ def _on_ask(st, C, i):
     _walk_bids(st, a, False)
 
 
-@njit(cache=True)
+@_hot
 def _on_bid(st, C, i):
     O = st.O
     S = st.S
@@ -1149,7 +1333,7 @@ def _on_bid(st, C, i):
         _map_put(st.HK, st.HV, O[b, O_OID], b)
 
 
-@njit(cache=True)
+@_hot
 def _owned_order(st, C, i):
     o = _map_get(st.HK, st.HV, C[i, C_OID])
     if o < 0:
@@ -1159,7 +1343,7 @@ def _owned_order(st, C, i):
     return o, R.OK
 
 
-@njit(cache=True)
+@_hot
 def _on_cancel(st, C, i):
     o, code = _owned_order(st, C, i)
     if o < 0:
@@ -1169,7 +1353,7 @@ def _on_cancel(st, C, i):
     _ev_order_end(st.E, st.S, st.O, o, EV_CANCELLED, END_USER)
 
 
-@njit(cache=True)
+@_hot
 def _on_amend(st, C, i):
     O = st.O
     o, code = _owned_order(st, C, i)
@@ -1202,7 +1386,7 @@ def _on_amend(st, C, i):
     st.E[k, E_REM] = O[o, O_REM]
 
 
-@njit(cache=True)
+@_hot
 def _on_release(st, C, i):
     Lz = st.Lz
     S = st.S
@@ -1221,10 +1405,10 @@ def _on_release(st, C, i):
         return
     Lz[lz, L_END] = S[S_NOW]
     _ev_lease(st.E, S, Lz, lz, EV_RELEASED, S[S_NOW])
-    _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, S, lz)
+    _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, st.AG, S, st.P, lz)
 
 
-@njit(cache=True)
+@_hot
 def process_batch(st, C, first):
     """Apply commands C[first:] in order.  Returns (status, index of the first command not applied)."""
     S = st.S
@@ -1308,19 +1492,18 @@ def _state_hash(st):
 @njit(cache=True)
 def _crossing_pairs(st):
     O = st.O
-    now = st.S[S_NOW]
     out = []
     for b in range(O.shape[0]):
         if O[b, O_LIVE] != LIVE_RESTING or O[b, O_SIDE] != SIDE_BID:
             continue
         for a in range(O.shape[0]):
             if O[a, O_LIVE] == LIVE_RESTING and O[a, O_SIDE] == SIDE_ASK:
-                if _fill_qty(O, st.Lz, now, b, a, O[b, O_REM]) > 0:
+                if _fill_qty(O, st.Lz, st.S, b, a, O[b, O_REM]) > 0:
                     out.append((O[b, O_OID], O[a, O_OID]))
     return out
 
 
-@njit(cache=True)
+@_hot
 def _rehash(HK, HV, keys, vals):
     HK[:] = 0
     for j in range(keys.shape[0]):
@@ -1354,10 +1537,16 @@ class NumbaBook:
         Lz = np.zeros((nl, NL), dtype=np.int64)
         Lz[:, L_FREE] = np.arange(1, nl + 1)
         Lz[-1, L_FREE] = -1
-        AG = np.empty((2, levels, NAG), dtype=np.int64)
-        AG[:, :, AG_END] = -BIG
-        AG[:, :, AG_START] = BIG
-        AG[:, :, AG_MINH] = BIG
+        AG = np.empty((NLAD, levels, NAG), dtype=np.int64)
+        AG[:2, :, AG_END] = -BIG
+        AG[:2, :, AG_START] = BIG
+        AG[:2, :, AG_MINH] = BIG
+        AG[:2, :, AG_FREE] = -BIG
+        AG[2:, :, BG_MINH] = BIG
+        AG[2:, :, BG_MAXH] = -BIG
+        AG[2:, :, BG_MINBLK] = BIG
+        AG[2:, :, BG_MAXSTART] = -BIG
+        AG[2:, :, BG_MINEND] = BIG
         S = np.zeros(NS, dtype=np.int64)
         S[S_NEXTTID] = 1
         S[S_OFREE] = 0
@@ -1365,10 +1554,10 @@ class NumbaBook:
         self.st = State(
             O=O,
             Lz=Lz,
-            LH=np.full((4, levels), -1, dtype=np.int64),
-            LT=np.full((4, levels), -1, dtype=np.int64),
-            BM=np.zeros((4, nw), dtype=np.uint64),
-            BS=np.zeros((4, ns), dtype=np.uint64),
+            LH=np.full((NLAD, levels), -1, dtype=np.int64),
+            LT=np.full((NLAD, levels), -1, dtype=np.int64),
+            BM=np.zeros((NLAD, nw), dtype=np.uint64),
+            BS=np.zeros((NLAD, ns), dtype=np.uint64),
             AG=AG,
             HK=np.zeros(_pow2_at_least(4 * orders), dtype=np.int64),
             HV=np.zeros(_pow2_at_least(4 * orders), dtype=np.int64),
@@ -1379,6 +1568,7 @@ class NumbaBook:
             E=np.zeros((EVENT_RESERVE + 4096, NE), dtype=np.int64),
             S=S,
             P=self.cfg.as_array(),
+            W=np.zeros((2, 2 * nl + 2), dtype=np.int64),
         )
 
     # ------------------------------------------------------------------ public API
@@ -1412,7 +1602,7 @@ class NumbaBook:
 
     def snapshot(self) -> bytes:
         buf = io.BytesIO()
-        arrays = {k: v for k, v in self.st._asdict().items() if k != "E"}
+        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W")}
         np.savez(buf, **arrays)
         return buf.getvalue()
 
@@ -1424,6 +1614,7 @@ class NumbaBook:
         if not np.array_equal(arrays["P"], config.as_array()):
             raise ValueError("snapshot was taken with another instrument configuration")
         arrays["E"] = book.st.E
+        arrays["W"] = np.zeros((2, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
         book.st = State(**arrays)
         return book
 
@@ -1470,7 +1661,7 @@ class NumbaBook:
             LK = np.zeros(size, dtype=np.int64)
             LV = np.zeros(size, dtype=np.int64)
             _rehash(LK, LV, Lz[live, L_TID].copy(), live.astype(np.int64))
-            changes.update(Lz=Lz, LK=LK, LV=LV)
+            changes.update(Lz=Lz, LK=LK, LV=LV, W=np.zeros((2, 4 * old + 2), dtype=np.int64))
         for name, key, need in (("TM", S_TMN, 2 * LEASE_RESERVE + 4), ("RO", S_RON, LEASE_RESERVE + 4),
                                 ("E", S_NEV, EVENT_RESERVE)):
             arr = getattr(st, name)

@@ -70,7 +70,7 @@ def build(intents: list[tuple]) -> np.ndarray:
         elif kind == "raw":  # hostile values straight into the record
             field, value = a
             r = dict(zip(COMMAND_DTYPE.names, _row(type=CMD_BID, time=now, oid=oid + 1, account=1,
-                                                    kind=1, gpus=1, hours=1, price=5 * TICK)))
+                                                    kind=1, gpus=1, hours=1, price=5 * TICK), strict=True))
             info = np.iinfo(COMMAND_DTYPE[field])
             r[field] = min(max(value, info.min), info.max)  # fit the record's field
             if field != "oid":

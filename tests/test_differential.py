@@ -69,7 +69,7 @@ def test_batching_does_not_change_events(commands: np.ndarray, data: st.DataObje
     whole = make_book(CFG, engine="numba").process(commands)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(commands)), max_size=8)))
     book = make_book(CFG, engine="numba")
-    parts = [book.process(commands[a:b]) for a, b in zip([0, *cuts], [*cuts, len(commands)])]
+    parts = [book.process(commands[a:b]) for a, b in zip([0, *cuts], [*cuts, len(commands)], strict=True)]
     assert np.array_equal(np.concatenate(parts), whole)
 
 

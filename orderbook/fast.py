@@ -776,7 +776,7 @@ def _drop_lease(O, Lz, LK, LV, RO, AG, S, P, lz):
 
 # ======================================================================= matching (R9–R12)
 @_hot
-def _preempt(O, Lz, RO, TM, E, S, P, W, a, firm):
+def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, a, firm):
     """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start)."""
     now = S[S_NOW]
     t0 = now + P[P_NOTICE_S]
@@ -831,10 +831,13 @@ def _preempt(O, Lz, RO, TM, E, S, P, W, a, firm):
         if victim < 0:
             return
         Lz[victim, L_END] = t0
-        _hpush(TM, S, S_TMN, t0, T_LEASE_END, Lz[victim, L_TID], victim)
         k = _ev_lease(E, S, Lz, victim, EV_PREEMPTED, t0)
         E[k, E_LEASE] = Lz[firm, L_TID]
         _reoffer(O, RO, S, a)
+        if t0 <= now:  # no notice: the spot lease is over already
+            _drop_lease(O, Lz, LK, LV, RO, AG, S, P, victim)
+        else:
+            _hpush(TM, S, S_TMN, t0, T_LEASE_END, Lz[victim, L_TID], victim)
 
 
 # ======================================================================= the state bundle
@@ -920,7 +923,7 @@ def _fill(st, b, a, q):
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
     if kind != SPOT:
-        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, st.W, a, lz)
+        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, st.W, st.LK, st.LV, st.AG, a, lz)
 
 
 @_hot

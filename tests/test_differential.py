@@ -22,6 +22,9 @@ from orderbook.types import EVENT_DTYPE
 
 # small price range so levels fill up; short gate and notice so they matter in short streams
 CFG = BookConfig(name="T", max_price=20_000, gate_s=300, notice_s=120)
+# no notice: preempted spot leases end at once; a long gate: reserved bids expire early
+CONFIGS = [CFG, BookConfig(name="T", max_price=20_000, gate_s=300, notice_s=0),
+           BookConfig(name="T", max_price=20_000, gate_s=7_200, notice_s=3_600)]
 EXAMPLES = int(os.environ.get("GPUX_DIFF_EXAMPLES", "300"))
 SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 
@@ -30,9 +33,9 @@ def _show(events: np.ndarray) -> list[dict[str, int]]:
     return [{k: int(e[k]) for k in EVENT_DTYPE.names if e[k]} for e in events]
 
 
-def _run_both(commands: np.ndarray) -> tuple[list[np.ndarray], object, object]:
-    ref = make_book(CFG, engine="reference")
-    fast = make_book(CFG, engine="numba")
+def _run_both(commands: np.ndarray, cfg: BookConfig = CFG) -> tuple[list[np.ndarray], object, object]:
+    ref = make_book(cfg, engine="reference")
+    fast = make_book(cfg, engine="numba")
     out = []
     for i in range(len(commands)):
         one = commands[i : i + 1]
@@ -47,19 +50,19 @@ def _run_both(commands: np.ndarray) -> tuple[list[np.ndarray], object, object]:
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=SLOW)
-@given(command_streams(400))
-def test_numba_book_equals_reference_book(commands: np.ndarray) -> None:
-    events, ref, fast = _run_both(commands)
+@given(command_streams(400), st.sampled_from(CONFIGS))
+def test_numba_book_equals_reference_book(commands: np.ndarray, cfg: BookConfig) -> None:
+    events, ref, fast = _run_both(commands, cfg)
     assert ref.crossing_pairs() == []  # the reference's own check agrees at the end
     seqs = np.concatenate([e["seq"] for e in events]) if events else np.zeros(0)
     assert np.array_equal(seqs, np.arange(1, len(seqs) + 1))  # R15: consecutive per book
 
 
 @settings(max_examples=max(EXAMPLES // 3, 10), deadline=None, suppress_health_check=SLOW)
-@given(drawn_streams(60))
-def test_numba_book_equals_reference_book_shrinkable(commands: np.ndarray) -> None:
+@given(drawn_streams(60), st.sampled_from(CONFIGS))
+def test_numba_book_equals_reference_book_shrinkable(commands: np.ndarray, cfg: BookConfig) -> None:
     """Short streams drawn intent by intent: a failure shrinks to a minimal stream."""
-    _run_both(commands)
+    _run_both(commands, cfg)
 
 
 @settings(max_examples=max(EXAMPLES // 6, 10), deadline=None, suppress_health_check=SLOW)

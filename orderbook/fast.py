@@ -1647,7 +1647,7 @@ class NumbaBook:
             O[-1, O_FREE] = S[S_OFREE]
             S[S_OFREE] = old
             live = np.nonzero(O[:, O_LIVE] == LIVE_RESTING)[0]
-            size = _pow2_at_least(8 * old)
+            size = _pow2_at_least(4 * old)  # load <= 1/2 at the new capacity
             HK = np.zeros(size, dtype=np.int64)
             HV = np.zeros(size, dtype=np.int64)
             _rehash(HK, HV, O[live, O_OID].copy(), live.astype(np.int64))

@@ -88,9 +88,10 @@ NO = 32
 LIVE_FREE, LIVE_RESTING, LIVE_INCOMING = 0, 1, 2
 
 # --- lease columns ---------------------------------------------------------------------
-(L_TID, L_ASK, L_BID, L_BUYER, L_PROV, L_KIND, L_GPUS, L_START, L_END, L_PRICE, L_RESOLD,
- L_ASLOT, L_NEXT, L_PREV, L_LIVE, L_FREE, L_NOW) = range(17)
-NL = 17  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS
+# what a capacity scan reads comes first: one 64-byte line per lease (rows are 192 bytes)
+(L_NEXT, L_START, L_END, L_GPUS, L_KIND, L_NOW, L_TID, L_ASK, L_BID, L_BUYER, L_PROV, L_PRICE,
+ L_RESOLD, L_ASLOT, L_PREV, L_LIVE, L_FREE) = range(17)
+NL = 24  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS; 7 columns of padding
 
 # --- command columns: COMMAND_DTYPE order ---------------------------------------------
 (C_TIME, C_OID, C_ACC, C_PRICE, C_SPOT, C_START, C_END, C_EXP, C_LEASE, C_GPUS, C_HOURS, C_MINH,
@@ -607,15 +608,15 @@ def _usage_at(Lz, head, p, with_spot):
 
 
 @_hot
-def _peak_usage(Lz, head, ws, we, with_spot):
+def _peak_usage(Lz, head, ws, we, with_spot, W):
     """max over t in [ws, we) of firm(a, t) (+ spot(a, t)) for the ask whose list is `head`."""
     if head < 0 or we <= ws:
         return 0
-    return _free_for(Lz, head, ws, we, with_spot, BIG, 1, BIG)
+    return _free_for(Lz, head, ws, we, with_spot, BIG, 1, BIG, W)
 
 
 @_hot
-def _free_for(Lz, head, ws, we, with_spot, gpus, block, want):
+def _free_for(Lz, head, ws, we, with_spot, gpus, block, want, W):
     """With gpus=BIG: the peak usage over [ws, we).  Otherwise the free GPUs of an ask of `gpus`
     over [ws, we), exact when it matters: anything >= want may come back as want, anything
     below block as 0 (the caller rounds to blocks).
@@ -626,6 +627,10 @@ def _free_for(Lz, head, ws, we, with_spot, gpus, block, want):
     at_ws = 0
     overlap = 0
     inner = 0
+    n = 0
+    starts = W[0]  # the overlapping leases, copied side by side for the second pass
+    ends = W[1]
+    held = W[2]
     lz = head
     while lz >= 0:
         st = Lz[lz, L_START]
@@ -637,27 +642,32 @@ def _free_for(Lz, head, ws, we, with_spot, gpus, block, want):
                 at_ws += g
             else:
                 inner += 1
+            starts[n] = st
+            ends[n] = en
+            held[n] = g
+            n += 1
         lz = Lz[lz, L_NEXT]
     if gpus - overlap >= want:
         return want if gpus != BIG else overlap
     if inner == 0 or gpus - at_ws < block:
         return gpus - at_ws if gpus != BIG else at_ws
     peak = at_ws
-    lz = head
-    while lz >= 0:
-        p = Lz[lz, L_START]
-        if ws < p < we and Lz[lz, L_END] > p and (with_spot or Lz[lz, L_KIND] != SPOT):
-            u = _usage_at(Lz, head, p, with_spot)
+    for i in range(n):
+        p = starts[i]
+        if p > ws:
+            u = 0
+            for j in range(n):
+                if starts[j] <= p < ends[j]:
+                    u += held[j]
             if u > peak:
                 peak = u
                 if gpus - peak < block:
                     break
-        lz = Lz[lz, L_NEXT]
     return gpus - peak if gpus != BIG else peak
 
 
 @_hot
-def _fill_qty(O, Lz, S, b, a, want):
+def _fill_qty(O, Lz, S, W, b, a, want):
     """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10)."""
     now = S[S_NOW]
     if O[a, O_ACC] == O[b, O_ACC] or O[b, O_HOURS] < O[a, O_MINH]:
@@ -692,7 +702,7 @@ def _fill_qty(O, Lz, S, b, a, want):
         q = want if want < gp else gp
     else:
         S[S_SCAN] += 1
-        free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want)
+        free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)
         q = want if want < free else free
     if q < block:
         return 0
@@ -713,7 +723,7 @@ def _reoffer(O, RO, S, a):
 
 
 @_hot
-def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, o):
+def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
     """Take a resting order out of the book and free its slot."""
     if O[o, O_SIDE] == SIDE_ASK:
         lvl = _level(P, O[o, O_PRICE])
@@ -726,7 +736,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, o):
         if O[o, O_LEASE] > 0:  # a resale ask gives its unsold GPUs back (R16)
             pl = _map_get(LK, LV, O[o, O_LEASE])
             if pl >= 0:
-                sold = _peak_usage(Lz, O[o, O_LHEAD], S[S_NOW], O[o, O_END], True)
+                sold = _peak_usage(Lz, O[o, O_LHEAD], S[S_NOW], O[o, O_END], True, W)
                 Lz[pl, L_RESOLD] -= O[o, O_GPUS] - sold
         lz = O[o, O_LHEAD]
         while lz >= 0:  # what it sold stands, detached from the ask (R7)
@@ -846,7 +856,9 @@ State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM RO E S P W")
 
 @_hot
 def _remove(st, o):
-    _remove_order(st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, o)
+    _remove_order(
+        st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, st.W, o
+    )
 
 
 @_hot
@@ -957,11 +969,11 @@ def _walk_asks(st, b, dry):
             while a >= 0:
                 st.S[S_VISIT_ASK] += 1
                 if dry:
-                    got += _fill_qty(O, st.Lz, st.S, b, a, want)
+                    got += _fill_qty(O, st.Lz, st.S, st.W, b, a, want)
                     if got >= want:
                         return got
                 else:
-                    q = _fill_qty(O, st.Lz, st.S, b, a, O[b, O_REM])
+                    q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM])
                     if q > 0:
                         _fill(st, b, a, q)
                         if O[b, O_REM] == 0:
@@ -1043,7 +1055,7 @@ def _walk_bids(st, a, dry):
         else:
             ls, bs = _next_bid(st, LAD_BID_SPOT, ls, low_s, bs, a, free_spot)
         st.S[S_VISIT_BID] += 1
-        q = _fill_qty(O, st.Lz, st.S, b, a, O[b, O_REM])
+        q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM])
         if q > 0:
             if dry:
                 return 1
@@ -1367,7 +1379,7 @@ def _on_amend(st, C, i):
                 code = R.BAD_AMEND
         elif not 1 <= new < O[o, O_GPUS]:
             code = R.BAD_AMEND
-        elif new < _peak_usage(st.Lz, O[o, O_LHEAD], st.S[S_NOW], O[o, O_END], True):
+        elif new < _peak_usage(st.Lz, O[o, O_LHEAD], st.S[S_NOW], O[o, O_END], True, st.W):
             code = R.AMEND_BELOW_SOLD
     if code != R.OK:
         _reject(st.E, st.S, C, i, code)
@@ -1486,8 +1498,17 @@ def _state_hash(st):
         if Lz[lz, L_LIVE] != 1 or Lz[lz, L_END] <= S[S_NOW]:
             continue
         w[0] = 2
-        for c in range(11):
-            w[1 + c] = Lz[lz, c]
+        w[1] = Lz[lz, L_TID]
+        w[2] = Lz[lz, L_ASK]
+        w[3] = Lz[lz, L_BID]
+        w[4] = Lz[lz, L_BUYER]
+        w[5] = Lz[lz, L_PROV]
+        w[6] = Lz[lz, L_KIND]
+        w[7] = Lz[lz, L_GPUS]
+        w[8] = Lz[lz, L_START]
+        w[9] = Lz[lz, L_END]
+        w[10] = Lz[lz, L_PRICE]
+        w[11] = Lz[lz, L_RESOLD]
         h += hash_words(w, 12)
     return h
 
@@ -1501,7 +1522,7 @@ def _crossing_pairs(st):
             continue
         for a in range(O.shape[0]):
             if O[a, O_LIVE] == LIVE_RESTING and O[a, O_SIDE] == SIDE_ASK:
-                if _fill_qty(O, st.Lz, st.S, b, a, O[b, O_REM]) > 0:
+                if _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM]) > 0:
                     out.append((O[b, O_OID], O[a, O_OID]))
     return out
 
@@ -1571,7 +1592,7 @@ class NumbaBook:
             E=np.zeros((EVENT_RESERVE + 4096, NE), dtype=np.int64),
             S=S,
             P=self.cfg.as_array(),
-            W=np.zeros((2, 2 * nl + 2), dtype=np.int64),
+            W=np.zeros((3, 2 * nl + 2), dtype=np.int64),
         )
 
     # ------------------------------------------------------------------ public API
@@ -1617,7 +1638,7 @@ class NumbaBook:
         if not np.array_equal(arrays["P"], config.as_array()):
             raise ValueError("snapshot was taken with another instrument configuration")
         arrays["E"] = book.st.E
-        arrays["W"] = np.zeros((2, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
+        arrays["W"] = np.zeros((3, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
         book.st = State(**arrays)
         return book
 
@@ -1664,7 +1685,7 @@ class NumbaBook:
             LK = np.zeros(size, dtype=np.int64)
             LV = np.zeros(size, dtype=np.int64)
             _rehash(LK, LV, Lz[live, L_TID].copy(), live.astype(np.int64))
-            changes.update(Lz=Lz, LK=LK, LV=LV, W=np.zeros((2, 4 * old + 2), dtype=np.int64))
+            changes.update(Lz=Lz, LK=LK, LV=LV, W=np.zeros((3, 4 * old + 2), dtype=np.int64))
         for name, key, need in (("TM", S_TMN, 2 * LEASE_RESERVE + 4), ("RO", S_RON, LEASE_RESERVE + 4),
                                 ("E", S_NEV, EVENT_RESERVE)):
             arr = getattr(st, name)

@@ -1183,7 +1183,7 @@ def _on_ask(st, C, i):
     else:
         code = _check_price(P, price)
     if code == R.OK and spot != 0:
-        if spot < 0 or spot > price:
+        if spot < P[P_MIN_PRICE] or spot > price:
             code = R.BAD_SPOT_PRICE
         elif spot % P[P_TICK] != 0:
             code = R.OFF_TICK

@@ -50,7 +50,7 @@ REASONS: dict[int, tuple[str, str]] = {
     BAD_HOURS: ("BAD_HOURS", "hours must be a whole number between 1 and the instrument's maximum"),
     BAD_PRICE: ("BAD_PRICE", "price must lie between the instrument's minimum and maximum price"),
     OFF_TICK: ("OFF_TICK", "price must be a multiple of the instrument's tick"),
-    BAD_SPOT_PRICE: ("BAD_SPOT_PRICE", "spot_price must be positive and not above price"),
+    BAD_SPOT_PRICE: ("BAD_SPOT_PRICE", "spot_price must lie between the instrument's minimum price and price"),
     BAD_MIN_HOURS: ("BAD_MIN_HOURS", "min_hours must be between 1 and the instrument's maximum hours"),
     BAD_WINDOW: (
         "BAD_WINDOW",

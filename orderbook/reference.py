@@ -406,7 +406,7 @@ class ReferenceBook:
         if not code:
             code = self._check_price(cmd["price"])
         if not code and cmd["spot_price"]:
-            if cmd["spot_price"] < 0 or cmd["spot_price"] > cmd["price"]:
+            if cmd["spot_price"] < c.min_price or cmd["spot_price"] > cmd["price"]:
                 code = R.BAD_SPOT_PRICE
             elif cmd["spot_price"] % c.tick:
                 code = R.OFF_TICK

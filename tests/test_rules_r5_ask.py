@@ -69,6 +69,17 @@ def test_r5_spot_price_above_price_is_rejected(book):
     ]
 
 
+def test_r5_spot_price_below_min_price_is_rejected(make_book):
+    """R3, R5, R8: a spot price, like any price, lies within the instrument's bounds.
+
+    (Found by probing: a spot price below min_price had no price level in the numba book.)"""
+    book = make_book(BookConfig(min_price=100_000))
+    evs = run(book, ask(T, 1, PROV, 1, P, T + HOUR, spot_price=1_000),
+              ask(T, 2, PROV, 1, P, T + HOUR, spot_price=100_000))
+    assert evs[0] == rejected(time=T, oid=1, account=PROV, reason=R.BAD_SPOT_PRICE, cmd=CMD_ASK)
+    assert evs[1]["type"] == "accepted" and evs[1]["price2"] == 100_000
+
+
 def test_r5_ask_without_spot_price_is_not_offered_to_spot(book):
     """R5, R9: a spot bid does not trade with an ask that has no spot_price, however high its limit."""
     evs = run(book, ask(T, 1, PROV, 4, P, T + 3 * HOUR), bid(T, 2, BUYER, SPOT, 1, 1, 10 * P))

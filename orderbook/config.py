@@ -32,6 +32,10 @@ class BookConfig:
             raise ValueError("max_gpus and max_hours must fit in int32")
         if self.max_window_hours < 1 or self.gate_s < 0 or self.notice_s < 0:
             raise ValueError("max_window_hours must be >= 1, gate_s and notice_s >= 0")
+        if self.notice_s >= 3600:
+            # R12 preempts spot only from T0 = now + notice_s on, inside the firm fill's window;
+            # the shortest firm fill is one hour, so a longer notice would never make room
+            raise ValueError("notice_s must be below 3600 (the shortest firm lease is one hour)")
 
     @property
     def levels(self) -> int:

@@ -24,7 +24,7 @@ from orderbook.types import EVENT_DTYPE
 CFG = BookConfig(name="T", max_price=20_000, gate_s=300, notice_s=120)
 # no notice: preempted spot leases end at once; a long gate: reserved bids expire early
 CONFIGS = [CFG, BookConfig(name="T", max_price=20_000, gate_s=300, notice_s=0),
-           BookConfig(name="T", max_price=20_000, gate_s=7_200, notice_s=3_600),
+           BookConfig(name="T", max_price=20_000, gate_s=7_200, notice_s=3_599),
            BookConfig(name="T", min_price=5_000, max_price=11_000)]  # prices outside the bounds
 EXAMPLES = int(os.environ.get("GPUX_DIFF_EXAMPLES", "300"))
 SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]

@@ -108,8 +108,9 @@ assert EVENT_DTYPE.names[E_CMD] == "cmd" and len(EVENT_DTYPE.names) == NE
 
 # --- scalars -------------------------------------------------------------------------------
 (S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
- S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN) = range(16)
-NS = 16  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned)
+ S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_PROF_F, S_PROF_S) = range(18)
+NS = 18  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
+# S_PROF_F / S_PROF_S: breakpoints of the usage profile cached for the ask being walked, -1 = none
 
 # ladders
 LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4
@@ -667,8 +668,106 @@ def _free_for(Lz, head, ws, we, with_spot, gpus, block, want, W):
 
 
 @_hot
-def _fill_qty(O, Lz, S, W, b, a, want):
-    """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10)."""
+def _sort_prefix(a, n):
+    """Sort a[:n] in place without allocating: insertion sort when short, heapsort otherwise."""
+    if n <= 32:
+        for i in range(1, n):
+            x = a[i]
+            j = i - 1
+            while j >= 0 and a[j] > x:
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = x
+        return
+    for start in range(n // 2 - 1, -1, -1):
+        _sift(a, start, n)
+    for end in range(n - 1, 0, -1):
+        t = a[0]
+        a[0] = a[end]
+        a[end] = t
+        _sift(a, 0, end)
+
+
+@_hot
+def _sift(a, i, n):
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            return
+        if c + 1 < n and a[c + 1] > a[c]:
+            c += 1
+        if a[c] <= a[i]:
+            return
+        t = a[i]
+        a[i] = a[c]
+        a[c] = t
+        i = c
+
+
+PACK = 21  # a profile event packs (time << PACK) | (change + 2**20); GPU counts stay below 2**20
+
+
+@_hot
+def _now_profile(Lz, head, now, with_spot, W, r):
+    """The ask's usage from now on as breakpoints: W[r][i] = a time at which usage changes,
+    W[r + 1][i] = the highest usage from now until just after it.  Returns their number, or
+    -1 when GPU counts are too large to pack (the caller then scans)."""
+    ev = W[r]
+    n = 0
+    total = 0
+    lz = head
+    while lz >= 0:
+        en = Lz[lz, L_END]
+        if en > now and (with_spot or Lz[lz, L_KIND] != SPOT):
+            st = Lz[lz, L_START]
+            g = Lz[lz, L_GPUS]
+            total += g
+            ev[n] = ((st if st > now else now) << PACK) | ((1 << 20) + g)
+            ev[n + 1] = (en << PACK) | ((1 << 20) - g)
+            n += 2
+        lz = Lz[lz, L_NEXT]
+    if total >= (1 << 20):
+        return -1
+    _sort_prefix(ev, n)
+    top = W[r + 1]
+    m = 0
+    cur = 0
+    peak = 0
+    i = 0
+    while i < n:
+        t = ev[i] >> PACK
+        while i < n and (ev[i] >> PACK) == t:
+            cur += (ev[i] & ((1 << PACK) - 1)) - (1 << 20)
+            i += 1
+        if cur > peak:
+            peak = cur
+        ev[m] = t  # safe: m <= the events read so far
+        top[m] = peak
+        m += 1
+    return m
+
+
+@_hot
+def _profile_peak(W, r, m, we):
+    """Highest usage over [now, we) from a profile of m breakpoints."""
+    times = W[r]
+    lo = 0
+    hi = m
+    while lo < hi:  # first breakpoint at or after we
+        mid = (lo + hi) >> 1
+        if times[mid] < we:
+            lo = mid + 1
+        else:
+            hi = mid
+    return W[r + 1][lo - 1] if lo > 0 else 0
+
+
+@_hot
+def _fill_qty(O, Lz, S, W, b, a, want, prof):
+    """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10).
+
+    prof=True: a's usage profile from now on may be built once and kept in W (while an ask
+    walks the bids, the caller resets it after every fill)."""
     now = S[S_NOW]
     if O[a, O_ACC] == O[b, O_ACC] or O[b, O_HOURS] < O[a, O_MINH]:
         return 0
@@ -696,6 +795,16 @@ def _fill_qty(O, Lz, S, W, b, a, want):
             return q - q % block if q >= block else 0
         if gp - used_now < block:
             return 0  # held right now by leases: no window starting now fits a block
+        if prof and gp - used < want:
+            si = S_PROF_S if spot else S_PROF_F
+            r = 5 if spot else 3
+            if S[si] < 0:
+                S[S_SCAN] += 1
+                S[si] = _now_profile(Lz, O[a, O_LHEAD], now, spot, W, r)
+            if S[si] >= 0:
+                q = gp - _profile_peak(W, r, S[si], we)
+                q = want if want < q else q
+                return q - q % block if q >= block else 0
     if gp - used >= want:
         q = want
     elif ws >= O[a, O_LMAXEND]:  # every lease on the ask ends before the window starts
@@ -969,11 +1078,11 @@ def _walk_asks(st, b, dry):
             while a >= 0:
                 st.S[S_VISIT_ASK] += 1
                 if dry:
-                    got += _fill_qty(O, st.Lz, st.S, st.W, b, a, want)
+                    got += _fill_qty(O, st.Lz, st.S, st.W, b, a, want, False)
                     if got >= want:
                         return got
                 else:
-                    q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM])
+                    q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM], False)
                     if q > 0:
                         _fill(st, b, a, q)
                         if O[b, O_REM] == 0:
@@ -1029,6 +1138,8 @@ def _walk_bids(st, a, dry):
     low_f = _level(P, O[a, O_PRICE])
     gp = O[a, O_GPUS]
     started = O[a, O_START] <= now and O[a, O_END] - now >= HOUR
+    st.S[S_PROF_F] = -1
+    st.S[S_PROF_S] = -1
     free_od = gp - O[a, O_UNF]
     free_spot = free_od - O[a, O_UNS]
     lr, br = _next_bid(st, LAD_BID_RES, top, low_f, -1, a, gp)
@@ -1055,11 +1166,13 @@ def _walk_bids(st, a, dry):
         else:
             ls, bs = _next_bid(st, LAD_BID_SPOT, ls, low_s, bs, a, free_spot)
         st.S[S_VISIT_BID] += 1
-        q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM])
+        q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM], True)
         if q > 0:
             if dry:
                 return 1
             _fill(st, b, a, q)
+            st.S[S_PROF_F] = -1  # a's leases changed
+            st.S[S_PROF_S] = -1
     return 0
 
 
@@ -1522,7 +1635,7 @@ def _crossing_pairs(st):
             continue
         for a in range(O.shape[0]):
             if O[a, O_LIVE] == LIVE_RESTING and O[a, O_SIDE] == SIDE_ASK:
-                if _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM]) > 0:
+                if _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM], False) > 0:
                     out.append((O[b, O_OID], O[a, O_OID]))
     return out
 
@@ -1592,7 +1705,7 @@ class NumbaBook:
             E=np.zeros((EVENT_RESERVE + 4096, NE), dtype=np.int64),
             S=S,
             P=self.cfg.as_array(),
-            W=np.zeros((3, 2 * nl + 2), dtype=np.int64),
+            W=np.zeros((7, 2 * nl + 2), dtype=np.int64),
         )
 
     # ------------------------------------------------------------------ public API
@@ -1638,7 +1751,7 @@ class NumbaBook:
         if not np.array_equal(arrays["P"], config.as_array()):
             raise ValueError("snapshot was taken with another instrument configuration")
         arrays["E"] = book.st.E
-        arrays["W"] = np.zeros((3, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
+        arrays["W"] = np.zeros((7, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
         book.st = State(**arrays)
         return book
 
@@ -1685,7 +1798,7 @@ class NumbaBook:
             LK = np.zeros(size, dtype=np.int64)
             LV = np.zeros(size, dtype=np.int64)
             _rehash(LK, LV, Lz[live, L_TID].copy(), live.astype(np.int64))
-            changes.update(Lz=Lz, LK=LK, LV=LV, W=np.zeros((3, 4 * old + 2), dtype=np.int64))
+            changes.update(Lz=Lz, LK=LK, LV=LV, W=np.zeros((7, 4 * old + 2), dtype=np.int64))
         for name, key, need in (("TM", S_TMN, 2 * LEASE_RESERVE + 4), ("RO", S_RON, LEASE_RESERVE + 4),
                                 ("E", S_NEV, EVENT_RESERVE)):
             arr = getattr(st, name)

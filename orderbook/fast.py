@@ -15,9 +15,10 @@ Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / ty
   heap of asks waiting for a re-offer (R13), in ask priority.
 * ``S`` — scalars (engine time, sequence numbers, counters).
 
-Commands come in as an int64 matrix (one row per COMMAND_DTYPE record), events go out as an
-int64 matrix converted to EVENT_DTYPE.  A batch stops early when a pool runs low; the Python
-wrapper grows the pools and resumes, so a command is never cut in half (R15).
+Commands are read straight from the caller's COMMAND_DTYPE records and events written straight
+into an EVENT_DTYPE buffer (no conversion on either side).  A batch stops early when a pool
+runs low; the Python wrapper grows the pools and resumes, so a command is never cut in half
+(R15).
 """
 
 from __future__ import annotations
@@ -92,19 +93,6 @@ LIVE_FREE, LIVE_RESTING, LIVE_INCOMING = 0, 1, 2
 (L_NEXT, L_START, L_END, L_GPUS, L_KIND, L_NOW, L_TID, L_ASK, L_BID, L_BUYER, L_PROV, L_PRICE,
  L_RESOLD, L_ASLOT, L_PREV, L_LIVE, L_FREE) = range(17)
 NL = 24  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS; 7 columns of padding
-
-# --- command columns: COMMAND_DTYPE order ---------------------------------------------
-(C_TIME, C_OID, C_ACC, C_PRICE, C_SPOT, C_START, C_END, C_EXP, C_LEASE, C_GPUS, C_HOURS, C_MINH,
- C_BLOCK, C_TYPE, C_KIND, C_TIF, C_POST) = range(17)
-NC = 17
-assert COMMAND_DTYPE.names[C_POST] == "post_only" and len(COMMAND_DTYPE.names) == NC
-
-# --- event columns: EVENT_DTYPE order --------------------------------------------------
-(E_SEQ, E_TIME, E_OID, E_OID2, E_TID, E_ACC, E_ACC2, E_PRICE, E_PRICE2, E_START, E_END, E_EXP,
- E_LEASE, E_GPUS, E_REM, E_HOURS, E_BLOCK, E_MINH, E_REASON, E_TYPE, E_KIND, E_SIDE, E_TIF,
- E_MAKER, E_CMD) = range(25)
-NE = 25
-assert EVENT_DTYPE.names[E_CMD] == "cmd" and len(EVENT_DTYPE.names) == NE
 
 # --- scalars -------------------------------------------------------------------------------
 (S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
@@ -382,51 +370,72 @@ def _ev(E, S, typ):
         return E.shape[0] - 1  # overwrite the last row; the batch is failed anyway
     S[S_NEV] = k + 1
     S[S_SEQ] += 1
-    for c in range(NE):
-        E[k, c] = 0
-    E[k, E_SEQ] = S[S_SEQ]
-    E[k, E_TIME] = S[S_NOW]
-    E[k, E_TYPE] = typ
+    e = E[k]
+    e.seq = S[S_SEQ]
+    e.time = S[S_NOW]
+    e.type = typ
+    e.oid = 0
+    e.oid2 = 0
+    e.trade_id = 0
+    e.account = 0
+    e.account2 = 0
+    e.price = 0
+    e.price2 = 0
+    e.start = 0
+    e.end = 0
+    e.expire_at = 0
+    e.lease_id = 0
+    e.gpus = 0
+    e.remaining = 0
+    e.hours = 0
+    e.block = 0
+    e.min_hours = 0
+    e.reason = 0
+    e.kind = 0
+    e.side = 0
+    e.tif = 0
+    e.maker = 0
+    e.cmd = 0
     return k
 
 
 @_hot
 def _ev_order_end(E, S, O, o, typ, why):
     k = _ev(E, S, typ)
-    E[k, E_OID] = O[o, O_OID]
-    E[k, E_ACC] = O[o, O_ACC]
-    E[k, E_SIDE] = O[o, O_SIDE]
-    E[k, E_KIND] = O[o, O_KIND]
-    E[k, E_REASON] = why
-    E[k, E_REM] = O[o, O_REM]
+    E[k].oid = O[o, O_OID]
+    E[k].account = O[o, O_ACC]
+    E[k].side = O[o, O_SIDE]
+    E[k].kind = O[o, O_KIND]
+    E[k].reason = why
+    E[k].remaining = O[o, O_REM]
 
 
 @_hot
 def _ev_lease(E, S, Lz, lz, typ, end):
     k = _ev(E, S, typ)
-    E[k, E_TID] = Lz[lz, L_TID]
-    E[k, E_OID] = Lz[lz, L_BID]
-    E[k, E_OID2] = Lz[lz, L_ASK]
-    E[k, E_ACC] = Lz[lz, L_BUYER]
-    E[k, E_ACC2] = Lz[lz, L_PROV]
-    E[k, E_KIND] = Lz[lz, L_KIND]
-    E[k, E_GPUS] = Lz[lz, L_GPUS]
-    E[k, E_PRICE] = Lz[lz, L_PRICE]
-    E[k, E_START] = Lz[lz, L_START]
-    E[k, E_END] = end
+    E[k].trade_id = Lz[lz, L_TID]
+    E[k].oid = Lz[lz, L_BID]
+    E[k].oid2 = Lz[lz, L_ASK]
+    E[k].account = Lz[lz, L_BUYER]
+    E[k].account2 = Lz[lz, L_PROV]
+    E[k].kind = Lz[lz, L_KIND]
+    E[k].gpus = Lz[lz, L_GPUS]
+    E[k].price = Lz[lz, L_PRICE]
+    E[k].start = Lz[lz, L_START]
+    E[k].end = end
     return k
 
 
 @_hot
 def _reject(E, S, C, i, code):
     k = _ev(E, S, EV_REJECTED)
-    t = C[i, C_TYPE]
-    E[k, E_OID] = C[i, C_OID]
-    E[k, E_ACC] = C[i, C_ACC]
-    E[k, E_REASON] = code
-    E[k, E_SIDE] = SIDE_ASK if t == CMD_ASK else (SIDE_BID if t == CMD_BID else 0)
-    E[k, E_CMD] = t
-    E[k, E_LEASE] = C[i, C_LEASE]
+    t = C[i].type
+    E[k].oid = C[i].oid
+    E[k].account = C[i].account
+    E[k].reason = code
+    E[k].side = SIDE_ASK if t == CMD_ASK else (SIDE_BID if t == CMD_BID else 0)
+    E[k].cmd = t
+    E[k].lease_id = C[i].lease_id
 
 
 # ======================================================================= pools
@@ -951,7 +960,7 @@ def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, a, firm):
             return
         Lz[victim, L_END] = t0
         k = _ev_lease(E, S, Lz, victim, EV_PREEMPTED, t0)
-        E[k, E_LEASE] = Lz[firm, L_TID]
+        E[k].lease_id = Lz[firm, L_TID]
         _reoffer(O, RO, S, a)
         if t0 <= now:  # no notice: the spot lease is over already
             _drop_lease(O, Lz, LK, LV, RO, AG, S, P, victim)
@@ -1027,20 +1036,20 @@ def _fill(st, b, a, q):
     O[b, O_REM] -= q
     E = st.E
     k = _ev(E, S, EV_TRADE)
-    E[k, E_TID] = tid
-    E[k, E_OID] = O[b, O_OID]
-    E[k, E_OID2] = O[a, O_OID]
-    E[k, E_ACC] = O[b, O_ACC]
-    E[k, E_ACC2] = O[a, O_ACC]
-    E[k, E_KIND] = kind
-    E[k, E_GPUS] = q
-    E[k, E_REM] = O[b, O_REM]
-    E[k, E_PRICE] = price
-    E[k, E_START] = ws
-    E[k, E_END] = we
-    E[k, E_MAKER] = maker
-    E[k, E_LEASE] = O[a, O_LEASE]
-    E[k, E_HOURS] = O[b, O_HOURS]
+    E[k].trade_id = tid
+    E[k].oid = O[b, O_OID]
+    E[k].oid2 = O[a, O_OID]
+    E[k].account = O[b, O_ACC]
+    E[k].account2 = O[a, O_ACC]
+    E[k].kind = kind
+    E[k].gpus = q
+    E[k].remaining = O[b, O_REM]
+    E[k].price = price
+    E[k].start = ws
+    E[k].end = we
+    E[k].maker = maker
+    E[k].lease_id = O[a, O_LEASE]
+    E[k].hours = O[b, O_HOURS]
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
     if kind != SPOT:
@@ -1276,20 +1285,20 @@ def _on_ask(st, C, i):
     P = st.P
     Lz = st.Lz
     now = S[S_NOW]
-    start = C[i, C_START]
+    start = C[i].start
     if start < now:
         start = now
-    end = C[i, C_END]
-    minh = C[i, C_MINH]
+    end = C[i].end
+    minh = C[i].min_hours
     if minh == 0:
         minh = 1
-    gpus = C[i, C_GPUS]
-    price = C[i, C_PRICE]
-    spot = C[i, C_SPOT]
+    gpus = C[i].gpus
+    price = C[i].price
+    spot = C[i].spot_price
     code = R.OK
-    if C[i, C_ACC] <= 0:
+    if C[i].account <= 0:
         code = R.BAD_ACCOUNT
-    elif C[i, C_OID] <= S[S_LASTOID]:
+    elif C[i].oid <= S[S_LASTOID]:
         code = R.BAD_ORDER_ID
     elif not 1 <= gpus <= P[P_MAX_GPUS]:
         code = R.BAD_GPUS
@@ -1305,11 +1314,11 @@ def _on_ask(st, C, i):
     if code == R.OK and (end - start < minh * HOUR or end - start > P[P_MAX_WINDOW_HOURS] * HOUR):
         code = R.BAD_WINDOW
     pl = -1
-    if code == R.OK and C[i, C_LEASE] != 0:
-        pl = _map_get(st.LK, st.LV, C[i, C_LEASE])
+    if code == R.OK and C[i].lease_id != 0:
+        pl = _map_get(st.LK, st.LV, C[i].lease_id)
         if pl < 0 or Lz[pl, L_END] <= now:
             code = R.UNKNOWN_LEASE
-        elif Lz[pl, L_BUYER] != C[i, C_ACC]:
+        elif Lz[pl, L_BUYER] != C[i].account:
             code = R.NOT_LEASE_HOLDER
         elif Lz[pl, L_KIND] == SPOT:
             code = R.LEASE_NOT_RESELLABLE
@@ -1321,8 +1330,8 @@ def _on_ask(st, C, i):
         _reject(st.E, S, C, i, code)
         return
     a = _alloc_order(O, S)
-    O[a, O_OID] = C[i, C_OID]
-    O[a, O_ACC] = C[i, C_ACC]
+    O[a, O_OID] = C[i].oid
+    O[a, O_ACC] = C[i].account
     O[a, O_SIDE] = SIDE_ASK
     O[a, O_GPUS] = gpus
     O[a, O_PRICE] = price
@@ -1332,8 +1341,8 @@ def _on_ask(st, C, i):
     O[a, O_MINH] = minh
     O[a, O_EXP] = end
     O[a, O_WHY] = END_WINDOW
-    O[a, O_LEASE] = C[i, C_LEASE]
-    O[a, O_POST] = 1 if C[i, C_POST] != 0 else 0
+    O[a, O_LEASE] = C[i].lease_id
+    O[a, O_POST] = 1 if C[i].post_only != 0 else 0
     O[a, O_LIVE] = LIVE_INCOMING
     O[a, O_NEXTSTART] = BIG
     if O[a, O_POST] == 1 and _walk_bids(st, a, True) == 1:
@@ -1347,17 +1356,17 @@ def _on_ask(st, C, i):
     _map_put(st.HK, st.HV, O[a, O_OID], a)
     E = st.E
     k = _ev(E, S, EV_ACCEPTED)
-    E[k, E_OID] = O[a, O_OID]
-    E[k, E_ACC] = O[a, O_ACC]
-    E[k, E_SIDE] = SIDE_ASK
-    E[k, E_GPUS] = gpus
-    E[k, E_PRICE] = price
-    E[k, E_PRICE2] = spot
-    E[k, E_START] = start
-    E[k, E_END] = end
-    E[k, E_MINH] = minh
-    E[k, E_LEASE] = O[a, O_LEASE]
-    E[k, E_EXP] = end
+    E[k].oid = O[a, O_OID]
+    E[k].account = O[a, O_ACC]
+    E[k].side = SIDE_ASK
+    E[k].gpus = gpus
+    E[k].price = price
+    E[k].price2 = spot
+    E[k].start = start
+    E[k].end = end
+    E[k].min_hours = minh
+    E[k].lease_id = O[a, O_LEASE]
+    E[k].expire_at = end
     _walk_bids(st, a, False)
 
 
@@ -1367,17 +1376,17 @@ def _on_bid(st, C, i):
     S = st.S
     P = st.P
     now = S[S_NOW]
-    kind = C[i, C_KIND]
-    tif = C[i, C_TIF]
-    gpus = C[i, C_GPUS]
-    hours = C[i, C_HOURS]
-    block = C[i, C_BLOCK]
+    kind = C[i].kind
+    tif = C[i].tif
+    gpus = C[i].gpus
+    hours = C[i].hours
+    block = C[i].block
     if block == 0:
         block = 1
     code = R.OK
-    if C[i, C_ACC] <= 0:
+    if C[i].account <= 0:
         code = R.BAD_ACCOUNT
-    elif C[i, C_OID] <= S[S_LASTOID]:
+    elif C[i].oid <= S[S_LASTOID]:
         code = R.BAD_ORDER_ID
     elif kind != SPOT and kind != ON_DEMAND and kind != RESERVED:
         code = R.BAD_KIND
@@ -1388,10 +1397,10 @@ def _on_bid(st, C, i):
     elif not 1 <= hours <= P[P_MAX_HOURS]:
         code = R.BAD_HOURS
     else:
-        code = _check_price(P, C[i, C_PRICE])
+        code = _check_price(P, C[i].price)
     if code == R.OK and (block < 1 or gpus % block != 0):
         code = R.BAD_BLOCK
-    start = C[i, C_START] if kind == RESERVED else 0
+    start = C[i].start if kind == RESERVED else 0
     if code == R.OK and kind == RESERVED:
         if start % HOUR != 0:
             code = R.UNALIGNED_START
@@ -1400,9 +1409,9 @@ def _on_bid(st, C, i):
     expire_at = 0
     why = 0
     if code == R.OK and tif == GTD:
-        if C[i, C_EXP] <= now:
+        if C[i].expire_at <= now:
             code = R.BAD_EXPIRY
-        expire_at = C[i, C_EXP]
+        expire_at = C[i].expire_at
         why = END_GTD
     if code != R.OK:
         _reject(st.E, S, C, i, code)
@@ -1412,15 +1421,15 @@ def _on_bid(st, C, i):
         expire_at = gate
         why = END_GATE
     b = _alloc_order(O, S)
-    O[b, O_OID] = C[i, C_OID]
-    O[b, O_ACC] = C[i, C_ACC]
+    O[b, O_OID] = C[i].oid
+    O[b, O_ACC] = C[i].account
     O[b, O_SIDE] = SIDE_BID
     O[b, O_KIND] = kind
     O[b, O_TIF] = tif
     O[b, O_GPUS] = gpus
     O[b, O_REM] = gpus
     O[b, O_HOURS] = hours
-    O[b, O_PRICE] = C[i, C_PRICE]
+    O[b, O_PRICE] = C[i].price
     O[b, O_START] = start
     O[b, O_END] = start + hours * HOUR if kind == RESERVED else 0
     O[b, O_BLOCK] = block
@@ -1430,19 +1439,19 @@ def _on_bid(st, C, i):
     S[S_LASTOID] = O[b, O_OID]
     E = st.E
     k = _ev(E, S, EV_ACCEPTED)
-    E[k, E_OID] = O[b, O_OID]
-    E[k, E_ACC] = O[b, O_ACC]
-    E[k, E_SIDE] = SIDE_BID
-    E[k, E_KIND] = kind
-    E[k, E_TIF] = tif
-    E[k, E_GPUS] = gpus
-    E[k, E_REM] = gpus
-    E[k, E_HOURS] = hours
-    E[k, E_PRICE] = O[b, O_PRICE]
-    E[k, E_BLOCK] = block
-    E[k, E_START] = start
-    E[k, E_END] = O[b, O_END]
-    E[k, E_EXP] = expire_at
+    E[k].oid = O[b, O_OID]
+    E[k].account = O[b, O_ACC]
+    E[k].side = SIDE_BID
+    E[k].kind = kind
+    E[k].tif = tif
+    E[k].gpus = gpus
+    E[k].remaining = gpus
+    E[k].hours = hours
+    E[k].price = O[b, O_PRICE]
+    E[k].block = block
+    E[k].start = start
+    E[k].end = O[b, O_END]
+    E[k].expire_at = expire_at
     if tif == FOK and _walk_asks(st, b, True) < gpus:
         _ev_order_end(E, S, O, b, EV_CANCELLED, END_FOK)
         _free_order(O, S, b)
@@ -1463,10 +1472,10 @@ def _on_bid(st, C, i):
 
 @_hot
 def _owned_order(st, C, i):
-    o = _map_get(st.HK, st.HV, C[i, C_OID])
+    o = _map_get(st.HK, st.HV, C[i].oid)
     if o < 0:
         return -1, R.UNKNOWN_ORDER
-    if st.O[o, O_ACC] != C[i, C_ACC]:
+    if st.O[o, O_ACC] != C[i].account:
         return -1, R.NOT_OWNER
     return o, R.OK
 
@@ -1485,7 +1494,7 @@ def _on_cancel(st, C, i):
 def _on_amend(st, C, i):
     O = st.O
     o, code = _owned_order(st, C, i)
-    new = C[i, C_GPUS]
+    new = C[i].gpus
     if o >= 0:
         if O[o, O_SIDE] == SIDE_BID:
             if not 1 <= new < O[o, O_REM] or new % O[o, O_BLOCK] != 0:
@@ -1506,12 +1515,12 @@ def _on_amend(st, C, i):
                 st.Lz[pl, L_RESOLD] -= O[o, O_GPUS] - new
         O[o, O_GPUS] = new
     k = _ev(st.E, st.S, EV_AMENDED)
-    st.E[k, E_OID] = O[o, O_OID]
-    st.E[k, E_ACC] = O[o, O_ACC]
-    st.E[k, E_SIDE] = O[o, O_SIDE]
-    st.E[k, E_KIND] = O[o, O_KIND]
-    st.E[k, E_GPUS] = new
-    st.E[k, E_REM] = O[o, O_REM]
+    st.E[k].oid = O[o, O_OID]
+    st.E[k].account = O[o, O_ACC]
+    st.E[k].side = O[o, O_SIDE]
+    st.E[k].kind = O[o, O_KIND]
+    st.E[k].gpus = new
+    st.E[k].remaining = O[o, O_REM]
 
 
 @_hot
@@ -1519,10 +1528,10 @@ def _on_release(st, C, i):
     Lz = st.Lz
     S = st.S
     code = R.OK
-    lz = _map_get(st.LK, st.LV, C[i, C_LEASE]) if C[i, C_LEASE] > 0 else -1
+    lz = _map_get(st.LK, st.LV, C[i].lease_id) if C[i].lease_id > 0 else -1
     if lz < 0 or Lz[lz, L_END] <= S[S_NOW]:
         code = R.UNKNOWN_LEASE
-    elif Lz[lz, L_BUYER] != C[i, C_ACC]:
+    elif Lz[lz, L_BUYER] != C[i].account:
         code = R.NOT_LEASE_HOLDER
     elif Lz[lz, L_KIND] == RESERVED:
         code = R.LEASE_NOT_RELEASABLE
@@ -1545,8 +1554,8 @@ def process_batch(st, C, first):
     while i < n:
         if not _space_ok(st):
             return ST_NEED_SPACE, i
-        t = C[i, C_TIME]
-        typ = C[i, C_TYPE]
+        t = C[i].time
+        typ = C[i].type
         if t < S[S_NOW]:
             _reject(st.E, S, C, i, R.STALE_TIME)
         else:
@@ -1702,7 +1711,7 @@ class NumbaBook:
             LV=np.zeros(_pow2_at_least(2 * nl), dtype=np.int64),
             TM=np.zeros((2 * LEASE_RESERVE + 1024, 4), dtype=np.int64),
             RO=np.zeros((LEASE_RESERVE + 1024, 4), dtype=np.int64),
-            E=np.zeros((EVENT_RESERVE + 4096, NE), dtype=np.int64),
+            E=np.zeros(EVENT_RESERVE + 4096, dtype=EVENT_DTYPE),
             S=S,
             P=self.cfg.as_array(),
             W=np.zeros((7, 2 * nl + 2), dtype=np.int64),
@@ -1711,10 +1720,9 @@ class NumbaBook:
     # ------------------------------------------------------------------ public API
     def process(self, commands: np.ndarray) -> np.ndarray:
         """Apply a batch of command records; return the event records they produced."""
-        n = len(commands)
-        C = np.empty((n, NC), dtype=np.int64)
-        for j, name in enumerate(COMMAND_DTYPE.names):
-            C[:, j] = commands[name]
+        if commands.dtype != COMMAND_DTYPE:
+            raise TypeError(f"commands must be an array of COMMAND_DTYPE records, not {commands.dtype}")
+        C = np.ascontiguousarray(commands)
         self.st.S[S_NEV] = 0
         i = 0
         while True:
@@ -1727,12 +1735,7 @@ class NumbaBook:
                     "the book is no longer consistent"
                 )
             self._grow()
-        nev = int(self.st.S[S_NEV])
-        E = self.st.E
-        out = np.empty(nev, dtype=EVENT_DTYPE)
-        for j, name in enumerate(EVENT_DTYPE.names):
-            out[name] = E[:nev, j]
-        return out
+        return self.st.E[: int(self.st.S[S_NEV])].copy()
 
     def state_hash(self) -> int:
         return int(_state_hash(self.st))
@@ -1803,7 +1806,7 @@ class NumbaBook:
                                 ("E", S_NEV, EVENT_RESERVE)):
             arr = getattr(st, name)
             if S[key] + need > arr.shape[0]:
-                bigger = np.zeros((2 * arr.shape[0], arr.shape[1]), dtype=np.int64)
+                bigger = np.zeros((2 * arr.shape[0],) + arr.shape[1:], dtype=arr.dtype)
                 bigger[: S[key]] = arr[: S[key]]
                 changes[name] = bigger
         self.st = st._replace(**changes)

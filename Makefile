@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 .venv: $(STAMP)
 venv: $(STAMP)
 
-# pytest exits 5 when it collects no test; say so instead of failing the build.
+# The whole suite, then the rule tests of the numba book once more as plain Python
+# (NUMBA_DISABLE_JIT=1): the same source must hold the rules with and without the compiler.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -k numba -W ignore::RuntimeWarning tests/test_rules_*.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

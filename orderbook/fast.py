@@ -371,71 +371,71 @@ def _ev(E, S, typ):
     S[S_NEV] = k + 1
     S[S_SEQ] += 1
     e = E[k]
-    e.seq = S[S_SEQ]
-    e.time = S[S_NOW]
-    e.type = typ
-    e.oid = 0
-    e.oid2 = 0
-    e.trade_id = 0
-    e.account = 0
-    e.account2 = 0
-    e.price = 0
-    e.price2 = 0
-    e.start = 0
-    e.end = 0
-    e.expire_at = 0
-    e.lease_id = 0
-    e.gpus = 0
-    e.remaining = 0
-    e.hours = 0
-    e.block = 0
-    e.min_hours = 0
-    e.reason = 0
-    e.kind = 0
-    e.side = 0
-    e.tif = 0
-    e.maker = 0
-    e.cmd = 0
+    e["seq"] = S[S_SEQ]
+    e["time"] = S[S_NOW]
+    e["type"] = typ
+    e["oid"] = 0
+    e["oid2"] = 0
+    e["trade_id"] = 0
+    e["account"] = 0
+    e["account2"] = 0
+    e["price"] = 0
+    e["price2"] = 0
+    e["start"] = 0
+    e["end"] = 0
+    e["expire_at"] = 0
+    e["lease_id"] = 0
+    e["gpus"] = 0
+    e["remaining"] = 0
+    e["hours"] = 0
+    e["block"] = 0
+    e["min_hours"] = 0
+    e["reason"] = 0
+    e["kind"] = 0
+    e["side"] = 0
+    e["tif"] = 0
+    e["maker"] = 0
+    e["cmd"] = 0
     return k
 
 
 @_hot
 def _ev_order_end(E, S, O, o, typ, why):
     k = _ev(E, S, typ)
-    E[k].oid = O[o, O_OID]
-    E[k].account = O[o, O_ACC]
-    E[k].side = O[o, O_SIDE]
-    E[k].kind = O[o, O_KIND]
-    E[k].reason = why
-    E[k].remaining = O[o, O_REM]
+    E[k]["oid"] = O[o, O_OID]
+    E[k]["account"] = O[o, O_ACC]
+    E[k]["side"] = O[o, O_SIDE]
+    E[k]["kind"] = O[o, O_KIND]
+    E[k]["reason"] = why
+    E[k]["remaining"] = O[o, O_REM]
 
 
 @_hot
 def _ev_lease(E, S, Lz, lz, typ, end):
     k = _ev(E, S, typ)
-    E[k].trade_id = Lz[lz, L_TID]
-    E[k].oid = Lz[lz, L_BID]
-    E[k].oid2 = Lz[lz, L_ASK]
-    E[k].account = Lz[lz, L_BUYER]
-    E[k].account2 = Lz[lz, L_PROV]
-    E[k].kind = Lz[lz, L_KIND]
-    E[k].gpus = Lz[lz, L_GPUS]
-    E[k].price = Lz[lz, L_PRICE]
-    E[k].start = Lz[lz, L_START]
-    E[k].end = end
+    E[k]["trade_id"] = Lz[lz, L_TID]
+    E[k]["oid"] = Lz[lz, L_BID]
+    E[k]["oid2"] = Lz[lz, L_ASK]
+    E[k]["account"] = Lz[lz, L_BUYER]
+    E[k]["account2"] = Lz[lz, L_PROV]
+    E[k]["kind"] = Lz[lz, L_KIND]
+    E[k]["gpus"] = Lz[lz, L_GPUS]
+    E[k]["price"] = Lz[lz, L_PRICE]
+    E[k]["start"] = Lz[lz, L_START]
+    E[k]["end"] = end
     return k
 
 
 @_hot
 def _reject(E, S, C, i, code):
     k = _ev(E, S, EV_REJECTED)
-    t = C[i].type
-    E[k].oid = C[i].oid
-    E[k].account = C[i].account
-    E[k].reason = code
-    E[k].side = SIDE_ASK if t == CMD_ASK else (SIDE_BID if t == CMD_BID else 0)
-    E[k].cmd = t
-    E[k].lease_id = C[i].lease_id
+    t = C[i]["type"]
+    E[k]["oid"] = C[i]["oid"]
+    E[k]["account"] = C[i]["account"]
+    E[k]["reason"] = code
+    E[k]["side"] = SIDE_ASK if t == CMD_ASK else (SIDE_BID if t == CMD_BID else 0)
+    E[k]["cmd"] = t
+    E[k]["lease_id"] = C[i]["lease_id"]
 
 
 # ======================================================================= pools
@@ -960,7 +960,7 @@ def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, a, firm):
             return
         Lz[victim, L_END] = t0
         k = _ev_lease(E, S, Lz, victim, EV_PREEMPTED, t0)
-        E[k].lease_id = Lz[firm, L_TID]
+        E[k]["lease_id"] = Lz[firm, L_TID]
         _reoffer(O, RO, S, a)
         if t0 <= now:  # no notice: the spot lease is over already
             _drop_lease(O, Lz, LK, LV, RO, AG, S, P, victim)
@@ -1036,20 +1036,20 @@ def _fill(st, b, a, q):
     O[b, O_REM] -= q
     E = st.E
     k = _ev(E, S, EV_TRADE)
-    E[k].trade_id = tid
-    E[k].oid = O[b, O_OID]
-    E[k].oid2 = O[a, O_OID]
-    E[k].account = O[b, O_ACC]
-    E[k].account2 = O[a, O_ACC]
-    E[k].kind = kind
-    E[k].gpus = q
-    E[k].remaining = O[b, O_REM]
-    E[k].price = price
-    E[k].start = ws
-    E[k].end = we
-    E[k].maker = maker
-    E[k].lease_id = O[a, O_LEASE]
-    E[k].hours = O[b, O_HOURS]
+    E[k]["trade_id"] = tid
+    E[k]["oid"] = O[b, O_OID]
+    E[k]["oid2"] = O[a, O_OID]
+    E[k]["account"] = O[b, O_ACC]
+    E[k]["account2"] = O[a, O_ACC]
+    E[k]["kind"] = kind
+    E[k]["gpus"] = q
+    E[k]["remaining"] = O[b, O_REM]
+    E[k]["price"] = price
+    E[k]["start"] = ws
+    E[k]["end"] = we
+    E[k]["maker"] = maker
+    E[k]["lease_id"] = O[a, O_LEASE]
+    E[k]["hours"] = O[b, O_HOURS]
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
     if kind != SPOT:
@@ -1285,20 +1285,20 @@ def _on_ask(st, C, i):
     P = st.P
     Lz = st.Lz
     now = S[S_NOW]
-    start = C[i].start
+    start = C[i]["start"]
     if start < now:
         start = now
-    end = C[i].end
-    minh = C[i].min_hours
+    end = C[i]["end"]
+    minh = C[i]["min_hours"]
     if minh == 0:
         minh = 1
-    gpus = C[i].gpus
-    price = C[i].price
-    spot = C[i].spot_price
+    gpus = C[i]["gpus"]
+    price = C[i]["price"]
+    spot = C[i]["spot_price"]
     code = R.OK
-    if C[i].account <= 0:
+    if C[i]["account"] <= 0:
         code = R.BAD_ACCOUNT
-    elif C[i].oid <= S[S_LASTOID]:
+    elif C[i]["oid"] <= S[S_LASTOID]:
         code = R.BAD_ORDER_ID
     elif not 1 <= gpus <= P[P_MAX_GPUS]:
         code = R.BAD_GPUS
@@ -1314,11 +1314,11 @@ def _on_ask(st, C, i):
     if code == R.OK and (end - start < minh * HOUR or end - start > P[P_MAX_WINDOW_HOURS] * HOUR):
         code = R.BAD_WINDOW
     pl = -1
-    if code == R.OK and C[i].lease_id != 0:
-        pl = _map_get(st.LK, st.LV, C[i].lease_id)
+    if code == R.OK and C[i]["lease_id"] != 0:
+        pl = _map_get(st.LK, st.LV, C[i]["lease_id"])
         if pl < 0 or Lz[pl, L_END] <= now:
             code = R.UNKNOWN_LEASE
-        elif Lz[pl, L_BUYER] != C[i].account:
+        elif Lz[pl, L_BUYER] != C[i]["account"]:
             code = R.NOT_LEASE_HOLDER
         elif Lz[pl, L_KIND] == SPOT:
             code = R.LEASE_NOT_RESELLABLE
@@ -1330,8 +1330,8 @@ def _on_ask(st, C, i):
         _reject(st.E, S, C, i, code)
         return
     a = _alloc_order(O, S)
-    O[a, O_OID] = C[i].oid
-    O[a, O_ACC] = C[i].account
+    O[a, O_OID] = C[i]["oid"]
+    O[a, O_ACC] = C[i]["account"]
     O[a, O_SIDE] = SIDE_ASK
     O[a, O_GPUS] = gpus
     O[a, O_PRICE] = price
@@ -1341,8 +1341,8 @@ def _on_ask(st, C, i):
     O[a, O_MINH] = minh
     O[a, O_EXP] = end
     O[a, O_WHY] = END_WINDOW
-    O[a, O_LEASE] = C[i].lease_id
-    O[a, O_POST] = 1 if C[i].post_only != 0 else 0
+    O[a, O_LEASE] = C[i]["lease_id"]
+    O[a, O_POST] = 1 if C[i]["post_only"] != 0 else 0
     O[a, O_LIVE] = LIVE_INCOMING
     O[a, O_NEXTSTART] = BIG
     if O[a, O_POST] == 1 and _walk_bids(st, a, True) == 1:
@@ -1356,17 +1356,17 @@ def _on_ask(st, C, i):
     _map_put(st.HK, st.HV, O[a, O_OID], a)
     E = st.E
     k = _ev(E, S, EV_ACCEPTED)
-    E[k].oid = O[a, O_OID]
-    E[k].account = O[a, O_ACC]
-    E[k].side = SIDE_ASK
-    E[k].gpus = gpus
-    E[k].price = price
-    E[k].price2 = spot
-    E[k].start = start
-    E[k].end = end
-    E[k].min_hours = minh
-    E[k].lease_id = O[a, O_LEASE]
-    E[k].expire_at = end
+    E[k]["oid"] = O[a, O_OID]
+    E[k]["account"] = O[a, O_ACC]
+    E[k]["side"] = SIDE_ASK
+    E[k]["gpus"] = gpus
+    E[k]["price"] = price
+    E[k]["price2"] = spot
+    E[k]["start"] = start
+    E[k]["end"] = end
+    E[k]["min_hours"] = minh
+    E[k]["lease_id"] = O[a, O_LEASE]
+    E[k]["expire_at"] = end
     _walk_bids(st, a, False)
 
 
@@ -1376,17 +1376,17 @@ def _on_bid(st, C, i):
     S = st.S
     P = st.P
     now = S[S_NOW]
-    kind = C[i].kind
-    tif = C[i].tif
-    gpus = C[i].gpus
-    hours = C[i].hours
-    block = C[i].block
+    kind = C[i]["kind"]
+    tif = C[i]["tif"]
+    gpus = C[i]["gpus"]
+    hours = C[i]["hours"]
+    block = C[i]["block"]
     if block == 0:
         block = 1
     code = R.OK
-    if C[i].account <= 0:
+    if C[i]["account"] <= 0:
         code = R.BAD_ACCOUNT
-    elif C[i].oid <= S[S_LASTOID]:
+    elif C[i]["oid"] <= S[S_LASTOID]:
         code = R.BAD_ORDER_ID
     elif kind != SPOT and kind != ON_DEMAND and kind != RESERVED:
         code = R.BAD_KIND
@@ -1397,10 +1397,10 @@ def _on_bid(st, C, i):
     elif not 1 <= hours <= P[P_MAX_HOURS]:
         code = R.BAD_HOURS
     else:
-        code = _check_price(P, C[i].price)
+        code = _check_price(P, C[i]["price"])
     if code == R.OK and (block < 1 or gpus % block != 0):
         code = R.BAD_BLOCK
-    start = C[i].start if kind == RESERVED else 0
+    start = C[i]["start"] if kind == RESERVED else 0
     if code == R.OK and kind == RESERVED:
         if start % HOUR != 0:
             code = R.UNALIGNED_START
@@ -1409,9 +1409,9 @@ def _on_bid(st, C, i):
     expire_at = 0
     why = 0
     if code == R.OK and tif == GTD:
-        if C[i].expire_at <= now:
+        if C[i]["expire_at"] <= now:
             code = R.BAD_EXPIRY
-        expire_at = C[i].expire_at
+        expire_at = C[i]["expire_at"]
         why = END_GTD
     if code != R.OK:
         _reject(st.E, S, C, i, code)
@@ -1421,15 +1421,15 @@ def _on_bid(st, C, i):
         expire_at = gate
         why = END_GATE
     b = _alloc_order(O, S)
-    O[b, O_OID] = C[i].oid
-    O[b, O_ACC] = C[i].account
+    O[b, O_OID] = C[i]["oid"]
+    O[b, O_ACC] = C[i]["account"]
     O[b, O_SIDE] = SIDE_BID
     O[b, O_KIND] = kind
     O[b, O_TIF] = tif
     O[b, O_GPUS] = gpus
     O[b, O_REM] = gpus
     O[b, O_HOURS] = hours
-    O[b, O_PRICE] = C[i].price
+    O[b, O_PRICE] = C[i]["price"]
     O[b, O_START] = start
     O[b, O_END] = start + hours * HOUR if kind == RESERVED else 0
     O[b, O_BLOCK] = block
@@ -1439,19 +1439,19 @@ def _on_bid(st, C, i):
     S[S_LASTOID] = O[b, O_OID]
     E = st.E
     k = _ev(E, S, EV_ACCEPTED)
-    E[k].oid = O[b, O_OID]
-    E[k].account = O[b, O_ACC]
-    E[k].side = SIDE_BID
-    E[k].kind = kind
-    E[k].tif = tif
-    E[k].gpus = gpus
-    E[k].remaining = gpus
-    E[k].hours = hours
-    E[k].price = O[b, O_PRICE]
-    E[k].block = block
-    E[k].start = start
-    E[k].end = O[b, O_END]
-    E[k].expire_at = expire_at
+    E[k]["oid"] = O[b, O_OID]
+    E[k]["account"] = O[b, O_ACC]
+    E[k]["side"] = SIDE_BID
+    E[k]["kind"] = kind
+    E[k]["tif"] = tif
+    E[k]["gpus"] = gpus
+    E[k]["remaining"] = gpus
+    E[k]["hours"] = hours
+    E[k]["price"] = O[b, O_PRICE]
+    E[k]["block"] = block
+    E[k]["start"] = start
+    E[k]["end"] = O[b, O_END]
+    E[k]["expire_at"] = expire_at
     if tif == FOK and _walk_asks(st, b, True) < gpus:
         _ev_order_end(E, S, O, b, EV_CANCELLED, END_FOK)
         _free_order(O, S, b)
@@ -1472,10 +1472,10 @@ def _on_bid(st, C, i):
 
 @_hot
 def _owned_order(st, C, i):
-    o = _map_get(st.HK, st.HV, C[i].oid)
+    o = _map_get(st.HK, st.HV, C[i]["oid"])
     if o < 0:
         return -1, R.UNKNOWN_ORDER
-    if st.O[o, O_ACC] != C[i].account:
+    if st.O[o, O_ACC] != C[i]["account"]:
         return -1, R.NOT_OWNER
     return o, R.OK
 
@@ -1494,7 +1494,7 @@ def _on_cancel(st, C, i):
 def _on_amend(st, C, i):
     O = st.O
     o, code = _owned_order(st, C, i)
-    new = C[i].gpus
+    new = C[i]["gpus"]
     if o >= 0:
         if O[o, O_SIDE] == SIDE_BID:
             if not 1 <= new < O[o, O_REM] or new % O[o, O_BLOCK] != 0:
@@ -1515,12 +1515,12 @@ def _on_amend(st, C, i):
                 st.Lz[pl, L_RESOLD] -= O[o, O_GPUS] - new
         O[o, O_GPUS] = new
     k = _ev(st.E, st.S, EV_AMENDED)
-    st.E[k].oid = O[o, O_OID]
-    st.E[k].account = O[o, O_ACC]
-    st.E[k].side = O[o, O_SIDE]
-    st.E[k].kind = O[o, O_KIND]
-    st.E[k].gpus = new
-    st.E[k].remaining = O[o, O_REM]
+    st.E[k]["oid"] = O[o, O_OID]
+    st.E[k]["account"] = O[o, O_ACC]
+    st.E[k]["side"] = O[o, O_SIDE]
+    st.E[k]["kind"] = O[o, O_KIND]
+    st.E[k]["gpus"] = new
+    st.E[k]["remaining"] = O[o, O_REM]
 
 
 @_hot
@@ -1528,10 +1528,10 @@ def _on_release(st, C, i):
     Lz = st.Lz
     S = st.S
     code = R.OK
-    lz = _map_get(st.LK, st.LV, C[i].lease_id) if C[i].lease_id > 0 else -1
+    lz = _map_get(st.LK, st.LV, C[i]["lease_id"]) if C[i]["lease_id"] > 0 else -1
     if lz < 0 or Lz[lz, L_END] <= S[S_NOW]:
         code = R.UNKNOWN_LEASE
-    elif Lz[lz, L_BUYER] != C[i].account:
+    elif Lz[lz, L_BUYER] != C[i]["account"]:
         code = R.NOT_LEASE_HOLDER
     elif Lz[lz, L_KIND] == RESERVED:
         code = R.LEASE_NOT_RELEASABLE
@@ -1554,8 +1554,8 @@ def process_batch(st, C, first):
     while i < n:
         if not _space_ok(st):
             return ST_NEED_SPACE, i
-        t = C[i].time
-        typ = C[i].type
+        t = C[i]["time"]
+        typ = C[i]["type"]
         if t < S[S_NOW]:
             _reject(st.E, S, C, i, R.STALE_TIME)
         else:

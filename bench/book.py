@@ -243,6 +243,21 @@ def _event_dict(events: np.ndarray, i: int) -> dict[str, int] | None:
     return {k: int(events[i][k]) for k in events.dtype.names}
 
 
+def work_per_command(books: Any, n: int) -> dict[str, float]:
+    """The numba book's work counters, per command: orders and price levels its walks visited and
+    lease lists it scanned (docs/orderbook.md).  Empty for the reference book."""
+    try:
+        from orderbook import fast
+    except ImportError:  # pragma: no cover - numba missing
+        return {}
+    names = {"asks_visited": fast.S_VISIT_ASK, "bids_visited": fast.S_VISIT_BID,
+             "ask_levels_visited": fast.S_VISIT_LEVEL, "lease_scans": fast.S_SCAN}
+    books = [b for b in books if isinstance(b, fast.NumbaBook)]
+    if not books or not n:
+        return {}
+    return {k: round(sum(int(b.st.S[i]) for b in books) / n, 2) for k, i in names.items()}
+
+
 def bench_mixed(args: argparse.Namespace) -> dict[str, Any]:
     classes = tuple(args.classes)
     t0 = time.perf_counter()
@@ -286,6 +301,9 @@ def bench_mixed(args: argparse.Namespace) -> dict[str, Any]:
     counted = [book_resting_count(b) for b in books.values()]
     if all(c is not None for c in counted):
         result["resting_orders_book"] = sum(c for c in counted if c is not None)
+    work = work_per_command(books.values(), n)
+    if work:
+        result["work_per_command"] = work
     del books
     if args.prefix > 0:
         cmp = compare_prefix(workload, min(args.prefix, len(workload.commands)), args.engine, args.batch)

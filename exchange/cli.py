@@ -25,10 +25,10 @@ def _positive(text: str) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from exchange.simulate import simulate
+    from exchange.simulate import simulate, stream_lines
 
     book = open_book(instrument_config(args.gpu_class, args.config), args.engine)
-    stats = simulate(sys.stdin.buffer, sys.stdout.buffer, book, batch=args.batch)
+    stats = simulate(stream_lines(sys.stdin.fileno()), sys.stdout.buffer, book, batch=args.batch)
     return 0 if stats.errors == 0 or not args.strict else 1
 
 

@@ -2,12 +2,15 @@
 
 Commands are read in batches (one `process` call per batch, as the sequencer will); a line
 that cannot be decoded becomes an ``{"type":"error",...}`` line, written where it falls
-among the events, and the run goes on.
+among the events, and the run goes on.  A batch also ends whenever the input pauses, so
+commands typed or piped in one at a time get their events at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import select
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -26,7 +29,26 @@ class SimulateStats:
     errors: int = 0
 
 
-def simulate(lines: Iterable[bytes | str], out: BinaryIO, book: Book, batch: int = 4096) -> SimulateStats:
+def stream_lines(fd: int, chunk: int = 1 << 16) -> Iterator[bytes | None]:
+    """Lines read from a file descriptor, with ``None`` wherever the input pauses (nothing more
+    is ready to read): the caller can act on what it has instead of waiting for a full batch."""
+    rest = b""
+    while True:
+        data = os.read(fd, chunk)
+        if not data:
+            if rest:
+                yield rest
+            return
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+        if not select.select([fd], [], [], 0)[0]:
+            yield None
+
+
+def simulate(
+    lines: Iterable[bytes | str | None], out: BinaryIO, book: Book, batch: int = 4096
+) -> SimulateStats:
     """Run every command of ``lines`` through ``book``; write events and errors to ``out``."""
     stats = SimulateStats()
     for item in read_commands(lines, batch=batch, decoder=CommandDecoder()):

@@ -225,19 +225,27 @@ def decode_command(line: bytes | str, decoder: CommandDecoder | None = None) -> 
     return (decoder or CommandDecoder()).decode(line)
 
 
-def read_commands(lines: Iterable[bytes | str], batch: int = 4096,
+def read_commands(lines: Iterable[bytes | str | None], batch: int = 4096,
                   decoder: CommandDecoder | None = None) -> Iterator[np.ndarray | LineError]:
     """Stream JSON lines into batches of at most ``batch`` command records.
 
     Yields arrays of commands and LineErrors in input order: a refused line ends the
     batch before it, so whoever prints results keeps them in line order.  Blank lines are
-    skipped but counted.
+    skipped but counted.  A ``None`` item in ``lines`` means "no more input for now": the
+    commands read so far go out as a batch at once (interactive use, pipes that pause).
     """
     if batch < 1:
         raise ValueError("batch must be at least 1")
     decoder = decoder or CommandDecoder()
     pending: list[tuple[int, ...]] = []
-    for number, line in enumerate(lines, start=1):
+    number = 0
+    for line in lines:
+        if line is None:
+            if pending:
+                yield np.array(pending, dtype=COMMAND_DTYPE)
+                pending = []
+            continue
+        number += 1
         if not line.strip():
             continue
         try:

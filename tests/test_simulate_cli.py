@@ -154,3 +154,36 @@ def test_console_script_is_installed() -> None:
     proc = subprocess.run([str(script), "--help"], capture_output=True, timeout=120)
     assert proc.returncode == 0
     assert b"simulate" in proc.stdout and b"demo" in proc.stdout
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> dict:
+    import select
+
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no event arrived while the input was paused"
+    return json.loads(proc.stdout.readline())
+
+
+def test_simulate_answers_each_line_while_input_is_open() -> None:
+    """A user typing commands (or a pipe that pauses) gets the events of each line at once,
+    not only when a batch of 4096 fills or the input ends."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "exchange.cli", "simulate", "--engine", "reference"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env, bufsize=0)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b'{"type":"ask","time":1767225600,"account":1,"gpus":8,"price":2000000,'
+                         b'"end":1767312000}\n')
+        proc.stdin.flush()
+        first = _read_line(proc, 60)
+        assert (first["type"], first["side"], first["oid"]) == ("accepted", "ask", 1)
+        proc.stdin.write(b'{"type":"bid","account":2,"kind":"on_demand","gpus":4,"hours":2,'
+                         b'"limit":2100000}\n')
+        proc.stdin.flush()
+        accepted, trade = _read_line(proc, 60), _read_line(proc, 60)
+        assert (accepted["type"], accepted["oid"]) == ("accepted", 2)
+        assert (trade["type"], trade["gpus"], trade["price"]) == ("trade", 4, 2_000_000)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()

@@ -1778,13 +1778,14 @@ class NumbaBook:
         changes: dict[str, np.ndarray] = {}
         if S[S_OFREE] < 0 or 2 * (S[S_NORD] + 1) > st.HK.shape[0]:
             old = st.O.shape[0]
-            O = np.zeros((2 * old, NO), dtype=np.int64)  # noqa: E741
+            new = old + old // 2  # x1.5: deep books of resting orders waste less than with x2
+            O = np.zeros((new, NO), dtype=np.int64)  # noqa: E741
             O[:old] = st.O
-            O[old:, O_FREE] = np.arange(old + 1, 2 * old + 1)
+            O[old:, O_FREE] = np.arange(old + 1, new + 1)
             O[-1, O_FREE] = S[S_OFREE]
             S[S_OFREE] = old
             live = np.nonzero(O[:, O_LIVE] == LIVE_RESTING)[0]
-            size = _pow2_at_least(4 * old)  # load <= 1/2 at the new capacity
+            size = _pow2_at_least(2 * new)  # load <= 1/2 at the new capacity
             HK = np.zeros(size, dtype=np.int64)
             HV = np.zeros(size, dtype=np.int64)
             _rehash(HK, HV, O[live, O_OID].copy(), live.astype(np.int64))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from orderbook.config import BookConfig
+from orderbook.reference import ReferenceBook
 from orderbook.types import (
     CMD_AMEND,
     CMD_ASK,
@@ -22,6 +24,7 @@ from orderbook.types import (
     GTD,
     HOUR,
     RESERVED,
+    SPOT,
 )
 
 EPOCH = 1_800_000_000 - 1_800_000_000 % HOUR
@@ -32,15 +35,34 @@ def _row(**kw: int) -> tuple:
     return tuple(int(kw.get(name, 0)) for name in COMMAND_DTYPE.names)
 
 
-def build(intents: list[tuple]) -> np.ndarray:
-    """Turn drawn intents into a time-ordered command array with increasing order ids."""
-    rows = []
+def build(intents: list[tuple], shadow: ReferenceBook | None = None) -> np.ndarray:
+    """Turn drawn intents into a time-ordered command array with increasing order ids.
+
+    With a `shadow` book, every row is also run through it, so that "resale_of" and
+    "release_of" intents can aim at leases that really run (their holder, window and unsold
+    GPUs), which random lease ids and accounts almost never hit."""
+    rows: list[tuple] = []
     now = EPOCH
     oid = 0
     for intent in intents:
         kind, dt, a = intent[0], intent[1], intent[2:]
         now += dt
-        if kind == "ask":
+        if kind in ("resale_of", "release_of"):
+            lease = _pick_lease(shadow, a[0], firm=kind == "resale_of") if shadow is not None else None
+            if lease is None:
+                rows.append(_row(type=CMD_CLOCK, time=now))
+            elif kind == "release_of":
+                rows.append(_row(type=CMD_RELEASE, time=now, lease_id=lease.trade_id, account=lease.buyer))
+            else:
+                _, gpus_cut, win_h, price, spot = a
+                oid += 1
+                start = max(lease.start, now)
+                rows.append(_row(type=CMD_ASK, time=now, oid=oid, account=lease.buyer,
+                                 gpus=max(lease.gpus - lease.resold - gpus_cut, 1), price=price * TICK,
+                                 spot_price=spot * TICK if spot <= price else 0,
+                                 start=start, end=min(lease.end, start + win_h * HOUR),
+                                 lease_id=lease.trade_id))
+        elif kind == "ask":
             gpus, price, spot, start_h, win_h, minh, post, lease, acct = a
             oid += 1
             start = now + start_h * HOUR - (now % HOUR if start_h else 0)
@@ -67,16 +89,35 @@ def build(intents: list[tuple]) -> np.ndarray:
             rows.append(_row(type=CMD_RELEASE, time=now, lease_id=tid, account=acct))
         elif kind == "clock":
             rows.append(_row(type=CMD_CLOCK, time=now))
-        elif kind == "raw":  # hostile values straight into the record
+        elif kind in ("raw", "rawask"):  # hostile values straight into a bid's or an ask's record
             field, value = a
-            r = dict(zip(COMMAND_DTYPE.names, _row(type=CMD_BID, time=now, oid=oid + 1, account=1,
-                                                    kind=1, gpus=1, hours=1, price=5 * TICK), strict=True))
+            if kind == "rawask":
+                base = _row(type=CMD_ASK, time=now, oid=oid + 1, account=1, gpus=1, price=5 * TICK,
+                            end=now + 2 * HOUR)
+            elif field == "start":  # a reserved bid, its start off the next-but-one hour by value
+                base = _row(type=CMD_BID, time=now, oid=oid + 1, account=1, kind=RESERVED, gpus=1, hours=1,
+                            price=5 * TICK, start=(now // HOUR + 2) * HOUR)
+            else:
+                base = _row(type=CMD_BID, time=now, oid=oid + 1, account=1, kind=1, gpus=1, hours=1,
+                            price=5 * TICK)
+            r = dict(zip(COMMAND_DTYPE.names, base, strict=True))
+            if field in ("start", "end"):
+                value += r[field]
+            elif field == "time":  # never ahead of the stream: a later time would stale the rest
+                value = min(value, now)
             info = np.iinfo(COMMAND_DTYPE[field])
             r[field] = min(max(value, info.min), info.max)  # fit the record's field
             if field != "oid":
                 oid += 1
             rows.append(tuple(r[n] for n in COMMAND_DTYPE.names))
+        if shadow is not None and rows:
+            shadow.process(np.array(rows[-1:], dtype=COMMAND_DTYPE))
     return np.array(rows, dtype=COMMAND_DTYPE) if rows else np.zeros(0, dtype=COMMAND_DTYPE)
+
+
+def _pick_lease(shadow: ReferenceBook, pick: int, firm: bool):
+    leases = [x for x in shadow.running_leases() if not firm or x.kind != SPOT]
+    return leases[pick % len(leases)] if leases else None
 
 
 ACCT = st.integers(1, 5)
@@ -148,9 +189,19 @@ def random_stream(rng: np.random.Generator, n: int) -> np.ndarray:
             intents.append(("amend", dt, int(rng.integers(0, 9)), int(rng.integers(0, 11)), acct))
         elif r < 0.9:
             intents.append(("release", dt, int(rng.integers(0, 16)), acct))
-        elif r < 0.97:
+        elif r < 0.93:
             intents.append(("clock", int(rng.integers(1, 6 * HOUR))))
+        elif r < 0.955:
+            intents.append(("resale_of", dt, int(rng.integers(0, 1000)), int(rng.integers(0, 3)),
+                            int(rng.integers(1, 12)), int(rng.integers(1, 13)), int(rng.integers(0, 13))))
+        elif r < 0.97:
+            intents.append(("release_of", dt, int(rng.integers(0, 1000))))
+        elif r < 0.985:
+            field = str(rng.choice(["gpus", "hours", "price", "block", "kind", "tif", "account", "oid",
+                                    "start", "time", "expire_at"]))
+            intents.append(("raw", dt, field, int(rng.choice([-1, 0, 3, 7, 1001, 2**31 - 1]))))
         else:
-            intents.append(("raw", dt, str(rng.choice(["gpus", "hours", "price", "block", "kind", "tif"])),
+            intents.append(("rawask", dt, str(rng.choice(["gpus", "price", "spot_price", "min_hours", "start",
+                                                           "end", "account", "oid", "post_only"])),
                             int(rng.choice([-1, 0, 3, 7, 1001, 2**31 - 1]))))
-    return build(intents)
+    return build(intents, ReferenceBook(BookConfig(name="T", max_price=20_000)))

@@ -126,12 +126,8 @@ def run_books(
 
 
 def book_resting_count(book: Book) -> int | None:
-    """The book's own count of open orders, if it offers one."""
-    if hasattr(book, "resting_orders"):
-        return int(book.resting_orders())
-    if hasattr(book, "orders"):
-        return len(book.orders)
-    return None
+    """The book's own count of open orders."""
+    return int(book.resting_orders())
 
 
 def resting_curve(runs: dict[str, BookRun], points: int = CURVE_POINTS) -> list[list[float]]:

@@ -28,6 +28,8 @@ class Book(Protocol):
 
     def crossing_pairs(self) -> list[tuple[int, int]]: ...
 
+    def resting_orders(self) -> int: ...
+
 
 def make_book(config: BookConfig | None = None, engine: str = "numba") -> Book:
     """A fresh book for one GPU class."""

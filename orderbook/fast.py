@@ -1764,7 +1764,7 @@ class NumbaBook:
     def resting_orders(self) -> int:
         return int(self.st.S[S_NORD])
 
-    def running_leases(self) -> int:
+    def lease_count(self) -> int:
         return int(self.st.S[S_NLEASE])
 
     @property

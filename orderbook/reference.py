@@ -153,6 +153,9 @@ class ReferenceBook:
                 book.ask_leases[lease.ask_oid].append(lease)
         return book
 
+    def resting_orders(self) -> int:
+        return len(self.orders)
+
     def open_orders(self) -> list[Order]:
         return sorted(self.orders.values(), key=lambda o: o.oid)
 

@@ -36,6 +36,8 @@ from orderbook.types import (
 
 # A base time on an hour boundary, so reserved starts are easy to write.
 T = 1_000 * HOUR
+P = 2_000_000  # a firm price, µ$ per GPU-hour ($2)
+S = 1_000_000  # a spot price ($1)
 
 # accounts
 PROV = 1  # a provider

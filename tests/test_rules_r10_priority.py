@@ -9,6 +9,8 @@ from tests.helpers import (
     BUYER3,
     PROV,
     PROV2,
+    P,
+    S,
     T,
     ask,
     bid,
@@ -18,9 +20,6 @@ from tests.helpers import (
     trade,
     trades,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def test_r10_incoming_bid_walks_asks_cheapest_then_oldest(book):

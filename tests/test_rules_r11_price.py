@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from orderbook.types import HOUR, ON_DEMAND, SIDE_ASK, SIDE_BID, SPOT
-from tests.helpers import BUYER, BUYER2, PROV, T, ask, bid, clock, release, run, trade, trades
-
-P = 2_000_000
-S = 1_000_000
+from tests.helpers import BUYER, BUYER2, PROV, P, S, T, ask, bid, clock, release, run, trade, trades
 
 
 def test_r11_trade_price_is_makers_price_ask_maker_firm(book):

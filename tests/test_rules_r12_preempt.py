@@ -9,6 +9,8 @@ from tests.helpers import (
     BUYER2,
     BUYER3,
     PROV,
+    P,
+    S,
     T,
     ask,
     bid,
@@ -21,9 +23,6 @@ from tests.helpers import (
     trade,
     types,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def test_r12_firm_fill_preempts_spot_with_notice(book):

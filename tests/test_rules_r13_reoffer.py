@@ -10,6 +10,8 @@ from tests.helpers import (
     BUYER3,
     PROV,
     PROV2,
+    P,
+    S,
     T,
     ask,
     bid,
@@ -23,9 +25,6 @@ from tests.helpers import (
     trade,
     types,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def test_r13_reoffer_when_a_lease_ends(book):

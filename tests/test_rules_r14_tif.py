@@ -23,6 +23,8 @@ from tests.helpers import (
     BUYER2,
     PROV,
     PROV2,
+    P,
+    S,
     T,
     accepted_bid,
     ask,
@@ -36,9 +38,6 @@ from tests.helpers import (
     trades,
     types,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def test_r14_ioc_fills_what_it_can_and_cancels_the_rest(book):

@@ -11,6 +11,8 @@ from tests.helpers import (
     BUYER3,
     PROV,
     PROV2,
+    P,
+    S,
     T,
     amend,
     ask,
@@ -23,9 +25,6 @@ from tests.helpers import (
     run,
     run_raw,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 LOG = [
     ask(T, 1, PROV, 4, P, T + 6 * HOUR, spot_price=S),

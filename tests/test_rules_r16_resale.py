@@ -19,6 +19,8 @@ from tests.helpers import (
     BUYER2,
     BUYER3,
     PROV,
+    P,
+    S,
     T,
     accepted_ask,
     amend,
@@ -37,9 +39,6 @@ from tests.helpers import (
     trades,
     types,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def _leased(book, gpus: int = 4, hours: int = 3, kind: int = ON_DEMAND, start: int = 0) -> None:

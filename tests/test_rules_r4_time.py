@@ -8,6 +8,7 @@ from tests.helpers import (
     BUYER,
     BUYER2,
     PROV,
+    P,
     T,
     accepted_ask,
     accepted_bid,
@@ -21,8 +22,6 @@ from tests.helpers import (
     run_raw,
     trade,
 )
-
-P = 2_000_000
 
 
 def test_r4_later_command_first_advances_the_clock(book):

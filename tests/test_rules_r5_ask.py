@@ -8,6 +8,8 @@ from orderbook.types import CMD_ASK, HOUR, ON_DEMAND, SIDE_ASK, SIDE_BID, SPOT
 from tests.helpers import (
     BUYER,
     PROV,
+    P,
+    S,
     T,
     accepted_ask,
     accepted_bid,
@@ -18,9 +20,6 @@ from tests.helpers import (
     run,
     trade,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def test_r5_ask_defaults_start_now_and_min_hours_one(book):

@@ -22,6 +22,8 @@ from orderbook.types import (
 from tests.helpers import (
     BUYER,
     PROV,
+    P,
+    S,
     T,
     accepted_bid,
     ask,
@@ -33,9 +35,6 @@ from tests.helpers import (
     run,
     trade,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def test_r6_reserved_window_is_start_plus_hours(book):

@@ -18,6 +18,8 @@ from tests.helpers import (
     BUYER2,
     PROV,
     PROV2,
+    P,
+    S,
     T,
     accepted_ask,
     amend,
@@ -33,9 +35,6 @@ from tests.helpers import (
     trade,
     trades,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def test_r7_cancel_bid_removes_it(book):

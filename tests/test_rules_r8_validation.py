@@ -23,6 +23,8 @@ from tests.helpers import (
     BUYER3,
     PROV,
     PROV2,
+    P,
+    S,
     T,
     amend,
     ask,
@@ -36,8 +38,6 @@ from tests.helpers import (
     run,
 )
 
-P = 2_000_000
-S = 1_000_000
 MAXG = 100_000  # BookConfig().max_gpus
 MAXH = 8_784  # BookConfig().max_hours
 

@@ -8,6 +8,8 @@ from tests.helpers import (
     BUYER2,
     PROV,
     PROV2,
+    P,
+    S,
     T,
     accepted_ask,
     ask,
@@ -19,9 +21,6 @@ from tests.helpers import (
     trades,
     types,
 )
-
-P = 2_000_000
-S = 1_000_000
 
 
 def test_r9_self_trade_incoming_bid_skips_own_resting_ask(book):

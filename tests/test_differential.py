@@ -56,6 +56,7 @@ def test_numba_book_equals_reference_book(commands: np.ndarray, cfg: BookConfig)
     events, ref, fast = _run_both(commands, cfg)
     assert ref.crossing_pairs() == []  # the reference's own check agrees at the end
     assert fast.resting_orders() == ref.resting_orders()
+    assert fast.lease_count() == len(ref.running_leases())
     seqs = np.concatenate([e["seq"] for e in events]) if events else np.zeros(0)
     assert np.array_equal(seqs, np.arange(1, len(seqs) + 1))  # R15: consecutive per book
 

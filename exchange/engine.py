@@ -1,0 +1,211 @@
+"""The deterministic core of the exchange: the books of every GPU class and the state kept
+from their events, driven by journal entries.
+
+    engine = Engine(instruments, engine="numba")
+    results = engine.apply(entries)        # live, after the sequencer journaled them
+    engine.apply(entries)                  # the same call on replay: same events, same state
+
+A journal entry is a msgspec record (encoded into each journal payload):
+
+* ``Cmd(book, rec, coid)`` — one COMMAND_DTYPE record for a book (clock commands too) and
+  the client order id it carried;
+* ``Admin(op, book)`` — halt or resume a class.
+
+Snapshots hold every book's snapshot blob, its state hash (verified on restore) and the
+exchange state; start-up is the latest snapshot + the journal after it (`recover`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from exchange.config import Instrument
+from exchange.engines import resolve_engine
+from exchange.state import ExchangeState, StateData, answer
+from orderbook.book import Book, make_book, restore_book
+from orderbook.types import COMMAND_DTYPE
+
+log = logging.getLogger("gpux.engine")
+
+
+class Cmd(msgspec.Struct, array_like=True, tag=1):
+    book: str
+    rec: bytes  # one COMMAND_DTYPE record
+    coid: str = ""
+
+
+class Admin(msgspec.Struct, array_like=True, tag=2):
+    op: str  # "halt" | "resume"
+    book: str
+
+
+Entry = Cmd | Admin
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+def encode_entry(entry: Entry) -> bytes:
+    return _entry_encoder.encode(entry)
+
+
+def decode_entry(payload: bytes) -> Entry:
+    return _entry_decoder.decode(payload)
+
+
+@dataclass
+class Result:
+    """What one entry did: the book, the command (a record tuple), the events it produced
+    (record tuples) and, when asked for, the answer to its sender."""
+
+    book: str
+    command: tuple | None
+    events: list[tuple]
+    answer: dict[str, Any] | None = None
+
+
+class BookSnap(msgspec.Struct, array_like=True):
+    engine: str
+    time: int
+    state_hash: int
+    blob: bytes
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    seq: int  # last journal seq applied
+    books: dict[str, BookSnap]
+    state: StateData
+    last_oid: int = 0  # the highest order id the sequencer gave out
+    version: int = 1
+
+
+class SnapshotMismatch(RuntimeError):
+    """A restored book's state hash differs from the one recorded with its snapshot."""
+
+
+class Engine:
+    """Books + exchange state; `apply` is the only way they change."""
+
+    def __init__(self, instruments: dict[str, Instrument], engine: str | None = None) -> None:
+        self.instruments = instruments
+        self.engine = resolve_engine(engine)
+        self.books: dict[str, Book] = {name: make_book(i.book, self.engine) for name, i in instruments.items()}
+        self.state = ExchangeState(instruments)
+        self.seq = 0  # last journal seq applied
+        self.last_oid = 0
+
+    def book_time(self, name: str) -> int:
+        return int(getattr(self.books[name], "now", 0))
+
+    # ------------------------------------------------------------------ applying entries
+    def apply(self, entries: list[Entry], answers: bool = False) -> tuple[list[Result], dict[str, np.ndarray]]:
+        """Apply journal entries in order.  Returns one Result per entry and the events
+        array of each book that produced any (for the bus)."""
+        results: list[Result | None] = [None] * len(entries)
+        by_book: dict[str, list[int]] = {}
+        for i, e in enumerate(entries):
+            if type(e) is Cmd:
+                by_book.setdefault(e.book, []).append(i)
+            else:
+                if e.op == "halt":
+                    self.state.halted.add(e.book)
+                elif e.op == "resume":
+                    self.state.halted.discard(e.book)
+                results[i] = Result(e.book, None, [])
+        arrays: dict[str, np.ndarray] = {}
+        state = self.state
+        for name, idx in by_book.items():
+            book = self.books[name]
+            cmds = np.frombuffer(b"".join([entries[i].rec for i in idx]), dtype=COMMAND_DTYPE)
+            events = book.process(cmds)
+            if len(events):
+                arrays[name] = events
+            cmd_list = cmds.tolist()
+            ev_list = events.tolist()
+            coids = [entries[i].coid for i in idx]
+            spans = state.apply(name, cmd_list, ev_list, coids)
+            for k, i in enumerate(idx):
+                a, b = spans[k]
+                c = cmd_list[k]
+                results[i] = Result(name, c, ev_list[a:b])
+            last = int(cmds["oid"].max()) if len(cmds) else 0
+            if last > self.last_oid:
+                self.last_oid = last
+        if answers:
+            for r in results:
+                if r is not None and r.command is not None:
+                    r.answer = answer(r.book, r.command, r.events, state)
+        self.seq += len(entries)
+        return results, arrays  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self) -> bytes:
+        books = {name: BookSnap(self.engine, self.book_time(name), b.state_hash(), b.snapshot())
+                 for name, b in self.books.items()}
+        snap = Snapshot(seq=self.seq, books=books, state=self.state.to_data(), last_oid=self.last_oid)
+        return msgspec.msgpack.encode(snap)
+
+    def load_snapshot(self, blob: bytes) -> None:
+        snap = msgspec.msgpack.decode(blob, type=Snapshot)
+        for name, bs in snap.books.items():
+            if name not in self.instruments:
+                raise SnapshotMismatch(f"the snapshot holds class {name!r}, which the configuration lacks")
+            if bs.engine != self.engine:
+                # a snapshot of the other engine: replay is the way (the caller falls back)
+                raise SnapshotMismatch(f"snapshot taken with the {bs.engine} engine, running {self.engine}")
+            book = restore_book(self.instruments[name].book, bs.blob, self.engine)
+            if book.state_hash() != bs.state_hash:
+                raise SnapshotMismatch(f"class {name}: restored state hash differs from the snapshot's")
+            self.books[name] = book
+        self.state.load_data(snap.state)
+        self.seq = snap.seq
+        self.last_oid = snap.last_oid
+
+    def state_hashes(self) -> dict[str, int]:
+        return {name: b.state_hash() for name, b in self.books.items()}
+
+
+# ---------------------------------------------------------------------- snapshot files
+SNAP_SUFFIX = ".snap"
+
+
+def snapshot_dir(data_dir: Path) -> Path:
+    return data_dir / "snapshots"
+
+
+def write_snapshot(data_dir: Path, seq: int, blob: bytes, keep: int = 3) -> Path:
+    """Write atomically (temp file, fsync, rename, fsync dir); keep the newest ``keep``."""
+    d = snapshot_dir(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{seq:020d}{SNAP_SUFFIX}"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for old in sorted(d.glob(f"*{SNAP_SUFFIX}"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def snapshots(data_dir: Path) -> list[tuple[int, Path]]:
+    d = snapshot_dir(data_dir)
+    out = []
+    for p in d.glob(f"*{SNAP_SUFFIX}") if d.exists() else ():
+        try:
+            out.append((int(p.stem), p))
+        except ValueError:
+            continue
+    return sorted(out)

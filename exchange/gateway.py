@@ -1,0 +1,735 @@
+"""The gateway: REST for providers and everyone's reads, WebSocket for traders (aiohttp).
+
+Handlers are thin: decode (msgspec, R8), authenticate (HMAC, exchange.auth), check the
+role and the rate limit, precheck the market rules (exchange.wire), then hand a Request to
+the sequencer and answer once it is durable.  docs/api.md is the reference; the same
+routes are described by the OpenAPI document at /v1/openapi.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from exchange.auth import AuthError, RateLimiter, Verifier, require_role
+from exchange.errors import ApiError, book_error
+from exchange.sequencer import Request, command
+from exchange.state import E_ACC as _E_ACC
+from exchange.state import E_ACC2 as _E_ACC2
+from exchange.state import E_TYPE as _E_TYPE
+from exchange.state import lease_view, order_view
+from exchange.wire import (
+    KINDS,
+    TIFS,
+    AmendOp,
+    AmendRequest,
+    AskRequest,
+    AuthOp,
+    BidOp,
+    CancelOp,
+    CreateAccountRequest,
+    DepositRequest,
+    HaltRequest,
+    KillRequest,
+    OrdersOp,
+    PingOp,
+    QuoteRequest,
+    ReleaseOp,
+    StatusOp,
+    decode_body,
+    decode_query,
+    decode_ws,
+    precheck_ask,
+    precheck_bid,
+)
+from orderbook import reasons as R
+from orderbook.codec import _event_values_to_json as _event_json
+from orderbook.types import (
+    CMD_AMEND,
+    CMD_ASK,
+    CMD_BID,
+    CMD_CANCEL,
+    CMD_RELEASE,
+    EV_REJECTED,
+)
+
+if TYPE_CHECKING:
+    from exchange.server import Exchange
+
+log = logging.getLogger("gpux.gateway")
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+SEND_QUEUE_LIMIT = 10_000  # messages waiting for a slow WebSocket client before it is cut off
+AUTH_TIMEOUT_S = 10
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_enc.encode(data), status=status, content_type="application/json")
+
+
+def _error(e: ApiError) -> web.Response:
+    headers = {}
+    if "retry_after_ms" in e.extra:
+        headers["Retry-After"] = str(max(1, -(-int(e.extra["retry_after_ms"]) // 1000)))
+    return web.Response(body=_enc.encode(e.body()), status=e.status, content_type="application/json",
+                        headers=headers)
+
+
+def _auth_error(e: AuthError) -> ApiError:
+    return ApiError(e.code, e.message, e.status)
+
+
+class Session:
+    """One authenticated WebSocket connection, with its own bounded send queue."""
+
+    __slots__ = ("ws", "account", "role", "key_id", "cancel_on_disconnect", "orders", "out", "wake",
+                 "closed", "writer")
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.account = 0
+        self.role = ""
+        self.key_id = ""
+        self.cancel_on_disconnect = False
+        self.orders: set[tuple[str, int]] = set()  # (class, oid) placed through this session
+        self.out: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.writer: asyncio.Task | None = None
+
+    def send(self, msg: dict[str, Any] | bytes) -> None:
+        if self.closed:
+            return
+        self.out.append(msg if isinstance(msg, bytes) else _enc.encode(msg))
+        if len(self.out) > SEND_QUEUE_LIMIT:
+            self.closed = True
+            self.out.clear()
+            asyncio.ensure_future(self.ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                                 message=b"send queue full: the client reads too slowly"))
+        self.wake.set()
+
+    async def write_loop(self) -> None:
+        ws = self.ws
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.out:
+                data = self.out.popleft()
+                if ws.closed:
+                    return
+                await ws.send_frame(data, WSMsgType.TEXT)
+
+
+class Gateway:
+    def __init__(self, exchange: Exchange) -> None:
+        self.x = exchange
+        cfg = exchange.cfg
+        self.cfg = cfg
+        self.limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst)
+        self.verifier = Verifier(self._lookup_key)
+        self._keys: dict[str, Any] = {}
+        self.sessions: dict[int, set[Session]] = {}
+        self.all_sessions: set[Session] = set()
+        self.metrics: dict[str, int] = {}
+        self.app = web.Application(client_max_size=cfg.max_message_bytes,
+                                   middlewares=[self._errors_middleware])
+        self.app["exchange"] = exchange
+        self._routes()
+
+    def attach(self) -> None:
+        assert self.x.sequencer is not None
+        self.x.bus.subscribe(self._on_batch)
+
+    # ------------------------------------------------------------------ plumbing
+    def _lookup_key(self, key_id: str) -> Any:
+        k = self._keys.get(key_id)
+        if k is None:
+            k = self.x.store.key(key_id)
+            if k is not None:
+                self._keys[key_id] = k
+        return k
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.metrics[name] = self.metrics.get(name, 0) + n
+
+    @web.middleware
+    async def _errors_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            self._count(f"errors_total{{code=\"{e.code}\"}}")
+            return _error(e)
+        except AuthError as e:
+            self._count(f"errors_total{{code=\"{e.code}\"}}")
+            return _error(_auth_error(e))
+        except web.HTTPRequestEntityTooLarge:
+            self._count("errors_total{code=\"TOO_LARGE\"}")
+            return _error(ApiError("TOO_LARGE", f"the body is larger than {self.cfg.max_message_bytes} bytes"))
+        except web.HTTPNotFound:
+            return _error(ApiError("NOT_FOUND", f"no such resource: {request.method} {request.path}"))
+        except web.HTTPMethodNotAllowed:
+            return _error(ApiError("METHOD_NOT_ALLOWED", f"{request.path} does not accept {request.method}"))
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            return _error(ApiError("INTERNAL"))
+
+    async def _auth(self, request: web.Request, *roles: str) -> Any:
+        """Verify the request's signature and role, and take a token; returns the ApiKey."""
+        body = await request.read()
+        h = request.headers
+        key = self.verifier.verify(h.get("GPUX-Key"), h.get("GPUX-Timestamp"), h.get("GPUX-Signature"),
+                                   request.method, request.raw_path, body)
+        self._rate(key.key_id)
+        if roles:
+            require_role(key, *roles)
+        return key
+
+    def _rate(self, bucket: str) -> None:
+        wait = self.limiter.take(bucket)
+        if wait > 0:
+            raise ApiError("RATE_LIMITED", retry_after_ms=int(wait * 1000) + 1)
+
+    def _public(self, request: web.Request) -> None:
+        peer = request.remote or "?"
+        self._rate(f"ip:{peer}")
+
+    def _book(self, name: str) -> Any:
+        engine = self.x.engine
+        assert engine is not None
+        if name not in engine.books:
+            raise ApiError("UNKNOWN_CLASS", f"no GPU class {name!r}; classes: {', '.join(engine.books)}")
+        return engine.books[name]
+
+    @property
+    def state(self) -> Any:
+        assert self.x.engine is not None
+        return self.x.engine.state
+
+    async def _submit(self, req: Request) -> dict[str, Any]:
+        seq = self.x.sequencer
+        if seq is None or not seq.running:
+            raise ApiError("UNAVAILABLE")
+        return await seq.submit(req)
+
+    @staticmethod
+    def _result(ans: dict[str, Any]) -> dict[str, Any]:
+        if not ans.get("ok", True):
+            err = ans["error"]
+            raise ApiError(err["code"], err["message"], book_error(_code_of(err["code"])).status)
+        return ans
+
+    # ------------------------------------------------------------------ routes
+    def _routes(self) -> None:
+        r = self.app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics_text)
+        r.add_get("/v1/openapi.json", self.openapi)
+        r.add_get("/v1/instruments", self.instruments)
+        r.add_get("/v1/book/{cls}", self.book)
+        r.add_get("/v1/quote", self.quote)
+        r.add_get("/v1/account", self.account)
+        r.add_post("/v1/asks", self.post_ask)
+        r.add_get("/v1/asks", self.list_asks)
+        r.add_delete("/v1/asks/{oid}", self.cancel_ask)
+        r.add_patch("/v1/asks/{oid}", self.amend_ask)
+        r.add_get("/v1/orders", self.list_orders)
+        r.add_get("/v1/orders/{oid}", self.get_order)
+        r.add_delete("/v1/orders/{oid}", self.cancel_order)
+        r.add_get("/v1/leases", self.list_leases)
+        r.add_post("/v1/leases/{cls}/{trade_id}/release", self.release_lease)
+        r.add_post("/v1/admin/halt", self.halt)
+        r.add_post("/v1/admin/resume", self.resume)
+        r.add_post("/v1/admin/kill", self.kill)
+        r.add_post("/v1/admin/accounts", self.create_account)
+        r.add_post("/v1/admin/deposit", self.deposit)
+        r.add_get("/v1/admin/state", self.admin_state)
+        r.add_post("/v1/admin/snapshot", self.admin_snapshot)
+        r.add_get("/v1/ws", self.websocket)
+
+    # --- public -------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        seq = self.x.sequencer
+        ok = seq is not None and seq.running
+        engine = self.x.engine
+        return _json({"ok": ok, "seq": engine.seq if engine else 0,
+                      "classes": list(engine.books) if engine else [],
+                      "halted": sorted(engine.state.halted) if engine else []}, 200 if ok else 503)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        from exchange.metrics import render
+
+        return web.Response(text=render(self), content_type="text/plain")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from exchange.openapi import document
+
+        return _json(document())
+
+    async def instruments(self, request: web.Request) -> web.Response:
+        self._public(request)
+        engine = self.x.engine
+        assert engine is not None
+        out = []
+        for name, inst in self.cfg.instruments.items():
+            d = inst.to_dict()
+            d["halted"] = name in engine.state.halted
+            d["time"] = engine.book_time(name)
+            out.append(d)
+        return _json({"instruments": out})
+
+    async def book(self, request: web.Request) -> web.Response:
+        self._public(request)
+        name = request.match_info["cls"]
+        book = self._book(name)
+        try:
+            depth = int(request.query.get("depth", "50"))
+        except ValueError:
+            raise ApiError("MALFORMED", "depth must be an integer") from None
+        if not 1 <= depth <= 1000:
+            raise ApiError("MALFORMED", "depth must be between 1 and 1000")
+        engine = self.x.engine
+        assert engine is not None
+        d: dict[str, Any] = {"class": name, "time": engine.book_time(name), "resting_orders": book.resting_orders()}
+        if hasattr(book, "depth"):
+            d.update(book.depth(depth))
+        return _json(d)
+
+    async def quote(self, request: web.Request) -> web.Response:
+        self._public(request)
+        q = decode_query(request.query, QuoteRequest)
+        book = self._book(q.gpu_class)
+        cfg = self.cfg.instruments[q.gpu_class].book
+        engine = self.x.engine
+        assert engine is not None
+        now = engine.book_time(q.gpu_class)
+        kind = KINDS[q.kind]
+        code = precheck_bid(cfg, now, kind, 0, q.gpus, q.hours, q.limit or cfg.max_price, q.block, q.start, 0)
+        if code:
+            raise book_error(code)
+        res = book.quote(kind, q.gpus, q.hours, start=q.start, block=q.block, limit=q.limit)
+
+        return _json({
+            "class": q.gpu_class, "kind": q.kind, "gpus": q.gpus, "hours": q.hours, "time": now,
+            "window": list(res.window), "filled": res.filled, "cost": res.cost, "complete": res.complete,
+            "average_price": res.cost // (res.filled * q.hours) if res.filled else None,
+            "reason": R.reason_name(res.reason) if res.reason else None,
+            "message": R.reason_text(res.reason) if res.reason else None,
+            "fills": [{"ask_oid": f.ask_oid, "provider": f.provider, "gpus": f.gpus, "price": f.price}
+                      for f in res.fills],
+        })
+
+    # --- accounts -----------------------------------------------------------------------
+    async def account(self, request: web.Request) -> web.Response:
+        key = await self._auth(request)
+        st = self.state
+        a = key.account_id
+        f = st.funds
+        acc = self.x.store.account(a)
+        return _json({"account": a, "name": acc.name if acc else "", "role": key.role,
+                      "deposited": f.deposited.get(a, 0), "held": f.held.get(a, 0), "spent": f.spent.get(a, 0),
+                      "earned": f.earned.get(a, 0), "available": f.available(a),
+                      "open_orders": st.open_count(a)})
+
+    # --- asks (providers; traders for resale, R16) ------------------------------------------
+    async def post_ask(self, request: web.Request) -> web.Response:
+        key = await self._auth(request, "provider", "trader")
+        m = decode_body(await request.read(), AskRequest)
+        if key.role == "trader" and not m.lease_id:
+            raise ApiError("FORBIDDEN", "traders may only post resale asks (with lease_id); "
+                                        "posting capacity needs a provider key")
+        self._book(m.gpu_class)
+        cfg = self.cfg.instruments[m.gpu_class].book
+        engine = self.x.engine
+        assert engine is not None
+        code = precheck_ask(cfg, engine.book_time(m.gpu_class), m.gpus, m.price, m.spot_price, m.start, m.end,
+                            m.min_hours)
+        if code:
+            raise book_error(code)
+        rec = command(CMD_ASK, key.account_id, price=m.price, spot_price=m.spot_price, start=m.start, end=m.end,
+                      lease_id=m.lease_id, gpus=m.gpus, min_hours=m.min_hours, post_only=int(m.post_only))
+        ans = self._result(await self._submit(Request(m.gpu_class, rec, key.account_id,
+                                                      m.client_order_id or "")))
+        self._count("orders_total{side=\"ask\"}")
+        return _json(ans, 201)
+
+    async def list_asks(self, request: web.Request) -> web.Response:
+        key = await self._auth(request)
+        return _json({"asks": [order_view(o) for o in self.state.open_orders(key.account_id) if o.side == "ask"]})
+
+    def _owned(self, key: Any, oid_text: str) -> Any:
+        try:
+            oid = int(oid_text)
+        except ValueError:
+            raise ApiError("MALFORMED", "the order id must be an integer") from None
+        o = self.state.orders.get(oid)
+        if o is None:
+            raise book_error(_code_of("UNKNOWN_ORDER"))
+        if o.account != key.account_id and key.role != "admin":
+            raise book_error(_code_of("NOT_OWNER"))
+        return o
+
+    async def cancel_ask(self, request: web.Request) -> web.Response:
+        return await self.cancel_order(request)
+
+    async def cancel_order(self, request: web.Request) -> web.Response:
+        key = await self._auth(request)
+        o = self._owned(key, request.match_info["oid"])
+        ans = self._result(await self._submit(Request(o.book, command(CMD_CANCEL, o.account, oid=o.oid),
+                                                      o.account)))
+        return _json(ans)
+
+    async def amend_ask(self, request: web.Request) -> web.Response:
+        key = await self._auth(request)
+        m = decode_body(await request.read(), AmendRequest)
+        o = self._owned(key, request.match_info["oid"])
+        ans = self._result(await self._submit(Request(o.book, command(CMD_AMEND, o.account, oid=o.oid,
+                                                                      gpus=m.gpus), o.account)))
+        return _json(ans)
+
+    async def list_orders(self, request: web.Request) -> web.Response:
+        key = await self._auth(request)
+        return _json({"orders": [order_view(o) for o in self.state.open_orders(key.account_id)]})
+
+    async def get_order(self, request: web.Request) -> web.Response:
+        key = await self._auth(request)
+        return _json(order_view(self._owned(key, request.match_info["oid"])))
+
+    # --- leases -------------------------------------------------------------------------
+    async def list_leases(self, request: web.Request) -> web.Response:
+        key = await self._auth(request)
+        engine = self.x.engine
+        assert engine is not None
+        out = [lease_view(lease, engine.book_time(lease.book)) for lease in self.state.account_leases(key.account_id)]
+        return _json({"leases": out})
+
+    async def release_lease(self, request: web.Request) -> web.Response:
+        key = await self._auth(request, "trader")
+        name = request.match_info["cls"]
+        self._book(name)
+        try:
+            tid = int(request.match_info["trade_id"])
+        except ValueError:
+            raise ApiError("MALFORMED", "the lease's trade id must be an integer") from None
+        ans = self._result(await self._submit(Request(name, command(CMD_RELEASE, key.account_id, lease_id=tid),
+                                                      key.account_id)))
+        return _json(ans)
+
+    # --- admin --------------------------------------------------------------------------
+    async def halt(self, request: web.Request) -> web.Response:
+        return await self._halt(request, "halt")
+
+    async def resume(self, request: web.Request) -> web.Response:
+        return await self._halt(request, "resume")
+
+    async def _halt(self, request: web.Request, op: str) -> web.Response:
+        await self._auth(request, "admin")
+        m = decode_body(await request.read(), HaltRequest)
+        self._book(m.gpu_class)
+        await self._submit(Request(m.gpu_class, [], 0, admin=op))
+        log.warning("trading %s", "halted" if op == "halt" else "resumed", extra={"class": m.gpu_class})
+        return _json({"ok": True, "class": m.gpu_class, "halted": m.gpu_class in self.state.halted})
+
+    async def kill(self, request: web.Request) -> web.Response:
+        await self._auth(request, "admin")
+        m = decode_body(await request.read(), KillRequest)
+        cancelled = await self.cancel_all(m.account)
+        log.warning("kill switch", extra={"account": m.account, "cancelled": cancelled})
+        return _json({"ok": True, "account": m.account, "cancelled": cancelled})
+
+    async def cancel_all(self, account: int, only: set[tuple[str, int]] | None = None) -> int:
+        """Cancel every open order of an account (or those in ``only``); how many were cancelled."""
+        seq = self.x.sequencer
+        if seq is None or not seq.running:
+            return 0
+        futs = []
+        for o in self.state.open_orders(account):
+            if only is None or (o.book, o.oid) in only:
+                futs.append(seq.submit(Request(o.book, command(CMD_CANCEL, account, oid=o.oid), account)))
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        return sum(1 for r in results if isinstance(r, dict) and r.get("ok"))
+
+    async def create_account(self, request: web.Request) -> web.Response:
+        await self._auth(request, "admin")
+        m = decode_body(await request.read(), CreateAccountRequest)
+        from exchange.accounts import AccountError
+
+        try:
+            acc, key_id, secret = self.x.store.create_account(m.name, m.role, m.deposit, m.ssh_public_key)
+        except AccountError as e:
+            raise ApiError(e.code, e.message, 409 if e.code == "NAME_TAKEN" else 400) from None
+        self._refresh_funds()
+        return _json({"account_id": acc.id, "name": acc.name, "role": acc.role, "key_id": key_id,
+                      "secret": secret}, 201)
+
+    async def deposit(self, request: web.Request) -> web.Response:
+        await self._auth(request, "admin")
+        m = decode_body(await request.read(), DepositRequest)
+        if self.x.store.account(m.account) is None:
+            raise ApiError("NOT_FOUND", f"no account {m.account}")
+        total = self.x.store.deposit(m.account, m.amount, "admin deposit")
+        self._refresh_funds()
+        return _json({"ok": True, "account": m.account, "deposited": total})
+
+    def _refresh_funds(self) -> None:
+        if self.x.sequencer is not None:
+            self.x.sequencer._refresh_deposits()
+
+    async def admin_state(self, request: web.Request) -> web.Response:
+        await self._auth(request, "admin", "analyst")
+        engine = self.x.engine
+        assert engine is not None
+        return _json({"seq": engine.seq, "last_oid": engine.last_oid,
+                      "state_hashes": {k: str(v) for k, v in engine.state_hashes().items()},
+                      "times": {k: engine.book_time(k) for k in engine.books},
+                      "digest": engine.state.digest(), "halted": sorted(engine.state.halted)})
+
+    async def admin_snapshot(self, request: web.Request) -> web.Response:
+        await self._auth(request, "admin")
+        seq = self.x.sequencer
+        if seq is None:
+            raise ApiError("UNAVAILABLE")
+        seq.request_snapshot()
+        return _json({"ok": True})
+
+    # ------------------------------------------------------------------ WebSocket
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=self.cfg.heartbeat_s, max_msg_size=self.cfg.max_message_bytes,
+                                   autoping=True)
+        await ws.prepare(request)
+        s = Session(ws)
+        s.writer = asyncio.create_task(s.write_loop())
+        self.all_sessions.add(s)
+        self._count("ws_connections_total")
+        try:
+            await self._ws_loop(request, s)
+        finally:
+            self.all_sessions.discard(s)
+            if s.account:
+                peers = self.sessions.get(s.account)
+                if peers is not None:
+                    peers.discard(s)
+                    if not peers:
+                        del self.sessions[s.account]
+                if s.cancel_on_disconnect and s.orders:
+                    n = await self.cancel_all(s.account, s.orders)
+                    log.info("cancel on disconnect", extra={"account": s.account, "cancelled": n})
+            s.closed = True
+            if s.writer is not None:
+                s.writer.cancel()
+        return ws
+
+    async def _ws_loop(self, request: web.Request, s: Session) -> None:
+        ws = s.ws
+        try:
+            first = await ws.receive(timeout=AUTH_TIMEOUT_S)
+        except TimeoutError:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"no auth message")
+            return
+        if not await self._ws_auth(s, first):
+            await asyncio.sleep(0)  # let the writer send the error
+            await _drain(s)
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication failed")
+            return
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                self._ws_message(s, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                self._ws_message(s, msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                self._count("errors_total{code=\"TOO_LARGE\"}")
+                break
+
+    async def _ws_auth(self, s: Session, msg: Any) -> bool:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return False
+        try:
+            op = decode_ws(msg.data)
+            if not isinstance(op, AuthOp):
+                raise ApiError("NOT_AUTHENTICATED")
+            key = self.verifier.verify(op.key, op.ts, op.sig, "GET", "/v1/ws", b"")
+            self._rate(key.key_id)
+        except ApiError as e:
+            s.send(e.ws(getattr(locals().get("op"), "id", None)))
+            return False
+        except AuthError as e:
+            s.send(_auth_error(e).ws(getattr(op, "id", None)))
+            return False
+        s.account = key.account_id
+        s.role = key.role
+        s.key_id = key.key_id
+        s.cancel_on_disconnect = op.cancel_on_disconnect
+        self.sessions.setdefault(s.account, set()).add(s)
+        s.send({"type": "authenticated", "id": op.id, "account": s.account, "role": s.role,
+                "cancel_on_disconnect": s.cancel_on_disconnect})
+        return True
+
+    def _ws_message(self, s: Session, data: str | bytes) -> None:
+        rid = None
+        try:
+            op = decode_ws(data)
+            rid = op.id
+            wait = self.limiter.take(s.key_id)
+            if wait > 0:
+                raise ApiError("RATE_LIMITED", retry_after_ms=int(wait * 1000) + 1)
+            t = type(op)
+            if t is BidOp:
+                self._ws_bid(s, op)
+            elif t is CancelOp:
+                self._ws_cancel(s, op)
+            elif t is AmendOp:
+                self._ws_amend(s, op)
+            elif t is StatusOp:
+                o = self._ws_find(s, op.oid, op.client_order_id)
+                s.send({"type": "status", "id": rid, "order": order_view(o)})
+            elif t is ReleaseOp:
+                self._ws_release(s, op)
+            elif t is OrdersOp:
+                s.send({"type": "orders", "id": rid,
+                        "orders": [order_view(o) for o in self.state.open_orders(s.account)]})
+            elif t is PingOp:
+                s.send({"type": "pong", "id": rid, "time": int(time.time())})
+            else:
+                raise ApiError("DUPLICATE_SESSION_OP")
+        except ApiError as e:
+            self._count(f"errors_total{{code=\"{e.code}\"}}")
+            s.send(e.ws(rid))
+        except AuthError as e:
+            s.send(_auth_error(e).ws(rid))
+
+    def _require(self, s: Session, *roles: str) -> None:
+        if s.role != "admin" and s.role not in roles:
+            raise ApiError("FORBIDDEN", f"this needs a {' or '.join(roles)} key; this key is {s.role}")
+
+    def _send_answer(self, s: Session, rid: Any, fut: asyncio.Future, track: str | None = None) -> None:
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled():
+                return
+            e = f.exception()
+            if e is not None:
+                err = e if isinstance(e, ApiError) else ApiError("INTERNAL")
+                s.send(err.ws(rid))
+                return
+            ans = f.result()
+            if not ans.get("ok", True):
+                err = ans["error"]
+                s.send({"type": "error", "id": rid, "code": err["code"], "message": err["message"]})
+                return
+            if track and ans.get("order") and ans["order"]["status"] == "open":
+                s.orders.add((track, ans["oid"]))
+            s.send({"type": "ack", "id": rid, **ans})
+
+        fut.add_done_callback(done)
+
+    def _ws_bid(self, s: Session, op: BidOp) -> None:
+        self._require(s, "trader")
+        engine = self.x.engine
+        assert engine is not None
+        inst = self.cfg.instruments.get(op.gpu_class)
+        if inst is None:
+            raise ApiError("UNKNOWN_CLASS", f"no GPU class {op.gpu_class!r}; classes: {', '.join(engine.books)}")
+        kind, tif = KINDS[op.kind], TIFS[op.tif]
+        seq = self.x.sequencer
+        now = seq.times[op.gpu_class] if seq is not None else engine.book_time(op.gpu_class)
+        code = precheck_bid(inst.book, now, kind, tif, op.gpus, op.hours, op.limit, op.block, op.start,
+                            op.expire_at)
+        if code:
+            raise book_error(code)
+        rec = command(CMD_BID, s.account, price=op.limit, start=op.start, expire_at=op.expire_at, gpus=op.gpus,
+                      hours=op.hours, block=op.block, kind=kind, tif=tif)
+        hold = engine.state.hold_for(op.gpu_class, op.gpus, op.hours, op.limit)
+        fut = self._seq_submit(Request(op.gpu_class, rec, s.account, op.client_order_id or "", hold, s))
+        self._count("orders_total{side=\"bid\"}")
+        self._send_answer(s, op.id, fut, op.gpu_class)
+
+    def _seq_submit(self, req: Request) -> asyncio.Future:
+        seq = self.x.sequencer
+        if seq is None or not seq.running:
+            raise ApiError("UNAVAILABLE")
+        return seq.submit(req)
+
+    def _ws_find(self, s: Session, oid: int | None, coid: str | None) -> Any:
+        st = self.state
+        if oid is None and coid is None:
+            raise ApiError("MALFORMED", "give oid or client_order_id")
+        if oid is None:
+            ans = st.coids.get((s.account, coid))
+            if ans is None:
+                raise ApiError("UNKNOWN_ORDER", f"no order with client_order_id {coid!r}", 404)
+            oid = _dec.decode(ans).get("oid")
+        o = st.orders.get(oid) if oid is not None else None
+        if o is None:
+            raise book_error(_code_of("UNKNOWN_ORDER"))
+        if o.account != s.account and s.role != "admin":
+            raise book_error(_code_of("NOT_OWNER"))
+        return o
+
+    def _ws_cancel(self, s: Session, op: CancelOp) -> None:
+        o = self._ws_find(s, op.oid, op.client_order_id)
+        fut = self._seq_submit(Request(o.book, command(CMD_CANCEL, o.account, oid=o.oid), o.account, origin=s))
+        self._send_answer(s, op.id, fut)
+
+    def _ws_amend(self, s: Session, op: AmendOp) -> None:
+        o = self._ws_find(s, op.oid, None)
+        fut = self._seq_submit(Request(o.book, command(CMD_AMEND, o.account, oid=o.oid, gpus=op.gpus), o.account,
+                                       origin=s))
+        self._send_answer(s, op.id, fut)
+
+    def _ws_release(self, s: Session, op: ReleaseOp) -> None:
+        self._require(s, "trader")
+        if op.gpu_class not in self.cfg.instruments:
+            raise ApiError("UNKNOWN_CLASS", f"no GPU class {op.gpu_class!r}")
+        fut = self._seq_submit(Request(op.gpu_class, command(CMD_RELEASE, s.account, lease_id=op.lease_id),
+                                       s.account, origin=s))
+        self._send_answer(s, op.id, fut)
+
+    # ------------------------------------------------------------------ private pushes
+    def _on_batch(self, batch: Any) -> None:
+        """Events reach the sessions of the accounts they concern, except the session whose
+        command produced them (it has them in its ack)."""
+        if not self.sessions:
+            return
+        sessions = self.sessions
+        for res, origin in zip(batch.results, batch.origins, strict=True):
+            if not res.events:
+                continue
+            for ev in res.events:
+                if ev[_E_TYPE] == EV_REJECTED:
+                    continue
+                targets = []
+                for acc in (ev[_E_ACC], ev[_E_ACC2]):
+                    for sess in sessions.get(acc, ()):
+                        if sess is not origin:
+                            targets.append(sess)
+                if targets:
+                    msg = {"type": "event", "class": res.book, **_event_json(ev)}
+                    data = _enc.encode(msg)
+                    for sess in set(targets):
+                        sess.send(data)
+
+    async def close_sessions(self) -> None:
+        """Graceful shutdown: every WebSocket gets close code 1001 (going away)."""
+        for s in list(self.all_sessions):
+            s.cancel_on_disconnect = False  # the orders rest; the exchange comes back with them
+            await _drain(s)
+            await s.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+
+async def _drain(s: Session) -> None:
+    for _ in range(50):
+        if not s.out:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _code_of(name: str) -> int:
+    return R.NAME_TO_CODE.get(name, R.BAD_COMMAND)
+
+

@@ -1,0 +1,104 @@
+"""The OpenAPI 3.1 document of the REST API (/v1/openapi.json).
+
+Request bodies come from the msgspec Structs of exchange.wire (so the document cannot drift
+from what the gateway decodes); the paths and their answers are listed here.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from exchange.wire import (
+    AmendRequest,
+    AskRequest,
+    CreateAccountRequest,
+    DepositRequest,
+    HaltRequest,
+    KillRequest,
+)
+
+SIGNED = [{"gpuxKey": [], "gpuxTimestamp": [], "gpuxSignature": []}]
+
+
+def _op(summary: str, *, body: str | None = None, signed: bool = True, params: list[dict] | None = None,
+        ok: str = "200", roles: str = "") -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary,
+                          "responses": {ok: {"description": "OK", "content": {"application/json": {}}},
+                                        "default": {"description": "error",
+                                                    "content": {"application/json": {
+                                                        "schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    if roles:
+        op["description"] = f"Roles: {roles}."
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{body}"}}}}
+    if signed:
+        op["security"] = SIGNED
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _p(name: str, where: str = "path", typ: str = "string", required: bool = True) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "schema": {"type": typ}}
+
+
+@cache
+def document() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        [AskRequest, AmendRequest, HaltRequest, KillRequest, CreateAccountRequest, DepositRequest],
+        ref_template="#/components/schemas/{name}")
+    components["Error"] = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"}, "retry_after_ms": {"type": "integer"}},
+        "required": ["code", "message"]}}}
+    q = [_p("class", "query"), _p("kind", "query"), _p("gpus", "query", "integer"), _p("hours", "query", "integer"),
+         _p("start", "query", "integer", False), _p("block", "query", "integer", False),
+         _p("limit", "query", "integer", False)]
+    paths = {
+        "/healthz": {"get": _op("liveness and the journal position", signed=False)},
+        "/metrics": {"get": _op("Prometheus metrics (text format)", signed=False)},
+        "/v1/instruments": {"get": _op("GPU classes and their bounds, ticks, fees", signed=False)},
+        "/v1/book/{cls}": {"get": _op("public order book of a class", signed=False,
+                                      params=[_p("cls"), _p("depth", "query", "integer", False)])},
+        "/v1/quote": {"get": _op("what N GPUs x H hours of a kind would cost now, or why it cannot fill",
+                                 signed=False, params=q)},
+        "/v1/account": {"get": _op("own balances: deposited, held in escrow, spent, available")},
+        "/v1/asks": {"post": _op("post an ask (R5); traders may post resale asks with lease_id (R16)",
+                                 body="AskRequest", ok="201", roles="provider, trader (resale), admin"),
+                     "get": _op("own open asks")},
+        "/v1/asks/{oid}": {"delete": _op("cancel an ask (R7)", params=[_p("oid", typ="integer")]),
+                           "patch": _op("reduce an ask's GPUs, keeping priority (R7)", body="AmendRequest",
+                                        params=[_p("oid", typ="integer")])},
+        "/v1/orders": {"get": _op("own open orders (bids and asks)")},
+        "/v1/orders/{oid}": {"get": _op("one own order, open or recently closed", params=[_p("oid", typ="integer")]),
+                             "delete": _op("cancel an own order", params=[_p("oid", typ="integer")])},
+        "/v1/leases": {"get": _op("own leases, as buyer or provider")},
+        "/v1/leases/{cls}/{trade_id}/release": {"post": _op(
+            "release an on-demand or spot lease early (R16)", roles="trader",
+            params=[_p("cls"), _p("trade_id", typ="integer")])},
+        "/v1/admin/halt": {"post": _op("halt trading in a class", body="HaltRequest", roles="admin")},
+        "/v1/admin/resume": {"post": _op("resume trading in a class", body="HaltRequest", roles="admin")},
+        "/v1/admin/kill": {"post": _op("cancel every open order of an account", body="KillRequest", roles="admin")},
+        "/v1/admin/accounts": {"post": _op("create an account and its first key", body="CreateAccountRequest",
+                                           ok="201", roles="admin")},
+        "/v1/admin/deposit": {"post": _op("credit an account", body="DepositRequest", roles="admin")},
+        "/v1/admin/state": {"get": _op("journal position, books' state hashes", roles="admin, analyst")},
+        "/v1/admin/snapshot": {"post": _op("take a snapshot now", roles="admin")},
+        "/v1/ws": {"get": _op("WebSocket for traders (docs/api.md): auth, bid, cancel, amend, status, release",
+                              signed=False)},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "gpux", "version": "1", "description":
+                 "An exchange for GPU-hours. Prices are integer µ$ per GPU-hour, times integer UTC seconds. "
+                 "Signed requests carry GPUX-Key, GPUX-Timestamp (ms) and GPUX-Signature: hex "
+                 "HMAC-SHA256 of timestamp + METHOD + path(with query) + body (docs/auth.md)."},
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {
+            "gpuxKey": {"type": "apiKey", "in": "header", "name": "GPUX-Key"},
+            "gpuxTimestamp": {"type": "apiKey", "in": "header", "name": "GPUX-Timestamp"},
+            "gpuxSignature": {"type": "apiKey", "in": "header", "name": "GPUX-Signature"}}},
+    }

@@ -1,0 +1,338 @@
+"""The sequencer: the single writer in front of the books (LMAX's input stage).
+
+Requests from the gateway queue up while the previous batch is being made durable; each
+turn of the loop takes everything queued as one batch and
+
+1. checks what depends on order and must not reach the journal when refused: halted
+   class, client order id already answered, open-order limit, escrow (R17);
+2. stamps each command with its book's engine time and a new order id (R4) and appends
+   the batch to the journal;
+3. fsyncs the journal (one fsync per batch, in a worker thread) while the books apply the
+   batch in this thread;
+4. only then answers every request and publishes the events on the bus.
+
+A clock command per book every ``clock_interval_s`` of wall time moves engine time
+(R4, R13, R14): expiries and lease ends are journaled commands and replay exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from exchange.bus import Bus, Published
+from exchange.config import ServerConfig
+from exchange.engine import Admin, Cmd, Engine, Entry, encode_entry, write_snapshot
+from exchange.errors import ApiError
+from exchange.journal import Journal
+from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE
+
+log = logging.getLogger("gpux.sequencer")
+
+# COMMAND_DTYPE field order:
+#   time oid account price spot_price start end expire_at lease_id gpus hours min_hours block type kind tif post_only
+REC_SIZE = COMMAND_DTYPE.itemsize
+_decoder = msgspec.json.Decoder()
+
+
+def command(type_: int, account: int = 0, oid: int = 0, price: int = 0, spot_price: int = 0, start: int = 0,
+            end: int = 0, expire_at: int = 0, lease_id: int = 0, gpus: int = 0, hours: int = 0,
+            min_hours: int = 0, block: int = 0, kind: int = 0, tif: int = 0, post_only: int = 0) -> list[int]:
+    """A command record as a list in field order; time (and oid of new orders) are stamped later."""
+    return [0, oid, account, price, spot_price, start, end, expire_at, lease_id, gpus, hours, min_hours,
+            block, type_, kind, tif, post_only]
+
+
+@dataclass
+class Request:
+    """One command for the sequencer, and where its answer goes."""
+
+    book: str
+    rec: list[int]
+    account: int
+    coid: str = ""
+    hold: int = 0  # escrow the command needs (bids)
+    origin: Any = None  # the session that sent it (events it produced are not pushed back to it)
+    future: asyncio.Future | None = None
+    admin: str = ""  # "halt" | "resume" for admin entries (rec unused)
+
+
+@dataclass
+class SequencerStats:
+    batches: int = 0
+    commands: int = 0
+    entries: int = 0
+    rejected_pre: dict[str, int] = field(default_factory=dict)
+    fsync_seconds: float = 0.0
+    fsyncs: int = 0
+    last_batch: int = 0
+    max_batch: int = 0
+    batch_seconds: float = 0.0
+
+
+class Sequencer:
+    def __init__(self, engine: Engine, journal: Journal, cfg: ServerConfig, bus: Bus,
+                 deposits: Callable[[], dict[int, int]] | None = None) -> None:
+        self.engine = engine
+        self.journal = journal
+        self.cfg = cfg
+        self.bus = bus
+        self.deposits = deposits
+        self.stats = SequencerStats()
+        self._queue: list[Request] = []
+        self._wake = asyncio.Event()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpux-fsync")
+        self._tasks: list[asyncio.Task] = []
+        self._running = False
+        self._stopped = asyncio.Event()
+        self._snapshot_due = False
+        self._last_snapshot_seq = engine.seq
+        self.failed: BaseException | None = None
+        self.times = {name: engine.book_time(name) for name in engine.books}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._running = True
+        self._refresh_deposits()
+        self._tick()
+        self._tasks = [asyncio.create_task(self._run(), name="sequencer"),
+                       asyncio.create_task(self._clock(), name="clock")]
+
+    async def stop(self, snapshot: bool = True) -> None:
+        """Finish the queued requests, take a final snapshot, close the journal."""
+        if not self._running:
+            return
+        self._running = False
+        self._wake.set()
+        await self._stopped.wait()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if snapshot and self.failed is None and self.engine.seq > self._last_snapshot_seq:
+            blob = self.engine.snapshot()
+            write_snapshot(self.cfg.data_path, self.engine.seq, blob)
+        self.journal.close()
+        self._io.shutdown(wait=True)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self, req: Request) -> asyncio.Future:
+        """Queue a request; the future gets its answer dict once it is durable."""
+        if not self._running:
+            raise ApiError("UNAVAILABLE")
+        req.future = asyncio.get_running_loop().create_future()
+        self._queue.append(req)
+        self._wake.set()
+        return req.future
+
+    def request_snapshot(self) -> None:
+        self._snapshot_due = True
+        self._wake.set()
+
+    def _refresh_deposits(self) -> None:
+        if self.deposits is not None:
+            try:
+                self.engine.state.funds.deposited = self.deposits()
+            except Exception:  # the account store is busy: keep the last figures
+                log.exception("could not read deposits")
+
+    def _tick(self) -> None:
+        """Queue a clock command for every book whose time is behind the wall clock."""
+        now = int(time.time())
+        for name in self.engine.books:
+            if now > self.times[name]:
+                self._queue.append(Request(name, command(CMD_CLOCK), 0))
+        self._wake.set()
+
+    async def _clock(self) -> None:
+        interval = self.cfg.clock_interval_s
+        last_snapshot = time.monotonic()
+        while self._running:
+            await asyncio.sleep(interval - (time.time() % interval))
+            self._tick()
+            self._refresh_deposits()
+            if time.monotonic() - last_snapshot >= self.cfg.snapshot_every_s:
+                last_snapshot = time.monotonic()
+                self.request_snapshot()
+
+    # ------------------------------------------------------------------ the loop
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._queue:
+                    if not self._running:
+                        break
+                    if self._snapshot_due:
+                        await self._snapshot(loop)
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                items, self._queue = self._queue, []
+                await self._batch(loop, items)
+        except BaseException as e:  # a failed fsync or a broken book: stop taking orders
+            if not isinstance(e, asyncio.CancelledError):
+                log.critical("sequencer stopped: %r", e, exc_info=True)
+                self.failed = e
+            self._running = False
+            for r in self._queue:
+                if r.future is not None and not r.future.done():
+                    r.future.set_exception(ApiError("UNAVAILABLE"))
+            self._queue = []
+            raise
+        finally:
+            self._stopped.set()
+
+    def _check(self, r: Request, seen: dict[tuple[int, str], Request], holds: dict[int, int],
+               new: dict[int, int]) -> ApiError | bytes | Request | None:
+        """Refusals that depend on order (never journaled), or an earlier answer."""
+        state = self.engine.state
+        if r.coid:
+            key = (r.account, r.coid)
+            if key in state.coids:
+                return state.coids[key]
+            if key in seen:
+                return seen[key]
+        typ = r.rec[13]
+        if typ == CMD_CANCEL:
+            return None
+        if r.book in state.halted:
+            return ApiError("HALTED", f"trading in {r.book} is halted; resting orders are kept, "
+                                      "cancels are accepted")
+        if typ == CMD_BID or typ == CMD_ASK:
+            count = state.open_count(r.account) + new.get(r.account, 0)
+            if count >= self.cfg.max_open_orders:
+                return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "
+                                                   f"{self.cfg.max_open_orders}")
+            if r.hold:
+                avail = state.funds.available(r.account) - holds.get(r.account, 0)
+                if r.hold > avail:
+                    return ApiError("INSUFFICIENT_FUNDS", f"the bid needs {r.hold} µ$ of escrow, "
+                                                          f"{max(avail, 0)} µ$ is available")
+                holds[r.account] = holds.get(r.account, 0) + r.hold
+            new[r.account] = new.get(r.account, 0) + 1
+        return None
+
+    async def _batch(self, loop: asyncio.AbstractEventLoop, items: list[Request]) -> None:
+        t0 = time.perf_counter()
+        engine = self.engine
+        entries: list[Entry] = []
+        owners: list[Request | None] = []
+        recs: list[list[int]] = []
+        rec_entry: list[int] = []
+        later: list[tuple[Request, Any]] = []  # answered without the journal (refused, or repeats)
+        seen: dict[tuple[int, str], Request] = {}
+        holds: dict[int, int] = {}
+        new: dict[int, int] = {}
+        times = self.times
+        oid = engine.last_oid
+        for r in items:
+            if r.admin:
+                entries.append(Admin(r.admin, r.book))
+                owners.append(r)
+                continue
+            rec = r.rec
+            if rec[13] == CMD_CLOCK:
+                t = int(time.time())
+                if t <= times[r.book]:
+                    continue
+                times[r.book] = t
+                rec[0] = t
+            else:
+                verdict = self._check(r, seen, holds, new)
+                if verdict is not None:
+                    later.append((r, verdict))
+                    continue
+                rec[0] = times[r.book]
+                if rec[13] == CMD_BID or rec[13] == CMD_ASK:
+                    oid += 1
+                    rec[1] = oid
+                if r.coid:
+                    seen[(r.account, r.coid)] = r
+            rec_entry.append(len(entries))
+            recs.append(rec)
+            entries.append(Cmd(r.book, b"", r.coid))
+            owners.append(r)
+        if recs:
+            blob = np.array([tuple(x) for x in recs], dtype=COMMAND_DTYPE).tobytes()
+            for k, i in enumerate(rec_entry):
+                entries[i].rec = blob[k * REC_SIZE:(k + 1) * REC_SIZE]
+        if entries:
+            self.journal.append([encode_entry(e) for e in entries])
+            ts = time.perf_counter()
+            sync = loop.run_in_executor(self._io, self.journal.sync)
+            try:
+                results, arrays = engine.apply(entries, answers=True)
+            except BaseException:
+                await asyncio.shield(sync)
+                raise
+            engine.last_oid = max(engine.last_oid, oid)
+            await sync
+            self.stats.fsync_seconds += time.perf_counter() - ts
+            self.stats.fsyncs += 1
+            for r, res in zip(owners, results, strict=True):
+                if r is not None and r.future is not None and not r.future.done():
+                    if r.coid and (r.account, r.coid) in engine.state.coids:
+                        r.future.set_result(_decoder.decode(engine.state.coids[(r.account, r.coid)]))
+                    else:
+                        r.future.set_result(res.answer or {"ok": True})
+            self.bus.publish(Published(results, arrays, [o.origin if o else None for o in owners]))
+        for r, verdict in later:
+            if r.future is None or r.future.done():
+                continue
+            if isinstance(verdict, ApiError):
+                self.stats.rejected_pre[verdict.code] = self.stats.rejected_pre.get(verdict.code, 0) + 1
+                r.future.set_exception(verdict)
+            elif isinstance(verdict, bytes):
+                r.future.set_result(_decoder.decode(verdict))
+            else:  # a repeat of a request in this same batch: its answer, once known
+                first = verdict.future
+                assert first is not None
+                if first.done():
+                    _copy(first, r.future)
+                else:
+                    first.add_done_callback(lambda f, dst=r.future: _copy(f, dst))
+        st = self.stats
+        st.batches += 1
+        st.entries += len(entries)
+        st.commands += len(recs)
+        st.last_batch = len(items)
+        st.max_batch = max(st.max_batch, len(items))
+        st.batch_seconds += time.perf_counter() - t0
+        if self._snapshot_due:
+            await self._snapshot(loop)
+
+    async def _snapshot(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._snapshot_due = False
+        if self.engine.seq == self._last_snapshot_seq:
+            return
+        blob = self.engine.snapshot()
+        seq = self.engine.seq
+        await loop.run_in_executor(self._io, write_snapshot, self.cfg.data_path, seq, blob)
+        self._last_snapshot_seq = seq
+        log.info("snapshot", extra={"seq": seq, "bytes": len(blob)})
+
+
+def _copy(src: asyncio.Future, dst: asyncio.Future | None) -> None:
+    if dst is None or dst.done():
+        return
+    if src.exception() is not None:
+        dst.set_exception(src.exception())
+    else:
+        dst.set_result(src.result())
+
+
+def open_journal(data_dir: Path, cfg: ServerConfig) -> Journal:
+    return Journal.open(data_dir / "journal", segment_bytes=cfg.segment_bytes, fsync=cfg.fsync == "batch")

@@ -1,0 +1,139 @@
+"""`gpux serve`: the embedded exchange in one process (ARCHITECTURE.md, embedded mode).
+
+    exchange = Exchange(cfg)
+    await exchange.start()      # recover (snapshot + journal tail), start the sequencer
+    ...                         # exchange.app is the aiohttp application (exchange.gateway)
+    await exchange.stop()       # close sessions (1001), drain, snapshot, close the journal
+
+Start-up is recovery: the newest snapshot whose books restore to their recorded state
+hashes, then every journal entry after it through the same `Engine.apply` as live
+trading.  A torn last journal record (a crash mid-write) was never acknowledged and is
+dropped by the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from exchange.accounts import AccountStore
+from exchange.bus import Bus, RedisBus
+from exchange.config import ServerConfig
+from exchange.engine import Engine, SnapshotMismatch, decode_entry, snapshots
+from exchange.journal import Journal, read
+from exchange.sequencer import Sequencer, open_journal
+
+log = logging.getLogger("gpux.server")
+REPLAY_CHUNK = 4096
+
+
+def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: bool = True) -> Engine:
+    """An engine at the end of the journal: newest usable snapshot + the entries after it."""
+    data = cfg.data_path
+    journal_dir = journal_dir or data / "journal"
+    engine = Engine(cfg.instruments, cfg.engine)
+    if use_snapshots:
+        for seq, path in reversed(snapshots(data)):
+            try:
+                candidate = Engine(cfg.instruments, cfg.engine)
+                candidate.load_snapshot(path.read_bytes())
+                engine = candidate
+                log.info("restored snapshot", extra={"seq": seq, "path": str(path)})
+                break
+            except (SnapshotMismatch, ValueError, OSError) as e:
+                log.warning("snapshot %s not usable (%s); trying an older one", path, e)
+    replay(engine, journal_dir)
+    return engine
+
+
+def replay(engine: Engine, journal_dir: Path) -> int:
+    """Apply every journal entry after ``engine.seq``; returns how many were applied."""
+    chunk: list = []
+    applied = 0
+    expect = engine.seq + 1
+    for seq, payload in read(journal_dir, from_seq=engine.seq + 1):
+        if seq != expect:
+            raise RuntimeError(f"journal gap: expected seq {expect}, found {seq}")
+        expect += 1
+        chunk.append(decode_entry(payload))
+        if len(chunk) >= REPLAY_CHUNK:
+            engine.apply(chunk)
+            applied += len(chunk)
+            chunk = []
+    if chunk:
+        engine.apply(chunk)
+        applied += len(chunk)
+    return applied
+
+
+class Exchange:
+    """Everything `gpux serve` runs, hanging off one object (no globals)."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.data = cfg.data_path
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.store = AccountStore(self.data / "accounts.db")
+        self.bus: Bus = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
+        self.engine: Engine | None = None
+        self.journal: Journal | None = None
+        self.sequencer: Sequencer | None = None
+        self.started_at = time.time()
+        self.recovered_entries = 0
+        from exchange.gateway import Gateway
+
+        self.gateway = Gateway(self)
+        self.app = self.gateway.app
+
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        self.journal = open_journal(self.data, self.cfg)
+        loop = asyncio.get_running_loop()
+        self.engine = await loop.run_in_executor(None, recover, self.cfg)
+        if self.engine.seq != self.journal.last_seq:
+            raise RuntimeError(f"recovered to seq {self.engine.seq} but the journal ends at {self.journal.last_seq}")
+        log.info("recovered", extra={"seq": self.engine.seq, "seconds": round(time.perf_counter() - t0, 3),
+                                     "engine": self.engine.engine})
+        await self.bus.start()
+        self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, self.store.deposits)
+        await self.sequencer.start()
+        self.gateway.attach()
+
+    async def stop(self) -> None:
+        await self.gateway.close_sessions()
+        if self.sequencer is not None:
+            await self.sequencer.stop()
+        await self.bus.close()
+        self.store.close()
+        log.info("stopped", extra={"seq": self.engine.seq if self.engine else 0})
+
+
+async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
+    """Serve until SIGINT/SIGTERM; then shut down gracefully (close code 1001, journal flushed)."""
+    exchange = Exchange(cfg)
+    await exchange.start()
+    runner = web.AppRunner(exchange.app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else cfg.port
+    log.info("listening", extra={"url": f"http://{cfg.host}:{port}", "data_dir": str(cfg.data_path)})
+    print(f"gpux: serving on http://{cfg.host}:{port}  (data: {cfg.data_path})", flush=True)
+    if ready is not None:
+        ready(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await exchange.stop()
+        await runner.cleanup()

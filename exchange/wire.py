@@ -1,0 +1,233 @@
+"""Wire types of the gateway: REST bodies and WebSocket messages, as msgspec Structs.
+
+Decoding *is* validation (R8): a message that does not fit is refused with ``MALFORMED``
+and msgspec's sentence, which names the field.  Bounds here are what a record can hold;
+the market rules (tick, instrument bounds, alignment, gate) are checked by `precheck_*`
+with the book's own reason codes before anything reaches the sequencer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from exchange.errors import ApiError
+from orderbook import reasons as R
+from orderbook.config import BookConfig
+from orderbook.types import FOK, GTC, GTD, HOUR, IOC, ON_DEMAND, RESERVED, SPOT
+
+MAX_I64 = 2**62
+MAX_I32 = 2**31 - 1
+Int64 = Annotated[int, msgspec.Meta(ge=0, le=MAX_I64)]
+PosInt64 = Annotated[int, msgspec.Meta(ge=1, le=MAX_I64)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=MAX_I32)]
+ClassName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+RequestId = int | Annotated[str, msgspec.Meta(max_length=64)] | None
+KindName = Literal["spot", "on_demand", "reserved"]
+TifName = Literal["GTC", "IOC", "FOK", "GTD"]
+
+KINDS = {"spot": SPOT, "on_demand": ON_DEMAND, "reserved": RESERVED}
+TIFS = {"GTC": GTC, "IOC": IOC, "FOK": FOK, "GTD": GTD}
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# --- REST bodies -------------------------------------------------------------------------
+class AskRequest(_Strict, kw_only=True):
+    """POST /v1/asks — a provider's ask (R5); prices in µ$ per GPU-hour, times in UTC seconds."""
+
+    gpu_class: ClassName = msgspec.field(name="class")
+    gpus: Count
+    price: PosInt64
+    spot_price: Int64 = 0
+    start: Int64 = 0
+    end: PosInt64
+    min_hours: Count = 1
+    post_only: bool = False
+    lease_id: Int64 = 0
+    client_order_id: ClientOrderId | None = None
+
+
+class AmendRequest(_Strict, kw_only=True):
+    """PATCH /v1/asks/{oid} — reduce an ask's GPUs (R7; keeps priority)."""
+
+    gpus: Count
+
+
+class QuoteRequest(_Strict, kw_only=True):
+    """GET /v1/quote?class=&kind=&gpus=&hours=[&start=&block=&limit=]"""
+
+    gpu_class: ClassName = msgspec.field(name="class")
+    kind: KindName
+    gpus: Count
+    hours: Count
+    start: Int64 = 0
+    block: Count = 1
+    limit: Int64 = 0
+
+
+class HaltRequest(_Strict, kw_only=True):
+    gpu_class: ClassName = msgspec.field(name="class")
+
+
+class KillRequest(_Strict, kw_only=True):
+    account: PosInt64
+
+
+class CreateAccountRequest(_Strict, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    role: Literal["trader", "provider", "analyst", "admin"]
+    deposit: Int64 = 0  # µ$
+    ssh_public_key: Annotated[str, msgspec.Meta(max_length=16384)] | None = None
+
+
+class DepositRequest(_Strict, kw_only=True):
+    account: PosInt64
+    amount: PosInt64  # µ$
+
+
+# --- WebSocket messages (client -> server) ---------------------------------------------------
+class _Op(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
+    id: RequestId = None
+
+
+class AuthOp(_Op, tag="auth", kw_only=True):
+    key: Annotated[str, msgspec.Meta(max_length=64)]
+    ts: Int64
+    sig: Annotated[str, msgspec.Meta(max_length=128)]
+    cancel_on_disconnect: bool = False
+
+
+class BidOp(_Op, tag="bid", kw_only=True):
+    """A trader's bid (R6)."""
+
+    gpu_class: ClassName = msgspec.field(name="class")
+    kind: KindName
+    gpus: Count
+    hours: Count
+    limit: PosInt64
+    block: Count = 1
+    tif: TifName = "GTC"
+    start: Int64 = 0
+    expire_at: Int64 = 0
+    client_order_id: ClientOrderId | None = None
+
+
+class CancelOp(_Op, tag="cancel", kw_only=True):
+    oid: PosInt64 | None = None
+    client_order_id: ClientOrderId | None = None
+
+
+class AmendOp(_Op, tag="amend", kw_only=True):
+    oid: PosInt64
+    gpus: Count
+
+
+class StatusOp(_Op, tag="status", kw_only=True):
+    oid: PosInt64 | None = None
+    client_order_id: ClientOrderId | None = None
+
+
+class ReleaseOp(_Op, tag="release", kw_only=True):
+    gpu_class: ClassName = msgspec.field(name="class")
+    lease_id: PosInt64
+
+
+class OrdersOp(_Op, tag="orders", kw_only=True):
+    pass
+
+
+class PingOp(_Op, tag="ping", kw_only=True):
+    pass
+
+
+WsOp = AuthOp | BidOp | CancelOp | AmendOp | StatusOp | ReleaseOp | OrdersOp | PingOp
+
+_ws_decoder = msgspec.json.Decoder(WsOp)
+
+
+def decode_ws(data: bytes | str) -> WsOp:
+    """One WebSocket text frame -> an op; raises ApiError(MALFORMED) naming the field."""
+    try:
+        return _ws_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise ApiError("MALFORMED", str(e)) from None
+
+
+_decoders: dict[type, msgspec.json.Decoder] = {}
+
+
+def decode_body(body: bytes, cls: type) -> Any:
+    """A REST body -> the Struct ``cls``; raises ApiError(MALFORMED)."""
+    dec = _decoders.get(cls)
+    if dec is None:
+        dec = _decoders[cls] = msgspec.json.Decoder(cls)
+    try:
+        return dec.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise ApiError("MALFORMED", str(e)) from None
+
+
+def decode_query(query: dict[str, str], cls: type) -> Any:
+    """Query parameters -> the Struct ``cls`` (strings become ints); raises ApiError(MALFORMED)."""
+    try:
+        return msgspec.convert(dict(query), cls, strict=False)
+    except msgspec.ValidationError as e:
+        raise ApiError("MALFORMED", str(e)) from None
+
+
+# --- market-rule prechecks (R8): the book's own checks, before the sequencer ---------------
+def _price_code(cfg: BookConfig, price: int) -> int:
+    if price < cfg.min_price or price > cfg.max_price:
+        return R.BAD_PRICE
+    if price % cfg.tick:
+        return R.OFF_TICK
+    return R.OK
+
+
+def precheck_bid(cfg: BookConfig, now: int, kind: int, tif: int, gpus: int, hours: int, limit: int,
+                 block: int, start: int, expire_at: int) -> int:
+    """The reason code the book would give this bid before matching (0 = valid), in the
+    book's order of checks, so that no invalid bid reaches the journal."""
+    if not 1 <= gpus <= cfg.max_gpus:
+        return R.BAD_GPUS
+    if not 1 <= hours <= cfg.max_hours:
+        return R.BAD_HOURS
+    code = _price_code(cfg, limit)
+    if code:
+        return code
+    if block < 1 or gpus % block:
+        return R.BAD_BLOCK
+    if kind == RESERVED:
+        if start % HOUR:
+            return R.UNALIGNED_START
+        if start - now < cfg.gate_s:
+            return R.PAST_GATE
+    if tif == GTD and expire_at <= now:
+        return R.BAD_EXPIRY
+    return R.OK
+
+
+def precheck_ask(cfg: BookConfig, now: int, gpus: int, price: int, spot_price: int, start: int,
+                 end: int, min_hours: int) -> int:
+    """As `precheck_bid`, for an ask (R5): everything but resale and post_only, which need the book."""
+    start = max(start, now)
+    if not 1 <= gpus <= cfg.max_gpus:
+        return R.BAD_GPUS
+    code = _price_code(cfg, price)
+    if code:
+        return code
+    if spot_price:
+        if spot_price < cfg.min_price or spot_price > price:
+            return R.BAD_SPOT_PRICE
+        if spot_price % cfg.tick:
+            return R.OFF_TICK
+    if not 1 <= min_hours <= cfg.max_hours:
+        return R.BAD_MIN_HOURS
+    if end - start < min_hours * HOUR or end - start > cfg.max_window_hours * HOUR:
+        return R.BAD_WINDOW
+    return R.OK

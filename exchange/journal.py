@@ -1,0 +1,460 @@
+"""The exchange's durable command journal: a write-ahead log of sequenced commands.
+
+The sequencer stamps every command with a gapless sequence number (1, 2, 3, ...), appends it
+here, and fsyncs the journal once per batch before it acknowledges anything (group commit).
+On start-up the exchange replays the journal tail after its latest snapshot with `read`.
+
+On disk
+-------
+A directory of segment files, each named after the sequence number of its first record,
+zero-padded to 20 digits: ``00000000000000000001.seg``, ``00000000000000052113.seg``, ...
+Other files in the directory are ignored.  A segment is a plain concatenation of records,
+with no file header.  A record, little endian::
+
+    offset  size  field
+    0       4     length   u32, payload length in bytes (at most MAX_PAYLOAD = 16 MiB)
+    4       4     crc      u32, zlib.crc32 over the 8 seq bytes followed by the payload
+    8       8     seq      u64, the record's sequence number
+    16      len   payload  opaque bytes (the exchange's own encoding of the command)
+
+The seq field and the payload are contiguous, so ``crc == zlib.crc32(record[8:])``.
+Sequence numbers are gapless across segments: a segment's first seq is the previous one's
+last seq + 1, and matches its file name.
+
+The writer rotates to a new segment at the start of an append when the current segment has
+grown past ``segment_bytes``; a batch never spans two segments.  Before it creates the new
+segment it fsyncs the old one, and after creating it, the directory: a segment is complete
+before its successor exists.
+
+Torn tails
+----------
+A crash can leave the last segment ending in a partly written record (or in zeros, where the
+file grew but its data never reached the disk).  `Journal.open` scans the last segment and
+truncates it before the first record that is torn, fails its CRC or carries the wrong seq,
+reporting how many bytes it cut in `Journal.recovered_truncated_bytes`.  `read` stops
+silently at such a record at the very end of the last segment, and raises `JournalError`
+(naming the file and byte offset) for a bad record anywhere else.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import os
+import re
+import struct
+import sys
+from collections.abc import Iterator, Sequence
+from io import FileIO
+from pathlib import Path
+from types import TracebackType
+from zlib import crc32
+
+__all__ = [
+    "HEADER",
+    "MAX_PAYLOAD",
+    "Journal",
+    "JournalError",
+    "read",
+    "segments",
+]
+
+#: A record header: payload length, CRC (over seq bytes + payload), seq.
+HEADER = struct.Struct("<IIQ")
+HEADER_SIZE = HEADER.size  # 16
+#: The largest payload a record may carry.
+MAX_PAYLOAD = 16 << 20
+
+_LEN_CRC = struct.Struct("<II")
+_SEQ = struct.Struct("<Q")
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
+# How far back from a segment's end to look first for its last record (see _ends_with).
+_TAIL_PROBE = 1 << 16
+
+
+class JournalError(Exception):
+    """The journal is damaged where damage cannot be a torn tail, or cannot be used."""
+
+
+def _segment_path(directory: Path, first_seq: int) -> Path:
+    return directory / f"{first_seq:020d}.seg"
+
+
+def segments(directory: str | Path) -> list[tuple[int, Path]]:
+    """Every segment of the journal in `directory` as (first seq, path), sorted by first seq."""
+    found = []
+    for entry in os.scandir(directory):
+        match = _SEGMENT_NAME.match(entry.name)
+        if match is not None:
+            found.append((int(match.group(1)), Path(entry.path)))
+    found.sort()
+    return found
+
+
+class _BadRecord(Exception):
+    """Raised by _records at the first record that is not good."""
+
+    def __init__(self, offset: int, reason: str, at_end: bool) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+        self.at_end = at_end  # nothing but this record (or zeros) follows: a torn tail
+
+
+def _zero_tail(buf: bytes, offset: int) -> bool:
+    """Whether every byte of buf from offset on is zero (a file that grew before its data landed)."""
+    return buf.count(0, offset) == len(buf) - offset
+
+
+def _records(buf: bytes, seq: int, verify_from: int) -> Iterator[tuple[int, int, int]]:
+    """(seq, payload start, payload end) of each record in the segment image `buf`, whose first
+    record must carry `seq`.  CRCs are checked for records with seq >= verify_from.  Raises
+    _BadRecord at the first record that is torn, too long, out of sequence or fails its CRC."""
+    view = memoryview(buf)
+    size = len(buf)
+    offset = 0
+    unpack = HEADER.unpack_from
+    while offset < size:
+        if size - offset < HEADER_SIZE:
+            raise _BadRecord(offset, "torn record header (the file ends inside it)", True)
+        length, crc, got = unpack(buf, offset)
+        end = offset + HEADER_SIZE + length
+        if length > MAX_PAYLOAD:
+            raise _BadRecord(offset, f"record length {length} exceeds {MAX_PAYLOAD}", False)
+        if end > size:
+            raise _BadRecord(offset, "torn record (its payload runs past the end of the file)", True)
+        if got != seq:
+            at_end = end == size or _zero_tail(buf, offset)
+            raise _BadRecord(offset, f"record has seq {got} where {seq} was expected", at_end)
+        if seq >= verify_from and crc32(view[offset + 8 : end]) != crc:
+            at_end = end == size or _zero_tail(buf, offset)
+            raise _BadRecord(offset, f"record seq {seq} fails its CRC", at_end)
+        yield seq, offset + HEADER_SIZE, end
+        seq += 1
+        offset = end
+
+
+def read(directory: str | Path, from_seq: int = 1, to_seq: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """Yield (seq, payload) for every record with from_seq <= seq <= to_seq (to the end when
+    to_seq is None), in order.
+
+    Starts at the segment holding from_seq (found by file name).  Checks sequence continuity
+    and the CRC of every record it yields.  A bad record at the very end of the last segment
+    (a torn tail) ends the iteration silently; a bad record anywhere else, or a gap between
+    segments, raises JournalError naming the file and byte offset.  Asking for records older
+    than the journal's first segment raises JournalError too.
+    """
+    if from_seq < 1:
+        raise ValueError(f"from_seq must be at least 1, not {from_seq}")
+    if to_seq is not None and to_seq < from_seq:
+        return
+    segs = segments(directory)
+    if not segs:
+        return
+    index = bisect.bisect_right(segs, from_seq, key=lambda seg: seg[0]) - 1
+    if index < 0:
+        first, path = segs[0]
+        raise JournalError(f"{path}: the journal starts at seq {first}, after the requested seq {from_seq}")
+    expected = segs[index][0]
+    previous: Path | None = None
+    for i in range(index, len(segs)):
+        first, path = segs[i]
+        if first != expected:
+            raise JournalError(
+                f"{path}: at byte offset 0: segment starts at seq {first}, "
+                f"but {previous} ends at seq {expected - 1}"
+            )
+        buf = path.read_bytes()
+        try:
+            for seq, start, end in _records(buf, first, from_seq):
+                if seq >= from_seq:
+                    yield seq, buf[start:end]
+                    if to_seq is not None and seq >= to_seq:
+                        return
+                expected = seq + 1
+        except _BadRecord as bad:
+            if bad.at_end and i == len(segs) - 1:
+                return
+            raise JournalError(f"{path}: {bad.reason} at byte offset {bad.offset}") from None
+        previous = path
+
+
+def _fsync_directory_of(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_first(path: Path, first_seq: int) -> None:
+    """A segment that is not the last must start with a good record carrying its file name's seq."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_SIZE)
+        if len(head) < HEADER_SIZE:
+            raise JournalError(f"{path}: at byte offset 0: a segment before the last holds no whole record")
+        length, crc, seq = HEADER.unpack(head)
+        if seq != first_seq:
+            raise JournalError(f"{path}: at byte offset 0: first record has seq {seq}, the name {first_seq}")
+        if length > MAX_PAYLOAD:
+            raise JournalError(f"{path}: at byte offset 0: record length {length} exceeds {MAX_PAYLOAD}")
+        payload = f.read(length)
+        if len(payload) < length or crc32(payload, crc32(head[8:])) != crc:
+            raise JournalError(f"{path}: at byte offset 0: first record is torn or fails its CRC")
+
+
+def _ends_with(path: Path, last_seq: int) -> bool:
+    """Whether the segment's final record (the one ending exactly at end of file) is a good
+    record with seq last_seq.  Searches backwards for the seq bytes, so it costs about one
+    record's worth of reading instead of a scan of the whole segment."""
+    target = _SEQ.pack(last_seq)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        for window in (_TAIL_PROBE, HEADER_SIZE + MAX_PAYLOAD):
+            width = min(window, size)
+            f.seek(size - width)
+            buf = f.read(width)
+            search_end = width
+            while (pos := buf.rfind(target, 0, search_end)) >= 8:
+                start = pos - 8
+                length, crc = _LEN_CRC.unpack_from(buf, start)
+                if length == width - start - HEADER_SIZE and crc32(memoryview(buf)[pos:]) == crc:
+                    return True
+                search_end = pos + len(target) - 1
+            if width == size:
+                break
+    return False
+
+
+class Journal:
+    """The writer of a journal directory.  Make one with `Journal.open`.
+
+    `append` writes a batch (one write call, no fsync); `sync` makes everything appended so far
+    durable (one fsync).  Acknowledge a batch only after its `sync` returned.  After any I/O
+    error the journal refuses further appends and syncs: re-open it (which recovers the tail).
+    One writer per directory: `open` takes an exclusive flock on the directory.  Not thread-safe:
+    `sync` may run in a worker thread, but not while another thread appends or closes.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        dir_fd: int,
+        segment_bytes: int,
+        fsync: bool,
+        last_seq: int,
+        file: FileIO | None,
+        size: int,
+        recovered_truncated_bytes: int,
+    ) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        #: Bytes cut from the end of the last segment by `open` (a torn or corrupt tail); 0 if none.
+        self.recovered_truncated_bytes = recovered_truncated_bytes
+        self._dir_fd = dir_fd
+        self._last_seq = last_seq
+        self._file = file  # unbuffered, append mode; None before the first segment exists
+        self._size = size  # bytes in the current segment
+        self._dirty = False  # appended since the last fsync
+        self._failed: BaseException | None = None
+        self._closed = False
+
+    @classmethod
+    def open(cls, directory: str | Path, *, segment_bytes: int = 64 << 20, fsync: bool = True) -> Journal:
+        """Open (creating it if missing) the journal in `directory` for appending.
+
+        Checks every segment but the last cheaply: its first record carries the seq of its file
+        name, and its final record carries the seq before the next segment's name.  Scans the
+        last segment record by record (with CRCs) and truncates it before the first record that
+        is torn, fails its CRC or is out of sequence; `recovered_truncated_bytes` says how many
+        bytes that cut.  Raises JournalError for damage elsewhere, or when another writer holds
+        the directory.
+        """
+        if segment_bytes < 1:
+            raise ValueError(f"segment_bytes must be at least 1, not {segment_bytes}")
+        path = Path(directory)
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            if fsync:
+                _fsync_directory_of(path.absolute().parent)
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        file = None
+        try:
+            try:
+                fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JournalError(f"{path}: the journal is open for writing elsewhere") from None
+            segs = segments(path)
+            if not segs:
+                return cls(path, dir_fd, segment_bytes, fsync, 0, None, 0, 0)
+            if segs[0][0] < 1:
+                raise JournalError(f"{segs[0][1]}: sequence numbers start at 1")
+            for (first, seg_path), (next_first, _) in zip(segs, segs[1:], strict=False):
+                _check_first(seg_path, first)
+                if not _ends_with(seg_path, next_first - 1):
+                    raise JournalError(
+                        f"{seg_path}: the segment does not end with a good record of seq {next_first - 1}, "
+                        "the seq before the next segment's"
+                    )
+            first, last_path = segs[-1]
+            buf = last_path.read_bytes()
+            last_seq, valid = first - 1, 0
+            try:
+                for seq, _, end in _records(buf, first, first):
+                    last_seq, valid = seq, end
+            except _BadRecord as bad:
+                valid = bad.offset
+            file = FileIO(last_path, "ab")
+            cut = len(buf) - valid
+            if cut:
+                file.truncate(valid)
+                if fsync:
+                    os.fsync(file.fileno())
+            return cls(path, dir_fd, segment_bytes, fsync, last_seq, file, valid, cut)
+        except BaseException:
+            if file is not None:
+                file.close()
+            os.close(dir_fd)
+            raise
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last record appended (0 for an empty journal)."""
+        return self._last_seq
+
+    def _usable(self) -> None:
+        if self._closed:
+            raise ValueError("the journal is closed")
+        if self._failed is not None:
+            raise JournalError(f"{self.directory}: the journal failed earlier and must be re-opened") from (
+                self._failed
+            )
+
+    def _start_segment(self) -> None:
+        """Close the current segment (fsynced if it has unsynced records) and create the next one,
+        named after the next seq, then fsync the directory."""
+        if self._file is not None:
+            if self._dirty and self.fsync:
+                os.fsync(self._file.fileno())
+                self._dirty = False
+            self._file.close()
+            self._file = None
+        path = _segment_path(self.directory, self._last_seq + 1)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._file = FileIO(fd, "ab")
+        self._size = 0
+        if self.fsync:
+            os.fsync(self._dir_fd)
+
+    def append(self, payloads: Sequence[bytes]) -> int:
+        """Append one record per payload, with seqs last_seq + 1, ..., in one write call, and
+        return the new last_seq.  Does not fsync: call `sync` before acknowledging the batch.
+        A payload over MAX_PAYLOAD bytes raises ValueError, and nothing is written."""
+        self._usable()
+        seq = self._last_seq
+        parts: list[bytes] = []
+        add = parts.append
+        pack_len_crc = _LEN_CRC.pack
+        pack_seq = _SEQ.pack
+        for payload in payloads:
+            length = len(payload)
+            if length > MAX_PAYLOAD:
+                raise ValueError(f"payload of {length} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+            seq += 1
+            seq_bytes = pack_seq(seq)
+            add(pack_len_crc(length, crc32(payload, crc32(seq_bytes))))
+            add(seq_bytes)
+            add(payload)
+        if seq == self._last_seq:
+            return seq
+        data = b"".join(parts)
+        try:
+            if self._file is None or self._size > self.segment_bytes:
+                self._start_segment()
+            written = self._file.write(data)
+            if written != len(data):  # a short write (e.g. a nearly full disk): finish it or fail
+                view = memoryview(data)
+                while written < len(data):
+                    more = self._file.write(view[written:])
+                    if not more:
+                        raise OSError(f"short write to {self._file.name}")
+                    written += more
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        self._size += len(data)
+        self._dirty = True
+        self._last_seq = seq
+        return seq
+
+    def sync(self) -> None:
+        """Make every record appended so far durable: one fsync of the current segment (none when
+        nothing was appended since the last sync, or when the journal was opened with fsync=False)."""
+        self._usable()
+        if not self._dirty:
+            return
+        if self.fsync:
+            try:
+                os.fsync(self._file.fileno())
+            except BaseException as exc:
+                self._failed = exc  # never retry a failed fsync: the kernel may have dropped the pages
+                raise
+        self._dirty = False
+
+    def close(self) -> None:
+        """Sync and close.  Idempotent.  A journal that failed is closed without syncing."""
+        if self._closed:
+            return
+        try:
+            if self._failed is None:
+                self.sync()
+        finally:
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            os.close(self._dir_fd)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m exchange.journal DIR [FROM [TO]] [--records]``: summarise or dump a journal."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    dump = "--records" in args
+    args = [a for a in args if a != "--records"]
+    if not 1 <= len(args) <= 3:
+        print("usage: python -m exchange.journal DIR [FROM [TO]] [--records]", file=sys.stderr)
+        return 2
+    directory = args[0]
+    from_seq = int(args[1]) if len(args) > 1 else 1
+    to_seq = int(args[2]) if len(args) > 2 else None
+    for first, path in segments(directory):
+        print(f"{path.name}  first seq {first}  {path.stat().st_size} bytes")
+    count = 0
+    last = None
+    try:
+        for seq, payload in read(directory, from_seq, to_seq):
+            count += 1
+            last = seq
+            if dump:
+                print(f"{seq}\t{len(payload)}\t{payload[:32].hex()}{'...' if len(payload) > 32 else ''}")
+    except JournalError as exc:
+        print(f"{count} good records, then: {exc}", file=sys.stderr)
+        return 1
+    print(f"{count} records read, last seq {last}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

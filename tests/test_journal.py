@@ -1,0 +1,476 @@
+"""The command journal (exchange/journal.py): format, rotation, reading, torn tails, corruption."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import resource
+import shutil
+import signal
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exchange import journal as journal_module
+from exchange.journal import MAX_PAYLOAD, Journal, JournalError, read, segments
+
+HEADER = struct.Struct("<IIQ")  # the documented layout, independent of the module's constant
+
+
+def record_spans(path: Path) -> list[tuple[int, int, int]]:
+    """(seq, start offset, end offset) of every whole record in a segment, parsed by the test itself."""
+    data = path.read_bytes()
+    spans = []
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, _crc, seq = HEADER.unpack_from(data, offset)
+        end = offset + HEADER.size + length
+        if end > len(data):
+            break
+        spans.append((seq, offset, end))
+        offset = end
+    return spans
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def payload(i: int) -> bytes:
+    return f"command {i} ".encode() * (1 + i % 7)
+
+
+def write_journal(
+    directory: Path, count: int, *, segment_bytes: int = 64 << 20, batch: int = 10
+) -> list[bytes]:
+    written = [payload(i) for i in range(1, count + 1)]
+    with Journal.open(directory, segment_bytes=segment_bytes, fsync=False) as j:
+        for start in range(0, count, batch):
+            j.append(written[start : start + batch])
+            j.sync()
+    return written
+
+
+def test_record_layout_on_disk(tmp_path):
+    with Journal.open(tmp_path) as j:
+        assert j.append([b"abc", b""]) == 2
+        j.sync()
+    ((first, path),) = segments(tmp_path)
+    assert (first, path.name) == (1, "00000000000000000001.seg")
+    seq1, seq2 = struct.pack("<Q", 1), struct.pack("<Q", 2)
+    expected = (
+        struct.pack("<II", 3, zlib.crc32(seq1 + b"abc"))
+        + seq1
+        + b"abc"
+        + struct.pack("<II", 0, zlib.crc32(seq2))
+        + seq2
+    )
+    assert path.read_bytes() == expected
+
+
+def test_fresh_directory_is_created_and_empty(tmp_path):
+    directory = tmp_path / "a" / "journal"
+    with Journal.open(directory) as j:
+        assert j.last_seq == 0
+        assert j.recovered_truncated_bytes == 0
+        assert segments(directory) == []  # the first segment appears with the first append
+    assert list(read(directory)) == []
+    with Journal.open(directory) as j:
+        assert j.append([b"x"]) == 1
+    assert list(read(directory)) == [(1, b"x")]
+
+
+def test_round_trip_across_rotations(tmp_path):
+    written = write_journal(tmp_path, 300, segment_bytes=700, batch=7)
+    segs = segments(tmp_path)
+    assert len(segs) >= 10
+    got = list(read(tmp_path))
+    assert got == list(enumerate(written, start=1))
+    # every segment is named after its first record and continues the previous one
+    expected_first = 1
+    for first, path in segs:
+        spans = record_spans(path)
+        assert first == expected_first == spans[0][0]
+        assert [s for s, _, _ in spans] == list(range(first, first + len(spans)))
+        expected_first = first + len(spans)
+    # rotation happens at the start of an append once the segment is over the size, never before
+    for _first, path in segs[:-1]:
+        assert path.stat().st_size > 700
+        assert path.stat().st_size <= 700 + 7 * (HEADER.size + max(map(len, written)))
+
+
+def test_read_from_the_middle_and_up_to(tmp_path):
+    written = write_journal(tmp_path, 120, segment_bytes=400)
+    expected = list(enumerate(written, start=1))
+    assert list(read(tmp_path, 37)) == expected[36:]
+    assert list(read(tmp_path, 37, 52)) == expected[36:52]
+    assert list(read(tmp_path, 52, 52)) == [expected[51]]
+    assert list(read(tmp_path, 1, 1)) == [expected[0]]
+    assert list(read(tmp_path, 120)) == [expected[-1]]
+    assert list(read(tmp_path, 121)) == []
+    assert list(read(tmp_path, 100, 500)) == expected[99:]
+    assert list(read(tmp_path, 60, 59)) == []
+    with pytest.raises(ValueError):
+        list(read(tmp_path, 0))
+
+
+def test_read_starts_at_the_right_segment(tmp_path):
+    written = write_journal(tmp_path, 120, segment_bytes=400)
+    segs = segments(tmp_path)
+    # corrupt a payload in the first segment: reading from a later segment never looks at it
+    _, start, _ = record_spans(segs[0][1])[1]
+    flip_byte(segs[0][1], start + HEADER.size)
+    later = segs[2][0] + 1
+    assert list(read(tmp_path, later)) == list(enumerate(written, start=1))[later - 1 :]
+    with pytest.raises(JournalError):
+        list(read(tmp_path, 1))
+
+
+def test_reopen_continues_the_sequence(tmp_path):
+    write_journal(tmp_path, 25, segment_bytes=300)
+    with Journal.open(tmp_path, segment_bytes=300) as j:
+        assert j.last_seq == 25
+        assert j.recovered_truncated_bytes == 0
+        assert j.append([b"a", b"b"]) == 27
+        j.sync()
+        assert j.append([b"c"]) == 28
+    with Journal.open(tmp_path, segment_bytes=300) as j:
+        assert j.last_seq == 28
+    got = list(read(tmp_path, 26))
+    assert got == [(26, b"a"), (27, b"b"), (28, b"c")]
+
+
+@pytest.mark.parametrize("segment_bytes", [64 << 20, 1], ids=["one-segment", "last-record-alone"])
+def test_torn_last_record_at_every_offset(tmp_path, segment_bytes):
+    pristine = tmp_path / "pristine"
+    written = write_journal(pristine, 6, segment_bytes=segment_bytes, batch=1)
+    last_name = segments(pristine)[-1][1].name
+    seq, start, end = record_spans(pristine / last_name)[-1]
+    assert seq == 6
+    if segment_bytes == 1:
+        assert start == 0  # the torn record is the whole last segment
+    for cut in range(start, end):
+        directory = tmp_path / f"cut{cut}"
+        shutil.copytree(pristine, directory)
+        last = directory / last_name
+        os.truncate(last, cut)
+        assert list(read(directory)) == list(enumerate(written[:5], start=1)), cut  # torn tail: silent
+        with Journal.open(directory, segment_bytes=segment_bytes) as j:
+            assert j.last_seq == 5, cut
+            assert j.recovered_truncated_bytes == cut - start, cut
+            assert last.stat().st_size == start, cut
+            assert j.append([b"after the tear"]) == 6
+        assert list(read(directory)) == [*enumerate(written[:5], start=1), (6, b"after the tear")], cut
+
+
+def test_flipped_payload_byte_in_last_record_is_dropped_at_open(tmp_path):
+    written = write_journal(tmp_path, 10)
+    ((_, path),) = segments(tmp_path)
+    seq, start, end = record_spans(path)[-1]
+    flip_byte(path, end - 1)
+    assert seq == 10
+    assert list(read(tmp_path)) == list(enumerate(written[:9], start=1))  # at the very end: a torn tail
+    with Journal.open(tmp_path) as j:
+        assert j.last_seq == 9
+        assert j.recovered_truncated_bytes == end - start
+        assert path.stat().st_size == start
+        assert j.append([b"x"]) == 10
+    assert list(read(tmp_path, 9)) == [(9, written[8]), (10, b"x")]
+
+
+def test_flipped_byte_inside_last_segment_raises_on_read_and_truncates_on_open(tmp_path):
+    written = write_journal(tmp_path, 10)
+    ((_, path),) = segments(tmp_path)
+    seq, start, end = record_spans(path)[6]
+    assert seq == 7
+    flip_byte(path, end - 1)
+    size = path.stat().st_size
+    with pytest.raises(JournalError, match=rf"{path.name}.*CRC.*byte offset {start}\b"):
+        list(read(tmp_path))
+    assert list(read(tmp_path, 1, 6)) == list(enumerate(written[:6], start=1))
+    with Journal.open(tmp_path) as j:
+        assert j.last_seq == 6
+        assert j.recovered_truncated_bytes == size - start
+    assert list(read(tmp_path)) == list(enumerate(written[:6], start=1))
+
+
+def test_flipped_byte_in_an_earlier_segment_makes_read_raise_naming_the_file(tmp_path):
+    written = write_journal(tmp_path, 60, segment_bytes=300)
+    segs = segments(tmp_path)
+    assert len(segs) >= 3
+    target = segs[1][1]
+    seq, start, end = record_spans(target)[2]
+    flip_byte(target, start + HEADER.size + 3)
+    with pytest.raises(JournalError, match=rf"{target}: .*CRC.* at byte offset {start}\b") as info:
+        list(read(tmp_path))
+    assert target.name in str(info.value)
+    # records before the damage were yielded, the damaged one never is
+    got = []
+    with pytest.raises(JournalError):
+        for item in read(tmp_path):
+            got.append(item)
+    assert got == list(enumerate(written[: seq - 1], start=1))
+    # open checks earlier segments only cheaply (first and last record), so it still opens
+    with Journal.open(tmp_path, segment_bytes=300) as j:
+        assert j.last_seq == 60
+        assert j.recovered_truncated_bytes == 0
+
+
+def test_a_missing_segment_is_a_gap(tmp_path):
+    write_journal(tmp_path, 60, segment_bytes=300)
+    segs = segments(tmp_path)
+    segs[1][1].unlink()
+    with pytest.raises(JournalError, match=rf"{segs[2][1].name}.*starts at seq {segs[2][0]}"):
+        list(read(tmp_path))
+    with pytest.raises(JournalError, match=segs[0][1].name):
+        Journal.open(tmp_path)
+
+
+def test_reading_records_older_than_the_first_segment_raises(tmp_path):
+    write_journal(tmp_path, 60, segment_bytes=300)
+    segs = segments(tmp_path)
+    segs[0][1].unlink()  # as if pruned after a snapshot
+    with pytest.raises(JournalError, match="starts at seq"):
+        list(read(tmp_path, 1))
+    assert [s for s, _ in read(tmp_path, segs[1][0])] == list(range(segs[1][0], 61))
+
+
+def test_torn_tail_of_an_earlier_segment_is_refused_at_open(tmp_path):
+    write_journal(tmp_path, 60, segment_bytes=300)
+    segs = segments(tmp_path)
+    penultimate = segs[-2][1]
+    os.truncate(penultimate, penultimate.stat().st_size - 1)
+    with pytest.raises(JournalError, match=penultimate.name):
+        Journal.open(tmp_path)
+    with pytest.raises(JournalError, match=rf"{penultimate.name}.*torn"):
+        list(read(tmp_path))
+
+
+def test_last_segment_empty_or_with_a_partial_header(tmp_path):
+    written = write_journal(tmp_path, 30, segment_bytes=300)
+    # a crash right after rotation created the next segment: it is empty
+    empty = tmp_path / f"{31:020d}.seg"
+    empty.touch()
+    with Journal.open(tmp_path, segment_bytes=300) as j:
+        assert j.last_seq == 30
+        assert j.recovered_truncated_bytes == 0
+    assert list(read(tmp_path)) == list(enumerate(written, start=1))
+    # ... or holds only part of a header
+    empty.write_bytes(HEADER.pack(5, 0, 31)[:7])
+    assert list(read(tmp_path)) == list(enumerate(written, start=1))
+    with Journal.open(tmp_path, segment_bytes=300) as j:
+        assert j.last_seq == 30
+        assert j.recovered_truncated_bytes == 7
+        assert empty.stat().st_size == 0
+        assert j.append([b"31"]) == 31
+    assert record_spans(empty) == [(31, 0, HEADER.size + 2)]
+    assert list(read(tmp_path, 30)) == [(30, written[-1]), (31, b"31")]
+
+
+def test_zeroed_tail_is_a_torn_tail(tmp_path):
+    written = write_journal(tmp_path, 8)
+    ((_, path),) = segments(tmp_path)
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(bytes(100))  # the file grew, but the data never reached the disk
+    assert list(read(tmp_path)) == list(enumerate(written, start=1))
+    with Journal.open(tmp_path) as j:
+        assert j.last_seq == 8
+        assert j.recovered_truncated_bytes == 100
+    assert path.stat().st_size == size
+
+
+def test_wrong_seq_in_last_segment_ends_the_log(tmp_path):
+    write_journal(tmp_path, 5)
+    ((_, path),) = segments(tmp_path)
+    seq7 = struct.pack("<Q", 7)
+    with open(path, "ab") as f:
+        f.write(struct.pack("<II", 1, zlib.crc32(seq7 + b"z")) + seq7 + b"z")  # a good record, wrong seq
+    assert [s for s, _ in read(tmp_path)] == [1, 2, 3, 4, 5]
+    with Journal.open(tmp_path) as j:
+        assert j.last_seq == 5
+        assert j.recovered_truncated_bytes == HEADER.size + 1
+
+
+def test_empty_payloads(tmp_path):
+    with Journal.open(tmp_path, segment_bytes=40) as j:
+        assert j.append([b""] * 5) == 5
+        assert j.append([]) == 5  # nothing to write
+        assert j.append([b"", b"y", b""]) == 8
+    assert list(read(tmp_path)) == [(s, b"") for s in range(1, 7)] + [(7, b"y"), (8, b"")]
+    assert len(segments(tmp_path)) == 2  # the second batch started a new segment (5 * 16 bytes > 40)
+
+
+def test_payload_too_large_raises_and_writes_nothing(tmp_path):
+    with Journal.open(tmp_path) as j:
+        j.append([b"first"])
+        j.sync()
+        ((_, path),) = segments(tmp_path)
+        size = path.stat().st_size
+        with pytest.raises(ValueError, match="exceeds"):
+            j.append([b"fine", bytes(MAX_PAYLOAD + 1), b"fine"])
+        assert j.last_seq == 1
+        assert path.stat().st_size == size
+        assert j.append([bytes(MAX_PAYLOAD)]) == 2  # exactly the limit is allowed
+    got = list(read(tmp_path))
+    assert [s for s, _ in got] == [1, 2]
+    assert got[1][1] == bytes(MAX_PAYLOAD)
+
+
+def test_one_fsync_per_sync_and_none_with_fsync_false(tmp_path, monkeypatch):
+    calls = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd):
+        calls.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    with Journal.open(tmp_path / "nosync", fsync=False) as j:
+        for _ in range(5):
+            j.append([b"a"] * 50)
+            j.sync()
+    assert calls == []
+    assert len(list(read(tmp_path / "nosync"))) == 250
+
+    with Journal.open(tmp_path / "sync") as j:
+        j.append([b"a"] * 50)  # the first segment: its creation fsyncs the directory
+        calls.clear()
+        for _ in range(5):
+            j.sync()
+            assert len(calls) == 1
+            j.sync()  # nothing new: no fsync
+            assert len(calls) == 1
+            calls.clear()
+            j.append([b"a"] * 50)
+            assert calls == []  # append never fsyncs
+    assert len(calls) == 1  # close synced the last batch
+    assert len(list(read(tmp_path / "sync"))) == 300
+
+
+def test_only_one_writer(tmp_path):
+    with Journal.open(tmp_path) as j:
+        j.append([b"a"])
+        with pytest.raises(JournalError, match="elsewhere"):
+            Journal.open(tmp_path)
+    with Journal.open(tmp_path) as j:
+        assert j.last_seq == 1
+
+
+def test_closed_journal_refuses_appends(tmp_path):
+    j = Journal.open(tmp_path)
+    j.append([b"a"])
+    j.close()
+    j.close()
+    with pytest.raises(ValueError, match="closed"):
+        j.append([b"b"])
+    assert list(read(tmp_path)) == [(1, b"a")]
+
+
+def test_append_after_a_write_error_raises(tmp_path):
+    j = Journal.open(tmp_path)
+    j.append([b"x" * 100] * 3)
+    j.sync()
+    ((_, path),) = segments(tmp_path)
+    size = path.stat().st_size
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 50, old_limit[1]))
+        with pytest.raises(OSError) as info:
+            j.append([b"y" * 100] * 3)  # a short write of 50 bytes, then EFBIG
+        assert info.value.errno == errno.EFBIG
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert j.last_seq == 3
+    with pytest.raises(JournalError, match="re-opened"):
+        j.append([b"z"])
+    with pytest.raises(JournalError):
+        j.sync()
+    j.close()  # closes without syncing, no second error
+    assert path.stat().st_size == size + 50
+    with Journal.open(tmp_path) as j:
+        assert j.last_seq == 3
+        assert j.recovered_truncated_bytes == 50
+        assert j.append([b"z"]) == 4
+    assert list(read(tmp_path)) == [(1, b"x" * 100), (2, b"x" * 100), (3, b"x" * 100), (4, b"z")]
+
+
+def test_failed_fsync_is_never_retried(tmp_path, monkeypatch):
+    j = Journal.open(tmp_path)
+    j.append([b"a"])
+
+    def failing_fsync(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        j.sync()
+    monkeypatch.undo()
+    with pytest.raises(JournalError):
+        j.sync()
+    with pytest.raises(JournalError):
+        j.append([b"b"])
+    j.close()
+
+
+def test_inspection_command(tmp_path, capsys):
+    write_journal(tmp_path, 12, segment_bytes=200)
+    assert journal_module.main([str(tmp_path), "3", "4", "--records"]) == 0
+    out = capsys.readouterr().out
+    assert f"3\t{len(payload(3))}\t{payload(3)[:32].hex()}...\n" in out
+    assert f"4\t{len(payload(4))}\t{payload(4)[:32].hex()}...\n" in out
+    assert out.strip().endswith("2 records read, last seq 4")
+    (_, first), *_ = segments(tmp_path)
+    flip_byte(first, HEADER.size + 1)
+    assert journal_module.main([str(tmp_path)]) == 1
+    assert first.name in capsys.readouterr().err
+
+
+batches_strategy = st.lists(st.lists(st.binary(max_size=60), max_size=8), max_size=14)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=batches_strategy, segment_bytes=st.integers(1, 400), cut_seed=st.integers(0, 2**32))
+def test_property_written_is_read_and_truncation_leaves_a_prefix(batches, segment_bytes, cut_seed):
+    written = [p for batch in batches for p in batch]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        with Journal.open(directory, segment_bytes=segment_bytes, fsync=False) as j:
+            for batch in batches:
+                j.append(batch)
+                j.sync()
+            assert j.last_seq == len(written)
+        assert list(read(directory)) == list(enumerate(written, start=1))
+
+        segs = segments(directory)
+        if not segs:
+            assert written == []
+            return
+        first, last = segs[-1]
+        cut = random.Random(cut_seed).randint(0, last.stat().st_size)
+        os.truncate(last, cut)
+        with Journal.open(directory, segment_bytes=segment_bytes, fsync=False) as j:
+            got = list(read(directory))
+            assert got == list(enumerate(written[: len(got)], start=1))
+            assert j.last_seq == len(got) >= first - 1  # only the last segment can lose records
+            assert j.recovered_truncated_bytes == cut - last.stat().st_size
+            assert j.append([b"next"]) == len(got) + 1
+        assert list(read(directory, len(got) + 1)) == [(len(got) + 1, b"next")]
+
+
+def test_rotation_happens_only_once_a_segment_is_over_the_size(tmp_path):
+    with Journal.open(tmp_path, segment_bytes=2 * HEADER.size) as j:
+        for _ in range(4):
+            j.append([b""])  # 16 bytes each: at 32 bytes the segment is not over 32, at 48 it is
+        j.append([b"", b"", b""])
+    assert [(first, path.stat().st_size) for first, path in segments(tmp_path)] == [(1, 48), (4, 64)]

@@ -30,9 +30,10 @@ from exchange.config import Instrument
 from exchange.engines import resolve_engine
 from exchange.state import ExchangeState, StateData, answer
 from orderbook.book import Book, make_book, restore_book
-from orderbook.types import COMMAND_DTYPE
+from orderbook.types import CMD_CLOCK, COMMAND_DTYPE
 
 log = logging.getLogger("gpux.engine")
+_C_TYPE = COMMAND_DTYPE.names.index("type")
 
 
 class Cmd(msgspec.Struct, array_like=True, tag=1):
@@ -123,17 +124,24 @@ class Engine:
         for name, idx in by_book.items():
             book = self.books[name]
             cmds = np.frombuffer(b"".join([entries[i].rec for i in idx]), dtype=COMMAND_DTYPE)
-            events = book.process(cmds)
+            cmd_list = cmds.tolist()
+            coids = [entries[i].coid for i in idx]
+            # A clock command has no leading event, so after another command in the same book
+            # call its events could not be told from that command's (split_events): every clock
+            # starts a new call.
+            cuts = [k for k, c in enumerate(cmd_list) if k and c[_C_TYPE] == CMD_CLOCK]
+            parts = []
+            for lo, hi in zip([0, *cuts], [*cuts, len(cmd_list)], strict=True):
+                part = book.process(cmds[lo:hi])
+                parts.append(part)
+                ev_list = part.tolist()
+                spans = state.apply(name, cmd_list[lo:hi], ev_list, coids[lo:hi])
+                for k in range(lo, hi):
+                    a, b = spans[k - lo]
+                    results[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])
+            events = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if len(events):
                 arrays[name] = events
-            cmd_list = cmds.tolist()
-            ev_list = events.tolist()
-            coids = [entries[i].coid for i in idx]
-            spans = state.apply(name, cmd_list, ev_list, coids)
-            for k, i in enumerate(idx):
-                a, b = spans[k]
-                c = cmd_list[k]
-                results[i] = Result(name, c, ev_list[a:b])
             last = int(cmds["oid"].max()) if len(cmds) else 0
             if last > self.last_oid:
                 self.last_oid = last

@@ -179,7 +179,9 @@ def split_events(commands: list[tuple], events: list[tuple]) -> list[tuple[int, 
     Every command but a clock produces exactly one *leading* event first (accepted,
     rejected, amended, released, or a user cancel) and nothing else does; a clock command
     produces none.  Commands are stamped with their book's time (only clock commands move
-    it), so no expiry precedes a command's leading event.
+    it), so no expiry precedes a command's leading event.  A clock after another command
+    cannot be told apart (its events would go to that command), so only the first command
+    may be a clock: Engine.apply starts a new book call at every clock.
     """
     spans: list[tuple[int, int]] = []
     n = len(events)

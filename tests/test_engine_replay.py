@@ -1,0 +1,432 @@
+"""The engine replays its journal exactly (R4, R15, R17, R21), without the network.
+
+Random command streams (tests/streams.py) for two GPU classes, stamped as the sequencer
+stamps them (a non-clock command carries its book's time; only clock commands move it),
+interleaved into one stream of journal entries with client order ids and admin entries:
+
+* written through a `Journal` in random batch sizes and applied with `Engine.apply` in
+  random batch sizes, they give the same state hashes, events and state as one big apply;
+* each command's events in the engine's results are exactly those the book gives it alone,
+  and `split_events` gives every event to one command, one leading event per non-clock one;
+* a snapshot at a random point + the journal after it equals never snapshotting (in memory
+  and through `recover`);
+* a torn last journal record is dropped at recovery, which ends at the seq before it;
+* escrow (R17): held is the sum of the open bids' holds, and available never goes negative
+  when every bid was accepted only within the available balance (as the sequencer does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from streams import random_stream
+
+from exchange.config import Instrument, ServerConfig
+from exchange.engine import Admin, Cmd, Engine, Entry, Result, decode_entry, encode_entry, write_snapshot
+from exchange.journal import HEADER, Journal, read, segments
+from exchange.server import Exchange, recover, replay
+from exchange.state import E_REASON, E_TYPE, ExchangeState, split_events
+from orderbook.book import make_book
+from orderbook.config import BookConfig
+from orderbook.types import (
+    CMD_AMEND,
+    CMD_ASK,
+    CMD_BID,
+    CMD_CANCEL,
+    CMD_CLOCK,
+    COMMAND_DTYPE,
+    END_USER,
+    EV_ACCEPTED,
+    EV_AMENDED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_REJECTED,
+    EV_RELEASED,
+    HOUR,
+    ON_DEMAND,
+)
+
+# Two classes, as the stream generator's book is configured (prices up to 12 ticks of 1,000 µ$);
+# fees on one of them so the escrow accounting has fees to hold and charge.
+BOOKS = ("T", "U")
+INSTRUMENTS = {
+    "T": Instrument(BookConfig(name="T", max_price=20_000, gate_s=300, notice_s=120), maker_fee_bps=10,
+                    taker_fee_bps=25),
+    "U": Instrument(BookConfig(name="U", max_price=20_000, gate_s=300, notice_s=0)),
+}
+C = {name: i for i, name in enumerate(COMMAND_DTYPE.names)}
+LEADING = (EV_ACCEPTED, EV_REJECTED, EV_AMENDED, EV_RELEASED)
+
+
+# ---------------------------------------------------------------------- streams
+def stamped(commands: np.ndarray) -> list[list[int]]:
+    """The commands as the sequencer would journal them: a command stamped later than the
+    book's time gets a clock command to that time first; every non-clock command carries
+    the book's time (the latest clock's); clock commands that would not move time are dropped."""
+    out: list[list[int]] = []
+    now: int | None = None
+    for values in commands.tolist():
+        c = list(values)
+        t = c[C["time"]]
+        if c[C["type"]] == CMD_CLOCK:
+            if now is None or t > now:
+                now = t
+                out.append(c)
+            continue
+        if now is None or t > now:
+            clock = [0] * len(c)
+            clock[C["time"]], clock[C["type"]] = t, CMD_CLOCK
+            out.append(clock)
+            now = t
+        c[C["time"]] = now
+        out.append(c)
+    return out
+
+
+def record(values: list[int]) -> bytes:
+    return np.array([tuple(values)], dtype=COMMAND_DTYPE).tobytes()
+
+
+def book_streams(seed: int, n: int) -> dict[str, list[list[int]]]:
+    """A stamped random stream per book.  Order ids are exchange-wide: book k's are 2·oid − 1 + k
+    (a stream's own ids and the ids its cancels and amends aim at alike)."""
+    out = {}
+    for k, name in enumerate(BOOKS):
+        cmds = stamped(random_stream(np.random.default_rng([seed, k]), n))
+        for c in cmds:
+            if c[C["type"]] in (CMD_ASK, CMD_BID, CMD_CANCEL, CMD_AMEND) and c[C["oid"]] > 0:
+                c[C["oid"]] = 2 * c[C["oid"]] - 1 + k
+        out[name] = cmds
+    return out
+
+
+def exchange_entries(seed: int, n: int = 250) -> list[Entry]:
+    """Both books' streams interleaved at random, half the new orders with a client order id,
+    and now and then a halt or resume."""
+    rng = random.Random(seed)
+    queues = {name: [Cmd(name, record(c), f"{name}-{i}" if c[C["type"]] in (CMD_ASK, CMD_BID)
+                         and rng.random() < 0.5 else "") for i, c in enumerate(cmds)]
+              for name, cmds in book_streams(seed, n).items()}
+    entries: list[Entry] = []
+    pos = dict.fromkeys(BOOKS, 0)
+    while any(pos[b] < len(queues[b]) for b in BOOKS):
+        name = rng.choice([b for b in BOOKS if pos[b] < len(queues[b])])
+        entries.append(queues[name][pos[name]])
+        pos[name] += 1
+        if rng.random() < 0.01:
+            entries.append(Admin(rng.choice(["halt", "resume"]), rng.choice(BOOKS)))
+    return entries
+
+
+def batches(items: list[Any], rng: random.Random, most: int) -> list[list[Any]]:
+    out, i = [], 0
+    while i < len(items):
+        k = rng.randint(1, most)
+        out.append(items[i:i + k])
+        i += k
+    return out
+
+
+def write_journal(directory: Path, entries: list[Entry], rng: random.Random, segment_bytes: int = 4096) -> None:
+    with Journal.open(directory, segment_bytes=segment_bytes, fsync=False) as journal:
+        for batch in batches(entries, rng, 40):
+            journal.append([encode_entry(e) for e in batch])
+            journal.sync()
+
+
+def apply_in_batches(engine: Engine, entries: list[Entry], rng: random.Random, most: int = 50) -> list[Result]:
+    results: list[Result] = []
+    for batch in batches(entries, rng, most):
+        results += engine.apply(batch, answers=True)[0]
+    return results
+
+
+def canonical(state: ExchangeState) -> tuple:
+    """Everything the state holds, in an order that does not depend on batch boundaries."""
+    d = state.to_data()
+    return (
+        sorted(msgspec.to_builtins(d.orders), key=lambda o: o["oid"]),
+        sorted(d.closed),
+        sorted(msgspec.to_builtins(d.leases), key=lambda x: (x["book"], x["trade_id"])),
+        dict(sorted(state.coids.items())),
+        msgspec.to_builtins(d.funds),
+        d.halted,
+        {acc: sorted(refs) for acc, refs in sorted(state.leases_by_account.items())},
+        dict(sorted(state.open_by_account.items())),
+    )
+
+
+def assert_same_engine(a: Engine, b: Engine) -> None:
+    assert a.seq == b.seq
+    assert a.last_oid == b.last_oid
+    assert a.state_hashes() == b.state_hashes()
+    assert a.state.digest() == b.state.digest()
+    assert canonical(a.state) == canonical(b.state)
+    assert {n: a.book_time(n) for n in BOOKS} == {n: b.book_time(n) for n in BOOKS}
+
+
+def config(data: Path, engine: str = "numba") -> ServerConfig:
+    return ServerConfig(data_dir=str(data), engine=engine, instruments=INSTRUMENTS)
+
+
+def events_by_book(results: list[Result]) -> dict[str, list[tuple]]:
+    out: dict[str, list[tuple]] = {name: [] for name in BOOKS}
+    for r in results:
+        out[r.book] += r.events
+    return out
+
+
+# ---------------------------------------------------------------------- batch sizes
+@pytest.mark.parametrize(("engine", "seed"), [("numba", s) for s in range(6)] + [("reference", 0)])
+def test_journaled_entries_apply_the_same_in_any_batch_sizes(tmp_path: Path, engine: str, seed: int) -> None:
+    rng = random.Random(seed)
+    entries = exchange_entries(seed)
+    write_journal(tmp_path / "journal", entries, rng)
+    assert len(segments(tmp_path / "journal")) > 1  # rotation is part of the path
+    records = list(read(tmp_path / "journal"))
+    assert [seq for seq, _ in records] == list(range(1, len(entries) + 1))
+    journaled = [decode_entry(payload) for _, payload in records]
+    assert journaled == entries
+
+    whole = Engine(INSTRUMENTS, engine)
+    results, arrays = whole.apply(journaled, answers=True)
+    pieces = Engine(INSTRUMENTS, engine)
+    piece_results = apply_in_batches(pieces, journaled, rng)
+
+    assert whole.seq == pieces.seq == len(entries)
+    assert_same_engine(whole, pieces)
+    assert [(r.book, r.command, r.events) for r in results] == [(r.book, r.command, r.events) for r in piece_results]
+    for name, events in events_by_book(results).items():
+        assert arrays[name].tolist() == events  # what the bus gets is every event, in book order
+        assert [e[0] for e in events] == list(range(1, len(events) + 1))  # R15: consecutive per book
+    # a client order id keeps the answer to its first command, whatever the batches were
+    assert whole.state.coids == pieces.state.coids
+    assert len(whole.state.coids) > 50
+
+
+# ---------------------------------------------------------------------- who produced which event
+@pytest.mark.parametrize("seed", range(4))
+def test_each_command_gets_the_events_the_book_gives_it_alone(seed: int) -> None:
+    """Engine results against the book run one command per call: the same events per command,
+    clock commands included, for any batch boundaries."""
+    rng = random.Random(seed)
+    streams = book_streams(seed, 300)
+    alone: dict[str, list[list[tuple]]] = {}
+    for name, cmds in streams.items():
+        book = make_book(INSTRUMENTS[name].book, "numba")
+        alone[name] = [book.process(np.frombuffer(record(c), dtype=COMMAND_DTYPE)).tolist() for c in cmds]
+    entries = [Cmd(name, record(c)) for name in BOOKS for c in streams[name]]
+    results = apply_in_batches(Engine(INSTRUMENTS, "numba"), entries, rng, most=80)
+    got: dict[str, list[list[tuple]]] = {name: [] for name in BOOKS}
+    for r in results:
+        got[r.book].append(r.events)
+    for name in BOOKS:
+        assert got[name] == alone[name]
+    expiring_clocks = sum(1 for r in results if r.command[C["type"]] == CMD_CLOCK and r.events)
+    assert expiring_clocks > 0  # clocks that do something are part of the test
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_events_gives_every_event_to_one_command(seed: int) -> None:
+    """`split_events` on book calls that start at a clock (as Engine.apply makes them): the spans
+    partition the events, each non-clock command has one leading event, first, and a clock none;
+    every span is exactly what the book gives that command alone."""
+    rng = random.Random(seed)
+    for name, cmds in book_streams(seed, 300).items():
+        cfg = INSTRUMENTS[name].book
+        one_by_one = make_book(cfg, "numba")
+        alone = [one_by_one.process(np.frombuffer(record(c), dtype=COMMAND_DTYPE)).tolist() for c in cmds]
+        book = make_book(cfg, "numba")
+        starts = [0] + [k for k, c in enumerate(cmds) if k and (c[C["type"]] == CMD_CLOCK or rng.random() < 0.1)]
+        for lo, hi in zip(starts, [*starts[1:], len(cmds)], strict=True):
+            part = cmds[lo:hi]
+            assert all(c[C["type"]] != CMD_CLOCK for c in part[1:])
+            events = book.process(np.array([tuple(c) for c in part], dtype=COMMAND_DTYPE)).tolist()
+            spans = split_events(part, events)
+            assert len(spans) == len(part)
+            assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]]  # contiguous, in order
+            assert spans[0][0] == 0 and spans[-1][1] == len(events)
+            for c, (a, b), own in zip(part, spans, alone[lo:hi], strict=True):
+                mine = events[a:b]
+                lead = [e for e in mine if _leading(e)]
+                if c[C["type"]] == CMD_CLOCK:
+                    assert lead == []
+                else:
+                    assert len(lead) == 1 and mine[0] is lead[0]
+                assert mine == own
+
+
+def _leading(ev: tuple) -> bool:
+    t = ev[E_TYPE]
+    return t in LEADING or (t == EV_CANCELLED and ev[E_REASON] == END_USER)
+
+
+def test_a_clock_after_a_command_in_one_batch_keeps_its_own_events() -> None:
+    """Regression: an ask whose window ends, a bid, then a clock past the end, in one apply.
+    The expiry is the clock's; it used to be given to the bid before it (and so was neither
+    in the bid's answer nor pushed to the bidder's session)."""
+    t0 = 1_800_000_000 - 1_800_000_000 % HOUR
+    ask = [0] * len(C)
+    ask[C["time"]], ask[C["type"]], ask[C["oid"]], ask[C["account"]] = t0, CMD_ASK, 1, 1
+    ask[C["gpus"]], ask[C["price"]], ask[C["end"]] = 4, 5_000, t0 + 2 * HOUR
+    bid = [0] * len(C)
+    bid[C["time"]], bid[C["type"]], bid[C["oid"]], bid[C["account"]] = t0, CMD_BID, 2, 2
+    bid[C["gpus"]], bid[C["hours"]], bid[C["price"]], bid[C["kind"]] = 1, 1, 1_000, ON_DEMAND  # rests
+    clock0, clock1 = [0] * len(C), [0] * len(C)
+    clock0[C["time"]], clock0[C["type"]] = t0, CMD_CLOCK
+    clock1[C["time"]], clock1[C["type"]] = t0 + 3 * HOUR, CMD_CLOCK
+    engine = Engine(INSTRUMENTS, "numba")
+    engine.apply([Cmd("T", record(clock0)), Cmd("T", record(ask))])
+    results, _ = engine.apply([Cmd("T", record(bid), "b"), Cmd("T", record(clock1))], answers=True)
+    bid_result, clock_result = results
+    assert [e[E_TYPE] for e in bid_result.events] == [EV_ACCEPTED]
+    assert EV_EXPIRED in [e[E_TYPE] for e in clock_result.events]
+    assert engine.state.orders[1].status == "expired"
+    assert msgspec.json.decode(engine.state.coids[(2, "b")])["order"]["status"] == "open"
+
+
+# ---------------------------------------------------------------------- snapshots
+@pytest.mark.parametrize(("engine", "seed"), [("numba", s) for s in range(5)] + [("reference", 1)])
+def test_snapshot_and_tail_equal_never_snapshotting(tmp_path: Path, engine: str, seed: int) -> None:
+    rng = random.Random(seed)
+    entries = exchange_entries(100 + seed)
+    cut = rng.randrange(1, len(entries))
+    straight = Engine(INSTRUMENTS, engine)
+    straight_results = apply_in_batches(straight, entries, rng)
+
+    head = Engine(INSTRUMENTS, engine)
+    apply_in_batches(head, entries[:cut], rng)
+    blob = head.snapshot()
+    resumed = Engine(INSTRUMENTS, engine)
+    resumed.load_snapshot(blob)
+    assert resumed.seq == cut
+    assert resumed.state_hashes() == head.state_hashes()
+    tail_results = apply_in_batches(resumed, entries[cut:], rng)
+    assert_same_engine(straight, resumed)
+    assert [r.events for r in straight_results[cut:]] == [r.events for r in tail_results]
+
+    # the same through files: the journal, the snapshot, and recover() with and without it
+    data = tmp_path / "data"
+    write_journal(data / "journal", entries, rng)
+    write_snapshot(data, cut, blob)
+    cfg = config(data, engine)
+    with_snapshot = recover(cfg)
+    assert_same_engine(straight, with_snapshot)
+    assert_same_engine(straight, recover(cfg, use_snapshots=False))
+    full = Engine(INSTRUMENTS, engine)
+    assert replay(full, data / "journal") == len(entries)
+    assert_same_engine(straight, full)
+
+    # a newer snapshot that cannot be read is skipped for the older one
+    (data / "snapshots" / f"{len(entries):020d}.snap").write_bytes(b"\x93not a snapshot")
+    assert_same_engine(straight, recover(cfg))
+
+
+# ---------------------------------------------------------------------- torn tail
+def _last_record_span(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    offset = start = 0
+    while offset < len(data):
+        length, _, _ = HEADER.unpack_from(data, offset)
+        start, offset = offset, offset + HEADER.size + length
+    return start, offset
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("damage", ["cut", "zeros"])
+def test_torn_last_record_is_dropped_and_recovery_ends_before_it(tmp_path: Path, seed: int, damage: str) -> None:
+    rng = random.Random(seed)
+    entries = exchange_entries(200 + seed, 120)
+    data = tmp_path / "data"
+    write_journal(data / "journal", entries, rng)
+    _, last = segments(data / "journal")[-1]
+    start, end = _last_record_span(last)
+    if damage == "cut":  # the write stopped mid-record
+        with open(last, "r+b") as f:
+            f.truncate(rng.randrange(start + 1, end))
+    else:  # the file grew but the last record's data never reached the disk
+        with open(last, "r+b") as f:
+            f.seek(start)
+            f.write(bytes(end - start))
+    size = last.stat().st_size
+    n = len(entries) - 1
+    assert [seq for seq, _ in read(data / "journal")] == list(range(1, n + 1))
+
+    expected = Engine(INSTRUMENTS, "numba")
+    expected.apply(entries[:n])
+    cfg = config(data)
+    offline = recover(cfg)
+    assert offline.seq == n
+    assert_same_engine(expected, offline)
+
+    with Journal.open(data / "journal", fsync=False) as journal:
+        assert journal.last_seq == n
+        assert journal.recovered_truncated_bytes == size - start > 0
+    assert last.stat().st_size == start  # the torn record is gone from the file
+
+    async def start_and_stop() -> tuple[int, dict[str, int]]:
+        exchange = Exchange(cfg)
+        await exchange.start()  # recovery as `gpux serve` does it
+        assert exchange.engine is not None
+        got = exchange.engine.seq, exchange.engine.state_hashes()
+        await exchange.stop()
+        return got
+
+    seq, hashes = asyncio.run(start_and_stop())
+    assert (seq, hashes) == (n, expected.state_hashes())
+    # the exchange appends after the cut: the journal continues at n + 1, gapless
+    seqs = [s for s, _ in read(data / "journal")]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= n
+
+
+# ---------------------------------------------------------------------- escrow
+def _check_escrow(state: ExchangeState) -> None:
+    funds = state.funds
+    accounts = set(funds.held) | {o.account for o in state.orders.values()}
+    for acc in accounts:
+        open_bids = [o for o in state.orders.values() if o.account == acc and o.side == "bid" and o.status == "open"]
+        assert funds.held.get(acc, 0) == sum(o.hold for o in open_bids)
+    for o in state.orders.values():
+        if o.side == "bid":
+            assert o.hold == (o.remaining * o.hold_per_gpu if o.status == "open" else 0)
+        assert (o.status == "open") == (o.oid in state.open_by_account.get(o.account, ()))
+    assert sum(funds.spent.values()) - sum(funds.earned.values()) == funds.fees  # fees are the difference
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(seed: int) -> None:
+    rng = random.Random(seed)
+    entries = exchange_entries(300 + seed, 300)
+    engine = Engine(INSTRUMENTS, "numba")
+    state = engine.state
+    accounts = range(1, 6)
+    state.funds.deposited = {1: 0, 2: 20_000, 3: 200_000, 4: rng.choice([50_000, 2_000_000]),
+                             5: rng.choice([500_000, 100_000_000])}
+    accepted = refused = 0
+    for batch in batches(entries, rng, 10):
+        go: list[Entry] = []
+        wanted: dict[int, int] = {}
+        for e in batch:  # the sequencer's check: a bid's escrow must fit the available balance
+            if type(e) is Cmd:
+                c = np.frombuffer(e.rec, dtype=COMMAND_DTYPE)[0].tolist()
+                if c[C["type"]] == CMD_BID:
+                    acc = c[C["account"]]
+                    hold = state.hold_for(e.book, c[C["gpus"]], c[C["hours"]], c[C["price"]])
+                    if hold > state.funds.available(acc) - wanted.get(acc, 0):
+                        refused += 1
+                        continue
+                    wanted[acc] = wanted.get(acc, 0) + max(hold, 0)
+                    accepted += 1
+            go.append(e)
+        engine.apply(go)
+        _check_escrow(state)
+        for acc in accounts:
+            assert state.funds.available(acc) >= 0, (acc, state.funds)
+    assert accepted > 20 and refused > 20
+    assert state.digest()["leases"] > 0

@@ -503,6 +503,8 @@ class Gateway:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=self.cfg.heartbeat_s, max_msg_size=self.cfg.max_message_bytes,
                                    autoping=True)
+        if not ws.can_prepare(request).ok:  # else prepare() raises a plain-text 400
+            raise ApiError("MALFORMED", "/v1/ws is the WebSocket endpoint: connect with a WebSocket upgrade")
         await ws.prepare(request)
         s = Session(ws)
         s.writer = asyncio.create_task(s.write_loop())
@@ -709,7 +711,10 @@ class Gateway:
                         if sess is not origin:
                             targets.append(sess)
                 if targets:
-                    msg = {"type": "event", "class": res.book, **_event_json(ev)}
+                    # the event's own "type" (trade, expired...) goes under "event": spread last,
+                    # it would overwrite "type": "event", the marker clients tell pushes by
+                    body = _event_json(ev)
+                    msg = {"type": "event", "event": body.pop("type"), "class": res.book, **body}
                     data = _enc.encode(msg)
                     for sess in set(targets):
                         sess.send(data)

@@ -3,6 +3,7 @@
     book = make_book(BookConfig(name="H100"), engine="numba")   # or "reference"
     events = book.process(commands)     # COMMAND_DTYPE array in, EVENT_DTYPE array out
     book.state_hash()                   # equal for equal states, across engines
+    book.quote(ON_DEMAND, gpus=8, hours=4)  # what such a bid would fill now; changes nothing
     blob = book.snapshot(); book2 = type(book).restore(config, blob)
 """
 
@@ -13,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from orderbook.config import BookConfig
+from orderbook.quote import Quote
 
 ENGINES = ("numba", "reference")
 
@@ -29,6 +31,11 @@ class Book(Protocol):
     def crossing_pairs(self) -> list[tuple[int, int]]: ...
 
     def resting_orders(self) -> int: ...
+
+    def quote(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
+              account: int = 0, limit: int = 0) -> Quote:
+        """What an IOC bid of these fields would fill now, and why not all; changes nothing."""
+        ...
 
 
 def make_book(config: BookConfig | None = None, engine: str = "numba") -> Book:

@@ -41,6 +41,7 @@ from orderbook.config import (
     P_TICK,
     BookConfig,
 )
+from orderbook.quote import Quote, QuoteFill, check_request
 from orderbook.statehash import hash_words
 from orderbook.types import (
     CMD_AMEND,
@@ -128,6 +129,7 @@ EVENT_RESERVE = 65_536
 _hot = njit(cache=True, _nrt=False)
 
 BIG = np.int64(2**62)
+INT64_MAX = 2**63 - 1
 U1 = np.uint64(1)
 U0 = np.uint64(0)
 ALL1 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -777,23 +779,30 @@ def _fill_qty(O, Lz, S, W, b, a, want, prof):
 
     prof=True: a's usage profile from now on may be built once and kept in W (while an ask
     walks the bids, the caller resets it after every fill)."""
-    now = S[S_NOW]
-    if O[a, O_ACC] == O[b, O_ACC] or O[b, O_HOURS] < O[a, O_MINH]:
-        return 0
     kind = O[b, O_KIND]
+    ws = O[b, O_START] if kind == RESERVED else S[S_NOW]
+    return _ask_gives(O, Lz, S, W, a, O[b, O_ACC], kind, O[b, O_PRICE], O[b, O_HOURS], ws,
+                      O[b, O_BLOCK], want, prof)
+
+
+@_hot
+def _ask_gives(O, Lz, S, W, a, acc, kind, limit, hours, ws, block, want, prof):
+    """`_fill_qty` with the bid's fields as arguments instead of an order row (a quote has
+    none): account, kind, limit, hours, window start and block of the bid."""
+    now = S[S_NOW]
+    if O[a, O_ACC] == acc or hours < O[a, O_MINH]:
+        return 0
     spot = kind == SPOT
     if spot:
         sp = O[a, O_SPOT]
-        if sp == 0 or O[b, O_PRICE] < sp:
+        if sp == 0 or limit < sp:
             return 0
-    elif O[b, O_PRICE] < O[a, O_PRICE]:
+    elif limit < O[a, O_PRICE]:
         return 0
-    ws = O[b, O_START] if kind == RESERVED else now
-    we = ws + O[b, O_HOURS] * HOUR
+    we = ws + hours * HOUR
     if ws < O[a, O_START] or we > O[a, O_END]:
         return 0
     gp = O[a, O_GPUS]
-    block = O[b, O_BLOCK]
     used = O[a, O_FSUM] + (O[a, O_SSUM] if spot else 0)
     if kind != RESERVED:
         used_now = O[a, O_UNF] + (O[a, O_UNS] if spot else 0)
@@ -830,6 +839,23 @@ def _fill_qty(O, Lz, S, W, b, a, want, prof):
 @_hot
 def _ask_level_can_hold(AG, lad, lvl, ws, we, hours):
     return AG[lad, lvl, AG_START] <= ws and AG[lad, lvl, AG_END] >= we and AG[lad, lvl, AG_MINH] <= hours
+
+
+@_hot
+def _ask_level_open(AG, lad, lvl, ws, we, hours, block, now_window):
+    """False if the level's bounds show that none of its asks can trade with a bid of this
+    window, hours and block (a window that starts now also needs a block free right now)."""
+    return _ask_level_can_hold(AG, lad, lvl, ws, we, hours) and (
+        not now_window or AG[lad, lvl, AG_FREE] >= block
+    )
+
+
+@_hot
+def _ask_ladder(kind):
+    """The ask ladder a bid of this kind walks and its link column: spot asks or firm asks."""
+    if kind == SPOT:
+        return LAD_ASK_SPOT, O_SNEXT
+    return LAD_ASK_FIRM, O_NEXT
 
 
 # ======================================================================= removal
@@ -1065,10 +1091,7 @@ def _walk_asks(st, b, dry):
     P = st.P
     now = st.S[S_NOW]
     kind = O[b, O_KIND]
-    if kind == SPOT:
-        lad, nxt = LAD_ASK_SPOT, O_SNEXT
-    else:
-        lad, nxt = LAD_ASK_FIRM, O_NEXT
+    lad, nxt = _ask_ladder(kind)
     ws = O[b, O_START] if kind == RESERVED else now
     we = ws + O[b, O_HOURS] * HOUR
     hours = O[b, O_HOURS]
@@ -1080,9 +1103,7 @@ def _walk_asks(st, b, dry):
     AG = st.AG
     lvl = _bm_next_up(st.BM, st.BS, lad, 0)
     while 0 <= lvl <= top:
-        if _ask_level_can_hold(AG, lad, lvl, ws, we, hours) and (
-            not now_window or AG[lad, lvl, AG_FREE] >= block
-        ):
+        if _ask_level_open(AG, lad, lvl, ws, we, hours, block, now_window):
             a = st.LH[lad, lvl]
             while a >= 0:
                 st.S[S_VISIT_ASK] += 1
@@ -1102,6 +1123,44 @@ def _walk_asks(st, b, dry):
         st.S[S_VISIT_LEVEL] += 1
         lvl = _bm_next_up(st.BM, st.BS, lad, lvl + 1)
     return got
+
+
+@_hot
+def _quote_walk(st, S, kind, acc, limit, hours, ws, block, want, out):
+    """The fills an incoming IOC bid of these fields would get now (a quote), changing nothing.
+
+    The walk of `_walk_asks` (same ladder, same level skips, same `_fill_qty` rule per ask)
+    with the bid's fields as arguments.  Each fill is written to a row of `out` as (ask id,
+    provider, GPUs, price: the ask's, R11); returns the number of rows, or -1 if `out` is too
+    short.  S is a scratch copy of st.S (a capacity question counts its lease scans there) and
+    no level's bounds are tightened, so st is only read."""
+    O = st.O
+    lad, nxt = _ask_ladder(kind)
+    we = ws + hours * HOUR
+    top = _level(st.P, limit)
+    now_window = kind != RESERVED
+    got = 0
+    n = 0
+    lvl = _bm_next_up(st.BM, st.BS, lad, 0)
+    while 0 <= lvl <= top:
+        if _ask_level_open(st.AG, lad, lvl, ws, we, hours, block, now_window):
+            a = st.LH[lad, lvl]
+            while a >= 0:
+                q = _ask_gives(O, st.Lz, S, st.W, a, acc, kind, limit, hours, ws, block, want - got, False)
+                if q > 0:
+                    if n >= out.shape[0]:
+                        return -1
+                    out[n, 0] = O[a, O_OID]
+                    out[n, 1] = O[a, O_ACC]
+                    out[n, 2] = q
+                    out[n, 3] = O[a, O_SPOT] if kind == SPOT else O[a, O_PRICE]
+                    n += 1
+                    got += q
+                    if got >= want:
+                        return n
+                a = O[a, nxt]
+        lvl = _bm_next_up(st.BM, st.BS, lad, lvl + 1)
+    return n
 
 
 @_hot
@@ -1763,6 +1822,23 @@ class NumbaBook:
 
     def resting_orders(self) -> int:
         return int(self.st.S[S_NORD])
+
+    def quote(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
+              account: int = 0, limit: int = 0) -> Quote:
+        """What an IOC bid of these fields would fill now; changes nothing (orderbook/quote.py)."""
+        req = check_request(self.cfg, self.now, kind, gpus, hours, start, block, account, limit)
+        if req.reason:
+            return req.refused()
+        if req.end > INT64_MAX:  # no ask's window (int64) reaches that far
+            return req.answer([])
+        # each fill takes at least a block from a different resting ask
+        out = np.zeros((max(1, min(req.gpus // req.block, int(self.st.S[S_NORD]))), 4), dtype=np.int64)
+        acc = req.account if req.account <= INT64_MAX else 0  # no ask's account (int64) is that large
+        n = _quote_walk(self.st, self.st.S.copy(), req.kind, acc, req.limit, req.hours, req.start,
+                        req.block, req.gpus, out)
+        if n < 0:
+            raise AssertionError("quote: more fills than resting asks")
+        return req.answer([QuoteFill(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in out[:n]])
 
     def lease_count(self) -> int:
         return int(self.st.S[S_NLEASE])

@@ -38,6 +38,8 @@ RESALE_EXCEEDS_LEASE = 27
 LEASE_RESOLD = 28
 POST_ONLY_WOULD_TRADE = 29
 MALFORMED = 30  # used by front doors (JSON lines, gateway) for undecodable input
+NO_LIQUIDITY = 31  # quotes only (orderbook/quote.py): not a rejection
+PARTIAL_LIQUIDITY = 32  # quotes only
 
 # code -> (name, sentence)
 REASONS: dict[int, tuple[str, str]] = {
@@ -77,14 +79,27 @@ REASONS: dict[int, tuple[str, str]] = {
     MALFORMED: ("MALFORMED", "the message could not be decoded"),
 }
 
-NAME_TO_CODE: dict[str, int] = {name: code for code, (name, _) in REASONS.items()}
+# Why a quote (orderbook/quote.py) cannot fill, when the request itself is valid.  Same
+# numbering as REASONS, but no command is ever rejected with these, so REASONS stays the table
+# of the codes a REJECTED event can carry.
+QUOTE_REASONS: dict[int, tuple[str, str]] = {
+    NO_LIQUIDITY: ("NO_LIQUIDITY", "no ask can fill any of it now"),
+    PARTIAL_LIQUIDITY: ("PARTIAL_LIQUIDITY", "only part of it can fill now"),
+}
+
+NAME_TO_CODE: dict[str, int] = {name: code for code, (name, _) in (REASONS | QUOTE_REASONS).items()}
+
+
+def _lookup(code: int) -> tuple[str, str]:
+    code = int(code)
+    return REASONS.get(code) or QUOTE_REASONS.get(code) or ("UNKNOWN", "unknown reason")
 
 
 def reason_name(code: int) -> str:
     """The stable machine-readable name of a reason code."""
-    return REASONS.get(int(code), ("UNKNOWN", ""))[0]
+    return _lookup(code)[0]
 
 
 def reason_text(code: int) -> str:
     """The human sentence of a reason code."""
-    return REASONS.get(int(code), ("UNKNOWN", "unknown reason"))[1]
+    return _lookup(code)[1]

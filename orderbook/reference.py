@@ -16,6 +16,7 @@ from sortedcontainers import SortedList
 
 from orderbook import reasons as R
 from orderbook.config import BookConfig
+from orderbook.quote import Quote, QuoteFill, check_request
 from orderbook.statehash import hash_record
 from orderbook.types import (
     CMD_AMEND,
@@ -155,6 +156,26 @@ class ReferenceBook:
 
     def resting_orders(self) -> int:
         return len(self.orders)
+
+    def quote(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
+              account: int = 0, limit: int = 0) -> Quote:
+        """What an IOC bid of these fields would fill now; changes nothing (orderbook/quote.py)."""
+        req = check_request(self.cfg, self.now, kind, gpus, hours, start, block, account, limit)
+        if req.reason:
+            return req.refused()
+        b = Order(account=req.account, side=SIDE_BID, kind=req.kind, tif=IOC, gpus=req.gpus,
+                  remaining=req.gpus, hours=req.hours, price=req.limit,
+                  start=req.start if req.kind == RESERVED else 0, block=req.block)
+        fills = []
+        for a in self._asks_for(b):  # _match_bid without the fills
+            q = self._fill_qty(b, a, b.remaining)
+            if q:
+                # R11: the ask is the maker (a new bid's id is above every ask's)
+                fills.append(QuoteFill(a.oid, a.account, q, a.spot_price if b.kind == SPOT else a.price))
+                b.remaining -= q
+                if b.remaining == 0:
+                    break
+        return req.answer(fills)
 
     def open_orders(self) -> list[Order]:
         return sorted(self.orders.values(), key=lambda o: o.oid)

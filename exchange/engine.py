@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ class Engine:
         self.state = ExchangeState(instruments)
         self.seq = 0  # last journal seq applied
         self.last_oid = 0
+        self.book_seconds = 0.0  # time spent inside the books (metrics)
 
     def book_time(self, name: str) -> int:
         return int(getattr(self.books[name], "now", 0))
@@ -132,7 +134,9 @@ class Engine:
             cuts = [k for k, c in enumerate(cmd_list) if k and c[_C_TYPE] == CMD_CLOCK]
             parts = []
             for lo, hi in zip([0, *cuts], [*cuts, len(cmd_list)], strict=True):
+                t0 = time.perf_counter()
                 part = book.process(cmds[lo:hi])
+                self.book_seconds += time.perf_counter() - t0
                 parts.append(part)
                 ev_list = part.tolist()
                 spans = state.apply(name, cmd_list[lo:hi], ev_list, coids[lo:hi])

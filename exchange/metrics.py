@@ -35,6 +35,8 @@ def render(gateway: Any) -> str:
         out.append("# TYPE gpux_halted gauge")
         for name in engine.books:
             out.append(f'gpux_halted{{class="{name}"}} {int(name in engine.state.halted)}')
+        _line(out, "gpux_book_seconds_total", round(engine.book_seconds, 6), "time spent inside the books",
+              "counter")
         _line(out, "gpux_leases", len(engine.state.leases), "leases known (all states)")
     seq = x.sequencer
     if seq is not None:

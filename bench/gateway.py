@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -204,6 +205,7 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
             "server_book_s": _metric(metrics, "gpux_book_seconds_total"),
             "server_batch_s": _metric(metrics, "gpux_batch_seconds_total"),
             "server_fsync_wait_s": _metric(metrics, "gpux_fsync_seconds_total"),
+            "server_fsync_busy_s": _metric(metrics, "gpux_fsync_busy_seconds_total"),
         }
 
 
@@ -240,16 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine:
             cmd += ["--engine", args.engine]
         cfg = data / "bench.toml"
-        cfg.write_text("[limits]\nrate_per_s = 1000000\nrate_burst = 1000000\nmax_open_orders = 100000\n"
-                       "[journal]\nsnapshot_every_s = 3600\n")
+        # the defaults but for the per-key limits: 50 keys at saturation go past 500 requests/s each
+        cfg.write_text("[limits]\nrate_per_s = 1000000\nrate_burst = 1000000\nmax_open_orders = 100000\n")
         cmd += ["--config", str(cfg)]
-        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+        # a SIGTERM (e.g. from `timeout`) must still stop the server below
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, server)
             result = asyncio.run(_run(url, traders, (pk, ps), args))
         finally:
-            server.terminate()
+            server.send_signal(signal.SIGINT)
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpux.gateway")
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
+EXCHANGE_KEY: web.AppKey[Any] = web.AppKey("exchange")
 SEND_QUEUE_LIMIT = 10_000  # messages waiting for a slow WebSocket client before it is cut off
 AUTH_TIMEOUT_S = 10
 
@@ -139,7 +140,7 @@ class Gateway:
         self.metrics: dict[str, int] = {}
         self.app = web.Application(client_max_size=cfg.max_message_bytes,
                                    middlewares=[self._errors_middleware])
-        self.app["exchange"] = exchange
+        self.app[EXCHANGE_KEY] = exchange
         self._routes()
 
     def attach(self) -> None:

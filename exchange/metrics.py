@@ -45,6 +45,8 @@ def render(gateway: Any) -> str:
         _line(out, "gpux_commands_total", st.commands, "commands journaled and applied", "counter")
         _line(out, "gpux_fsyncs_total", st.fsyncs, "journal fsyncs (one per batch)", "counter")
         _line(out, "gpux_fsync_seconds_total", round(st.fsync_seconds, 6), "time waiting for fsync", "counter")
+        _line(out, "gpux_fsync_busy_seconds_total", round(st.fsync_busy_seconds, 6), "time inside fsync",
+              "counter")
         _line(out, "gpux_batch_seconds_total", round(st.batch_seconds, 6), "time spent in batches", "counter")
         _line(out, "gpux_batch_max", st.max_batch, "largest batch so far")
         out.append("# HELP gpux_rejected_pre_total requests refused by the sequencer before the journal")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -66,7 +65,7 @@ log = logging.getLogger("gpux.gateway")
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 EXCHANGE_KEY: web.AppKey[Any] = web.AppKey("exchange")
-SEND_QUEUE_LIMIT = 10_000  # messages waiting for a slow WebSocket client before it is cut off
+SEND_BUFFER_LIMIT = 8 << 20  # bytes waiting for a slow WebSocket client before it is cut off
 AUTH_TIMEOUT_S = 10
 
 
@@ -86,45 +85,64 @@ def _auth_error(e: AuthError) -> ApiError:
     return ApiError(e.code, e.message, e.status)
 
 
+def ws_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
 class Session:
-    """One authenticated WebSocket connection, with its own bounded send queue."""
+    """One authenticated WebSocket connection.
 
-    __slots__ = ("ws", "account", "role", "key_id", "cancel_on_disconnect", "orders", "out", "wake",
-                 "closed", "writer")
+    Messages for it collect in ``out`` and go out together once per loop turn: one socket
+    write per session per batch, however many acks and events the batch holds.  A client
+    that does not read (its socket's write buffer passes SEND_BUFFER_LIMIT) is disconnected
+    with close code 1008 and a reason, so it cannot hold memory or slow anyone else.
+    """
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    __slots__ = ("ws", "transport", "account", "role", "key_id", "cancel_on_disconnect", "orders", "out",
+                 "scheduled", "closed")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: Any) -> None:
         self.ws = ws
+        self.transport = transport
         self.account = 0
         self.role = ""
         self.key_id = ""
         self.cancel_on_disconnect = False
         self.orders: set[tuple[str, int]] = set()  # (class, oid) placed through this session
-        self.out: deque[bytes] = deque()
-        self.wake = asyncio.Event()
+        self.out: list[bytes] = []
+        self.scheduled = False
         self.closed = False
-        self.writer: asyncio.Task | None = None
 
     def send(self, msg: dict[str, Any] | bytes) -> None:
         if self.closed:
             return
         self.out.append(msg if isinstance(msg, bytes) else _enc.encode(msg))
-        if len(self.out) > SEND_QUEUE_LIMIT:
-            self.closed = True
-            self.out.clear()
-            asyncio.ensure_future(self.ws.close(code=WSCloseCode.POLICY_VIOLATION,
-                                                 message=b"send queue full: the client reads too slowly"))
-        self.wake.set()
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
-    async def write_loop(self) -> None:
-        ws = self.ws
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.out:
-                data = self.out.popleft()
-                if ws.closed:
-                    return
-                await ws.send_frame(data, WSMsgType.TEXT)
+    def flush(self) -> None:
+        self.scheduled = False
+        if not self.out or self.closed:
+            self.out.clear()
+            return
+        t = self.transport
+        if t is None or t.is_closing() or self.ws.closed:
+            self.out.clear()
+            return
+        data = b"".join([ws_frame(m) for m in self.out])
+        self.out.clear()
+        t.write(data)
+        if t.get_write_buffer_size() > SEND_BUFFER_LIMIT:
+            self.closed = True
+            asyncio.ensure_future(self.ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                                message=b"send buffer full: the client reads too slowly"))
 
 
 class Gateway:
@@ -510,8 +528,7 @@ class Gateway:
         if not ws.can_prepare(request).ok:  # else prepare() raises a plain-text 400
             raise ApiError("MALFORMED", "/v1/ws is the WebSocket endpoint: connect with a WebSocket upgrade")
         await ws.prepare(request)
-        s = Session(ws)
-        s.writer = asyncio.create_task(s.write_loop())
+        s = Session(ws, request.transport)
         self.all_sessions.add(s)
         self._count("ws_connections_total")
         try:
@@ -528,8 +545,6 @@ class Gateway:
                     n = await self.cancel_all(s.account, s.orders)
                     log.info("cancel on disconnect", extra={"account": s.account, "cancelled": n})
             s.closed = True
-            if s.writer is not None:
-                s.writer.cancel()
         return ws
 
     async def _ws_loop(self, request: web.Request, s: Session) -> None:
@@ -614,16 +629,15 @@ class Gateway:
         if s.role != "admin" and s.role not in roles:
             raise ApiError("FORBIDDEN", f"this needs a {' or '.join(roles)} key; this key is {s.role}")
 
-    def _send_answer(self, s: Session, rid: Any, fut: asyncio.Future, track: str | None = None) -> None:
-        def done(f: asyncio.Future) -> None:
-            if f.cancelled():
-                return
-            e = f.exception()
-            if e is not None:
-                err = e if isinstance(e, ApiError) else ApiError("INTERNAL")
+    @staticmethod
+    def _replier(s: Session, rid: Any, track: str | None = None) -> Any:
+        """The reply callback of a WebSocket request: an ack or an error to its session."""
+
+        def reply(ans: Any) -> None:
+            if isinstance(ans, BaseException):
+                err = ans if isinstance(ans, ApiError) else ApiError("INTERNAL")
                 s.send(err.ws(rid))
                 return
-            ans = f.result()
             if not ans.get("ok", True):
                 err = ans["error"]
                 s.send({"type": "error", "id": rid, "code": err["code"], "message": err["message"]})
@@ -632,7 +646,7 @@ class Gateway:
                 s.orders.add((track, ans["oid"]))
             s.send({"type": "ack", "id": rid, **ans})
 
-        fut.add_done_callback(done)
+        return reply
 
     def _ws_bid(self, s: Session, op: BidOp) -> None:
         self._require(s, "trader")
@@ -652,15 +666,15 @@ class Gateway:
         rec = command(CMD_BID, s.account, price=op.limit, start=op.start, expire_at=op.expire_at, gpus=op.gpus,
                       hours=op.hours, block=op.block, kind=kind, tif=tif)
         hold = engine.state.hold_for(op.gpu_class, op.gpus, op.hours, op.limit)
-        fut = self._seq_submit(Request(op.gpu_class, rec, s.account, op.client_order_id or "", hold, s))
+        self._post(Request(op.gpu_class, rec, s.account, op.client_order_id or "", hold, s,
+                           self._replier(s, op.id, op.gpu_class)))
         self._count("orders_total{side=\"bid\"}")
-        self._send_answer(s, op.id, fut, op.gpu_class)
 
-    def _seq_submit(self, req: Request) -> asyncio.Future:
+    def _post(self, req: Request) -> None:
         seq = self.x.sequencer
         if seq is None or not seq.running:
             raise ApiError("UNAVAILABLE")
-        return seq.submit(req)
+        seq.post(req)
 
     def _ws_find(self, s: Session, oid: int | None, coid: str | None) -> Any:
         st = self.state
@@ -680,22 +694,20 @@ class Gateway:
 
     def _ws_cancel(self, s: Session, op: CancelOp) -> None:
         o = self._ws_find(s, op.oid, op.client_order_id)
-        fut = self._seq_submit(Request(o.book, command(CMD_CANCEL, o.account, oid=o.oid), o.account, origin=s))
-        self._send_answer(s, op.id, fut)
+        self._post(Request(o.book, command(CMD_CANCEL, o.account, oid=o.oid), o.account, origin=s,
+                           reply=self._replier(s, op.id)))
 
     def _ws_amend(self, s: Session, op: AmendOp) -> None:
         o = self._ws_find(s, op.oid, None)
-        fut = self._seq_submit(Request(o.book, command(CMD_AMEND, o.account, oid=o.oid, gpus=op.gpus), o.account,
-                                       origin=s))
-        self._send_answer(s, op.id, fut)
+        self._post(Request(o.book, command(CMD_AMEND, o.account, oid=o.oid, gpus=op.gpus), o.account,
+                           origin=s, reply=self._replier(s, op.id)))
 
     def _ws_release(self, s: Session, op: ReleaseOp) -> None:
         self._require(s, "trader")
         if op.gpu_class not in self.cfg.instruments:
             raise ApiError("UNKNOWN_CLASS", f"no GPU class {op.gpu_class!r}")
-        fut = self._seq_submit(Request(op.gpu_class, command(CMD_RELEASE, s.account, lease_id=op.lease_id),
-                                       s.account, origin=s))
-        self._send_answer(s, op.id, fut)
+        self._post(Request(op.gpu_class, command(CMD_RELEASE, s.account, lease_id=op.lease_id),
+                           s.account, origin=s, reply=self._replier(s, op.id)))
 
     # ------------------------------------------------------------------ private pushes
     def _on_batch(self, batch: Any) -> None:

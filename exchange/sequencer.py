@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,8 +64,17 @@ class Request:
     coid: str = ""
     hold: int = 0  # escrow the command needs (bids)
     origin: Any = None  # the session that sent it (events it produced are not pushed back to it)
-    future: asyncio.Future | None = None
+    reply: Callable[[Any], None] | None = None  # gets the answer dict or an ApiError
     admin: str = ""  # "halt" | "resume" for admin entries (rec unused)
+    result: Any = None
+    done: bool = False
+
+    def resolve(self, value: Any) -> None:
+        if not self.done:
+            self.done = True
+            self.result = value
+            if self.reply is not None:
+                self.reply(value)
 
 
 @dataclass
@@ -91,13 +102,15 @@ class Sequencer:
         self.stats = SequencerStats()
         self._queue: list[Request] = []
         self._wake = asyncio.Event()
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpux-fsync")
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpux-io")
+        self._syncer = _Syncer(self._sync)
         self._tasks: list[asyncio.Task] = []
         self._running = False
         self._stopped = asyncio.Event()
         self._snapshot_due = False
         self._last_snapshot_seq = engine.seq
         self.failed: BaseException | None = None
+        self.busy = False  # a batch is journaled but not yet published
         self.times = {name: engine.book_time(name) for name in engine.books}
 
     # ------------------------------------------------------------------ lifecycle
@@ -121,6 +134,7 @@ class Sequencer:
         if snapshot and self.failed is None and self.engine.seq > self._last_snapshot_seq:
             blob = self.engine.snapshot()
             write_snapshot(self.cfg.data_path, self.engine.seq, blob)
+        self._syncer.close()
         self.journal.close()
         self._io.shutdown(wait=True)
 
@@ -130,13 +144,27 @@ class Sequencer:
 
     # ------------------------------------------------------------------ submitting
     def submit(self, req: Request) -> asyncio.Future:
-        """Queue a request; the future gets its answer dict once it is durable."""
+        """Queue a request; the future gets its answer dict (or ApiError) once it is durable."""
+        fut = asyncio.get_running_loop().create_future()
+
+        def reply(value: Any) -> None:
+            if not fut.done():
+                if isinstance(value, BaseException):
+                    fut.set_exception(value)
+                else:
+                    fut.set_result(value)
+
+        req.reply = reply
+        self.post(req)
+        return fut
+
+    def post(self, req: Request) -> None:
+        """Queue a request whose ``reply`` callback gets the answer dict or an ApiError, called
+        from the sequencer's loop once the request is durable (or refused)."""
         if not self._running:
             raise ApiError("UNAVAILABLE")
-        req.future = asyncio.get_running_loop().create_future()
         self._queue.append(req)
         self._wake.set()
-        return req.future
 
     def _sync(self) -> None:
         t = time.perf_counter()
@@ -194,8 +222,7 @@ class Sequencer:
                 self.failed = e
             self._running = False
             for r in self._queue:
-                if r.future is not None and not r.future.done():
-                    r.future.set_exception(ApiError("UNAVAILABLE"))
+                r.resolve(ApiError("UNAVAILABLE"))
             self._queue = []
             raise
         finally:
@@ -276,9 +303,10 @@ class Sequencer:
             for k, i in enumerate(rec_entry):
                 entries[i].rec = blob[k * REC_SIZE:(k + 1) * REC_SIZE]
         if entries:
+            self.busy = True
             self.journal.append([encode_entry(e) for e in entries])
             ts = time.perf_counter()
-            sync = loop.run_in_executor(self._io, self._sync)
+            sync = self._syncer.sync()
             try:
                 results, arrays = engine.apply(entries, answers=True)
             except BaseException:
@@ -288,28 +316,23 @@ class Sequencer:
             await sync
             self.stats.fsync_seconds += time.perf_counter() - ts
             self.stats.fsyncs += 1
+            coids = engine.state.coids
             for r, res in zip(owners, results, strict=True):
-                if r is not None and r.future is not None and not r.future.done():
-                    if r.coid and (r.account, r.coid) in engine.state.coids:
-                        r.future.set_result(_decoder.decode(engine.state.coids[(r.account, r.coid)]))
+                if r is not None and not r.done:
+                    if r.coid and (r.account, r.coid) in coids:
+                        r.resolve(_decoder.decode(coids[(r.account, r.coid)]))
                     else:
-                        r.future.set_result(res.answer or {"ok": True})
+                        r.resolve(res.answer or {"ok": True})
             self.bus.publish(Published(results, arrays, [o.origin if o else None for o in owners]))
+            self.busy = False
         for r, verdict in later:
-            if r.future is None or r.future.done():
-                continue
             if isinstance(verdict, ApiError):
                 self.stats.rejected_pre[verdict.code] = self.stats.rejected_pre.get(verdict.code, 0) + 1
-                r.future.set_exception(verdict)
+                r.resolve(verdict)
             elif isinstance(verdict, bytes):
-                r.future.set_result(_decoder.decode(verdict))
-            else:  # a repeat of a request in this same batch: its answer, once known
-                first = verdict.future
-                assert first is not None
-                if first.done():
-                    _copy(first, r.future)
-                else:
-                    first.add_done_callback(lambda f, dst=r.future: _copy(f, dst))
+                r.resolve(_decoder.decode(verdict))
+            else:  # a repeat of a request in this same batch: the first one's answer
+                r.resolve(verdict.result if verdict.done else ApiError("INTERNAL"))
         st = self.stats
         st.batches += 1
         st.entries += len(entries)
@@ -337,13 +360,46 @@ def _encode_and_write(data_dir: Path, snap: Any) -> int:
     return len(blob)
 
 
-def _copy(src: asyncio.Future, dst: asyncio.Future | None) -> None:
-    if dst is None or dst.done():
+class _Syncer:
+    """A thread that fsyncs the journal on request; cheaper than a ThreadPoolExecutor per batch."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="gpux-fsync", daemon=True)
+        self._thread.start()
+
+    def sync(self) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._jobs.put((loop, fut))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            loop, fut = job
+            try:
+                self._fn()
+            except BaseException as e:  # handed to the sequencer, which stops
+                loop.call_soon_threadsafe(_set, fut, None, e)
+            else:
+                loop.call_soon_threadsafe(_set, fut, True, None)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+
+def _set(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+    if fut.done():
         return
-    if src.exception() is not None:
-        dst.set_exception(src.exception())
+    if exc is not None:
+        fut.set_exception(exc)
     else:
-        dst.set_result(src.result())
+        fut.set_result(value)
 
 
 def open_journal(data_dir: Path, cfg: ServerConfig) -> Journal:

@@ -111,8 +111,12 @@ class Server:
         async with running_exchange(self.data_dir, fsync="off") as ex:
             self.ex = ex
             self._stop = asyncio.Event()
-            self.seq0 = ex.exchange.engine.seq
             ex.exchange.bus.subscribe(self._on_batch)
+            while ex.exchange.sequencer.busy:  # count from a point where every applied batch is published
+                await asyncio.sleep(0.001)
+            self.seq0 = ex.exchange.engine.seq
+            self.clocks = 0
+            self.journaled.clear()
             for name, (role, deposit) in ACCOUNTS.items():
                 _, key, secret = ex.account(name, role, deposit)
                 self.signers[name] = Signer(key, secret)

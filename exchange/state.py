@@ -65,7 +65,7 @@ MAX_CLOSED_ORDERS = 200_000  # closed orders remembered for status queries (olde
 MAX_COIDS = 1_000_000  # client order ids remembered for idempotent retries (oldest forgotten first)
 
 
-class OrderInfo(msgspec.Struct, kw_only=True):
+class OrderInfo(msgspec.Struct, kw_only=True, gc=False):  # ints and strs only: no cycles to collect
     """An order as its owner sees it."""
 
     oid: int
@@ -94,7 +94,7 @@ class OrderInfo(msgspec.Struct, kw_only=True):
     hold_per_gpu: int = 0
 
 
-class LeaseInfo(msgspec.Struct, kw_only=True):
+class LeaseInfo(msgspec.Struct, kw_only=True, gc=False):
     """A lease (R16): the trade that created it and how it ends."""
 
     book: str

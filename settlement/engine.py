@@ -1,0 +1,559 @@
+"""The settlement state machine: the exchange's events in, ledger transfers out.  No I/O.
+
+    engine = SettlementEngine(SettlementConfig(fees={"H100": (0, 25)}))
+    transfers = engine.apply("H100", events)       # record tuples of one class, in seq order
+    transfers += engine.tick(now)                    # meter ready leases, end those whose end passed
+    transfers += engine.mark_ready("H100", 7, t)     # provisioning's answers (R18)
+    engine.take_changes()                            # what changed since last time, for the store
+
+Per class it keeps the open bids (their escrow per GPU and remaining GPUs), the live leases,
+the last event seq applied and a clock.  Events of a class must come in seq order without a
+gap (`SequenceGap`); an event at or below the last seq was applied already and is skipped,
+which is what makes a replayed batch change nothing.  The clock of a class is the latest of
+its events' times and the times given to `tick`; before an event later than the clock, the
+class's leases are advanced to the event's time (so ready leases are metered and ended at
+the same points however the events were batched: a replay gives an identical ledger).
+
+Money per event (R17, R19; transfer ids in docs/settlement.md):
+
+* bid accepted — hold ``remaining × hold_per_gpu`` from available to escrow;
+* trade — from the bid's escrow for the filled GPUs: the lease's cost to lease_prepaid, the
+  buyer's fee (maker or taker rate) to fees, the rest back to available; a lease, pending;
+* bid amended / cancelled / expired — the released GPUs' hold back to available;
+* preempted / released — the lease's end moves earlier and the part after it is refunded;
+* asks and rejections move no money (a resale ask's fills pay the reseller, R16).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from orderbook.types import (
+    EV_ACCEPTED,
+    EV_AMENDED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_PREEMPTED,
+    EV_RELEASED,
+    EV_TRADE,
+    HOUR,
+    RESERVED,
+    SIDE_BID,
+)
+from settlement.events import ACC, ACC2, END, GPUS, HOURS, KIND, LEASE, MAKER, OID, OID2, PRICE, REM, SEQ, SIDE, START
+from settlement.events import TID as E_TID
+from settlement.events import TIME as E_TIME
+from settlement.events import TYPE as E_TYPE
+from settlement.leases import (
+    ENDED,
+    FAILED,
+    LIVE,
+    PENDING,
+    PREEMPTED,
+    PROVISIONING,
+    READY,
+    RELEASED,
+    Lease,
+    settle,
+)
+from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID
+from settlement.money import fee, hold_per_gpu
+
+
+@dataclass(frozen=True)
+class SettlementConfig:
+    """How settlement settles.
+
+    fees: per class, (maker_bps, taker_bps) (R19; a class not named has no fees).
+    auto_ready: until provisioning lands, a lease is ready at its start (metering from the
+      start); provisioning turns this off and calls `mark_ready` instead.
+    provision_timeout_s: a lease not ready this long after its start fails (R18); 0 = only
+      when its end passes.
+    meter_interval_s: ready metered leases move their earnings to the provider at multiples
+      of this (and at the end); what is earned is per second either way.
+    """
+
+    fees: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    auto_ready: bool = True
+    provision_timeout_s: int = 0
+    meter_interval_s: int = 86_400
+
+    def __post_init__(self) -> None:
+        if self.meter_interval_s < 1:
+            raise ValueError("meter_interval_s must be at least 1")
+        for cls, (mk, tk) in self.fees.items():
+            if not (0 <= mk <= 10_000 and 0 <= tk <= 10_000):
+                raise ValueError(f"fees of {cls}: basis points must be within 0..10000, not {(mk, tk)}")
+
+
+def fees_from_instruments(instruments: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """``{class: (maker_bps, taker_bps)}`` from the exchange's instruments (exchange.config.Instrument)."""
+    return {name: (int(i.maker_fee_bps), int(i.taker_fee_bps)) for name, i in instruments.items()}
+
+
+class SequenceGap(RuntimeError):
+    """Events of a class skipped a seq: settlement must be given the missing ones first."""
+
+    def __init__(self, cls: str, expected: int, got: int) -> None:
+        self.cls, self.expected, self.got = cls, expected, got
+        super().__init__(f"{cls}: expected event seq {expected}, got {got}; the events between are missing "
+                         "(replay them from the exchange's journal)")
+
+
+class LeaseStateError(RuntimeError):
+    """A provisioning answer that does not fit the lease's state (e.g. failing a ready lease)."""
+
+
+class Bid(msgspec.Struct, array_like=True, gc=False):
+    """An open bid's escrow: ``remaining × hpg`` µ$ held."""
+
+    account: int
+    hpg: int  # hold per GPU (money.hold_per_gpu)
+    remaining: int
+
+
+class ClassState:
+    """Everything settlement keeps for one GPU class."""
+
+    __slots__ = ("name", "bids", "leases", "children", "heap", "due", "seq", "clock")
+
+    def __init__(self, name: str, seq: int = 0, clock: int = 0) -> None:
+        self.name = name
+        self.bids: dict[int, Bid] = {}  # open bids by oid
+        self.leases: dict[int, Lease] = {}  # leases by trade id: live ones, and ended ones until their end passed
+        self.children: dict[int, list[int]] = {}  # parent trade id -> sub-lease trade ids (R16)
+        self.heap: list[tuple[int, int]] = []  # (due, trade id), lazily invalidated
+        self.due: dict[int, int] = {}  # trade id -> when it next needs advancing
+        self.seq = seq  # last event seq applied
+        self.clock = clock
+
+
+@dataclass
+class Changes:
+    """What changed since the last `take_changes`: the rows the store must write."""
+
+    bids: dict[tuple[str, int], Bid | None] = field(default_factory=dict)  # None: closed
+    leases: dict[tuple[str, int], Lease] = field(default_factory=dict)
+    cursors: set[str] = field(default_factory=set)
+
+
+class SettlementEngine:
+    def __init__(self, config: SettlementConfig | None = None) -> None:
+        self.config = config or SettlementConfig()
+        self.classes: dict[str, ClassState] = {}
+        self._changes = Changes()
+        self._new_bids: set[tuple[str, int]] = set()
+        self.events_applied = 0
+        self.events_skipped = 0
+        self.trades = 0
+
+    # ------------------------------------------------------------------ state
+    def state(self, cls: str) -> ClassState:
+        c = self.classes.get(cls)
+        if c is None:
+            c = self.classes[cls] = ClassState(cls)
+        return c
+
+    def last_seq(self, cls: str) -> int:
+        c = self.classes.get(cls)
+        return c.seq if c is not None else 0
+
+    def lease(self, cls: str, trade_id: int) -> Lease | None:
+        c = self.classes.get(cls)
+        return c.leases.get(trade_id) if c is not None else None
+
+    def take_changes(self) -> Changes:
+        ch = self._changes
+        self._changes = Changes()
+        self._new_bids = set()
+        return ch
+
+    def exposure(self) -> dict[int, int]:
+        """Escrow that the open bids hold, per account (what the ledger's escrow balances must be)."""
+        out: dict[int, int] = {}
+        for c in self.classes.values():
+            for b in c.bids.values():
+                if b.remaining:
+                    out[b.account] = out.get(b.account, 0) + b.remaining * b.hpg
+        return out
+
+    def prepaid(self) -> dict[int, int]:
+        """What the buyers' leases hold in lease_prepaid, per buyer."""
+        out: dict[int, int] = {}
+        for c in self.classes.values():
+            for lease in c.leases.values():
+                if lease.prepaid:
+                    out[lease.buyer] = out.get(lease.buyer, 0) + lease.prepaid
+        return out
+
+    # ------------------------------------------------------------------ events
+    def apply(self, cls: str, events: np.ndarray | Iterable[tuple]) -> list[tuple]:
+        """Apply one class's events (an EVENT_DTYPE array or record tuples, in seq order);
+        returns the transfers.  Events at or below the last seq applied are skipped; a gap
+        raises `SequenceGap` before anything changes."""
+        c = self.state(cls)
+        if isinstance(events, np.ndarray):
+            rows, last_seq, last_time, skipped = _relevant_array(c, events)
+        else:
+            rows, last_seq, last_time, skipped = _relevant_tuples(c, events)
+        self.events_skipped += skipped
+        if not last_seq:
+            return []
+        out: list[tuple] = []
+        heap = c.heap
+        for ev in rows:
+            t = ev[E_TIME]
+            if t > c.clock:
+                if heap and heap[0][0] <= t:
+                    self._advance_class(c, t, out)
+                c.clock = t
+            typ = ev[E_TYPE]
+            if typ == EV_TRADE:
+                self._trade(c, ev, out)
+            elif typ == EV_ACCEPTED:
+                self._accepted_bid(c, ev, out)
+            elif typ == EV_CANCELLED or typ == EV_EXPIRED:
+                self._bid_closed(c, ev[OID], out)
+            elif typ == EV_AMENDED:
+                self._bid_amended(c, ev, out)
+            else:  # EV_PREEMPTED, EV_RELEASED
+                self._cut(c, ev, out)
+        if last_time > c.clock:
+            if heap and heap[0][0] <= last_time:
+                self._advance_class(c, last_time, out)
+            c.clock = last_time
+        self.events_applied += last_seq - c.seq
+        c.seq = last_seq
+        self._changes.cursors.add(cls)
+        return out
+
+    def _accepted_bid(self, c: ClassState, ev: tuple, out: list) -> None:
+        mk, tk = self.config.fees.get(c.name, (0, 0))
+        hpg = hold_per_gpu(ev[HOURS], ev[PRICE], mk if mk > tk else tk)
+        oid = ev[OID]
+        bid = Bid(ev[ACC], hpg, ev[REM])
+        c.bids[oid] = bid
+        key = (c.name, oid)
+        self._changes.bids[key] = bid
+        self._new_bids.add(key)
+        hold = bid.remaining * hpg
+        if hold:
+            out.append((f"order:{c.name}:{oid}:hold", bid.account, AVAILABLE, bid.account, ESCROW, hold, ev[E_TIME]))
+
+    def _bid_closed(self, c: ClassState, oid: int, out: list) -> None:
+        bid = c.bids.pop(oid, None)
+        if bid is None:
+            return
+        self._forget_bid(c.name, oid)
+        if bid.remaining:
+            out.append((f"order:{c.name}:{oid}:release", bid.account, ESCROW, bid.account, AVAILABLE,
+                        bid.remaining * bid.hpg, c.clock))
+
+    def _forget_bid(self, cls: str, oid: int) -> None:
+        key = (cls, oid)
+        if key in self._new_bids:  # opened and closed between two saves: nothing to write
+            self._new_bids.discard(key)
+            del self._changes.bids[key]
+        else:
+            self._changes.bids[key] = None
+
+    def _bid_amended(self, c: ClassState, ev: tuple, out: list) -> None:
+        bid = c.bids.get(ev[OID])
+        if bid is None:
+            return
+        new = ev[REM]
+        freed = (bid.remaining - new) * bid.hpg
+        bid.remaining = new
+        self._changes.bids[(c.name, ev[OID])] = bid
+        if freed > 0:
+            out.append((f"order:{c.name}:{ev[OID]}:amend:{ev[SEQ]}", bid.account, ESCROW, bid.account, AVAILABLE,
+                        freed, ev[E_TIME]))
+
+    def _trade(self, c: ClassState, ev: tuple, out: list) -> None:
+        name = c.name
+        tid, gpus, price, start, end = ev[E_TID], ev[GPUS], ev[PRICE], ev[START], ev[END]
+        buyer, t = ev[ACC], ev[E_TIME]
+        cost = gpus * price * (end - start) // HOUR if end > start else 0  # money.lease_value
+        mk, tk = self.config.fees.get(name, (0, 0))
+        if ev[MAKER] == SIDE_BID:
+            brate, prate = mk, tk
+        else:
+            brate, prate = tk, mk
+        buyer_fee = fee(cost, brate) if brate else 0
+        prefix = f"trade:{name}:{tid}:"
+        oid = ev[OID]
+        bid = c.bids.get(oid)
+        src = AVAILABLE
+        if bid is not None:
+            src = ESCROW
+            rest = gpus * bid.hpg - cost - buyer_fee
+            bid.remaining = ev[REM]
+            if bid.remaining <= 0:
+                del c.bids[oid]
+                self._forget_bid(name, oid)
+            else:
+                self._changes.bids[(name, oid)] = bid
+            if rest > 0:
+                out.append((prefix + "release", buyer, ESCROW, buyer, AVAILABLE, rest, t))
+            elif rest < 0:  # the fee rate rose since the bid was accepted: the difference from available
+                out.append((prefix + "top_up", buyer, AVAILABLE, buyer, ESCROW, -rest, t))
+        if cost:
+            out.append((prefix + "cost", buyer, src, buyer, PREPAID, cost, t))
+        if buyer_fee:
+            out.append((prefix + "buyer_fee", buyer, src, EXCHANGE, FEES, buyer_fee, t))
+        lease = Lease(cls=name, trade_id=tid, buyer=buyer, provider=ev[ACC2], kind=ev[KIND], gpus=gpus, price=price,
+                      start=start, end=end, booked_end=end, time=t, bid_oid=oid, ask_oid=ev[OID2],
+                      resale_of=ev[LEASE], maker=ev[MAKER], buyer_fee_bps=brate, provider_fee_bps=prate,
+                      cost=cost, buyer_fee=buyer_fee)
+        c.leases[tid] = lease
+        if lease.resale_of:
+            c.children.setdefault(lease.resale_of, []).append(tid)
+        self.trades += 1
+        self._advance(c, lease, c.clock, out)
+        self._changes.leases[(name, tid)] = lease
+
+    def _cut(self, c: ClassState, ev: tuple, out: list) -> None:
+        """EV_PREEMPTED / EV_RELEASED: the lease now ends at ev's end (R12, R16)."""
+        lease = c.leases.get(ev[E_TID])
+        if lease is None:
+            return
+        new_end = max(min(ev[END], lease.end), lease.start)
+        by = PREEMPTED if ev[E_TYPE] == EV_PREEMPTED else RELEASED
+        lease.ended_by = by
+        lease.end = new_end
+        if lease.status in LIVE:
+            settle(lease, f"{by}:{ev[SEQ]}", ev[E_TIME], out)
+        self._advance(c, lease, c.clock, out)
+        self._changes.leases[(c.name, lease.trade_id)] = lease
+
+    # ------------------------------------------------------------------ time
+    def tick(self, now: int, cls: str | None = None) -> list[tuple]:
+        """Advance the clock of one class (or of every class) to ``now``: ready leases are
+        metered, leases whose end passed end, auto-ready and timeouts apply."""
+        out: list[tuple] = []
+        for c in [self.state(cls)] if cls is not None else list(self.classes.values()):
+            if now > c.clock:
+                self._advance_class(c, now, out)
+                c.clock = now
+                self._changes.cursors.add(c.name)
+        return out
+
+    def _advance_class(self, c: ClassState, now: int, out: list) -> None:
+        heap = c.heap
+        dues = c.due
+        leases = c.leases
+        changed = self._changes.leases
+        name = c.name
+        while heap and heap[0][0] <= now:
+            due, tid = heapq.heappop(heap)
+            if dues.get(tid) != due:
+                continue  # stale entry
+            del dues[tid]
+            lease = leases.get(tid)
+            if lease is not None:
+                self._advance(c, lease, now, out)
+                changed[(name, tid)] = lease
+
+    def _advance(self, c: ClassState, lease: Lease, now: int, out: list) -> None:
+        """Every transition of ``lease`` due at or before ``now``, each at its own time (so the
+        transfers do not depend on when the lease is advanced); then schedule the next one."""
+        cfg = self.config
+        st = lease.status
+        start, end = lease.start, lease.end
+        if st == PENDING or st == PROVISIONING:
+            if cfg.auto_ready and st == PENDING and now >= start and start < end:
+                lease.status = st = READY
+                lease.ready_at = start
+                if lease.kind == RESERVED:  # earned in full once delivered (metered leases: nothing moves yet)
+                    settle(lease, "ready", start, out)
+            else:
+                timeout = start + cfg.provision_timeout_s if cfg.provision_timeout_s else end
+                if now >= end or now >= timeout:
+                    at = min(end, timeout)
+                    self._fail(c, lease, "provision timeout" if at < end else "not ready by its end", at, out)
+                    st = FAILED
+        if st == READY:
+            step = cfg.meter_interval_s
+            if lease.kind != RESERVED:  # metered: at every multiple of the interval, then at the end
+                rf = lease.ready_at if lease.ready_at > start else start
+                base = lease.metered_to if lease.metered_to > rf else rf
+                point = base - base % step + step
+                while point <= now and point < end:
+                    lease.metered_to = point
+                    settle(lease, f"meter:{point}", point, out)
+                    point += step
+            if now >= end:
+                lease.metered_to = end
+                lease.status = st = lease.ended_by or ENDED
+                settle(lease, "end", end, out)
+        self._schedule_next(c, lease, now)
+
+    def _schedule_next(self, c: ClassState, lease: Lease, now: int) -> None:
+        """Put ``lease`` on its class's timetable for its next transition (or drop it)."""
+        cfg = self.config
+        st = lease.status
+        start, end = lease.start, lease.end
+        tid = lease.trade_id
+        if st == READY:
+            due = end
+            if lease.kind != RESERVED:
+                base = lease.metered_to if lease.metered_to > lease.ready_at else lease.ready_at
+                base = base if base > start else start
+                point = base - base % cfg.meter_interval_s + cfg.meter_interval_s
+                if point < due:
+                    due = point
+        elif st == PENDING or st == PROVISIONING:
+            due = end
+            if cfg.auto_ready and st == PENDING and start < due:
+                due = start
+            if cfg.provision_timeout_s and start + cfg.provision_timeout_s < due:
+                due = start + cfg.provision_timeout_s
+        else:  # ended: kept until its end passed (a late preemption or release may still name it)
+            if now >= end:
+                self._drop(c, lease)
+                return
+            due = end
+        if c.due.get(tid) != due:
+            c.due[tid] = due
+            heapq.heappush(c.heap, (due, tid))
+
+    def _drop(self, c: ClassState, lease: Lease) -> None:
+        tid = lease.trade_id
+        c.leases.pop(tid, None)
+        c.due.pop(tid, None)
+        c.children.pop(tid, None)
+        if lease.resale_of:
+            sibs = c.children.get(lease.resale_of)
+            if sibs is not None and tid in sibs:
+                sibs.remove(tid)
+
+    def _fail(self, c: ClassState, lease: Lease, reason: str, time: int, out: list) -> None:
+        lease.status = FAILED
+        lease.failed_reason = reason
+        settle(lease, "failed", time, out)
+        self._changes.leases[(c.name, lease.trade_id)] = lease
+        for child_id in list(c.children.get(lease.trade_id, ())):  # sub-leases on the same hardware fail too
+            child = c.leases.get(child_id)
+            if child is not None and child.status in (PENDING, PROVISIONING):
+                self._fail(c, child, f"parent lease {lease.ref} failed", time, out)
+                self._advance(c, child, c.clock, out)
+
+    # ------------------------------------------------------------------ provisioning answers (R18)
+    def _live_lease(self, cls: str, trade_id: int) -> tuple[ClassState, Lease]:
+        c = self.classes.get(cls)
+        lease = c.leases.get(trade_id) if c is not None else None
+        if c is None or lease is None:
+            raise LeaseStateError(f"no lease {cls}-{trade_id} in settlement (unknown, or ended and settled)")
+        return c, lease
+
+    def mark_provisioning(self, cls: str, trade_id: int) -> list[tuple]:
+        c, lease = self._live_lease(cls, trade_id)
+        out: list[tuple] = []
+        if lease.status == PENDING:
+            lease.status = PROVISIONING
+            self._changes.leases[(cls, trade_id)] = lease
+            self._advance(c, lease, c.clock, out)
+        elif lease.status == FAILED:
+            raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
+        return out
+
+    def mark_ready(self, cls: str, trade_id: int, t: int) -> list[tuple]:
+        """The provider's agent reports the lease ready at ``t``: metering starts (R18).  A
+        repeat is a no-op; ready after the lease's end, or for a failed lease, is refused."""
+        c, lease = self._live_lease(cls, trade_id)
+        if lease.status in (PENDING, PROVISIONING):
+            if t >= lease.end:
+                raise LeaseStateError(f"lease {lease.ref} cannot be ready at {t}: it ends at {lease.end}")
+            out: list[tuple] = []
+            lease.status = READY
+            lease.ready_at = max(t, 1)
+            settle(lease, "ready", t, out)
+            self._advance(c, lease, c.clock, out)
+            self._changes.leases[(cls, trade_id)] = lease
+            return out
+        if lease.status == FAILED:
+            raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
+        return []
+
+    def mark_failed(self, cls: str, trade_id: int, t: int, reason: str = "provisioning failed") -> list[tuple]:
+        """The lease could not be provisioned: the renter is refunded in full, the provider earns
+        nothing (R18); its sub-leases not ready yet fail too.  A repeat is a no-op."""
+        c, lease = self._live_lease(cls, trade_id)
+        if lease.status in (PENDING, PROVISIONING):
+            out: list[tuple] = []
+            self._fail(c, lease, reason, t, out)
+            self._advance(c, lease, c.clock, out)
+            return out
+        if lease.status == FAILED:
+            return []
+        raise LeaseStateError(f"lease {lease.ref} is {lease.status}: only a lease not ready yet can fail")
+
+    # ------------------------------------------------------------------ restoring (store)
+    def restore(self, cls: str, seq: int, clock: int, bids: Iterable[tuple[int, Bid]],
+                leases: Iterable[Lease]) -> None:
+        c = self.classes[cls] = ClassState(cls, seq, clock)
+        c.bids = dict(bids)
+        for lease in sorted(leases, key=lambda x: x.trade_id):
+            c.leases[lease.trade_id] = lease
+            if lease.resale_of:
+                c.children.setdefault(lease.resale_of, []).append(lease.trade_id)
+        for lease in list(c.leases.values()):
+            self._schedule_next(c, lease, clock)
+
+
+
+_BID_TYPES = (EV_ACCEPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED)
+
+
+def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[list[tuple], int, int, int]:
+    """The events of an array that move money (as tuples), the last seq and time, and how
+    many were applied before; checks the seqs continue the class's without a gap."""
+    if not len(events):
+        return [], 0, 0, 0
+    seqs = events["seq"]
+    skipped = 0
+    if seqs[0] <= c.seq:
+        skipped = int(np.searchsorted(seqs, c.seq, side="right"))
+        events, seqs = events[skipped:], seqs[skipped:]
+        if not len(events):
+            return [], 0, 0, skipped
+    if seqs[0] != c.seq + 1:
+        raise SequenceGap(c.name, c.seq + 1, int(seqs[0]))
+    if len(seqs) > 1:
+        steps = np.diff(seqs)
+        if not (steps == 1).all():
+            i = int(np.argmax(steps != 1))
+            raise SequenceGap(c.name, int(seqs[i]) + 1, int(seqs[i + 1]))
+    typ = events["type"]
+    bid_event = (events["side"] == SIDE_BID) & ((typ == EV_ACCEPTED) | (typ == EV_CANCELLED) | (typ == EV_EXPIRED)
+                                                 | (typ == EV_AMENDED))
+    mask = bid_event | (typ == EV_TRADE) | (typ == EV_PREEMPTED) | (typ == EV_RELEASED)
+    return events[mask].tolist(), int(seqs[-1]), int(events["time"].max()), skipped
+
+
+def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[list[tuple], int, int, int]:
+    """`_relevant_array` for record tuples."""
+    rows = []
+    seq = c.seq
+    skipped = 0
+    last_time = 0
+    for ev in events:
+        s = ev[SEQ]
+        if s <= seq:
+            skipped += 1
+            continue
+        if s != seq + 1:
+            raise SequenceGap(c.name, seq + 1, s)
+        seq = s
+        t = ev[E_TYPE]
+        if t == EV_TRADE or t == EV_PREEMPTED or t == EV_RELEASED or (ev[SIDE] == SIDE_BID and t in _BID_TYPES):
+            rows.append(ev)
+        if ev[E_TIME] > last_time:
+            last_time = ev[E_TIME]
+    return rows, (seq if seq > c.seq else 0), last_time, skipped

@@ -1,0 +1,35 @@
+"""Money arithmetic of settlement (R3, R17, R19): integers only, µ$, rounding written down once.
+
+    fee(1_000_000, 25)            -> 2_500      # bps of an amount, rounded up to the µ$
+    hold_per_gpu(hours, limit, 25)              # escrow per GPU of a bid: its price at the limit + the higher fee
+    lease_value(gpus, price, seconds)           # what `seconds` of a lease cost, rounded down to the µ$
+
+`lease_value` is always taken from a lease's start (or its ready time) to a point, never
+summed over pieces, so that metering in any number of steps adds up to the same total.
+"""
+
+from __future__ import annotations
+
+HOUR = 3600
+BPS = 10_000
+
+
+def fee(amount: int, bps: int) -> int:
+    """A fee of ``bps`` basis points on ``amount`` µ$, rounded up to the µ$ (0 for amount ≤ 0)."""
+    if amount <= 0 or bps <= 0:
+        return 0
+    return -(-amount * bps // BPS)
+
+
+def hold_per_gpu(hours: int, limit: int, fee_bps: int) -> int:
+    """Escrow per GPU of a bid (R17): its whole price at the limit, plus the higher of the
+    class's fee rates on it (rounded up).  The exchange's interim escrow used the same rule."""
+    notional = hours * limit
+    return notional + fee(notional, fee_bps)
+
+
+def lease_value(gpus: int, price: int, seconds: int) -> int:
+    """What ``seconds`` of delivery of ``gpus`` GPUs at ``price`` µ$/GPU-hour cost, rounded down."""
+    if seconds <= 0:
+        return 0
+    return gpus * price * seconds // HOUR

@@ -1,0 +1,177 @@
+"""Settlement: the engine's transfers and state committed to the ledger together.
+
+    s = Settlement(data_dir / "ledger.db", SettlementConfig(fees=fees_from_instruments(instruments)))
+    s.deposit(42, 100 * USD, "accounts:deposit:17")
+    s.on_events("H100", events)          # one transaction: transfers + leases + bids + last seq
+    s.apply([("H100", ev1), ("A100", ev2)])   # several classes, one transaction
+    s.tick(now)                          # metering, lease ends (engine time)
+    s.mark_ready("H100-7", t); s.mark_failed("H100-8", t, "no GPUs")   # provisioning (R18)
+    s.statement(42)                      # balances, transfers, leases of an account
+    s.last_seq("H100")                   # feed events after this one
+
+Every call is one SQLite transaction.  If anything in it fails (a sequence gap, funds that
+would go below zero, a crash in between), nothing of it is committed and the in-memory
+state is reloaded from the file, so the caller can retry the same events later.  Another
+process writing the same file is noticed at the start of each transaction (the store's
+version) and the state reloaded first, so a standby consumer can take over.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from settlement.engine import SettlementConfig, SettlementEngine
+from settlement.events import as_tuples
+from settlement.leases import check_lease
+from settlement.ledger import ESCROW, KIND_NAMES, PREPAID, Ledger, Transfer
+from settlement.store import StateStore
+
+log = logging.getLogger("gpux.settlement")
+
+
+def parse_lease_ref(ref: str | tuple[str, int]) -> tuple[str, int]:
+    """``"H100-7"`` or ``("H100", 7)`` -> ``("H100", 7)``."""
+    if isinstance(ref, tuple):
+        return ref[0], int(ref[1])
+    cls, sep, tid = ref.rpartition("-")
+    if not sep or not cls or not tid.isdigit():
+        raise ValueError(f"a lease is CLASS-TRADE_ID (e.g. H100-7), not {ref!r}")
+    return cls, int(tid)
+
+
+class Settlement:
+    def __init__(self, path: str | Path, config: SettlementConfig | None = None, *,
+                 synchronous: str = "NORMAL") -> None:
+        self.config = config or SettlementConfig()
+        self.ledger = Ledger(path, synchronous=synchronous)
+        self.store = StateStore(self.ledger.conn)
+        with self.ledger.transaction():
+            self.store.create()
+        self.engine = self._load()
+        # called inside the transaction, after the transfers and state were written and
+        # before COMMIT (tests use it to crash there); an exception rolls everything back
+        self.before_commit: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def _load(self) -> SettlementEngine:
+        engine = SettlementEngine(self.config)
+        self.store.load(engine)
+        return engine
+
+    # ------------------------------------------------------------------ writing
+    def _commit(self, step: Callable[[SettlementEngine], list]) -> int:
+        """Run ``step`` on the engine and commit its transfers and state changes in one
+        transaction; on any failure roll back and reload.  Returns the new transfers' count."""
+        try:
+            with self.ledger.transaction():
+                if self.store.stored_version() != self.store.version:  # another process wrote
+                    log.info("settlement state changed under us (another writer): reloading")
+                    self.engine = self._load()
+                transfers = step(self.engine)
+                n = self.ledger.post(transfers, checked=True) if transfers else 0
+                self.store.save(self.engine, self.engine.take_changes())
+                if self.before_commit is not None:
+                    self.before_commit()
+        except BaseException:
+            self.engine = self._load()
+            raise
+        return n
+
+    def apply(self, batches: Iterable[tuple[str, Any]]) -> int:
+        """Events of one or more classes (each an EVENT_DTYPE array, JSON dicts or record
+        tuples, in seq order) in one transaction.  Returns the number of new transfers."""
+        parts = [(cls, events if isinstance(events, np.ndarray) else as_tuples(events)) for cls, events in batches]
+
+        def step(engine: SettlementEngine) -> list:
+            out: list = []
+            for cls, evs in parts:
+                out += engine.apply(cls, evs)
+            return out
+
+        return self._commit(step)
+
+    def on_events(self, cls: str, events: Any) -> int:
+        """One class's events (as `apply`)."""
+        return self.apply([(cls, events)])
+
+    def tick(self, now: int, cls: str | None = None) -> int:
+        return self._commit(lambda e: e.tick(now, cls))
+
+    def mark_provisioning(self, lease: str | tuple[str, int]) -> None:
+        cls, tid = parse_lease_ref(lease)
+        self._commit(lambda e: e.mark_provisioning(cls, tid))
+
+    def mark_ready(self, lease: str | tuple[str, int], t: int) -> int:
+        cls, tid = parse_lease_ref(lease)
+        return self._commit(lambda e: e.mark_ready(cls, tid, t))
+
+    def mark_failed(self, lease: str | tuple[str, int], t: int, reason: str = "provisioning failed") -> int:
+        cls, tid = parse_lease_ref(lease)
+        return self._commit(lambda e: e.mark_failed(cls, tid, t, reason))
+
+    def deposit(self, owner: int, amount: int, id: str, time: int = 0) -> bool:
+        return self.ledger.deposit(owner, amount, id, time)
+
+    def withdraw(self, owner: int, amount: int, id: str, time: int = 0) -> bool:
+        return self.ledger.withdraw(owner, amount, id, time)
+
+    def payout(self, owner: int, amount: int, id: str, time: int = 0) -> bool:
+        return self.ledger.payout(owner, amount, id, time)
+
+    # ------------------------------------------------------------------ reading
+    def last_seq(self, cls: str) -> int:
+        """The last event seq of ``cls`` whose money is in the ledger (feed events after it)."""
+        return self.engine.last_seq(cls)
+
+    def cursors(self) -> dict[str, tuple[int, int]]:
+        """``{class: (last seq, clock)}`` as committed."""
+        return self.store.cursors()
+
+    def lease(self, lease: str | tuple[str, int]) -> dict[str, Any] | None:
+        cls, tid = parse_lease_ref(lease)
+        x = self.engine.lease(cls, tid) or self.store.lease(cls, tid)
+        return x.view() if x is not None else None
+
+    def leases(self, owner: int) -> list[dict[str, Any]]:
+        return [x.view() for x in self.store.leases_of(owner)]
+
+    def statement(self, owner: int) -> dict[str, Any]:
+        """An account's balances, its ledger (every transfer that touched it, with running
+        balances) and its leases as buyer or provider (what `gpux statement ACCOUNT` prints)."""
+        return {"account": owner, "balances": self.ledger.balances(owner),
+                "transfers": self.ledger.statement(owner), "leases": self.leases(owner)}
+
+    def transfers(self, prefix: str = "") -> list[Transfer]:
+        return self.ledger.transfers(prefix)
+
+    def check_invariants(self) -> dict[str, int]:
+        """The ledger's invariants (sum zero, available ≥ 0, balances = transfers), and that
+        escrow equals the open bids' exposure, lease_prepaid equals what live leases hold,
+        every lease's money matches its state, and the stored state equals the memory's."""
+        summary = self.ledger.check_invariants()
+        ledger_escrow = {o: b for (o, k), b in self.ledger.balances().items() if k == KIND_NAMES[ESCROW]}
+        exposure = self.engine.exposure()
+        if ledger_escrow != exposure:
+            diff = {a: (ledger_escrow.get(a, 0), exposure.get(a, 0)) for a in set(ledger_escrow) | set(exposure)
+                    if ledger_escrow.get(a, 0) != exposure.get(a, 0)}
+            raise AssertionError(f"escrow differs from the open bids' exposure (account: ledger, bids): {diff}")
+        ledger_prepaid = {o: b for (o, k), b in self.ledger.balances().items() if k == KIND_NAMES[PREPAID]}
+        prepaid = self.engine.prepaid()
+        if ledger_prepaid != prepaid:
+            raise AssertionError(f"lease_prepaid differs from the live leases: {ledger_prepaid} != {prepaid}")
+        n = 0
+        for lease in self.store.all_leases():
+            check_lease(lease)
+            n += 1
+        mem = {(c.name, t): x for c in self.engine.classes.values() for t, x in c.leases.items()}
+        for (cls, tid), x in mem.items():
+            if self.store.lease(cls, tid) != x:
+                raise AssertionError(f"lease {x.ref}: stored state differs from memory")
+        return {**summary, "leases": n}

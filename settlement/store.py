@@ -1,0 +1,109 @@
+"""Settlement's own state in the ledger's SQLite file, written in the ledger's transaction.
+
+Three tables beside the ledger's: ``settle_cursors`` (per class: the last event seq applied
+and the clock), ``settle_bids`` (open bids' escrow per GPU and remaining GPUs) and
+``leases`` (every lease, its state and money as a msgpack `Lease`, with buyer, provider,
+status and end as columns for queries).  Because they change in the same transaction as
+the transfers, the seq recorded is exactly the events whose money is in the ledger: a
+restart resumes after it, and an event at or below it is skipped (exactly once).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+import msgspec
+
+from settlement.engine import Bid, Changes, SettlementEngine
+from settlement.leases import LIVE, Lease
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS settle_cursors (
+        cls TEXT PRIMARY KEY, seq INTEGER NOT NULL, clock INTEGER NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS settle_bids (
+        cls TEXT NOT NULL, oid INTEGER NOT NULL, account INTEGER NOT NULL, hpg INTEGER NOT NULL,
+        remaining INTEGER NOT NULL, PRIMARY KEY (cls, oid)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS leases (
+        cls TEXT NOT NULL, trade_id INTEGER NOT NULL, buyer INTEGER NOT NULL, provider INTEGER NOT NULL,
+        status TEXT NOT NULL, end_time INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (cls, trade_id)) WITHOUT ROWID""",
+    "INSERT OR IGNORE INTO meta VALUES ('settle_version', 0)",
+)
+
+_enc = msgspec.msgpack.Encoder()
+_lease_dec = msgspec.msgpack.Decoder(Lease)
+
+
+class StateStore:
+    """Reads and writes `SettlementEngine` state; every write is inside the caller's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.version = 0  # settle_version this process last wrote or read
+
+    def create(self) -> None:
+        for stmt in _SCHEMA:
+            self.conn.execute(stmt)
+
+    def stored_version(self) -> int:
+        return self.conn.execute("SELECT value FROM meta WHERE key = 'settle_version'").fetchone()[0]
+
+    def save(self, engine: SettlementEngine, changes: Changes) -> None:
+        conn = self.conn
+        if changes.bids:
+            upserts = [(cls, oid, b.account, b.hpg, b.remaining) for (cls, oid), b in changes.bids.items()
+                       if b is not None]
+            deletes = [key for key, b in changes.bids.items() if b is None]
+            if upserts:
+                conn.executemany("INSERT OR REPLACE INTO settle_bids VALUES (?, ?, ?, ?, ?)", upserts)
+            if deletes:
+                conn.executemany("DELETE FROM settle_bids WHERE cls = ? AND oid = ?", deletes)
+        if changes.leases:
+            enc = _enc.encode
+            conn.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [(x.cls, x.trade_id, x.buyer, x.provider, x.status, x.end, enc(x))
+                              for x in changes.leases.values()])
+        if changes.cursors:
+            conn.executemany("INSERT OR REPLACE INTO settle_cursors VALUES (?, ?, ?)",
+                             [(cls, engine.classes[cls].seq, engine.classes[cls].clock) for cls in changes.cursors])
+        self.version += 1
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'settle_version'", (self.version,))
+
+    def load(self, engine: SettlementEngine) -> None:
+        """Fill a fresh engine with the stored state."""
+        conn = self.conn
+        cursors = {cls: (seq, clock) for cls, seq, clock in conn.execute("SELECT cls, seq, clock FROM settle_cursors")}
+        bids: dict[str, list[tuple[int, Bid]]] = {}
+        for cls, oid, account, hpg, remaining in conn.execute("SELECT * FROM settle_bids"):
+            bids.setdefault(cls, []).append((oid, Bid(account, hpg, remaining)))
+        leases: dict[str, list[Lease]] = {}
+        # live leases, and ended ones whose end has not passed (a late preemption may still name them)
+        marks = ",".join("?" * len(LIVE))
+        q = f"SELECT cls, end_time, status, data FROM leases WHERE status IN ({marks}) OR end_time > ?"
+        low = min((clock for _, clock in cursors.values()), default=0)
+        for cls, end, status, data in conn.execute(q, (*LIVE, low)):
+            if status in LIVE or end > cursors.get(cls, (0, 0))[1]:
+                leases.setdefault(cls, []).append(_lease_dec.decode(data))
+        for cls in set(cursors) | set(bids) | set(leases):
+            seq, clock = cursors.get(cls, (0, 0))
+            engine.restore(cls, seq, clock, bids.get(cls, ()), leases.get(cls, ()))
+        self.version = self.stored_version()
+
+    def lease(self, cls: str, trade_id: int) -> Lease | None:
+        row = self.conn.execute("SELECT data FROM leases WHERE cls = ? AND trade_id = ?", (cls, trade_id)).fetchone()
+        return _lease_dec.decode(row[0]) if row else None
+
+    def leases_of(self, owner: int) -> list[Lease]:
+        """Every lease ``owner`` bought or provided (a scan: no per-owner index, see ledger.statement)."""
+        rows = self.conn.execute("SELECT data FROM leases WHERE buyer = ? OR provider = ? ORDER BY cls, trade_id",
+                                 (owner, owner))
+        return [_lease_dec.decode(r[0]) for r in rows]
+
+    def all_leases(self) -> Iterable[Lease]:
+        for (data,) in self.conn.execute("SELECT data FROM leases ORDER BY cls, trade_id"):
+            yield _lease_dec.decode(data)
+
+    def cursors(self) -> dict[str, tuple[int, int]]:
+        rows = self.conn.execute("SELECT cls, seq, clock FROM settle_cursors")
+        return {cls: (seq, clock) for cls, seq, clock in rows}

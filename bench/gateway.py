@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from bench.wsclient import WsConn, connect
 from exchange.accounts import AccountStore
 from exchange.auth import Signer
 
@@ -61,24 +62,32 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Conn:
-    """One trader's WebSocket session with pipelined requests matched by id."""
+    """One trader's WebSocket session (bench.wsclient) with pipelined requests matched by id."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
+    def __init__(self) -> None:
+        self.ws: WsConn | None = None
         self.pending: dict[int, tuple[asyncio.Future, float]] = {}
         self.next_id = 1
-        self.reader = asyncio.create_task(self._read())
         self.errors: dict[str, int] = {}
 
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            m = _dec.decode(msg.data)
-            rid = m.get("id")
-            entry = self.pending.pop(rid, None) if rid is not None else None
-            if entry is not None:
-                if m.get("type") == "error":
-                    self.errors[m["code"]] = self.errors.get(m["code"], 0) + 1
-                entry[0].set_result((m, time.perf_counter()))
+    @classmethod
+    async def open(cls, host: str, port: int, key: str, secret: str) -> Conn:
+        c = cls()
+        c.ws = await connect(host, port, "/v1/ws", c._on_message)
+        auth = Signer(key, secret).ws_auth()
+        first = await c.send(auth)
+        if first[0].get("type") != "authenticated":
+            raise SystemExit(f"auth failed: {first[0]}")
+        return c
+
+    def _on_message(self, data: bytes) -> None:
+        m = _dec.decode(data)
+        rid = m.get("id")
+        entry = self.pending.pop(rid, None) if rid is not None else None
+        if entry is not None:
+            if m.get("type") == "error":
+                self.errors[m["code"]] = self.errors.get(m["code"], 0) + 1
+            entry[0].set_result((m, time.perf_counter()))
 
     def send(self, op: dict[str, Any], due: float | None = None) -> asyncio.Future:
         rid = self.next_id
@@ -86,8 +95,13 @@ class Conn:
         op["id"] = rid
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = (fut, due or time.perf_counter())
-        asyncio.ensure_future(self.ws.send_bytes(_enc.encode(op)))
+        assert self.ws is not None
+        self.ws.send(_enc.encode(op))
         return fut
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
 
 
 def _bid(kind: str, limit: int, tif: str, hours: int = 1) -> dict[str, Any]:
@@ -160,14 +174,8 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
             async with http.post(url + "/v1/asks", data=body, headers=signer.headers("POST", "/v1/asks", body)) as r:
                 if r.status != 201:
                     raise SystemExit(f"seeding asks failed: {r.status} {await r.text()}")
-        conns = []
-        for key, secret in traders:
-            ws = await http.ws_connect(url.replace("http", "ws") + "/v1/ws", max_msg_size=0)
-            await ws.send_bytes(_enc.encode(Signer(key, secret).ws_auth()))
-            first = _dec.decode((await ws.receive()).data)
-            if first.get("type") != "authenticated":
-                raise SystemExit(f"auth failed: {first}")
-            conns.append(Conn(ws))
+        host, port = url.split("//", 1)[1].split(":")
+        conns = [await Conn.open(host, int(port), key, secret) for key, secret in traders]
         # warm-up, then saturation
         counts = {"requests": 0}
         await asyncio.gather(*(_client_loop(c, time.perf_counter() + 1.0, 4, counts) for c in conns))
@@ -191,7 +199,7 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
         async with http.get(url + "/metrics") as r:
             metrics = await r.text()
         for c in conns:
-            await c.ws.close()
+            c.close()
         batches = _metric(metrics, "gpux_batches_total")
         commands = _metric(metrics, "gpux_commands_total")
         return {

@@ -1,0 +1,532 @@
+"""Market data from events (R20, R21): the level-2 book model and the trade statistics of one
+GPU class, and the channel messages they produce.
+
+The book model is rebuilt from the events alone (never from the book's internals), so the same
+code serves the live feed, replay and `book_at`:
+
+    feed = ClassFeed("H100")
+    for stream, message in feed.update(events, now):   # a batch of EVENT_DTYPE records + book time
+        ...                                              # book deltas, trades, ticker, candles, index
+    feed.book.level2()                                   # {"bids": [[price, gpus], ...], ...}
+
+Level 2 (docs/feeds.md):
+
+* ``asks``: per firm price, the GPUs free *now* for a firm (on-demand or reserved) buyer, summed
+  over the resting asks at that price whose window contains now: ``gpus − firm(a, now)``
+  (spot leases do not count against a firm buyer, R9/R12);
+* ``spot_asks``: per spot price, the GPUs free now for a spot buyer,
+  ``gpus − firm(a, now) − spot(a, now)``, over the asks that offer spot;
+* ``bids``: per limit, the remaining GPUs of resting on-demand and reserved bids;
+* ``spot_bids``: per limit, the remaining GPUs of resting spot bids.
+
+A level with 0 GPUs is not in the book.  "Free now" changes with engine time alone (a lease
+starts or ends, an ask's window opens), so `BookModel.advance` recomputes the asks whose
+leases or windows start or end at or before the new time (a heap of such moments).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Any
+
+import numpy as np
+from sortedcontainers import SortedDict
+
+from orderbook.types import (
+    EV_ACCEPTED,
+    EV_AMENDED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_PREEMPTED,
+    EV_RELEASED,
+    EV_TRADE,
+    EVENT_DTYPE,
+    KIND_NAMES,
+    ON_DEMAND,
+    SIDE_ASK,
+    SIDE_BID,
+    SIDE_NAMES,
+    SPOT,
+)
+
+_E = {name: i for i, name in enumerate(EVENT_DTYPE.names)}
+SEQ, TIME, OID, OID2, TID = _E["seq"], _E["time"], _E["oid"], _E["oid2"], _E["trade_id"]
+PRICE, PRICE2, START, END, LEASE = _E["price"], _E["price2"], _E["start"], _E["end"], _E["lease_id"]
+GPUS, REM, HOURS, TYPE, KIND, SIDE, MAKER = (_E[k] for k in ("gpus", "remaining", "hours", "type", "kind",
+                                                              "side", "maker"))
+
+# sides of the level-2 book, in the order they are kept
+BIDS, SPOT_BIDS, ASKS, SPOT_ASKS = 0, 1, 2, 3
+SIDE_KEYS = ("bids", "spot_bids", "asks", "spot_asks")
+
+# public streams of a class: channel, or channel:interval for candles
+STREAMS = ("book", "trades", "ticker", "candles:1m", "candles:1h", "index")
+CHANNELS = ("book", "trades", "ticker", "candles", "index")
+INTERVALS = {"1m": 60, "1h": 3600}
+DAY = 86_400
+TRADES_KEPT = 100  # recent trades kept for a trades snapshot
+CANDLES_KEPT = {"1m": 1440, "1h": 720}  # a day of minutes, a month of hours
+CANDLES_SENT = 100  # candles in a snapshot
+
+
+class _Ask:
+    __slots__ = ("oid", "price", "spot", "gpus", "start", "end", "free", "free_spot", "leases", "firm_now",
+                 "spot_now")
+
+    def __init__(self, oid: int, price: int, spot: int, gpus: int, start: int, end: int) -> None:
+        self.oid = oid
+        self.price = price
+        self.spot = spot
+        self.gpus = gpus
+        self.start = start
+        self.end = end
+        self.free = 0  # what this ask adds to asks[price] now
+        self.free_spot = 0  # ... and to spot_asks[spot]
+        self.leases: dict[int, list[int]] = {}  # trade id -> [gpus, start, end, spot?, counted in *_now?]
+        self.firm_now = 0  # GPUs of the firm leases running now
+        self.spot_now = 0  # ... of the spot leases
+
+
+class BookModel:
+    """The level-2 book of one class, kept from its events and its engine time."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.seq = 0  # last event applied
+        self.now = 0  # engine time
+        self.asks: dict[int, _Ask] = {}
+        self.bids: dict[int, list[int]] = {}  # oid -> [side (BIDS | SPOT_BIDS), limit, remaining]
+        self.levels: list[SortedDict] = [SortedDict() for _ in SIDE_KEYS]
+        self._published: list[dict[int, int]] = [{} for _ in SIDE_KEYS]
+        self._changed: list[set[int]] = [set() for _ in SIDE_KEYS]
+        self._dirty: set[int] = set()  # asks to recompute at `now`
+        # (time, ask oid, trade id or 0): a lease on the ask starts or ends then, or its window
+        # opens or closes; stale entries (a preempted lease's old end) are harmless
+        self._moments: list[tuple[int, int, int]] = []
+
+    # ------------------------------------------------------------------ levels
+    def _add(self, side: int, price: int, gpus: int) -> None:
+        if not gpus:
+            return
+        lv = self.levels[side]
+        v = lv.get(price, 0) + gpus
+        if v:
+            lv[price] = v
+        else:
+            del lv[price]
+        self._changed[side].add(price)
+
+    # ------------------------------------------------------------------ events
+    def apply(self, rows: list[tuple]) -> None:
+        """Apply events (EVENT_DTYPE records as tuples, `ndarray.tolist()`), in seq order.  The
+        asks they touch are recomputed by the next `advance` (at the batch's engine time)."""
+        asks, bids, dirty, moments = self.asks, self.bids, self._dirty, self._moments
+        push = heapq.heappush
+        for ev in rows:
+            t = ev[TYPE]
+            if t == EV_TRADE:
+                b = bids.get(ev[OID])
+                if b is not None:
+                    self._add(b[0], b[1], ev[REM] - b[2])
+                    b[2] = ev[REM]
+                    if not b[2]:
+                        del bids[ev[OID]]
+                a = asks.get(ev[OID2])
+                if a is not None:
+                    tid = ev[TID]
+                    a.leases[tid] = [ev[GPUS], ev[START], ev[END], ev[KIND] == SPOT, False]
+                    push(moments, (ev[START], a.oid, tid))
+                    push(moments, (ev[END], a.oid, tid))
+            elif t == EV_ACCEPTED:
+                if ev[SIDE] == SIDE_ASK:
+                    a = _Ask(ev[OID], ev[PRICE], ev[PRICE2], ev[GPUS], ev[START], ev[END])
+                    asks[a.oid] = a
+                    dirty.add(a.oid)
+                    push(moments, (a.start, a.oid, 0))
+                    push(moments, (a.end, a.oid, 0))
+                else:
+                    side = SPOT_BIDS if ev[KIND] == SPOT else BIDS
+                    bids[ev[OID]] = [side, ev[PRICE], ev[REM]]
+                    self._add(side, ev[PRICE], ev[REM])
+            elif t == EV_CANCELLED or t == EV_EXPIRED:
+                if ev[SIDE] == SIDE_ASK:
+                    a = asks.pop(ev[OID], None)
+                    if a is not None:
+                        self._add(ASKS, a.price, -a.free)
+                        if a.spot:
+                            self._add(SPOT_ASKS, a.spot, -a.free_spot)
+                        dirty.discard(a.oid)
+                else:
+                    b = bids.pop(ev[OID], None)
+                    if b is not None:
+                        self._add(b[0], b[1], -b[2])
+            elif t == EV_PREEMPTED or t == EV_RELEASED:
+                a = asks.get(ev[OID2])
+                if a is not None:
+                    lease = a.leases.get(ev[TID])
+                    if lease is not None:
+                        lease[2] = ev[END]
+                        push(moments, (ev[END], a.oid, ev[TID]))
+            elif t == EV_AMENDED:
+                if ev[SIDE] == SIDE_ASK:
+                    a = asks.get(ev[OID])
+                    if a is not None:
+                        a.gpus = ev[GPUS]
+                        dirty.add(a.oid)
+                else:
+                    b = bids.get(ev[OID])
+                    if b is not None:
+                        self._add(b[0], b[1], ev[REM] - b[2])
+                        b[2] = ev[REM]
+            # EV_REJECTED changes nothing (R8)
+        if rows:
+            self.seq = rows[-1][SEQ]
+
+    def advance(self, now: int) -> None:
+        """Move to engine time ``now`` (never backwards) and recompute what changed."""
+        if now > self.now:
+            self.now = now
+        now = self.now
+        moments, dirty, asks = self._moments, self._dirty, self.asks
+        pop = heapq.heappop
+        while moments and moments[0][0] <= now:
+            _, oid, tid = pop(moments)
+            a = asks.get(oid)
+            if a is None:
+                continue
+            dirty.add(oid)
+            if tid:
+                lease = a.leases.get(tid)
+                if lease is not None:
+                    running = lease[1] <= now < lease[2]
+                    if running != lease[4]:
+                        d = lease[0] if running else -lease[0]
+                        if lease[3]:
+                            a.spot_now += d
+                        else:
+                            a.firm_now += d
+                        lease[4] = running
+                    if lease[2] <= now:
+                        del a.leases[tid]  # ended: its GPUs are back (R13)
+        if dirty:
+            for oid in dirty:
+                a = asks.get(oid)
+                if a is not None:
+                    self._recompute(a, now)
+            dirty.clear()
+
+    def _recompute(self, a: _Ask, now: int) -> None:
+        free = free_spot = 0
+        if a.start <= now < a.end:
+            free = max(0, a.gpus - a.firm_now)
+            if a.spot:
+                free_spot = max(0, a.gpus - a.firm_now - a.spot_now)
+        if free != a.free:
+            self._add(ASKS, a.price, free - a.free)
+            a.free = free
+        if free_spot != a.free_spot:
+            self._add(SPOT_ASKS, a.spot, free_spot - a.free_spot)
+            a.free_spot = free_spot
+
+    # ------------------------------------------------------------------ output
+    def level2(self) -> dict[str, list[list[int]]]:
+        """The whole book: bids highest first, asks lowest first, ``[price, gpus]`` pairs."""
+        lv = self.levels
+        return {
+            "bids": [[p, g] for p, g in reversed(lv[BIDS].items())],
+            "spot_bids": [[p, g] for p, g in reversed(lv[SPOT_BIDS].items())],
+            "asks": [[p, g] for p, g in lv[ASKS].items()],
+            "spot_asks": [[p, g] for p, g in lv[SPOT_ASKS].items()],
+        }
+
+    def take_deltas(self) -> dict[str, list[list[int]]]:
+        """The levels whose size differs from the last `take_deltas`, as absolute sizes (0: the
+        level is gone); only the sides that changed."""
+        out: dict[str, list[list[int]]] = {}
+        for side, changed in enumerate(self._changed):
+            if not changed:
+                continue
+            lv, pub = self.levels[side], self._published[side]
+            rows = []
+            for p in sorted(changed, reverse=side < ASKS):
+                v = lv.get(p, 0)
+                if v != pub.get(p, 0):
+                    rows.append([p, v])
+                    if v:
+                        pub[p] = v
+                    else:
+                        del pub[p]
+            changed.clear()
+            if rows:
+                out[SIDE_KEYS[side]] = rows
+        return out
+
+    def best(self, side: int) -> tuple[int, int] | None:
+        lv = self.levels[side]
+        if not lv:
+            return None
+        return lv.peekitem(-1) if side < ASKS else lv.peekitem(0)
+
+    # ------------------------------------------------------------------ from a live exchange
+    @classmethod
+    def from_state(cls, name: str, seq: int, now: int, orders: Any, leases: Any) -> BookModel:
+        """The model of a class from the exchange state (`exchange.state.ExchangeState`: its
+        open ``orders`` and ``leases`` of this class): how a restarted exchange starts its feed."""
+        m = cls(name)
+        rows = []
+        z = [0] * len(EVENT_DTYPE.names)
+        for o in sorted((o for o in orders if o.status == "open" and o.book == name), key=lambda o: o.oid):
+            ev = list(z)
+            ev[TYPE], ev[OID], ev[PRICE], ev[GPUS] = EV_ACCEPTED, o.oid, o.price, o.gpus
+            if o.side == "ask":
+                ev[SIDE], ev[PRICE2], ev[START], ev[END] = SIDE_ASK, o.spot_price, o.start, o.end
+            else:
+                ev[SIDE], ev[KIND], ev[REM] = SIDE_BID, SPOT if o.kind == "spot" else ON_DEMAND, o.remaining
+            rows.append(tuple(ev))
+        for x in sorted((x for x in leases if x.book == name and x.end > now), key=lambda x: x.trade_id):
+            ev = list(z)
+            ev[TYPE], ev[TID], ev[OID2], ev[GPUS], ev[START], ev[END] = (EV_TRADE, x.trade_id, x.ask_oid, x.gpus,
+                                                                         x.start, x.end)
+            ev[KIND] = SPOT if x.kind == "spot" else ON_DEMAND
+            ev[OID] = -1  # no resting bid to change
+            rows.append(tuple(ev))
+        m.apply(rows)
+        m.seq = seq
+        m.advance(now)
+        m.take_deltas()
+        return m
+
+
+# ---------------------------------------------------------------------- trade statistics
+class MarketStats:
+    """Trades of one class: the last ones, 24 h volume and VWAP, candles, the price index.
+
+    Volumes are GPU-hours as traded (``gpus × hours``; a lease preempted or released later still
+    counts as traded); notional is µ$ (``price × GPU-hours``); VWAP = notional // volume.
+    The index is the 24 h VWAP of firm trades (on-demand and reserved), `docs/feeds.md`.
+    """
+
+    def __init__(self) -> None:
+        self.window: deque[tuple[int, int, int, bool]] = deque()  # (time, gpu_h, notional, firm)
+        self.volume = self.notional = self.count = 0
+        self.firm_volume = self.firm_notional = self.firm_count = 0
+        self.last: tuple[int, int, int] | None = None  # (price, time, kind)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=TRADES_KEPT)
+        self.candles: dict[str, deque[list[int]]] = {k: deque(maxlen=n) for k, n in CANDLES_KEPT.items()}
+        self.changed: dict[str, list[int] | None] = {k: None for k in INTERVALS}  # first changed candle start
+
+    def add(self, ev: tuple) -> dict[str, Any]:
+        gpu_h = ev[GPUS] * ev[HOURS]
+        price = ev[PRICE]
+        notional = price * gpu_h
+        firm = ev[KIND] != SPOT
+        t = ev[TIME]
+        self.window.append((t, gpu_h, notional, firm))
+        self.volume += gpu_h
+        self.notional += notional
+        self.count += 1
+        if firm:
+            self.firm_volume += gpu_h
+            self.firm_notional += notional
+            self.firm_count += 1
+        self.last = (price, t, ev[KIND])
+        for name, width in INTERVALS.items():
+            start = t - t % width
+            cs = self.candles[name]
+            if cs and cs[-1][0] == start:
+                c = cs[-1]
+                c[2] = max(c[2], price)
+                c[3] = min(c[3], price)
+                c[4] = price
+                c[5] += gpu_h
+                c[6] += notional
+                c[7] += 1
+            else:
+                cs.append([start, price, price, price, price, gpu_h, notional, 1])
+            if self.changed[name] is None:
+                self.changed[name] = start
+        trade = {"seq": ev[SEQ], "time": t, "trade_id": ev[TID], "kind": KIND_NAMES.get(ev[KIND], ev[KIND]),
+                 "gpus": ev[GPUS], "hours": ev[HOURS], "price": price, "start": ev[START], "end": ev[END],
+                 "maker": SIDE_NAMES.get(ev[MAKER], "")}
+        if ev[LEASE]:
+            trade["resale_of"] = ev[LEASE]
+        self.recent.append(trade)
+        return trade
+
+    def expire(self, now: int) -> bool:
+        """Drop trades older than 24 h of engine time; whether anything dropped out."""
+        w = self.window
+        cut = now - DAY
+        dropped = False
+        while w and w[0][0] <= cut:
+            _, gpu_h, notional, firm = w.popleft()
+            self.volume -= gpu_h
+            self.notional -= notional
+            self.count -= 1
+            if firm:
+                self.firm_volume -= gpu_h
+                self.firm_notional -= notional
+                self.firm_count -= 1
+            dropped = True
+        return dropped
+
+    def take_candles(self, name: str) -> list[dict[str, int]]:
+        since = self.changed[name]
+        self.changed[name] = None
+        if since is None:
+            return []
+        return [_candle(c) for c in self.candles[name] if c[0] >= since]
+
+    def index(self) -> dict[str, Any]:
+        v = self.firm_volume
+        return {"value": self.firm_notional // v if v else None, "volume_24h": v, "trades_24h": self.firm_count,
+                "window_s": DAY, "method": "vwap_24h_firm"}
+
+
+def _candle(c: list[int]) -> dict[str, int]:
+    return {"start": c[0], "open": c[1], "high": c[2], "low": c[3], "close": c[4], "volume": c[5],
+            "notional": c[6], "trades": c[7]}
+
+
+# ---------------------------------------------------------------------- a class's channels
+class ClassFeed:
+    """Everything public about one class: the book model, the trade statistics, and the stream
+    counters ``u`` (one per stream, +1 per message published on it; a snapshot carries the
+    current value, so a client that sees ``u`` skip knows it missed a message)."""
+
+    def __init__(self, name: str, book: BookModel | None = None) -> None:
+        self.name = name
+        self.book = book or BookModel(name)
+        self.stats = MarketStats()
+        self.u = dict.fromkeys(STREAMS, 0)
+        self._ticker: dict[str, Any] | None = None
+        self._index: dict[str, Any] | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.book.seq
+
+    @property
+    def now(self) -> int:
+        return self.book.now
+
+    def _head(self, stream: str) -> dict[str, Any]:
+        channel, _, interval = stream.partition(":")
+        d: dict[str, Any] = {"type": channel, "class": self.name, "seq": self.book.seq, "time": self.book.now}
+        if interval:
+            d["interval"] = interval
+        return d
+
+    def _next(self, stream: str) -> dict[str, Any]:
+        self.u[stream] += 1
+        d = self._head(stream)
+        d["u"] = self.u[stream]
+        return d
+
+    def update(self, events: np.ndarray | list[tuple] | None, now: int) -> list[tuple[str, dict[str, Any]]]:
+        """Apply a batch's events and the class's engine time after it; the messages to publish,
+        as (stream, message), in stream order."""
+        rows = events.tolist() if isinstance(events, np.ndarray) else (events or [])
+        book, stats = self.book, self.stats
+        trades = []
+        if rows:
+            book.apply(rows)
+            for ev in rows:
+                if ev[TYPE] == EV_TRADE:
+                    trades.append(stats.add(ev))
+        book.advance(now)
+        expired = stats.expire(book.now)
+        out: list[tuple[str, dict[str, Any]]] = []
+        deltas = book.take_deltas()
+        if deltas:
+            m = self._next("book")
+            m["action"] = "delta"
+            m.update(deltas)
+            out.append(("book", m))
+        if trades:
+            m = self._next("trades")
+            m["action"] = "update"
+            m["trades"] = trades
+            out.append(("trades", m))
+        if deltas or trades or expired:
+            ticker = self._ticker_body()
+            if ticker != self._ticker:
+                self._ticker = ticker
+                m = self._next("ticker")
+                m.update(ticker)
+                out.append(("ticker", m))
+        if trades:
+            for name in INTERVALS:
+                candles = stats.take_candles(name)
+                if candles:
+                    stream = f"candles:{name}"
+                    m = self._next(stream)
+                    m["action"] = "update"
+                    m["candles"] = candles
+                    out.append((stream, m))
+        if trades or expired:
+            index = stats.index()
+            if index != self._index:
+                self._index = index
+                m = self._next("index")
+                m.update(index)
+                out.append(("index", m))
+        return out
+
+    def _ticker_body(self) -> dict[str, Any]:
+        book, s = self.book, self.stats
+        d: dict[str, Any] = {}
+        for key, side in (("bid", BIDS), ("ask", ASKS), ("spot_bid", SPOT_BIDS), ("spot_ask", SPOT_ASKS)):
+            b = book.best(side)
+            d[f"best_{key}"] = b[0] if b else None
+            d[f"best_{key}_gpus"] = b[1] if b else 0
+        last = s.last
+        d["last"] = last[0] if last else None
+        d["last_time"] = last[1] if last else None
+        d["last_kind"] = KIND_NAMES.get(last[2]) if last else None
+        d["volume_24h"] = s.volume
+        d["notional_24h"] = s.notional
+        d["vwap_24h"] = s.notional // s.volume if s.volume else None
+        d["trades_24h"] = s.count
+        return d
+
+    def snapshot(self, stream: str) -> dict[str, Any]:
+        """The message a new subscriber of ``stream`` gets first: the current state, with the
+        stream's current ``u`` (the next update carries u + 1)."""
+        d = self._head(stream)
+        d["u"] = self.u[stream]
+        channel, _, interval = stream.partition(":")
+        if channel == "book":
+            d["action"] = "snapshot"
+            d.update(self.book.level2())
+        elif channel == "trades":
+            d["action"] = "snapshot"
+            d["trades"] = list(self.stats.recent)
+        elif channel == "ticker":
+            if self._ticker is None:
+                self._ticker = self._ticker_body()
+            d.update(self._ticker)
+        elif channel == "candles":
+            d["action"] = "snapshot"
+            d["candles"] = [_candle(c) for c in list(self.stats.candles[interval])[-CANDLES_SENT:]]
+        elif channel == "index":
+            if self._index is None:
+                self._index = self.stats.index()
+            d.update(self._index)
+        return d
+
+    def heartbeat(self) -> dict[str, Any]:
+        return {"type": "heartbeat", "class": self.name, "seq": self.book.seq, "time": self.book.now,
+                "u": dict(self.u)}
+
+
+def stream_name(channel: str, interval: str | None) -> str | None:
+    """The stream a subscription names, or None if there is no such channel/interval."""
+    if channel == "candles":
+        iv = interval or "1m"
+        return f"candles:{iv}" if iv in INTERVALS else None
+    if channel in CHANNELS and interval is None:
+        return channel
+    return None
+

@@ -315,8 +315,21 @@ class SettlementEngine:
         if lease.resale_of:
             c.children.setdefault(lease.resale_of, []).append(tid)
         self.trades += 1
-        self._advance(c, lease, c.clock, out)
         self._changes.leases[(name, tid)] = lease
+        now = c.clock
+        if self.config.auto_ready and lease.kind != RESERVED and start <= now < end:
+            # the common case, without the general `_advance`: ready at its start, nothing to
+            # move yet; next due at the first metering point or its end
+            lease.status = READY
+            lease.ready_at = start
+            step = self.config.meter_interval_s
+            point = start - start % step + step
+            if point > now:
+                due = point if point < end else end
+                c.due[tid] = due
+                heapq.heappush(c.heap, (due, tid))
+                return
+        self._advance(c, lease, now, out)
 
     def _cut(self, c: ClassState, ev: tuple, out: list) -> None:
         """EV_PREEMPTED / EV_RELEASED: the lease now ends at ev's end (R12, R16)."""
@@ -390,8 +403,10 @@ class SettlementEngine:
                     point += step
             if now >= end:
                 lease.metered_to = end
-                lease.status = st = lease.ended_by or ENDED
+                lease.status = lease.ended_by or ENDED
                 settle(lease, "end", end, out)
+                self._drop(c, lease)
+                return
         self._schedule_next(c, lease, now)
 
     def _schedule_next(self, c: ClassState, lease: Lease, now: int) -> None:

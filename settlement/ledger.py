@@ -137,8 +137,8 @@ _SCHEMA = (
 _INSERT = ("INSERT OR IGNORE INTO transfers (id, debit_owner, debit_kind, credit_owner, credit_kind, amount, time)"
            " VALUES (?, ?, ?, ?, ?, ?, ?)")
 # (not an UPSERT: SQLite checks the CHECK constraint on the row an UPSERT tries to insert, a negative delta)
-_NEW_BALANCE = "INSERT OR IGNORE INTO balances (owner, kind, balance) VALUES (?, ?, 0)"
-_ADD_BALANCE = "UPDATE balances SET balance = balance + ? WHERE owner = ? AND kind = ?"
+_NEW_BALANCE = "INSERT INTO balances (balance, owner, kind) VALUES (?, ?, ?)"
+_SET_BALANCE = "UPDATE balances SET balance = ? WHERE owner = ? AND kind = ?"
 
 
 class Ledger:
@@ -159,6 +159,12 @@ class Ledger:
         self.synchronous = synchronous.upper()
         self._lock = threading.RLock()
         self._depth = 0
+        # balances as committed, and the transfer count they belong to: a batch's new balances
+        # are computed (and checked) here, written with one UPDATE each, and take effect here
+        # at COMMIT; a count that differs at the next batch means another writer: reload
+        self._balances: dict[int, int] | None = None  # keyed owner * 8 + kind (see _deltas)
+        self._balances_at = -1
+        self._staged: list[tuple[dict[int, int], int]] = []
         with self.transaction():
             for stmt in _SCHEMA[1:]:
                 self.conn.execute(stmt)
@@ -185,14 +191,21 @@ class Ledger:
                 return
             self.conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            self._staged = []
             try:
                 yield self.conn
             except BaseException:
                 self._depth = 0
+                self._staged = []
                 self.conn.execute("ROLLBACK")
                 raise
             self._depth = 0
             self.conn.execute("COMMIT")
+            if self._staged and self._balances is not None:
+                for new, count in self._staged:
+                    self._balances.update(new)
+                    self._balances_at = count
+            self._staged = []
 
     @property
     def in_transaction(self) -> bool:
@@ -219,7 +232,7 @@ class Ledger:
             batch = _validate(batch)
         conn = self.conn
         n0 = self.count()
-        if len({t[0] for t in batch}) != len(batch):
+        if not checked and len({t[0] for t in batch}) != len(batch):
             batch = _unique(batch)
         before = conn.total_changes
         conn.execute("SAVEPOINT post")
@@ -227,19 +240,13 @@ class Ledger:
             conn.executemany(_INSERT, batch)
             if conn.total_changes - before != len(batch):  # some were applied before: only the new ones count
                 conn.execute("ROLLBACK TO post")
-                batch = self._new_only(batch)
+                batch = self._new_only(_unique(batch))
                 conn.executemany(_INSERT, batch)
             if batch:
-                deltas = _deltas(batch)
-                changed = [(d, o, k) for (o, k), d in deltas.items() if d]
-                conn.executemany(_NEW_BALANCE, [(o, k) for _, o, k in changed])
-                try:
-                    conn.executemany(_ADD_BALANCE, changed)
-                except sqlite3.IntegrityError:
-                    conn.execute("ROLLBACK TO post")
-                    raise InsufficientFunds(self._shortfalls(deltas)) from None
+                new = self._post_balances(_deltas(batch), n0)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'transfers'", (n0 + len(batch),))
                 conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
+                self._staged.append((new, n0 + len(batch)))
             conn.execute("RELEASE post")
         except BaseException:
             if conn.in_transaction:
@@ -361,6 +368,49 @@ class Ledger:
         return {"transfers": n, "accounts": len(stored)}
 
     # ------------------------------------------------------------------ internals
+    def _current_balances(self, n0: int) -> dict[int, int]:
+        """Balances as of this transaction so far (committed + staged by earlier posts in it)."""
+        if self._balances is None or self._balances_at != (self._staged[-1][1] if self._staged else n0):
+            if self._staged:  # another writer between two posts of one transaction cannot be (we hold the lock)
+                raise RuntimeError("ledger balances out of step inside a transaction")
+            rows = self.conn.execute("SELECT owner, kind, balance FROM balances")
+            self._balances = {o * 8 + k: b for o, k, b in rows}
+            self._balances_at = n0
+        return self._balances
+
+    def _post_balances(self, deltas: dict[int, int], n0: int) -> dict[int, int]:
+        """Write the new balances of the accounts a batch changed, after checking that no
+        available balance goes below zero (InsufficientFunds, nothing written)."""
+        base = self._current_balances(n0)
+        staged: dict[int, int] = {}
+        for new, _ in self._staged:
+            staged.update(new)
+        updates, inserts, short = [], [], []
+        new_values: dict[int, int] = {}
+        for key, d in deltas.items():
+            if not d:
+                continue
+            old = staged.get(key)
+            if old is None:
+                old = base.get(key)
+            owner, kind = key >> 3, key & 7
+            if old is None:
+                value = d
+                inserts.append((value, owner, kind))
+            else:
+                value = old + d
+                updates.append((value, owner, kind))
+            if value < 0 and kind == AVAILABLE:
+                short.append((owner, value - d, value))
+            new_values[key] = value
+        if short:
+            raise InsufficientFunds(sorted(short))
+        if updates:
+            self.conn.executemany(_SET_BALANCE, updates)
+        if inserts:
+            self.conn.executemany(_NEW_BALANCE, inserts)
+        return new_values
+
     def _new_only(self, batch: list) -> list:
         """The transfers of ``batch`` not in the ledger yet; raises TransferConflict for an id
         that is there with other fields."""
@@ -380,15 +430,6 @@ class Ledger:
             elif tuple(old) != tuple(t[1:6]):
                 raise TransferConflict(t, old)
         return new
-
-    def _shortfalls(self, deltas: dict[tuple[int, int], int]) -> list[tuple[int, int, int]]:
-        out = []
-        for (owner, kind), d in sorted(deltas.items()):
-            if kind == AVAILABLE and d < 0:
-                b = self.balance(owner, AVAILABLE)
-                if b + d < 0:
-                    out.append((owner, b, b + d))
-        return out
 
 
 def _validate(batch: list) -> list[tuple]:
@@ -429,12 +470,14 @@ def _unique(batch: list) -> list:
     return out
 
 
-def _deltas(batch: list) -> dict[tuple[int, int], int]:
-    deltas: dict[tuple[int, int], int] = {}
+def _deltas(batch: list) -> dict[int, int]:
+    """Net change per account, keyed ``owner * 8 + kind`` (an int hashes faster than a tuple)."""
+    deltas: dict[int, int] = {}
     get = deltas.get
-    for _, do, dk, co, ck, a, _ in batch:
-        k = (do, dk)
+    for t in batch:
+        a = t[5]
+        k = t[1] * 8 + t[2]
         deltas[k] = get(k, 0) - a
-        k = (co, ck)
+        k = t[3] * 8 + t[4]
         deltas[k] = get(k, 0) + a
     return deltas

@@ -1,0 +1,344 @@
+"""Handing the exchange's events to settlement, exactly once.
+
+Embedded (``gpux serve``, one process)::
+
+    consumer = EmbeddedConsumer(Settlement(data_dir / "ledger.db", config))
+    consumer.attach(exchange.bus)          # every durable batch: one ledger transaction
+    consumer.on_events("H100", events)     # or call it directly with one class's EVENT_DTYPE array
+
+Distributed (``gpux settle --redis URL``)::
+
+    run_consumer("redis://127.0.0.1:6379/0", "gpux", ["H100", "A100"], data_dir / "ledger.db",
+                 group="settlement", consumer="settle-1")
+
+A Redis Streams consumer group on ``{prefix}:events:{CLASS}`` (every event: escrow needs the
+accepted, amended, cancelled and expired bids as well as the trades, preemptions and releases
+that ``{prefix}:trades:{CLASS}`` carries).  On start it re-reads its own pending entries (id 0),
+then new ones (``>``), and claims entries that another consumer left pending for longer than
+``claim_idle_ms`` (XAUTOCLAIM: that consumer died).  Entries are applied per class in seq
+order, from the ledger's last applied seq + 1; the transfers, the settlement state and that
+seq are one SQLite transaction, and XACK follows the commit.  So:
+
+* killed before the commit: nothing of the batch is in the ledger; the entries are still
+  pending and are read again (by the same consumer on restart, or claimed by another);
+* killed after the commit, before XACK: the entries are read again, their seqs are at or
+  below the ledger's, so they are only acknowledged; and a transfer applied twice would
+  change nothing anyway (its id is UNIQUE).
+
+Either way every event settles exactly once.  Entries beyond a gap in seq (another consumer
+holds the ones before) wait, unacknowledged, until the gap is filled or claimed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from orderbook.types import EV_ACCEPTED, EV_AMENDED, EV_CANCELLED, EV_EXPIRED, EV_PREEMPTED, EV_RELEASED, EV_TRADE
+from settlement.engine import SequenceGap, SettlementConfig
+from settlement.events import _ENUMS, SEQ, SIDE, TIME, TYPE, from_json
+from settlement.ledger import LedgerError
+from settlement.service import Settlement
+
+log = logging.getLogger("gpux.settlement.consumer")
+
+
+# ---------------------------------------------------------------------- embedded
+class EmbeddedConsumer:
+    """Settlement as a subscriber of the exchange's bus (in process).
+
+    Each published batch (all its classes) is one ledger transaction.  If it cannot be
+    applied (a gap in seq, funds that would go below zero, SQLite busy), nothing of it is
+    committed and it waits in ``backlog``; the next batch retries it first, in order, so the
+    bus never loses events for settlement.  ``needs()`` tells which seq each class expects.
+    """
+
+    def __init__(self, settlement: Settlement) -> None:
+        self.settlement = settlement
+        self.backlog: list[tuple[str, Any]] = []
+        self.last_error: Exception | None = None
+        self.batches = 0
+
+    def attach(self, bus: Any) -> Callable[[], None]:
+        """Subscribe to an `exchange.bus.Bus`; returns the unsubscribe function."""
+        return bus.subscribe(self.on_published)
+
+    def on_published(self, batch: Any) -> None:
+        """A `Published` batch: ``batch.events`` is ``{class: EVENT_DTYPE array}``."""
+        if batch.events:
+            self._submit(list(batch.events.items()))
+
+    def on_events(self, cls: str, events: np.ndarray | Iterable[Any]) -> None:
+        """One class's events (EVENT_DTYPE array, or JSON dicts as `events_to_json` gives them)."""
+        self._submit([(cls, events)])
+
+    def retry(self) -> bool:
+        """Try the backlog again (e.g. after a deposit); True if it is empty now."""
+        self._submit([])
+        return not self.backlog
+
+    def needs(self) -> dict[str, int]:
+        """The next seq settlement expects per class it has seen."""
+        return {cls: c.seq + 1 for cls, c in self.settlement.engine.classes.items()}
+
+    def _submit(self, parts: list[tuple[str, Any]]) -> None:
+        for cls, events in parts:  # the publisher may reuse its arrays: keep our own
+            self.backlog.append((cls, events.copy() if isinstance(events, np.ndarray) else list(events)))
+        if not self.backlog:
+            return
+        try:
+            self.settlement.apply(self.backlog)
+        except (LedgerError, SequenceGap) as e:
+            if not isinstance(self.last_error, type(e)):
+                log.error("settlement could not apply %d event batches (kept, retried with the next): %s",
+                          len(self.backlog), e)
+            self.last_error = e
+            return
+        self.backlog = []
+        self.last_error = None
+        self.batches += 1
+
+
+# ---------------------------------------------------------------------- distributed
+class SimulatedCrash(BaseException):
+    """Raised by test hooks to stop a consumer as if its process died (not an Exception, so
+    nothing on the way catches it)."""
+
+
+_RELEVANT = {EV_TRADE, EV_PREEMPTED, EV_RELEASED}
+_BID_ONLY = {EV_ACCEPTED, EV_AMENDED, EV_CANCELLED, EV_EXPIRED}
+_TYPE_CODES = _ENUMS[TYPE]
+_SIDE_CODES = _ENUMS[SIDE]
+_json = msgspec.json.Decoder()
+_N_FIELDS = len(from_json({"seq": 1}))
+
+
+def entry_event(fields: dict[bytes, bytes]) -> tuple:
+    """A stream entry (fields seq, type, event=JSON, as `exchange.bus.RedisBus` writes them)
+    -> the event's record tuple.  An event that moves no money becomes a stub with only its
+    seq, time, type and side (settlement skips it after checking its seq)."""
+    d = _json.decode(fields[b"event"])
+    typ = _TYPE_CODES.get(d.get("type"), 0)
+    if typ in _RELEVANT or (typ in _BID_ONLY and d.get("side") == "bid"):
+        return from_json(d)
+    stub = [0] * _N_FIELDS
+    stub[SEQ] = d["seq"]
+    stub[TIME] = d.get("time", 0)
+    stub[TYPE] = typ
+    stub[SIDE] = _SIDE_CODES.get(d.get("side"), 0)
+    return tuple(stub)
+
+
+class RedisConsumer:
+    """One member of settlement's consumer group.  `step()` does one round; `run()` loops.
+
+    ``hooks``: ``{"before_commit": fn, "after_commit": fn}`` called inside the ledger
+    transaction before COMMIT, and after COMMIT before XACK (the tests crash there)."""
+
+    def __init__(self, redis: Any, prefix: str, classes: Iterable[str], settlement: Settlement, *,
+                 group: str = "settlement", consumer: str | None = None, count: int = 2000,
+                 block_ms: int = 1000, claim_idle_ms: int = 30_000,
+                 hooks: dict[str, Callable[[], None]] | None = None) -> None:
+        self.r = redis
+        self.prefix = prefix
+        self.classes = list(classes)
+        self.settlement = settlement
+        self.group = group
+        self.name = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.count = count
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.hooks = hooks or {}
+        self.streams = {self.key(c): c for c in self.classes}
+        self.buffer: dict[str, dict[int, tuple[bytes, tuple]]] = {c: {} for c in self.classes}  # seq -> (id, event)
+        self.lost: dict[str, list[bytes]] = {c: [] for c in self.classes}  # ids trimmed away while pending
+        self._pending_from: dict[str, bytes] | None = {k: b"0" for k in self.streams}  # own PEL still to re-read
+        self._claim_from = {k: b"0-0" for k in self.streams}
+        self.applied = 0  # events committed by this consumer
+        self.acked = 0
+        self.claimed = 0
+        self.commits = 0
+        settlement.before_commit = self.hooks.get("before_commit")
+
+    def key(self, cls: str) -> str:
+        return f"{self.prefix}:events:{cls}"
+
+    def setup(self) -> None:
+        """Create the consumer group on every class stream (from the first entry) if needed."""
+        import redis as redis_lib
+
+        for key in self.streams:
+            try:
+                self.r.xgroup_create(key, self.group, id="0", mkstream=True)
+            except redis_lib.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    # ------------------------------------------------------------------ reading
+    def _take(self, key: str | bytes, entries: list) -> int:
+        cls = self.streams[key.decode() if isinstance(key, bytes) else key]
+        buf = self.buffer[cls]
+        n = 0
+        for entry_id, fields in entries:
+            if not fields:  # trimmed from the stream while pending: its event is gone
+                self.lost[cls].append(entry_id)
+                log.error("%s: pending entry %s was trimmed from the stream; its event is lost to settlement",
+                          cls, entry_id)
+                continue
+            ev = entry_event(fields)
+            buf[ev[SEQ]] = (entry_id, ev)
+            n += 1
+        return n
+
+    def _read_own_pending(self) -> int:
+        """Re-read what this consumer was given before and never acknowledged (after a restart)."""
+        assert self._pending_from is not None
+        n = 0
+        while self._pending_from:
+            reply = self.r.xreadgroup(self.group, self.name, dict(self._pending_from), count=self.count)
+            for key, entries in reply or []:
+                key = key.decode() if isinstance(key, bytes) else key
+                if not entries:
+                    self._pending_from.pop(key, None)
+                    continue
+                n += self._take(key, entries)
+                self._pending_from[key] = entries[-1][0]
+            if not reply:
+                break
+        self._pending_from = None
+        return n
+
+    def _claim(self) -> int:
+        """XAUTOCLAIM entries pending for longer than claim_idle_ms with any consumer."""
+        n = 0
+        for key in self.streams:
+            start, entries, deleted = _autoclaim(self.r, key, self.group, self.name, self.claim_idle_ms,
+                                                 self._claim_from[key], self.count)
+            self._claim_from[key] = start
+            if entries:
+                n += self._take(key, entries)
+                self.claimed += len(entries)
+            for entry_id in deleted or ():
+                cls = self.streams[key]
+                self.lost[cls].append(entry_id)
+                log.error("%s: claimed entry %s was trimmed from the stream; its event is lost to settlement",
+                          cls, entry_id)
+        return n
+
+    def _read_new(self, block: bool) -> int:
+        reply = self.r.xreadgroup(self.group, self.name, {k: ">" for k in self.streams}, count=self.count,
+                                  block=self.block_ms if block else None)
+        n = 0
+        for key, entries in reply or []:
+            n += self._take(key, entries)
+        return n
+
+    # ------------------------------------------------------------------ applying
+    def _apply_ready(self) -> int:
+        """Commit every class's contiguous run after the ledger's seq, then XACK it (and any
+        entry at or below the ledger's seq: applied before, by us or by a consumer that died)."""
+        s = self.settlement
+        parts: list[tuple[str, list[tuple]]] = []
+        acks: dict[str, list[bytes]] = {}
+        for cls, buf in self.buffer.items():
+            if not buf:
+                continue
+            done = s.last_seq(cls)
+            old = [seq for seq in buf if seq <= done]
+            if old:
+                acks.setdefault(self.key(cls), []).extend(buf.pop(seq)[0] for seq in old)
+            run = []
+            nxt = done + 1
+            while nxt in buf:
+                run.append(nxt)
+                nxt += 1
+            if run:
+                parts.append((cls, [buf[seq][1] for seq in run]))
+                acks.setdefault(self.key(cls), []).extend(buf[seq][0] for seq in run)
+        n = 0
+        if parts:
+            s.apply(parts)  # one transaction; raises (and commits nothing) on failure
+            self.commits += 1
+            for cls, evs in parts:
+                for ev in evs:
+                    del self.buffer[cls][ev[SEQ]]
+                n += len(evs)
+            self.applied += n
+            after = self.hooks.get("after_commit")
+            if after is not None:
+                after()
+        for key, ids in acks.items():
+            for i in range(0, len(ids), 5000):
+                self.acked += self.r.xack(key, self.group, *ids[i:i + 5000])
+        return n
+
+    def step(self) -> int:
+        """One round: own pending (first round only), claims, new entries, apply, ack.
+        Returns the number of events committed."""
+        if self._pending_from is not None:
+            self._read_own_pending()
+        self._claim()
+        self._read_new(block=not self._applicable())
+        try:
+            return self._apply_ready()
+        except (LedgerError, SequenceGap) as e:
+            log.error("settlement consumer %s: batch not applied, will retry: %s", self.name, e)
+            time.sleep(min(self.block_ms, 1000) / 1000)
+            return 0
+
+    def _applicable(self) -> bool:
+        """Something buffered can be applied or acknowledged now (else wait for new entries)."""
+        return any(buf and min(buf) <= self.settlement.last_seq(cls) + 1 for cls, buf in self.buffer.items())
+
+    def idle(self) -> bool:
+        """Nothing buffered that could be applied."""
+        return not any(self.buffer.values())
+
+    def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None) -> None:
+        """Loop until ``stop`` is set, or (for tests and catch-up jobs) nothing arrived for ``idle_exit_s``."""
+        self.setup()
+        last = time.monotonic()
+        while stop is None or not stop.is_set():
+            if self.step():
+                last = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
+                return
+
+
+def _autoclaim(r: Any, key: str, group: str, name: str, min_idle_ms: int, start: bytes, count: int
+               ) -> tuple[bytes, list, list]:
+    reply = r.xautoclaim(key, group, name, min_idle_time=min_idle_ms, start_id=start, count=count)
+    nxt, entries = reply[0], reply[1]
+    deleted = reply[2] if len(reply) > 2 else []
+    return nxt, entries, deleted
+
+
+def run_consumer(redis_url: str, prefix: str, classes: Iterable[str], ledger_path: str | Path, *,
+                 group: str = "settlement", consumer: str | None = None,
+                 config: SettlementConfig | None = None, stop: threading.Event | None = None,
+                 idle_exit_s: float | None = None, claim_idle_ms: int = 30_000, count: int = 2000,
+                 block_ms: int = 1000, synchronous: str = "NORMAL",
+                 hooks: dict[str, Callable[[], None]] | None = None) -> RedisConsumer:
+    """``gpux settle --redis URL``: run one member of settlement's consumer group until
+    ``stop`` (or ``idle_exit_s`` without new events).  Returns the consumer (its counters)."""
+    import redis as redis_lib
+
+    r = redis_lib.Redis.from_url(redis_url)
+    settlement = Settlement(ledger_path, config, synchronous=synchronous)
+    c = RedisConsumer(r, prefix, classes, settlement, group=group, consumer=consumer, count=count,
+                      block_ms=block_ms, claim_idle_ms=claim_idle_ms, hooks=hooks)
+    try:
+        c.run(stop, idle_exit_s)
+    finally:
+        settlement.close()
+        r.close()
+    return c

@@ -454,6 +454,7 @@ class ClassFeed:
             if ticker != self._ticker:
                 self._ticker = ticker
                 m = self._next("ticker")
+                m["action"] = "update"
                 m.update(ticker)
                 out.append(("ticker", m))
         if trades:
@@ -470,6 +471,7 @@ class ClassFeed:
             if index != self._index:
                 self._index = index
                 m = self._next("index")
+                m["action"] = "update"
                 m.update(index)
                 out.append(("index", m))
         return out
@@ -496,19 +498,17 @@ class ClassFeed:
         stream's current ``u`` (the next update carries u + 1)."""
         d = self._head(stream)
         d["u"] = self.u[stream]
+        d["action"] = "snapshot"
         channel, _, interval = stream.partition(":")
         if channel == "book":
-            d["action"] = "snapshot"
             d.update(self.book.level2())
         elif channel == "trades":
-            d["action"] = "snapshot"
             d["trades"] = list(self.stats.recent)
         elif channel == "ticker":
             if self._ticker is None:
                 self._ticker = self._ticker_body()
             d.update(self._ticker)
         elif channel == "candles":
-            d["action"] = "snapshot"
             d["candles"] = [_candle(c) for c in list(self.stats.candles[interval])[-CANDLES_SENT:]]
         elif channel == "index":
             if self._index is None:

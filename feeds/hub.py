@@ -1,0 +1,474 @@
+"""Fan-out of market data to WebSocket subscribers (docs/feeds.md).
+
+Every message is encoded once (msgspec) and framed once (one unmasked text frame); the same
+bytes object is queued on every subscriber of its stream.  Queued frames go out in one
+``transport.write`` per connection per event-loop turn, from one callback for all connections.
+Nothing here ever waits for a socket: a subscriber whose unsent bytes pass ``max_buffer`` is cut
+off at once (close code 1008 with the reason, then the socket is aborted if it does not go away
+within ``close_grace_s``), so a slow reader costs at most ``max_buffer`` bytes of memory and
+nobody else notices it.
+
+The protocol (client -> server, one JSON object per text frame)::
+
+    {"op": "subscribe", "channel": "book", "class": "H100", "id": 1}
+    {"op": "subscribe", "channel": "candles", "class": "H100", "interval": "1h"}
+    {"op": "unsubscribe", "channel": "book", "class": "H100"}
+    {"op": "auth", "key": "gk_...", "ts": 1767225600123, "sig": "<hex>"}   # private channels
+    {"op": "subscribe", "channel": "orders"}                                # after auth
+    {"op": "ping", "id": 9}
+
+Subscribing again to a stream one already has gives a fresh snapshot (how a client recovers
+from a gap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from feeds.model import CHANNELS, ClassFeed, stream_name
+
+log = logging.getLogger("gpux.feeds")
+_enc = msgspec.json.Encoder()
+
+PRIVATE_CHANNELS = ("orders", "fills", "leases", "provisioning")
+MAX_BUFFER = 4 << 20  # unsent bytes per subscriber before it is cut off
+MAX_SUBSCRIPTIONS = 256  # per connection
+MAX_OP_BYTES = 4096
+CLOSE_GRACE_S = 5.0
+HEARTBEAT_S = 1.0
+OPS_PER_S = 50  # client operations per connection, sustained
+OPS_BURST = 500
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    payload = code.to_bytes(2, "big") + reason.encode()[:123]
+    return bytes((0x88, len(payload))) + payload
+
+
+# ---------------------------------------------------------------------- client operations
+class _Op(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
+    id: int | str | None = None
+
+
+class SubscribeOp(_Op, tag="subscribe", kw_only=True):
+    channel: str
+    gpu_class: str | None = msgspec.field(name="class", default=None)
+    interval: str | None = None
+
+
+class UnsubscribeOp(_Op, tag="unsubscribe", kw_only=True):
+    channel: str
+    gpu_class: str | None = msgspec.field(name="class", default=None)
+    interval: str | None = None
+
+
+class AuthOp(_Op, tag="auth", kw_only=True):
+    key: str
+    ts: int
+    sig: str
+
+
+class PingOp(_Op, tag="ping", kw_only=True):
+    pass
+
+
+_ops = msgspec.json.Decoder(SubscribeOp | UnsubscribeOp | AuthOp | PingOp)
+
+
+class OpError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Private(Protocol):
+    """What the hub needs for private channels (the live feed service provides it)."""
+
+    def authenticate(self, op: AuthOp) -> tuple[int, str]: ...
+
+    def private_snapshot(self, account: int, channel: str) -> dict[str, Any]: ...
+
+
+class Conn:
+    """One subscriber connection."""
+
+    __slots__ = ("ws", "transport", "out", "dirty", "closed", "subs", "account", "role", "peer", "sent", "tokens",
+                 "stamp")
+
+    def __init__(self, ws: web.WebSocketResponse | None, transport: Any, peer: str = "") -> None:
+        self.ws = ws
+        self.transport = transport
+        self.out: list[bytes] = []
+        self.dirty = False
+        self.closed = False
+        self.subs: set[tuple[Any, str]] = set()  # (class, stream) public, (account, channel) private
+        self.account = 0
+        self.role = ""
+        self.peer = peer
+        self.sent = 0  # messages queued to it
+        self.tokens = float(OPS_BURST)  # operations it may send now (token bucket)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """0 if an operation may go now, else the seconds until it could."""
+        now = time.monotonic()
+        self.tokens = min(float(OPS_BURST), self.tokens + (now - self.stamp) * OPS_PER_S)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / OPS_PER_S
+
+
+class Hub:
+    """Subscriptions, encode-once fan-out, bounded buffers, heartbeats."""
+
+    def __init__(self, feeds: dict[str, ClassFeed], *, private: Private | None = None,
+                 max_buffer: int = MAX_BUFFER, max_subscriptions: int = MAX_SUBSCRIPTIONS,
+                 close_grace_s: float = CLOSE_GRACE_S, heartbeat_s: float = HEARTBEAT_S,
+                 hello: dict[str, Any] | None = None) -> None:
+        self.feeds = feeds
+        self.private = private
+        self.max_buffer = max_buffer
+        self.max_subscriptions = max_subscriptions
+        self.close_grace_s = close_grace_s
+        self.heartbeat_s = heartbeat_s
+        self.hello = hello or {}
+        self.subs: dict[tuple[str, str], set[Conn]] = {}  # (class, stream) -> subscribers
+        self.by_class: dict[str, dict[Conn, int]] = {}  # class -> subscriber -> streams it has there
+        self.psubs: dict[tuple[int, str], set[Conn]] = {}  # (account, channel) -> subscribers
+        self.pu: dict[tuple[int, str], int] = {}  # private stream counters
+        self.by_account: dict[int, dict[Conn, int]] = {}
+        self.conns: set[Conn] = set()
+        self._dirty: list[Conn] = []
+        self._scheduled = False
+        self._hb_task: asyncio.Task | None = None
+        self.stats = {"messages": 0, "frames": 0, "bytes": 0, "cut_off": 0, "connections_total": 0}
+        self.on_first_subscribe: Callable[[Conn], None] | None = None
+
+    # ------------------------------------------------------------------ publishing
+    def has(self, cls: str, stream: str) -> bool:
+        return bool(self.subs.get((cls, stream)))
+
+    def publish(self, cls: str, stream: str, msg: dict[str, Any]) -> None:
+        """Encode ``msg`` once and queue it for every subscriber of (cls, stream)."""
+        conns = self.subs.get((cls, stream))
+        if conns:
+            self._push_all(conns, ws_frame(_enc.encode(msg)))
+
+    def _push_all(self, conns: Any, frame: bytes) -> None:
+        dirty = self._dirty
+        for c in conns:
+            c.out.append(frame)
+            c.sent += 1
+            if not c.dirty:
+                c.dirty = True
+                dirty.append(c)
+        st = self.stats
+        st["messages"] += len(conns)
+        st["frames"] += 1
+        st["bytes"] += len(frame) * len(conns)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def _push(self, c: Conn, msg: dict[str, Any]) -> None:
+        self._push_all((c,), ws_frame(_enc.encode(msg)))
+
+    def has_private(self, account: int, channel: str) -> bool:
+        return bool(self.psubs.get((account, channel)))
+
+    @property
+    def any_private(self) -> bool:
+        return bool(self.psubs)
+
+    def publish_private(self, account: int, channel: str, msg: dict[str, Any]) -> None:
+        """Number ``msg`` on the account's stream and queue it for its subscribers."""
+        key = (account, channel)
+        conns = self.psubs.get(key)
+        if not conns:
+            return
+        u = self.pu.get(key, 0) + 1
+        self.pu[key] = u
+        msg["u"] = u
+        self._push_all(conns, ws_frame(_enc.encode(msg)))
+
+    def flush(self) -> None:
+        """Write what is queued: one write per connection; cut off whoever is too far behind."""
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        limit = self.max_buffer
+        for c in dirty:
+            c.dirty = False
+            out = c.out
+            if c.closed:
+                out.clear()
+                continue
+            t = c.transport
+            if t is None or t.is_closing():
+                out.clear()
+                continue
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            t.write(data)
+            waiting = t.get_write_buffer_size()
+            if waiting > limit:
+                self.cut(c, f"slow consumer: {waiting} bytes unsent, the limit is {limit}")
+
+    def cut(self, c: Conn, reason: str) -> None:
+        """Disconnect a subscriber that fell behind: close frame 1008 with the reason, stop
+        queuing for it, abort the socket if it has not closed within close_grace_s."""
+        if c.closed:
+            return
+        c.closed = True
+        self.stats["cut_off"] += 1
+        self._drop(c)
+        log.warning("feed subscriber cut off", extra={"peer": c.peer, "reason": reason})
+        t = c.transport
+        if t is not None and not t.is_closing():
+            t.write(close_frame(1008, reason))
+            asyncio.get_running_loop().call_later(self.close_grace_s, _abort, t)
+
+    # ------------------------------------------------------------------ subscriptions
+    def subscribe(self, c: Conn, cls: str, stream: str) -> None:
+        key = (cls, stream)
+        s = self.subs.setdefault(key, set())
+        if c not in s:
+            s.add(c)
+            c.subs.add(key)
+            per = self.by_class.setdefault(cls, {})
+            per[c] = per.get(c, 0) + 1
+
+    def unsubscribe(self, c: Conn, cls: str, stream: str) -> bool:
+        key = (cls, stream)
+        s = self.subs.get(key)
+        if s is None or c not in s:
+            return False
+        s.discard(c)
+        if not s:
+            del self.subs[key]
+        c.subs.discard(key)
+        per = self.by_class[cls]
+        per[c] -= 1
+        if not per[c]:
+            del per[c]
+            if not per:
+                del self.by_class[cls]
+        return True
+
+    def subscribe_private(self, c: Conn, channel: str) -> None:
+        key = (c.account, channel)
+        s = self.psubs.setdefault(key, set())
+        if c not in s:
+            s.add(c)
+            c.subs.add(key)
+            per = self.by_account.setdefault(c.account, {})
+            per[c] = per.get(c, 0) + 1
+
+    def unsubscribe_private(self, c: Conn, channel: str) -> bool:
+        key = (c.account, channel)
+        s = self.psubs.get(key)
+        if s is None or c not in s:
+            return False
+        s.discard(c)
+        if not s:
+            del self.psubs[key]
+        c.subs.discard(key)
+        per = self.by_account[c.account]
+        per[c] -= 1
+        if not per[c]:
+            del per[c]
+            if not per:
+                del self.by_account[c.account]
+        return True
+
+    def _drop(self, c: Conn) -> None:
+        for key in list(c.subs):
+            if isinstance(key[0], str):
+                self.unsubscribe(c, key[0], key[1])
+            else:
+                self.unsubscribe_private(c, key[1])
+        c.out.clear()
+
+    # ------------------------------------------------------------------ heartbeats
+    def heartbeat(self) -> None:
+        """Per class: seq, time and every stream's u, to the class's subscribers; per account:
+        the private streams' u, to the account's private subscribers."""
+        for cls, conns in self.by_class.items():
+            feed = self.feeds.get(cls)
+            if feed is not None and conns:
+                self._push_all(list(conns), ws_frame(_enc.encode(feed.heartbeat())))
+        for acc, conns in self.by_account.items():
+            if conns:
+                u = {ch: self.pu.get((acc, ch), 0) for ch in PRIVATE_CHANNELS}
+                self._push_all(list(conns), ws_frame(_enc.encode({"type": "heartbeat", "account": acc, "u": u})))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                self.heartbeat()
+            except Exception:  # never let the timer die
+                log.exception("feed heartbeat failed")
+
+    def start(self) -> None:
+        if self._hb_task is None:
+            self._hb_task = asyncio.get_running_loop().create_task(self._heartbeats(), name="feeds-heartbeat")
+
+    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        if self._hb_task is not None:
+            self._hb_task.cancel()
+            await asyncio.gather(self._hb_task, return_exceptions=True)
+            self._hb_task = None
+        self.flush()
+        for c in list(self.conns):
+            if c.ws is not None and not c.closed:
+                c.closed = True
+                try:
+                    await asyncio.wait_for(c.ws.close(code=code, message=reason.encode()), timeout=1.0)
+                except (TimeoutError, ConnectionError, RuntimeError):
+                    if c.transport is not None:
+                        c.transport.abort()
+
+    # ------------------------------------------------------------------ the WebSocket endpoint
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp handler: one subscriber connection."""
+        ws = web.WebSocketResponse(heartbeat=20.0, compress=False, max_msg_size=MAX_OP_BYTES, autoping=True)
+        if not ws.can_prepare(request).ok:
+            return web.json_response({"error": {"code": "MALFORMED", "message":
+                                                f"{request.path} is a WebSocket endpoint: connect with an upgrade"}},
+                                     status=400)
+        await ws.prepare(request)
+        c = Conn(ws, request.transport, request.remote or "")
+        self.conns.add(c)
+        self.stats["connections_total"] += 1
+        try:
+            self._push(c, {"type": "hello", **self.hello, "classes": sorted(self.feeds),
+                           "channels": list(CHANNELS), "private": list(PRIVATE_CHANNELS) if self.private else []})
+            async for msg in ws:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    if c.closed:
+                        continue
+                    self.op(c, msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.conns.discard(c)
+            self._drop(c)
+            c.closed = True
+        return ws
+
+    def op(self, c: Conn, data: str | bytes) -> None:
+        """Handle one client operation (answers and snapshots are queued on ``c``)."""
+        rid: Any = None
+        try:
+            try:
+                op = _ops.decode(data)
+            except msgspec.DecodeError as e:
+                raise OpError("MALFORMED", str(e)) from None
+            rid = op.id
+            wait = c.take()
+            if wait > 0:
+                raise OpError("RATE_LIMITED", f"too many operations; retry in {int(wait * 1000) + 1} ms")
+            if isinstance(op, SubscribeOp):
+                self._subscribe(c, op)
+            elif isinstance(op, UnsubscribeOp):
+                self._unsubscribe(c, op)
+            elif isinstance(op, AuthOp):
+                self._auth(c, op)
+            else:
+                self._push(c, {"type": "pong", "id": rid, "time": int(time.time())})
+        except OpError as e:
+            self._push(c, {"type": "error", "id": rid, "code": e.code, "message": e.message})
+
+    def _target(self, op: SubscribeOp | UnsubscribeOp) -> tuple[str, str, bool]:
+        """(class or '', stream or channel, private?) of a (un)subscribe, or OpError."""
+        if op.channel in PRIVATE_CHANNELS:
+            if self.private is None:
+                raise OpError("UNKNOWN_CHANNEL", f"private channels are not served here ({op.channel})")
+            if op.gpu_class is not None or op.interval is not None:
+                raise OpError("MALFORMED", "private channels take no class or interval: they cover the "
+                                           "account's orders in every class")
+            return "", op.channel, True
+        stream = stream_name(op.channel, op.interval)
+        if stream is None:
+            if op.channel in CHANNELS:
+                raise OpError("MALFORMED", f"interval {op.interval!r} is not one of 1m, 1h"
+                              if op.channel == "candles" else f"{op.channel} takes no interval")
+            raise OpError("UNKNOWN_CHANNEL", f"no channel {op.channel!r}; channels: "
+                                             f"{', '.join(CHANNELS + PRIVATE_CHANNELS)}")
+        if op.gpu_class is None:
+            raise OpError("MALFORMED", f"channel {op.channel} needs a class")
+        if op.gpu_class not in self.feeds:
+            raise OpError("UNKNOWN_CLASS", f"no GPU class {op.gpu_class!r}; classes: {', '.join(sorted(self.feeds))}")
+        return op.gpu_class, stream, False
+
+    def _subscribe(self, c: Conn, op: SubscribeOp) -> None:
+        cls, stream, private = self._target(op)
+        first = not c.subs
+        if private:
+            if not c.account:
+                raise OpError("NOT_AUTHENTICATED", "private channels need the auth message first "
+                                                   "(the same signed message as /v1/ws)")
+            if (c.account, stream) not in c.subs and len(c.subs) >= self.max_subscriptions:
+                raise OpError("TOO_MANY_SUBSCRIPTIONS", f"at most {self.max_subscriptions} per connection")
+            self.subscribe_private(c, stream)
+            assert self.private is not None
+            snap = self.private.private_snapshot(c.account, stream)
+            snap["u"] = self.pu.get((c.account, stream), 0)
+            self._push(c, {"type": "subscribed", "id": op.id, "channel": op.channel})
+            self._push(c, snap)
+        else:
+            if (cls, stream) not in c.subs and len(c.subs) >= self.max_subscriptions:
+                raise OpError("TOO_MANY_SUBSCRIPTIONS", f"at most {self.max_subscriptions} per connection")
+            self.subscribe(c, cls, stream)
+            ack: dict[str, Any] = {"type": "subscribed", "id": op.id, "channel": op.channel, "class": cls}
+            if op.channel == "candles":
+                ack["interval"] = stream.partition(":")[2]
+            self._push(c, ack)
+            self._push(c, self.feeds[cls].snapshot(stream))
+        if first and self.on_first_subscribe is not None:
+            self.on_first_subscribe(c)
+
+    def _unsubscribe(self, c: Conn, op: UnsubscribeOp) -> None:
+        cls, stream, private = self._target(op)
+        done = self.unsubscribe_private(c, stream) if private else self.unsubscribe(c, cls, stream)
+        ack: dict[str, Any] = {"type": "unsubscribed", "id": op.id, "channel": op.channel, "was_subscribed": done}
+        if not private:
+            ack["class"] = cls
+        self._push(c, ack)
+
+    def _auth(self, c: Conn, op: AuthOp) -> None:
+        if self.private is None:
+            raise OpError("UNKNOWN_CHANNEL", "no private channels here")
+        if c.account:
+            raise OpError("ALREADY_AUTHENTICATED", "this connection is authenticated already")
+        account, role = self.private.authenticate(op)
+        c.account, c.role = account, role
+        self._push(c, {"type": "authenticated", "id": op.id, "account": account, "role": role})
+
+
+def _abort(t: Any) -> None:
+    """Drop the socket and whatever it still had to send (a cut-off subscriber that did not go)."""
+    try:
+        t.abort()
+    except Exception:  # already gone
+        pass

@@ -1,0 +1,406 @@
+"""The market-data recording: every event the books emit, as written by the recorder, and a
+fast loader into numpy (R21).
+
+On disk it is a journal (`exchange.journal`: segment files named after their first record,
+CRC-checked records, torn-tail recovery) in ``DATA_DIR/market-data``, written without fsync:
+everything in it follows from the command journal, which is fsynced, so a recording that lost
+its tail in a crash is completed from the command journal when the exchange starts again
+(`feeds.recorder.catch_up`).  One record per fan-out round (one or more engine batches), its
+payload, little endian::
+
+    record   magic "GXMD" | version u16 = 1 | blocks u16 | jseq u64      (16 bytes)
+    block    class name, 32 bytes NUL-padded | time i64 | count u32 | 0 u32  (48 bytes)
+             then `count` EVENT_DTYPE records (132 bytes each), raw
+    ...      one block per class whose events or engine time changed in that round
+
+``jseq`` is the command journal's sequence number after the round: replaying the command
+journal up to it gives exactly the events recorded so far (`feeds.verify`).  ``time`` is the
+class's engine time after the round.  A record with no block is a checkpoint (written at a
+clean shutdown): the recording is complete up to its jseq.
+
+`load` reads the segment files whole, walks the record headers in compiled code, checks the
+CRCs (`zlib.crc32`, C speed), and gathers each class's events into one contiguous array with
+one compiled copy: `np.frombuffer` over concatenated payloads, no per-event Python.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from exchange.journal import HEADER_SIZE, MAX_PAYLOAD, JournalError, segments
+from orderbook.types import EVENT_DTYPE
+
+MAGIC = b"GXMD"
+VERSION = 1
+RECORD_HEAD = struct.Struct("<4sHHQ")  # magic, version, blocks, jseq
+BLOCK_HEAD = struct.Struct("<32sqII")  # class, time, count, reserved
+NAME_BYTES = 32
+EVENT_SIZE = EVENT_DTYPE.itemsize
+DIR_NAME = "market-data"
+META_NAME = "meta.json"
+
+#: One block of a loaded recording: which record (recorder seq) and command-journal seq it came
+#: from, its class (index into Recording.classes), the class's engine time after it, and where
+#: its events are in ``Recording.events[class]`` (after filtering).
+BLOCK_DTYPE = np.dtype([("rseq", "<i8"), ("jseq", "<i8"), ("cls", "<i4"), ("time", "<i8"), ("first", "<i8"),
+                        ("count", "<i8")])
+
+
+class RecordingError(JournalError):
+    """The recording is damaged (names the file and byte offset) or is not a recording."""
+
+
+def recording_dir(path: str | Path) -> Path:
+    """The recording directory of ``path``: a data directory or the recording itself."""
+    p = Path(path)
+    if (p / DIR_NAME).is_dir():
+        return p / DIR_NAME
+    return p
+
+
+def encode_record(jseq: int, blocks: Sequence[tuple[str, int, bytes]]) -> bytes:
+    """One record's payload: (class, engine time, raw events) per block."""
+    parts = [RECORD_HEAD.pack(MAGIC, VERSION, len(blocks), jseq)]
+    for name, time, events in blocks:
+        raw = name.encode()
+        if len(raw) > NAME_BYTES:
+            raise ValueError(f"class name {name!r} is longer than {NAME_BYTES} bytes")
+        n, rest = divmod(len(events), EVENT_SIZE)
+        if rest:
+            raise ValueError("events must be whole EVENT_DTYPE records")
+        parts.append(BLOCK_HEAD.pack(raw, time, n, 0))
+        parts.append(events)
+    return b"".join(parts)
+
+
+def decode_record(payload: bytes) -> tuple[int, list[tuple[str, int, np.ndarray]]]:
+    """(jseq, [(class, time, events)]) of one payload (slow path: tools and tests)."""
+    magic, version, nblocks, jseq = RECORD_HEAD.unpack_from(payload, 0)
+    if magic != MAGIC or version != VERSION:
+        raise RecordingError(f"not a market-data record (magic {magic!r}, version {version})")
+    off = RECORD_HEAD.size
+    out = []
+    for _ in range(nblocks):
+        name, time, count, _r = BLOCK_HEAD.unpack_from(payload, off)
+        off += BLOCK_HEAD.size
+        ev = np.frombuffer(payload, dtype=EVENT_DTYPE, count=count, offset=off)
+        off += count * EVENT_SIZE
+        out.append((name.rstrip(b"\0").decode(), time, ev))
+    if off != len(payload):
+        raise RecordingError(f"record of {len(payload)} bytes holds {off} bytes of blocks")
+    return jseq, out
+
+
+# ---------------------------------------------------------------------- scanning, compiled
+@njit(cache=True)
+def _u32(b, o):
+    return np.int64(b[o]) | (np.int64(b[o + 1]) << 8) | (np.int64(b[o + 2]) << 16) | (np.int64(b[o + 3]) << 24)
+
+
+@njit(cache=True)
+def _u64(b, o):
+    return _u32(b, o) | (_u32(b, o + 4) << 32)
+
+
+@njit(cache=True)
+def _scan(b, first_seq, recs, blocks, fill):
+    """Walk the records of a segment image.  With fill=False only count; with fill=True also
+    write recs[i] = (rseq, offset, length, jseq, crc) and blocks[j] = (record index, name offset,
+    time, count, events offset).  Returns (records, blocks, status, offset): status 0 ok,
+    1 torn (the file ends inside a record), 2 bad header (length or seq), 3 bad payload."""
+    n = b.shape[0]
+    off = 0
+    nr = 0
+    nb = 0
+    seq = first_seq
+    while off < n:
+        if n - off < 16:
+            return nr, nb, 1, off
+        length = _u32(b, off)
+        crc = _u32(b, off + 4)
+        got = _u64(b, off + 8)
+        if length > 16777216:
+            return nr, nb, 2, off
+        p = off + 16
+        end = p + length
+        if end > n:
+            return nr, nb, 1, off
+        if got != seq:
+            return nr, nb, 2, off
+        if length < 16 or b[p] != 71 or b[p + 1] != 88 or b[p + 2] != 77 or b[p + 3] != 68:  # "GXMD"
+            return nr, nb, 3, off
+        nblk = np.int64(b[p + 6]) | (np.int64(b[p + 7]) << 8)
+        jseq = _u64(b, p + 8)
+        q = p + 16
+        for _k in range(nblk):
+            if q + 48 > end:
+                return nr, nb, 3, off
+            cnt = _u32(b, q + 40)
+            ev = q + 48
+            if ev + cnt * 132 > end:
+                return nr, nb, 3, off
+            if fill:
+                blocks[nb, 0] = nr
+                blocks[nb, 1] = q
+                blocks[nb, 2] = _u64(b, q + 32)
+                blocks[nb, 3] = cnt
+                blocks[nb, 4] = ev
+            nb += 1
+            q = ev + cnt * 132
+        if q != end:
+            return nr, nb, 3, off
+        if fill:
+            recs[nr, 0] = seq
+            recs[nr, 1] = off
+            recs[nr, 2] = length
+            recs[nr, 3] = jseq
+            recs[nr, 4] = crc
+        nr += 1
+        seq += 1
+        off = end
+    return nr, nb, 0, off
+
+
+@njit(cache=True)
+def _gather(b, offs, counts, itemsize, out, at):
+    """Copy counts[i] records of itemsize bytes from b[offs[i]:] to out, from byte `at` on."""
+    for i in range(offs.shape[0]):
+        m = counts[i] * itemsize
+        o = offs[i]
+        out[at:at + m] = b[o:o + m]
+        at += m
+    return at
+
+
+@dataclass
+class Segment:
+    """One segment file, scanned: its bytes, records and blocks."""
+
+    path: Path
+    first_seq: int
+    buf: np.ndarray  # uint8
+    recs: np.ndarray  # (n, 5) int64: rseq, offset, length, jseq, crc
+    blocks: np.ndarray  # (m, 5) int64: record index, name offset, time, count, events offset
+    names: np.ndarray  # (m,) S32: class of each block
+    torn: int = -1  # byte offset of a torn tail (last segment only), else -1
+
+    def block_events(self, j: int) -> np.ndarray:
+        count, off = int(self.blocks[j, 3]), int(self.blocks[j, 4])
+        return self.buf[off:off + count * EVENT_SIZE].view(EVENT_DTYPE)
+
+    def record_bytes(self, i: int) -> bytes:
+        off, length = int(self.recs[i, 1]), int(self.recs[i, 2])
+        return self.buf[off + HEADER_SIZE:off + HEADER_SIZE + length].tobytes()
+
+
+_STATUS = {1: "torn record (the file ends inside it)", 2: "record header out of sequence or too long",
+           3: "record payload is not a market-data record"}
+
+
+def scan_segment(path: Path, first_seq: int, last: bool, check_crc: bool = True) -> Segment:
+    """Read and walk one segment.  A bad record raises RecordingError naming the file and the
+    byte offset, except a torn or garbled tail of the last segment (a crash mid-write), where the
+    walk stops (``torn`` says where)."""
+    buf = np.fromfile(path, dtype=np.uint8)
+    nr, nb, status, bad = _scan(buf, first_seq, np.empty((0, 5), np.int64), np.empty((0, 5), np.int64), False)
+    recs = np.empty((nr, 5), np.int64)
+    blocks = np.empty((nb, 5), np.int64)
+    _scan(buf, first_seq, recs, blocks, True)
+    torn = -1
+    if status:
+        at_end = status == 1 or _zero_tail(buf, bad) or _last_record_ends_file(buf, bad)
+        if not (last and at_end):
+            raise RecordingError(f"{path}: {_STATUS[status]} at byte offset {bad}")
+        torn = bad
+    if check_crc and nr:
+        mv = memoryview(buf)
+        crc32 = zlib.crc32
+        for i, (_seq, off, length, _j, crc) in enumerate(recs.tolist()):
+            if crc32(mv[off + 8:off + HEADER_SIZE + length]) != crc:
+                if last and i == nr - 1:
+                    torn = off  # a torn last record whose length happened to fit
+                    recs = recs[:i]
+                    blocks = blocks[blocks[:, 0] < i]
+                    break
+                raise RecordingError(f"{path}: record seq {_seq} fails its CRC at byte offset {off}")
+    if len(blocks):
+        idx = blocks[:, 1][:, None] + np.arange(NAME_BYTES)
+        names = buf[idx].view(f"S{NAME_BYTES}").ravel()
+    else:
+        names = np.empty(0, dtype=f"S{NAME_BYTES}")
+    return Segment(path, first_seq, buf, recs, blocks, names, torn)
+
+
+def _zero_tail(buf: np.ndarray, off: int) -> bool:
+    return not buf[off:].any()
+
+
+def _last_record_ends_file(buf: np.ndarray, off: int) -> bool:
+    if len(buf) - off < HEADER_SIZE:
+        return True
+    length = int(buf[off:off + 4].view("<u4")[0])
+    return length <= MAX_PAYLOAD and off + HEADER_SIZE + length >= len(buf)
+
+
+def iter_segments(path: str | Path, check_crc: bool = True) -> Iterator[Segment]:
+    """Every segment of a recording, scanned, in order (gaps between segments raise)."""
+    d = recording_dir(path)
+    if not d.is_dir():
+        raise RecordingError(f"{d}: no such recording directory")
+    segs = segments(d)
+    expect = segs[0][0] if segs else 1
+    for i, (first, p) in enumerate(segs):
+        if first != expect:
+            raise RecordingError(f"{p}: at byte offset 0: segment starts at record {first}, expected {expect}")
+        seg = scan_segment(p, first, i == len(segs) - 1, check_crc)
+        expect = first + len(seg.recs)
+        yield seg
+
+
+# ---------------------------------------------------------------------- loading
+@dataclass
+class Recording:
+    """A loaded recording: each class's events (EVENT_DTYPE, in seq order) and the blocks that
+    carried them, in recording order (with the class's engine time after each)."""
+
+    classes: list[str]
+    events: dict[str, np.ndarray]
+    blocks: np.ndarray  # BLOCK_DTYPE
+    last_jseq: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self.events.values())
+
+    def drains(self) -> Iterator[tuple[int, int, list[tuple[str, int, np.ndarray]]]]:
+        """(rseq, jseq, [(class, time, events)]) per record, in order: what the live feed
+        published in one fan-out round."""
+        b = self.blocks
+        if not len(b):
+            return
+        rseq = b["rseq"]
+        cuts = np.flatnonzero(np.diff(rseq)) + 1
+        starts = np.concatenate(([0], cuts)).tolist()
+        ends = np.concatenate((cuts, [len(b)])).tolist()
+        rows = b.tolist()
+        classes, events = self.classes, self.events
+        for s, e in zip(starts, ends, strict=True):
+            out = []
+            for r in rows[s:e]:
+                name = classes[r[2]]
+                out.append((name, r[3], events[name][r[4]:r[4] + r[5]]))
+            yield rows[s][0], rows[s][1], out
+
+
+def load(path: str | Path, classes: Sequence[str] | str | None = None, from_time: int | None = None,
+         to_time: int | None = None, from_seq: int | None = None, to_seq: int | None = None,
+         types: Sequence[int] | None = None, check_crc: bool = True) -> Recording:
+    """Load a recording (a data directory or its ``market-data`` directory) into numpy.
+
+    ``classes`` keeps only those classes; ``from_time``/``to_time`` (engine time, inclusive) and
+    ``from_seq``/``to_seq`` (each book's own event seq, inclusive) and ``types`` (EV_* codes)
+    keep only matching events.  Blocks are kept when they fall in the time range (their time
+    is the class's engine time after them), so time-only blocks still carry engine time."""
+    if isinstance(classes, str):
+        classes = [classes]
+    want = None if classes is None else {c.encode() for c in classes}
+    pieces: dict[bytes, list[np.ndarray]] = {}
+    block_parts: list[np.ndarray] = []
+    block_names: list[np.ndarray] = []
+    last_jseq = 0
+    for seg in iter_segments(path, check_crc):
+        if len(seg.recs):
+            last_jseq = int(seg.recs[-1, 3])
+        if not len(seg.blocks):
+            continue
+        blocks, names = seg.blocks, seg.names
+        keep = np.ones(len(blocks), dtype=bool)
+        if want is not None:
+            keep &= np.isin(names, list(want))
+        if from_time is not None:
+            keep &= blocks[:, 2] >= from_time  # every event of a block happened by its time
+        if not keep.all():
+            blocks, names = blocks[keep], names[keep]
+        if not len(blocks):
+            continue
+        for name in np.unique(names).tolist():
+            sel = blocks[names == name]
+            sel = sel[sel[:, 3] > 0]
+            total = int(sel[:, 3].sum())
+            if total:
+                out = np.empty(total * EVENT_SIZE, dtype=np.uint8)
+                _gather(seg.buf, sel[:, 4].copy(), sel[:, 3].copy(), EVENT_SIZE, out, 0)
+                pieces.setdefault(name, []).append(out.view(EVENT_DTYPE))
+        recs = seg.recs
+        bp = np.empty(len(blocks), dtype=BLOCK_DTYPE)
+        bp["rseq"] = recs[blocks[:, 0], 0]
+        bp["jseq"] = recs[blocks[:, 0], 3]
+        bp["time"] = blocks[:, 2]
+        bp["count"] = blocks[:, 3]
+        block_parts.append(bp)
+        block_names.append(names)
+    all_names = sorted({n for part in block_names for n in np.unique(part).tolist()})
+    index = {n: i for i, n in enumerate(all_names)}
+    blocks = np.concatenate(block_parts) if block_parts else np.empty(0, dtype=BLOCK_DTYPE)
+    names = np.concatenate(block_names) if block_names else np.empty(0, dtype=f"S{NAME_BYTES}")
+    if len(blocks):
+        blocks["cls"] = np.searchsorted(np.array(all_names, dtype=names.dtype), names)
+    events: dict[str, np.ndarray] = {}
+    for n in all_names:
+        parts = pieces.get(n, [])
+        ev = parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts
+                                                else np.empty(0, dtype=EVENT_DTYPE))
+        mine = blocks["cls"] == index[n]
+        counts = blocks["count"][mine]
+        mask = None
+        if from_time is not None:
+            mask = ev["time"] >= from_time
+        if to_time is not None:
+            m = ev["time"] <= to_time
+            mask = m if mask is None else mask & m
+        if from_seq is not None:
+            m = ev["seq"] >= from_seq
+            mask = m if mask is None else mask & m
+        if to_seq is not None:
+            m = ev["seq"] <= to_seq
+            mask = m if mask is None else mask & m
+        if types is not None:
+            m = np.isin(ev["type"], np.asarray(types, dtype=np.int8))
+            mask = m if mask is None else mask & m
+        if mask is not None and not mask.all():
+            ends = np.cumsum(counts)
+            kept = np.concatenate(([0], np.cumsum(mask)))
+            counts = kept[ends] - kept[ends - counts]
+            ev = ev[mask]
+        first = np.concatenate(([0], np.cumsum(counts)[:-1])) if len(counts) else counts
+        blocks["first"][mine] = first
+        blocks["count"][mine] = counts
+        events[n.decode()] = ev
+    if to_time is not None and len(blocks):
+        blocks = blocks[(blocks["time"] <= to_time) | (blocks["count"] > 0)]
+    return Recording([n.decode() for n in all_names], events, blocks, last_jseq, read_meta(path))
+
+
+# ---------------------------------------------------------------------- meta
+def read_meta(path: str | Path) -> dict[str, Any]:
+    p = recording_dir(path) / META_NAME
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    d = recording_dir(path)
+    tmp = d / (META_NAME + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp.replace(d / META_NAME)

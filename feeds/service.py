@@ -1,0 +1,304 @@
+"""The live market-data service of a running exchange (docs/feeds.md).
+
+    feeds = await FeedService.attach(exchange)   # in Exchange.start(), after the gateway
+    ...
+    await feeds.close()                          # in Exchange.stop(), after the sequencer
+
+It subscribes to the exchange's bus.  The bus callback only takes note of the batch (events of
+each class, each touched class's engine time, the command-journal seq) and, for accounts with
+private subscribers, builds their messages from the exchange state as it stands after the
+batch; the rest — the level-2 models, trade statistics, public messages, fan-out and the
+recorder — runs in one callback on the next event-loop turn, usually while the sequencer waits
+for the next batch's fsync, and covers every batch that arrived meanwhile (one fan-out round,
+one recorded record).  Nothing here waits for a subscriber.
+
+Routes: ``GET /v1/feeds`` (live, public and private channels) and ``GET /v1/replay`` (the
+recording of this exchange, served at a chosen speed in the same message format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiohttp import web
+
+from exchange.auth import AuthError
+from exchange.state import (
+    E_ACC,
+    E_ACC2,
+    E_END,
+    E_GPUS,
+    E_HOURS,
+    E_KIND,
+    E_MAKER,
+    E_OID,
+    E_OID2,
+    E_PRICE,
+    E_SEQ,
+    E_START,
+    E_TID,
+    E_TIME,
+    E_TYPE,
+    lease_ref,
+    lease_view,
+    order_view,
+)
+from feeds.hub import AuthOp, Hub, OpError
+from feeds.model import DAY, BookModel, ClassFeed
+from feeds.recorder import Recorder, catch_up, concat_events, open_recorder
+from feeds.recording import load
+from orderbook.types import (
+    EV_ACCEPTED,
+    EV_AMENDED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_PREEMPTED,
+    EV_RELEASED,
+    EV_TRADE,
+    KIND_NAMES,
+    SIDE_BID,
+)
+
+if TYPE_CHECKING:
+    from exchange.server import Exchange
+
+log = logging.getLogger("gpux.feeds")
+
+
+def book_seq(book: Any) -> int:
+    """The last event seq of a book (either engine)."""
+    seq = getattr(book, "seq", None)
+    if seq is not None:
+        return int(seq)
+    from orderbook.fast import S_SEQ
+
+    return int(book.st.S[S_SEQ])
+
+
+class FeedService:
+    def __init__(self, exchange: Exchange, record: bool = True, **hub_options: Any) -> None:
+        eng = exchange.engine
+        assert eng is not None, "attach the feeds after the engine has recovered"
+        self.x = exchange
+        self.engine = eng
+        self.data = exchange.data
+        self.start_seq = eng.seq
+        st = eng.state
+        self.feeds: dict[str, ClassFeed] = {
+            name: ClassFeed(name, BookModel.from_state(name, book_seq(book), eng.book_time(name),
+                                                       st.orders.values(), st.leases.values()))
+            for name, book in eng.books.items()}
+        self.verifier = exchange.gateway.verifier
+        self.hub = Hub(self.feeds, private=self, **hub_options)
+        self.recorder: Recorder | None = None
+        self.record = record
+        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, int]]] = deque()
+        self._ready = False
+        self._scheduled = False
+        self._closed = False
+        self.rounds = 0
+        self.lag_max = 0  # most batches taken in one round
+        self._unsubscribe = exchange.bus.subscribe(self._on_batch)
+        router = exchange.app.router
+        router.add_get("/v1/feeds", self.hub.handle)
+        router.add_get("/v1/replay", self.replay)
+
+    @classmethod
+    async def attach(cls, exchange: Exchange, **options: Any) -> FeedService:
+        svc = cls(exchange, **options)
+        await svc.start()
+        return svc
+
+    async def start(self) -> None:
+        """Open the recorder and complete it from the command journal (in a worker thread), load
+        the last 24 h of trades for the statistics, then go live with the batches that arrived
+        meanwhile."""
+        loop = asyncio.get_running_loop()
+        if self.record:
+            cfg = self.x.cfg
+            self.recorder = await loop.run_in_executor(None, open_recorder, self.data, cfg.instruments,
+                                                       self.engine.engine, self.start_seq, cfg.segment_bytes)
+            await loop.run_in_executor(None, catch_up, self.recorder, cfg.instruments, self.engine.engine,
+                                       self.data, self.start_seq)
+            await loop.run_in_executor(None, self._load_stats)
+        self._ready = True
+        self.hub.start()
+        if self._pending:
+            self._drain()
+
+    def _load_stats(self) -> None:
+        assert self.recorder is not None
+        now = max((f.now for f in self.feeds.values()), default=0)
+        rec = load(self.recorder.dir, from_time=now - DAY, types=[EV_TRADE])
+        for name, ev in rec.events.items():
+            feed = self.feeds.get(name)
+            if feed is None or not len(ev):
+                continue
+            ev = ev[ev["seq"] <= feed.seq]  # what the model has seen already
+            for row in ev.tolist():
+                feed.stats.add(row)
+            feed.stats.expire(feed.now)
+            for k in feed.stats.changed:
+                feed.stats.changed[k] = None
+
+    async def close(self) -> None:
+        """Publish what is pending, write a checkpoint, close the subscribers (1001)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._unsubscribe()
+        if self._ready and self._pending:
+            self._drain()
+        await self.hub.close()
+        if self.recorder is not None:
+            self.recorder.checkpoint(self.engine.seq)
+            self.recorder.close()
+
+    # ------------------------------------------------------------------ the bus
+    def _on_batch(self, batch: Any) -> None:
+        eng = self.engine
+        times: dict[str, int] = {}
+        for r in batch.results:
+            if r.command is not None and r.book not in times:
+                times[r.book] = eng.book_time(r.book)
+        for name in batch.events:
+            if name not in times:
+                times[name] = eng.book_time(name)
+        self._pending.append((eng.seq, batch.events, times))
+        if self.hub.any_private:
+            self._private(batch.events)
+        if self._ready and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """One fan-out round: every pending batch, coalesced per class."""
+        self._scheduled = False
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, deque()
+        self.lag_max = max(self.lag_max, len(pending))
+        jseq = pending[-1][0]
+        parts: dict[str, list[np.ndarray]] = {}
+        times: dict[str, int] = {}
+        for _, events, t in pending:
+            for name, ev in events.items():
+                parts.setdefault(name, []).append(ev)
+            times.update(t)
+        blocks = []
+        hub = self.hub
+        for name, t in times.items():
+            feed = self.feeds.get(name)
+            if feed is None:
+                continue
+            ev = concat_events(parts.get(name, []))
+            before = feed.now
+            for stream, msg in feed.update(ev, t):
+                hub.publish(name, stream, msg)
+            if len(ev) or feed.now != before:
+                blocks.append((name, feed.now, ev.tobytes()))
+        if blocks and self.recorder is not None:
+            try:
+                self.recorder.append(jseq, blocks)
+            except Exception:  # the recording is rebuilt from the command journal at the next start
+                log.exception("market-data recorder failed; recording stops until restart")
+                self.recorder = None
+        self.rounds += 1
+
+    # ------------------------------------------------------------------ private channels
+    def authenticate(self, op: AuthOp) -> tuple[int, str]:
+        try:
+            key = self.verifier.verify(op.key, op.ts, op.sig, "GET", "/v1/ws", b"")
+        except AuthError as e:
+            raise OpError(e.code, e.message) from None
+        return key.account_id, key.role
+
+    def private_snapshot(self, account: int, channel: str) -> dict[str, Any]:
+        st = self.engine.state
+        d: dict[str, Any] = {"type": channel, "account": account, "action": "snapshot",
+                             "time": int(time.time())}
+        if channel == "orders":
+            d["orders"] = [order_view(o) for o in st.open_orders(account)]
+        elif channel == "leases":
+            eng = self.engine
+            d["leases"] = [lease_view(x, eng.book_time(x.book)) for x in st.account_leases(account)
+                           if x.end > eng.book_time(x.book)]
+        else:
+            d[channel] = []
+        return d
+
+    def _private(self, events: dict[str, np.ndarray]) -> None:
+        hub = self.hub
+        st = self.engine.state
+        for name, arr in events.items():
+            orders: dict[int, dict[int, None]] = {}
+            fills: dict[int, list[dict[str, Any]]] = {}
+            leases: dict[int, dict[int, None]] = {}
+            rows = arr.tolist()
+            for ev in rows:
+                t = ev[E_TYPE]
+                if t == EV_TRADE:
+                    for acc, oid, side in ((ev[E_ACC], ev[E_OID], "buy"), (ev[E_ACC2], ev[E_OID2], "sell")):
+                        if hub.has_private(acc, "orders"):
+                            orders.setdefault(acc, {})[oid] = None
+                        if hub.has_private(acc, "fills"):
+                            fills.setdefault(acc, []).append(_fill(name, ev, side))
+                        if hub.has_private(acc, "leases"):
+                            leases.setdefault(acc, {})[ev[E_TID]] = None
+                elif t in (EV_ACCEPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED):
+                    acc = ev[E_ACC]
+                    if hub.has_private(acc, "orders"):
+                        orders.setdefault(acc, {})[ev[E_OID]] = None
+                elif t in (EV_PREEMPTED, EV_RELEASED):
+                    for acc in (ev[E_ACC], ev[E_ACC2]):
+                        if hub.has_private(acc, "leases"):
+                            leases.setdefault(acc, {})[ev[E_TID]] = None
+            if not (orders or fills or leases):
+                continue
+            seq, when = rows[-1][E_SEQ], self.engine.book_time(name)
+            for acc, oids in orders.items():
+                views = [order_view(st.orders[o]) for o in oids if o in st.orders]
+                hub.publish_private(acc, "orders", _pmsg("orders", acc, name, seq, when, views))
+            for acc, items in fills.items():
+                hub.publish_private(acc, "fills", _pmsg("fills", acc, name, seq, when, items))
+            for acc, tids in leases.items():
+                views = [lease_view(st.leases[lease_ref(name, tid)], when) for tid in tids
+                         if lease_ref(name, tid) in st.leases]
+                hub.publish_private(acc, "leases", _pmsg("leases", acc, name, seq, when, views))
+
+    def publish_provisioning(self, account: int, gpu_class: str, tasks: list[dict[str, Any]], seq: int = 0,
+                             when: int = 0) -> None:
+        """A provider's provisioning tasks (R18), for settlement to call when it provisions a lease:
+        ``tasks`` are dicts such as ``{"task": "provision", "lease": "H100-7", "trade_id": 7, "gpus":
+        8, "start": ..., "end": ..., "ssh_public_key": "..."}``.  Nothing calls it yet."""
+        if self.hub.has_private(account, "provisioning"):
+            self.hub.publish_private(account, "provisioning",
+                                     _pmsg("provisioning", account, gpu_class, seq, when, tasks))
+
+    # ------------------------------------------------------------------ replay endpoint
+    async def replay(self, request: web.Request) -> web.StreamResponse:
+        from feeds.replay import serve_replay
+
+        if self.recorder is None:
+            return web.json_response({"error": {"code": "UNAVAILABLE", "message": "this exchange does not record"}},
+                                     status=503)
+        return await serve_replay(request, self.recorder.dir)
+
+
+def _pmsg(channel: str, account: int, name: str, seq: int, when: int, items: list[Any]) -> dict[str, Any]:
+    return {"type": channel, "account": account, "class": name, "seq": seq, "time": when, "action": "update",
+            channel: items}
+
+
+def _fill(name: str, ev: tuple, side: str) -> dict[str, Any]:
+    maker_side = "buy" if ev[E_MAKER] == SIDE_BID else "sell"
+    return {"lease": lease_ref(name, ev[E_TID]), "trade_id": ev[E_TID], "side": side,
+            "kind": KIND_NAMES.get(ev[E_KIND], ev[E_KIND]), "gpus": ev[E_GPUS], "hours": ev[E_HOURS],
+            "price": ev[E_PRICE], "start": ev[E_START], "end": ev[E_END],
+            "liquidity": "maker" if maker_side == side else "taker", "bid_oid": ev[E_OID], "ask_oid": ev[E_OID2],
+            "seq": ev[E_SEQ], "time": ev[E_TIME]}

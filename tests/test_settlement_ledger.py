@@ -1,0 +1,125 @@
+"""The double-entry ledger (R17): idempotent transfer ids, balances summing to zero, refusals
+that change nothing, and two writers on one file."""
+
+from __future__ import annotations
+
+import pytest
+
+from settlement.ledger import (
+    AVAILABLE,
+    ESCROW,
+    EXCHANGE,
+    EXTERNAL,
+    FEES,
+    PREPAID,
+    RECEIVABLE,
+    BadTransfer,
+    InsufficientFunds,
+    Ledger,
+    Transfer,
+    TransferConflict,
+)
+
+
+@pytest.fixture
+def led(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    yield ledger
+    ledger.close()
+
+
+def test_deposit_is_a_transfer_from_external_and_applies_once(led):
+    assert led.deposit(7, 500, "acc:1") is True
+    assert led.deposit(7, 500, "acc:1") is False  # the same deposit id again: nothing
+    assert led.balance(7) == 500 and led.balance(EXCHANGE, EXTERNAL) == -500
+    assert led.balances(7) == {"available": 500}
+    assert led.check_invariants() == {"transfers": 1, "accounts": 2}
+
+
+def test_a_batch_is_one_transaction_and_only_new_ids_change_balances(led):
+    led.deposit(7, 1000, "d")
+    batch = [Transfer("a", 7, AVAILABLE, 7, ESCROW, 300, 5), Transfer("b", 7, ESCROW, 7, PREPAID, 200, 6)]
+    assert led.apply(batch) == 2
+    assert led.apply(batch + [Transfer("c", 7, PREPAID, 8, RECEIVABLE, 50, 7)]) == 1
+    assert led.balances(7) == {"available": 700, "escrow": 100, "lease_prepaid": 150}
+    assert led.balance(8, "receivable") == 50
+    assert led.count() == 4
+    led.check_invariants()
+
+
+def test_refused_batches_change_nothing(led):
+    led.deposit(7, 100, "d")
+    before = led.balances()
+    with pytest.raises(InsufficientFunds) as e:
+        led.apply([Transfer("ok", 7, AVAILABLE, 7, ESCROW, 60), Transfer("too-much", 7, AVAILABLE, 7, ESCROW, 60)])
+    assert e.value.shortfalls == [(7, 100, -20)]
+    assert "account 7: available 100 µ$ would become -20 µ$" in str(e.value)
+    assert led.balances() == before and led.get("ok") is None
+    with pytest.raises(TransferConflict):  # an id already used, with other fields
+        led.apply([Transfer("x", 7, AVAILABLE, 7, ESCROW, 10), Transfer("deposit:d", 7, AVAILABLE, 7, ESCROW, 10)])
+    assert led.get("x") is None
+    with pytest.raises(TransferConflict):  # the same id twice in one batch, differently
+        led.apply([Transfer("y", 7, AVAILABLE, 7, ESCROW, 10), Transfer("y", 7, AVAILABLE, 7, ESCROW, 11)])
+    for bad in (Transfer("z", 7, AVAILABLE, 7, ESCROW, 0), Transfer("z", 7, AVAILABLE, 7, ESCROW, -5),
+                Transfer("z", 7, AVAILABLE, 7, 99, 5), Transfer("z", 7, AVAILABLE, 7, AVAILABLE, 5),
+                Transfer("", 7, AVAILABLE, 7, ESCROW, 5), Transfer("z", 7, AVAILABLE, 7, ESCROW, 1.5)):
+        with pytest.raises(BadTransfer):
+            led.apply([bad])
+    assert led.balances() == before
+    led.check_invariants()
+
+
+def test_other_accounts_may_go_negative_only_available_may_not(led):
+    """Only `available` is guarded; the external account is minus all deposits."""
+    led.apply([Transfer("f", EXCHANGE, FEES, 3, AVAILABLE, 5)])
+    assert led.balance(EXCHANGE, FEES) == -5
+    led.check_invariants()
+
+
+def test_an_outer_transaction_rolled_back_leaves_no_trace(led):
+    led.deposit(7, 100, "d")
+    with pytest.raises(RuntimeError), led.transaction():
+        led.post([Transfer("a", 7, AVAILABLE, 7, ESCROW, 40)])
+        raise RuntimeError("crash before commit")
+    assert led.balance(7) == 100 and led.get("a") is None
+    led.apply([Transfer("a", 7, AVAILABLE, 7, ESCROW, 40)])
+    assert led.balance(7) == 60
+    led.check_invariants()
+
+
+def test_two_writers_on_one_file_see_each_other(tmp_path):
+    a, b = Ledger(tmp_path / "l.db"), Ledger(tmp_path / "l.db")
+    a.deposit(7, 100, "d1")
+    b.deposit(7, 50, "d2")
+    a.apply([Transfer("h", 7, AVAILABLE, 7, ESCROW, 150)])  # needs b's deposit: balances reloaded
+    with pytest.raises(InsufficientFunds):
+        b.apply([Transfer("h2", 7, AVAILABLE, 7, ESCROW, 1)])
+    assert b.balance(7) == 0 and b.balance(7, ESCROW) == 150
+    b.check_invariants()
+    a.close()
+    b.close()
+
+
+def test_statement_running_balances_and_named_view(led):
+    led.deposit(7, 100, "d", time=1)
+    led.apply([Transfer("h", 7, AVAILABLE, 7, ESCROW, 30, 2), Transfer("p", 7, ESCROW, 9, RECEIVABLE, 30, 3)])
+    st = led.statement(7)
+    assert [(x["id"], x["account"], x["amount"], x["balance"]) for x in st] == [
+        ("deposit:d", "available", 100, 100), ("h", "available", -30, 70), ("h", "escrow", 30, 30),
+        ("p", "escrow", -30, 0)]
+    rows = led.conn.execute("SELECT id, debit_kind, credit_kind FROM transfers_named ORDER BY id").fetchall()
+    assert rows == [("deposit:d", "external", "available"), ("h", "available", "escrow"), ("p", "escrow", "receivable")]
+    assert led.transfer("w", (7, "available"), (EXCHANGE, "external"), 70) is True
+    assert led.transfer("w", (7, "available"), (EXCHANGE, "external"), 70) is False
+    assert led.balance(7) == 0
+
+
+def test_payout_and_withdraw_are_refused_beyond_the_balance(led):
+    led.deposit(7, 100, "d")
+    with pytest.raises(InsufficientFunds):
+        led.withdraw(7, 101, "w1")
+    assert led.withdraw(7, 100, "w1") is True
+    led.apply([Transfer("earn", 8, PREPAID, 9, RECEIVABLE, 40)])
+    assert led.payout(9, 40, "p1") is True
+    assert led.balance(9, RECEIVABLE) == 0 and led.balance(EXCHANGE, EXTERNAL) == -100 + 100 + 40
+    led.check_invariants()

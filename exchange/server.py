@@ -107,11 +107,16 @@ class Exchange:
         self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, self.store.deposits)
         await self.sequencer.start()
         self.gateway.attach()
+        from feeds.service import FeedService  # market data: /v1/feeds, /v1/replay, the recorder (docs/feeds.md)
+
+        self.feeds = await FeedService.attach(self)
 
     async def stop(self) -> None:
         await self.gateway.close_sessions()
         if self.sequencer is not None:
             await self.sequencer.stop()
+        if getattr(self, "feeds", None) is not None:
+            await self.feeds.close()
         await self.bus.close()
         self.store.close()
         log.info("stopped", extra={"seq": self.engine.seq if self.engine else 0})

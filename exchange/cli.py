@@ -64,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive, default=60, help="steps per class (default 60)")
     demo.set_defaults(handler=_cmd_demo)
 
-    from exchange import cli_accounts, cli_trade
+    from exchange import cli_accounts, cli_feeds, cli_trade
 
     cli_trade.register(sub)
     cli_accounts.register(sub)
+    cli_feeds.register(sub)
     return parser
 
 

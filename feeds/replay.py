@@ -133,8 +133,10 @@ def _bad(message: str, status: int = 400, code: str = "MALFORMED") -> web.Respon
 
 
 async def serve_replay(request: web.Request, path: Path, max_buffer: int = 16 << 20) -> web.StreamResponse:
-    """One replay connection: ``?from=&to=&speed=&class=a,b`` (times as UTC seconds or ISO 8601;
-    speed = engine seconds per wall second, 0 = as fast as the client reads; default 1)."""
+    """One replay connection: ``?from=&to=&speed=&class=a,b&delay=`` (times as UTC seconds or ISO
+    8601; speed = engine seconds per wall second, 0 = as fast as the client reads, default 1).
+    Playback starts ``delay`` seconds (default 0.25) after the first subscription, so that a
+    client's subscriptions sent together all get their snapshot at the start."""
     global _active
     q = request.query
     try:
@@ -143,6 +145,9 @@ async def serve_replay(request: web.Request, path: Path, max_buffer: int = 16 <<
         speed = float(q.get("speed", "1"))
         if speed < 0 or speed != speed:
             raise ValueError("speed must be 0 (as fast as possible) or positive")
+        delay = float(q.get("delay", "0.25"))
+        if not 0 <= delay <= 60:
+            raise ValueError("delay must be between 0 and 60 seconds")
     except ValueError as e:
         return _bad(str(e))
     classes = [c for c in q.get("class", "").split(",") if c] or None
@@ -173,7 +178,7 @@ async def serve_replay(request: web.Request, path: Path, max_buffer: int = 16 <<
                   hello={"replay": {"from": t_from, "to": t_to, "speed": speed, "rounds": len(drains) - k}})
         started = asyncio.Event()
         hub.on_first_subscribe = lambda _c: started.set()
-        task = asyncio.create_task(_play(hub, feeds, drains[k:], speed, started))
+        task = asyncio.create_task(_play(hub, feeds, drains[k:], speed, started, delay))
         try:
             return await hub.handle(request)
         finally:
@@ -184,8 +189,10 @@ async def serve_replay(request: web.Request, path: Path, max_buffer: int = 16 <<
         _active -= 1
 
 
-async def _play(hub: Hub, feeds: dict[str, ClassFeed], drains: list[Any], speed: float, started: asyncio.Event) -> None:
+async def _play(hub: Hub, feeds: dict[str, ClassFeed], drains: list[Any], speed: float, started: asyncio.Event,
+                delay: float) -> None:
     await started.wait()
+    await asyncio.sleep(delay)
     hub.start()
     loop = asyncio.get_running_loop()
     t0_wall = loop.time()

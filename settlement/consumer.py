@@ -247,6 +247,8 @@ class RedisConsumer:
         """Commit every class's contiguous run after the ledger's seq, then XACK it (and any
         entry at or below the ledger's seq: applied before, by us or by a consumer that died)."""
         s = self.settlement
+        if any(self.buffer.values()):
+            s.refresh()  # another member of the group may have committed: start from the ledger's seq
         parts: list[tuple[str, list[tuple]]] = []
         acks: dict[str, list[bytes]] = {}
         for cls, buf in self.buffer.items():

@@ -52,7 +52,7 @@ class Settlement:
         self.store = StateStore(self.ledger.conn)
         with self.ledger.transaction():
             self.store.create()
-        self.engine = self._load()
+            self.engine = self._load()
         # called inside the transaction, after the transfers and state were written and
         # before COMMIT (tests use it to crash there); an exception rolls everything back
         self.before_commit: Callable[[], None] | None = None
@@ -64,6 +64,14 @@ class Settlement:
         engine = SettlementEngine(self.config)
         self.store.load(engine)
         return engine
+
+    def refresh(self) -> bool:
+        """Reload the state if another process committed since we last did (True if so)."""
+        if self.store.stored_version() == self.store.version:
+            return False
+        with self.ledger.transaction():  # one consistent snapshot
+            self.engine = self._load()
+        return True
 
     # ------------------------------------------------------------------ writing
     def _commit(self, step: Callable[[SettlementEngine], list]) -> int:
@@ -80,7 +88,8 @@ class Settlement:
                 if self.before_commit is not None:
                     self.before_commit()
         except BaseException:
-            self.engine = self._load()
+            with self.ledger.transaction():
+                self.engine = self._load()
             raise
         return n
 

@@ -1,0 +1,110 @@
+"""Handing events to settlement: the JSON form reads back to the records, the embedded consumer
+on the exchange's bus, and any batching of the same events gives the same ledger."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import BUYER, PROV, P, T, ask, bid
+
+from bench.settlement import accounts_of, fund_accounts, ledger_digest, workload_events
+from exchange.bus import Bus, Published
+from orderbook.book import make_book
+from orderbook.codec import event_from_json, events_to_json
+from orderbook.config import BookConfig
+from orderbook.types import COMMAND_DTYPE, EV_NAMES, ON_DEMAND
+from settlement.consumer import EmbeddedConsumer, entry_event
+from settlement.engine import SettlementConfig
+from settlement.events import as_tuples, from_json
+from settlement.ledger import ESCROW, InsufficientFunds
+from settlement.service import Settlement
+
+CONFIG = SettlementConfig(fees={"H100": (10, 25), "A100": (0, 30)}, meter_interval_s=6 * 3600)
+
+
+@pytest.fixture(scope="module")
+def handovers():
+    return workload_events(6000, seed=11, batch=500)
+
+
+def test_json_events_read_back_to_their_records(handovers):
+    """`from_json` gives exactly `codec.event_from_json(d).tolist()` for every event type."""
+    seen = set()
+    for _, arr in handovers:
+        for rec, d in zip(arr.tolist(), events_to_json(arr), strict=True):
+            assert from_json(d) == rec == event_from_json(d).tolist()
+            seen.add(d["type"])
+    assert seen >= {"accepted", "rejected", "trade", "preempted", "cancelled", "expired", "amended"}
+    assert set(EV_NAMES.values()) - seen <= {"released"}  # the mixed workload sends no releases
+
+
+def test_stream_entries_keep_what_settlement_needs(handovers):
+    import msgspec
+
+    for _, arr in handovers[:10]:
+        for rec, d in zip(arr.tolist(), events_to_json(arr), strict=True):
+            ev = entry_event({b"seq": str(d["seq"]).encode(), b"type": d["type"].encode(),
+                              b"event": msgspec.json.encode(d)})
+            if ev != rec:  # a stub: an event that moves no money keeps seq, time, type, side
+                assert ev[0] == rec[0] and ev[1] == rec[1] and d["type"] in ("accepted", "rejected", "cancelled",
+                                                                              "expired", "amended")
+                assert d.get("side") != "bid"
+
+
+def _settle(path, handovers, chunks) -> Settlement:
+    s = Settlement(path, CONFIG)
+    fund_accounts(s.ledger, accounts_of(handovers))
+    for part in chunks:
+        s.apply(part)
+    return s
+
+
+def test_any_batching_and_any_form_gives_the_same_ledger(tmp_path, handovers):
+    """One transaction per hand-over, per event, or everything at once; arrays, JSON dicts or
+    tuples: the same transfers, balances, leases and cursors."""
+    one = _settle(tmp_path / "a.db", handovers, [[h] for h in handovers])
+    one.check_invariants()
+    want = ledger_digest(one)
+    assert len(want["transfers"]) > 5000 and len(want["leases"]) > 1000
+    per_event = [[(cls, arr[i:i + 1])] for cls, arr in handovers[:40] for i in range(len(arr))]
+    rest = [[(cls, events_to_json(arr)) if k % 2 else (cls, as_tuples(arr))] for k, (cls, arr) in
+            enumerate(handovers[40:])]
+    other = _settle(tmp_path / "b.db", handovers, per_event + rest)
+    assert ledger_digest(other) == want
+    whole = _settle(tmp_path / "c.db", handovers, [handovers])
+    assert ledger_digest(whole) == want
+    for s in (one, other, whole):
+        s.close()
+
+
+def test_embedded_consumer_on_the_bus_keeps_a_refused_batch_until_it_can_apply(tmp_path):
+    """A batch settlement cannot apply (a bid it cannot fund) is not lost: the next batch
+    retries it first, in order, once the money is there."""
+    s = Settlement(tmp_path / "l.db", CONFIG)
+    s.deposit(PROV, 10**12, "p")
+    consumer = EmbeddedConsumer(s)
+    bus = Bus()
+    consumer.attach(bus)
+    book = make_book(BookConfig(name="H100"), "reference")
+
+    def publish(*cmds):
+        events = book.process(np.array(list(cmds), dtype=COMMAND_DTYPE))
+        bus.publish(Published(results=[], events={"H100": events}, origins=[]))
+
+    publish(ask(T, 1, PROV, gpus=8, price=P, end=T + 10 * 3600))
+    publish(bid(T, 2, BUYER, ON_DEMAND, gpus=2, hours=1, limit=P))  # BUYER has no money yet
+    assert isinstance(consumer.last_error, InsufficientFunds) and len(consumer.backlog) == 1
+    publish(bid(T + 1, 3, BUYER, ON_DEMAND, gpus=1, hours=1, limit=P))
+    assert len(consumer.backlog) == 2 and s.last_seq("H100") == 1
+    s.deposit(BUYER, 3 * P + 10**6, "b")
+    assert consumer.retry() and consumer.last_error is None
+    assert s.last_seq("H100") == book.seq and consumer.needs() == {"H100": book.seq + 1}
+    assert s.ledger.balance(BUYER, ESCROW) == 0 and s.ledger.balance(BUYER) == 10**6 - fee_of(3 * P)
+    s.check_invariants()
+    s.close()
+
+
+def fee_of(amount: int) -> int:
+    from settlement.money import fee
+
+    return fee(amount, 25)

@@ -609,17 +609,6 @@ def _insert_order(O, LH, LT, BM, BS, AG, TM, S, P, o):
 
 # ======================================================================= capacity (R5, R9)
 @_hot
-def _usage_at(Lz, head, p, with_spot):
-    s = 0
-    lz = head
-    while lz >= 0:
-        if Lz[lz, L_START] <= p < Lz[lz, L_END] and (with_spot or Lz[lz, L_KIND] != SPOT):
-            s += Lz[lz, L_GPUS]
-        lz = Lz[lz, L_NEXT]
-    return s
-
-
-@_hot
 def _peak_usage(Lz, head, ws, we, with_spot, W):
     """max over t in [ws, we) of firm(a, t) (+ spot(a, t)) for the ask whose list is `head`."""
     if head < 0 or we <= ws:
@@ -930,60 +919,147 @@ def _drop_lease(O, Lz, LK, LV, RO, AG, S, P, lz):
 
 # ======================================================================= matching (R9–R12)
 @_hot
+def _victim_before(Lz, x, y):
+    """R12's preemption order: lowest trade price first, newest (highest trade id) on ties."""
+    if Lz[x, L_PRICE] != Lz[y, L_PRICE]:
+        return Lz[x, L_PRICE] < Lz[y, L_PRICE]
+    return Lz[x, L_TID] > Lz[y, L_TID]
+
+
+@_hot
+def _victim_sift(Lz, hp, i, n):
+    """Sift hp[i] down a binary heap of lease slots hp[:n], first victim at the top."""
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            return
+        if c + 1 < n and _victim_before(Lz, hp[c + 1], hp[c]):
+            c += 1
+        if not _victim_before(Lz, hp[c], hp[i]):
+            return
+        t = hp[i]
+        hp[i] = hp[c]
+        hp[c] = t
+        i = c
+
+
+@_hot
+def _lower_bound(a, n, x):
+    """First index i < n with a[i] >= x (n if none); a[:n] sorted."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@_hot
 def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, a, firm):
-    """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start)."""
+    """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start).
+
+    The usage over [T0, end of the fill) is built once, as segments between sorted distinct
+    breakpoints, and the spot leases are taken from a heap in preemption order.  Every spot
+    lease started at its fill, at or before now <= T0, so it covers a prefix of the segments:
+    it holds at an overcommitted moment iff it reaches past the first overcommitted segment,
+    and preempting it (its end becomes T0) lowers that prefix.  Taking the leases in order and
+    passing over those that reach no overcommitted segment preempts exactly the victims of
+    "the first victim, again and again" (a lease that is not a victim never becomes one: usage
+    only falls).  O(n log n) per fill that preempts, for n leases on the ask; recounting every
+    lease at every breakpoint once per victim was ~2n^3 (tests/test_regression_hang.py).
+
+    Scratch rows W[0..3]: an ask walking the bids drops its usage profile after every fill."""
     now = S[S_NOW]
     t0 = now + P[P_NOTICE_S]
     fstart = Lz[firm, L_START]
     fend = Lz[firm, L_END]
     if fstart > t0:
         t0 = fstart
-    if t0 >= fend or O[a, O_SSUM] == 0 or O[a, O_FSUM] + O[a, O_SSUM] <= O[a, O_GPUS]:
-        return  # no spot lease, or not even all leases at once overcommit the ask
     gp = O[a, O_GPUS]
-    while True:
-        head = O[a, O_LHEAD]
-        n = 0
-        lz = head
-        while lz >= 0:
-            n += 1
-            lz = Lz[lz, L_NEXT]
-        pts = W[0]  # scratch rows, at least 2 * running leases + 2 long
-        npts = 0
-        pts[npts] = t0
-        npts += 1
+    if t0 >= fend or O[a, O_SSUM] == 0 or O[a, O_FSUM] + O[a, O_SSUM] <= gp:
+        return  # no spot lease, or not even all leases at once overcommit the ask
+    head = O[a, O_LHEAD]
+    # one pass: usage at T0, all usage over [T0, fend) summed, and whether any lease starts
+    # inside (T0, fend) (if none, usage is highest at T0 and T0 is the only breakpoint needed)
+    at_t0 = 0
+    overlap = 0
+    inner = False
+    lz = head
+    while lz >= 0:
+        st = Lz[lz, L_START]
+        en = Lz[lz, L_END]
+        if st < fend and en > t0:
+            overlap += Lz[lz, L_GPUS]
+            if st <= t0:
+                at_t0 += Lz[lz, L_GPUS]
+            else:
+                inner = True
+        lz = Lz[lz, L_NEXT]
+    if overlap <= gp or (not inner and at_t0 <= gp):
+        return  # no moment of the window is overcommitted
+    # breakpoints: T0, and the starts and ends of leases inside (T0, fend) when any starts there
+    pts = W[0]
+    m = 1
+    pts[0] = t0
+    if inner:
         lz = head
         while lz >= 0:
             for c in (L_START, L_END):
                 p = Lz[lz, c]
                 if t0 < p < fend:
-                    pts[npts] = p
-                    npts += 1
+                    pts[m] = p
+                    m += 1
             lz = Lz[lz, L_NEXT]
-        bad = W[1]
-        nbad = 0
-        for j in range(npts):
-            if _usage_at(Lz, head, pts[j], True) > gp:
-                bad[nbad] = pts[j]
-                nbad += 1
-        victim = -1
-        lz = head
-        while lz >= 0:
-            if Lz[lz, L_KIND] == SPOT and Lz[lz, L_END] > t0:
-                hit = False
-                for j in range(nbad):
-                    if Lz[lz, L_START] <= bad[j] < Lz[lz, L_END]:
-                        hit = True
-                        break
-                if hit and (
-                    victim < 0
-                    or Lz[lz, L_PRICE] < Lz[victim, L_PRICE]
-                    or (Lz[lz, L_PRICE] == Lz[victim, L_PRICE] and Lz[lz, L_TID] > Lz[victim, L_TID])
-                ):
-                    victim = lz
-            lz = Lz[lz, L_NEXT]
-        if victim < 0:
-            return
+        _sort_prefix(pts, m)
+        k = 1
+        for i in range(1, m):  # drop duplicates
+            if pts[i] != pts[k - 1]:
+                pts[k] = pts[i]
+                k += 1
+        m = k
+    # usage of segment i = [pts[i], pts[i + 1]) (the last one up to fend), by differences
+    use = W[1]
+    acc = W[2]  # acc[j]: GPUs of the victims so far that cover segments [0, j)
+    for i in range(m + 1):
+        use[i] = 0
+        acc[i] = 0
+    hp = W[3]  # the spot leases that hold at T0, as a heap in preemption order
+    nh = 0
+    lz = head
+    while lz >= 0:
+        st = Lz[lz, L_START]
+        en = Lz[lz, L_END]
+        if st < fend and en > t0:
+            g = Lz[lz, L_GPUS]
+            use[_lower_bound(pts, m, st if st > t0 else t0)] += g
+            use[_lower_bound(pts, m, en)] -= g  # m when it ends at or after fend
+            if Lz[lz, L_KIND] == SPOT:
+                hp[nh] = lz
+                nh += 1
+        lz = Lz[lz, L_NEXT]
+    for i in range(1, m):
+        use[i] += use[i - 1]
+    bad = 0  # the first overcommitted segment (m: none)
+    while bad < m and use[bad] <= gp:
+        bad += 1
+    for i in range(nh // 2 - 1, -1, -1):
+        _victim_sift(Lz, hp, i, nh)
+    taken = 0  # GPUs of the victims so far
+    below = 0  # GPUs of the victims that reach no further than segment `bad` (acc[1..bad])
+    while bad < m and nh > 0:
+        victim = hp[0]
+        nh -= 1
+        hp[0] = hp[nh]
+        _victim_sift(Lz, hp, 0, nh)
+        reach = _lower_bound(pts, m, Lz[victim, L_END])  # it covers segments [0, reach)
+        if reach <= bad:
+            continue  # holds at no overcommitted moment
+        g = Lz[victim, L_GPUS]
+        taken += g
+        acc[reach] += g
         Lz[victim, L_END] = t0
         k = _ev_lease(E, S, Lz, victim, EV_PREEMPTED, t0)
         E[k]["lease_id"] = Lz[firm, L_TID]
@@ -992,6 +1068,9 @@ def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, a, firm):
             _drop_lease(O, Lz, LK, LV, RO, AG, S, P, victim)
         else:
             _hpush(TM, S, S_TMN, t0, T_LEASE_END, Lz[victim, L_TID], victim)
+        while bad < m and use[bad] - (taken - below) <= gp:  # the victims covering `bad` are off
+            bad += 1
+            below += acc[bad]
 
 
 # ======================================================================= the state bundle

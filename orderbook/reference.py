@@ -361,18 +361,31 @@ class ReferenceBook:
             self._preempt(a, lease)
 
     def _preempt(self, a: Order, firm: Lease) -> None:
-        """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start)."""
+        """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start).
+
+        Usage over [T0, firm.end) steps only at lease starts and ends and is highest at T0 or at
+        a start (as in `_peak_usage`): those are the moments checked.  Taking the spot leases in
+        preemption order, each one that holds at a still overcommitted moment is preempted; one
+        that holds at none is passed over for good, since preempting only lowers usage.  That is
+        "the first victim, again and again" without recounting every lease after each victim."""
         t0 = max(self.now + self.cfg.notice_s, firm.start)
-        while True:
-            held = self.ask_leases[a.oid]
-            points = {t0} | {p for x in held for p in (x.start, x.end) if t0 < p < firm.end}
-            bad = [p for p in points if p < firm.end
-                   and sum(x.gpus for x in held if x.start <= p < x.end) > a.gpus]
-            victims = [x for x in held if x.kind == SPOT and x.end > t0
-                       and any(x.start <= p < x.end for p in bad)]
-            if not victims:
+        if t0 >= firm.end:
+            return
+        held = self.ask_leases[a.oid]
+        points = {t0} | {x.start for x in held if t0 < x.start < firm.end}
+        usage = {p: sum(x.gpus for x in held if x.start <= p < x.end) for p in points}
+        if all(u <= a.gpus for u in usage.values()):
+            return
+        spot = sorted((x for x in held if x.kind == SPOT and x.end > t0), key=lambda x: (x.price, -x.trade_id))
+        for v in spot:
+            over = [p for p in points if usage[p] > a.gpus]
+            if not over:
                 return
-            v = min(victims, key=lambda x: (x.price, -x.trade_id))
+            if not any(v.start <= p < v.end for p in over):
+                continue
+            for p in points:
+                if v.start <= p < v.end:
+                    usage[p] -= v.gpus
             self.lease_ends.remove((v.end, v.trade_id))
             v.end = t0
             self.lease_ends.add((v.end, v.trade_id))

@@ -317,8 +317,14 @@ class Gateway:
         engine = self.x.engine
         assert engine is not None
         d: dict[str, Any] = {"class": name, "time": engine.book_time(name), "resting_orders": book.resting_orders()}
-        if hasattr(book, "depth"):
-            d.update(book.depth(depth))
+        feeds = getattr(self.x, "feeds", None)
+        if feeds is not None and name in feeds.feeds:
+            # level 2 (R20) as the market-data model keeps it: free GPUs now per ask price (firm and
+            # spot ladders), remaining GPUs per bid limit (firm and spot bids); see docs/feeds.md
+            feed = feeds.feeds[name]
+            d["seq"] = feed.seq
+            for side, rows in feed.book.level2().items():
+                d[side] = rows[:depth]
         return _json(d)
 
     async def quote(self, request: web.Request) -> web.Response:

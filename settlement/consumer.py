@@ -162,6 +162,8 @@ class RedisConsumer:
         self.buffer: dict[str, dict[int, tuple[bytes, tuple]]] = {c: {} for c in self.classes}  # seq -> (id, event)
         self.lost: dict[str, list[bytes]] = {c: [] for c in self.classes}  # ids trimmed away while pending
         self._pending_from: dict[str, bytes] | None = {k: b"0" for k in self.streams}  # own PEL still to re-read
+        self._catch_up: dict[str, tuple[str, str]] | None = None  # stream -> (after, up to) still to XRANGE
+        self.caught_up = 0  # entries re-read by XRANGE (delivered to the group, not in the ledger)
         self._claim_from = {k: b"0-0" for k in self.streams}
         self.applied = 0  # events committed by this consumer
         self.acked = 0
@@ -217,6 +219,37 @@ class RedisConsumer:
         self._pending_from = None
         return n
 
+    def _plan_catch_up(self) -> None:
+        """What the group was given (to any member) after the ledger's last applied entry of
+        each class: the ledger may have lost commits whose entries were acknowledged (a power
+        loss with synchronous=NORMAL; a ledger restored from a backup), and would otherwise
+        wait for them forever.  Re-read with XRANGE, applied if their seq is new."""
+        positions = self.settlement.positions()
+        plan = {}
+        for key, cls in self.streams.items():
+            delivered = "0-0"
+            for g in self.r.xinfo_groups(key):
+                if _s(g["name"]) == self.group:
+                    delivered = _s(g["last-delivered-id"])
+            after = positions.get(cls, "0-0")
+            if _id(delivered) > _id(after):
+                plan[key] = (after, delivered)
+        self._catch_up = plan
+
+    def _read_catch_up(self) -> int:
+        assert self._catch_up is not None
+        n = 0
+        for key, (after, upto) in list(self._catch_up.items()):
+            entries = self.r.xrange(key, min=f"({after}", max=upto, count=self.count)
+            if entries:
+                n += self._take(key, entries)
+                self.caught_up += len(entries)
+                last = _s(entries[-1][0])
+                self._catch_up[key] = (last, upto)
+            if not entries or len(entries) < self.count or _id(self._catch_up[key][0]) >= _id(upto):
+                del self._catch_up[key]
+        return n
+
     def _claim(self) -> int:
         """XAUTOCLAIM entries pending for longer than claim_idle_ms with any consumer."""
         n = 0
@@ -268,7 +301,8 @@ class RedisConsumer:
                 acks.setdefault(self.key(cls), []).extend(buf[seq][0] for seq in run)
         n = 0
         if parts:
-            s.apply(parts)  # one transaction; raises (and commits nothing) on failure
+            positions = {cls: _s(self.buffer[cls][evs[-1][SEQ]][0]) for cls, evs in parts}
+            s.apply(parts, positions)  # one transaction; raises (and commits nothing) on failure
             self.commits += 1
             for cls, evs in parts:
                 for ev in evs:
@@ -288,6 +322,9 @@ class RedisConsumer:
         Returns the number of events committed."""
         if self._pending_from is not None:
             self._read_own_pending()
+            self._plan_catch_up()
+        if self._catch_up:
+            self._read_catch_up()
         self._claim()
         self._read_new(block=not self._applicable())
         try:
@@ -314,6 +351,15 @@ class RedisConsumer:
                 last = time.monotonic()
             elif idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
                 return
+
+
+def _s(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _autoclaim(r: Any, key: str, group: str, name: str, min_idle_ms: int, start: bytes, count: int

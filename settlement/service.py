@@ -74,7 +74,7 @@ class Settlement:
         return True
 
     # ------------------------------------------------------------------ writing
-    def _commit(self, step: Callable[[SettlementEngine], list]) -> int:
+    def _commit(self, step: Callable[[SettlementEngine], list], positions: dict[str, str] | None = None) -> int:
         """Run ``step`` on the engine and commit its transfers and state changes in one
         transaction; on any failure roll back and reload.  Returns the new transfers' count."""
         try:
@@ -84,7 +84,7 @@ class Settlement:
                     self.engine = self._load()
                 transfers = step(self.engine)
                 n = self.ledger.post(transfers, checked=True) if transfers else 0
-                self.store.save(self.engine, self.engine.take_changes())
+                self.store.save(self.engine, self.engine.take_changes(), positions)
                 if self.before_commit is not None:
                     self.before_commit()
         except BaseException:
@@ -93,9 +93,11 @@ class Settlement:
             raise
         return n
 
-    def apply(self, batches: Iterable[tuple[str, Any]]) -> int:
+    def apply(self, batches: Iterable[tuple[str, Any]], positions: dict[str, str] | None = None) -> int:
         """Events of one or more classes (each an EVENT_DTYPE array, JSON dicts or record
-        tuples, in seq order) in one transaction.  Returns the number of new transfers."""
+        tuples, in seq order) in one transaction.  Returns the number of new transfers.
+        ``positions``: where the source is now, per class (the Redis consumer's last entry
+        id), recorded in the same transaction."""
         parts = [(cls, events if isinstance(events, np.ndarray) else as_tuples(events)) for cls, events in batches]
 
         def step(engine: SettlementEngine) -> list:
@@ -104,7 +106,7 @@ class Settlement:
                 out += engine.apply(cls, evs)
             return out
 
-        return self._commit(step)
+        return self._commit(step, positions)
 
     def on_events(self, cls: str, events: Any) -> int:
         """One class's events (as `apply`)."""
@@ -142,6 +144,10 @@ class Settlement:
     def cursors(self) -> dict[str, tuple[int, int]]:
         """``{class: (last seq, clock)}`` as committed."""
         return self.store.cursors()
+
+    def positions(self) -> dict[str, str]:
+        """``{class: source position}`` of the last applied events, as committed."""
+        return self.store.positions()
 
     def lease(self, lease: str | tuple[str, int]) -> dict[str, Any] | None:
         cls, tid = parse_lease_ref(lease)

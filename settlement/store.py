@@ -28,6 +28,9 @@ _SCHEMA = (
         cls TEXT NOT NULL, trade_id INTEGER NOT NULL, buyer INTEGER NOT NULL, provider INTEGER NOT NULL,
         status TEXT NOT NULL, end_time INTEGER NOT NULL, data BLOB NOT NULL,
         PRIMARY KEY (cls, trade_id)) WITHOUT ROWID""",
+    # where in an outside source (a Redis stream entry id) the last applied event of a class was
+    """CREATE TABLE IF NOT EXISTS settle_positions (
+        cls TEXT PRIMARY KEY, position TEXT NOT NULL) WITHOUT ROWID""",
     "INSERT OR IGNORE INTO meta VALUES ('settle_version', 0)",
 )
 
@@ -49,8 +52,10 @@ class StateStore:
     def stored_version(self) -> int:
         return self.conn.execute("SELECT value FROM meta WHERE key = 'settle_version'").fetchone()[0]
 
-    def save(self, engine: SettlementEngine, changes: Changes) -> None:
+    def save(self, engine: SettlementEngine, changes: Changes, positions: dict[str, str] | None = None) -> None:
         conn = self.conn
+        if positions:
+            conn.executemany("INSERT OR REPLACE INTO settle_positions VALUES (?, ?)", list(positions.items()))
         if changes.bids:
             upserts = [(cls, oid, b.account, b.hpg, b.remaining) for (cls, oid), b in changes.bids.items()
                        if b is not None]
@@ -103,6 +108,9 @@ class StateStore:
     def all_leases(self) -> Iterable[Lease]:
         for (data,) in self.conn.execute("SELECT data FROM leases ORDER BY cls, trade_id"):
             yield _lease_dec.decode(data)
+
+    def positions(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT cls, position FROM settle_positions").fetchall())
 
     def cursors(self) -> dict[str, tuple[int, int]]:
         rows = self.conn.execute("SELECT cls, seq, clock FROM settle_cursors")

@@ -202,6 +202,41 @@ def test_killed_after_commit_before_xack_another_consumer_claims(tmp_path, prefi
     r.close()
 
 
+def test_commits_lost_after_xack_are_read_again_from_the_stream(tmp_path, prefix, handovers, reference):
+    """A power loss with synchronous=NORMAL may take the last commits although their entries
+    were acknowledged (or the ledger is restored from a backup): the consumer re-reads, by
+    XRANGE from the stream position stored with its last commit, what the group was given."""
+    publish(prefix, handovers)
+    r = redis.Redis.from_url(REDIS_URL)
+    s = new_settlement(tmp_path / "l.db", handovers)
+    commits = []
+    backup = tmp_path / "backup.db"
+
+    def snapshot_at_third() -> None:
+        commits.append(1)
+        if len(commits) == 3:
+            import sqlite3
+
+            dest = sqlite3.connect(backup)
+            s.ledger.conn.backup(dest)  # the ledger as of the third commit
+            dest.close()
+
+    c = consumer(r, prefix, handovers, s, "a", hooks={"after_commit": snapshot_at_third})
+    run_until_settled(c, handovers)
+    assert pending(r, prefix, handovers) == 0
+    s.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'l.db'}{suffix}").unlink(missing_ok=True)
+    backup.rename(tmp_path / "l.db")
+    s2 = Settlement(tmp_path / "l.db", CONFIG)
+    assert not settled(s2, handovers)
+    c2 = consumer(r, prefix, handovers, s2, "a")
+    run_until_settled(c2, handovers)
+    assert c2.caught_up > 0 and c2.claimed == 0
+    finish(s2, reference)
+    r.close()
+
+
 def test_two_consumers_at_once(tmp_path, prefix, handovers, reference):
     """Two live members of the group on one ledger file: entries split between them, each
     applies in seq order what it can after reloading what the other committed."""

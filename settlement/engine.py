@@ -307,10 +307,11 @@ class SettlementEngine:
             out.append((prefix + "cost", buyer, src, buyer, PREPAID, cost, t))
         if buyer_fee:
             out.append((prefix + "buyer_fee", buyer, src, EXCHANGE, FEES, buyer_fee, t))
-        lease = Lease(cls=name, trade_id=tid, buyer=buyer, provider=ev[ACC2], kind=ev[KIND], gpus=gpus, price=price,
-                      start=start, end=end, booked_end=end, time=t, bid_oid=oid, ask_oid=ev[OID2],
-                      resale_of=ev[LEASE], maker=ev[MAKER], buyer_fee_bps=brate, provider_fee_bps=prate,
-                      cost=cost, buyer_fee=buyer_fee)
+        # Lease(cls, trade_id, buyer, provider, kind, gpus, price, start, end, booked_end, time, bid_oid, ask_oid,
+        #       resale_of, maker, buyer_fee_bps, provider_fee_bps, status, ready_at, metered_to, ended_by,
+        #       failed_reason, cost, buyer_fee)
+        lease = Lease(name, tid, buyer, ev[ACC2], ev[KIND], gpus, price, start, end, end, t, oid, ev[OID2],
+                      ev[LEASE], ev[MAKER], brate, prate, PENDING, 0, 0, "", "", cost, buyer_fee)
         c.leases[tid] = lease
         if lease.resale_of:
             c.children.setdefault(lease.resale_of, []).append(tid)

@@ -45,8 +45,9 @@ LIVE = (PENDING, PROVISIONING, READY)
 TERMINAL = (ENDED, RELEASED, PREEMPTED, FAILED)
 
 
-class Lease(msgspec.Struct, array_like=True, gc=False, kw_only=True):
-    """One lease and the money settlement has moved for it so far (µ$)."""
+class Lease(msgspec.Struct, array_like=True, gc=False):
+    """One lease and the money settlement has moved for it so far (µ$).  (Positional fields:
+    the engine makes one per trade, and keyword construction costs five times as much.)"""
 
     cls: str
     trade_id: int
@@ -73,8 +74,8 @@ class Lease(msgspec.Struct, array_like=True, gc=False, kw_only=True):
     # money moved so far
     cost: int = 0  # paid into lease_prepaid at the trade
     buyer_fee: int = 0  # the buyer's fee charged, net of refunds
-    earned: int = 0  # gross earnings moved out of lease_prepaid (incl. the provider's fee)
-    provider_fee: int = 0
+    earned: int = 0  # gross earnings recognised (the provider got them net of its fee)
+    provider_fee: int = 0  # charged once, when the lease is settled (ended or failed)
     refunded: int = 0  # cost refunded to the buyer
 
     @property
@@ -88,8 +89,9 @@ class Lease(msgspec.Struct, array_like=True, gc=False, kw_only=True):
 
     @property
     def prepaid(self) -> int:
-        """What of the buyer's payment still sits in lease_prepaid for this lease."""
-        return self.cost - self.refunded - self.earned
+        """What of the buyer's payment still sits in lease_prepaid for this lease (the provider's
+        fee on what it earned stays there until the lease is settled)."""
+        return self.cost - self.refunded - self.earned + fee(self.earned, self.provider_fee_bps) - self.provider_fee
 
     @property
     def live(self) -> bool:
@@ -128,8 +130,9 @@ def settle(lease: Lease, cause: str, time: int, out: list) -> None:
     ``lease:{class}:{trade_id}:{cause}:{leg}``, and record them on the lease.  Legs:
     ``refund`` (lease_prepaid -> buyer's available), ``fee_refund`` (fees -> buyer),
     ``earn`` (lease_prepaid -> provider's receivable, net of its fee), ``provider_fee``
-    (lease_prepaid -> fees).  A negative difference (a clawback, only when time was told
-    out of order) is the same leg in the other direction."""
+    (lease_prepaid -> fees, once, when the lease is settled: ended, released, preempted or
+    failed).  A negative difference (a clawback, only when time was told out of order) is the
+    same leg in the other direction."""
     # `targets` and `money.fee`, inlined: this runs for every lease several times
     start, end = lease.start, lease.end
     rate = lease.gpus * lease.price
@@ -149,11 +152,18 @@ def settle(lease: Lease, cause: str, time: int, out: list) -> None:
     bps = lease.buyer_fee_bps
     buyer_fee = -(-cap * bps // BPS) if bps and cap > 0 else 0
     bps = lease.provider_fee_bps
-    provider_fee = -(-earned * bps // BPS) if bps and earned > 0 else 0
+    if bps:
+        fee_now = -(-earned * bps // BPS) if earned > 0 else 0
+        fee_before = -(-lease.earned * bps // BPS) if lease.earned > 0 else 0
+        net = earned - fee_now - (lease.earned - fee_before)
+        provider_fee = fee_now if lease.status in TERMINAL else 0
+    else:
+        net = earned - lease.earned
+        provider_fee = 0
     d_fee_refund = lease.buyer_fee - buyer_fee
-    d_earned = earned - lease.earned
     d_provider_fee = provider_fee - lease.provider_fee
-    if not (refund or d_fee_refund or d_earned or d_provider_fee):
+    if not (refund or d_fee_refund or net or d_provider_fee):
+        lease.earned = earned
         return
     prefix = f"lease:{lease.cls}:{lease.trade_id}:{cause}:"
     buyer, provider = lease.buyer, lease.provider
@@ -161,7 +171,6 @@ def settle(lease: Lease, cause: str, time: int, out: list) -> None:
         _move(out, prefix + "refund", buyer, PREPAID, buyer, AVAILABLE, refund, time)
     if d_fee_refund:
         _move(out, prefix + "fee_refund", EXCHANGE, FEES, buyer, AVAILABLE, d_fee_refund, time)
-    net = d_earned - d_provider_fee
     if net > 0:
         out.append((prefix + "earn", buyer, PREPAID, provider, RECEIVABLE, net, time))
     elif net:
@@ -174,7 +183,7 @@ def settle(lease: Lease, cause: str, time: int, out: list) -> None:
     lease.provider_fee = provider_fee
 
 
-def _move(out: list, tid: str, do: int, dk: str, co: int, ck: str, amount: int, time: int) -> None:
+def _move(out: list, tid: str, do: int, dk: int, co: int, ck: int, amount: int, time: int) -> None:
     if amount > 0:
         out.append((tid, do, dk, co, ck, amount, time))
     else:
@@ -188,6 +197,7 @@ def check_lease(lease: Lease) -> None:
     assert lease.earned == earned, (lease.ref, "earned", lease.earned, earned)
     assert lease.prepaid >= 0, (lease.ref, "prepaid", lease.prepaid)
     assert lease.buyer_fee == fee(cap, lease.buyer_fee_bps), (lease.ref, "buyer fee")
-    assert lease.provider_fee == fee(earned, lease.provider_fee_bps), (lease.ref, "provider fee")
+    assert lease.provider_fee == (fee(earned, lease.provider_fee_bps) if lease.status in TERMINAL else 0), \
+        (lease.ref, "provider fee")
     if lease.status in TERMINAL:
         assert lease.prepaid == 0, (lease.ref, lease.status, "prepaid left", lease.prepaid)

@@ -26,9 +26,11 @@ one compiled copy: `np.frombuffer` over concatenated payloads, no per-event Pyth
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,15 +172,28 @@ def _scan(b, first_seq, recs, blocks, fill):
     return nr, nb, 0, off
 
 
-@njit(cache=True)
-def _gather(b, offs, counts, itemsize, out, at):
-    """Copy counts[i] records of itemsize bytes from b[offs[i]:] to out, from byte `at` on."""
+@njit(cache=True, nogil=True)
+def _gather(b, offs, counts, words, out, at):
+    """Copy counts[i] records of `words` 32-bit words from b[offs[i]:] to out, from word `at` on
+    (every offset in a segment is a multiple of 4: headers and events are whole words)."""
     for i in range(offs.shape[0]):
-        m = counts[i] * itemsize
+        m = counts[i] * words
         o = offs[i]
-        out[at:at + m] = b[o:o + m]
+        for k in range(m):
+            out[at + k] = b[o + k]
         at += m
     return at
+
+
+def _crc_errors(buf: np.ndarray, recs: np.ndarray) -> int:
+    """Index of the first record of ``recs`` that fails its CRC, or -1 (zlib.crc32 releases the
+    GIL on large buffers: this runs in a worker thread while the main thread copies)."""
+    mv = memoryview(buf)
+    crc32 = zlib.crc32
+    for i, (_seq, off, length, _j, crc) in enumerate(recs.tolist()):
+        if crc32(mv[off + 8:off + HEADER_SIZE + length]) != crc:
+            return i
+    return -1
 
 
 @dataclass
@@ -192,6 +207,7 @@ class Segment:
     blocks: np.ndarray  # (m, 5) int64: record index, name offset, time, count, events offset
     names: np.ndarray  # (m,) S32: class of each block
     torn: int = -1  # byte offset of a torn tail (last segment only), else -1
+    last: bool = False  # the recording's last segment
 
     def block_events(self, j: int) -> np.ndarray:
         count, off = int(self.blocks[j, 3]), int(self.blocks[j, 4])
@@ -210,7 +226,7 @@ def scan_segment(path: Path, first_seq: int, last: bool, check_crc: bool = True)
     """Read and walk one segment.  A bad record raises RecordingError naming the file and the
     byte offset, except a torn or garbled tail of the last segment (a crash mid-write), where the
     walk stops (``torn`` says where)."""
-    buf = np.fromfile(path, dtype=np.uint8)
+    buf = _map(path)
     nr, nb, status, bad = _scan(buf, first_seq, np.empty((0, 5), np.int64), np.empty((0, 5), np.int64), False)
     recs = np.empty((nr, 5), np.int64)
     blocks = np.empty((nb, 5), np.int64)
@@ -222,22 +238,31 @@ def scan_segment(path: Path, first_seq: int, last: bool, check_crc: bool = True)
             raise RecordingError(f"{path}: {_STATUS[status]} at byte offset {bad}")
         torn = bad
     if check_crc and nr:
-        mv = memoryview(buf)
-        crc32 = zlib.crc32
-        for i, (_seq, off, length, _j, crc) in enumerate(recs.tolist()):
-            if crc32(mv[off + 8:off + HEADER_SIZE + length]) != crc:
-                if last and i == nr - 1:
-                    torn = off  # a torn last record whose length happened to fit
-                    recs = recs[:i]
-                    blocks = blocks[blocks[:, 0] < i]
-                    break
-                raise RecordingError(f"{path}: record seq {_seq} fails its CRC at byte offset {off}")
+        i = _crc_errors(buf, recs)
+        if i >= 0:
+            off = int(recs[i, 1])
+            if not (last and i == nr - 1):
+                raise RecordingError(f"{path}: record seq {int(recs[i, 0])} fails its CRC at byte offset {off}")
+            torn = off  # a torn last record whose length happened to fit
+            recs = recs[:i]
+            blocks = blocks[blocks[:, 0] < i]
     if len(blocks):
         idx = blocks[:, 1][:, None] + np.arange(NAME_BYTES)
         names = buf[idx].view(f"S{NAME_BYTES}").ravel()
     else:
         names = np.empty(0, dtype=f"S{NAME_BYTES}")
-    return Segment(path, first_seq, buf, recs, blocks, names, torn)
+    return Segment(path, first_seq, buf, recs, blocks, names, torn, last)
+
+
+def _map(path: Path) -> np.ndarray:
+    """The file's bytes, memory-mapped read-only (the page cache itself: no copy, no allocation)."""
+    size = path.stat().st_size
+    if size == 0:
+        return np.empty(0, dtype=np.uint8)
+    with open(path, "rb") as f:
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        m = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
+    return np.frombuffer(m, dtype=np.uint8)
 
 
 def _zero_tail(buf: np.ndarray, off: int) -> bool:
@@ -251,8 +276,9 @@ def _last_record_ends_file(buf: np.ndarray, off: int) -> bool:
     return length <= MAX_PAYLOAD and off + HEADER_SIZE + length >= len(buf)
 
 
-def iter_segments(path: str | Path, check_crc: bool = True) -> Iterator[Segment]:
-    """Every segment of a recording, scanned, in order (gaps between segments raise)."""
+def iter_segments(path: str | Path, check_crc: bool | str = True) -> Iterator[Segment]:
+    """Every segment of a recording, scanned, in order (gaps between segments raise).  With
+    ``check_crc="last"`` only the last segment's CRCs are checked (the caller checks the rest)."""
     d = recording_dir(path)
     if not d.is_dir():
         raise RecordingError(f"{d}: no such recording directory")
@@ -261,7 +287,8 @@ def iter_segments(path: str | Path, check_crc: bool = True) -> Iterator[Segment]
     for i, (first, p) in enumerate(segs):
         if first != expect:
             raise RecordingError(f"{p}: at byte offset 0: segment starts at record {first}, expected {expect}")
-        seg = scan_segment(p, first, i == len(segs) - 1, check_crc)
+        last = i == len(segs) - 1
+        seg = scan_segment(p, first, last, bool(check_crc) if check_crc != "last" else last)
         expect = first + len(seg.recs)
         yield seg
 
@@ -309,56 +336,71 @@ def load(path: str | Path, classes: Sequence[str] | str | None = None, from_time
     ``classes`` keeps only those classes; ``from_time``/``to_time`` (engine time, inclusive) and
     ``from_seq``/``to_seq`` (each book's own event seq, inclusive) and ``types`` (EV_* codes)
     keep only matching events.  Blocks are kept when they fall in the time range (their time
-    is the class's engine time after them), so time-only blocks still carry engine time."""
+    is the class's engine time after them), so time-only blocks still carry engine time.
+
+    Two passes: the segments are mapped and their records walked (and CRC-checked) first, then
+    each class's events are copied once, by compiled code, into an array of exactly their size."""
     if isinstance(classes, str):
         classes = [classes]
-    want = None if classes is None else {c.encode() for c in classes}
-    pieces: dict[bytes, list[np.ndarray]] = {}
-    block_parts: list[np.ndarray] = []
-    block_names: list[np.ndarray] = []
+    want = None if classes is None else [c.encode() for c in classes]
+    scanned: list[tuple[Segment, np.ndarray, np.ndarray]] = []
+    totals: dict[bytes, int] = {}
     last_jseq = 0
-    for seg in iter_segments(path, check_crc):
+    crcs: list[tuple[Segment, Future[int]]] = []
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpux-crc") if check_crc else None
+    for seg in iter_segments(path, "last" if check_crc else False):
         if len(seg.recs):
             last_jseq = int(seg.recs[-1, 3])
-        if not len(seg.blocks):
-            continue
+            if pool is not None and not seg.last:  # the last one was checked by the scan
+                crcs.append((seg, pool.submit(_crc_errors, seg.buf, seg.recs)))
         blocks, names = seg.blocks, seg.names
-        keep = np.ones(len(blocks), dtype=bool)
+        if not len(blocks):
+            continue
+        keep = None
         if want is not None:
-            keep &= np.isin(names, list(want))
-        if from_time is not None:
-            keep &= blocks[:, 2] >= from_time  # every event of a block happened by its time
-        if not keep.all():
+            keep = np.isin(names, want)
+        if from_time is not None:  # every event of a block happened by its time
+            k = blocks[:, 2] >= from_time
+            keep = k if keep is None else keep & k
+        if keep is not None and not keep.all():
             blocks, names = blocks[keep], names[keep]
         if not len(blocks):
             continue
         for name in np.unique(names).tolist():
+            totals[name] = totals.get(name, 0) + int(blocks[names == name, 3].sum())
+        scanned.append((seg, blocks, names))
+    all_names = sorted(totals)
+    index = {n: i for i, n in enumerate(all_names)}
+    outs = {n: np.empty(totals[n] * EVENT_SIZE // 4, dtype=np.uint32) for n in all_names}
+    at = dict.fromkeys(all_names, 0)
+    block_parts: list[np.ndarray] = []
+    name_arr = np.array(all_names, dtype=f"S{NAME_BYTES}")
+    for seg, blocks, names in scanned:
+        words = seg.buf[:len(seg.buf) // 4 * 4].view(np.uint32)
+        for name in np.unique(names).tolist():
             sel = blocks[names == name]
-            sel = sel[sel[:, 3] > 0]
-            total = int(sel[:, 3].sum())
-            if total:
-                out = np.empty(total * EVENT_SIZE, dtype=np.uint8)
-                _gather(seg.buf, sel[:, 4].copy(), sel[:, 3].copy(), EVENT_SIZE, out, 0)
-                pieces.setdefault(name, []).append(out.view(EVENT_DTYPE))
+            at[name] = _gather(words, sel[:, 4] // 4, sel[:, 3].copy(), EVENT_SIZE // 4, outs[name], at[name])
         recs = seg.recs
         bp = np.empty(len(blocks), dtype=BLOCK_DTYPE)
         bp["rseq"] = recs[blocks[:, 0], 0]
         bp["jseq"] = recs[blocks[:, 0], 3]
+        bp["cls"] = np.searchsorted(name_arr, names)
         bp["time"] = blocks[:, 2]
         bp["count"] = blocks[:, 3]
         block_parts.append(bp)
-        block_names.append(names)
-    all_names = sorted({n for part in block_names for n in np.unique(part).tolist()})
-    index = {n: i for i, n in enumerate(all_names)}
+    for seg, fut in crcs:
+        i = fut.result()
+        if i >= 0:
+            pool.shutdown()  # type: ignore[union-attr]
+            raise RecordingError(f"{seg.path}: record seq {int(seg.recs[i, 0])} fails its CRC at byte offset "
+                                 f"{int(seg.recs[i, 1])}")
+    if pool is not None:
+        pool.shutdown()
+    del scanned, crcs  # unmaps the segments
     blocks = np.concatenate(block_parts) if block_parts else np.empty(0, dtype=BLOCK_DTYPE)
-    names = np.concatenate(block_names) if block_names else np.empty(0, dtype=f"S{NAME_BYTES}")
-    if len(blocks):
-        blocks["cls"] = np.searchsorted(np.array(all_names, dtype=names.dtype), names)
     events: dict[str, np.ndarray] = {}
     for n in all_names:
-        parts = pieces.get(n, [])
-        ev = parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts
-                                                else np.empty(0, dtype=EVENT_DTYPE))
+        ev = outs[n].view(EVENT_DTYPE)
         mine = blocks["cls"] == index[n]
         counts = blocks["count"][mine]
         mask = None

@@ -121,10 +121,13 @@ class Bid(msgspec.Struct, array_like=True, gc=False):
 class ClassState:
     """Everything settlement keeps for one GPU class."""
 
-    __slots__ = ("name", "bids", "leases", "children", "heap", "due", "seq", "clock")
+    __slots__ = ("name", "bids", "leases", "children", "heap", "due", "seq", "clock", "fees", "hold_bps",
+                 "dirty_bids", "new_bids", "dirty_leases", "dirty")
 
-    def __init__(self, name: str, seq: int = 0, clock: int = 0) -> None:
+    def __init__(self, name: str, seq: int = 0, clock: int = 0, fees: tuple[int, int] = (0, 0)) -> None:
         self.name = name
+        self.fees = fees  # (maker_bps, taker_bps)
+        self.hold_bps = max(fees)  # escrow covers the higher rate (money.hold_per_gpu)
         self.bids: dict[int, Bid] = {}  # open bids by oid
         self.leases: dict[int, Lease] = {}  # leases by trade id: live ones, and ended ones until their end passed
         self.children: dict[int, list[int]] = {}  # parent trade id -> sub-lease trade ids (R16)
@@ -132,14 +135,19 @@ class ClassState:
         self.due: dict[int, int] = {}  # trade id -> when it next needs advancing
         self.seq = seq  # last event seq applied
         self.clock = clock
+        # changed since the last take_changes: what the store must write
+        self.dirty_bids: dict[int, Bid | None] = {}  # None: closed
+        self.new_bids: set[int] = set()  # opened since: closing one needs no write at all
+        self.dirty_leases: dict[int, Lease] = {}
+        self.dirty = False  # seq or clock moved
 
 
 @dataclass
 class Changes:
-    """What changed since the last `take_changes`: the rows the store must write."""
+    """What changed since the last `take_changes`, per class: the rows the store must write."""
 
-    bids: dict[tuple[str, int], Bid | None] = field(default_factory=dict)  # None: closed
-    leases: dict[tuple[str, int], Lease] = field(default_factory=dict)
+    bids: dict[str, dict[int, Bid | None]] = field(default_factory=dict)  # None: closed
+    leases: dict[str, dict[int, Lease]] = field(default_factory=dict)
     cursors: set[str] = field(default_factory=set)
 
 
@@ -147,8 +155,6 @@ class SettlementEngine:
     def __init__(self, config: SettlementConfig | None = None) -> None:
         self.config = config or SettlementConfig()
         self.classes: dict[str, ClassState] = {}
-        self._changes = Changes()
-        self._new_bids: set[tuple[str, int]] = set()
         self.events_applied = 0
         self.events_skipped = 0
         self.trades = 0
@@ -157,7 +163,7 @@ class SettlementEngine:
     def state(self, cls: str) -> ClassState:
         c = self.classes.get(cls)
         if c is None:
-            c = self.classes[cls] = ClassState(cls)
+            c = self.classes[cls] = ClassState(cls, fees=tuple(self.config.fees.get(cls, (0, 0))))
         return c
 
     def last_seq(self, cls: str) -> int:
@@ -169,9 +175,18 @@ class SettlementEngine:
         return c.leases.get(trade_id) if c is not None else None
 
     def take_changes(self) -> Changes:
-        ch = self._changes
-        self._changes = Changes()
-        self._new_bids = set()
+        ch = Changes()
+        for name, c in self.classes.items():
+            if c.dirty_bids:
+                ch.bids[name] = c.dirty_bids
+            if c.dirty_leases:
+                ch.leases[name] = c.dirty_leases
+            if c.dirty:
+                ch.cursors.add(name)
+            c.dirty_bids = {}
+            c.new_bids = set()
+            c.dirty_leases = {}
+            c.dirty = False
         return ch
 
     def exposure(self) -> dict[int, int]:
@@ -230,18 +245,16 @@ class SettlementEngine:
             c.clock = last_time
         self.events_applied += last_seq - c.seq
         c.seq = last_seq
-        self._changes.cursors.add(cls)
+        c.dirty = True
         return out
 
     def _accepted_bid(self, c: ClassState, ev: tuple, out: list) -> None:
-        mk, tk = self.config.fees.get(c.name, (0, 0))
-        hpg = hold_per_gpu(ev[HOURS], ev[PRICE], mk if mk > tk else tk)
+        hpg = hold_per_gpu(ev[HOURS], ev[PRICE], c.hold_bps)
         oid = ev[OID]
         bid = Bid(ev[ACC], hpg, ev[REM])
         c.bids[oid] = bid
-        key = (c.name, oid)
-        self._changes.bids[key] = bid
-        self._new_bids.add(key)
+        c.dirty_bids[oid] = bid
+        c.new_bids.add(oid)
         hold = bid.remaining * hpg
         if hold:
             out.append((f"order:{c.name}:{oid}:hold", bid.account, AVAILABLE, bid.account, ESCROW, hold, ev[E_TIME]))
@@ -250,18 +263,17 @@ class SettlementEngine:
         bid = c.bids.pop(oid, None)
         if bid is None:
             return
-        self._forget_bid(c.name, oid)
+        self._forget_bid(c, oid)
         if bid.remaining:
             out.append((f"order:{c.name}:{oid}:release", bid.account, ESCROW, bid.account, AVAILABLE,
                         bid.remaining * bid.hpg, c.clock))
 
-    def _forget_bid(self, cls: str, oid: int) -> None:
-        key = (cls, oid)
-        if key in self._new_bids:  # opened and closed between two saves: nothing to write
-            self._new_bids.discard(key)
-            del self._changes.bids[key]
+    def _forget_bid(self, c: ClassState, oid: int) -> None:
+        if oid in c.new_bids:  # opened and closed between two saves: nothing to write
+            c.new_bids.discard(oid)
+            del c.dirty_bids[oid]
         else:
-            self._changes.bids[key] = None
+            c.dirty_bids[oid] = None
 
     def _bid_amended(self, c: ClassState, ev: tuple, out: list) -> None:
         bid = c.bids.get(ev[OID])
@@ -270,7 +282,7 @@ class SettlementEngine:
         new = ev[REM]
         freed = (bid.remaining - new) * bid.hpg
         bid.remaining = new
-        self._changes.bids[(c.name, ev[OID])] = bid
+        c.dirty_bids[ev[OID]] = bid
         if freed > 0:
             out.append((f"order:{c.name}:{ev[OID]}:amend:{ev[SEQ]}", bid.account, ESCROW, bid.account, AVAILABLE,
                         freed, ev[E_TIME]))
@@ -280,7 +292,7 @@ class SettlementEngine:
         tid, gpus, price, start, end = ev[E_TID], ev[GPUS], ev[PRICE], ev[START], ev[END]
         buyer, t = ev[ACC], ev[E_TIME]
         cost = gpus * price * (end - start) // HOUR if end > start else 0  # money.lease_value
-        mk, tk = self.config.fees.get(name, (0, 0))
+        mk, tk = c.fees
         if ev[MAKER] == SIDE_BID:
             brate, prate = mk, tk
         else:
@@ -296,9 +308,9 @@ class SettlementEngine:
             bid.remaining = ev[REM]
             if bid.remaining <= 0:
                 del c.bids[oid]
-                self._forget_bid(name, oid)
+                self._forget_bid(c, oid)
             else:
-                self._changes.bids[(name, oid)] = bid
+                c.dirty_bids[oid] = bid
             if rest > 0:
                 out.append((prefix + "release", buyer, ESCROW, buyer, AVAILABLE, rest, t))
             elif rest < 0:  # the fee rate rose since the bid was accepted: the difference from available
@@ -316,7 +328,7 @@ class SettlementEngine:
         if lease.resale_of:
             c.children.setdefault(lease.resale_of, []).append(tid)
         self.trades += 1
-        self._changes.leases[(name, tid)] = lease
+        c.dirty_leases[tid] = lease
         now = c.clock
         if self.config.auto_ready and lease.kind != RESERVED and start <= now < end:
             # the common case, without the general `_advance`: ready at its start, nothing to
@@ -344,7 +356,7 @@ class SettlementEngine:
         if lease.status in LIVE:
             settle(lease, f"{by}:{ev[SEQ]}", ev[E_TIME], out)
         self._advance(c, lease, c.clock, out)
-        self._changes.leases[(c.name, lease.trade_id)] = lease
+        c.dirty_leases[lease.trade_id] = lease
 
     # ------------------------------------------------------------------ time
     def tick(self, now: int, cls: str | None = None) -> list[tuple]:
@@ -355,15 +367,14 @@ class SettlementEngine:
             if now > c.clock:
                 self._advance_class(c, now, out)
                 c.clock = now
-                self._changes.cursors.add(c.name)
+                c.dirty = True
         return out
 
     def _advance_class(self, c: ClassState, now: int, out: list) -> None:
         heap = c.heap
         dues = c.due
         leases = c.leases
-        changed = self._changes.leases
-        name = c.name
+        changed = c.dirty_leases
         while heap and heap[0][0] <= now:
             due, tid = heapq.heappop(heap)
             if dues.get(tid) != due:
@@ -372,7 +383,7 @@ class SettlementEngine:
             lease = leases.get(tid)
             if lease is not None:
                 self._advance(c, lease, now, out)
-                changed[(name, tid)] = lease
+                changed[tid] = lease
 
     def _advance(self, c: ClassState, lease: Lease, now: int, out: list) -> None:
         """Every transition of ``lease`` due at or before ``now``, each at its own time (so the
@@ -453,7 +464,7 @@ class SettlementEngine:
         lease.status = FAILED
         lease.failed_reason = reason
         settle(lease, "failed", time, out)
-        self._changes.leases[(c.name, lease.trade_id)] = lease
+        c.dirty_leases[lease.trade_id] = lease
         for child_id in list(c.children.get(lease.trade_id, ())):  # sub-leases on the same hardware fail too
             child = c.leases.get(child_id)
             if child is not None and child.status in (PENDING, PROVISIONING):
@@ -473,7 +484,7 @@ class SettlementEngine:
         out: list[tuple] = []
         if lease.status == PENDING:
             lease.status = PROVISIONING
-            self._changes.leases[(cls, trade_id)] = lease
+            c.dirty_leases[trade_id] = lease
             self._advance(c, lease, c.clock, out)
         elif lease.status == FAILED:
             raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
@@ -491,7 +502,7 @@ class SettlementEngine:
             lease.ready_at = max(t, 1)
             settle(lease, "ready", t, out)
             self._advance(c, lease, c.clock, out)
-            self._changes.leases[(cls, trade_id)] = lease
+            c.dirty_leases[trade_id] = lease
             return out
         if lease.status == FAILED:
             raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
@@ -513,7 +524,7 @@ class SettlementEngine:
     # ------------------------------------------------------------------ restoring (store)
     def restore(self, cls: str, seq: int, clock: int, bids: Iterable[tuple[int, Bid]],
                 leases: Iterable[Lease]) -> None:
-        c = self.classes[cls] = ClassState(cls, seq, clock)
+        c = self.classes[cls] = ClassState(cls, seq, clock, tuple(self.config.fees.get(cls, (0, 0))))
         c.bids = dict(bids)
         for lease in sorted(leases, key=lambda x: x.trade_id):
             c.leases[lease.trade_id] = lease

@@ -56,19 +56,22 @@ class StateStore:
         conn = self.conn
         if positions:
             conn.executemany("INSERT OR REPLACE INTO settle_positions VALUES (?, ?)", list(positions.items()))
-        if changes.bids:
-            upserts = [(cls, oid, b.account, b.hpg, b.remaining) for (cls, oid), b in changes.bids.items()
-                       if b is not None]
-            deletes = [key for key, b in changes.bids.items() if b is None]
-            if upserts:
-                conn.executemany("INSERT OR REPLACE INTO settle_bids VALUES (?, ?, ?, ?, ?)", upserts)
-            if deletes:
-                conn.executemany("DELETE FROM settle_bids WHERE cls = ? AND oid = ?", deletes)
+        upserts, deletes = [], []
+        for cls, bids in changes.bids.items():
+            for oid, b in bids.items():
+                if b is None:
+                    deletes.append((cls, oid))
+                else:
+                    upserts.append((cls, oid, b.account, b.hpg, b.remaining))
+        if upserts:
+            conn.executemany("INSERT OR REPLACE INTO settle_bids VALUES (?, ?, ?, ?, ?)", upserts)
+        if deletes:
+            conn.executemany("DELETE FROM settle_bids WHERE cls = ? AND oid = ?", deletes)
         if changes.leases:
             enc = _enc.encode
             conn.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
                              [(x.cls, x.trade_id, x.buyer, x.provider, x.status, x.end, enc(x))
-                              for x in changes.leases.values()])
+                              for leases in changes.leases.values() for x in leases.values()])
         if changes.cursors:
             conn.executemany("INSERT OR REPLACE INTO settle_cursors VALUES (?, ?, ?)",
                              [(cls, engine.classes[cls].seq, engine.classes[cls].clock) for cls in changes.cursors])

@@ -165,18 +165,17 @@ def settle(lease: Lease, cause: str, time: int, out: list) -> None:
     if not (refund or d_fee_refund or net or d_provider_fee):
         lease.earned = earned
         return
-    prefix = f"lease:{lease.cls}:{lease.trade_id}:{cause}:"
-    buyer, provider = lease.buyer, lease.provider
+    cls, tid, buyer = lease.cls, lease.trade_id, lease.buyer
     if refund:
-        _move(out, prefix + "refund", buyer, PREPAID, buyer, AVAILABLE, refund, time)
+        _move(out, f"lease:{cls}:{tid}:{cause}:refund", buyer, PREPAID, buyer, AVAILABLE, refund, time)
     if d_fee_refund:
-        _move(out, prefix + "fee_refund", EXCHANGE, FEES, buyer, AVAILABLE, d_fee_refund, time)
+        _move(out, f"lease:{cls}:{tid}:{cause}:fee_refund", EXCHANGE, FEES, buyer, AVAILABLE, d_fee_refund, time)
     if net > 0:
-        out.append((prefix + "earn", buyer, PREPAID, provider, RECEIVABLE, net, time))
+        out.append((f"lease:{cls}:{tid}:{cause}:earn", buyer, PREPAID, lease.provider, RECEIVABLE, net, time))
     elif net:
-        out.append((prefix + "earn", provider, RECEIVABLE, buyer, PREPAID, -net, time))
+        out.append((f"lease:{cls}:{tid}:{cause}:earn", lease.provider, RECEIVABLE, buyer, PREPAID, -net, time))
     if d_provider_fee:
-        _move(out, prefix + "provider_fee", buyer, PREPAID, EXCHANGE, FEES, d_provider_fee, time)
+        _move(out, f"lease:{cls}:{tid}:{cause}:provider_fee", buyer, PREPAID, EXCHANGE, FEES, d_provider_fee, time)
     lease.refunded += refund
     lease.buyer_fee = buyer_fee
     lease.earned = earned

@@ -110,6 +110,9 @@ class Exchange:
         from feeds.service import FeedService  # market data: /v1/feeds, /v1/replay, the recorder (docs/feeds.md)
 
         self.feeds = await FeedService.attach(self)
+        from exchange.dashboard import Dashboard  # the web dashboard at / and /v1/dashboard (docs/demo.md)
+
+        self.dashboard = Dashboard.attach(self)
 
     async def stop(self) -> None:
         await self.gateway.close_sessions()

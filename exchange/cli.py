@@ -2,8 +2,9 @@
 
     gpux simulate [--engine numba|reference] [--class H100] [--config FILE.toml] [--batch N]
         JSON-lines commands on stdin -> JSON-lines events on stdout (docs/formats.md)
-    gpux demo [--engine numba|reference] [--seed N] [--steps N]
-        a small seeded market in three GPU classes, printed as trades and a summary
+    gpux demo [--port 8080] [--data DIR] [--seconds N] [--seed N] [--engine numba|reference]
+        the embedded exchange, a simulated market trading on it and the dashboard (docs/demo.md);
+        --offline [--steps N]: the seeded command stream through the books only, printed
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from exchange.demo import run_demo
+    if args.offline or args.steps is not None:
+        from exchange.demo import run_offline
 
-    run_demo(lambda cfg: open_book(cfg, args.engine), seed=args.seed, steps=args.steps)
-    return 0
+        run_offline(lambda cfg: open_book(cfg, args.engine), seed=args.seed, steps=args.steps or 60)
+        return 0
+    from exchange.demo import run_live
+    from exchange.logs import setup_logging
+
+    setup_logging(args.log_level)
+    return run_live(port=args.port, data=args.data, seconds=args.seconds, seed=args.seed, engine=args.engine,
+                    every=args.every)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,10 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--strict", action="store_true", help="exit 1 if any line was malformed")
     sim.set_defaults(handler=_cmd_simulate)
 
-    demo = sub.add_parser("demo", help="a small seeded market in three GPU classes")
+    demo = sub.add_parser("demo", help="a live market: the exchange, simulated traders and the dashboard",
+                          description="Start the embedded exchange with simulated providers and traders "
+                                      "trading on it through the API, and the dashboard (docs/demo.md).")
+    demo.add_argument("--port", type=int, default=8080,
+                      help="port (default 8080, or a free one if it is taken; 0: a free one)")
+    demo.add_argument("--data", metavar="DIR", default=None,
+                      help="data directory to use and keep (default: a fresh temporary one, removed at exit)")
+    demo.add_argument("--seconds", type=float, default=0, metavar="N", help="stop after N seconds (default: Ctrl-C)")
+    demo.add_argument("--every", type=float, default=10.0, metavar="S", help="status line every S seconds")
+    demo.add_argument("--log-level", default="WARNING", help="exchange log level on stderr (default WARNING)")
     demo.add_argument("--engine", choices=ENGINES, default=None, help=engine_help)
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    demo.add_argument("--steps", type=_positive, default=60, help="steps per class (default 60)")
+    demo.add_argument("--offline", action="store_true",
+                      help="no server: run a seeded command stream through the books and print it")
+    demo.add_argument("--steps", type=_positive, default=None, help="offline: steps per class (default 60)")
     demo.set_defaults(handler=_cmd_demo)
 
     from exchange import cli_accounts, cli_feeds, cli_trade

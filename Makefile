@@ -27,8 +27,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# the live demo: exchange + simulated market + dashboard (docs/demo.md); e.g. DEMO_ARGS="--port 9000"
 demo: $(STAMP)
-	$(BIN)/gpux demo
+	$(BIN)/gpux demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.book --commands 1000000 --json

@@ -104,6 +104,7 @@ class BookModel:
         # (time, ask oid, trade id or 0): a lease on the ask starts or ends then, or its window
         # opens or closes; stale entries (a preempted lease's old end) are harmless
         self._moments: list[tuple[int, int, int]] = []
+        self._stale = 0  # moments of asks no longer in the book (dropped when they pile up)
 
     # ------------------------------------------------------------------ levels
     def _add(self, side: int, price: int, gpus: int) -> None:
@@ -157,6 +158,7 @@ class BookModel:
                         if a.spot:
                             self._add(SPOT_ASKS, a.spot, -a.free_spot)
                         dirty.discard(a.oid)
+                        self._stale += 2 + 2 * len(a.leases)
                 else:
                     b = bids.pop(ev[OID], None)
                     if b is not None:
@@ -182,6 +184,11 @@ class BookModel:
             # EV_REJECTED changes nothing (R8)
         if rows:
             self.seq = rows[-1][SEQ]
+        if self._stale > 4096 and 2 * self._stale > len(moments):
+            # cancelled asks' moments can lie months ahead: drop them rather than keep them until then
+            self._moments = [m for m in moments if m[1] in asks]
+            heapq.heapify(self._moments)
+            self._stale = 0
 
     def advance(self, now: int) -> None:
         """Move to engine time ``now`` (never backwards) and recompute what changed."""
@@ -308,7 +315,9 @@ class MarketStats:
     """
 
     def __init__(self) -> None:
-        self.window: deque[tuple[int, int, int, bool]] = deque()  # (time, gpu_h, notional, firm)
+        # the 24 h window, one bucket per engine second with trades (at most 86,400 per class,
+        # whatever the trade rate): [time, gpu_h, notional, count, firm gpu_h, firm notional, firm count]
+        self.window: deque[list[int]] = deque()
         self.volume = self.notional = self.count = 0
         self.firm_volume = self.firm_notional = self.firm_count = 0
         self.last: tuple[int, int, int] | None = None  # (price, time, kind)
@@ -322,7 +331,19 @@ class MarketStats:
         notional = price * gpu_h
         firm = ev[KIND] != SPOT
         t = ev[TIME]
-        self.window.append((t, gpu_h, notional, firm))
+        w = self.window
+        if w and w[-1][0] == t:
+            b = w[-1]
+        else:
+            b = [t, 0, 0, 0, 0, 0, 0]
+            w.append(b)
+        b[1] += gpu_h
+        b[2] += notional
+        b[3] += 1
+        if firm:
+            b[4] += gpu_h
+            b[5] += notional
+            b[6] += 1
         self.volume += gpu_h
         self.notional += notional
         self.count += 1
@@ -360,14 +381,13 @@ class MarketStats:
         cut = now - DAY
         dropped = False
         while w and w[0][0] <= cut:
-            _, gpu_h, notional, firm = w.popleft()
+            _, gpu_h, notional, count, firm_gpu_h, firm_notional, firm_count = w.popleft()
             self.volume -= gpu_h
             self.notional -= notional
-            self.count -= 1
-            if firm:
-                self.firm_volume -= gpu_h
-                self.firm_notional -= notional
-                self.firm_count -= 1
+            self.count -= count
+            self.firm_volume -= firm_gpu_h
+            self.firm_notional -= firm_notional
+            self.firm_count -= firm_count
             dropped = True
         return dropped
 

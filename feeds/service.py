@@ -51,7 +51,7 @@ from exchange.state import (
 from feeds.hub import AuthOp, Hub, OpError
 from feeds.model import DAY, BookModel, ClassFeed
 from feeds.recorder import Recorder, catch_up, concat_events, open_recorder
-from feeds.recording import load
+from feeds.recording import recent
 from orderbook.types import (
     EV_ACCEPTED,
     EV_AMENDED,
@@ -134,8 +134,7 @@ class FeedService:
     def _load_stats(self) -> None:
         assert self.recorder is not None
         now = max((f.now for f in self.feeds.values()), default=0)
-        rec = load(self.recorder.dir, from_time=now - DAY, types=[EV_TRADE])
-        for name, ev in rec.events.items():
+        for name, ev in recent(self.recorder.dir, now - DAY, types=[EV_TRADE]).items():
             feed = self.feeds.get(name)
             if feed is None or not len(ev):
                 continue

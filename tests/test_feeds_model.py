@@ -250,3 +250,39 @@ def test_cancel_of_an_ask_removes_its_levels() -> None:
     out = dict(feed.update(book.process(batch(cancel(T0 + 1, 1, 1))), book.now))
     assert out["book"]["asks"] == [[2_000_000, 0]] and out["book"]["spot_asks"] == [[1_000_000, 0]]
     assert feed.book.level2() == reference_level2(book)
+
+
+def test_moments_of_cancelled_asks_do_not_pile_up() -> None:
+    """Asks cancelled long before their end leave nothing behind for months (memory stays bounded)."""
+    book = ReferenceBook(BookConfig(name="T"))
+    feed = ClassFeed("T")
+    oid = 0
+    for k in range(6000):
+        oid += 1
+        cmds = [ask(T0 + k, oid, 1, gpus=4, price=2_000_000 + 1000 * (k % 7), end=T0 + 700 * HOUR),
+                bid(T0 + k, oid + 1, 2, ON_DEMAND, gpus=1, hours=1, limit=2_000_000 + 1000 * (k % 7)),
+                cancel(T0 + k, oid, 1)]
+        oid += 1
+        feed.update(book.process(batch(*cmds)), book.now)
+    assert len(feed.book._moments) < 4096  # without compaction: ~9,600 (an end per ask, months ahead)
+    feed.update(book.process(batch(clock(T0 + 6000 + 2 * HOUR))), book.now)
+    assert feed.book.level2() == reference_level2(book)
+
+
+def test_recent_reads_only_the_last_segments(tmp_path) -> None:
+    from exchange.journal import Journal
+    from feeds.recording import recent
+
+    d = tmp_path / "market-data"
+    j = Journal.open(d, segment_bytes=2048, fsync=False)
+    rows = np.zeros(3, dtype=EVENT_DTYPE)
+    rows["type"] = EV_TRADE
+    for k in range(200):
+        rows["time"] = T0 + k * 600
+        rows["seq"] = [3 * k + 1, 3 * k + 2, 3 * k + 3]
+        j.append([encode_record(k + 1, [("T", T0 + k * 600, rows.tobytes())])])
+    j.close()
+    since = T0 + 150 * 600
+    got = recent(tmp_path, since, types=[EV_TRADE], slack=0)["T"]
+    assert got["seq"].tolist() == list(range(3 * 150 + 1, 3 * 200 + 1))
+    assert (got["time"] >= since).all()

@@ -502,7 +502,8 @@ def plot(path: Path, a: dict[str, Any], b: dict[str, Any]) -> str:
     x = np.arange(b["providers"])
     own = [p["utilisation"] * 100 for p in b["own_customers_only"]["providers"]]
     ex = [p["utilisation"] * 100 for p in b["exchange"]["providers"]]
-    ax[1][0].bar(x - 0.2, own, 0.4, color="#95a5a6", label=f"own customers only: {b['own_customers_only']['utilisation']:.1%}")
+    own_u = b["own_customers_only"]["utilisation"]
+    ax[1][0].bar(x - 0.2, own, 0.4, color="#95a5a6", label=f"own customers only: {own_u:.1%}")
     ax[1][0].bar(x + 0.2, ex, 0.4, color="#2e86de", label=f"exchange: {b['exchange']['utilisation']:.1%}")
     ax[1][0].set(title="(b) provider fleet utilisation", xlabel="provider", ylabel="% of fleet GPU-hours",
                  xticks=x, xticklabels=[str(i + 1) for i in x], ylim=(0, 100))
@@ -528,7 +529,8 @@ def _plot_plain(path: Path, a: dict[str, Any], b: dict[str, Any]) -> None:
     cur = a["_curves"]
     top = 280
     ymax = max(int(cur["contract"].max()), int(cur["held"].max()), 1) * 1.1
-    for series, color in ((cur["contract"], (192, 57, 43)), (cur["held"], (46, 134, 222)), (cur["need"], (39, 174, 96))):
+    curves = ((cur["contract"], (192, 57, 43)), (cur["held"], (46, 134, 222)), (cur["need"], (39, 174, 96)))
+    for series, color in curves:
         xs = (np.arange(len(series)) * (w - 40) / len(series) + 20).astype(int)
         ys = (top - 20 - series / ymax * (top - 40)).astype(int)
         img[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)] = color
@@ -604,8 +606,9 @@ def summary(r: dict[str, Any]) -> str:
         f"(a) startup, {a['need_gpu_hours']:,} GPU-hours needed (peak {a['peak_gpus']:,} GPUs):",
         f"    exchange: ${ex['cost_usd']:,.0f} (reserved ${ex['bought_usd']['reserved']:,.0f}, on demand "
         f"${ex['bought_usd']['on_demand']:,.0f}, resale income ${ex['resale_income_usd']:,.0f} for "
-        f"{ex['resold_gpu_hours']:,} GPU-h in {ex['resale_fills']} fills); ${ex['usd_per_needed_gpu_hour']}/needed GPU-h, "
-        f"{ex['unused_gpu_hours']:,} GPU-h unused, {ex['shortfall_gpu_hours']:,} short",
+        f"{ex['resold_gpu_hours']:,} GPU-h in {ex['resale_fills']} fills); "
+        f"${ex['usd_per_needed_gpu_hour']}/needed GPU-h, {ex['unused_gpu_hours']:,} GPU-h unused, "
+        f"{ex['shortfall_gpu_hours']:,} short",
         f"    fixed contract: ${fc['cost_usd']:,.0f} ({fc['gpus']:,} GPUs x {fc['hours']:,} h at ${fc['price_usd']}); "
         f"${fc['usd_per_needed_gpu_hour']}/needed GPU-h, {fc['unused_gpu_hours']:,} GPU-h paid and unused",
         f"    saving with the exchange: ${a['saving_usd']:,.0f} ({a['saving_pct']}%)",

@@ -390,3 +390,41 @@ def run_consumer(redis_url: str, prefix: str, classes: Iterable[str], ledger_pat
         settlement.close()
         r.close()
     return c
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m settlement.consumer --redis URL --classes H100,A100 --ledger DIR/ledger.db``
+    (until ``gpux settle`` exists)."""
+    import argparse
+    import signal
+
+    p = argparse.ArgumentParser(prog="python -m settlement.consumer", description=run_consumer.__doc__)
+    p.add_argument("--redis", required=True, metavar="URL")
+    p.add_argument("--prefix", default="gpux")
+    p.add_argument("--classes", required=True, help="comma-separated GPU classes")
+    p.add_argument("--ledger", required=True, help="the SQLite ledger file")
+    p.add_argument("--group", default="settlement")
+    p.add_argument("--consumer", default=None, help="this member's name (default host-pid)")
+    p.add_argument("--fees", default="", help="CLASS=MAKER:TAKER,... in basis points")
+    p.add_argument("--synchronous", default="NORMAL", choices=["NORMAL", "FULL"])
+    p.add_argument("--claim-idle-ms", type=int, default=30_000)
+    args = p.parse_args(argv)
+    fees = {}
+    for item in filter(None, args.fees.split(",")):
+        cls, _, rates = item.partition("=")
+        mk, _, tk = rates.partition(":")
+        fees[cls] = (int(mk), int(tk or mk))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    c = run_consumer(args.redis, args.prefix, args.classes.split(","), args.ledger, group=args.group,
+                     consumer=args.consumer, config=SettlementConfig(fees=fees), stop=stop,
+                     claim_idle_ms=args.claim_idle_ms, synchronous=args.synchronous)
+    log.info("settled %d events in %d commits (%d claimed, %d caught up)", c.applied, c.commits, c.claimed,
+             c.caught_up)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

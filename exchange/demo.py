@@ -97,10 +97,10 @@ class ProviderSpec:
 
 
 PROVIDERS_LIVE = (
-    ProviderSpec("northwind-dc", {"H100": 64, "A100": 32}),
-    ProviderSpec("fjord-compute", {"H100": 48, "A100": 64}),
-    ProviderSpec("garage-gpus", {"RTX4090": 48}),
-    ProviderSpec("tundra-cloud", {"H100": 16, "A100": 32, "RTX4090": 24}),
+    ProviderSpec("northwind-dc", {"H100": 128, "A100": 64}),
+    ProviderSpec("fjord-compute", {"H100": 96, "A100": 128}),
+    ProviderSpec("garage-gpus", {"RTX4090": 96}),
+    ProviderSpec("tundra-cloud", {"H100": 32, "A100": 64, "RTX4090": 48}),
 )
 TRADER_DEPOSIT = 10_000_000 * USD
 HAND_DEPOSIT = 100_000 * USD
@@ -270,7 +270,7 @@ class ProviderAgent(Agent):
             later = total // 4 // node * node  # back from a long-term customer in some hours
             left = total - later
             while left > 0:
-                gpus = min(left, node * self.rng.randint(1, 2))
+                gpus = min(left, node * self.rng.randint(2, 4))
                 left -= gpus
                 await self.post(cls, gpus, 0, now + self.rng.randint(36, 96) * HOUR)
             if later:
@@ -389,7 +389,7 @@ class InferenceTrader(TraderAgent):
 
     async def trade(self) -> None:
         while True:
-            await self.sleep(0.6, 2.2)
+            await self.sleep(0.8, 2.5)
             cls = self.rng.choice(("A100", "RTX4090", "RTX4090", "H100"))
             tif = self.rng.choices(("IOC", "FOK", "GTC"), (0.7, 0.15, 0.15))[0]
             ack = await self.bid(cls, "on_demand", self.rng.randint(1, 4), self.rng.randint(1, 2),
@@ -428,7 +428,8 @@ class Reseller(TraderAgent):
     def on_lease(self, cls: str, trade: dict[str, Any]) -> None:
         if trade["kind"] != "reserved":
             return
-        gpus = max(1, trade["gpus"] // 2)
+        node = BY_NAME[cls].node  # whole nodes: what reserved buyers (block = node) can take
+        gpus = min(trade["gpus"], max(node, trade["gpus"] // 2 // node * node))
         hours = (trade["end"] - trade["start"]) // HOUR
         skip = self.rng.randint(0, max(0, min(2, hours - 4)))
         self.later(self.rng.uniform(1, 5), lambda: self._resell(cls, trade, gpus, trade["start"] + skip * HOUR))

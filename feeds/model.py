@@ -31,7 +31,6 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from sortedcontainers import SortedDict
 
 from orderbook.types import (
     EV_ACCEPTED,
@@ -55,6 +54,8 @@ SEQ, TIME, OID, OID2, TID = _E["seq"], _E["time"], _E["oid"], _E["oid2"], _E["tr
 PRICE, PRICE2, START, END, LEASE = _E["price"], _E["price2"], _E["start"], _E["end"], _E["lease_id"]
 GPUS, REM, HOURS, TYPE, KIND, SIDE, MAKER = (_E[k] for k in ("gpus", "remaining", "hours", "type", "kind",
                                                               "side", "maker"))
+
+_STALE = object()  # a side's cached best price must be recomputed
 
 # sides of the level-2 book, in the order they are kept
 BIDS, SPOT_BIDS, ASKS, SPOT_ASKS = 0, 1, 2, 3
@@ -97,7 +98,8 @@ class BookModel:
         self.now = 0  # engine time
         self.asks: dict[int, _Ask] = {}
         self.bids: dict[int, list[int]] = {}  # oid -> [side (BIDS | SPOT_BIDS), limit, remaining]
-        self.levels: list[SortedDict] = [SortedDict() for _ in SIDE_KEYS]
+        self.levels: list[dict[int, int]] = [{} for _ in SIDE_KEYS]  # price -> GPUs (> 0)
+        self._best: list[int | None | object] = [None] * len(SIDE_KEYS)  # best price, or _STALE
         self._published: list[dict[int, int]] = [{} for _ in SIDE_KEYS]
         self._changed: list[set[int]] = [set() for _ in SIDE_KEYS]
         self._dirty: set[int] = set()  # asks to recompute at `now`
@@ -117,13 +119,18 @@ class BookModel:
         else:
             del lv[price]
         self._changed[side].add(price)
+        b = self._best[side]
+        if b is not _STALE and (b is None or (price >= b if side < ASKS else price <= b)):  # type: ignore[operator]
+            self._best[side] = _STALE
 
     # ------------------------------------------------------------------ events
-    def apply(self, rows: list[tuple]) -> None:
+    def apply(self, rows: list[tuple], now: int | None = None) -> None:
         """Apply events (EVENT_DTYPE records as tuples, `ndarray.tolist()`), in seq order.  The
-        asks they touch are recomputed by the next `advance` (at the batch's engine time)."""
+        asks they touch are recomputed by the next `advance`, which must be to ``now`` (the
+        batch's engine time after these events) if it is given."""
         asks, bids, dirty, moments = self.asks, self.bids, self._dirty, self._moments
         push = heapq.heappush
+        at = self.now if now is None else max(now, self.now)
         for ev in rows:
             t = ev[TYPE]
             if t == EV_TRADE:
@@ -135,16 +142,27 @@ class BookModel:
                         del bids[ev[OID]]
                 a = asks.get(ev[OID2])
                 if a is not None:
-                    tid = ev[TID]
-                    a.leases[tid] = [ev[GPUS], ev[START], ev[END], ev[KIND] == SPOT, False]
-                    push(moments, (ev[START], a.oid, tid))
-                    push(moments, (ev[END], a.oid, tid))
+                    tid, start, end = ev[TID], ev[START], ev[END]
+                    if end > at:  # (a lease that is over by the batch's end changes nothing)
+                        lease = [ev[GPUS], start, end, ev[KIND] == SPOT, False]
+                        a.leases[tid] = lease
+                        if start <= at:  # running at the batch's end: count it now
+                            lease[4] = True
+                            if lease[3]:
+                                a.spot_now += lease[0]
+                            else:
+                                a.firm_now += lease[0]
+                            dirty.add(a.oid)
+                        else:
+                            push(moments, (start, a.oid, tid))
+                        push(moments, (end, a.oid, tid))
             elif t == EV_ACCEPTED:
                 if ev[SIDE] == SIDE_ASK:
                     a = _Ask(ev[OID], ev[PRICE], ev[PRICE2], ev[GPUS], ev[START], ev[END])
                     asks[a.oid] = a
                     dirty.add(a.oid)
-                    push(moments, (a.start, a.oid, 0))
+                    if a.start > at:
+                        push(moments, (a.start, a.oid, 0))
                     push(moments, (a.end, a.oid, 0))
                 else:
                     side = SPOT_BIDS if ev[KIND] == SPOT else BIDS
@@ -241,10 +259,10 @@ class BookModel:
         """The whole book: bids highest first, asks lowest first, ``[price, gpus]`` pairs."""
         lv = self.levels
         return {
-            "bids": [[p, g] for p, g in reversed(lv[BIDS].items())],
-            "spot_bids": [[p, g] for p, g in reversed(lv[SPOT_BIDS].items())],
-            "asks": [[p, g] for p, g in lv[ASKS].items()],
-            "spot_asks": [[p, g] for p, g in lv[SPOT_ASKS].items()],
+            "bids": [[p, lv[BIDS][p]] for p in sorted(lv[BIDS], reverse=True)],
+            "spot_bids": [[p, lv[SPOT_BIDS][p]] for p in sorted(lv[SPOT_BIDS], reverse=True)],
+            "asks": [[p, lv[ASKS][p]] for p in sorted(lv[ASKS])],
+            "spot_asks": [[p, lv[SPOT_ASKS][p]] for p in sorted(lv[SPOT_ASKS])],
         }
 
     def take_deltas(self) -> dict[str, list[list[int]]]:
@@ -270,10 +288,13 @@ class BookModel:
         return out
 
     def best(self, side: int) -> tuple[int, int] | None:
+        """(price, GPUs) of the best level of a side: highest bid, lowest ask."""
         lv = self.levels[side]
-        if not lv:
-            return None
-        return lv.peekitem(-1) if side < ASKS else lv.peekitem(0)
+        b = self._best[side]
+        if b is _STALE:
+            b = (max(lv) if side < ASKS else min(lv)) if lv else None
+            self._best[side] = b
+        return None if b is None else (b, lv[b])  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ from a live exchange
     @classmethod
@@ -298,7 +319,7 @@ class BookModel:
             ev[KIND] = SPOT if x.kind == "spot" else ON_DEMAND
             ev[OID] = -1  # no resting bid to change
             rows.append(tuple(ev))
-        m.apply(rows)
+        m.apply(rows, now)
         m.seq = seq
         m.advance(now)
         m.take_deltas()
@@ -451,7 +472,7 @@ class ClassFeed:
         book, stats = self.book, self.stats
         trades = []
         if rows:
-            book.apply(rows)
+            book.apply(rows, now)
             for ev in rows:
                 if ev[TYPE] == EV_TRADE:
                     trades.append(stats.add(ev))

@@ -50,7 +50,7 @@ from exchange.state import (
 )
 from feeds.hub import AuthOp, Hub, OpError
 from feeds.model import DAY, BookModel, ClassFeed
-from feeds.recorder import Recorder, catch_up, concat_events, open_recorder
+from feeds.recorder import Recorder, catch_up, open_recorder
 from feeds.recording import recent
 from orderbook.types import (
     EV_ACCEPTED,
@@ -97,12 +97,14 @@ class FeedService:
         self.hub = Hub(self.feeds, private=self, **hub_options)
         self.recorder: Recorder | None = None
         self.record = record
-        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, int]]] = deque()
+        # (journal seq, events arrays, events as tuples, engine times) per batch not yet published
+        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, list[tuple]], dict[str, int]]] = deque()
         self._ready = False
         self._scheduled = False
         self._closed = False
         self.rounds = 0
         self.lag_max = 0  # most batches taken in one round
+        self.busy_s = 0.0  # seconds spent in the bus callback and the rounds (not counting socket writes)
         self._unsubscribe = exchange.bus.subscribe(self._on_batch)
         router = exchange.app.router
         router.add_get("/v1/feeds", self.hub.handle)
@@ -160,34 +162,44 @@ class FeedService:
 
     # ------------------------------------------------------------------ the bus
     def _on_batch(self, batch: Any) -> None:
+        t0 = time.perf_counter()
         eng = self.engine
         times: dict[str, int] = {}
-        for r in batch.results:
-            if r.command is not None and r.book not in times:
-                times[r.book] = eng.book_time(r.book)
+        rows: dict[str, list[tuple]] = {}
+        for r in batch.results:  # the engine's own tuples of the events: no second tolist()
+            if r.command is not None:
+                if r.book not in times:
+                    times[r.book] = eng.book_time(r.book)
+                if r.events:
+                    rows.setdefault(r.book, []).extend(r.events)
         for name in batch.events:
             if name not in times:
                 times[name] = eng.book_time(name)
-        self._pending.append((eng.seq, batch.events, times))
+        self._pending.append((eng.seq, batch.events, rows, times))
         if self.hub.any_private:
-            self._private(batch.events)
+            self._private(rows)
         if self._ready and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._drain)
+        self.busy_s += time.perf_counter() - t0
 
     def _drain(self) -> None:
         """One fan-out round: every pending batch, coalesced per class."""
         self._scheduled = False
         if not self._pending:
             return
+        t0 = time.perf_counter()
         pending, self._pending = self._pending, deque()
         self.lag_max = max(self.lag_max, len(pending))
         jseq = pending[-1][0]
         parts: dict[str, list[np.ndarray]] = {}
+        rows: dict[str, list[tuple]] = {}
         times: dict[str, int] = {}
-        for _, events, t in pending:
+        for _, events, r, t in pending:
             for name, ev in events.items():
                 parts.setdefault(name, []).append(ev)
+            for name, evs in r.items():
+                rows.setdefault(name, []).extend(evs)
             times.update(t)
         blocks = []
         hub = self.hub
@@ -195,12 +207,12 @@ class FeedService:
             feed = self.feeds.get(name)
             if feed is None:
                 continue
-            ev = concat_events(parts.get(name, []))
             before = feed.now
-            for stream, msg in feed.update(ev, t):
+            for stream, msg in feed.update(rows.get(name), t):
                 hub.publish(name, stream, msg)
-            if len(ev) or feed.now != before:
-                blocks.append((name, feed.now, ev.tobytes()))
+            ev = parts.get(name)
+            if ev or feed.now != before:
+                blocks.append((name, feed.now, b"".join([e.tobytes() for e in ev]) if ev else b""))
         if blocks and self.recorder is not None:
             try:
                 self.recorder.append(jseq, blocks)
@@ -208,6 +220,7 @@ class FeedService:
                 log.exception("market-data recorder failed; recording stops until restart")
                 self.recorder = None
         self.rounds += 1
+        self.busy_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ private channels
     def authenticate(self, op: AuthOp) -> tuple[int, str]:
@@ -231,14 +244,13 @@ class FeedService:
             d[channel] = []
         return d
 
-    def _private(self, events: dict[str, np.ndarray]) -> None:
+    def _private(self, events: dict[str, list[tuple]]) -> None:
         hub = self.hub
         st = self.engine.state
-        for name, arr in events.items():
+        for name, rows in events.items():
             orders: dict[int, dict[int, None]] = {}
             fills: dict[int, list[dict[str, Any]]] = {}
             leases: dict[int, dict[int, None]] = {}
-            rows = arr.tolist()
             for ev in rows:
                 t = ev[E_TYPE]
                 if t == EV_TRADE:

@@ -333,20 +333,27 @@ class Hub:
         if self._hb_task is None:
             self._hb_task = asyncio.get_running_loop().create_task(self._heartbeats(), name="feeds-heartbeat")
 
-    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+    async def close(self, code: int = 1001, reason: str = "server shutting down", timeout: float = 2.0) -> None:
+        """Close every connection (``code``, e.g. 1001 at shutdown), all at once: at most
+        ``timeout`` seconds in all, then whoever has not answered is aborted."""
         if self._hb_task is not None:
             self._hb_task.cancel()
             await asyncio.gather(self._hb_task, return_exceptions=True)
             self._hb_task = None
         self.flush()
-        for c in list(self.conns):
-            if c.ws is not None and not c.closed:
-                c.closed = True
-                try:
-                    await asyncio.wait_for(c.ws.close(code=code, message=reason.encode()), timeout=1.0)
-                except (TimeoutError, ConnectionError, RuntimeError):
-                    if c.transport is not None:
-                        c.transport.abort()
+        conns = [c for c in self.conns if c.ws is not None and not c.closed]
+        for c in conns:
+            c.closed = True
+        if conns:
+            closing = [asyncio.ensure_future(c.ws.close(code=code, message=reason.encode()))  # type: ignore[union-attr]
+                       for c in conns]
+            _, pending = await asyncio.wait(closing, timeout=timeout)
+            for f in pending:
+                f.cancel()
+            for c in conns:
+                if c.transport is not None and not c.transport.is_closing():
+                    c.transport.abort()
+            await asyncio.gather(*closing, return_exceptions=True)
 
     # ------------------------------------------------------------------ the WebSocket endpoint
     async def handle(self, request: web.Request) -> web.StreamResponse:

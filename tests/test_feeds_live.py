@@ -357,3 +357,20 @@ def test_protocol_errors(tmp_path) -> None:
             await fc.close()
 
     asyncio.run(go())
+
+
+def test_shutdown_closes_subscribers_with_1001(tmp_path) -> None:
+    async def go() -> None:
+        clients = []
+        async with running_exchange(tmp_path, **CFG) as ex:
+            for _ in range(20):
+                fc = FeedClient(ex.url)
+                await fc.connect()
+                await fc.subscribe("book", "H100")
+                clients.append(fc)
+        for fc in clients:
+            assert fc.closed is not None
+            assert await asyncio.wait_for(fc.closed, 5) == 1001
+            await fc.close()
+
+    asyncio.run(go())

@@ -127,16 +127,17 @@ class FeedService:
                                                        self.engine.engine, self.start_seq, cfg.segment_bytes)
             await loop.run_in_executor(None, catch_up, self.recorder, cfg.instruments, self.engine.engine,
                                        self.data, self.start_seq)
-            await loop.run_in_executor(None, self._load_stats)
+            now = max((f.now for f in self.feeds.values()), default=0)
+            trades = await loop.run_in_executor(None, recent, self.recorder.dir, now - DAY, [EV_TRADE])
+            self._load_stats(trades)  # on the loop: subscribers may be reading the statistics
         self._ready = True
         self.hub.start()
         if self._pending:
             self._drain()
 
-    def _load_stats(self) -> None:
-        assert self.recorder is not None
-        now = max((f.now for f in self.feeds.values()), default=0)
-        for name, ev in recent(self.recorder.dir, now - DAY, types=[EV_TRADE]).items():
+    def _load_stats(self, trades: dict[str, np.ndarray]) -> None:
+        """The last 24 h of trades (from the recording) into the statistics of a starting exchange."""
+        for name, ev in trades.items():
             feed = self.feeds.get(name)
             if feed is None or not len(ev):
                 continue

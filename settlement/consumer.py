@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -97,7 +98,7 @@ class EmbeddedConsumer:
             return
         try:
             self.settlement.apply(self.backlog)
-        except (LedgerError, SequenceGap) as e:
+        except (LedgerError, SequenceGap, sqlite3.Error) as e:
             if not isinstance(self.last_error, type(e)):
                 log.error("settlement could not apply %d event batches (kept, retried with the next): %s",
                           len(self.backlog), e)
@@ -329,7 +330,7 @@ class RedisConsumer:
         self._read_new(block=not self._applicable())
         try:
             return self._apply_ready()
-        except (LedgerError, SequenceGap) as e:
+        except (LedgerError, SequenceGap, sqlite3.OperationalError) as e:
             log.error("settlement consumer %s: batch not applied, will retry: %s", self.name, e)
             time.sleep(min(self.block_ms, 1000) / 1000)
             return 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -342,11 +343,11 @@ class MarketStats:
         self.volume = self.notional = self.count = 0
         self.firm_volume = self.firm_notional = self.firm_count = 0
         self.last: tuple[int, int, int] | None = None  # (price, time, kind)
-        self.recent: deque[dict[str, Any]] = deque(maxlen=TRADES_KEPT)
+        self.recent: deque[tuple] = deque(maxlen=TRADES_KEPT)  # the last trades' events
         self.candles: dict[str, deque[list[int]]] = {k: deque(maxlen=n) for k, n in CANDLES_KEPT.items()}
         self.changed: dict[str, list[int] | None] = {k: None for k in INTERVALS}  # first changed candle start
 
-    def add(self, ev: tuple) -> dict[str, Any]:
+    def add(self, ev: tuple) -> None:
         gpu_h = ev[GPUS] * ev[HOURS]
         price = ev[PRICE]
         notional = price * gpu_h
@@ -378,8 +379,10 @@ class MarketStats:
             cs = self.candles[name]
             if cs and cs[-1][0] == start:
                 c = cs[-1]
-                c[2] = max(c[2], price)
-                c[3] = min(c[3], price)
+                if price > c[2]:
+                    c[2] = price
+                elif price < c[3]:
+                    c[3] = price
                 c[4] = price
                 c[5] += gpu_h
                 c[6] += notional
@@ -388,13 +391,7 @@ class MarketStats:
                 cs.append([start, price, price, price, price, gpu_h, notional, 1])
             if self.changed[name] is None:
                 self.changed[name] = start
-        trade = {"seq": ev[SEQ], "time": t, "trade_id": ev[TID], "kind": KIND_NAMES.get(ev[KIND], ev[KIND]),
-                 "gpus": ev[GPUS], "hours": ev[HOURS], "price": price, "start": ev[START], "end": ev[END],
-                 "maker": SIDE_NAMES.get(ev[MAKER], "")}
-        if ev[LEASE]:
-            trade["resale_of"] = ev[LEASE]
-        self.recent.append(trade)
-        return trade
+        self.recent.append(ev)
 
     def expire(self, now: int) -> bool:
         """Drop trades older than 24 h of engine time; whether anything dropped out."""
@@ -423,6 +420,16 @@ class MarketStats:
         v = self.firm_volume
         return {"value": self.firm_notional // v if v else None, "volume_24h": v, "trades_24h": self.firm_count,
                 "window_s": DAY, "method": "vwap_24h_firm"}
+
+
+def trade_json(ev: tuple) -> dict[str, Any]:
+    """A trade event as the public trades channel shows it (no accounts, no order ids)."""
+    d = {"seq": ev[SEQ], "time": ev[TIME], "trade_id": ev[TID], "kind": KIND_NAMES.get(ev[KIND], ev[KIND]),
+         "gpus": ev[GPUS], "hours": ev[HOURS], "price": ev[PRICE], "start": ev[START], "end": ev[END],
+         "maker": SIDE_NAMES.get(ev[MAKER], "")}
+    if ev[LEASE]:
+        d["resale_of"] = ev[LEASE]
+    return d
 
 
 def _candle(c: list[int]) -> dict[str, int]:
@@ -465,9 +472,11 @@ class ClassFeed:
         d["u"] = self.u[stream]
         return d
 
-    def update(self, events: np.ndarray | list[tuple] | None, now: int) -> list[tuple[str, dict[str, Any]]]:
+    def update(self, events: np.ndarray | list[tuple] | None, now: int,
+               wanted: Callable[[str], bool] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """Apply a batch's events and the class's engine time after it; the messages to publish,
-        as (stream, message), in stream order."""
+        as (stream, message), in stream order.  A stream for which ``wanted(stream)`` is false
+        still counts its update (``u``) but its message is not built (nobody would get it)."""
         rows = events.tolist() if isinstance(events, np.ndarray) else (events or [])
         book, stats = self.book, self.stats
         trades = []
@@ -475,7 +484,8 @@ class ClassFeed:
             book.apply(rows, now)
             for ev in rows:
                 if ev[TYPE] == EV_TRADE:
-                    trades.append(stats.add(ev))
+                    stats.add(ev)
+                    trades.append(ev)
         book.advance(now)
         expired = stats.expire(book.now)
         out: list[tuple[str, dict[str, Any]]] = []
@@ -487,9 +497,10 @@ class ClassFeed:
             out.append(("book", m))
         if trades:
             m = self._next("trades")
-            m["action"] = "update"
-            m["trades"] = trades
-            out.append(("trades", m))
+            if wanted is None or wanted("trades"):
+                m["action"] = "update"
+                m["trades"] = [trade_json(ev) for ev in trades]
+                out.append(("trades", m))
         if deltas or trades or expired:
             ticker = self._ticker_body()
             if ticker != self._ticker:
@@ -544,7 +555,7 @@ class ClassFeed:
         if channel == "book":
             d.update(self.book.level2())
         elif channel == "trades":
-            d["trades"] = list(self.stats.recent)
+            d["trades"] = [trade_json(ev) for ev in self.stats.recent]
         elif channel == "ticker":
             if self._ticker is None:
                 self._ticker = self._ticker_body()

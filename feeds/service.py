@@ -209,7 +209,7 @@ class FeedService:
             if feed is None:
                 continue
             before = feed.now
-            for stream, msg in feed.update(rows.get(name), t):
+            for stream, msg in feed.update(rows.get(name), t, lambda stream, name=name: hub.has(name, stream)):
                 hub.publish(name, stream, msg)
             ev = parts.get(name)
             if ev or feed.now != before:

@@ -114,11 +114,26 @@ def _u64(b, o):
 
 
 @njit(cache=True)
-def _scan(b, first_seq, recs, blocks, fill):
+def _class_of(b, q, table):
+    """Row of ``table`` (k x 32 bytes) equal to the 32 name bytes at b[q:], or -1."""
+    for r in range(table.shape[0]):
+        same = True
+        for k in range(32):
+            if b[q + k] != table[r, k]:
+                same = False
+                break
+        if same:
+            return r
+    return -1
+
+
+@njit(cache=True)
+def _scan(b, first_seq, recs, blocks, fill, table):
     """Walk the records of a segment image.  With fill=False only count; with fill=True also
     write recs[i] = (rseq, offset, length, jseq, crc) and blocks[j] = (record index, name offset,
-    time, count, events offset).  Returns (records, blocks, status, offset): status 0 ok,
-    1 torn (the file ends inside a record), 2 bad header (length or seq), 3 bad payload."""
+    time, count, events offset, class: row of ``table`` or -1).  Returns (records, blocks, status,
+    offset): status 0 ok, 1 torn (the file ends inside a record), 2 bad header (length or seq),
+    3 bad payload."""
     n = b.shape[0]
     off = 0
     nr = 0
@@ -156,6 +171,7 @@ def _scan(b, first_seq, recs, blocks, fill):
                 blocks[nb, 2] = _u64(b, q + 32)
                 blocks[nb, 3] = cnt
                 blocks[nb, 4] = ev
+                blocks[nb, 5] = _class_of(b, q, table)
             nb += 1
             q = ev + cnt * 132
         if q != end:
@@ -185,9 +201,57 @@ def _gather(b, offs, counts, words, out, at):
     return at
 
 
+def _crc_table() -> np.ndarray:
+    """Slicing-by-8 tables of CRC-32 (the zlib polynomial, reflected 0xEDB88320)."""
+    t = np.zeros((8, 256), dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        t[0, i] = c
+    for i in range(256):
+        c = int(t[0, i])
+        for k in range(1, 8):
+            c = (c >> 8) ^ int(t[0, c & 0xFF])
+            t[k, i] = c
+    return t
+
+
+_CRC = _crc_table()
+
+
+@njit(cache=True, nogil=True)
+def _crc32(b, start, end, t):
+    c = np.uint32(0xFFFFFFFF)
+    i = start
+    while i + 8 <= end:
+        c ^= np.uint32(b[i]) | (np.uint32(b[i + 1]) << 8) | (np.uint32(b[i + 2]) << 16) | (np.uint32(b[i + 3]) << 24)
+        c = (t[7, c & 0xFF] ^ t[6, (c >> 8) & 0xFF] ^ t[5, (c >> 16) & 0xFF] ^ t[4, c >> 24]
+             ^ t[3, b[i + 4]] ^ t[2, b[i + 5]] ^ t[1, b[i + 6]] ^ t[0, b[i + 7]])
+        i += 8
+    while i < end:
+        c = t[0, (c ^ b[i]) & 0xFF] ^ (c >> 8)
+        i += 1
+    return c ^ np.uint32(0xFFFFFFFF)
+
+
+@njit(cache=True, nogil=True)
+def _crc_scan(b, recs, t):
+    for i in range(recs.shape[0]):
+        off = recs[i, 1]
+        if _crc32(b, off + 8, off + 16 + recs[i, 2], t) != recs[i, 4]:
+            return i
+    return -1
+
+
 def _crc_errors(buf: np.ndarray, recs: np.ndarray) -> int:
-    """Index of the first record of ``recs`` that fails its CRC, or -1 (zlib.crc32 releases the
-    GIL on large buffers: this runs in a worker thread while the main thread copies)."""
+    """Index of the first record of ``recs`` that fails its CRC, or -1.  Large records go through
+    zlib.crc32 (C, ~2 GB/s), small ones through a compiled loop with no per-record Python; both
+    release the GIL, so this can run in a worker thread while the main thread copies."""
+    if not len(recs):
+        return -1
+    if int(recs[:, 2].mean()) < 4096:
+        return int(_crc_scan(buf, recs, _CRC))
     mv = memoryview(buf)
     crc32 = zlib.crc32
     for i, (_seq, off, length, _j, crc) in enumerate(recs.tolist()):
@@ -204,10 +268,13 @@ class Segment:
     first_seq: int
     buf: np.ndarray  # uint8
     recs: np.ndarray  # (n, 5) int64: rseq, offset, length, jseq, crc
-    blocks: np.ndarray  # (m, 5) int64: record index, name offset, time, count, events offset
-    names: np.ndarray  # (m,) S32: class of each block
+    blocks: np.ndarray  # (m, 6) int64: record index, name offset, time, count, events offset, class
+    classes: list[str]  # class names; blocks[:, 5] indexes it (shared by the segments of one read)
     torn: int = -1  # byte offset of a torn tail (last segment only), else -1
     last: bool = False  # the recording's last segment
+
+    def block_class(self, j: int) -> str:
+        return self.classes[int(self.blocks[j, 5])]
 
     def block_events(self, j: int) -> np.ndarray:
         count, off = int(self.blocks[j, 3]), int(self.blocks[j, 4])
@@ -222,15 +289,33 @@ _STATUS = {1: "torn record (the file ends inside it)", 2: "record header out of 
            3: "record payload is not a market-data record"}
 
 
-def scan_segment(path: Path, first_seq: int, last: bool, check_crc: bool = True) -> Segment:
-    """Read and walk one segment.  A bad record raises RecordingError naming the file and the
+def _table(classes: list[str]) -> np.ndarray:
+    t = np.zeros((len(classes), NAME_BYTES), dtype=np.uint8)
+    for i, c in enumerate(classes):
+        raw = c.encode()
+        t[i, :len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return t
+
+
+def scan_segment(path: Path, first_seq: int, last: bool, check_crc: bool = True,
+                 classes: list[str] | None = None) -> Segment:
+    """Map and walk one segment.  A bad record raises RecordingError naming the file and the
     byte offset, except a torn or garbled tail of the last segment (a crash mid-write), where the
-    walk stops (``torn`` says where)."""
+    walk stops (``torn`` says where).  Each block's class is an index into ``classes``, which
+    grows with the names first seen here (pass the same list for every segment of a read)."""
+    classes = [] if classes is None else classes
     buf = _map(path)
-    nr, nb, status, bad = _scan(buf, first_seq, np.empty((0, 5), np.int64), np.empty((0, 5), np.int64), False)
+    table = _table(classes)
+    nr, nb, status, bad = _scan(buf, first_seq, np.empty((0, 5), np.int64), np.empty((0, 6), np.int64), False,
+                                table)
     recs = np.empty((nr, 5), np.int64)
-    blocks = np.empty((nb, 5), np.int64)
-    _scan(buf, first_seq, recs, blocks, True)
+    blocks = np.empty((nb, 6), np.int64)
+    _scan(buf, first_seq, recs, blocks, True, table)
+    while nb and (unknown := np.flatnonzero(blocks[:, 5] < 0)).size:  # a class first seen here
+        q = int(blocks[unknown[0], 1])
+        classes.append(buf[q:q + NAME_BYTES].tobytes().rstrip(b"\0").decode())
+        table = _table(classes)
+        _scan(buf, first_seq, recs, blocks, True, table)
     torn = -1
     if status:
         at_end = status == 1 or _zero_tail(buf, bad) or _last_record_ends_file(buf, bad)
@@ -246,12 +331,7 @@ def scan_segment(path: Path, first_seq: int, last: bool, check_crc: bool = True)
             torn = off  # a torn last record whose length happened to fit
             recs = recs[:i]
             blocks = blocks[blocks[:, 0] < i]
-    if len(blocks):
-        idx = blocks[:, 1][:, None] + np.arange(NAME_BYTES)
-        names = buf[idx].view(f"S{NAME_BYTES}").ravel()
-    else:
-        names = np.empty(0, dtype=f"S{NAME_BYTES}")
-    return Segment(path, first_seq, buf, recs, blocks, names, torn, last)
+    return Segment(path, first_seq, buf, recs, blocks, classes, torn, last)
 
 
 def _map(path: Path) -> np.ndarray:
@@ -284,11 +364,12 @@ def iter_segments(path: str | Path, check_crc: bool | str = True) -> Iterator[Se
         raise RecordingError(f"{d}: no such recording directory")
     segs = segments(d)
     expect = segs[0][0] if segs else 1
+    classes: list[str] = []
     for i, (first, p) in enumerate(segs):
         if first != expect:
             raise RecordingError(f"{p}: at byte offset 0: segment starts at record {first}, expected {expect}")
         last = i == len(segs) - 1
-        seg = scan_segment(p, first, last, bool(check_crc) if check_crc != "last" else last)
+        seg = scan_segment(p, first, last, bool(check_crc) if check_crc != "last" else last, classes)
         expect = first + len(seg.recs)
         yield seg
 
@@ -342,49 +423,56 @@ def load(path: str | Path, classes: Sequence[str] | str | None = None, from_time
     each class's events are copied once, by compiled code, into an array of exactly their size."""
     if isinstance(classes, str):
         classes = [classes]
-    want = None if classes is None else [c.encode() for c in classes]
-    scanned: list[tuple[Segment, np.ndarray, np.ndarray]] = []
-    totals: dict[bytes, int] = {}
+    want = None if classes is None else set(classes)
+    scanned: list[tuple[Segment, np.ndarray]] = []  # segment, its kept blocks
+    names: list[str] = []  # every class seen, in order of first appearance (the blocks' class ids)
     last_jseq = 0
     crcs: list[tuple[Segment, Future[int]]] = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpux-crc") if check_crc else None
     for seg in iter_segments(path, "last" if check_crc else False):
+        names = seg.classes
         if len(seg.recs):
             last_jseq = int(seg.recs[-1, 3])
             if pool is not None and not seg.last:  # the last one was checked by the scan
                 crcs.append((seg, pool.submit(_crc_errors, seg.buf, seg.recs)))
-        blocks, names = seg.blocks, seg.names
+        blocks = seg.blocks
         if not len(blocks):
             continue
         keep = None
         if want is not None:
-            keep = np.isin(names, want)
+            keep = np.isin(blocks[:, 5], [i for i, n in enumerate(names) if n in want])
         if from_time is not None:  # every event of a block happened by its time
             k = blocks[:, 2] >= from_time
             keep = k if keep is None else keep & k
         if keep is not None and not keep.all():
-            blocks, names = blocks[keep], names[keep]
-        if not len(blocks):
-            continue
-        for name in np.unique(names).tolist():
-            totals[name] = totals.get(name, 0) + int(blocks[names == name, 3].sum())
-        scanned.append((seg, blocks, names))
-    all_names = sorted(totals)
-    index = {n: i for i, n in enumerate(all_names)}
-    outs = {n: np.empty(totals[n] * EVENT_SIZE // 4, dtype=np.uint32) for n in all_names}
+            blocks = blocks[keep]
+        if len(blocks):
+            scanned.append((seg, blocks))
+    totals = np.zeros(len(names), dtype=np.int64)
+    present = np.zeros(len(names), dtype=bool)
+    for _seg, blocks in scanned:
+        totals += np.bincount(blocks[:, 5], weights=blocks[:, 3], minlength=len(names)).astype(np.int64)
+        present[np.unique(blocks[:, 5])] = True
+    all_names = sorted(n for i, n in enumerate(names) if present[i])
+    index = {n: k for k, n in enumerate(all_names)}
+    lut = np.full(max(len(names), 1), -1, dtype=np.int32)  # first-appearance id -> sorted index
+    for i, n in enumerate(names):
+        lut[i] = index.get(n, -1)
+    outs = {n: np.empty(int(totals[names.index(n)]) * EVENT_SIZE // 4, dtype=np.uint32) for n in all_names}
     at = dict.fromkeys(all_names, 0)
     block_parts: list[np.ndarray] = []
-    name_arr = np.array(all_names, dtype=f"S{NAME_BYTES}")
-    for seg, blocks, names in scanned:
+    for seg, blocks in scanned:
         words = seg.buf[:len(seg.buf) // 4 * 4].view(np.uint32)
-        for name in np.unique(names).tolist():
-            sel = blocks[names == name]
-            at[name] = _gather(words, sel[:, 4] // 4, sel[:, 3].copy(), EVENT_SIZE // 4, outs[name], at[name])
+        ids = blocks[:, 5]
+        for n in all_names:
+            sel = blocks[ids == names.index(n)]
+            if len(sel):
+                at[n] = _gather(words, sel[:, 4] // 4, sel[:, 3].copy(), EVENT_SIZE // 4, outs[n], at[n])
         recs = seg.recs
         bp = np.empty(len(blocks), dtype=BLOCK_DTYPE)
         bp["rseq"] = recs[blocks[:, 0], 0]
         bp["jseq"] = recs[blocks[:, 0], 3]
-        bp["cls"] = np.searchsorted(name_arr, names)
+        bp["cls"] = lut[ids]
         bp["time"] = blocks[:, 2]
         bp["count"] = blocks[:, 3]
         block_parts.append(bp)
@@ -426,10 +514,10 @@ def load(path: str | Path, classes: Sequence[str] | str | None = None, from_time
         first = np.concatenate(([0], np.cumsum(counts)[:-1])) if len(counts) else counts
         blocks["first"][mine] = first
         blocks["count"][mine] = counts
-        events[n.decode()] = ev
+        events[n] = ev
     if to_time is not None and len(blocks):
         blocks = blocks[(blocks["time"] <= to_time) | (blocks["count"] > 0)]
-    return Recording([n.decode() for n in all_names], events, blocks, last_jseq, read_meta(path))
+    return Recording(all_names, events, blocks, last_jseq, read_meta(path))
 
 
 def recent(path: str | Path, since: int, types: Sequence[int] | None = None,
@@ -440,18 +528,20 @@ def recent(path: str | Path, since: int, types: Sequence[int] | None = None,
     exchange needs for its 24 h statistics, without reading the whole history."""
     d = recording_dir(path)
     segs = segments(d) if d.is_dir() else []
-    found: dict[bytes, list[np.ndarray]] = {}
+    found: dict[str, list[np.ndarray]] = {}
     want = None if types is None else np.asarray(types, dtype=np.int8)
+    classes: list[str] = []
     for i in range(len(segs) - 1, -1, -1):
         first, p = segs[i]
-        seg = scan_segment(p, first, i == len(segs) - 1)
+        seg = scan_segment(p, first, i == len(segs) - 1, classes=classes)
         b = seg.blocks
         if not len(b):
             continue
         keep = (b[:, 2] >= since) & (b[:, 3] > 0)
         words = seg.buf[:len(seg.buf) // 4 * 4].view(np.uint32)
-        for name in np.unique(seg.names[keep]).tolist():
-            sel = b[keep & (seg.names == name)]
+        for cid in np.unique(b[keep, 5]).tolist():
+            name = classes[cid]
+            sel = b[keep & (b[:, 5] == cid)]
             out = np.empty(int(sel[:, 3].sum()) * EVENT_SIZE // 4, dtype=np.uint32)
             _gather(words, sel[:, 4] // 4, sel[:, 3].copy(), EVENT_SIZE // 4, out, 0)
             ev = out.view(EVENT_DTYPE)
@@ -461,7 +551,7 @@ def recent(path: str | Path, since: int, types: Sequence[int] | None = None,
             found.setdefault(name, []).append(ev[mask])
         if int(b[:, 2].max()) < since - slack:
             break
-    return {n.decode(): np.concatenate(parts[::-1]) for n, parts in found.items()}
+    return {n: np.concatenate(parts[::-1]) for n, parts in found.items()}
 
 
 # ---------------------------------------------------------------------- meta

@@ -109,7 +109,7 @@ def verify(data_dir: str | Path, instruments: dict[str, Instrument] | None = Non
                                       f"at seq {applied}", record=rseq, file=str(seg.path), offset=off)
                 seen = set()
                 while bi < nb and seg.blocks[bi, 0] == i:
-                    name = seg.names[bi].decode()
+                    name = seg.block_class(bi)
                     seen.add(name)
                     rec_ev = seg.block_events(bi)
                     got = concat_events(produced.pop(name, []))

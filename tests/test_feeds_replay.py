@@ -135,7 +135,7 @@ def _tamper(tmp_path: Path, fix_crc: bool) -> tuple[str, int, int]:
         for j in range(len(seg.blocks)):
             ev = seg.block_events(j)
             trades = np.flatnonzero(ev["type"] == EV_TRADE)
-            if len(trades) and seg.names[j].decode() == "H100":
+            if len(trades) and seg.block_class(j) == "H100":
                 k = int(trades[0])
                 seq = int(ev["seq"][k])
                 ev_off = int(seg.blocks[j, 4]) + k * EVENT_DTYPE.itemsize

@@ -286,3 +286,33 @@ def test_recent_reads_only_the_last_segments(tmp_path) -> None:
     got = recent(tmp_path, since, types=[EV_TRADE], slack=0)["T"]
     assert got["seq"].tolist() == list(range(3 * 150 + 1, 3 * 200 + 1))
     assert (got["time"] >= since).all()
+
+
+@pytest.mark.parametrize("events_per_record", [1, 200])
+def test_a_damaged_record_in_an_earlier_segment_is_named(tmp_path, events_per_record: int) -> None:
+    """Both CRC paths (compiled loop for small records, zlib for large ones) catch damage in any
+    segment; only a bad *last* record of the last segment is a torn tail."""
+    import zlib
+
+    from exchange.journal import Journal
+    from feeds.recording import _CRC, RecordingError, _crc32
+
+    data = np.frombuffer(np.random.default_rng(1).bytes(5000), dtype=np.uint8)
+    for a, b in ((0, 5000), (3, 1003), (5, 12), (7, 7)):
+        assert _crc32(data, a, b, _CRC) == zlib.crc32(data[a:b])
+    d = tmp_path / "market-data"
+    j = Journal.open(d, segment_bytes=20_000, fsync=False)
+    rows = np.zeros(events_per_record, dtype=EVENT_DTYPE)
+    records = 300 if events_per_record == 1 else 60
+    for k in range(records):
+        rows["seq"] = np.arange(k * events_per_record + 1, (k + 1) * events_per_record + 1)
+        j.append([encode_record(k + 1, [("T", T0 + k, rows.tobytes())])])
+    j.close()
+    segs = sorted(d.glob("*.seg"))
+    assert len(segs) >= 3
+    assert len(load(tmp_path)) == records * events_per_record
+    raw = bytearray(segs[0].read_bytes())
+    raw[16 + 16 + 48 + 5] ^= 0xFF  # inside the first record's first event
+    segs[0].write_bytes(bytes(raw))
+    with pytest.raises(RecordingError, match=f"{segs[0].name}: record seq 1 fails its CRC at byte offset 0"):
+        load(tmp_path)

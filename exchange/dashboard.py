@@ -29,6 +29,7 @@ GPUs are the hardware of a lease on a provider's ask, counted there.  Answers ar
 
 from __future__ import annotations
 
+import heapq
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 CACHE_S = 1.0
 MAX_HOURS = 24 * 14
 DEFAULT_HOURS = 72
-PRUNE_AT = 50_000  # live-lease refs kept per class before ended ones are dropped without a request
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -60,12 +60,16 @@ class Dashboard:
         self.x = exchange
         # leases not known to have ended, per class (refs into exchange.engine.state.leases)
         self.live: dict[str, set[str]] = {}
+        self._ends: dict[str, list[tuple[int, str]]] = {}  # per class: a heap of (end, ref) of live leases
         self._cache: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
         eng = exchange.engine
         if eng is not None:
             for ref, lease in eng.state.leases.items():
                 if lease.end > eng.book_time(lease.book):
                     self.live.setdefault(lease.book, set()).add(ref)
+                    self._ends.setdefault(lease.book, []).append((lease.end, ref))
+            for heap in self._ends.values():
+                heapq.heapify(heap)
         exchange.bus.subscribe(self._on_batch)
         r = exchange.app.router
         r.add_get("/", self.index)
@@ -79,22 +83,28 @@ class Dashboard:
 
     # ------------------------------------------------------------------ the bus
     def _on_batch(self, batch: Any) -> None:
+        eng = self.x.engine
         for name, ev in batch.events.items():
             trades = ev[ev["type"] == EV_TRADE] if len(ev) else ev
             if len(trades):
                 live = self.live.setdefault(name, set())
-                for tid in trades["trade_id"].tolist():
-                    live.add(lease_ref(name, tid))
-                if len(live) > PRUNE_AT:
-                    self._prune(name)
+                ends = self._ends.setdefault(name, [])
+                for tid, end in zip(trades["trade_id"].tolist(), trades["end"].tolist(), strict=True):
+                    ref = lease_ref(name, tid)
+                    live.add(ref)
+                    heapq.heappush(ends, (end, ref))
+            if eng is not None:
+                self._prune(name, eng.book_time(name))
 
-    def _prune(self, name: str) -> None:
-        eng = self.x.engine
-        if eng is None:
+    def _prune(self, name: str, now: int) -> None:
+        """Drop leases whose end has passed: a heap by original end, so each lease costs O(log n)
+        once (a lease's end only moves earlier — preemption, release — so it has ended by then)."""
+        ends = self._ends.get(name)
+        if not ends:
             return
-        now, leases = eng.book_time(name), eng.state.leases
         live = self.live.get(name, set())
-        live.difference_update([r for r in live if r not in leases or leases[r].end <= now])
+        while ends and ends[0][0] <= now:
+            live.discard(heapq.heappop(ends)[1])
 
     # ------------------------------------------------------------------ static files
     async def index(self, request: web.Request) -> web.StreamResponse:

@@ -31,12 +31,11 @@ the defaults of DEFAULT_INSTRUMENTS.  docs/operations.md describes every key.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from exchange.instruments import CONFIG_FIELDS, ConfigError
+from exchange.instruments import CONFIG_FIELDS, ConfigError, read_toml
 from orderbook.config import BookConfig
 
 FEE_FIELDS = ("maker_fee_bps", "taker_fee_bps")
@@ -131,13 +130,7 @@ def load_config(path: str | Path | None = None) -> ServerConfig:
     if path is None:
         return ServerConfig()
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    data = read_toml(path)
     unknown = sorted(set(data) - set(_SECTIONS) - {"instruments"})
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; "

@@ -47,6 +47,7 @@ from exchange.wire import (
     precheck_ask,
     precheck_bid,
 )
+from exchange.wsframe import ws_frame
 from orderbook import reasons as R
 from orderbook.codec import _event_values_to_json as _event_json
 from orderbook.types import (
@@ -83,16 +84,6 @@ def _error(e: ApiError) -> web.Response:
 
 def _auth_error(e: AuthError) -> ApiError:
     return ApiError(e.code, e.message, e.status)
-
-
-def ws_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class Session:

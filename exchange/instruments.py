@@ -25,16 +25,21 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
 
 
-def load_instruments(path: str | Path) -> dict[str, BookConfig]:
-    """Every ``[instruments.NAME]`` table of a TOML file, as BookConfigs by class name."""
-    path = Path(path)
+def read_toml(path: Path) -> dict:
+    """A TOML file's tables; ConfigError naming the file when it cannot be read or parsed."""
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def load_instruments(path: str | Path) -> dict[str, BookConfig]:
+    """Every ``[instruments.NAME]`` table of a TOML file, as BookConfigs by class name."""
+    path = Path(path)
+    data = read_toml(path)
     tables = data.get("instruments")
     if not isinstance(tables, dict) or not tables:
         raise ConfigError(f"{path}: no [instruments.NAME] tables")

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import msgspec
 from aiohttp import WSMsgType, web
 
+from exchange.wsframe import ws_frame
 from feeds.model import CHANNELS, ClassFeed, stream_name
 
 log = logging.getLogger("gpux.feeds")
@@ -45,16 +46,6 @@ CLOSE_GRACE_S = 5.0
 HEARTBEAT_S = 1.0
 OPS_PER_S = 50  # client operations per connection, sustained
 OPS_BURST = 500
-
-
-def ws_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 def close_frame(code: int, reason: str) -> bytes:

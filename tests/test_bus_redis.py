@@ -6,38 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import uuid
 
 import pytest
 import redis
 from exchange_helpers import USD, running_exchange
-
-REDIS_URL = os.environ.get("GPUX_TEST_REDIS", "redis://127.0.0.1:6379/0")
+from redis_helpers import REDIS_URL, redis_prefix
 
 
 @pytest.fixture
-def redis_prefix():
-    try:
-        r = redis.Redis.from_url(REDIS_URL)
-        r.ping()
-    except redis.RedisError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is needed at {REDIS_URL} under CI: {e}")
-        pytest.skip(f"no Redis at {REDIS_URL} ({e}); CI starts one")
-    prefix = f"gpuxtest-{uuid.uuid4().hex[:12]}"
-    yield prefix
-    for key in r.scan_iter(f"{prefix}:*"):
-        r.delete(key)
-    r.close()
+def prefix():
+    yield from redis_prefix("bus-")
 
 
-def test_events_reach_the_class_streams_in_sequence_order(tmp_path, redis_prefix):
+def test_events_reach_the_class_streams_in_sequence_order(tmp_path, prefix):
     """Every event of H100 lands in {prefix}:events:H100 in seq order (R15, R20); the trade also in
     {prefix}:trades:H100; a class without events has no stream."""
 
     async def scenario():
-        async with running_exchange(tmp_path, fsync="off", redis_url=REDIS_URL, redis_prefix=redis_prefix) as ex:
+        async with running_exchange(tmp_path, fsync="off", redis_url=REDIS_URL, redis_prefix=prefix) as ex:
             prov = ex.client("prov", "provider")
             alice = ex.client("alice", "trader", 1000 * USD)
             ask = await prov.ask("H100", 8, 2_000_000, ex.now + 86_400, spot_price=1_000_000)
@@ -50,14 +36,14 @@ def test_events_reach_the_class_streams_in_sequence_order(tmp_path, redis_prefix
 
     ask, ack = asyncio.run(scenario())
     r = redis.Redis.from_url(REDIS_URL)
-    events = [json.loads(f[b"event"]) for _, f in r.xrange(f"{redis_prefix}:events:H100")]
+    events = [json.loads(f[b"event"]) for _, f in r.xrange(f"{prefix}:events:H100")]
     types = [e["type"] for e in events]
     assert types == ["accepted", "accepted", "trade", "accepted", "cancelled"]
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert events[0]["oid"] == ask["oid"] and events[2]["trade_id"] == ack["trades"][0]["trade_id"]
-    trades = [json.loads(f[b"event"]) for _, f in r.xrange(f"{redis_prefix}:trades:H100")]
+    trades = [json.loads(f[b"event"]) for _, f in r.xrange(f"{prefix}:trades:H100")]
     assert [t["type"] for t in trades] == ["trade"]
     assert trades[0] == events[2]
-    assert r.xlen(f"{redis_prefix}:events:A100") == 0
+    assert r.xlen(f"{prefix}:events:A100") == 0
     r.close()

@@ -19,11 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import redis
+from redis_helpers import REDIS_URL, redis_prefix
 
 from bench.settlement import accounts_of, fund_accounts, ledger_digest, workload_events
 from exchange.bus import Published, RedisBus
@@ -31,25 +31,13 @@ from settlement.consumer import RedisConsumer, SimulatedCrash
 from settlement.engine import SettlementConfig
 from settlement.service import Settlement
 
-REDIS_URL = os.environ.get("GPUX_TEST_REDIS", "redis://127.0.0.1:6379/0")
 CONFIG = SettlementConfig(fees={"H100": (10, 25), "A100": (0, 30), "RTX4090": (5, 5)}, meter_interval_s=6 * 3600)
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def prefix():
-    try:
-        r = redis.Redis.from_url(REDIS_URL)
-        r.ping()
-    except redis.RedisError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is needed at {REDIS_URL} under CI: {e}")
-        pytest.skip(f"no Redis at {REDIS_URL} ({e}); start one (CI does) to run the exactly-once tests")
-    p = f"gpuxtest-settle-{uuid.uuid4().hex[:12]}"
-    yield p
-    for key in r.scan_iter(f"{p}:*"):
-        r.delete(key)
-    r.close()
+    yield from redis_prefix("settle-", " to run the exactly-once tests")
 
 
 @pytest.fixture(scope="module")

@@ -562,7 +562,9 @@ class Gateway:
             elif msg.type == WSMsgType.BINARY:
                 self._ws_message(s, msg.data)
             elif msg.type == WSMsgType.ERROR:
-                self._count("errors_total{code=\"TOO_LARGE\"}")
+                # aiohttp closes the connection: 1009 for an oversized frame, 1002/1007 otherwise
+                too_big = getattr(ws.exception(), "code", None) == WSCloseCode.MESSAGE_TOO_BIG
+                self._count(f"errors_total{{code=\"{'TOO_LARGE' if too_big else 'WS_PROTOCOL'}\"}}")
                 break
 
     async def _ws_auth(self, s: Session, msg: Any) -> bool:

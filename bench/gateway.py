@@ -4,7 +4,8 @@
 
 The server runs as its own process (`gpux serve`, default config: one fsync per batch) on a
 fresh data directory with one provider, whose asks are seeded over REST, and ``--clients``
-funded traders.  Two phases, each over every client's own WebSocket session:
+funded traders.  Two phases, each over every client's own WebSocket session, latency first (a steady 2,000/s on a
+server that is not still writing back the burst before it), then saturation:
 
 * **saturation** — each client keeps ``--window`` requests in flight (closed loop) for
   ``--seconds``: a GTC bid below the asks (it rests), then its cancel, and every fourth
@@ -176,9 +177,19 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
                     raise SystemExit(f"seeding asks failed: {r.status} {await r.text()}")
         host, port = url.split("//", 1)[1].split(":")
         conns = [await Conn.open(host, int(port), key, secret) for key, secret in traders]
-        # warm-up, then saturation
+        # warm-up; the latency phase (steady 2,000/s on a server that is not still writing back a
+        # burst), then saturation
         counts = {"requests": 0}
         await asyncio.gather(*(_client_loop(c, time.perf_counter() + 1.0, 4, counts) for c in conns))
+        for c in conns:
+            c.errors.clear()
+        await asyncio.sleep(0.5)
+        lat = sorted(await _open_loop(conns, args.rate, args.latency_seconds))
+        lat_errors: dict[str, int] = {}
+        for c in conns:
+            for k, v in c.errors.items():
+                lat_errors[k] = lat_errors.get(k, 0) + v
+            c.errors.clear()
         counts = {"requests": 0}
         t0 = time.perf_counter()
         stop_at = t0 + args.seconds
@@ -189,13 +200,6 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
         for c in conns:
             for k, v in c.errors.items():
                 errors[k] = errors.get(k, 0) + v
-            c.errors.clear()
-        await asyncio.sleep(0.5)
-        lat = sorted(await _open_loop(conns, args.rate, args.latency_seconds))
-        lat_errors: dict[str, int] = {}
-        for c in conns:
-            for k, v in c.errors.items():
-                lat_errors[k] = lat_errors.get(k, 0) + v
         async with http.get(url + "/metrics") as r:
             metrics = await r.text()
         for c in conns:

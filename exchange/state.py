@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from exchange.config import Instrument
 from orderbook import reasons as R
@@ -43,7 +42,6 @@ from orderbook.types import (
     EVENT_DTYPE,
     HOUR,
     KIND_NAMES,
-    SIDE_ASK,
     SIDE_BID,
     SIDE_NAMES,
     TIF_NAMES,
@@ -463,9 +461,3 @@ def answer(book: str, command: tuple, events: Iterable[tuple], state: ExchangeSt
 def encode_answer(book: str, command: tuple, events: list[tuple], state: ExchangeState) -> bytes:
     return _encoder.encode(answer(book, command, events, state))
 
-
-def events_as_tuples(events: np.ndarray) -> list[tuple]:
-    return events.tolist()
-
-
-SIDES = {"bid": SIDE_BID, "ask": SIDE_ASK}

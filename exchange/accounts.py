@@ -352,6 +352,12 @@ class AccountStore:
                           "LEFT JOIN deposits d ON d.account_id = a.id GROUP BY a.id ORDER BY a.id")
         return {account_id: total for account_id, total in rows}
 
+    def deposit_rows(self, after_id: int = 0) -> list[tuple[int, int, int, int]]:
+        """Deposits recorded after row ``after_id``, as (id, account, amount µ$, created_at ms),
+        in order: settlement turns each into one ledger transfer ``deposit:accounts:{id}``."""
+        return [tuple(r) for r in self._read("SELECT id, account_id, amount, created_at FROM deposits "
+                                             "WHERE id > ? ORDER BY id", (after_id,))]
+
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -73,6 +73,10 @@ def _default_instruments() -> dict[str, Instrument]:
 DEFAULT_INSTRUMENTS = _default_instruments()
 
 
+PROVISIONING_MODES = ("agent", "auto")
+LEDGER_SYNC = ("NORMAL", "FULL")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything `gpux serve` needs.  Integers for money (µ$) and time (s)."""
@@ -92,6 +96,12 @@ class ServerConfig:
     engine: str | None = None  # None: numba, falling back to the reference book with a warning
     redis_url: str | None = None
     redis_prefix: str = "gpux"
+    # settlement (docs/settlement.md): "agent" = leases wait for the provider's agent (R18);
+    # "auto" = every lease is ready at its start (a market without agents: simulations, tests)
+    provisioning: str = "agent"
+    provision_timeout_s: int = 300
+    meter_interval_s: int = 3600
+    ledger_synchronous: str = "NORMAL"
     instruments: dict[str, Instrument] = field(default_factory=lambda: dict(DEFAULT_INSTRUMENTS))
 
     def __post_init__(self) -> None:
@@ -99,6 +109,15 @@ class ServerConfig:
             raise ConfigError(f"journal.fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
         for name in ("segment_bytes", "snapshot_every_s", "clock_interval_s", "max_open_orders",
                      "rate_burst", "max_message_bytes", "heartbeat_s"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.provisioning not in PROVISIONING_MODES:
+            raise ConfigError(f"settlement.provisioning must be one of {', '.join(PROVISIONING_MODES)}, "
+                              f"got {self.provisioning!r}")
+        if self.ledger_synchronous not in LEDGER_SYNC:
+            raise ConfigError(f"settlement.ledger_synchronous must be one of {', '.join(LEDGER_SYNC)}, "
+                              f"got {self.ledger_synchronous!r}")
+        for name in ("provision_timeout_s", "meter_interval_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.rate_per_s <= 0:
@@ -121,6 +140,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "journal": ("fsync", "segment_bytes", "snapshot_every_s"),
     "engine": ("clock_interval_s",),
     "limits": ("max_open_orders", "rate_per_s", "rate_burst", "max_message_bytes", "heartbeat_s"),
+    "settlement": ("provisioning", "provision_timeout_s", "meter_interval_s", "ledger_synchronous"),
 }
 _TYPES = {f.name: f.type for f in fields(ServerConfig)}
 

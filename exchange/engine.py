@@ -88,6 +88,16 @@ class Snapshot(msgspec.Struct, kw_only=True):
     version: int = 2  # 2: book blobs are zlib-compressed
 
 
+def book_seq(book: Any) -> int:
+    """The last event seq of a book (either engine)."""
+    seq = getattr(book, "seq", None)
+    if seq is not None:
+        return int(seq)
+    from orderbook.fast import S_SEQ
+
+    return int(book.st.S[S_SEQ])
+
+
 class SnapshotMismatch(RuntimeError):
     """A restored book's state hash differs from the one recorded with its snapshot."""
 
@@ -106,6 +116,10 @@ class Engine:
 
     def book_time(self, name: str) -> int:
         return int(getattr(self.books[name], "now", 0))
+
+    def event_seq(self, name: str) -> int:
+        """The last event seq of a book."""
+        return book_seq(self.books[name])
 
     # ------------------------------------------------------------------ applying entries
     def apply(self, entries: list[Entry], answers: bool = False) -> tuple[list[Result], dict[str, np.ndarray]]:

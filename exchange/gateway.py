@@ -38,8 +38,10 @@ from exchange.wire import (
     KillRequest,
     OrdersOp,
     PingOp,
+    ProvisionAnswer,
     QuoteRequest,
     ReleaseOp,
+    SshKeyRequest,
     StatusOp,
     decode_body,
     decode_query,
@@ -246,6 +248,10 @@ class Gateway:
         r.add_get("/v1/book/{cls}", self.book)
         r.add_get("/v1/quote", self.quote)
         r.add_get("/v1/account", self.account)
+        r.add_get("/v1/account/statement", self.statement)
+        r.add_put("/v1/account/ssh-key", self.set_ssh_key)
+        r.add_get("/v1/provisioning", self.provisioning_tasks)
+        r.add_post("/v1/provisioning/{lease}", self.provisioning_answer)
         r.add_post("/v1/asks", self.post_ask)
         r.add_get("/v1/asks", self.list_asks)
         r.add_delete("/v1/asks/{oid}", self.cancel_ask)
@@ -345,14 +351,55 @@ class Gateway:
     # --- accounts -----------------------------------------------------------------------
     async def account(self, request: web.Request) -> web.Response:
         key = await self._auth(request)
-        st = self.state
         a = key.account_id
-        f = st.funds
         acc = self.x.store.account(a)
+        b = self.x.settlement.balances(a)
         return _json({"account": a, "name": acc.name if acc else "", "role": key.role,
-                      "deposited": f.deposited.get(a, 0), "held": f.held.get(a, 0), "spent": f.spent.get(a, 0),
-                      "earned": f.earned.get(a, 0), "available": f.available(a),
-                      "open_orders": st.open_count(a)})
+                      "deposited": self.x.store.deposits().get(a, 0), "available": b.get("available", 0),
+                      "escrow": b.get("escrow", 0), "lease_prepaid": b.get("lease_prepaid", 0),
+                      "receivable": b.get("receivable", 0), "open_orders": self.state.open_count(a),
+                      "ssh_public_key": self.x.store.ssh_key(a)})
+
+    async def statement(self, request: web.Request) -> web.Response:
+        """The account's ledger: balances, every transfer with running balances, its leases
+        (an admin or analyst may ask for any account with ?account=N)."""
+        key = await self._auth(request)
+        a = key.account_id
+        if "account" in request.query:
+            if key.role not in ("admin", "analyst"):
+                raise ApiError("FORBIDDEN", "only admin and analyst keys may read another account's statement")
+            try:
+                a = int(request.query["account"])
+            except ValueError:
+                raise ApiError("MALFORMED", "account must be an integer") from None
+            if self.x.store.account(a) is None:
+                raise ApiError("NOT_FOUND", f"no account {a}")
+        return _json(self.x.settlement.statement(a))
+
+    async def set_ssh_key(self, request: web.Request) -> web.Response:
+        key = await self._auth(request)
+        m = decode_body(await request.read(), SshKeyRequest)
+        from exchange.accounts import AccountError
+
+        try:
+            self.x.store.set_ssh_key(key.account_id, m.ssh_public_key)
+        except AccountError as e:
+            raise ApiError(e.code, e.message, 400) from None
+        return _json({"ok": True, "account": key.account_id, "ssh_public_key": self.x.store.ssh_key(key.account_id)})
+
+    # --- provisioning (R18; the provider's agent) ---------------------------------------------
+    async def provisioning_tasks(self, request: web.Request) -> web.Response:
+        key = await self._auth(request, "provider", "trader")
+        return _json({"tasks": self.x.provisioning.outstanding(key.account_id)})
+
+    async def provisioning_answer(self, request: web.Request) -> web.Response:
+        key = await self._auth(request, "provider", "trader")
+        m = decode_body(await request.read(), ProvisionAnswer)
+        if m.status == "ready" and not m.connection:
+            raise ApiError("MALFORMED", "a ready answer needs connection details (host, port, user...)")
+        view = self.x.provisioning.answer(key.account_id, request.match_info["lease"], m.status, m.connection,
+                                          m.reason)
+        return _json({"ok": True, "lease": request.match_info["lease"], "settlement": view})
 
     # --- asks (providers; traders for resale, R16) ------------------------------------------
     async def post_ask(self, request: web.Request) -> web.Response:
@@ -426,7 +473,9 @@ class Gateway:
         key = await self._auth(request)
         engine = self.x.engine
         assert engine is not None
-        out = [lease_view(lease, engine.book_time(lease.book)) for lease in self.state.account_leases(key.account_id)]
+        prov = self.x.provisioning
+        out = [{**lease_view(lease, engine.book_time(lease.book)), "settlement": prov.view(lease.ref)}
+               for lease in self.state.account_leases(key.account_id)]
         return _json({"leases": out})
 
     async def release_lease(self, request: web.Request) -> web.Response:
@@ -498,8 +547,7 @@ class Gateway:
         return _json({"ok": True, "account": m.account, "deposited": total})
 
     def _refresh_funds(self) -> None:
-        if self.x.sequencer is not None:
-            self.x.sequencer._refresh_deposits()
+        self.x.settlement.sync_deposits()
 
     async def admin_state(self, request: web.Request) -> web.Response:
         await self._auth(request, "admin", "analyst")

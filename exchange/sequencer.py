@@ -36,6 +36,7 @@ from exchange.config import ServerConfig
 from exchange.engine import Admin, Cmd, Engine, Entry, encode_entry, encode_snapshot, write_snapshot
 from exchange.errors import ApiError
 from exchange.journal import Journal
+from exchange.settle import SettlementLink
 from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE
 
 log = logging.getLogger("gpux.sequencer")
@@ -93,12 +94,12 @@ class SequencerStats:
 
 class Sequencer:
     def __init__(self, engine: Engine, journal: Journal, cfg: ServerConfig, bus: Bus,
-                 deposits: Callable[[], dict[int, int]] | None = None) -> None:
+                 settlement: SettlementLink | None = None) -> None:
         self.engine = engine
         self.journal = journal
         self.cfg = cfg
         self.bus = bus
-        self.deposits = deposits
+        self.settlement = settlement  # the ledger escrow is checked against (None: no escrow check)
         self.stats = SequencerStats()
         self._queue: list[Request] = []
         self._wake = asyncio.Event()
@@ -176,11 +177,9 @@ class Sequencer:
         self._wake.set()
 
     def _refresh_deposits(self) -> None:
-        if self.deposits is not None:
-            try:
-                self.engine.state.funds.deposited = self.deposits()
-            except Exception:  # the account store is busy: keep the last figures
-                log.exception("could not read deposits")
+        """Deposits recorded by another process (`gpux accounts deposit`) reach the ledger."""
+        if self.settlement is not None:
+            self.settlement.sync_deposits()
 
     def _tick(self) -> None:
         """Queue a clock command for every book whose time is behind the wall clock."""
@@ -249,8 +248,11 @@ class Sequencer:
             if count >= self.cfg.max_open_orders:
                 return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "
                                                    f"{self.cfg.max_open_orders}")
-            if r.hold:
-                avail = state.funds.available(r.account) - holds.get(r.account, 0)
+            if r.hold and self.settlement is not None:
+                if not self.settlement.healthy:
+                    return ApiError("UNAVAILABLE", "settlement is behind the book; bids that need escrow are "
+                                                   "refused until it catches up")
+                avail = self.settlement.available(r.account) - holds.get(r.account, 0)
                 if r.hold > avail:
                     return ApiError("INSUFFICIENT_FUNDS", f"the bid needs {r.hold} µ$ of escrow, "
                                                           f"{max(avail, 0)} µ$ is available")

@@ -19,9 +19,11 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from exchange.accounts import AccountStore
@@ -36,8 +38,14 @@ REPLAY_CHUNK = 4096
 SWITCH_INTERVAL_S = 0.0002
 
 
-def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: bool = True) -> Engine:
-    """An engine at the end of the journal: newest usable snapshot + the entries after it."""
+def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: bool = True,
+            settled: Callable[[str], int] | None = None,
+            sink: Callable[[dict[str, np.ndarray]], None] | None = None) -> Engine:
+    """An engine at the end of the journal: newest usable snapshot + the entries after it.
+
+    ``settled(cls)``: the last event seq of each class that settlement has; a snapshot is used
+    only if it is not ahead of it, so that the replay regenerates every event settlement lacks
+    and hands it to ``sink`` (the events of each replayed chunk, by class)."""
     data = cfg.data_path
     journal_dir = journal_dir or data / "journal"
     engine = Engine(cfg.instruments, cfg.engine)
@@ -46,16 +54,21 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
             try:
                 candidate = Engine(cfg.instruments, cfg.engine)
                 candidate.load_snapshot(path.read_bytes())
-                engine = candidate
-                log.info("restored snapshot", extra={"seq": seq, "path": str(path)})
-                break
             except (SnapshotMismatch, ValueError, OSError) as e:
                 log.warning("snapshot %s not usable (%s); trying an older one", path, e)
-    replay(engine, journal_dir)
+                continue
+            ahead = [n for n in candidate.books if settled is not None and candidate.event_seq(n) > settled(n)]
+            if ahead:
+                log.info("snapshot %s is ahead of the ledger in %s; trying an older one", path, ", ".join(ahead))
+                continue
+            engine = candidate
+            log.info("restored snapshot", extra={"seq": seq, "path": str(path)})
+            break
+    replay(engine, journal_dir, sink)
     return engine
 
 
-def replay(engine: Engine, journal_dir: Path) -> int:
+def replay(engine: Engine, journal_dir: Path, sink: Callable[[dict[str, np.ndarray]], None] | None = None) -> int:
     """Apply every journal entry after ``engine.seq``; returns how many were applied."""
     chunk: list = []
     applied = 0
@@ -66,11 +79,15 @@ def replay(engine: Engine, journal_dir: Path) -> int:
         expect += 1
         chunk.append(decode_entry(payload))
         if len(chunk) >= REPLAY_CHUNK:
-            engine.apply(chunk)
+            _, arrays = engine.apply(chunk)
+            if sink is not None:
+                sink(arrays)
             applied += len(chunk)
             chunk = []
     if chunk:
-        engine.apply(chunk)
+        _, arrays = engine.apply(chunk)
+        if sink is not None:
+            sink(arrays)
         applied += len(chunk)
     return applied
 
@@ -85,6 +102,9 @@ class Exchange:
         self.store = AccountStore(self.data / "accounts.db")
         self.bus: Bus = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
         self.engine: Engine | None = None
+        from exchange.settle import SettlementLink  # the ledger behind escrow (docs/settlement.md)
+
+        self.settlement = SettlementLink(cfg, self.store)
         self.journal: Journal | None = None
         self.sequencer: Sequencer | None = None
         self.started_at = time.time()
@@ -98,13 +118,17 @@ class Exchange:
         t0 = time.perf_counter()
         self.journal = open_journal(self.data, self.cfg)
         loop = asyncio.get_running_loop()
-        self.engine = await loop.run_in_executor(None, recover, self.cfg)
+        link = self.settlement
+        self.engine = await loop.run_in_executor(None, lambda: recover(self.cfg, settled=link.cursor,
+                                                                       sink=link.replayed))
         if self.engine.seq != self.journal.last_seq:
             raise RuntimeError(f"recovered to seq {self.engine.seq} but the journal ends at {self.journal.last_seq}")
         log.info("recovered", extra={"seq": self.engine.seq, "seconds": round(time.perf_counter() - t0, 3),
                                      "engine": self.engine.engine})
+        link.tick({name: self.engine.book_time(name) for name in self.engine.books})
+        link.attach(self.bus)  # first subscriber: the ledger is current before anyone hears of a batch
         await self.bus.start()
-        self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, self.store.deposits)
+        self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, link)
         await self.sequencer.start()
         self.gateway.attach()
         from feeds.service import FeedService  # market data: /v1/feeds, /v1/replay, the recorder (docs/feeds.md)
@@ -113,6 +137,9 @@ class Exchange:
         from exchange.dashboard import Dashboard  # the web dashboard at / and /v1/dashboard (docs/demo.md)
 
         self.dashboard = Dashboard.attach(self)
+        from exchange.provisioning import Provisioning  # leases to providers' agents (R18)
+
+        self.provisioning = Provisioning.attach(self)
 
     async def stop(self) -> None:
         await self.gateway.close_sessions()
@@ -121,6 +148,7 @@ class Exchange:
         if getattr(self, "feeds", None) is not None:
             await self.feeds.close()
         await self.bus.close()
+        self.settlement.close()
         self.store.close()
         log.info("stopped", extra={"seq": self.engine.seq if self.engine else 0})
 

@@ -1,5 +1,6 @@
-"""What the exchange knows beyond the books: orders by account, leases, client order ids,
-escrow, halted classes.  All of it follows from the journaled commands and the events the
+"""What the exchange knows beyond the books: orders by account (with what each bid holds in
+escrow), leases, client order ids, halted classes.  The money itself is in settlement's
+ledger (exchange.settle).  All of it follows from the journaled commands and the events the
 books answered with, so it is rebuilt exactly by replaying the journal (R21), and a
 snapshot of it is a msgspec blob.
 
@@ -7,8 +8,8 @@ snapshot of it is a msgspec blob.
     for book, cmd_slice, events in ...:
         state.apply(book, commands, events, spans, coids)   # the same call live and on replay
 
-Nothing here decides whether a command may enter the journal (that is `exchange.risk`,
-live only): this module only applies what the books said.
+Nothing here decides whether a command may enter the journal (that is the sequencer's
+prechecks, live only): this module only applies what the books said.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class LeaseInfo(msgspec.Struct, kw_only=True, gc=False):
     time: int  # engine time of the trade
     resale_of: int = 0  # the parent lease, for a sub-lease sold by a reseller
     ended_by: str = ""  # "" | "preempted" | "released"
-    cost: int = 0  # µ$ charged to the buyer (interim escrow accounting, R17)
+    cost: int = 0  # the lease's price × GPUs × hours it runs (µ$, before fees; settlement's ledger moves the money)
 
     @property
     def ref(self) -> str:
@@ -126,27 +127,6 @@ class LeaseInfo(msgspec.Struct, kw_only=True, gc=False):
 def lease_ref(book: str, trade_id: int) -> str:
     """A lease's id across the exchange: trade ids count per book (R16)."""
     return f"{book}-{trade_id}"
-
-
-class Funds(msgspec.Struct, kw_only=True):
-    """Interim escrow accounting (R17) until settlement's ledger backs it (issue 5).
-
-    available = deposited − held − spent.  A bid holds gpus × (hours × limit + fee) while it
-    is open; a fill turns the held amount of its GPUs into the lease's cost (+ fee) and
-    releases the rest; a preempted or released lease gets back what it did not use.
-    """
-
-    deposited: dict[int, int] = msgspec.field(default_factory=dict)
-    held: dict[int, int] = msgspec.field(default_factory=dict)
-    spent: dict[int, int] = msgspec.field(default_factory=dict)
-    earned: dict[int, int] = msgspec.field(default_factory=dict)
-    fees: int = 0
-
-    def available(self, account: int) -> int:
-        return self.deposited.get(account, 0) - self.held.get(account, 0) - self.spent.get(account, 0)
-
-    def add(self, table: dict[int, int], account: int, amount: int) -> None:
-        table[account] = table.get(account, 0) + amount
 
 
 def hold_per_gpu(hours: int, limit: int, fee_bps: int) -> int:
@@ -167,7 +147,6 @@ class StateData(msgspec.Struct, kw_only=True):
     closed: list[int]
     leases: list[LeaseInfo]
     coids: list[tuple[int, str, bytes]]
-    funds: Funds
     halted: list[str]
 
 
@@ -215,7 +194,6 @@ class ExchangeState:
         self.leases: dict[str, LeaseInfo] = {}
         self.leases_by_account: dict[int, list[str]] = {}
         self.coids: dict[tuple[int, str], bytes] = {}  # (account, client_order_id) -> first answer
-        self.funds = Funds()
         self.halted: set[str] = set()
         self._fee_bps = {name: max(i.maker_fee_bps, i.taker_fee_bps) for name, i in instruments.items()}
 
@@ -279,8 +257,6 @@ class ExchangeState:
                 lease.end = ev[E_END]
                 lease.ended_by = "preempted" if t == EV_PREEMPTED else "released"
                 lease.cost -= unused
-                self.funds.add(self.funds.spent, lease.buyer, -unused)
-                self.funds.add(self.funds.earned, lease.provider, -unused)
         # EV_REJECTED changes nothing (R8)
 
     def _accepted(self, book: str, ev: tuple, coid: str) -> None:
@@ -306,9 +282,6 @@ class ExchangeState:
         gpus, price = ev[E_GPUS], ev[E_PRICE]
         buyer, provider = ev[E_ACC], ev[E_ACC2]
         cost = gpus * (ev[E_END] - ev[E_START]) * price // HOUR
-        bid_is_maker = ev[E_MAKER] == SIDE_BID
-        buyer_fee = fee(cost, inst.maker_fee_bps if bid_is_maker else inst.taker_fee_bps)
-        provider_fee = fee(cost, inst.taker_fee_bps if bid_is_maker else inst.maker_fee_bps)
         lease = LeaseInfo(book=book, trade_id=ev[E_TID], bid_oid=ev[E_OID], ask_oid=ev[E_OID2], buyer=buyer,
                           provider=provider, kind=KIND_NAMES[ev[E_KIND]], gpus=gpus, start=ev[E_START],
                           end=ev[E_END], price=price, time=ev[E_TIME], resale_of=ev[E_LEASE], cost=cost)
@@ -317,10 +290,6 @@ class ExchangeState:
         self.leases_by_account.setdefault(buyer, []).append(ref)
         if provider != buyer:
             self.leases_by_account.setdefault(provider, []).append(ref)
-        f = self.funds
-        f.add(f.spent, buyer, cost + buyer_fee)
-        f.add(f.earned, provider, cost - provider_fee)
-        f.fees += buyer_fee + provider_fee
         b = self.orders.get(ev[E_OID])
         if b is not None:
             b.filled += gpus
@@ -333,9 +302,7 @@ class ExchangeState:
             a.filled += gpus
 
     def _set_hold(self, o: OrderInfo, amount: int) -> None:
-        if amount != o.hold:
-            self.funds.add(self.funds.held, o.account, amount - o.hold)
-            o.hold = amount
+        o.hold = amount  # what the bid holds in escrow now (settlement's ledger holds the money)
 
     def _close(self, o: OrderInfo, status: str, reason: str) -> None:
         if o.status != "open":
@@ -360,7 +327,6 @@ class ExchangeState:
             closed=list(self.closed),
             leases=list(self.leases.values()),
             coids=[(acc, coid, ans) for (acc, coid), ans in self.coids.items()],
-            funds=self.funds,
             halted=sorted(self.halted),
         )
 
@@ -379,19 +345,15 @@ class ExchangeState:
             if lease.provider != lease.buyer:
                 self.leases_by_account.setdefault(lease.provider, []).append(lease.ref)
         self.coids = {(acc, coid): ans for acc, coid, ans in data.coids}
-        self.funds = data.funds
         self.halted = set(data.halted)
 
     def digest(self) -> dict[str, Any]:
         """Aggregates that two equal states share (the crash test compares them)."""
-        f = self.funds
         return {
             "orders_open": sum(len(s) for s in self.open_by_account.values()),
             "leases": len(self.leases),
-            "held": sum(f.held.values()),
-            "spent": sum(f.spent.values()),
-            "earned": sum(f.earned.values()),
-            "fees": f.fees,
+            "held": sum(self.orders[o].hold for s in self.open_by_account.values() for o in s),
+            "cost": sum(x.cost for x in self.leases.values()),
         }
 
 

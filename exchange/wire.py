@@ -90,6 +90,24 @@ class DepositRequest(_Strict, kw_only=True):
     amount: PosInt64  # µ$
 
 
+class SshKeyRequest(_Strict, kw_only=True):
+    """PUT /v1/account/ssh-key: the OpenSSH public key leases are provisioned with (R18)."""
+
+    ssh_public_key: Annotated[str, msgspec.Meta(min_length=1, max_length=16384)]
+
+
+ConnValue = Annotated[str, msgspec.Meta(max_length=1024)] | Int64
+
+
+class ProvisionAnswer(_Strict, kw_only=True):
+    """POST /v1/provisioning/{lease}: the provider's agent answers a task (R18)."""
+
+    status: Literal["ready", "failed"]
+    connection: Annotated[dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], ConnValue],
+                          msgspec.Meta(max_length=32)] | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
 # --- WebSocket messages (client -> server) ---------------------------------------------------
 class _Op(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
     id: RequestId = None

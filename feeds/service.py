@@ -28,6 +28,7 @@ import numpy as np
 from aiohttp import web
 
 from exchange.auth import AuthError
+from exchange.engine import book_seq
 from exchange.state import (
     E_ACC,
     E_ACC2,
@@ -68,16 +69,6 @@ if TYPE_CHECKING:
     from exchange.server import Exchange
 
 log = logging.getLogger("gpux.feeds")
-
-
-def book_seq(book: Any) -> int:
-    """The last event seq of a book (either engine)."""
-    seq = getattr(book, "seq", None)
-    if seq is not None:
-        return int(seq)
-    from orderbook.fast import S_SEQ
-
-    return int(book.st.S[S_SEQ])
 
 
 class FeedService:

@@ -51,6 +51,8 @@ from orderbook.types import (
     HOUR,
     ON_DEMAND,
 )
+from settlement.engine import SettlementConfig, fees_from_instruments
+from settlement.service import Settlement
 
 # Two classes, as the stream generator's book is configured (prices up to 12 ticks of 1,000 µ$);
 # fees on one of them so the escrow accounting has fees to hold and charge.
@@ -155,7 +157,6 @@ def canonical(state: ExchangeState) -> tuple:
         sorted(d.closed),
         sorted(msgspec.to_builtins(d.leases), key=lambda x: (x["book"], x["trade_id"])),
         dict(sorted(state.coids.items())),
-        msgspec.to_builtins(d.funds),
         d.halted,
         {acc: sorted(refs) for acc, refs in sorted(state.leases_by_account.items())},
         dict(sorted(state.open_by_account.items())),
@@ -386,28 +387,34 @@ def test_torn_last_record_is_dropped_and_recovery_ends_before_it(tmp_path: Path,
 
 
 # ---------------------------------------------------------------------- escrow
-def _check_escrow(state: ExchangeState) -> None:
-    funds = state.funds
-    accounts = set(funds.held) | {o.account for o in state.orders.values()}
-    for acc in accounts:
-        open_bids = [o for o in state.orders.values() if o.account == acc and o.side == "bid" and o.status == "open"]
-        assert funds.held.get(acc, 0) == sum(o.hold for o in open_bids)
+def _check_escrow(state: ExchangeState, settlement: Settlement) -> None:
+    """The ledger's escrow of each account is what its open bids hold (R17), and every bid's
+    hold follows from its remaining GPUs."""
+    escrow = {o: b for (o, k), b in settlement.ledger.balances().items() if k == "escrow"}
+    held: dict[int, int] = {}
     for o in state.orders.values():
         if o.side == "bid":
             assert o.hold == (o.remaining * o.hold_per_gpu if o.status == "open" else 0)
+            if o.hold:
+                held[o.account] = held.get(o.account, 0) + o.hold
         assert (o.status == "open") == (o.oid in state.open_by_account.get(o.account, ()))
-    assert sum(funds.spent.values()) - sum(funds.earned.values()) == funds.fees  # fees are the difference
+    assert escrow == held
+    settlement.check_invariants()
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(seed: int) -> None:
+def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(tmp_path: Path, seed: int) -> None:
+    """The sequencer's escrow check against settlement's ledger (exchange.settle): bids that
+    fit the available balance go in, the ledger then holds exactly the open bids' exposure."""
     rng = random.Random(seed)
     entries = exchange_entries(300 + seed, 300)
     engine = Engine(INSTRUMENTS, "numba")
     state = engine.state
+    settlement = Settlement(tmp_path / "ledger.db", SettlementConfig(fees=fees_from_instruments(INSTRUMENTS)))
     accounts = range(1, 6)
-    state.funds.deposited = {1: 0, 2: 20_000, 3: 200_000, 4: rng.choice([50_000, 2_000_000]),
-                             5: rng.choice([500_000, 100_000_000])}
+    for acc, amount in {2: 20_000, 3: 200_000, 4: rng.choice([50_000, 2_000_000]),
+                        5: rng.choice([500_000, 100_000_000])}.items():
+        settlement.deposit(acc, amount, f"test:{acc}")
     accepted = refused = 0
     for batch in batches(entries, rng, 10):
         go: list[Entry] = []
@@ -418,15 +425,17 @@ def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(see
                 if c[C["type"]] == CMD_BID:
                     acc = c[C["account"]]
                     hold = state.hold_for(e.book, c[C["gpus"]], c[C["hours"]], c[C["price"]])
-                    if hold > state.funds.available(acc) - wanted.get(acc, 0):
+                    if hold > settlement.ledger.balance(acc, "available") - wanted.get(acc, 0):
                         refused += 1
                         continue
                     wanted[acc] = wanted.get(acc, 0) + max(hold, 0)
                     accepted += 1
             go.append(e)
-        engine.apply(go)
-        _check_escrow(state)
+        _, arrays = engine.apply(go)
+        settlement.apply(arrays.items())
+        _check_escrow(state, settlement)
         for acc in accounts:
-            assert state.funds.available(acc) >= 0, (acc, state.funds)
+            assert settlement.ledger.balance(acc, "available") >= 0
     assert accepted > 20 and refused > 20
     assert state.digest()["leases"] > 0
+    settlement.close()

@@ -160,7 +160,7 @@ class Server:
                 "open": {k: sorted(v) for k, v in st.open_by_account.items()},
                 "leases": {k: msgspec.to_builtins(v) for k, v in st.leases.items()},
                 "coids": dict(st.coids),
-                "funds": msgspec.to_builtins(st.funds),
+                "ledger": x.settlement.settlement.ledger.balances(),
                 "halted": sorted(st.halted),
                 "resting": {name: b.resting_orders() for name, b in engine.books.items()},
                 "deposits": x.store.deposits(),

@@ -108,10 +108,11 @@ def test_ask_over_rest_bid_over_ws_both_see_the_fill(tmp_path):
             assert mine["oid"] == ask["oid"] and mine["filled"] == 2 and mine["status"] == "open"
             assert [x["lease"] for x in await alice.leases()] == [trade["lease"]]
 
-            acc = await alice.account()
-            assert acc["spent"] == 2 * 2 * P and acc["held"] == 0
+            assert lease["settlement"]["status"] == "provisioning"  # handed to the provider's agent (R18)
+            acc = await alice.account()  # the ledger (R17): the lease is paid for, nothing left in escrow
+            assert acc["lease_prepaid"] == 2 * 2 * P and acc["escrow"] == 0
             assert acc["available"] == 1_000 * USD - 2 * 2 * P
-            assert (await prov.account())["earned"] == 2 * 2 * P
+            assert (await prov.account())["receivable"] == 0  # nothing earned before the agent says ready
 
     run(scenario())
 
@@ -168,7 +169,7 @@ def test_client_order_id_retry_returns_the_first_answer_and_no_second_order(tmp_
             assert first["order"]["status"] == "open" and first["order"]["client_order_id"] == "alice-1"
             assert [o["oid"] for o in await alice.orders()] == [first["oid"]]
             assert book_resting(ex) == 1
-            assert (await alice.account())["held"] == 2 * 3 * 1_500_000
+            assert (await alice.account())["escrow"] == 2 * 3 * 1_500_000
 
             ask1 = await prov.ask("H100", gpus=4, price=P, end=ex.now + DAY, client_order_id="rack-7")
             ask2 = await prov.ask("H100", gpus=4, price=P, end=ex.now + DAY, client_order_id="rack-7")
@@ -213,7 +214,7 @@ def test_cancel_on_disconnect_cancels_only_that_sessions_orders(tmp_path):
             assert (await alice.order(kept["oid"]))["status"] == "open"
             assert [o["oid"] for o in await alice.orders()] == [kept["oid"]]
             assert book_resting(ex) == 1
-            assert (await alice.account())["held"] == 1_000_000
+            assert (await alice.account())["escrow"] == 1_000_000
 
     run(scenario())
 
@@ -236,7 +237,7 @@ def test_ws_status_amend_cancel(tmp_path):
                 amended = await t.amend(oid, 3)
                 assert amended["oid"] == oid and amended["order"]["gpus"] == 3
                 assert amended["order"]["remaining"] == 3 and amended["order"]["status"] == "open"
-                assert (await alice.account())["held"] == 3 * 2 * 1_000_000
+                assert (await alice.account())["escrow"] == 3 * 2 * 1_000_000
                 assert (await refused(t.amend(oid, 5))).code == "BAD_AMEND"
                 assert (await t.status(oid))["gpus"] == 3
 
@@ -245,7 +246,7 @@ def test_ws_status_amend_cancel(tmp_path):
                 assert (await t.status(oid))["status"] == "cancelled"
                 assert (await refused(t.cancel(oid))).code == "UNKNOWN_ORDER"
                 assert await t.orders() == []
-            assert (await alice.account())["held"] == 0
+            assert (await alice.account())["escrow"] == 0
             assert book_resting(ex) == 0
 
     run(scenario())
@@ -298,7 +299,7 @@ def test_release_of_an_on_demand_lease_refunds_and_reoffers(tmp_path):
                 [trade] = (await ta.bid("H100", "on_demand", gpus=4, hours=4, limit=P))["trades"]
                 waiting = await tb.bid("H100", "on_demand", gpus=4, hours=2, limit=P)
                 assert waiting["order"]["status"] == "open"
-                assert (await alice.account())["spent"] == 4 * 4 * P
+                assert (await alice.account())["lease_prepaid"] == 4 * 4 * P
 
                 released = await alice.release("H100", trade["trade_id"])
                 lease = released["lease"]
@@ -306,7 +307,7 @@ def test_release_of_an_on_demand_lease_refunds_and_reoffers(tmp_path):
                 assert trade["start"] <= lease["end"] < trade["end"]
                 used = lease["end"] - trade["start"]
                 assert lease["cost"] == 4 * used * P // 3600
-                assert (await alice.account())["spent"] == lease["cost"]
+                assert (await alice.account())["lease_prepaid"] == lease["cost"]
 
                 pushed = await next_event(tb, "trade")
                 assert pushed["bid_oid"] == waiting["oid"] and pushed["gpus"] == 4
@@ -450,7 +451,7 @@ def test_escrow_insufficient_funds_changes_nothing(tmp_path):
                 e = await refused(t.bid("H100", "on_demand", gpus=1, hours=6, limit=2_000_000))  # $12
                 assert e.code == "INSUFFICIENT_FUNDS"
                 acc = await alice.account()
-                assert (acc["held"], acc["available"], acc["open_orders"]) == (0, 10 * USD, 0)
+                assert (acc["escrow"], acc["available"], acc["open_orders"]) == (0, 10 * USD, 0)
                 assert engine.last_oid == oid and book_resting(ex) == 0
                 assert engine.seq - seq <= 2  # at most clock entries
 
@@ -464,7 +465,7 @@ def test_escrow_insufficient_funds_changes_nothing(tmp_path):
                 assert sorted(m["type"] for m in both) == ["ack", "error"]
                 assert [m["code"] for m in both if m["type"] == "error"] == ["INSUFFICIENT_FUNDS"]
                 acc = await alice.account()
-                assert (acc["held"], acc["available"], acc["open_orders"]) == (10 * USD, 0, 2)
+                assert (acc["escrow"], acc["available"], acc["open_orders"]) == (10 * USD, 0, 2)
 
     run(scenario())
 
@@ -554,7 +555,7 @@ def test_kill_switch_cancels_all_open_orders_of_an_account(tmp_path):
                 assert out == {"ok": True, "account": victim, "cancelled": 3}
                 assert await t.orders() == []
                 assert (await admin.kill(victim))["cancelled"] == 0
-            assert (await alice.account())["held"] == 0
+            assert (await alice.account())["escrow"] == 0
             assert len(await prov.asks()) == 1 and book_resting(ex) == 1
             e = await refused(alice.kill(victim))
             assert (e.code, e.status) == ("FORBIDDEN", 403)

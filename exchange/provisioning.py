@@ -1,0 +1,225 @@
+"""Provisioning (R18): each lease goes to its provider's agent at its start.
+
+    p = Provisioning.attach(exchange)    # after settlement, the feeds and the gateway exist
+    p.outstanding(provider)              # GET /v1/provisioning: tasks not answered yet
+    p.answer(provider, "H100-7", "ready", connection={...})   # POST /v1/provisioning/H100-7
+
+When a book's engine time reaches a lease's start, the lease becomes *provisioning* in
+settlement and a task goes to the provider on its private feed channel ``provisioning``::
+
+    {"task": "provision", "lease": "H100-7", "class": "H100", "trade_id": 7, "kind": "spot",
+     "gpus": 8, "start": ..., "end": ..., "deadline": start + provision_timeout_s,
+     "renter": 12, "ssh_public_key": "ssh-ed25519 AAAA..."}
+
+The agent answers over REST: ready with connection details (metering starts, R18; the renter
+gets ``{"task": "ready", "lease", "connection"}`` on its own ``provisioning`` channel) or
+failed (the renter is refunded in full).  No answer by the deadline: settlement fails the
+lease at the deadline (refund) and both sides get ``{"task": "end", "reason": "failed"}``.
+A preemption or release notice (R12, R16) moves the lease's end: both get ``{"task": "end",
+"end", "reason": "preempted" | "released"}``.  A task is never lost: an agent that was away
+asks ``GET /v1/provisioning`` for every lease still waiting for it.
+
+With ``[settlement] provisioning = "auto"`` there are no agents: settlement makes every lease
+ready at its start, and nothing here sends tasks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import numpy as np
+
+from exchange.errors import ApiError
+from orderbook.types import EV_PREEMPTED, EV_RELEASED, EV_TRADE, KIND_NAMES
+from settlement.engine import LeaseStateError
+from settlement.leases import FAILED, PENDING, PROVISIONING
+from settlement.service import parse_lease_ref
+
+if TYPE_CHECKING:
+    from exchange.server import Exchange
+
+log = logging.getLogger("gpux.provisioning")
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS lease_connections (lease TEXT PRIMARY KEY, connection TEXT NOT NULL, "
+           "at INTEGER NOT NULL) WITHOUT ROWID")
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+class Provisioning:
+    def __init__(self, x: Exchange) -> None:
+        self.x = x
+        self.s = x.settlement.settlement
+        self.timeout = x.cfg.provision_timeout_s
+        self.enabled = x.cfg.provisioning == "agent"
+        self.starts: list[tuple[int, str, int]] = []  # (start, class, trade id) of pending leases
+        self.deadlines: list[tuple[int, str, int]] = []  # (deadline, class, trade id) of tasked leases
+        self.sent = 0
+        self.answered = 0
+        self.timed_out = 0
+        with self.s.ledger.transaction() as db:
+            db.execute(_SCHEMA)
+        for c in self.s.engine.classes.values():  # after a restart: what settlement has live
+            for tid, lease in c.leases.items():
+                if lease.status == PENDING:
+                    self.starts.append((lease.start, c.name, tid))
+                elif lease.status == PROVISIONING:
+                    self.deadlines.append((lease.start + self.timeout, c.name, tid))
+        heapq.heapify(self.starts)
+        heapq.heapify(self.deadlines)
+
+    @classmethod
+    def attach(cls, x: Exchange) -> Provisioning:
+        p = cls(x)
+        x.settlement.listeners.append(p.after_batch)
+        if p.enabled:
+            p.dispatch()
+        return p
+
+    # ------------------------------------------------------------------ from the bus
+    def after_batch(self, events: dict[str, np.ndarray], ticked: set[str]) -> None:
+        """After settlement applied a batch: new leases to schedule, notices to pass on,
+        leases whose start came (tasks) or whose deadline passed (failed)."""
+        if not self.enabled:
+            return
+        for cls, ev in events.items():
+            types = ev["type"]
+            if not (types == EV_TRADE).any() and not ((types == EV_PREEMPTED) | (types == EV_RELEASED)).any():
+                continue
+            for e in ev[(types == EV_TRADE) | (types == EV_PREEMPTED) | (types == EV_RELEASED)]:
+                tid = int(e["trade_id"])
+                if e["type"] == EV_TRADE:
+                    heapq.heappush(self.starts, (int(e["start"]), cls, tid))
+                else:
+                    self._notice(cls, tid, int(e["end"]), "preempted" if e["type"] == EV_PREEMPTED else "released",
+                                 int(e["time"]))
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Send the tasks of leases whose start came; tell both sides of leases that timed out."""
+        engine = self.x.engine
+        if engine is None:
+            return
+        now = {name: engine.book_time(name) for name in engine.books}
+        starts = self.starts
+        while starts and starts[0][0] <= now.get(starts[0][1], 0):
+            _, cls, tid = heapq.heappop(starts)
+            lease = self.s.engine.lease(cls, tid)
+            if lease is None or lease.status != PENDING:
+                continue
+            try:
+                self.s.mark_provisioning((cls, tid))
+            except (LeaseStateError, sqlite3.Error) as e:
+                log.error("could not start provisioning %s-%d: %s", cls, tid, e)
+                continue
+            heapq.heappush(self.deadlines, (lease.start + self.timeout, cls, tid))
+            self._send(lease.provider, cls, [self.task(lease)], now[cls])
+            self.sent += 1
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now.get(deadlines[0][1], 0):
+            _, cls, tid = heapq.heappop(deadlines)
+            lease = self._lease(cls, tid)
+            if lease is not None and lease.status == FAILED:
+                self.timed_out += 1
+                log.warning("lease not provisioned in time: failed, renter refunded",
+                            extra={"lease": lease.ref, "provider": lease.provider, "buyer": lease.buyer})
+                self._notice(cls, tid, lease.end, "failed", now[cls], reason=lease.failed_reason)
+
+    def _lease(self, cls: str, tid: int) -> Any:
+        """Settlement's lease, live or settled (None if it has none)."""
+        return self.s.engine.lease(cls, tid) or self.s.store.lease(cls, tid)
+
+    # ------------------------------------------------------------------ messages
+    def task(self, lease: Any) -> dict[str, Any]:
+        key = self.x.store.ssh_key(lease.buyer) or ""
+        return {"task": "provision", "lease": lease.ref, "class": lease.cls, "trade_id": lease.trade_id,
+                "kind": KIND_NAMES.get(lease.kind, lease.kind), "gpus": lease.gpus, "start": lease.start,
+                "end": lease.end, "deadline": lease.start + self.timeout, "renter": lease.buyer,
+                "ssh_public_key": key}
+
+    def _send(self, account: int, cls: str, items: list[dict[str, Any]], when: int) -> None:
+        feeds = getattr(self.x, "feeds", None)
+        if feeds is not None:
+            feeds.publish_provisioning(account, cls, items, seq=self.x.engine.seq if self.x.engine else 0, when=when)
+
+    def _notice(self, cls: str, tid: int, end: int, reason: str, when: int, **extra: Any) -> None:
+        lease = self._lease(cls, tid)
+        if lease is None:
+            return
+        item = {"task": "end", "lease": lease.ref, "class": cls, "trade_id": tid, "end": end, "reason": reason,
+                **extra}
+        self._send(lease.provider, cls, [item], when)
+        if lease.buyer != lease.provider:
+            self._send(lease.buyer, cls, [item], when)
+
+    # ------------------------------------------------------------------ the agent's side
+    def outstanding(self, provider: int) -> list[dict[str, Any]]:
+        """Tasks of ``provider`` not answered yet (leases provisioning), oldest start first."""
+        out = [self.task(lease) for c in self.s.engine.classes.values() for lease in c.leases.values()
+               if lease.provider == provider and lease.status == PROVISIONING]
+        return sorted(out, key=lambda t: (t["start"], t["lease"]))
+
+    def answer(self, provider: int, ref: str, status: str, connection: dict[str, Any] | None = None,
+               reason: str = "") -> dict[str, Any]:
+        """The agent's answer to a task.  Ready: metering starts now, the renter gets the
+        connection.  Failed: the renter is refunded in full.  Repeats are harmless."""
+        try:
+            cls, tid = parse_lease_ref(ref)
+        except ValueError as e:
+            raise ApiError("MALFORMED", str(e)) from None
+        if self.x.engine is None or cls not in self.x.engine.books:
+            raise ApiError("UNKNOWN_LEASE", f"no lease {ref}", 404)
+        lease = self._lease(cls, tid)
+        if lease is None:
+            raise ApiError("UNKNOWN_LEASE", f"no lease {ref}", 404)
+        if lease.provider != provider:
+            raise ApiError("NOT_OWNER", f"lease {ref} is not on this account's capacity", 403)
+        now = self.x.engine.book_time(cls)
+        if status == "ready":
+            if lease.status == PENDING:
+                raise ApiError("LEASE_STATE", f"lease {ref} starts at {lease.start}; it was not handed out yet", 409)
+            conn = _enc.encode(connection or {}).decode()
+            try:
+                if lease.status == PROVISIONING:
+                    with self.s.ledger.transaction() as db:
+                        db.execute("INSERT OR REPLACE INTO lease_connections (lease, connection, at) VALUES (?, ?, ?)",
+                                   (lease.ref, conn, now))
+                self.s.mark_ready((cls, tid), now)
+            except LeaseStateError as e:
+                raise ApiError("LEASE_STATE", str(e), 409) from None
+        else:
+            try:
+                self.s.mark_failed((cls, tid), now, reason or "the provider's agent could not provision it")
+            except LeaseStateError as e:
+                raise ApiError("LEASE_STATE", str(e), 409) from None
+        self.answered += 1
+        lease = self._lease(cls, tid)
+        assert lease is not None
+        if status == "ready":
+            self._send(lease.buyer, cls, [{"task": "ready", "lease": lease.ref, "class": cls, "trade_id": tid,
+                                           "connection": self.connection(lease.ref), "start": lease.start,
+                                           "end": lease.end}], now)
+        else:
+            self._notice(cls, tid, lease.end, "failed", now, reason=lease.failed_reason)
+        log.info("provisioning answered", extra={"lease": lease.ref, "status": lease.status})
+        return self.view(lease.ref)
+
+    # ------------------------------------------------------------------ views
+    def connection(self, ref: str) -> dict[str, Any] | None:
+        row = self.s.ledger.conn.execute("SELECT connection FROM lease_connections WHERE lease = ?",
+                                         (ref,)).fetchone()
+        return _dec.decode(row[0]) if row else None
+
+    def view(self, ref: str) -> dict[str, Any]:
+        """Settlement's side of a lease: its status, when it got ready, how to connect, what
+        was paid (the API adds it to the lease as ``settlement``)."""
+        x = self.s.lease(ref)
+        if x is None:
+            return {"status": "unknown"}
+        return {"status": x["status"], "ready_at": x["ready_at"], "failed_reason": x["failed_reason"],
+                "connection": self.connection(ref), "paid": x["paid"], "refunded": x["refunded"],
+                "earned": x["earned"]}

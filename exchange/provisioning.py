@@ -127,7 +127,7 @@ class Provisioning:
                 self.timed_out += 1
                 log.warning("lease not provisioned in time: failed, renter refunded",
                             extra={"lease": lease.ref, "provider": lease.provider, "buyer": lease.buyer})
-                self._notice(cls, tid, lease.end, "failed", now[cls], reason=lease.failed_reason)
+                self._notice(cls, tid, lease.end, "failed", now[cls], detail=lease.failed_reason)
 
     def _lease(self, cls: str, tid: int) -> Any:
         """Settlement's lease, live or settled (None if it has none)."""
@@ -204,7 +204,7 @@ class Provisioning:
                                            "connection": self.connection(lease.ref), "start": lease.start,
                                            "end": lease.end}], now)
         else:
-            self._notice(cls, tid, lease.end, "failed", now, reason=lease.failed_reason)
+            self._notice(cls, tid, lease.end, "failed", now, detail=lease.failed_reason)
         log.info("provisioning answered", extra={"lease": lease.ref, "status": lease.status})
         return self.view(lease.ref)
 

@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_trade.register(sub)
     cli_accounts.register(sub)
     cli_feeds.register(sub)
+    __import__("exchange.agent.cli").agent.cli.register(sub)
     return parser
 
 

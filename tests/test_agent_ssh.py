@@ -62,7 +62,9 @@ def test_renter_logs_in_runs_a_command_with_the_lease_env(tmp_path: Path) -> Non
     asyncio.run(go())
 
 
-def test_only_the_renters_key_is_admitted(tmp_path: Path) -> None:
+def test_only_the_renters_key_is_admitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUX_SECRET", "the-providers-secret")
+
     async def go() -> None:
         b = SshBackend(tmp_path)
         renter = asyncssh.generate_private_key("ssh-ed25519")
@@ -76,6 +78,8 @@ def test_only_the_renters_key_is_admitted(tmp_path: Path) -> None:
         async with await _login(conn, renter, username="anyone") as c:
             r = await c.run("echo ${CUDA_VISIBLE_DEVICES-unset}")
             assert r.stdout.strip() == "unset"  # the agent assigns no GPU ids (--gpus 0)
+            r = await c.run("env")
+            assert "GPUX_SECRET" not in r.stdout and "GPUX_LEASE=H100-7" in r.stdout
         await b.close()
 
     asyncio.run(go())

@@ -48,6 +48,7 @@ log = logging.getLogger("gpux.agent.ssh")
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 USER = "gpux"
 KILL_GRACE_S = 1.0
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH")  # of the agent's environment, to sessions
 
 
 def load_host_key(state_dir: Path) -> asyncssh.SSHKey:
@@ -165,7 +166,7 @@ class SshBackend:
             keepalive_interval=30)
 
     async def _session(self, lease: _Lease, process: asyncssh.SSHServerProcess) -> None:
-        env = dict(os.environ)
+        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}  # never the agent's GPUX_SECRET
         env.update(lease.env)
         env["HOME"] = str(lease.home)
         env["USER"] = env["LOGNAME"] = USER

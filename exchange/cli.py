@@ -83,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive, default=None, help="offline: steps per class (default 60)")
     demo.set_defaults(handler=_cmd_demo)
 
-    from exchange import cli_accounts, cli_feeds, cli_trade
+    from exchange import cli_accounts, cli_feeds, cli_settle, cli_trade
 
     cli_trade.register(sub)
     cli_accounts.register(sub)
     cli_feeds.register(sub)
+    cli_settle.register(sub)
     __import__("exchange.agent.cli").agent.cli.register(sub)
     return parser
 

@@ -58,3 +58,39 @@ def test_the_trading_commands_round_trip(tmp_path):
             assert rc == 1 and "BAD_SIGNATURE" in err
 
     asyncio.run(scenario())
+
+
+def test_statement_over_rest_and_from_the_data_directory(tmp_path):
+    """`gpux statement` (issue 5): the account's ledger — its deposit, the bid's escrow hold, the
+    fill's cost into lease_prepaid — over REST with its key, and read from DATA/ledger.db."""
+
+    async def scenario():
+        async with running_exchange(tmp_path / "data", fsync="off") as ex:
+            prov = ex.client("prov", "provider")
+            acc, tk, ts = ex.account("alice", "trader", 1000 * USD)
+            _, ak, asec = ex.account("auditor", "analyst")
+            await prov.ask("H100", gpus=8, price=2_000_000, end=ex.now + 86_400)
+            rc, out, err = await gpux(ex.url, tk, ts, "bid", "H100", "--kind", "on_demand", "--gpus", "4",
+                                      "--hours", "2", "--limit", "2000000")
+            assert rc == 0, err
+            lease = json.loads(out)["trades"][0]["lease"]
+            rc, out, err = await gpux(ex.url, tk, ts, "statement", "--json")
+            assert rc == 0, err
+            st = json.loads(out)
+            assert st["account"] == acc
+            assert st["balances"] == {"available": 1000 * USD - 16_000_000, "lease_prepaid": 16_000_000}
+            ids = [t["id"] for t in st["transfers"]]
+            assert ids[0].startswith("deposit:accounts:") and any(i.endswith(":cost") for i in ids)
+            assert [x["lease"] for x in st["leases"]] == [lease]
+            rc, out, _ = await gpux(ex.url, tk, ts, "statement")  # text form
+            assert rc == 0 and "lease_prepaid" in out and "16.00" in out and lease in out
+            rc, _, err = await gpux(ex.url, tk, ts, "statement", str(acc + 1))  # a trader sees only its own
+            assert rc == 1 and "FORBIDDEN" in err
+            rc, out, _ = await gpux(ex.url, ak, asec, "statement", str(acc), "--json")
+            assert rc == 0 and json.loads(out)["balances"] == st["balances"]
+        rc, out, err = await gpux("", "", "", "statement", "alice", "--data", str(tmp_path / "data"), "--json")
+        assert rc == 0, err
+        offline = json.loads(out)
+        assert offline["balances"] == st["balances"] and len(offline["transfers"]) == len(st["transfers"])
+
+    asyncio.run(scenario())

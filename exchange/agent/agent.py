@@ -47,7 +47,6 @@ import msgspec
 from exchange.agent.backend import Backend, BackendError, GpuAllocator
 from exchange.agent.inventory import AskEntry, InventoryPoster, load_inventory
 from exchange.agent.tasks import EndTask, ProvisionTask, decode_task, task_dict
-from exchange.auth import Signer
 from exchange.client import Client, ClientError
 
 log = logging.getLogger("gpux.agent")
@@ -202,7 +201,9 @@ class Agent:
         ws_url = self.url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/feeds"
         async with self.client.session.ws_connect(ws_url, heartbeat=15, max_msg_size=0) as ws:
             self._ws = ws
-            auth = Signer(self.key, self.secret).ws_auth()
+            signer = self.client.signer
+            assert signer is not None
+            auth = signer.ws_auth()  # the REST calls' signer: its timestamps only go up, no replay
             auth["id"] = "auth"
             await ws.send_bytes(_enc.encode(auth))
             up = False
@@ -257,6 +258,8 @@ class Agent:
 
     def handle(self, item: Any) -> None:
         """One task (a dict as sent by the exchange); a bad one is logged and skipped."""
+        if isinstance(item, dict) and item.get("task") == "ready":
+            return  # a renter's notice (an account that also rents): nothing to provision
         try:
             task = decode_task(item)
         except ValueError as e:

@@ -14,10 +14,11 @@ seconds.  It prints the dashboard's URL and keys to try the API by hand, a statu
 ``gpux demo --offline`` is the old seeded run of a command stream straight through the books
 (no server), printed as trades and a summary per class; ``--steps`` implies it.
 
-Provider agents (R18: provisioning leases on real machines over the ``command`` or ``ssh``
-backend) belong to the settlement issue, which is not finished: `provider_agent_hook` is where a
-provider starts one.  Until then leases are traded, listed and metered by the exchange but nothing
-is provisioned.
+Every provider (and the reseller, who hands its resold time on) runs the reference provider agent
+(`exchange.agent`, docs/agent.md) on the ``command`` backend: at each lease's start the exchange
+sends it the task (R18), its script answers with where the renter logs in (there are no real GPUs
+in the demo; now and then a node "does not come up" and the lease fails, refunding the renter),
+and settlement meters the lease from that moment.
 """
 
 from __future__ import annotations
@@ -221,17 +222,24 @@ class Agent:
         await self.client.close()
 
 
-def provider_agent_hook(provider: ProviderAgent) -> None:
-    """HOOK — settlement issue (R18), not finished: start this provider's agent here.
+PROVISION_SCRIPT = """#!/bin/sh
+# gpux demo: a provider's provisioning script (the agent's command backend, docs/agent.md).
+# The task is in GPUX_* variables (and as JSON on stdin).  There are no real machines in the
+# demo: it answers with where the renter would log in, and now and then a node does not come
+# up, as real hardware does (the lease fails and the renter is refunded in full, R18).
+case "$GPUX_TRADE_ID" in
+  *37) echo "node for $GPUX_LEASE did not pass its GPU health check" >&2; exit 1 ;;
+esac
+printf '{"host": "%s", "port": 22, "user": "gpux", "gpus": "%s"}\\n' \\
+  "$(echo "$GPUX_CLASS" | tr 'A-Z' 'a-z')-node-$((GPUX_TRADE_ID % 97)).demo.gpux.dev" "$GPUX_GPU_IDS"
+"""
 
-    When settlement provisions leases through provider agents, a provider runs one agent per
-    fleet on the ``command`` backend (a local script per lease: provision, check, tear down) or
-    the ``ssh`` backend (the renter's public key installed on a machine of the fleet).  The demo
-    would start the reference agent with the ``command`` backend and a no-op script for each
-    provider here, subscribed to its private ``provisioning`` channel (`feeds.service`
-    ``publish_provisioning``).  Until then nothing is provisioned: leases trade and end on the
-    exchange's clock only."""
-    return None
+
+def _ssh_key(seed: str) -> str:
+    """A real OpenSSH public key for a simulated trader (tasks carry it to the agents, R18)."""
+    import asyncssh
+
+    return asyncssh.generate_private_key("ssh-ed25519", comment=f"{seed}@demo").export_public_key().decode().strip()
 
 
 class ProviderAgent(Agent):
@@ -263,7 +271,6 @@ class ProviderAgent(Agent):
                 await self.post(cls, gpus, start, end)
 
     async def run(self) -> None:
-        provider_agent_hook(self)
         now = int(time.time())
         for cls, total in self.fleet.items():
             node = BY_NAME[cls].node
@@ -482,6 +489,8 @@ class LiveDemo:
         self.agents: list[Agent] = []
         self._tasks: set[asyncio.Task] = set()
         self._tmp: str | None = None
+        self.provider_agents: list[Any] = []  # the reference agents (exchange.agent.Agent)
+        self.exchange: Any = None
 
     def spawn(self, coro: Any) -> asyncio.Task:
         t = asyncio.ensure_future(coro)
@@ -520,7 +529,7 @@ class LiveDemo:
             self.write("gpux demo: compiling the numba order book (first run only: about a minute on a small "
                        "machine, cached afterwards)")
         t0 = time.monotonic()
-        exchange = Exchange(cfg)
+        exchange = self.exchange = Exchange(cfg)
         await exchange.start()
         runner, port = await self._listen(exchange.app)
         self.url = f"http://{self.host}:{port}"
@@ -541,10 +550,13 @@ class LiveDemo:
                     acc = await admin.create_account(spec.name, "provider")
                     self.agents.append(ProviderAgent(self, spec.name, acc["key_id"], acc["secret"], acc["account_id"],
                                                      f"{self.seed}:p{i}", fleet=spec.fleet))
+                    await self._start_agent(data, spec.name, acc, sum(spec.fleet.values()))
                 for i, (name, kind) in enumerate(TRADERS_LIVE):
-                    acc = await admin.create_account(name, "trader", TRADER_DEPOSIT)
+                    acc = await admin.create_account(name, "trader", TRADER_DEPOSIT, ssh_public_key=_ssh_key(name))
                     self.agents.append(kind(self, name, acc["key_id"], acc["secret"], acc["account_id"],
                                             f"{self.seed}:t{i}"))
+                    if kind is Reseller:  # it provisions the time it resells (on the hardware it leased)
+                        await self._start_agent(data, name, acc, 0)
             finally:
                 await admin.close()
             self._banner(data, (admin_key, admin_secret), you, you_p, time.monotonic() - t0)
@@ -561,9 +573,12 @@ class LiveDemo:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for a in self.agents:
                 await a.close()
+            for ag in self.provider_agents:
+                with contextlib.suppress(Exception):
+                    await ag.stop()
             await exchange.stop()
             await runner.cleanup()
-            self.write(self.tally.line(time.monotonic() - t0))
+            self.write(self.tally.line(time.monotonic() - t0) + self.provisioning_line())
             if self.tally.errors:
                 refusals = ", ".join(f"{n} {code}" for code, n in self.tally.errors.most_common())
                 self.write(f"refusals the participants got (normal in a live market): {refusals}")
@@ -571,6 +586,22 @@ class LiveDemo:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             self.write("gpux demo: stopped")
         return 0
+
+    async def _start_agent(self, data: Path, name: str, acc: dict[str, Any], gpus: int) -> None:
+        """The reference provider agent for ``name`` on the command backend (docs/agent.md)."""
+        from exchange.agent.agent import Agent as ProvisioningAgent
+        from exchange.agent.command import CommandBackend
+
+        home = data / "agents" / name
+        home.mkdir(parents=True, exist_ok=True)
+        script = data / "agents" / "provision.sh"
+        if not script.exists():
+            script.write_text(PROVISION_SCRIPT)
+            script.chmod(0o755)
+        agent = ProvisioningAgent(self.url, acc["key_id"], acc["secret"], CommandBackend(str(script), timeout=30),
+                                  state_dir=home, gpus=gpus)
+        await agent.start()
+        self.provider_agents.append(agent)
 
     async def _guard(self, agent: Agent) -> None:
         """Run an agent; if its session drops (it should not), start it again after a pause."""
@@ -592,7 +623,13 @@ class LiveDemo:
         t0 = time.monotonic()
         while not stop.is_set():
             await asyncio.sleep(self.every)
-            self.write(self.tally.line(time.monotonic() - t0))
+            self.write(self.tally.line(time.monotonic() - t0) + self.provisioning_line())
+
+    def provisioning_line(self) -> str:
+        p = getattr(self.exchange, "provisioning", None)
+        if p is None:
+            return ""
+        return f" · provisioned {p.ready} ready, {p.failed} failed (of {p.sent} handed to agents)"
 
     def _banner(self, data: Path, admin: tuple[str, str], you: dict[str, Any], you_p: dict[str, Any],
                 startup: float) -> None:

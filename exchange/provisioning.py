@@ -58,7 +58,9 @@ class Provisioning:
         self.enabled = x.cfg.provisioning == "agent"
         self.starts: list[tuple[int, str, int]] = []  # (start, class, trade id) of pending leases
         self.deadlines: list[tuple[int, str, int]] = []  # (deadline, class, trade id) of tasked leases
-        self.sent = 0
+        self.sent = 0  # tasks handed to agents
+        self.ready = 0  # leases their agents reported ready
+        self.failed = 0  # leases that failed (the agent said so, or no answer by the deadline)
         self.answered = 0
         self.timed_out = 0
         with self.s.ledger.transaction() as db:
@@ -125,6 +127,7 @@ class Provisioning:
             lease = self._lease(cls, tid)
             if lease is not None and lease.status == FAILED:
                 self.timed_out += 1
+                self.failed += 1
                 log.warning("lease not provisioned in time: failed, renter refunded",
                             extra={"lease": lease.ref, "provider": lease.provider, "buyer": lease.buyer})
                 self._notice(cls, tid, lease.end, "failed", now[cls], detail=lease.failed_reason)
@@ -179,6 +182,7 @@ class Provisioning:
         if lease.provider != provider:
             raise ApiError("NOT_OWNER", f"lease {ref} is not on this account's capacity", 403)
         now = self.x.engine.book_time(cls)
+        before = lease.status
         if status == "ready":
             if lease.status == PENDING:
                 raise ApiError("LEASE_STATE", f"lease {ref} starts at {lease.start}; it was not handed out yet", 409)
@@ -199,6 +203,11 @@ class Provisioning:
         self.answered += 1
         lease = self._lease(cls, tid)
         assert lease is not None
+        if lease.status != before:
+            if status == "ready":
+                self.ready += 1
+            else:
+                self.failed += 1
         if status == "ready":
             self._send(lease.buyer, cls, [{"task": "ready", "lease": lease.ref, "class": cls, "trade_id": tid,
                                            "connection": self.connection(lease.ref), "start": lease.start,

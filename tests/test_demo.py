@@ -158,6 +158,9 @@ def test_demo_trades_within_a_minute_and_stops_by_itself(tmp_path) -> None:
         demo.drain()
         final = [line for line in demo.lines if re.match(r"^\[\s*\d+s\] \d+ trades", line)]
         assert final and int(re.search(r"\] (\d+) trades", final[-1]).group(1)) > 0
+        # the providers' reference agents (command backend) provisioned leases (R18)
+        ready = re.search(r"provisioned (\d+) ready, (\d+) failed \(of (\d+) handed to agents\)", final[-1])
+        assert ready and int(ready.group(1)) > 0, final[-1]
         assert demo.lines[-1] == "gpux demo: stopped"
         assert not data.exists()
     finally:

@@ -84,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     from exchange import cli_accounts, cli_feeds, cli_settle, cli_trade
+    from settlement.agent import cli as agent_cli
 
     cli_trade.register(sub)
     cli_accounts.register(sub)
     cli_feeds.register(sub)
     cli_settle.register(sub)
-    __import__("exchange.agent.cli").agent.cli.register(sub)
+    agent_cli.register(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ seconds.  It prints the dashboard's URL and keys to try the API by hand, a statu
 (no server), printed as trades and a summary per class; ``--steps`` implies it.
 
 Every provider (and the reseller, who hands its resold time on) runs the reference provider agent
-(`exchange.agent`, docs/agent.md) on the ``command`` backend: at each lease's start the exchange
+(`settlement.agent`, docs/agent.md) on the ``command`` backend: at each lease's start the exchange
 sends it the task (R18), its script answers with where the renter logs in (there are no real GPUs
 in the demo; now and then a node "does not come up" and the lease fails, refunding the renter),
 and settlement meters the lease from that moment.
@@ -489,7 +489,7 @@ class LiveDemo:
         self.agents: list[Agent] = []
         self._tasks: set[asyncio.Task] = set()
         self._tmp: str | None = None
-        self.provider_agents: list[Any] = []  # the reference agents (exchange.agent.Agent)
+        self.provider_agents: list[Any] = []  # the reference agents (settlement.agent.Agent)
         self.exchange: Any = None
 
     def spawn(self, coro: Any) -> asyncio.Task:
@@ -589,8 +589,8 @@ class LiveDemo:
 
     async def _start_agent(self, data: Path, name: str, acc: dict[str, Any], gpus: int) -> None:
         """The reference provider agent for ``name`` on the command backend (docs/agent.md)."""
-        from exchange.agent.agent import Agent as ProvisioningAgent
-        from exchange.agent.command import CommandBackend
+        from settlement.agent.agent import Agent as ProvisioningAgent
+        from settlement.agent.command import CommandBackend
 
         home = data / "agents" / name
         home.mkdir(parents=True, exist_ok=True)

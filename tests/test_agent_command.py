@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from exchange.agent.backend import BackendError
-from exchange.agent.command import CommandBackend
-from exchange.agent.tasks import ProvisionTask
+from settlement.agent.backend import BackendError
+from settlement.agent.command import CommandBackend
+from settlement.agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)
 

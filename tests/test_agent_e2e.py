@@ -14,9 +14,9 @@ import asyncssh
 import pytest
 from exchange_helpers import USD, running_exchange
 
-from exchange.agent.agent import Agent
-from exchange.agent.ssh import SshBackend
 from feeds.client import FeedClient
+from settlement.agent.agent import Agent
+from settlement.agent.ssh import SshBackend
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from exchange.agent.backend import BackendError
-from exchange.agent.kubernetes import KubernetesBackend, object_name
-from exchange.agent.tasks import ProvisionTask
+from settlement.agent.backend import BackendError
+from settlement.agent.kubernetes import KubernetesBackend, object_name
+from settlement.agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,10 +20,10 @@ import asyncssh
 import pytest
 from aiohttp import WSMsgType, web
 
-from exchange.agent.agent import Agent
-from exchange.agent.command import CommandBackend
-from exchange.agent.ssh import SshBackend
 from exchange.auth import WS_METHOD, WS_PATH, sign
+from settlement.agent.agent import Agent
+from settlement.agent.command import CommandBackend
+from settlement.agent.ssh import SshBackend
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from exchange.agent.backend import BackendError
-from exchange.agent.ssh import SshBackend
-from exchange.agent.tasks import ProvisionTask
+from settlement.agent.backend import BackendError
+from settlement.agent.ssh import SshBackend
+from settlement.agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,8 +26,8 @@ import os
 import signal
 from typing import Any
 
-from exchange.agent.backend import BackendError, task_env
-from exchange.agent.tasks import ProvisionTask, task_json
+from settlement.agent.backend import BackendError, task_env
+from settlement.agent.tasks import ProvisionTask, task_json
 
 log = logging.getLogger("gpux.agent.command")
 

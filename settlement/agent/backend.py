@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from exchange.agent.tasks import ProvisionTask
+from settlement.agent.tasks import ProvisionTask
 
 
 class BackendError(Exception):

@@ -95,8 +95,7 @@ def ledger_digest(s: Settlement) -> dict[str, Any]:
     """Everything two equal settlements share: transfers, balances, leases, cursors."""
     conn = s.ledger.conn
     return {
-        "transfers": conn.execute("SELECT id, debit_owner, debit_kind, credit_owner, credit_kind, amount, time "
-                                  "FROM transfers ORDER BY id").fetchall(),
+        "transfers": sorted(tuple(t) for t in s.ledger.transfers()),
         "balances": conn.execute("SELECT owner, kind, balance FROM balances WHERE balance <> 0 "
                                  "ORDER BY owner, kind").fetchall(),
         "leases": conn.execute("SELECT cls, trade_id, status, data FROM leases ORDER BY cls, trade_id").fetchall(),

@@ -14,6 +14,10 @@ its events' times and the times given to `tick`; before an event later than the 
 class's leases are advanced to the event's time (so ready leases are metered and ended at
 the same points however the events were batched: a replay gives an identical ledger).
 
+Transfers come out as the ledger's rows, ``(ref, sub, debit, credit, amount, time)``: the id
+as two integers (`settlement.ids`, with the class's code in the ledger's ``id_classes``:
+``class_code``, which the store connects to the ledger file) and accounts as ``owner << 3 | kind``.
+
 Money per event (R17, R19; transfer ids in docs/settlement.md):
 
 * bid accepted — hold ``remaining × hold_per_gpu`` from available to escrow;
@@ -27,7 +31,7 @@ Money per event (R17, R19; transfer ids in docs/settlement.md):
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +50,13 @@ from orderbook.types import (
     RESERVED,
     SIDE_BID,
 )
+from settlement import ids
 from settlement.events import ACC, ACC2, END, GPUS, HOURS, KIND, LEASE, MAKER, OID, OID2, PRICE, REM, SEQ, SIDE, START
 from settlement.events import TID as E_TID
 from settlement.events import TIME as E_TIME
 from settlement.events import TYPE as E_TYPE
+from settlement.ids import AMEND, BUYER_FEE, COST, HOLD, TOP_UP, TRADE_RELEASE
+from settlement.ids import RELEASE as ORDER_RELEASE
 from settlement.leases import (
     ENDED,
     FAILED,
@@ -64,6 +71,11 @@ from settlement.leases import (
 )
 from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID
 from settlement.money import fee, hold_per_gpu
+
+_FEES = EXCHANGE << 3 | FEES
+_READY = ids.cause(ids.READY)
+_END = ids.cause(ids.END)
+_FAILED = ids.cause(ids.FAILED)
 
 
 @dataclass(frozen=True)
@@ -121,11 +133,15 @@ class Bid(msgspec.Struct, array_like=True, gc=False):
 class ClassState:
     """Everything settlement keeps for one GPU class."""
 
-    __slots__ = ("name", "bids", "leases", "children", "heap", "due", "seq", "clock", "fees", "hold_bps",
-                 "dirty_bids", "new_bids", "dirty_leases", "dirty")
+    __slots__ = ("name", "code", "order_ref", "trade_ref", "lease_ref", "bids", "leases", "children", "heap", "due",
+                 "seq", "clock", "fees", "hold_bps", "dirty_bids", "new_bids", "dirty_leases", "dirty")
 
-    def __init__(self, name: str, seq: int = 0, clock: int = 0, fees: tuple[int, int] = (0, 0)) -> None:
+    def __init__(self, name: str, seq: int = 0, clock: int = 0, fees: tuple[int, int] = (0, 0), code: int = 1) -> None:
         self.name = name
+        self.code = code  # in transfer ids (settlement.ids); a ref is order_ref | oid, trade_ref | tid, ...
+        self.order_ref = ids.class_base(ids.ORDER, code)
+        self.trade_ref = ids.class_base(ids.TRADE, code)
+        self.lease_ref = ids.class_base(ids.LEASE, code)
         self.fees = fees  # (maker_bps, taker_bps)
         self.hold_bps = max(fees)  # escrow covers the higher rate (money.hold_per_gpu)
         self.bids: dict[int, Bid] = {}  # open bids by oid
@@ -158,12 +174,20 @@ class SettlementEngine:
         self.events_applied = 0
         self.events_skipped = 0
         self.trades = 0
+        # a class's code in transfer ids: the store sets this to the ledger's (id_classes);
+        # alone, the engine numbers classes in the order it meets them
+        self.class_code: Callable[[str], int] = self._local_code
+        self._codes: dict[str, int] = {}
+
+    def _local_code(self, cls: str) -> int:
+        return self._codes.setdefault(cls, len(self._codes) + 1)
 
     # ------------------------------------------------------------------ state
     def state(self, cls: str) -> ClassState:
         c = self.classes.get(cls)
         if c is None:
-            c = self.classes[cls] = ClassState(cls, fees=tuple(self.config.fees.get(cls, (0, 0))))
+            c = self.classes[cls] = ClassState(cls, fees=tuple(self.config.fees.get(cls, (0, 0))),
+                                               code=self.class_code(cls))
         return c
 
     def last_seq(self, cls: str) -> int:
@@ -257,7 +281,8 @@ class SettlementEngine:
         c.new_bids.add(oid)
         hold = bid.remaining * hpg
         if hold:
-            out.append((f"order:{c.name}:{oid}:hold", bid.account, AVAILABLE, bid.account, ESCROW, hold, ev[E_TIME]))
+            a = bid.account << 3
+            out.append((c.order_ref | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, ev[E_TIME]))
 
     def _bid_closed(self, c: ClassState, oid: int, out: list) -> None:
         bid = c.bids.pop(oid, None)
@@ -265,8 +290,8 @@ class SettlementEngine:
             return
         self._forget_bid(c, oid)
         if bid.remaining:
-            out.append((f"order:{c.name}:{oid}:release", bid.account, ESCROW, bid.account, AVAILABLE,
-                        bid.remaining * bid.hpg, c.clock))
+            a = bid.account << 3
+            out.append((c.order_ref | oid, ORDER_RELEASE, a | ESCROW, a | AVAILABLE, bid.remaining * bid.hpg, c.clock))
 
     def _forget_bid(self, c: ClassState, oid: int) -> None:
         if oid in c.new_bids:  # opened and closed between two saves: nothing to write
@@ -284,8 +309,9 @@ class SettlementEngine:
         bid.remaining = new
         c.dirty_bids[ev[OID]] = bid
         if freed > 0:
-            out.append((f"order:{c.name}:{ev[OID]}:amend:{ev[SEQ]}", bid.account, ESCROW, bid.account, AVAILABLE,
-                        freed, ev[E_TIME]))
+            a = bid.account << 3
+            out.append((c.order_ref | ev[OID], ev[SEQ] << ids.PARAM_SHIFT | AMEND, a | ESCROW, a | AVAILABLE, freed,
+                        ev[E_TIME]))
 
     def _trade(self, c: ClassState, ev: tuple, out: list) -> None:
         name = c.name
@@ -298,12 +324,13 @@ class SettlementEngine:
         else:
             brate, prate = tk, mk
         buyer_fee = fee(cost, brate) if brate else 0
-        prefix = f"trade:{name}:{tid}:"
+        ref = c.trade_ref | tid
+        b = buyer << 3
         oid = ev[OID]
         bid = c.bids.get(oid)
-        src = AVAILABLE
+        src = b | AVAILABLE
         if bid is not None:
-            src = ESCROW
+            src = b | ESCROW
             rest = gpus * bid.hpg - cost - buyer_fee
             bid.remaining = ev[REM]
             if bid.remaining <= 0:
@@ -312,13 +339,13 @@ class SettlementEngine:
             else:
                 c.dirty_bids[oid] = bid
             if rest > 0:
-                out.append((prefix + "release", buyer, ESCROW, buyer, AVAILABLE, rest, t))
+                out.append((ref, TRADE_RELEASE, src, b | AVAILABLE, rest, t))
             elif rest < 0:  # the fee rate rose since the bid was accepted: the difference from available
-                out.append((prefix + "top_up", buyer, AVAILABLE, buyer, ESCROW, -rest, t))
+                out.append((ref, TOP_UP, b | AVAILABLE, src, -rest, t))
         if cost:
-            out.append((prefix + "cost", buyer, src, buyer, PREPAID, cost, t))
+            out.append((ref, COST, src, b | PREPAID, cost, t))
         if buyer_fee:
-            out.append((prefix + "buyer_fee", buyer, src, EXCHANGE, FEES, buyer_fee, t))
+            out.append((ref, BUYER_FEE, src, _FEES, buyer_fee, t))
         # Lease(cls, trade_id, buyer, provider, kind, gpus, price, start, end, booked_end, time, bid_oid, ask_oid,
         #       resale_of, maker, buyer_fee_bps, provider_fee_bps, status, ready_at, metered_to, ended_by,
         #       failed_reason, cost, buyer_fee)
@@ -350,11 +377,12 @@ class SettlementEngine:
         if lease is None:
             return
         new_end = max(min(ev[END], lease.end), lease.start)
-        by = PREEMPTED if ev[E_TYPE] == EV_PREEMPTED else RELEASED
-        lease.ended_by = by
+        preempted = ev[E_TYPE] == EV_PREEMPTED
+        lease.ended_by = PREEMPTED if preempted else RELEASED
         lease.end = new_end
         if lease.status in LIVE:
-            settle(lease, f"{by}:{ev[SEQ]}", ev[E_TIME], out)
+            why = ids.cause(ids.PREEMPTED if preempted else ids.RELEASED, ev[SEQ])
+            settle(lease, c.lease_ref | lease.trade_id, why, ev[E_TIME], out)
         self._advance(c, lease, c.clock, out)
         c.dirty_leases[lease.trade_id] = lease
 
@@ -396,7 +424,7 @@ class SettlementEngine:
                 lease.status = st = READY
                 lease.ready_at = start
                 if lease.kind == RESERVED:  # earned in full once delivered (metered leases: nothing moves yet)
-                    settle(lease, "ready", start, out)
+                    settle(lease, c.lease_ref | lease.trade_id, _READY, start, out)
             else:
                 timeout = start + cfg.provision_timeout_s if cfg.provision_timeout_s else end
                 if now >= end or now >= timeout:
@@ -411,12 +439,12 @@ class SettlementEngine:
                 point = base - base % step + step
                 while point <= now and point < end:
                     lease.metered_to = point
-                    settle(lease, f"meter:{point}", point, out)
+                    settle(lease, c.lease_ref | lease.trade_id, point << ids.PARAM_SHIFT | ids.METER << 4, point, out)
                     point += step
             if now >= end:
                 lease.metered_to = end
                 lease.status = lease.ended_by or ENDED
-                settle(lease, "end", end, out)
+                settle(lease, c.lease_ref | lease.trade_id, _END, end, out)
                 self._drop(c, lease)
                 return
         self._schedule_next(c, lease, now)
@@ -463,7 +491,7 @@ class SettlementEngine:
     def _fail(self, c: ClassState, lease: Lease, reason: str, time: int, out: list) -> None:
         lease.status = FAILED
         lease.failed_reason = reason
-        settle(lease, "failed", time, out)
+        settle(lease, c.lease_ref | lease.trade_id, _FAILED, time, out)
         c.dirty_leases[lease.trade_id] = lease
         for child_id in list(c.children.get(lease.trade_id, ())):  # sub-leases on the same hardware fail too
             child = c.leases.get(child_id)
@@ -500,7 +528,7 @@ class SettlementEngine:
             out: list[tuple] = []
             lease.status = READY
             lease.ready_at = max(t, 1)
-            settle(lease, "ready", t, out)
+            settle(lease, c.lease_ref | trade_id, _READY, t, out)
             self._advance(c, lease, c.clock, out)
             c.dirty_leases[trade_id] = lease
             return out
@@ -524,7 +552,8 @@ class SettlementEngine:
     # ------------------------------------------------------------------ restoring (store)
     def restore(self, cls: str, seq: int, clock: int, bids: Iterable[tuple[int, Bid]],
                 leases: Iterable[Lease]) -> None:
-        c = self.classes[cls] = ClassState(cls, seq, clock, tuple(self.config.fees.get(cls, (0, 0))))
+        c = self.classes[cls] = ClassState(cls, seq, clock, tuple(self.config.fees.get(cls, (0, 0))),
+                                           self.class_code(cls))
         c.bids = dict(bids)
         for lease in sorted(leases, key=lambda x: x.trade_id):
             c.leases[lease.trade_id] = lease

@@ -17,7 +17,8 @@ The money of a lease follows from its state alone (`targets`): what the buyer ow
 * failed: cap = earned = 0 (R18: refunded in full, the provider earns nothing).
 
 `settle` compares the targets with what the ledger already moved for the lease and emits the
-difference as transfers whose ids name the cause (``lease:H100:7:ready:refund``).  The buyer's
+difference as transfers whose ids name the cause (``lease:H100:7:ready:refund``; as the
+ledger's integer keys, `settlement.ids`).  The buyer's
 fee follows the cap (fee on what the buyer pays), the provider's fee follows what it earned;
 both at the rates of the trade (maker or taker, R19).  So every path — metering in many or few
 steps, a preemption, a late ready — ends in the same totals.
@@ -30,6 +31,7 @@ from typing import Any
 import msgspec
 
 from orderbook.types import KIND_NAMES, RESERVED, SIDE_NAMES
+from settlement.ids import EARN, FEE_REFUND, PROVIDER_FEE, REFUND
 from settlement.ledger import AVAILABLE, EXCHANGE, FEES, PREPAID, RECEIVABLE
 from settlement.money import BPS, HOUR, fee, lease_value
 
@@ -125,9 +127,13 @@ def targets(lease: Lease) -> tuple[int, int]:
     return cap, lease_value(lease.gpus, lease.price, min(lease.metered_to, lease.end) - rf)
 
 
-def settle(lease: Lease, cause: str, time: int, out: list) -> None:
+FEES_ACCOUNT = EXCHANGE << 3 | FEES  # accounts in the ledger's rows: owner << 3 | kind
+
+
+def settle(lease: Lease, ref: int, cause: int, time: int, out: list) -> None:
     """Append to ``out`` the transfers that bring the ledger to `targets` for ``lease``, named
-    ``lease:{class}:{trade_id}:{cause}:{leg}``, and record them on the lease.  Legs:
+    ``lease:{class}:{trade_id}:{cause}:{leg}`` (as the ledger's rows: ``ref`` is the lease's,
+    ``cause`` is `ids.cause`), and record them on the lease.  Legs:
     ``refund`` (lease_prepaid -> buyer's available), ``fee_refund`` (fees -> buyer),
     ``earn`` (lease_prepaid -> provider's receivable, net of its fee), ``provider_fee``
     (lease_prepaid -> fees, once, when the lease is settled: ended, released, preempted or
@@ -165,28 +171,28 @@ def settle(lease: Lease, cause: str, time: int, out: list) -> None:
     if not (refund or d_fee_refund or net or d_provider_fee):
         lease.earned = earned
         return
-    cls, tid, buyer = lease.cls, lease.trade_id, lease.buyer
+    prepaid = lease.buyer << 3 | PREPAID
     if refund:
-        _move(out, f"lease:{cls}:{tid}:{cause}:refund", buyer, PREPAID, buyer, AVAILABLE, refund, time)
+        _move(out, ref, cause | REFUND, prepaid, prepaid - PREPAID + AVAILABLE, refund, time)
     if d_fee_refund:
-        _move(out, f"lease:{cls}:{tid}:{cause}:fee_refund", EXCHANGE, FEES, buyer, AVAILABLE, d_fee_refund, time)
+        _move(out, ref, cause | FEE_REFUND, FEES_ACCOUNT, prepaid - PREPAID + AVAILABLE, d_fee_refund, time)
     if net > 0:
-        out.append((f"lease:{cls}:{tid}:{cause}:earn", buyer, PREPAID, lease.provider, RECEIVABLE, net, time))
+        out.append((ref, cause | EARN, prepaid, lease.provider << 3 | RECEIVABLE, net, time))
     elif net:
-        out.append((f"lease:{cls}:{tid}:{cause}:earn", lease.provider, RECEIVABLE, buyer, PREPAID, -net, time))
+        out.append((ref, cause | EARN, lease.provider << 3 | RECEIVABLE, prepaid, -net, time))
     if d_provider_fee:
-        _move(out, f"lease:{cls}:{tid}:{cause}:provider_fee", buyer, PREPAID, EXCHANGE, FEES, d_provider_fee, time)
+        _move(out, ref, cause | PROVIDER_FEE, prepaid, FEES_ACCOUNT, d_provider_fee, time)
     lease.refunded += refund
     lease.buyer_fee = buyer_fee
     lease.earned = earned
     lease.provider_fee = provider_fee
 
 
-def _move(out: list, tid: str, do: int, dk: int, co: int, ck: int, amount: int, time: int) -> None:
+def _move(out: list, ref: int, sub: int, debit: int, credit: int, amount: int, time: int) -> None:
     if amount > 0:
-        out.append((tid, do, dk, co, ck, amount, time))
+        out.append((ref, sub, debit, credit, amount, time))
     else:
-        out.append((tid, co, ck, do, dk, -amount, time))
+        out.append((ref, sub, credit, debit, -amount, time))
 
 
 def check_lease(lease: Lease) -> None:

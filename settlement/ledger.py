@@ -3,6 +3,7 @@
     ledger = Ledger(data_dir / "ledger.db")
     ledger.deposit(42, 100_000_000, "accounts:deposit:17")      # external -> 42/available
     ledger.apply([Transfer("order:H100:9:hold", 42, AVAILABLE, 42, ESCROW, 5_000_000, t)])
+    ledger.post([(ref, sub, 42 * 8 + AVAILABLE, 42 * 8 + ESCROW, 5_000_000, t)], checked=True)  # settlement's rows
     ledger.balance(42, AVAILABLE), ledger.balances(42), ledger.statement(42)
     ledger.check_invariants()
 
@@ -15,7 +16,10 @@ external account is minus everything that ever came in).
 
 A transfer's id names what caused it (``order:H100:9:hold``, ``trade:H100:7:cost``,
 ``lease:H100:7:end:refund``, ``deposit:…``) and is UNIQUE: applying the same cause twice
-changes nothing (TigerBeetle's idempotent ids).  A batch of transfers is one transaction:
+changes nothing (TigerBeetle's idempotent ids).  It is stored as two integers (`settlement.ids`:
+origin, class, order or trade id / cause, leg, seq or time; other ids by their row in
+``transfer_names``) and accounts as ``owner * 8 + kind``: the strings are what `transfers`,
+`statement`, `get` and the view ``transfers_named`` show.  A batch of transfers is one transaction:
 INSERT OR IGNORE, and the balances of the rows actually inserted change in the same
 transaction.  A batch that would leave any ``available`` balance below zero is refused
 whole (`InsufficientFunds`, naming the accounts) and changes nothing.  An id that exists
@@ -36,6 +40,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from settlement import ids
 
 # account kinds: small integers in the ledger's rows (an integer binds and compares faster
 # than text on every write); KIND_NAMES and the SQL view ``transfers_named`` give the names
@@ -61,7 +67,8 @@ def kind_code(kind: int | str) -> int:
 
 EXCHANGE = 0  # the owner of FEES and EXTERNAL
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: text ids and four account columns (see _migrate_v1)
+ACCOUNT_SHIFT = 3  # an account is owner << 3 | kind, in rows and in the balance cache
 
 
 class Transfer(NamedTuple):
@@ -98,9 +105,9 @@ class InsufficientFunds(LedgerError):
 class TransferConflict(LedgerError):
     """A transfer id that is already in the ledger with different fields."""
 
-    def __init__(self, new: tuple, old: tuple) -> None:
-        self.new, self.old = new, old
-        super().__init__(f"transfer {new[0]!r} exists with different fields: {tuple(old)} != {tuple(new[1:6])}")
+    def __init__(self, id: str, new: tuple, old: tuple) -> None:
+        self.id, self.new, self.old = id, new, old  # (debit owner, debit kind, credit owner, credit kind, amount)
+        super().__init__(f"transfer {id!r} exists with different fields: {tuple(old)} != {tuple(new)}")
 
 
 class BadTransfer(LedgerError):
@@ -111,15 +118,18 @@ PAGE_SIZE = 16_384  # bigger pages: fewer B-tree splits per inserted transfer (~
 
 _SCHEMA = (
     f"PRAGMA page_size={PAGE_SIZE}",  # only takes effect on a new file, before its first table
+    # (ref, sub): the id (settlement.ids); debit and credit: owner << 3 | kind
     """CREATE TABLE IF NOT EXISTS transfers (
-        id TEXT PRIMARY KEY,
-        debit_owner INTEGER NOT NULL,
-        debit_kind INTEGER NOT NULL,
-        credit_owner INTEGER NOT NULL,
-        credit_kind INTEGER NOT NULL,
+        ref INTEGER NOT NULL,
+        sub INTEGER NOT NULL,
+        debit INTEGER NOT NULL,
+        credit INTEGER NOT NULL,
         amount INTEGER NOT NULL CHECK (amount > 0),
-        time INTEGER NOT NULL      -- engine time of the cause
+        time INTEGER NOT NULL,     -- engine time of the cause
+        PRIMARY KEY (ref, sub)
     ) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS id_classes (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS transfer_names (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     f"""CREATE TABLE IF NOT EXISTS balances (
         owner INTEGER NOT NULL,
         kind INTEGER NOT NULL,
@@ -129,16 +139,33 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS kinds (kind INTEGER PRIMARY KEY, name TEXT NOT NULL)",
-    """CREATE VIEW IF NOT EXISTS transfers_named AS
-        SELECT t.id, t.debit_owner, d.name AS debit_kind, t.credit_owner, c.name AS credit_kind, t.amount, t.time
-        FROM transfers t JOIN kinds d ON d.kind = t.debit_kind JOIN kinds c ON c.kind = t.credit_kind""",
+    f"""CREATE VIEW IF NOT EXISTS transfers_named AS
+        SELECT {ids.sql_format("t", "c")} AS id, t.debit >> 3 AS debit_owner, d.name AS debit_kind,
+               t.credit >> 3 AS credit_owner, k.name AS credit_kind, t.amount, t.time
+        FROM transfers t LEFT JOIN id_classes c ON c.code = (t.ref >> {ids.CLASS_SHIFT}) & {ids.CLASS_LIMIT - 1}
+        JOIN kinds d ON d.kind = t.debit & 7 JOIN kinds k ON k.kind = t.credit & 7""",
 )
 
-_INSERT = ("INSERT OR IGNORE INTO transfers (id, debit_owner, debit_kind, credit_owner, credit_kind, amount, time)"
-           " VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT = "INSERT OR IGNORE INTO transfers (ref, sub, debit, credit, amount, time) VALUES (?, ?, ?, ?, ?, ?)"
+_SELECT = "SELECT ref, sub, debit, credit, amount, time FROM transfers"
 # (not an UPSERT: SQLite checks the CHECK constraint on the row an UPSERT tries to insert, a negative delta)
 _NEW_BALANCE = "INSERT INTO balances (balance, owner, kind) VALUES (?, ?, ?)"
 _SET_BALANCE = "UPDATE balances SET balance = ? WHERE owner = ? AND kind = ?"
+
+
+def class_code(conn: sqlite3.Connection, name: str, create: bool = True) -> int | None:
+    """The code of a GPU class in transfer ids (``id_classes``), assigned on first use (inside
+    the caller's transaction: a rollback forgets it, and whoever cached it must too)."""
+    row = conn.execute("SELECT code FROM id_classes WHERE name = ?", (name,)).fetchone()
+    if row is not None:
+        return row[0]
+    if not create:
+        return None
+    code = conn.execute("SELECT COALESCE(MAX(code), 0) + 1 FROM id_classes").fetchone()[0]
+    if code >= ids.CLASS_LIMIT:
+        raise LedgerError(f"too many GPU classes for transfer ids ({code})")
+    conn.execute("INSERT INTO id_classes VALUES (?, ?)", (code, name))
+    return code
 
 
 class Ledger:
@@ -162,19 +189,37 @@ class Ledger:
         # balances as committed, and the transfer count they belong to: a batch's new balances
         # are computed (and checked) here, written with one UPDATE each, and take effect here
         # at COMMIT; a count that differs at the next batch means another writer: reload
-        self._balances: dict[int, int] | None = None  # keyed owner * 8 + kind (see _deltas)
+        self._balances: dict[int, int] | None = None  # keyed by account, owner << 3 | kind
         self._balances_at = -1
         self._staged: list[tuple[dict[int, int], int]] = []
+        self._classes: dict[str, int] = {}  # id_classes as read in this process (forgotten on rollback)
         with self.transaction():
+            old = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
+                if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() else None
+            if old is not None and old[0] > SCHEMA_VERSION:
+                raise LedgerError(f"{path}: ledger schema {old[0]} is newer than this code's ({SCHEMA_VERSION})")
+            if old is not None and old[0] == 1:
+                self.conn.execute("ALTER TABLE transfers RENAME TO transfers_v1")
+                self.conn.execute("DROP VIEW IF EXISTS transfers_named")
             for stmt in _SCHEMA[1:]:
                 self.conn.execute(stmt)
             self.conn.executemany("INSERT OR IGNORE INTO kinds VALUES (?, ?)", list(KIND_NAMES.items()))
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('transfers', 0)")
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('commits', 0)")
+            if old is not None and old[0] == 1:
+                self._migrate_v1()
 
     def close(self) -> None:
         self.conn.close()
+
+    def _migrate_v1(self) -> None:
+        """Schema 1 (text ids, owner and kind columns) -> 2, in the opening transaction."""
+        rows = self.conn.execute("SELECT id, debit_owner, debit_kind, credit_owner, credit_kind, amount, time "
+                                 "FROM transfers_v1").fetchall()
+        self.conn.executemany(_INSERT, self._rows([Transfer(*r) for r in rows]))
+        self.conn.execute("DROP TABLE transfers_v1")
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -197,6 +242,7 @@ class Ledger:
             except BaseException:
                 self._depth = 0
                 self._staged = []
+                self._classes = {}
                 self.conn.execute("ROLLBACK")
                 raise
             self._depth = 0
@@ -221,32 +267,32 @@ class Ledger:
 
     def post(self, transfers: Iterable[Transfer | tuple], checked: bool = False) -> int:
         """`apply` inside the caller's `transaction()` (settlement writes its state in the same
-        one).  ``checked``: the caller made the transfers well-formed (7 fields, positive
-        integer amounts, known kinds), so they are not validated again."""
+        one).  ``checked``: the transfers are the ledger's own rows, ``(ref, sub, debit account,
+        credit account, amount, time)`` (settlement's engine makes them so), well-formed
+        (positive integer amounts, known kinds) and unique within the batch, so they are
+        neither converted nor validated again."""
         if not self._depth:
             raise RuntimeError("Ledger.post needs an open transaction(); use apply()")
-        batch = transfers if checked and isinstance(transfers, list) else list(transfers)
-        if not batch:
+        rows = transfers if checked and isinstance(transfers, list) else list(transfers)
+        if not rows:
             return 0
         if not checked:
-            batch = _validate(batch)
+            rows = _unique(self._rows(_validate(rows)), self._format)
         conn = self.conn
         n0 = self.count()
-        if not checked and len({t[0] for t in batch}) != len(batch):
-            batch = _unique(batch)
         before = conn.total_changes
         conn.execute("SAVEPOINT post")
         try:
-            conn.executemany(_INSERT, batch)
-            if conn.total_changes - before != len(batch):  # some were applied before: only the new ones count
+            conn.executemany(_INSERT, rows)
+            if conn.total_changes - before != len(rows):  # some were applied before: only the new ones count
                 conn.execute("ROLLBACK TO post")
-                batch = self._new_only(_unique(batch))
-                conn.executemany(_INSERT, batch)
-            if batch:
-                new = self._post_balances(_deltas(batch), n0)
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'transfers'", (n0 + len(batch),))
+                rows = self._new_only(_unique(rows, self._format))
+                conn.executemany(_INSERT, rows)
+            if rows:
+                new = self._post_balances(_deltas(rows), n0)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'transfers'", (n0 + len(rows),))
                 conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
-                self._staged.append((new, n0 + len(batch)))
+                self._staged.append((new, n0 + len(rows)))
             conn.execute("RELEASE post")
         except BaseException:
             if conn.in_transaction:
@@ -256,7 +302,7 @@ class Ledger:
                 except sqlite3.OperationalError:  # the savepoint is gone already
                     pass
             raise
-        return len(batch)
+        return len(rows)
 
     def transfer(self, id: str, debit: tuple[int, int | str], credit: tuple[int, int | str], amount: int,
                  time: int = 0) -> bool:
@@ -277,6 +323,62 @@ class Ledger:
         """A provider's earnings (receivable) paid out to outside."""
         return self.transfer(f"payout:{id}", (owner, RECEIVABLE), (EXCHANGE, EXTERNAL), amount, time)
 
+    # ------------------------------------------------------------------ ids
+    def class_code(self, name: str, create: bool = True) -> int | None:
+        """A GPU class's code in transfer ids (`settlement.ids`); assigned on first use."""
+        code = self._classes.get(name)
+        if code is None:
+            if create and not self._depth:
+                with self.transaction():
+                    return self.class_code(name)
+            code = class_code(self.conn, name, create)
+            if code is not None:
+                self._classes[name] = code
+        return code
+
+    def id_key(self, id: str, create: bool = False) -> tuple[int, int] | None:
+        """``(ref, sub)`` of a transfer id; None for a named id not in the ledger (``create``:
+        register it, inside the open transaction)."""
+        key = ids.parse(id, lambda name: self.class_code(name, create))
+        if key is not None:
+            return key
+        row = self.conn.execute("SELECT code FROM transfer_names WHERE name = ?", (id,)).fetchone()
+        if row is None and create:
+            return 0, self.conn.execute("INSERT INTO transfer_names (name) VALUES (?)", (id,)).lastrowid
+        return (0, row[0]) if row is not None else None
+
+    def _rows(self, batch: list[tuple]) -> list[tuple]:
+        """Validated Transfer tuples -> the ledger's rows (ids to keys, owner and kind to accounts)."""
+        out = []
+        for tid, do, dk, co, ck, amount, time in batch:
+            ref, sub = self.id_key(tid, create=True)  # type: ignore[misc]
+            out.append((ref, sub, do << ACCOUNT_SHIFT | dk, co << ACCOUNT_SHIFT | ck, amount, time))
+        return out
+
+    def _formatter(self) -> Any:
+        """A function (ref, sub) -> id string, reading id_classes and transfer_names once."""
+        classes = dict(self.conn.execute("SELECT code, name FROM id_classes"))
+        names: dict[int, str] | None = None
+
+        def name(code: int) -> str:
+            nonlocal names
+            if names is None:
+                names = dict(self.conn.execute("SELECT code, name FROM transfer_names"))
+            return names.get(code, f"?{code}")
+
+        return lambda ref, sub: ids.format_id(ref, sub, lambda c: classes.get(c, f"?{c}"), name)
+
+    def _format(self, ref: int, sub: int) -> str:
+        return self._formatter()(ref, sub)
+
+    def _transfers(self, rows: Iterable[tuple]) -> list[Transfer]:
+        """Rows -> Transfers (with their id strings), by time then id."""
+        fmt = self._formatter()
+        out = [Transfer(fmt(ref, sub), d >> 3, d & 7, c >> 3, c & 7, amount, time)
+               for ref, sub, d, c, amount, time in rows]
+        out.sort(key=lambda t: (t.time, t.id))
+        return out
+
     # ------------------------------------------------------------------ reading
     def balance(self, owner: int, kind: int | str = AVAILABLE) -> int:
         row = self.conn.execute("SELECT balance FROM balances WHERE owner = ? AND kind = ?",
@@ -294,25 +396,32 @@ class Ledger:
         return {KIND_NAMES[k]: b for k, b in rows}
 
     def total(self, kind: int | str) -> int:
-        """The sum of one kind of account over all owners."""
+        """The sum of one kind's balances over all owners."""
         row = self.conn.execute("SELECT COALESCE(SUM(balance), 0) FROM balances WHERE kind = ?",
                                 (kind_code(kind),)).fetchone()
         return row[0]
 
     def get(self, id: str) -> Transfer | None:
-        row = self.conn.execute("SELECT id, debit_owner, debit_kind, credit_owner, credit_kind, amount, time "
-                                "FROM transfers WHERE id = ?", (id,)).fetchone()
-        return Transfer(*row) if row else None
+        key = self.id_key(id)
+        if key is None:
+            return None
+        row = self.conn.execute(_SELECT + " WHERE ref = ? AND sub = ?", key).fetchone()
+        return Transfer(id, row[2] >> 3, row[2] & 7, row[3] >> 3, row[3] & 7, row[4], row[5]) if row else None
 
     def transfers(self, prefix: str = "") -> list[Transfer]:
         """All transfers (or those whose id starts with ``prefix``), by time (of their cause), then id."""
-        q = "SELECT id, debit_owner, debit_kind, credit_owner, credit_kind, amount, time FROM transfers"
-        if prefix:
-            hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-            rows = self.conn.execute(q + " WHERE id >= ? AND id < ? ORDER BY time, id", (prefix, hi))
+        parts = prefix.split(":")
+        origin = ids.ORIGIN_CODES.get(parts[0]) if len(parts) > 1 else None
+        n = ids.number(parts[2], ids.ID_LIMIT) if origin and len(parts) > 3 else None
+        code = self.class_code(parts[1], create=False) if n is not None else None
+        # (named ids, ref 0, may look like anything: they are always read too)
+        if code is not None:  # "lease:H100:7:…": one order's or trade's transfers
+            rows = self.conn.execute(_SELECT + " WHERE ref = ? OR ref = 0", (ids.class_base(origin, code) | n,))
+        elif origin:  # "order:", "trade:H100:"
+            rows = self.conn.execute(_SELECT + " WHERE ref >> ? = ? OR ref = 0", (ids.ORIGIN_SHIFT, origin))
         else:
-            rows = self.conn.execute(q + " ORDER BY time, id")
-        return [Transfer(*r) for r in rows]
+            rows = self.conn.execute(_SELECT)
+        return [t for t in self._transfers(rows) if t.id.startswith(prefix)]
 
     def count(self) -> int:
         """Transfers applied so far."""
@@ -322,12 +431,10 @@ class Ledger:
         """Every transfer that touched ``owner``, by time then id: the account of the owner's it touched,
         the signed amount and that account's balance after it.  (A full scan of the transfers:
         the ledger keeps no per-owner index, which would make every write ~4× slower.)"""
-        rows = self.conn.execute(
-            "SELECT id, debit_owner, debit_kind, credit_owner, credit_kind, amount, time FROM transfers "
-            "WHERE debit_owner = ? OR credit_owner = ? ORDER BY time, id", (owner, owner))
+        rows = self.conn.execute(_SELECT + " WHERE debit >> 3 = ? OR credit >> 3 = ?", (owner, owner))
         running: dict[int, int] = {}
         out: list[dict[str, Any]] = []
-        for tid, do, dk, co, ck, amount, time in rows:
+        for tid, do, dk, co, ck, amount, time in self._transfers(rows):
             legs = []
             if do == owner:
                 legs.append((dk, -amount))
@@ -351,10 +458,10 @@ class Ledger:
         if neg:
             raise AssertionError(f"available balances below zero: {neg[:5]}")
         recomputed: dict[tuple[int, int], int] = {}
-        for o, k, s in conn.execute("SELECT debit_owner, debit_kind, SUM(amount) FROM transfers GROUP BY 1, 2"):
-            recomputed[(o, k)] = recomputed.get((o, k), 0) - s
-        for o, k, s in conn.execute("SELECT credit_owner, credit_kind, SUM(amount) FROM transfers GROUP BY 1, 2"):
-            recomputed[(o, k)] = recomputed.get((o, k), 0) + s
+        for a, s in conn.execute("SELECT debit, SUM(amount) FROM transfers GROUP BY 1"):
+            recomputed[(a >> 3, a & 7)] = recomputed.get((a >> 3, a & 7), 0) - s
+        for a, s in conn.execute("SELECT credit, SUM(amount) FROM transfers GROUP BY 1"):
+            recomputed[(a >> 3, a & 7)] = recomputed.get((a >> 3, a & 7), 0) + s
         stored = {(o, k): b for o, k, b in conn.execute("SELECT owner, kind, balance FROM balances")}
         keys = set(recomputed) | set(stored)
         bad = [(key, stored.get(key, 0), recomputed.get(key, 0)) for key in sorted(keys)
@@ -374,7 +481,7 @@ class Ledger:
             if self._staged:  # another writer between two posts of one transaction cannot be (we hold the lock)
                 raise RuntimeError("ledger balances out of step inside a transaction")
             rows = self.conn.execute("SELECT owner, kind, balance FROM balances")
-            self._balances = {o * 8 + k: b for o, k, b in rows}
+            self._balances = {o << ACCOUNT_SHIFT | k: b for o, k, b in rows}
             self._balances_at = n0
         return self._balances
 
@@ -411,25 +518,24 @@ class Ledger:
             self.conn.executemany(_NEW_BALANCE, inserts)
         return new_values
 
-    def _new_only(self, batch: list) -> list:
-        """The transfers of ``batch`` not in the ledger yet; raises TransferConflict for an id
-        that is there with other fields."""
-        existing: dict[str, tuple] = {}
-        ids = [t[0] for t in batch]
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            q = ("SELECT id, debit_owner, debit_kind, credit_owner, credit_kind, amount FROM transfers WHERE id IN ("
-                 + ",".join("?" * len(chunk)) + ")")
-            for row in self.conn.execute(q, chunk):
-                existing[row[0]] = row[1:]
+    def _new_only(self, rows: list) -> list:
+        """The rows of a batch not in the ledger yet; raises TransferConflict for an id that is
+        there with other fields."""
         new = []
-        for t in batch:
-            old = existing.get(t[0])
+        q = "SELECT debit, credit, amount FROM transfers WHERE ref = ? AND sub = ?"
+        for t in rows:
+            old = self.conn.execute(q, (t[0], t[1])).fetchone()
             if old is None:
                 new.append(t)
-            elif tuple(old) != tuple(t[1:6]):
-                raise TransferConflict(t, old)
+            elif tuple(old) != tuple(t[2:5]):
+                raise TransferConflict(self._format(t[0], t[1]), _fields(t), _fields(old, 0))
         return new
+
+
+def _fields(row: tuple, at: int = 2) -> tuple[int, int, int, int, int]:
+    """(debit owner, debit kind, credit owner, credit kind, amount) of a row (from ``at``)."""
+    d, c, amount = row[at], row[at + 1], row[at + 2]
+    return d >> 3, d & 7, c >> 3, c & 7, amount
 
 
 def _validate(batch: list) -> list[tuple]:
@@ -447,37 +553,35 @@ def _validate(batch: list) -> list[tuple]:
             raise BadTransfer(f"transfer {tid!r}: amount must be a positive integer of µ$, not {amount!r}")
         if dk not in KIND_NAMES or ck not in KIND_NAMES:
             raise BadTransfer(f"transfer {tid!r}: unknown account kind {dk!r} or {ck!r} (kinds: {KIND_NAMES})")
-        if type(do) is not int or type(co) is not int or type(time) is not int:
-            raise BadTransfer(f"transfer {tid!r}: owners and time must be integers")
+        if type(do) is not int or type(co) is not int or type(time) is not int or do < 0 or co < 0:
+            raise BadTransfer(f"transfer {tid!r}: owners (≥ 0) and time must be integers")
         if do == co and dk == ck:
             raise BadTransfer(f"transfer {tid!r} debits and credits the same account")
         out.append(tuple(t))
     return out
 
 
-def _unique(batch: list) -> list:
-    """The first transfer of each id (a repeat inside one batch is a retry too)."""
-    seen: dict[str, tuple] = {}
+def _unique(rows: list, fmt: Any) -> list:
+    """The first row of each id (a repeat inside one batch is a retry too)."""
+    seen: dict[tuple[int, int], tuple] = {}
     out = []
-    for t in batch:
-        first = seen.get(t[0])
+    for t in rows:
+        key = (t[0], t[1])
+        first = seen.get(key)
         if first is not None:
-            if tuple(first[1:6]) != tuple(t[1:6]):
-                raise TransferConflict(t, first[1:6])
+            if first[2:5] != t[2:5]:
+                raise TransferConflict(fmt(t[0], t[1]), _fields(t), _fields(first))
             continue
-        seen[t[0]] = t
+        seen[key] = t
         out.append(t)
     return out
 
 
-def _deltas(batch: list) -> dict[int, int]:
-    """Net change per account, keyed ``owner * 8 + kind`` (an int hashes faster than a tuple)."""
+def _deltas(rows: list) -> dict[int, int]:
+    """Net change per account (owner << 3 | kind)."""
     deltas: dict[int, int] = {}
     get = deltas.get
-    for t in batch:
-        a = t[5]
-        k = t[1] * 8 + t[2]
-        deltas[k] = get(k, 0) - a
-        k = t[3] * 8 + t[4]
-        deltas[k] = get(k, 0) + a
+    for _, _, d, c, a, _ in rows:
+        deltas[d] = get(d, 0) - a
+        deltas[c] = get(c, 0) + a
     return deltas

@@ -17,6 +17,7 @@ import msgspec
 
 from settlement.engine import Bid, Changes, SettlementEngine
 from settlement.leases import LIVE, Lease
+from settlement.ledger import class_code
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS settle_cursors (
@@ -79,8 +80,9 @@ class StateStore:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'settle_version'", (self.version,))
 
     def load(self, engine: SettlementEngine) -> None:
-        """Fill a fresh engine with the stored state."""
+        """Fill a fresh engine with the stored state (and give it the ledger's class codes)."""
         conn = self.conn
+        engine.class_code = lambda name: class_code(conn, name)  # type: ignore[misc, return-value]
         cursors = {cls: (seq, clock) for cls, seq, clock in conn.execute("SELECT cls, seq, clock FROM settle_cursors")}
         bids: dict[str, list[tuple[int, Bid]]] = {}
         for cls, oid, account, hpg, remaining in conn.execute("SELECT * FROM settle_bids"):

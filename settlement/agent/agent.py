@@ -338,8 +338,19 @@ class Agent:
             now = now_s()
             if st.end <= now:
                 raise BackendError("the lease ended before it was provisioned")
-            st.gpu_ids = self.gpus.allocate(task.lease, task.gpus, task.start, st.end, now,
-                                            prefer=st.gpu_ids or None)
+            while True:
+                try:
+                    st.gpu_ids = self.gpus.allocate(task.lease, task.gpus, task.start, st.end, now,
+                                                    prefer=st.gpu_ids or None)
+                    break
+                except BackendError:
+                    # R12: a firm lease that preempted spot waits until T0, when the spot lease ends
+                    when = self.gpus.free_at(task.gpus, now)
+                    if when is None or when >= min(task.deadline or st.end, st.end):
+                        raise
+                    log.info("lease %s waits for its GPUs until %d (a lease on them ends then)", task.lease, when)
+                    await asyncio.sleep(max(0.0, when - time.time()) + 0.05)
+                    now = now_s()
             resumed = st.previous is not None  # answered before a restart: its deadline is history
             timeout = task.deadline - time.time() if task.deadline and not resumed else None
             if timeout is not None and timeout <= 0:

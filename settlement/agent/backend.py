@@ -64,6 +64,15 @@ class GpuAllocator:
         self.held[lease] = (free[:gpus], end)
         return free[:gpus]
 
+    def free_at(self, gpus: int, at: int) -> int | None:
+        """The earliest time from ``at`` on at which ``gpus`` ids are free, as the leases holding
+        them end (a firm lease waits for the spot lease it preempted, R12); None if never."""
+        if gpus > self.total:
+            return None
+        ends = sorted(end for ids, end in self.held.values() if end > at for _ in ids)
+        need = len(ends) - (self.total - gpus)  # held ids that must come free first
+        return at if need <= 0 else ends[need - 1]
+
     def move_end(self, lease: str, end: int) -> None:
         if lease in self.held:
             self.held[lease] = (self.held[lease][0], end)

@@ -106,7 +106,7 @@ def render_statement(st: dict[str, Any]) -> str:
     lines += ["", f"transfers ({len(st['transfers'])})",
               f"  {'time':>10}  {'amount':>16}  {'account':<14} {'balance':>16}  id"]
     for t in st["transfers"]:
-        lines.append(f"  {t.get('time', 0):>10}  {format_usd(t['amount']):>16}  {t.get('kind', ''):<14} "
+        lines.append(f"  {t.get('time', 0):>10}  {format_usd(t['amount']):>16}  {t.get('account', ''):<14} "
                      f"{format_usd(t.get('balance', 0)):>16}  {t['id']}")
     lines += ["", f"leases ({len(st['leases'])})"]
     for x in st["leases"]:

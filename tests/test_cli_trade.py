@@ -84,6 +84,7 @@ def test_statement_over_rest_and_from_the_data_directory(tmp_path):
             assert [x["lease"] for x in st["leases"]] == [lease]
             rc, out, _ = await gpux(ex.url, tk, ts, "statement")  # text form
             assert rc == 0 and "lease_prepaid" in out and "16.00" in out and lease in out
+            assert any(" escrow " in line and ":hold" in line for line in out.splitlines())  # the hold's leg
             rc, _, err = await gpux(ex.url, tk, ts, "statement", str(acc + 1))  # a trader sees only its own
             assert rc == 1 and "FORBIDDEN" in err
             rc, out, _ = await gpux(ex.url, ak, asec, "statement", str(acc), "--json")

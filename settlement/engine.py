@@ -51,7 +51,24 @@ from orderbook.types import (
     SIDE_BID,
 )
 from settlement import ids
-from settlement.events import ACC, ACC2, END, GPUS, HOURS, KIND, LEASE, MAKER, OID, OID2, PRICE, REM, SEQ, SIDE, START
+from settlement.events import (
+    ACC,
+    ACC2,
+    END,
+    FIELDS,
+    GPUS,
+    HOURS,
+    KIND,
+    LEASE,
+    MAKER,
+    OID,
+    OID2,
+    PRICE,
+    REM,
+    SEQ,
+    SIDE,
+    START,
+)
 from settlement.events import TID as E_TID
 from settlement.events import TIME as E_TIME
 from settlement.events import TYPE as E_TYPE
@@ -70,12 +87,16 @@ from settlement.leases import (
     settle,
 )
 from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID
-from settlement.money import fee, hold_per_gpu
+from settlement.money import BPS, hold_per_gpu
 
 _FEES = EXCHANGE << 3 | FEES
 _READY = ids.cause(ids.READY)
 _END = ids.cause(ids.END)
 _FAILED = ids.cause(ids.FAILED)
+_METER = ids.cause(ids.METER)
+# `_trade` unpacks a trade event's tuple whole
+assert (len(FIELDS), E_TIME, OID, OID2, E_TID, ACC, ACC2, PRICE, START, END, LEASE, GPUS, REM, KIND, MAKER) == \
+    (25, 1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 14, 20, 23), "settlement/engine.py: EVENT_DTYPE changed; update _trade"
 
 
 @dataclass(frozen=True)
@@ -314,26 +335,24 @@ class SettlementEngine:
                         ev[E_TIME]))
 
     def _trade(self, c: ClassState, ev: tuple, out: list) -> None:
-        name = c.name
-        tid, gpus, price, start, end = ev[E_TID], ev[GPUS], ev[PRICE], ev[START], ev[END]
-        buyer, t = ev[ACC], ev[E_TIME]
+        (_, t, oid, ask_oid, tid, buyer, provider, price, _, start, end, _, resale_of, gpus, rem, _, _, _, _, _, kind,
+         _, _, maker, _) = ev  # EVENT_DTYPE's fields (settlement.events)
         cost = gpus * price * (end - start) // HOUR if end > start else 0  # money.lease_value
         mk, tk = c.fees
-        if ev[MAKER] == SIDE_BID:
+        if maker == SIDE_BID:
             brate, prate = mk, tk
         else:
             brate, prate = tk, mk
-        buyer_fee = fee(cost, brate) if brate else 0
+        buyer_fee = -(-cost * brate // BPS) if brate and cost > 0 else 0  # money.fee
         ref = c.trade_ref | tid
         b = buyer << 3
-        oid = ev[OID]
         bid = c.bids.get(oid)
         src = b | AVAILABLE
         if bid is not None:
             src = b | ESCROW
             rest = gpus * bid.hpg - cost - buyer_fee
-            bid.remaining = ev[REM]
-            if bid.remaining <= 0:
+            bid.remaining = rem
+            if rem <= 0:
                 del c.bids[oid]
                 self._forget_bid(c, oid)
             else:
@@ -349,20 +368,21 @@ class SettlementEngine:
         # Lease(cls, trade_id, buyer, provider, kind, gpus, price, start, end, booked_end, time, bid_oid, ask_oid,
         #       resale_of, maker, buyer_fee_bps, provider_fee_bps, status, ready_at, metered_to, ended_by,
         #       failed_reason, cost, buyer_fee)
-        lease = Lease(name, tid, buyer, ev[ACC2], ev[KIND], gpus, price, start, end, end, t, oid, ev[OID2],
-                      ev[LEASE], ev[MAKER], brate, prate, PENDING, 0, 0, "", "", cost, buyer_fee)
+        lease = Lease(c.name, tid, buyer, provider, kind, gpus, price, start, end, end, t, oid, ask_oid,
+                      resale_of, maker, brate, prate, PENDING, 0, 0, "", "", cost, buyer_fee)
         c.leases[tid] = lease
-        if lease.resale_of:
-            c.children.setdefault(lease.resale_of, []).append(tid)
+        if resale_of:
+            c.children.setdefault(resale_of, []).append(tid)
         self.trades += 1
         c.dirty_leases[tid] = lease
         now = c.clock
-        if self.config.auto_ready and lease.kind != RESERVED and start <= now < end:
+        cfg = self.config
+        if cfg.auto_ready and kind != RESERVED and start <= now < end:
             # the common case, without the general `_advance`: ready at its start, nothing to
             # move yet; next due at the first metering point or its end
             lease.status = READY
             lease.ready_at = start
-            step = self.config.meter_interval_s
+            step = cfg.meter_interval_s
             point = start - start % step + step
             if point > now:
                 due = point if point < end else end
@@ -403,15 +423,40 @@ class SettlementEngine:
         dues = c.due
         leases = c.leases
         changed = c.dirty_leases
+        step = self.config.meter_interval_s
+        lease_ref = c.lease_ref
+        pop, push = heapq.heappop, heapq.heappush
         while heap and heap[0][0] <= now:
-            due, tid = heapq.heappop(heap)
+            due, tid = pop(heap)
             if dues.get(tid) != due:
                 continue  # stale entry
             del dues[tid]
             lease = leases.get(tid)
-            if lease is not None:
+            if lease is None:
+                continue
+            changed[tid] = lease
+            if lease.status != READY or lease.kind == RESERVED:
                 self._advance(c, lease, now, out)
-                changed[tid] = lease
+                continue
+            # a ready metered lease (most of them): `_advance` and `_schedule_next`, inlined
+            end = lease.end
+            rf = lease.ready_at if lease.ready_at > lease.start else lease.start
+            base = lease.metered_to if lease.metered_to > rf else rf
+            point = base - base % step + step
+            ref = lease_ref | tid
+            while point <= now and point < end:
+                lease.metered_to = point
+                settle(lease, ref, point << ids.PARAM_SHIFT | _METER, point, out)
+                point += step
+            if now >= end:
+                lease.metered_to = end
+                lease.status = lease.ended_by or ENDED
+                settle(lease, ref, _END, end, out)
+                self._drop(c, lease)
+            else:
+                due = point if point < end else end
+                dues[tid] = due
+                push(heap, (due, tid))
 
     def _advance(self, c: ClassState, lease: Lease, now: int, out: list) -> None:
         """Every transition of ``lease`` due at or before ``now``, each at its own time (so the
@@ -439,7 +484,7 @@ class SettlementEngine:
                 point = base - base % step + step
                 while point <= now and point < end:
                     lease.metered_to = point
-                    settle(lease, c.lease_ref | lease.trade_id, point << ids.PARAM_SHIFT | ids.METER << 4, point, out)
+                    settle(lease, c.lease_ref | lease.trade_id, point << ids.PARAM_SHIFT | _METER, point, out)
                     point += step
             if now >= end:
                 lease.metered_to = end

@@ -123,3 +123,69 @@ def test_payout_and_withdraw_are_refused_beyond_the_balance(led):
     assert led.payout(9, 40, "p1") is True
     assert led.balance(9, RECEIVABLE) == 0 and led.balance(EXCHANGE, EXTERNAL) == -100 + 100 + 40
     led.check_invariants()
+
+
+DOCUMENTED_IDS = ["order:H100:9:hold", "order:H100:9:release", "order:A100:0:amend:77", "trade:H100:7:cost",
+                  "trade:H100:7:buyer_fee", "trade:RTX4090:281474976710655:release", "trade:H100:7:top_up",
+                  "lease:H100:7:ready:refund", "lease:H100:7:meter:86400:earn", "lease:H100:7:preempted:12:fee_refund",
+                  "lease:A100:3:released:5:refund", "lease:H100:7:failed:refund", "lease:H100:7:end:provider_fee"]
+NAMED_IDS = ["deposit:accounts:17", "order:H100:09:hold", "order:H100:9:amend:x", "trade:H100:7", "lease:H100:7:end",
+             "lease:H100:7:meter:earn", "trade:H100:281474976710656:cost", "lease::7:end:earn", "order:H100:-1:hold",
+             "x", "trade:H100:7:cost:extra", "lease:H100:7:ready:5:refund"]
+
+
+def test_ids_are_stored_as_integers_and_shown_as_documented(led):
+    """Structured ids become (ref, sub) integers, anything else a named id; every id reads back
+    exactly as written (transfers, get, statement and the SQL view), and stays idempotent."""
+    from settlement import ids
+
+    led.deposit(7, 10**6, "seed")
+    batch = [Transfer(tid, 7, AVAILABLE, 7, ESCROW, i + 1, i) for i, tid in enumerate(DOCUMENTED_IDS + NAMED_IDS)]
+    assert led.apply(batch) == len(batch)
+    assert led.apply(batch) == 0
+    keys = {tid: led.id_key(tid) for tid in DOCUMENTED_IDS + NAMED_IDS}
+    assert all(keys[t][0] != 0 for t in DOCUMENTED_IDS) and all(keys[t][0] == 0 for t in NAMED_IDS)
+    assert len(set(keys.values())) == len(keys)
+    shown = {t.id: t for t in led.transfers()}
+    assert set(shown) == set(DOCUMENTED_IDS + NAMED_IDS) | {"deposit:seed"}
+    assert all(shown[t.id] == t for t in batch) and led.get("lease:H100:7:meter:86400:earn") == batch[8]
+    view = dict(led.conn.execute("SELECT id, amount FROM transfers_named").fetchall())
+    assert view == {t.id: t.amount for t in shown.values()}
+    assert [t.id for t in led.transfers("lease:H100:7:")] == [t for t in DOCUMENTED_IDS + NAMED_IDS
+                                                             if t.startswith("lease:H100:7:")]
+    assert {x["id"] for x in led.statement(7)} == set(shown)
+    with pytest.raises(TransferConflict):
+        led.apply([Transfer("trade:H100:7:cost", 7, AVAILABLE, 7, ESCROW, 999)])
+    # the engine's rows and the parsed strings are the same keys
+    code = led.class_code("H100")
+    assert keys["trade:H100:7:cost"] == (ids.class_base(ids.TRADE, code) | 7, ids.COST)
+    assert keys["lease:H100:7:meter:86400:earn"] == (ids.class_base(ids.LEASE, code) | 7,
+                                                     ids.cause(ids.METER, 86400) | ids.EARN)
+    led.check_invariants()
+
+
+def test_a_schema_1_ledger_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE transfers (id TEXT PRIMARY KEY, debit_owner INTEGER NOT NULL, debit_kind INTEGER NOT NULL,
+            credit_owner INTEGER NOT NULL, credit_kind INTEGER NOT NULL, amount INTEGER NOT NULL, time INTEGER NOT NULL)
+            WITHOUT ROWID;
+        CREATE TABLE balances (owner INTEGER NOT NULL, kind INTEGER NOT NULL, balance INTEGER NOT NULL,
+            PRIMARY KEY (owner, kind)) WITHOUT ROWID;
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE kinds (kind INTEGER PRIMARY KEY, name TEXT NOT NULL);
+        CREATE VIEW transfers_named AS SELECT id FROM transfers;
+        INSERT INTO meta VALUES ('schema_version', 1), ('transfers', 2), ('commits', 2);
+        INSERT INTO transfers VALUES ('deposit:a', 0, 6, 7, 1, 100, 0), ('order:H100:3:hold', 7, 1, 7, 2, 40, 5);
+        INSERT INTO balances VALUES (0, 6, -100), (7, 1, 60), (7, 2, 40);
+    """)
+    conn.close()
+    led = Ledger(path)
+    assert [tuple(t) for t in led.transfers()] == [("deposit:a", 0, EXTERNAL, 7, AVAILABLE, 100, 0),
+                                                  ("order:H100:3:hold", 7, AVAILABLE, 7, ESCROW, 40, 5)]
+    assert led.apply([Transfer("order:H100:3:hold", 7, AVAILABLE, 7, ESCROW, 40, 5)]) == 0
+    led.check_invariants()
+    led.close()

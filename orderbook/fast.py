@@ -556,6 +556,27 @@ def _ag_recompute(AG, LH, O, lad, lvl, nxt):
 
 
 @_hot
+def _ag_drop(AG, LH, O, lad, lvl, nxt, o):
+    """Ask o has left the level: tighten its bounds, rescanning only if o set one of them."""
+    if LH[lad, lvl] < 0 or (
+        O[o, O_END] >= AG[lad, lvl, AG_END] or O[o, O_START] <= AG[lad, lvl, AG_START]
+        or O[o, O_MINH] <= AG[lad, lvl, AG_MINH] or _free_now(O, o, lad) >= AG[lad, lvl, AG_FREE]
+    ):
+        _ag_recompute(AG, LH, O, lad, lvl, nxt)
+
+
+@_hot
+def _bg_drop(AG, LH, O, lad, lvl, o):
+    """Bid o has left the level: as `_ag_drop`."""
+    h = O[o, O_HOURS]
+    if LH[lad, lvl] < 0 or (
+        h <= AG[lad, lvl, BG_MINH] or h >= AG[lad, lvl, BG_MAXH] or O[o, O_BLOCK] <= AG[lad, lvl, BG_MINBLK]
+        or O[o, O_START] >= AG[lad, lvl, BG_MAXSTART] or O[o, O_END] <= AG[lad, lvl, BG_MINEND]
+    ):
+        _bg_recompute(AG, LH, O, lad, lvl)
+
+
+@_hot
 def _bg_add(AG, lad, lvl, O, o):
     """Widen a bid level's bounds to cover bid o."""
     h = O[o, O_HOURS]
@@ -861,11 +882,11 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
     if O[o, O_SIDE] == SIDE_ASK:
         lvl = _level(P, O[o, O_PRICE])
         _lad_remove(O, LH, LT, BM, BS, LAD_ASK_FIRM, lvl, o, O_NEXT, O_PREV)
-        _ag_recompute(AG, LH, O, LAD_ASK_FIRM, lvl, O_NEXT)
+        _ag_drop(AG, LH, O, LAD_ASK_FIRM, lvl, O_NEXT, o)
         if O[o, O_SPOT] > 0:
             lvl = _level(P, O[o, O_SPOT])
             _lad_remove(O, LH, LT, BM, BS, LAD_ASK_SPOT, lvl, o, O_SNEXT, O_SPREV)
-            _ag_recompute(AG, LH, O, LAD_ASK_SPOT, lvl, O_SNEXT)
+            _ag_drop(AG, LH, O, LAD_ASK_SPOT, lvl, O_SNEXT, o)
         if O[o, O_LEASE] > 0:  # a resale ask gives its unsold GPUs back (R16)
             pl = _map_get(LK, LV, O[o, O_LEASE])
             if pl >= 0:
@@ -880,7 +901,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
         lad = _bid_ladder(O[o, O_KIND])
         lvl = _level(P, O[o, O_PRICE])
         _lad_remove(O, LH, LT, BM, BS, lad, lvl, o, O_NEXT, O_PREV)
-        _bg_recompute(AG, LH, O, lad, lvl)
+        _bg_drop(AG, LH, O, lad, lvl, o)
     _map_del(HK, HV, O[o, O_OID])
     _free_order(O, S, o)
 
@@ -1243,11 +1264,11 @@ def _quote_walk(st, S, kind, acc, limit, hours, ws, block, want, out):
 
 
 @_hot
-def _next_bid(st, lad, lvl, low, b, a, free):
+def _next_bid(st, lad, lvl, low, b, a, free, horizon):
     """The bid after b on ladder lad walking down (b < 0: start at level lvl); -1, -1 at the end.
 
     Levels whose bounds show that none of their bids fits ask a (window, min_hours, at most
-    `free` GPUs) are skipped whole."""
+    `free` GPUs; a window from now must end by `horizon`) are skipped whole."""
     O = st.O
     if b >= 0:
         b = O[b, O_NEXT]
@@ -1264,9 +1285,58 @@ def _next_bid(st, lad, lvl, low, b, a, free):
             if lad == LAD_BID_RES:
                 if AG[lad, lvl, BG_MAXSTART] >= O[a, O_START] and AG[lad, lvl, BG_MINEND] <= O[a, O_END]:
                     return lvl, st.LH[lad, lvl]
-            elif now + AG[lad, lvl, BG_MINH] * HOUR <= O[a, O_END]:
+            elif now + AG[lad, lvl, BG_MINH] * HOUR <= horizon:
                 return lvl, st.LH[lad, lvl]
         lvl -= 1
+
+
+@_hot
+def _horizon(O, Lz, S, W, a, spot):
+    """No window [now, we) with we after this can get a GPU of ask a (firm, or spot: R9).
+
+    The ask's end, or earlier: the first moment its usage from now on (the profile that
+    `_ask_gives` caches in W) reaches all its GPUs.  Usage only grows while the ask walks
+    the bids, except when a firm fill preempts spot leases, so a horizon stays an upper
+    bound for firm bids and, until a preemption, for spot bids."""
+    end = O[a, O_END]
+    used = O[a, O_FSUM] + (O[a, O_SSUM] if spot else 0)
+    used_now = O[a, O_UNF] + (O[a, O_UNS] if spot else 0)
+    if used == used_now or O[a, O_NEXTSTART] >= end:
+        return end  # no lease starts later: usage is highest now
+    si = S_PROF_S if spot else S_PROF_F
+    r = 5 if spot else 3
+    if S[si] < 0:
+        S[S_SCAN] += 1
+        S[si] = _now_profile(Lz, O[a, O_LHEAD], S[S_NOW], spot, W, r)
+    m = S[si]
+    if m < 0:
+        return end
+    top = W[r + 1]  # nondecreasing: the highest usage up to each breakpoint
+    gp = O[a, O_GPUS]
+    lo = 0
+    hi = m
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if top[mid] < gp:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < m and W[r][lo] < end:
+        return W[r][lo]
+    return end
+
+
+@_hot
+def _spot_cursor(st, a, lvl, oid, low_s, horizon):
+    """The first spot bid after (level lvl, order id oid) in bid priority that may fit ask a."""
+    O = st.O
+    b = st.LH[LAD_BID_SPOT, lvl] if lvl >= low_s else -1
+    while b >= 0 and O[b, O_OID] <= oid:
+        b = O[b, O_NEXT]
+    if b >= 0:
+        return lvl, b
+    free = O[a, O_GPUS] - O[a, O_UNF] - O[a, O_UNS]
+    return _next_bid(st, LAD_BID_SPOT, lvl - 1, low_s, -1, a, free, horizon)
 
 
 @_hot
@@ -1277,27 +1347,40 @@ def _walk_bids(st, a, dry):
     limit >= spot_price, the others limit >= price.  A ladder whose bids all need GPUs from
     now on is left out when the ask cannot give any now (not started, or fully held), which
     only skips bids that could not trade.  With dry=True nothing changes and 1 is returned if
-    any bid could trade (post_only)."""
+    any bid could trade (post_only).
+
+    Spot and on-demand bids (windows from now) are also passed over, without a capacity
+    question, when they need more GPUs than are free now or reach past the ask's horizon
+    (`_horizon`); whole levels when their bounds show it.  Both tests only get stricter as
+    the walk fills bids, except that a firm fill that preempts spot leases frees capacity
+    for spot: the spot cursor is then placed again just after the bid that was filled."""
     O = st.O
     P = st.P
-    now = st.S[S_NOW]
+    S = st.S
+    now = S[S_NOW]
     top = st.BM.shape[1] * 64 - 1
     low_f = _level(P, O[a, O_PRICE])
     gp = O[a, O_GPUS]
     started = O[a, O_START] <= now and O[a, O_END] - now >= HOUR
-    st.S[S_PROF_F] = -1
-    st.S[S_PROF_S] = -1
+    S[S_PROF_F] = -1
+    S[S_PROF_S] = -1
     free_od = gp - O[a, O_UNF]
     free_spot = free_od - O[a, O_UNS]
-    lr, br = _next_bid(st, LAD_BID_RES, top, low_f, -1, a, gp)
+    lr, br = _next_bid(st, LAD_BID_RES, top, low_f, -1, a, gp, 0)
     lo, bo = -1, -1
+    end = O[a, O_END]
+    hz_od = end  # the ask's end until a bid makes the horizon worth building
     if started and free_od >= 1:
-        lo, bo = _next_bid(st, LAD_BID_OD, top, low_f, -1, a, free_od)
+        lo, bo = _next_bid(st, LAD_BID_OD, top, low_f, -1, a, free_od, hz_od)
     ls, bs = -1, -1
     low_s = 0
-    if O[a, O_SPOT] > 0 and started and free_spot >= 1:
+    hz_spot = end
+    spot_side = O[a, O_SPOT] > 0 and started
+    if spot_side:
         low_s = _level(P, O[a, O_SPOT])
-        ls, bs = _next_bid(st, LAD_BID_SPOT, top, low_s, -1, a, free_spot)
+        if free_spot >= 1:
+            ls, bs = _next_bid(st, LAD_BID_SPOT, top, low_s, -1, a, free_spot, hz_spot)
+    stale = True  # the horizons are not built yet, or predate the last fill
     while br >= 0 or bo >= 0 or bs >= 0:
         # pick the best of the three heads: highest level, then lowest order id
         pick = 0
@@ -1306,20 +1389,40 @@ def _walk_bids(st, a, dry):
             pick, lvl, b = 1, lo, bo
         if bs >= 0 and (b < 0 or ls > lvl or (ls == lvl and O[bs, O_OID] < O[b, O_OID])):
             pick, lvl, b = 2, ls, bs
+        if pick != 0 and stale:
+            free_od = gp - O[a, O_UNF]
+            free_spot = free_od - O[a, O_UNS]
+            if bo >= 0 or pick == 1:
+                hz_od = _horizon(O, st.Lz, S, st.W, a, False)
+            if bs >= 0 or pick == 2:
+                hz_spot = _horizon(O, st.Lz, S, st.W, a, True)
+            stale = False
         if pick == 0:
-            lr, br = _next_bid(st, LAD_BID_RES, lr, low_f, br, a, gp)
+            lr, br = _next_bid(st, LAD_BID_RES, lr, low_f, br, a, gp, 0)
         elif pick == 1:
-            lo, bo = _next_bid(st, LAD_BID_OD, lo, low_f, bo, a, free_od)
+            lo, bo = _next_bid(st, LAD_BID_OD, lo, low_f, bo, a, free_od, hz_od)
+            if O[b, O_BLOCK] > free_od or now + O[b, O_HOURS] * HOUR > hz_od:
+                continue  # no GPU for it now or over its window: it cannot trade
         else:
-            ls, bs = _next_bid(st, LAD_BID_SPOT, ls, low_s, bs, a, free_spot)
-        st.S[S_VISIT_BID] += 1
-        q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM], True)
+            ls, bs = _next_bid(st, LAD_BID_SPOT, ls, low_s, bs, a, free_spot, hz_spot)
+            if O[b, O_BLOCK] > free_spot or now + O[b, O_HOURS] * HOUR > hz_spot:
+                continue
+        S[S_VISIT_BID] += 1
+        q = _fill_qty(O, st.Lz, S, st.W, b, a, O[b, O_REM], True)
         if q > 0:
             if dry:
                 return 1
+            seq = S[S_SEQ]
+            oid = O[b, O_OID]
             _fill(st, b, a, q)
-            st.S[S_PROF_F] = -1  # a's leases changed
-            st.S[S_PROF_S] = -1
+            S[S_PROF_F] = -1  # a's leases changed
+            S[S_PROF_S] = -1
+            stale = True
+            if S[S_SEQ] != seq + 1 and spot_side:  # spot leases preempted: spot may fit again
+                free_spot = gp - O[a, O_UNF] - O[a, O_UNS]
+                ls, bs = -1, -1
+                if free_spot >= 1:
+                    ls, bs = _spot_cursor(st, a, lvl, oid, low_s, end)
     return 0
 
 

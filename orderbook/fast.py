@@ -104,6 +104,10 @@ NS = 18  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease li
 # ladders
 LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4
 NLAD = 5
+# bitmap rows NLAD + LAD_ASK_*: ask levels that may hold an ask open right now (started, a GPU
+# free now); a walk whose window starts now steps through these instead of every ask level
+NOWROW = NLAD
+NBM = NLAD + 2
 
 
 @njit(cache=True, _nrt=False)
@@ -522,6 +526,14 @@ def _lad_remove(O, LH, LT, BM, BS, lad, lvl, o, nxt, prv):
 
 
 @_hot
+def _now_open(O, BM, BS, P, o):
+    """Ask o may have a GPU free now (it started, or a lease on it ended): mark its levels."""
+    _bm_set(BM, BS, NOWROW + LAD_ASK_FIRM, _level(P, O[o, O_PRICE]))
+    if O[o, O_SPOT] > 0:
+        _bm_set(BM, BS, NOWROW + LAD_ASK_SPOT, _level(P, O[o, O_SPOT]))
+
+
+@_hot
 def _free_now(O, o, lad):
     """GPUs of ask o that no lease holds right now (spot ladder: neither firm nor spot)."""
     f = O[o, O_GPUS] - O[o, O_UNF]
@@ -619,6 +631,8 @@ def _insert_order(O, LH, LT, BM, BS, AG, TM, S, P, o):
             _ag_add(AG, LAD_ASK_SPOT, lvl, O, o)
         if O[o, O_START] > S[S_NOW]:
             _hpush(TM, S, S_TMN, O[o, O_START], T_ASK_START, O[o, O_OID], o)
+        else:
+            _now_open(O, BM, BS, P, o)
     else:
         lad = _bid_ladder(O[o, O_KIND])
         lvl = _level(P, O[o, O_PRICE])
@@ -883,10 +897,14 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
         lvl = _level(P, O[o, O_PRICE])
         _lad_remove(O, LH, LT, BM, BS, LAD_ASK_FIRM, lvl, o, O_NEXT, O_PREV)
         _ag_drop(AG, LH, O, LAD_ASK_FIRM, lvl, O_NEXT, o)
+        if LH[LAD_ASK_FIRM, lvl] < 0:
+            _bm_clear(BM, BS, NOWROW + LAD_ASK_FIRM, lvl)
         if O[o, O_SPOT] > 0:
             lvl = _level(P, O[o, O_SPOT])
             _lad_remove(O, LH, LT, BM, BS, LAD_ASK_SPOT, lvl, o, O_SNEXT, O_SPREV)
             _ag_drop(AG, LH, O, LAD_ASK_SPOT, lvl, O_SNEXT, o)
+            if LH[LAD_ASK_SPOT, lvl] < 0:
+                _bm_clear(BM, BS, NOWROW + LAD_ASK_SPOT, lvl)
         if O[o, O_LEASE] > 0:  # a resale ask gives its unsold GPUs back (R16)
             pl = _map_get(LK, LV, O[o, O_LEASE])
             if pl >= 0:
@@ -907,7 +925,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
 
 
 @_hot
-def _drop_lease(O, Lz, LK, LV, RO, AG, S, P, lz):
+def _drop_lease(O, Lz, LK, LV, RO, AG, BM, BS, S, P, lz):
     """A lease has ended: its GPUs return to its ask, which is offered again (R13)."""
     a = Lz[lz, L_ASLOT]
     if a >= 0:
@@ -933,6 +951,8 @@ def _drop_lease(O, Lz, LK, LV, RO, AG, S, P, lz):
             _ag_add(AG, LAD_ASK_FIRM, _level(P, O[a, O_PRICE]), O, a)  # more free now
             if O[a, O_SPOT] > 0:
                 _ag_add(AG, LAD_ASK_SPOT, _level(P, O[a, O_SPOT]), O, a)
+            if O[a, O_START] <= S[S_NOW]:
+                _now_open(O, BM, BS, P, a)
         _reoffer(O, RO, S, a)
     _map_del(LK, LV, Lz[lz, L_TID])
     _free_lease(Lz, S, lz)
@@ -979,7 +999,7 @@ def _lower_bound(a, n, x):
 
 
 @_hot
-def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, a, firm):
+def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, BM, BS, a, firm):
     """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start).
 
     The usage over [T0, end of the fill) is built once, as segments between sorted distinct
@@ -1086,7 +1106,7 @@ def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, a, firm):
         E[k]["lease_id"] = Lz[firm, L_TID]
         _reoffer(O, RO, S, a)
         if t0 <= now:  # no notice: the spot lease is over already
-            _drop_lease(O, Lz, LK, LV, RO, AG, S, P, victim)
+            _drop_lease(O, Lz, LK, LV, RO, AG, BM, BS, S, P, victim)
         else:
             _hpush(TM, S, S_TMN, t0, T_LEASE_END, Lz[victim, L_TID], victim)
         while bad < m and use[bad] - (taken - below) <= gp:  # the victims covering `bad` are off
@@ -1179,7 +1199,7 @@ def _fill(st, b, a, q):
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
     if kind != SPOT:
-        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, st.W, st.LK, st.LV, st.AG, a, lz)
+        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, st.W, st.LK, st.LV, st.AG, st.BM, st.BS, a, lz)
 
 
 @_hot
@@ -1201,10 +1221,14 @@ def _walk_asks(st, b, dry):
     block = O[b, O_BLOCK]
     now_window = kind != RESERVED
     AG = st.AG
-    lvl = _bm_next_up(st.BM, st.BS, lad, 0)
+    BM = st.BM
+    BS = st.BS
+    row = NOWROW + lad if now_window else lad  # a window from now: only levels open now
+    lvl = _bm_next_up(BM, BS, row, 0)
     while 0 <= lvl <= top:
         if _ask_level_open(AG, lad, lvl, ws, we, hours, block, now_window):
             a = st.LH[lad, lvl]
+            is_open = False  # an ask of the level has started and has a GPU free now
             while a >= 0:
                 st.S[S_VISIT_ASK] += 1
                 if dry:
@@ -1217,11 +1241,17 @@ def _walk_asks(st, b, dry):
                         _fill(st, b, a, q)
                         if O[b, O_REM] == 0:
                             return 0
+                if O[a, O_START] <= now and _free_now(O, a, lad) >= 1:
+                    is_open = True
                 a = O[a, nxt]
             if now_window:  # fills and starts since the bounds were set: make them exact again
                 _ag_recompute(AG, st.LH, O, lad, lvl, nxt)
+                if not is_open:
+                    _bm_clear(BM, BS, row, lvl)
+        elif now_window and (AG[lad, lvl, AG_START] > now or AG[lad, lvl, AG_FREE] < 1):
+            _bm_clear(BM, BS, row, lvl)  # no ask of the level has started, or none has a GPU free
         st.S[S_VISIT_LEVEL] += 1
-        lvl = _bm_next_up(st.BM, st.BS, lad, lvl + 1)
+        lvl = _bm_next_up(BM, BS, row, lvl + 1)
     return got
 
 
@@ -1497,12 +1527,13 @@ def _advance(st, t):
                 _ev_order_end(st.E, S, O, ref, EV_EXPIRED, O[ref, O_WHY])
         elif kind == T_LEASE_END:
             if Lz[ref, L_LIVE] == 1 and Lz[ref, L_TID] == key and Lz[ref, L_END] == when:
-                _drop_lease(O, Lz, st.LK, st.LV, st.RO, st.AG, S, st.P, ref)
+                _drop_lease(O, Lz, st.LK, st.LV, st.RO, st.AG, st.BM, st.BS, S, st.P, ref)
         elif kind == T_LEASE_START:
             if Lz[ref, L_LIVE] == 1 and Lz[ref, L_TID] == key and Lz[ref, L_NOW] == 0:
                 _lease_started(O, Lz, ref)
         else:
             if O[ref, O_LIVE] == LIVE_RESTING and O[ref, O_OID] == key:
+                _now_open(O, st.BM, st.BS, st.P, ref)
                 _reoffer(O, st.RO, S, ref)
     if t > S[S_NOW]:
         S[S_NOW] = t
@@ -1783,7 +1814,7 @@ def _on_release(st, C, i):
         return
     Lz[lz, L_END] = S[S_NOW]
     _ev_lease(st.E, S, Lz, lz, EV_RELEASED, S[S_NOW])
-    _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, st.AG, S, st.P, lz)
+    _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, st.AG, st.BM, st.BS, S, st.P, lz)
 
 
 @_hot
@@ -1943,8 +1974,8 @@ class NumbaBook:
             Lz=Lz,
             LH=np.full((NLAD, levels), -1, dtype=np.int64),
             LT=np.full((NLAD, levels), -1, dtype=np.int64),
-            BM=np.zeros((NLAD, nw), dtype=np.uint64),
-            BS=np.zeros((NLAD, ns), dtype=np.uint64),
+            BM=np.zeros((NBM, nw), dtype=np.uint64),
+            BS=np.zeros((NBM, ns), dtype=np.uint64),
             AG=AG,
             HK=np.zeros(_pow2_at_least(4 * orders), dtype=np.int64),
             HV=np.zeros(_pow2_at_least(4 * orders), dtype=np.int64),
@@ -1995,6 +2026,9 @@ class NumbaBook:
         if not np.array_equal(arrays["P"], config.as_array()):
             raise ValueError("snapshot was taken with another instrument configuration")
         arrays["E"] = book.st.E
+        if arrays["BM"].shape[0] == NLAD:  # taken before the rows of open ask levels: all may be open
+            arrays["BM"] = np.concatenate([arrays["BM"], arrays["BM"][:2]])
+            arrays["BS"] = np.concatenate([arrays["BS"], arrays["BS"][:2]])
         arrays["W"] = np.zeros((7, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
         book.st = State(**arrays)
         return book

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -65,7 +64,13 @@ class Provisioning:
         self.timed_out = 0
         with self.s.ledger.transaction() as db:
             db.execute(_SCHEMA)
-        for c in self.s.engine.classes.values():  # after a restart: what settlement has live
+        self._started: list[Any] = []  # leases marked provisioning in the step being committed
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """The timetables from what settlement has live (at start, or after a failed commit)."""
+        self.starts, self.deadlines = [], []
+        for c in self.s.engine.classes.values():
             for tid, lease in c.leases.items():
                 if lease.status == PENDING:
                     self.starts.append((lease.start, c.name, tid))
@@ -77,50 +82,59 @@ class Provisioning:
     @classmethod
     def attach(cls, x: Exchange) -> Provisioning:
         p = cls(x)
-        x.settlement.listeners.append(p.after_batch)
-        if p.enabled:
-            p.dispatch()
+        x.settlement.provisioning = p
+        if p.enabled:  # leases whose start passed while the exchange was down
+            engine = x.engine
+            assert engine is not None
+            x.settlement.settlement.run(lambda e: p.step(e, [], {n: engine.book_time(n) for n in engine.books}))
+            p.committed({}, ok=True)
         return p
 
-    # ------------------------------------------------------------------ from the bus
-    def after_batch(self, events: dict[str, np.ndarray], ticked: set[str]) -> None:
-        """After settlement applied a batch: new leases to schedule, notices to pass on,
-        leases whose start came (tasks) or whose deadline passed (failed)."""
+    # ------------------------------------------------------------------ inside settlement's transaction
+    def step(self, engine: Any, parts: list[tuple[str, np.ndarray]], now: dict[str, int]) -> list:
+        """Part of the batch's ledger transaction (exchange.settle): schedule the batch's new
+        leases and mark those whose start came *provisioning*; their tasks go out once the
+        transaction committed (`committed`)."""
         if not self.enabled:
-            return
-        for cls, ev in events.items():
-            types = ev["type"]
-            if not (types == EV_TRADE).any() and not ((types == EV_PREEMPTED) | (types == EV_RELEASED)).any():
-                continue
-            for e in ev[(types == EV_TRADE) | (types == EV_PREEMPTED) | (types == EV_RELEASED)]:
-                tid = int(e["trade_id"])
-                if e["type"] == EV_TRADE:
-                    heapq.heappush(self.starts, (int(e["start"]), cls, tid))
-                else:
-                    self._notice(cls, tid, int(e["end"]), "preempted" if e["type"] == EV_PREEMPTED else "released",
-                                 int(e["time"]))
-        self.dispatch()
-
-    def dispatch(self) -> None:
-        """Send the tasks of leases whose start came; tell both sides of leases that timed out."""
-        engine = self.x.engine
-        if engine is None:
-            return
-        now = {name: engine.book_time(name) for name in engine.books}
+            return []
         starts = self.starts
+        for cls, ev in parts:
+            trades = ev[ev["type"] == EV_TRADE]
+            for tid, start in zip(trades["trade_id"].tolist(), trades["start"].tolist(), strict=True):
+                heapq.heappush(starts, (start, cls, tid))
+        started = self._started
         while starts and starts[0][0] <= now.get(starts[0][1], 0):
             _, cls, tid = heapq.heappop(starts)
-            lease = self.s.engine.lease(cls, tid)
+            lease = engine.lease(cls, tid)
             if lease is None or lease.status != PENDING:
                 continue
-            try:
-                self.s.mark_provisioning((cls, tid))
-            except (LeaseStateError, sqlite3.Error) as e:
-                log.error("could not start provisioning %s-%d: %s", cls, tid, e)
-                continue
-            heapq.heappush(self.deadlines, (lease.start + self.timeout, cls, tid))
-            self._send(lease.provider, cls, [self.task(lease)], now[cls])
+            engine.mark_provisioning(cls, tid)  # no money moves
+            started.append(lease)
+        return []
+
+    def committed(self, events: dict[str, np.ndarray], ok: bool) -> None:
+        """After the batch's transaction: send the tasks of the leases it started, pass on
+        preemption and release notices, tell both sides of leases whose deadline passed.  If
+        the transaction failed, settlement reloaded its state: rebuild the timetables."""
+        if not self.enabled:
+            return
+        started, self._started = self._started, []
+        if not ok:
+            self._rebuild()
+            return
+        engine = self.x.engine
+        assert engine is not None
+        now = {name: engine.book_time(name) for name in engine.books}
+        for lease in started:
+            heapq.heappush(self.deadlines, (lease.start + self.timeout, lease.cls, lease.trade_id))
+            self._send(lease.provider, lease.cls, [self.task(lease)], now[lease.cls])
             self.sent += 1
+        for cls, ev in events.items():
+            types = ev["type"]
+            cut = ev[(types == EV_PREEMPTED) | (types == EV_RELEASED)]
+            for tid, end, typ, t in zip(cut["trade_id"].tolist(), cut["end"].tolist(), cut["type"].tolist(),
+                                        cut["time"].tolist(), strict=True):
+                self._notice(cls, tid, end, "preempted" if typ == EV_PREEMPTED else "released", t)
         deadlines = self.deadlines
         while deadlines and deadlines[0][0] <= now.get(deadlines[0][1], 0):
             _, cls, tid = heapq.heappop(deadlines)

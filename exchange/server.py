@@ -125,7 +125,13 @@ class Exchange:
             raise RuntimeError(f"recovered to seq {self.engine.seq} but the journal ends at {self.journal.last_seq}")
         log.info("recovered", extra={"seq": self.engine.seq, "seconds": round(time.perf_counter() - t0, 3),
                                      "engine": self.engine.engine})
-        link.tick({name: self.engine.book_time(name) for name in self.engine.books})
+        engine = self.engine
+        ahead = [n for n in engine.books if link.cursor(n) > engine.event_seq(n)]
+        if ahead:
+            raise RuntimeError(f"the ledger has events of {', '.join(ahead)} that the journal does not: "
+                               "the journal is not this ledger's (restore both from the same backup)")
+        link.clock = lambda: {n: engine.book_time(n) for n in engine.books}
+        link.tick(link.clock())
         link.attach(self.bus)  # first subscriber: the ledger is current before anyone hears of a batch
         await self.bus.start()
         self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, link)

@@ -53,7 +53,9 @@ class SettlementLink:
         self.batches = 0
         self.seconds = 0.0
         self._deposit_row = 0
-        self.listeners: list[Any] = []  # called with (events by class, ticked classes) after each commit
+        self.provisioning: Any = None  # exchange.provisioning.Provisioning, once attached
+        self.clock: Any = None  # () -> {class: engine time}
+        self._avail: dict[int, int] = {}  # available balances read in this batch
         self.sync_deposits()
 
     def close(self) -> None:
@@ -76,42 +78,59 @@ class SettlementLink:
         bus.subscribe(self.on_published)
 
     def on_published(self, batch: Any) -> None:
-        """A durable batch (`exchange.bus.Published`): its events, then time for the books
-        that got a clock command (so leases end and metering happens between events)."""
+        """A durable batch (`exchange.bus.Published`) in one ledger transaction: its events, time
+        for the books that got a clock command (leases end, metering happens between events),
+        and the leases whose start came handed to provisioning (R18)."""
         t0 = time.perf_counter()
-        parts = list(batch.events.items())
-        ticked = {r.book for r in batch.results if r is not None and r.command is not None
-                  and r.command[_C_TYPE] == CMD_CLOCK}
-        if parts:
-            self._apply(parts)
-        if ticked and not self.backlog:
-            self.tick({cls: int(batch_time(batch, cls)) for cls in ticked})
+        times = {}
+        for r in batch.results:
+            if r is not None and r.command is not None and r.command[_C_TYPE] == CMD_CLOCK:
+                times[r.book] = max(times.get(r.book, 0), int(r.command[0]))
+        self._apply(list(batch.events.items()), times)
         self.seconds += time.perf_counter() - t0
-        for fn in self.listeners:
-            fn(batch.events, ticked)
 
     def tick(self, times: dict[str, int]) -> None:
-        s = self.settlement
-        for cls, now in times.items():
-            try:
-                s.tick(now, cls)
-            except (LedgerError, sqlite3.Error) as e:
-                log.error("settlement could not tick %s to %d: %s", cls, now, e)
+        """Move settlement's clock of some classes (and start the leases due by then)."""
+        self._apply([], times)
 
-    def _apply(self, parts: list[tuple[str, np.ndarray]]) -> None:
+    def _apply(self, parts: list[tuple[str, np.ndarray]], times: dict[str, int] | None = None) -> None:
+        self._avail = {}
         for cls, events in parts:  # the publisher may reuse its arrays: keep our own
             self.backlog.append((cls, events.copy()))
+        prov = self.provisioning
+        engine_now = self.now() if prov is not None else {}
+        backlog = self.backlog
+
+        def step(engine: Any) -> list:
+            out: list = []
+            for cls, evs in backlog:
+                out += engine.apply(cls, evs)
+            for cls, now in (times or {}).items():
+                out += engine.tick(now, cls)
+            if prov is not None:
+                out += prov.step(engine, backlog, engine_now)
+            return out
+
         try:
-            self.settlement.apply(self.backlog)
+            self.settlement.run(step)
         except (LedgerError, SequenceGap, sqlite3.Error) as e:
             if not isinstance(self.last_error, type(e)):
                 log.critical("settlement could not apply %d event batches (kept, retried with the next; "
                              "bids needing escrow are refused until then): %s", len(self.backlog), e)
             self.last_error = e
+            if prov is not None:
+                prov.committed({}, ok=False)
             return
+        done = {cls: ev for cls, ev in backlog}
         self.backlog = []
         self.last_error = None
         self.batches += 1
+        if prov is not None:
+            prov.committed(done if len(backlog) == len(done) else _by_class(backlog), ok=True)
+
+    def now(self) -> dict[str, int]:
+        """Engine time of every book (set by the exchange once it recovered)."""
+        return self.clock() if self.clock is not None else {}
 
     @property
     def healthy(self) -> bool:
@@ -121,7 +140,10 @@ class SettlementLink:
     # ------------------------------------------------------------------ money
     def available(self, account: int) -> int:
         """The account's available balance in the ledger (µ$): what a new bid may hold."""
-        return self.settlement.ledger.balance(account, AVAILABLE)
+        a = self._avail.get(account)
+        if a is None:
+            a = self._avail[account] = self.settlement.ledger.balance(account, AVAILABLE)
+        return a
 
     def sync_deposits(self) -> int:
         """Post the account store's deposits not yet in the ledger (each row once: the transfer
@@ -137,6 +159,7 @@ class SettlementLink:
             Transfer(f"deposit:accounts:{row}", EXCHANGE, EXTERNAL, account, AVAILABLE, amount, created_ms // 1000)
             for row, account, amount, created_ms in rows])
         self._deposit_row = rows[-1][0]
+        self._avail = {}
         if self.backlog:  # a batch refused for want of funds may pass now
             self._apply([])
         return n
@@ -148,10 +171,9 @@ class SettlementLink:
         return self.settlement.statement(account)
 
 
-def batch_time(batch: Any, cls: str) -> int:
-    """The engine time a batch left ``cls`` at (its last command's stamp)."""
-    t = 0
-    for r in batch.results:
-        if r is not None and r.command is not None and r.book == cls:
-            t = max(t, r.command[0])
-    return t
+def _by_class(parts: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several batches' events of each class, in order."""
+    out: dict[str, list[np.ndarray]] = {}
+    for cls, ev in parts:
+        out.setdefault(cls, []).append(ev)
+    return {cls: evs[0] if len(evs) == 1 else np.concatenate(evs) for cls, evs in out.items()}

@@ -108,6 +108,12 @@ class Settlement:
 
         return self._commit(step, positions)
 
+    def run(self, step: Callable[[SettlementEngine], list]) -> int:
+        """Any engine step (events, ticks, provisioning answers, several at once) in one
+        transaction: ``step(engine)`` returns the transfers; its state changes are saved with
+        them.  On failure nothing is committed and the state is reloaded."""
+        return self._commit(step)
+
     def on_events(self, cls: str, events: Any) -> int:
         """One class's events (as `apply`)."""
         return self.apply([(cls, events)])

@@ -137,7 +137,6 @@ INT64_MAX = 2**63 - 1
 U1 = np.uint64(1)
 U0 = np.uint64(0)
 ALL1 = np.uint64(0xFFFFFFFFFFFFFFFF)
-HMUL = np.uint64(0x9E3779B97F4A7C15)
 
 # ctz via de Bruijn
 _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
@@ -253,7 +252,9 @@ def _bm_next_down(BM, BS, lad, lvl):
 # ======================================================================= hash maps
 @_hot
 def _h(key, mask):
-    return np.int64((np.uint64(key) * HMUL) >> np.uint64(32)) & mask
+    """Home slot of an id.  Ids are handed out in order, so nearby ids share cache lines (a
+    multiplicative hash sent every new order and lease to a cold line of a 2 MB table)."""
+    return (key ^ (key >> 20)) & mask
 
 
 @_hot
@@ -2026,6 +2027,13 @@ class NumbaBook:
         if not np.array_equal(arrays["P"], config.as_array()):
             raise ValueError("snapshot was taken with another instrument configuration")
         arrays["E"] = book.st.E
+        for keys, vals, rows, live, idc in (("HK", "HV", "O", LIVE_RESTING, O_OID), ("LK", "LV", "Lz", 1, L_TID)):
+            # the maps are rebuilt: a snapshot of another version may have hashed differently
+            col = O_LIVE if rows == "O" else L_LIVE
+            at = np.nonzero(arrays[rows][:, col] == live)[0]
+            arrays[keys] = np.zeros_like(arrays[keys])
+            arrays[vals] = np.zeros_like(arrays[vals])
+            _rehash(arrays[keys], arrays[vals], arrays[rows][at, idc].copy(), at.astype(np.int64))
         if arrays["BM"].shape[0] == NLAD:  # taken before the rows of open ask levels: all may be open
             arrays["BM"] = np.concatenate([arrays["BM"], arrays["BM"][:2]])
             arrays["BS"] = np.concatenate([arrays["BS"], arrays["BS"][:2]])

@@ -79,10 +79,16 @@ from orderbook.types import (
 )
 
 # --- order columns ---------------------------------------------------------------
-(O_OID, O_ACC, O_SIDE, O_KIND, O_TIF, O_GPUS, O_REM, O_HOURS, O_PRICE, O_SPOT, O_START, O_END,
- O_MINH, O_BLOCK, O_EXP, O_WHY, O_LEASE, O_POST, O_LIVE, O_NEXT, O_PREV, O_SNEXT, O_SPREV,
- O_LHEAD, O_FSUM, O_SSUM, O_PEND, O_FREE, O_UNF, O_UNS, O_LMAXEND, O_NEXTSTART) = range(32)
+# grouped by 64-byte line (rows are 256 bytes): what a walk reads of an ask comes first (two
+# lines), then what it reads of a bid, then what only arrival, removal and timers touch
+(O_NEXT, O_OID, O_ACC, O_PRICE, O_START, O_END, O_GPUS, O_MINH,
+ O_SNEXT, O_SPOT, O_FSUM, O_SSUM, O_UNF, O_UNS, O_NEXTSTART, O_LMAXEND,
+ O_HOURS, O_BLOCK, O_REM, O_KIND, O_LHEAD, O_SIDE, O_TIF, O_LIVE,
+ O_PREV, O_SPREV, O_EXP, O_WHY, O_LEASE, O_POST, O_PEND, O_FREE) = range(32)
 NO = 32
+O_LAYOUT = 2  # snapshots record it; layout 1 (no record) had the columns in this order:
+_O_LAYOUT_1 = ("OID ACC SIDE KIND TIF GPUS REM HOURS PRICE SPOT START END MINH BLOCK EXP WHY LEASE POST LIVE "
+               "NEXT PREV SNEXT SPREV LHEAD FSUM SSUM PEND FREE UNF UNS LMAXEND NEXTSTART").split()
 # O_FSUM / O_SSUM: GPUs of all running firm / spot leases on an ask (an upper bound of its usage);
 # O_UNF / O_UNS: GPUs of the leases that hold the ask at the current time (a lower bound);
 # O_LMAXEND: no lease on the ask ends after this (an upper bound); O_NEXTSTART: no lease that
@@ -2016,7 +2022,7 @@ class NumbaBook:
     def snapshot(self) -> bytes:
         buf = io.BytesIO()
         arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W")}
-        np.savez(buf, **arrays)
+        np.savez(buf, LAYOUT=np.array([O_LAYOUT], dtype=np.int64), **arrays)
         return buf.getvalue()
 
     @classmethod
@@ -2027,6 +2033,11 @@ class NumbaBook:
         if not np.array_equal(arrays["P"], config.as_array()):
             raise ValueError("snapshot was taken with another instrument configuration")
         arrays["E"] = book.st.E
+        if int(arrays.pop("LAYOUT", np.array([1]))[0]) == 1:  # order columns in the first order
+            old = arrays["O"]
+            arrays["O"] = np.empty_like(old)
+            for i, name in enumerate(_O_LAYOUT_1):
+                arrays["O"][:, globals()["O_" + name]] = old[:, i]
         for keys, vals, rows, live, idc in (("HK", "HV", "O", LIVE_RESTING, O_OID), ("LK", "LV", "Lz", 1, L_TID)):
             # the maps are rebuilt: a snapshot of another version may have hashed differently
             col = O_LIVE if rows == "O" else L_LIVE

@@ -99,7 +99,7 @@ def ledger_digest(s: Settlement) -> dict[str, Any]:
         "balances": conn.execute("SELECT owner, kind, balance FROM balances WHERE balance <> 0 "
                                  "ORDER BY owner, kind").fetchall(),
         "leases": conn.execute("SELECT cls, trade_id, status, data FROM leases ORDER BY cls, trade_id").fetchall(),
-        "bids": conn.execute("SELECT * FROM settle_bids ORDER BY cls, oid").fetchall(),
+        "bids": conn.execute("SELECT cls, oid, account, hpg, remaining FROM settle_bids ORDER BY cls, oid").fetchall(),
         "cursors": conn.execute("SELECT cls, seq FROM settle_cursors ORDER BY cls").fetchall(),
     }
 

@@ -31,6 +31,7 @@ Money per event (R17, R19; transfer ids in docs/settlement.md):
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,24 +52,7 @@ from orderbook.types import (
     SIDE_BID,
 )
 from settlement import ids
-from settlement.events import (
-    ACC,
-    ACC2,
-    END,
-    FIELDS,
-    GPUS,
-    HOURS,
-    KIND,
-    LEASE,
-    MAKER,
-    OID,
-    OID2,
-    PRICE,
-    REM,
-    SEQ,
-    SIDE,
-    START,
-)
+from settlement.events import FIELDS, OID, SEQ, SIDE
 from settlement.events import TID as E_TID
 from settlement.events import TIME as E_TIME
 from settlement.events import TYPE as E_TYPE
@@ -85,6 +69,7 @@ from settlement.leases import (
     RELEASED,
     Lease,
     settle,
+    settle_earnings,
 )
 from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID
 from settlement.money import BPS, hold_per_gpu
@@ -94,9 +79,16 @@ _READY = ids.cause(ids.READY)
 _END = ids.cause(ids.END)
 _FAILED = ids.cause(ids.FAILED)
 _METER = ids.cause(ids.METER)
-# `_trade` unpacks a trade event's tuple whole
-assert (len(FIELDS), E_TIME, OID, OID2, E_TID, ACC, ACC2, PRICE, START, END, LEASE, GPUS, REM, KIND, MAKER) == \
-    (25, 1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 14, 20, 23), "settlement/engine.py: EVENT_DTYPE changed; update _trade"
+DUE_SHIFT = 48  # a timetable entry is due << 48 | trade id (trade ids are below ids.ID_LIMIT)
+TID_MASK = (1 << DUE_SHIFT) - 1
+assert ids.ID_LIMIT == 1 << DUE_SHIFT
+# The fields of an event the engine reads, in this order: `_relevant_array` / `_relevant_tuples`
+# hand it these records (17 fields convert ~40 % faster than EVENT_DTYPE's 25).
+RECORD = ("seq", "time", "oid", "oid2", "trade_id", "account", "account2", "price", "start", "end", "lease_id",
+          "gpus", "remaining", "hours", "type", "kind", "maker")
+(R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
+ R_TYPE, R_KIND, R_MAKER) = range(len(RECORD))
+_record = operator.itemgetter(*(FIELDS.index(f) for f in RECORD))  # an EVENT_DTYPE tuple -> a RECORD tuple
 
 
 @dataclass(frozen=True)
@@ -168,7 +160,7 @@ class ClassState:
         self.bids: dict[int, Bid] = {}  # open bids by oid
         self.leases: dict[int, Lease] = {}  # leases by trade id: live ones, and ended ones until their end passed
         self.children: dict[int, list[int]] = {}  # parent trade id -> sub-lease trade ids (R16)
-        self.heap: list[tuple[int, int]] = []  # (due, trade id), lazily invalidated
+        self.heap: list[int] = []  # due << DUE_SHIFT | trade id (faster than tuples), lazily invalidated
         self.due: dict[int, int] = {}  # trade id -> when it next needs advancing
         self.seq = seq  # last event seq applied
         self.clock = clock
@@ -268,24 +260,24 @@ class SettlementEngine:
         out: list[tuple] = []
         heap = c.heap
         for ev in rows:
-            t = ev[E_TIME]
+            t = ev[R_TIME]
             if t > c.clock:
-                if heap and heap[0][0] <= t:
+                if heap and heap[0] >> DUE_SHIFT <= t:
                     self._advance_class(c, t, out)
                 c.clock = t
-            typ = ev[E_TYPE]
+            typ = ev[R_TYPE]
             if typ == EV_TRADE:
                 self._trade(c, ev, out)
             elif typ == EV_ACCEPTED:
                 self._accepted_bid(c, ev, out)
             elif typ == EV_CANCELLED or typ == EV_EXPIRED:
-                self._bid_closed(c, ev[OID], out)
+                self._bid_closed(c, ev[R_OID], out)
             elif typ == EV_AMENDED:
                 self._bid_amended(c, ev, out)
             else:  # EV_PREEMPTED, EV_RELEASED
                 self._cut(c, ev, out)
         if last_time > c.clock:
-            if heap and heap[0][0] <= last_time:
+            if heap and heap[0] >> DUE_SHIFT <= last_time:
                 self._advance_class(c, last_time, out)
             c.clock = last_time
         self.events_applied += last_seq - c.seq
@@ -294,16 +286,16 @@ class SettlementEngine:
         return out
 
     def _accepted_bid(self, c: ClassState, ev: tuple, out: list) -> None:
-        hpg = hold_per_gpu(ev[HOURS], ev[PRICE], c.hold_bps)
-        oid = ev[OID]
-        bid = Bid(ev[ACC], hpg, ev[REM])
+        hpg = hold_per_gpu(ev[R_HOURS], ev[R_PRICE], c.hold_bps)
+        oid = ev[R_OID]
+        bid = Bid(ev[R_ACC], hpg, ev[R_REM])
         c.bids[oid] = bid
         c.dirty_bids[oid] = bid
         c.new_bids.add(oid)
         hold = bid.remaining * hpg
         if hold:
             a = bid.account << 3
-            out.append((c.order_ref | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, ev[E_TIME]))
+            out.append((c.order_ref | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, ev[R_TIME]))
 
     def _bid_closed(self, c: ClassState, oid: int, out: list) -> None:
         bid = c.bids.pop(oid, None)
@@ -322,21 +314,20 @@ class SettlementEngine:
             c.dirty_bids[oid] = None
 
     def _bid_amended(self, c: ClassState, ev: tuple, out: list) -> None:
-        bid = c.bids.get(ev[OID])
+        bid = c.bids.get(ev[R_OID])
         if bid is None:
             return
-        new = ev[REM]
+        new = ev[R_REM]
         freed = (bid.remaining - new) * bid.hpg
         bid.remaining = new
-        c.dirty_bids[ev[OID]] = bid
+        c.dirty_bids[ev[R_OID]] = bid
         if freed > 0:
             a = bid.account << 3
-            out.append((c.order_ref | ev[OID], ev[SEQ] << ids.PARAM_SHIFT | AMEND, a | ESCROW, a | AVAILABLE, freed,
-                        ev[E_TIME]))
+            out.append((c.order_ref | ev[R_OID], ev[R_SEQ] << ids.PARAM_SHIFT | AMEND, a | ESCROW, a | AVAILABLE, freed,
+                        ev[R_TIME]))
 
     def _trade(self, c: ClassState, ev: tuple, out: list) -> None:
-        (_, t, oid, ask_oid, tid, buyer, provider, price, _, start, end, _, resale_of, gpus, rem, _, _, _, _, _, kind,
-         _, _, maker, _) = ev  # EVENT_DTYPE's fields (settlement.events)
+        _, t, oid, ask_oid, tid, buyer, provider, price, start, end, resale_of, gpus, rem, _, _, kind, maker = ev
         cost = gpus * price * (end - start) // HOUR if end > start else 0  # money.lease_value
         mk, tk = c.fees
         if maker == SIDE_BID:
@@ -387,22 +378,22 @@ class SettlementEngine:
             if point > now:
                 due = point if point < end else end
                 c.due[tid] = due
-                heapq.heappush(c.heap, (due, tid))
+                heapq.heappush(c.heap, due << DUE_SHIFT | tid)
                 return
         self._advance(c, lease, now, out)
 
     def _cut(self, c: ClassState, ev: tuple, out: list) -> None:
         """EV_PREEMPTED / EV_RELEASED: the lease now ends at ev's end (R12, R16)."""
-        lease = c.leases.get(ev[E_TID])
+        lease = c.leases.get(ev[R_TID])
         if lease is None:
             return
-        new_end = max(min(ev[END], lease.end), lease.start)
-        preempted = ev[E_TYPE] == EV_PREEMPTED
+        new_end = max(min(ev[R_END], lease.end), lease.start)
+        preempted = ev[R_TYPE] == EV_PREEMPTED
         lease.ended_by = PREEMPTED if preempted else RELEASED
         lease.end = new_end
         if lease.status in LIVE:
-            why = ids.cause(ids.PREEMPTED if preempted else ids.RELEASED, ev[SEQ])
-            settle(lease, c.lease_ref | lease.trade_id, why, ev[E_TIME], out)
+            why = ids.cause(ids.PREEMPTED if preempted else ids.RELEASED, ev[R_SEQ])
+            settle(lease, c.lease_ref | lease.trade_id, why, ev[R_TIME], out)
         self._advance(c, lease, c.clock, out)
         c.dirty_leases[lease.trade_id] = lease
 
@@ -426,8 +417,10 @@ class SettlementEngine:
         step = self.config.meter_interval_s
         lease_ref = c.lease_ref
         pop, push = heapq.heappop, heapq.heappush
-        while heap and heap[0][0] <= now:
-            due, tid = pop(heap)
+        limit = (now + 1) << DUE_SHIFT
+        while heap and heap[0] < limit:
+            entry = pop(heap)
+            due, tid = entry >> DUE_SHIFT, entry & TID_MASK
             if dues.get(tid) != due:
                 continue  # stale entry
             del dues[tid]
@@ -446,17 +439,17 @@ class SettlementEngine:
             ref = lease_ref | tid
             while point <= now and point < end:
                 lease.metered_to = point
-                settle(lease, ref, point << ids.PARAM_SHIFT | _METER, point, out)
+                settle_earnings(lease, ref, point << ids.PARAM_SHIFT | _METER, point, out)
                 point += step
             if now >= end:
                 lease.metered_to = end
                 lease.status = lease.ended_by or ENDED
-                settle(lease, ref, _END, end, out)
+                settle_earnings(lease, ref, _END, end, out)
                 self._drop(c, lease)
             else:
                 due = point if point < end else end
                 dues[tid] = due
-                push(heap, (due, tid))
+                push(heap, due << DUE_SHIFT | tid)
 
     def _advance(self, c: ClassState, lease: Lease, now: int, out: list) -> None:
         """Every transition of ``lease`` due at or before ``now``, each at its own time (so the
@@ -521,7 +514,7 @@ class SettlementEngine:
             due = end
         if c.due.get(tid) != due:
             c.due[tid] = due
-            heapq.heappush(c.heap, (due, tid))
+            heapq.heappush(c.heap, due << DUE_SHIFT | tid)
 
     def _drop(self, c: ClassState, lease: Lease) -> None:
         tid = lease.trade_id
@@ -635,7 +628,10 @@ def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[list[tuple], int
     bid_event = (events["side"] == SIDE_BID) & ((typ == EV_ACCEPTED) | (typ == EV_CANCELLED) | (typ == EV_EXPIRED)
                                                  | (typ == EV_AMENDED))
     mask = bid_event | (typ == EV_TRADE) | (typ == EV_PREEMPTED) | (typ == EV_RELEASED)
-    return events[mask].tolist(), int(seqs[-1]), int(events["time"].max()), skipped
+    relevant = events[mask]
+    if len(relevant) and max(int(relevant["oid"].max()), int(relevant["trade_id"].max())) >= ids.ID_LIMIT:
+        raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (settlement.ids)")
+    return relevant[list(RECORD)].tolist(), int(seqs[-1]), int(events["time"].max()), skipped
 
 
 def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[list[tuple], int, int, int]:
@@ -654,7 +650,9 @@ def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[list[tuple
         seq = s
         t = ev[E_TYPE]
         if t == EV_TRADE or t == EV_PREEMPTED or t == EV_RELEASED or (ev[SIDE] == SIDE_BID and t in _BID_TYPES):
-            rows.append(ev)
+            if ev[OID] >= ids.ID_LIMIT or ev[E_TID] >= ids.ID_LIMIT:
+                raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (settlement.ids)")
+            rows.append(_record(ev))
         if ev[E_TIME] > last_time:
             last_time = ev[E_TIME]
     return rows, (seq if seq > c.seq else 0), last_time, skipped

@@ -188,6 +188,38 @@ def settle(lease: Lease, ref: int, cause: int, time: int, out: list) -> None:
     lease.provider_fee = provider_fee
 
 
+def settle_earnings(lease: Lease, ref: int, cause: int, time: int, out: list) -> None:
+    """`settle` for a ready metered lease at a metering point or at its end (``lease.status``
+    already terminal): only its earnings move, and at the end the provider's fee.  Its cap was
+    settled at its last change (trade, ready, preemption, release), so nothing is refunded;
+    checked here, and the general `settle` runs if that ever does not hold."""
+    start, end = lease.start, lease.end
+    rate = lease.gpus * lease.price
+    rf = lease.ready_at if lease.ready_at > start else start
+    if lease.cost - lease.refunded != (rate * (end - rf) // HOUR if end > rf else 0) or not lease.ready_at:
+        settle(lease, ref, cause, time, out)
+        return
+    m = lease.metered_to if lease.metered_to < end else end
+    earned = rate * (m - rf) // HOUR if m > rf else 0
+    bps = lease.provider_fee_bps
+    if bps:
+        fee_now = -(-earned * bps // BPS) if earned > 0 else 0
+        net = earned - fee_now - lease.earned + (-(-lease.earned * bps // BPS) if lease.earned > 0 else 0)
+        provider_fee = fee_now if lease.status in TERMINAL else 0
+    else:
+        net = earned - lease.earned
+        provider_fee = 0
+    prepaid = lease.buyer << 3 | PREPAID
+    if net > 0:
+        out.append((ref, cause | EARN, prepaid, lease.provider << 3 | RECEIVABLE, net, time))
+    elif net:
+        out.append((ref, cause | EARN, lease.provider << 3 | RECEIVABLE, prepaid, -net, time))
+    if provider_fee != lease.provider_fee:
+        _move(out, ref, cause | PROVIDER_FEE, prepaid, FEES_ACCOUNT, provider_fee - lease.provider_fee, time)
+        lease.provider_fee = provider_fee
+    lease.earned = earned
+
+
 def _move(out: list, ref: int, sub: int, debit: int, credit: int, amount: int, time: int) -> None:
     if amount > 0:
         out.append((ref, sub, debit, credit, amount, time))

@@ -3,9 +3,12 @@
 Three tables beside the ledger's: ``settle_cursors`` (per class: the last event seq applied
 and the clock), ``settle_bids`` (open bids' escrow per GPU and remaining GPUs) and
 ``leases`` (every lease, its state and money as a msgpack `Lease`, with buyer, provider,
-status and end as columns for queries).  Because they change in the same transaction as
-the transfers, the seq recorded is exactly the events whose money is in the ledger: a
-restart resumes after it, and an event at or below it is skipped (exactly once).
+status and end as columns for queries).  Bids and leases are keyed by one integer, the
+class's code in transfer ids (``id_classes``) ``<< 48 |`` the order or trade id: a rowid
+table takes a rewritten lease row for ~25 % less than a (class, id) WITHOUT ROWID one.
+Because they change in the same transaction as the transfers, the seq recorded is exactly
+the events whose money is in the ledger: a restart resumes after it, and an event at or
+below it is skipped (exactly once).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterable
 import msgspec
 
 from settlement.engine import Bid, Changes, SettlementEngine
+from settlement.ids import CLASS_SHIFT
 from settlement.leases import LIVE, Lease
 from settlement.ledger import class_code
 
@@ -23,12 +27,11 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS settle_cursors (
         cls TEXT PRIMARY KEY, seq INTEGER NOT NULL, clock INTEGER NOT NULL) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS settle_bids (
-        cls TEXT NOT NULL, oid INTEGER NOT NULL, account INTEGER NOT NULL, hpg INTEGER NOT NULL,
-        remaining INTEGER NOT NULL, PRIMARY KEY (cls, oid)) WITHOUT ROWID""",
+        key INTEGER PRIMARY KEY, cls TEXT NOT NULL, oid INTEGER NOT NULL, account INTEGER NOT NULL,
+        hpg INTEGER NOT NULL, remaining INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS leases (
-        cls TEXT NOT NULL, trade_id INTEGER NOT NULL, buyer INTEGER NOT NULL, provider INTEGER NOT NULL,
-        status TEXT NOT NULL, end_time INTEGER NOT NULL, data BLOB NOT NULL,
-        PRIMARY KEY (cls, trade_id)) WITHOUT ROWID""",
+        key INTEGER PRIMARY KEY, cls TEXT NOT NULL, trade_id INTEGER NOT NULL, buyer INTEGER NOT NULL,
+        provider INTEGER NOT NULL, status TEXT NOT NULL, end_time INTEGER NOT NULL, data BLOB NOT NULL)""",
     # where in an outside source (a Redis stream entry id) the last applied event of a class was
     """CREATE TABLE IF NOT EXISTS settle_positions (
         cls TEXT PRIMARY KEY, position TEXT NOT NULL) WITHOUT ROWID""",
@@ -47,8 +50,20 @@ class StateStore:
         self.version = 0  # settle_version this process last wrote or read
 
     def create(self) -> None:
+        conn = self.conn
+        old = [t for t in ("settle_bids", "leases")
+               if conn.execute(f"PRAGMA table_info({t})").fetchall()
+               and "key" not in {r[1] for r in conn.execute(f"PRAGMA table_info({t})")}]
+        for t in old:  # keyed (cls, id) WITHOUT ROWID before
+            conn.execute(f"ALTER TABLE {t} RENAME TO {t}_old")
         for stmt in _SCHEMA:
-            self.conn.execute(stmt)
+            conn.execute(stmt)
+        for t in old:
+            rows = conn.execute(f"SELECT * FROM {t}_old").fetchall()
+            if rows:
+                conn.executemany(f"INSERT INTO {t} VALUES ({', '.join('?' * (len(rows[0]) + 1))})",
+                                 [(class_code(conn, r[0]) << CLASS_SHIFT | r[1], *r) for r in rows])
+            conn.execute(f"DROP TABLE {t}_old")
 
     def stored_version(self) -> int:
         return self.conn.execute("SELECT value FROM meta WHERE key = 'settle_version'").fetchone()[0]
@@ -59,20 +74,24 @@ class StateStore:
             conn.executemany("INSERT OR REPLACE INTO settle_positions VALUES (?, ?)", list(positions.items()))
         upserts, deletes = [], []
         for cls, bids in changes.bids.items():
+            base = engine.classes[cls].code << CLASS_SHIFT
             for oid, b in bids.items():
                 if b is None:
-                    deletes.append((cls, oid))
+                    deletes.append((base | oid,))
                 else:
-                    upserts.append((cls, oid, b.account, b.hpg, b.remaining))
+                    upserts.append((base | oid, cls, oid, b.account, b.hpg, b.remaining))
         if upserts:
-            conn.executemany("INSERT OR REPLACE INTO settle_bids VALUES (?, ?, ?, ?, ?)", upserts)
+            conn.executemany("INSERT OR REPLACE INTO settle_bids VALUES (?, ?, ?, ?, ?, ?)", upserts)
         if deletes:
-            conn.executemany("DELETE FROM settle_bids WHERE cls = ? AND oid = ?", deletes)
+            conn.executemany("DELETE FROM settle_bids WHERE key = ?", deletes)
         if changes.leases:
             enc = _enc.encode
-            conn.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             [(x.cls, x.trade_id, x.buyer, x.provider, x.status, x.end, enc(x))
-                              for leases in changes.leases.values() for x in leases.values()])
+            rows = []
+            for cls, leases in changes.leases.items():
+                base = engine.classes[cls].code << CLASS_SHIFT
+                rows += [(base | x.trade_id, cls, x.trade_id, x.buyer, x.provider, x.status, x.end, enc(x))
+                         for x in leases.values()]
+            conn.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if changes.cursors:
             conn.executemany("INSERT OR REPLACE INTO settle_cursors VALUES (?, ?, ?)",
                              [(cls, engine.classes[cls].seq, engine.classes[cls].clock) for cls in changes.cursors])
@@ -85,7 +104,8 @@ class StateStore:
         engine.class_code = lambda name: class_code(conn, name)  # type: ignore[misc, return-value]
         cursors = {cls: (seq, clock) for cls, seq, clock in conn.execute("SELECT cls, seq, clock FROM settle_cursors")}
         bids: dict[str, list[tuple[int, Bid]]] = {}
-        for cls, oid, account, hpg, remaining in conn.execute("SELECT * FROM settle_bids"):
+        for cls, oid, account, hpg, remaining in conn.execute("SELECT cls, oid, account, hpg, remaining "
+                                                               "FROM settle_bids"):
             bids.setdefault(cls, []).append((oid, Bid(account, hpg, remaining)))
         leases: dict[str, list[Lease]] = {}
         # live leases, and ended ones whose end has not passed (a late preemption may still name them)

@@ -189,3 +189,35 @@ def test_a_schema_1_ledger_is_migrated(tmp_path):
     assert led.apply([Transfer("order:H100:3:hold", 7, AVAILABLE, 7, ESCROW, 40, 5)]) == 0
     led.check_invariants()
     led.close()
+
+
+def test_state_tables_keyed_by_class_and_id_are_migrated(tmp_path):
+    """settle_bids and leases were WITHOUT ROWID tables keyed (cls, id): opened, they are rekeyed."""
+    import sqlite3
+
+    import msgspec
+
+    from settlement.leases import Lease
+    from settlement.service import Settlement
+
+    lease = Lease("H100", 7, 42, 43, 1, 2, 1000, 0, 3600, 3600, 0, 5, 6, status="ready", ready_at=1)
+    path = tmp_path / "old.db"
+    Ledger(path).close()
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE settle_cursors (cls TEXT PRIMARY KEY, seq INTEGER NOT NULL, clock INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE settle_bids (cls TEXT NOT NULL, oid INTEGER NOT NULL, account INTEGER NOT NULL,
+            hpg INTEGER NOT NULL, remaining INTEGER NOT NULL, PRIMARY KEY (cls, oid)) WITHOUT ROWID;
+        CREATE TABLE leases (cls TEXT NOT NULL, trade_id INTEGER NOT NULL, buyer INTEGER NOT NULL,
+            provider INTEGER NOT NULL, status TEXT NOT NULL, end_time INTEGER NOT NULL, data BLOB NOT NULL,
+            PRIMARY KEY (cls, trade_id)) WITHOUT ROWID;
+        INSERT INTO settle_cursors VALUES ('H100', 9, 10);
+        INSERT INTO settle_bids VALUES ('H100', 5, 42, 100, 3);
+    """)
+    conn.execute("INSERT INTO leases VALUES ('H100', 7, 42, 43, 'ready', 3600, ?)", (msgspec.msgpack.encode(lease),))
+    conn.commit()
+    conn.close()
+    s = Settlement(path)
+    assert s.last_seq("H100") == 9 and s.engine.exposure() == {42: 300}
+    assert s.lease("H100-7")["status"] == "ready" and [x["lease"] for x in s.leases(43)] == ["H100-7"]
+    s.close()

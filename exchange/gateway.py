@@ -353,6 +353,7 @@ class Gateway:
         key = await self._auth(request)
         a = key.account_id
         acc = self.x.store.account(a)
+        await self.x.settlement.synced()  # every command answered so far is in the balances
         b = self.x.settlement.balances(a)
         return _json({"account": a, "name": acc.name if acc else "", "role": key.role,
                       "deposited": self.x.store.deposits().get(a, 0), "available": b.get("available", 0),
@@ -374,6 +375,7 @@ class Gateway:
                 raise ApiError("MALFORMED", "account must be an integer") from None
             if self.x.store.account(a) is None:
                 raise ApiError("NOT_FOUND", f"no account {a}")
+        await self.x.settlement.synced()
         return _json(self.x.settlement.statement(a))
 
     async def set_ssh_key(self, request: web.Request) -> web.Response:
@@ -390,6 +392,7 @@ class Gateway:
     # --- provisioning (R18; the provider's agent) ---------------------------------------------
     async def provisioning_tasks(self, request: web.Request) -> web.Response:
         key = await self._auth(request, "provider", "trader")
+        await self.x.settlement.synced()
         return _json({"tasks": self.x.provisioning.outstanding(key.account_id)})
 
     async def provisioning_answer(self, request: web.Request) -> web.Response:
@@ -397,6 +400,7 @@ class Gateway:
         m = decode_body(await request.read(), ProvisionAnswer)
         if m.status == "ready" and not m.connection:
             raise ApiError("MALFORMED", "a ready answer needs connection details (host, port, user...)")
+        await self.x.settlement.synced()
         view = self.x.provisioning.answer(key.account_id, request.match_info["lease"], m.status, m.connection,
                                           m.reason)
         return _json({"ok": True, "lease": request.match_info["lease"], "settlement": view})
@@ -474,6 +478,7 @@ class Gateway:
         engine = self.x.engine
         assert engine is not None
         prov = self.x.provisioning
+        await self.x.settlement.synced()
         out = [{**lease_view(lease, engine.book_time(lease.book)), "settlement": prov.view(lease.ref)}
                for lease in self.state.account_leases(key.account_id)]
         return _json({"leases": out})

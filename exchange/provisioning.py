@@ -65,6 +65,8 @@ class Provisioning:
         with self.s.ledger.transaction() as db:
             db.execute(_SCHEMA)
         self._started: list[Any] = []  # leases marked provisioning in the step being committed
+        self._out_started: list[Any] = []  # committed: their tasks are to be sent
+        self._out_notices: list[tuple[str, int, int, str, int]] = []  # committed preemptions and releases
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -84,17 +86,14 @@ class Provisioning:
         p = cls(x)
         x.settlement.provisioning = p
         if p.enabled:  # leases whose start passed while the exchange was down
-            engine = x.engine
-            assert engine is not None
-            x.settlement.settlement.run(lambda e: p.step(e, [], {n: engine.book_time(n) for n in engine.books}))
-            p.committed({}, ok=True)
+            x.settlement.tick({})
         return p
 
-    # ------------------------------------------------------------------ inside settlement's transaction
+    # ------------------------------------------------------------------ in settlement's transaction
+    # (the settlement thread, holding the link's lock)
     def step(self, engine: Any, parts: list[tuple[str, np.ndarray]], now: dict[str, int]) -> list:
-        """Part of the batch's ledger transaction (exchange.settle): schedule the batch's new
-        leases and mark those whose start came *provisioning*; their tasks go out once the
-        transaction committed (`committed`)."""
+        """Part of a batch's ledger transaction (exchange.settle): schedule the new leases and
+        mark those whose start came *provisioning*; their tasks go out once it committed."""
         if not self.enabled:
             return []
         starts = self.starts
@@ -102,39 +101,53 @@ class Provisioning:
             trades = ev[ev["type"] == EV_TRADE]
             for tid, start in zip(trades["trade_id"].tolist(), trades["start"].tolist(), strict=True):
                 heapq.heappush(starts, (start, cls, tid))
-        started = self._started
         while starts and starts[0][0] <= now.get(starts[0][1], 0):
             _, cls, tid = heapq.heappop(starts)
             lease = engine.lease(cls, tid)
             if lease is None or lease.status != PENDING:
                 continue
             engine.mark_provisioning(cls, tid)  # no money moves
-            started.append(lease)
+            self._started.append(lease)
         return []
 
-    def committed(self, events: dict[str, np.ndarray], ok: bool) -> None:
-        """After the batch's transaction: send the tasks of the leases it started, pass on
-        preemption and release notices, tell both sides of leases whose deadline passed.  If
-        the transaction failed, settlement reloaded its state: rebuild the timetables."""
+    def failed_step(self) -> None:
+        """The transaction was rolled back and settlement reloaded: rebuild the timetables."""
+        self._started = []
+        if self.enabled:
+            self._rebuild()
+
+    def events_committed(self, events: dict[str, np.ndarray]) -> None:
+        """The transaction committed: what to tell agents and renters, on the event loop."""
         if not self.enabled:
             return
-        started, self._started = self._started, []
-        if not ok:
-            self._rebuild()
-            return
-        engine = self.x.engine
-        assert engine is not None
-        now = {name: engine.book_time(name) for name in engine.books}
-        for lease in started:
-            heapq.heappush(self.deadlines, (lease.start + self.timeout, lease.cls, lease.trade_id))
-            self._send(lease.provider, lease.cls, [self.task(lease)], now[lease.cls])
-            self.sent += 1
+        self._out_started += self._started
+        self._started = []
         for cls, ev in events.items():
             types = ev["type"]
             cut = ev[(types == EV_PREEMPTED) | (types == EV_RELEASED)]
             for tid, end, typ, t in zip(cut["trade_id"].tolist(), cut["end"].tolist(), cut["type"].tolist(),
                                         cut["time"].tolist(), strict=True):
-                self._notice(cls, tid, end, "preempted" if typ == EV_PREEMPTED else "released", t)
+                self._out_notices.append((cls, tid, end, "preempted" if typ == EV_PREEMPTED else "released", t))
+
+    # ------------------------------------------------------------------ on the event loop
+    def committed(self) -> None:
+        """After a commit (link lock held): send the tasks of the leases it started, pass on
+        preemption and release notices, tell both sides of leases whose deadline passed."""
+        if not self.enabled:
+            return
+        engine = self.x.engine
+        if engine is None:
+            return
+        now = {name: engine.book_time(name) for name in engine.books}
+        started, self._out_started = self._out_started, []
+        notices, self._out_notices = self._out_notices, []
+        for lease in started:
+            heapq.heappush(self.deadlines, (lease.start + self.timeout, lease.cls, lease.trade_id))
+            if self._listening(lease.provider):  # else its agent fetches it (GET /v1/provisioning)
+                self._send(lease.provider, lease.cls, [self.task(lease)], now[lease.cls])
+            self.sent += 1
+        for cls, tid, end, reason, t in notices:
+            self._notice(cls, tid, end, reason, t)
         deadlines = self.deadlines
         while deadlines and deadlines[0][0] <= now.get(deadlines[0][1], 0):
             _, cls, tid = heapq.heappop(deadlines)
@@ -158,6 +171,10 @@ class Provisioning:
                 "end": lease.end, "deadline": lease.start + self.timeout, "renter": lease.buyer,
                 "ssh_public_key": key}
 
+    def _listening(self, account: int) -> bool:
+        feeds = getattr(self.x, "feeds", None)
+        return feeds is not None and feeds.hub.has_private(account, "provisioning")
+
     def _send(self, account: int, cls: str, items: list[dict[str, Any]], when: int) -> None:
         feeds = getattr(self.x, "feeds", None)
         if feeds is not None:
@@ -176,14 +193,22 @@ class Provisioning:
     # ------------------------------------------------------------------ the agent's side
     def outstanding(self, provider: int) -> list[dict[str, Any]]:
         """Tasks of ``provider`` not answered yet (leases provisioning), oldest start first."""
-        out = [self.task(lease) for c in self.s.engine.classes.values() for lease in c.leases.values()
-               if lease.provider == provider and lease.status == PROVISIONING]
-        return sorted(out, key=lambda t: (t["start"], t["lease"]))
+        with self.x.settlement.lock:
+            leases = [lease for c in self.s.engine.classes.values() for lease in c.leases.values()
+                      if lease.provider == provider and lease.status == PROVISIONING]
+        return sorted((self.task(x) for x in leases), key=lambda t: (t["start"], t["lease"]))
 
     def answer(self, provider: int, ref: str, status: str, connection: dict[str, Any] | None = None,
                reason: str = "") -> dict[str, Any]:
         """The agent's answer to a task.  Ready: metering starts now, the renter gets the
         connection.  Failed: the renter is refunded in full.  Repeats are harmless."""
+        with self.x.settlement.lock:
+            out = self._answer(provider, ref, status, connection, reason)
+        self.x.settlement.answered()
+        return out
+
+    def _answer(self, provider: int, ref: str, status: str, connection: dict[str, Any] | None,
+                reason: str) -> dict[str, Any]:
         try:
             cls, tid = parse_lease_ref(ref)
         except ValueError as e:
@@ -229,7 +254,7 @@ class Provisioning:
         else:
             self._notice(cls, tid, lease.end, "failed", now, detail=lease.failed_reason)
         log.info("provisioning answered", extra={"lease": lease.ref, "status": lease.status})
-        return self.view(lease.ref)
+        return self._view(lease.ref)
 
     # ------------------------------------------------------------------ views
     def connection(self, ref: str) -> dict[str, Any] | None:
@@ -240,6 +265,10 @@ class Provisioning:
     def view(self, ref: str) -> dict[str, Any]:
         """Settlement's side of a lease: its status, when it got ready, how to connect, what
         was paid (the API adds it to the lease as ``settlement``)."""
+        with self.x.settlement.lock:
+            return self._view(ref)
+
+    def _view(self, ref: str) -> dict[str, Any]:
         x = self.s.lease(ref)
         if x is None:
             return {"status": "unknown"}

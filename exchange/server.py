@@ -132,7 +132,8 @@ class Exchange:
                                "the journal is not this ledger's (restore both from the same backup)")
         link.clock = lambda: {n: engine.book_time(n) for n in engine.books}
         link.tick(link.clock())
-        link.attach(self.bus)  # first subscriber: the ledger is current before anyone hears of a batch
+        link.start()  # from now on a thread commits the durable batches
+        link.attach(self.bus)
         await self.bus.start()
         self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, link)
         await self.sequencer.start()

@@ -2,30 +2,38 @@
 
     link = SettlementLink(cfg, accounts)        # opens DATA/ledger.db
     engine = recover(cfg, settled=link.cursor, sink=link.replayed)   # the journal fills any gap
-    link.attach(bus)                            # every durable batch: one ledger transaction
+    link.start(); link.attach(bus)              # every durable batch: one ledger transaction
     link.available(account)                     # what the sequencer's escrow check (R17) reads
+    await link.synced()                         # reads that must reflect every answered command
 
 The exchange's journal is the system of record; the ledger is kept from its events, exactly
-once (settlement's seq cursor and idempotent transfer ids, docs/settlement.md).  Each durable
-batch is applied in the bus callback, before the sequencer takes its next batch, so the
-escrow check of the next batch sees every hold, fill and release before it.  Deposits come
-from the account store (one transfer per deposit row, ``deposit:accounts:{row}``); clock
-commands tick settlement (metering, lease ends, provisioning timeouts); provisioning
-(R18) is `exchange.provisioning.Provisioning`.
+once (settlement's seq cursor and idempotent transfer ids, docs/settlement.md).  Durable batches
+queue up and are committed together whenever the sequencer has nothing waiting, or every
+``FLUSH_S`` / ``FLUSH_EVENTS`` under load (one transaction for many batches: its fixed cost is
+paid once).  The escrow check reads the committed `available` balance minus the holds of the
+bids accepted in batches not committed yet, so it never lets through a bid the ledger could
+refuse.  (A settlement thread was tried: its Python half competes with the event loop for the
+GIL and cost more than it saved.)  Deposits come from the account store
+(one transfer per deposit row, ``deposit:accounts:{row}``); clock commands tick settlement
+(metering, lease ends, provisioning timeouts); provisioning (R18) is
+`exchange.provisioning.Provisioning`, whose step runs in the same transaction.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from exchange.accounts import AccountStore
 from exchange.config import ServerConfig
-from orderbook.types import CMD_CLOCK
+from exchange.state import hold_per_gpu
+from orderbook.types import CMD_CLOCK, EV_ACCEPTED, SIDE_BID
 from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Settlement
@@ -33,11 +41,23 @@ from settlement.service import Settlement
 log = logging.getLogger("gpux.settlement")
 LEDGER_FILE = "ledger.db"
 _C_TYPE = 13  # COMMAND_DTYPE field "type"
+FLUSH_S = 0.025  # under load, queued batches are committed at least this often
+FLUSH_EVENTS = 8192  # ... or once this many events wait
 
 
 def settlement_config(cfg: ServerConfig) -> SettlementConfig:
     return SettlementConfig(fees=fees_from_instruments(cfg.instruments), auto_ready=cfg.provisioning == "auto",
                             provision_timeout_s=cfg.provision_timeout_s, meter_interval_s=cfg.meter_interval_s)
+
+
+@dataclass
+class _Batch:
+    """One durable batch handed to settlement."""
+
+    number: int
+    parts: list[tuple[str, np.ndarray]]
+    times: dict[str, int]
+    holds: dict[int, int] = field(default_factory=dict)  # escrow its accepted bids take (µ$ by account)
 
 
 class SettlementLink:
@@ -46,19 +66,40 @@ class SettlementLink:
     def __init__(self, cfg: ServerConfig, accounts: AccountStore) -> None:
         self.cfg = cfg
         self.accounts = accounts
-        self.settlement = Settlement(cfg.data_path / LEDGER_FILE, settlement_config(cfg),
-                                     synchronous=cfg.ledger_synchronous)
-        self.backlog: list[tuple[str, np.ndarray]] = []
+        path = cfg.data_path / LEDGER_FILE
+        self.settlement = Settlement(path, settlement_config(cfg), synchronous=cfg.ledger_synchronous)
+        # the committed balances, for the escrow check on the event loop (never mid-transaction)
+        self._reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False)
+        self.lock = threading.RLock()  # held while anything uses self.settlement
+        self.backlog: list[tuple[str, np.ndarray]] = []  # events the ledger refused, retried first
         self.last_error: Exception | None = None
-        self.batches = 0
-        self.seconds = 0.0
-        self._deposit_row = 0
+        self.batches = 0  # ledger commits of batches
+        self.seconds = 0.0  # spent committing
         self.provisioning: Any = None  # exchange.provisioning.Provisioning, once attached
         self.clock: Any = None  # () -> {class: engine time}
-        self._avail: dict[int, int] = {}  # available balances read in this batch
+        self._fee_bps = {name: max(i.maker_fee_bps, i.taker_fee_bps) for name, i in cfg.instruments.items()}
+        self._deposit_row = 0
+        self._avail: dict[int, int] = {}  # committed available balances read since the last commit
+        self._held: dict[int, int] = {}  # holds of bids in batches handed over, not committed yet
+        self._queue: list[_Batch] = []  # handed over, not committed yet
+        self._queued_events = 0
+        self._oldest = 0.0  # when the oldest queued batch was handed over
+        self._deferred = False
+        self._carried: list[_Batch] = []  # batches in the refused backlog
+        self.handed = 0  # batches handed over
+        self.committed = 0  # of those, committed
         self.sync_deposits()
 
+    # ------------------------------------------------------------------ lifetime
+    def start(self) -> None:
+        """From now on batches queue up and are committed by `flush` (before: at once)."""
+        self._deferred = True
+
     def close(self) -> None:
+        """Commit what was handed over, close the ledger."""
+        self.flush()
+        self._reader.close()
         self.settlement.close()
 
     # ------------------------------------------------------------------ recovery
@@ -71,41 +112,98 @@ class SettlementLink:
         """Events regenerated by the journal replay (settlement skips those it has)."""
         parts = [(cls, ev) for cls, ev in events.items() if len(ev) and int(ev["seq"][-1]) > self.cursor(cls)]
         if parts:
-            self._apply(parts)
+            with self.lock:
+                self._commit(parts, {})
 
     # ------------------------------------------------------------------ live
     def attach(self, bus: Any) -> None:
         bus.subscribe(self.on_published)
 
     def on_published(self, batch: Any) -> None:
-        """A durable batch (`exchange.bus.Published`) in one ledger transaction: its events, time
-        for the books that got a clock command (leases end, metering happens between events),
-        and the leases whose start came handed to provisioning (R18)."""
-        t0 = time.perf_counter()
-        times = {}
+        """A durable batch (`exchange.bus.Published`): its events, time for the books that got
+        a clock command (leases end, metering happens between events) and the leases whose
+        start came, for provisioning (R18).  Queued; committed by `flush`."""
+        times: dict[str, int] = {}
         for r in batch.results:
             if r is not None and r.command is not None and r.command[_C_TYPE] == CMD_CLOCK:
                 times[r.book] = max(times.get(r.book, 0), int(r.command[0]))
-        self._apply(list(batch.events.items()), times)
-        self.seconds += time.perf_counter() - t0
+        parts = [(cls, ev.copy()) for cls, ev in batch.events.items()]  # the publisher may reuse its arrays
+        if not parts and not times:
+            return
+        self.handed += 1
+        b = _Batch(self.handed, parts, times)
+        for cls, ev in parts:
+            acc = ev[(ev["type"] == EV_ACCEPTED) & (ev["side"] == SIDE_BID)]
+            for a, rem, hours, limit in zip(acc["account"].tolist(), acc["remaining"].tolist(), acc["hours"].tolist(),
+                                            acc["price"].tolist(), strict=True):
+                hold = rem * hold_per_gpu(hours, limit, self._fee_bps.get(cls, 0))
+                b.holds[a] = b.holds.get(a, 0) + hold
+                self._held[a] = self._held.get(a, 0) + hold
+        if not self._queue:
+            self._oldest = time.monotonic()
+        self._queue.append(b)
+        self._queued_events += sum(len(ev) for _, ev in parts)
+        if not self._deferred:  # not started (tests, recovery): at once
+            self.flush()
 
     def tick(self, times: dict[str, int]) -> None:
-        """Move settlement's clock of some classes (and start the leases due by then)."""
-        self._apply([], times)
+        """Move settlement's clock of some classes now (and start the leases due by then)."""
+        self.flush()
+        with self.lock:
+            ok = self._commit([], times)
+        self._done([], ok)
 
-    def _apply(self, parts: list[tuple[str, np.ndarray]], times: dict[str, int] | None = None) -> None:
+    def due(self) -> bool:
+        """Whether queued batches should be committed now although the sequencer is busy."""
+        return bool(self._queue) and (self._queued_events >= FLUSH_EVENTS
+                                      or time.monotonic() - self._oldest >= FLUSH_S)
+
+    def flush(self) -> None:
+        """Commit every queued batch in one transaction (the sequencer calls it when idle or due)."""
+        if not self._queue and not self.backlog:
+            return
+        items, self._queue, self._queued_events = self._queue, [], 0
+        parts = [p for b in items for p in b.parts]
+        times: dict[str, int] = {}
+        for b in items:
+            for cls, t in b.times.items():
+                times[cls] = max(times.get(cls, 0), t)
+        t0 = time.perf_counter()
+        with self.lock:
+            ok = self._commit(parts, times)
+        self.seconds += time.perf_counter() - t0
+        if ok:
+            self._carried += items
+            done, self._carried = self._carried, []
+            if done:
+                self.committed = max(self.committed, done[-1].number)
+        else:
+            self._carried += items
+            done = []
+        self._done(done, ok)
+
+    def answered(self) -> None:
+        """A provisioning answer moved money outside a batch (a refund): balances changed."""
         self._avail = {}
-        for cls, events in parts:  # the publisher may reuse its arrays: keep our own
-            self.backlog.append((cls, events.copy()))
+
+    async def synced(self) -> None:
+        """Every batch handed over so far is in the ledger (read your writes) on return."""
+        if self._queue:
+            self.flush()
+
+    def _commit(self, parts: list[tuple[str, np.ndarray]], times: dict[str, int]) -> bool:
+        """Events (and the backlog before them), ticks and provisioning starts: one transaction.
+        Caller holds the lock.  False if the ledger refused (kept in the backlog)."""
+        self.backlog += parts
         prov = self.provisioning
-        engine_now = self.now() if prov is not None else {}
+        engine_now = self.clock() if prov is not None and self.clock is not None else {}
         backlog = self.backlog
 
         def step(engine: Any) -> list:
             out: list = []
             for cls, evs in backlog:
                 out += engine.apply(cls, evs)
-            for cls, now in (times or {}).items():
+            for cls, now in times.items():
                 out += engine.tick(now, cls)
             if prov is not None:
                 out += prov.step(engine, backlog, engine_now)
@@ -115,35 +213,49 @@ class SettlementLink:
             self.settlement.run(step)
         except (LedgerError, SequenceGap, sqlite3.Error) as e:
             if not isinstance(self.last_error, type(e)):
-                log.critical("settlement could not apply %d event batches (kept, retried with the next; "
-                             "bids needing escrow are refused until then): %s", len(self.backlog), e)
+                log.critical("settlement could not apply %d event batches (kept, retried; bids needing escrow "
+                             "are refused until then): %s", len(self.backlog), e)
             self.last_error = e
             if prov is not None:
-                prov.committed({}, ok=False)
-            return
-        done = {cls: ev for cls, ev in backlog}
+                prov.failed_step()
+            return False
+        if prov is not None:
+            prov.events_committed(_by_class(backlog))
         self.backlog = []
         self.last_error = None
         self.batches += 1
-        if prov is not None:
-            prov.committed(done if len(backlog) == len(done) else _by_class(backlog), ok=True)
+        return True
 
-    def now(self) -> dict[str, int]:
-        """Engine time of every book (set by the exchange once it recovered)."""
-        return self.clock() if self.clock is not None else {}
+    def _done(self, batches: list[_Batch], ok: bool) -> None:
+        """After a commit (or a refusal): holds of committed batches leave the pending sum,
+        provisioning sends what the commit started."""
+        self._avail = {}
+        for b in batches:
+            for a, h in b.holds.items():
+                left = self._held.get(a, 0) - h
+                if left > 0:
+                    self._held[a] = left
+                else:
+                    self._held.pop(a, None)
+        if self.provisioning is not None:
+            with self.lock:
+                self.provisioning.committed()
 
     @property
     def healthy(self) -> bool:
-        """Everything published is in the ledger (otherwise escrow checks cannot be trusted)."""
-        return not self.backlog
+        """The ledger took every batch it was given (otherwise escrow checks cannot be trusted)."""
+        return self.last_error is None
 
     # ------------------------------------------------------------------ money
     def available(self, account: int) -> int:
-        """The account's available balance in the ledger (µ$): what a new bid may hold."""
+        """What a new bid of the account may hold (µ$): its committed available balance less
+        the holds of its bids in batches the ledger has not committed yet."""
         a = self._avail.get(account)
         if a is None:
-            a = self._avail[account] = self.settlement.ledger.balance(account, AVAILABLE)
-        return a
+            row = self._reader.execute("SELECT balance FROM balances WHERE owner = ? AND kind = ?",
+                                       (account, AVAILABLE)).fetchone()
+            a = self._avail[account] = row[0] if row else 0
+        return a - self._held.get(account, 0)
 
     def sync_deposits(self) -> int:
         """Post the account store's deposits not yet in the ledger (each row once: the transfer
@@ -155,20 +267,24 @@ class SettlementLink:
             return 0
         if not rows:
             return 0
-        n = self.settlement.ledger.apply([
-            Transfer(f"deposit:accounts:{row}", EXCHANGE, EXTERNAL, account, AVAILABLE, amount, created_ms // 1000)
-            for row, account, amount, created_ms in rows])
+        with self.lock:
+            n = self.settlement.ledger.apply([
+                Transfer(f"deposit:accounts:{row}", EXCHANGE, EXTERNAL, account, AVAILABLE, amount,
+                         created_ms // 1000)
+                for row, account, amount, created_ms in rows])
         self._deposit_row = rows[-1][0]
         self._avail = {}
         if self.backlog:  # a batch refused for want of funds may pass now
-            self._apply([])
+            self.flush()
         return n
 
     def balances(self, account: int) -> dict[str, int]:
-        return self.settlement.ledger.balances(account)
+        with self.lock:
+            return self.settlement.ledger.balances(account)
 
     def statement(self, account: int) -> dict[str, Any]:
-        return self.settlement.statement(account)
+        with self.lock:
+            return self.settlement.statement(account)
 
 
 def _by_class(parts: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:

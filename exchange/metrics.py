@@ -53,6 +53,19 @@ def render(gateway: Any) -> str:
         out.append("# TYPE gpux_rejected_pre_total counter")
         for code, n in sorted(st.rejected_pre.items()):
             out.append(f'gpux_rejected_pre_total{{code="{code}"}} {n}')
+    link = getattr(x, "settlement", None)
+    if link is not None:
+        _line(out, "gpux_settlement_commits_total", link.batches, "ledger transactions of queued batches", "counter")
+        _line(out, "gpux_settlement_seconds_total", round(link.seconds, 6), "time committing to the ledger",
+              "counter")
+        _line(out, "gpux_settlement_queued", len(link._queue), "durable batches not committed to the ledger yet")
+        _line(out, "gpux_settlement_healthy", int(link.healthy), "0 while the ledger refuses a batch (see logs)")
+    prov = getattr(x, "provisioning", None)
+    if prov is not None:
+        _line(out, "gpux_provisioning_tasks_total", prov.sent, "leases handed to providers' agents (R18)", "counter")
+        _line(out, "gpux_provisioning_ready_total", prov.ready, "leases agents reported ready", "counter")
+        _line(out, "gpux_provisioning_failed_total", prov.failed, "leases failed: by the agent or no answer in time",
+              "counter")
     _line(out, "gpux_ws_sessions", len(gateway.all_sessions), "open WebSocket sessions")
     seen: set[str] = set()
     for name, n in sorted(gateway.metrics.items()):

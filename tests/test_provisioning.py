@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from exchange_helpers import USD, run, running_exchange
 
@@ -115,6 +116,10 @@ def test_task_at_start_ready_starts_metering_and_the_renter_gets_its_connection(
             assert st["balances"]["lease_prepaid"] == 2 * 2 * P
             assert [x["lease"] for x in st["leases"]] == [ref]
             assert agent.messages and not items(agent, "end")
+            async with aiohttp.ClientSession() as http, http.get(ex.url + "/metrics") as r:
+                metrics = dict(ln.rsplit(" ", 1) for ln in (await r.text()).splitlines() if not ln.startswith("#"))
+            assert metrics["gpux_provisioning_tasks_total"] == "1" and metrics["gpux_provisioning_ready_total"] == "1"
+            assert metrics["gpux_settlement_healthy"] == "1" and int(metrics["gpux_settlement_commits_total"]) > 0
             await agent.close()
             await renter.close()
 

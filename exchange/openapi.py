@@ -18,6 +18,8 @@ from exchange.wire import (
     DepositRequest,
     HaltRequest,
     KillRequest,
+    ProvisionAnswer,
+    SshKeyRequest,
 )
 
 SIGNED = [{"gpuxKey": [], "gpuxTimestamp": [], "gpuxSignature": []}]
@@ -49,7 +51,8 @@ def _p(name: str, where: str = "path", typ: str = "string", required: bool = Tru
 @cache
 def document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [AskRequest, AmendRequest, HaltRequest, KillRequest, CreateAccountRequest, DepositRequest],
+        [AskRequest, AmendRequest, HaltRequest, KillRequest, CreateAccountRequest, DepositRequest, SshKeyRequest,
+         ProvisionAnswer],
         ref_template="#/components/schemas/{name}")
     components["Error"] = {"type": "object", "properties": {"error": {"type": "object", "properties": {
         "code": {"type": "string"}, "message": {"type": "string"}, "retry_after_ms": {"type": "integer"}},
@@ -69,7 +72,18 @@ def document() -> dict[str, Any]:
         "/v1/replay": {"get": _op("WebSocket replay of a recording, live-feed format (docs/feeds.md)", signed=False)},
         "/v1/quote": {"get": _op("what N GPUs x H hours of a kind would cost now, or why it cannot fill",
                                  signed=False, params=q)},
-        "/v1/account": {"get": _op("own balances: deposited, held in escrow, spent, available")},
+        "/v1/account": {"get": _op("own balances from the ledger: available, escrow, lease_prepaid, receivable; "
+                                   "deposited, open orders, SSH key")},
+        "/v1/account/statement": {"get": _op("balances, ledger transfers with running balances, leases "
+                                             "(admin, analyst: ?account=N)",
+                                             params=[_p("account", "query", "integer", False)])},
+        "/v1/account/ssh-key": {"put": _op("set the SSH public key leases are provisioned with (R18)",
+                                           body="SshKeyRequest")},
+        "/v1/provisioning": {"get": _op("provisioning tasks waiting for this account's agent (R18)",
+                                        roles="provider, trader (resale)")},
+        "/v1/provisioning/{lease}": {"post": _op("the agent's answer: ready with connection details, or failed",
+                                                 body="ProvisionAnswer", roles="the lease's provider",
+                                                 params=[_p("lease")])},
         "/v1/asks": {"post": _op("post an ask (R5); traders may post resale asks with lease_id (R16)",
                                  body="AskRequest", ok="201", roles="provider, trader (resale), admin"),
                      "get": _op("own open asks")},

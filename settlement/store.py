@@ -121,7 +121,10 @@ class StateStore:
         self.version = self.stored_version()
 
     def lease(self, cls: str, trade_id: int) -> Lease | None:
-        row = self.conn.execute("SELECT data FROM leases WHERE cls = ? AND trade_id = ?", (cls, trade_id)).fetchone()
+        code = class_code(self.conn, cls, create=False)
+        if code is None:
+            return None
+        row = self.conn.execute("SELECT data FROM leases WHERE key = ?", (code << CLASS_SHIFT | trade_id,)).fetchone()
         return _lease_dec.decode(row[0]) if row else None
 
     def leases_of(self, owner: int) -> list[Lease]:

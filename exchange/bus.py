@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -33,6 +33,7 @@ class Published:
     results: list[Any]
     events: dict[str, np.ndarray]
     origins: list[Any]
+    answers: list[Any] = field(default_factory=list)  # exchange.engine.Prov entries (provisioning, R18)
 
 
 Subscriber = Callable[[Published], None]

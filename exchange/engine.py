@@ -49,7 +49,21 @@ class Admin(msgspec.Struct, array_like=True, tag=2):
     book: str
 
 
-Entry = Cmd | Admin
+class Prov(msgspec.Struct, array_like=True, tag=3):
+    """A provider agent's answer to a provisioning task (R18): ready (metering from ``time``)
+    or failed.  Journaled like a command, so the ledger replays exactly from the journal; the
+    books do not see it."""
+
+    book: str
+    trade_id: int
+    ready: bool
+    time: int  # engine time of the answer
+    after: int  # the class's last event seq when it was journaled (the lease's trade is at or before it)
+    connection: str = ""  # JSON object: how the renter connects
+    reason: str = ""  # why it failed
+
+
+Entry = Cmd | Admin | Prov
 _entry_encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
 
@@ -130,6 +144,8 @@ class Engine:
         for i, e in enumerate(entries):
             if type(e) is Cmd:
                 by_book.setdefault(e.book, []).append(i)
+            elif type(e) is Prov:  # settlement's (exchange.settle); nothing here changes
+                results[i] = Result(e.book, None, [])
             else:
                 if e.op == "halt":
                     self.state.halted.add(e.book)

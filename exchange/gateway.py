@@ -400,9 +400,8 @@ class Gateway:
         m = decode_body(await request.read(), ProvisionAnswer)
         if m.status == "ready" and not m.connection:
             raise ApiError("MALFORMED", "a ready answer needs connection details (host, port, user...)")
-        await self.x.settlement.synced()
-        view = self.x.provisioning.answer(key.account_id, request.match_info["lease"], m.status, m.connection,
-                                          m.reason)
+        view = await self.x.provisioning.answer(key.account_id, request.match_info["lease"], m.status,
+                                                m.connection, m.reason)
         return _json({"ok": True, "lease": request.match_info["lease"], "settlement": view})
 
     # --- asks (providers; traders for resale, R16) ------------------------------------------

@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
+from exchange.engine import Prov
 from exchange.errors import ApiError
+from exchange.sequencer import Request
 from orderbook.types import EV_PREEMPTED, EV_RELEASED, EV_TRADE, KIND_NAMES
-from settlement.engine import LeaseStateError
-from settlement.leases import FAILED, PENDING, PROVISIONING
+from settlement.leases import ENDED, FAILED, PENDING, PREEMPTED, PROVISIONING, READY, RELEASED
 from settlement.service import parse_lease_ref
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gpux.provisioning")
 
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS lease_connections (lease TEXT PRIMARY KEY, connection TEXT NOT NULL, "
-           "at INTEGER NOT NULL) WITHOUT ROWID")
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 
@@ -62,8 +61,6 @@ class Provisioning:
         self.failed = 0  # leases that failed (the agent said so, or no answer by the deadline)
         self.answered = 0
         self.timed_out = 0
-        with self.s.ledger.transaction() as db:
-            db.execute(_SCHEMA)
         self._started: list[Any] = []  # leases marked provisioning in the step being committed
         self._out_started: list[Any] = []  # committed: their tasks are to be sent
         self._out_notices: list[tuple[str, int, int, str, int]] = []  # committed preemptions and releases
@@ -132,8 +129,11 @@ class Provisioning:
     # ------------------------------------------------------------------ on the event loop
     def committed(self) -> None:
         """After a commit (link lock held): send the tasks of the leases it started, pass on
-        preemption and release notices, tell both sides of leases whose deadline passed."""
+        the agents' answers and the preemption and release notices, tell both sides of leases
+        whose deadline passed."""
+        link = self.x.settlement
         if not self.enabled:
+            link.answered_out = []
             return
         engine = self.x.engine
         if engine is None:
@@ -141,6 +141,18 @@ class Provisioning:
         now = {name: engine.book_time(name) for name in engine.books}
         started, self._out_started = self._out_started, []
         notices, self._out_notices = self._out_notices, []
+        answered, link.answered_out = link.answered_out, []
+        for a, lease in answered:
+            if a.ready:
+                self.ready += 1
+                self._send(lease.buyer, a.book, [{"task": "ready", "lease": lease.ref, "class": a.book,
+                                                  "trade_id": a.trade_id, "connection": _dec.decode(a.connection)
+                                                  if a.connection else {}, "start": lease.start, "end": lease.end}],
+                           a.time)
+            else:
+                self.failed += 1
+                self._notice(a.book, a.trade_id, lease.end, "failed", a.time, detail=lease.failed_reason)
+            log.info("provisioning answered", extra={"lease": lease.ref, "status": lease.status})
         for lease in started:
             heapq.heappush(self.deadlines, (lease.start + self.timeout, lease.cls, lease.trade_id))
             if self._listening(lease.provider):  # else its agent fetches it (GET /v1/provisioning)
@@ -198,17 +210,29 @@ class Provisioning:
                       if lease.provider == provider and lease.status == PROVISIONING]
         return sorted((self.task(x) for x in leases), key=lambda t: (t["start"], t["lease"]))
 
-    def answer(self, provider: int, ref: str, status: str, connection: dict[str, Any] | None = None,
-               reason: str = "") -> dict[str, Any]:
-        """The agent's answer to a task.  Ready: metering starts now, the renter gets the
-        connection.  Failed: the renter is refunded in full.  Repeats are harmless."""
-        with self.x.settlement.lock:
-            out = self._answer(provider, ref, status, connection, reason)
-        self.x.settlement.answered()
-        return out
+    async def answer(self, provider: int, ref: str, status: str, connection: dict[str, Any] | None = None,
+                     reason: str = "") -> dict[str, Any]:
+        """The agent's answer to a task, checked, then journaled (so the ledger replays it) and
+        settled.  Ready: metering starts now, the renter gets the connection.  Failed: the
+        renter is refunded in full.  A repeat changes nothing."""
+        x = self.x
+        assert x.engine is not None and x.sequencer is not None
+        with x.settlement.lock:
+            cls, tid, lease = self._check(provider, ref, status)
+            if lease.status == (READY if status == "ready" else FAILED):
+                return self._view(lease.ref)  # a repeat: answered already
+            entry = Prov(cls, tid, status == "ready", x.engine.book_time(cls), x.engine.event_seq(cls),
+                         _enc.encode(connection).decode() if connection else "", reason)
+        await x.sequencer.submit(Request(cls, [], provider, prov=entry))
+        await x.settlement.synced()
+        view = self.view(ref)
+        if view["status"] != entry_status(entry) and not (entry.ready and view["status"] in (ENDED, RELEASED,
+                                                                                               PREEMPTED)):
+            raise ApiError("LEASE_STATE", f"lease {ref} is {view['status']}: the answer came too late", 409)
+        return view
 
-    def _answer(self, provider: int, ref: str, status: str, connection: dict[str, Any] | None,
-                reason: str) -> dict[str, Any]:
+    def _check(self, provider: int, ref: str, status: str) -> tuple[str, int, Any]:
+        """The lease an answer is for, if this provider may give that answer now."""
         try:
             cls, tid = parse_lease_ref(ref)
         except ValueError as e:
@@ -220,41 +244,14 @@ class Provisioning:
             raise ApiError("UNKNOWN_LEASE", f"no lease {ref}", 404)
         if lease.provider != provider:
             raise ApiError("NOT_OWNER", f"lease {ref} is not on this account's capacity", 403)
-        now = self.x.engine.book_time(cls)
-        before = lease.status
         if status == "ready":
             if lease.status == PENDING:
                 raise ApiError("LEASE_STATE", f"lease {ref} starts at {lease.start}; it was not handed out yet", 409)
-            conn = _enc.encode(connection or {}).decode()
-            try:
-                if lease.status == PROVISIONING:
-                    with self.s.ledger.transaction() as db:
-                        db.execute("INSERT OR REPLACE INTO lease_connections (lease, connection, at) VALUES (?, ?, ?)",
-                                   (lease.ref, conn, now))
-                self.s.mark_ready((cls, tid), now)
-            except LeaseStateError as e:
-                raise ApiError("LEASE_STATE", str(e), 409) from None
-        else:
-            try:
-                self.s.mark_failed((cls, tid), now, reason or "the provider's agent could not provision it")
-            except LeaseStateError as e:
-                raise ApiError("LEASE_STATE", str(e), 409) from None
-        self.answered += 1
-        lease = self._lease(cls, tid)
-        assert lease is not None
-        if lease.status != before:
-            if status == "ready":
-                self.ready += 1
-            else:
-                self.failed += 1
-        if status == "ready":
-            self._send(lease.buyer, cls, [{"task": "ready", "lease": lease.ref, "class": cls, "trade_id": tid,
-                                           "connection": self.connection(lease.ref), "start": lease.start,
-                                           "end": lease.end}], now)
-        else:
-            self._notice(cls, tid, lease.end, "failed", now, detail=lease.failed_reason)
-        log.info("provisioning answered", extra={"lease": lease.ref, "status": lease.status})
-        return self._view(lease.ref)
+            if lease.status == FAILED:
+                raise ApiError("LEASE_STATE", f"lease {ref} failed already ({lease.failed_reason})", 409)
+        elif lease.status not in (PENDING, PROVISIONING, FAILED):
+            raise ApiError("LEASE_STATE", f"lease {ref} is {lease.status}: only a lease not ready yet can fail", 409)
+        return cls, tid, lease
 
     # ------------------------------------------------------------------ views
     def connection(self, ref: str) -> dict[str, Any] | None:
@@ -275,3 +272,7 @@ class Provisioning:
         return {"status": x["status"], "ready_at": x["ready_at"], "failed_reason": x["failed_reason"],
                 "connection": self.connection(ref), "paid": x["paid"], "refunded": x["refunded"],
                 "earned": x["earned"]}
+
+
+def entry_status(entry: Prov) -> str:
+    return READY if entry.ready else FAILED

@@ -35,7 +35,7 @@ import numpy as np
 
 from exchange.bus import Bus, Published
 from exchange.config import ServerConfig
-from exchange.engine import Admin, Cmd, Engine, Entry, encode_entry, encode_snapshot, write_snapshot
+from exchange.engine import Admin, Cmd, Engine, Entry, Prov, encode_entry, encode_snapshot, write_snapshot
 from exchange.errors import ApiError
 from exchange.journal import Journal
 from exchange.settle import SettlementLink
@@ -69,6 +69,7 @@ class Request:
     origin: Any = None  # the session that sent it (events it produced are not pushed back to it)
     reply: Callable[[Any], None] | None = None  # gets the answer dict or an ApiError
     admin: str = ""  # "halt" | "resume" for admin entries (rec unused)
+    prov: Any = None  # an exchange.engine.Prov entry: a provisioning answer (rec unused)
     result: Any = None
     done: bool = False
 
@@ -282,6 +283,10 @@ class Sequencer:
                 entries.append(Admin(r.admin, r.book))
                 owners.append(r)
                 continue
+            if r.prov is not None:
+                entries.append(r.prov)
+                owners.append(r)
+                continue
             rec = r.rec
             if rec[13] == CMD_CLOCK:
                 t = int(time.time())
@@ -329,7 +334,8 @@ class Sequencer:
                         r.resolve(_decoder.decode(coids[(r.account, r.coid)]))
                     else:
                         r.resolve(res.answer or {"ok": True})
-            self.bus.publish(Published(results, arrays, [o.origin if o else None for o in owners]))
+            self.bus.publish(Published(results, arrays, [o.origin if o else None for o in owners],
+                                       [e for e in entries if type(e) is Prov]))
             self.busy = False
             if self.settlement is not None and self.settlement.due():  # busy: commit now and then
                 self.settlement.flush()

@@ -29,7 +29,7 @@ from aiohttp import web
 from exchange.accounts import AccountStore
 from exchange.bus import Bus, RedisBus
 from exchange.config import ServerConfig
-from exchange.engine import Engine, SnapshotMismatch, decode_entry, snapshots
+from exchange.engine import Engine, Prov, SnapshotMismatch, decode_entry, snapshots
 from exchange.journal import Journal, read
 from exchange.sequencer import Sequencer, open_journal
 
@@ -40,12 +40,13 @@ SWITCH_INTERVAL_S = 0.0002
 
 def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: bool = True,
             settled: Callable[[str], int] | None = None,
-            sink: Callable[[dict[str, np.ndarray]], None] | None = None) -> Engine:
+            sink: Callable[[dict[str, np.ndarray], list[Prov]], None] | None = None) -> Engine:
     """An engine at the end of the journal: newest usable snapshot + the entries after it.
 
     ``settled(cls)``: the last event seq of each class that settlement has; a snapshot is used
     only if it is not ahead of it, so that the replay regenerates every event settlement lacks
-    and hands it to ``sink`` (the events of each replayed chunk, by class)."""
+    and hands it to ``sink`` (the events of each replayed chunk, by class, and its provisioning
+    answers)."""
     data = cfg.data_path
     journal_dir = journal_dir or data / "journal"
     engine = Engine(cfg.instruments, cfg.engine)
@@ -68,7 +69,8 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
     return engine
 
 
-def replay(engine: Engine, journal_dir: Path, sink: Callable[[dict[str, np.ndarray]], None] | None = None) -> int:
+def replay(engine: Engine, journal_dir: Path,
+           sink: Callable[[dict[str, np.ndarray], list[Prov]], None] | None = None) -> int:
     """Apply every journal entry after ``engine.seq``; returns how many were applied."""
     chunk: list = []
     applied = 0
@@ -81,13 +83,13 @@ def replay(engine: Engine, journal_dir: Path, sink: Callable[[dict[str, np.ndarr
         if len(chunk) >= REPLAY_CHUNK:
             _, arrays = engine.apply(chunk)
             if sink is not None:
-                sink(arrays)
+                sink(arrays, [e for e in chunk if type(e) is Prov])
             applied += len(chunk)
             chunk = []
     if chunk:
         _, arrays = engine.apply(chunk)
         if sink is not None:
-            sink(arrays)
+            sink(arrays, [e for e in chunk if type(e) is Prov])
         applied += len(chunk)
     return applied
 

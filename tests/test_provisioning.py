@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from exchange_helpers import USD, run, running_exchange
 
-from exchange.client import ClientError
+from exchange.client import Client, ClientError
 from exchange.config import DEFAULT_INSTRUMENTS, Instrument
 from feeds.client import FeedClient
 from orderbook.config import BookConfig
@@ -248,3 +248,50 @@ def test_ssh_key_endpoint_sets_the_key_tasks_carry(tmp_path: Path) -> None:
             assert (await alice.account())["ssh_public_key"] == KEY
 
     run(scenario())
+
+
+def test_answers_are_journaled_a_lost_ledger_is_rebuilt_with_them(tmp_path: Path) -> None:
+    """R21 for settlement: the agents' answers go through the journal, so a ledger rebuilt from
+    the journal alone (ledger.db deleted) has the same leases ready, failed and connected, and
+    the same money, as the one that was lost."""
+    conn = {"host": "10.0.0.9", "port": 2200, "user": "gpux"}
+    keys: dict[str, tuple[int, str, str]] = {}
+
+    async def look(ex: Any) -> tuple[dict, dict, dict]:
+        alice = Client(ex.url, *keys["alice"][1:])
+        prov = Client(ex.url, *keys["prov"][1:])
+        ex.clients += [alice, prov]
+        leases = {x["lease"]: x["settlement"] for x in await alice.leases()}
+        return (leases, await alice.request("GET", "/v1/account/statement"),
+                await prov.request("GET", "/v1/account/statement"))
+
+    async def first() -> tuple[dict, dict, dict]:
+        async with running_exchange(tmp_path, meter_interval_s=10**9, **NUMBA) as ex:  # no metering point between
+            prov = ex.client("prov", "provider")
+            ex.account("alice", "trader", 100 * USD, ssh_public_key=KEY)
+            keys.update(ex.keys)
+            alice = ex.client_for("alice")
+            agent = await private(ex, "prov")
+            await prov.ask("H100", gpus=8, price=P, end=ex.now + 86_400)
+            async with await alice.trader() as t:
+                [good] = (await t.bid("H100", "on_demand", gpus=2, hours=2, limit=P))["trades"]
+                [bad] = (await t.bid("H100", "on_demand", gpus=1, hours=1, limit=P))["trades"]
+            await until(lambda: len(items(agent, "provision")) == 2)
+            await prov.request("POST", f"/v1/provisioning/{good['lease']}", {"status": "ready", "connection": conn})
+            await prov.request("POST", f"/v1/provisioning/{bad['lease']}", {"status": "failed", "reason": "no"})
+            await agent.close()
+            return await look(ex)
+
+    async def again() -> tuple[dict, dict, dict]:
+        async with running_exchange(tmp_path, meter_interval_s=10**9, **NUMBA) as ex:
+            return await look(ex)
+
+    leases, st_a, st_p = run(first())
+    assert sorted(s["status"] for s in leases.values()) == ["failed", "ready"]
+    assert conn in [s["connection"] for s in leases.values()]
+    for f in tmp_path.glob("ledger.db*"):
+        f.unlink()
+    leases2, st_a2, st_p2 = run(again())
+    assert leases2 == leases
+    assert st_a2["balances"] == st_a["balances"] and st_p2["balances"] == st_p["balances"]
+    assert [t["id"] for t in st_a2["transfers"]] == [t["id"] for t in st_a["transfers"]]

@@ -121,8 +121,10 @@ def _bid_ladder(kind):
     return LAD_BID_SPOT if kind == SPOT else (LAD_BID_RES if kind == RESERVED else LAD_BID_OD)
 # skip index columns (asks): max end, min start, min min_hours
 AG_END, AG_START, AG_MINH, AG_FREE = 0, 1, 2, 3  # ask ladders
-BG_MINH, BG_MAXH, BG_MINBLK, BG_MAXSTART, BG_MINEND = 0, 1, 2, 3, 4  # bid ladders
-NAG = 5  # AG_FREE: no ask of the level has more GPUs free right now (an upper bound)
+BG_MINH, BG_MAXH, BG_MINBLK, BG_MAXSTART, BG_MINEND, BG_STALE = 0, 1, 2, 3, 4, 5  # bid ladders
+NAG = 6  # AG_FREE: no ask of the level has more GPUs free right now (an upper bound)
+# BG_STALE: 1 when a bid left the level since its bounds were made exact; a walk that reaches
+# the level makes them exact first (bounds stay safe meanwhile: they only got wider)
 
 # timer kinds, in the order they run at equal times
 T_EXPIRE, T_LEASE_END, T_ASK_START, T_LEASE_START = 0, 1, 2, 3
@@ -586,13 +588,12 @@ def _ag_drop(AG, LH, O, lad, lvl, nxt, o):
 
 @_hot
 def _bg_drop(AG, LH, O, lad, lvl, o):
-    """Bid o has left the level: as `_ag_drop`."""
-    h = O[o, O_HOURS]
-    if LH[lad, lvl] < 0 or (
-        h <= AG[lad, lvl, BG_MINH] or h >= AG[lad, lvl, BG_MAXH] or O[o, O_BLOCK] <= AG[lad, lvl, BG_MINBLK]
-        or O[o, O_START] >= AG[lad, lvl, BG_MAXSTART] or O[o, O_END] <= AG[lad, lvl, BG_MINEND]
-    ):
+    """Bid o has left the level: its bounds are made exact when a walk next reaches it (most
+    bids that are cancelled rest on levels no ask reaches)."""
+    if LH[lad, lvl] < 0:
         _bg_recompute(AG, LH, O, lad, lvl)
+    else:
+        AG[lad, lvl, BG_STALE] = 1
 
 
 @_hot
@@ -618,6 +619,7 @@ def _bg_recompute(AG, LH, O, lad, lvl):
     AG[lad, lvl, BG_MINBLK] = BIG
     AG[lad, lvl, BG_MAXSTART] = -BIG
     AG[lad, lvl, BG_MINEND] = BIG
+    AG[lad, lvl, BG_STALE] = 0
     b = LH[lad, lvl]
     while b >= 0:
         _bg_add(AG, lad, lvl, O, b)
@@ -1318,6 +1320,8 @@ def _next_bid(st, lad, lvl, low, b, a, free, horizon):
         lvl = _bm_next_down(st.BM, st.BS, lad, lvl)
         if lvl < low:
             return -1, -1
+        if AG[lad, lvl, BG_STALE] != 0:
+            _bg_recompute(AG, st.LH, O, lad, lvl)
         if AG[lad, lvl, BG_MAXH] >= O[a, O_MINH] and AG[lad, lvl, BG_MINBLK] <= free:
             if lad == LAD_BID_RES:
                 if AG[lad, lvl, BG_MAXSTART] >= O[a, O_START] and AG[lad, lvl, BG_MINEND] <= O[a, O_END]:
@@ -1962,7 +1966,7 @@ class NumbaBook:
         Lz = np.zeros((nl, NL), dtype=np.int64)
         Lz[:, L_FREE] = np.arange(1, nl + 1)
         Lz[-1, L_FREE] = -1
-        AG = np.empty((NLAD, levels, NAG), dtype=np.int64)
+        AG = np.zeros((NLAD, levels, NAG), dtype=np.int64)
         AG[:2, :, AG_END] = -BIG
         AG[:2, :, AG_START] = BIG
         AG[:2, :, AG_MINH] = BIG
@@ -2045,6 +2049,8 @@ class NumbaBook:
             arrays[keys] = np.zeros_like(arrays[keys])
             arrays[vals] = np.zeros_like(arrays[vals])
             _rehash(arrays[keys], arrays[vals], arrays[rows][at, idc].copy(), at.astype(np.int64))
+        if arrays["AG"].shape[2] == BG_STALE:  # taken before bid levels had a stale mark
+            arrays["AG"] = np.concatenate([arrays["AG"], np.zeros_like(arrays["AG"][:, :, :1])], axis=2)
         if arrays["BM"].shape[0] == NLAD:  # taken before the rows of open ask levels: all may be open
             arrays["BM"] = np.concatenate([arrays["BM"], arrays["BM"][:2]])
             arrays["BS"] = np.concatenate([arrays["BS"], arrays["BS"][:2]])

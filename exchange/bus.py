@@ -75,7 +75,8 @@ class RedisBus(Bus):
         self.url = url
         self.prefix = prefix
         self.maxlen = maxlen
-        self._queue: asyncio.Queue[dict[str, np.ndarray]] = asyncio.Queue(maxsize=backlog)
+        self._queue: asyncio.Queue[tuple[dict[str, np.ndarray], list[Any], list[tuple]]] = \
+            asyncio.Queue(maxsize=backlog)
         self._task: asyncio.Task | None = None
         self._redis: Any = None
         self.dropped = 0
@@ -87,6 +88,9 @@ class RedisBus(Bus):
     def trades_key(self, book: str) -> str:
         return f"{self.prefix}:trades:{book}"
 
+    def deposits_key(self) -> str:
+        return f"{self.prefix}:deposits"
+
     async def start(self) -> None:
         import redis.asyncio as aioredis
 
@@ -96,17 +100,26 @@ class RedisBus(Bus):
 
     def publish(self, batch: Published) -> None:
         super().publish(batch)
-        if batch.events:
-            try:
-                self._queue.put_nowait(batch.events)
-            except asyncio.QueueFull:
-                self.dropped += 1
-                log.error("redis bus backlog full: a batch of events was not sent to Redis "
-                          "(the journal has it; followers must catch up from it)")
+        if batch.events or batch.answers:
+            self._put((batch.events, batch.answers, []))
+
+    def publish_deposits(self, rows: list[tuple[int, int, int, int]]) -> None:
+        """Deposits the exchange's ledger took (account store rows: id, account, µ$, created ms),
+        for settlement's consumer group (`{prefix}:deposits`; applied once each by its id)."""
+        if rows:
+            self._put(({}, [], rows))
+
+    def _put(self, item: tuple[dict[str, np.ndarray], list[Any], list[tuple]]) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.error("redis bus backlog full: a batch was not sent to Redis "
+                      "(the journal has it; followers must catch up from it)")
 
     async def _pump(self) -> None:
         while True:
-            events = await self._queue.get()
+            events, answers, deposits = await self._queue.get()
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for book, arr in events.items():
@@ -115,6 +128,16 @@ class RedisBus(Bus):
                         pipe.xadd(self.events_key(book), fields, maxlen=self.maxlen, approximate=True)
                         if rec and d["type"] in ("trade", "preempted", "released"):
                             pipe.xadd(self.trades_key(book), fields, maxlen=self.maxlen, approximate=True)
+                # a provisioning answer goes to its class's stream right after the event it
+                # follows (``after``): settlement applies it between that event and the next
+                for a in answers:
+                    d = {"book": a.book, "trade_id": a.trade_id, "ready": a.ready, "time": a.time, "after": a.after,
+                         "connection": a.connection, "reason": a.reason}
+                    pipe.xadd(self.events_key(a.book), {"seq": a.after, "type": "provisioned", "event": _enc.encode(d)},
+                              maxlen=self.maxlen, approximate=True)
+                for row, account, amount, created_ms in deposits:
+                    pipe.xadd(self.deposits_key(), {"id": f"accounts:{row}", "account": account, "amount": amount,
+                                                    "time": created_ms // 1000}, maxlen=self.maxlen, approximate=True)
                 await pipe.execute()
                 self.sent += sum(len(a) for a in events.values())
             except Exception:

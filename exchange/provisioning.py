@@ -255,9 +255,8 @@ class Provisioning:
 
     # ------------------------------------------------------------------ views
     def connection(self, ref: str) -> dict[str, Any] | None:
-        row = self.s.ledger.conn.execute("SELECT connection FROM lease_connections WHERE lease = ?",
-                                         (ref,)).fetchone()
-        return _dec.decode(row[0]) if row else None
+        raw = self.s.connection(ref)
+        return _dec.decode(raw) if raw else None
 
     def view(self, ref: str) -> dict[str, Any]:
         """Settlement's side of a lease: its status, when it got ready, how to connect, what

@@ -137,6 +137,9 @@ class Exchange:
         link.start()  # from now on a thread commits the durable batches
         link.attach(self.bus)
         await self.bus.start()
+        if isinstance(self.bus, RedisBus):  # `gpux settle` members settle deposits too
+            self.bus.publish_deposits(self.store.deposit_rows(0))
+            link.on_deposits = self.bus.publish_deposits
         self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, link)
         await self.sequencer.start()
         self.gateway.attach()

@@ -35,7 +35,7 @@ from exchange.config import ServerConfig
 from exchange.engine import Prov
 from exchange.state import hold_per_gpu
 from orderbook.types import CMD_CLOCK, EV_ACCEPTED, SIDE_BID
-from settlement.engine import LeaseStateError, SequenceGap, SettlementConfig, fees_from_instruments
+from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Settlement
 
@@ -62,10 +62,6 @@ class _Batch:
     holds: dict[int, int] = field(default_factory=dict)  # escrow its accepted bids take (µ$ by account)
 
 
-_CONNECTIONS = ("CREATE TABLE IF NOT EXISTS lease_connections (lease TEXT PRIMARY KEY, connection TEXT NOT NULL, "
-                "at INTEGER NOT NULL) WITHOUT ROWID")
-
-
 class SettlementLink:
     """The exchange's settlement: the ledger, kept from the bus, fed deposits and time."""
 
@@ -84,12 +80,11 @@ class SettlementLink:
         self.seconds = 0.0  # spent committing
         self.provisioning: Any = None  # exchange.provisioning.Provisioning, once attached
         self.clock: Any = None  # () -> {class: engine time}
+        self.on_deposits: Any = None  # called with the deposit rows the ledger took
         self._fee_bps = {name: max(i.maker_fee_bps, i.taker_fee_bps) for name, i in cfg.instruments.items()}
         self._deposit_row = 0
         self._answered: list[tuple[Prov, Any]] = []  # answers applied in the transaction being committed
         self.answered_out: list[tuple[Prov, Any]] = []  # ... committed: for provisioning to pass on
-        with self.settlement.ledger.transaction() as db:
-            db.execute(_CONNECTIONS)
         self._avail: dict[int, int] = {}  # committed available balances read since the last commit
         self._held: dict[int, int] = {}  # holds of bids in batches handed over, not committed yet
         self._queue: list[_Batch] = []  # handed over, not committed yet
@@ -243,26 +238,10 @@ class SettlementLink:
         return True
 
     def _answer(self, engine: Any, a: Prov) -> list:
-        """A journaled provisioning answer, inside the transaction: ready (metering from its
-        time; the connection kept for the renter) or failed (refund in full).  One the lease
-        cannot take any more (it ended and settled, or failed meanwhile; a replay) changes nothing."""
-        lease = engine.lease(a.book, a.trade_id)
-        if lease is None:
-            return []
-        try:
-            if a.ready:
-                out = engine.mark_ready(a.book, a.trade_id, a.time)
-                if a.connection:
-                    self.settlement.ledger.conn.execute(
-                        "INSERT OR REPLACE INTO lease_connections (lease, connection, at) VALUES (?, ?, ?)",
-                        (lease.ref, a.connection, a.time))
-            else:
-                out = engine.mark_failed(a.book, a.trade_id, a.time, a.reason or "the provider's agent could not "
-                                                                             "provision it")
-        except LeaseStateError as e:
-            log.warning("provisioning answer for %s not applied: %s", lease.ref, e)
-            return []
-        self._answered.append((a, lease))
+        """A journaled provisioning answer, inside the transaction (`Settlement.answer_step`)."""
+        out, lease = self.settlement.answer_step(engine, a.book, a.trade_id, a.ready, a.time, a.connection, a.reason)
+        if lease is not None:
+            self._answered.append((a, lease))
         return out
 
     def _done(self, batches: list[_Batch], ok: bool) -> None:
@@ -313,6 +292,8 @@ class SettlementLink:
                 for row, account, amount, created_ms in rows])
         self._deposit_row = rows[-1][0]
         self._avail = {}
+        if self.on_deposits is not None:  # distributed settlement needs them too (RedisBus)
+            self.on_deposits(rows)
         if self.backlog:  # a batch refused for want of funds may pass now
             self.flush()
         return n

@@ -47,7 +47,7 @@ import numpy as np
 from orderbook.types import EV_ACCEPTED, EV_AMENDED, EV_CANCELLED, EV_EXPIRED, EV_PREEMPTED, EV_RELEASED, EV_TRADE
 from settlement.engine import SequenceGap, SettlementConfig
 from settlement.events import _ENUMS, SEQ, SIDE, TIME, TYPE, from_json
-from settlement.ledger import LedgerError
+from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Settlement
 
 log = logging.getLogger("gpux.settlement.consumer")
@@ -115,6 +115,7 @@ class SimulatedCrash(BaseException):
     nothing on the way catches it)."""
 
 
+DEPOSITS = "_deposits"  # the pseudo-class of the deposits stream (positions, lost entries)
 _RELEVANT = {EV_TRADE, EV_PREEMPTED, EV_RELEASED}
 _BID_ONLY = {EV_ACCEPTED, EV_AMENDED, EV_CANCELLED, EV_EXPIRED}
 _TYPE_CODES = _ENUMS[TYPE]
@@ -160,8 +161,12 @@ class RedisConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.hooks = hooks or {}
         self.streams = {self.key(c): c for c in self.classes}
+        self.streams[f"{prefix}:deposits"] = DEPOSITS  # deposits the exchange's ledger took (RedisBus)
         self.buffer: dict[str, dict[int, tuple[bytes, tuple]]] = {c: {} for c in self.classes}  # seq -> (id, event)
-        self.lost: dict[str, list[bytes]] = {c: [] for c in self.classes}  # ids trimmed away while pending
+        # provisioning answers (R18), each applied right after the event of its class it follows
+        self.answers: dict[str, dict[bytes, dict[str, Any]]] = {c: {} for c in self.classes}  # id -> answer
+        self.deposits: dict[bytes, Transfer] = {}  # id -> transfer (idempotent by its transfer id)
+        self.lost: dict[str, list[bytes]] = {c: [] for c in [*self.classes, DEPOSITS]}  # trimmed while pending
         self._pending_from: dict[str, bytes] | None = {k: b"0" for k in self.streams}  # own PEL still to re-read
         self._catch_up: dict[str, tuple[str, str]] | None = None  # stream -> (after, up to) still to XRANGE
         self.caught_up = 0  # entries re-read by XRANGE (delivered to the group, not in the ledger)
@@ -189,13 +194,23 @@ class RedisConsumer:
     # ------------------------------------------------------------------ reading
     def _take(self, key: str | bytes, entries: list) -> int:
         cls = self.streams[key.decode() if isinstance(key, bytes) else key]
-        buf = self.buffer[cls]
+        buf = self.buffer.get(cls, {})
         n = 0
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream while pending: its event is gone
                 self.lost[cls].append(entry_id)
                 log.error("%s: pending entry %s was trimmed from the stream; its event is lost to settlement",
                           cls, entry_id)
+                continue
+            if cls == DEPOSITS:
+                self.deposits[entry_id] = Transfer(f"deposit:{_s(fields[b'id'])}", EXCHANGE, EXTERNAL,
+                                                   int(fields[b"account"]), AVAILABLE, int(fields[b"amount"]),
+                                                   int(fields[b"time"]))
+                n += 1
+                continue
+            if fields.get(b"type") == b"provisioned":
+                self.answers[cls][entry_id] = _json.decode(fields[b"event"])
+                n += 1
                 continue
             ev = entry_event(fields)
             buf[ev[SEQ]] = (entry_id, ev)
@@ -278,16 +293,23 @@ class RedisConsumer:
 
     # ------------------------------------------------------------------ applying
     def _apply_ready(self) -> int:
-        """Commit every class's contiguous run after the ledger's seq, then XACK it (and any
-        entry at or below the ledger's seq: applied before, by us or by a consumer that died)."""
+        """Commit every class's contiguous run after the ledger's seq — with the provisioning
+        answers that follow its events, each in its place — and the deposits read, in one
+        transaction, then XACK them (and any entry at or below the ledger's seq: applied
+        before, by us or by a consumer that died)."""
         s = self.settlement
-        if any(self.buffer.values()):
+        if any(self.buffer.values()) or self.deposits or any(self.answers.values()):
             s.refresh()  # another member of the group may have committed: start from the ledger's seq
-        parts: list[tuple[str, list[tuple]]] = []
+        if self.deposits:  # first, in their own transaction: the holds after them may need them
+            deposits = list(self.deposits.items())
+            s.ledger.apply([t for _, t in deposits])  # each once: its id names the deposit
+            self.acked += self.r.xack(f"{self.prefix}:deposits", self.group, *[eid for eid, _ in deposits])
+            for eid, _ in deposits:
+                del self.deposits[eid]
+        parts: list[tuple[str, list[tuple], list[dict[str, Any]]]] = []
         acks: dict[str, list[bytes]] = {}
+        positions: dict[str, str] = {}
         for cls, buf in self.buffer.items():
-            if not buf:
-                continue
             done = s.last_seq(cls)
             old = [seq for seq in buf if seq <= done]
             if old:
@@ -297,18 +319,42 @@ class RedisConsumer:
             while nxt in buf:
                 run.append(nxt)
                 nxt += 1
-            if run:
-                parts.append((cls, [buf[seq][1] for seq in run]))
-                acks.setdefault(self.key(cls), []).extend(buf[seq][0] for seq in run)
+            upto = nxt - 1  # answers that follow an event up to here can go in (the stream has them in order)
+            answers = [(eid, a) for eid, a in self.answers[cls].items() if a["after"] <= upto]
+            if run or answers:
+                parts.append((cls, [buf[seq][1] for seq in run], [a for _, a in answers]))
+                ids = [buf[seq][0] for seq in run] + [eid for eid, _ in answers]
+                acks.setdefault(self.key(cls), []).extend(ids)
+                if run:
+                    positions[cls] = _s(buf[run[-1]][0])
         n = 0
         if parts:
-            positions = {cls: _s(self.buffer[cls][evs[-1][SEQ]][0]) for cls, evs in parts}
-            s.apply(parts, positions)  # one transaction; raises (and commits nothing) on failure
+            def step(engine: Any) -> list:
+                out: list = []
+                for cls, evs, answers in parts:
+                    i = 0
+                    for a in sorted(answers, key=lambda a: a["after"]):  # each right after the event it follows
+                        j = i
+                        while j < len(evs) and evs[j][SEQ] <= a["after"]:
+                            j += 1
+                        if j > i:
+                            out += engine.apply(cls, evs[i:j])
+                            i = j
+                        out += self._answer(engine, a)
+                    if i < len(evs):
+                        out += engine.apply(cls, evs[i:])
+                return out
+
+            s.run(step, positions)  # one transaction; raises (and commits nothing) on failure
             self.commits += 1
-            for cls, evs in parts:
+            for cls, evs, _ in parts:
                 for ev in evs:
                     del self.buffer[cls][ev[SEQ]]
                 n += len(evs)
+            for ids in acks.values():
+                for eid in ids:
+                    for cls in self.classes:
+                        self.answers[cls].pop(eid, None)
             self.applied += n
             after = self.hooks.get("after_commit")
             if after is not None:
@@ -317,6 +363,11 @@ class RedisConsumer:
             for i in range(0, len(ids), 5000):
                 self.acked += self.r.xack(key, self.group, *ids[i:i + 5000])
         return n
+
+    def _answer(self, engine: Any, a: dict[str, Any]) -> list:
+        out, _ = self.settlement.answer_step(engine, a["book"], a["trade_id"], a["ready"], a["time"],
+                                             a.get("connection", ""), a.get("reason", ""))
+        return out
 
     def step(self) -> int:
         """One round: own pending (first round only), claims, new entries, apply, ack.
@@ -337,11 +388,15 @@ class RedisConsumer:
 
     def _applicable(self) -> bool:
         """Something buffered can be applied or acknowledged now (else wait for new entries)."""
-        return any(buf and min(buf) <= self.settlement.last_seq(cls) + 1 for cls, buf in self.buffer.items())
+        if self.deposits:
+            return True
+        s = self.settlement
+        return any(buf and min(buf) <= s.last_seq(cls) + 1 for cls, buf in self.buffer.items()) or any(
+            a["after"] <= s.last_seq(cls) for cls, answers in self.answers.items() for a in answers.values())
 
     def idle(self) -> bool:
         """Nothing buffered that could be applied."""
-        return not any(self.buffer.values())
+        return not any(self.buffer.values()) and not self.deposits and not any(self.answers.values())
 
     def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None) -> None:
         """Loop until ``stop`` is set, or (for tests and catch-up jobs) nothing arrived for ``idle_exit_s``."""

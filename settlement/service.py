@@ -25,13 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from settlement.engine import SettlementConfig, SettlementEngine
+from settlement.engine import LeaseStateError, SettlementConfig, SettlementEngine
 from settlement.events import as_tuples
 from settlement.leases import check_lease
 from settlement.ledger import ESCROW, KIND_NAMES, PREPAID, Ledger, Transfer
 from settlement.store import StateStore
 
 log = logging.getLogger("gpux.settlement")
+
+# how the renter of each ready lease connects (the provider agent's answer, R18)
+_CONNECTIONS = ("CREATE TABLE IF NOT EXISTS lease_connections (lease TEXT PRIMARY KEY, connection TEXT NOT NULL, "
+                "at INTEGER NOT NULL) WITHOUT ROWID")
 
 
 def parse_lease_ref(ref: str | tuple[str, int]) -> tuple[str, int]:
@@ -50,8 +54,9 @@ class Settlement:
         self.config = config or SettlementConfig()
         self.ledger = Ledger(path, synchronous=synchronous)
         self.store = StateStore(self.ledger.conn)
-        with self.ledger.transaction():
+        with self.ledger.transaction() as db:
             self.store.create()
+            db.execute(_CONNECTIONS)
             self.engine = self._load()
         # called inside the transaction, after the transfers and state were written and
         # before COMMIT (tests use it to crash there); an exception rolls everything back
@@ -108,11 +113,42 @@ class Settlement:
 
         return self._commit(step, positions)
 
-    def run(self, step: Callable[[SettlementEngine], list]) -> int:
+    def run(self, step: Callable[[SettlementEngine], list], positions: dict[str, str] | None = None) -> int:
         """Any engine step (events, ticks, provisioning answers, several at once) in one
         transaction: ``step(engine)`` returns the transfers; its state changes are saved with
-        them.  On failure nothing is committed and the state is reloaded."""
-        return self._commit(step)
+        them (and ``positions`` as in `apply`).  On failure nothing is committed and the state
+        is reloaded."""
+        return self._commit(step, positions)
+
+    def answer_step(self, engine: SettlementEngine, cls: str, trade_id: int, ready: bool, time: int,
+                    connection: str = "", reason: str = "") -> tuple[list, Any]:
+        """A provider agent's answer (R18), inside a `run` step: ready from ``time`` (metering
+        starts; ``connection`` — a JSON object — kept for the renter in the same transaction)
+        or failed (refund in full).  Returns (transfers, the lease) — ``([], None)`` when the
+        lease cannot take it any more (ended and settled, failed or ready already: a replay,
+        or an answer that came too late), which changes nothing."""
+        lease = engine.lease(cls, trade_id)
+        if lease is None:
+            return [], None
+        try:
+            if ready:
+                out = engine.mark_ready(cls, trade_id, time)
+                if connection:
+                    self.ledger.conn.execute("INSERT OR REPLACE INTO lease_connections (lease, connection, at) "
+                                             "VALUES (?, ?, ?)", (lease.ref, connection, time))
+            else:
+                out = engine.mark_failed(cls, trade_id, time, reason or "the provider's agent could not provision it")
+        except LeaseStateError as e:
+            log.warning("provisioning answer for %s not applied: %s", lease.ref, e)
+            return [], None
+        return out, lease
+
+    def connection(self, lease: str | tuple[str, int]) -> str | None:
+        """The JSON connection details of a ready lease, if its agent gave any."""
+        cls, tid = parse_lease_ref(lease)
+        row = self.ledger.conn.execute("SELECT connection FROM lease_connections WHERE lease = ?",
+                                       (f"{cls}-{tid}",)).fetchone()
+        return row[0] if row else None
 
     def on_events(self, cls: str, events: Any) -> int:
         """One class's events (as `apply`)."""

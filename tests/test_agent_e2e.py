@@ -120,8 +120,7 @@ def test_failed_provision_refunds_and_a_preempted_spot_lease_pays_pro_rata(tmp_p
                     [bad] = (await t.bid("H100", "on_demand", gpus=1, hours=1, limit=2 * USD))["trades"]
                 st = await agent.wait_status(bad["lease"], "ready", "failed")
                 assert st.status == "failed" and "SSH key" in st.reason
-                [lease] = await nokey.leases()
-                assert lease["settlement"]["status"] == "failed"
+                await until(lambda: _settled(nokey, "failed"))  # the agent's answer reached the exchange
                 acc = await nokey.account()
                 assert (acc["available"], acc["escrow"], acc["lease_prepaid"]) == (100 * USD, 0, 0)
 
@@ -135,7 +134,7 @@ def test_failed_provision_refunds_and_a_preempted_spot_lease_pays_pro_rata(tmp_p
                 async with asyncssh.connect(conn["host"], conn["port"], username="gpux", client_keys=[spot_key],
                                             known_hosts=None) as c:
                     assert (await c.run("echo $GPUX_LEASE")).stdout == f"{spot['lease']}\n"
-                    ready_at = (await spotter.leases())[0]["settlement"]["ready_at"]
+                    ready_at = (await until(lambda: _settled(spotter, "ready")))["settlement"]["ready_at"]
                     async with await firm.trader() as t:
                         ack = await t.bid("H100", "on_demand", gpus=3, hours=1, limit=2 * USD)
                     assert ack["order"]["status"] == "filled"
@@ -154,7 +153,7 @@ def test_failed_provision_refunds_and_a_preempted_spot_lease_pays_pro_rata(tmp_p
                 # the firm lease waited for the spot lease's GPUs (R12) and was delivered from T0 on
                 st = await agent.wait_status(firm_trade["lease"], "ready", "failed", timeout=20)
                 assert st.status == "ready", st.reason
-                [firm_lease] = await firm.leases()
+                firm_lease = await until(lambda: _settled(firm, "ready"))
                 assert firm_lease["settlement"]["ready_at"] >= t0
 
     asyncio.run(scenario())

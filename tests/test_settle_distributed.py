@@ -1,0 +1,104 @@
+"""Distributed settlement end to end (issue 5): `gpux serve --redis` streams events, provisioning
+answers and deposits; `gpux settle --redis` (a member of the consumer group, its own process and
+ledger file) settles them exactly once; its ledger ends identical to the exchange's own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from exchange_helpers import USD, running_exchange
+from redis_helpers import REDIS_URL, redis_prefix
+
+from settlement.service import Settlement
+
+ROOT = Path(__file__).resolve().parent.parent
+P = 2_000_000
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOdPSdz9ah8bAW35i9Mrn2clI3hDVNvhJHJ7jBIR6Dz4 alice@laptop"
+# the same settlement settings on both sides; no metering point or lease end inside the test,
+# since the exchange's ledger also moves with its clock and the consumer only with events
+SETTINGS = {"meter_interval_s": 10**9, "provision_timeout_s": 3600}
+
+
+@pytest.fixture
+def prefix():
+    yield from redis_prefix("settle-")
+
+
+def _ledger(path: Path) -> tuple[list, dict, dict]:
+    s = Settlement(path)
+    try:
+        leases = {}
+        for cls in ("H100",):
+            c = s.engine.classes.get(cls)
+            for tid, x in (c.leases.items() if c else ()):
+                leases[(cls, tid)] = (x.status, s.connection((cls, tid)))
+        return sorted(s.transfers()), s.ledger.balances(), leases
+    finally:
+        s.close()
+
+
+def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str) -> None:
+    data = tmp_path / "data"
+
+    async def market() -> dict[str, int]:
+        async with running_exchange(data, engine="numba", redis_url=REDIS_URL, redis_prefix=prefix,
+                                    **SETTINGS) as ex:
+            prov = ex.client("prov", "provider")
+            ex.account("alice", "trader", 100 * USD, ssh_public_key=KEY)
+            alice = ex.client_for("alice")
+            bob = ex.client("bob", "trader", 50 * USD)
+            await prov.ask("H100", gpus=8, price=P, spot_price=1_200_000, end=ex.now + 86_400)
+            async with await alice.trader() as t:
+                [a1] = (await t.bid("H100", "on_demand", gpus=2, hours=3, limit=P))["trades"]
+                [a2] = (await t.bid("H100", "spot", gpus=1, hours=2, limit=1_200_000))["trades"]
+                rest = await t.bid("H100", "on_demand", gpus=1, hours=1, limit=1_000_000)  # rests: escrow
+                await t.cancel(rest["oid"])
+            async with await bob.trader() as t:
+                [b1] = (await t.bid("H100", "on_demand", gpus=1, hours=2, limit=P))["trades"]
+            await prov.request("POST", f"/v1/provisioning/{a1['lease']}",
+                               {"status": "ready", "connection": {"host": "n1", "port": 22}})
+            await prov.request("POST", f"/v1/provisioning/{a2['lease']}", {"status": "failed", "reason": "dead"})
+            await prov.request("POST", f"/v1/provisioning/{b1['lease']}",
+                               {"status": "ready", "connection": {"host": "n2", "port": 22}})
+            await bob.release("H100", b1["trade_id"])  # a refund of the unused part
+            admin = ex.client("root", "admin")
+            await admin.deposit(ex.keys["bob"][0], 7 * USD)  # a deposit after start
+            await ex.exchange.bus.flush()
+            return {"ready": a1["trade_id"], "failed": a2["trade_id"], "released": b1["trade_id"]}
+
+    tids = asyncio.run(market())
+    want = _ledger(data / "ledger.db")
+    assert len(want[0]) > 10
+    assert want[2][("H100", tids["ready"])] == ("ready", '{"host":"n1","port":22}')
+    assert want[2][("H100", tids["failed"])][0] == "failed"
+
+    config = tmp_path / "gpux.toml"
+    config.write_text("[settlement]\n" + "".join(f"{k} = {v}\n" for k, v in SETTINGS.items()))
+    other = tmp_path / "other" / "ledger.db"
+    proc = subprocess.Popen([sys.executable, "-m", "exchange.cli", "settle", "--redis", REDIS_URL, "--prefix", prefix,
+                             "--config", str(config), "--ledger", str(other), "--consumer", "t1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        got = None
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if other.exists():
+                got = _ledger(other)
+                if got[0] == want[0]:
+                    break
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert got is not None and got[0] == want[0], err.decode()[-3000:]
+    assert got[1] == want[1]  # every balance
+    assert got[2] == want[2]  # lease states and the agents' connections
+    assert proc.returncode == 0, err.decode()[-3000:]

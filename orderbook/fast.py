@@ -113,7 +113,35 @@ NLAD = 5
 # bitmap rows NLAD + LAD_ASK_*: ask levels that may hold an ask open right now (started, a GPU
 # free now); a walk whose window starts now steps through these instead of every ask level
 NOWROW = NLAD
-NBM = NLAD + 2
+# bitmap rows HOURROW + NHB * (0 on-demand, 1 spot) + k: bid levels that may hold a bid of at
+# most 2**k hours (k < NHB); an ask with little time left steps only through those
+HOURROW = NLAD + 2
+NHB = 7
+NBM = HOURROW + 2 * NHB
+
+
+@njit(cache=True, _nrt=False)
+def _hour_row(lad, hours):
+    """The bitmap row of bid ladder lad whose levels cover every bid of at most `hours`."""
+    k = 0
+    while k < NHB and (1 << k) < hours:
+        k += 1
+    if k == NHB or lad == LAD_BID_RES:
+        return lad
+    return HOURROW + (NHB if lad == LAD_BID_SPOT else 0) + k
+
+
+@njit(cache=True, _nrt=False)
+def _hour_rows_set(BM, BS, lad, lvl, minh):
+    """Mark level lvl in the hour rows of bid ladder lad whose bound minh reaches (minh=BIG: none)."""
+    if lad == LAD_BID_RES:
+        return
+    base = HOURROW + (NHB if lad == LAD_BID_SPOT else 0)
+    for k in range(NHB):
+        if minh <= (1 << k):
+            _bm_set(BM, BS, base + k, lvl)
+        else:
+            _bm_clear(BM, BS, base + k, lvl)
 
 
 @njit(cache=True, _nrt=False)
@@ -587,11 +615,11 @@ def _ag_drop(AG, LH, O, lad, lvl, nxt, o):
 
 
 @_hot
-def _bg_drop(AG, LH, O, lad, lvl, o):
+def _bg_drop(AG, LH, BM, BS, O, lad, lvl, o):
     """Bid o has left the level: its bounds are made exact when a walk next reaches it (most
     bids that are cancelled rest on levels no ask reaches)."""
     if LH[lad, lvl] < 0:
-        _bg_recompute(AG, LH, O, lad, lvl)
+        _bg_recompute(AG, LH, BM, BS, O, lad, lvl)
     else:
         AG[lad, lvl, BG_STALE] = 1
 
@@ -613,7 +641,7 @@ def _bg_add(AG, lad, lvl, O, o):
 
 
 @_hot
-def _bg_recompute(AG, LH, O, lad, lvl):
+def _bg_recompute(AG, LH, BM, BS, O, lad, lvl):
     AG[lad, lvl, BG_MINH] = BIG
     AG[lad, lvl, BG_MAXH] = -BIG
     AG[lad, lvl, BG_MINBLK] = BIG
@@ -624,6 +652,7 @@ def _bg_recompute(AG, LH, O, lad, lvl):
     while b >= 0:
         _bg_add(AG, lad, lvl, O, b)
         b = O[b, O_NEXT]
+    _hour_rows_set(BM, BS, lad, lvl, AG[lad, lvl, BG_MINH])
 
 
 @_hot
@@ -646,6 +675,8 @@ def _insert_order(O, LH, LT, BM, BS, AG, TM, S, P, o):
         lad = _bid_ladder(O[o, O_KIND])
         lvl = _level(P, O[o, O_PRICE])
         _lad_insert(O, LH, LT, BM, BS, lad, lvl, o, O_NEXT, O_PREV)
+        if O[o, O_HOURS] < AG[lad, lvl, BG_MINH]:
+            _hour_rows_set(BM, BS, lad, lvl, O[o, O_HOURS])
         _bg_add(AG, lad, lvl, O, o)
     if O[o, O_EXP] > 0:
         _hpush(TM, S, S_TMN, O[o, O_EXP], T_EXPIRE, O[o, O_OID], o)
@@ -928,7 +959,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
         lad = _bid_ladder(O[o, O_KIND])
         lvl = _level(P, O[o, O_PRICE])
         _lad_remove(O, LH, LT, BM, BS, lad, lvl, o, O_NEXT, O_PREV)
-        _bg_drop(AG, LH, O, lad, lvl, o)
+        _bg_drop(AG, LH, BM, BS, O, lad, lvl, o)
     _map_del(HK, HV, O[o, O_OID])
     _free_order(O, S, o)
 
@@ -1316,12 +1347,13 @@ def _next_bid(st, lad, lvl, low, b, a, free, horizon):
         lvl -= 1
     AG = st.AG
     now = st.S[S_NOW]
+    row = _hour_row(lad, (horizon - now) // HOUR)  # levels that may hold a bid short enough
     while True:
-        lvl = _bm_next_down(st.BM, st.BS, lad, lvl)
+        lvl = _bm_next_down(st.BM, st.BS, row, lvl)
         if lvl < low:
             return -1, -1
         if AG[lad, lvl, BG_STALE] != 0:
-            _bg_recompute(AG, st.LH, O, lad, lvl)
+            _bg_recompute(AG, st.LH, st.BM, st.BS, O, lad, lvl)
         if AG[lad, lvl, BG_MAXH] >= O[a, O_MINH] and AG[lad, lvl, BG_MINBLK] <= free:
             if lad == LAD_BID_RES:
                 if AG[lad, lvl, BG_MAXSTART] >= O[a, O_START] and AG[lad, lvl, BG_MINEND] <= O[a, O_END]:
@@ -1342,8 +1374,8 @@ def _horizon(O, Lz, S, W, a, spot):
     end = O[a, O_END]
     used = O[a, O_FSUM] + (O[a, O_SSUM] if spot else 0)
     used_now = O[a, O_UNF] + (O[a, O_UNS] if spot else 0)
-    if used == used_now or O[a, O_NEXTSTART] >= end:
-        return end  # no lease starts later: usage is highest now
+    if used == used_now or used < O[a, O_GPUS] or O[a, O_NEXTSTART] >= end:
+        return end  # no lease starts later (usage is highest now), or all of them never fill it
     si = S_PROF_S if spot else S_PROF_F
     r = 5 if spot else 3
     if S[si] < 0:
@@ -2051,9 +2083,12 @@ class NumbaBook:
             _rehash(arrays[keys], arrays[vals], arrays[rows][at, idc].copy(), at.astype(np.int64))
         if arrays["AG"].shape[2] == BG_STALE:  # taken before bid levels had a stale mark
             arrays["AG"] = np.concatenate([arrays["AG"], np.zeros_like(arrays["AG"][:, :, :1])], axis=2)
-        if arrays["BM"].shape[0] == NLAD:  # taken before the rows of open ask levels: all may be open
-            arrays["BM"] = np.concatenate([arrays["BM"], arrays["BM"][:2]])
-            arrays["BS"] = np.concatenate([arrays["BS"], arrays["BS"][:2]])
+        for bm in ("BM", "BS"):  # taken before the extra rows were added: every level may be in them
+            old = arrays[bm]
+            if old.shape[0] < NBM:
+                rows = [old[:NLAD], old[NOWROW:NOWROW + 2] if old.shape[0] > NLAD else old[:2]]
+                rows += [old[LAD_BID_OD:LAD_BID_OD + 1]] * NHB + [old[LAD_BID_SPOT:LAD_BID_SPOT + 1]] * NHB
+                arrays[bm] = np.concatenate(rows)
         arrays["W"] = np.zeros((7, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
         book.st = State(**arrays)
         return book

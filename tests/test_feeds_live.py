@@ -320,7 +320,10 @@ def test_private_channels_orders_fills_leases(tmp_path) -> None:
             leases = [lz for m in by["leases"] for lz in m["leases"]]
             assert [lz["ended_by"] for lz in leases] == ["", "released"]
             assert all(m["u"] == i + 1 for i, m in enumerate(by["orders"]))
-            assert "provisioning" not in by  # nothing produces provisioning tasks yet
+            # the renter's provisioning channel (R18): the notice that its lease ended early (tasks go
+            # to the provider's agent, which fp did not subscribe to)
+            notices = [x for m in by["provisioning"] for x in m["provisioning"]]
+            assert [(x["task"], x["reason"], x["lease"]) for x in notices] == [("end", "released", f"H100-{tid}")]
             pf = [f for m in fp.messages if m.get("type") == "fills" and m.get("action") == "update"
                   for f in m["fills"]]
             assert [(f["side"], f["liquidity"], f["ask_oid"]) for f in pf] == [("sell", "maker", a["oid"])]

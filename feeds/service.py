@@ -276,9 +276,10 @@ class FeedService:
 
     def publish_provisioning(self, account: int, gpu_class: str, tasks: list[dict[str, Any]], seq: int = 0,
                              when: int = 0) -> None:
-        """A provider's provisioning tasks (R18), for settlement to call when it provisions a lease:
-        ``tasks`` are dicts such as ``{"task": "provision", "lease": "H100-7", "trade_id": 7, "gpus":
-        8, "start": ..., "end": ..., "ssh_public_key": "..."}``.  Nothing calls it yet."""
+        """Provisioning messages (R18) for an account's private channel (exchange.provisioning calls
+        it): ``tasks`` are dicts such as a provider's ``{"task": "provision", "lease": "H100-7",
+        "trade_id": 7, "gpus": 8, "start": ..., "end": ..., "ssh_public_key": "..."}``, a renter's
+        ``{"task": "ready", "lease": ..., "connection": {...}}`` or ``{"task": "end", ...}``."""
         if self.hub.has_private(account, "provisioning"):
             self.hub.publish_private(account, "provisioning",
                                      _pmsg("provisioning", account, gpu_class, seq, when, tasks))

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -75,26 +74,12 @@ def _cmd_statement(args: argparse.Namespace) -> int:
             return 2
         st = _statement_offline(Path(args.data), args.account)
     else:
-        from exchange.cli_trade import _client
-        from exchange.client import ClientError
+        from exchange.cli_trade import _run
 
-        async def go() -> Any:
-            async with _client(args) as c:
-                query = {"account": args.account} if args.account else None
-                return await c.request("GET", "/v1/account/statement", query=query)
-
-        try:
-            st = asyncio.run(go())
-        except ClientError as e:
-            print(f"gpux: error: {e.code}: {e.message}", file=sys.stderr)
-            return 1
-        except OSError as e:
-            print(f"gpux: error: cannot reach the exchange: {e}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(st, indent=2))
-    else:
-        print(render_statement(st))
+        query = {"account": args.account} if args.account else None
+        return _run(args, lambda c: c.request("GET", "/v1/account/statement", query=query),
+                    None if args.json else render_statement)
+    print(json.dumps(st, indent=2) if args.json else render_statement(st))
     return 0
 
 

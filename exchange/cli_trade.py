@@ -39,7 +39,10 @@ def _client(args: argparse.Namespace) -> Any:
                   args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET"))
 
 
-def _run(args: argparse.Namespace, fn: Callable[[Any], Awaitable[Any]]) -> int:
+def _run(args: argparse.Namespace, fn: Callable[[Any], Awaitable[Any]],
+         render: Callable[[Any], str] | None = None) -> int:
+    """Call ``fn(client)``; print its result as JSON (or ``render(result)``); a refusal prints
+    ``gpux: error: CODE: sentence`` and returns 1."""
     from exchange.client import ClientError
 
     async def go() -> Any:
@@ -54,7 +57,7 @@ def _run(args: argparse.Namespace, fn: Callable[[Any], Awaitable[Any]]) -> int:
     except OSError as e:
         print(f"gpux: error: cannot reach the exchange: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(out, indent=2))
+    print(render(out) if render is not None else json.dumps(out, indent=2))
     return 0
 
 

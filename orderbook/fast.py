@@ -359,49 +359,66 @@ def _hless(H, a, b):
 
 
 @_hot
-def _hswap(H, a, b):
-    for c in range(4):
-        t = H[a, c]
-        H[a, c] = H[b, c]
-        H[b, c] = t
+def _hrow_less(H, a, k0, k1, k2):
+    """Row a of heap H orders before the key (k0, k1, k2)."""
+    if H[a, 0] != k0:
+        return H[a, 0] < k0
+    if H[a, 1] != k1:
+        return H[a, 1] < k1
+    return H[a, 2] < k2
+
+
+@_hot
+def _hmove(H, dst, src):
+    H[dst, 0] = H[src, 0]
+    H[dst, 1] = H[src, 1]
+    H[dst, 2] = H[src, 2]
+    H[dst, 3] = H[src, 3]
 
 
 @_hot
 def _hpush(H, S, si, k0, k1, k2, ref):
+    """Sift up with a hole: parents move down, the new row is written once."""
     n = S[si]
+    S[si] = n + 1
+    while n > 0:
+        p = (n - 1) >> 1
+        if _hrow_less(H, p, k0, k1, k2):
+            break
+        _hmove(H, n, p)
+        n = p
     H[n, 0] = k0
     H[n, 1] = k1
     H[n, 2] = k2
     H[n, 3] = ref
-    S[si] = n + 1
-    while n > 0:
-        p = (n - 1) >> 1
-        if _hless(H, n, p):
-            _hswap(H, n, p)
-            n = p
-        else:
-            break
 
 
 @_hot
 def _hpop(H, S, si):
+    """Drop the top row: the last row sifts down from the top with a hole."""
     n = S[si] - 1
     S[si] = n
-    if n > 0:
-        _hswap(H, 0, n)
-        i = 0
-        while True:
-            lft = 2 * i + 1
-            if lft >= n:
-                break
-            m = lft
-            if lft + 1 < n and _hless(H, lft + 1, lft):
-                m = lft + 1
-            if _hless(H, m, i):
-                _hswap(H, m, i)
-                i = m
-            else:
-                break
+    if n <= 0:
+        return
+    k0 = H[n, 0]
+    k1 = H[n, 1]
+    k2 = H[n, 2]
+    ref = H[n, 3]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _hless(H, c + 1, c):
+            c += 1
+        if not _hrow_less(H, c, k0, k1, k2):
+            break
+        _hmove(H, i, c)
+        i = c
+    H[i, 0] = k0
+    H[i, 1] = k1
+    H[i, 2] = k2
+    H[i, 3] = ref
 
 
 # ======================================================================= events

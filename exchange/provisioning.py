@@ -87,7 +87,7 @@ class Provisioning:
         return p
 
     # ------------------------------------------------------------------ in settlement's transaction
-    # (the settlement thread, holding the link's lock)
+    # (the link's lock held)
     def step(self, engine: Any, parts: list[tuple[str, np.ndarray]], now: dict[str, int]) -> list:
         """Part of a batch's ledger transaction (exchange.settle): schedule the new leases and
         mark those whose start came *provisioning*; their tasks go out once it committed."""
@@ -145,13 +145,13 @@ class Provisioning:
         for a, lease in answered:
             if a.ready:
                 self.ready += 1
-                self._send(lease.buyer, a.book, [{"task": "ready", "lease": lease.ref, "class": a.book,
+                self._send(lease.buyer, a.cls, [{"task": "ready", "lease": lease.ref, "class": a.cls,
                                                   "trade_id": a.trade_id, "connection": _dec.decode(a.connection)
                                                   if a.connection else {}, "start": lease.start, "end": lease.end}],
                            a.time)
             else:
                 self.failed += 1
-                self._notice(a.book, a.trade_id, lease.end, "failed", a.time, detail=lease.failed_reason)
+                self._notice(a.cls, a.trade_id, lease.end, "failed", a.time, detail=lease.failed_reason)
             log.info("provisioning answered", extra={"lease": lease.ref, "status": lease.status})
         for lease in started:
             heapq.heappush(self.deadlines, (lease.start + self.timeout, lease.cls, lease.trade_id))
@@ -221,7 +221,7 @@ class Provisioning:
             cls, tid, lease = self._check(provider, ref, status)
             if lease.status == (READY if status == "ready" else FAILED):
                 return self._view(lease.ref)  # a repeat: answered already
-            entry = Prov(cls, tid, status == "ready", x.engine.book_time(cls), x.engine.event_seq(cls),
+            entry = Prov(cls, tid, status == "ready", 0, 0,  # time and place: stamped by the sequencer
                          _enc.encode(connection).decode() if connection else "", reason)
         await x.sequencer.submit(Request(cls, [], provider, prov=entry))
         await x.settlement.synced()

@@ -278,13 +278,19 @@ class Sequencer:
         new: dict[int, int] = {}
         times = self.times
         oid = engine.last_oid
+        if any(r.prov is not None for r in items):
+            # provisioning answers first, stamped with their book's time and last event seq: in the
+            # journal they follow exactly the events up to `after` (settlement applies them there)
+            for r in items:
+                if r.prov is not None:
+                    r.prov.time = times[r.book]
+                    r.prov.after = engine.event_seq(r.book)
+                    entries.append(r.prov)
+                    owners.append(r)
+            items = [r for r in items if r.prov is None]
         for r in items:
             if r.admin:
                 entries.append(Admin(r.admin, r.book))
-                owners.append(r)
-                continue
-            if r.prov is not None:
-                entries.append(r.prov)
                 owners.append(r)
                 continue
             rec = r.rec

@@ -34,13 +34,14 @@ from exchange.accounts import AccountStore
 from exchange.config import ServerConfig
 from exchange.engine import Prov
 from exchange.state import hold_per_gpu
-from orderbook.types import CMD_CLOCK, EV_ACCEPTED, SIDE_BID
+from orderbook.types import CMD_CLOCK, EV_ACCEPTED, EVENT_DTYPE, SIDE_BID
 from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
-from settlement.service import Settlement
+from settlement.service import Answer, Settlement
 
 log = logging.getLogger("gpux.settlement")
 LEDGER_FILE = "ledger.db"
+_NONE = np.zeros(0, dtype=EVENT_DTYPE)
 _C_TYPE = 13  # COMMAND_DTYPE field "type"
 FLUSH_S = 0.025  # under load, queued batches are committed at least this often
 FLUSH_EVENTS = 8192  # ... or once this many events wait
@@ -83,8 +84,8 @@ class SettlementLink:
         self.on_deposits: Any = None  # called with the deposit rows the ledger took
         self._fee_bps = {name: max(i.maker_fee_bps, i.taker_fee_bps) for name, i in cfg.instruments.items()}
         self._deposit_row = 0
-        self._answered: list[tuple[Prov, Any]] = []  # answers applied in the transaction being committed
-        self.answered_out: list[tuple[Prov, Any]] = []  # ... committed: for provisioning to pass on
+        self._answered: list[tuple[Answer, Any]] = []  # answers applied in the transaction being committed
+        self.answered_out: list[tuple[Answer, Any]] = []  # ... committed: for provisioning to pass on
         self._avail: dict[int, int] = {}  # committed available balances read since the last commit
         self._held: dict[int, int] = {}  # holds of bids in batches handed over, not committed yet
         self._queue: list[_Batch] = []  # handed over, not committed yet
@@ -206,11 +207,17 @@ class SettlementLink:
 
         def step(engine: Any) -> list:
             out: list = []
-            for b in backlog:
-                for cls, evs in b.parts:
-                    out += engine.apply(cls, evs)
+            for b in backlog:  # in journal order: each batch's events, the answers among them, its clocks
+                answers: dict[str, list[Answer]] = {}
                 for a in b.answers:
-                    out += self._answer(engine, a)
+                    answers.setdefault(a.book, []).append(Answer(a.book, a.trade_id, a.ready, a.time, a.after,
+                                                                 a.connection, a.reason))
+                events = dict(b.parts)
+                for cls in {*events, *answers}:
+                    transfers, took = self.settlement.events_and_answers(engine, cls, events.get(cls, _NONE),
+                                                                         answers.get(cls, []))
+                    out += transfers
+                    self._answered += took
                 for cls, now in b.times.items():
                     out += engine.tick(now, cls)
             if prov is not None:
@@ -236,13 +243,6 @@ class SettlementLink:
         self.last_error = None
         self.batches += 1
         return True
-
-    def _answer(self, engine: Any, a: Prov) -> list:
-        """A journaled provisioning answer, inside the transaction (`Settlement.answer_step`)."""
-        out, lease = self.settlement.answer_step(engine, a.book, a.trade_id, a.ready, a.time, a.connection, a.reason)
-        if lease is not None:
-            self._answered.append((a, lease))
-        return out
 
     def _done(self, batches: list[_Batch], ok: bool) -> None:
         """After a commit (or a refusal): holds of committed batches leave the pending sum,

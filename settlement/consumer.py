@@ -48,7 +48,7 @@ from orderbook.types import EV_ACCEPTED, EV_AMENDED, EV_CANCELLED, EV_EXPIRED, E
 from settlement.engine import SequenceGap, SettlementConfig
 from settlement.events import _ENUMS, SEQ, SIDE, TIME, TYPE, from_json
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
-from settlement.service import Settlement
+from settlement.service import Answer, Settlement
 
 log = logging.getLogger("gpux.settlement.consumer")
 
@@ -332,17 +332,10 @@ class RedisConsumer:
             def step(engine: Any) -> list:
                 out: list = []
                 for cls, evs, answers in parts:
-                    i = 0
-                    for a in sorted(answers, key=lambda a: a["after"]):  # each right after the event it follows
-                        j = i
-                        while j < len(evs) and evs[j][SEQ] <= a["after"]:
-                            j += 1
-                        if j > i:
-                            out += engine.apply(cls, evs[i:j])
-                            i = j
-                        out += self._answer(engine, a)
-                    if i < len(evs):
-                        out += engine.apply(cls, evs[i:])
+                    transfers, _ = s.events_and_answers(engine, cls, evs, [
+                        Answer(a["book"], a["trade_id"], a["ready"], a["time"], a["after"], a.get("connection", ""),
+                               a.get("reason", "")) for a in answers])
+                    out += transfers
                 return out
 
             s.run(step, positions)  # one transaction; raises (and commits nothing) on failure
@@ -363,11 +356,6 @@ class RedisConsumer:
             for i in range(0, len(ids), 5000):
                 self.acked += self.r.xack(key, self.group, *ids[i:i + 5000])
         return n
-
-    def _answer(self, engine: Any, a: dict[str, Any]) -> list:
-        out, _ = self.settlement.answer_step(engine, a["book"], a["trade_id"], a["ready"], a["time"],
-                                             a.get("connection", ""), a.get("reason", ""))
-        return out
 
     def step(self) -> int:
         """One round: own pending (first round only), claims, new entries, apply, ack.

@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from settlement.engine import LeaseStateError, SettlementConfig, SettlementEngine
-from settlement.events import as_tuples
+from settlement.events import SEQ, as_tuples
 from settlement.leases import check_lease
 from settlement.ledger import ESCROW, KIND_NAMES, PREPAID, Ledger, Transfer
 from settlement.store import StateStore
@@ -46,6 +46,20 @@ def parse_lease_ref(ref: str | tuple[str, int]) -> tuple[str, int]:
     if not sep or not cls or not tid.isdigit():
         raise ValueError(f"a lease is CLASS-TRADE_ID (e.g. H100-7), not {ref!r}")
     return cls, int(tid)
+
+
+class Answer(NamedTuple):
+    """A provider agent's answer to a provisioning task (R18), as journaled by the exchange
+    (exchange.engine.Prov) and streamed to settlement's consumer group: it follows the event
+    ``after`` of its class."""
+
+    cls: str
+    trade_id: int
+    ready: bool
+    time: int
+    after: int
+    connection: str = ""
+    reason: str = ""
 
 
 class Settlement:
@@ -142,6 +156,33 @@ class Settlement:
             log.warning("provisioning answer for %s not applied: %s", lease.ref, e)
             return [], None
         return out, lease
+
+    def events_and_answers(self, engine: SettlementEngine, cls: str, events: Any,
+                           answers: list[Answer]) -> tuple[list, list[tuple[Answer, Any]]]:
+        """Inside a `run` step: one class's events (EVENT_DTYPE array or record tuples, in seq
+        order) with the provisioning answers among them, each right after the event it follows
+        (``after``), as the exchange's journal has them.  Returns the transfers and the answers
+        that took effect, with their leases."""
+        if not answers:
+            return (engine.apply(cls, events) if len(events) else []), []
+        seqs = events["seq"].tolist() if isinstance(events, np.ndarray) else [e[SEQ] for e in events]
+        out: list = []
+        took: list[tuple[Answer, Any]] = []
+        i = 0
+        for a in sorted(answers, key=lambda a: a.after):
+            j = i
+            while j < len(seqs) and seqs[j] <= a.after:
+                j += 1
+            if j > i:
+                out += engine.apply(cls, events[i:j])
+                i = j
+            transfers, lease = self.answer_step(engine, cls, a.trade_id, a.ready, a.time, a.connection, a.reason)
+            out += transfers
+            if lease is not None:
+                took.append((a, lease))
+        if i < len(seqs):
+            out += engine.apply(cls, events[i:])
+        return out, took
 
     def connection(self, lease: str | tuple[str, int]) -> str | None:
         """The JSON connection details of a ready lease, if its agent gave any."""

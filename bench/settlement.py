@@ -48,6 +48,7 @@ from bench.workload import DEFAULT_CLASSES, generate
 from orderbook.types import EV_TRADE
 from settlement.engine import SettlementConfig, SettlementEngine
 from settlement.ledger import Ledger
+from settlement.pipeline import PipelinedSettlement
 from settlement.service import Settlement
 
 TRADES_PER_COMMAND = 0.7  # the mixed workload makes ~0.71 trades per command
@@ -123,20 +124,26 @@ def _timed(obj: Any, name: str, acc: dict[str, float]) -> None:
 
 
 def run_embedded(handovers: list[tuple[str, np.ndarray]], config: SettlementConfig, synchronous: str,
-                 data_dir: Path) -> dict[str, Any]:
+                 data_dir: Path, pipeline: bool = True) -> dict[str, Any]:
     path = data_dir / f"ledger-{uuid.uuid4().hex[:8]}.db"
-    s = Settlement(path, config, synchronous=synchronous)
+    s = PipelinedSettlement(path, config, synchronous=synchronous) if pipeline else \
+        Settlement(path, config, synchronous=synchronous)
     fund_accounts(s.ledger, accounts_of(handovers))
     split: dict[str, float] = {}
     _timed(s.engine, "apply", split)
     _timed(s.ledger, "post", split)
-    _timed(s.store, "save", split)
+    _timed(s.store, "write", split)
     n0 = s.ledger.count()
     trades = sum(int(np.count_nonzero(ev["type"] == EV_TRADE)) for _, ev in handovers)
     events = sum(len(ev) for _, ev in handovers)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    for cls, ev in handovers:
-        s.on_events(cls, ev)
+    if pipeline:
+        for cls, ev in handovers:
+            s.apply_async([(cls, ev)])
+        s.flush()
+    else:
+        for cls, ev in handovers:
+            s.on_events(cls, ev)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     transfers = s.ledger.count() - n0
     leases = s.ledger.conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
@@ -149,7 +156,8 @@ def run_embedded(handovers: list[tuple[str, np.ndarray]], config: SettlementConf
             "trades_per_cpu_s": trades / cpu, "events_per_s": events / wall, "transfers_per_s": transfers / wall,
             "ledger_mb": size / 1e6,
             "split_s": {"engine": split.get("apply", 0.0), "ledger": split.get("post", 0.0),
-                        "state": split.get("save", 0.0)}}
+                        "state": split.get("write", 0.0)},
+            "pipeline": pipeline, "commits": getattr(s, "commits", len(handovers))}
 
 
 def run_redis(handovers: list[tuple[str, np.ndarray]], config: SettlementConfig, synchronous: str,

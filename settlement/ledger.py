@@ -38,6 +38,8 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -148,6 +150,25 @@ _SCHEMA = (
 
 _INSERT = "INSERT OR IGNORE INTO transfers (ref, sub, debit, credit, amount, time) VALUES (?, ?, ?, ?, ?, ?)"
 _SELECT = "SELECT ref, sub, debit, credit, amount, time FROM transfers"
+# multi-row inserts: one statement (one sqlite3_step, which releases the GIL) per CHUNK rows
+# instead of one per row; 6 variables a row stays under SQLite's portable limit of 32,766
+CHUNK = 4096
+_flat = chain.from_iterable
+
+
+@cache
+def _insert_many(n: int, table: str = "transfers", width: int = 6, verb: str = "INSERT OR IGNORE") -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return f"{verb} INTO {table} VALUES " + ",".join([row] * n)
+
+
+def insert_rows(conn: sqlite3.Connection, rows: list, table: str = "transfers", width: int = 6,
+                verb: str = "INSERT OR IGNORE") -> None:
+    """``rows`` (tuples of ``width`` values, a table's columns in order) with one statement per
+    `CHUNK` rows."""
+    for i in range(0, len(rows), CHUNK):
+        part = rows[i:i + CHUNK]
+        conn.execute(_insert_many(len(part), table, width, verb), list(_flat(part)))
 # (not an UPSERT: SQLite checks the CHECK constraint on the row an UPSERT tries to insert, a negative delta)
 _NEW_BALANCE = "INSERT INTO balances (balance, owner, kind) VALUES (?, ?, ?)"
 _SET_BALANCE = "UPDATE balances SET balance = ? WHERE owner = ? AND kind = ?"
@@ -265,12 +286,14 @@ class Ledger:
         with self.transaction():
             return self.post(transfers)
 
-    def post(self, transfers: Iterable[Transfer | tuple], checked: bool = False) -> int:
+    def post(self, transfers: Iterable[Transfer | tuple], checked: bool = False,
+             deltas: dict[int, int] | None = None) -> int:
         """`apply` inside the caller's `transaction()` (settlement writes its state in the same
         one).  ``checked``: the transfers are the ledger's own rows, ``(ref, sub, debit account,
         credit account, amount, time)`` (settlement's engine makes them so), well-formed
         (positive integer amounts, known kinds) and unique within the batch, so they are
-        neither converted nor validated again."""
+        neither converted nor validated again.  ``deltas``: `account_deltas` of those rows, computed
+        beforehand (a pipelined caller does so in its own thread); used only if every row is new."""
         if not self._depth:
             raise RuntimeError("Ledger.post needs an open transaction(); use apply()")
         rows = transfers if checked and isinstance(transfers, list) else list(transfers)
@@ -283,13 +306,14 @@ class Ledger:
         before = conn.total_changes
         conn.execute("SAVEPOINT post")
         try:
-            conn.executemany(_INSERT, rows)
+            insert_rows(conn, rows)
             if conn.total_changes - before != len(rows):  # some were applied before: only the new ones count
                 conn.execute("ROLLBACK TO post")
                 rows = self._new_only(_unique(rows, self._format))
-                conn.executemany(_INSERT, rows)
+                insert_rows(conn, rows)
+                deltas = None
             if rows:
-                new = self._post_balances(_deltas(rows), n0)
+                new = self._post_balances(deltas if deltas is not None else account_deltas(rows), n0)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'transfers'", (n0 + len(rows),))
                 conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
                 self._staged.append((new, n0 + len(rows)))
@@ -477,9 +501,9 @@ class Ledger:
     # ------------------------------------------------------------------ internals
     def _current_balances(self, n0: int) -> dict[int, int]:
         """Balances as of this transaction so far (committed + staged by earlier posts in it)."""
-        if self._balances is None or self._balances_at != (self._staged[-1][1] if self._staged else n0):
-            if self._staged:  # another writer between two posts of one transaction cannot be (we hold the lock)
-                raise RuntimeError("ledger balances out of step inside a transaction")
+        if self._staged and self._balances is not None:
+            return self._balances  # checked by this transaction's first post (no other writer since: we hold the lock)
+        if self._balances is None or self._balances_at != n0:
             rows = self.conn.execute("SELECT owner, kind, balance FROM balances")
             self._balances = {o << ACCOUNT_SHIFT | k: b for o, k, b in rows}
             self._balances_at = n0
@@ -577,7 +601,7 @@ def _unique(rows: list, fmt: Any) -> list:
     return out
 
 
-def _deltas(rows: list) -> dict[int, int]:
+def account_deltas(rows: list) -> dict[int, int]:
     """Net change per account (owner << 3 | kind)."""
     deltas: dict[int, int] = {}
     get = deltas.get

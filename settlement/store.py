@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import msgspec
 
 from settlement.engine import Bid, Changes, SettlementEngine
 from settlement.ids import CLASS_SHIFT
 from settlement.leases import LIVE, Lease
-from settlement.ledger import class_code
+from settlement.ledger import class_code, insert_rows
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS settle_cursors (
@@ -39,6 +40,16 @@ _SCHEMA = (
 )
 
 _enc = msgspec.msgpack.Encoder()
+
+
+class StateRows(NamedTuple):
+    """One commit's state rows (`StateStore.rows`), ready to write."""
+
+    bids: list[tuple]  # settle_bids rows of open bids that changed
+    closed: list[tuple[int]]  # keys of bids closed
+    leases: list[tuple]  # leases rows (data: the msgpack Lease)
+    cursors: list[tuple[str, int, int]]  # (cls, seq, clock)
+    positions: list[tuple[str, str]]  # (cls, source position)
 _lease_dec = msgspec.msgpack.Decoder(Lease)
 
 
@@ -69,9 +80,11 @@ class StateStore:
         return self.conn.execute("SELECT value FROM meta WHERE key = 'settle_version'").fetchone()[0]
 
     def save(self, engine: SettlementEngine, changes: Changes, positions: dict[str, str] | None = None) -> None:
-        conn = self.conn
-        if positions:
-            conn.executemany("INSERT OR REPLACE INTO settle_positions VALUES (?, ?)", list(positions.items()))
+        self.write(self.rows(engine, changes, positions))
+
+    def rows(self, engine: SettlementEngine, changes: Changes, positions: dict[str, str] | None = None) -> StateRows:
+        """The rows that ``changes`` make, as plain values (the leases encoded now: the engine
+        may change them again before a pipelined writer writes the rows)."""
         upserts, deletes = [], []
         for cls, bids in changes.bids.items():
             base = engine.classes[cls].code << CLASS_SHIFT
@@ -80,21 +93,29 @@ class StateStore:
                     deletes.append((base | oid,))
                 else:
                     upserts.append((base | oid, cls, oid, b.account, b.hpg, b.remaining))
-        if upserts:
-            conn.executemany("INSERT OR REPLACE INTO settle_bids VALUES (?, ?, ?, ?, ?, ?)", upserts)
-        if deletes:
-            conn.executemany("DELETE FROM settle_bids WHERE key = ?", deletes)
+        leases = []
         if changes.leases:
             enc = _enc.encode
-            rows = []
-            for cls, leases in changes.leases.items():
+            for cls, changed in changes.leases.items():
                 base = engine.classes[cls].code << CLASS_SHIFT
-                rows += [(base | x.trade_id, cls, x.trade_id, x.buyer, x.provider, x.status, x.end, enc(x))
-                         for x in leases.values()]
-            conn.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        if changes.cursors:
-            conn.executemany("INSERT OR REPLACE INTO settle_cursors VALUES (?, ?, ?)",
-                             [(cls, engine.classes[cls].seq, engine.classes[cls].clock) for cls in changes.cursors])
+                leases += [(base | x.trade_id, cls, x.trade_id, x.buyer, x.provider, x.status, x.end, enc(x))
+                           for x in changed.values()]
+        cursors = [(cls, engine.classes[cls].seq, engine.classes[cls].clock) for cls in changes.cursors]
+        return StateRows(upserts, deletes, leases, cursors, list(positions.items()) if positions else [])
+
+    def write(self, rows: StateRows) -> None:
+        """Write `rows` (inside the caller's transaction) and bump the state's version."""
+        conn = self.conn
+        if rows.positions:
+            conn.executemany("INSERT OR REPLACE INTO settle_positions VALUES (?, ?)", rows.positions)
+        if rows.bids:
+            insert_rows(conn, rows.bids, "settle_bids", 6, "INSERT OR REPLACE")
+        if rows.closed:
+            conn.executemany("DELETE FROM settle_bids WHERE key = ?", rows.closed)
+        if rows.leases:
+            insert_rows(conn, rows.leases, "leases", 8, "INSERT OR REPLACE")
+        if rows.cursors:
+            conn.executemany("INSERT OR REPLACE INTO settle_cursors VALUES (?, ?, ?)", rows.cursors)
         self.version += 1
         conn.execute("UPDATE meta SET value = ? WHERE key = 'settle_version'", (self.version,))
 

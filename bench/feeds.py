@@ -218,6 +218,8 @@ class Driver:
         from orderbook.types import CMD_ASK
 
         seq = self.x.sequencer
+        for acc in range(100, 200):  # the traders' escrow (R17)
+            self.x.settlement.deposit(acc, 10**15, f"bench-feeds:{acc}")
         for c in CLASSES:
             now = seq.times[c]
             for k in range(40):

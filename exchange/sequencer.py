@@ -253,6 +253,8 @@ class Sequencer:
             if count >= self.cfg.max_open_orders:
                 return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "
                                                    f"{self.cfg.max_open_orders}")
+            if typ == CMD_BID:  # R17: whatever the caller said, a bid holds its whole exposure
+                r.hold = state.hold_for(r.book, r.rec[9], r.rec[10], r.rec[3])
             if r.hold and self.settlement is not None:
                 if not self.settlement.healthy:
                     return ApiError("UNAVAILABLE", "settlement is behind the book; bids that need escrow are "

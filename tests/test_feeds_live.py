@@ -41,6 +41,8 @@ async def session(x: Any, rng: np.random.Generator, n: int, providers=(1, 2, 3),
     """``n`` random commands straight to the sequencer (the gateway's own path after its checks)."""
     seq = x.sequencer
     st = x.engine.state
+    for acc in traders:  # escrow (R17): the sequencer checks every bid against the ledger
+        x.settlement.deposit(acc, 10**15, f"feeds-test:{acc}")
     for i in range(n):
         cls = str(rng.choice(CLASSES))
         now = seq.times[cls]
@@ -246,7 +248,7 @@ def test_a_slow_subscriber_is_cut_off_and_the_others_get_every_message_in_order(
             order: dict[tuple[str, str], list[int]] = {}
 
             def watch(m: dict) -> None:
-                if "u" in m and "class" in m and m.get("action") != "snapshot":
+                if "u" in m and "class" in m and m.get("action") != "snapshot" and m["type"] != "heartbeat":
                     order.setdefault((m["class"], m["type"]), []).append(m["u"])
 
             a = await subscribed_client(ex.url, on_message=watch)

@@ -4,9 +4,12 @@ Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / ty
 
 * ``O[slot, O_*]`` — orders (bids and asks).  Free slots form a list through ``O_FREE``.
 * ``L[slot, L_*]`` — running leases.  Each ask keeps a doubly linked list of its leases.
-* Ladders: for each of the four ladders (firm asks, spot asks, firm bids, spot bids) a FIFO
-  list per price level (``LH``/``LT`` heads and tails) and a two-level bitmap of the levels
-  that hold orders, so the next level with orders is found in a few word operations.
+* Ladders: for each of the five ladders (firm asks, spot asks; on-demand, spot and reserved
+  bids) a FIFO list per price level (``LH``/``LT`` heads and tails) and a two-level bitmap of
+  the levels that hold orders, so the next level with orders is found in a few word operations.
+  More bitmap rows index levels by what makes their orders incompatible: ask levels that may
+  be open right now (``NOWROW``), bid levels whose shortest bid is at most 2**k hours
+  (``HOURROW``); walks step through those rows instead.
 * Per-level skip index ``AG[ladder, level, *]``: for asks the latest window end, the earliest
   window start and the smallest min_hours of the level's asks (bounds, kept conservative), so a
   walk skips whole levels of asks that cannot hold a bid's window without visiting them.

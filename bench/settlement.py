@@ -10,7 +10,10 @@ are not timed).
 Modes:
 
 * embedded — `Settlement.on_events` for each hand-over: events -> transfers -> one SQLite
-  transaction (transfers, balances, leases, bids, last seq).  Timed: everything settlement
+  transaction (transfers, balances, leases, bids, last seq).  ``--pipeline``:
+  `PipelinedSettlement.apply_async` for each hand-over, then `flush`: the engine works in this
+  thread while a writer thread commits the previous hand-overs (one transaction per hand-over,
+  or per several queued ones when the writer is behind).  Timed: everything settlement
   does, for every event of the stream (not only trades).  The workload compresses ~36 s of
   engine time into each command, so nearly every lease also *ends* within the run: the
   figure includes each trade's whole life (escrow hold, lease, metering, end and refunds),
@@ -124,7 +127,7 @@ def _timed(obj: Any, name: str, acc: dict[str, float]) -> None:
 
 
 def run_embedded(handovers: list[tuple[str, np.ndarray]], config: SettlementConfig, synchronous: str,
-                 data_dir: Path, pipeline: bool = True) -> dict[str, Any]:
+                 data_dir: Path, pipeline: bool = False) -> dict[str, Any]:
     path = data_dir / f"ledger-{uuid.uuid4().hex[:8]}.db"
     s = PipelinedSettlement(path, config, synchronous=synchronous) if pipeline else \
         Settlement(path, config, synchronous=synchronous)
@@ -240,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis", metavar="URL", help="also through a Redis Streams consumer group at URL")
     p.add_argument("--count", type=int, default=5000, help="XREADGROUP COUNT for --redis (default 5000)")
     p.add_argument("--dir", help="where to put the ledger files (default a temporary directory)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="embedded through PipelinedSettlement (default: one synchronous transaction per hand-over)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -260,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         "generate_seconds": gen_s, "cpus": os.cpu_count(), "loadavg": os.getloadavg()[0],
     }
     result["engine_only"] = engine_only(handovers, config)
-    result["embedded"] = _median_run([run_embedded(handovers, config, args.synchronous, data_dir)
+    result["embedded"] = _median_run([run_embedded(handovers, config, args.synchronous, data_dir,
+                                                   pipeline=args.pipeline)
                                       for _ in range(args.repeat)])
     if args.redis:
         result["redis"] = _median_run([run_redis(handovers, config, args.synchronous, data_dir, args.redis, args.count)

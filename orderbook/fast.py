@@ -2076,7 +2076,11 @@ class NumbaBook:
                     "the book is no longer consistent"
                 )
             self._grow()
-        return self.st.E[: int(self.st.S[S_NEV])].copy()
+        # a byte copy: numpy copies a structured array field by field (~14x slower, 1 MB a batch)
+        n = int(self.st.S[S_NEV])
+        out = np.empty(n, dtype=EVENT_DTYPE)
+        out.view(np.uint8)[:] = self.st.E[:n].view(np.uint8)
+        return out
 
     def state_hash(self) -> int:
         return int(_state_hash(self.st))

@@ -2178,17 +2178,21 @@ class NumbaBook:
             changes.update(O=O, HK=HK, HV=HV)
         if S[S_NLEASE] + LEASE_RESERVE > st.Lz.shape[0] or 2 * (S[S_NLEASE] + LEASE_RESERVE) > st.LK.shape[0]:
             old = st.Lz.shape[0]
-            Lz = np.zeros((2 * old, NL), dtype=np.int64)
+            # x1.5, enough: a book holds a few thousand running leases beside the 65,536 rows of
+            # reserve, so the first growth (12 MB of fresh rows at x2, each page touched by the
+            # free list) was a visible part of a 1M-command run
+            new = max(old + old // 2, S[S_NLEASE] + LEASE_RESERVE)
+            Lz = np.zeros((new, NL), dtype=np.int64)
             Lz[:old] = st.Lz
-            Lz[old:, L_FREE] = np.arange(old + 1, 2 * old + 1)
+            Lz[old:, L_FREE] = np.arange(old + 1, new + 1)
             Lz[-1, L_FREE] = S[S_LFREE]
             S[S_LFREE] = old
             live = np.nonzero(Lz[:, L_LIVE] == 1)[0]
-            size = _pow2_at_least(4 * old)
+            size = _pow2_at_least(2 * new)
             LK = np.zeros(size, dtype=np.int64)
             LV = np.zeros(size, dtype=np.int64)
             _rehash(LK, LV, Lz[live, L_TID].copy(), live.astype(np.int64))
-            changes.update(Lz=Lz, LK=LK, LV=LV, W=np.zeros((7, 4 * old + 2), dtype=np.int64))
+            changes.update(Lz=Lz, LK=LK, LV=LV, W=np.zeros((7, 2 * new + 2), dtype=np.int64))
         for name, key, need in (("TM", S_TMN, 2 * LEASE_RESERVE + 4), ("RO", S_RON, LEASE_RESERVE + 4),
                                 ("E", S_NEV, EVENT_RESERVE)):
             arr = getattr(st, name)

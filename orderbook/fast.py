@@ -358,21 +358,26 @@ def _map_del(HK, HV, key):
 # which is a valid heap of any arity.
 @_hot
 def _hless(H, a, b):
-    if H[a, 0] != H[b, 0]:
-        return H[a, 0] < H[b, 0]
-    if H[a, 1] != H[b, 1]:
-        return H[a, 1] < H[b, 1]
-    return H[a, 2] < H[b, 2]
+    """Row a orders before row b.  Bitwise, not short-circuit: compiles to flag arithmetic and
+    conditional moves, where branches on the keys mispredicted about every other comparison."""
+    x0 = H[a, 0]
+    y0 = H[b, 0]
+    x1 = H[a, 1]
+    y1 = H[b, 1]
+    return (x0 < y0) | ((x0 == y0) & ((x1 < y1) | ((x1 == y1) & (H[a, 2] < H[b, 2]))))
 
 
 @_hot
 def _hrow_less(H, a, k0, k1, k2):
     """Row a of heap H orders before the key (k0, k1, k2)."""
-    if H[a, 0] != k0:
-        return H[a, 0] < k0
-    if H[a, 1] != k1:
-        return H[a, 1] < k1
-    return H[a, 2] < k2
+    x0 = H[a, 0]
+    x1 = H[a, 1]
+    return (x0 < k0) | ((x0 == k0) & ((x1 < k1) | ((x1 == k1) & (H[a, 2] < k2))))
+
+
+@_hot
+def _hmin(H, a, b):
+    return b if _hless(H, b, a) else a
 
 
 @_hot
@@ -416,10 +421,11 @@ def _hpop(H, S, si):
         c = 4 * i + 1
         if c >= n:
             break
-        last = c + 4 if c + 4 <= n else n
-        for d in range(c + 1, last):  # the least of up to four children (one or two cache lines)
-            if _hless(H, d, c):
-                c = d
+        if c + 4 <= n:  # the least of four children (one or two cache lines), as a tournament
+            c = _hmin(H, _hmin(H, c, c + 1), _hmin(H, c + 2, c + 3))
+        else:
+            for d in range(c + 1, n):
+                c = _hmin(H, c, d)
         if not _hrow_less(H, c, k0, k1, k2):
             break
         _hmove(H, i, c)

@@ -217,6 +217,7 @@ class Provisioning:
         renter is refunded in full.  A repeat changes nothing."""
         x = self.x
         assert x.engine is not None and x.sequencer is not None
+        await x.settlement.synced()  # the lease's trade is in the ledger
         with x.settlement.lock:
             cls, tid, lease = self._check(provider, ref, status)
             if lease.status == (READY if status == "ready" else FAILED):

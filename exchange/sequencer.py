@@ -10,8 +10,8 @@ turn of the loop takes everything queued as one batch and
 3. fsyncs the journal (one fsync per batch, in a worker thread) while the books apply the
    batch in this thread;
 4. only then answers every request and publishes the events on the bus;
-5. settlement's ledger commits the published batches when nothing is waiting (or every few
-   milliseconds under load), in one transaction.
+5. settlement's ledger commits the published batches together, a few milliseconds later, in
+   one transaction.
 
 A clock command per book every ``clock_interval_s`` of wall time moves engine time
 (R4, R13, R14): expiries and lease ends are journaled commands and replay exactly.
@@ -209,8 +209,8 @@ class Sequencer:
         try:
             while True:
                 if not self._queue:
-                    if self.settlement is not None:  # nothing waiting: the ledger catches up
-                        self.settlement.flush()
+                    if self.settlement is not None:  # nothing waiting: the ledger commits shortly
+                        self.settlement.flush_soon()
                     if not self._running:
                         break
                     if self._snapshot_due:
@@ -346,7 +346,7 @@ class Sequencer:
                                        [e for e in entries if type(e) is Prov]))
             self.busy = False
             if self.settlement is not None and self.settlement.due():  # busy: commit now and then
-                self.settlement.flush()
+                self.settlement.flush_soon(now=True)
         for r, verdict in later:
             if isinstance(verdict, ApiError):
                 self.stats.rejected_pre[verdict.code] = self.stats.rejected_pre.get(verdict.code, 0) + 1

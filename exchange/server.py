@@ -134,7 +134,10 @@ class Exchange:
                                "the journal is not this ledger's (restore both from the same backup)")
         link.clock = lambda: {n: engine.book_time(n) for n in engine.books}
         link.tick(link.clock())
-        link.start()  # from now on a thread commits the durable batches
+        from exchange.provisioning import Provisioning  # leases to providers' agents (R18)
+
+        self.provisioning = Provisioning.attach(self)
+        link.start()  # from now on batches queue and a committer thread commits them
         link.attach(self.bus)
         await self.bus.start()
         if isinstance(self.bus, RedisBus):  # `gpux settle` members settle deposits too
@@ -149,9 +152,6 @@ class Exchange:
         from exchange.dashboard import Dashboard  # the web dashboard at / and /v1/dashboard (docs/demo.md)
 
         self.dashboard = Dashboard.attach(self)
-        from exchange.provisioning import Provisioning  # leases to providers' agents (R18)
-
-        self.provisioning = Provisioning.attach(self)
 
     async def stop(self) -> None:
         await self.gateway.close_sessions()
@@ -160,7 +160,7 @@ class Exchange:
         if getattr(self, "feeds", None) is not None:
             await self.feeds.close()
         await self.bus.close()
-        self.settlement.close()
+        await self.settlement.aclose()
         self.store.close()
         log.info("stopped", extra={"seq": self.engine.seq if self.engine else 0})
 

@@ -8,23 +8,25 @@
 
 The exchange's journal is the system of record; the ledger is kept from its events, exactly
 once (settlement's seq cursor and idempotent transfer ids, docs/settlement.md).  Durable batches
-queue up and are committed together whenever the sequencer has nothing waiting, or every
-``FLUSH_S`` / ``FLUSH_EVENTS`` under load (one transaction for many batches: its fixed cost is
-paid once).  The escrow check reads the committed `available` balance minus the holds of the
-bids accepted in batches not committed yet, so it never lets through a bid the ledger could
-refuse.  (A settlement thread was tried: its Python half competes with the event loop for the
-GIL and cost more than it saved.)  Deposits come from the account store
-(one transfer per deposit row, ``deposit:accounts:{row}``); clock commands tick settlement
-(metering, lease ends, provisioning timeouts); provisioning (R18) is
+queue up and are committed together ``FLUSH_S`` after the oldest of them, or once
+``FLUSH_EVENTS`` wait (one transaction for many batches: its fixed cost is paid once), by a
+committer thread, so the event loop answers orders meanwhile (SQLite runs without the GIL; the
+settlement engine's Python part does not, which is why commits are few and large).  The escrow
+check reads the committed `available` balance minus the holds of the bids accepted in batches
+not committed yet, so it never lets through a bid the ledger could refuse.  Deposits come from
+the account store (one transfer per deposit row, ``deposit:accounts:{row}``); clock commands
+tick settlement (metering, lease ends, provisioning timeouts); provisioning (R18) is
 `exchange.provisioning.Provisioning`, whose step runs in the same transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +94,9 @@ class SettlementLink:
         self._queued_events = 0
         self._oldest = 0.0  # when the oldest queued batch was handed over
         self._deferred = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._inflight: asyncio.Future | None = None  # a commit running in the committer thread
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpux-ledger")
         self._carried: list[_Batch] = []  # batches in the refused backlog
         self.handed = 0  # batches handed over
         self.committed = 0  # of those, committed
@@ -102,9 +107,16 @@ class SettlementLink:
         """From now on batches queue up and are committed by `flush` (before: at once)."""
         self._deferred = True
 
+    async def aclose(self) -> None:
+        """Commit what was handed over (waiting for a commit in flight), close the ledger."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+        self.close()
+
     def close(self) -> None:
-        """Commit what was handed over, close the ledger."""
+        """Commit what was handed over, close the ledger (no commit may be in flight: `aclose`)."""
         self.flush()
+        self._committer.shutdown(wait=True)
         self._reader.close()
         self.settlement.close()
 
@@ -167,23 +179,68 @@ class SettlementLink:
         return bool(self._queue) and (self._queued_events >= FLUSH_EVENTS
                                       or time.monotonic() - self._oldest >= FLUSH_S)
 
+    def flush_soon(self, now: bool = False) -> None:
+        """Commit what is queued ``FLUSH_S`` after its oldest batch (``now``: at once), in the
+        committer thread: the event loop goes on answering orders meanwhile (the SQLite work
+        runs without the GIL).  One commit at a time; what queues meanwhile goes in the next."""
+        if self._inflight is not None or not (self._queue or self.backlog):
+            return
+        if now:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._inflight = asyncio.ensure_future(self._flush_async())
+        elif self._timer is None:
+            delay = max(0.0, self._oldest + FLUSH_S - time.monotonic()) if self._queue else FLUSH_S
+            self._timer = asyncio.get_running_loop().call_later(delay, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._timer = None
+        self.flush_soon(now=True)
+
+    async def _flush_async(self) -> None:
+        items, self._queue, self._queued_events = self._queue, [], 0
+        ok = False
+        t0 = time.perf_counter()
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(self._committer, self._commit_locked, items)
+        except Exception:  # a bug: the batches stay in the backlog (retried), their holds stay counted
+            log.exception("settlement commit failed")
+            self.last_error = self.last_error or RuntimeError("settlement commit failed")
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self._inflight = None
+            self._finish(items, ok)
+        if self._queue or self.backlog:
+            self.flush_soon()
+
+    def _commit_locked(self, items: list[_Batch]) -> bool:
+        with self.lock:
+            return self._commit(items)
+
     def flush(self) -> None:
-        """Commit every queued batch in one transaction (the sequencer calls it when idle or due)."""
+        """Commit every queued batch now, in this thread (start-up, ticks, shutdown, tests).
+        Not while a commit runs in the committer thread: await `synced` there."""
+        if self._inflight is not None:  # it would commit later batches before the ones in flight
+            raise RuntimeError("a ledger commit is in flight: await synced() instead of flush()")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._queue and not self.backlog:
             return
         items, self._queue, self._queued_events = self._queue, [], 0
         t0 = time.perf_counter()
-        with self.lock:
-            ok = self._commit(items)
+        ok = self._commit_locked(items)
         self.seconds += time.perf_counter() - t0
+        self._finish(items, ok)
+
+    def _finish(self, items: list[_Batch], ok: bool) -> None:
+        self._carried += items
+        done: list[_Batch] = []
         if ok:
-            self._carried += items
             done, self._carried = self._carried, []
             if done:
                 self.committed = max(self.committed, done[-1].number)
-        else:
-            self._carried += items
-            done = []
         self._done(done, ok)
 
     def answered(self) -> None:
@@ -192,8 +249,12 @@ class SettlementLink:
 
     async def synced(self) -> None:
         """Every batch handed over so far is in the ledger (read your writes) on return."""
-        if self._queue:
-            self.flush()
+        target = self.handed
+        while self.committed < target and (self._queue or self._inflight is not None):
+            if self._inflight is None:
+                self.flush_soon(now=True)
+            if self._inflight is not None:
+                await asyncio.shield(self._inflight)
 
     def _commit(self, items: list[_Batch]) -> bool:
         """Batches (after the backlog of refused ones), in journal order — each one's events,
@@ -295,7 +356,10 @@ class SettlementLink:
         if self.on_deposits is not None:  # distributed settlement needs them too (RedisBus)
             self.on_deposits(rows)
         if self.backlog:  # a batch refused for want of funds may pass now
-            self.flush()
+            if self._deferred:
+                self.flush_soon(now=True)
+            else:
+                self.flush()
         return n
 
     def deposit(self, account: int, amount: int, id: str) -> bool:

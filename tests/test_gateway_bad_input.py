@@ -149,7 +149,9 @@ class Server:
 
     def state(self) -> dict[str, Any]:
         """Everything a refused message must leave as it was, read on the server's loop between
-        batches (a batch's entries are applied before it is published on the bus)."""
+        batches (a batch's entries are applied before it is published on the bus), after the
+        ledger committed every published batch."""
+        asyncio.run_coroutine_threadsafe(self.ex.exchange.settlement.synced(), self.loop).result(10)
 
         def read() -> dict[str, Any]:
             x = self.ex.exchange

@@ -111,10 +111,16 @@ def test_task_at_start_ready_starts_metering_and_the_renter_gets_its_connection(
             assert (await prov.request("GET", "/v1/provisioning"))["tasks"] == []
             e = await refused(prov.request("POST", f"/v1/provisioning/{ref}", {"status": "failed"}))
             assert (e.code, e.status) == ("LEASE_STATE", 409)  # a ready lease cannot fail any more
-            # the ledger: the whole window is prepaid; the renter's statement shows it
+            # the ledger (R17, R18): the renter pays from ready to the end — the seconds between the
+            # start and the agent's answer came back — and nothing of it is the provider's yet
+            # but what metering moved (no fees here); the renter's statement shows it
             st = await alice.request("GET", "/v1/account/statement")
-            assert st["balances"]["lease_prepaid"] == 2 * 2 * P
-            assert [x["lease"] for x in st["leases"]] == [ref]
+            [x] = st["leases"]
+            ready_at = x["ready_at"]
+            assert x["lease"] == ref and trade["start"] <= ready_at
+            pays = 2 * P * (trade["end"] - ready_at) // 3600
+            assert st["balances"]["available"] == 100 * USD - pays
+            assert st["balances"]["lease_prepaid"] + (await prov.account())["receivable"] == pays
             assert agent.messages and not items(agent, "end")
             async with aiohttp.ClientSession() as http, http.get(ex.url + "/metrics") as r:
                 metrics = dict(ln.rsplit(" ", 1) for ln in (await r.text()).splitlines() if not ln.startswith("#"))

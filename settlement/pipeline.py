@@ -30,12 +30,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from settlement.engine import SettlementEngine
-from settlement.events import as_tuples
 from settlement.ledger import account_deltas, class_code
-from settlement.service import Settlement
+from settlement.service import Settlement, events_step
 from settlement.store import StateRows
 
 _CONNECTION = "INSERT OR REPLACE INTO lease_connections (lease, connection, at) VALUES (?, ?, ?)"
@@ -84,15 +81,7 @@ class PipelinedSettlement(Settlement):
 
     def apply_async(self, batches: Iterable[tuple[str, Any]], positions: dict[str, str] | None = None) -> int:
         """`Settlement.apply`, pipelined (see `run_async`)."""
-        parts = [(cls, events if isinstance(events, np.ndarray) else as_tuples(events)) for cls, events in batches]
-
-        def step(engine: SettlementEngine) -> list:
-            out: list = []
-            for cls, evs in parts:
-                out += engine.apply(cls, evs)
-            return out
-
-        return self.run_async(step, positions)
+        return self.run_async(events_step(batches), positions)
 
     def flush(self) -> int:
         """Wait until every queued step is committed; returns how many new transfers they

@@ -38,6 +38,20 @@ _CONNECTIONS = ("CREATE TABLE IF NOT EXISTS lease_connections (lease TEXT PRIMAR
                 "at INTEGER NOT NULL) WITHOUT ROWID")
 
 
+def events_step(batches: Iterable[tuple[str, Any]]) -> Callable[[SettlementEngine], list]:
+    """A step (for `Settlement.run`) applying events of one or more classes, each an
+    EVENT_DTYPE array, JSON dicts or record tuples, in seq order."""
+    parts = [(cls, events if isinstance(events, np.ndarray) else as_tuples(events)) for cls, events in batches]
+
+    def step(engine: SettlementEngine) -> list:
+        out: list = []
+        for cls, evs in parts:
+            out += engine.apply(cls, evs)
+        return out
+
+    return step
+
+
 def parse_lease_ref(ref: str | tuple[str, int]) -> tuple[str, int]:
     """``"H100-7"`` or ``("H100", 7)`` -> ``("H100", 7)``."""
     if isinstance(ref, tuple):
@@ -117,15 +131,7 @@ class Settlement:
         tuples, in seq order) in one transaction.  Returns the number of new transfers.
         ``positions``: where the source is now, per class (the Redis consumer's last entry
         id), recorded in the same transaction."""
-        parts = [(cls, events if isinstance(events, np.ndarray) else as_tuples(events)) for cls, events in batches]
-
-        def step(engine: SettlementEngine) -> list:
-            out: list = []
-            for cls, evs in parts:
-                out += engine.apply(cls, evs)
-            return out
-
-        return self._commit(step, positions)
+        return self._commit(events_step(batches), positions)
 
     def run(self, step: Callable[[SettlementEngine], list], positions: dict[str, str] | None = None) -> int:
         """Any engine step (events, ticks, provisioning answers, several at once) in one

@@ -57,10 +57,11 @@ async def recorded_session(tmp_path: Path, n: int = 600, seed: int = 11) -> dict
                 b.apply(m)
                 out["states"][m["class"]].append((m["seq"], m["time"], b.level2()))
         out["live"] = [m for m in fc.messages if m.get("type") in ("book", "trades", "ticker")]
-        out["final"] = {c: reference_level2(x.engine.books[c]) for c in CLASSES}
-        out["seq"] = {c: x.feeds.feeds[c].seq for c in CLASSES}
-        out["time"] = {c: x.engine.book_time(c) for c in CLASSES}
         await fc.close()
+    # after the stop: the clock ticks every second until then, and the recording has every round
+    out["final"] = {c: reference_level2(x.engine.books[c]) for c in CLASSES}
+    out["seq"] = {c: x.feeds.feeds[c].seq for c in CLASSES}
+    out["time"] = {c: x.engine.book_time(c) for c in CLASSES}
     return out
 
 

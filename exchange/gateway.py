@@ -716,9 +716,8 @@ class Gateway:
             raise book_error(code)
         rec = command(CMD_BID, s.account, price=op.limit, start=op.start, expire_at=op.expire_at, gpus=op.gpus,
                       hours=op.hours, block=op.block, kind=kind, tif=tif)
-        hold = engine.state.hold_for(op.gpu_class, op.gpus, op.hours, op.limit)
-        self._post(Request(op.gpu_class, rec, s.account, op.client_order_id or "", hold, s,
-                           self._replier(s, op.id, op.gpu_class)))
+        self._post(Request(op.gpu_class, rec, s.account, op.client_order_id or "", origin=s,
+                           reply=self._replier(s, op.id, op.gpu_class)))  # the sequencer works out the escrow
         self._count("orders_total{side=\"bid\"}")
 
     def _post(self, req: Request) -> None:

@@ -59,7 +59,6 @@ class Provisioning:
         self.sent = 0  # tasks handed to agents
         self.ready = 0  # leases their agents reported ready
         self.failed = 0  # leases that failed (the agent said so, or no answer by the deadline)
-        self.answered = 0
         self.timed_out = 0
         self._started: list[Any] = []  # leases marked provisioning in the step being committed
         self._out_started: list[Any] = []  # committed: their tasks are to be sent
@@ -227,8 +226,8 @@ class Provisioning:
         await x.sequencer.submit(Request(cls, [], provider, prov=entry))
         await x.settlement.synced()
         view = self.view(ref)
-        if view["status"] != entry_status(entry) and not (entry.ready and view["status"] in (ENDED, RELEASED,
-                                                                                               PREEMPTED)):
+        took = (READY, ENDED, RELEASED, PREEMPTED) if entry.ready else (FAILED,)
+        if view["status"] not in took:
             raise ApiError("LEASE_STATE", f"lease {ref} is {view['status']}: the answer came too late", 409)
         return view
 
@@ -273,6 +272,3 @@ class Provisioning:
                 "connection": self.connection(ref), "paid": x["paid"], "refunded": x["refunded"],
                 "earned": x["earned"]}
 
-
-def entry_status(entry: Prov) -> str:
-    return READY if entry.ready else FAILED

@@ -65,7 +65,7 @@ class Request:
     rec: list[int]
     account: int
     coid: str = ""
-    hold: int = 0  # escrow the command needs (bids)
+    hold: int = 0  # escrow the command needs (bids: set by the sequencer's check, R17)
     origin: Any = None  # the session that sent it (events it produced are not pushed back to it)
     reply: Callable[[Any], None] | None = None  # gets the answer dict or an ApiError
     admin: str = ""  # "halt" | "resume" for admin entries (rec unused)
@@ -253,7 +253,7 @@ class Sequencer:
             if count >= self.cfg.max_open_orders:
                 return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "
                                                    f"{self.cfg.max_open_orders}")
-            if typ == CMD_BID:  # R17: whatever the caller said, a bid holds its whole exposure
+            if typ == CMD_BID:  # R17: a bid holds its whole exposure (gpus x hours x limit + fee)
                 r.hold = state.hold_for(r.book, r.rec[9], r.rec[10], r.rec[3])
             if r.hold and self.settlement is not None:
                 if not self.settlement.healthy:

@@ -243,10 +243,6 @@ class SettlementLink:
                 self.committed = max(self.committed, done[-1].number)
         self._done(done, ok)
 
-    def answered(self) -> None:
-        """A provisioning answer moved money outside a batch (a refund): balances changed."""
-        self._avail = {}
-
     async def synced(self) -> None:
         """Every batch handed over so far is in the ledger (read your writes) on return."""
         target = self.handed

@@ -14,7 +14,12 @@ its events' times and the times given to `tick`; before an event later than the 
 class's leases are advanced to the event's time (so ready leases are metered and ended at
 the same points however the events were batched: a replay gives an identical ledger).
 
-Transfers come out as the ledger's rows, ``(ref, sub, debit, credit, amount, time)``: the id
+The per-event work runs jitted over columnar state (`settlement.core`); the rules are those of
+`settlement.reference`, the plain-Python engine written for clarity, which the tests run
+beside this one on the same events and require the same transfers and state from.  Leases
+and bids are read out as `Lease` / `Bid` objects (`lease`, `ClassState.leases`, `take_changes`).
+
+Transfers come out as the ledger's rows, ``[ref, sub, debit, credit, amount, time]``: the id
 as two integers (`settlement.ids`, with the class's code in the ledger's ``id_classes``:
 ``class_code``, which the store connects to the ledger file) and accounts as ``owner << 3 | kind``.
 
@@ -30,14 +35,14 @@ Money per event (R17, R19; transfer ids in docs/settlement.md):
 
 from __future__ import annotations
 
-import heapq
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import numpy as np
+from numba import typed, types
 
 from orderbook.types import (
     EV_ACCEPTED,
@@ -47,48 +52,28 @@ from orderbook.types import (
     EV_PREEMPTED,
     EV_RELEASED,
     EV_TRADE,
-    HOUR,
-    RESERVED,
     SIDE_BID,
 )
-from settlement import ids
+from settlement import core, ids
 from settlement.events import FIELDS, OID, SEQ, SIDE
 from settlement.events import TID as E_TID
 from settlement.events import TIME as E_TIME
 from settlement.events import TYPE as E_TYPE
-from settlement.ids import AMEND, BUYER_FEE, COST, HOLD, TOP_UP, TRADE_RELEASE
-from settlement.ids import RELEASE as ORDER_RELEASE
-from settlement.leases import (
-    ENDED,
-    FAILED,
-    LIVE,
-    PENDING,
-    PREEMPTED,
-    PROVISIONING,
-    READY,
-    RELEASED,
-    Lease,
-    settle,
-    settle_earnings,
-)
-from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID
-from settlement.money import BPS, hold_per_gpu
+from settlement.leases import FAILED, PENDING, PROVISIONING, STATUSES, Lease
 
-_FEES = EXCHANGE << 3 | FEES
-_READY = ids.cause(ids.READY)
-_END = ids.cause(ids.END)
-_FAILED = ids.cause(ids.FAILED)
-_METER = ids.cause(ids.METER)
-DUE_SHIFT = 48  # a timetable entry is due << 48 | trade id (trade ids are below ids.ID_LIMIT)
-TID_MASK = (1 << DUE_SHIFT) - 1
-assert ids.ID_LIMIT == 1 << DUE_SHIFT
-# The fields of an event the engine reads, in this order: `_relevant_array` / `_relevant_tuples`
-# hand it these records (17 fields convert ~40 % faster than EVENT_DTYPE's 25).
+# The fields of an event the engine reads, in this order (the columns `settlement.core` reads).
 RECORD = ("seq", "time", "oid", "oid2", "trade_id", "account", "account2", "price", "start", "end", "lease_id",
           "gpus", "remaining", "hours", "type", "kind", "maker")
 (R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
  R_TYPE, R_KIND, R_MAKER) = range(len(RECORD))
+assert (R_TYPE, R_MAKER) == (core.R_TYPE, core.R_MAKER)
 _record = operator.itemgetter(*(FIELDS.index(f) for f in RECORD))  # an EVENT_DTYPE tuple -> a RECORD tuple
+MONEY_LIMIT = 2 ** 62  # lease values and holds at or above this are refused (int64 arithmetic in settlement.core)
+_REASONS = {core.REASON_TIMEOUT: "provision timeout", core.REASON_NOT_READY: "not ready by its end"}
+_REASON_CODES = {text: code for code, text in _REASONS.items()}
+_STATUS_CODES = {name: code for code, name in enumerate(STATUSES)}
+_ENDED_BY = {0: "", core.RELEASED: STATUSES[core.RELEASED], core.PREEMPTED: STATUSES[core.PREEMPTED]}
+_ENDED_BY_CODES = {name: code for code, name in _ENDED_BY.items()}
 
 
 @dataclass(frozen=True)
@@ -143,41 +128,205 @@ class Bid(msgspec.Struct, array_like=True, gc=False):
     remaining: int
 
 
-class ClassState:
-    """Everything settlement keeps for one GPU class."""
-
-    __slots__ = ("name", "code", "order_ref", "trade_ref", "lease_ref", "bids", "leases", "children", "heap", "due",
-                 "seq", "clock", "fees", "hold_bps", "dirty_bids", "new_bids", "dirty_leases", "dirty")
-
-    def __init__(self, name: str, seq: int = 0, clock: int = 0, fees: tuple[int, int] = (0, 0), code: int = 1) -> None:
-        self.name = name
-        self.code = code  # in transfer ids (settlement.ids); a ref is order_ref | oid, trade_ref | tid, ...
-        self.order_ref = ids.class_base(ids.ORDER, code)
-        self.trade_ref = ids.class_base(ids.TRADE, code)
-        self.lease_ref = ids.class_base(ids.LEASE, code)
-        self.fees = fees  # (maker_bps, taker_bps)
-        self.hold_bps = max(fees)  # escrow covers the higher rate (money.hold_per_gpu)
-        self.bids: dict[int, Bid] = {}  # open bids by oid
-        self.leases: dict[int, Lease] = {}  # leases by trade id: live ones, and ended ones until their end passed
-        self.children: dict[int, list[int]] = {}  # parent trade id -> sub-lease trade ids (R16)
-        self.heap: list[int] = []  # due << DUE_SHIFT | trade id (faster than tuples), lazily invalidated
-        self.due: dict[int, int] = {}  # trade id -> when it next needs advancing
-        self.seq = seq  # last event seq applied
-        self.clock = clock
-        # changed since the last take_changes: what the store must write
-        self.dirty_bids: dict[int, Bid | None] = {}  # None: closed
-        self.new_bids: set[int] = set()  # opened since: closing one needs no write at all
-        self.dirty_leases: dict[int, Lease] = {}
-        self.dirty = False  # seq or clock moved
-
-
 @dataclass
 class Changes:
     """What changed since the last `take_changes`, per class: the rows the store must write."""
 
     bids: dict[str, dict[int, Bid | None]] = field(default_factory=dict)  # None: closed
-    leases: dict[str, dict[int, Lease]] = field(default_factory=dict)
+    leases: dict[str, list[Lease]] = field(default_factory=dict)
     cursors: set[str] = field(default_factory=set)
+
+
+def _int_dict() -> Any:
+    return typed.Dict.empty(types.int64, types.int64)
+
+
+class ClassState:
+    """Everything settlement keeps for one GPU class: `settlement.core`'s arrays."""
+
+    def __init__(self, name: str, seq: int = 0, clock: int = 0, fees: tuple[int, int] = (0, 0), code: int = 1,
+                 config: SettlementConfig | None = None, capacity: int = 1024) -> None:
+        cfg = config or SettlementConfig()
+        self.name = name
+        self.code = code  # in transfer ids (settlement.ids)
+        self.fees = fees  # (maker_bps, taker_bps)
+        self.K = np.zeros(core.NK, np.int64)
+        self.K[core.K_MAKER_BPS], self.K[core.K_TAKER_BPS] = fees
+        self.K[core.K_HOLD_BPS] = max(fees)  # escrow covers the higher rate (money.hold_per_gpu)
+        self.K[core.K_AUTO_READY] = int(cfg.auto_ready)
+        self.K[core.K_TIMEOUT] = cfg.provision_timeout_s
+        self.K[core.K_STEP] = cfg.meter_interval_s
+        self.K[core.K_ORDER_REF] = ids.class_base(ids.ORDER, code)
+        self.K[core.K_TRADE_REF] = ids.class_base(ids.TRADE, code)
+        self.K[core.K_LEASE_REF] = ids.class_base(ids.LEASE, code)
+        self.S = np.zeros(core.NS, np.int64)
+        self.S[core.S_SEQ], self.S[core.S_CLOCK] = seq, clock
+        self.lmap = _int_dict()
+        self.bmap = _int_dict()
+        self.L = np.zeros((0, core.NL), np.int64)
+        self.B = np.zeros((0, core.NB), np.int64)
+        self.lfree = self.dl = self.gl = self.stack = self.bfree = self.db = self.gb = np.zeros(0, np.int64)
+        self.heap = np.zeros((capacity, 2), np.int64)
+        self._grow_leases(capacity)
+        self._grow_bids(capacity)
+        self.reasons: dict[int, str] = {}  # trade id -> failed reason given by a provider's agent
+        self.dirty = False  # seq or clock moved
+
+    # ------------------------------------------------------------------ scalars
+    @property
+    def seq(self) -> int:
+        """The last event seq applied."""
+        return int(self.S[core.S_SEQ])
+
+    @seq.setter
+    def seq(self, v: int) -> None:
+        self.S[core.S_SEQ] = v
+
+    @property
+    def clock(self) -> int:
+        return int(self.S[core.S_CLOCK])
+
+    @clock.setter
+    def clock(self, v: int) -> None:
+        self.S[core.S_CLOCK] = v
+
+    # ------------------------------------------------------------------ room
+    def _grow_leases(self, extra: int) -> None:
+        old = self.L.shape[0]
+        new = old + max(extra, old // 2, 1024)
+        L = np.zeros((new, core.NL), np.int64)
+        L[:old] = self.L
+        self.L = L
+        n = int(self.S[core.S_LFREE])
+        lfree = np.empty(new, np.int64)
+        lfree[:n] = self.lfree[:n]
+        lfree[n:n + new - old] = np.arange(new - 1, old - 1, -1)  # low slots first
+        self.lfree = lfree
+        self.S[core.S_LFREE] = n + new - old
+        for name in ("dl", "gl"):
+            a = np.empty(new, np.int64)
+            a[:old] = getattr(self, name)[:old]
+            setattr(self, name, a)
+        self.stack = np.empty(new + 1, np.int64)
+
+    def _grow_bids(self, extra: int) -> None:
+        old = self.B.shape[0]
+        new = old + max(extra, old // 2, 1024)
+        B = np.zeros((new, core.NB), np.int64)
+        B[:old] = self.B
+        self.B = B
+        n = int(self.S[core.S_BFREE])
+        bfree = np.empty(new, np.int64)
+        bfree[:n] = self.bfree[:n]
+        bfree[n:n + new - old] = np.arange(new - 1, old - 1, -1)
+        self.bfree = bfree
+        self.S[core.S_BFREE] = n + new - old
+        for name in ("db", "gb"):
+            a = np.empty(new, np.int64)
+            a[:old] = getattr(self, name)[:old]
+            setattr(self, name, a)
+
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` more events: a lease or bid each, and the timetable's pushes."""
+        if self.S[core.S_LFREE] < n:
+            self._grow_leases(n)
+        if self.S[core.S_BFREE] < n:
+            self._grow_bids(n)
+        live = int(self.S[core.S_LIVE])
+        size = int(self.S[core.S_NHEAP])
+        if size > 4 * live + 4096:  # mostly stale entries: rebuild from the leases' due times
+            self._compact_heap()
+            size = int(self.S[core.S_NHEAP])
+        need = size + 2 * n + live + 64
+        if need > len(self.heap):
+            heap = np.empty((max(need, 2 * len(self.heap)), 2), np.int64)
+            heap[:size] = self.heap[:size]
+            self.heap = heap
+
+    def _compact_heap(self) -> None:
+        slots = np.fromiter(self.lmap.values(), np.int64, len(self.lmap))
+        due = self.L[slots, core.DUE]
+        on = due >= 0
+        due, tid = due[on], self.L[slots[on], core.TID]
+        order = np.lexsort((tid, due))  # sorted is a heap
+        self.heap[:len(order), 0] = due[order]
+        self.heap[:len(order), 1] = tid[order]
+        self.S[core.S_NHEAP] = len(order)
+
+    # ------------------------------------------------------------------ reading out
+    def slot(self, trade_id: int) -> int:
+        return self.lmap.get(trade_id, -1)
+
+    def reason(self, code: int, arg: int, trade_id: int) -> str:
+        if code == core.REASON_PARENT:
+            return f"parent lease {self.name}-{arg} failed"
+        if code == core.REASON_CUSTOM:
+            return self.reasons.get(trade_id, "")
+        return _REASONS.get(code, "")
+
+    def lease_from_row(self, r: list[int], arg: int) -> Lease:
+        """A `Lease` from a row's first LEASE_FIELDS columns (as a list) and its reason's argument."""
+        return Lease(self.name, *r[:core.STATUS], STATUSES[r[core.STATUS]], r[core.READY_AT], r[core.METERED_TO],
+                     _ENDED_BY[r[core.ENDED_BY]], self.reason(r[core.FAILED_CODE], arg, r[core.TID]),
+                     *r[core.COST_PAID:core.LEASE_FIELDS])
+
+    def lease(self, s: int) -> Lease:
+        return self.lease_from_row(self.L[s, :core.LEASE_FIELDS].tolist(), int(self.L[s, core.FAIL_ARG]))
+
+    @property
+    def leases(self) -> Mapping[int, Lease]:
+        """Live leases (and ended ones until their end passed), by trade id, as `Lease` copies."""
+        return _Leases(self)
+
+    @property
+    def bids(self) -> Mapping[int, Bid]:
+        """Open bids by oid, as `Bid` copies."""
+        return _Bids(self)
+
+    @property
+    def due(self) -> dict[int, int]:
+        """Trade id -> when the lease next needs advancing (leases on the timetable)."""
+        out = {}
+        for tid, s in self.lmap.items():
+            d = int(self.L[s, core.DUE])
+            if d >= 0:
+                out[int(tid)] = d
+        return out
+
+
+class _Leases(Mapping[int, Lease]):
+    def __init__(self, c: ClassState) -> None:
+        self.c = c
+
+    def __getitem__(self, tid: int) -> Lease:
+        s = self.c.slot(tid)
+        if s < 0:
+            raise KeyError(tid)
+        return self.c.lease(s)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(int(t) for t in self.c.lmap.keys()))
+
+    def __len__(self) -> int:
+        return len(self.c.lmap)
+
+
+class _Bids(Mapping[int, Bid]):
+    def __init__(self, c: ClassState) -> None:
+        self.c = c
+
+    def __getitem__(self, oid: int) -> Bid:
+        s = self.c.bmap.get(oid, -1)
+        if s < 0:
+            raise KeyError(oid)
+        _, account, hpg, rem, _ = self.c.B[s].tolist()
+        return Bid(account, hpg, rem)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(int(o) for o in self.c.bmap.keys()))
+
+    def __len__(self) -> int:
+        return len(self.c.bmap)
 
 
 class SettlementEngine:
@@ -191,16 +340,20 @@ class SettlementEngine:
         # alone, the engine numbers classes in the order it meets them
         self.class_code: Callable[[str], int] = self._local_code
         self._codes: dict[str, int] = {}
+        self._out = np.empty((4096, 6), np.int64)  # transfers of one call (core grows it)
 
     def _local_code(self, cls: str) -> int:
         return self._codes.setdefault(cls, len(self._codes) + 1)
 
     # ------------------------------------------------------------------ state
+    def _new_state(self, cls: str, seq: int = 0, clock: int = 0) -> ClassState:
+        return ClassState(cls, seq, clock, tuple(self.config.fees.get(cls, (0, 0))), self.class_code(cls),
+                          self.config)
+
     def state(self, cls: str) -> ClassState:
         c = self.classes.get(cls)
         if c is None:
-            c = self.classes[cls] = ClassState(cls, fees=tuple(self.config.fees.get(cls, (0, 0))),
-                                               code=self.class_code(cls))
+            c = self.classes[cls] = self._new_state(cls)
         return c
 
     def last_seq(self, cls: str) -> int:
@@ -209,20 +362,32 @@ class SettlementEngine:
 
     def lease(self, cls: str, trade_id: int) -> Lease | None:
         c = self.classes.get(cls)
-        return c.leases.get(trade_id) if c is not None else None
+        if c is None:
+            return None
+        s = c.slot(trade_id)
+        return c.lease(s) if s >= 0 else None
 
     def take_changes(self) -> Changes:
         ch = Changes()
         for name, c in self.classes.items():
-            if c.dirty_bids:
-                ch.bids[name] = c.dirty_bids
-            if c.dirty_leases:
-                ch.leases[name] = c.dirty_leases
+            if c.S[core.S_NDB] or c.S[core.S_NGB]:
+                up, gone = core.take_bids(c.B, c.bfree, c.S, c.db, c.gb)
+                if len(up) or len(gone):
+                    bids: dict[int, Bid | None] = {oid: Bid(a, h, r) for oid, a, h, r in up.tolist()}
+                    for oid in gone.tolist():
+                        bids[oid] = None
+                    ch.bids[name] = bids
+            if c.S[core.S_NDL] or c.S[core.S_NGL]:
+                rows = core.take_leases(c.L, c.lfree, c.S, c.dl, c.gl)
+                if len(rows):
+                    make = c.lease_from_row
+                    ch.leases[name] = [make(r, r[core.LEASE_FIELDS]) for r in rows.tolist()]
+                    if c.reasons:  # forget the reasons of leases that left
+                        for x in ch.leases[name]:
+                            if x.trade_id in c.reasons and c.slot(x.trade_id) < 0:
+                                del c.reasons[x.trade_id]
             if c.dirty:
                 ch.cursors.add(name)
-            c.dirty_bids = {}
-            c.new_bids = set()
-            c.dirty_leases = {}
             c.dirty = False
         return ch
 
@@ -244,8 +409,19 @@ class SettlementEngine:
                     out[lease.buyer] = out.get(lease.buyer, 0) + lease.prepaid
         return out
 
+    # ------------------------------------------------------------------ calling the core
+    def _transfers(self, c: ClassState, out: np.ndarray) -> list:
+        self._out = out
+        n = int(c.S[core.S_NOUT])
+        c.S[core.S_NOUT] = 0
+        return out[:n].tolist() if n else []
+
+    def _begin(self, c: ClassState, n: int) -> None:
+        c.reserve(n)
+        c.S[core.S_NOUT] = 0
+
     # ------------------------------------------------------------------ events
-    def apply(self, cls: str, events: np.ndarray | Iterable[tuple]) -> list[tuple]:
+    def apply(self, cls: str, events: np.ndarray | Iterable[tuple]) -> list:
         """Apply one class's events (an EVENT_DTYPE array or record tuples, in seq order);
         returns the transfers.  Events at or below the last seq applied are skipped; a gap
         raises `SequenceGap` before anything changes."""
@@ -257,332 +433,72 @@ class SettlementEngine:
         self.events_skipped += skipped
         if not last_seq:
             return []
-        out: list[tuple] = []
-        heap = c.heap
-        for ev in rows:
-            t = ev[R_TIME]
-            if t > c.clock:
-                if heap and heap[0] >> DUE_SHIFT <= t:
-                    self._advance_class(c, t, out)
-                c.clock = t
-            typ = ev[R_TYPE]
-            if typ == EV_TRADE:
-                self._trade(c, ev, out)
-            elif typ == EV_ACCEPTED:
-                self._accepted_bid(c, ev, out)
-            elif typ == EV_CANCELLED or typ == EV_EXPIRED:
-                self._bid_closed(c, ev[R_OID], out)
-            elif typ == EV_AMENDED:
-                self._bid_amended(c, ev, out)
-            else:  # EV_PREEMPTED, EV_RELEASED
-                self._cut(c, ev, out)
-        if last_time > c.clock:
-            if heap and heap[0] >> DUE_SHIFT <= last_time:
-                self._advance_class(c, last_time, out)
-            c.clock = last_time
+        self._begin(c, len(rows))
+        trades0 = int(c.S[core.S_TRADES])
+        out = core.apply(c.L, c.lmap, c.lfree, c.B, c.bmap, c.bfree, c.heap, c.S, c.K, c.dl, c.db, c.gl, c.gb,
+                         c.stack, rows, last_time, self._out)
+        self.trades += int(c.S[core.S_TRADES]) - trades0
         self.events_applied += last_seq - c.seq
         c.seq = last_seq
         c.dirty = True
-        return out
-
-    def _accepted_bid(self, c: ClassState, ev: tuple, out: list) -> None:
-        hpg = hold_per_gpu(ev[R_HOURS], ev[R_PRICE], c.hold_bps)
-        oid = ev[R_OID]
-        bid = Bid(ev[R_ACC], hpg, ev[R_REM])
-        c.bids[oid] = bid
-        c.dirty_bids[oid] = bid
-        c.new_bids.add(oid)
-        hold = bid.remaining * hpg
-        if hold:
-            a = bid.account << 3
-            out.append((c.order_ref | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, ev[R_TIME]))
-
-    def _bid_closed(self, c: ClassState, oid: int, out: list) -> None:
-        bid = c.bids.pop(oid, None)
-        if bid is None:
-            return
-        self._forget_bid(c, oid)
-        if bid.remaining:
-            a = bid.account << 3
-            out.append((c.order_ref | oid, ORDER_RELEASE, a | ESCROW, a | AVAILABLE, bid.remaining * bid.hpg, c.clock))
-
-    def _forget_bid(self, c: ClassState, oid: int) -> None:
-        if oid in c.new_bids:  # opened and closed between two saves: nothing to write
-            c.new_bids.discard(oid)
-            del c.dirty_bids[oid]
-        else:
-            c.dirty_bids[oid] = None
-
-    def _bid_amended(self, c: ClassState, ev: tuple, out: list) -> None:
-        bid = c.bids.get(ev[R_OID])
-        if bid is None:
-            return
-        new = ev[R_REM]
-        freed = (bid.remaining - new) * bid.hpg
-        bid.remaining = new
-        c.dirty_bids[ev[R_OID]] = bid
-        if freed > 0:
-            a = bid.account << 3
-            out.append((c.order_ref | ev[R_OID], ev[R_SEQ] << ids.PARAM_SHIFT | AMEND, a | ESCROW, a | AVAILABLE, freed,
-                        ev[R_TIME]))
-
-    def _trade(self, c: ClassState, ev: tuple, out: list) -> None:
-        _, t, oid, ask_oid, tid, buyer, provider, price, start, end, resale_of, gpus, rem, _, _, kind, maker = ev
-        cost = gpus * price * (end - start) // HOUR if end > start else 0  # money.lease_value
-        mk, tk = c.fees
-        if maker == SIDE_BID:
-            brate, prate = mk, tk
-        else:
-            brate, prate = tk, mk
-        buyer_fee = -(-cost * brate // BPS) if brate and cost > 0 else 0  # money.fee
-        ref = c.trade_ref | tid
-        b = buyer << 3
-        bid = c.bids.get(oid)
-        src = b | AVAILABLE
-        if bid is not None:
-            src = b | ESCROW
-            rest = gpus * bid.hpg - cost - buyer_fee
-            bid.remaining = rem
-            if rem <= 0:
-                del c.bids[oid]
-                self._forget_bid(c, oid)
-            else:
-                c.dirty_bids[oid] = bid
-            if rest > 0:
-                out.append((ref, TRADE_RELEASE, src, b | AVAILABLE, rest, t))
-            elif rest < 0:  # the fee rate rose since the bid was accepted: the difference from available
-                out.append((ref, TOP_UP, b | AVAILABLE, src, -rest, t))
-        if cost:
-            out.append((ref, COST, src, b | PREPAID, cost, t))
-        if buyer_fee:
-            out.append((ref, BUYER_FEE, src, _FEES, buyer_fee, t))
-        # Lease(cls, trade_id, buyer, provider, kind, gpus, price, start, end, booked_end, time, bid_oid, ask_oid,
-        #       resale_of, maker, buyer_fee_bps, provider_fee_bps, status, ready_at, metered_to, ended_by,
-        #       failed_reason, cost, buyer_fee)
-        lease = Lease(c.name, tid, buyer, provider, kind, gpus, price, start, end, end, t, oid, ask_oid,
-                      resale_of, maker, brate, prate, PENDING, 0, 0, "", "", cost, buyer_fee)
-        c.leases[tid] = lease
-        if resale_of:
-            c.children.setdefault(resale_of, []).append(tid)
-        self.trades += 1
-        c.dirty_leases[tid] = lease
-        now = c.clock
-        cfg = self.config
-        if cfg.auto_ready and kind != RESERVED and start <= now < end:
-            # the common case, without the general `_advance`: ready at its start, nothing to
-            # move yet; next due at the first metering point or its end
-            lease.status = READY
-            lease.ready_at = start
-            step = cfg.meter_interval_s
-            point = start - start % step + step
-            if point > now:
-                due = point if point < end else end
-                c.due[tid] = due
-                heapq.heappush(c.heap, due << DUE_SHIFT | tid)
-                return
-        self._advance(c, lease, now, out)
-
-    def _cut(self, c: ClassState, ev: tuple, out: list) -> None:
-        """EV_PREEMPTED / EV_RELEASED: the lease now ends at ev's end (R12, R16)."""
-        lease = c.leases.get(ev[R_TID])
-        if lease is None:
-            return
-        new_end = max(min(ev[R_END], lease.end), lease.start)
-        preempted = ev[R_TYPE] == EV_PREEMPTED
-        lease.ended_by = PREEMPTED if preempted else RELEASED
-        lease.end = new_end
-        if lease.status in LIVE:
-            why = ids.cause(ids.PREEMPTED if preempted else ids.RELEASED, ev[R_SEQ])
-            settle(lease, c.lease_ref | lease.trade_id, why, ev[R_TIME], out)
-        self._advance(c, lease, c.clock, out)
-        c.dirty_leases[lease.trade_id] = lease
+        return self._transfers(c, out)
 
     # ------------------------------------------------------------------ time
-    def tick(self, now: int, cls: str | None = None) -> list[tuple]:
+    def tick(self, now: int, cls: str | None = None) -> list:
         """Advance the clock of one class (or of every class) to ``now``: ready leases are
         metered, leases whose end passed end, auto-ready and timeouts apply."""
-        out: list[tuple] = []
+        out: list = []
         for c in [self.state(cls)] if cls is not None else list(self.classes.values()):
             if now > c.clock:
-                self._advance_class(c, now, out)
+                self._begin(c, 0)
+                arr = core.advance_class(c.L, c.lmap, c.heap, c.S, c.K, c.dl, c.gl, c.stack, now, self._out)
                 c.clock = now
                 c.dirty = True
+                out += self._transfers(c, arr)
         return out
-
-    def _advance_class(self, c: ClassState, now: int, out: list) -> None:
-        heap = c.heap
-        dues = c.due
-        leases = c.leases
-        changed = c.dirty_leases
-        step = self.config.meter_interval_s
-        lease_ref = c.lease_ref
-        pop, push = heapq.heappop, heapq.heappush
-        limit = (now + 1) << DUE_SHIFT
-        while heap and heap[0] < limit:
-            entry = pop(heap)
-            due, tid = entry >> DUE_SHIFT, entry & TID_MASK
-            if dues.get(tid) != due:
-                continue  # stale entry
-            del dues[tid]
-            lease = leases.get(tid)
-            if lease is None:
-                continue
-            changed[tid] = lease
-            if lease.status != READY or lease.kind == RESERVED:
-                self._advance(c, lease, now, out)
-                continue
-            # a ready metered lease (most of them): `_advance` and `_schedule_next`, inlined
-            end = lease.end
-            rf = lease.ready_at if lease.ready_at > lease.start else lease.start
-            base = lease.metered_to if lease.metered_to > rf else rf
-            point = base - base % step + step
-            ref = lease_ref | tid
-            while point <= now and point < end:
-                lease.metered_to = point
-                settle_earnings(lease, ref, point << ids.PARAM_SHIFT | _METER, point, out)
-                point += step
-            if now >= end:
-                lease.metered_to = end
-                lease.status = lease.ended_by or ENDED
-                settle_earnings(lease, ref, _END, end, out)
-                self._drop(c, lease)
-            else:
-                due = point if point < end else end
-                dues[tid] = due
-                push(heap, due << DUE_SHIFT | tid)
-
-    def _advance(self, c: ClassState, lease: Lease, now: int, out: list) -> None:
-        """Every transition of ``lease`` due at or before ``now``, each at its own time (so the
-        transfers do not depend on when the lease is advanced); then schedule the next one."""
-        cfg = self.config
-        st = lease.status
-        start, end = lease.start, lease.end
-        if st == PENDING or st == PROVISIONING:
-            if cfg.auto_ready and st == PENDING and now >= start and start < end:
-                lease.status = st = READY
-                lease.ready_at = start
-                if lease.kind == RESERVED:  # earned in full once delivered (metered leases: nothing moves yet)
-                    settle(lease, c.lease_ref | lease.trade_id, _READY, start, out)
-            else:
-                timeout = start + cfg.provision_timeout_s if cfg.provision_timeout_s else end
-                if now >= end or now >= timeout:
-                    at = min(end, timeout)
-                    self._fail(c, lease, "provision timeout" if at < end else "not ready by its end", at, out)
-                    st = FAILED
-        if st == READY:
-            step = cfg.meter_interval_s
-            if lease.kind != RESERVED:  # metered: at every multiple of the interval, then at the end
-                rf = lease.ready_at if lease.ready_at > start else start
-                base = lease.metered_to if lease.metered_to > rf else rf
-                point = base - base % step + step
-                while point <= now and point < end:
-                    lease.metered_to = point
-                    settle(lease, c.lease_ref | lease.trade_id, point << ids.PARAM_SHIFT | _METER, point, out)
-                    point += step
-            if now >= end:
-                lease.metered_to = end
-                lease.status = lease.ended_by or ENDED
-                settle(lease, c.lease_ref | lease.trade_id, _END, end, out)
-                self._drop(c, lease)
-                return
-        self._schedule_next(c, lease, now)
-
-    def _schedule_next(self, c: ClassState, lease: Lease, now: int) -> None:
-        """Put ``lease`` on its class's timetable for its next transition (or drop it)."""
-        cfg = self.config
-        st = lease.status
-        start, end = lease.start, lease.end
-        tid = lease.trade_id
-        if st == READY:
-            due = end
-            if lease.kind != RESERVED:
-                base = lease.metered_to if lease.metered_to > lease.ready_at else lease.ready_at
-                base = base if base > start else start
-                point = base - base % cfg.meter_interval_s + cfg.meter_interval_s
-                if point < due:
-                    due = point
-        elif st == PENDING or st == PROVISIONING:
-            due = end
-            if cfg.auto_ready and st == PENDING and start < due:
-                due = start
-            if cfg.provision_timeout_s and start + cfg.provision_timeout_s < due:
-                due = start + cfg.provision_timeout_s
-        else:  # ended: kept until its end passed (a late preemption or release may still name it)
-            if now >= end:
-                self._drop(c, lease)
-                return
-            due = end
-        if c.due.get(tid) != due:
-            c.due[tid] = due
-            heapq.heappush(c.heap, due << DUE_SHIFT | tid)
-
-    def _drop(self, c: ClassState, lease: Lease) -> None:
-        tid = lease.trade_id
-        c.leases.pop(tid, None)
-        c.due.pop(tid, None)
-        c.children.pop(tid, None)
-        if lease.resale_of:
-            sibs = c.children.get(lease.resale_of)
-            if sibs is not None and tid in sibs:
-                sibs.remove(tid)
-
-    def _fail(self, c: ClassState, lease: Lease, reason: str, time: int, out: list) -> None:
-        lease.status = FAILED
-        lease.failed_reason = reason
-        settle(lease, c.lease_ref | lease.trade_id, _FAILED, time, out)
-        c.dirty_leases[lease.trade_id] = lease
-        for child_id in list(c.children.get(lease.trade_id, ())):  # sub-leases on the same hardware fail too
-            child = c.leases.get(child_id)
-            if child is not None and child.status in (PENDING, PROVISIONING):
-                self._fail(c, child, f"parent lease {lease.ref} failed", time, out)
-                self._advance(c, child, c.clock, out)
 
     # ------------------------------------------------------------------ provisioning answers (R18)
-    def _live_lease(self, cls: str, trade_id: int) -> tuple[ClassState, Lease]:
+    def _live_lease(self, cls: str, trade_id: int) -> tuple[ClassState, int, Lease]:
         c = self.classes.get(cls)
-        lease = c.leases.get(trade_id) if c is not None else None
-        if c is None or lease is None:
+        s = c.slot(trade_id) if c is not None else -1
+        if c is None or s < 0:
             raise LeaseStateError(f"no lease {cls}-{trade_id} in settlement (unknown, or ended and settled)")
-        return c, lease
+        return c, s, c.lease(s)
 
-    def mark_provisioning(self, cls: str, trade_id: int) -> list[tuple]:
-        c, lease = self._live_lease(cls, trade_id)
-        out: list[tuple] = []
+    def _mark(self, c: ClassState, s: int, what: int, t: int = 0, reason: int = 0) -> list:
+        self._begin(c, 1)
+        out = core.mark(c.L, c.lmap, c.heap, c.S, c.K, c.dl, c.gl, c.stack, s, what, t, reason, self._out)
+        return self._transfers(c, out)
+
+    def mark_provisioning(self, cls: str, trade_id: int) -> list:
+        c, s, lease = self._live_lease(cls, trade_id)
         if lease.status == PENDING:
-            lease.status = PROVISIONING
-            c.dirty_leases[trade_id] = lease
-            self._advance(c, lease, c.clock, out)
-        elif lease.status == FAILED:
-            raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
-        return out
-
-    def mark_ready(self, cls: str, trade_id: int, t: int) -> list[tuple]:
-        """The provider's agent reports the lease ready at ``t``: metering starts (R18).  A
-        repeat is a no-op; ready after the lease's end, or for a failed lease, is refused."""
-        c, lease = self._live_lease(cls, trade_id)
-        if lease.status in (PENDING, PROVISIONING):
-            if t >= lease.end:
-                raise LeaseStateError(f"lease {lease.ref} cannot be ready at {t}: it ends at {lease.end}")
-            out: list[tuple] = []
-            lease.status = READY
-            lease.ready_at = max(t, 1)
-            settle(lease, c.lease_ref | trade_id, _READY, t, out)
-            self._advance(c, lease, c.clock, out)
-            c.dirty_leases[trade_id] = lease
-            return out
+            return self._mark(c, s, core.PROVISIONING)
         if lease.status == FAILED:
             raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
         return []
 
-    def mark_failed(self, cls: str, trade_id: int, t: int, reason: str = "provisioning failed") -> list[tuple]:
+    def mark_ready(self, cls: str, trade_id: int, t: int) -> list:
+        """The provider's agent reports the lease ready at ``t``: metering starts (R18).  A
+        repeat is a no-op; ready after the lease's end, or for a failed lease, is refused."""
+        c, s, lease = self._live_lease(cls, trade_id)
+        if lease.status in (PENDING, PROVISIONING):
+            if t >= lease.end:
+                raise LeaseStateError(f"lease {lease.ref} cannot be ready at {t}: it ends at {lease.end}")
+            return self._mark(c, s, core.READY, t)
+        if lease.status == FAILED:
+            raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
+        return []
+
+    def mark_failed(self, cls: str, trade_id: int, t: int, reason: str = "provisioning failed") -> list:
         """The lease could not be provisioned: the renter is refunded in full, the provider earns
         nothing (R18); its sub-leases not ready yet fail too.  A repeat is a no-op."""
-        c, lease = self._live_lease(cls, trade_id)
+        c, s, lease = self._live_lease(cls, trade_id)
         if lease.status in (PENDING, PROVISIONING):
-            out: list[tuple] = []
-            self._fail(c, lease, reason, t, out)
-            self._advance(c, lease, c.clock, out)
-            return out
+            code = _REASON_CODES.get(reason, core.REASON_CUSTOM)
+            if code == core.REASON_CUSTOM:
+                c.reasons[trade_id] = reason
+            return self._mark(c, s, core.FAILED, t, code)
         if lease.status == FAILED:
             return []
         raise LeaseStateError(f"lease {lease.ref} is {lease.status}: only a lease not ready yet can fail")
@@ -590,33 +506,69 @@ class SettlementEngine:
     # ------------------------------------------------------------------ restoring (store)
     def restore(self, cls: str, seq: int, clock: int, bids: Iterable[tuple[int, Bid]],
                 leases: Iterable[Lease]) -> None:
-        c = self.classes[cls] = ClassState(cls, seq, clock, tuple(self.config.fees.get(cls, (0, 0))),
-                                           self.class_code(cls))
-        c.bids = dict(bids)
-        for lease in sorted(leases, key=lambda x: x.trade_id):
-            c.leases[lease.trade_id] = lease
-            if lease.resale_of:
-                c.children.setdefault(lease.resale_of, []).append(lease.trade_id)
-        for lease in list(c.leases.values()):
-            self._schedule_next(c, lease, clock)
-
+        bids = list(bids)
+        leases = sorted(leases, key=lambda x: x.trade_id)
+        c = self.classes[cls] = self._new_state(cls, seq, clock)
+        c.reserve(max(len(bids), len(leases)))
+        for oid, b in bids:
+            s = c.bfree[c.S[core.S_BFREE] - 1]
+            c.S[core.S_BFREE] -= 1
+            c.B[s] = (oid, b.account, b.hpg, b.remaining, 0)
+            c.bmap[oid] = s
+        c.S[core.S_BIDS] = len(bids)
+        slots = np.empty(len(leases), np.int64)
+        tail: dict[int, int] = {}  # parent trade id -> slot of its last sub-lease so far
+        for i, x in enumerate(leases):
+            s = int(c.lfree[c.S[core.S_LFREE] - 1])
+            c.S[core.S_LFREE] -= 1
+            code = _REASON_CODES.get(x.failed_reason, core.REASON_CUSTOM) if x.failed_reason else 0
+            if code == core.REASON_CUSTOM:
+                c.reasons[x.trade_id] = x.failed_reason
+            row = [x.trade_id, x.buyer, x.provider, x.kind, x.gpus, x.price, x.start, x.end, x.booked_end, x.time,
+                   x.bid_oid, x.ask_oid, x.resale_of, x.maker, x.buyer_fee_bps, x.provider_fee_bps,
+                   _STATUS_CODES[x.status], x.ready_at, x.metered_to, _ENDED_BY_CODES[x.ended_by], code,
+                   x.cost, x.buyer_fee, x.earned, x.provider_fee, x.refunded, -1, 0, 0, 0, 0, 0]
+            c.L[s] = row
+            c.lmap[x.trade_id] = s
+            slots[i] = s
+            if x.resale_of and x.resale_of in c.lmap:
+                prev = tail.get(x.resale_of)
+                if prev is None:
+                    c.L[c.lmap[x.resale_of], core.CHILD] = x.trade_id
+                else:
+                    c.L[prev, core.SIB] = x.trade_id
+                tail[x.resale_of] = s
+        c.S[core.S_LIVE] = len(leases)
+        core.schedule_all(c.L, c.lmap, c.heap, c.S, c.K, c.gl, slots)
 
 
 _BID_TYPES = (EV_ACCEPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED)
+_NO_ROWS = np.zeros((0, len(RECORD)), np.int64)
 
 
-def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[list[tuple], int, int, int]:
-    """The events of an array that move money (as tuples), the last seq and time, and how
-    many were applied before; checks the seqs continue the class's without a gap."""
+def _check_money(c: ClassState, rows: np.ndarray) -> None:
+    """Refuse events whose money could overflow the core's int64 arithmetic (no real lease comes near)."""
+    if not len(rows):
+        return
+    f = rows.astype(np.float64)
+    value = f[:, R_GPUS] * f[:, R_PRICE] * np.maximum(f[:, R_END] - f[:, R_START], 0.0)
+    hold = f[:, R_HOURS] * f[:, R_PRICE] * 2.0 * np.maximum(f[:, R_REM], 1.0)
+    if float(value.max()) >= MONEY_LIMIT or float(hold.max()) >= MONEY_LIMIT:
+        raise ValueError(f"{c.name}: an event's lease value or hold is 2**62 µ$ or more and cannot be settled")
+
+
+def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+    """The events of an array that move money (as RECORD rows of int64), the last seq and time,
+    and how many were applied before; checks the seqs continue the class's without a gap."""
     if not len(events):
-        return [], 0, 0, 0
+        return _NO_ROWS, 0, 0, 0
     seqs = events["seq"]
     skipped = 0
     if seqs[0] <= c.seq:
         skipped = int(np.searchsorted(seqs, c.seq, side="right"))
         events, seqs = events[skipped:], seqs[skipped:]
         if not len(events):
-            return [], 0, 0, skipped
+            return _NO_ROWS, 0, 0, skipped
     if seqs[0] != c.seq + 1:
         raise SequenceGap(c.name, c.seq + 1, int(seqs[0]))
     if len(seqs) > 1:
@@ -629,12 +581,16 @@ def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[list[tuple], int
                                                  | (typ == EV_AMENDED))
     mask = bid_event | (typ == EV_TRADE) | (typ == EV_PREEMPTED) | (typ == EV_RELEASED)
     relevant = events[mask]
-    if len(relevant) and max(int(relevant["oid"].max()), int(relevant["trade_id"].max())) >= ids.ID_LIMIT:
+    rows = np.empty((len(relevant), len(RECORD)), np.int64)
+    for j, name in enumerate(RECORD):
+        rows[:, j] = relevant[name]
+    if len(rows) and max(int(rows[:, R_OID].max()), int(rows[:, R_TID].max())) >= ids.ID_LIMIT:
         raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (settlement.ids)")
-    return relevant[list(RECORD)].tolist(), int(seqs[-1]), int(events["time"].max()), skipped
+    _check_money(c, rows)
+    return rows, int(seqs[-1]), int(events["time"].max()), skipped
 
 
-def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[list[tuple], int, int, int]:
+def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[np.ndarray, int, int, int]:
     """`_relevant_array` for record tuples."""
     rows = []
     seq = c.seq
@@ -655,4 +611,10 @@ def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[list[tuple
             rows.append(_record(ev))
         if ev[E_TIME] > last_time:
             last_time = ev[E_TIME]
-    return rows, (seq if seq > c.seq else 0), last_time, skipped
+    arr = np.array(rows, dtype=np.int64).reshape(len(rows), len(RECORD)) if rows else _NO_ROWS
+    _check_money(c, arr)
+    return arr, (seq if seq > c.seq else 0), last_time, skipped
+
+
+__all__ = ["RECORD", "Bid", "Changes", "ClassState", "LeaseStateError", "SequenceGap", "SettlementConfig",
+           "SettlementEngine", "fees_from_instruments"]

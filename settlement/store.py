@@ -99,7 +99,7 @@ class StateStore:
             for cls, changed in changes.leases.items():
                 base = engine.classes[cls].code << CLASS_SHIFT
                 leases += [(base | x.trade_id, cls, x.trade_id, x.buyer, x.provider, x.status, x.end, enc(x))
-                           for x in changed.values()]
+                           for x in changed]
         cursors = [(cls, engine.classes[cls].seq, engine.classes[cls].clock) for cls in changes.cursors]
         return StateRows(upserts, deletes, leases, cursors, list(positions.items()) if positions else [])
 

@@ -1,0 +1,718 @@
+"""The settlement engine's per-event work, jitted: columnar state, transfers out as int64 rows.
+
+`settlement.engine.SettlementEngine` keeps, per class, its open bids and live leases here, in
+numpy arrays that these functions change in place (the book does the same, `orderbook/fast.py`):
+
+* ``L`` — one row of ``NL`` int64 per lease (the `Lease` fields in order, strings as codes,
+  then the timetable and bookkeeping columns below); ``lmap`` — trade id -> row;
+* ``B`` — one row per open bid (oid, account, hold per GPU, remaining GPUs, flags); ``bmap``;
+* ``heap`` — the timetable, rows ``(due, trade id)`` (lazily invalidated: an entry counts only
+  while its lease's ``DUE`` column still says that time);
+* ``S`` — the class's scalars (seq, clock, counters, list lengths); ``K`` — its constants
+  (fees, config, the transfer refs of its orders, trades and leases).
+
+Transfers come out as rows ``(ref, sub, debit, credit, amount, time)`` in an int64 array that
+the functions return (grown when full).  The rules are those of `settlement.reference` (the
+plain-Python engine, kept as the specification and checked against this one event for event
+by the tests); comments name the function of the reference each one follows.
+
+Integer arithmetic is int64 here: `engine` refuses events whose lease value could overflow
+(gpus × price × seconds ≥ 2**62) before any of them is applied.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+HOUR = 3600
+BPS = 10_000
+# account kinds (settlement.ledger) and event types / kinds (orderbook.types), as literals
+AVAILABLE, ESCROW, PREPAID, RECEIVABLE, FEES = 1, 2, 3, 4, 5
+FEES_ACCOUNT = 0 << 3 | FEES
+EV_ACCEPTED, EV_TRADE, EV_PREEMPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED, EV_RELEASED = 1, 3, 4, 5, 6, 7, 8
+RESERVED = 2
+SIDE_BID = 1
+PARAM_SHIFT = 8
+# transfer legs and causes (settlement.ids)
+HOLD, RELEASE, AMEND = 1, 2, 3
+COST, BUYER_FEE, TRADE_RELEASE, TOP_UP = 1, 2, 3, 4
+C_READY, C_METER, C_PREEMPTED, C_RELEASED, C_FAILED, C_END = 1 << 4, 2 << 4, 3 << 4, 4 << 4, 5 << 4, 6 << 4
+REFUND, FEE_REFUND, EARN, PROVIDER_FEE = 1, 2, 3, 4
+
+# lease statuses (settlement.leases.STATUSES, in order)
+PENDING, PROVISIONING, READY, ENDED, RELEASED, PREEMPTED, FAILED = range(7)
+# failed reasons: 0 none, and these (REASON_CUSTOM: the engine keeps the text by trade id)
+REASON_TIMEOUT, REASON_NOT_READY, REASON_PARENT, REASON_CUSTOM = 1, 2, 3, 4
+
+# lease columns: the Lease fields after ``cls``, in order ...
+(TID, BUYER, PROVIDER, KIND, GPUS, PRICE, START, END, BOOKED_END, TIME, BID, ASK, RESALE, MAKER, BBPS, PBPS,
+ STATUS, READY_AT, METERED_TO, ENDED_BY, FAILED_CODE, COST_PAID, BUYER_FEE_PAID, EARNED, PROVIDER_FEE_PAID,
+ REFUNDED) = range(26)
+LEASE_FIELDS = 26
+# ... then: when it next needs advancing (-1: not on the timetable), first child and next
+# sibling (trade ids of sub-leases, R16; 0: none), flags, the failed reason's argument
+DUE, CHILD, SIB, LFLAGS, FAIL_ARG = range(26, 31)
+NL = 32
+# bid columns
+B_OID, B_ACCOUNT, B_HPG, B_REM, B_FLAGS = range(5)
+NB = 5
+# flags
+DIRTY, NEW, GONE = 1, 2, 4  # changed since the last take / opened since / closed or dropped (row freed at take)
+
+# scalars
+(S_SEQ, S_CLOCK, S_NHEAP, S_NOUT, S_LFREE, S_BFREE, S_NDL, S_NDB, S_NGL, S_NGB, S_TRADES, S_LIVE, S_BIDS) = range(13)
+NS = 16
+# constants
+(K_MAKER_BPS, K_TAKER_BPS, K_HOLD_BPS, K_AUTO_READY, K_TIMEOUT, K_STEP, K_ORDER_REF, K_TRADE_REF,
+ K_LEASE_REF) = range(9)
+NK = 9
+
+# event record columns (settlement.engine.RECORD)
+(R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
+ R_TYPE, R_KIND, R_MAKER) = range(17)
+
+_nj = njit(cache=True, nogil=True)
+
+
+# ---------------------------------------------------------------------- small pieces
+@_nj
+def _look(d: dict, k: int) -> int:
+    """``d[k]``, or -1 (a typed dict's ``get`` gives an Optional, which cannot index an array)."""
+    if k in d:
+        return d[k]
+    return -1
+
+
+@_nj
+def _emit(out: np.ndarray, S: np.ndarray, ref: int, sub: int, debit: int, credit: int, amount: int,
+          time: int) -> np.ndarray:
+    n = S[S_NOUT]
+    if n >= out.shape[0]:
+        grown = np.empty((out.shape[0] * 2 + 64, 6), np.int64)
+        grown[:n] = out[:n]
+        out = grown
+    out[n, 0] = ref
+    out[n, 1] = sub
+    out[n, 2] = debit
+    out[n, 3] = credit
+    out[n, 4] = amount
+    out[n, 5] = time
+    S[S_NOUT] = n + 1
+    return out
+
+
+@_nj
+def _move(out: np.ndarray, S: np.ndarray, ref: int, sub: int, debit: int, credit: int, amount: int,
+          time: int) -> np.ndarray:
+    if amount > 0:
+        return _emit(out, S, ref, sub, debit, credit, amount, time)
+    return _emit(out, S, ref, sub, credit, debit, -amount, time)
+
+
+@_nj
+def _fee(amount: int, bps: int) -> int:
+    if amount <= 0 or bps <= 0:
+        return 0
+    return -(-amount * bps // BPS)
+
+
+@_nj
+def _hpush(heap: np.ndarray, S: np.ndarray, due: int, tid: int) -> None:
+    """The timetable is a binary min-heap of (due, trade id) rows (a packed key would not fit 64 bits)."""
+    n = S[S_NHEAP]
+    i = n
+    while i > 0:
+        p = (i - 1) >> 1
+        if heap[p, 0] < due or (heap[p, 0] == due and heap[p, 1] <= tid):
+            break
+        heap[i, 0] = heap[p, 0]
+        heap[i, 1] = heap[p, 1]
+        i = p
+    heap[i, 0] = due
+    heap[i, 1] = tid
+    S[S_NHEAP] = n + 1
+
+
+@_nj
+def _hpop(heap: np.ndarray, S: np.ndarray) -> None:
+    """Remove the top row (read it first)."""
+    n = S[S_NHEAP] - 1
+    due, tid = heap[n, 0], heap[n, 1]
+    S[S_NHEAP] = n
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and (heap[c + 1, 0] < heap[c, 0] or (heap[c + 1, 0] == heap[c, 0] and heap[c + 1, 1] < heap[c, 1])):
+            c += 1
+        if heap[c, 0] > due or (heap[c, 0] == due and heap[c, 1] >= tid):
+            break
+        heap[i, 0] = heap[c, 0]
+        heap[i, 1] = heap[c, 1]
+        i = c
+    if n > 0:
+        heap[i, 0] = due
+        heap[i, 1] = tid
+
+
+@_nj
+def _dirty_lease(L: np.ndarray, S: np.ndarray, dl: np.ndarray, s: int) -> None:
+    if not L[s, LFLAGS] & DIRTY:
+        L[s, LFLAGS] |= DIRTY
+        dl[S[S_NDL]] = s
+        S[S_NDL] += 1
+
+
+@_nj
+def _dirty_bid(B: np.ndarray, S: np.ndarray, db: np.ndarray, s: int) -> None:
+    if not B[s, B_FLAGS] & DIRTY:
+        B[s, B_FLAGS] |= DIRTY
+        db[S[S_NDB]] = s
+        S[S_NDB] += 1
+
+
+# ---------------------------------------------------------------------- money of one lease (leases.settle)
+@_nj
+def settle(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Bring the ledger to the lease's targets (`settlement.leases.settle`)."""
+    start, end = L[s, START], L[s, END]
+    rate = L[s, GPUS] * L[s, PRICE]
+    st = L[s, STATUS]
+    if st == FAILED:
+        cap = 0
+        earned = 0
+    elif not L[s, READY_AT]:
+        cap = rate * (end - start) // HOUR if end > start else 0
+        earned = 0
+    elif L[s, KIND] == RESERVED:
+        cap = rate * (end - start) // HOUR if end > start else 0
+        earned = cap
+    else:
+        rf = L[s, READY_AT] if L[s, READY_AT] > start else start
+        cap = rate * (end - rf) // HOUR if end > rf else 0
+        m = L[s, METERED_TO] if L[s, METERED_TO] < end else end
+        earned = rate * (m - rf) // HOUR if m > rf else 0
+    refund = L[s, COST_PAID] - cap - L[s, REFUNDED]
+    buyer_fee = _fee(cap, L[s, BBPS])
+    bps = L[s, PBPS]
+    before = L[s, EARNED]
+    terminal = st >= ENDED
+    if bps:
+        fee_now = _fee(earned, bps)
+        net = earned - fee_now - (before - _fee(before, bps))
+        provider_fee = fee_now if terminal else 0
+    else:
+        net = earned - before
+        provider_fee = 0
+    d_fee_refund = L[s, BUYER_FEE_PAID] - buyer_fee
+    d_provider_fee = provider_fee - L[s, PROVIDER_FEE_PAID]
+    if not (refund or d_fee_refund or net or d_provider_fee):
+        L[s, EARNED] = earned
+        return out
+    prepaid = L[s, BUYER] << 3 | PREPAID
+    available = L[s, BUYER] << 3 | AVAILABLE
+    if refund:
+        out = _move(out, S, ref, cause | REFUND, prepaid, available, refund, time)
+    if d_fee_refund:
+        out = _move(out, S, ref, cause | FEE_REFUND, FEES_ACCOUNT, available, d_fee_refund, time)
+    if net > 0:
+        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << 3 | RECEIVABLE, net, time)
+    elif net:
+        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << 3 | RECEIVABLE, prepaid, -net, time)
+    if d_provider_fee:
+        out = _move(out, S, ref, cause | PROVIDER_FEE, prepaid, FEES_ACCOUNT, d_provider_fee, time)
+    L[s, REFUNDED] += refund
+    L[s, BUYER_FEE_PAID] = buyer_fee
+    L[s, EARNED] = earned
+    L[s, PROVIDER_FEE_PAID] = provider_fee
+    return out
+
+
+@_nj
+def settle_earnings(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarray,
+                    S: np.ndarray) -> np.ndarray:
+    """A ready metered lease at a metering point or its end (`settlement.leases.settle_earnings`)."""
+    start, end = L[s, START], L[s, END]
+    rate = L[s, GPUS] * L[s, PRICE]
+    rf = L[s, READY_AT] if L[s, READY_AT] > start else start
+    if L[s, COST_PAID] - L[s, REFUNDED] != (rate * (end - rf) // HOUR if end > rf else 0) or not L[s, READY_AT]:
+        return settle(L, s, ref, cause, time, out, S)
+    m = L[s, METERED_TO] if L[s, METERED_TO] < end else end
+    earned = rate * (m - rf) // HOUR if m > rf else 0
+    bps = L[s, PBPS]
+    before = L[s, EARNED]
+    if bps:
+        fee_now = _fee(earned, bps)
+        net = earned - fee_now - before + _fee(before, bps)
+        provider_fee = fee_now if L[s, STATUS] >= ENDED else 0
+    else:
+        net = earned - before
+        provider_fee = 0
+    prepaid = L[s, BUYER] << 3 | PREPAID
+    if net > 0:
+        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << 3 | RECEIVABLE, net, time)
+    elif net:
+        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << 3 | RECEIVABLE, prepaid, -net, time)
+    if provider_fee != L[s, PROVIDER_FEE_PAID]:
+        out = _move(out, S, ref, cause | PROVIDER_FEE, prepaid, FEES_ACCOUNT, provider_fee - L[s, PROVIDER_FEE_PAID],
+                    time)
+        L[s, PROVIDER_FEE_PAID] = provider_fee
+    L[s, EARNED] = earned
+    return out
+
+
+# ---------------------------------------------------------------------- the timetable
+@_nj
+def _drop(L: np.ndarray, lmap: dict, S: np.ndarray, gl: np.ndarray, s: int) -> None:
+    """(reference `_drop`) The lease leaves the engine; its row is freed at the next take."""
+    tid = L[s, TID]
+    if _look(lmap, tid) == s:
+        del lmap[tid]
+    L[s, DUE] = -1
+    L[s, CHILD] = 0
+    parent = L[s, RESALE]
+    if parent:
+        p = _look(lmap, parent)
+        if p >= 0:  # unlink from the parent's sub-leases
+            prev = -1
+            c = L[p, CHILD]
+            while c:
+                cs = _look(lmap, c)
+                nxt = L[cs, SIB] if cs >= 0 else 0
+                if c == tid:
+                    if prev < 0:
+                        L[p, CHILD] = nxt
+                    else:
+                        L[prev, SIB] = nxt
+                    break
+                prev = cs
+                c = nxt
+    L[s, LFLAGS] |= GONE
+    gl[S[S_NGL]] = s
+    S[S_NGL] += 1
+    S[S_LIVE] -= 1
+
+
+@_nj
+def _schedule_next(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, gl: np.ndarray,
+                   s: int, now: int) -> None:
+    """(reference `_schedule_next`) Put the lease on the timetable for its next transition (or drop it)."""
+    st = L[s, STATUS]
+    start, end = L[s, START], L[s, END]
+    if st == READY:
+        due = end
+        if L[s, KIND] != RESERVED:
+            step = K[K_STEP]
+            base = L[s, METERED_TO] if L[s, METERED_TO] > L[s, READY_AT] else L[s, READY_AT]
+            base = base if base > start else start
+            point = base - base % step + step
+            if point < due:
+                due = point
+    elif st == PENDING or st == PROVISIONING:
+        due = end
+        if K[K_AUTO_READY] and st == PENDING and start < due:
+            due = start
+        if K[K_TIMEOUT] and start + K[K_TIMEOUT] < due:
+            due = start + K[K_TIMEOUT]
+    else:  # ended: kept until its end passed (a late preemption or release may still name it)
+        if now >= end:
+            _drop(L, lmap, S, gl, s)
+            return
+        due = end
+    if L[s, DUE] != due:
+        L[s, DUE] = due
+        _hpush(heap, S, due, L[s, TID])
+
+
+@_nj
+def _fail(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
+          gl: np.ndarray, stack: np.ndarray, s: int, reason: int, arg: int, time: int,
+          out: np.ndarray) -> np.ndarray:
+    """(reference `_fail`) The lease fails, refunded in full; its sub-leases not ready yet fail
+    too (depth first, each then put on the timetable)."""
+    lease_ref = K[K_LEASE_REF]
+    stack[0] = s
+    n = 1
+    done = 0
+    while n > done:
+        x = stack[done]
+        done += 1
+        if x != s:  # a sub-lease: only if still pending or provisioning
+            if L[x, STATUS] != PENDING and L[x, STATUS] != PROVISIONING:
+                continue
+            L[x, FAILED_CODE] = REASON_PARENT
+            L[x, FAIL_ARG] = L[x, RESALE]
+        else:
+            L[x, FAILED_CODE] = reason
+            L[x, FAIL_ARG] = arg
+        L[x, STATUS] = FAILED
+        out = settle(L, x, lease_ref | L[x, TID], C_FAILED, time, out, S)
+        _dirty_lease(L, S, dl, x)
+        c = L[x, CHILD]
+        while c:
+            cs = _look(lmap, c)
+            if cs < 0:
+                break
+            stack[n] = cs
+            n += 1
+            c = L[cs, SIB]
+    for i in range(1, n):  # the failed sub-leases go on the timetable (reference: `_advance(child)`)
+        x = stack[i]
+        if L[x, STATUS] == FAILED and not L[x, LFLAGS] & GONE:
+            _schedule_next(L, lmap, heap, S, K, gl, x, S[S_CLOCK])
+    return out
+
+
+@_nj
+def _advance(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
+             gl: np.ndarray, stack: np.ndarray, s: int, now: int, out: np.ndarray) -> np.ndarray:
+    """(reference `_advance`) Every transition of the lease due at or before ``now``, each at
+    its own time; then schedule the next one."""
+    st = L[s, STATUS]
+    start, end = L[s, START], L[s, END]
+    ref = K[K_LEASE_REF] | L[s, TID]
+    if st == PENDING or st == PROVISIONING:
+        if K[K_AUTO_READY] and st == PENDING and now >= start and start < end:
+            L[s, STATUS] = st = READY
+            L[s, READY_AT] = start
+            if L[s, KIND] == RESERVED:
+                out = settle(L, s, ref, C_READY, start, out, S)
+        else:
+            timeout = start + K[K_TIMEOUT] if K[K_TIMEOUT] else end
+            if now >= end or now >= timeout:
+                at = end if end < timeout else timeout
+                out = _fail(L, lmap, heap, S, K, dl, gl, stack, s, REASON_TIMEOUT if at < end else REASON_NOT_READY,
+                            0, at, out)
+                st = FAILED
+    if st == READY:
+        step = K[K_STEP]
+        if L[s, KIND] != RESERVED:
+            rf = L[s, READY_AT] if L[s, READY_AT] > start else start
+            base = L[s, METERED_TO] if L[s, METERED_TO] > rf else rf
+            point = base - base % step + step
+            while point <= now and point < end:
+                L[s, METERED_TO] = point
+                out = settle(L, s, ref, point << PARAM_SHIFT | C_METER, point, out, S)
+                point += step
+        if now >= end:
+            L[s, METERED_TO] = end
+            L[s, STATUS] = L[s, ENDED_BY] if L[s, ENDED_BY] else ENDED
+            out = settle(L, s, ref, C_END, end, out, S)
+            _drop(L, lmap, S, gl, s)
+            return out
+    _schedule_next(L, lmap, heap, S, K, gl, s, now)
+    return out
+
+
+@_nj
+def advance_class(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
+                  gl: np.ndarray, stack: np.ndarray, now: int, out: np.ndarray) -> np.ndarray:
+    """(reference `_advance_class`) Every lease due at or before ``now``."""
+    step = K[K_STEP]
+    lease_ref = K[K_LEASE_REF]
+    while S[S_NHEAP] and heap[0, 0] <= now:
+        due, tid = heap[0, 0], heap[0, 1]
+        _hpop(heap, S)
+        s = _look(lmap, tid)
+        if s < 0 or L[s, DUE] != due:
+            continue  # stale entry
+        L[s, DUE] = -1
+        _dirty_lease(L, S, dl, s)
+        if L[s, STATUS] != READY or L[s, KIND] == RESERVED:
+            out = _advance(L, lmap, heap, S, K, dl, gl, stack, s, now, out)
+            continue
+        # a ready metered lease (most of them): `_advance` and `_schedule_next`, inlined
+        end = L[s, END]
+        rf = L[s, READY_AT] if L[s, READY_AT] > L[s, START] else L[s, START]
+        base = L[s, METERED_TO] if L[s, METERED_TO] > rf else rf
+        point = base - base % step + step
+        ref = lease_ref | tid
+        while point <= now and point < end:
+            L[s, METERED_TO] = point
+            out = settle_earnings(L, s, ref, point << PARAM_SHIFT | C_METER, point, out, S)
+            point += step
+        if now >= end:
+            L[s, METERED_TO] = end
+            L[s, STATUS] = L[s, ENDED_BY] if L[s, ENDED_BY] else ENDED
+            out = settle_earnings(L, s, ref, C_END, end, out, S)
+            _drop(L, lmap, S, gl, s)
+        else:
+            due = point if point < end else end
+            L[s, DUE] = due
+            _hpush(heap, S, due, tid)
+    return out
+
+
+# ---------------------------------------------------------------------- events
+@_nj
+def _close_bid(B: np.ndarray, bmap: dict, S: np.ndarray, db: np.ndarray, gb: np.ndarray, s: int) -> None:
+    """(reference `_forget_bid`) The bid left: its row is deleted at the next take unless it
+    was opened since the last one; its slot is freed then."""
+    del bmap[B[s, B_OID]]
+    B[s, B_FLAGS] |= GONE
+    _dirty_bid(B, S, db, s)
+    gb[S[S_NGB]] = s
+    S[S_NGB] += 1
+    S[S_BIDS] -= 1
+
+
+@_nj
+def _new_bid_slot(B: np.ndarray, bmap: dict, bfree: np.ndarray, S: np.ndarray, oid: int) -> int:
+    s = _look(bmap, oid)
+    if s >= 0:
+        return s
+    S[S_BFREE] -= 1
+    s = bfree[S[S_BFREE]]
+    bmap[oid] = s
+    S[S_BIDS] += 1
+    B[s, B_FLAGS] = 0
+    return s
+
+
+@_nj
+def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dict, heap: np.ndarray,
+           S: np.ndarray, K: np.ndarray, dl: np.ndarray, db: np.ndarray, gl: np.ndarray, gb: np.ndarray,
+           stack: np.ndarray, ev: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(reference `_trade`) A fill: the buyer's escrow pays the lease (and fee); a pending lease."""
+    t, oid, tid, buyer, price = ev[R_TIME], ev[R_OID], ev[R_TID], ev[R_ACC], ev[R_PRICE]
+    start, end, gpus, rem, kind, maker = ev[R_START], ev[R_END], ev[R_GPUS], ev[R_REM], ev[R_KIND], ev[R_MAKER]
+    cost = gpus * price * (end - start) // HOUR if end > start else 0
+    if maker == SIDE_BID:
+        brate, prate = K[K_MAKER_BPS], K[K_TAKER_BPS]
+    else:
+        brate, prate = K[K_TAKER_BPS], K[K_MAKER_BPS]
+    buyer_fee = -(-cost * brate // BPS) if brate and cost > 0 else 0
+    ref = K[K_TRADE_REF] | tid
+    b = buyer << 3
+    src = b | AVAILABLE
+    bs = _look(bmap, oid)
+    if bs >= 0:
+        src = b | ESCROW
+        rest = gpus * B[bs, B_HPG] - cost - buyer_fee
+        B[bs, B_REM] = rem
+        if rem <= 0:
+            _close_bid(B, bmap, S, db, gb, bs)
+        else:
+            _dirty_bid(B, S, db, bs)
+        if rest > 0:
+            out = _emit(out, S, ref, TRADE_RELEASE, src, b | AVAILABLE, rest, t)
+        elif rest < 0:  # the fee rate rose since the bid was accepted: the difference from available
+            out = _emit(out, S, ref, TOP_UP, b | AVAILABLE, src, -rest, t)
+    if cost:
+        out = _emit(out, S, ref, COST, src, b | PREPAID, cost, t)
+    if buyer_fee:
+        out = _emit(out, S, ref, BUYER_FEE, src, FEES_ACCOUNT, buyer_fee, t)
+    S[S_LFREE] -= 1
+    s = lfree[S[S_LFREE]]
+    L[s, :] = 0
+    L[s, TID] = tid
+    L[s, BUYER] = buyer
+    L[s, PROVIDER] = ev[R_ACC2]
+    L[s, KIND] = kind
+    L[s, GPUS] = gpus
+    L[s, PRICE] = price
+    L[s, START] = start
+    L[s, END] = end
+    L[s, BOOKED_END] = end
+    L[s, TIME] = t
+    L[s, BID] = oid
+    L[s, ASK] = ev[R_OID2]
+    L[s, RESALE] = ev[R_LEASE]
+    L[s, MAKER] = maker
+    L[s, BBPS] = brate
+    L[s, PBPS] = prate
+    L[s, COST_PAID] = cost
+    L[s, BUYER_FEE_PAID] = buyer_fee
+    L[s, DUE] = -1
+    lmap[tid] = s
+    S[S_LIVE] += 1
+    parent = ev[R_LEASE]
+    if parent:  # a sub-lease (R16): last among its parent's
+        p = _look(lmap, parent)
+        if p >= 0:
+            c = L[p, CHILD]
+            if not c:
+                L[p, CHILD] = tid
+            else:
+                while True:
+                    cs = _look(lmap, c)
+                    if cs < 0 or not L[cs, SIB]:
+                        break
+                    c = L[cs, SIB]
+                if cs >= 0:
+                    L[cs, SIB] = tid
+    S[S_TRADES] += 1
+    _dirty_lease(L, S, dl, s)
+    now = S[S_CLOCK]
+    if K[K_AUTO_READY] and kind != RESERVED and start <= now < end:
+        # the common case, without the general `_advance`: ready at its start, nothing to
+        # move yet; next due at the first metering point or its end
+        L[s, STATUS] = READY
+        L[s, READY_AT] = start
+        step = K[K_STEP]
+        point = start - start % step + step
+        if point > now:
+            due = point if point < end else end
+            L[s, DUE] = due
+            _hpush(heap, S, due, tid)
+            return out
+    return _advance(L, lmap, heap, S, K, dl, gl, stack, s, now, out)
+
+
+@_nj
+def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dict, bfree: np.ndarray,
+          heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray, db: np.ndarray, gl: np.ndarray,
+          gb: np.ndarray, stack: np.ndarray, rows: np.ndarray, last_time: int, out: np.ndarray) -> np.ndarray:
+    """(reference `SettlementEngine.apply`, after the events were checked and filtered) Apply
+    one class's event records in order; the caller made room in every array for them."""
+    for i in range(rows.shape[0]):
+        ev = rows[i]
+        t = ev[R_TIME]
+        if t > S[S_CLOCK]:
+            if S[S_NHEAP] and heap[0, 0] <= t:
+                out = advance_class(L, lmap, heap, S, K, dl, gl, stack, t, out)
+            S[S_CLOCK] = t
+        typ = ev[R_TYPE]
+        if typ == EV_TRADE:
+            out = _trade(L, lmap, lfree, B, bmap, heap, S, K, dl, db, gl, gb, stack, ev, out)
+        elif typ == EV_ACCEPTED:  # (reference `_accepted_bid`)
+            notional = ev[R_HOURS] * ev[R_PRICE]
+            hpg = notional + _fee(notional, K[K_HOLD_BPS])
+            oid = ev[R_OID]
+            s = _new_bid_slot(B, bmap, bfree, S, oid)
+            B[s, B_OID] = oid
+            B[s, B_ACCOUNT] = ev[R_ACC]
+            B[s, B_HPG] = hpg
+            B[s, B_REM] = ev[R_REM]
+            _dirty_bid(B, S, db, s)
+            B[s, B_FLAGS] |= NEW
+            hold = ev[R_REM] * hpg
+            if hold:
+                a = ev[R_ACC] << 3
+                out = _emit(out, S, K[K_ORDER_REF] | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, t)
+        elif typ == EV_CANCELLED or typ == EV_EXPIRED:  # (reference `_bid_closed`)
+            s = _look(bmap, ev[R_OID])
+            if s >= 0:
+                _close_bid(B, bmap, S, db, gb, s)
+                if B[s, B_REM]:
+                    a = B[s, B_ACCOUNT] << 3
+                    out = _emit(out, S, K[K_ORDER_REF] | ev[R_OID], RELEASE, a | ESCROW, a | AVAILABLE,
+                                B[s, B_REM] * B[s, B_HPG], S[S_CLOCK])
+        elif typ == EV_AMENDED:  # (reference `_bid_amended`)
+            s = _look(bmap, ev[R_OID])
+            if s >= 0:
+                freed = (B[s, B_REM] - ev[R_REM]) * B[s, B_HPG]
+                B[s, B_REM] = ev[R_REM]
+                _dirty_bid(B, S, db, s)
+                if freed > 0:
+                    a = B[s, B_ACCOUNT] << 3
+                    out = _emit(out, S, K[K_ORDER_REF] | ev[R_OID], ev[R_SEQ] << PARAM_SHIFT | AMEND, a | ESCROW,
+                                a | AVAILABLE, freed, t)
+        else:  # EV_PREEMPTED, EV_RELEASED (reference `_cut`): the lease now ends at the event's end
+            s = _look(lmap, ev[R_TID])
+            if s >= 0:
+                new_end = ev[R_END] if ev[R_END] < L[s, END] else L[s, END]
+                if new_end < L[s, START]:
+                    new_end = L[s, START]
+                preempted = typ == EV_PREEMPTED
+                L[s, ENDED_BY] = PREEMPTED if preempted else RELEASED
+                L[s, END] = new_end
+                if L[s, STATUS] <= READY:
+                    why = ev[R_SEQ] << PARAM_SHIFT | (C_PREEMPTED if preempted else C_RELEASED)
+                    out = settle(L, s, K[K_LEASE_REF] | L[s, TID], why, t, out, S)
+                out = _advance(L, lmap, heap, S, K, dl, gl, stack, s, S[S_CLOCK], out)
+                _dirty_lease(L, S, dl, s)
+    if last_time > S[S_CLOCK]:
+        if S[S_NHEAP] and heap[0, 0] <= last_time:
+            out = advance_class(L, lmap, heap, S, K, dl, gl, stack, last_time, out)
+        S[S_CLOCK] = last_time
+    return out
+
+
+# ---------------------------------------------------------------------- provisioning answers (R18)
+@_nj
+def mark(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
+         gl: np.ndarray, stack: np.ndarray, s: int, what: int, t: int, reason: int, out: np.ndarray) -> np.ndarray:
+    """(reference `mark_provisioning` / `mark_ready` / `mark_failed`, once the Python side checked
+    the lease's state) ``what``: PROVISIONING, READY or FAILED."""
+    if what == PROVISIONING:
+        L[s, STATUS] = PROVISIONING
+        _dirty_lease(L, S, dl, s)
+        return _advance(L, lmap, heap, S, K, dl, gl, stack, s, S[S_CLOCK], out)
+    if what == READY:
+        L[s, STATUS] = READY
+        L[s, READY_AT] = t if t > 1 else 1
+        out = settle(L, s, K[K_LEASE_REF] | L[s, TID], C_READY, t, out, S)
+        out = _advance(L, lmap, heap, S, K, dl, gl, stack, s, S[S_CLOCK], out)
+        _dirty_lease(L, S, dl, s)
+        return out
+    out = _fail(L, lmap, heap, S, K, dl, gl, stack, s, reason, 0, t, out)
+    return _advance(L, lmap, heap, S, K, dl, gl, stack, s, S[S_CLOCK], out)
+
+
+@_nj
+def schedule_all(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, gl: np.ndarray,
+                 slots: np.ndarray) -> None:
+    """(reference `restore`) Put restored leases on the timetable, in trade id order."""
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        if not L[s, LFLAGS] & GONE:
+            _schedule_next(L, lmap, heap, S, K, gl, s, S[S_CLOCK])
+
+
+# ---------------------------------------------------------------------- what changed (the store's rows)
+@_nj
+def take_leases(L: np.ndarray, lfree: np.ndarray, S: np.ndarray, dl: np.ndarray, gl: np.ndarray) -> np.ndarray:
+    """The rows (first LEASE_FIELDS columns) of the leases changed since the last take; then the
+    slots of dropped leases are free again."""
+    n = S[S_NDL]
+    rows = np.empty((n, LEASE_FIELDS + 1), np.int64)
+    for i in range(n):
+        s = dl[i]
+        rows[i, :LEASE_FIELDS] = L[s, :LEASE_FIELDS]
+        rows[i, LEASE_FIELDS] = L[s, FAIL_ARG]
+        L[s, LFLAGS] &= ~DIRTY
+    S[S_NDL] = 0
+    for i in range(S[S_NGL]):
+        s = gl[i]
+        L[s, LFLAGS] = 0
+        lfree[S[S_LFREE]] = s
+        S[S_LFREE] += 1
+    S[S_NGL] = 0
+    return rows
+
+
+@_nj
+def take_bids(B: np.ndarray, bfree: np.ndarray, S: np.ndarray, db: np.ndarray,
+              gb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(open bids changed: oid, account, hpg, remaining; closed bids' oids to delete) since the
+    last take; a bid opened and closed in between needs neither.  Then closed slots are free."""
+    n = S[S_NDB]
+    up = np.empty((n, 4), np.int64)
+    gone = np.empty(n, np.int64)
+    nu = 0
+    ng = 0
+    for i in range(n):
+        s = db[i]
+        f = B[s, B_FLAGS]
+        if f & GONE:
+            if not f & NEW:
+                gone[ng] = B[s, B_OID]
+                ng += 1
+        else:
+            up[nu, 0] = B[s, B_OID]
+            up[nu, 1] = B[s, B_ACCOUNT]
+            up[nu, 2] = B[s, B_HPG]
+            up[nu, 3] = B[s, B_REM]
+            nu += 1
+            B[s, B_FLAGS] = 0
+    S[S_NDB] = 0
+    for i in range(S[S_NGB]):
+        s = gb[i]
+        B[s, B_FLAGS] = 0
+        bfree[S[S_BFREE]] = s
+        S[S_BFREE] += 1
+    S[S_NGB] = 0
+    return up[:nu], gone[:ng]

@@ -145,7 +145,8 @@ def _hpop(heap: np.ndarray, S: np.ndarray) -> None:
         c = 2 * i + 1
         if c >= n:
             break
-        if c + 1 < n and (heap[c + 1, 0] < heap[c, 0] or (heap[c + 1, 0] == heap[c, 0] and heap[c + 1, 1] < heap[c, 1])):
+        if c + 1 < n and (heap[c + 1, 0] < heap[c, 0]
+                          or (heap[c + 1, 0] == heap[c, 0] and heap[c + 1, 1] < heap[c, 1])):
             c += 1
         if heap[c, 0] > due or (heap[c, 0] == due and heap[c, 1] >= tid):
             break

@@ -9,7 +9,10 @@ After every step:
 * escrow of each account equals the open exposure of its bids *in the book* (an oracle
   independent of settlement's own bookkeeping), and lease_prepaid what its live leases hold;
 * every trade is settled once: one lease row and one cost transfer per trade event;
-* replaying an old batch, or restarting from the file, changes nothing.
+* replaying an old batch, or restarting from the file, changes nothing;
+* the jitted engine (settlement.engine, which the ledger is fed by) and the plain-Python
+  reference engine (settlement.reference), given the same inputs, have made the same transfers
+  and hold the same bids, leases, timetable, seq and clock.
 At the end, every lease is run to its end and each account's money is checked against a
 model that prices each lease from the events alone (failed: 0; reserved: its window; metered:
 from ready to its final end), with its maker/taker fees.
@@ -49,8 +52,19 @@ from orderbook.types import (
     SPOT,
 )
 from settlement.engine import SettlementConfig
-from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID, RECEIVABLE, InsufficientFunds
+from settlement.ledger import (
+    ACCOUNT_SHIFT,
+    AVAILABLE,
+    ESCROW,
+    EXCHANGE,
+    FEES,
+    PREPAID,
+    RECEIVABLE,
+    InsufficientFunds,
+    Transfer,
+)
 from settlement.money import fee, hold_per_gpu, lease_value
+from settlement.reference import SettlementEngine as ReferenceEngine
 from settlement.service import Settlement
 
 CLS = "H100"
@@ -85,6 +99,9 @@ class SettlementMachine(RuleBasedStateMachine):
         self.config = SettlementConfig(fees={CLS: self.fees}, auto_ready=auto_ready, meter_interval_s=interval,
                                        provision_timeout_s=timeout)
         self.s = Settlement(self.dir / "ledger.db", self.config)
+        self.ref = ReferenceEngine(self.config)  # fed the same inputs, after each of them committed
+        self.ref.class_code = lambda name: self.s.engine.class_code(name)  # the ledger's codes (after restarts too)
+        self.ref_transfers: list[tuple] = []
         self.deposits = {a: FUNDS for a in ACCOUNTS}
         for a in ACCOUNTS:
             self.s.deposit(a, FUNDS, f"init:{a}")
@@ -113,6 +130,7 @@ class SettlementMachine(RuleBasedStateMachine):
 
     def _settle(self, events: np.ndarray) -> None:
         self.s.on_events(CLS, events)
+        self.ref_transfers += self.ref.apply(CLS, events)
 
     @rule(acct=st.sampled_from(ACCOUNTS), gpus=st.integers(1, 8), price=st.integers(1, 12),
           spot=st.integers(0, 12), start_h=st.sampled_from([0, 0, 1, 2]), win_h=st.integers(1, 12),
@@ -199,6 +217,7 @@ class SettlementMachine(RuleBasedStateMachine):
         self.now += dt
         self._settle(self._process(_cmd(type=CMD_CLOCK, time=self.now)))  # the book must not fall behind
         self.s.tick(self.now)
+        self.ref_transfers += self.ref.tick(self.now)
 
     def _pending(self) -> list[int]:
         return sorted(tid for c in self.s.engine.classes.values() for tid, x in c.leases.items()
@@ -216,12 +235,15 @@ class SettlementMachine(RuleBasedStateMachine):
                 continue  # a parent's failure failed it meanwhile
             if provisioning:
                 self.s.mark_provisioning(f"{CLS}-{tid}")
+                self.ref_transfers += self.ref.mark_provisioning(CLS, tid)
             t = min(lease.start + late, self.s.engine.classes[CLS].clock)
             if answer == "failed":
                 self.s.mark_failed(f"{CLS}-{tid}", t, "test")
+                self.ref_transfers += self.ref.mark_failed(CLS, tid, t, "test")
                 self.marked[tid] = ("failed", t)
             elif answer == "ready":
                 self.s.mark_ready(f"{CLS}-{tid}", t)
+                self.ref_transfers += self.ref.mark_ready(CLS, tid, t)
                 self.marked[tid] = ("ready", t)
 
     @rule(pick=st.integers(0, 1000))
@@ -230,6 +252,7 @@ class SettlementMachine(RuleBasedStateMachine):
             return
         before = self.s.ledger.count(), self.s.ledger.balances()
         assert self.s.on_events(CLS, self.batches[pick % len(self.batches)]) == 0
+        assert self.ref.apply(CLS, self.batches[pick % len(self.batches)]) == []
         assert (self.s.ledger.count(), self.s.ledger.balances()) == before
 
     @rule()
@@ -269,6 +292,21 @@ class SettlementMachine(RuleBasedStateMachine):
             return
         self.s.check_invariants()
         assert self.s.last_seq(CLS) == self.book.seq  # every event settled
+
+    @invariant()
+    def same_as_the_reference_engine(self) -> None:
+        if self.s is None:
+            return
+        named = {t.id for t in self.s.transfers() if t.id.split(":")[0] not in ("order", "trade", "lease")}
+        got = sorted(t for t in self.s.transfers() if t.id not in named)
+        fmt = self.s.ledger._formatter()
+        want = sorted(Transfer(fmt(ref, sub), d >> ACCOUNT_SHIFT, d & 7, c >> ACCOUNT_SHIFT, c & 7, amount, time)
+                      for ref, sub, d, c, amount, time in self.ref_transfers)
+        assert got == want
+        for cls, c in self.s.engine.classes.items():
+            r = self.ref.classes[cls]
+            assert (c.seq, c.clock, dict(c.bids), dict(c.leases), c.due) == \
+                (r.seq, r.clock, r.bids, r.leases, r.due), cls
 
     @invariant()
     def escrow_equals_the_books_open_exposure(self) -> None:

@@ -37,7 +37,7 @@ from exchange.config import ServerConfig
 from exchange.engine import Prov
 from exchange.state import hold_per_gpu
 from orderbook.types import CMD_CLOCK, EV_ACCEPTED, EVENT_DTYPE, SIDE_BID
-from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments
+from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments, join_transfers
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
 
@@ -262,8 +262,8 @@ class SettlementLink:
         backlog = self.backlog
         self._answered = []
 
-        def step(engine: Any) -> list:
-            out: list = []
+        def step(engine: Any) -> np.ndarray:
+            out: list[np.ndarray] = []
             for b in backlog:  # in journal order: each batch's events, the answers among them, its clocks
                 answers: dict[str, list[Answer]] = {}
                 for a in b.answers:
@@ -273,13 +273,13 @@ class SettlementLink:
                 for cls in {*events, *answers}:
                     transfers, took = self.settlement.events_and_answers(engine, cls, events.get(cls, _NONE),
                                                                          answers.get(cls, []))
-                    out += transfers
+                    out.append(transfers)
                     self._answered += took
                 for cls, now in b.times.items():
-                    out += engine.tick(now, cls)
+                    out.append(engine.tick(now, cls))
             if prov is not None:
-                out += prov.step(engine, [p for b in backlog for p in b.parts], engine_now)
-            return out
+                out.append(prov.step(engine, [p for b in backlog for p in b.parts], engine_now))
+            return join_transfers(out)
 
         try:
             self.settlement.run(step)

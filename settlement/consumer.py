@@ -45,7 +45,7 @@ import msgspec
 import numpy as np
 
 from orderbook.types import EV_ACCEPTED, EV_AMENDED, EV_CANCELLED, EV_EXPIRED, EV_PREEMPTED, EV_RELEASED, EV_TRADE
-from settlement.engine import SequenceGap, SettlementConfig
+from settlement.engine import SequenceGap, SettlementConfig, join_transfers
 from settlement.events import _ENUMS, SEQ, SIDE, TIME, TYPE, from_json
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
@@ -329,14 +329,14 @@ class RedisConsumer:
                     positions[cls] = _s(buf[run[-1]][0])
         n = 0
         if parts:
-            def step(engine: Any) -> list:
-                out: list = []
+            def step(engine: Any) -> np.ndarray:
+                out: list[np.ndarray] = []
                 for cls, evs, answers in parts:
                     transfers, _ = s.events_and_answers(engine, cls, evs, [
                         Answer(a["book"], a["trade_id"], a["ready"], a["time"], a["after"], a.get("connection", ""),
                                a.get("reason", "")) for a in answers])
-                    out += transfers
-                return out
+                    out.append(transfers)
+                return join_transfers(out)
 
             s.run(step, positions)  # one transaction; raises (and commits nothing) on failure
             self.commits += 1

@@ -19,7 +19,8 @@ The per-event work runs jitted over columnar state (`settlement.core`); the rule
 beside this one on the same events and require the same transfers and state from.  Leases
 and bids are read out as `Lease` / `Bid` objects (`lease`, `ClassState.leases`, `take_changes`).
 
-Transfers come out as the ledger's rows, ``[ref, sub, debit, credit, amount, time]``: the id
+Transfers come out as the ledger's rows, an int64 array of ``(ref, sub, debit, credit, amount,
+time)`` (`join_transfers` puts several together; the ledger stores them as a page): the id
 as two integers (`settlement.ids`, with the class's code in the ledger's ``id_classes``:
 ``class_code``, which the store connects to the ledger file) and accounts as ``owner << 3 | kind``.
 
@@ -410,18 +411,18 @@ class SettlementEngine:
         return out
 
     # ------------------------------------------------------------------ calling the core
-    def _transfers(self, c: ClassState, out: np.ndarray) -> list:
+    def _transfers(self, c: ClassState, out: np.ndarray) -> np.ndarray:
         self._out = out
         n = int(c.S[core.S_NOUT])
         c.S[core.S_NOUT] = 0
-        return out[:n].tolist() if n else []
+        return out[:n].copy() if n else NO_TRANSFERS
 
     def _begin(self, c: ClassState, n: int) -> None:
         c.reserve(n)
         c.S[core.S_NOUT] = 0
 
     # ------------------------------------------------------------------ events
-    def apply(self, cls: str, events: np.ndarray | Iterable[tuple]) -> list:
+    def apply(self, cls: str, events: np.ndarray | Iterable[tuple]) -> np.ndarray:
         """Apply one class's events (an EVENT_DTYPE array or record tuples, in seq order);
         returns the transfers.  Events at or below the last seq applied are skipped; a gap
         raises `SequenceGap` before anything changes."""
@@ -432,7 +433,7 @@ class SettlementEngine:
             rows, last_seq, last_time, skipped = _relevant_tuples(c, events)
         self.events_skipped += skipped
         if not last_seq:
-            return []
+            return NO_TRANSFERS
         self._begin(c, len(rows))
         trades0 = int(c.S[core.S_TRADES])
         out = core.apply(c.L, c.lmap, c.lfree, c.B, c.bmap, c.bfree, c.heap, c.S, c.K, c.dl, c.db, c.gl, c.gb,
@@ -444,18 +445,18 @@ class SettlementEngine:
         return self._transfers(c, out)
 
     # ------------------------------------------------------------------ time
-    def tick(self, now: int, cls: str | None = None) -> list:
+    def tick(self, now: int, cls: str | None = None) -> np.ndarray:
         """Advance the clock of one class (or of every class) to ``now``: ready leases are
         metered, leases whose end passed end, auto-ready and timeouts apply."""
-        out: list = []
+        out: list[np.ndarray] = []
         for c in [self.state(cls)] if cls is not None else list(self.classes.values()):
             if now > c.clock:
                 self._begin(c, 0)
                 arr = core.advance_class(c.L, c.lmap, c.heap, c.S, c.K, c.dl, c.gl, c.stack, now, self._out)
                 c.clock = now
                 c.dirty = True
-                out += self._transfers(c, arr)
-        return out
+                out.append(self._transfers(c, arr))
+        return join_transfers(out)
 
     # ------------------------------------------------------------------ provisioning answers (R18)
     def _live_lease(self, cls: str, trade_id: int) -> tuple[ClassState, int, Lease]:
@@ -465,20 +466,20 @@ class SettlementEngine:
             raise LeaseStateError(f"no lease {cls}-{trade_id} in settlement (unknown, or ended and settled)")
         return c, s, c.lease(s)
 
-    def _mark(self, c: ClassState, s: int, what: int, t: int = 0, reason: int = 0) -> list:
+    def _mark(self, c: ClassState, s: int, what: int, t: int = 0, reason: int = 0) -> np.ndarray:
         self._begin(c, 1)
         out = core.mark(c.L, c.lmap, c.heap, c.S, c.K, c.dl, c.gl, c.stack, s, what, t, reason, self._out)
         return self._transfers(c, out)
 
-    def mark_provisioning(self, cls: str, trade_id: int) -> list:
+    def mark_provisioning(self, cls: str, trade_id: int) -> np.ndarray:
         c, s, lease = self._live_lease(cls, trade_id)
         if lease.status == PENDING:
             return self._mark(c, s, core.PROVISIONING)
         if lease.status == FAILED:
             raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
-        return []
+        return NO_TRANSFERS
 
-    def mark_ready(self, cls: str, trade_id: int, t: int) -> list:
+    def mark_ready(self, cls: str, trade_id: int, t: int) -> np.ndarray:
         """The provider's agent reports the lease ready at ``t``: metering starts (R18).  A
         repeat is a no-op; ready after the lease's end, or for a failed lease, is refused."""
         c, s, lease = self._live_lease(cls, trade_id)
@@ -488,9 +489,9 @@ class SettlementEngine:
             return self._mark(c, s, core.READY, t)
         if lease.status == FAILED:
             raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
-        return []
+        return NO_TRANSFERS
 
-    def mark_failed(self, cls: str, trade_id: int, t: int, reason: str = "provisioning failed") -> list:
+    def mark_failed(self, cls: str, trade_id: int, t: int, reason: str = "provisioning failed") -> np.ndarray:
         """The lease could not be provisioned: the renter is refunded in full, the provider earns
         nothing (R18); its sub-leases not ready yet fail too.  A repeat is a no-op."""
         c, s, lease = self._live_lease(cls, trade_id)
@@ -500,7 +501,7 @@ class SettlementEngine:
                 c.reasons[trade_id] = reason
             return self._mark(c, s, core.FAILED, t, code)
         if lease.status == FAILED:
-            return []
+            return NO_TRANSFERS
         raise LeaseStateError(f"lease {lease.ref} is {lease.status}: only a lease not ready yet can fail")
 
     # ------------------------------------------------------------------ restoring (store)
@@ -540,6 +541,18 @@ class SettlementEngine:
                 tail[x.resale_of] = s
         c.S[core.S_LIVE] = len(leases)
         core.schedule_all(c.L, c.lmap, c.heap, c.S, c.K, c.gl, slots)
+
+
+NO_TRANSFERS = np.zeros((0, 6), np.int64)
+NO_TRANSFERS.flags.writeable = False
+
+
+def join_transfers(parts: Iterable[np.ndarray | list]) -> np.ndarray:
+    """One array of transfer rows from several (arrays from the engine, or lists of row tuples)."""
+    arrays = [p if isinstance(p, np.ndarray) else np.array(p, np.int64).reshape(-1, 6) for p in parts if len(p)]
+    if not arrays:
+        return NO_TRANSFERS
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 _BID_TYPES = (EV_ACCEPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED)
@@ -617,4 +630,4 @@ def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[np.ndarray
 
 
 __all__ = ["RECORD", "Bid", "Changes", "ClassState", "LeaseStateError", "SequenceGap", "SettlementConfig",
-           "SettlementEngine", "fees_from_instruments"]
+           "SettlementEngine", "fees_from_instruments", "join_transfers"]

@@ -43,6 +43,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from settlement import ids
 
 # account kinds: small integers in the ledger's rows (an integer binds and compares faster
@@ -69,7 +71,7 @@ def kind_code(kind: int | str) -> int:
 
 EXCHANGE = 0  # the owner of FEES and EXTERNAL
 
-SCHEMA_VERSION = 2  # 1: text ids and four account columns (see _migrate_v1)
+SCHEMA_VERSION = 3  # 1: text ids and four account columns (see _migrate_v1); 2: no transfer_pages
 ACCOUNT_SHIFT = 3  # an account is owner << 3 | kind, in rows and in the balance cache
 
 
@@ -130,6 +132,9 @@ _SCHEMA = (
         time INTEGER NOT NULL,     -- engine time of the cause
         PRIMARY KEY (ref, sub)
     ) WITHOUT ROWID""",
+    # settlement's transfers, one page per post: ``n`` rows of six little-endian int64
+    # (ref, sub, debit, credit, amount, time) — the columns of ``transfers``
+    "CREATE TABLE IF NOT EXISTS transfer_pages (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS id_classes (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     "CREATE TABLE IF NOT EXISTS transfer_names (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     f"""CREATE TABLE IF NOT EXISTS balances (
@@ -230,6 +235,8 @@ class Ledger:
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('commits', 0)")
             if old is not None and old[0] == 1:
                 self._migrate_v1()
+            elif old is not None and old[0] == 2:  # transfer_pages is new; nothing else changed
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self.conn.close()
@@ -296,6 +303,8 @@ class Ledger:
         beforehand (a pipelined caller does so in its own thread); used only if every row is new."""
         if not self._depth:
             raise RuntimeError("Ledger.post needs an open transaction(); use apply()")
+        if isinstance(transfers, np.ndarray):
+            return self._post_page(transfers)
         rows = transfers if checked and isinstance(transfers, list) else list(transfers)
         if not rows:
             return 0
@@ -327,6 +336,58 @@ class Ledger:
                     pass
             raise
         return len(rows)
+
+    def _post_page(self, rows: np.ndarray) -> int:
+        """Settlement's rows (an int64 array of the ``transfers`` columns, from its engine, whose
+        seq cursor — committed in the same transaction — is what makes each cause settle once)
+        as one ``transfer_pages`` row.  Checked: six columns, positive amounts, known kinds, no
+        id twice in the page; then the balances as for any batch (`InsufficientFunds`)."""
+        if not len(rows):
+            return 0
+        rows = np.ascontiguousarray(rows, dtype="<i8")
+        if rows.ndim != 2 or rows.shape[1] != 6:
+            raise BadTransfer(f"a page of transfers has six int64 columns, not shape {rows.shape}")
+        kinds = np.concatenate((rows[:, 2], rows[:, 3])) & 7
+        if (rows[:, 4] <= 0).any() or (kinds < AVAILABLE).any() or (kinds > EXTERNAL).any() \
+                or (rows[:, 2] == rows[:, 3]).any():
+            raise BadTransfer("a page of transfers has a non-positive amount, an unknown kind or a transfer "
+                              "to its own account")
+        keys = np.unique(rows[:, :2], axis=0)
+        if len(keys) != len(rows):
+            raise LedgerError("a page of transfers names the same transfer id twice")
+        conn = self.conn
+        n0 = self.count()
+        conn.execute("SAVEPOINT post")
+        try:
+            conn.execute("INSERT INTO transfer_pages (n, data) VALUES (?, ?)", (len(rows), rows.tobytes()))
+            new = self._post_balances(page_deltas(rows), n0)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'transfers'", (n0 + len(rows),))
+            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
+            self._staged.append((new, n0 + len(rows)))
+            conn.execute("RELEASE post")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK TO post")
+                    conn.execute("RELEASE post")
+                except sqlite3.OperationalError:
+                    pass
+            raise
+        return len(rows)
+
+    def _pages(self) -> Iterator[np.ndarray]:
+        for (data,) in self.conn.execute("SELECT data FROM transfer_pages ORDER BY id"):
+            yield np.frombuffer(data, "<i8").reshape(-1, 6)
+
+    def _page_rows(self, keep: Any = None) -> list[tuple]:
+        """The rows of every page (those for which ``keep(page)`` is True) as tuples."""
+        out: list[tuple] = []
+        for a in self._pages():
+            if keep is not None:
+                a = a[keep(a)]
+            if len(a):
+                out += map(tuple, a.tolist())
+        return out
 
     def transfer(self, id: str, debit: tuple[int, int | str], credit: tuple[int, int | str], amount: int,
                  time: int = 0) -> bool:
@@ -430,6 +491,10 @@ class Ledger:
         if key is None:
             return None
         row = self.conn.execute(_SELECT + " WHERE ref = ? AND sub = ?", key).fetchone()
+        if row is None:
+            ref, sub = key
+            found = self._page_rows(lambda a: (a[:, 0] == ref) & (a[:, 1] == sub))
+            row = found[0] if found else None
         return Transfer(id, row[2] >> 3, row[2] & 7, row[3] >> 3, row[3] & 7, row[4], row[5]) if row else None
 
     def transfers(self, prefix: str = "") -> list[Transfer]:
@@ -440,11 +505,14 @@ class Ledger:
         code = self.class_code(parts[1], create=False) if n is not None else None
         # (named ids, ref 0, may look like anything: they are always read too)
         if code is not None:  # "lease:H100:7:…": one order's or trade's transfers
-            rows = self.conn.execute(_SELECT + " WHERE ref = ? OR ref = 0", (ids.class_base(origin, code) | n,))
+            ref = ids.class_base(origin, code) | n
+            rows = self.conn.execute(_SELECT + " WHERE ref = ? OR ref = 0", (ref,)).fetchall()
+            rows += self._page_rows(lambda a: a[:, 0] == ref)
         elif origin:  # "order:", "trade:H100:"
-            rows = self.conn.execute(_SELECT + " WHERE ref >> ? = ? OR ref = 0", (ids.ORIGIN_SHIFT, origin))
+            rows = self.conn.execute(_SELECT + " WHERE ref >> ? = ? OR ref = 0", (ids.ORIGIN_SHIFT, origin)).fetchall()
+            rows += self._page_rows(lambda a: a[:, 0] >> ids.ORIGIN_SHIFT == origin)
         else:
-            rows = self.conn.execute(_SELECT)
+            rows = self.conn.execute(_SELECT).fetchall() + self._page_rows()
         return [t for t in self._transfers(rows) if t.id.startswith(prefix)]
 
     def count(self) -> int:
@@ -455,7 +523,8 @@ class Ledger:
         """Every transfer that touched ``owner``, by time then id: the account of the owner's it touched,
         the signed amount and that account's balance after it.  (A full scan of the transfers:
         the ledger keeps no per-owner index, which would make every write ~4× slower.)"""
-        rows = self.conn.execute(_SELECT + " WHERE debit >> 3 = ? OR credit >> 3 = ?", (owner, owner))
+        rows = self.conn.execute(_SELECT + " WHERE debit >> 3 = ? OR credit >> 3 = ?", (owner, owner)).fetchall()
+        rows += self._page_rows(lambda a: (a[:, 2] >> 3 == owner) | (a[:, 3] >> 3 == owner))
         running: dict[int, int] = {}
         out: list[dict[str, Any]] = []
         for tid, do, dk, co, ck, amount, time in self._transfers(rows):
@@ -486,6 +555,9 @@ class Ledger:
             recomputed[(a >> 3, a & 7)] = recomputed.get((a >> 3, a & 7), 0) - s
         for a, s in conn.execute("SELECT credit, SUM(amount) FROM transfers GROUP BY 1"):
             recomputed[(a >> 3, a & 7)] = recomputed.get((a >> 3, a & 7), 0) + s
+        for page in self._pages():
+            for a, s in page_deltas(page).items():
+                recomputed[(a >> 3, a & 7)] = recomputed.get((a >> 3, a & 7), 0) + s
         stored = {(o, k): b for o, k, b in conn.execute("SELECT owner, kind, balance FROM balances")}
         keys = set(recomputed) | set(stored)
         bad = [(key, stored.get(key, 0), recomputed.get(key, 0)) for key in sorted(keys)
@@ -493,7 +565,8 @@ class Ledger:
         if bad:
             raise AssertionError(f"balances differ from their transfers (account, stored, from transfers): {bad[:5]}")
         n = self.count()
-        rows = conn.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
+        rows = conn.execute("SELECT (SELECT COUNT(*) FROM transfers) + "
+                            "(SELECT COALESCE(SUM(n), 0) FROM transfer_pages)").fetchone()[0]
         if rows != n:
             raise AssertionError(f"{rows} transfer rows but the counter says {n}")
         return {"transfers": n, "accounts": len(stored)}
@@ -609,3 +682,13 @@ def account_deltas(rows: list) -> dict[int, int]:
         deltas[d] = get(d, 0) - a
         deltas[c] = get(c, 0) + a
     return deltas
+
+
+def page_deltas(rows: np.ndarray) -> dict[int, int]:
+    """`account_deltas` of an int64 array of rows (exact: int64 sums per account, no floats)."""
+    acc = np.concatenate((rows[:, 2], rows[:, 3]))
+    amount = np.concatenate((-rows[:, 4], rows[:, 4]))
+    order = np.argsort(acc, kind="stable")
+    acc, amount = acc[order], amount[order]
+    starts = np.flatnonzero(np.concatenate(([True], acc[1:] != acc[:-1])))
+    return dict(zip(acc[starts].tolist(), np.add.reduceat(amount, starts).tolist(), strict=True))

@@ -30,8 +30,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from settlement.engine import SettlementEngine
-from settlement.ledger import account_deltas, class_code
+from settlement.engine import SettlementEngine, join_transfers
+from settlement.ledger import class_code, page_deltas
 from settlement.service import Settlement, events_step
 from settlement.store import StateRows
 
@@ -68,13 +68,13 @@ class PipelinedSettlement(Settlement):
         self._raise_failed()
         self._sql = []
         try:
-            transfers = step(self.engine)
+            transfers = join_transfers([step(self.engine)])
             state = self.store.rows(self.engine, self.engine.take_changes(), positions)
         except BaseException:
             self._sql = None
             self._reload()
             raise
-        job = _Job(transfers, account_deltas(transfers), state, self._sql)
+        job = _Job(transfers, page_deltas(transfers) if len(transfers) else {}, state, self._sql)
         self._sql = None
         self._queue.put(job)
         return len(transfers)
@@ -168,9 +168,8 @@ class PipelinedSettlement(Settlement):
         if len(jobs) == 1:
             transfers, deltas, state, sql = jobs[0]
         else:  # one post and one set of state rows for all: a row changed twice is written once
-            transfers, deltas, sql = [], dict(jobs[0].deltas), []
+            transfers, deltas, sql = join_transfers([j.transfers for j in jobs]), dict(jobs[0].deltas), []
             for j in jobs:
-                transfers += j.transfers
                 sql += j.sql
             for j in jobs[1:]:
                 for a, d in j.deltas.items():
@@ -179,7 +178,7 @@ class PipelinedSettlement(Settlement):
         with ledger.transaction() as conn:
             if store.stored_version() != store.version:
                 raise StaleState("another process wrote the ledger under a pipelined settlement: reloaded")
-            n = ledger.post(transfers, checked=True, deltas=deltas) if transfers else 0
+            n = ledger.post(transfers, checked=True, deltas=deltas) if len(transfers) else 0
             for stmt, args in sql:
                 conn.execute(stmt, args)
             store.write(state)

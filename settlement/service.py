@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from settlement.engine import LeaseStateError, SettlementConfig, SettlementEngine
+from settlement.engine import NO_TRANSFERS, LeaseStateError, SettlementConfig, SettlementEngine, join_transfers
 from settlement.events import SEQ, as_tuples
 from settlement.leases import check_lease
 from settlement.ledger import ESCROW, KIND_NAMES, PREPAID, Ledger, Transfer
@@ -38,16 +38,13 @@ _CONNECTIONS = ("CREATE TABLE IF NOT EXISTS lease_connections (lease TEXT PRIMAR
                 "at INTEGER NOT NULL) WITHOUT ROWID")
 
 
-def events_step(batches: Iterable[tuple[str, Any]]) -> Callable[[SettlementEngine], list]:
+def events_step(batches: Iterable[tuple[str, Any]]) -> Callable[[SettlementEngine], np.ndarray]:
     """A step (for `Settlement.run`) applying events of one or more classes, each an
     EVENT_DTYPE array, JSON dicts or record tuples, in seq order."""
     parts = [(cls, events if isinstance(events, np.ndarray) else as_tuples(events)) for cls, events in batches]
 
-    def step(engine: SettlementEngine) -> list:
-        out: list = []
-        for cls, evs in parts:
-            out += engine.apply(cls, evs)
-        return out
+    def step(engine: SettlementEngine) -> np.ndarray:
+        return join_transfers([engine.apply(cls, evs) for cls, evs in parts])
 
     return step
 
@@ -115,8 +112,8 @@ class Settlement:
                 if self.store.stored_version() != self.store.version:  # another process wrote
                     log.info("settlement state changed under us (another writer): reloading")
                     self.engine = self._load()
-                transfers = step(self.engine)
-                n = self.ledger.post(transfers, checked=True) if transfers else 0
+                transfers = join_transfers([step(self.engine)])
+                n = self.ledger.post(transfers, checked=True) if len(transfers) else 0
                 self.store.save(self.engine, self.engine.take_changes(), positions)
                 if self.before_commit is not None:
                     self.before_commit()
@@ -149,7 +146,7 @@ class Settlement:
         or an answer that came too late), which changes nothing."""
         lease = engine.lease(cls, trade_id)
         if lease is None:
-            return [], None
+            return NO_TRANSFERS, None
         try:
             if ready:
                 out = engine.mark_ready(cls, trade_id, time)
@@ -160,7 +157,7 @@ class Settlement:
                 out = engine.mark_failed(cls, trade_id, time, reason or "the provider's agent could not provision it")
         except LeaseStateError as e:
             log.warning("provisioning answer for %s not applied: %s", lease.ref, e)
-            return [], None
+            return NO_TRANSFERS, None
         return out, lease
 
     def events_and_answers(self, engine: SettlementEngine, cls: str, events: Any,
@@ -170,9 +167,9 @@ class Settlement:
         (``after``), as the exchange's journal has them.  Returns the transfers and the answers
         that took effect, with their leases."""
         if not answers:
-            return (engine.apply(cls, events) if len(events) else []), []
+            return (engine.apply(cls, events) if len(events) else NO_TRANSFERS), []
         seqs = events["seq"].tolist() if isinstance(events, np.ndarray) else [e[SEQ] for e in events]
-        out: list = []
+        out: list[np.ndarray] = []
         took: list[tuple[Answer, Any]] = []
         i = 0
         for a in sorted(answers, key=lambda a: a.after):
@@ -180,15 +177,15 @@ class Settlement:
             while j < len(seqs) and seqs[j] <= a.after:
                 j += 1
             if j > i:
-                out += engine.apply(cls, events[i:j])
+                out.append(engine.apply(cls, events[i:j]))
                 i = j
             transfers, lease = self.answer_step(engine, cls, a.trade_id, a.ready, a.time, a.connection, a.reason)
-            out += transfers
+            out.append(transfers)
             if lease is not None:
                 took.append((a, lease))
         if i < len(seqs):
-            out += engine.apply(cls, events[i:])
-        return out, took
+            out.append(engine.apply(cls, events[i:]))
+        return join_transfers(out), took
 
     def connection(self, lease: str | tuple[str, int]) -> str | None:
         """The JSON connection details of a ready lease, if its agent gave any."""

@@ -8,7 +8,7 @@ import pytest
 
 from bench.settlement import accounts_of, fund_accounts, ledger_digest, workload_events
 from settlement.engine import SettlementConfig, SettlementEngine
-from settlement.ledger import AVAILABLE, InsufficientFunds, account_deltas
+from settlement.ledger import AVAILABLE, InsufficientFunds, page_deltas
 from settlement.pipeline import PipelinedSettlement
 from settlement.service import Settlement
 
@@ -77,7 +77,7 @@ def test_a_failed_commit_is_raised_nothing_half_done_and_feeding_again_completes
     earlier = {int(a) for _, ev in handovers[:half] for a in (*ev["account"], *ev["account2"])}
     for cls, ev in handovers[:half + 1]:
         rows = engine.apply(cls, ev)
-    poor = next(a >> 3 for a, d in account_deltas(rows).items() if a & 7 == AVAILABLE and d < 0
+    poor = next(a >> 3 for a, d in page_deltas(rows).items() if a & 7 == AVAILABLE and d < 0
                 and a >> 3 not in earlier)
     s = PipelinedSettlement(tmp_path / "p.db", CONFIG, depth=2, max_merge=1)
     _fund_all_but(s, handovers, poor)

@@ -352,8 +352,8 @@ class Ledger:
                 or (rows[:, 2] == rows[:, 3]).any():
             raise BadTransfer("a page of transfers has a non-positive amount, an unknown kind or a transfer "
                               "to its own account")
-        keys = np.unique(rows[:, :2], axis=0)
-        if len(keys) != len(rows):
+        by_id = rows[np.lexsort((rows[:, 1], rows[:, 0]))]  # (np.unique on rows is ten times slower)
+        if ((by_id[1:, 0] == by_id[:-1, 0]) & (by_id[1:, 1] == by_id[:-1, 1])).any():
             raise LedgerError("a page of transfers names the same transfer id twice")
         conn = self.conn
         n0 = self.count()

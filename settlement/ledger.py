@@ -25,6 +25,13 @@ transaction.  A batch that would leave any ``available`` balance below zero is r
 whole (`InsufficientFunds`, naming the accounts) and changes nothing.  An id that exists
 with different fields is a bug in whoever made it: `TransferConflict`, nothing changes.
 
+Settlement's own transfers (an int64 array of the same six columns from its engine) are
+stored as *pages*, one ``transfer_pages`` row per post (schema 3): no row and no primary-key
+insert per transfer.  A page is checked (positive amounts, known kinds, no id twice in it)
+and moves balances exactly as rows do; that its causes are new rests on settlement's seq
+cursor, committed in the same transaction.  `transfers`, `statement`, `get`, `count` and
+`check_invariants` read pages and rows together; the SQL view shows rows only.
+
 Durability: WAL mode.  ``synchronous="NORMAL"`` (the default here) makes every commit
 atomic and consistent, but the last commits before a power loss or OS crash may be lost
 (not on a process crash: the WAL is in the OS's page cache); ``"FULL"`` fsyncs the WAL at

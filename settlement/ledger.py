@@ -320,8 +320,7 @@ class Ledger:
         conn = self.conn
         n0 = self.count()
         before = conn.total_changes
-        conn.execute("SAVEPOINT post")
-        try:
+        with self._savepoint():
             insert_rows(conn, rows)
             if conn.total_changes - before != len(rows):  # some were applied before: only the new ones count
                 conn.execute("ROLLBACK TO post")
@@ -329,10 +328,16 @@ class Ledger:
                 insert_rows(conn, rows)
                 deltas = None
             if rows:
-                new = self._post_balances(deltas if deltas is not None else account_deltas(rows), n0)
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'transfers'", (n0 + len(rows),))
-                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
-                self._staged.append((new, n0 + len(rows)))
+                self._moved(deltas if deltas is not None else account_deltas(rows), n0, len(rows))
+        return len(rows)
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        """One post: all of it, or (on any exception) none of it, inside the open transaction."""
+        conn = self.conn
+        conn.execute("SAVEPOINT post")
+        try:
+            yield
             conn.execute("RELEASE post")
         except BaseException:
             if conn.in_transaction:
@@ -342,7 +347,14 @@ class Ledger:
                 except sqlite3.OperationalError:  # the savepoint is gone already
                     pass
             raise
-        return len(rows)
+
+    def _moved(self, deltas: dict[int, int], n0: int, n: int) -> None:
+        """After ``n`` new transfers: the balances they move (checked), the counters, and the new
+        balances staged for COMMIT."""
+        new = self._post_balances(deltas, n0)
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'transfers'", (n0 + n,))
+        self.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
+        self._staged.append((new, n0 + n))
 
     def _post_page(self, rows: np.ndarray) -> int:
         """Settlement's rows (an int64 array of the ``transfers`` columns, from its engine, whose
@@ -362,24 +374,10 @@ class Ledger:
         by_id = rows[np.lexsort((rows[:, 1], rows[:, 0]))]  # (np.unique on rows is ten times slower)
         if ((by_id[1:, 0] == by_id[:-1, 0]) & (by_id[1:, 1] == by_id[:-1, 1])).any():
             raise LedgerError("a page of transfers names the same transfer id twice")
-        conn = self.conn
         n0 = self.count()
-        conn.execute("SAVEPOINT post")
-        try:
-            conn.execute("INSERT INTO transfer_pages (n, data) VALUES (?, ?)", (len(rows), rows.tobytes()))
-            new = self._post_balances(page_deltas(rows), n0)
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'transfers'", (n0 + len(rows),))
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'commits'")
-            self._staged.append((new, n0 + len(rows)))
-            conn.execute("RELEASE post")
-        except BaseException:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK TO post")
-                    conn.execute("RELEASE post")
-                except sqlite3.OperationalError:
-                    pass
-            raise
+        with self._savepoint():
+            self.conn.execute("INSERT INTO transfer_pages (n, data) VALUES (?, ?)", (len(rows), rows.tobytes()))
+            self._moved(page_deltas(rows), n0, len(rows))
         return len(rows)
 
     def _pages(self) -> Iterator[np.ndarray]:

@@ -16,6 +16,7 @@ from settlement.ledger import (
     BadTransfer,
     InsufficientFunds,
     Ledger,
+    LedgerError,
     Transfer,
     TransferConflict,
 )
@@ -221,3 +222,69 @@ def test_state_tables_keyed_by_class_and_id_are_migrated(tmp_path):
     assert s.last_seq("H100") == 9 and s.engine.exposure() == {42: 300}
     assert s.lease("H100-7")["status"] == "ready" and [x["lease"] for x in s.leases(43)] == ["H100-7"]
     s.close()
+
+
+def _page(led: Ledger, rows: list[tuple]) -> int:
+    import numpy as np
+
+    with led.transaction():
+        return led.post(np.array(rows, dtype=np.int64).reshape(-1, 6), checked=True)
+
+
+def test_settlements_pages_read_and_move_balances_like_rows(led):
+    """The engine's transfers go in as one page per post (schema 3): they move balances, are
+    counted, and read back through transfers, get, statement and check_invariants with the row
+    transfers; bad pages are refused whole and change nothing."""
+    from settlement import ids
+
+    led.deposit(7, 1000, "seed")
+    code = led.class_code("H100")
+    hold = (ids.class_base(ids.ORDER, code) | 3, ids.HOLD, 7 << 3 | AVAILABLE, 7 << 3 | ESCROW, 400, 5)
+    cost = (ids.class_base(ids.TRADE, code) | 9, ids.COST, 7 << 3 | ESCROW, 7 << 3 | PREPAID, 300, 6)
+    assert _page(led, [hold, cost]) == 2
+    assert led.balances(7) == {"available": 600, "escrow": 100, "lease_prepaid": 300}
+    assert led.count() == 3 and led.conn.execute("SELECT COUNT(*) FROM transfer_pages").fetchone()[0] == 1
+    assert [t.id for t in led.transfers()] == ["deposit:seed", "order:H100:3:hold", "trade:H100:9:cost"]
+    assert [t.id for t in led.transfers("trade:")] == ["trade:H100:9:cost"]
+    assert led.get("trade:H100:9:cost") == Transfer("trade:H100:9:cost", 7, ESCROW, 7, PREPAID, 300, 6)
+    assert [(x["id"], x["account"], x["balance"]) for x in led.statement(7)][-2:] == [
+        ("trade:H100:9:cost", "escrow", 100), ("trade:H100:9:cost", "lease_prepaid", 300)]
+    assert led.check_invariants() == {"transfers": 3, "accounts": 4}
+    before = led.count(), led.balances()
+    bad = [
+        [(*hold[:4], 0, 5)],  # amount 0
+        [(hold[0], 7, hold[2], hold[2] - AVAILABLE + 7, 5, 5)],  # unknown kind
+        [(hold[0], 8, hold[2], hold[2], 5, 5)],  # to its own account
+        [(hold[0], 9, *hold[2:]), (hold[0], 9, *hold[2:])],  # one id twice
+        [(hold[0], 10, 7 << 3 | AVAILABLE, 7 << 3 | ESCROW, 10**6, 7)],  # more than available
+    ]
+    for rows in bad:
+        with pytest.raises((BadTransfer, InsufficientFunds, LedgerError)):
+            _page(led, rows)
+        assert (led.count(), led.balances()) == before
+    led.check_invariants()
+
+
+def test_a_schema_2_ledger_gets_pages_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "v2.db"
+    led = Ledger(path)
+    led.deposit(7, 100, "a")
+    led.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE transfer_pages")
+    conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    led = Ledger(path)
+    assert led.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == 3
+    assert [t.id for t in led.transfers()] == ["deposit:a"] and led.balance(7) == 100
+    led.check_invariants()
+    led.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="newer"):
+        Ledger(path)

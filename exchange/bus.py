@@ -91,6 +91,12 @@ class RedisBus(Bus):
     def deposits_key(self) -> str:
         return f"{self.prefix}:deposits"
 
+    async def deposits_sent(self) -> int:
+        """The last account store deposit row sent to `{prefix}:deposits` (0: none): a restarted
+        exchange sends only the rows after it."""
+        v = await self._redis.get(self.deposits_key() + ":last")
+        return int(v) if v else 0
+
     async def start(self) -> None:
         import redis.asyncio as aioredis
 
@@ -138,6 +144,8 @@ class RedisBus(Bus):
                 for row, account, amount, created_ms in deposits:
                     pipe.xadd(self.deposits_key(), {"id": f"accounts:{row}", "account": account, "amount": amount,
                                                     "time": created_ms // 1000}, maxlen=self.maxlen, approximate=True)
+                if deposits:  # rows come in order: the last one sent (deposits_sent)
+                    pipe.set(self.deposits_key() + ":last", deposits[-1][0])
                 await pipe.execute()
                 self.sent += sum(len(a) for a in events.values())
             except Exception:

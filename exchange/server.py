@@ -141,7 +141,7 @@ class Exchange:
         link.attach(self.bus)
         await self.bus.start()
         if isinstance(self.bus, RedisBus):  # `gpux settle` members settle deposits too
-            self.bus.publish_deposits(self.store.deposit_rows(0))
+            self.bus.publish_deposits(self.store.deposit_rows(await self.bus.deposits_sent()))
             link.on_deposits = self.bus.publish_deposits
         self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, link)
         await self.sequencer.start()

@@ -102,3 +102,34 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     assert got[1] == want[1]  # every balance
     assert got[2] == want[2]  # lease states and the agents' connections
     assert proc.returncode == 0, err.decode()[-3000:]
+
+
+def test_a_restarted_exchange_streams_only_the_deposits_it_had_not_sent(tmp_path: Path, prefix: str) -> None:
+    """Deposits reach `{prefix}:deposits` once: a restart sends the account store's rows after the
+    last one it sent (they would be applied once anyway, by id, but the stream would grow by every
+    deposit ever made at every start)."""
+    import redis
+
+    data = tmp_path / "data"
+    r = redis.Redis.from_url(REDIS_URL)
+
+    async def run(new_accounts: list[str]) -> None:
+        async with running_exchange(data, engine="numba", redis_url=REDIS_URL, redis_prefix=prefix,
+                                    **SETTINGS) as ex:
+            for name in new_accounts:
+                ex.account(name, "trader", 10 * USD)
+            for _ in range(100):  # the ledger picks up deposits within a second; then the bus sends them
+                if r.xlen(f"{prefix}:deposits") >= len(new_accounts) + len(seen):
+                    break
+                await asyncio.sleep(0.05)
+            await ex.exchange.bus.flush()
+
+    seen: list[str] = []
+    asyncio.run(run(["alice", "bob"]))
+    first = [e[1][b"id"] for e in r.xrange(f"{prefix}:deposits")]
+    assert len(first) == 2 and int(r.get(f"{prefix}:deposits:last")) > 0
+    seen += first
+    asyncio.run(run(["carol"]))  # the same data directory: alice's and bob's rows are not sent again
+    ids = [e[1][b"id"] for e in r.xrange(f"{prefix}:deposits")]
+    assert ids[:2] == first and len(ids) == 3 and len(set(ids)) == 3
+    r.close()

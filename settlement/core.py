@@ -85,13 +85,21 @@ def _look(d: dict, k: int) -> int:
 
 
 @_nj
+def _grown(out: np.ndarray, n: int) -> np.ndarray:
+    """``out`` with twice the rows (element by element: a slice copy costs seconds of compile time)."""
+    grown = np.empty((out.shape[0] * 2 + 64, 6), np.int64)
+    for i in range(n):
+        for j in range(6):
+            grown[i, j] = out[i, j]
+    return grown
+
+
+@_nj
 def _emit(out: np.ndarray, S: np.ndarray, ref: int, sub: int, debit: int, credit: int, amount: int,
           time: int) -> np.ndarray:
     n = S[S_NOUT]
     if n >= out.shape[0]:
-        grown = np.empty((out.shape[0] * 2 + 64, 6), np.int64)
-        grown[:n] = out[:n]
-        out = grown
+        out = _grown(out, n)
     out[n, 0] = ref
     out[n, 1] = sub
     out[n, 2] = debit
@@ -507,7 +515,8 @@ def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: di
         out = _emit(out, S, ref, BUYER_FEE, src, FEES_ACCOUNT, buyer_fee, t)
     S[S_LFREE] -= 1
     s = lfree[S[S_LFREE]]
-    L[s, :] = 0
+    for j in range(NL):  # (loops, not slice assignments, here: those cost seconds of compile time)
+        L[s, j] = 0
     L[s, TID] = tid
     L[s, BUYER] = buyer
     L[s, PROVIDER] = ev[R_ACC2]
@@ -672,7 +681,8 @@ def take_leases(L: np.ndarray, lfree: np.ndarray, S: np.ndarray, dl: np.ndarray,
     rows = np.empty((n, LEASE_FIELDS + 1), np.int64)
     for i in range(n):
         s = dl[i]
-        rows[i, :LEASE_FIELDS] = L[s, :LEASE_FIELDS]
+        for j in range(LEASE_FIELDS):
+            rows[i, j] = L[s, j]
         rows[i, LEASE_FIELDS] = L[s, FAIL_ARG]
         L[s, LFLAGS] &= ~DIRTY
     S[S_NDL] = 0

@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 
 from orderbook.codec import events_to_json
-from orderbook.types import EV_PREEMPTED, EV_RELEASED, EV_TRADE
+from orderbook.types import CMD_CLOCK, COMMAND_DTYPE, EV_PREEMPTED, EV_RELEASED, EV_TRADE
 
 log = logging.getLogger("gpux.bus")
 
@@ -64,6 +64,7 @@ class Bus:
 
 
 LEASE_EVENTS = (EV_TRADE, EV_PREEMPTED, EV_RELEASED)
+_C_TIME, _C_TYPE = COMMAND_DTYPE.names.index("time"), COMMAND_DTYPE.names.index("type")
 _enc = msgspec.json.Encoder()
 
 
@@ -75,8 +76,11 @@ class RedisBus(Bus):
         self.url = url
         self.prefix = prefix
         self.maxlen = maxlen
-        self._queue: asyncio.Queue[tuple[dict[str, np.ndarray], list[Any], list[tuple]]] = \
+        self._queue: asyncio.Queue[tuple[dict[str, np.ndarray], list[Any], list[tuple], list[tuple]]] = \
             asyncio.Queue(maxsize=backlog)
+        # the last event seq of each book sent so far: a clock command is streamed as "time T
+        # after event seq X" (the server sets this from the recovered books before start)
+        self.book_seqs: dict[str, int] = {}
         self._task: asyncio.Task | None = None
         self._redis: Any = None
         self.dropped = 0
@@ -106,16 +110,32 @@ class RedisBus(Bus):
 
     def publish(self, batch: Published) -> None:
         super().publish(batch)
-        if batch.events or batch.answers:
-            self._put((batch.events, batch.answers, []))
+        clocks = self._clocks(batch)
+        if batch.events or batch.answers or clocks:
+            self._put((batch.events, batch.answers, [], clocks))
+
+    def _clocks(self, batch: Published) -> list[tuple[str, int, int]]:
+        """(book, time, after) of the batch's clock commands: settlement's consumer moves the
+        class's clock to ``time`` right after event ``after`` (metering, lease ends and
+        provisioning timeouts happen between events, as in the exchange's own ledger)."""
+        seqs = self.book_seqs
+        out: list[tuple[str, int, int]] = []
+        for r in batch.results:
+            if r is None:
+                continue
+            if r.events:
+                seqs[r.book] = r.events[-1][0]
+            if r.command is not None and r.command[_C_TYPE] == CMD_CLOCK:
+                out.append((r.book, int(r.command[_C_TIME]), seqs.get(r.book, 0)))
+        return out
 
     def publish_deposits(self, rows: list[tuple[int, int, int, int]]) -> None:
         """Deposits the exchange's ledger took (account store rows: id, account, µ$, created ms),
         for settlement's consumer group (`{prefix}:deposits`; applied once each by its id)."""
         if rows:
-            self._put(({}, [], rows))
+            self._put(({}, [], rows, []))
 
-    def _put(self, item: tuple[dict[str, np.ndarray], list[Any], list[tuple]]) -> None:
+    def _put(self, item: tuple[dict[str, np.ndarray], list[Any], list[tuple], list[tuple]]) -> None:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -125,7 +145,7 @@ class RedisBus(Bus):
 
     async def _pump(self) -> None:
         while True:
-            events, answers, deposits = await self._queue.get()
+            events, answers, deposits, clocks = await self._queue.get()
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for book, arr in events.items():
@@ -140,6 +160,10 @@ class RedisBus(Bus):
                     d = {"book": a.book, "trade_id": a.trade_id, "ready": a.ready, "time": a.time, "after": a.after,
                          "connection": a.connection, "reason": a.reason}
                     pipe.xadd(self.events_key(a.book), {"seq": a.after, "type": "provisioned", "event": _enc.encode(d)},
+                              maxlen=self.maxlen, approximate=True)
+                for book, t, after in clocks:
+                    pipe.xadd(self.events_key(book), {"seq": after, "type": "clock",
+                                                      "event": _enc.encode({"book": book, "time": t, "after": after})},
                               maxlen=self.maxlen, approximate=True)
                 for row, account, amount, created_ms in deposits:
                     pipe.xadd(self.deposits_key(), {"id": f"accounts:{row}", "account": account, "amount": amount,

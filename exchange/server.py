@@ -29,7 +29,7 @@ from aiohttp import web
 from exchange.accounts import AccountStore
 from exchange.bus import Bus, RedisBus
 from exchange.config import ServerConfig
-from exchange.engine import Engine, Prov, SnapshotMismatch, decode_entry, snapshots
+from exchange.engine import Engine, Prov, SnapshotMismatch, book_seq, decode_entry, snapshots
 from exchange.journal import Journal, read
 from exchange.sequencer import Sequencer, open_journal
 
@@ -141,6 +141,7 @@ class Exchange:
         link.attach(self.bus)
         await self.bus.start()
         if isinstance(self.bus, RedisBus):  # `gpux settle` members settle deposits too
+            self.bus.book_seqs = {name: book_seq(b) for name, b in self.engine.books.items()}
             self.bus.publish_deposits(self.store.deposit_rows(await self.bus.deposits_sent()))
             link.on_deposits = self.bus.publish_deposits
         self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, link)

@@ -165,6 +165,8 @@ class RedisConsumer:
         self.buffer: dict[str, dict[int, tuple[bytes, tuple]]] = {c: {} for c in self.classes}  # seq -> (id, event)
         # provisioning answers (R18), each applied right after the event of its class it follows
         self.answers: dict[str, dict[bytes, dict[str, Any]]] = {c: {} for c in self.classes}  # id -> answer
+        # the exchange's clock commands: the class's clock moves to ``time`` right after event ``after``
+        self.clocks: dict[str, dict[bytes, tuple[int, int]]] = {c: {} for c in self.classes}  # id -> (after, time)
         self.deposits: dict[bytes, Transfer] = {}  # id -> transfer (idempotent by its transfer id)
         self.lost: dict[str, list[bytes]] = {c: [] for c in [*self.classes, DEPOSITS]}  # trimmed while pending
         self._pending_from: dict[str, bytes] | None = {k: b"0" for k in self.streams}  # own PEL still to re-read
@@ -210,6 +212,11 @@ class RedisConsumer:
                 continue
             if fields.get(b"type") == b"provisioned":
                 self.answers[cls][entry_id] = _json.decode(fields[b"event"])
+                n += 1
+                continue
+            if fields.get(b"type") == b"clock":
+                d = _json.decode(fields[b"event"])
+                self.clocks[cls][entry_id] = (int(d["after"]), int(d["time"]))
                 n += 1
                 continue
             ev = entry_event(fields)
@@ -298,7 +305,7 @@ class RedisConsumer:
         transaction, then XACK them (and any entry at or below the ledger's seq: applied
         before, by us or by a consumer that died)."""
         s = self.settlement
-        if any(self.buffer.values()) or self.deposits or any(self.answers.values()):
+        if any(self.buffer.values()) or self.deposits or any(self.answers.values()) or any(self.clocks.values()):
             s.refresh()  # another member of the group may have committed: start from the ledger's seq
         if self.deposits:  # first, in their own transaction: the holds after them may need them
             deposits = list(self.deposits.items())
@@ -306,7 +313,7 @@ class RedisConsumer:
             self.acked += self.r.xack(f"{self.prefix}:deposits", self.group, *[eid for eid, _ in deposits])
             for eid, _ in deposits:
                 del self.deposits[eid]
-        parts: list[tuple[str, list[tuple], list[dict[str, Any]]]] = []
+        parts: list[tuple[str, list[tuple], list[dict[str, Any]], list[tuple[int, int]]]] = []
         acks: dict[str, list[bytes]] = {}
         positions: dict[str, str] = {}
         for cls, buf in self.buffer.items():
@@ -321,9 +328,10 @@ class RedisConsumer:
                 nxt += 1
             upto = nxt - 1  # answers that follow an event up to here can go in (the stream has them in order)
             answers = [(eid, a) for eid, a in self.answers[cls].items() if a["after"] <= upto]
-            if run or answers:
-                parts.append((cls, [buf[seq][1] for seq in run], [a for _, a in answers]))
-                ids = [buf[seq][0] for seq in run] + [eid for eid, _ in answers]
+            clocks = [(eid, c) for eid, c in self.clocks[cls].items() if c[0] <= upto]
+            if run or answers or clocks:
+                parts.append((cls, [buf[seq][1] for seq in run], [a for _, a in answers], [c for _, c in clocks]))
+                ids = [buf[seq][0] for seq in run] + [eid for eid, _ in answers] + [eid for eid, _ in clocks]
                 acks.setdefault(self.key(cls), []).extend(ids)
                 if run:
                     positions[cls] = _s(buf[run[-1]][0])
@@ -331,16 +339,16 @@ class RedisConsumer:
         if parts:
             def step(engine: Any) -> np.ndarray:
                 out: list[np.ndarray] = []
-                for cls, evs, answers in parts:
+                for cls, evs, answers, clocks in parts:
                     transfers, _ = s.events_and_answers(engine, cls, evs, [
                         Answer(a["book"], a["trade_id"], a["ready"], a["time"], a["after"], a.get("connection", ""),
-                               a.get("reason", "")) for a in answers])
+                               a.get("reason", "")) for a in answers], clocks)
                     out.append(transfers)
                 return join_transfers(out)
 
             s.run(step, positions)  # one transaction; raises (and commits nothing) on failure
             self.commits += 1
-            for cls, evs, _ in parts:
+            for cls, evs, _, _ in parts:
                 for ev in evs:
                     del self.buffer[cls][ev[SEQ]]
                 n += len(evs)
@@ -348,6 +356,7 @@ class RedisConsumer:
                 for eid in ids:
                     for cls in self.classes:
                         self.answers[cls].pop(eid, None)
+                        self.clocks[cls].pop(eid, None)
             self.applied += n
             after = self.hooks.get("after_commit")
             if after is not None:
@@ -380,11 +389,13 @@ class RedisConsumer:
             return True
         s = self.settlement
         return any(buf and min(buf) <= s.last_seq(cls) + 1 for cls, buf in self.buffer.items()) or any(
-            a["after"] <= s.last_seq(cls) for cls, answers in self.answers.items() for a in answers.values())
+            a["after"] <= s.last_seq(cls) for cls, answers in self.answers.items() for a in answers.values()) or any(
+            after <= s.last_seq(cls) for cls, clocks in self.clocks.items() for after, _ in clocks.values())
 
     def idle(self) -> bool:
         """Nothing buffered that could be applied."""
-        return not any(self.buffer.values()) and not self.deposits and not any(self.answers.values())
+        return not any(self.buffer.values()) and not self.deposits and not any(self.answers.values()) \
+            and not any(self.clocks.values())
 
     def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None) -> None:
         """Loop until ``stop`` is set, or (for tests and catch-up jobs) nothing arrived for ``idle_exit_s``."""

@@ -160,29 +160,35 @@ class Settlement:
             return NO_TRANSFERS, None
         return out, lease
 
-    def events_and_answers(self, engine: SettlementEngine, cls: str, events: Any,
-                           answers: list[Answer]) -> tuple[list, list[tuple[Answer, Any]]]:
+    def events_and_answers(self, engine: SettlementEngine, cls: str, events: Any, answers: list[Answer],
+                           ticks: Iterable[tuple[int, int]] = ()) -> tuple[np.ndarray, list[tuple[Answer, Any]]]:
         """Inside a `run` step: one class's events (EVENT_DTYPE array or record tuples, in seq
         order) with the provisioning answers among them, each right after the event it follows
-        (``after``), as the exchange's journal has them.  Returns the transfers and the answers
-        that took effect, with their leases."""
-        if not answers:
+        (``after``), as the exchange's journal has them; and ``ticks``, ``(after, time)``: the
+        class's clock moved to ``time`` right after event ``after`` (a clock command, as the
+        Redis stream has it; after the answers that follow the same event).  Returns the
+        transfers and the answers that took effect, with their leases."""
+        steps = [(a.after, 0, a) for a in answers] + [(after, 1, t) for after, t in ticks]
+        if not steps:
             return (engine.apply(cls, events) if len(events) else NO_TRANSFERS), []
         seqs = events["seq"].tolist() if isinstance(events, np.ndarray) else [e[SEQ] for e in events]
         out: list[np.ndarray] = []
         took: list[tuple[Answer, Any]] = []
         i = 0
-        for a in sorted(answers, key=lambda a: a.after):
+        for after, is_tick, x in sorted(steps, key=lambda s: (s[0], s[1])):
             j = i
-            while j < len(seqs) and seqs[j] <= a.after:
+            while j < len(seqs) and seqs[j] <= after:
                 j += 1
             if j > i:
                 out.append(engine.apply(cls, events[i:j]))
                 i = j
-            transfers, lease = self.answer_step(engine, cls, a.trade_id, a.ready, a.time, a.connection, a.reason)
+            if is_tick:
+                out.append(engine.tick(x, cls))
+                continue
+            transfers, lease = self.answer_step(engine, cls, x.trade_id, x.ready, x.time, x.connection, x.reason)
             out.append(transfers)
             if lease is not None:
-                took.append((a, lease))
+                took.append((x, lease))
         if i < len(seqs):
             out.append(engine.apply(cls, events[i:]))
         return join_transfers(out), took

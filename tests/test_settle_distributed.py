@@ -21,9 +21,9 @@ from settlement.service import Settlement
 ROOT = Path(__file__).resolve().parent.parent
 P = 2_000_000
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOdPSdz9ah8bAW35i9Mrn2clI3hDVNvhJHJ7jBIR6Dz4 alice@laptop"
-# the same settlement settings on both sides; no metering point or lease end inside the test,
-# since the exchange's ledger also moves with its clock and the consumer only with events
-SETTINGS = {"meter_interval_s": 10**9, "provision_timeout_s": 3600}
+# the same settlement settings on both sides; metering every second, so that the ledgers agree
+# only if the consumer moves its clock where the exchange's ledger did (the streamed clock entries)
+SETTINGS = {"meter_interval_s": 1, "provision_timeout_s": 3600}
 
 
 @pytest.fixture
@@ -70,12 +70,14 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
             await bob.release("H100", b1["trade_id"])  # a refund of the unused part
             admin = ex.client("root", "admin")
             await admin.deposit(ex.keys["bob"][0], 7 * USD)  # a deposit after start
+            await asyncio.sleep(2.5)  # clock commands, no events: the ready lease is metered every second
             await ex.exchange.bus.flush()
             return {"ready": a1["trade_id"], "failed": a2["trade_id"], "released": b1["trade_id"]}
 
     tids = asyncio.run(market())
     want = _ledger(data / "ledger.db")
     assert len(want[0]) > 10
+    assert sum(":meter:" in t.id for t in want[0]) >= 2  # metered between events, at clock commands
     assert want[2][("H100", tids["ready"])] == ("ready", '{"host":"n1","port":22}')
     assert want[2][("H100", tids["failed"])][0] == "failed"
 

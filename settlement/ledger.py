@@ -139,8 +139,8 @@ _SCHEMA = (
         time INTEGER NOT NULL,     -- engine time of the cause
         PRIMARY KEY (ref, sub)
     ) WITHOUT ROWID""",
-    # settlement's transfers, one page per post: ``n`` rows of six little-endian int64
-    # (ref, sub, debit, credit, amount, time) — the columns of ``transfers``
+    # settlement's transfers, one page per post: ``n`` rows of the columns of ``transfers``
+    # (ref, sub, debit, credit, amount, time), frame-of-reference encoded (encode_page)
     "CREATE TABLE IF NOT EXISTS transfer_pages (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS id_classes (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     "CREATE TABLE IF NOT EXISTS transfer_names (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
@@ -376,13 +376,13 @@ class Ledger:
             raise LedgerError("a page of transfers names the same transfer id twice")
         n0 = self.count()
         with self._savepoint():
-            self.conn.execute("INSERT INTO transfer_pages (n, data) VALUES (?, ?)", (len(rows), rows.tobytes()))
+            self.conn.execute("INSERT INTO transfer_pages (n, data) VALUES (?, ?)", (len(rows), encode_page(rows)))
             self._moved(page_deltas(rows), n0, len(rows))
         return len(rows)
 
     def _pages(self) -> Iterator[np.ndarray]:
-        for (data,) in self.conn.execute("SELECT data FROM transfer_pages ORDER BY id"):
-            yield np.frombuffer(data, "<i8").reshape(-1, 6)
+        for n, data in self.conn.execute("SELECT n, data FROM transfer_pages ORDER BY id"):
+            yield decode_page(data, n)
 
     def _page_rows(self, keep: Any = None) -> list[tuple]:
         """The rows of every page (those for which ``keep(page)`` is True) as tuples."""
@@ -697,3 +697,46 @@ def page_deltas(rows: np.ndarray) -> dict[int, int]:
     acc, amount = acc[order], amount[order]
     starts = np.flatnonzero(np.concatenate(([True], acc[1:] != acc[:-1])))
     return dict(zip(acc[starts].tolist(), np.add.reduceat(amount, starts).tolist(), strict=True))
+
+
+# A page's columns: ref split in two (origin and class: the high 16 bits; the order or trade
+# id: the low 48), then sub, debit, credit, amount, time.  Each is stored as its minimum (int64)
+# and the differences from it in the fewest bytes of 1, 2, 4 or 8 that hold them (frame of
+# reference): a third smaller than six int64 on the benchmark's pages, at no measurable cost.
+_PAGE_HEADER = np.dtype([("base", "<i8", 7), ("width", "u1", 7)])
+_WIDTHS = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+
+def encode_page(rows: np.ndarray) -> bytes:
+    """An (n, 6) int64 array of transfer rows -> a page's bytes (`decode_page` reverses it)."""
+    ref = rows[:, 0]
+    cols = [ref >> 48, ref & ((1 << 48) - 1), rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5]]
+    head = np.zeros(1, _PAGE_HEADER)
+    parts = [b""]
+    for i, c in enumerate(cols):
+        low = int(c.min())
+        span = int(c.max()) - low
+        w = 1 if span < 1 << 8 else 2 if span < 1 << 16 else 4 if span < 1 << 32 else 8
+        head["base"][0, i] = low
+        head["width"][0, i] = w
+        parts.append((c - low).astype(_WIDTHS[w]).tobytes())  # (int64 wraps; width 8 keeps every bit)
+    parts[0] = head.tobytes()
+    return b"".join(parts)
+
+
+def decode_page(data: bytes, n: int) -> np.ndarray:
+    """A page's bytes -> its (n, 6) int64 rows."""
+    head = np.frombuffer(data, _PAGE_HEADER, 1)
+    cols = []
+    at = _PAGE_HEADER.itemsize
+    for i in range(7):
+        w = int(head["width"][0, i])
+        c = np.frombuffer(data, _WIDTHS[w], n, at).astype(np.int64)
+        c += head["base"][0, i]
+        cols.append(c)
+        at += w * n
+    out = np.empty((n, 6), np.int64)
+    out[:, 0] = cols[0] << 48 | cols[1]
+    for j in range(1, 6):
+        out[:, j] = cols[j + 1]
+    return out

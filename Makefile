@@ -18,11 +18,13 @@ $(STAMP): pyproject.toml
 .venv: $(STAMP)
 venv: $(STAMP)
 
-# The whole suite, then the rule tests of the numba book once more as plain Python
-# (NUMBA_DISABLE_JIT=1): the same source must hold the rules with and without the compiler.
+# The whole suite, then the rule tests of the numba book and the settlement engine's test
+# against its reference once more as plain Python (NUMBA_DISABLE_JIT=1): the same source must
+# hold the rules with and without the compiler.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -k numba -W ignore::RuntimeWarning tests/test_rules_*.py
+	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -W ignore::RuntimeWarning tests/test_settlement_core.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -69,11 +69,8 @@ class Provisioning:
         """The timetables from what settlement has live (at start, or after a failed commit)."""
         self.starts, self.deadlines = [], []
         for c in self.s.engine.classes.values():
-            for tid, lease in c.leases.items():
-                if lease.status == PENDING:
-                    self.starts.append((lease.start, c.name, tid))
-                elif lease.status == PROVISIONING:
-                    self.deadlines.append((lease.start + self.timeout, c.name, tid))
+            self.starts += [(x.start, c.name, x.trade_id) for x in c.find(status=PENDING)]
+            self.deadlines += [(x.start + self.timeout, c.name, x.trade_id) for x in c.find(status=PROVISIONING)]
         heapq.heapify(self.starts)
         heapq.heapify(self.deadlines)
 
@@ -205,8 +202,7 @@ class Provisioning:
     def outstanding(self, provider: int) -> list[dict[str, Any]]:
         """Tasks of ``provider`` not answered yet (leases provisioning), oldest start first."""
         with self.x.settlement.lock:
-            leases = [lease for c in self.s.engine.classes.values() for lease in c.leases.values()
-                      if lease.provider == provider and lease.status == PROVISIONING]
+            leases = [x for c in self.s.engine.classes.values() for x in c.find(provider=provider, status=PROVISIONING)]
         return sorted((self.task(x) for x in leases), key=lambda t: (t["start"], t["lease"]))
 
     async def answer(self, provider: int, ref: str, status: str, connection: dict[str, Any] | None = None,

@@ -59,6 +59,7 @@ B_OID, B_ACCOUNT, B_HPG, B_REM, B_FLAGS = range(5)
 NB = 5
 # flags
 DIRTY, NEW, GONE = 1, 2, 4  # changed since the last take / opened since / closed or dropped (row freed at take)
+LIVE = 8  # a lease row in use (in lmap): the Python side finds leases by a mask over this
 
 # scalars
 (S_SEQ, S_CLOCK, S_NHEAP, S_NOUT, S_LFREE, S_BFREE, S_NDL, S_NDB, S_NGL, S_NGB, S_TRADES, S_LIVE, S_BIDS) = range(13)
@@ -298,7 +299,7 @@ def _drop(L: np.ndarray, lmap: dict, S: np.ndarray, gl: np.ndarray, s: int) -> N
                     break
                 prev = cs
                 c = nxt
-    L[s, LFLAGS] |= GONE
+    L[s, LFLAGS] = (L[s, LFLAGS] | GONE) & ~LIVE
     gl[S[S_NGL]] = s
     S[S_NGL] += 1
     S[S_LIVE] -= 1
@@ -536,6 +537,7 @@ def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: di
     L[s, COST_PAID] = cost
     L[s, BUYER_FEE_PAID] = buyer_fee
     L[s, DUE] = -1
+    L[s, LFLAGS] = LIVE
     lmap[tid] = s
     S[S_LIVE] += 1
     parent = ev[R_LEASE]

@@ -274,6 +274,19 @@ class ClassState:
     def lease(self, s: int) -> Lease:
         return self.lease_from_row(self.L[s, :core.LEASE_FIELDS].tolist(), int(self.L[s, core.FAIL_ARG]))
 
+    def find(self, provider: int | None = None, status: str | None = None) -> list[Lease]:
+        """Live leases (and ended ones until their end passed) of ``provider`` and/or in ``status``,
+        by trade id: a mask over the rows, only the matches read out."""
+        L = self.L
+        mask = (L[:, core.LFLAGS] & core.LIVE) != 0
+        if provider is not None:
+            mask &= L[:, core.PROVIDER] == provider
+        if status is not None:
+            mask &= L[:, core.STATUS] == _STATUS_CODES[status]
+        slots = np.flatnonzero(mask)
+        slots = slots[np.argsort(L[slots, core.TID], kind="stable")]
+        return [self.lease(int(s)) for s in slots]
+
     @property
     def leases(self) -> Mapping[int, Lease]:
         """Live leases (and ended ones until their end passed), by trade id, as `Lease` copies."""
@@ -531,6 +544,7 @@ class SettlementEngine:
                    x.cost, x.buyer_fee, x.earned, x.provider_fee, x.refunded, -1, 0, 0, 0, 0, 0]
             c.L[s] = row
             c.lmap[x.trade_id] = s
+            c.L[s, core.LFLAGS] = core.LIVE
             slots[i] = s
             if x.resale_of and x.resale_of in c.lmap:
                 prev = tail.get(x.resale_of)

@@ -12,6 +12,7 @@ import pytest
 from bench.settlement import DEFAULT_FEES, workload_events
 from orderbook.types import EV_TRADE, EVENT_DTYPE, SIDE_BID
 from settlement.engine import SettlementConfig, SettlementEngine
+from settlement.leases import STATUSES
 from settlement.reference import SettlementEngine as ReferenceEngine
 
 
@@ -42,6 +43,11 @@ def test_same_transfers_and_state_as_the_reference(handovers: list, config: Sett
     for cls, c in fast.classes.items():
         r = ref.classes[cls]
         assert (c.seq, c.clock, dict(c.bids), dict(c.leases), c.due) == (r.seq, r.clock, r.bids, r.leases, r.due)
+        by_tid = sorted(r.leases.values(), key=lambda x: x.trade_id)
+        for status in STATUSES:  # the masked lookup provisioning uses
+            assert c.find(status=status) == [x for x in by_tid if x.status == status]
+        some = by_tid[len(by_tid) // 2].provider if by_tid else 0
+        assert c.find(provider=some) == [x for x in by_tid if x.provider == some]
     assert fast.exposure() == ref.exposure() and fast.prepaid() == ref.prepaid()
 
 

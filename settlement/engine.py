@@ -244,8 +244,12 @@ class ClassState:
             heap[:size] = self.heap[:size]
             self.heap = heap
 
+    def live_slots(self) -> np.ndarray:
+        """The rows of the leases in the engine (live, or ended until their end passed)."""
+        return np.flatnonzero(self.L[:, core.LFLAGS] & core.LIVE)
+
     def _compact_heap(self) -> None:
-        slots = np.fromiter(self.lmap.values(), np.int64, len(self.lmap))
+        slots = self.live_slots()
         due = self.L[slots, core.DUE]
         on = due >= 0
         due, tid = due[on], self.L[slots[on], core.TID]
@@ -278,12 +282,11 @@ class ClassState:
         """Live leases (and ended ones until their end passed) of ``provider`` and/or in ``status``,
         by trade id: a mask over the rows, only the matches read out."""
         L = self.L
-        mask = (L[:, core.LFLAGS] & core.LIVE) != 0
+        slots = self.live_slots()
         if provider is not None:
-            mask &= L[:, core.PROVIDER] == provider
+            slots = slots[L[slots, core.PROVIDER] == provider]
         if status is not None:
-            mask &= L[:, core.STATUS] == _STATUS_CODES[status]
-        slots = np.flatnonzero(mask)
+            slots = slots[L[slots, core.STATUS] == _STATUS_CODES[status]]
         slots = slots[np.argsort(L[slots, core.TID], kind="stable")]
         return [self.lease(int(s)) for s in slots]
 
@@ -300,12 +303,10 @@ class ClassState:
     @property
     def due(self) -> dict[int, int]:
         """Trade id -> when the lease next needs advancing (leases on the timetable)."""
-        out = {}
-        for tid, s in self.lmap.items():
-            d = int(self.L[s, core.DUE])
-            if d >= 0:
-                out[int(tid)] = d
-        return out
+        slots = self.live_slots()
+        due = self.L[slots, core.DUE]
+        on = due >= 0
+        return dict(zip(self.L[slots[on], core.TID].tolist(), due[on].tolist(), strict=True))
 
 
 class _Leases(Mapping[int, Lease]):
@@ -319,10 +320,10 @@ class _Leases(Mapping[int, Lease]):
         return self.c.lease(s)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(sorted(int(t) for t in self.c.lmap.keys()))
+        return iter(sorted(self.c.L[self.c.live_slots(), core.TID].tolist()))
 
     def __len__(self) -> int:
-        return len(self.c.lmap)
+        return len(self.c.live_slots())
 
 
 class _Bids(Mapping[int, Bid]):

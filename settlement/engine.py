@@ -639,7 +639,10 @@ def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[np.ndarray
             rows.append(_record(ev))
         if ev[E_TIME] > last_time:
             last_time = ev[E_TIME]
-    arr = np.array(rows, dtype=np.int64).reshape(len(rows), len(RECORD)) if rows else _NO_ROWS
+    try:
+        arr = np.array(rows, dtype=np.int64).reshape(len(rows), len(RECORD)) if rows else _NO_ROWS
+    except OverflowError:
+        raise ValueError(f"{c.name}: an event has a field beyond int64 and cannot be settled") from None
     _check_money(c, arr)
     return arr, (seq if seq > c.seq else 0), last_time, skipped
 

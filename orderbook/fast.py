@@ -108,7 +108,7 @@ NL = 24  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS; 7 column
 (S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
  S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_PROF_F, S_PROF_S) = range(18)
 NS = 18  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
-# S_PROF_F / S_PROF_S: breakpoints of the usage profile cached for the ask being walked, -1 = none
+# S_PROF_F / S_PROF_S: unused (were the usage profile of the ask being walked; now UC)
 
 # ladders
 LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4
@@ -170,6 +170,10 @@ EVENT_RESERVE = 65_536
 # Hot-path functions run without numba's reference counting (NRT): they never allocate, and
 # counting references to the state's arrays on every call cost more than the matching itself.
 _hot = njit(cache=True, _nrt=False)
+# Functions that take the whole state and have one or two callers are inlined by numba itself:
+# numba passes each array as 7-11 scalars, so a call with the state pushed ~150 words on the stack
+# (a sixth of the samples in jitted code were those pushes); LLVM left most of these out of line.
+_inl = njit(cache=True, _nrt=False, inline="always")
 
 BIG = np.int64(2**62)
 INT64_MAX = 2**63 - 1
@@ -834,81 +838,188 @@ def _sort_prefix(a, n, tmp):
             a[k] = tmp[k]
 
 
-PACK = 21  # a profile event packs (time << PACK) | (change + 2**20); GPU counts stay below 2**20
+# --- usage functions cached per ask -------------------------------------------------------
+# UC[:UC_TAGS]: a direct-mapped table, one entry per ask slot modulo UC_TAGS: (offset << 32) | (slot + 1),
+# 0 when empty; UC[UC_BUMP]: the next free word of the pool UC[UC_POOL:].  An entry at `off` is
+# m, then m rows (t, firm, all): the ask's usage from t until the next row's t, by firm leases
+# and by all leases, at the m distinct times at which it changes (sorted).  Built from the lease
+# list on the first capacity question, dropped when the ask's leases change (a fill, a lease
+# ending, a preemption, the ask leaving); a full pool is emptied at once.  ~80 % of capacity
+# questions hit, each a short sequential read instead of a cache miss per lease.
+UC_TAGS = 4096
+UC_BUMP = UC_TAGS
+UC_POOL = UC_TAGS + 1
+UC_WORDS = UC_POOL + (1 << 18)
+UC_LOW = np.int64(0xFFFFFFFF)
+PACK = 21  # a usage event sorts as (time << PACK) | its index; at most 2**20 leases, times below 2**41
+TIME_LIMIT = 1 << 41
 
 
 @_hot
-def _now_profile(Lz, head, now, with_spot, W, r):
-    """The ask's usage from now on as breakpoints: W[r][i] = a time at which usage changes,
-    W[r + 1][i] = the highest usage from now until just after it.  Returns their number, or
-    -1 when GPU counts are too large to pack (the caller then scans)."""
-    ev = W[r]
-    n = 0
-    total = 0
-    lz = head
-    while lz >= 0:
-        en = Lz[lz, L_END]
-        if en > now and (with_spot or Lz[lz, L_KIND] != SPOT):
-            st = Lz[lz, L_START]
-            g = Lz[lz, L_GPUS]
-            total += g
-            ev[n] = ((st if st > now else now) << PACK) | ((1 << 20) + g)
-            ev[n + 1] = (en << PACK) | ((1 << 20) - g)
-            n += 2
-        lz = Lz[lz, L_NEXT]
-    if total >= (1 << 20):
+def _uc_drop(UC, a):
+    """Ask a's leases changed: forget its usage function."""
+    h = a & (UC_TAGS - 1)
+    if UC[h] & UC_LOW == a + 1:
+        UC[h] = 0
+
+
+@_hot
+def _uc_add(UC, a, now, ws, we, f, g):
+    """A lease of g GPUs (f of them firm) over [ws, we) was sold on ask a: add it to a's usage
+    function, if cached, into a fresh copy at the end of the pool.  Rows before now are dropped
+    on the way, but for the one that holds at now."""
+    h = a & (UC_TAGS - 1)
+    x = UC[h]
+    if x & UC_LOW != a + 1:
+        return
+    off = x >> 32
+    i = off + 1
+    e = i + 3 * UC[off]
+    while i + 3 < e and UC[i + 3] <= now:
+        i += 3
+    bump = UC[UC_BUMP]
+    if bump + 1 + (e - i) + 6 > UC.shape[0] - UC_POOL:
+        UC[h] = 0  # no room: the next question builds it again (and empties the pool)
+        return
+    dst = UC_POOL + bump
+    k = dst + 1
+    pf = 0  # usage (firm, all) before the row at i
+    pa = 0
+    while i < e and UC[i] < ws:
+        UC[k] = UC[i]
+        pf = UC[i + 1]
+        pa = UC[i + 2]
+        UC[k + 1] = pf
+        UC[k + 2] = pa
+        i += 3
+        k += 3
+    if i >= e or UC[i] != ws:
+        UC[k] = ws
+        UC[k + 1] = pf + f
+        UC[k + 2] = pa + g
+        k += 3
+    while i < e and UC[i] < we:
+        UC[k] = UC[i]
+        pf = UC[i + 1]
+        pa = UC[i + 2]
+        UC[k + 1] = pf + f
+        UC[k + 2] = pa + g
+        i += 3
+        k += 3
+    if i >= e or UC[i] != we:
+        UC[k] = we
+        UC[k + 1] = pf
+        UC[k + 2] = pa
+        k += 3
+    while i < e:
+        UC[k] = UC[i]
+        UC[k + 1] = UC[i + 1]
+        UC[k + 2] = UC[i + 2]
+        i += 3
+        k += 3
+    UC[dst] = (k - dst - 1) // 3
+    UC[UC_BUMP] = k - UC_POOL
+    UC[h] = (dst << 32) | (a + 1)
+
+
+@_hot
+def _usage_fn(Lz, O, S, W, UC, a, build):
+    """Offset in UC of ask a's usage function, built now if missing and build is True; -1 when
+    it is missing or cannot be built (times or counts too large to pack, or a huge lease list):
+    the caller then scans the lease list."""
+    h = a & (UC_TAGS - 1)
+    x = UC[h]
+    if x & UC_LOW == a + 1:
+        return x >> 32
+    if not build:
         return -1
-    _sort_prefix(ev, n, W[r + 1])  # W[r + 1] is written only after the sort
-    top = W[r + 1]
+    keys = W[0]
+    df = W[1]
+    da = W[2]
+    n = 0
+    lz = O[a, O_LHEAD]
+    while lz >= 0:
+        st = Lz[lz, L_START]
+        en = Lz[lz, L_END]
+        g = Lz[lz, L_GPUS]
+        if st < 0 or en >= TIME_LIMIT or n >= (1 << PACK) - 2:
+            return -1
+        f = 0 if Lz[lz, L_KIND] == SPOT else g
+        keys[n] = (st << PACK) | n
+        df[n] = f
+        da[n] = g
+        keys[n + 1] = (en << PACK) | (n + 1)
+        df[n + 1] = -f
+        da[n + 1] = -g
+        n += 2
+        lz = Lz[lz, L_NEXT]
+    size = 1 + 3 * n
+    pool = UC.shape[0] - UC_POOL
+    if size > pool // 8:
+        return -1
+    S[S_SCAN] += 1
+    bump = UC[UC_BUMP]
+    if bump + size > pool:  # full: forget every function at once
+        for k in range(UC_TAGS):
+            UC[k] = 0
+        bump = 0
+    _sort_prefix(keys, n, W[3])
+    off = UC_POOL + bump
     m = 0
-    cur = 0
-    peak = 0
+    cf = 0
+    ca = 0
     i = 0
+    mask = (1 << PACK) - 1
     while i < n:
-        t = ev[i] >> PACK
-        while i < n and (ev[i] >> PACK) == t:
-            cur += (ev[i] & ((1 << PACK) - 1)) - (1 << 20)
+        t = keys[i] >> PACK
+        while i < n and (keys[i] >> PACK) == t:
+            j = keys[i] & mask
+            cf += df[j]
+            ca += da[j]
             i += 1
-        if cur > peak:
-            peak = cur
-        ev[m] = t  # safe: m <= the events read so far
-        top[m] = peak
+        k = off + 1 + 3 * m
+        UC[k] = t
+        UC[k + 1] = cf
+        UC[k + 2] = ca
         m += 1
-    return m
+    UC[off] = m
+    UC[UC_BUMP] = bump + 1 + 3 * m
+    UC[h] = (off << 32) | (a + 1)
+    return off
 
 
 @_hot
-def _profile_peak(W, r, m, we):
-    """Highest usage over [now, we) from a profile of m breakpoints."""
-    times = W[r]
-    lo = 0
-    hi = m
-    while lo < hi:  # first breakpoint at or after we
-        mid = (lo + hi) >> 1
-        if times[mid] < we:
-            lo = mid + 1
-        else:
-            hi = mid
-    return W[r + 1][lo - 1] if lo > 0 else 0
+def _uc_peak(UC, off, ws, we, spot):
+    """Highest usage over [ws, we) by the usage function at off (firm leases, or all: spot)."""
+    c = 2 if spot else 1
+    k = off + 1
+    e = k + 3 * UC[off]
+    peak = 0
+    while k < e and UC[k] <= ws:
+        peak = UC[k + c]
+        k += 3
+    while k < e and UC[k] < we:
+        if UC[k + c] > peak:
+            peak = UC[k + c]
+        k += 3
+    return peak
 
 
 @_hot
-def _fill_qty(O, Lz, S, W, b, a, want, prof):
-    """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10).
-
-    prof=True: a's usage profile from now on may be built once and kept in W (while an ask
-    walks the bids, the caller resets it after every fill)."""
+def _fill_qty(O, Lz, S, W, UC, b, a, want):
+    """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10)."""
     kind = O[b, O_KIND]
     ws = O[b, O_START] if kind == RESERVED else S[S_NOW]
-    return _ask_gives(O, Lz, S, W, a, O[b, O_ACC], kind, O[b, O_PRICE], O[b, O_HOURS], ws,
-                      O[b, O_BLOCK], want, prof)
+    return _ask_gives(O, Lz, S, W, UC, a, O[b, O_ACC], kind, O[b, O_PRICE], O[b, O_HOURS], ws,
+                      O[b, O_BLOCK], want, True)
 
 
 @_hot
-def _ask_gives(O, Lz, S, W, a, acc, kind, limit, hours, ws, block, want, prof):
+def _ask_gives(O, Lz, S, W, UC, a, acc, kind, limit, hours, ws, block, want, build):
     """`_fill_qty` with the bid's fields as arguments instead of an order row (a quote has
-    none): account, kind, limit, hours, window start and block of the bid."""
-    now = S[S_NOW]
+    none): account, kind, limit, hours, window start and block of the bid.  build=False: a
+    missing usage function is not built (a quote changes nothing, not even UC); the lease
+    list is scanned instead."""
     if O[a, O_ACC] == acc or hours < O[a, O_MINH]:
         return 0
     spot = kind == SPOT
@@ -932,23 +1043,17 @@ def _ask_gives(O, Lz, S, W, a, acc, kind, limit, hours, ws, block, want, prof):
             return q - q % block if q >= block else 0
         if gp - used_now < block:
             return 0  # held right now by leases: no window starting now fits a block
-        if prof and gp - used < want:
-            si = S_PROF_S if spot else S_PROF_F
-            r = 5 if spot else 3
-            if S[si] < 0:
-                S[S_SCAN] += 1
-                S[si] = _now_profile(Lz, O[a, O_LHEAD], now, spot, W, r)
-            if S[si] >= 0:
-                q = gp - _profile_peak(W, r, S[si], we)
-                q = want if want < q else q
-                return q - q % block if q >= block else 0
     if gp - used >= want:
         q = want
     elif ws >= O[a, O_LMAXEND]:  # every lease on the ask ends before the window starts
         q = want if want < gp else gp
     else:
-        S[S_SCAN] += 1
-        free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)
+        off = _usage_fn(Lz, O, S, W, UC, a, build)
+        if off >= 0:
+            free = gp - _uc_peak(UC, off, ws, we, spot)
+        else:
+            S[S_SCAN] += 1
+            free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)
         q = want if want < free else free
     if q < block:
         return 0
@@ -986,7 +1091,7 @@ def _reoffer(O, RO, S, a):
 
 
 @_hot
-def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
+def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, UC, o):
     """Take a resting order out of the book and free its slot."""
     if O[o, O_SIDE] == SIDE_ASK:
         lvl = _level(P, O[o, O_PRICE])
@@ -1005,6 +1110,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
             if pl >= 0:
                 sold = _peak_usage(Lz, O[o, O_LHEAD], S[S_NOW], O[o, O_END], True, W)
                 Lz[pl, L_RESOLD] -= O[o, O_GPUS] - sold
+        _uc_drop(UC, o)  # the slot will hold another order
         lz = O[o, O_LHEAD]
         while lz >= 0:  # what it sold stands, detached from the ask (R7)
             Lz[lz, L_ASLOT] = -1
@@ -1023,7 +1129,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
 def _drop_lease(O, Lz, LK, LV, RO, AG, BM, BS, S, P, lz):
     """A lease has ended: its GPUs return to its ask, which is offered again (R13)."""
     a = Lz[lz, L_ASLOT]
-    if a >= 0:
+    if a >= 0:  # its usage function stays right from now on: the lease has ended
         n = Lz[lz, L_NEXT]
         p = Lz[lz, L_PREV]
         if p < 0:
@@ -1094,7 +1200,7 @@ def _lower_bound(a, n, x):
 
 
 @_hot
-def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, BM, BS, a, firm):
+def _preempt(O, Lz, RO, TM, E, S, P, W, UC, LK, LV, AG, BM, BS, a, firm):
     """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start).
 
     The usage over [T0, end of the fill) is built once, as segments between sorted distinct
@@ -1197,6 +1303,7 @@ def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, BM, BS, a, firm):
         taken += g
         acc[reach] += g
         Lz[victim, L_END] = t0
+        _uc_drop(UC, a)
         k = _ev_lease(E, S, Lz, victim, EV_PREEMPTED, t0)
         E[k]["lease_id"] = Lz[firm, L_TID]
         _reoffer(O, RO, S, a)
@@ -1210,17 +1317,17 @@ def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, BM, BS, a, firm):
 
 
 # ======================================================================= the state bundle
-State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM RO E S P W")
+State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM RO E S P W UC")
 
 
-@_hot
+@_inl
 def _remove(st, o):
     _remove_order(
-        st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, st.W, o
+        st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, st.W, st.UC, o
     )
 
 
-@_hot
+@_inl
 def _fill(st, b, a, q):
     """Bid b takes q GPUs from ask a: a lease, a TRADE event, maybe preemption (R10–R12, R16)."""
     O = st.O
@@ -1250,6 +1357,7 @@ def _fill(st, b, a, q):
     Lz[lz, L_END] = we
     Lz[lz, L_PRICE] = price
     Lz[lz, L_ASLOT] = a
+    _uc_add(st.UC, a, now, ws, we, 0 if kind == SPOT else q, q)
     head = O[a, O_LHEAD]
     Lz[lz, L_NEXT] = head
     Lz[lz, L_PREV] = -1
@@ -1294,7 +1402,7 @@ def _fill(st, b, a, q):
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
     if kind != SPOT:
-        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, st.W, st.LK, st.LV, st.AG, st.BM, st.BS, a, lz)
+        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, st.W, st.UC, st.LK, st.LV, st.AG, st.BM, st.BS, a, lz)
 
 
 @_hot
@@ -1327,11 +1435,11 @@ def _walk_asks(st, b, dry):
             while a >= 0:
                 st.S[S_VISIT_ASK] += 1
                 if dry:
-                    got += _fill_qty(O, st.Lz, st.S, st.W, b, a, want, False)
+                    got += _fill_qty(O, st.Lz, st.S, st.W, st.UC, b, a, want)
                     if got >= want:
                         return got
                 else:
-                    q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM], False)
+                    q = _fill_qty(O, st.Lz, st.S, st.W, st.UC, b, a, O[b, O_REM])
                     if q > 0:
                         _fill(st, b, a, q)
                         if O[b, O_REM] == 0:
@@ -1371,7 +1479,7 @@ def _quote_walk(st, S, kind, acc, limit, hours, ws, block, want, out):
         if _ask_level_open(st.AG, lad, lvl, ws, we, hours, block, now_window):
             a = st.LH[lad, lvl]
             while a >= 0:
-                q = _ask_gives(O, st.Lz, S, st.W, a, acc, kind, limit, hours, ws, block, want - got, False)
+                q = _ask_gives(O, st.Lz, S, st.W, st.UC, a, acc, kind, limit, hours, ws, block, want - got, False)
                 if q > 0:
                     if n >= out.shape[0]:
                         return -1
@@ -1419,38 +1527,37 @@ def _next_bid(st, lad, lvl, low, b, a, free, horizon):
 
 
 @_hot
-def _horizon(O, Lz, S, W, a, spot):
+def _horizon(O, Lz, S, W, UC, a, spot):
     """No window [now, we) with we after this can get a GPU of ask a (firm, or spot: R9).
 
-    The ask's end, or earlier: the first moment its usage from now on (the profile that
-    `_ask_gives` caches in W) reaches all its GPUs.  Usage only grows while the ask walks
-    the bids, except when a firm fill preempts spot leases, so a horizon stays an upper
-    bound for firm bids and, until a preemption, for spot bids."""
+    The ask's end, or earlier: the first moment from now on at which its usage (the usage
+    function cached in UC) reaches all its GPUs.  Usage only grows while the ask walks the
+    bids, except when a firm fill preempts spot leases, so a horizon stays an upper bound for
+    firm bids and, until a preemption, for spot bids."""
     end = O[a, O_END]
     used = O[a, O_FSUM] + (O[a, O_SSUM] if spot else 0)
     used_now = O[a, O_UNF] + (O[a, O_UNS] if spot else 0)
-    if used == used_now or used < O[a, O_GPUS] or O[a, O_NEXTSTART] >= end:
-        return end  # no lease starts later (usage is highest now), or all of them never fill it
-    si = S_PROF_S if spot else S_PROF_F
-    r = 5 if spot else 3
-    if S[si] < 0:
-        S[S_SCAN] += 1
-        S[si] = _now_profile(Lz, O[a, O_LHEAD], S[S_NOW], spot, W, r)
-    m = S[si]
-    if m < 0:
-        return end
-    top = W[r + 1]  # nondecreasing: the highest usage up to each breakpoint
     gp = O[a, O_GPUS]
-    lo = 0
-    hi = m
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if top[mid] < gp:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < m and W[r][lo] < end:
-        return W[r][lo]
+    if used == used_now or used < gp or O[a, O_NEXTSTART] >= end:
+        return end  # no lease starts later (usage is highest now), or all of them never fill it
+    off = _usage_fn(Lz, O, S, W, UC, a, True)
+    if off < 0:
+        return end
+    now = S[S_NOW]
+    c = 2 if spot else 1
+    k = off + 1
+    e = k + 3 * UC[off]
+    while k + 3 < e and UC[k + 3] <= now:  # the row that holds at now
+        k += 3
+    if k < e and UC[k] <= now and UC[k + c] >= gp:
+        return now if now < end else end
+    while k < e:
+        t = UC[k]
+        if t >= end:
+            return end
+        if t > now and UC[k + c] >= gp:
+            return t
+        k += 3
     return end
 
 
@@ -1490,8 +1597,6 @@ def _walk_bids(st, a, dry):
     low_f = _level(P, O[a, O_PRICE])
     gp = O[a, O_GPUS]
     started = O[a, O_START] <= now and O[a, O_END] - now >= HOUR
-    S[S_PROF_F] = -1
-    S[S_PROF_S] = -1
     free_od = gp - O[a, O_UNF]
     free_spot = free_od - O[a, O_UNS]
     lr, br = _next_bid(st, LAD_BID_RES, top, low_f, -1, a, gp, 0)
@@ -1521,9 +1626,9 @@ def _walk_bids(st, a, dry):
             free_od = gp - O[a, O_UNF]
             free_spot = free_od - O[a, O_UNS]
             if bo >= 0 or pick == 1:
-                hz_od = _horizon(O, st.Lz, S, st.W, a, False)
+                hz_od = _horizon(O, st.Lz, S, st.W, st.UC, a, False)
             if bs >= 0 or pick == 2:
-                hz_spot = _horizon(O, st.Lz, S, st.W, a, True)
+                hz_spot = _horizon(O, st.Lz, S, st.W, st.UC, a, True)
             stale = False
         if pick == 0:
             lr, br = _next_bid(st, LAD_BID_RES, lr, low_f, br, a, gp, 0)
@@ -1536,15 +1641,13 @@ def _walk_bids(st, a, dry):
             if O[b, O_BLOCK] > free_spot or now + O[b, O_HOURS] * HOUR > hz_spot:
                 continue
         S[S_VISIT_BID] += 1
-        q = _fill_qty(O, st.Lz, S, st.W, b, a, O[b, O_REM], True)
+        q = _fill_qty(O, st.Lz, S, st.W, st.UC, b, a, O[b, O_REM])
         if q > 0:
             if dry:
                 return 1
             seq = S[S_SEQ]
             oid = O[b, O_OID]
             _fill(st, b, a, q)
-            S[S_PROF_F] = -1  # a's leases changed
-            S[S_PROF_S] = -1
             stale = True
             if S[S_SEQ] != seq + 1 and spot_side:  # spot leases preempted: spot may fit again
                 free_spot = gp - O[a, O_UNF] - O[a, O_UNS]
@@ -1554,7 +1657,7 @@ def _walk_bids(st, a, dry):
     return 0
 
 
-@_hot
+@_inl
 def _run_reoffers(st):
     """R13: asks whose free capacity grew meet the resting bids again, in ask priority."""
     RO = st.RO
@@ -1601,7 +1704,7 @@ def _lease_started(O, Lz, lz):
     O[a, O_NEXTSTART] = nxt
 
 
-@_hot
+@_inl
 def _advance(st, t):
     """Apply everything that expires or ends at or before t, in time order (R13, R14).
 
@@ -1648,7 +1751,7 @@ def _check_price(P, price):
     return R.OK
 
 
-@_hot
+@_inl
 def _on_ask(st, C, i):
     O = st.O
     S = st.S
@@ -1740,7 +1843,7 @@ def _on_ask(st, C, i):
     _walk_bids(st, a, False)
 
 
-@_hot
+@_inl
 def _on_bid(st, C, i):
     O = st.O
     S = st.S
@@ -1850,7 +1953,7 @@ def _owned_order(st, C, i):
     return o, R.OK
 
 
-@_hot
+@_inl
 def _on_cancel(st, C, i):
     o, code = _owned_order(st, C, i)
     if o < 0:
@@ -1860,7 +1963,7 @@ def _on_cancel(st, C, i):
     _ev_order_end(st.E, st.S, st.O, o, EV_CANCELLED, END_USER)
 
 
-@_hot
+@_inl
 def _on_amend(st, C, i):
     O = st.O
     o, code = _owned_order(st, C, i)
@@ -1893,7 +1996,7 @@ def _on_amend(st, C, i):
     st.E[k]["remaining"] = O[o, O_REM]
 
 
-@_hot
+@_inl
 def _on_release(st, C, i):
     Lz = st.Lz
     S = st.S
@@ -1911,6 +2014,8 @@ def _on_release(st, C, i):
         _reject(st.E, S, C, i, code)
         return
     Lz[lz, L_END] = S[S_NOW]
+    if Lz[lz, L_ASLOT] >= 0:
+        _uc_drop(st.UC, Lz[lz, L_ASLOT])
     _ev_lease(st.E, S, Lz, lz, EV_RELEASED, S[S_NOW])
     _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, st.AG, st.BM, st.BS, S, st.P, lz)
 
@@ -1929,9 +2034,15 @@ def process_batch(st, C, first):
         if t < S[S_NOW]:
             _reject(st.E, S, C, i, R.STALE_TIME)
         else:
-            if not _advance(st, t):
-                return ST_NEED_SPACE, i
-            _run_reoffers(st)  # R4: exactly as a clock command would, re-offers included
+            # calls are guarded here: numba passes the state's ~150 words of array structs on the
+            # stack to every call that is not inlined, and most commands have no timer or re-offer due
+            if S[S_TMN] > 0 and st.TM[0, 0] <= t:
+                if not _advance(st, t):
+                    return ST_NEED_SPACE, i
+            elif t > S[S_NOW]:
+                S[S_NOW] = t
+            if S[S_RON] > 0:
+                _run_reoffers(st)  # R4: exactly as a clock command would, re-offers included
             if typ == CMD_ASK:
                 _on_ask(st, C, i)
             elif typ == CMD_BID:
@@ -1944,7 +2055,8 @@ def process_batch(st, C, first):
                 _on_release(st, C, i)
             elif typ != CMD_CLOCK:
                 _reject(st.E, S, C, i, R.BAD_COMMAND)
-            _run_reoffers(st)
+            if S[S_RON] > 0:
+                _run_reoffers(st)
         if S[S_ERR] != 0:
             return ST_ERROR, i
         i += 1
@@ -2014,7 +2126,7 @@ def _crossing_pairs(st):
             continue
         for a in range(O.shape[0]):
             if O[a, O_LIVE] == LIVE_RESTING and O[a, O_SIDE] == SIDE_ASK:
-                if _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM], False) > 0:
+                if _fill_qty(O, st.Lz, st.S, st.W, st.UC, b, a, O[b, O_REM]) > 0:
                     out.append((O[b, O_OID], O[a, O_OID]))
     return out
 
@@ -2085,6 +2197,7 @@ class NumbaBook:
             S=S,
             P=self.cfg.as_array(),
             W=np.zeros((7, 2 * nl + 2), dtype=np.int64),
+            UC=np.zeros(UC_WORDS, dtype=np.int64),
         )
 
     # ------------------------------------------------------------------ public API
@@ -2116,7 +2229,7 @@ class NumbaBook:
 
     def snapshot(self) -> bytes:
         buf = io.BytesIO()
-        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W")}
+        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W", "UC")}
         np.savez(buf, LAYOUT=np.array([O_LAYOUT], dtype=np.int64), **arrays)
         return buf.getvalue()
 
@@ -2153,6 +2266,7 @@ class NumbaBook:
             rows = arrays[heap][:n]
             arrays[heap][:n] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
         arrays["W"] = np.zeros((7, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
+        arrays["UC"] = np.zeros(UC_WORDS, dtype=np.int64)
         book.st = State(**arrays)
         return book
 

@@ -1050,17 +1050,23 @@ def _uc_add(UC, a, now, ws, we, f, g):
     UC[h] = (dst << 32) | (a + 1)
 
 
-@_hot
+@_inl
 def _usage_fn(Lz, O, S, W, UC, a, build):
     """Offset in UC of ask a's usage function, built now if missing and build is True; -1 when
     it is missing or cannot be built (times or counts too large to pack, or a huge lease list):
     the caller then scans the lease list."""
-    h = a & (UC_TAGS - 1)
-    x = UC[h]
+    x = UC[a & (UC_TAGS - 1)]
     if x & UC_LOW == a + 1:
         return x >> 32
     if not build:
         return -1
+    return _uc_build(Lz, O, S, W, UC, a)
+
+
+@_hot
+def _uc_build(Lz, O, S, W, UC, a):
+    """`_usage_fn` when the function is missing: build it from the lease list."""
+    h = a & (UC_TAGS - 1)
     keys = W[0]
     df = W[1]
     da = W[2]
@@ -1142,7 +1148,7 @@ def _fill_qty(O, Lz, S, W, UC, b, a, want):
                       O[b, O_BLOCK], want, True)
 
 
-@_hot
+@_inl
 def _ask_gives(O, Lz, S, W, UC, a, acc, kind, limit, hours, ws, block, want, build):
     """`_fill_qty` with the bid's fields as arguments instead of an order row (a quote has
     none): account, kind, limit, hours, window start and block of the bid.  build=False: a
@@ -1176,16 +1182,24 @@ def _ask_gives(O, Lz, S, W, UC, a, acc, kind, limit, hours, ws, block, want, bui
     elif ws >= O[a, O_LMAXEND]:  # every lease on the ask ends before the window starts
         q = want if want < gp else gp
     else:
-        off = _usage_fn(Lz, O, S, W, UC, a, build)
-        if off >= 0:
-            free = gp - _uc_peak(UC, off, ws, we, spot)
-        else:
-            S[S_SCAN] += 1
-            free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)
-        q = want if want < free else free
+        q = _ask_free(O, Lz, S, W, UC, a, ws, we, spot, block, want, build)
     if q < block:
         return 0
     return q - q % block
+
+
+@_hot
+def _ask_free(O, Lz, S, W, UC, a, ws, we, spot, block, want, build):
+    """`_ask_gives` when the ask's bounds do not answer: its free GPUs over [ws, we), up to
+    want, from its usage function (or a scan of its leases); below block means none."""
+    off = _usage_fn(Lz, O, S, W, UC, a, build)
+    gp = O[a, O_GPUS]
+    if off >= 0:
+        free = gp - _uc_peak(UC, off, ws, we, spot)
+    else:
+        S[S_SCAN] += 1
+        free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)
+    return want if want < free else free
 
 
 @_hot
@@ -1529,7 +1543,7 @@ def _fill(st, b, a, q):
     E[k]["hours"] = O[b, O_HOURS]
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
-    if kind != SPOT:
+    if kind != SPOT and O[a, O_SSUM] > 0 and O[a, O_FSUM] + O[a, O_SSUM] > O[a, O_GPUS]:  # else none to preempt
         _preempt(O, Lz, st.RO, st.TM, st.TF, E, S, st.P, st.W, st.UC, st.LK, st.LV, st.AG, st.BM, st.BS, a, lz)
 
 

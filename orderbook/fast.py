@@ -1142,7 +1142,7 @@ def _uc_peak(UC, off, ws, we, spot):
     return peak
 
 
-@_hot
+@_inl
 def _fill_qty(O, Lz, S, W, UC, b, a, want):
     """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10)."""
     kind = O[b, O_KIND]
@@ -1719,6 +1719,18 @@ def _spot_cursor(st, a, lvl, oid, low_s, horizon):
     return _next_bid(st, LAD_BID_SPOT, lvl - 1, low_s, -1, a, free, horizon)
 
 
+@_inl
+def _bids_may_pay(BM, BS, S, P, O, a):
+    """False if no resting bid's limit reaches ask a's price (nor its spot price, on the spot
+    ladder): a walk of the bids would find nothing.  Checked before calling `_walk_bids`, as
+    most re-offers find nothing and the call alone (the state's ~150 words) cost more."""
+    top = S[S_BIDTOP]
+    low = _level(P, O[a, O_PRICE])
+    if _bm_next_down(BM, BS, LAD_BID_RES, top) >= low or _bm_next_down(BM, BS, LAD_BID_OD, top) >= low:
+        return True
+    return O[a, O_SPOT] > 0 and _bm_next_down(BM, BS, LAD_BID_SPOT, top) >= _level(P, O[a, O_SPOT])
+
+
 @_hot
 def _walk_bids(st, a, dry):
     """Ask a walks the resting bids: highest limit first, then oldest (R10).
@@ -1815,7 +1827,8 @@ def _run_reoffers(st):
         if O[a, O_LIVE] != LIVE_RESTING or O[a, O_OID] != oid or O[a, O_PEND] == 0:
             continue
         O[a, O_PEND] = 0
-        _walk_bids(st, a, False)
+        if _bids_may_pay(st.BM, st.BS, S, st.P, O, a):
+            _walk_bids(st, a, False)
 
 
 @_hot
@@ -1978,7 +1991,8 @@ def _on_ask(st, C, i):
     O[a, O_POST] = 1 if C[i]["post_only"] != 0 else 0
     O[a, O_LIVE] = LIVE_INCOMING
     O[a, O_NEXTSTART] = BIG
-    if O[a, O_POST] == 1 and _walk_bids(st, a, True) == 1:
+    may_pay = _bids_may_pay(st.BM, st.BS, S, P, O, a)
+    if O[a, O_POST] == 1 and may_pay and _walk_bids(st, a, True) == 1:
         _free_order(O, S, a)
         _reject(st.E, S, C, i, R.POST_ONLY_WOULD_TRADE)
         return
@@ -2000,7 +2014,8 @@ def _on_ask(st, C, i):
     E[k]["min_hours"] = minh
     E[k]["lease_id"] = O[a, O_LEASE]
     E[k]["expire_at"] = end
-    _walk_bids(st, a, False)
+    if may_pay:  # inserting the ask changed no bid
+        _walk_bids(st, a, False)
 
 
 @_inl

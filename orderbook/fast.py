@@ -106,10 +106,14 @@ NL = 24  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS; 7 column
 
 # --- scalars -------------------------------------------------------------------------------
 (S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
- S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_BIDTOP, S_UNUSED) = range(18)
-NS = 18  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
+ S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_BIDTOP, S_UNUSED, S_OHIGH, S_LHIGH) = range(20)
+NS = 20  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
 # S_BIDTOP: no bid rests above this level (an upper bound, where a walk of the bids starts; restore
-# recomputes it); S_UNUSED: (both held the usage profile of the ask being walked, now in UC)
+# recomputes it); S_UNUSED: (both held the usage profile of the ask being walked, now in UC);
+# S_OHIGH / S_LHIGH: order / lease rows from here on were never used.  A row is taken from the
+# free list, else from there: the pools are allocated large but cost memory (and the first
+# touch of each page, a tenth of a 1M-command run) only for the rows the book ever held.
+# (Snapshots before these two had 18 scalars: restore treats every row as used.)
 
 # ladders
 LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4
@@ -650,7 +654,11 @@ def _reject(E, S, C, i, code):
 @_hot
 def _alloc_order(O, S):
     o = S[S_OFREE]
-    S[S_OFREE] = O[o, O_FREE]
+    if o >= 0:
+        S[S_OFREE] = O[o, O_FREE]
+    else:
+        o = S[S_OHIGH]
+        S[S_OHIGH] = o + 1
     for c in range(NO):
         O[o, c] = 0
     O[o, O_NEXT] = -1
@@ -673,10 +681,14 @@ def _free_order(O, S, o):
 @_hot
 def _alloc_lease(Lz, S):
     lz = S[S_LFREE]
-    if lz < 0:
+    if lz >= 0:
+        S[S_LFREE] = Lz[lz, L_FREE]
+    elif S[S_LHIGH] < Lz.shape[0]:
+        lz = S[S_LHIGH]
+        S[S_LHIGH] = lz + 1
+    else:
         S[S_ERR] = 2
         return 0
-    S[S_LFREE] = Lz[lz, L_FREE]
     for c in range(NL):
         Lz[lz, c] = 0
     Lz[lz, L_LIVE] = 1
@@ -1836,7 +1848,7 @@ def _space_ok(st):
     S = st.S
     return (
         S[S_NEV] + EVENT_RESERVE <= st.E.shape[0]
-        and S[S_OFREE] >= 0
+        and (S[S_OFREE] >= 0 or S[S_OHIGH] < st.O.shape[0])
         and S[S_NLEASE] + LEASE_RESERVE <= st.Lz.shape[0]
         and S[S_TMN] + 2 * LEASE_RESERVE + 4 <= st.TM.shape[0]
         and _tf_count(st.TF) + 2 * LEASE_RESERVE + 4 <= st.TF.shape[0] - TF_BASE
@@ -2251,7 +2263,7 @@ def _state_hash(st):
     w[3] = S[S_LASTOID]
     w[4] = S[S_NEXTTID]
     h = hash_words(w, 5)
-    for o in range(O.shape[0]):
+    for o in range(S[S_OHIGH]):
         if O[o, O_LIVE] != LIVE_RESTING:
             continue
         w[0] = 1
@@ -2273,7 +2285,7 @@ def _state_hash(st):
         w[16] = O[o, O_LEASE]
         w[17] = O[o, O_POST]
         h += hash_words(w, 18)
-    for lz in range(Lz.shape[0]):
+    for lz in range(S[S_LHIGH]):
         if Lz[lz, L_LIVE] != 1 or Lz[lz, L_END] <= S[S_NOW]:
             continue
         w[0] = 2
@@ -2296,10 +2308,10 @@ def _state_hash(st):
 def _crossing_pairs(st):
     O = st.O
     out = []
-    for b in range(O.shape[0]):
+    for b in range(st.S[S_OHIGH]):
         if O[b, O_LIVE] != LIVE_RESTING or O[b, O_SIDE] != SIDE_BID:
             continue
-        for a in range(O.shape[0]):
+        for a in range(st.S[S_OHIGH]):
             if O[a, O_LIVE] == LIVE_RESTING and O[a, O_SIDE] == SIDE_ASK:
                 if _fill_qty(O, st.Lz, st.S, st.W, st.UC, b, a, O[b, O_REM]) > 0:
                     out.append((O[b, O_OID], O[a, O_OID]))
@@ -2354,18 +2366,14 @@ def _pow2_at_least(n: int) -> int:
 class NumbaBook:
     """One GPU class's book over numba-jitted functions; same interface as ReferenceBook."""
 
-    def __init__(self, config: BookConfig | None = None, orders: int = 1024) -> None:
+    def __init__(self, config: BookConfig | None = None, orders: int = 1 << 16) -> None:
         self.cfg = config or BookConfig()
         levels = self.cfg.levels
         nw = (levels + 63) // 64
         ns = (nw + 63) // 64
-        O = np.zeros((orders, NO), dtype=np.int64)  # noqa: E741
-        O[:, O_FREE] = np.arange(1, orders + 1)
-        O[-1, O_FREE] = -1
-        nl = LEASE_RESERVE + 1024
+        O = np.zeros((orders, NO), dtype=np.int64)  # noqa: E741  (rows are taken from S_OHIGH on)
+        nl = 2 * LEASE_RESERVE  # growth copies rows: start with room for 65,536 running leases
         Lz = np.zeros((nl, NL), dtype=np.int64)
-        Lz[:, L_FREE] = np.arange(1, nl + 1)
-        Lz[-1, L_FREE] = -1
         AG = np.zeros((NLAD, levels, NAG), dtype=np.int64)
         AG[:2, :, AG_END] = -BIG
         AG[:2, :, AG_START] = BIG
@@ -2378,8 +2386,8 @@ class NumbaBook:
         AG[2:, :, BG_MINEND] = BIG
         S = np.zeros(NS, dtype=np.int64)
         S[S_NEXTTID] = 1
-        S[S_OFREE] = 0
-        S[S_LFREE] = 0
+        S[S_OFREE] = -1
+        S[S_LFREE] = -1
         self.st = State(
             O=O,
             Lz=Lz,
@@ -2393,9 +2401,9 @@ class NumbaBook:
             LK=np.zeros(_pow2_at_least(2 * nl), dtype=np.int64),
             LV=np.zeros(_pow2_at_least(2 * nl), dtype=np.int64),
             TM=np.zeros((2 * LEASE_RESERVE + 1024, 4), dtype=np.int64),
-            TF=_tf_new(2 * LEASE_RESERVE + 1024),
+            TF=_tf_new(4 * LEASE_RESERVE),  # rows are touched only when used
             RO=np.zeros((LEASE_RESERVE + 1024, 4), dtype=np.int64),
-            E=np.zeros(EVENT_RESERVE + 4096, dtype=EVENT_DTYPE),
+            E=np.zeros(EVENT_RESERVE + 65536, dtype=EVENT_DTYPE),  # a batch of 4,096 commands gives ~8k events
             S=S,
             P=self.cfg.as_array(),
             W=np.zeros((7, 2 * nl + 2), dtype=np.int64),
@@ -2440,6 +2448,8 @@ class NumbaBook:
         arrays["TM"][: len(rows)] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
         arrays["S"] = self.st.S.copy()
         arrays["S"][S_TMN] = len(rows)
+        arrays["O"] = self.st.O[: self.st.S[S_OHIGH]]  # rows never used are left out
+        arrays["Lz"] = self.st.Lz[: self.st.S[S_LHIGH]]
         np.savez(buf, LAYOUT=np.array([O_LAYOUT], dtype=np.int64), **arrays)
         return buf.getvalue()
 
@@ -2456,6 +2466,15 @@ class NumbaBook:
             arrays["O"] = np.empty_like(old)
             for i, name in enumerate(_O_LAYOUT_1):
                 arrays["O"][:, globals()["O_" + name]] = old[:, i]
+        if arrays["S"].shape[0] < NS:  # taken before S_OHIGH / S_LHIGH: every row counts as used
+            arrays["S"] = np.concatenate([arrays["S"], np.zeros(NS - arrays["S"].shape[0], dtype=np.int64)])
+            arrays["S"][S_OHIGH] = arrays["O"].shape[0]
+            arrays["S"][S_LHIGH] = arrays["Lz"].shape[0]
+        for name in ("O", "Lz"):  # back to the usual room (snapshots hold only the rows used)
+            have, want = arrays[name], getattr(book.st, name)
+            if have.shape[0] < want.shape[0]:
+                arrays[name] = np.zeros_like(want)
+                arrays[name][: have.shape[0]] = have
         for keys, vals, rows, live, idc in (("HK", "HV", "O", LIVE_RESTING, O_OID), ("LK", "LV", "Lz", 1, L_TID)):
             # the maps are rebuilt: a snapshot of another version may have hashed differently
             col = O_LIVE if rows == "O" else L_LIVE
@@ -2520,14 +2539,12 @@ class NumbaBook:
         st = self.st
         S = st.S
         changes: dict[str, np.ndarray] = {}
-        if S[S_OFREE] < 0 or 2 * (S[S_NORD] + 1) > st.HK.shape[0]:
+        if (S[S_OFREE] < 0 and S[S_OHIGH] >= st.O.shape[0]) or 2 * (S[S_NORD] + 1) > st.HK.shape[0]:
             old = st.O.shape[0]
             new = old + old // 2  # x1.5: deep books of resting orders waste less than with x2
             O = np.zeros((new, NO), dtype=np.int64)  # noqa: E741
-            O[:old] = st.O
-            O[old:, O_FREE] = np.arange(old + 1, new + 1)
-            O[-1, O_FREE] = S[S_OFREE]
-            S[S_OFREE] = old
+            high = int(S[S_OHIGH])
+            O[:high] = st.O[:high]  # rows from S_OHIGH on stay untouched
             live = np.nonzero(O[:, O_LIVE] == LIVE_RESTING)[0]
             size = _pow2_at_least(2 * new)  # load <= 1/2 at the new capacity
             HK = np.zeros(size, dtype=np.int64)
@@ -2541,10 +2558,8 @@ class NumbaBook:
             # free list) was a visible part of a 1M-command run
             new = max(old + old // 2, S[S_NLEASE] + LEASE_RESERVE)
             Lz = np.zeros((new, NL), dtype=np.int64)
-            Lz[:old] = st.Lz
-            Lz[old:, L_FREE] = np.arange(old + 1, new + 1)
-            Lz[-1, L_FREE] = S[S_LFREE]
-            S[S_LFREE] = old
+            high = int(S[S_LHIGH])
+            Lz[:high] = st.Lz[:high]
             live = np.nonzero(Lz[:, L_LIVE] == 1)[0]
             size = _pow2_at_least(2 * new)
             LK = np.zeros(size, dtype=np.int64)

@@ -2,7 +2,8 @@
 
 Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / typed Dict):
 
-* ``O[slot, O_*]`` — orders (bids and asks).  Free slots form a list through ``O_FREE``.
+* ``O[slot, O_*]`` — orders (bids and asks).  Free slots form a list through ``O_FREE``; rows
+  past ``S_OHIGH`` were never used (leases likewise, ``S_LHIGH``).
 * ``L[slot, L_*]`` — running leases.  Each ask keeps a doubly linked list of its leases.
 * Ladders: for each of the five ladders (firm asks, spot asks; on-demand, spot and reserved
   bids) a FIFO list per price level (``LH``/``LT`` heads and tails) and a two-level bitmap of
@@ -14,7 +15,10 @@ Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / ty
   window start and the smallest min_hours of the level's asks (bounds, kept conservative), so a
   walk skips whole levels of asks that cannot hold a bid's window without visiting them.
 * ``HK``/``HV`` — open-addressing hash maps (order id -> slot, trade id -> lease slot).
-* ``TM`` — a binary heap of timers (expiries, lease ends, ask window starts); ``RO`` — a
+* ``UC`` — each ask's usage over time (firm, all), cached and kept up to date on fills: what
+  capacity questions the per-ask bounds cannot answer read instead of the lease list.
+* ``TM`` — a 4-ary heap of the timers due within the hour (expiries, lease ends, starts of
+  leases sold ahead and of ask windows); ``TF`` — the later ones, in hour buckets; ``RO`` — a
   heap of asks waiting for a re-offer (R13), in ask priority.
 * ``S`` — scalars (engine time, sequence numbers, counters).
 

@@ -464,7 +464,7 @@ NBK = 1024  # hours in the ring (~43 days)
 TF_NEXT = 4
 TFH = NBK  # header row of scalars:
 TF_LIMIT, TF_FREE, TF_NBUCKET, TF_NOVER, TF_OVER = 0, 1, 2, 3, 4  # (free and overflow heads: row + 1)
-TF_HIGH = 0  # in row TFH + 1: the first row never used
+TF_HIGH, TF_OMIN = 0, 1  # in row TFH + 1: the first row never used; no overflow timer is due before this
 TF_BASE = NBK + 2  # first timer row
 
 
@@ -492,6 +492,8 @@ def _tf_link(TF, r, k0):
         TF[r, TF_NEXT] = TF[TFH, TF_OVER]
         TF[TFH, TF_OVER] = r + 1
         TF[TFH, TF_NOVER] += 1
+        if k0 < TF[TFH + 1, TF_OMIN]:
+            TF[TFH + 1, TF_OMIN] = k0
 
 
 @_hot
@@ -519,6 +521,7 @@ def _tf_respread(TF):
     r = TF[TFH, TF_OVER]
     TF[TFH, TF_OVER] = 0
     TF[TFH, TF_NOVER] = 0
+    TF[TFH + 1, TF_OMIN] = BIG
     while r > 0:
         nxt = TF[r - 1, TF_NEXT]
         _tf_link(TF, r - 1, TF[r - 1, 0])
@@ -534,15 +537,13 @@ def _tf_step(TM, TF, S, t):
     lim = TF[TFH, TF_LIMIT]
     if TF[TFH, TF_NBUCKET] == 0:
         new = _hour_after(t)
-        r = TF[TFH, TF_OVER]
-        while r > 0:
-            first = TF[r - 1, 0] // HOUR * HOUR
-            if first < new:
-                new = first
-            r = TF[r - 1, TF_NEXT]
+        first = TF[TFH + 1, TF_OMIN] // HOUR  # the hour of the first overflow timer
+        if first * HOUR < new:
+            new = first * HOUR
         if new > lim:
             TF[TFH, TF_LIMIT] = new
-        _tf_respread(TF)
+        if first - TF[TFH, TF_LIMIT] // HOUR < NBK:  # some overflow timers now fall in the ring
+            _tf_respread(TF)
         return True
     b = (lim // HOUR) & (NBK - 1)
     if S[S_TMN] + TF[b, 0] + 2 * LEASE_RESERVE + 4 > TM.shape[0]:
@@ -2345,6 +2346,7 @@ def _tf_new(rows: int, old: np.ndarray | None = None) -> np.ndarray:
         TF[: old.shape[0]] = old
     else:
         TF[TFH + 1, TF_HIGH] = TF_BASE
+        TF[TFH + 1, TF_OMIN] = BIG
     return TF
 
 

@@ -2,7 +2,8 @@
 
 Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / typed Dict):
 
-* ``O[slot, O_*]`` — orders (bids and asks).  Free slots form a list through ``O_FREE``.
+* ``O[slot, O_*]`` — orders (bids and asks).  Free slots form a list through ``O_FREE``; rows
+  past ``S_OHIGH`` were never used (leases likewise, ``S_LHIGH``).
 * ``L[slot, L_*]`` — running leases.  Each ask keeps a doubly linked list of its leases.
 * Ladders: for each of the five ladders (firm asks, spot asks; on-demand, spot and reserved
   bids) a FIFO list per price level (``LH``/``LT`` heads and tails) and a two-level bitmap of
@@ -14,7 +15,10 @@ Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / ty
   window start and the smallest min_hours of the level's asks (bounds, kept conservative), so a
   walk skips whole levels of asks that cannot hold a bid's window without visiting them.
 * ``HK``/``HV`` — open-addressing hash maps (order id -> slot, trade id -> lease slot).
-* ``TM`` — a binary heap of timers (expiries, lease ends, ask window starts); ``RO`` — a
+* ``UC`` — each ask's usage over time (firm, all), cached and kept up to date on fills: what
+  capacity questions the per-ask bounds cannot answer read instead of the lease list.
+* ``TM`` — a 4-ary heap of the timers due within the hour (expiries, lease ends, starts of
+  leases sold ahead and of ask windows); ``TF`` — the later ones, in hour buckets; ``RO`` — a
   heap of asks waiting for a re-offer (R13), in ask priority.
 * ``S`` — scalars (engine time, sequence numbers, counters).
 
@@ -106,9 +110,14 @@ NL = 24  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS; 7 column
 
 # --- scalars -------------------------------------------------------------------------------
 (S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
- S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_PROF_F, S_PROF_S) = range(18)
-NS = 18  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
-# S_PROF_F / S_PROF_S: breakpoints of the usage profile cached for the ask being walked, -1 = none
+ S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_BIDTOP, S_UNUSED, S_OHIGH, S_LHIGH) = range(20)
+NS = 20  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
+# S_BIDTOP: no bid rests above this level (an upper bound, where a walk of the bids starts; restore
+# recomputes it); S_UNUSED: (both held the usage profile of the ask being walked, now in UC);
+# S_OHIGH / S_LHIGH: order / lease rows from here on were never used.  A row is taken from the
+# free list, else from there: the pools are allocated large but cost memory (and the first
+# touch of each page, a tenth of a 1M-command run) only for the rows the book ever held.
+# (Snapshots before these two had 18 scalars: restore treats every row as used.)
 
 # ladders
 LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4
@@ -170,6 +179,10 @@ EVENT_RESERVE = 65_536
 # Hot-path functions run without numba's reference counting (NRT): they never allocate, and
 # counting references to the state's arrays on every call cost more than the matching itself.
 _hot = njit(cache=True, _nrt=False)
+# Functions that take the whole state and have one or two callers are inlined by numba itself:
+# numba passes each array as 7-11 scalars, so a call with the state pushed ~150 words on the stack
+# (a sixth of the samples in jitted code were those pushes); LLVM left most of these out of line.
+_inl = njit(cache=True, _nrt=False, inline="always")
 
 BIG = np.int64(2**62)
 INT64_MAX = 2**63 - 1
@@ -436,6 +449,135 @@ def _hpop(H, S, si):
     H[i, 3] = ref
 
 
+# ======================================================================= timers
+# The timer heap TM holds only the timers due before the "near limit" (an hour boundary, just
+# after the engine time); later ones wait in TF, in a ring of hour buckets (linked lists of TF
+# rows) or, beyond the ring, in an overflow list.  When the engine time reaches the near limit
+# the next hour's bucket moves into the heap.  The heap stays small (the timers of about an
+# hour, ~100 rows on the benchmark, instead of ~3,000) and so in cache: popping it was the
+# book's largest cost.  Order is unchanged: every timer in the heap is due before every timer
+# in TF.  TF rows: (k0 time, k1 kind, k2 key, ref, next) as in TM plus a link; header rows first:
+# TF[b, TF_NEXT] heads bucket b (row + 1, 0 = empty) and TF[b, 0] counts its timers, for b < NBK;
+# rows TFH and TFH + 1 hold the scalars.  Rows are taken from a free list, else from the
+# never-used rows (TF_HIGH), so a large TF costs memory only for the rows it ever held.
+NBK = 1024  # hours in the ring (~43 days)
+TF_NEXT = 4
+TFH = NBK  # header row of scalars:
+TF_LIMIT, TF_FREE, TF_NBUCKET, TF_NOVER, TF_OVER = 0, 1, 2, 3, 4  # (free and overflow heads: row + 1)
+TF_HIGH, TF_OMIN = 0, 1  # in row TFH + 1: the first row never used; no overflow timer is due before this
+TF_BASE = NBK + 2  # first timer row
+
+
+TIME_CAP = (1 << 60) // HOUR * HOUR  # timers at or after this always go into the heap
+
+
+@_hot
+def _hour_after(t):
+    """The first hour boundary after t, at most TIME_CAP."""
+    return TIME_CAP if t >= TIME_CAP - HOUR else (t // HOUR + 1) * HOUR
+
+
+@_hot
+def _tf_link(TF, r, k0):
+    """Put TF row r (time k0, at or after the near limit) in its bucket, or the overflow list."""
+    base = TF[TFH, TF_LIMIT] // HOUR
+    hb = k0 // HOUR
+    if hb - base < NBK:
+        b = hb & (NBK - 1)
+        TF[r, TF_NEXT] = TF[b, TF_NEXT]
+        TF[b, TF_NEXT] = r + 1
+        TF[b, 0] += 1
+        TF[TFH, TF_NBUCKET] += 1
+    else:
+        TF[r, TF_NEXT] = TF[TFH, TF_OVER]
+        TF[TFH, TF_OVER] = r + 1
+        TF[TFH, TF_NOVER] += 1
+        if k0 < TF[TFH + 1, TF_OMIN]:
+            TF[TFH + 1, TF_OMIN] = k0
+
+
+@_hot
+def _tpush(TM, TF, S, k0, k1, k2, ref):
+    """Set a timer: into the heap if due before the near limit, else into its hour bucket."""
+    if k0 < TF[TFH, TF_LIMIT] or k0 >= TIME_CAP:
+        _hpush(TM, S, S_TMN, k0, k1, k2, ref)
+        return
+    r = TF[TFH, TF_FREE] - 1
+    if r >= 0:
+        TF[TFH, TF_FREE] = TF[r, TF_NEXT]
+    else:
+        r = TF[TFH + 1, TF_HIGH]
+        TF[TFH + 1, TF_HIGH] = r + 1
+    TF[r, 0] = k0
+    TF[r, 1] = k1
+    TF[r, 2] = k2
+    TF[r, 3] = ref
+    _tf_link(TF, r, k0)
+
+
+@_hot
+def _tf_respread(TF):
+    """Move the overflow timers that now fall inside the ring into their buckets."""
+    r = TF[TFH, TF_OVER]
+    TF[TFH, TF_OVER] = 0
+    TF[TFH, TF_NOVER] = 0
+    TF[TFH + 1, TF_OMIN] = BIG
+    while r > 0:
+        nxt = TF[r - 1, TF_NEXT]
+        _tf_link(TF, r - 1, TF[r - 1, 0])
+        r = nxt
+
+
+@_hot
+def _tf_step(TM, TF, S, t):
+    """TF holds timers and the near limit is at or before t: move the timers of the hour at the
+    limit into the heap and raise the limit by an hour; with none in any bucket, raise it to
+    just after t or to the hour of the first overflow timer, whichever comes first.  Returns
+    False, having done nothing, if the heap lacks room for the bucket."""
+    lim = TF[TFH, TF_LIMIT]
+    if TF[TFH, TF_NBUCKET] == 0:
+        new = _hour_after(t)
+        first = TF[TFH + 1, TF_OMIN] // HOUR  # the hour of the first overflow timer
+        if first * HOUR < new:
+            new = first * HOUR
+        if new > lim:
+            TF[TFH, TF_LIMIT] = new
+        if first - TF[TFH, TF_LIMIT] // HOUR < NBK:  # some overflow timers now fall in the ring
+            _tf_respread(TF)
+        return True
+    b = (lim // HOUR) & (NBK - 1)
+    if S[S_TMN] + TF[b, 0] + 2 * LEASE_RESERVE + 4 > TM.shape[0]:
+        return False
+    r = TF[b, TF_NEXT]
+    TF[b, TF_NEXT] = 0
+    TF[b, 0] = 0
+    while r > 0:
+        x = r - 1
+        nxt = TF[x, TF_NEXT]
+        _hpush(TM, S, S_TMN, TF[x, 0], TF[x, 1], TF[x, 2], TF[x, 3])
+        TF[x, 1] = -1  # free (snapshots take the rows of kind >= 0)
+        TF[x, TF_NEXT] = TF[TFH, TF_FREE]
+        TF[TFH, TF_FREE] = r
+        TF[TFH, TF_NBUCKET] -= 1
+        r = nxt
+    lim += HOUR
+    TF[TFH, TF_LIMIT] = lim
+    if TF[TFH, TF_NOVER] > 0 and (lim // HOUR) % (NBK // 2) == 0:
+        _tf_respread(TF)
+    return True
+
+
+@_hot
+def _tf_count(TF):
+    return TF[TFH, TF_NBUCKET] + TF[TFH, TF_NOVER]
+
+
+@_hot
+def _tm_due(TM, TF, S, t):
+    """A timer is due at or before t (in the heap, or in TF once the near limit is reached)."""
+    return (S[S_TMN] > 0 and TM[0, 0] <= t) or TF[TFH, TF_LIMIT] <= t
+
+
 # ======================================================================= events
 @_hot
 def _ev(E, S, typ):
@@ -517,7 +659,11 @@ def _reject(E, S, C, i, code):
 @_hot
 def _alloc_order(O, S):
     o = S[S_OFREE]
-    S[S_OFREE] = O[o, O_FREE]
+    if o >= 0:
+        S[S_OFREE] = O[o, O_FREE]
+    else:
+        o = S[S_OHIGH]
+        S[S_OHIGH] = o + 1
     for c in range(NO):
         O[o, c] = 0
     O[o, O_NEXT] = -1
@@ -540,10 +686,14 @@ def _free_order(O, S, o):
 @_hot
 def _alloc_lease(Lz, S):
     lz = S[S_LFREE]
-    if lz < 0:
+    if lz >= 0:
+        S[S_LFREE] = Lz[lz, L_FREE]
+    elif S[S_LHIGH] < Lz.shape[0]:
+        lz = S[S_LHIGH]
+        S[S_LHIGH] = lz + 1
+    else:
         S[S_ERR] = 2
         return 0
-    S[S_LFREE] = Lz[lz, L_FREE]
     for c in range(NL):
         Lz[lz, c] = 0
     Lz[lz, L_LIVE] = 1
@@ -688,7 +838,7 @@ def _bg_recompute(AG, LH, BM, BS, O, lad, lvl):
 
 
 @_hot
-def _insert_order(O, LH, LT, BM, BS, AG, TM, S, P, o):
+def _insert_order(O, LH, LT, BM, BS, AG, TM, TF, S, P, o):
     """Put an accepted order on its ladder(s) and set its timers."""
     O[o, O_LIVE] = LIVE_RESTING
     if O[o, O_SIDE] == SIDE_ASK:
@@ -700,18 +850,20 @@ def _insert_order(O, LH, LT, BM, BS, AG, TM, S, P, o):
             _lad_insert(O, LH, LT, BM, BS, LAD_ASK_SPOT, lvl, o, O_SNEXT, O_SPREV)
             _ag_add(AG, LAD_ASK_SPOT, lvl, O, o)
         if O[o, O_START] > S[S_NOW]:
-            _hpush(TM, S, S_TMN, O[o, O_START], T_ASK_START, O[o, O_OID], o)
+            _tpush(TM, TF, S, O[o, O_START], T_ASK_START, O[o, O_OID], o)
         else:
             _now_open(O, BM, BS, P, o)
     else:
         lad = _bid_ladder(O[o, O_KIND])
         lvl = _level(P, O[o, O_PRICE])
+        if lvl > S[S_BIDTOP]:
+            S[S_BIDTOP] = lvl
         _lad_insert(O, LH, LT, BM, BS, lad, lvl, o, O_NEXT, O_PREV)
         if O[o, O_HOURS] < AG[lad, lvl, BG_MINH]:
             _hour_rows_set(BM, BS, lad, lvl, O[o, O_HOURS])
         _bg_add(AG, lad, lvl, O, o)
     if O[o, O_EXP] > 0:
-        _hpush(TM, S, S_TMN, O[o, O_EXP], T_EXPIRE, O[o, O_OID], o)
+        _tpush(TM, TF, S, O[o, O_EXP], T_EXPIRE, O[o, O_OID], o)
 
 
 # ======================================================================= capacity (R5, R9)
@@ -834,81 +986,194 @@ def _sort_prefix(a, n, tmp):
             a[k] = tmp[k]
 
 
-PACK = 21  # a profile event packs (time << PACK) | (change + 2**20); GPU counts stay below 2**20
+# --- usage functions cached per ask -------------------------------------------------------
+# UC[:UC_TAGS]: a direct-mapped table, one entry per ask slot modulo UC_TAGS: (offset << 32) | (slot + 1),
+# 0 when empty; UC[UC_BUMP]: the next free word of the pool UC[UC_POOL:].  An entry at `off` is
+# m, then m rows (t, firm, all): the ask's usage from t until the next row's t, by firm leases
+# and by all leases, at the m distinct times at which it changes (sorted).  Built from the lease
+# list on the first capacity question, dropped when the ask's leases change (a fill, a lease
+# ending, a preemption, the ask leaving); a full pool is emptied at once.  ~80 % of capacity
+# questions hit, each a short sequential read instead of a cache miss per lease.
+UC_TAGS = 4096
+UC_BUMP = UC_TAGS
+UC_POOL = UC_TAGS + 1
+UC_WORDS = UC_POOL + (1 << 18)
+UC_LOW = np.int64(0xFFFFFFFF)
+PACK = 21  # a usage event sorts as (time << PACK) | its index; at most 2**20 leases, times below 2**41
+TIME_LIMIT = 1 << 41
 
 
 @_hot
-def _now_profile(Lz, head, now, with_spot, W, r):
-    """The ask's usage from now on as breakpoints: W[r][i] = a time at which usage changes,
-    W[r + 1][i] = the highest usage from now until just after it.  Returns their number, or
-    -1 when GPU counts are too large to pack (the caller then scans)."""
-    ev = W[r]
-    n = 0
-    total = 0
-    lz = head
-    while lz >= 0:
-        en = Lz[lz, L_END]
-        if en > now and (with_spot or Lz[lz, L_KIND] != SPOT):
-            st = Lz[lz, L_START]
-            g = Lz[lz, L_GPUS]
-            total += g
-            ev[n] = ((st if st > now else now) << PACK) | ((1 << 20) + g)
-            ev[n + 1] = (en << PACK) | ((1 << 20) - g)
-            n += 2
-        lz = Lz[lz, L_NEXT]
-    if total >= (1 << 20):
+def _uc_drop(UC, a):
+    """Ask a's leases changed: forget its usage function."""
+    h = a & (UC_TAGS - 1)
+    if UC[h] & UC_LOW == a + 1:
+        UC[h] = 0
+
+
+@_hot
+def _uc_add(UC, a, now, ws, we, f, g):
+    """A lease of g GPUs (f of them firm) over [ws, we) was sold on ask a: add it to a's usage
+    function, if cached, into a fresh copy at the end of the pool.  Rows before now are dropped
+    on the way, but for the one that holds at now."""
+    h = a & (UC_TAGS - 1)
+    x = UC[h]
+    if x & UC_LOW != a + 1:
+        return
+    off = x >> 32
+    i = off + 1
+    e = i + 3 * UC[off]
+    while i + 3 < e and UC[i + 3] <= now:
+        i += 3
+    bump = UC[UC_BUMP]
+    if bump + 1 + (e - i) + 6 > UC.shape[0] - UC_POOL:
+        UC[h] = 0  # no room: the next question builds it again (and empties the pool)
+        return
+    dst = UC_POOL + bump
+    k = dst + 1
+    pf = 0  # usage (firm, all) before the row at i
+    pa = 0
+    while i < e and UC[i] < ws:
+        UC[k] = UC[i]
+        pf = UC[i + 1]
+        pa = UC[i + 2]
+        UC[k + 1] = pf
+        UC[k + 2] = pa
+        i += 3
+        k += 3
+    if i >= e or UC[i] != ws:
+        UC[k] = ws
+        UC[k + 1] = pf + f
+        UC[k + 2] = pa + g
+        k += 3
+    while i < e and UC[i] < we:
+        UC[k] = UC[i]
+        pf = UC[i + 1]
+        pa = UC[i + 2]
+        UC[k + 1] = pf + f
+        UC[k + 2] = pa + g
+        i += 3
+        k += 3
+    if i >= e or UC[i] != we:
+        UC[k] = we
+        UC[k + 1] = pf
+        UC[k + 2] = pa
+        k += 3
+    while i < e:
+        UC[k] = UC[i]
+        UC[k + 1] = UC[i + 1]
+        UC[k + 2] = UC[i + 2]
+        i += 3
+        k += 3
+    UC[dst] = (k - dst - 1) // 3
+    UC[UC_BUMP] = k - UC_POOL
+    UC[h] = (dst << 32) | (a + 1)
+
+
+@_inl
+def _usage_fn(Lz, O, S, W, UC, a, build):
+    """Offset in UC of ask a's usage function, built now if missing and build is True; -1 when
+    it is missing or cannot be built (times or counts too large to pack, or a huge lease list):
+    the caller then scans the lease list."""
+    x = UC[a & (UC_TAGS - 1)]
+    if x & UC_LOW == a + 1:
+        return x >> 32
+    if not build:
         return -1
-    _sort_prefix(ev, n, W[r + 1])  # W[r + 1] is written only after the sort
-    top = W[r + 1]
+    return _uc_build(Lz, O, S, W, UC, a)
+
+
+@_hot
+def _uc_build(Lz, O, S, W, UC, a):
+    """`_usage_fn` when the function is missing: build it from the lease list."""
+    h = a & (UC_TAGS - 1)
+    keys = W[0]
+    df = W[1]
+    da = W[2]
+    n = 0
+    lz = O[a, O_LHEAD]
+    while lz >= 0:
+        st = Lz[lz, L_START]
+        en = Lz[lz, L_END]
+        g = Lz[lz, L_GPUS]
+        if st < 0 or en >= TIME_LIMIT or n >= (1 << PACK) - 2:
+            return -1
+        f = 0 if Lz[lz, L_KIND] == SPOT else g
+        keys[n] = (st << PACK) | n
+        df[n] = f
+        da[n] = g
+        keys[n + 1] = (en << PACK) | (n + 1)
+        df[n + 1] = -f
+        da[n + 1] = -g
+        n += 2
+        lz = Lz[lz, L_NEXT]
+    size = 1 + 3 * n
+    pool = UC.shape[0] - UC_POOL
+    if size > pool // 8:
+        return -1
+    S[S_SCAN] += 1
+    bump = UC[UC_BUMP]
+    if bump + size > pool:  # full: forget every function at once
+        for k in range(UC_TAGS):
+            UC[k] = 0
+        bump = 0
+    _sort_prefix(keys, n, W[3])
+    off = UC_POOL + bump
     m = 0
-    cur = 0
-    peak = 0
+    cf = 0
+    ca = 0
     i = 0
+    mask = (1 << PACK) - 1
     while i < n:
-        t = ev[i] >> PACK
-        while i < n and (ev[i] >> PACK) == t:
-            cur += (ev[i] & ((1 << PACK) - 1)) - (1 << 20)
+        t = keys[i] >> PACK
+        while i < n and (keys[i] >> PACK) == t:
+            j = keys[i] & mask
+            cf += df[j]
+            ca += da[j]
             i += 1
-        if cur > peak:
-            peak = cur
-        ev[m] = t  # safe: m <= the events read so far
-        top[m] = peak
+        k = off + 1 + 3 * m
+        UC[k] = t
+        UC[k + 1] = cf
+        UC[k + 2] = ca
         m += 1
-    return m
+    UC[off] = m
+    UC[UC_BUMP] = bump + 1 + 3 * m
+    UC[h] = (off << 32) | (a + 1)
+    return off
 
 
 @_hot
-def _profile_peak(W, r, m, we):
-    """Highest usage over [now, we) from a profile of m breakpoints."""
-    times = W[r]
-    lo = 0
-    hi = m
-    while lo < hi:  # first breakpoint at or after we
-        mid = (lo + hi) >> 1
-        if times[mid] < we:
-            lo = mid + 1
-        else:
-            hi = mid
-    return W[r + 1][lo - 1] if lo > 0 else 0
+def _uc_peak(UC, off, ws, we, spot):
+    """Highest usage over [ws, we) by the usage function at off (firm leases, or all: spot)."""
+    c = 2 if spot else 1
+    k = off + 1
+    e = k + 3 * UC[off]
+    peak = 0
+    while k < e and UC[k] <= ws:
+        peak = UC[k + c]
+        k += 3
+    while k < e and UC[k] < we:
+        if UC[k + c] > peak:
+            peak = UC[k + c]
+        k += 3
+    return peak
 
 
-@_hot
-def _fill_qty(O, Lz, S, W, b, a, want, prof):
-    """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10).
-
-    prof=True: a's usage profile from now on may be built once and kept in W (while an ask
-    walks the bids, the caller resets it after every fill)."""
+@_inl
+def _fill_qty(O, Lz, S, W, UC, b, a, want):
+    """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10)."""
     kind = O[b, O_KIND]
     ws = O[b, O_START] if kind == RESERVED else S[S_NOW]
-    return _ask_gives(O, Lz, S, W, a, O[b, O_ACC], kind, O[b, O_PRICE], O[b, O_HOURS], ws,
-                      O[b, O_BLOCK], want, prof)
+    return _ask_gives(O, Lz, S, W, UC, a, O[b, O_ACC], kind, O[b, O_PRICE], O[b, O_HOURS], ws,
+                      O[b, O_BLOCK], want, True)
 
 
-@_hot
-def _ask_gives(O, Lz, S, W, a, acc, kind, limit, hours, ws, block, want, prof):
+@_inl
+def _ask_gives(O, Lz, S, W, UC, a, acc, kind, limit, hours, ws, block, want, build):
     """`_fill_qty` with the bid's fields as arguments instead of an order row (a quote has
-    none): account, kind, limit, hours, window start and block of the bid."""
-    now = S[S_NOW]
+    none): account, kind, limit, hours, window start and block of the bid.  build=False: a
+    missing usage function is not built (a quote changes nothing, not even UC); the lease
+    list is scanned instead."""
     if O[a, O_ACC] == acc or hours < O[a, O_MINH]:
         return 0
     spot = kind == SPOT
@@ -932,27 +1197,29 @@ def _ask_gives(O, Lz, S, W, a, acc, kind, limit, hours, ws, block, want, prof):
             return q - q % block if q >= block else 0
         if gp - used_now < block:
             return 0  # held right now by leases: no window starting now fits a block
-        if prof and gp - used < want:
-            si = S_PROF_S if spot else S_PROF_F
-            r = 5 if spot else 3
-            if S[si] < 0:
-                S[S_SCAN] += 1
-                S[si] = _now_profile(Lz, O[a, O_LHEAD], now, spot, W, r)
-            if S[si] >= 0:
-                q = gp - _profile_peak(W, r, S[si], we)
-                q = want if want < q else q
-                return q - q % block if q >= block else 0
     if gp - used >= want:
         q = want
     elif ws >= O[a, O_LMAXEND]:  # every lease on the ask ends before the window starts
         q = want if want < gp else gp
     else:
-        S[S_SCAN] += 1
-        free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)
-        q = want if want < free else free
+        q = _ask_free(O, Lz, S, W, UC, a, ws, we, spot, block, want, build)
     if q < block:
         return 0
     return q - q % block
+
+
+@_hot
+def _ask_free(O, Lz, S, W, UC, a, ws, we, spot, block, want, build):
+    """`_ask_gives` when the ask's bounds do not answer: its free GPUs over [ws, we), up to
+    want, from its usage function (or a scan of its leases); below block means none."""
+    off = _usage_fn(Lz, O, S, W, UC, a, build)
+    gp = O[a, O_GPUS]
+    if off >= 0:
+        free = gp - _uc_peak(UC, off, ws, we, spot)
+    else:
+        S[S_SCAN] += 1
+        free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)
+    return want if want < free else free
 
 
 @_hot
@@ -986,7 +1253,7 @@ def _reoffer(O, RO, S, a):
 
 
 @_hot
-def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
+def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, UC, o):
     """Take a resting order out of the book and free its slot."""
     if O[o, O_SIDE] == SIDE_ASK:
         lvl = _level(P, O[o, O_PRICE])
@@ -1005,6 +1272,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
             if pl >= 0:
                 sold = _peak_usage(Lz, O[o, O_LHEAD], S[S_NOW], O[o, O_END], True, W)
                 Lz[pl, L_RESOLD] -= O[o, O_GPUS] - sold
+        _uc_drop(UC, o)  # the slot will hold another order
         lz = O[o, O_LHEAD]
         while lz >= 0:  # what it sold stands, detached from the ask (R7)
             Lz[lz, L_ASLOT] = -1
@@ -1023,7 +1291,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, o):
 def _drop_lease(O, Lz, LK, LV, RO, AG, BM, BS, S, P, lz):
     """A lease has ended: its GPUs return to its ask, which is offered again (R13)."""
     a = Lz[lz, L_ASLOT]
-    if a >= 0:
+    if a >= 0:  # its usage function stays right from now on: the lease has ended
         n = Lz[lz, L_NEXT]
         p = Lz[lz, L_PREV]
         if p < 0:
@@ -1094,7 +1362,7 @@ def _lower_bound(a, n, x):
 
 
 @_hot
-def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, BM, BS, a, firm):
+def _preempt(O, Lz, RO, TM, TF, E, S, P, W, UC, LK, LV, AG, BM, BS, a, firm):
     """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start).
 
     The usage over [T0, end of the fill) is built once, as segments between sorted distinct
@@ -1197,30 +1465,31 @@ def _preempt(O, Lz, RO, TM, E, S, P, W, LK, LV, AG, BM, BS, a, firm):
         taken += g
         acc[reach] += g
         Lz[victim, L_END] = t0
+        _uc_drop(UC, a)
         k = _ev_lease(E, S, Lz, victim, EV_PREEMPTED, t0)
         E[k]["lease_id"] = Lz[firm, L_TID]
         _reoffer(O, RO, S, a)
         if t0 <= now:  # no notice: the spot lease is over already
             _drop_lease(O, Lz, LK, LV, RO, AG, BM, BS, S, P, victim)
         else:
-            _hpush(TM, S, S_TMN, t0, T_LEASE_END, Lz[victim, L_TID], victim)
+            _tpush(TM, TF, S, t0, T_LEASE_END, Lz[victim, L_TID], victim)
         while bad < m and use[bad] - (taken - below) <= gp:  # the victims covering `bad` are off
             bad += 1
             below += acc[bad]
 
 
 # ======================================================================= the state bundle
-State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM RO E S P W")
+State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM TF RO E S P W UC")
 
 
-@_hot
+@_inl
 def _remove(st, o):
     _remove_order(
-        st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, st.W, o
+        st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, st.W, st.UC, o
     )
 
 
-@_hot
+@_inl
 def _fill(st, b, a, q):
     """Bid b takes q GPUs from ask a: a lease, a TRADE event, maybe preemption (R10–R12, R16)."""
     O = st.O
@@ -1250,6 +1519,7 @@ def _fill(st, b, a, q):
     Lz[lz, L_END] = we
     Lz[lz, L_PRICE] = price
     Lz[lz, L_ASLOT] = a
+    _uc_add(st.UC, a, now, ws, we, 0 if kind == SPOT else q, q)
     head = O[a, O_LHEAD]
     Lz[lz, L_NEXT] = head
     Lz[lz, L_PREV] = -1
@@ -1269,11 +1539,11 @@ def _fill(st, b, a, q):
         else:
             O[a, O_UNF] += q
     else:  # starts later: counted as holding the ask from its start on
-        _hpush(st.TM, S, S_TMN, ws, T_LEASE_START, tid, lz)
+        _tpush(st.TM, st.TF, S, ws, T_LEASE_START, tid, lz)
         if ws < O[a, O_NEXTSTART]:
             O[a, O_NEXTSTART] = ws
     _map_put(st.LK, st.LV, tid, lz)
-    _hpush(st.TM, S, S_TMN, we, T_LEASE_END, tid, lz)
+    _tpush(st.TM, st.TF, S, we, T_LEASE_END, tid, lz)
     O[b, O_REM] -= q
     E = st.E
     k = _ev(E, S, EV_TRADE)
@@ -1293,8 +1563,8 @@ def _fill(st, b, a, q):
     E[k]["hours"] = O[b, O_HOURS]
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
-    if kind != SPOT:
-        _preempt(O, Lz, st.RO, st.TM, E, S, st.P, st.W, st.LK, st.LV, st.AG, st.BM, st.BS, a, lz)
+    if kind != SPOT and O[a, O_SSUM] > 0 and O[a, O_FSUM] + O[a, O_SSUM] > O[a, O_GPUS]:  # else none to preempt
+        _preempt(O, Lz, st.RO, st.TM, st.TF, E, S, st.P, st.W, st.UC, st.LK, st.LV, st.AG, st.BM, st.BS, a, lz)
 
 
 @_hot
@@ -1327,11 +1597,11 @@ def _walk_asks(st, b, dry):
             while a >= 0:
                 st.S[S_VISIT_ASK] += 1
                 if dry:
-                    got += _fill_qty(O, st.Lz, st.S, st.W, b, a, want, False)
+                    got += _fill_qty(O, st.Lz, st.S, st.W, st.UC, b, a, want)
                     if got >= want:
                         return got
                 else:
-                    q = _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM], False)
+                    q = _fill_qty(O, st.Lz, st.S, st.W, st.UC, b, a, O[b, O_REM])
                     if q > 0:
                         _fill(st, b, a, q)
                         if O[b, O_REM] == 0:
@@ -1371,7 +1641,7 @@ def _quote_walk(st, S, kind, acc, limit, hours, ws, block, want, out):
         if _ask_level_open(st.AG, lad, lvl, ws, we, hours, block, now_window):
             a = st.LH[lad, lvl]
             while a >= 0:
-                q = _ask_gives(O, st.Lz, S, st.W, a, acc, kind, limit, hours, ws, block, want - got, False)
+                q = _ask_gives(O, st.Lz, S, st.W, st.UC, a, acc, kind, limit, hours, ws, block, want - got, False)
                 if q > 0:
                     if n >= out.shape[0]:
                         return -1
@@ -1419,38 +1689,37 @@ def _next_bid(st, lad, lvl, low, b, a, free, horizon):
 
 
 @_hot
-def _horizon(O, Lz, S, W, a, spot):
+def _horizon(O, Lz, S, W, UC, a, spot):
     """No window [now, we) with we after this can get a GPU of ask a (firm, or spot: R9).
 
-    The ask's end, or earlier: the first moment its usage from now on (the profile that
-    `_ask_gives` caches in W) reaches all its GPUs.  Usage only grows while the ask walks
-    the bids, except when a firm fill preempts spot leases, so a horizon stays an upper
-    bound for firm bids and, until a preemption, for spot bids."""
+    The ask's end, or earlier: the first moment from now on at which its usage (the usage
+    function cached in UC) reaches all its GPUs.  Usage only grows while the ask walks the
+    bids, except when a firm fill preempts spot leases, so a horizon stays an upper bound for
+    firm bids and, until a preemption, for spot bids."""
     end = O[a, O_END]
     used = O[a, O_FSUM] + (O[a, O_SSUM] if spot else 0)
     used_now = O[a, O_UNF] + (O[a, O_UNS] if spot else 0)
-    if used == used_now or used < O[a, O_GPUS] or O[a, O_NEXTSTART] >= end:
-        return end  # no lease starts later (usage is highest now), or all of them never fill it
-    si = S_PROF_S if spot else S_PROF_F
-    r = 5 if spot else 3
-    if S[si] < 0:
-        S[S_SCAN] += 1
-        S[si] = _now_profile(Lz, O[a, O_LHEAD], S[S_NOW], spot, W, r)
-    m = S[si]
-    if m < 0:
-        return end
-    top = W[r + 1]  # nondecreasing: the highest usage up to each breakpoint
     gp = O[a, O_GPUS]
-    lo = 0
-    hi = m
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if top[mid] < gp:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < m and W[r][lo] < end:
-        return W[r][lo]
+    if used == used_now or used < gp or O[a, O_NEXTSTART] >= end:
+        return end  # no lease starts later (usage is highest now), or all of them never fill it
+    off = _usage_fn(Lz, O, S, W, UC, a, True)
+    if off < 0:
+        return end
+    now = S[S_NOW]
+    c = 2 if spot else 1
+    k = off + 1
+    e = k + 3 * UC[off]
+    while k + 3 < e and UC[k + 3] <= now:  # the row that holds at now
+        k += 3
+    if k < e and UC[k] <= now and UC[k + c] >= gp:
+        return now if now < end else end
+    while k < e:
+        t = UC[k]
+        if t >= end:
+            return end
+        if t > now and UC[k + c] >= gp:
+            return t
+        k += 3
     return end
 
 
@@ -1465,6 +1734,18 @@ def _spot_cursor(st, a, lvl, oid, low_s, horizon):
         return lvl, b
     free = O[a, O_GPUS] - O[a, O_UNF] - O[a, O_UNS]
     return _next_bid(st, LAD_BID_SPOT, lvl - 1, low_s, -1, a, free, horizon)
+
+
+@_inl
+def _bids_may_pay(BM, BS, S, P, O, a):
+    """False if no resting bid's limit reaches ask a's price (nor its spot price, on the spot
+    ladder): a walk of the bids would find nothing.  Checked before calling `_walk_bids`, as
+    most re-offers find nothing and the call alone (the state's ~150 words) cost more."""
+    top = S[S_BIDTOP]
+    low = _level(P, O[a, O_PRICE])
+    if _bm_next_down(BM, BS, LAD_BID_RES, top) >= low or _bm_next_down(BM, BS, LAD_BID_OD, top) >= low:
+        return True
+    return O[a, O_SPOT] > 0 and _bm_next_down(BM, BS, LAD_BID_SPOT, top) >= _level(P, O[a, O_SPOT])
 
 
 @_hot
@@ -1486,12 +1767,10 @@ def _walk_bids(st, a, dry):
     P = st.P
     S = st.S
     now = S[S_NOW]
-    top = st.BM.shape[1] * 64 - 1
+    top = S[S_BIDTOP]  # scanning the bitmaps down from the highest level was 5 % of the time
     low_f = _level(P, O[a, O_PRICE])
     gp = O[a, O_GPUS]
     started = O[a, O_START] <= now and O[a, O_END] - now >= HOUR
-    S[S_PROF_F] = -1
-    S[S_PROF_S] = -1
     free_od = gp - O[a, O_UNF]
     free_spot = free_od - O[a, O_UNS]
     lr, br = _next_bid(st, LAD_BID_RES, top, low_f, -1, a, gp, 0)
@@ -1521,9 +1800,9 @@ def _walk_bids(st, a, dry):
             free_od = gp - O[a, O_UNF]
             free_spot = free_od - O[a, O_UNS]
             if bo >= 0 or pick == 1:
-                hz_od = _horizon(O, st.Lz, S, st.W, a, False)
+                hz_od = _horizon(O, st.Lz, S, st.W, st.UC, a, False)
             if bs >= 0 or pick == 2:
-                hz_spot = _horizon(O, st.Lz, S, st.W, a, True)
+                hz_spot = _horizon(O, st.Lz, S, st.W, st.UC, a, True)
             stale = False
         if pick == 0:
             lr, br = _next_bid(st, LAD_BID_RES, lr, low_f, br, a, gp, 0)
@@ -1536,15 +1815,13 @@ def _walk_bids(st, a, dry):
             if O[b, O_BLOCK] > free_spot or now + O[b, O_HOURS] * HOUR > hz_spot:
                 continue
         S[S_VISIT_BID] += 1
-        q = _fill_qty(O, st.Lz, S, st.W, b, a, O[b, O_REM], True)
+        q = _fill_qty(O, st.Lz, S, st.W, st.UC, b, a, O[b, O_REM])
         if q > 0:
             if dry:
                 return 1
             seq = S[S_SEQ]
             oid = O[b, O_OID]
             _fill(st, b, a, q)
-            S[S_PROF_F] = -1  # a's leases changed
-            S[S_PROF_S] = -1
             stale = True
             if S[S_SEQ] != seq + 1 and spot_side:  # spot leases preempted: spot may fit again
                 free_spot = gp - O[a, O_UNF] - O[a, O_UNS]
@@ -1554,7 +1831,7 @@ def _walk_bids(st, a, dry):
     return 0
 
 
-@_hot
+@_inl
 def _run_reoffers(st):
     """R13: asks whose free capacity grew meet the resting bids again, in ask priority."""
     RO = st.RO
@@ -1567,7 +1844,8 @@ def _run_reoffers(st):
         if O[a, O_LIVE] != LIVE_RESTING or O[a, O_OID] != oid or O[a, O_PEND] == 0:
             continue
         O[a, O_PEND] = 0
-        _walk_bids(st, a, False)
+        if _bids_may_pay(st.BM, st.BS, S, st.P, O, a):
+            _walk_bids(st, a, False)
 
 
 @_hot
@@ -1575,9 +1853,10 @@ def _space_ok(st):
     S = st.S
     return (
         S[S_NEV] + EVENT_RESERVE <= st.E.shape[0]
-        and S[S_OFREE] >= 0
+        and (S[S_OFREE] >= 0 or S[S_OHIGH] < st.O.shape[0])
         and S[S_NLEASE] + LEASE_RESERVE <= st.Lz.shape[0]
         and S[S_TMN] + 2 * LEASE_RESERVE + 4 <= st.TM.shape[0]
+        and _tf_count(st.TF) + 2 * LEASE_RESERVE + 4 <= st.TF.shape[0] - TF_BASE
         and S[S_RON] + LEASE_RESERVE + 4 <= st.RO.shape[0]
         and 2 * (S[S_NORD] + 1) <= st.HK.shape[0]
         and 2 * (S[S_NLEASE] + LEASE_RESERVE) <= st.LK.shape[0]
@@ -1601,7 +1880,7 @@ def _lease_started(O, Lz, lz):
     O[a, O_NEXTSTART] = nxt
 
 
-@_hot
+@_inl
 def _advance(st, t):
     """Apply everything that expires or ends at or before t, in time order (R13, R14).
 
@@ -1610,7 +1889,21 @@ def _advance(st, t):
     O = st.O
     Lz = st.Lz
     TM = st.TM
-    while S[S_TMN] > 0 and TM[0, 0] <= t:
+    TF = st.TF
+    while True:
+        due = S[S_TMN] > 0 and TM[0, 0] <= t
+        if not (due and (TM[0, 0] < TF[TFH, TF_LIMIT] or _tf_count(TF) == 0)):
+            # the heap's first timer may not be the first of all: TF may hold earlier ones
+            if TF[TFH, TF_LIMIT] > t:
+                break
+            if _tf_count(TF) > 0:
+                if not _tf_step(TM, TF, S, t):
+                    return False
+                continue
+            TF[TFH, TF_LIMIT] = _hour_after(t)  # no timer in TF: nothing to move
+            if not due:
+                break
+            continue
         if not _space_ok(st):
             return False
         when = TM[0, 0]
@@ -1648,7 +1941,7 @@ def _check_price(P, price):
     return R.OK
 
 
-@_hot
+@_inl
 def _on_ask(st, C, i):
     O = st.O
     S = st.S
@@ -1715,14 +2008,15 @@ def _on_ask(st, C, i):
     O[a, O_POST] = 1 if C[i]["post_only"] != 0 else 0
     O[a, O_LIVE] = LIVE_INCOMING
     O[a, O_NEXTSTART] = BIG
-    if O[a, O_POST] == 1 and _walk_bids(st, a, True) == 1:
+    may_pay = _bids_may_pay(st.BM, st.BS, S, P, O, a)
+    if O[a, O_POST] == 1 and may_pay and _walk_bids(st, a, True) == 1:
         _free_order(O, S, a)
         _reject(st.E, S, C, i, R.POST_ONLY_WOULD_TRADE)
         return
     S[S_LASTOID] = O[a, O_OID]
     if pl >= 0:
         Lz[pl, L_RESOLD] += gpus
-    _insert_order(O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, S, P, a)
+    _insert_order(O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, st.TF, S, P, a)
     _map_put(st.HK, st.HV, O[a, O_OID], a)
     E = st.E
     k = _ev(E, S, EV_ACCEPTED)
@@ -1737,10 +2031,11 @@ def _on_ask(st, C, i):
     E[k]["min_hours"] = minh
     E[k]["lease_id"] = O[a, O_LEASE]
     E[k]["expire_at"] = end
-    _walk_bids(st, a, False)
+    if may_pay:  # inserting the ask changed no bid
+        _walk_bids(st, a, False)
 
 
-@_hot
+@_inl
 def _on_bid(st, C, i):
     O = st.O
     S = st.S
@@ -1836,7 +2131,7 @@ def _on_bid(st, C, i):
         _ev_order_end(E, S, O, b, EV_EXPIRED, why)
         _free_order(O, S, b)
     else:
-        _insert_order(O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, S, P, b)
+        _insert_order(O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, st.TF, S, P, b)
         _map_put(st.HK, st.HV, O[b, O_OID], b)
 
 
@@ -1850,7 +2145,7 @@ def _owned_order(st, C, i):
     return o, R.OK
 
 
-@_hot
+@_inl
 def _on_cancel(st, C, i):
     o, code = _owned_order(st, C, i)
     if o < 0:
@@ -1860,7 +2155,7 @@ def _on_cancel(st, C, i):
     _ev_order_end(st.E, st.S, st.O, o, EV_CANCELLED, END_USER)
 
 
-@_hot
+@_inl
 def _on_amend(st, C, i):
     O = st.O
     o, code = _owned_order(st, C, i)
@@ -1893,7 +2188,7 @@ def _on_amend(st, C, i):
     st.E[k]["remaining"] = O[o, O_REM]
 
 
-@_hot
+@_inl
 def _on_release(st, C, i):
     Lz = st.Lz
     S = st.S
@@ -1911,6 +2206,8 @@ def _on_release(st, C, i):
         _reject(st.E, S, C, i, code)
         return
     Lz[lz, L_END] = S[S_NOW]
+    if Lz[lz, L_ASLOT] >= 0:
+        _uc_drop(st.UC, Lz[lz, L_ASLOT])
     _ev_lease(st.E, S, Lz, lz, EV_RELEASED, S[S_NOW])
     _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, st.AG, st.BM, st.BS, S, st.P, lz)
 
@@ -1929,9 +2226,15 @@ def process_batch(st, C, first):
         if t < S[S_NOW]:
             _reject(st.E, S, C, i, R.STALE_TIME)
         else:
-            if not _advance(st, t):
-                return ST_NEED_SPACE, i
-            _run_reoffers(st)  # R4: exactly as a clock command would, re-offers included
+            # calls are guarded here: numba passes the state's ~150 words of array structs on the
+            # stack to every call that is not inlined, and most commands have no timer or re-offer due
+            if _tm_due(st.TM, st.TF, S, t):
+                if not _advance(st, t):
+                    return ST_NEED_SPACE, i
+            elif t > S[S_NOW]:
+                S[S_NOW] = t
+            if S[S_RON] > 0:
+                _run_reoffers(st)  # R4: exactly as a clock command would, re-offers included
             if typ == CMD_ASK:
                 _on_ask(st, C, i)
             elif typ == CMD_BID:
@@ -1944,7 +2247,8 @@ def process_batch(st, C, first):
                 _on_release(st, C, i)
             elif typ != CMD_CLOCK:
                 _reject(st.E, S, C, i, R.BAD_COMMAND)
-            _run_reoffers(st)
+            if S[S_RON] > 0:
+                _run_reoffers(st)
         if S[S_ERR] != 0:
             return ST_ERROR, i
         i += 1
@@ -1964,7 +2268,7 @@ def _state_hash(st):
     w[3] = S[S_LASTOID]
     w[4] = S[S_NEXTTID]
     h = hash_words(w, 5)
-    for o in range(O.shape[0]):
+    for o in range(S[S_OHIGH]):
         if O[o, O_LIVE] != LIVE_RESTING:
             continue
         w[0] = 1
@@ -1986,7 +2290,7 @@ def _state_hash(st):
         w[16] = O[o, O_LEASE]
         w[17] = O[o, O_POST]
         h += hash_words(w, 18)
-    for lz in range(Lz.shape[0]):
+    for lz in range(S[S_LHIGH]):
         if Lz[lz, L_LIVE] != 1 or Lz[lz, L_END] <= S[S_NOW]:
             continue
         w[0] = 2
@@ -2009,14 +2313,41 @@ def _state_hash(st):
 def _crossing_pairs(st):
     O = st.O
     out = []
-    for b in range(O.shape[0]):
+    for b in range(st.S[S_OHIGH]):
         if O[b, O_LIVE] != LIVE_RESTING or O[b, O_SIDE] != SIDE_BID:
             continue
-        for a in range(O.shape[0]):
+        for a in range(st.S[S_OHIGH]):
             if O[a, O_LIVE] == LIVE_RESTING and O[a, O_SIDE] == SIDE_ASK:
-                if _fill_qty(O, st.Lz, st.S, st.W, b, a, O[b, O_REM], False) > 0:
+                if _fill_qty(O, st.Lz, st.S, st.W, st.UC, b, a, O[b, O_REM]) > 0:
                     out.append((O[b, O_OID], O[a, O_OID]))
     return out
+
+
+@_hot
+def _tm_spread(TM, TF, S):
+    """After a restore: the sorted timers TM[:S_TMN] are split between the heap (those due
+    before the near limit, and any at or after TIME_CAP) and TF."""
+    n = S[S_TMN]
+    TF[TFH, TF_LIMIT] = _hour_after(S[S_NOW])
+    k = 0
+    for i in range(n):
+        if TM[i, 0] < TF[TFH, TF_LIMIT] or TM[i, 0] >= TIME_CAP:
+            _hmove(TM, k, i)  # a sorted sequence stays sorted: a heap
+            k += 1
+        else:
+            _tpush(TM, TF, S, TM[i, 0], TM[i, 1], TM[i, 2], TM[i, 3])
+    S[S_TMN] = k
+
+
+def _tf_new(rows: int, old: np.ndarray | None = None) -> np.ndarray:
+    """A TF array with room for `rows` timers (copying `old`'s, its new rows free)."""
+    TF = np.zeros((TF_BASE + rows, 5), dtype=np.int64)
+    if old is not None:
+        TF[: old.shape[0]] = old
+    else:
+        TF[TFH + 1, TF_HIGH] = TF_BASE
+        TF[TFH + 1, TF_OMIN] = BIG
+    return TF
 
 
 @_hot
@@ -2041,18 +2372,14 @@ def _pow2_at_least(n: int) -> int:
 class NumbaBook:
     """One GPU class's book over numba-jitted functions; same interface as ReferenceBook."""
 
-    def __init__(self, config: BookConfig | None = None, orders: int = 1024) -> None:
+    def __init__(self, config: BookConfig | None = None, orders: int = 1 << 16) -> None:
         self.cfg = config or BookConfig()
         levels = self.cfg.levels
         nw = (levels + 63) // 64
         ns = (nw + 63) // 64
-        O = np.zeros((orders, NO), dtype=np.int64)  # noqa: E741
-        O[:, O_FREE] = np.arange(1, orders + 1)
-        O[-1, O_FREE] = -1
-        nl = LEASE_RESERVE + 1024
+        O = np.zeros((orders, NO), dtype=np.int64)  # noqa: E741  (rows are taken from S_OHIGH on)
+        nl = 2 * LEASE_RESERVE  # growth copies rows: start with room for 65,536 running leases
         Lz = np.zeros((nl, NL), dtype=np.int64)
-        Lz[:, L_FREE] = np.arange(1, nl + 1)
-        Lz[-1, L_FREE] = -1
         AG = np.zeros((NLAD, levels, NAG), dtype=np.int64)
         AG[:2, :, AG_END] = -BIG
         AG[:2, :, AG_START] = BIG
@@ -2065,8 +2392,8 @@ class NumbaBook:
         AG[2:, :, BG_MINEND] = BIG
         S = np.zeros(NS, dtype=np.int64)
         S[S_NEXTTID] = 1
-        S[S_OFREE] = 0
-        S[S_LFREE] = 0
+        S[S_OFREE] = -1
+        S[S_LFREE] = -1
         self.st = State(
             O=O,
             Lz=Lz,
@@ -2080,11 +2407,13 @@ class NumbaBook:
             LK=np.zeros(_pow2_at_least(2 * nl), dtype=np.int64),
             LV=np.zeros(_pow2_at_least(2 * nl), dtype=np.int64),
             TM=np.zeros((2 * LEASE_RESERVE + 1024, 4), dtype=np.int64),
+            TF=_tf_new(4 * LEASE_RESERVE),  # rows are touched only when used
             RO=np.zeros((LEASE_RESERVE + 1024, 4), dtype=np.int64),
-            E=np.zeros(EVENT_RESERVE + 4096, dtype=EVENT_DTYPE),
+            E=np.zeros(EVENT_RESERVE + 65536, dtype=EVENT_DTYPE),  # a batch of 4,096 commands gives ~8k events
             S=S,
             P=self.cfg.as_array(),
             W=np.zeros((7, 2 * nl + 2), dtype=np.int64),
+            UC=np.zeros(UC_WORDS, dtype=np.int64),
         )
 
     # ------------------------------------------------------------------ public API
@@ -2116,7 +2445,17 @@ class NumbaBook:
 
     def snapshot(self) -> bytes:
         buf = io.BytesIO()
-        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W")}
+        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W", "UC", "TF")}
+        # the timers, heap and TF together, as sorted rows (a heap of any arity)
+        n = int(self.st.S[S_TMN])
+        TF = self.st.TF[TF_BASE: self.st.TF[TFH + 1, TF_HIGH]]
+        rows = np.concatenate([self.st.TM[:n], TF[TF[:, 1] >= 0, :4]])
+        arrays["TM"] = np.zeros((max(self.st.TM.shape[0], len(rows)), 4), dtype=np.int64)
+        arrays["TM"][: len(rows)] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+        arrays["S"] = self.st.S.copy()
+        arrays["S"][S_TMN] = len(rows)
+        arrays["O"] = self.st.O[: self.st.S[S_OHIGH]]  # rows never used are left out
+        arrays["Lz"] = self.st.Lz[: self.st.S[S_LHIGH]]
         np.savez(buf, LAYOUT=np.array([O_LAYOUT], dtype=np.int64), **arrays)
         return buf.getvalue()
 
@@ -2133,6 +2472,15 @@ class NumbaBook:
             arrays["O"] = np.empty_like(old)
             for i, name in enumerate(_O_LAYOUT_1):
                 arrays["O"][:, globals()["O_" + name]] = old[:, i]
+        if arrays["S"].shape[0] < NS:  # taken before S_OHIGH / S_LHIGH: every row counts as used
+            arrays["S"] = np.concatenate([arrays["S"], np.zeros(NS - arrays["S"].shape[0], dtype=np.int64)])
+            arrays["S"][S_OHIGH] = arrays["O"].shape[0]
+            arrays["S"][S_LHIGH] = arrays["Lz"].shape[0]
+        for name in ("O", "Lz"):  # back to the usual room (snapshots hold only the rows used)
+            have, want = arrays[name], getattr(book.st, name)
+            if have.shape[0] < want.shape[0]:
+                arrays[name] = np.zeros_like(want)
+                arrays[name][: have.shape[0]] = have
         for keys, vals, rows, live, idc in (("HK", "HV", "O", LIVE_RESTING, O_OID), ("LK", "LV", "Lz", 1, L_TID)):
             # the maps are rebuilt: a snapshot of another version may have hashed differently
             col = O_LIVE if rows == "O" else L_LIVE
@@ -2153,6 +2501,12 @@ class NumbaBook:
             rows = arrays[heap][:n]
             arrays[heap][:n] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
         arrays["W"] = np.zeros((7, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
+        arrays["UC"] = np.zeros(UC_WORDS, dtype=np.int64)
+        arrays["TF"] = _tf_new(arrays["TM"].shape[0])
+        top = arrays["BM"].shape[1] * 64 - 1
+        arrays["S"][S_BIDTOP] = max(_bm_next_down(arrays["BM"], arrays["BS"], lad, top)
+                                    for lad in range(LAD_BID_OD, NLAD))
+        _tm_spread(arrays["TM"], arrays["TF"], arrays["S"])
         book.st = State(**arrays)
         return book
 
@@ -2191,14 +2545,12 @@ class NumbaBook:
         st = self.st
         S = st.S
         changes: dict[str, np.ndarray] = {}
-        if S[S_OFREE] < 0 or 2 * (S[S_NORD] + 1) > st.HK.shape[0]:
+        if (S[S_OFREE] < 0 and S[S_OHIGH] >= st.O.shape[0]) or 2 * (S[S_NORD] + 1) > st.HK.shape[0]:
             old = st.O.shape[0]
             new = old + old // 2  # x1.5: deep books of resting orders waste less than with x2
             O = np.zeros((new, NO), dtype=np.int64)  # noqa: E741
-            O[:old] = st.O
-            O[old:, O_FREE] = np.arange(old + 1, new + 1)
-            O[-1, O_FREE] = S[S_OFREE]
-            S[S_OFREE] = old
+            high = int(S[S_OHIGH])
+            O[:high] = st.O[:high]  # rows from S_OHIGH on stay untouched
             live = np.nonzero(O[:, O_LIVE] == LIVE_RESTING)[0]
             size = _pow2_at_least(2 * new)  # load <= 1/2 at the new capacity
             HK = np.zeros(size, dtype=np.int64)
@@ -2212,17 +2564,19 @@ class NumbaBook:
             # free list) was a visible part of a 1M-command run
             new = max(old + old // 2, S[S_NLEASE] + LEASE_RESERVE)
             Lz = np.zeros((new, NL), dtype=np.int64)
-            Lz[:old] = st.Lz
-            Lz[old:, L_FREE] = np.arange(old + 1, new + 1)
-            Lz[-1, L_FREE] = S[S_LFREE]
-            S[S_LFREE] = old
+            high = int(S[S_LHIGH])
+            Lz[:high] = st.Lz[:high]
             live = np.nonzero(Lz[:, L_LIVE] == 1)[0]
             size = _pow2_at_least(2 * new)
             LK = np.zeros(size, dtype=np.int64)
             LV = np.zeros(size, dtype=np.int64)
             _rehash(LK, LV, Lz[live, L_TID].copy(), live.astype(np.int64))
             changes.update(Lz=Lz, LK=LK, LV=LV, W=np.zeros((7, 2 * new + 2), dtype=np.int64))
-        for name, key, need in (("TM", S_TMN, 2 * LEASE_RESERVE + 4), ("RO", S_RON, LEASE_RESERVE + 4),
+        far = int(st.TF[TFH, TF_NBUCKET] + st.TF[TFH, TF_NOVER])
+        if far + 2 * LEASE_RESERVE + 4 > st.TF.shape[0] - TF_BASE:
+            changes["TF"] = _tf_new(2 * (st.TF.shape[0] - TF_BASE), st.TF)
+        bucket = int(st.TF[(int(st.TF[TFH, TF_LIMIT]) // HOUR) & (NBK - 1), 0])  # the next to enter the heap
+        for name, key, need in (("TM", S_TMN, bucket + 2 * LEASE_RESERVE + 4), ("RO", S_RON, LEASE_RESERVE + 4),
                                 ("E", S_NEV, EVENT_RESERVE)):
             arr = getattr(st, name)
             if S[key] + need > arr.shape[0]:

@@ -1,6 +1,10 @@
-"""Fixtures: every rule test runs against each engine (the numba book must pass them too)."""
+"""Fixtures: every rule test runs against each engine (the numba book must pass them too).
+Before the first test, the jitted code is compiled (or loaded from numba's cache): tests that
+start `gpux serve` as a subprocess wait for it a limited time, less than a cold compile."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -37,3 +41,10 @@ def make_book(engine):
 def book(make_book):
     """A fresh book with the default configuration (tick 1,000 µ$, gate 300 s, notice 120 s)."""
     return make_book(BookConfig())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("NUMBA_DISABLE_JIT") != "1":
+        from exchange.warm import warm
+
+        warm()

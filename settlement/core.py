@@ -168,19 +168,22 @@ def _hpop(heap: np.ndarray, S: np.ndarray) -> None:
 
 
 @_nj
+def _dirty(T: np.ndarray, flags: int, S: np.ndarray, count: int, changed: np.ndarray, s: int) -> None:
+    """Row ``s`` of ``T`` (leases or bids) changed: listed once until the next take."""
+    if not T[s, flags] & DIRTY:
+        T[s, flags] |= DIRTY
+        changed[S[count]] = s
+        S[count] += 1
+
+
+@_nj
 def _dirty_lease(L: np.ndarray, S: np.ndarray, dl: np.ndarray, s: int) -> None:
-    if not L[s, LFLAGS] & DIRTY:
-        L[s, LFLAGS] |= DIRTY
-        dl[S[S_NDL]] = s
-        S[S_NDL] += 1
+    _dirty(L, LFLAGS, S, S_NDL, dl, s)
 
 
 @_nj
 def _dirty_bid(B: np.ndarray, S: np.ndarray, db: np.ndarray, s: int) -> None:
-    if not B[s, B_FLAGS] & DIRTY:
-        B[s, B_FLAGS] |= DIRTY
-        db[S[S_NDB]] = s
-        S[S_NDB] += 1
+    _dirty(B, B_FLAGS, S, S_NDB, db, s)
 
 
 # ---------------------------------------------------------------------- money of one lease (leases.settle)

@@ -192,40 +192,32 @@ class ClassState:
         self.S[core.S_CLOCK] = v
 
     # ------------------------------------------------------------------ room
-    def _grow_leases(self, extra: int) -> None:
-        old = self.L.shape[0]
+    def _grow(self, table: str, free: str, free_at: int, lists: tuple[str, ...], extra: int) -> int:
+        """Room for at least ``extra`` more rows in ``table`` (half as many again at least): the
+        new rows go on its free list (lowest first) and its per-row lists grow with it."""
+        rows = getattr(self, table)
+        old = rows.shape[0]
         new = old + max(extra, old // 2, 1024)
-        L = np.zeros((new, core.NL), np.int64)
-        L[:old] = self.L
-        self.L = L
-        n = int(self.S[core.S_LFREE])
-        lfree = np.empty(new, np.int64)
-        lfree[:n] = self.lfree[:n]
-        lfree[n:n + new - old] = np.arange(new - 1, old - 1, -1)  # low slots first
-        self.lfree = lfree
-        self.S[core.S_LFREE] = n + new - old
-        for name in ("dl", "gl"):
+        grown = np.zeros((new, rows.shape[1]), np.int64)
+        grown[:old] = rows
+        setattr(self, table, grown)
+        n = int(self.S[free_at])
+        slots = np.empty(new, np.int64)
+        slots[:n] = getattr(self, free)[:n]
+        slots[n:n + new - old] = np.arange(new - 1, old - 1, -1)
+        setattr(self, free, slots)
+        self.S[free_at] = n + new - old
+        for name in lists:
             a = np.empty(new, np.int64)
             a[:old] = getattr(self, name)[:old]
             setattr(self, name, a)
-        self.stack = np.empty(new + 1, np.int64)
+        return new
+
+    def _grow_leases(self, extra: int) -> None:
+        self.stack = np.empty(self._grow("L", "lfree", core.S_LFREE, ("dl", "gl"), extra) + 1, np.int64)
 
     def _grow_bids(self, extra: int) -> None:
-        old = self.B.shape[0]
-        new = old + max(extra, old // 2, 1024)
-        B = np.zeros((new, core.NB), np.int64)
-        B[:old] = self.B
-        self.B = B
-        n = int(self.S[core.S_BFREE])
-        bfree = np.empty(new, np.int64)
-        bfree[:n] = self.bfree[:n]
-        bfree[n:n + new - old] = np.arange(new - 1, old - 1, -1)
-        self.bfree = bfree
-        self.S[core.S_BFREE] = n + new - old
-        for name in ("db", "gb"):
-            a = np.empty(new, np.int64)
-            a[:old] = getattr(self, name)[:old]
-            setattr(self, name, a)
+        self._grow("B", "bfree", core.S_BFREE, ("db", "gb"), extra)
 
     def reserve(self, n: int) -> None:
         """Room for ``n`` more events: a lease or bid each, and the timetable's pushes."""

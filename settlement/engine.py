@@ -60,7 +60,7 @@ from settlement.events import FIELDS, OID, SEQ, SIDE
 from settlement.events import TID as E_TID
 from settlement.events import TIME as E_TIME
 from settlement.events import TYPE as E_TYPE
-from settlement.leases import FAILED, PENDING, PROVISIONING, STATUSES, Lease
+from settlement.leases import FAILED, PENDING, PROVISIONING, READY, STATUSES, Lease
 
 # The fields of an event the engine reads, in this order (the columns `settlement.core` reads).
 RECORD = ("seq", "time", "oid", "oid2", "trade_id", "account", "account2", "price", "start", "end", "lease_id",
@@ -479,36 +479,24 @@ class SettlementEngine:
 
     def mark_provisioning(self, cls: str, trade_id: int) -> np.ndarray:
         c, s, lease = self._live_lease(cls, trade_id)
-        if lease.status == PENDING:
-            return self._mark(c, s, core.PROVISIONING)
-        if lease.status == FAILED:
-            raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
-        return NO_TRANSFERS
+        return self._mark(c, s, core.PROVISIONING) if answer_applies(lease, PROVISIONING) else NO_TRANSFERS
 
     def mark_ready(self, cls: str, trade_id: int, t: int) -> np.ndarray:
         """The provider's agent reports the lease ready at ``t``: metering starts (R18).  A
         repeat is a no-op; ready after the lease's end, or for a failed lease, is refused."""
         c, s, lease = self._live_lease(cls, trade_id)
-        if lease.status in (PENDING, PROVISIONING):
-            if t >= lease.end:
-                raise LeaseStateError(f"lease {lease.ref} cannot be ready at {t}: it ends at {lease.end}")
-            return self._mark(c, s, core.READY, t)
-        if lease.status == FAILED:
-            raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
-        return NO_TRANSFERS
+        return self._mark(c, s, core.READY, t) if answer_applies(lease, READY, t) else NO_TRANSFERS
 
     def mark_failed(self, cls: str, trade_id: int, t: int, reason: str = "provisioning failed") -> np.ndarray:
         """The lease could not be provisioned: the renter is refunded in full, the provider earns
         nothing (R18); its sub-leases not ready yet fail too.  A repeat is a no-op."""
         c, s, lease = self._live_lease(cls, trade_id)
-        if lease.status in (PENDING, PROVISIONING):
-            code = _REASON_CODES.get(reason, core.REASON_CUSTOM)
-            if code == core.REASON_CUSTOM:
-                c.reasons[trade_id] = reason
-            return self._mark(c, s, core.FAILED, t, code)
-        if lease.status == FAILED:
+        if not answer_applies(lease, FAILED):
             return NO_TRANSFERS
-        raise LeaseStateError(f"lease {lease.ref} is {lease.status}: only a lease not ready yet can fail")
+        code = _REASON_CODES.get(reason, core.REASON_CUSTOM)
+        if code == core.REASON_CUSTOM:
+            c.reasons[trade_id] = reason
+        return self._mark(c, s, core.FAILED, t, code)
 
     # ------------------------------------------------------------------ restoring (store)
     def restore(self, cls: str, seq: int, clock: int, bids: Iterable[tuple[int, Bid]],
@@ -548,6 +536,27 @@ class SettlementEngine:
                 tail[x.resale_of] = s
         c.S[core.S_LIVE] = len(leases)
         core.schedule_all(c.L, c.lmap, c.heap, c.S, c.K, c.gl, slots)
+
+
+def answer_applies(lease: Lease, step: str, t: int = 0) -> bool:
+    """Whether a provisioning step — ``provisioning``, ``ready`` at ``t`` or ``failed`` (R18) —
+    changes ``lease`` (True), is a repeat that changes nothing (False), or cannot be
+    (`LeaseStateError`): ready after the lease's end or once it failed, failed once it is ready
+    or over.  Both engines (and so the reference) answer by this."""
+    live = lease.status in (PENDING, PROVISIONING)
+    if step == FAILED:
+        if live:
+            return True
+        if lease.status == FAILED:
+            return False
+        raise LeaseStateError(f"lease {lease.ref} is {lease.status}: only a lease not ready yet can fail")
+    if lease.status == FAILED:
+        raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
+    if step == PROVISIONING:
+        return lease.status == PENDING
+    if live and t >= lease.end:
+        raise LeaseStateError(f"lease {lease.ref} cannot be ready at {t}: it ends at {lease.end}")
+    return live
 
 
 NO_TRANSFERS = np.zeros((0, 6), np.int64)
@@ -640,4 +649,4 @@ def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[np.ndarray
 
 
 __all__ = ["RECORD", "Bid", "Changes", "ClassState", "LeaseStateError", "SequenceGap", "SettlementConfig",
-           "SettlementEngine", "fees_from_instruments", "join_transfers"]
+           "SettlementEngine", "answer_applies", "fees_from_instruments", "join_transfers"]

@@ -55,6 +55,7 @@ from settlement.engine import (  # shared with the jitted engine
     Bid,
     LeaseStateError,
     SettlementConfig,
+    answer_applies,
 )
 from settlement.engine import _relevant_array as _engine_relevant_array
 from settlement.engine import _relevant_tuples as _engine_relevant_tuples
@@ -493,44 +494,34 @@ class SettlementEngine:
     def mark_provisioning(self, cls: str, trade_id: int) -> list[tuple]:
         c, lease = self._live_lease(cls, trade_id)
         out: list[tuple] = []
-        if lease.status == PENDING:
+        if answer_applies(lease, PROVISIONING):
             lease.status = PROVISIONING
             c.dirty_leases[trade_id] = lease
             self._advance(c, lease, c.clock, out)
-        elif lease.status == FAILED:
-            raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
         return out
 
     def mark_ready(self, cls: str, trade_id: int, t: int) -> list[tuple]:
         """The provider's agent reports the lease ready at ``t``: metering starts (R18).  A
         repeat is a no-op; ready after the lease's end, or for a failed lease, is refused."""
         c, lease = self._live_lease(cls, trade_id)
-        if lease.status in (PENDING, PROVISIONING):
-            if t >= lease.end:
-                raise LeaseStateError(f"lease {lease.ref} cannot be ready at {t}: it ends at {lease.end}")
-            out: list[tuple] = []
+        out: list[tuple] = []
+        if answer_applies(lease, READY, t):
             lease.status = READY
             lease.ready_at = max(t, 1)
             settle(lease, c.lease_ref | trade_id, _READY, t, out)
             self._advance(c, lease, c.clock, out)
             c.dirty_leases[trade_id] = lease
-            return out
-        if lease.status == FAILED:
-            raise LeaseStateError(f"lease {lease.ref} failed already ({lease.failed_reason})")
-        return []
+        return out
 
     def mark_failed(self, cls: str, trade_id: int, t: int, reason: str = "provisioning failed") -> list[tuple]:
         """The lease could not be provisioned: the renter is refunded in full, the provider earns
         nothing (R18); its sub-leases not ready yet fail too.  A repeat is a no-op."""
         c, lease = self._live_lease(cls, trade_id)
-        if lease.status in (PENDING, PROVISIONING):
-            out: list[tuple] = []
+        out: list[tuple] = []
+        if answer_applies(lease, FAILED):
             self._fail(c, lease, reason, t, out)
             self._advance(c, lease, c.clock, out)
-            return out
-        if lease.status == FAILED:
-            return []
-        raise LeaseStateError(f"lease {lease.ref} is {lease.status}: only a lease not ready yet can fail")
+        return out
 
     # ------------------------------------------------------------------ restoring (store)
     def restore(self, cls: str, seq: int, clock: int, bids: Iterable[tuple[int, Bid]],

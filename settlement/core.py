@@ -62,7 +62,7 @@ DIRTY, NEW, GONE = 1, 2, 4  # changed since the last take / opened since / close
 LIVE = 8  # a lease row in use (in lmap): the Python side finds leases by a mask over this
 
 # scalars
-(S_SEQ, S_CLOCK, S_NHEAP, S_NOUT, S_LFREE, S_BFREE, S_NDL, S_NDB, S_NGL, S_NGB, S_TRADES, S_LIVE, S_BIDS) = range(13)
+(S_SEQ, S_CLOCK, S_NHEAP, S_NOUT, S_LFREE, S_BFREE, S_NDL, S_NDB, S_NGL, S_NGB, S_TRADES, S_LIVE) = range(12)
 NS = 16
 # constants
 (K_MAKER_BPS, K_TAKER_BPS, K_HOLD_BPS, K_AUTO_READY, K_TIMEOUT, K_STEP, K_ORDER_REF, K_TRADE_REF,
@@ -379,6 +379,40 @@ def _fail(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndar
 
 
 @_nj
+def _meter(L: np.ndarray, lmap: dict, S: np.ndarray, K: np.ndarray, gl: np.ndarray, s: int, now: int,
+           earnings_only: bool, out: np.ndarray) -> tuple[np.ndarray, int]:
+    """(reference: the READY part of `_advance`, and its copy in `_advance_class`) A ready lease's
+    metering points up to ``now`` (metered kinds), then its end if that passed (status from how
+    it ended; the lease is dropped).  ``earnings_only``: `settle_earnings` (its cap is settled)
+    instead of `settle`.  Returns the transfers and the next metering point."""
+    start, end = L[s, START], L[s, END]
+    ref = K[K_LEASE_REF] | L[s, TID]
+    point = end
+    if L[s, KIND] != RESERVED:
+        step = K[K_STEP]
+        rf = L[s, READY_AT] if L[s, READY_AT] > start else start
+        base = L[s, METERED_TO] if L[s, METERED_TO] > rf else rf
+        point = base - base % step + step
+        while point <= now and point < end:
+            L[s, METERED_TO] = point
+            cause = point << PARAM_SHIFT | C_METER
+            if earnings_only:
+                out = settle_earnings(L, s, ref, cause, point, out, S)
+            else:
+                out = settle(L, s, ref, cause, point, out, S)
+            point += step
+    if now >= end:
+        L[s, METERED_TO] = end
+        L[s, STATUS] = L[s, ENDED_BY] if L[s, ENDED_BY] else ENDED
+        if earnings_only:
+            out = settle_earnings(L, s, ref, C_END, end, out, S)
+        else:
+            out = settle(L, s, ref, C_END, end, out, S)
+        _drop(L, lmap, S, gl, s)
+    return out, point
+
+
+@_nj
 def _advance(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
              gl: np.ndarray, stack: np.ndarray, s: int, now: int, out: np.ndarray) -> np.ndarray:
     """(reference `_advance`) Every transition of the lease due at or before ``now``, each at
@@ -400,20 +434,8 @@ def _advance(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.n
                             0, at, out)
                 st = FAILED
     if st == READY:
-        step = K[K_STEP]
-        if L[s, KIND] != RESERVED:
-            rf = L[s, READY_AT] if L[s, READY_AT] > start else start
-            base = L[s, METERED_TO] if L[s, METERED_TO] > rf else rf
-            point = base - base % step + step
-            while point <= now and point < end:
-                L[s, METERED_TO] = point
-                out = settle(L, s, ref, point << PARAM_SHIFT | C_METER, point, out, S)
-                point += step
+        out, _ = _meter(L, lmap, S, K, gl, s, now, False, out)
         if now >= end:
-            L[s, METERED_TO] = end
-            L[s, STATUS] = L[s, ENDED_BY] if L[s, ENDED_BY] else ENDED
-            out = settle(L, s, ref, C_END, end, out, S)
-            _drop(L, lmap, S, gl, s)
             return out
     _schedule_next(L, lmap, heap, S, K, gl, s, now)
     return out
@@ -423,8 +445,6 @@ def _advance(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.n
 def advance_class(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
                   gl: np.ndarray, stack: np.ndarray, now: int, out: np.ndarray) -> np.ndarray:
     """(reference `_advance_class`) Every lease due at or before ``now``."""
-    step = K[K_STEP]
-    lease_ref = K[K_LEASE_REF]
     while S[S_NHEAP] and heap[0, 0] <= now:
         due, tid = heap[0, 0], heap[0, 1]
         _hpop(heap, S)
@@ -436,22 +456,11 @@ def advance_class(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K:
         if L[s, STATUS] != READY or L[s, KIND] == RESERVED:
             out = _advance(L, lmap, heap, S, K, dl, gl, stack, s, now, out)
             continue
-        # a ready metered lease (most of them): `_advance` and `_schedule_next`, inlined
+        # a ready metered lease (most of them): its cap is settled, only earnings move; then
+        # its next due time is the next metering point (`_schedule_next`, inlined)
         end = L[s, END]
-        rf = L[s, READY_AT] if L[s, READY_AT] > L[s, START] else L[s, START]
-        base = L[s, METERED_TO] if L[s, METERED_TO] > rf else rf
-        point = base - base % step + step
-        ref = lease_ref | tid
-        while point <= now and point < end:
-            L[s, METERED_TO] = point
-            out = settle_earnings(L, s, ref, point << PARAM_SHIFT | C_METER, point, out, S)
-            point += step
-        if now >= end:
-            L[s, METERED_TO] = end
-            L[s, STATUS] = L[s, ENDED_BY] if L[s, ENDED_BY] else ENDED
-            out = settle_earnings(L, s, ref, C_END, end, out, S)
-            _drop(L, lmap, S, gl, s)
-        else:
+        out, point = _meter(L, lmap, S, K, gl, s, now, True, out)
+        if now < end:
             due = point if point < end else end
             L[s, DUE] = due
             _hpush(heap, S, due, tid)
@@ -468,7 +477,6 @@ def _close_bid(B: np.ndarray, bmap: dict, S: np.ndarray, db: np.ndarray, gb: np.
     _dirty_bid(B, S, db, s)
     gb[S[S_NGB]] = s
     S[S_NGB] += 1
-    S[S_BIDS] -= 1
 
 
 @_nj
@@ -479,7 +487,6 @@ def _new_bid_slot(B: np.ndarray, bmap: dict, bfree: np.ndarray, S: np.ndarray, o
     S[S_BFREE] -= 1
     s = bfree[S[S_BFREE]]
     bmap[oid] = s
-    S[S_BIDS] += 1
     B[s, B_FLAGS] = 0
     return s
 

@@ -510,7 +510,6 @@ class SettlementEngine:
             c.S[core.S_BFREE] -= 1
             c.B[s] = (oid, b.account, b.hpg, b.remaining, 0)
             c.bmap[oid] = s
-        c.S[core.S_BIDS] = len(bids)
         slots = np.empty(len(leases), np.int64)
         tail: dict[int, int] = {}  # parent trade id -> slot of its last sub-lease so far
         for i, x in enumerate(leases):

@@ -2212,7 +2212,9 @@ def _on_release(st, C, i):
     _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, st.AG, st.BM, st.BS, S, st.P, lz)
 
 
-@_hot
+# nogil: the books of different GPU classes share nothing, so the engine and the benchmark may
+# run them on threads at once (one core each)
+@njit(cache=True, _nrt=False, nogil=True)
 def process_batch(st, C, first):
     """Apply commands C[first:] in order.  Returns (status, index of the first command not applied)."""
     S = st.S

@@ -40,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,52 @@ def run_book(book: Book, name: str, commands: np.ndarray, batch: int, keep_event
             run.event_arrays.append(events)
     run.state_hash = int(book.state_hash())
     return run
+
+
+def run_books_threaded(books: dict[str, Book], parts: dict[str, np.ndarray], batch: int, threads: int) -> float:
+    """Run every class's commands through its book on ``threads`` worker threads; return the
+    wall-clock seconds.
+
+    The books share nothing (one per GPU class) and ``process`` releases the GIL, so each
+    worker takes the next batch of a book no other worker is on, the book with the most
+    commands left first: every book still sees its own batches in order, one at a time,
+    exactly as on one thread (the state hashes are compared afterwards)."""
+    pos = dict.fromkeys(parts, 0)
+    busy: set[str] = set()
+    cond = threading.Condition()
+
+    def take() -> tuple[str, int] | None:
+        with cond:
+            while True:
+                left = [n for n in parts if pos[n] < len(parts[n])]
+                if not left:
+                    return None
+                free = [n for n in left if n not in busy]
+                if free:
+                    name = max(free, key=lambda n: len(parts[n]) - pos[n])
+                    busy.add(name)
+                    at = pos[name]
+                    pos[name] = at + batch
+                    return name, at
+                cond.wait()
+
+    def worker() -> None:
+        while (job := take()) is not None:
+            name, at = job
+            try:
+                books[name].process(parts[name][at: at + batch])
+            finally:
+                with cond:
+                    busy.discard(name)
+                    cond.notify_all()
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=worker, name=f"book-worker-{k}") for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t0
 
 
 def run_books(
@@ -266,6 +313,22 @@ def bench_mixed(args: argparse.Namespace) -> dict[str, Any]:
     runs = {name: run_book(books[name], name, parts[name], args.batch) for name in parts}
     n = sum(r.commands for r in runs.values())
     seconds = sum(r.seconds for r in runs.values())
+    one_thread = n / seconds if seconds else 0.0
+    threads = min(args.threads or (os.cpu_count() or 1), len(parts))
+    threaded: dict[str, Any] = {}
+    rate = one_thread
+    if threads > 1:
+        # the same run again, fresh books, the classes' books on `threads` worker threads
+        again = {name: make_book(BookConfig(name=name), args.engine) for name in parts}
+        wall = run_books_threaded(again, parts, args.batch, threads)
+        rate = n / wall if wall else 0.0
+        threaded = {
+            "threaded_wall_s": round(wall, 3),
+            "threads_state_hash_equal": all(
+                int(again[name].state_hash()) == runs[name].state_hash for name in parts
+            ),
+        }
+        del again
     rss = peak_rss_mb()
     result: dict[str, Any] = {
         "engine": args.engine,
@@ -273,10 +336,14 @@ def bench_mixed(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "classes": list(classes),
         "batch": args.batch,
+        "threads": threads,
+        "cpus": os.cpu_count(),
         "generate_s": round(generate_s, 3),
         "jit_compile_s": round(jit_s, 3),
         "process_s": round(seconds, 3),
-        "numba_cmds_per_s": round(n / seconds if seconds else 0.0, 1),
+        "numba_cmds_per_s": round(rate, 1),
+        "numba_1thread_cmds_per_s": round(one_thread, 1),
+        **threaded,
         "events": sum(r.events for r in runs.values()),
         "trades": sum(r.trades for r in runs.values()),
         "rejected": sum(r.rejected for r in runs.values()),
@@ -378,9 +445,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="command records per process() call")
     p.add_argument("--classes", nargs="+", default=list(DEFAULT_CLASSES))
     p.add_argument("--engine", choices=("numba", "reference"), default="numba")
+    p.add_argument("--threads", type=int, default=0,
+                   help="worker threads for the class books (default: one per CPU, at most one per class; 1: serial)")
     p.add_argument("--no-warm-start", action="store_true", help="skip the jit_warm_start_s subprocess")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.threads < 0:
+        p.error("--threads must be >= 0")
     if args.batch < 1:
         p.error("--batch must be >= 1")
     return args
@@ -390,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = bench_resting(args) if args.resting else bench_mixed(args)
     print(json.dumps(result) if args.json else format_table(result))
-    return 0 if result.get("prefix_identical", True) else 1
+    return 0 if result.get("prefix_identical", True) and result.get("threads_state_hash_equal", True) else 1
 
 
 if __name__ == "__main__":

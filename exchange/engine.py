@@ -21,6 +21,7 @@ import logging
 import os
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ from orderbook.book import Book, make_book, restore_book
 from orderbook.types import CMD_CLOCK, COMMAND_DTYPE
 
 log = logging.getLogger("gpux.engine")
-_C_TYPE = COMMAND_DTYPE.names.index("type")
+# books with at least this many commands in one apply() run on worker threads together: below
+# it, handing a batch to a thread costs more than the book's work (~1 µs a command)
+PARALLEL_MIN_COMMANDS = 256
 
 
 class Cmd(msgspec.Struct, array_like=True, tag=1):
@@ -119,7 +122,8 @@ class SnapshotMismatch(RuntimeError):
 class Engine:
     """Books + exchange state; `apply` is the only way they change."""
 
-    def __init__(self, instruments: dict[str, Instrument], engine: str | None = None) -> None:
+    def __init__(self, instruments: dict[str, Instrument], engine: str | None = None,
+                 threads: int | None = None) -> None:
         self.instruments = instruments
         self.engine = resolve_engine(engine)
         self.books: dict[str, Book] = {name: make_book(i.book, self.engine) for name, i in instruments.items()}
@@ -127,6 +131,9 @@ class Engine:
         self.seq = 0  # last journal seq applied
         self.last_oid = 0
         self.book_seconds = 0.0  # time spent inside the books (metrics)
+        # worker threads for books with big batches at the same time (_run_books); 1: never
+        self.threads = min(os.cpu_count() or 1, len(self.books)) if threads is None else max(1, threads)
+        self._pool: ThreadPoolExecutor | None = None
 
     def book_time(self, name: str) -> int:
         return int(getattr(self.books[name], "now", 0))
@@ -154,25 +161,28 @@ class Engine:
                 results[i] = Result(e.book, None, [])
         arrays: dict[str, np.ndarray] = {}
         state = self.state
+        plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
         for name, idx in by_book.items():
-            book = self.books[name]
             cmds = np.frombuffer(b"".join([entries[i].rec for i in idx]), dtype=COMMAND_DTYPE)
-            cmd_list = cmds.tolist()
-            coids = [entries[i].coid for i in idx]
             # A clock command has no leading event, so after another command in the same book
             # call its events could not be told from that command's (split_events): every clock
             # starts a new call.
-            cuts = [k for k, c in enumerate(cmd_list) if k and c[_C_TYPE] == CMD_CLOCK]
-            parts = []
-            for lo, hi in zip([0, *cuts], [*cuts, len(cmd_list)], strict=True):
-                t0 = time.perf_counter()
-                part = book.process(cmds[lo:hi])
-                self.book_seconds += time.perf_counter() - t0
-                parts.append(part)
+            cuts = np.flatnonzero(cmds["type"][1:] == CMD_CLOCK) + 1
+            bounds = [0, *cuts.tolist(), len(cmds)]
+            plans[name] = (cmds, list(zip(bounds[:-1], bounds[1:], strict=True)))
+        t0 = time.perf_counter()
+        book_parts = self._run_books(plans)
+        self.book_seconds += time.perf_counter() - t0
+        for name, idx in by_book.items():
+            cmds, spans = plans[name]
+            cmd_list = cmds.tolist()
+            coids = [entries[i].coid for i in idx]
+            parts = book_parts[name]
+            for (lo, hi), part in zip(spans, parts, strict=True):
                 ev_list = part.tolist()
-                spans = state.apply(name, cmd_list[lo:hi], ev_list, coids[lo:hi])
+                owned = state.apply(name, cmd_list[lo:hi], ev_list, coids[lo:hi])
                 for k in range(lo, hi):
-                    a, b = spans[k - lo]
+                    a, b = owned[k - lo]
                     results[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])
             events = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if len(events):
@@ -186,6 +196,36 @@ class Engine:
                     r.answer = answer(r.book, r.command, r.events, state)
         self.seq += len(entries)
         return results, arrays  # type: ignore[return-value]
+
+    def _run_books(self, plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]) -> dict[str, list[np.ndarray]]:
+        """Each book's command spans through its book, in order; the events of each span.
+
+        Books of different classes share nothing, and the numba book releases the GIL while it
+        matches, so when two or more books have a sizeable batch (a busy tick, a replay) they run
+        on worker threads at once, one book per thread; each book still sees its spans in order.
+        What comes out does not depend on it: the exchange state is updated afterwards, book by
+        book, in the same order as on one thread."""
+        def run(name: str) -> list[np.ndarray]:
+            book = self.books[name]
+            cmds, spans = plans[name]
+            return [book.process(cmds[lo:hi]) for lo, hi in spans]
+
+        big = [name for name, (cmds, _) in plans.items() if len(cmds) >= PARALLEL_MIN_COMMANDS]
+        if self.threads < 2 or len(big) < 2:
+            return {name: run(name) for name in plans}
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="book")
+        futures = {name: self._pool.submit(run, name) for name in big}
+        out = {name: run(name) for name in plans if name not in futures}
+        for name, fut in futures.items():
+            out[name] = fut.result()
+        return {name: out[name] for name in plans}
+
+    def close(self) -> None:
+        """Stop the book worker threads (if any were started)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> bytes:

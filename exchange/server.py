@@ -163,6 +163,8 @@ class Exchange:
         await self.bus.close()
         await self.settlement.aclose()
         self.store.close()
+        if self.engine is not None:
+            self.engine.close()
         log.info("stopped", extra={"seq": self.engine.seq if self.engine else 0})
 
 

@@ -231,3 +231,27 @@ def test_bench_resting_mode_with_the_reference_engine(capsys):
 
 def test_warm_start_subprocess_with_the_reference_engine():
     assert 0 < bench_book.warm_start_seconds("reference") < 60
+
+
+def test_bench_threaded_run_equals_the_serial_run(capsys):
+    """Class books on worker threads (each book's batches still in order, one at a time) end in
+    the same states as on one thread; the run reports both rates."""
+    argv = "--commands 20000 --prefix 0 --batch 700 --threads 2 --json --no-warm-start"
+    code = bench_book.main(argv.split())
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert result["threads"] == 2
+    assert result["threads_state_hash_equal"] is True
+    assert result["numba_cmds_per_s"] > 0 and result["numba_1thread_cmds_per_s"] > 0
+
+
+def test_threaded_books_see_their_batches_in_order():
+    w = generate_workload(9_000, seed=4)
+    parts = w.split()
+    serial = {n: make_book(BookConfig(name=n), "reference") for n in parts}
+    for n, cmds in parts.items():
+        for i in range(0, len(cmds), 300):
+            serial[n].process(cmds[i:i + 300])
+    threaded = {n: make_book(BookConfig(name=n), "reference") for n in parts}
+    assert bench_book.run_books_threaded(threaded, parts, 300, threads=3) > 0
+    assert {n: b.state_hash() for n, b in threaded.items()} == {n: b.state_hash() for n, b in serial.items()}

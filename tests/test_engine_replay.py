@@ -211,6 +211,27 @@ def test_journaled_entries_apply_the_same_in_any_batch_sizes(tmp_path: Path, eng
     assert len(whole.state.coids) > 50
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_books_on_worker_threads_apply_as_on_one_thread(seed: int) -> None:
+    """Big batches of several books run on worker threads at once (Engine._run_books): the
+    results, events and state are those of one thread, and the threads were really used."""
+    entries = exchange_entries(seed, n=900)
+    assert min(sum(1 for e in entries if type(e) is Cmd and e.book == b) for b in BOOKS) >= 256
+    one = Engine(INSTRUMENTS, "numba", threads=1)
+    two = Engine(INSTRUMENTS, "numba", threads=2)
+    r1, a1 = one.apply(entries, answers=True)
+    r2, a2 = two.apply(entries, answers=True)
+    try:
+        assert two._pool is not None and one._pool is None
+        assert_same_engine(one, two)
+        assert [(r.book, r.command, r.events, r.answer) for r in r1] == [(r.book, r.command, r.events, r.answer)
+                                                                          for r in r2]
+        assert {n: a.tolist() for n, a in a1.items()} == {n: a.tolist() for n, a in a2.items()}
+    finally:
+        two.close()
+    assert two._pool is None
+
+
 # ---------------------------------------------------------------------- who produced which event
 @pytest.mark.parametrize("seed", range(4))
 def test_each_command_gets_the_events_the_book_gives_it_alone(seed: int) -> None:

@@ -315,6 +315,10 @@ def bench_mixed(args: argparse.Namespace) -> dict[str, Any]:
     seconds = sum(r.seconds for r in runs.values())
     one_thread = n / seconds if seconds else 0.0
     threads = min(args.threads or (os.cpu_count() or 1), len(parts))
+    counted = [book_resting_count(b) for b in books.values()]
+    counted_total = sum(c for c in counted if c is not None) if all(c is not None for c in counted) else None
+    work = work_per_command(books.values(), n)
+    del books  # the threaded run builds its own
     threaded: dict[str, Any] = {}
     rate = one_thread
     if threads > 1:
@@ -361,13 +365,10 @@ def bench_mixed(args: argparse.Namespace) -> dict[str, Any]:
             for name, r in runs.items()
         },
     }
-    counted = [book_resting_count(b) for b in books.values()]
-    if all(c is not None for c in counted):
-        result["resting_orders_book"] = sum(c for c in counted if c is not None)
-    work = work_per_command(books.values(), n)
+    if counted_total is not None:
+        result["resting_orders_book"] = counted_total
     if work:
         result["work_per_command"] = work
-    del books
     if args.prefix > 0:
         cmp = compare_prefix(workload, min(args.prefix, len(workload.commands)), args.engine, args.batch)
         ref_rate, fast_rate = cmp["reference_cmds_per_s"], cmp["numba_prefix_cmds_per_s"]

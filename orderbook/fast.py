@@ -21,6 +21,9 @@ Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / ty
   leases sold ahead and of ask windows); ``TF`` — the later ones, in hour buckets; ``RO`` — a
   heap of asks waiting for a re-offer (R13), in ask priority.
 * ``S`` — scalars (engine time, sequence numbers, counters).
+* ``PT`` — the address and shape of every array above, written by ``process_batch`` once per
+  batch: the hot functions take its address (one word) instead of the arrays (7–11 words each
+  on the stack) and rebuild the arrays they use as views (``_st``).
 
 Commands are read straight from the caller's COMMAND_DTYPE records and events written straight
 into an EVENT_DTYPE buffer (no conversion on either side).  A batch stops early when a pool

@@ -1516,17 +1516,15 @@ def _viewer(name, arrty):
     return intrinsic(typer)
 
 
-if numba.config.DISABLE_JIT:  # plain Python (the rule tests run this way too): a registry
-    _BOUND: dict[int, JS] = {}
-
+if numba.config.DISABLE_JIT:  # plain Python (the rule tests run this way too): pt holds the views
     def _bind(st):
-        pt = st.PT.ctypes.data
+        pt = [None]  # a cycle (pt -> js -> pt), collected with the book: no registry keeps it alive
         js = JS(*st, pt)
-        _BOUND[pt] = js
+        pt[0] = js
         return js
 
     def _st(pt):
-        return _BOUND[pt]
+        return pt[0]
 else:
     _v_i1 = _viewer("_v_i1", numba.typeof(np.zeros(1, dtype=np.int64)))
     _v_i2 = _viewer("_v_i2", numba.typeof(np.zeros((1, 1), dtype=np.int64)))

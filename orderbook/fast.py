@@ -21,6 +21,9 @@ Layout (structure of rows, plain `@njit(cache=True)` functions, no jitclass / ty
   leases sold ahead and of ask windows); ``TF`` — the later ones, in hour buckets; ``RO`` — a
   heap of asks waiting for a re-offer (R13), in ask priority.
 * ``S`` — scalars (engine time, sequence numbers, counters).
+* ``PT`` — the address and shape of every array above, written by ``process_batch`` once per
+  batch: the hot functions take its address (one word) instead of the arrays (7–11 words each
+  on the stack) and rebuild the arrays they use as views (``_st``).
 
 Commands are read straight from the caller's COMMAND_DTYPE records and events written straight
 into an EVENT_DTYPE buffer (no conversion on either side).  A batch stops early when a pool
@@ -33,8 +36,13 @@ from __future__ import annotations
 import io
 from collections import namedtuple
 
+import numba
 import numpy as np
 from numba import njit
+from numba.core import types as nbt
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
 
 from orderbook import reasons as R
 from orderbook.config import (
@@ -190,44 +198,22 @@ U1 = np.uint64(1)
 U0 = np.uint64(0)
 ALL1 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
-# ctz via de Bruijn
-_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
-_DB_TABLE = np.array(
-    [0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22, 45, 39,
-     33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11, 46, 26,
-     40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6],
-    dtype=np.int64,
-)
+# bit scans: one instruction each (tzcnt / lzcnt) when jitted; w is never 0
+if numba.config.DISABLE_JIT:
+    def _ctz(w: np.uint64) -> int:
+        w = int(w)
+        return (w & -w).bit_length() - 1
 
+    def _msb(w: np.uint64) -> int:
+        return int(w).bit_length() - 1
+else:
+    @_hot
+    def _ctz(w: np.uint64) -> int:
+        return np.int64(trailing_zeros(w))
 
-# ======================================================================= bit helpers
-@_hot
-def _ctz(w: np.uint64) -> int:
-    low = w & (~w + U1)
-    return _DB_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
-
-
-@_hot
-def _msb(w: np.uint64) -> int:
-    n = 0
-    if w >> np.uint64(32):
-        w >>= np.uint64(32)
-        n += 32
-    if w >> np.uint64(16):
-        w >>= np.uint64(16)
-        n += 16
-    if w >> np.uint64(8):
-        w >>= np.uint64(8)
-        n += 8
-    if w >> np.uint64(4):
-        w >>= np.uint64(4)
-        n += 4
-    if w >> np.uint64(2):
-        w >>= np.uint64(2)
-        n += 2
-    if w >> np.uint64(1):
-        n += 1
-    return n
+    @_hot
+    def _msb(w: np.uint64) -> int:
+        return 63 - np.int64(leading_zeros(w))
 
 
 @_hot
@@ -838,8 +824,10 @@ def _bg_recompute(AG, LH, BM, BS, O, lad, lvl):
 
 
 @_hot
-def _insert_order(O, LH, LT, BM, BS, AG, TM, TF, S, P, o):
+def _insert_order(pt, o):
     """Put an accepted order on its ladder(s) and set its timers."""
+    st = _st(pt)
+    O, LH, LT, BM, BS, AG, TM, TF, S, P = st.O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, st.TF, st.S, st.P
     O[o, O_LIVE] = LIVE_RESTING
     if O[o, O_SIDE] == SIDE_ASK:
         lvl = _level(P, O[o, O_PRICE])
@@ -1253,8 +1241,10 @@ def _reoffer(O, RO, S, a):
 
 
 @_hot
-def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, UC, o):
+def _remove_order(pt, o):
     """Take a resting order out of the book and free its slot."""
+    st = _st(pt)
+    O, Lz, LH, LT, BM, BS, AG, S, P, W, UC = st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.S, st.P, st.W, st.UC
     if O[o, O_SIDE] == SIDE_ASK:
         lvl = _level(P, O[o, O_PRICE])
         _lad_remove(O, LH, LT, BM, BS, LAD_ASK_FIRM, lvl, o, O_NEXT, O_PREV)
@@ -1268,7 +1258,7 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, UC, o):
             if LH[LAD_ASK_SPOT, lvl] < 0:
                 _bm_clear(BM, BS, NOWROW + LAD_ASK_SPOT, lvl)
         if O[o, O_LEASE] > 0:  # a resale ask gives its unsold GPUs back (R16)
-            pl = _map_get(LK, LV, O[o, O_LEASE])
+            pl = _map_get(st.LK, st.LV, O[o, O_LEASE])
             if pl >= 0:
                 sold = _peak_usage(Lz, O[o, O_LHEAD], S[S_NOW], O[o, O_END], True, W)
                 Lz[pl, L_RESOLD] -= O[o, O_GPUS] - sold
@@ -1283,13 +1273,15 @@ def _remove_order(O, Lz, LH, LT, BM, BS, AG, HK, HV, LK, LV, S, P, W, UC, o):
         lvl = _level(P, O[o, O_PRICE])
         _lad_remove(O, LH, LT, BM, BS, lad, lvl, o, O_NEXT, O_PREV)
         _bg_drop(AG, LH, BM, BS, O, lad, lvl, o)
-    _map_del(HK, HV, O[o, O_OID])
+    _map_del(st.HK, st.HV, O[o, O_OID])
     _free_order(O, S, o)
 
 
 @_hot
-def _drop_lease(O, Lz, LK, LV, RO, AG, BM, BS, S, P, lz):
+def _drop_lease(pt, lz):
     """A lease has ended: its GPUs return to its ask, which is offered again (R13)."""
+    st = _st(pt)
+    O, Lz, AG, BM, BS, S, P = st.O, st.Lz, st.AG, st.BM, st.BS, st.S, st.P
     a = Lz[lz, L_ASLOT]
     if a >= 0:  # its usage function stays right from now on: the lease has ended
         n = Lz[lz, L_NEXT]
@@ -1316,8 +1308,8 @@ def _drop_lease(O, Lz, LK, LV, RO, AG, BM, BS, S, P, lz):
                 _ag_add(AG, LAD_ASK_SPOT, _level(P, O[a, O_SPOT]), O, a)
             if O[a, O_START] <= S[S_NOW]:
                 _now_open(O, BM, BS, P, a)
-        _reoffer(O, RO, S, a)
-    _map_del(LK, LV, Lz[lz, L_TID])
+        _reoffer(O, st.RO, S, a)
+    _map_del(st.LK, st.LV, Lz[lz, L_TID])
     _free_lease(Lz, S, lz)
 
 
@@ -1362,7 +1354,7 @@ def _lower_bound(a, n, x):
 
 
 @_hot
-def _preempt(O, Lz, RO, TM, TF, E, S, P, W, UC, LK, LV, AG, BM, BS, a, firm):
+def _preempt(pt, a, firm):
     """R12: whole spot leases make room for a firm fill, from T0 = max(now + notice, start).
 
     The usage over [T0, end of the fill) is built once, as segments between sorted distinct
@@ -1376,6 +1368,8 @@ def _preempt(O, Lz, RO, TM, TF, E, S, P, W, UC, LK, LV, AG, BM, BS, a, firm):
     lease at every breakpoint once per victim was ~2n^3 (tests/test_regression_hang.py).
 
     Scratch rows W[0..3]: an ask walking the bids drops its usage profile after every fill."""
+    st = _st(pt)
+    O, Lz, RO, TM, TF, E, S, P, W, UC = st.O, st.Lz, st.RO, st.TM, st.TF, st.E, st.S, st.P, st.W, st.UC
     now = S[S_NOW]
     t0 = now + P[P_NOTICE_S]
     fstart = Lz[firm, L_START]
@@ -1470,7 +1464,7 @@ def _preempt(O, Lz, RO, TM, TF, E, S, P, W, UC, LK, LV, AG, BM, BS, a, firm):
         E[k]["lease_id"] = Lz[firm, L_TID]
         _reoffer(O, RO, S, a)
         if t0 <= now:  # no notice: the spot lease is over already
-            _drop_lease(O, Lz, LK, LV, RO, AG, BM, BS, S, P, victim)
+            _drop_lease(pt, victim)
         else:
             _tpush(TM, TF, S, t0, T_LEASE_END, Lz[victim, L_TID], victim)
         while bad < m and use[bad] - (taken - below) <= gp:  # the victims covering `bad` are off
@@ -1479,14 +1473,122 @@ def _preempt(O, Lz, RO, TM, TF, E, S, P, W, UC, LK, LV, AG, BM, BS, a, firm):
 
 
 # ======================================================================= the state bundle
-State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM TF RO E S P W UC")
+State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM TF RO E S P W UC PT")
+# Numba passes each array to a function that is not inlined as its struct flattened, 7-11 words
+# on the stack, so a call with the state pushed ~155 words (over a quarter of the samples in
+# jitted code).  Instead, `process_batch` writes each array's address and shape into PT (4 words
+# per array, in State's order) once per batch, and the hot functions take PT's address `pt`, one
+# word, and rebuild the arrays from it as views (`_st`): a few loads from one cache line.  The
+# inlined functions take `st`, the views plus `pt` (a JS).
+JS = namedtuple("JS", State._fields + ("pt",))
+NPT = 4 * len(State._fields)
+
+
+def _viewer(name, arrty):
+    """An intrinsic (addr, n0[, n1[, n2]]) -> array of type arrty over the memory at addr, C order
+    (no meminfo: the caller's state owns the memory for the call)."""
+    nd = arrty.ndim
+
+    def codegen(context, builder, sig, args):
+        ary = make_array(arrty)(context, builder)
+        dims = [context.cast(builder, v, t, nbt.intp) for v, t in zip(args[1:], sig.args[1:], strict=True)]
+        item = context.get_abi_sizeof(context.get_data_type(arrty.dtype))
+        strides = []
+        stride = context.get_constant(nbt.intp, item)
+        for d in reversed(dims):
+            strides.insert(0, stride)
+            stride = builder.mul(stride, d)
+        data = builder.inttoptr(context.cast(builder, args[0], sig.args[0], nbt.intp), ary.data.type)
+        populate_array(ary, data=data, shape=dims, strides=strides,
+                       itemsize=context.get_constant(nbt.intp, item), meminfo=None)
+        return ary._getvalue()
+
+    if nd == 1:
+        def typer(typingctx, addr, n0):
+            return arrty(addr, n0), codegen
+    elif nd == 2:
+        def typer(typingctx, addr, n0, n1):
+            return arrty(addr, n0, n1), codegen
+    else:
+        def typer(typingctx, addr, n0, n1, n2):
+            return arrty(addr, n0, n1, n2), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
+
+
+if numba.config.DISABLE_JIT:  # plain Python (the rule tests run this way too): pt holds the views
+    def _bind(st):
+        pt = [None]  # a cycle (pt -> js -> pt), collected with the book: no registry keeps it alive
+        js = JS(*st, pt)
+        pt[0] = js
+        return js
+
+    def _st(pt):
+        return pt[0]
+else:
+    _v_i1 = _viewer("_v_i1", numba.typeof(np.zeros(1, dtype=np.int64)))
+    _v_i2 = _viewer("_v_i2", numba.typeof(np.zeros((1, 1), dtype=np.int64)))
+    _v_i3 = _viewer("_v_i3", numba.typeof(np.zeros((1, 1, 1), dtype=np.int64)))
+    _v_u2 = _viewer("_v_u2", numba.typeof(np.zeros((1, 1), dtype=np.uint64)))
+    _v_ev = _viewer("_v_ev", numba.typeof(np.zeros(1, dtype=EVENT_DTYPE)))
+
+    @intrinsic
+    def _addr(typingctx, a):
+        """The address of array a's data, as an int64."""
+        def codegen(context, builder, sig, args):
+            ary = make_array(sig.args[0])(context, builder, args[0])
+            return builder.ptrtoint(ary.data, context.get_value_type(nbt.int64))
+        return nbt.int64(a), codegen
+
+    @_inl
+    def _pt_put(PT, k, a):
+        PT[4 * k] = _addr(a)
+        for d in range(a.ndim):
+            PT[4 * k + 1 + d] = a.shape[d]
+
+    @_inl
+    def _st(pt):
+        """The state's arrays as views, from the addresses and shapes in PT (at address pt)."""
+        PT = _v_i1(pt, NPT)
+        return JS(
+            _v_i2(PT[0], PT[1], NO), _v_i2(PT[4], PT[5], NL), _v_i2(PT[8], NLAD, PT[10]),
+            _v_i2(PT[12], NLAD, PT[14]), _v_u2(PT[16], NBM, PT[18]), _v_u2(PT[20], NBM, PT[22]),
+            _v_i3(PT[24], NLAD, PT[26], NAG), _v_i1(PT[28], PT[29]), _v_i1(PT[32], PT[33]),
+            _v_i1(PT[36], PT[37]), _v_i1(PT[40], PT[41]), _v_i2(PT[44], PT[45], 4), _v_i2(PT[48], PT[49], 5),
+            _v_i2(PT[52], PT[53], 4), _v_ev(PT[56], PT[57]), _v_i1(PT[60], PT[61]), _v_i1(PT[64], PT[65]),
+            _v_i2(PT[68], PT[69], PT[70]), _v_i1(PT[72], PT[73]), PT, pt,
+        )
+
+    @_inl
+    def _bind(st):
+        """Write the addresses and shapes of st's arrays into st.PT; the state as views."""
+        PT = st.PT
+        _pt_put(PT, 0, st.O)
+        _pt_put(PT, 1, st.Lz)
+        _pt_put(PT, 2, st.LH)
+        _pt_put(PT, 3, st.LT)
+        _pt_put(PT, 4, st.BM)
+        _pt_put(PT, 5, st.BS)
+        _pt_put(PT, 6, st.AG)
+        _pt_put(PT, 7, st.HK)
+        _pt_put(PT, 8, st.HV)
+        _pt_put(PT, 9, st.LK)
+        _pt_put(PT, 10, st.LV)
+        _pt_put(PT, 11, st.TM)
+        _pt_put(PT, 12, st.TF)
+        _pt_put(PT, 13, st.RO)
+        _pt_put(PT, 14, st.E)
+        _pt_put(PT, 15, st.S)
+        _pt_put(PT, 16, st.P)
+        _pt_put(PT, 17, st.W)
+        _pt_put(PT, 18, st.UC)
+        _pt_put(PT, 19, PT)
+        return _st(_addr(PT))
 
 
 @_inl
 def _remove(st, o):
-    _remove_order(
-        st.O, st.Lz, st.LH, st.LT, st.BM, st.BS, st.AG, st.HK, st.HV, st.LK, st.LV, st.S, st.P, st.W, st.UC, o
-    )
+    _remove_order(st.pt, o)
 
 
 @_inl
@@ -1564,14 +1666,15 @@ def _fill(st, b, a, q):
     if O[b, O_REM] == 0 and O[b, O_LIVE] == LIVE_RESTING:
         _remove(st, b)
     if kind != SPOT and O[a, O_SSUM] > 0 and O[a, O_FSUM] + O[a, O_SSUM] > O[a, O_GPUS]:  # else none to preempt
-        _preempt(O, Lz, st.RO, st.TM, st.TF, E, S, st.P, st.W, st.UC, st.LK, st.LV, st.AG, st.BM, st.BS, a, lz)
+        _preempt(st.pt, a, lz)
 
 
 @_hot
-def _walk_asks(st, b, dry):
+def _walk_asks(pt, b, dry):
     """Incoming bid b walks the asks cheapest first, then oldest (R10).
 
     With dry=True nothing changes and the GPUs that could be filled are returned (FOK)."""
+    st = _st(pt)
     O = st.O
     P = st.P
     now = st.S[S_NOW]
@@ -1659,11 +1762,12 @@ def _quote_walk(st, S, kind, acc, limit, hours, ws, block, want, out):
 
 
 @_hot
-def _next_bid(st, lad, lvl, low, b, a, free, horizon):
+def _next_bid(pt, lad, lvl, low, b, a, free, horizon):
     """The bid after b on ladder lad walking down (b < 0: start at level lvl); -1, -1 at the end.
 
     Levels whose bounds show that none of their bids fits ask a (window, min_hours, at most
     `free` GPUs; a window from now must end by `horizon`) are skipped whole."""
+    st = _st(pt)
     O = st.O
     if b >= 0:
         b = O[b, O_NEXT]
@@ -1724,8 +1828,9 @@ def _horizon(O, Lz, S, W, UC, a, spot):
 
 
 @_hot
-def _spot_cursor(st, a, lvl, oid, low_s, horizon):
+def _spot_cursor(pt, a, lvl, oid, low_s, horizon):
     """The first spot bid after (level lvl, order id oid) in bid priority that may fit ask a."""
+    st = _st(pt)
     O = st.O
     b = st.LH[LAD_BID_SPOT, lvl] if lvl >= low_s else -1
     while b >= 0 and O[b, O_OID] <= oid:
@@ -1733,7 +1838,7 @@ def _spot_cursor(st, a, lvl, oid, low_s, horizon):
     if b >= 0:
         return lvl, b
     free = O[a, O_GPUS] - O[a, O_UNF] - O[a, O_UNS]
-    return _next_bid(st, LAD_BID_SPOT, lvl - 1, low_s, -1, a, free, horizon)
+    return _next_bid(pt, LAD_BID_SPOT, lvl - 1, low_s, -1, a, free, horizon)
 
 
 @_inl
@@ -1749,7 +1854,7 @@ def _bids_may_pay(BM, BS, S, P, O, a):
 
 
 @_hot
-def _walk_bids(st, a, dry):
+def _walk_bids(pt, a, dry):
     """Ask a walks the resting bids: highest limit first, then oldest (R10).
 
     Three ladders (spot, on_demand, reserved) merged in that one order.  Spot bids need
@@ -1763,6 +1868,7 @@ def _walk_bids(st, a, dry):
     (`_horizon`); whole levels when their bounds show it.  Both tests only get stricter as
     the walk fills bids, except that a firm fill that preempts spot leases frees capacity
     for spot: the spot cursor is then placed again just after the bid that was filled."""
+    st = _st(pt)
     O = st.O
     P = st.P
     S = st.S
@@ -1773,12 +1879,12 @@ def _walk_bids(st, a, dry):
     started = O[a, O_START] <= now and O[a, O_END] - now >= HOUR
     free_od = gp - O[a, O_UNF]
     free_spot = free_od - O[a, O_UNS]
-    lr, br = _next_bid(st, LAD_BID_RES, top, low_f, -1, a, gp, 0)
+    lr, br = _next_bid(pt, LAD_BID_RES, top, low_f, -1, a, gp, 0)
     lo, bo = -1, -1
     end = O[a, O_END]
     hz_od = end  # the ask's end until a bid makes the horizon worth building
     if started and free_od >= 1:
-        lo, bo = _next_bid(st, LAD_BID_OD, top, low_f, -1, a, free_od, hz_od)
+        lo, bo = _next_bid(pt, LAD_BID_OD, top, low_f, -1, a, free_od, hz_od)
     ls, bs = -1, -1
     low_s = 0
     hz_spot = end
@@ -1786,7 +1892,7 @@ def _walk_bids(st, a, dry):
     if spot_side:
         low_s = _level(P, O[a, O_SPOT])
         if free_spot >= 1:
-            ls, bs = _next_bid(st, LAD_BID_SPOT, top, low_s, -1, a, free_spot, hz_spot)
+            ls, bs = _next_bid(pt, LAD_BID_SPOT, top, low_s, -1, a, free_spot, hz_spot)
     stale = True  # the horizons are not built yet, or predate the last fill
     while br >= 0 or bo >= 0 or bs >= 0:
         # pick the best of the three heads: highest level, then lowest order id
@@ -1805,13 +1911,13 @@ def _walk_bids(st, a, dry):
                 hz_spot = _horizon(O, st.Lz, S, st.W, st.UC, a, True)
             stale = False
         if pick == 0:
-            lr, br = _next_bid(st, LAD_BID_RES, lr, low_f, br, a, gp, 0)
+            lr, br = _next_bid(pt, LAD_BID_RES, lr, low_f, br, a, gp, 0)
         elif pick == 1:
-            lo, bo = _next_bid(st, LAD_BID_OD, lo, low_f, bo, a, free_od, hz_od)
+            lo, bo = _next_bid(pt, LAD_BID_OD, lo, low_f, bo, a, free_od, hz_od)
             if O[b, O_BLOCK] > free_od or now + O[b, O_HOURS] * HOUR > hz_od:
                 continue  # no GPU for it now or over its window: it cannot trade
         else:
-            ls, bs = _next_bid(st, LAD_BID_SPOT, ls, low_s, bs, a, free_spot, hz_spot)
+            ls, bs = _next_bid(pt, LAD_BID_SPOT, ls, low_s, bs, a, free_spot, hz_spot)
             if O[b, O_BLOCK] > free_spot or now + O[b, O_HOURS] * HOUR > hz_spot:
                 continue
         S[S_VISIT_BID] += 1
@@ -1827,7 +1933,7 @@ def _walk_bids(st, a, dry):
                 free_spot = gp - O[a, O_UNF] - O[a, O_UNS]
                 ls, bs = -1, -1
                 if free_spot >= 1:
-                    ls, bs = _spot_cursor(st, a, lvl, oid, low_s, end)
+                    ls, bs = _spot_cursor(pt, a, lvl, oid, low_s, end)
     return 0
 
 
@@ -1845,10 +1951,10 @@ def _run_reoffers(st):
             continue
         O[a, O_PEND] = 0
         if _bids_may_pay(st.BM, st.BS, S, st.P, O, a):
-            _walk_bids(st, a, False)
+            _walk_bids(st.pt, a, False)
 
 
-@_hot
+@_inl
 def _space_ok(st):
     S = st.S
     return (
@@ -1918,7 +2024,7 @@ def _advance(st, t):
                 _ev_order_end(st.E, S, O, ref, EV_EXPIRED, O[ref, O_WHY])
         elif kind == T_LEASE_END:
             if Lz[ref, L_LIVE] == 1 and Lz[ref, L_TID] == key and Lz[ref, L_END] == when:
-                _drop_lease(O, Lz, st.LK, st.LV, st.RO, st.AG, st.BM, st.BS, S, st.P, ref)
+                _drop_lease(st.pt, ref)
         elif kind == T_LEASE_START:
             if Lz[ref, L_LIVE] == 1 and Lz[ref, L_TID] == key and Lz[ref, L_NOW] == 0:
                 _lease_started(O, Lz, ref)
@@ -1932,7 +2038,7 @@ def _advance(st, t):
 
 
 # ======================================================================= commands
-@_hot
+@_inl
 def _check_price(P, price):
     if price < P[P_MIN_PRICE] or price > P[P_MAX_PRICE]:
         return R.BAD_PRICE
@@ -2009,14 +2115,14 @@ def _on_ask(st, C, i):
     O[a, O_LIVE] = LIVE_INCOMING
     O[a, O_NEXTSTART] = BIG
     may_pay = _bids_may_pay(st.BM, st.BS, S, P, O, a)
-    if O[a, O_POST] == 1 and may_pay and _walk_bids(st, a, True) == 1:
+    if O[a, O_POST] == 1 and may_pay and _walk_bids(st.pt, a, True) == 1:
         _free_order(O, S, a)
         _reject(st.E, S, C, i, R.POST_ONLY_WOULD_TRADE)
         return
     S[S_LASTOID] = O[a, O_OID]
     if pl >= 0:
         Lz[pl, L_RESOLD] += gpus
-    _insert_order(O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, st.TF, S, P, a)
+    _insert_order(st.pt, a)
     _map_put(st.HK, st.HV, O[a, O_OID], a)
     E = st.E
     k = _ev(E, S, EV_ACCEPTED)
@@ -2032,7 +2138,7 @@ def _on_ask(st, C, i):
     E[k]["lease_id"] = O[a, O_LEASE]
     E[k]["expire_at"] = end
     if may_pay:  # inserting the ask changed no bid
-        _walk_bids(st, a, False)
+        _walk_bids(st.pt, a, False)
 
 
 @_inl
@@ -2117,11 +2223,11 @@ def _on_bid(st, C, i):
     E[k]["start"] = start
     E[k]["end"] = O[b, O_END]
     E[k]["expire_at"] = expire_at
-    if tif == FOK and _walk_asks(st, b, True) < gpus:
+    if tif == FOK and _walk_asks(st.pt, b, True) < gpus:
         _ev_order_end(E, S, O, b, EV_CANCELLED, END_FOK)
         _free_order(O, S, b)
         return
-    _walk_asks(st, b, False)
+    _walk_asks(st.pt, b, False)
     if O[b, O_REM] == 0:
         _free_order(O, S, b)
     elif tif == IOC or tif == FOK:
@@ -2131,11 +2237,11 @@ def _on_bid(st, C, i):
         _ev_order_end(E, S, O, b, EV_EXPIRED, why)
         _free_order(O, S, b)
     else:
-        _insert_order(O, st.LH, st.LT, st.BM, st.BS, st.AG, st.TM, st.TF, S, P, b)
+        _insert_order(st.pt, b)
         _map_put(st.HK, st.HV, O[b, O_OID], b)
 
 
-@_hot
+@_inl
 def _owned_order(st, C, i):
     o = _map_get(st.HK, st.HV, C[i]["oid"])
     if o < 0:
@@ -2209,14 +2315,15 @@ def _on_release(st, C, i):
     if Lz[lz, L_ASLOT] >= 0:
         _uc_drop(st.UC, Lz[lz, L_ASLOT])
     _ev_lease(st.E, S, Lz, lz, EV_RELEASED, S[S_NOW])
-    _drop_lease(st.O, Lz, st.LK, st.LV, st.RO, st.AG, st.BM, st.BS, S, st.P, lz)
+    _drop_lease(st.pt, lz)
 
 
 # nogil: the books of different GPU classes share nothing, so the engine and the benchmark may
 # run them on threads at once (one core each)
 @njit(cache=True, _nrt=False, nogil=True)
-def process_batch(st, C, first):
+def process_batch(state, C, first):
     """Apply commands C[first:] in order.  Returns (status, index of the first command not applied)."""
+    st = _bind(state)
     S = st.S
     n = C.shape[0]
     i = first
@@ -2416,6 +2523,7 @@ class NumbaBook:
             P=self.cfg.as_array(),
             W=np.zeros((7, 2 * nl + 2), dtype=np.int64),
             UC=np.zeros(UC_WORDS, dtype=np.int64),
+            PT=np.zeros(NPT, dtype=np.int64),
         )
 
     # ------------------------------------------------------------------ public API
@@ -2447,7 +2555,7 @@ class NumbaBook:
 
     def snapshot(self) -> bytes:
         buf = io.BytesIO()
-        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W", "UC", "TF")}
+        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W", "UC", "TF", "PT")}
         # the timers, heap and TF together, as sorted rows (a heap of any arity)
         n = int(self.st.S[S_TMN])
         TF = self.st.TF[TF_BASE: self.st.TF[TFH + 1, TF_HIGH]]
@@ -2504,6 +2612,7 @@ class NumbaBook:
             arrays[heap][:n] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
         arrays["W"] = np.zeros((7, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
         arrays["UC"] = np.zeros(UC_WORDS, dtype=np.int64)
+        arrays["PT"] = np.zeros(NPT, dtype=np.int64)
         arrays["TF"] = _tf_new(arrays["TM"].shape[0])
         top = arrays["BM"].shape[1] * 64 - 1
         arrays["S"][S_BIDTOP] = max(_bm_next_down(arrays["BM"], arrays["BS"], lad, top)

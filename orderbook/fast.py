@@ -1478,8 +1478,9 @@ State = namedtuple("State", "O Lz LH LT BM BS AG HK HV LK LV TM TF RO E S P W UC
 # on the stack, so a call with the state pushed ~155 words (over a quarter of the samples in
 # jitted code).  Instead, `process_batch` writes each array's address and shape into PT (4 words
 # per array, in State's order) once per batch, and the hot functions take PT's address `pt`, one
-# word, and rebuild the arrays from it as views (`_st`): a few loads from one cache line.  The
-# inlined functions take `st`, the views plus `pt` (a JS).
+# word, and rebuild the arrays from it as views (`_st`): two or three loads per array used.  The
+# inlined functions take `st`, the views plus `pt` (a JS).  The views are C-ordered: every array
+# of a State must be C-contiguous (`_c_order`).
 JS = namedtuple("JS", State._fields + ("pt",))
 NPT = 4 * len(State._fields)
 
@@ -2471,6 +2472,14 @@ class BookCapacityError(RuntimeError):
     """A single command needed more leases or events than one command may produce."""
 
 
+def _c_order(st: State) -> State:
+    """st, checked: the jitted code rebuilds its arrays from address and shape, in C order."""
+    for name, a in st._asdict().items():
+        if not a.flags.c_contiguous:
+            raise ValueError(f"the book's array {name} is not C-contiguous")
+    return st
+
+
 def _pow2_at_least(n: int) -> int:
     p = 1
     while p < n:
@@ -2618,7 +2627,7 @@ class NumbaBook:
         arrays["S"][S_BIDTOP] = max(_bm_next_down(arrays["BM"], arrays["BS"], lad, top)
                                     for lad in range(LAD_BID_OD, NLAD))
         _tm_spread(arrays["TM"], arrays["TF"], arrays["S"])
-        book.st = State(**arrays)
+        book.st = _c_order(State(**arrays))
         return book
 
     def crossing_pairs(self) -> list[tuple[int, int]]:
@@ -2694,4 +2703,4 @@ class NumbaBook:
                 bigger = np.zeros((2 * arr.shape[0],) + arr.shape[1:], dtype=arr.dtype)
                 bigger[: S[key]] = arr[: S[key]]
                 changes[name] = bigger
-        self.st = st._replace(**changes)
+        self.st = _c_order(st._replace(**changes))

@@ -382,6 +382,13 @@ async def load(clients: Clients, seen: Seen, rng: random.Random, seconds: float,
             await asyncio.sleep(0.05)
         seconds /= 2
     await asyncio.sleep(seconds)
+    if snapshot_of is not None:
+        # snapshots are also written every second: kill only once the journal runs past the
+        # newest one (on a loaded machine a periodic snapshot could otherwise cover everything)
+        deadline = time.monotonic() + 20
+        while (await clients.rest["admin"].state())["seq"] <= snapshots(snapshot_of)[-1][0]:
+            assert time.monotonic() < deadline, "no journal entry after the newest snapshot"
+            await asyncio.sleep(0.02)
     if server is not None:
         server.kill()
     stop.set()

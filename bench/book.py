@@ -315,6 +315,7 @@ def bench_mixed(args: argparse.Namespace) -> dict[str, Any]:
     seconds = sum(r.seconds for r in runs.values())
     one_thread = n / seconds if seconds else 0.0
     threads = min(args.threads or (os.cpu_count() or 1), len(parts))
+    rss = peak_rss_mb()  # before the threaded run, whose fresh books would count twice
     counted = [book_resting_count(b) for b in books.values()]
     counted_total = sum(c for c in counted if c is not None) if all(c is not None for c in counted) else None
     work = work_per_command(books.values(), n)
@@ -333,7 +334,6 @@ def bench_mixed(args: argparse.Namespace) -> dict[str, Any]:
             ),
         }
         del again
-    rss = peak_rss_mb()
     result: dict[str, Any] = {
         "engine": args.engine,
         "commands": n,

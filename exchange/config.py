@@ -12,6 +12,7 @@
 
     [engine]
     clock_interval_s = 1       # a clock command per book every second of wall time (R4, R13, R14)
+    book_threads = 0           # worker threads for books with big batches at once; 0: one per CPU, 1: none
 
     [limits]
     max_open_orders = 1000     # per account, bids and asks together
@@ -88,6 +89,7 @@ class ServerConfig:
     segment_bytes: int = 64 << 20
     snapshot_every_s: int = 60
     clock_interval_s: int = 1
+    book_threads: int = 0  # 0: one per CPU (at most one per class); 1: books one after the other
     max_open_orders: int = 1000
     rate_per_s: float = 500.0
     rate_burst: int = 1000
@@ -117,6 +119,8 @@ class ServerConfig:
         if self.ledger_synchronous not in LEDGER_SYNC:
             raise ConfigError(f"settlement.ledger_synchronous must be one of {', '.join(LEDGER_SYNC)}, "
                               f"got {self.ledger_synchronous!r}")
+        if self.book_threads < 0:
+            raise ConfigError("book_threads must be 0 (one per CPU) or more")
         for name in ("provision_timeout_s", "meter_interval_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -138,7 +142,7 @@ class ServerConfig:
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix"),
     "journal": ("fsync", "segment_bytes", "snapshot_every_s"),
-    "engine": ("clock_interval_s",),
+    "engine": ("clock_interval_s", "book_threads"),
     "limits": ("max_open_orders", "rate_per_s", "rate_burst", "max_message_bytes", "heartbeat_s"),
     "settlement": ("provisioning", "provision_timeout_s", "meter_interval_s", "ledger_synchronous"),
 }

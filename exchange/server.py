@@ -49,11 +49,12 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
     answers)."""
     data = cfg.data_path
     journal_dir = journal_dir or data / "journal"
-    engine = Engine(cfg.instruments, cfg.engine)
+    threads = cfg.book_threads or None
+    engine = Engine(cfg.instruments, cfg.engine, threads)
     if use_snapshots:
         for seq, path in reversed(snapshots(data)):
             try:
-                candidate = Engine(cfg.instruments, cfg.engine)
+                candidate = Engine(cfg.instruments, cfg.engine, threads)
                 candidate.load_snapshot(path.read_bytes())
             except (SnapshotMismatch, ValueError, OSError) as e:
                 log.warning("snapshot %s not usable (%s); trying an older one", path, e)

@@ -33,6 +33,7 @@ fsync = "off"
 snapshot_every_s = 5
 [engine]
 clock_interval_s = 2
+book_threads = 1
 [limits]
 max_open_orders = 7
 rate_per_s = 2.5
@@ -46,6 +47,7 @@ taker_fee_bps = 15
     assert (cfg.port, cfg.data_dir, cfg.engine) == (9000, "/tmp/x", "reference")
     assert (cfg.fsync, cfg.snapshot_every_s) == ("off", 5)
     assert (cfg.clock_interval_s, cfg.max_open_orders, cfg.rate_per_s) == (2, 7, 2.5)
+    assert cfg.book_threads == 1
     assert list(cfg.instruments) == ["B200"]  # the file's classes replace the defaults
     b200 = cfg.instruments["B200"]
     assert (b200.book.tick, b200.book.gate_s, b200.taker_fee_bps, b200.maker_fee_bps) == (5000, 600, 15, 0)
@@ -57,6 +59,7 @@ taker_fee_bps = 15
     ("[nonsense]\nx = 1\n", "unknown table(s) nonsense"),
     ("[journal]\nfsync = \"sometimes\"\n", "journal.fsync must be one of"),
     ("[limits]\nmax_open_orders = 0\n", "max_open_orders must be at least 1"),
+    ("[engine]\nbook_threads = -1\n", "book_threads must be 0 (one per CPU) or more"),
     ("[instruments.H100]\ntick = 1000\nmin_price = 1500\n", "min_price must be a positive multiple of tick"),
     ("[instruments.H100]\ncolour = 3\n", "unknown key(s) colour"),
     ("[instruments.H100]\ntaker_fee_bps = 5000\n", "taker_fee_bps must be between 0 and 1000"),
@@ -77,3 +80,13 @@ def test_a_missing_file_is_an_error(tmp_path):
 def test_command_line_overrides_keep_the_rest():
     cfg = ServerConfig(port=1).with_(port=2, host=None)
     assert cfg.port == 2 and cfg.host == "127.0.0.1"
+
+
+def test_book_threads_reach_the_engine(tmp_path):
+    from exchange.server import recover
+
+    one = recover(ServerConfig(data_dir=str(tmp_path / "a"), book_threads=1))
+    two = recover(ServerConfig(data_dir=str(tmp_path / "b"), book_threads=2))
+    auto = recover(ServerConfig(data_dir=str(tmp_path / "c")))
+    assert (one.threads, two.threads) == (1, 2)
+    assert 1 <= auto.threads <= len(auto.books)

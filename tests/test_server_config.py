@@ -85,6 +85,8 @@ def test_command_line_overrides_keep_the_rest():
 def test_book_threads_reach_the_engine(tmp_path):
     from exchange.server import recover
 
+    for d in "abc":
+        (tmp_path / d / "journal").mkdir(parents=True)
     one = recover(ServerConfig(data_dir=str(tmp_path / "a"), book_threads=1))
     two = recover(ServerConfig(data_dir=str(tmp_path / "b"), book_threads=2))
     auto = recover(ServerConfig(data_dir=str(tmp_path / "c")))

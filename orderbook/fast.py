@@ -1203,7 +1203,28 @@ def _ask_free(O, Lz, S, W, UC, a, ws, we, spot, block, want, build):
     off = _usage_fn(Lz, O, S, W, UC, a, build)
     gp = O[a, O_GPUS]
     if off >= 0:
-        free = gp - _uc_peak(UC, off, ws, we, spot)
+        c = 2 if spot else 1
+        k = off + 1
+        e = k + 3 * UC[off]
+        lim = S[S_NOW] if S[S_NOW] < ws else ws
+        while k + 3 < e and UC[k + 3] <= lim:
+            k += 3
+        if build and k > off + 1:
+            # drop the rows before the one that holds at now for good (as `_uc_add` does): the
+            # row before k becomes the header (its last word, the count, is rewritten)
+            UC[k - 1] = (e - k) // 3
+            UC[a & (UC_TAGS - 1)] = ((k - 1) << 32) | (a + 1)
+        peak = 0
+        while k < e and UC[k] <= ws:
+            peak = UC[k + c]
+            k += 3
+        # the peak only matters up to gp - block + 1: free GPUs below block are none
+        cap = gp - block + 1
+        while k < e and UC[k] < we and peak < cap:
+            if UC[k + c] > peak:
+                peak = UC[k + c]
+            k += 3
+        free = gp - peak
     else:
         S[S_SCAN] += 1
         free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)

@@ -443,7 +443,8 @@ def _hpop(H, S, si):
 # hour, ~100 rows on the benchmark, instead of ~3,000) and so in cache: popping it was the
 # book's largest cost.  Order is unchanged: every timer in the heap is due before every timer
 # in TF.  TF rows: (k0 time, k1 kind, k2 key, ref, next) as in TM plus a link; header rows first:
-# TF[b, TF_NEXT] heads bucket b (row + 1, 0 = empty) and TF[b, 0] counts its timers, for b < NBK;
+# TF[b, 1..4] head bucket b's four lists (row + 1, 0 = empty; a bucket's timers go to them in
+# turn, and `_tf_step` walks the four side by side) and TF[b, 0] counts its timers, for b < NBK;
 # rows TFH and TFH + 1 hold the scalars.  Rows are taken from a free list, else from the
 # never-used rows (TF_HIGH), so a large TF costs memory only for the rows it ever held.
 NBK = 1024  # hours in the ring (~43 days)
@@ -470,8 +471,9 @@ def _tf_link(TF, r, k0):
     hb = k0 // HOUR
     if hb - base < NBK:
         b = hb & (NBK - 1)
-        TF[r, TF_NEXT] = TF[b, TF_NEXT]
-        TF[b, TF_NEXT] = r + 1
+        h = 1 + (TF[b, 0] & 3)  # the bucket's four lists take its timers in turn (heads in columns 1-4)
+        TF[r, TF_NEXT] = TF[b, h]
+        TF[b, h] = r + 1
         TF[b, 0] += 1
         TF[TFH, TF_NBUCKET] += 1
     else:
@@ -514,6 +516,19 @@ def _tf_respread(TF):
         r = nxt
 
 
+@_inl
+def _tf_move(TM, TF, S, r):
+    """Move TF row r - 1 into the heap and free it; returns the next row of its list (+ 1)."""
+    x = r - 1
+    nxt = TF[x, TF_NEXT]
+    _hpush(TM, S, S_TMN, TF[x, 0], TF[x, 1], TF[x, 2], TF[x, 3])
+    TF[x, 1] = -1  # free (snapshots take the rows of kind >= 0)
+    TF[x, TF_NEXT] = TF[TFH, TF_FREE]
+    TF[TFH, TF_FREE] = r
+    TF[TFH, TF_NBUCKET] -= 1
+    return nxt
+
+
 @_hot
 def _tf_step(TM, TF, S, t):
     """TF holds timers and the near limit is at or before t: move the timers of the hour at the
@@ -534,18 +549,26 @@ def _tf_step(TM, TF, S, t):
     b = (lim // HOUR) & (NBK - 1)
     if S[S_TMN] + TF[b, 0] + 2 * LEASE_RESERVE + 4 > TM.shape[0]:
         return False
-    r = TF[b, TF_NEXT]
-    TF[b, TF_NEXT] = 0
+    # the four lists walked side by side: a walk of one linked list waits for a cache miss per
+    # row, four walks overlap theirs (pushes in any order give the same pops: keys are unique)
+    r1 = TF[b, 1]
+    r2 = TF[b, 2]
+    r3 = TF[b, 3]
+    r4 = TF[b, 4]
     TF[b, 0] = 0
-    while r > 0:
-        x = r - 1
-        nxt = TF[x, TF_NEXT]
-        _hpush(TM, S, S_TMN, TF[x, 0], TF[x, 1], TF[x, 2], TF[x, 3])
-        TF[x, 1] = -1  # free (snapshots take the rows of kind >= 0)
-        TF[x, TF_NEXT] = TF[TFH, TF_FREE]
-        TF[TFH, TF_FREE] = r
-        TF[TFH, TF_NBUCKET] -= 1
-        r = nxt
+    TF[b, 1] = 0
+    TF[b, 2] = 0
+    TF[b, 3] = 0
+    TF[b, 4] = 0
+    while (r1 | r2 | r3 | r4) > 0:
+        if r1 > 0:
+            r1 = _tf_move(TM, TF, S, r1)
+        if r2 > 0:
+            r2 = _tf_move(TM, TF, S, r2)
+        if r3 > 0:
+            r3 = _tf_move(TM, TF, S, r3)
+        if r4 > 0:
+            r4 = _tf_move(TM, TF, S, r4)
     lim += HOUR
     TF[TFH, TF_LIMIT] = lim
     if TF[TFH, TF_NOVER] > 0 and (lim // HOUR) % (NBK // 2) == 0:

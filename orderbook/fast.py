@@ -2023,6 +2023,9 @@ def _lease_started(O, Lz, lz):
         return
     O[a, O_UNF] += Lz[lz, L_GPUS]
     nxt = BIG
+    if O[a, O_FSUM] + O[a, O_SSUM] == O[a, O_UNF] + O[a, O_UNS]:
+        O[a, O_NEXTSTART] = nxt  # every lease on the ask holds it now: none starts later, no scan
+        return
     x = O[a, O_LHEAD]
     while x >= 0:
         if Lz[x, L_NOW] == 0 and Lz[x, L_START] < nxt:

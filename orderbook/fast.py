@@ -443,7 +443,8 @@ def _hpop(H, S, si):
 # hour, ~100 rows on the benchmark, instead of ~3,000) and so in cache: popping it was the
 # book's largest cost.  Order is unchanged: every timer in the heap is due before every timer
 # in TF.  TF rows: (k0 time, k1 kind, k2 key, ref, next) as in TM plus a link; header rows first:
-# TF[b, TF_NEXT] heads bucket b (row + 1, 0 = empty) and TF[b, 0] counts its timers, for b < NBK;
+# TF[b, 1..4] head bucket b's four lists (row + 1, 0 = empty; a bucket's timers go to them in
+# turn, and `_tf_step` walks the four side by side) and TF[b, 0] counts its timers, for b < NBK;
 # rows TFH and TFH + 1 hold the scalars.  Rows are taken from a free list, else from the
 # never-used rows (TF_HIGH), so a large TF costs memory only for the rows it ever held.
 NBK = 1024  # hours in the ring (~43 days)
@@ -470,8 +471,9 @@ def _tf_link(TF, r, k0):
     hb = k0 // HOUR
     if hb - base < NBK:
         b = hb & (NBK - 1)
-        TF[r, TF_NEXT] = TF[b, TF_NEXT]
-        TF[b, TF_NEXT] = r + 1
+        h = 1 + (TF[b, 0] & 3)  # the bucket's four lists take its timers in turn (heads in columns 1-4)
+        TF[r, TF_NEXT] = TF[b, h]
+        TF[b, h] = r + 1
         TF[b, 0] += 1
         TF[TFH, TF_NBUCKET] += 1
     else:
@@ -514,6 +516,19 @@ def _tf_respread(TF):
         r = nxt
 
 
+@_inl
+def _tf_move(TM, TF, S, r):
+    """Move TF row r - 1 into the heap and free it; returns the next row of its list (+ 1)."""
+    x = r - 1
+    nxt = TF[x, TF_NEXT]
+    _hpush(TM, S, S_TMN, TF[x, 0], TF[x, 1], TF[x, 2], TF[x, 3])
+    TF[x, 1] = -1  # free (snapshots take the rows of kind >= 0)
+    TF[x, TF_NEXT] = TF[TFH, TF_FREE]
+    TF[TFH, TF_FREE] = r
+    TF[TFH, TF_NBUCKET] -= 1
+    return nxt
+
+
 @_hot
 def _tf_step(TM, TF, S, t):
     """TF holds timers and the near limit is at or before t: move the timers of the hour at the
@@ -534,18 +549,26 @@ def _tf_step(TM, TF, S, t):
     b = (lim // HOUR) & (NBK - 1)
     if S[S_TMN] + TF[b, 0] + 2 * LEASE_RESERVE + 4 > TM.shape[0]:
         return False
-    r = TF[b, TF_NEXT]
-    TF[b, TF_NEXT] = 0
+    # the four lists walked side by side: a walk of one linked list waits for a cache miss per
+    # row, four walks overlap theirs (pushes in any order give the same pops: keys are unique)
+    r1 = TF[b, 1]
+    r2 = TF[b, 2]
+    r3 = TF[b, 3]
+    r4 = TF[b, 4]
     TF[b, 0] = 0
-    while r > 0:
-        x = r - 1
-        nxt = TF[x, TF_NEXT]
-        _hpush(TM, S, S_TMN, TF[x, 0], TF[x, 1], TF[x, 2], TF[x, 3])
-        TF[x, 1] = -1  # free (snapshots take the rows of kind >= 0)
-        TF[x, TF_NEXT] = TF[TFH, TF_FREE]
-        TF[TFH, TF_FREE] = r
-        TF[TFH, TF_NBUCKET] -= 1
-        r = nxt
+    TF[b, 1] = 0
+    TF[b, 2] = 0
+    TF[b, 3] = 0
+    TF[b, 4] = 0
+    while (r1 | r2 | r3 | r4) > 0:
+        if r1 > 0:
+            r1 = _tf_move(TM, TF, S, r1)
+        if r2 > 0:
+            r2 = _tf_move(TM, TF, S, r2)
+        if r3 > 0:
+            r3 = _tf_move(TM, TF, S, r3)
+        if r4 > 0:
+            r4 = _tf_move(TM, TF, S, r4)
     lim += HOUR
     TF[TFH, TF_LIMIT] = lim
     if TF[TFH, TF_NOVER] > 0 and (lim // HOUR) % (NBK // 2) == 0:
@@ -1203,7 +1226,28 @@ def _ask_free(O, Lz, S, W, UC, a, ws, we, spot, block, want, build):
     off = _usage_fn(Lz, O, S, W, UC, a, build)
     gp = O[a, O_GPUS]
     if off >= 0:
-        free = gp - _uc_peak(UC, off, ws, we, spot)
+        c = 2 if spot else 1
+        k = off + 1
+        e = k + 3 * UC[off]
+        lim = S[S_NOW] if S[S_NOW] < ws else ws
+        while k + 3 < e and UC[k + 3] <= lim:
+            k += 3
+        if build and k > off + 1:
+            # drop the rows before the one that holds at now for good (as `_uc_add` does): the
+            # row before k becomes the header (its last word, the count, is rewritten)
+            UC[k - 1] = (e - k) // 3
+            UC[a & (UC_TAGS - 1)] = ((k - 1) << 32) | (a + 1)
+        peak = 0
+        while k < e and UC[k] <= ws:
+            peak = UC[k + c]
+            k += 3
+        # the peak only matters up to gp - block + 1: free GPUs below block are none
+        cap = gp - block + 1
+        while k < e and UC[k] < we and peak < cap:
+            if UC[k + c] > peak:
+                peak = UC[k + c]
+            k += 3
+        free = gp - peak
     else:
         S[S_SCAN] += 1
         free = _free_for(Lz, O[a, O_LHEAD], ws, we, spot, gp, block, want, W)
@@ -1979,6 +2023,9 @@ def _lease_started(O, Lz, lz):
         return
     O[a, O_UNF] += Lz[lz, L_GPUS]
     nxt = BIG
+    if O[a, O_FSUM] + O[a, O_SSUM] == O[a, O_UNF] + O[a, O_UNS]:
+        O[a, O_NEXTSTART] = nxt  # every lease on the ask holds it now: none starts later, no scan
+        return
     x = O[a, O_LHEAD]
     while x >= 0:
         if Lz[x, L_NOW] == 0 and Lz[x, L_START] < nxt:

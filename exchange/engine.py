@@ -131,8 +131,10 @@ class Engine:
         self.seq = 0  # last journal seq applied
         self.last_oid = 0
         self.book_seconds = 0.0  # time spent inside the books (metrics)
-        # worker threads for books with big batches at the same time (_run_books); 1: never
-        self.threads = min(os.cpu_count() or 1, len(self.books)) if threads is None else max(1, threads)
+        # worker threads for books with big batches at the same time (_run_books); 1: never.  The
+        # reference book holds the GIL throughout: threads would only add their hand-offs.
+        auto = min(os.cpu_count() or 1, len(self.books)) if self.engine == "numba" else 1
+        self.threads = auto if threads is None else max(1, threads)
         self._pool: ThreadPoolExecutor | None = None
 
     def book_time(self, name: str) -> int:

@@ -698,13 +698,20 @@ def take_leases(L: np.ndarray, lfree: np.ndarray, S: np.ndarray, dl: np.ndarray,
         rows[i, LEASE_FIELDS] = L[s, FAIL_ARG]
         L[s, LFLAGS] &= ~DIRTY
     S[S_NDL] = 0
-    for i in range(S[S_NGL]):
-        s = gl[i]
-        L[s, LFLAGS] = 0
-        lfree[S[S_LFREE]] = s
-        S[S_LFREE] += 1
-    S[S_NGL] = 0
+    _free_gone(L, LFLAGS, lfree, S, S_LFREE, gl, S_NGL)
     return rows
+
+
+@_nj
+def _free_gone(T: np.ndarray, flags: int, free: np.ndarray, S: np.ndarray, nfree: int, gone: np.ndarray,
+               ngone: int) -> None:
+    """The rows listed in gone[:S[ngone]] (closed since the last take) back on the free list."""
+    for i in range(S[ngone]):
+        s = gone[i]
+        T[s, flags] = 0
+        free[S[nfree]] = s
+        S[nfree] += 1
+    S[ngone] = 0
 
 
 @_nj
@@ -732,10 +739,5 @@ def take_bids(B: np.ndarray, bfree: np.ndarray, S: np.ndarray, db: np.ndarray,
             nu += 1
             B[s, B_FLAGS] = 0
     S[S_NDB] = 0
-    for i in range(S[S_NGB]):
-        s = gb[i]
-        B[s, B_FLAGS] = 0
-        bfree[S[S_BFREE]] = s
-        S[S_BFREE] += 1
-    S[S_NGB] = 0
+    _free_gone(B, B_FLAGS, bfree, S, S_BFREE, gb, S_NGB)
     return up[:nu], gone[:ng]

@@ -24,14 +24,8 @@ time)`` (`join_transfers` puts several together; the ledger stores them as a pag
 as two integers (`settlement.ids`, with the class's code in the ledger's ``id_classes``:
 ``class_code``, which the store connects to the ledger file) and accounts as ``owner << 3 | kind``.
 
-Money per event (R17, R19; transfer ids in docs/settlement.md):
-
-* bid accepted — hold ``remaining × hold_per_gpu`` from available to escrow;
-* trade — from the bid's escrow for the filled GPUs: the lease's cost to lease_prepaid, the
-  buyer's fee (maker or taker rate) to fees, the rest back to available; a lease, pending;
-* bid amended / cancelled / expired — the released GPUs' hold back to available;
-* preempted / released — the lease's end moves earlier and the part after it is refunded;
-* asks and rejections move no money (a resale ask's fills pay the reseller, R16).
+What each event does to money (R17, R19) is written out in `settlement/reference.py`, the
+plain-Python engine this one is tested against, and in docs/settlement.md.
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ STAMP  := $(VENV)/.gpux-installed
 .PHONY: venv test lint demo bench clean
 
 # The virtualenv is ready once the project and its dev extras are installed into it, and the
-# jitted code compiled into numba's cache (exchange/warm.py: most of a minute, once).
+# jitted code compiled into numba's cache (cli/warm.py: most of a minute, once).
 # Re-installs when pyproject.toml changes; never deletes an existing .venv.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m exchange.warm
+	$(BIN)/python -m cli.warm
 	touch $(STAMP)
 
 .venv: $(STAMP)

@@ -274,8 +274,8 @@ class Driver:
 async def _bench(a: argparse.Namespace) -> dict[str, Any]:
     from aiohttp import web
 
+    from app.exchange import Exchange
     from exchange.config import ServerConfig
-    from exchange.server import Exchange
 
     data = Path(tempfile.mkdtemp(prefix="gpux-bench-feeds-"))
     cfg = ServerConfig(data_dir=str(data), port=0, fsync=a.fsync, engine=a.engine, snapshot_every_s=3600)

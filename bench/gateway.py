@@ -39,8 +39,8 @@ import aiohttp
 import msgspec
 
 from bench.wsclient import WsConn, connect
-from exchange.accounts import AccountStore
-from exchange.auth import Signer
+from gateway.accounts import AccountStore
+from gateway.auth import Signer
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             traders.append((k, s))
         store.close()
         port = _free_port()
-        cmd = [sys.executable, "-m", "exchange.cli", "serve", "--data", str(data), "--port", str(port),
+        cmd = [sys.executable, "-m", "cli.main", "serve", "--data", str(data), "--port", str(port),
                "--log-level", "WARNING"]
         if args.engine:
             cmd += ["--engine", args.engine]

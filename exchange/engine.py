@@ -30,9 +30,9 @@ import msgspec
 import numpy as np
 
 from exchange.config import Instrument
-from exchange.engines import resolve_engine
 from exchange.state import ExchangeState, StateData, answer
 from orderbook.book import Book, make_book, restore_book
+from orderbook.engines import resolve_engine
 from orderbook.types import CMD_CLOCK, COMMAND_DTYPE
 
 log = logging.getLogger("gpux.engine")
@@ -153,7 +153,7 @@ class Engine:
         for i, e in enumerate(entries):
             if type(e) is Cmd:
                 by_book.setdefault(e.book, []).append(i)
-            elif type(e) is Prov:  # settlement's (exchange.settle); nothing here changes
+            elif type(e) is Prov:  # settlement's (settlement.link); nothing here changes
                 results[i] = Result(e.book, None, [])
             else:
                 if e.op == "halt":

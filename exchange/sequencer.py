@@ -38,8 +38,8 @@ from exchange.config import ServerConfig
 from exchange.engine import Admin, Cmd, Engine, Entry, Prov, encode_entry, encode_snapshot, write_snapshot
 from exchange.errors import ApiError
 from exchange.journal import Journal
-from exchange.settle import SettlementLink
 from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE
+from settlement.link import SettlementLink
 
 log = logging.getLogger("gpux.sequencer")
 

@@ -1,6 +1,6 @@
 """What the exchange knows beyond the books: orders by account (with what each bid holds in
 escrow), leases, client order ids, halted classes.  The money itself is in settlement's
-ledger (exchange.settle).  All of it follows from the journaled commands and the events the
+ledger (settlement.link).  All of it follows from the journaled commands and the events the
 books answered with, so it is rebuilt exactly by replaying the journal (R21), and a
 snapshot of it is a msgspec blob.
 

@@ -4,10 +4,10 @@
   the channel messages (book, trades, ticker, candles, index).
 - `feeds.hub` — WebSocket fan-out: subscriptions, encode once, bounded buffers, heartbeats.
 - `feeds.service` — the live service of a running exchange (`/v1/feeds`, `/v1/replay`, private
-  channels, the recorder), started by `exchange.server.Exchange.start`.
+  channels, the recorder), started by `app.exchange.Exchange.start`.
 - `feeds.recording`, `feeds.recorder` — the market-data journal: format, fast numpy loader, writer,
   catch-up from the command journal.
 - `feeds.replay` — `load`, `book_at`, `gpux replay`, the WebSocket replay endpoint.
 - `feeds.verify` — `gpux verify`: the recording against a replay of the command journal.
-- `feeds.client` — a subscriber (snapshot + deltas, gap detection, resubscription).
+- `client.feeds` — a subscriber (snapshot + deltas, gap detection, resubscription).
 """

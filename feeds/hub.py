@@ -32,8 +32,8 @@ from typing import Any, Protocol
 import msgspec
 from aiohttp import WSMsgType, web
 
-from exchange.wsframe import ws_frame
 from feeds.model import CHANNELS, ClassFeed, stream_name
+from gateway.wsframe import ws_frame
 
 log = logging.getLogger("gpux.feeds")
 _enc = msgspec.json.Encoder()

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from exchange.auth import AuthError
 from exchange.engine import book_seq
 from exchange.state import (
     E_ACC,
@@ -53,6 +52,7 @@ from feeds.hub import AuthOp, Hub, OpError
 from feeds.model import DAY, BookModel, ClassFeed
 from feeds.recorder import Recorder, catch_up, open_recorder
 from feeds.recording import recent
+from gateway.auth import AuthError
 from orderbook.types import (
     EV_ACCEPTED,
     EV_AMENDED,
@@ -66,7 +66,7 @@ from orderbook.types import (
 )
 
 if TYPE_CHECKING:
-    from exchange.server import Exchange
+    from app.exchange import Exchange
 
 log = logging.getLogger("gpux.feeds")
 
@@ -276,7 +276,7 @@ class FeedService:
 
     def publish_provisioning(self, account: int, gpu_class: str, tasks: list[dict[str, Any]], seq: int = 0,
                              when: int = 0) -> None:
-        """Provisioning messages (R18) for an account's private channel (exchange.provisioning calls
+        """Provisioning messages (R18) for an account's private channel (settlement.provisioning calls
         it): ``tasks`` are dicts such as a provider's ``{"task": "provision", "lease": "H100-7",
         "trade_id": 7, "gpus": 8, "start": ..., "end": ..., "ssh_public_key": "..."}``, a renter's
         ``{"task": "ready", "lease": ..., "connection": {...}}`` or ``{"task": "end", ...}``."""

@@ -45,6 +45,6 @@ def book(make_book):
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("NUMBA_DISABLE_JIT") != "1":
-        from exchange.warm import warm
+        from cli.warm import warm
 
         warm()

@@ -21,9 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.client import Client
+from app.exchange import Exchange
+from client.api import Client
 from exchange.config import ServerConfig
-from exchange.server import Exchange
 
 USD = 1_000_000  # µ$
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from exchange import cli_accounts
-from exchange.accounts import MAX_TOTAL, ROLES, Account, AccountError, AccountStore, ApiKey, accounts_path
-from exchange.cli_accounts import CliError, format_usd, parse_usd
+from cli import accounts as cli_accounts
+from cli.accounts import CliError, format_usd, parse_usd
+from gateway.accounts import MAX_TOTAL, ROLES, Account, AccountError, AccountStore, ApiKey, accounts_path
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm6Q9XQ3fOuvIMt1mYy0cW3V3aQw3zNwJ6bKp5m0ZbK alice@laptop"
 

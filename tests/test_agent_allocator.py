@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from settlement.agent.backend import BackendError, GpuAllocator
+from agent.backend import BackendError, GpuAllocator
 
 
 def test_ids_are_held_until_the_end_and_reused_after() -> None:

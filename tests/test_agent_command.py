@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from settlement.agent.backend import BackendError
-from settlement.agent.command import CommandBackend
-from settlement.agent.tasks import ProvisionTask
+from agent.backend import BackendError
+from agent.command import CommandBackend
+from agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)
 

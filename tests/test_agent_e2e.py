@@ -14,9 +14,9 @@ import asyncssh
 import pytest
 from exchange_helpers import USD, running_exchange
 
-from feeds.client import FeedClient
-from settlement.agent.agent import Agent
-from settlement.agent.ssh import SshBackend
+from agent.agent import Agent
+from agent.ssh import SshBackend
+from client.feeds import FeedClient
 
 pytestmark = pytest.mark.timeout(180)
 

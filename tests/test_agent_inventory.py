@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from settlement.agent.inventory import InventoryError, InventoryPoster, load_inventory, usd_to_micro
+from agent.inventory import InventoryError, InventoryPoster, load_inventory, usd_to_micro
 from tests.exchange_helpers import running_exchange
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from settlement.agent.backend import BackendError
-from settlement.agent.kubernetes import KubernetesBackend, object_name
-from settlement.agent.tasks import ProvisionTask
+from agent.backend import BackendError
+from agent.kubernetes import KubernetesBackend, object_name
+from agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,10 +20,10 @@ import asyncssh
 import pytest
 from aiohttp import WSMsgType, web
 
-from exchange.auth import WS_METHOD, WS_PATH, sign
-from settlement.agent.agent import Agent
-from settlement.agent.command import CommandBackend
-from settlement.agent.ssh import SshBackend
+from agent.agent import Agent
+from agent.command import CommandBackend
+from agent.ssh import SshBackend
+from gateway.auth import WS_METHOD, WS_PATH, sign
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -333,7 +333,7 @@ def test_the_cli_runs_the_agent_and_stops_cleanly_on_sigterm(tmp_path: Path) -> 
             px.outstanding["H100-1"] = provision("H100-1")
             env = dict(os.environ, GPUX_KEY=KEY, GPUX_SECRET=SECRET)
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "exchange.cli", "agent", "--url", px.url, "--backend", "command",
+                sys.executable, "-m", "cli.main", "agent", "--url", px.url, "--backend", "command",
                 "--state-dir", str(tmp_path / "state"), "--gpus", "4",
                 "--provision-cmd",
                 f"echo up $GPUX_LEASE >> {log}; echo '{{\"host\": \"h\", \"port\": 2, \"user\": \"u\"}}'",
@@ -353,7 +353,7 @@ def test_the_cli_runs_the_agent_and_stops_cleanly_on_sigterm(tmp_path: Path) -> 
 
 def test_the_cli_refuses_without_a_key_or_a_provision_command(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from exchange.cli import main
+    from cli.main import main
 
     monkeypatch.delenv("GPUX_KEY", raising=False)
     monkeypatch.delenv("GPUX_SECRET", raising=False)

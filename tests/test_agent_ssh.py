@@ -10,9 +10,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from settlement.agent.backend import BackendError
-from settlement.agent.ssh import SshBackend
-from settlement.agent.tasks import ProvisionTask
+from agent.backend import BackendError
+from agent.ssh import SshBackend
+from agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exchange.accounts import AccountStore, ApiKey
-from exchange.auth import (
+from gateway.accounts import AccountStore, ApiKey
+from gateway.auth import (
     HEADER_KEY,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,

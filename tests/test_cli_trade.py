@@ -14,7 +14,7 @@ from exchange_helpers import USD, running_exchange
 
 async def gpux(url: str, key: str, secret: str, *args: str) -> tuple[int, str, str]:
     env = {**os.environ, "GPUX_URL": url, "GPUX_KEY": key, "GPUX_SECRET": secret}
-    p = await asyncio.create_subprocess_exec(sys.executable, "-m", "exchange.cli", *args, env=env,
+    p = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli.main", *args, env=env,
                                              stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await p.communicate()
     return p.returncode, out.decode(), err.decode()

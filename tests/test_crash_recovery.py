@@ -40,14 +40,14 @@ import msgspec
 import numpy as np
 import pytest
 
-from exchange.accounts import AccountStore
-from exchange.client import Client, ClientError, TraderSession
+from app.exchange import recover
+from client.api import Client, ClientError, TraderSession
 from exchange.config import ServerConfig, load_config
 from exchange.engine import Cmd, Engine, Snapshot, decode_entry, snapshots
 from exchange.journal import read, segments
-from exchange.server import recover
-from exchange.settle import SettlementLink
+from gateway.accounts import AccountStore
 from orderbook.types import CMD_ASK, CMD_BID, COMMAND_DTYPE, HOUR
+from settlement.link import SettlementLink
 from settlement.service import Settlement
 
 SEED = int(os.environ.get("GPUX_CRASH_SEED", "7"))
@@ -75,7 +75,7 @@ C_ACCOUNT = COMMAND_DTYPE.names.index("account")
 
 
 def gpux(*args: str) -> list[str]:
-    return [str(GPUX), *args] if GPUX.exists() else [sys.executable, "-m", "exchange.cli", *args]
+    return [str(GPUX), *args] if GPUX.exists() else [sys.executable, "-m", "cli.main", *args]
 
 
 # ---------------------------------------------------------------------- the server process

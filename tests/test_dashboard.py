@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from exchange.demo import next_reserved_start
+from demo.live import next_reserved_start
 from orderbook.types import HOUR
 from tests.exchange_helpers import USD, run, running_exchange
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exchange.demo import CLASSES, Market, next_reserved_start
+from demo.live import CLASSES, Market, next_reserved_start
 from orderbook.types import HOUR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,11 +31,11 @@ TRADES_WITHIN_S = 60  # the issue's acceptance: the dashboard shows trades withi
 
 
 class DemoProcess:
-    """`python -m exchange.cli demo ARGS` with its stdout read line by line in a thread."""
+    """`python -m cli.main demo ARGS` with its stdout read line by line in a thread."""
 
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "exchange.cli", "demo", *args], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "demo", *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._q: queue.Queue[str | None] = queue.Queue()
@@ -147,7 +147,7 @@ def test_demo_trades_within_a_minute_and_stops_by_itself(tmp_path) -> None:
         assert env["GPUX_URL"] == url
         argv = shlex.split(cmd_line)
         assert argv[0].endswith("gpux")
-        run = subprocess.run([sys.executable, "-m", "exchange.cli", *argv[1:]], cwd=ROOT, capture_output=True,
+        run = subprocess.run([sys.executable, "-m", "cli.main", *argv[1:]], cwd=ROOT, capture_output=True,
                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
         assert run.returncode == 0, run.stderr
         ack = json.loads(run.stdout)
@@ -189,7 +189,7 @@ def test_market_prices_stay_plausible() -> None:
 @pytest.mark.parametrize("args", [("--offline", "--steps", "20"), ("--steps", "20")])
 def test_offline_run_still_prints_trades(args: tuple[str, ...]) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "exchange.cli", "demo", "--engine", "reference", *args],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--engine", "reference", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "summary per class" in proc.stdout and "dashboard" not in proc.stdout

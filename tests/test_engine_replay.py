@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 from streams import random_stream
 
+from app.exchange import Exchange, recover, replay
 from exchange.config import Instrument, ServerConfig
 from exchange.engine import Admin, Cmd, Engine, Entry, Result, decode_entry, encode_entry, write_snapshot
 from exchange.journal import HEADER, Journal, read, segments
-from exchange.server import Exchange, recover, replay
 from exchange.state import E_REASON, E_TYPE, ExchangeState, split_events
 from orderbook.book import make_book
 from orderbook.config import BookConfig
@@ -425,7 +425,7 @@ def _check_escrow(state: ExchangeState, settlement: Settlement) -> None:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(tmp_path: Path, seed: int) -> None:
-    """The sequencer's escrow check against settlement's ledger (exchange.settle): bids that
+    """The sequencer's escrow check against settlement's ledger (settlement.link): bids that
     fit the available balance go in, the ledger then holds exactly the open bids' exposure."""
     rng = random.Random(seed)
     entries = exchange_entries(300 + seed, 300)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from bench.wsclient import connect as raw_connect
+from client.feeds import FeedClient
 from exchange.config import Instrument
 from exchange.sequencer import Request, command
-from feeds.client import FeedClient
 from orderbook.config import BookConfig
 from orderbook.types import CMD_AMEND, CMD_ASK, CMD_BID, CMD_CANCEL, CMD_RELEASE, GTC, IOC, ON_DEMAND, SPOT
 from tests.exchange_helpers import running_exchange

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from exchange.cli import main as gpux
-from feeds.client import FeedClient, Level2
+from cli.main import main as gpux
+from client.feeds import FeedClient, Level2
 from feeds.recording import iter_segments, load
 from feeds.replay import book_at, feed_at, messages, replay_app, run_replay
 from feeds.verify import verify

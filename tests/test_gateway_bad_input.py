@@ -32,8 +32,8 @@ import aiohttp
 import msgspec
 import pytest
 
-from exchange.auth import Signer, sign
 from exchange.state import C_TYPE, E_TYPE
+from gateway.auth import Signer, sign
 from orderbook.types import CMD_CLOCK, EV_REJECTED
 from tests.exchange_helpers import USD, Running, run, running_exchange
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from exchange_helpers import USD, running_exchange
 
-from exchange.client import ClientError
+from client.api import ClientError
 
 
 def test_public_book_shows_free_gpus_now_and_open_bids(tmp_path):

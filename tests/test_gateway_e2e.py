@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exchange.auth import Signer
-from exchange.client import Client, ClientError
+from client.api import Client, ClientError
+from gateway.auth import Signer
 from tests.exchange_helpers import USD, Running, run, running_exchange
 
 # Durability is not what most tests here are about (fsync off).  Tests of the gateway's own

@@ -8,7 +8,7 @@ import asyncio
 import aiohttp
 from exchange_helpers import running_exchange
 
-from exchange.auth import Signer
+from gateway.auth import Signer
 
 
 def _count(text: str, code: str) -> int:

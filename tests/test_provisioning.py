@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from exchange_helpers import USD, run, running_exchange
 
-from exchange.client import Client, ClientError
+from client.api import Client, ClientError
+from client.feeds import FeedClient
 from exchange.config import DEFAULT_INSTRUMENTS, Instrument
-from feeds.client import FeedClient
 from orderbook.config import BookConfig
 
 P = 2_000_000  # $2 per GPU-hour

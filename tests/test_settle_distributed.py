@@ -84,7 +84,7 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     config = tmp_path / "gpux.toml"
     config.write_text("[settlement]\n" + "".join(f"{k} = {v}\n" for k, v in SETTINGS.items()))
     other = tmp_path / "other" / "ledger.db"
-    proc = subprocess.Popen([sys.executable, "-m", "exchange.cli", "settle", "--redis", REDIS_URL, "--prefix", prefix,
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "settle", "--redis", REDIS_URL, "--prefix", prefix,
                              "--config", str(config), "--ledger", str(other), "--consumer", "t1"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:

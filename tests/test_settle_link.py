@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from exchange.accounts import AccountStore
 from exchange.bus import Published
 from exchange.config import ServerConfig
 from exchange.engine import Cmd, Engine
 from exchange.sequencer import command
-from exchange.settle import SettlementLink
+from gateway.accounts import AccountStore
 from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, COMMAND_DTYPE, GTC, ON_DEMAND
+from settlement.link import SettlementLink
 
 USD = 1_000_000
 T = 1_767_225_600

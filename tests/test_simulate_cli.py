@@ -35,9 +35,9 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 def gpux(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    """Run `python -m exchange.cli ARGS` from the repository root, as a user would run `gpux`."""
+    """Run `python -m cli.main ARGS` from the repository root, as a user would run `gpux`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "exchange.cli", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], input=stdin, capture_output=True,
                           cwd=ROOT, env=env, timeout=540)
 
 
@@ -168,7 +168,7 @@ def test_simulate_answers_each_line_while_input_is_open() -> None:
     """A user typing commands (or a pipe that pauses) gets the events of each line at once,
     not only when a batch of 4096 fills or the input ends."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "exchange.cli", "simulate", "--engine", "reference"],
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "simulate", "--engine", "reference"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env, bufsize=0)
     try:
         assert proc.stdin is not None

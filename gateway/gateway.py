@@ -1,7 +1,7 @@
 """The gateway: REST for providers and everyone's reads, WebSocket for traders (aiohttp).
 
-Handlers are thin: decode (msgspec, R8), authenticate (HMAC, exchange.auth), check the
-role and the rate limit, precheck the market rules (exchange.wire), then hand a Request to
+Handlers are thin: decode (msgspec, R8), authenticate (HMAC, gateway.auth), check the
+role and the rate limit, precheck the market rules (gateway.wire), then hand a Request to
 the sequencer and answer once it is durable.  docs/api.md is the reference; the same
 routes are described by the OpenAPI document at /v1/openapi.json.
 """
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from exchange.auth import AuthError, RateLimiter, Verifier, require_role
 from exchange.errors import ApiError, book_error
 from exchange.sequencer import Request, command
 from exchange.state import E_ACC as _E_ACC
 from exchange.state import E_ACC2 as _E_ACC2
 from exchange.state import E_TYPE as _E_TYPE
 from exchange.state import lease_view, order_view
-from exchange.wire import (
+from gateway.auth import AuthError, RateLimiter, Verifier, require_role
+from gateway.wire import (
     KINDS,
     TIFS,
     AmendOp,
@@ -49,7 +49,7 @@ from exchange.wire import (
     precheck_ask,
     precheck_bid,
 )
-from exchange.wsframe import ws_frame
+from gateway.wsframe import ws_frame
 from orderbook import reasons as R
 from orderbook.codec import _event_values_to_json as _event_json
 from orderbook.types import (
@@ -62,7 +62,7 @@ from orderbook.types import (
 )
 
 if TYPE_CHECKING:
-    from exchange.server import Exchange
+    from app.exchange import Exchange
 
 log = logging.getLogger("gpux.gateway")
 _enc = msgspec.json.Encoder()
@@ -280,12 +280,12 @@ class Gateway:
                       "halted": sorted(engine.state.halted) if engine else []}, 200 if ok else 503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        from exchange.metrics import render
+        from gateway.metrics import render
 
         return web.Response(text=render(self), content_type="text/plain")
 
     async def openapi(self, request: web.Request) -> web.Response:
-        from exchange.openapi import document
+        from gateway.openapi import document
 
         return _json(document())
 
@@ -381,7 +381,7 @@ class Gateway:
     async def set_ssh_key(self, request: web.Request) -> web.Response:
         key = await self._auth(request)
         m = decode_body(await request.read(), SshKeyRequest)
-        from exchange.accounts import AccountError
+        from gateway.accounts import AccountError
 
         try:
             self.x.store.set_ssh_key(key.account_id, m.ssh_public_key)
@@ -531,7 +531,7 @@ class Gateway:
     async def create_account(self, request: web.Request) -> web.Response:
         await self._auth(request, "admin")
         m = decode_body(await request.read(), CreateAccountRequest)
-        from exchange.accounts import AccountError
+        from gateway.accounts import AccountError
 
         try:
             acc, key_id, secret = self.x.store.create_account(m.name, m.role, m.deposit, m.ssh_public_key)

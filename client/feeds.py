@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from exchange.auth import Signer
 from feeds.model import SIDE_KEYS, stream_name
+from gateway.auth import Signer
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()

@@ -43,7 +43,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from exchange.client import ClientError
+from client.api import ClientError
 
 log = logging.getLogger("gpux.agent.inventory")
 
@@ -202,7 +202,7 @@ def load_inventory(path: Path | str) -> list[AskEntry]:
 
 class InventoryPoster:
     """Keeps the inventory's asks posted: ``await poster.sync(client, now)`` at start-up and then
-    periodically.  ``client`` is an `exchange.client.Client` of the provider."""
+    periodically.  ``client`` is an `client.api.Client` of the provider."""
 
     def __init__(self, entries: list[AskEntry], state_file: Path | None = None) -> None:
         self.entries = entries

@@ -16,7 +16,7 @@ check reads the committed `available` balance minus the holds of the bids accept
 not committed yet, so it never lets through a bid the ledger could refuse.  Deposits come from
 the account store (one transfer per deposit row, ``deposit:accounts:{row}``); clock commands
 tick settlement (metering, lease ends, provisioning timeouts); provisioning (R18) is
-`exchange.provisioning.Provisioning`, whose step runs in the same transaction.
+`settlement.provisioning.Provisioning`, whose step runs in the same transaction.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from exchange.accounts import AccountStore
 from exchange.config import ServerConfig
 from exchange.engine import Prov
 from exchange.state import hold_per_gpu
+from gateway.accounts import AccountStore
 from orderbook.types import CMD_CLOCK, EV_ACCEPTED, EVENT_DTYPE, SIDE_BID
 from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments, join_transfers
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
@@ -81,7 +81,7 @@ class SettlementLink:
         self.last_error: Exception | None = None
         self.batches = 0  # ledger commits of batches
         self.seconds = 0.0  # spent committing
-        self.provisioning: Any = None  # exchange.provisioning.Provisioning, once attached
+        self.provisioning: Any = None  # settlement.provisioning.Provisioning, once attached
         self.clock: Any = None  # () -> {class: engine time}
         self.on_deposits: Any = None  # called with the deposit rows the ledger took
         self._fee_bps = {name: max(i.maker_fee_bps, i.taker_fee_bps) for name, i in cfg.instruments.items()}

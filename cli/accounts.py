@@ -24,7 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from exchange.accounts import MICRO_PER_USD, ROLES, Account, AccountError, AccountStore, accounts_path
+from gateway.accounts import MICRO_PER_USD, ROLES, Account, AccountError, AccountStore, accounts_path
 
 DEFAULT_DATA = "./gpux-data"
 _USD_RE = re.compile(r"[0-9]+(\.[0-9]+)?")

@@ -13,9 +13,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from exchange.engines import EngineUnavailable, open_book
 from exchange.instruments import ConfigError, instrument_config
 from orderbook.book import ENGINES
+from orderbook.engines import EngineUnavailable, open_book
 
 
 def _positive(text: str) -> int:
@@ -26,7 +26,7 @@ def _positive(text: str) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from exchange.simulate import simulate, stream_lines
+    from cli.simulate import simulate, stream_lines
 
     book = open_book(instrument_config(args.gpu_class, args.config), args.engine)
     stats = simulate(stream_lines(sys.stdin.fileno()), sys.stdout.buffer, book, batch=args.batch)
@@ -35,12 +35,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.offline or args.steps is not None:
-        from exchange.demo import run_offline
+        from demo.live import run_offline
 
         run_offline(lambda cfg: open_book(cfg, args.engine), seed=args.seed, steps=args.steps or 60)
         return 0
-    from exchange.demo import run_live
-    from exchange.logs import setup_logging
+    from app.logs import setup_logging
+    from demo.live import run_live
 
     setup_logging(args.log_level)
     return run_live(port=args.port, data=args.data, seconds=args.seconds, seed=args.seed, engine=args.engine,
@@ -83,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive, default=None, help="offline: steps per class (default 60)")
     demo.set_defaults(handler=_cmd_demo)
 
-    from exchange import cli_accounts, cli_feeds, cli_settle, cli_trade
-    from settlement.agent import cli as agent_cli
+    from cli import accounts as cli_accounts
+    from cli import agent as agent_cli
+    from cli import feeds as cli_feeds
+    from cli import settle as cli_settle
+    from cli import trade as cli_trade
 
     cli_trade.register(sub)
     cli_accounts.register(sub)

@@ -19,9 +19,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from app.exchange import run_server
+    from app.logs import setup_logging
     from exchange.config import load_config
-    from exchange.logs import setup_logging
-    from exchange.server import run_server
 
     cfg = load_config(args.config).with_(host=args.host, port=args.port, data_dir=args.data,
                                          engine=args.engine, redis_url=args.redis)
@@ -33,7 +33,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from exchange.client import Client
+    from client.api import Client
 
     return Client(args.url or os.environ.get("GPUX_URL", DEFAULT_URL),
                   args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET"))
@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace, fn: Callable[[Any], Awaitable[Any]],
          render: Callable[[Any], str] | None = None) -> int:
     """Call ``fn(client)``; print its result as JSON (or ``render(result)``); a refusal prints
     ``gpux: error: CODE: sentence`` and returns 1."""
-    from exchange.client import ClientError
+    from client.api import ClientError
 
     async def go() -> Any:
         async with _client(args) as c:

@@ -40,7 +40,7 @@ from settlement.leases import ENDED, FAILED, PENDING, PREEMPTED, PROVISIONING, R
 from settlement.service import parse_lease_ref
 
 if TYPE_CHECKING:
-    from exchange.server import Exchange
+    from app.exchange import Exchange
 
 log = logging.getLogger("gpux.provisioning")
 
@@ -85,7 +85,7 @@ class Provisioning:
     # ------------------------------------------------------------------ in settlement's transaction
     # (the link's lock held)
     def step(self, engine: Any, parts: list[tuple[str, np.ndarray]], now: dict[str, int]) -> list:
-        """Part of a batch's ledger transaction (exchange.settle): schedule the new leases and
+        """Part of a batch's ledger transaction (settlement.link): schedule the new leases and
         mark those whose start came *provisioning*; their tasks go out once it committed."""
         if not self.enabled:
             return []

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from settlement.agent.backend import BackendError
-from settlement.agent.tasks import ProvisionTask
+from agent.backend import BackendError
+from agent.tasks import ProvisionTask
 
 log = logging.getLogger("gpux.agent.kubernetes")
 

@@ -1,4 +1,4 @@
-"""Compile the jitted parts once, ahead of use: `python -m exchange.warm`.
+"""Compile the jitted parts once, ahead of use: `python -m cli.warm`.
 
 The numba book (orderbook/fast.py) and settlement's core (settlement/core.py) are compiled on
 first use and kept in numba's cache next to their sources; a cold compile takes most of a

@@ -18,7 +18,7 @@ What it does, over the provider's signed account:
 - tears each lease down at its ``end`` — the one in the task, or the one an ``end`` task moved it
   to (preemption, release), or at once when the exchange failed it; an end that concerns a lease
   not yet seen is kept for when it comes;
-- posts the inventory's asks (`settlement.agent.inventory`) at start and every
+- posts the inventory's asks (`agent.inventory`) at start and every
   ``inventory_check_s`` seconds;
 - reconnects with exponential backoff (0.5 s to 30 s) when the exchange goes away, and on
   reconnecting also checks ``GET /v1/leases`` for ends it may have missed;
@@ -44,10 +44,10 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from exchange.client import Client, ClientError
-from settlement.agent.backend import Backend, BackendError, GpuAllocator
-from settlement.agent.inventory import AskEntry, InventoryPoster, load_inventory
-from settlement.agent.tasks import EndTask, ProvisionTask, decode_task, task_dict
+from agent.backend import Backend, BackendError, GpuAllocator
+from agent.inventory import AskEntry, InventoryPoster, load_inventory
+from agent.tasks import EndTask, ProvisionTask, decode_task, task_dict
+from client.api import Client, ClientError
 
 log = logging.getLogger("gpux.agent")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from settlement.agent.tasks import ProvisionTask
+from agent.tasks import ProvisionTask
 
 
 class BackendError(Exception):

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from exchange.accounts import ApiKey
+from gateway.accounts import ApiKey
 
 HEADER_KEY = "GPUX-Key"
 HEADER_TIMESTAMP = "GPUX-Timestamp"

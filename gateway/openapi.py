@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the REST API (/v1/openapi.json).
 
-Request bodies come from the msgspec Structs of exchange.wire (so the document cannot drift
+Request bodies come from the msgspec Structs of gateway.wire (so the document cannot drift
 from what the gateway decodes); the paths and their answers are listed here.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.wire import (
+from gateway.wire import (
     AmendRequest,
     AskRequest,
     CreateAccountRequest,

@@ -26,8 +26,8 @@ import os
 import signal
 from typing import Any
 
-from settlement.agent.backend import BackendError, task_env
-from settlement.agent.tasks import ProvisionTask, task_json
+from agent.backend import BackendError, task_env
+from agent.tasks import ProvisionTask, task_json
 
 log = logging.getLogger("gpux.agent.command")
 

@@ -28,16 +28,16 @@ def _error(message: str) -> int:
 def make_backend(args: argparse.Namespace, state_dir: Path) -> Any:
     """The backend the options describe; ValueError names what is missing."""
     if args.backend == "ssh":
-        from settlement.agent.ssh import SshBackend
+        from agent.ssh import SshBackend
 
         return SshBackend(state_dir, bind=args.ssh_bind, advertise=args.ssh_host)
     if args.backend == "command":
-        from settlement.agent.command import CommandBackend
+        from agent.command import CommandBackend
 
         if not args.provision_cmd:
             raise ValueError("--backend command needs --provision-cmd")
         return CommandBackend(args.provision_cmd, args.teardown_cmd, timeout=args.command_timeout)
-    from settlement.agent.kubernetes import KubernetesBackend
+    from agent.kubernetes import KubernetesBackend
 
     return KubernetesBackend(image=args.k8s_image, namespace=args.k8s_namespace, service_type=args.k8s_service_type,
                              ssh_port=args.k8s_ssh_port, advertise=args.ssh_host, manifests_dir=args.manifests,
@@ -45,9 +45,9 @@ def make_backend(args: argparse.Namespace, state_dir: Path) -> Any:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from exchange.logs import setup_logging
-    from settlement.agent.agent import Agent
-    from settlement.agent.inventory import InventoryError, load_inventory
+    from agent.agent import Agent
+    from agent.inventory import InventoryError, load_inventory
+    from app.logs import setup_logging
 
     key, secret = args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET")
     if not key or not secret:

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 import aiohttp
 import msgspec
 
-from exchange.auth import Signer
+from gateway.auth import Signer
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()

@@ -40,8 +40,8 @@ from typing import Any
 
 import asyncssh
 
-from settlement.agent.backend import BackendError, task_env
-from settlement.agent.tasks import ProvisionTask
+from agent.backend import BackendError, task_env
+from agent.tasks import ProvisionTask
 
 log = logging.getLogger("gpux.agent.ssh")
 

@@ -41,7 +41,7 @@ from exchange.state import lease_ref
 from orderbook.types import EV_TRADE, HOUR
 
 if TYPE_CHECKING:
-    from exchange.server import Exchange
+    from app.exchange import Exchange
 
 STATIC = Path(__file__).resolve().parent / "static"
 CACHE_S = 1.0

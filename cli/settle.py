@@ -19,14 +19,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from exchange.cli_accounts import format_usd
+from cli.accounts import format_usd
 
 
 def _cmd_settle(args: argparse.Namespace) -> int:
+    from app.logs import setup_logging
     from exchange.config import load_config
-    from exchange.logs import setup_logging
-    from exchange.settle import LEDGER_FILE, settlement_config
     from settlement.consumer import run_consumer
+    from settlement.link import LEDGER_FILE, settlement_config
 
     cfg = load_config(args.config).with_(data_dir=args.data, redis_prefix=args.prefix)
     setup_logging(args.log_level)
@@ -46,8 +46,8 @@ def _cmd_settle(args: argparse.Namespace) -> int:
 
 
 def _statement_offline(data: Path, account: str) -> dict[str, Any]:
-    from exchange.accounts import AccountStore
-    from exchange.settle import LEDGER_FILE
+    from gateway.accounts import AccountStore
+    from settlement.link import LEDGER_FILE
     from settlement.service import Settlement
 
     path = data / LEDGER_FILE
@@ -74,7 +74,7 @@ def _cmd_statement(args: argparse.Namespace) -> int:
             return 2
         st = _statement_offline(Path(args.data), args.account)
     else:
-        from exchange.cli_trade import _run
+        from cli.trade import _run
 
         query = {"account": args.account} if args.account else None
         return _run(args, lambda c: c.request("GET", "/v1/account/statement", query=query),

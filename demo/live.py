@@ -4,7 +4,7 @@
 
 starts the exchange (gateway, sequencer, books, feeds, the dashboard at ``/``) over a fresh data
 directory, then simulated participants that use the real APIs through the SDK like any user
-(`exchange.client`): providers post, reprice, split and cancel asks over signed REST; traders bid
+(`client.api`): providers post, reprice, split and cancel asks over signed REST; traders bid
 over their WebSocket sessions, cancel, release leases, and resell reserved time with resale asks
 (``lease_id``, R16).  Engine time is wall time (the sequencer's clock commands, one per second),
 so lease lengths and windows are real hours, while many small orders make the market move within
@@ -15,7 +15,7 @@ seconds.  It prints the dashboard's URL and keys to try the API by hand, a statu
 (no server), printed as trades and a summary per class; ``--steps`` implies it.
 
 Every provider (and the reseller, who hands its resold time on) runs the reference provider agent
-(`settlement.agent`, docs/agent.md) on the ``command`` backend: at each lease's start the exchange
+(`agent`, docs/agent.md) on the ``command`` backend: at each lease's start the exchange
 sends it the task (R18), its script answers with where the renter logs in (there are no real GPUs
 in the demo; now and then a node "does not come up" and the lease fails, refunding the renter),
 and settlement meters the lease from that moment.
@@ -190,7 +190,7 @@ class Agent:
     """One participant: its own account, key and SDK client."""
 
     def __init__(self, demo: LiveDemo, name: str, key: str, secret: str, account: int, seed: str) -> None:
-        from exchange.client import Client
+        from client.api import Client
 
         self.demo = demo
         self.name = name
@@ -489,7 +489,7 @@ class LiveDemo:
         self.agents: list[Agent] = []
         self._tasks: set[asyncio.Task] = set()
         self._tmp: str | None = None
-        self.provider_agents: list[Any] = []  # the reference agents (settlement.agent.Agent)
+        self.provider_agents: list[Any] = []  # the reference agents (agent.Agent)
         self.exchange: Any = None
 
     def spawn(self, coro: Any) -> asyncio.Task:
@@ -519,9 +519,9 @@ class LiveDemo:
         return runner, runner.addresses[-1][1]
 
     async def run(self) -> int:
-        from exchange.client import Client
+        from app.exchange import Exchange
+        from client.api import Client
         from exchange.config import ServerConfig
-        from exchange.server import Exchange
 
         data = self.data_dir()
         cfg = ServerConfig(host=self.host, port=self.port, data_dir=str(data), engine=self.engine)
@@ -589,8 +589,8 @@ class LiveDemo:
 
     async def _start_agent(self, data: Path, name: str, acc: dict[str, Any], gpus: int) -> None:
         """The reference provider agent for ``name`` on the command backend (docs/agent.md)."""
-        from settlement.agent.agent import Agent as ProvisioningAgent
-        from settlement.agent.command import CommandBackend
+        from agent.agent import Agent as ProvisioningAgent
+        from agent.command import CommandBackend
 
         home = data / "agents" / name
         home.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
     exchange = Exchange(cfg)
     await exchange.start()      # recover (snapshot + journal tail), start the sequencer
-    ...                         # exchange.app is the aiohttp application (exchange.gateway)
+    ...                         # exchange.app is the aiohttp application (gateway.gateway)
     await exchange.stop()       # close sessions (1001), drain, snapshot, close the journal
 
 Start-up is recovery: the newest snapshot whose books restore to their recorded state
@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from exchange.accounts import AccountStore
 from exchange.bus import Bus, RedisBus
 from exchange.config import ServerConfig
 from exchange.engine import Engine, Prov, SnapshotMismatch, book_seq, decode_entry, snapshots
 from exchange.journal import Journal, read
 from exchange.sequencer import Sequencer, open_journal
+from gateway.accounts import AccountStore
 
 log = logging.getLogger("gpux.server")
 REPLAY_CHUNK = 4096
@@ -105,14 +105,14 @@ class Exchange:
         self.store = AccountStore(self.data / "accounts.db")
         self.bus: Bus = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
         self.engine: Engine | None = None
-        from exchange.settle import SettlementLink  # the ledger behind escrow (docs/settlement.md)
+        from settlement.link import SettlementLink  # the ledger behind escrow (docs/settlement.md)
 
         self.settlement = SettlementLink(cfg, self.store)
         self.journal: Journal | None = None
         self.sequencer: Sequencer | None = None
         self.started_at = time.time()
         self.recovered_entries = 0
-        from exchange.gateway import Gateway
+        from gateway.gateway import Gateway
 
         self.gateway = Gateway(self)
         self.app = self.gateway.app
@@ -135,7 +135,7 @@ class Exchange:
                                "the journal is not this ledger's (restore both from the same backup)")
         link.clock = lambda: {n: engine.book_time(n) for n in engine.books}
         link.tick(link.clock())
-        from exchange.provisioning import Provisioning  # leases to providers' agents (R18)
+        from settlement.provisioning import Provisioning  # leases to providers' agents (R18)
 
         self.provisioning = Provisioning.attach(self)
         link.start()  # from now on batches queue and a committer thread commits them
@@ -151,7 +151,7 @@ class Exchange:
         from feeds.service import FeedService  # market data: /v1/feeds, /v1/replay, the recorder (docs/feeds.md)
 
         self.feeds = await FeedService.attach(self)
-        from exchange.dashboard import Dashboard  # the web dashboard at / and /v1/dashboard (docs/demo.md)
+        from gateway.dashboard import Dashboard  # the web dashboard at / and /v1/dashboard (docs/demo.md)
 
         self.dashboard = Dashboard.attach(self)
 

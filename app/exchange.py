@@ -1,14 +1,29 @@
-"""`gpux serve`: the embedded exchange in one process (ARCHITECTURE.md, embedded mode).
+"""The composition root: `gpux serve`, the embedded exchange in one process (docs/architecture.md).
 
-    exchange = Exchange(cfg)
-    await exchange.start()      # recover (snapshot + journal tail), start the sequencer
-    ...                         # exchange.app is the aiohttp application (gateway.gateway)
-    await exchange.stop()       # close sessions (1001), drain, snapshot, close the journal
+    exchange = Exchange(cfg)                 # builds nothing yet (clock=SimClock(...) in tests)
+    await exchange.start()                   # every part, in pipeline order (recovery first)
+    port = await exchange.serve(host, port)  # ... listening
+    await exchange.stop()                    # every part, in reverse: sessions get 1001, the
+                                             # sequencer drains and snapshots, the ledger commits
+    await exchange.close()                   # stop listening
 
-Start-up is recovery: the newest snapshot whose books restore to their recorded state
-hashes, then every journal entry after it through the same `Engine.apply` as live
-trading.  A torn last journal record (a crash mid-write) was never acknowledged and is
-dropped by the journal.
+This is the one place that knows every part.  Each part is built from what it needs, passed in
+(the engine, the sequencer, the ledger, a clock...), never from this object; each is kept on the
+aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part's lifetime is one
+``cleanup_ctx`` step, so start-up runs them in the order below and shut-down in reverse:
+
+1. accounts — the account store (keys, deposits) and the request verifier;
+2. ledger — settlement's ledger (`settlement.link`), before recovery so that the replay refills it;
+3. core — the journal, recovery (newest usable snapshot + the journal after it, through the same
+   `Engine.apply` as live trading), provisioning, the bus, the sequencer (built, not started);
+4. feeds — market data, caught up from the recording and the journal;
+5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz;
+6. dashboard — the web page and its capacity endpoint;
+7. sequencer — started last (clock ticks, orders), stopped first (drain, final snapshot).
+
+`stop` runs the application's shutdown and cleanup while the listening socket stays open, so a
+request that arrives meanwhile gets UNAVAILABLE (503), not a refused connection; `close` then
+stops listening.
 """
 
 from __future__ import annotations
@@ -19,154 +34,236 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
 from exchange.bus import Bus, RedisBus
+from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
-from exchange.engine import Engine, Prov, SnapshotMismatch, book_seq, decode_entry, snapshots
-from exchange.journal import Journal, read
+from exchange.engine import Engine, book_seq
+from exchange.journal import Journal
+from exchange.recovery import recover
 from exchange.sequencer import Sequencer, open_journal
+from feeds.service import FeedService
 from gateway.accounts import AccountStore
+from gateway.auth import Verifier, cached
+from gateway.dashboard import Dashboard
+from gateway.gateway import Counters, Gateway, errors_middleware
+from gateway.metrics import Health, Metrics
+from settlement.link import SettlementLink
+from settlement.provisioning import Provisioning
 
 log = logging.getLogger("gpux.server")
-REPLAY_CHUNK = 4096
 SWITCH_INTERVAL_S = 0.0002
 
-
-def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: bool = True,
-            settled: Callable[[str], int] | None = None,
-            sink: Callable[[dict[str, np.ndarray], list[Prov]], None] | None = None) -> Engine:
-    """An engine at the end of the journal: newest usable snapshot + the entries after it.
-
-    ``settled(cls)``: the last event seq of each class that settlement has; a snapshot is used
-    only if it is not ahead of it, so that the replay regenerates every event settlement lacks
-    and hands it to ``sink`` (the events of each replayed chunk, by class, and its provisioning
-    answers)."""
-    data = cfg.data_path
-    journal_dir = journal_dir or data / "journal"
-    threads = cfg.book_threads or None
-    engine = Engine(cfg.instruments, cfg.engine, threads)
-    if use_snapshots:
-        for seq, path in reversed(snapshots(data)):
-            try:
-                candidate = Engine(cfg.instruments, cfg.engine, threads)
-                candidate.load_snapshot(path.read_bytes())
-            except (SnapshotMismatch, ValueError, OSError) as e:
-                log.warning("snapshot %s not usable (%s); trying an older one", path, e)
-                continue
-            ahead = [n for n in candidate.books if settled is not None and candidate.event_seq(n) > settled(n)]
-            if ahead:
-                log.info("snapshot %s is ahead of the ledger in %s; trying an older one", path, ", ".join(ahead))
-                continue
-            engine = candidate
-            log.info("restored snapshot", extra={"seq": seq, "path": str(path)})
-            break
-    replay(engine, journal_dir, sink)
-    return engine
-
-
-def replay(engine: Engine, journal_dir: Path,
-           sink: Callable[[dict[str, np.ndarray], list[Prov]], None] | None = None) -> int:
-    """Apply every journal entry after ``engine.seq``; returns how many were applied."""
-    chunk: list = []
-    applied = 0
-    expect = engine.seq + 1
-    for seq, payload in read(journal_dir, from_seq=engine.seq + 1):
-        if seq != expect:
-            raise RuntimeError(f"journal gap: expected seq {expect}, found {seq}")
-        expect += 1
-        chunk.append(decode_entry(payload))
-        if len(chunk) >= REPLAY_CHUNK:
-            _, arrays = engine.apply(chunk)
-            if sink is not None:
-                sink(arrays, [e for e in chunk if type(e) is Prov])
-            applied += len(chunk)
-            chunk = []
-    if chunk:
-        _, arrays = engine.apply(chunk)
-        if sink is not None:
-            sink(arrays, [e for e in chunk if type(e) is Prov])
-        applied += len(chunk)
-    return applied
+ACCOUNTS = web.AppKey("accounts", AccountStore)
+VERIFIER = web.AppKey("verifier", Verifier)
+LEDGER = web.AppKey("ledger", SettlementLink)
+JOURNAL = web.AppKey("journal", Journal)
+ENGINE = web.AppKey("engine", Engine)
+BUS = web.AppKey("bus", Bus)
+PROVISIONING = web.AppKey("provisioning", Provisioning)
+SEQUENCER = web.AppKey("sequencer", Sequencer)
+FEEDS = web.AppKey("feeds", FeedService)
+GATEWAY = web.AppKey("gateway", Gateway)
+DASHBOARD = web.AppKey("dashboard", Dashboard)
+METRICS = web.AppKey("metrics", Metrics)
+HEALTH = web.AppKey("health", Health)
 
 
 class Exchange:
-    """Everything `gpux serve` runs, hanging off one object (no globals)."""
+    """Every part of `gpux serve`, built and wired in one place (see the module docstring)."""
 
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, clock: Clock = WALL) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.data = cfg.data_path
-        self.data.mkdir(parents=True, exist_ok=True)
-        self.store = AccountStore(self.data / "accounts.db")
-        self.bus: Bus = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
-        self.engine: Engine | None = None
-        from settlement.link import SettlementLink  # the ledger behind escrow (docs/settlement.md)
-
-        self.settlement = SettlementLink(cfg, self.store)
-        self.journal: Journal | None = None
-        self.sequencer: Sequencer | None = None
         self.started_at = time.time()
-        self.recovered_entries = 0
-        from gateway.gateway import Gateway
+        self.counters = Counters()  # the gateway's, counted by the error middleware too
+        self.app = web.Application(client_max_size=cfg.max_message_bytes,
+                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes)])
+        self.app[METRICS] = Metrics()
+        self.app[HEALTH] = Health()
+        self.app.cleanup_ctx.extend([self._accounts, self._ledger, self._core, self._feeds, self._gateway,
+                                     self._dashboard, self._sequencer])
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._stopped = False
 
-        self.gateway = Gateway(self)
-        self.app = self.gateway.app
+    # ------------------------------------------------------------------ the parts, in order
+    async def _accounts(self, app: web.Application) -> AsyncIterator[None]:
+        self.data.mkdir(parents=True, exist_ok=True)
+        store = app[ACCOUNTS] = AccountStore(self.data / "accounts.db")
+        app[VERIFIER] = Verifier(cached(store.key), clock_ms=self.clock.time_ms)
+        yield
+        store.close()
 
-    async def start(self) -> None:
+    async def _ledger(self, app: web.Application) -> AsyncIterator[None]:
+        link = app[LEDGER] = SettlementLink(self.cfg, app[ACCOUNTS].deposit_rows, clock=self.clock)
+        app[HEALTH].add("settlement", link.health)
+        yield
+        await link.aclose()
+
+    async def _core(self, app: web.Application) -> AsyncIterator[None]:
+        cfg, link = self.cfg, app[LEDGER]
         t0 = time.perf_counter()
-        self.journal = open_journal(self.data, self.cfg)
-        loop = asyncio.get_running_loop()
-        link = self.settlement
-        self.engine = await loop.run_in_executor(None, lambda: recover(self.cfg, settled=link.cursor,
-                                                                       sink=link.replayed))
-        if self.engine.seq != self.journal.last_seq:
-            raise RuntimeError(f"recovered to seq {self.engine.seq} but the journal ends at {self.journal.last_seq}")
-        log.info("recovered", extra={"seq": self.engine.seq, "seconds": round(time.perf_counter() - t0, 3),
-                                     "engine": self.engine.engine})
-        engine = self.engine
-        ahead = [n for n in engine.books if link.cursor(n) > engine.event_seq(n)]
-        if ahead:
-            raise RuntimeError(f"the ledger has events of {', '.join(ahead)} that the journal does not: "
-                               "the journal is not this ledger's (restore both from the same backup)")
-        link.clock = lambda: {n: engine.book_time(n) for n in engine.books}
-        link.tick(link.clock())
-        from settlement.provisioning import Provisioning  # leases to providers' agents (R18)
+        journal = app[JOURNAL] = open_journal(self.data, cfg)
+        try:
+            engine = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: recover(cfg, settled=link.cursor, sink=link.replayed))
+            if engine.seq != journal.last_seq:
+                raise RuntimeError(f"recovered to seq {engine.seq} but the journal ends at {journal.last_seq}")
+            ahead = [n for n in engine.books if link.cursor(n) > engine.event_seq(n)]
+            if ahead:
+                raise RuntimeError(f"the ledger has events of {', '.join(ahead)} that the journal does not: "
+                                   "the journal is not this ledger's (restore both from the same backup)")
+        except BaseException:
+            journal.close()
+            raise
+        app[ENGINE] = engine
+        log.info("recovered", extra={"seq": engine.seq, "seconds": round(time.perf_counter() - t0, 3),
+                                     "engine": engine.engine})
 
-        self.provisioning = Provisioning.attach(self)
+        def book_times() -> dict[str, int]:
+            return {n: engine.book_time(n) for n in engine.books}
+
+        link.book_times = book_times
+        link.tick(book_times())
+        bus = app[BUS] = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
+        sequencer = app[SEQUENCER] = Sequencer(engine, journal, cfg, bus, funds=link, on_tick=link.sync_deposits,
+                                               after_batch=link.commit_if_due, on_idle=link.flush_soon,
+                                               clock=self.clock)
+        prov = app[PROVISIONING] = Provisioning(
+            link, timeout_s=cfg.provision_timeout_s, enabled=cfg.provisioning == "agent", book_times=book_times,
+            journal_seq=lambda: engine.seq, submit=sequencer.submit, ssh_key=app[ACCOUNTS].ssh_key)
+        prov.start()  # leases to providers' agents (R18)
         link.start()  # from now on batches queue and a committer thread commits them
-        link.attach(self.bus)
-        await self.bus.start()
-        if isinstance(self.bus, RedisBus):  # `gpux settle` members settle deposits too
-            self.bus.book_seqs = {name: book_seq(b) for name, b in self.engine.books.items()}
-            self.bus.publish_deposits(self.store.deposit_rows(await self.bus.deposits_sent()))
-            link.on_deposits = self.bus.publish_deposits
-        self.sequencer = Sequencer(self.engine, self.journal, self.cfg, self.bus, link)
-        await self.sequencer.start()
-        self.gateway.attach()
-        from feeds.service import FeedService  # market data: /v1/feeds, /v1/replay, the recorder (docs/feeds.md)
+        link.attach(bus)
+        await bus.start()
+        if isinstance(bus, RedisBus):  # `gpux settle` members settle deposits too
+            bus.book_seqs = {name: book_seq(b) for name, b in engine.books.items()}
+            bus.publish_deposits(app[ACCOUNTS].deposit_rows(await bus.deposits_sent()))
+            link.on_deposits = bus.publish_deposits
+        metrics = app[METRICS]
+        metrics.add(self._process_samples)
+        for part in (engine, sequencer, link, prov, bus):
+            metrics.add(part.metric_samples)
+        app[HEALTH].add("bus", bus.health)
+        yield
+        await sequencer.stop()  # (stopped already unless start-up failed after this step)
+        await bus.close()
+        engine.close()
+        log.info("stopped", extra={"seq": engine.seq})
 
-        self.feeds = await FeedService.attach(self)
-        from gateway.dashboard import Dashboard  # the web dashboard at / and /v1/dashboard (docs/demo.md)
+    async def _feeds(self, app: web.Application) -> AsyncIterator[None]:
+        # market data: /v1/feeds, /v1/replay, the recorder (docs/feeds.md)
+        feeds = app[FEEDS] = FeedService(app[ENGINE], app[BUS], self.cfg, app[VERIFIER], clock=self.clock)
+        feeds.add_routes(app.router)
+        app[PROVISIONING].notices = feeds
+        await feeds.start()
+        app[METRICS].add(feeds.metric_samples)
+        app[HEALTH].add("feeds", feeds.health)
+        yield
+        await feeds.close()
 
-        self.dashboard = Dashboard.attach(self)
+    async def _gateway(self, app: web.Application) -> AsyncIterator[None]:
+        gw = app[GATEWAY] = Gateway(self.cfg, app[ENGINE], app[SEQUENCER], app[ACCOUNTS], app[VERIFIER], app[LEDGER],
+                                    app[PROVISIONING], app[BUS], counters=self.counters, level2=app[FEEDS].level2,
+                                    metrics=app[METRICS].render, health=app[HEALTH].report, clock=self.clock)
+        gw.add_routes(app.router)
+        app[METRICS].add(gw.metric_samples)
+        yield
+        await gw.close_sessions()
+
+    async def _dashboard(self, app: web.Application) -> AsyncIterator[None]:
+        # the web dashboard at / and /v1/dashboard (docs/demo.md)
+        dash = app[DASHBOARD] = Dashboard(app[ENGINE], app[BUS], app[GATEWAY].public_rate, clock=self.clock)
+        dash.add_routes(app.router)
+        yield
+
+    async def _sequencer(self, app: web.Application) -> AsyncIterator[None]:
+        sequencer = app[SEQUENCER]
+        await sequencer.start()
+        app[HEALTH].add("sequencer", sequencer.health)
+        yield
+        await sequencer.stop()
+
+    def _process_samples(self) -> list[tuple[str, float, str, str]]:
+        return [("gpux_up", 1, "1 while the exchange serves", "gauge"),
+                ("gpux_uptime_seconds", round(time.time() - self.started_at, 3), "seconds since start", "gauge")]
+
+    # ------------------------------------------------------------------ lifetime
+    async def start(self) -> None:
+        """Start every part (the application's start-up: the cleanup contexts, in order)."""
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        try:
+            await self._runner.setup()
+        except BaseException:  # what started is stopped again, in reverse order
+            self._stopped = True
+            await self.app.cleanup()
+            self._runner = None
+            raise
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, backlog: int = 128) -> int:
+        """Listen on ``host:port`` (0: a free port); returns the port."""
+        assert self._runner is not None, "start() first"
+        self._site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=backlog)
+        await self._site.start()
+        return self._runner.addresses[-1][1] if self._runner.addresses else port
 
     async def stop(self) -> None:
-        await self.gateway.close_sessions()
-        if self.sequencer is not None:
-            await self.sequencer.stop()
-        if getattr(self, "feeds", None) is not None:
-            await self.feeds.close()
-        await self.bus.close()
-        await self.settlement.aclose()
-        self.store.close()
-        if self.engine is not None:
-            self.engine.close()
-        log.info("stopped", extra={"seq": self.engine.seq if self.engine else 0})
+        """Stop every part, in reverse order; the socket stays open (requests get UNAVAILABLE)."""
+        if self._stopped or self._runner is None:
+            return
+        self._stopped = True
+        await self.app.shutdown()
+        await self.app.cleanup()
+
+    async def close(self) -> None:
+        """Stop (if not yet) and stop listening."""
+        await self.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()  # the parts' cleanup has run: this closes the socket
+            self._runner = None
+
+    # ------------------------------------------------------------------ the parts, for tests and tools
+    @property
+    def store(self) -> AccountStore:
+        return self.app[ACCOUNTS]
+
+    @property
+    def settlement(self) -> SettlementLink:
+        return self.app[LEDGER]
+
+    @property
+    def engine(self) -> Engine:
+        return self.app[ENGINE]
+
+    @property
+    def bus(self) -> Bus:
+        return self.app[BUS]
+
+    @property
+    def sequencer(self) -> Sequencer:
+        return self.app[SEQUENCER]
+
+    @property
+    def provisioning(self) -> Provisioning:
+        return self.app[PROVISIONING]
+
+    @property
+    def feeds(self) -> FeedService:
+        return self.app[FEEDS]
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.app[GATEWAY]
+
+    @property
+    def dashboard(self) -> Dashboard:
+        return self.app[DASHBOARD]
 
 
 async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
@@ -180,22 +277,17 @@ async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
     # collect the young generation less often (per-order objects are short-lived; pauses are latency)
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
-    runner = web.AppRunner(exchange.app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
-    await site.start()
-    port = runner.addresses[0][1] if runner.addresses else cfg.port
-    log.info("listening", extra={"url": f"http://{cfg.host}:{port}", "data_dir": str(cfg.data_path)})
-    print(f"gpux: serving on http://{cfg.host}:{port}  (data: {cfg.data_path})", flush=True)
-    if ready is not None:
-        ready(port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
+        port = await exchange.serve(cfg.host, cfg.port)
+        log.info("listening", extra={"url": f"http://{cfg.host}:{port}", "data_dir": str(cfg.data_path)})
+        print(f"gpux: serving on http://{cfg.host}:{port}  (data: {cfg.data_path})", flush=True)
+        if ready is not None:
+            ready(port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         log.info("shutting down")
-        await exchange.stop()
-        await runner.cleanup()
+        await exchange.close()

@@ -214,8 +214,8 @@ class Driver:
         self.answered = 0
 
     def seed_asks(self) -> None:
-        from exchange.sequencer import Request, command
-        from orderbook.types import CMD_ASK
+        from exchange.sequencer import Request
+        from orderbook.types import CMD_ASK, Command
 
         seq = self.x.sequencer
         for acc in range(100, 200):  # the traders' escrow (R17)
@@ -224,12 +224,13 @@ class Driver:
             now = seq.times[c]
             for k in range(40):
                 price = 2_000_000 + 10_000 * (k % 20)
-                seq.post(Request(c, command(CMD_ASK, 1 + k % 5, price=price, spot_price=price // 2 // 1000 * 1000,
-                                            gpus=4_000, end=now + 7 * 86_400), 1 + k % 5, reply=lambda _a: None))
+                rec = Command(type=CMD_ASK, account=1 + k % 5, price=price, spot_price=price // 2 // 1000 * 1000,
+                              gpus=4_000, end=now + 7 * 86_400)
+                seq.post(Request(c, rec, 1 + k % 5, reply=lambda _a: None))
 
     def one(self) -> None:
-        from exchange.sequencer import Request, command
-        from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, GTC, IOC, ON_DEMAND, SPOT
+        from exchange.sequencer import Request
+        from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, GTC, IOC, ON_DEMAND, SPOT, Command
 
         rng = self.rng
         c = CLASSES[int(rng.integers(0, len(CLASSES)))]
@@ -240,10 +241,12 @@ class Driver:
         if r < 0.5:  # trades: an IOC bid at or above the cheapest asks
             kind = SPOT if rng.random() < 0.3 else ON_DEMAND
             limit = 2_100_000 if kind == ON_DEMAND else 1_100_000
-            rec = command(CMD_BID, acc, price=limit, gpus=int(rng.integers(1, 9)), hours=1, kind=kind, tif=IOC)
+            rec = Command(type=CMD_BID, account=acc, price=limit, gpus=int(rng.integers(1, 9)), hours=1, kind=kind,
+                          tif=IOC)
         elif r < 0.75 or not self.resting[c]:  # rests below every ask: a bid level changes
             price = 1_000_000 + 1000 * int(rng.integers(0, 500))
-            rec = command(CMD_BID, acc, price=price, gpus=int(rng.integers(1, 9)), hours=1, kind=ON_DEMAND, tif=GTC)
+            rec = Command(type=CMD_BID, account=acc, price=price, gpus=int(rng.integers(1, 9)), hours=1,
+                          kind=ON_DEMAND, tif=GTC)
             q = self.resting[c]
 
             def reply(ans: Any, q: deque = q) -> None:
@@ -251,11 +254,11 @@ class Driver:
                     q.append((ans["oid"], ans["order"]["account"]))
         elif r < 0.95:
             oid, acc = self.resting[c].popleft()
-            rec = command(CMD_CANCEL, acc, oid=oid)
+            rec = Command(type=CMD_CANCEL, account=acc, oid=oid)
         else:
             now = seq.times[c]
             price = 2_000_000 + 1000 * int(rng.integers(0, 400))
-            rec = command(CMD_ASK, 1, price=price, gpus=int(rng.integers(1, 64)), end=now + 86_400)
+            rec = Command(type=CMD_ASK, account=1, price=price, gpus=int(rng.integers(1, 64)), end=now + 86_400)
             acc = 1
         seq.post(Request(c, rec, acc, reply=reply or (lambda _a: None)))
         self.sent += 1
@@ -272,8 +275,6 @@ class Driver:
 
 
 async def _bench(a: argparse.Namespace) -> dict[str, Any]:
-    from aiohttp import web
-
     from app.exchange import Exchange
     from exchange.config import ServerConfig
 
@@ -281,11 +282,7 @@ async def _bench(a: argparse.Namespace) -> dict[str, Any]:
     cfg = ServerConfig(data_dir=str(data), port=0, fsync=a.fsync, engine=a.engine, snapshot_every_s=3600)
     x = Exchange(cfg)
     await x.start()
-    runner = web.AppRunner(x.app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-    await site.start()
-    port = runner.addresses[0][1]
+    port = await x.serve("127.0.0.1", 0, backlog=4096)
     sys.setswitchinterval(0.0002)
     published: dict[str, tuple[list[int], list[float]]] = {c: ([], []) for c in CLASSES}
 
@@ -376,8 +373,7 @@ async def _bench(a: argparse.Namespace) -> dict[str, Any]:
         "engine": x.engine.engine,
         "target_messages_per_s": 150_000,
     }
-    await x.stop()
-    await runner.cleanup()
+    await x.close()
     shutil.rmtree(data, ignore_errors=True)
     return out
 

@@ -504,19 +504,14 @@ class LiveDemo:
         self._tmp = tempfile.mkdtemp(prefix="gpux-demo-")
         return Path(self._tmp)
 
-    async def _listen(self, app: Any) -> tuple[Any, int]:
-        from aiohttp import web
-
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+    async def _listen(self, exchange: Any) -> int:
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            return await exchange.serve(self.host, self.port)
         except OSError as e:
             if not self.port:
                 raise
             self.write(f"gpux demo: port {self.port} is taken ({e.strerror}); using a free port instead")
-            await web.TCPSite(runner, self.host, 0).start()
-        return runner, runner.addresses[-1][1]
+            return await exchange.serve(self.host, 0)
 
     async def run(self) -> int:
         from app.exchange import Exchange
@@ -531,7 +526,7 @@ class LiveDemo:
         t0 = time.monotonic()
         exchange = self.exchange = Exchange(cfg)
         await exchange.start()
-        runner, port = await self._listen(exchange.app)
+        port = await self._listen(exchange)
         self.url = f"http://{self.host}:{port}"
         exchange.bus.subscribe(self.tally.on_batch)
         stop = asyncio.Event()
@@ -576,8 +571,7 @@ class LiveDemo:
             for ag in self.provider_agents:
                 with contextlib.suppress(Exception):
                     await ag.stop()
-            await exchange.stop()
-            await runner.cleanup()
+            await exchange.close()
             self.write(self.tally.line(time.monotonic() - t0) + self.provisioning_line())
             if self.tally.errors:
                 refusals = ", ".join(f"{n} {code}" for code, n in self.tally.errors.most_common())

@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 
 from orderbook.codec import events_to_json
-from orderbook.types import CMD_CLOCK, COMMAND_DTYPE, EV_PREEMPTED, EV_RELEASED, EV_TRADE
+from orderbook.types import CMD_CLOCK, EV_PREEMPTED, EV_RELEASED, EV_TRADE
 
 log = logging.getLogger("gpux.bus")
 
@@ -62,9 +62,14 @@ class Bus:
     async def close(self) -> None:
         return None
 
+    def health(self) -> str:
+        return "ok"
+
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        return []
+
 
 LEASE_EVENTS = (EV_TRADE, EV_PREEMPTED, EV_RELEASED)
-_C_TIME, _C_TYPE = COMMAND_DTYPE.names.index("time"), COMMAND_DTYPE.names.index("type")
 _enc = msgspec.json.Encoder()
 
 
@@ -124,9 +129,9 @@ class RedisBus(Bus):
             if r is None:
                 continue
             if r.events:
-                seqs[r.book] = r.events[-1][0]
-            if r.command is not None and r.command[_C_TYPE] == CMD_CLOCK:
-                out.append((r.book, int(r.command[_C_TIME]), seqs.get(r.book, 0)))
+                seqs[r.book] = r.events[-1].seq
+            if r.command is not None and r.command.type == CMD_CLOCK:
+                out.append((r.book, r.command.time, seqs.get(r.book, 0)))
         return out
 
     def publish_deposits(self, rows: list[tuple[int, int, int, int]]) -> None:
@@ -149,10 +154,10 @@ class RedisBus(Bus):
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for book, arr in events.items():
-                    for rec, d in zip(arr.tolist(), events_to_json(arr), strict=True):
+                    for d in events_to_json(arr):
                         fields = {"seq": d["seq"], "type": d["type"], "event": _enc.encode(d)}
                         pipe.xadd(self.events_key(book), fields, maxlen=self.maxlen, approximate=True)
-                        if rec and d["type"] in ("trade", "preempted", "released"):
+                        if d["type"] in ("trade", "preempted", "released"):
                             pipe.xadd(self.trades_key(book), fields, maxlen=self.maxlen, approximate=True)
                 # a provisioning answer goes to its class's stream right after the event it
                 # follows (``after``): settlement applies it between that event and the next
@@ -179,6 +184,19 @@ class RedisBus(Bus):
 
     async def flush(self) -> None:
         await self._queue.join()
+
+    def health(self) -> str:
+        """"ok" while the task sending to Redis runs."""
+        if self._task is not None and self._task.done():
+            exc = None if self._task.cancelled() else self._task.exception()
+            return f"the Redis sender stopped: {exc!r}"
+        return "ok"
+
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        return [("gpux_redis_sent_events_total", self.sent, "events sent to Redis streams", "counter"),
+                ("gpux_redis_dropped_batches_total", self.dropped, "batches not sent to Redis (backlog full)",
+                 "counter"),
+                ("gpux_redis_queued_batches", self._queue.qsize(), "batches waiting to be sent to Redis", "gauge")]
 
     async def close(self) -> None:
         if self._task is not None:

@@ -1,18 +1,13 @@
 """The deterministic core of the exchange: the books of every GPU class and the state kept
-from their events, driven by journal entries.
+from their events, driven by journal entries (`exchange.entries`).
 
     engine = Engine(instruments, engine="numba")
-    results = engine.apply(entries)        # live, after the sequencer journaled them
-    engine.apply(entries)                  # the same call on replay: same events, same state
+    results, arrays = engine.apply(entries)   # live, after the sequencer journaled them
+    engine.apply(entries)                     # the same call on replay: same events, same state
 
-A journal entry is a msgspec record (encoded into each journal payload):
-
-* ``Cmd(book, rec, coid)`` — one COMMAND_DTYPE record for a book (clock commands too) and
-  the client order id it carried;
-* ``Admin(op, book)`` — halt or resume a class.
-
-Snapshots hold every book's snapshot blob, its state hash (verified on restore) and the
-exchange state; start-up is the latest snapshot + the journal after it (`recover`).
+Snapshots (`exchange.snapshots`) hold every book's snapshot blob, its state hash (verified on
+restore) and the exchange state; start-up is the latest snapshot + the journal after it
+(`exchange.recovery`).
 """
 
 from __future__ import annotations
@@ -23,17 +18,20 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from exchange.config import Instrument
-from exchange.state import ExchangeState, StateData, answer
+from exchange.entries import Cmd, Entry, Prov
+from exchange.snapshots import BookSnap, Snapshot, SnapshotMismatch, encode_snapshot
+from exchange.state import ExchangeState, StateData
+from exchange.views import answer
+from orderbook import types as T
 from orderbook.book import Book, make_book, restore_book
 from orderbook.engines import resolve_engine
-from orderbook.types import CMD_CLOCK, COMMAND_DTYPE
+from orderbook.types import CMD_CLOCK, COMMAND_DTYPE, Command, Event
 
 log = logging.getLogger("gpux.engine")
 # books with at least this many commands in one apply() run on worker threads together: below
@@ -41,68 +39,15 @@ log = logging.getLogger("gpux.engine")
 PARALLEL_MIN_COMMANDS = 256
 
 
-class Cmd(msgspec.Struct, array_like=True, tag=1):
-    book: str
-    rec: bytes  # one COMMAND_DTYPE record
-    coid: str = ""
-
-
-class Admin(msgspec.Struct, array_like=True, tag=2):
-    op: str  # "halt" | "resume"
-    book: str
-
-
-class Prov(msgspec.Struct, array_like=True, tag=3):
-    """A provider agent's answer to a provisioning task (R18): ready (metering from ``time``)
-    or failed.  Journaled like a command, so the ledger replays exactly from the journal; the
-    books do not see it."""
-
-    book: str
-    trade_id: int
-    ready: bool
-    time: int  # engine time of the answer
-    after: int  # the class's last event seq when it was journaled (the lease's trade is at or before it)
-    connection: str = ""  # JSON object: how the renter connects
-    reason: str = ""  # why it failed
-
-
-Entry = Cmd | Admin | Prov
-_entry_encoder = msgspec.msgpack.Encoder()
-_entry_decoder = msgspec.msgpack.Decoder(Entry)
-
-
-def encode_entry(entry: Entry) -> bytes:
-    return _entry_encoder.encode(entry)
-
-
-def decode_entry(payload: bytes) -> Entry:
-    return _entry_decoder.decode(payload)
-
-
 @dataclass
 class Result:
-    """What one entry did: the book, the command (a record tuple), the events it produced
-    (record tuples) and, when asked for, the answer to its sender."""
+    """What one entry did: the book, the command, the events it produced and, when asked for,
+    the answer to its sender."""
 
     book: str
-    command: tuple | None
-    events: list[tuple]
+    command: Command | None
+    events: list[Event]
     answer: dict[str, Any] | None = None
-
-
-class BookSnap(msgspec.Struct, array_like=True):
-    engine: str
-    time: int
-    state_hash: int
-    blob: bytes
-
-
-class Snapshot(msgspec.Struct, kw_only=True):
-    seq: int  # last journal seq applied
-    books: dict[str, BookSnap]
-    state: StateData
-    last_oid: int = 0  # the highest order id the sequencer gave out
-    version: int = 2  # 2: book blobs are zlib-compressed
 
 
 def book_seq(book: Any) -> int:
@@ -113,10 +58,6 @@ def book_seq(book: Any) -> int:
     from orderbook.fast import S_SEQ
 
     return int(book.st.S[S_SEQ])
-
-
-class SnapshotMismatch(RuntimeError):
-    """A restored book's state hash differs from the one recorded with its snapshot."""
 
 
 class Engine:
@@ -137,6 +78,20 @@ class Engine:
         self.threads = auto if threads is None else max(1, threads)
         self._pool: ThreadPoolExecutor | None = None
 
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        """/metrics: the journal seq applied, each book's resting orders, engine time and halt."""
+        out: list[tuple[str, float, str, str]] = [
+            ("gpux_journal_seq", self.seq, "last journal sequence number applied", "counter")]
+        out += [(f'gpux_resting_orders{{class="{n}"}}', b.resting_orders(), "orders resting in each book", "gauge")
+                for n, b in self.books.items()]
+        out += [(f'gpux_engine_time{{class="{n}"}}', self.book_time(n), "engine time of each book (UTC seconds)",
+                 "gauge") for n in self.books]
+        out += [(f'gpux_halted{{class="{n}"}}', int(n in self.state.halted), "1 while trading in the class is halted",
+                 "gauge") for n in self.books]
+        out += [("gpux_book_seconds_total", round(self.book_seconds, 6), "time spent inside the books", "counter"),
+                ("gpux_leases", len(self.state.leases), "leases known (all states)", "gauge")]
+        return out
+
     def book_time(self, name: str) -> int:
         return int(getattr(self.books[name], "now", 0))
 
@@ -153,7 +108,7 @@ class Engine:
         for i, e in enumerate(entries):
             if type(e) is Cmd:
                 by_book.setdefault(e.book, []).append(i)
-            elif type(e) is Prov:  # settlement's (settlement.link); nothing here changes
+            elif type(e) is Prov:  # settlement's (R18); nothing here changes
                 results[i] = Result(e.book, None, [])
             else:
                 if e.op == "halt":
@@ -177,11 +132,11 @@ class Engine:
         self.book_seconds += time.perf_counter() - t0
         for name, idx in by_book.items():
             cmds, spans = plans[name]
-            cmd_list = cmds.tolist()
+            cmd_list = T.commands(cmds)
             coids = [entries[i].coid for i in idx]
             parts = book_parts[name]
             for (lo, hi), part in zip(spans, parts, strict=True):
-                ev_list = part.tolist()
+                ev_list = T.events(part)
                 owned = state.apply(name, cmd_list[lo:hi], ev_list, coids[lo:hi])
                 for k in range(lo, hi):
                     a, b = owned[k - lo]
@@ -195,7 +150,7 @@ class Engine:
         if answers:
             for r in results:
                 if r is not None and r.command is not None:
-                    r.answer = answer(r.book, r.command, r.events, state)
+                    r.answer = answer(r.book, r.command, r.events, state.orders, state.leases)
         self.seq += len(entries)
         return results, arrays  # type: ignore[return-value]
 
@@ -258,50 +213,3 @@ class Engine:
 
     def state_hashes(self) -> dict[str, int]:
         return {name: b.state_hash() for name, b in self.books.items()}
-
-
-def encode_snapshot(snap: Snapshot) -> bytes:
-    """Snapshot bytes: book blobs deflated (a numba book's arrays are mostly empty: ~40 MB -> <1 MB)."""
-    books = {name: BookSnap(b.engine, b.time, b.state_hash, zlib.compress(b.blob, 1)) for name, b in snap.books.items()}
-    return msgspec.msgpack.encode(Snapshot(seq=snap.seq, books=books, state=snap.state, last_oid=snap.last_oid,
-                                           version=snap.version))
-
-
-# ---------------------------------------------------------------------- snapshot files
-SNAP_SUFFIX = ".snap"
-
-
-def snapshot_dir(data_dir: Path) -> Path:
-    return data_dir / "snapshots"
-
-
-def write_snapshot(data_dir: Path, seq: int, blob: bytes, keep: int = 3) -> Path:
-    """Write atomically (temp file, fsync, rename, fsync dir); keep the newest ``keep``."""
-    d = snapshot_dir(data_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{seq:020d}{SNAP_SUFFIX}"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    for old in sorted(d.glob(f"*{SNAP_SUFFIX}"))[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def snapshots(data_dir: Path) -> list[tuple[int, Path]]:
-    d = snapshot_dir(data_dir)
-    out = []
-    for p in d.glob(f"*{SNAP_SUFFIX}") if d.exists() else ():
-        try:
-            out.append((int(p.stem), p))
-        except ValueError:
-            continue
-    return sorted(out)

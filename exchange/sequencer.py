@@ -28,33 +28,25 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
 
 from exchange.bus import Bus, Published
+from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
-from exchange.engine import Admin, Cmd, Engine, Entry, Prov, encode_entry, encode_snapshot, write_snapshot
+from exchange.engine import Engine
+from exchange.entries import Admin, Cmd, Entry, Prov, encode_entry
 from exchange.errors import ApiError
 from exchange.journal import Journal
-from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE
-from settlement.link import SettlementLink
+from exchange.snapshots import encode_snapshot, write_snapshot
+from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE, Command
 
 log = logging.getLogger("gpux.sequencer")
 
-# COMMAND_DTYPE field order:
-#   time oid account price spot_price start end expire_at lease_id gpus hours min_hours block type kind tif post_only
 REC_SIZE = COMMAND_DTYPE.itemsize
 _decoder = msgspec.json.Decoder()
-
-
-def command(type_: int, account: int = 0, oid: int = 0, price: int = 0, spot_price: int = 0, start: int = 0,
-            end: int = 0, expire_at: int = 0, lease_id: int = 0, gpus: int = 0, hours: int = 0,
-            min_hours: int = 0, block: int = 0, kind: int = 0, tif: int = 0, post_only: int = 0) -> list[int]:
-    """A command record as a list in field order; time (and oid of new orders) are stamped later."""
-    return [0, oid, account, price, spot_price, start, end, expire_at, lease_id, gpus, hours, min_hours,
-            block, type_, kind, tif, post_only]
 
 
 @dataclass
@@ -62,14 +54,14 @@ class Request:
     """One command for the sequencer, and where its answer goes."""
 
     book: str
-    rec: list[int]
+    cmd: Command | None  # None for admin and provisioning entries; time (and a new order's oid) stamped here
     account: int
     coid: str = ""
     hold: int = 0  # escrow the command needs (bids: set by the sequencer's check, R17)
     origin: Any = None  # the session that sent it (events it produced are not pushed back to it)
     reply: Callable[[Any], None] | None = None  # gets the answer dict or an ApiError
-    admin: str = ""  # "halt" | "resume" for admin entries (rec unused)
-    prov: Any = None  # an exchange.engine.Prov entry: a provisioning answer (rec unused)
+    admin: str = ""  # "halt" | "resume" for admin entries
+    prov: Any = None  # an exchange.entries.Prov entry: a provisioning answer
     result: Any = None
     done: bool = False
 
@@ -79,6 +71,9 @@ class Request:
             self.result = value
             if self.reply is not None:
                 self.reply(value)
+
+
+_CLOCK = Command(type=CMD_CLOCK)
 
 
 @dataclass
@@ -95,14 +90,38 @@ class SequencerStats:
     batch_seconds: float = 0.0
 
 
+class Funds(Protocol):
+    """What the escrow check (R17) reads: settlement's ledger (`settlement.link.SettlementLink`)."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the balances cannot be trusted (bids that need escrow are refused)."""
+        ...
+
+    def available(self, account: int) -> int:
+        """What a new bid of the account may hold (µ$)."""
+        ...
+
+
 class Sequencer:
+    """The single writer.  ``funds``: what escrow is checked against (None: no escrow check).
+    Hooks for the projections that batch their work: ``on_tick`` runs at start and at every
+    clock tick, ``after_batch`` after each published batch, ``on_idle`` whenever nothing is
+    queued.  ``clock`` stamps clock commands and times the ticks and periodic snapshots."""
+
     def __init__(self, engine: Engine, journal: Journal, cfg: ServerConfig, bus: Bus,
-                 settlement: SettlementLink | None = None) -> None:
+                 funds: Funds | None = None, *, on_tick: Callable[[], Any] | None = None,
+                 after_batch: Callable[[], Any] | None = None, on_idle: Callable[[], Any] | None = None,
+                 clock: Clock = WALL) -> None:
         self.engine = engine
         self.journal = journal
         self.cfg = cfg
         self.bus = bus
-        self.settlement = settlement  # the ledger escrow is checked against (None: no escrow check)
+        self.funds = funds
+        self.on_tick = on_tick
+        self.after_batch = after_batch
+        self.on_idle = on_idle
+        self.clock = clock
         self.stats = SequencerStats()
         self._queue: list[Request] = []
         self._wake = asyncio.Event()
@@ -110,6 +129,7 @@ class Sequencer:
         self._syncer = _Syncer(self._sync)
         self._tasks: list[asyncio.Task] = []
         self._running = False
+        self._closed = False
         self._stopped = asyncio.Event()
         self._snapshot_due = False
         self._last_snapshot_seq = engine.seq
@@ -120,18 +140,22 @@ class Sequencer:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._running = True
-        self._refresh_deposits()
+        if self.on_tick is not None:
+            self.on_tick()
         self._tick()
         self._tasks = [asyncio.create_task(self._run(), name="sequencer"),
                        asyncio.create_task(self._clock(), name="clock")]
 
     async def stop(self, snapshot: bool = True) -> None:
-        """Finish the queued requests, take a final snapshot, close the journal."""
-        if not self._running:
+        """Finish the queued requests, take a final snapshot, close the journal (once; also after
+        the sequencer failed or was never started)."""
+        if self._closed:
             return
-        self._running = False
-        self._wake.set()
-        await self._stopped.wait()
+        self._closed = True
+        if self._running:
+            self._running = False
+            self._wake.set()
+            await self._stopped.wait()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -145,6 +169,34 @@ class Sequencer:
     @property
     def running(self) -> bool:
         return self._running
+
+    def health(self) -> str:
+        """"ok" while the sequencer takes orders and its tasks (the loop, the clock) run."""
+        if self.failed is not None:
+            return f"sequencer stopped: {self.failed!r}"
+        if not self._running:
+            return "sequencer stopped"
+        for t in self._tasks:
+            if t.done():
+                exc = None if t.cancelled() else t.exception()
+                return f"the sequencer's {t.get_name()} task ended: {exc!r}"
+        return "ok"
+
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        st = self.stats
+        out: list[tuple[str, float, str, str]] = [
+            ("gpux_batches_total", st.batches, "sequencer batches", "counter"),
+            ("gpux_commands_total", st.commands, "commands journaled and applied", "counter"),
+            ("gpux_fsyncs_total", st.fsyncs, "journal fsyncs (one per batch)", "counter"),
+            ("gpux_fsync_seconds_total", round(st.fsync_seconds, 6), "time waiting for fsync", "counter"),
+            ("gpux_fsync_busy_seconds_total", round(st.fsync_busy_seconds, 6), "time inside fsync", "counter"),
+            ("gpux_batch_seconds_total", round(st.batch_seconds, 6), "time spent in batches", "counter"),
+            ("gpux_batch_max", st.max_batch, "largest batch so far", "gauge"),
+            ("gpux_sequencer_queued", len(self._queue), "requests waiting for the next batch", "gauge")]
+        out += [(f'gpux_rejected_pre_total{{code="{code}"}}', n,
+                 "requests refused by the sequencer before the journal", "counter")
+                for code, n in sorted(st.rejected_pre.items())]
+        return out
 
     # ------------------------------------------------------------------ submitting
     def submit(self, req: Request) -> asyncio.Future:
@@ -179,28 +231,25 @@ class Sequencer:
         self._snapshot_due = True
         self._wake.set()
 
-    def _refresh_deposits(self) -> None:
-        """Deposits recorded by another process (`gpux accounts deposit`) reach the ledger."""
-        if self.settlement is not None:
-            self.settlement.sync_deposits()
-
     def _tick(self) -> None:
         """Queue a clock command for every book whose time is behind the wall clock."""
-        now = int(time.time())
+        now = self.clock.time()
         for name in self.engine.books:
             if now > self.times[name]:
-                self._queue.append(Request(name, command(CMD_CLOCK), 0))
+                self._queue.append(Request(name, _CLOCK, 0))
         self._wake.set()
 
     async def _clock(self) -> None:
         interval = self.cfg.clock_interval_s
-        last_snapshot = time.monotonic()
+        clock = self.clock
+        last_snapshot = clock.monotonic()
         while self._running:
-            await asyncio.sleep(interval - (time.time() % interval))
+            await clock.sleep(interval - (clock.time_ms() / 1000 % interval))
             self._tick()
-            self._refresh_deposits()
-            if time.monotonic() - last_snapshot >= self.cfg.snapshot_every_s:
-                last_snapshot = time.monotonic()
+            if self.on_tick is not None:
+                self.on_tick()
+            if clock.monotonic() - last_snapshot >= self.cfg.snapshot_every_s:
+                last_snapshot = clock.monotonic()
                 self.request_snapshot()
 
     # ------------------------------------------------------------------ the loop
@@ -209,8 +258,8 @@ class Sequencer:
         try:
             while True:
                 if not self._queue:
-                    if self.settlement is not None:  # nothing waiting: the ledger commits shortly
-                        self.settlement.flush_soon()
+                    if self.on_idle is not None:  # nothing waiting: e.g. the ledger commits shortly
+                        self.on_idle()
                     if not self._running:
                         break
                     if self._snapshot_due:
@@ -242,7 +291,8 @@ class Sequencer:
                 return state.coids[key]
             if key in seen:
                 return seen[key]
-        typ = r.rec[13]
+        cmd = r.cmd
+        typ = cmd.type
         if typ == CMD_CANCEL:
             return None
         if r.book in state.halted:
@@ -254,12 +304,12 @@ class Sequencer:
                 return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "
                                                    f"{self.cfg.max_open_orders}")
             if typ == CMD_BID:  # R17: a bid holds its whole exposure (gpus x hours x limit + fee)
-                r.hold = state.hold_for(r.book, r.rec[9], r.rec[10], r.rec[3])
-            if r.hold and self.settlement is not None:
-                if not self.settlement.healthy:
+                r.hold = state.hold_for(r.book, cmd.gpus, cmd.hours, cmd.price)
+            if r.hold and self.funds is not None:
+                if not self.funds.healthy:
                     return ApiError("UNAVAILABLE", "settlement is behind the book; bids that need escrow are "
                                                    "refused until it catches up")
-                avail = self.settlement.available(r.account) - holds.get(r.account, 0)
+                avail = self.funds.available(r.account) - holds.get(r.account, 0)
                 if r.hold > avail:
                     return ApiError("INSUFFICIENT_FUNDS", f"the bid needs {r.hold} µ$ of escrow, "
                                                           f"{max(avail, 0)} µ$ is available")
@@ -272,7 +322,9 @@ class Sequencer:
         engine = self.engine
         entries: list[Entry] = []
         owners: list[Request | None] = []
-        recs: list[list[int]] = []
+        recs: list[Command] = []
+        stamps: list[int] = []  # engine time of each of recs
+        oids: list[int] = []  # order id of each of recs (new orders: the next one)
         rec_entry: list[int] = []
         later: list[tuple[Request, Any]] = []  # answered without the journal (refused, or repeats)
         seen: dict[tuple[int, str], Request] = {}
@@ -295,30 +347,36 @@ class Sequencer:
                 entries.append(Admin(r.admin, r.book))
                 owners.append(r)
                 continue
-            rec = r.rec
-            if rec[13] == CMD_CLOCK:
-                t = int(time.time())
+            cmd = r.cmd
+            if cmd.type == CMD_CLOCK:
+                t = self.clock.time()
                 if t <= times[r.book]:
                     continue
                 times[r.book] = t
-                rec[0] = t
+                stamps.append(t)
+                oids.append(0)
             else:
                 verdict = self._check(r, seen, holds, new)
                 if verdict is not None:
                     later.append((r, verdict))
                     continue
-                rec[0] = times[r.book]
-                if rec[13] == CMD_BID or rec[13] == CMD_ASK:
+                stamps.append(times[r.book])
+                if cmd.type == CMD_BID or cmd.type == CMD_ASK:
                     oid += 1
-                    rec[1] = oid
+                    oids.append(oid)
+                else:
+                    oids.append(cmd.oid)
                 if r.coid:
                     seen[(r.account, r.coid)] = r
             rec_entry.append(len(entries))
-            recs.append(rec)
+            recs.append(cmd)
             entries.append(Cmd(r.book, b"", r.coid))
             owners.append(r)
-        if recs:
-            blob = np.array([tuple(x) for x in recs], dtype=COMMAND_DTYPE).tobytes()
+        if recs:  # the records with their engine times and order ids stamped
+            arr = np.array(recs, dtype=COMMAND_DTYPE)
+            arr["time"] = stamps
+            arr["oid"] = oids
+            blob = arr.tobytes()
             for k, i in enumerate(rec_entry):
                 entries[i].rec = blob[k * REC_SIZE:(k + 1) * REC_SIZE]
         if entries:
@@ -345,8 +403,8 @@ class Sequencer:
             self.bus.publish(Published(results, arrays, [o.origin if o else None for o in owners],
                                        [e for e in entries if type(e) is Prov]))
             self.busy = False
-            if self.settlement is not None and self.settlement.due():  # busy: commit now and then
-                self.settlement.flush_soon(now=True)
+            if self.after_batch is not None:  # busy: e.g. the ledger commits now and then
+                self.after_batch()
         for r, verdict in later:
             if isinstance(verdict, ApiError):
                 self.stats.rejected_pre[verdict.code] = self.stats.rejected_pre.get(verdict.code, 0) + 1

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
 from aiohttp import WSMsgType, web
 
+from exchange.clock import WALL, Clock
 from feeds.model import CHANNELS, ClassFeed, stream_name
 from gateway.wsframe import ws_frame
 
@@ -102,9 +102,10 @@ class Conn:
     """One subscriber connection."""
 
     __slots__ = ("ws", "transport", "out", "dirty", "closed", "subs", "account", "role", "peer", "sent", "tokens",
-                 "stamp")
+                 "stamp", "clock")
 
-    def __init__(self, ws: web.WebSocketResponse | None, transport: Any, peer: str = "") -> None:
+    def __init__(self, ws: web.WebSocketResponse | None, transport: Any, peer: str = "", clock: Clock = WALL) -> None:
+        self.clock = clock
         self.ws = ws
         self.transport = transport
         self.out: list[bytes] = []
@@ -116,11 +117,11 @@ class Conn:
         self.peer = peer
         self.sent = 0  # messages queued to it
         self.tokens = float(OPS_BURST)  # operations it may send now (token bucket)
-        self.stamp = time.monotonic()
+        self.stamp = clock.monotonic()
 
     def take(self) -> float:
         """0 if an operation may go now, else the seconds until it could."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.tokens = min(float(OPS_BURST), self.tokens + (now - self.stamp) * OPS_PER_S)
         self.stamp = now
         if self.tokens >= 1:
@@ -135,7 +136,8 @@ class Hub:
     def __init__(self, feeds: dict[str, ClassFeed], *, private: Private | None = None,
                  max_buffer: int = MAX_BUFFER, max_subscriptions: int = MAX_SUBSCRIPTIONS,
                  close_grace_s: float = CLOSE_GRACE_S, heartbeat_s: float = HEARTBEAT_S,
-                 hello: dict[str, Any] | None = None) -> None:
+                 hello: dict[str, Any] | None = None, clock: Clock = WALL) -> None:
+        self.clock = clock
         self.feeds = feeds
         self.private = private
         self.max_buffer = max_buffer
@@ -236,7 +238,7 @@ class Hub:
         t = c.transport
         if t is not None and not t.is_closing():
             t.write(close_frame(1008, reason))
-            asyncio.get_running_loop().call_later(self.close_grace_s, _abort, t)
+            self.clock.call_later(self.close_grace_s, lambda: _abort(t))
 
     # ------------------------------------------------------------------ subscriptions
     def subscribe(self, c: Conn, cls: str, stream: str) -> None:
@@ -314,11 +316,15 @@ class Hub:
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            await self.clock.sleep(self.heartbeat_s)
             try:
                 self.heartbeat()
             except Exception:  # never let the timer die
                 log.exception("feed heartbeat failed")
+
+    @property
+    def heartbeat_task(self) -> asyncio.Task | None:
+        return self._hb_task
 
     def start(self) -> None:
         if self._hb_task is None:
@@ -355,7 +361,7 @@ class Hub:
                                                 f"{request.path} is a WebSocket endpoint: connect with an upgrade"}},
                                      status=400)
         await ws.prepare(request)
-        c = Conn(ws, request.transport, request.remote or "")
+        c = Conn(ws, request.transport, request.remote or "", self.clock)
         self.conns.add(c)
         self.stats["connections_total"] += 1
         try:
@@ -393,7 +399,7 @@ class Hub:
             elif isinstance(op, AuthOp):
                 self._auth(c, op)
             else:
-                self._push(c, {"type": "pong", "id": rid, "time": int(time.time())})
+                self._push(c, {"type": "pong", "id": rid, "time": self.clock.time()})
         except OpError as e:
             self._push(c, {"type": "error", "id": rid, "code": e.code, "message": e.message})
 

@@ -41,20 +41,15 @@ from orderbook.types import (
     EV_PREEMPTED,
     EV_RELEASED,
     EV_TRADE,
-    EVENT_DTYPE,
     KIND_NAMES,
     ON_DEMAND,
     SIDE_ASK,
     SIDE_BID,
     SIDE_NAMES,
     SPOT,
+    Event,
+    events,
 )
-
-_E = {name: i for i, name in enumerate(EVENT_DTYPE.names)}
-SEQ, TIME, OID, OID2, TID = _E["seq"], _E["time"], _E["oid"], _E["oid2"], _E["trade_id"]
-PRICE, PRICE2, START, END, LEASE = _E["price"], _E["price2"], _E["start"], _E["end"], _E["lease_id"]
-GPUS, REM, HOURS, TYPE, KIND, SIDE, MAKER = (_E[k] for k in ("gpus", "remaining", "hours", "type", "kind",
-                                                              "side", "maker"))
 
 _STALE = object()  # a side's cached best price must be recomputed
 
@@ -125,27 +120,27 @@ class BookModel:
             self._best[side] = _STALE
 
     # ------------------------------------------------------------------ events
-    def apply(self, rows: list[tuple], now: int | None = None) -> None:
-        """Apply events (EVENT_DTYPE records as tuples, `ndarray.tolist()`), in seq order.  The
+    def apply(self, rows: list[Event], now: int | None = None) -> None:
+        """Apply events (`orderbook.types.events` of an EVENT_DTYPE array), in seq order.  The
         asks they touch are recomputed by the next `advance`, which must be to ``now`` (the
         batch's engine time after these events) if it is given."""
         asks, bids, dirty, moments = self.asks, self.bids, self._dirty, self._moments
         push = heapq.heappush
         at = self.now if now is None else max(now, self.now)
         for ev in rows:
-            t = ev[TYPE]
+            t = ev.type
             if t == EV_TRADE:
-                b = bids.get(ev[OID])
+                b = bids.get(ev.oid)
                 if b is not None:
-                    self._add(b[0], b[1], ev[REM] - b[2])
-                    b[2] = ev[REM]
+                    self._add(b[0], b[1], ev.remaining - b[2])
+                    b[2] = ev.remaining
                     if not b[2]:
-                        del bids[ev[OID]]
-                a = asks.get(ev[OID2])
+                        del bids[ev.oid]
+                a = asks.get(ev.oid2)
                 if a is not None:
-                    tid, start, end = ev[TID], ev[START], ev[END]
+                    tid, start, end = ev.trade_id, ev.start, ev.end
                     if end > at:  # (a lease that is over by the batch's end changes nothing)
-                        lease = [ev[GPUS], start, end, ev[KIND] == SPOT, False]
+                        lease = [ev.gpus, start, end, ev.kind == SPOT, False]
                         a.leases[tid] = lease
                         if start <= at:  # running at the batch's end: count it now
                             lease[4] = True
@@ -158,20 +153,20 @@ class BookModel:
                             push(moments, (start, a.oid, tid))
                         push(moments, (end, a.oid, tid))
             elif t == EV_ACCEPTED:
-                if ev[SIDE] == SIDE_ASK:
-                    a = _Ask(ev[OID], ev[PRICE], ev[PRICE2], ev[GPUS], ev[START], ev[END])
+                if ev.side == SIDE_ASK:
+                    a = _Ask(ev.oid, ev.price, ev.price2, ev.gpus, ev.start, ev.end)
                     asks[a.oid] = a
                     dirty.add(a.oid)
                     if a.start > at:
                         push(moments, (a.start, a.oid, 0))
                     push(moments, (a.end, a.oid, 0))
                 else:
-                    side = SPOT_BIDS if ev[KIND] == SPOT else BIDS
-                    bids[ev[OID]] = [side, ev[PRICE], ev[REM]]
-                    self._add(side, ev[PRICE], ev[REM])
+                    side = SPOT_BIDS if ev.kind == SPOT else BIDS
+                    bids[ev.oid] = [side, ev.price, ev.remaining]
+                    self._add(side, ev.price, ev.remaining)
             elif t == EV_CANCELLED or t == EV_EXPIRED:
-                if ev[SIDE] == SIDE_ASK:
-                    a = asks.pop(ev[OID], None)
+                if ev.side == SIDE_ASK:
+                    a = asks.pop(ev.oid, None)
                     if a is not None:
                         self._add(ASKS, a.price, -a.free)
                         if a.spot:
@@ -179,30 +174,30 @@ class BookModel:
                         dirty.discard(a.oid)
                         self._stale += 2 + 2 * len(a.leases)
                 else:
-                    b = bids.pop(ev[OID], None)
+                    b = bids.pop(ev.oid, None)
                     if b is not None:
                         self._add(b[0], b[1], -b[2])
             elif t == EV_PREEMPTED or t == EV_RELEASED:
-                a = asks.get(ev[OID2])
+                a = asks.get(ev.oid2)
                 if a is not None:
-                    lease = a.leases.get(ev[TID])
+                    lease = a.leases.get(ev.trade_id)
                     if lease is not None:
-                        lease[2] = ev[END]
-                        push(moments, (ev[END], a.oid, ev[TID]))
+                        lease[2] = ev.end
+                        push(moments, (ev.end, a.oid, ev.trade_id))
             elif t == EV_AMENDED:
-                if ev[SIDE] == SIDE_ASK:
-                    a = asks.get(ev[OID])
+                if ev.side == SIDE_ASK:
+                    a = asks.get(ev.oid)
                     if a is not None:
-                        a.gpus = ev[GPUS]
+                        a.gpus = ev.gpus
                         dirty.add(a.oid)
                 else:
-                    b = bids.get(ev[OID])
+                    b = bids.get(ev.oid)
                     if b is not None:
-                        self._add(b[0], b[1], ev[REM] - b[2])
-                        b[2] = ev[REM]
+                        self._add(b[0], b[1], ev.remaining - b[2])
+                        b[2] = ev.remaining
             # EV_REJECTED changes nothing (R8)
         if rows:
-            self.seq = rows[-1][SEQ]
+            self.seq = rows[-1].seq
         if self._stale > 4096 and 2 * self._stale > len(moments):
             # cancelled asks' moments can lie months ahead: drop them rather than keep them until then
             self._moments = [m for m in moments if m[1] in asks]
@@ -304,22 +299,17 @@ class BookModel:
         open ``orders`` and ``leases`` of this class): how a restarted exchange starts its feed."""
         m = cls(name)
         rows = []
-        z = [0] * len(EVENT_DTYPE.names)
         for o in sorted((o for o in orders if o.status == "open" and o.book == name), key=lambda o: o.oid):
-            ev = list(z)
-            ev[TYPE], ev[OID], ev[PRICE], ev[GPUS] = EV_ACCEPTED, o.oid, o.price, o.gpus
             if o.side == "ask":
-                ev[SIDE], ev[PRICE2], ev[START], ev[END] = SIDE_ASK, o.spot_price, o.start, o.end
+                rows.append(Event(type=EV_ACCEPTED, oid=o.oid, price=o.price, gpus=o.gpus, side=SIDE_ASK,
+                                  price2=o.spot_price, start=o.start, end=o.end))
             else:
-                ev[SIDE], ev[KIND], ev[REM] = SIDE_BID, SPOT if o.kind == "spot" else ON_DEMAND, o.remaining
-            rows.append(tuple(ev))
+                rows.append(Event(type=EV_ACCEPTED, oid=o.oid, price=o.price, gpus=o.gpus, side=SIDE_BID,
+                                  kind=SPOT if o.kind == "spot" else ON_DEMAND, remaining=o.remaining))
         for x in sorted((x for x in leases if x.book == name and x.end > now), key=lambda x: x.trade_id):
-            ev = list(z)
-            ev[TYPE], ev[TID], ev[OID2], ev[GPUS], ev[START], ev[END] = (EV_TRADE, x.trade_id, x.ask_oid, x.gpus,
-                                                                         x.start, x.end)
-            ev[KIND] = SPOT if x.kind == "spot" else ON_DEMAND
-            ev[OID] = -1  # no resting bid to change
-            rows.append(tuple(ev))
+            rows.append(Event(type=EV_TRADE, trade_id=x.trade_id, oid2=x.ask_oid, gpus=x.gpus, start=x.start,
+                              end=x.end, kind=SPOT if x.kind == "spot" else ON_DEMAND,
+                              oid=-1))  # no resting bid to change
         m.apply(rows, now)
         m.seq = seq
         m.advance(now)
@@ -343,16 +333,16 @@ class MarketStats:
         self.volume = self.notional = self.count = 0
         self.firm_volume = self.firm_notional = self.firm_count = 0
         self.last: tuple[int, int, int] | None = None  # (price, time, kind)
-        self.recent: deque[tuple] = deque(maxlen=TRADES_KEPT)  # the last trades' events
+        self.recent: deque[Event] = deque(maxlen=TRADES_KEPT)  # the last trades' events
         self.candles: dict[str, deque[list[int]]] = {k: deque(maxlen=n) for k, n in CANDLES_KEPT.items()}
         self.changed: dict[str, list[int] | None] = {k: None for k in INTERVALS}  # first changed candle start
 
-    def add(self, ev: tuple) -> None:
-        gpu_h = ev[GPUS] * ev[HOURS]
-        price = ev[PRICE]
+    def add(self, ev: Event) -> None:
+        gpu_h = ev.gpus * ev.hours
+        price = ev.price
         notional = price * gpu_h
-        firm = ev[KIND] != SPOT
-        t = ev[TIME]
+        firm = ev.kind != SPOT
+        t = ev.time
         w = self.window
         if w and w[-1][0] == t:
             b = w[-1]
@@ -373,7 +363,7 @@ class MarketStats:
             self.firm_volume += gpu_h
             self.firm_notional += notional
             self.firm_count += 1
-        self.last = (price, t, ev[KIND])
+        self.last = (price, t, ev.kind)
         for name, width in INTERVALS.items():
             start = t - t % width
             cs = self.candles[name]
@@ -422,13 +412,13 @@ class MarketStats:
                 "window_s": DAY, "method": "vwap_24h_firm"}
 
 
-def trade_json(ev: tuple) -> dict[str, Any]:
+def trade_json(ev: Event) -> dict[str, Any]:
     """A trade event as the public trades channel shows it (no accounts, no order ids)."""
-    d = {"seq": ev[SEQ], "time": ev[TIME], "trade_id": ev[TID], "kind": KIND_NAMES.get(ev[KIND], ev[KIND]),
-         "gpus": ev[GPUS], "hours": ev[HOURS], "price": ev[PRICE], "start": ev[START], "end": ev[END],
-         "maker": SIDE_NAMES.get(ev[MAKER], "")}
-    if ev[LEASE]:
-        d["resale_of"] = ev[LEASE]
+    d = {"seq": ev.seq, "time": ev.time, "trade_id": ev.trade_id, "kind": KIND_NAMES.get(ev.kind, ev.kind),
+         "gpus": ev.gpus, "hours": ev.hours, "price": ev.price, "start": ev.start, "end": ev.end,
+         "maker": SIDE_NAMES.get(ev.maker, "")}
+    if ev.lease_id:
+        d["resale_of"] = ev.lease_id
     return d
 
 
@@ -472,18 +462,18 @@ class ClassFeed:
         d["u"] = self.u[stream]
         return d
 
-    def update(self, events: np.ndarray | list[tuple] | None, now: int,
+    def update(self, rows: np.ndarray | list[Event] | None, now: int,
                wanted: Callable[[str], bool] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """Apply a batch's events and the class's engine time after it; the messages to publish,
         as (stream, message), in stream order.  A stream for which ``wanted(stream)`` is false
         still counts its update (``u``) but its message is not built (nobody would get it)."""
-        rows = events.tolist() if isinstance(events, np.ndarray) else (events or [])
+        rows = events(rows) if isinstance(rows, np.ndarray) else (rows or [])
         book, stats = self.book, self.stats
         trades = []
         if rows:
             book.apply(rows, now)
             for ev in rows:
-                if ev[TYPE] == EV_TRADE:
+                if ev.type == EV_TRADE:
                     stats.add(ev)
                     trades.append(ev)
         book.advance(now)

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from exchange.config import Instrument
-from exchange.engine import Engine, SnapshotMismatch, decode_entry, snapshots
+from exchange.engine import Engine
+from exchange.entries import decode_entry
 from exchange.journal import Journal, read, segments
+from exchange.snapshots import SnapshotMismatch, snapshots
 from feeds.recording import (
     DIR_NAME,
     EVENT_SIZE,

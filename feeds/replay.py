@@ -33,7 +33,7 @@ from feeds.hub import Conn, Hub
 from feeds.model import INTERVALS, BookModel, ClassFeed
 from feeds.recording import Recording, RecordingError, load, recording_dir
 from orderbook.codec import events_to_json
-from orderbook.types import EV_NAMES, EVENT_DTYPE
+from orderbook.types import EV_NAMES, EVENT_DTYPE, events
 
 __all__ = ["load", "book_at", "feed_at", "Recording", "RecordingError", "serve_replay", "main"]
 
@@ -327,10 +327,9 @@ def _write_events(out: io.TextIOBase, name: str, ev: np.ndarray, fmt: str, write
         if lines:
             out.write("\n".join(lines) + "\n")
     else:
-        idx_type = EVENT_DTYPE.names.index("type")
-        for row in ev.tolist():
-            writer.writerow([name, EV_NAMES.get(row[idx_type], row[idx_type])]
-                            + [v for i, v in enumerate(row) if i != idx_type])
+        for row in events(ev):
+            writer.writerow([name, EV_NAMES.get(row.type, row.type)]
+                            + [v for field, v in zip(row._fields, row, strict=True) if field != "type"])
 
 
 def run_replay(path: str | Path, out: TextIO, *, classes: Sequence[str] | None = None, channel: str = "events",

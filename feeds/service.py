@@ -1,8 +1,10 @@
 """The live market-data service of a running exchange (docs/feeds.md).
 
-    feeds = await FeedService.attach(exchange)   # in Exchange.start(), after the gateway
+    feeds = FeedService(engine, bus, cfg, verifier)   # after recovery
+    feeds.add_routes(app.router)                      # GET /v1/feeds, GET /v1/replay
+    await feeds.start()                               # the recorder caught up, then live
     ...
-    await feeds.close()                          # in Exchange.stop(), after the sequencer
+    await feeds.close()                               # after the sequencer stopped
 
 It subscribes to the exchange's bus.  The bus callback only takes note of the batch (events of
 each class, each touched class's engine time, the command-journal seq) and, for accounts with
@@ -22,37 +24,22 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from aiohttp import web
 
-from exchange.engine import book_seq
-from exchange.state import (
-    E_ACC,
-    E_ACC2,
-    E_END,
-    E_GPUS,
-    E_HOURS,
-    E_KIND,
-    E_MAKER,
-    E_OID,
-    E_OID2,
-    E_PRICE,
-    E_SEQ,
-    E_START,
-    E_TID,
-    E_TIME,
-    E_TYPE,
-    lease_ref,
-    lease_view,
-    order_view,
-)
+from exchange.bus import Bus
+from exchange.clock import WALL, Clock
+from exchange.config import ServerConfig
+from exchange.engine import Engine, book_seq
+from exchange.records import lease_ref
+from exchange.views import fill_view, lease_view, order_view, private_update
 from feeds.hub import AuthOp, Hub, OpError
 from feeds.model import DAY, BookModel, ClassFeed
 from feeds.recorder import Recorder, catch_up, open_recorder
 from feeds.recording import recent
-from gateway.auth import AuthError
+from gateway.auth import AuthError, Verifier
 from orderbook.types import (
     EV_ACCEPTED,
     EV_AMENDED,
@@ -61,51 +48,74 @@ from orderbook.types import (
     EV_PREEMPTED,
     EV_RELEASED,
     EV_TRADE,
-    KIND_NAMES,
-    SIDE_BID,
+    Event,
+    events,
 )
-
-if TYPE_CHECKING:
-    from app.exchange import Exchange
 
 log = logging.getLogger("gpux.feeds")
 
 
 class FeedService:
-    def __init__(self, exchange: Exchange, record: bool = True, **hub_options: Any) -> None:
-        eng = exchange.engine
-        assert eng is not None, "attach the feeds after the engine has recovered"
-        self.x = exchange
+    """Market data of a running exchange, kept from ``bus``'s batches; ``engine`` is the core
+    after recovery (read for the starting models and the private channels' snapshots),
+    ``verifier`` checks the private channels' auth messages."""
+
+    def __init__(self, engine: Engine, bus: Bus, cfg: ServerConfig, verifier: Verifier, record: bool = True,
+                 clock: Clock = WALL, **hub_options: Any) -> None:
+        eng = engine
         self.engine = eng
-        self.data = exchange.data
+        self.cfg = cfg
+        self.clock = clock
+        self.data = cfg.data_path
         self.start_seq = eng.seq
         st = eng.state
         self.feeds: dict[str, ClassFeed] = {
             name: ClassFeed(name, BookModel.from_state(name, book_seq(book), eng.book_time(name),
                                                        st.orders.values(), st.leases.values()))
             for name, book in eng.books.items()}
-        self.verifier = exchange.gateway.verifier
-        self.hub = Hub(self.feeds, private=self, **hub_options)
+        self.verifier = verifier
+        self.hub = Hub(self.feeds, private=self, clock=clock, **hub_options)
         self.recorder: Recorder | None = None
         self.record = record
         # (journal seq, events arrays, events as tuples, engine times) per batch not yet published
-        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, list[tuple]], dict[str, int]]] = deque()
+        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, list[Event]], dict[str, int]]] = deque()
         self._ready = False
         self._scheduled = False
         self._closed = False
         self.rounds = 0
         self.lag_max = 0  # most batches taken in one round
         self.busy_s = 0.0  # seconds spent in the bus callback and the rounds (not counting socket writes)
-        self._unsubscribe = exchange.bus.subscribe(self._on_batch)
-        router = exchange.app.router
+        self._unsubscribe = bus.subscribe(self._on_batch)
+
+    def level2(self, name: str) -> tuple[int, dict[str, list]] | None:
+        """The market-data model's level 2 of a class (R20) and the event seq it stands at."""
+        feed = self.feeds.get(name)
+        return None if feed is None else (feed.seq, feed.book.level2())
+
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        st = self.hub.stats
+        return [("gpux_feeds_pending_batches", len(self._pending), "durable batches not yet published to the feeds",
+                 "gauge"),
+                ("gpux_feeds_lag_max_batches", self.lag_max, "most batches taken in one fan-out round", "gauge"),
+                ("gpux_feeds_rounds_total", self.rounds, "fan-out rounds", "counter"),
+                ("gpux_feeds_busy_seconds_total", round(self.busy_s, 6), "time spent building market data", "counter"),
+                ("gpux_feeds_connections", len(self.hub.conns), "open market-data connections", "gauge"),
+                ("gpux_feeds_messages_total", st["messages"], "market-data messages queued to subscribers", "counter"),
+                ("gpux_feeds_cut_off_total", st["cut_off"], "subscribers cut off for reading too slowly", "counter"),
+                ("gpux_feeds_recording", int(self.recorder is not None), "1 while the recorder writes", "gauge")]
+
+    def health(self) -> str:
+        """"ok" while the feeds publish: the heartbeat task runs and, if recording, the recorder works."""
+        hb = self.hub.heartbeat_task
+        if self._ready and not self._closed and (hb is None or hb.done()):
+            return "the feeds' heartbeat task is not running"
+        if self.record and self._ready and self.recorder is None:
+            return "the market-data recorder failed (see logs); it is rebuilt at the next start"
+        return "ok"
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/v1/feeds", self.hub.handle)
         router.add_get("/v1/replay", self.replay)
-
-    @classmethod
-    async def attach(cls, exchange: Exchange, **options: Any) -> FeedService:
-        svc = cls(exchange, **options)
-        await svc.start()
-        return svc
 
     async def start(self) -> None:
         """Open the recorder and complete it from the command journal (in a worker thread), load
@@ -113,7 +123,7 @@ class FeedService:
         meanwhile."""
         loop = asyncio.get_running_loop()
         if self.record:
-            cfg = self.x.cfg
+            cfg = self.cfg
             self.recorder = await loop.run_in_executor(None, open_recorder, self.data, cfg.instruments,
                                                        self.engine.engine, self.start_seq, cfg.segment_bytes)
             await loop.run_in_executor(None, catch_up, self.recorder, cfg.instruments, self.engine.engine,
@@ -133,7 +143,7 @@ class FeedService:
             if feed is None or not len(ev):
                 continue
             ev = ev[ev["seq"] <= feed.seq]  # what the model has seen already
-            for row in ev.tolist():
+            for row in events(ev):
                 feed.stats.add(row)
             feed.stats.expire(feed.now)
             for k in feed.stats.changed:
@@ -157,8 +167,8 @@ class FeedService:
         t0 = time.perf_counter()
         eng = self.engine
         times: dict[str, int] = {}
-        rows: dict[str, list[tuple]] = {}
-        for r in batch.results:  # the engine's own tuples of the events: no second tolist()
+        rows: dict[str, list[Event]] = {}
+        for r in batch.results:  # the engine's own Event tuples: no second tolist()
             if r.command is not None:
                 if r.book not in times:
                     times[r.book] = eng.book_time(r.book)
@@ -185,10 +195,10 @@ class FeedService:
         self.lag_max = max(self.lag_max, len(pending))
         jseq = pending[-1][0]
         parts: dict[str, list[np.ndarray]] = {}
-        rows: dict[str, list[tuple]] = {}
+        rows: dict[str, list[Event]] = {}
         times: dict[str, int] = {}
-        for _, events, r, t in pending:
-            for name, ev in events.items():
+        for _, arrays, r, t in pending:
+            for name, ev in arrays.items():
                 parts.setdefault(name, []).append(ev)
             for name, evs in r.items():
                 rows.setdefault(name, []).extend(evs)
@@ -225,7 +235,7 @@ class FeedService:
     def private_snapshot(self, account: int, channel: str) -> dict[str, Any]:
         st = self.engine.state
         d: dict[str, Any] = {"type": channel, "account": account, "action": "snapshot",
-                             "time": int(time.time())}
+                             "time": self.clock.time()}
         if channel == "orders":
             d["orders"] = [order_view(o) for o in st.open_orders(account)]
         elif channel == "leases":
@@ -236,7 +246,7 @@ class FeedService:
             d[channel] = []
         return d
 
-    def _private(self, events: dict[str, list[tuple]]) -> None:
+    def _private(self, events: dict[str, list[Event]]) -> None:
         hub = self.hub
         st = self.engine.state
         for name, rows in events.items():
@@ -244,35 +254,39 @@ class FeedService:
             fills: dict[int, list[dict[str, Any]]] = {}
             leases: dict[int, dict[int, None]] = {}
             for ev in rows:
-                t = ev[E_TYPE]
+                t = ev.type
                 if t == EV_TRADE:
-                    for acc, oid, side in ((ev[E_ACC], ev[E_OID], "buy"), (ev[E_ACC2], ev[E_OID2], "sell")):
+                    for acc, oid, side in ((ev.account, ev.oid, "buy"), (ev.account2, ev.oid2, "sell")):
                         if hub.has_private(acc, "orders"):
                             orders.setdefault(acc, {})[oid] = None
                         if hub.has_private(acc, "fills"):
-                            fills.setdefault(acc, []).append(_fill(name, ev, side))
+                            fills.setdefault(acc, []).append(fill_view(name, ev, side))
                         if hub.has_private(acc, "leases"):
-                            leases.setdefault(acc, {})[ev[E_TID]] = None
+                            leases.setdefault(acc, {})[ev.trade_id] = None
                 elif t in (EV_ACCEPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED):
-                    acc = ev[E_ACC]
+                    acc = ev.account
                     if hub.has_private(acc, "orders"):
-                        orders.setdefault(acc, {})[ev[E_OID]] = None
+                        orders.setdefault(acc, {})[ev.oid] = None
                 elif t in (EV_PREEMPTED, EV_RELEASED):
-                    for acc in (ev[E_ACC], ev[E_ACC2]):
+                    for acc in (ev.account, ev.account2):
                         if hub.has_private(acc, "leases"):
-                            leases.setdefault(acc, {})[ev[E_TID]] = None
+                            leases.setdefault(acc, {})[ev.trade_id] = None
             if not (orders or fills or leases):
                 continue
-            seq, when = rows[-1][E_SEQ], self.engine.book_time(name)
+            seq, when = rows[-1].seq, self.engine.book_time(name)
             for acc, oids in orders.items():
                 views = [order_view(st.orders[o]) for o in oids if o in st.orders]
-                hub.publish_private(acc, "orders", _pmsg("orders", acc, name, seq, when, views))
+                hub.publish_private(acc, "orders", private_update("orders", acc, name, seq, when, views))
             for acc, items in fills.items():
-                hub.publish_private(acc, "fills", _pmsg("fills", acc, name, seq, when, items))
+                hub.publish_private(acc, "fills", private_update("fills", acc, name, seq, when, items))
             for acc, tids in leases.items():
                 views = [lease_view(st.leases[lease_ref(name, tid)], when) for tid in tids
                          if lease_ref(name, tid) in st.leases]
-                hub.publish_private(acc, "leases", _pmsg("leases", acc, name, seq, when, views))
+                hub.publish_private(acc, "leases", private_update("leases", acc, name, seq, when, views))
+
+    def provisioning_listening(self, account: int) -> bool:
+        """Whether the account has a subscriber on its ``provisioning`` channel."""
+        return self.hub.has_private(account, "provisioning")
 
     def publish_provisioning(self, account: int, gpu_class: str, tasks: list[dict[str, Any]], seq: int = 0,
                              when: int = 0) -> None:
@@ -282,7 +296,7 @@ class FeedService:
         ``{"task": "ready", "lease": ..., "connection": {...}}`` or ``{"task": "end", ...}``."""
         if self.hub.has_private(account, "provisioning"):
             self.hub.publish_private(account, "provisioning",
-                                     _pmsg("provisioning", account, gpu_class, seq, when, tasks))
+                                     private_update("provisioning", account, gpu_class, seq, when, tasks))
 
     # ------------------------------------------------------------------ replay endpoint
     async def replay(self, request: web.Request) -> web.StreamResponse:
@@ -292,17 +306,3 @@ class FeedService:
             return web.json_response({"error": {"code": "UNAVAILABLE", "message": "this exchange does not record"}},
                                      status=503)
         return await serve_replay(request, self.recorder.dir)
-
-
-def _pmsg(channel: str, account: int, name: str, seq: int, when: int, items: list[Any]) -> dict[str, Any]:
-    return {"type": channel, "account": account, "class": name, "seq": seq, "time": when, "action": "update",
-            channel: items}
-
-
-def _fill(name: str, ev: tuple, side: str) -> dict[str, Any]:
-    maker_side = "buy" if ev[E_MAKER] == SIDE_BID else "sell"
-    return {"lease": lease_ref(name, ev[E_TID]), "trade_id": ev[E_TID], "side": side,
-            "kind": KIND_NAMES.get(ev[E_KIND], ev[E_KIND]), "gpus": ev[E_GPUS], "hours": ev[E_HOURS],
-            "price": ev[E_PRICE], "start": ev[E_START], "end": ev[E_END],
-            "liquidity": "maker" if maker_side == side else "taker", "bid_oid": ev[E_OID], "ask_oid": ev[E_OID2],
-            "seq": ev[E_SEQ], "time": ev[E_TIME]}

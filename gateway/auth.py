@@ -303,3 +303,18 @@ class Signer:
 
     def __repr__(self) -> str:
         return f"Signer(key_id={self.key_id!r})"
+
+
+def cached(lookup: Callable[[str], ApiKey | None]) -> Callable[[str], ApiKey | None]:
+    """A key lookup that remembers the keys it found (the account store is read once per key)."""
+    keys: dict[str, ApiKey] = {}
+
+    def find(key_id: str) -> ApiKey | None:
+        k = keys.get(key_id)
+        if k is None:
+            k = lookup(key_id)
+            if k is not None:
+                keys[key_id] = k
+        return k
+
+    return find

@@ -1,7 +1,8 @@
 """The web dashboard (docs/demo.md): a static page at ``/`` with its assets under ``/static/``,
 and one small public REST endpoint the page polls for what the market-data feeds do not carry.
 
-    dashboard = Dashboard.attach(exchange)     # in Exchange.start(), before the app is frozen
+    dashboard = Dashboard(engine, bus, public_rate)     # public_rate(request): the gateway's limit per IP
+    dashboard.add_routes(app.router)
 
 The page itself draws depth, trade tape, candles, ticker and the price index from the public
 feeds (``/v1/feeds``, docs/feeds.md).  Capacity over the coming days and utilisation are not
@@ -30,18 +31,19 @@ GPUs are the hardware of a lease on a provider's ask, counted there.  Answers ar
 from __future__ import annotations
 
 import heapq
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from aiohttp import web
 
-from exchange.state import lease_ref
+from exchange.bus import Bus
+from exchange.clock import WALL, Clock
+from exchange.engine import Engine
+from exchange.errors import ApiError
+from exchange.records import lease_ref
 from orderbook.types import EV_TRADE, HOUR
-
-if TYPE_CHECKING:
-    from app.exchange import Exchange
 
 STATIC = Path(__file__).resolve().parent / "static"
 CACHE_S = 1.0
@@ -56,34 +58,33 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class Dashboard:
     """The page's routes and the live-lease index the capacity endpoint reads."""
 
-    def __init__(self, exchange: Exchange) -> None:
-        self.x = exchange
+    def __init__(self, engine: Engine, bus: Bus, public_rate: Callable[[web.Request], None],
+                 clock: Clock = WALL) -> None:
+        self.engine = engine
+        self.public_rate = public_rate
+        self.clock = clock
         # leases not known to have ended, per class (refs into exchange.engine.state.leases)
         self.live: dict[str, set[str]] = {}
         self._ends: dict[str, list[tuple[int, str]]] = {}  # per class: a heap of (end, ref) of live leases
         self._cache: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
-        eng = exchange.engine
-        if eng is not None:
-            for ref, lease in eng.state.leases.items():
-                if lease.end > eng.book_time(lease.book):
-                    self.live.setdefault(lease.book, set()).add(ref)
-                    self._ends.setdefault(lease.book, []).append((lease.end, ref))
-            for heap in self._ends.values():
-                heapq.heapify(heap)
-        exchange.bus.subscribe(self._on_batch)
-        r = exchange.app.router
+        eng = engine
+        for ref, lease in eng.state.leases.items():
+            if lease.end > eng.book_time(lease.book):
+                self.live.setdefault(lease.book, set()).add(ref)
+                self._ends.setdefault(lease.book, []).append((lease.end, ref))
+        for heap in self._ends.values():
+            heapq.heapify(heap)
+        bus.subscribe(self._on_batch)
+
+    def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/", self.index)
         r.add_get("/index.html", self.index)
         r.add_get("/static/{name}", self.static)
         r.add_get("/v1/dashboard/{cls}", self.capacity)
 
-    @classmethod
-    def attach(cls, exchange: Exchange) -> Dashboard:
-        return cls(exchange)
-
     # ------------------------------------------------------------------ the bus
     def _on_batch(self, batch: Any) -> None:
-        eng = self.x.engine
+        eng = self.engine
         for name, ev in batch.events.items():
             trades = ev[ev["type"] == EV_TRADE] if len(ev) else ev
             if len(trades):
@@ -93,8 +94,7 @@ class Dashboard:
                     ref = lease_ref(name, tid)
                     live.add(ref)
                     heapq.heappush(ends, (end, ref))
-            if eng is not None:
-                self._prune(name, eng.book_time(name))
+            self._prune(name, eng.book_time(name))
 
     def _prune(self, name: str, now: int) -> None:
         """Drop leases whose end has passed: a heap by original end, so each lease costs O(log n)
@@ -119,10 +119,10 @@ class Dashboard:
 
     # ------------------------------------------------------------------ capacity and utilisation
     async def capacity(self, request: web.Request) -> web.Response:
-        gw = self.x.gateway
-        gw._public(request)  # the public rate limit (per client IP)
+        self.public_rate(request)  # the public rate limit (per client IP)
         name = request.match_info["cls"]
-        gw._book(name)  # UNKNOWN_CLASS
+        if name not in self.engine.books:
+            raise ApiError("UNKNOWN_CLASS", f"no GPU class {name!r}; classes: {', '.join(self.engine.books)}")
         try:
             hours = int(request.query.get("hours", DEFAULT_HOURS))
         except ValueError:
@@ -132,7 +132,7 @@ class Dashboard:
                          400)
         key = (name, hours)
         hit = self._cache.get(key)
-        now_wall = time.monotonic()
+        now_wall = self.clock.monotonic()
         if hit is None or now_wall - hit[0] > CACHE_S:
             hit = (now_wall, self.compute(name, hours))
             self._cache[key] = hit
@@ -140,10 +140,9 @@ class Dashboard:
 
     def compute(self, name: str, hours: int = DEFAULT_HOURS) -> dict[str, Any]:
         """The endpoint's answer for class ``name`` (see the module docstring)."""
-        eng = self.x.engine
-        assert eng is not None
+        eng = self.engine
         st = eng.state
-        now = eng.book_time(name) or int(time.time())
+        now = eng.book_time(name) or self.clock.time()
         h0 = now - now % HOUR
         samples = h0 + HOUR * np.arange(hours, dtype=np.int64)
         samples[0] = now

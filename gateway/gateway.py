@@ -1,5 +1,10 @@
 """The gateway: REST for providers and everyone's reads, WebSocket for traders (aiohttp).
 
+    gw = Gateway(cfg, engine, sequencer, accounts, verifier, ledger, provisioning, bus, ...)
+    gw.add_routes(app.router)
+    ...
+    await gw.close_sessions()       # at shutdown: every session gets 1001
+
 Handlers are thin: decode (msgspec, R8), authenticate (HMAC, gateway.auth), check the
 role and the rate limit, precheck the market rules (gateway.wire), then hand a Request to
 the sequencer and answer once it is durable.  docs/api.md is the reference; the same
@@ -10,18 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from exchange.bus import Bus
+from exchange.clock import WALL, Clock
+from exchange.config import ServerConfig
+from exchange.engine import Engine
 from exchange.errors import ApiError, book_error
-from exchange.sequencer import Request, command
-from exchange.state import E_ACC as _E_ACC
-from exchange.state import E_ACC2 as _E_ACC2
-from exchange.state import E_TYPE as _E_TYPE
-from exchange.state import lease_view, order_view
+from exchange.sequencer import Request, Sequencer
+from exchange.views import event_push, lease_view, order_view
+from gateway.accounts import AccountError, AccountStore
 from gateway.auth import AuthError, RateLimiter, Verifier, require_role
 from gateway.wire import (
     KINDS,
@@ -51,7 +58,6 @@ from gateway.wire import (
 )
 from gateway.wsframe import ws_frame
 from orderbook import reasons as R
-from orderbook.codec import _event_values_to_json as _event_json
 from orderbook.types import (
     CMD_AMEND,
     CMD_ASK,
@@ -59,15 +65,12 @@ from orderbook.types import (
     CMD_CANCEL,
     CMD_RELEASE,
     EV_REJECTED,
+    Command,
 )
-
-if TYPE_CHECKING:
-    from app.exchange import Exchange
 
 log = logging.getLogger("gpux.gateway")
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
-EXCHANGE_KEY: web.AppKey[Any] = web.AppKey("exchange")
 SEND_BUFFER_LIMIT = 8 << 20  # bytes waiting for a slow WebSocket client before it is cut off
 AUTH_TIMEOUT_S = 10
 
@@ -138,51 +141,30 @@ class Session:
                                                 message=b"send buffer full: the client reads too slowly"))
 
 
-class Gateway:
-    def __init__(self, exchange: Exchange) -> None:
-        self.x = exchange
-        cfg = exchange.cfg
-        self.cfg = cfg
-        self.limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst)
-        self.verifier = Verifier(self._lookup_key)
-        self._keys: dict[str, Any] = {}
-        self.sessions: dict[int, set[Session]] = {}
-        self.all_sessions: set[Session] = set()
-        self.metrics: dict[str, int] = {}
-        self.app = web.Application(client_max_size=cfg.max_message_bytes,
-                                   middlewares=[self._errors_middleware])
-        self.app[EXCHANGE_KEY] = exchange
-        self._routes()
+class Counters(dict[str, int]):
+    """The gateway's counters for /metrics: ``errors_total{code="..."}``, ``orders_total{...}``..."""
 
-    def attach(self) -> None:
-        assert self.x.sequencer is not None
-        self.x.bus.subscribe(self._on_batch)
+    def count(self, name: str, n: int = 1) -> None:
+        self[name] = self.get(name, 0) + n
 
-    # ------------------------------------------------------------------ plumbing
-    def _lookup_key(self, key_id: str) -> Any:
-        k = self._keys.get(key_id)
-        if k is None:
-            k = self.x.store.key(key_id)
-            if k is not None:
-                self._keys[key_id] = k
-        return k
 
-    def _count(self, name: str, n: int = 1) -> None:
-        self.metrics[name] = self.metrics.get(name, 0) + n
+def errors_middleware(counters: Counters, max_body: int) -> Any:
+    """The one error format of every route (docs/api.md): an ApiError or AuthError raised by a
+    handler becomes its JSON body and status; anything else is INTERNAL (and logged)."""
 
     @web.middleware
-    async def _errors_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             return await handler(request)
         except ApiError as e:
-            self._count(f"errors_total{{code=\"{e.code}\"}}")
+            counters.count(f"errors_total{{code=\"{e.code}\"}}")
             return _error(e)
         except AuthError as e:
-            self._count(f"errors_total{{code=\"{e.code}\"}}")
+            counters.count(f"errors_total{{code=\"{e.code}\"}}")
             return _error(_auth_error(e))
         except web.HTTPRequestEntityTooLarge:
-            self._count("errors_total{code=\"TOO_LARGE\"}")
-            return _error(ApiError("TOO_LARGE", f"the body is larger than {self.cfg.max_message_bytes} bytes"))
+            counters.count("errors_total{code=\"TOO_LARGE\"}")
+            return _error(ApiError("TOO_LARGE", f"the body is larger than {max_body} bytes"))
         except web.HTTPNotFound:
             return _error(ApiError("NOT_FOUND", f"no such resource: {request.method} {request.path}"))
         except web.HTTPMethodNotAllowed:
@@ -192,6 +174,48 @@ class Gateway:
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             return _error(ApiError("INTERNAL"))
+
+    return middleware
+
+
+class Gateway:
+    """The REST and trader WebSocket routes over the parts they use: the core (``engine``, read
+    only, and ``sequencer``, the way in), ``accounts`` and ``verifier`` (keys), ``ledger``
+    (settlement: balances, statements, deposits), ``provisioning`` (R18), ``bus`` (the events
+    pushed to sessions) and, once the feeds run, ``level2(class)`` for /v1/book."""
+
+    def __init__(self, cfg: ServerConfig, engine: Engine, sequencer: Sequencer, accounts: AccountStore,
+                 verifier: Verifier, ledger: Any, provisioning: Any, bus: Bus, *, counters: Counters | None = None,
+                 level2: Callable[[str], tuple[int, dict[str, list]] | None] | None = None,
+                 metrics: Callable[[], str] | None = None, health: Callable[[], dict[str, Any]] | None = None,
+                 clock: Clock = WALL) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.state = engine.state
+        self.sequencer = sequencer
+        self.accounts = accounts
+        self.verifier = verifier
+        self.ledger = ledger
+        self.provisioning = provisioning
+        self.level2 = level2
+        self.render_metrics = metrics
+        self.health = health
+        self.clock = clock
+        self.limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst, clock=clock.monotonic)
+        self.sessions: dict[int, set[Session]] = {}
+        self.all_sessions: set[Session] = set()
+        self.metrics = counters if counters is not None else Counters()
+        self._unsubscribe = bus.subscribe(self._on_batch)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.metrics.count(name, n)
+
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        """/metrics samples: open sessions, and every counter."""
+        out: list[tuple[str, float, str, str]] = [("gpux_ws_sessions", len(self.all_sessions),
+                                                   "open WebSocket sessions", "gauge")]
+        out += [(f"gpux_{name}", n, "", "counter") for name, n in sorted(self.metrics.items())]
+        return out
 
     async def _auth(self, request: web.Request, *roles: str) -> Any:
         """Verify the request's signature and role, and take a token; returns the ApiKey."""
@@ -213,21 +237,19 @@ class Gateway:
         peer = request.remote or "?"
         self._rate(f"ip:{peer}")
 
+    def public_rate(self, request: web.Request) -> None:
+        """The public routes' rate limit, per client address (RATE_LIMITED)."""
+        self._public(request)
+
     def _book(self, name: str) -> Any:
-        engine = self.x.engine
-        assert engine is not None
+        engine = self.engine
         if name not in engine.books:
             raise ApiError("UNKNOWN_CLASS", f"no GPU class {name!r}; classes: {', '.join(engine.books)}")
         return engine.books[name]
 
-    @property
-    def state(self) -> Any:
-        assert self.x.engine is not None
-        return self.x.engine.state
-
     async def _submit(self, req: Request) -> dict[str, Any]:
-        seq = self.x.sequencer
-        if seq is None or not seq.running:
+        seq = self.sequencer
+        if not seq.running:
             raise ApiError("UNAVAILABLE")
         return await seq.submit(req)
 
@@ -239,8 +261,7 @@ class Gateway:
         return ans
 
     # ------------------------------------------------------------------ routes
-    def _routes(self) -> None:
-        r = self.app.router
+    def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", self.metrics_text)
         r.add_get("/v1/openapi.json", self.openapi)
@@ -272,17 +293,17 @@ class Gateway:
 
     # --- public -------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
-        seq = self.x.sequencer
-        ok = seq is not None and seq.running
-        engine = self.x.engine
-        return _json({"ok": ok, "seq": engine.seq if engine else 0,
-                      "classes": list(engine.books) if engine else [],
-                      "halted": sorted(engine.state.halted) if engine else []}, 200 if ok else 503)
+        """200 while every part runs (the sequencer takes orders, no background task died), else
+        503; ``checks`` names each part and what is wrong with it."""
+        checks = self.health() if self.health is not None else {}
+        ok = self.sequencer.running and all(v == "ok" for v in checks.values())
+        engine = self.engine
+        return _json({"ok": ok, "seq": engine.seq, "classes": list(engine.books),
+                      "halted": sorted(engine.state.halted), "checks": checks}, 200 if ok else 503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        from gateway.metrics import render
-
-        return web.Response(text=render(self), content_type="text/plain")
+        text = self.render_metrics() if self.render_metrics is not None else ""
+        return web.Response(text=text, content_type="text/plain")
 
     async def openapi(self, request: web.Request) -> web.Response:
         from gateway.openapi import document
@@ -291,8 +312,7 @@ class Gateway:
 
     async def instruments(self, request: web.Request) -> web.Response:
         self._public(request)
-        engine = self.x.engine
-        assert engine is not None
+        engine = self.engine
         out = []
         for name, inst in self.cfg.instruments.items():
             d = inst.to_dict()
@@ -311,16 +331,14 @@ class Gateway:
             raise ApiError("MALFORMED", "depth must be an integer") from None
         if not 1 <= depth <= 1000:
             raise ApiError("MALFORMED", "depth must be between 1 and 1000")
-        engine = self.x.engine
-        assert engine is not None
+        engine = self.engine
         d: dict[str, Any] = {"class": name, "time": engine.book_time(name), "resting_orders": book.resting_orders()}
-        feeds = getattr(self.x, "feeds", None)
-        if feeds is not None and name in feeds.feeds:
+        l2 = self.level2(name) if self.level2 is not None else None
+        if l2 is not None:
             # level 2 (R20) as the market-data model keeps it: free GPUs now per ask price (firm and
             # spot ladders), remaining GPUs per bid limit (firm and spot bids); see docs/feeds.md
-            feed = feeds.feeds[name]
-            d["seq"] = feed.seq
-            for side, rows in feed.book.level2().items():
+            d["seq"], sides = l2
+            for side, rows in sides.items():
                 d[side] = rows[:depth]
         return _json(d)
 
@@ -329,9 +347,7 @@ class Gateway:
         q = decode_query(request.query, QuoteRequest)
         book = self._book(q.gpu_class)
         cfg = self.cfg.instruments[q.gpu_class].book
-        engine = self.x.engine
-        assert engine is not None
-        now = engine.book_time(q.gpu_class)
+        now = self.engine.book_time(q.gpu_class)
         kind = KINDS[q.kind]
         code = precheck_bid(cfg, now, kind, 0, q.gpus, q.hours, q.limit or cfg.max_price, q.block, q.start, 0)
         if code:
@@ -352,14 +368,14 @@ class Gateway:
     async def account(self, request: web.Request) -> web.Response:
         key = await self._auth(request)
         a = key.account_id
-        acc = self.x.store.account(a)
-        await self.x.settlement.synced()  # every command answered so far is in the balances
-        b = self.x.settlement.balances(a)
+        acc = self.accounts.account(a)
+        await self.ledger.synced()  # every command answered so far is in the balances
+        b = self.ledger.balances(a)
         return _json({"account": a, "name": acc.name if acc else "", "role": key.role,
-                      "deposited": self.x.store.deposits().get(a, 0), "available": b.get("available", 0),
+                      "deposited": self.accounts.deposits().get(a, 0), "available": b.get("available", 0),
                       "escrow": b.get("escrow", 0), "lease_prepaid": b.get("lease_prepaid", 0),
                       "receivable": b.get("receivable", 0), "open_orders": self.state.open_count(a),
-                      "ssh_public_key": self.x.store.ssh_key(a)})
+                      "ssh_public_key": self.accounts.ssh_key(a)})
 
     async def statement(self, request: web.Request) -> web.Response:
         """The account's ledger: balances, every transfer with running balances, its leases
@@ -373,34 +389,32 @@ class Gateway:
                 a = int(request.query["account"])
             except ValueError:
                 raise ApiError("MALFORMED", "account must be an integer") from None
-            if self.x.store.account(a) is None:
+            if self.accounts.account(a) is None:
                 raise ApiError("NOT_FOUND", f"no account {a}")
-        await self.x.settlement.synced()
-        return _json(self.x.settlement.statement(a))
+        await self.ledger.synced()
+        return _json(self.ledger.statement(a))
 
     async def set_ssh_key(self, request: web.Request) -> web.Response:
         key = await self._auth(request)
         m = decode_body(await request.read(), SshKeyRequest)
-        from gateway.accounts import AccountError
-
         try:
-            self.x.store.set_ssh_key(key.account_id, m.ssh_public_key)
+            self.accounts.set_ssh_key(key.account_id, m.ssh_public_key)
         except AccountError as e:
             raise ApiError(e.code, e.message, 400) from None
-        return _json({"ok": True, "account": key.account_id, "ssh_public_key": self.x.store.ssh_key(key.account_id)})
+        return _json({"ok": True, "account": key.account_id, "ssh_public_key": self.accounts.ssh_key(key.account_id)})
 
     # --- provisioning (R18; the provider's agent) ---------------------------------------------
     async def provisioning_tasks(self, request: web.Request) -> web.Response:
         key = await self._auth(request, "provider", "trader")
-        await self.x.settlement.synced()
-        return _json({"tasks": self.x.provisioning.outstanding(key.account_id)})
+        await self.ledger.synced()
+        return _json({"tasks": self.provisioning.outstanding(key.account_id)})
 
     async def provisioning_answer(self, request: web.Request) -> web.Response:
         key = await self._auth(request, "provider", "trader")
         m = decode_body(await request.read(), ProvisionAnswer)
         if m.status == "ready" and not m.connection:
             raise ApiError("MALFORMED", "a ready answer needs connection details (host, port, user...)")
-        view = await self.x.provisioning.answer(key.account_id, request.match_info["lease"], m.status,
+        view = await self.provisioning.answer(key.account_id, request.match_info["lease"], m.status,
                                                 m.connection, m.reason)
         return _json({"ok": True, "lease": request.match_info["lease"], "settlement": view})
 
@@ -413,8 +427,7 @@ class Gateway:
                                         "posting capacity needs a provider key")
         self._book(m.gpu_class)
         cfg = self.cfg.instruments[m.gpu_class].book
-        engine = self.x.engine
-        assert engine is not None
+        engine = self.engine
         # a client order id already answered gets its first answer from the sequencer, even when
         # the request would no longer pass the checks at today's time (a retry after a lost answer)
         known = m.client_order_id is not None and (key.account_id, m.client_order_id) in engine.state.coids
@@ -422,7 +435,8 @@ class Gateway:
                                             m.start, m.end, m.min_hours)
         if code:
             raise book_error(code)
-        rec = command(CMD_ASK, key.account_id, price=m.price, spot_price=m.spot_price, start=m.start, end=m.end,
+        rec = Command(type=CMD_ASK, account=key.account_id, price=m.price, spot_price=m.spot_price, start=m.start,
+                      end=m.end,
                       lease_id=m.lease_id, gpus=m.gpus, min_hours=m.min_hours, post_only=int(m.post_only))
         ans = self._result(await self._submit(Request(m.gpu_class, rec, key.account_id,
                                                       m.client_order_id or "")))
@@ -451,7 +465,7 @@ class Gateway:
     async def cancel_order(self, request: web.Request) -> web.Response:
         key = await self._auth(request)
         o = self._owned(key, request.match_info["oid"])
-        ans = self._result(await self._submit(Request(o.book, command(CMD_CANCEL, o.account, oid=o.oid),
+        ans = self._result(await self._submit(Request(o.book, Command(type=CMD_CANCEL, account=o.account, oid=o.oid),
                                                       o.account)))
         return _json(ans)
 
@@ -459,7 +473,7 @@ class Gateway:
         key = await self._auth(request)
         m = decode_body(await request.read(), AmendRequest)
         o = self._owned(key, request.match_info["oid"])
-        ans = self._result(await self._submit(Request(o.book, command(CMD_AMEND, o.account, oid=o.oid,
+        ans = self._result(await self._submit(Request(o.book, Command(type=CMD_AMEND, account=o.account, oid=o.oid,
                                                                       gpus=m.gpus), o.account)))
         return _json(ans)
 
@@ -474,10 +488,9 @@ class Gateway:
     # --- leases -------------------------------------------------------------------------
     async def list_leases(self, request: web.Request) -> web.Response:
         key = await self._auth(request)
-        engine = self.x.engine
-        assert engine is not None
-        prov = self.x.provisioning
-        await self.x.settlement.synced()
+        engine = self.engine
+        prov = self.provisioning
+        await self.ledger.synced()
         out = [{**lease_view(lease, engine.book_time(lease.book)), "settlement": prov.view(lease.ref)}
                for lease in self.state.account_leases(key.account_id)]
         return _json({"leases": out})
@@ -490,7 +503,8 @@ class Gateway:
             tid = int(request.match_info["trade_id"])
         except ValueError:
             raise ApiError("MALFORMED", "the lease's trade id must be an integer") from None
-        ans = self._result(await self._submit(Request(name, command(CMD_RELEASE, key.account_id, lease_id=tid),
+        rec = Command(type=CMD_RELEASE, account=key.account_id, lease_id=tid)
+        ans = self._result(await self._submit(Request(name, rec,
                                                       key.account_id)))
         return _json(ans)
 
@@ -518,23 +532,21 @@ class Gateway:
 
     async def cancel_all(self, account: int, only: set[tuple[str, int]] | None = None) -> int:
         """Cancel every open order of an account (or those in ``only``); how many were cancelled."""
-        seq = self.x.sequencer
-        if seq is None or not seq.running:
+        seq = self.sequencer
+        if not seq.running:
             return 0
         futs = []
         for o in self.state.open_orders(account):
             if only is None or (o.book, o.oid) in only:
-                futs.append(seq.submit(Request(o.book, command(CMD_CANCEL, account, oid=o.oid), account)))
+                futs.append(seq.submit(Request(o.book, Command(type=CMD_CANCEL, account=account, oid=o.oid), account)))
         results = await asyncio.gather(*futs, return_exceptions=True)
         return sum(1 for r in results if isinstance(r, dict) and r.get("ok"))
 
     async def create_account(self, request: web.Request) -> web.Response:
         await self._auth(request, "admin")
         m = decode_body(await request.read(), CreateAccountRequest)
-        from gateway.accounts import AccountError
-
         try:
-            acc, key_id, secret = self.x.store.create_account(m.name, m.role, m.deposit, m.ssh_public_key)
+            acc, key_id, secret = self.accounts.create_account(m.name, m.role, m.deposit, m.ssh_public_key)
         except AccountError as e:
             raise ApiError(e.code, e.message, 409 if e.code == "NAME_TAKEN" else 400) from None
         self._refresh_funds()
@@ -544,19 +556,18 @@ class Gateway:
     async def deposit(self, request: web.Request) -> web.Response:
         await self._auth(request, "admin")
         m = decode_body(await request.read(), DepositRequest)
-        if self.x.store.account(m.account) is None:
+        if self.accounts.account(m.account) is None:
             raise ApiError("NOT_FOUND", f"no account {m.account}")
-        total = self.x.store.deposit(m.account, m.amount, "admin deposit")
+        total = self.accounts.deposit(m.account, m.amount, "admin deposit")
         self._refresh_funds()
         return _json({"ok": True, "account": m.account, "deposited": total})
 
     def _refresh_funds(self) -> None:
-        self.x.settlement.sync_deposits()
+        self.ledger.sync_deposits()
 
     async def admin_state(self, request: web.Request) -> web.Response:
         await self._auth(request, "admin", "analyst")
-        engine = self.x.engine
-        assert engine is not None
+        engine = self.engine
         return _json({"seq": engine.seq, "last_oid": engine.last_oid,
                       "state_hashes": {k: str(v) for k, v in engine.state_hashes().items()},
                       "times": {k: engine.book_time(k) for k in engine.books},
@@ -564,10 +575,7 @@ class Gateway:
 
     async def admin_snapshot(self, request: web.Request) -> web.Response:
         await self._auth(request, "admin")
-        seq = self.x.sequencer
-        if seq is None:
-            raise ApiError("UNAVAILABLE")
-        seq.request_snapshot()
+        self.sequencer.request_snapshot()
         return _json({"ok": True})
 
     # ------------------------------------------------------------------ WebSocket
@@ -667,7 +675,7 @@ class Gateway:
                 s.send({"type": "orders", "id": rid,
                         "orders": [order_view(o) for o in self.state.open_orders(s.account)]})
             elif t is PingOp:
-                s.send({"type": "pong", "id": rid, "time": int(time.time())})
+                s.send({"type": "pong", "id": rid, "time": self.clock.time()})
             else:
                 raise ApiError("DUPLICATE_SESSION_OP")
         except ApiError as e:
@@ -701,28 +709,27 @@ class Gateway:
 
     def _ws_bid(self, s: Session, op: BidOp) -> None:
         self._require(s, "trader")
-        engine = self.x.engine
-        assert engine is not None
+        engine = self.engine
         inst = self.cfg.instruments.get(op.gpu_class)
         if inst is None:
             raise ApiError("UNKNOWN_CLASS", f"no GPU class {op.gpu_class!r}; classes: {', '.join(engine.books)}")
         kind, tif = KINDS[op.kind], TIFS[op.tif]
-        seq = self.x.sequencer
-        now = seq.times[op.gpu_class] if seq is not None else engine.book_time(op.gpu_class)
+        now = self.sequencer.times[op.gpu_class]
         known = op.client_order_id is not None and (s.account, op.client_order_id) in engine.state.coids
         code = 0 if known else precheck_bid(inst.book, now, kind, tif, op.gpus, op.hours, op.limit, op.block,
                                             op.start, op.expire_at)  # known: as post_ask
         if code:
             raise book_error(code)
-        rec = command(CMD_BID, s.account, price=op.limit, start=op.start, expire_at=op.expire_at, gpus=op.gpus,
+        rec = Command(type=CMD_BID, account=s.account, price=op.limit, start=op.start, expire_at=op.expire_at,
+                      gpus=op.gpus,
                       hours=op.hours, block=op.block, kind=kind, tif=tif)
         self._post(Request(op.gpu_class, rec, s.account, op.client_order_id or "", origin=s,
                            reply=self._replier(s, op.id, op.gpu_class)))  # the sequencer works out the escrow
         self._count("orders_total{side=\"bid\"}")
 
     def _post(self, req: Request) -> None:
-        seq = self.x.sequencer
-        if seq is None or not seq.running:
+        seq = self.sequencer
+        if not seq.running:
             raise ApiError("UNAVAILABLE")
         seq.post(req)
 
@@ -744,19 +751,19 @@ class Gateway:
 
     def _ws_cancel(self, s: Session, op: CancelOp) -> None:
         o = self._ws_find(s, op.oid, op.client_order_id)
-        self._post(Request(o.book, command(CMD_CANCEL, o.account, oid=o.oid), o.account, origin=s,
+        self._post(Request(o.book, Command(type=CMD_CANCEL, account=o.account, oid=o.oid), o.account, origin=s,
                            reply=self._replier(s, op.id)))
 
     def _ws_amend(self, s: Session, op: AmendOp) -> None:
         o = self._ws_find(s, op.oid, None)
-        self._post(Request(o.book, command(CMD_AMEND, o.account, oid=o.oid, gpus=op.gpus), o.account,
+        self._post(Request(o.book, Command(type=CMD_AMEND, account=o.account, oid=o.oid, gpus=op.gpus), o.account,
                            origin=s, reply=self._replier(s, op.id)))
 
     def _ws_release(self, s: Session, op: ReleaseOp) -> None:
         self._require(s, "trader")
         if op.gpu_class not in self.cfg.instruments:
             raise ApiError("UNKNOWN_CLASS", f"no GPU class {op.gpu_class!r}")
-        self._post(Request(op.gpu_class, command(CMD_RELEASE, s.account, lease_id=op.lease_id),
+        self._post(Request(op.gpu_class, Command(type=CMD_RELEASE, account=s.account, lease_id=op.lease_id),
                            s.account, origin=s, reply=self._replier(s, op.id)))
 
     # ------------------------------------------------------------------ private pushes
@@ -770,19 +777,15 @@ class Gateway:
             if not res.events:
                 continue
             for ev in res.events:
-                if ev[_E_TYPE] == EV_REJECTED:
+                if ev.type == EV_REJECTED:
                     continue
                 targets = []
-                for acc in (ev[_E_ACC], ev[_E_ACC2]):
+                for acc in (ev.account, ev.account2):
                     for sess in sessions.get(acc, ()):
                         if sess is not origin:
                             targets.append(sess)
                 if targets:
-                    # the event's own "type" (trade, expired...) goes under "event": spread last,
-                    # it would overwrite "type": "event", the marker clients tell pushes by
-                    body = _event_json(ev)
-                    msg = {"type": "event", "event": body.pop("type"), "class": res.book, **body}
-                    data = _enc.encode(msg)
+                    data = _enc.encode(event_push(res.book, ev))
                     for sess in set(targets):
                         sess.send(data)
 

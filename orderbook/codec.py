@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -51,6 +52,10 @@ from orderbook.types import (
     SIDE_BID,
     SIDE_NAMES,
     TIF_NAMES,
+    Command,
+    Event,
+    as_event,
+    events,
 )
 
 # --- bounds: what a record can hold ------------------------------------------------------
@@ -174,8 +179,8 @@ class CommandDecoder:
         self.time = time
         self.last_oid = last_oid
 
-    def decode_tuple(self, line: bytes | str) -> tuple[int, ...]:
-        """One line -> the values of a COMMAND_DTYPE record, in field order."""
+    def decode_tuple(self, line: bytes | str) -> Command:
+        """One line -> the fields of a COMMAND_DTYPE record."""
         try:
             msg = _command_decoder.decode(line)
         except msgspec.ValidationError as e:
@@ -183,25 +188,22 @@ class CommandDecoder:
         except msgspec.DecodeError as e:
             raise CodecError(R.MALFORMED, str(e)) from None
         time = self.time if msg.time is None else msg.time
-        # field order: time oid account price spot_price start end expire_at lease_id
-        #              gpus hours min_hours block type kind tif post_only
         if isinstance(msg, AskMsg):
-            oid = self._next_oid(msg.oid)
-            rec = (time, oid, msg.account, msg.price, msg.spot_price, msg.start, msg.end, 0,
-                   msg.lease_id, msg.gpus, 0, msg.min_hours, 0, CMD_ASK, 0, 0, int(msg.post_only))
+            rec = Command(time=time, oid=self._next_oid(msg.oid), account=msg.account, price=msg.price,
+                          spot_price=msg.spot_price, start=msg.start, end=msg.end, lease_id=msg.lease_id,
+                          gpus=msg.gpus, min_hours=msg.min_hours, type=CMD_ASK, post_only=int(msg.post_only))
         elif isinstance(msg, BidMsg):
-            oid = self._next_oid(msg.oid)
-            rec = (time, oid, msg.account, msg.limit, 0, msg.start, 0, msg.expire_at, 0,
-                   msg.gpus, msg.hours, 0, msg.block, CMD_BID, KIND_CODES[msg.kind],
-                   TIF_CODES[msg.tif], 0)
+            rec = Command(time=time, oid=self._next_oid(msg.oid), account=msg.account, price=msg.limit,
+                          start=msg.start, expire_at=msg.expire_at, gpus=msg.gpus, hours=msg.hours,
+                          block=msg.block, type=CMD_BID, kind=KIND_CODES[msg.kind], tif=TIF_CODES[msg.tif])
         elif isinstance(msg, CancelMsg):
-            rec = (time, msg.oid, msg.account, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CMD_CANCEL, 0, 0, 0)
+            rec = Command(time=time, oid=msg.oid, account=msg.account, type=CMD_CANCEL)
         elif isinstance(msg, AmendMsg):
-            rec = (time, msg.oid, msg.account, 0, 0, 0, 0, 0, 0, msg.gpus, 0, 0, 0, CMD_AMEND, 0, 0, 0)
+            rec = Command(time=time, oid=msg.oid, account=msg.account, gpus=msg.gpus, type=CMD_AMEND)
         elif isinstance(msg, ClockMsg):
-            rec = (time, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CMD_CLOCK, 0, 0, 0)
+            rec = Command(time=time, type=CMD_CLOCK)
         else:
-            rec = (time, 0, msg.account, 0, 0, 0, 0, 0, msg.lease_id, 0, 0, 0, 0, CMD_RELEASE, 0, 0, 0)
+            rec = Command(time=time, account=msg.account, lease_id=msg.lease_id, type=CMD_RELEASE)
         self.time = max(self.time, time)
         return rec
 
@@ -382,8 +384,7 @@ for _t in (EV_CANCELLED, EV_EXPIRED):
 _layout(EV_AMENDED, _ORDER, [_f("gpus")], bid=False)
 _layout(EV_AMENDED, _ORDER, [_KIND, _f("gpus"), _f("remaining")], bid=True)
 
-_EV_FIELDS = EVENT_DTYPE.names
-_EV_INDEX = {name: i for i, name in enumerate(_EV_FIELDS)}
+_EV_FIELDS = Event._fields
 _REASON_NAMES = {code: name for code, (name, _) in R.REASONS.items()}
 
 
@@ -391,55 +392,54 @@ def _enum_names(enum: dict[int, Any]) -> dict[int, str]:
     return _REASON_NAMES if enum is R.REASONS else enum
 
 
-# compiled layouts: (key, record index, enum names or None, always)
+# compiled layouts: (key, field reader, enum names or None, always); the fields a layout does not
+# name, written under their own names when non-zero
 _COMPILED = {
-    k: [(key, _EV_INDEX[field], _enum_names(enum) if enum is not None else None, always)
-        for key, field, enum, always in specs]
+    k: ([(key, attrgetter(field), _enum_names(enum) if enum is not None else None, always)
+         for key, field, enum, always in specs],
+        [(name, attrgetter(name)) for name in _EV_FIELDS if name not in {f for _, f, _, _ in specs} | {"type"}])
     for k, specs in _LAYOUTS.items()
 }
-_IDX_TYPE = _EV_INDEX["type"]
-_IDX_SIDE = _EV_INDEX["side"]
-_IDX_REASON = _EV_INDEX["reason"]
+_OTHER = [(name, attrgetter(name)) for name in _EV_FIELDS if name != "type"]
 
 
-def _event_values_to_json(values: tuple[int, ...]) -> dict[str, Any]:
-    ev_type = values[_IDX_TYPE]
-    layout = _COMPILED.get((ev_type, values[_IDX_SIDE] == SIDE_BID))
+def event_json(ev: Event) -> dict[str, Any]:
+    """An event as a compact JSON-ready dict (docs/formats.md)."""
+    ev_type = ev.type
+    layout, rest = _COMPILED.get((ev_type, ev.side == SIDE_BID), ((), _OTHER))
     d: dict[str, Any] = {"type": EV_NAMES.get(ev_type, ev_type)}
-    used = {_IDX_TYPE}
-    for key, idx, names, always in layout or ():
-        used.add(idx)
-        v = values[idx]
+    for key, get, names, always in layout:
+        v = get(ev)
         if v or always:
             d[key] = names.get(v, v) if names is not None else v
     if ev_type == EV_REJECTED:
-        d["message"] = R.reason_text(values[_IDX_REASON])
-    for idx, v in enumerate(values):
-        if v and idx not in used:
-            d[_EV_FIELDS[idx]] = v
+        d["message"] = R.reason_text(ev.reason)
+    for name, get in rest:
+        v = get(ev)
+        if v:
+            d[name] = v
     return d
 
 
 def event_to_json(rec: np.void) -> dict[str, Any]:
     """An EVENT_DTYPE record as a compact JSON-ready dict (docs/formats.md)."""
-    return _event_values_to_json(rec.tolist())
+    return event_json(as_event(rec.tolist()))
 
 
-def events_to_json(events: np.ndarray) -> list[dict[str, Any]]:
+def events_to_json(records: np.ndarray) -> list[dict[str, Any]]:
     """Every event of an array, as `event_to_json` gives them."""
-    return [_event_values_to_json(values) for values in events.tolist()]
+    return [event_json(ev) for ev in events(records)]
 
 
-def events_to_jsonl(events: np.ndarray) -> bytes:
+def events_to_jsonl(records: np.ndarray) -> bytes:
     """Events as JSON lines, each ending in a newline."""
-    return b"".join(_json_encoder.encode(_event_values_to_json(v)) + b"\n" for v in events.tolist())
+    return b"".join(_json_encoder.encode(event_json(ev)) + b"\n" for ev in events(records))
 
 
 def event_from_json(d: dict[str, Any]) -> np.void:
     """The EVENT_DTYPE record that `event_to_json` wrote as ``d``; raises CodecError."""
-    values = [0] * len(_EV_FIELDS)
     ev_type = _decode_enum(d.get("type"), EV_NAMES, "type")
-    values[_IDX_TYPE] = ev_type
+    fields: dict[str, int] = {"type": ev_type}
     side = _decode_enum(d.get("side", 0), SIDE_NAMES, "side")
     layout = {key: (field, enum) for key, field, enum, _ in _LAYOUTS.get((ev_type, side == SIDE_BID), ())}
     for key, value in d.items():
@@ -447,14 +447,14 @@ def event_from_json(d: dict[str, Any]) -> np.void:
             continue
         if key in layout:
             field, enum = layout[key]
-            values[_EV_INDEX[field]] = (_decode_enum(value, _enum_names(enum), key) if enum is not None
-                                        else _decode_int(value, key))
-        elif key in _EV_INDEX:
-            values[_EV_INDEX[key]] = _decode_int(value, key)
+            fields[field] = (_decode_enum(value, _enum_names(enum), key) if enum is not None
+                             else _decode_int(value, key))
+        elif key in _EV_FIELDS:
+            fields[key] = _decode_int(value, key)
         else:
             raise CodecError(R.MALFORMED, f"Object contains unknown field `{key}`")
     try:
-        return np.array([tuple(values)], dtype=EVENT_DTYPE)[0]
+        return np.array([Event(**fields)], dtype=EVENT_DTYPE)[0]
     except OverflowError as e:
         raise CodecError(R.MALFORMED, f"a field is out of range: {e}") from None
 

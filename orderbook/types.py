@@ -7,6 +7,10 @@ of commands goes into a book, a batch of events comes out.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import partial
+from typing import NamedTuple
+
 import numpy as np
 
 # --- command types -----------------------------------------------------------
@@ -147,3 +151,86 @@ def empty_commands(n: int) -> np.ndarray:
 def empty_events(n: int) -> np.ndarray:
     """A zeroed array of ``n`` event records."""
     return np.zeros(n, dtype=EVENT_DTYPE)
+
+
+# --- typed views of one record ------------------------------------------------------------
+# Projections (exchange state, feeds, settlement, the gateway's pushes) read records as these
+# named tuples instead of by position: `ev.type`, `cmd.gpus`.  They are the records' field
+# layout, written once here and checked against the dtypes below the classes; a named tuple
+# reads a field as fast as an index does.  `events(array)` / `commands(array)` turn a batch
+# into them (`ndarray.tolist()` gives plain tuples in the same order).
+class Command(NamedTuple):
+    """One COMMAND_DTYPE record; every field defaults to 0 (`Command(type=CMD_CLOCK)`)."""
+
+    time: int = 0
+    oid: int = 0
+    account: int = 0
+    price: int = 0
+    spot_price: int = 0
+    start: int = 0
+    end: int = 0
+    expire_at: int = 0
+    lease_id: int = 0
+    gpus: int = 0
+    hours: int = 0
+    min_hours: int = 0
+    block: int = 0
+    type: int = 0
+    kind: int = 0
+    tif: int = 0
+    post_only: int = 0
+
+
+class Event(NamedTuple):
+    """One EVENT_DTYPE record; every field defaults to 0."""
+
+    seq: int = 0
+    time: int = 0
+    oid: int = 0
+    oid2: int = 0
+    trade_id: int = 0
+    account: int = 0
+    account2: int = 0
+    price: int = 0
+    price2: int = 0
+    start: int = 0
+    end: int = 0
+    expire_at: int = 0
+    lease_id: int = 0
+    gpus: int = 0
+    remaining: int = 0
+    hours: int = 0
+    block: int = 0
+    min_hours: int = 0
+    reason: int = 0
+    type: int = 0
+    kind: int = 0
+    side: int = 0
+    tif: int = 0
+    maker: int = 0
+    cmd: int = 0
+
+
+if Command._fields != COMMAND_DTYPE.names:
+    raise ImportError(f"orderbook.types: Command fields {Command._fields} differ from COMMAND_DTYPE "
+                      f"{COMMAND_DTYPE.names}")
+if Event._fields != EVENT_DTYPE.names:
+    raise ImportError(f"orderbook.types: Event fields {Event._fields} differ from EVENT_DTYPE {EVENT_DTYPE.names}")
+
+_as_command = partial(tuple.__new__, Command)
+_as_event = partial(tuple.__new__, Event)
+
+
+def commands(records: np.ndarray) -> list[Command]:
+    """A COMMAND_DTYPE array as Command tuples, in order."""
+    return list(map(_as_command, records.tolist()))
+
+
+def events(records: np.ndarray) -> list[Event]:
+    """An EVENT_DTYPE array as Event tuples, in order."""
+    return list(map(_as_event, records.tolist()))
+
+
+def as_event(values: Iterable[int]) -> Event:
+    """Field values in EVENT_DTYPE order (a record's ``tolist()``) as an Event."""
+    return _as_event(values)

@@ -44,9 +44,18 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from orderbook.types import EV_ACCEPTED, EV_AMENDED, EV_CANCELLED, EV_EXPIRED, EV_PREEMPTED, EV_RELEASED, EV_TRADE
+from orderbook.types import (
+    EV_ACCEPTED,
+    EV_AMENDED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_PREEMPTED,
+    EV_RELEASED,
+    EV_TRADE,
+    Event,
+)
 from settlement.engine import SequenceGap, SettlementConfig, join_transfers
-from settlement.events import _ENUMS, SEQ, SIDE, TIME, TYPE, from_json
+from settlement.events import _ENUMS, from_json
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
 
@@ -118,26 +127,20 @@ class SimulatedCrash(BaseException):
 DEPOSITS = "_deposits"  # the pseudo-class of the deposits stream (positions, lost entries)
 _RELEVANT = {EV_TRADE, EV_PREEMPTED, EV_RELEASED}
 _BID_ONLY = {EV_ACCEPTED, EV_AMENDED, EV_CANCELLED, EV_EXPIRED}
-_TYPE_CODES = _ENUMS[TYPE]
-_SIDE_CODES = _ENUMS[SIDE]
+_TYPE_CODES = _ENUMS["type"]
+_SIDE_CODES = _ENUMS["side"]
 _json = msgspec.json.Decoder()
-_N_FIELDS = len(from_json({"seq": 1}))
 
 
-def entry_event(fields: dict[bytes, bytes]) -> tuple:
+def entry_event(fields: dict[bytes, bytes]) -> Event:
     """A stream entry (fields seq, type, event=JSON, as `exchange.bus.RedisBus` writes them)
-    -> the event's record tuple.  An event that moves no money becomes a stub with only its
-    seq, time, type and side (settlement skips it after checking its seq)."""
+    -> the event.  An event that moves no money becomes a stub with only its seq, time, type
+    and side (settlement skips it after checking its seq)."""
     d = _json.decode(fields[b"event"])
     typ = _TYPE_CODES.get(d.get("type"), 0)
     if typ in _RELEVANT or (typ in _BID_ONLY and d.get("side") == "bid"):
         return from_json(d)
-    stub = [0] * _N_FIELDS
-    stub[SEQ] = d["seq"]
-    stub[TIME] = d.get("time", 0)
-    stub[TYPE] = typ
-    stub[SIDE] = _SIDE_CODES.get(d.get("side"), 0)
-    return tuple(stub)
+    return Event(seq=d["seq"], time=d.get("time", 0), type=typ, side=_SIDE_CODES.get(d.get("side"), 0))
 
 
 class RedisConsumer:
@@ -220,7 +223,7 @@ class RedisConsumer:
                 n += 1
                 continue
             ev = entry_event(fields)
-            buf[ev[SEQ]] = (entry_id, ev)
+            buf[ev.seq] = (entry_id, ev)
             n += 1
         return n
 
@@ -350,7 +353,7 @@ class RedisConsumer:
             self.commits += 1
             for cls, evs, _, _ in parts:
                 for ev in evs:
-                    del self.buffer[cls][ev[SEQ]]
+                    del self.buffer[cls][ev.seq]
                 n += len(evs)
             for ids in acks.values():
                 for eid in ids:

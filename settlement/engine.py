@@ -1,7 +1,7 @@
 """The settlement state machine: the exchange's events in, ledger transfers out.  No I/O.
 
     engine = SettlementEngine(SettlementConfig(fees={"H100": (0, 25)}))
-    transfers = engine.apply("H100", events)       # record tuples of one class, in seq order
+    transfers = engine.apply("H100", events)       # Events (or an EVENT_DTYPE array), in seq order
     transfers += engine.tick(now)                    # meter ready leases, end those whose end passed
     transfers += engine.mark_ready("H100", 7, t)     # provisioning's answers (R18)
     engine.take_changes()                            # what changed since last time, for the store
@@ -33,7 +33,8 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -48,21 +49,49 @@ from orderbook.types import (
     EV_RELEASED,
     EV_TRADE,
     SIDE_BID,
+    Event,
 )
 from settlement import core, ids
-from settlement.events import FIELDS, OID, SEQ, SIDE
-from settlement.events import TID as E_TID
-from settlement.events import TIME as E_TIME
-from settlement.events import TYPE as E_TYPE
+from settlement.events import as_events
 from settlement.leases import FAILED, PENDING, PROVISIONING, READY, STATUSES, Lease
 
-# The fields of an event the engine reads, in this order (the columns `settlement.core` reads).
-RECORD = ("seq", "time", "oid", "oid2", "trade_id", "account", "account2", "price", "start", "end", "lease_id",
-          "gpus", "remaining", "hours", "type", "kind", "maker")
-(R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
- R_TYPE, R_KIND, R_MAKER) = range(len(RECORD))
-assert (R_TYPE, R_MAKER) == (core.R_TYPE, core.R_MAKER)
-_record = operator.itemgetter(*(FIELDS.index(f) for f in RECORD))  # an EVENT_DTYPE tuple -> a RECORD tuple
+
+class Record(NamedTuple):
+    """The fields of an event that settlement reads, in the order of the int64 rows `settlement.core`
+    takes (one row per event that moves money); `records(rows)` reads rows back as Records."""
+
+    seq: int
+    time: int
+    oid: int
+    oid2: int
+    trade_id: int
+    account: int
+    account2: int
+    price: int
+    start: int
+    end: int
+    lease_id: int
+    gpus: int
+    remaining: int
+    hours: int
+    type: int
+    kind: int
+    maker: int
+
+
+RECORD = Record._fields
+_R = {name: i for i, name in enumerate(RECORD)}  # column of each field in the rows
+R_OID, R_TID, R_PRICE, R_START, R_END, R_GPUS, R_REM, R_HOURS = (
+    _R[k] for k in ("oid", "trade_id", "price", "start", "end", "gpus", "remaining", "hours"))
+if (_R["type"], _R["maker"]) != (core.R_TYPE, core.R_MAKER):
+    raise ImportError("settlement.core's columns R_TYPE / R_MAKER differ from settlement.engine.Record")
+_as_record = partial(tuple.__new__, Record)
+
+
+def records(rows: np.ndarray) -> list[Record]:
+    """Rows of RECORD columns (int64) as Records."""
+    return list(map(_as_record, rows.tolist()))
+_record = operator.attrgetter(*RECORD)  # an Event -> a RECORD tuple
 MONEY_LIMIT = 2 ** 62  # lease values and holds at or above this are refused (int64 arithmetic in settlement.core)
 _REASONS = {core.REASON_TIMEOUT: "provision timeout", core.REASON_NOT_READY: "not ready by its end"}
 _REASON_CODES = {text: code for code, text in _REASONS.items()}
@@ -422,15 +451,15 @@ class SettlementEngine:
         c.S[core.S_NOUT] = 0
 
     # ------------------------------------------------------------------ events
-    def apply(self, cls: str, events: np.ndarray | Iterable[tuple]) -> np.ndarray:
-        """Apply one class's events (an EVENT_DTYPE array or record tuples, in seq order);
-        returns the transfers.  Events at or below the last seq applied are skipped; a gap
-        raises `SequenceGap` before anything changes."""
+    def apply(self, cls: str, events: np.ndarray | Iterable[Any]) -> np.ndarray:
+        """Apply one class's events (an EVENT_DTYPE array, or Events, or anything
+        `settlement.events.as_events` reads, in seq order); returns the transfers.  Events at or
+        below the last seq applied are skipped; a gap raises `SequenceGap` before anything changes."""
         c = self.state(cls)
         if isinstance(events, np.ndarray):
             rows, last_seq, last_time, skipped = _relevant_array(c, events)
         else:
-            rows, last_seq, last_time, skipped = _relevant_tuples(c, events)
+            rows, last_seq, last_time, skipped = _relevant_tuples(c, as_events(events))
         self.events_skipped += skipped
         if not last_seq:
             return NO_TRANSFERS
@@ -612,27 +641,27 @@ def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[np.ndarray, int,
     return rows, int(seqs[-1]), int(events["time"].max()), skipped
 
 
-def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[np.ndarray, int, int, int]:
-    """`_relevant_array` for record tuples."""
+def _relevant_tuples(c: ClassState, events: Iterable[Event]) -> tuple[np.ndarray, int, int, int]:
+    """`_relevant_array` for Events."""
     rows = []
     seq = c.seq
     skipped = 0
     last_time = 0
     for ev in events:
-        s = ev[SEQ]
+        s = ev.seq
         if s <= seq:
             skipped += 1
             continue
         if s != seq + 1:
             raise SequenceGap(c.name, seq + 1, s)
         seq = s
-        t = ev[E_TYPE]
-        if t == EV_TRADE or t == EV_PREEMPTED or t == EV_RELEASED or (ev[SIDE] == SIDE_BID and t in _BID_TYPES):
-            if ev[OID] >= ids.ID_LIMIT or ev[E_TID] >= ids.ID_LIMIT:
+        t = ev.type
+        if t == EV_TRADE or t == EV_PREEMPTED or t == EV_RELEASED or (ev.side == SIDE_BID and t in _BID_TYPES):
+            if ev.oid >= ids.ID_LIMIT or ev.trade_id >= ids.ID_LIMIT:
                 raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (settlement.ids)")
             rows.append(_record(ev))
-        if ev[E_TIME] > last_time:
-            last_time = ev[E_TIME]
+        if ev.time > last_time:
+            last_time = ev.time
     try:
         arr = np.array(rows, dtype=np.int64).reshape(len(rows), len(RECORD)) if rows else _NO_ROWS
     except OverflowError:

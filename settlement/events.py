@@ -1,10 +1,10 @@
-"""The exchange's events as settlement reads them: tuples in EVENT_DTYPE field order.
+"""The exchange's events as settlement reads them: `orderbook.types.Event` tuples.
 
 Events reach settlement as EVENT_DTYPE arrays (embedded: `Published.events`) or as the JSON
 objects of `orderbook.codec.events_to_json` (distributed: the ``event`` field of each Redis
-stream entry).  Both become the same tuples (``array.tolist()`` gives them directly), so the
-engine has one code path.  `from_json` is `codec.event_from_json(d).tolist()` without a
-numpy record per event (the tests check that they agree on every event type).
+stream entry).  Both become the same Event tuples (`orderbook.types.events` of an array), so the
+engine has one code path.  `from_json` is `codec.event_from_json(d)` without a numpy record per
+event (the tests check that they agree on every event type).
 """
 
 from __future__ import annotations
@@ -25,80 +25,79 @@ from orderbook.types import (
     KIND_NAMES,
     SIDE_NAMES,
     TIF_NAMES,
+    Event,
+    as_event,
+    events,
 )
 
-FIELDS = EVENT_DTYPE.names
-(SEQ, TIME, OID, OID2, TID, ACC, ACC2, PRICE, PRICE2, START, END, EXP, LEASE, GPUS, REM, HOURS, BLOCK, MINH,
- REASON, TYPE, KIND, SIDE, TIF, MAKER, CMD) = range(len(FIELDS))
-assert FIELDS[SEQ] == "seq" and FIELDS[LEASE] == "lease_id" and FIELDS[TYPE] == "type" and FIELDS[CMD] == "cmd", \
-    "settlement/events.py: EVENT_DTYPE changed; update the field positions"
-
+FIELDS = Event._fields
 # JSON keys that are not the record's field name (orderbook/codec.py layouts)
-_RENAMED = {"bid_oid": OID, "ask_oid": OID2, "buyer": ACC, "provider": ACC2, "limit": PRICE,
-            "spot_price": PRICE2, "preempted_by": LEASE}
-_INDEX = {name: i for i, name in enumerate(FIELDS)} | _RENAMED
+_RENAMED = {"bid_oid": "oid", "ask_oid": "oid2", "buyer": "account", "provider": "account2", "limit": "price",
+            "spot_price": "price2", "preempted_by": "lease_id"}
+_FIELD = {name: name for name in FIELDS} | _RENAMED
 
 
 def _codes(names: dict[int, str]) -> dict[str, int]:
     return {name: code for code, name in names.items()}
 
 
-_ENUMS: dict[int, dict[str, int]] = {
-    TYPE: _codes(EV_NAMES), SIDE: _codes(SIDE_NAMES), MAKER: _codes(SIDE_NAMES), KIND: _codes(KIND_NAMES),
-    TIF: _codes(TIF_NAMES), CMD: _codes(CMD_NAMES),
+_ENUMS: dict[str, dict[str, int]] = {
+    "type": _codes(EV_NAMES), "side": _codes(SIDE_NAMES), "maker": _codes(SIDE_NAMES), "kind": _codes(KIND_NAMES),
+    "tif": _codes(TIF_NAMES), "cmd": _codes(CMD_NAMES),
 }
 _END_CODES = _codes(END_NAMES)
 _REASON_CODES = {name: code for code, (name, _) in R.REASONS.items()}
-_N = len(FIELDS)
 
 
-def from_json(d: dict[str, Any]) -> tuple:
-    """One event as `events_to_json` wrote it -> its record tuple; raises ValueError."""
-    values = [0] * _N
+def from_json(d: dict[str, Any]) -> Event:
+    """One event as `events_to_json` wrote it -> its Event; raises ValueError."""
+    fields: dict[str, int] = {}
     ev_type = d.get("type")
     for key, v in d.items():
-        i = _INDEX.get(key)
-        if i is None:
+        name = _FIELD.get(key)
+        if name is None:
             if key == "message":
                 continue
             raise ValueError(f"unknown event field {key!r} in {d!r}")
         if type(v) is str:
-            if i == REASON:
+            if name == "reason":
                 table = _REASON_CODES if ev_type == "rejected" or ev_type == EV_REJECTED else _END_CODES
             else:
-                table = _ENUMS.get(i)
+                table = _ENUMS.get(name)
             code = table.get(v) if table is not None else None
             if code is None:
                 raise ValueError(f"unknown value {v!r} of event field {key!r}")
             v = code
-        values[i] = v
-    return tuple(values)
+        fields[name] = v
+    return Event(**fields)
 
 
 _decoder = msgspec.json.Decoder()
 
 
-def from_json_bytes(raw: bytes | str) -> tuple:
-    """One JSON-encoded event (a Redis stream entry's ``event`` field) -> its record tuple."""
+def from_json_bytes(raw: bytes | str) -> Event:
+    """One JSON-encoded event (a Redis stream entry's ``event`` field) -> its Event."""
     return from_json(_decoder.decode(raw))
 
 
-def as_tuples(events: np.ndarray | Sequence[Any] | Iterable[Any]) -> list[tuple]:
-    """Events in any of the forms settlement accepts -> record tuples, in order."""
-    if isinstance(events, np.ndarray):
-        if events.dtype != EVENT_DTYPE:
-            raise TypeError(f"events must have EVENT_DTYPE, not {events.dtype}")
-        return events.tolist()
+def as_events(given: np.ndarray | Sequence[Any] | Iterable[Any]) -> list[Event]:
+    """Events in any of the forms settlement accepts -> Events, in order."""
+    if isinstance(given, np.ndarray):
+        if given.dtype != EVENT_DTYPE:
+            raise TypeError(f"events must have EVENT_DTYPE, not {given.dtype}")
+        return events(given)
     out = []
-    for e in events:
-        if isinstance(e, dict):
+    for e in given:
+        if isinstance(e, Event):
+            out.append(e)
+        elif isinstance(e, dict):
             out.append(from_json(e))
         elif isinstance(e, tuple):
-            out.append(e)
+            out.append(as_event(e))
         elif isinstance(e, (bytes, str)):
             out.append(from_json_bytes(e))
         elif isinstance(e, np.void):
-            out.append(e.tolist())
+            out.append(as_event(e.tolist()))
         else:
             raise TypeError(f"cannot read an event from {type(e).__name__}")
     return out

@@ -1,6 +1,6 @@
 """Settlement inside `gpux serve` (embedded mode, ARCHITECTURE.md): the ledger behind escrow.
 
-    link = SettlementLink(cfg, accounts)        # opens DATA/ledger.db
+    link = SettlementLink(cfg, deposits)        # opens DATA/ledger.db; deposits(after_row) -> new rows
     engine = recover(cfg, settled=link.cursor, sink=link.replayed)   # the journal fills any gap
     link.start(); link.attach(bus)              # every durable batch: one ledger transaction
     link.available(account)                     # what the sequencer's escrow check (R17) reads
@@ -26,25 +26,25 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from exchange.clock import WALL, Clock, Timer
 from exchange.config import ServerConfig
-from exchange.engine import Prov
-from exchange.state import hold_per_gpu
-from gateway.accounts import AccountStore
+from exchange.entries import Prov
 from orderbook.types import CMD_CLOCK, EV_ACCEPTED, EVENT_DTYPE, SIDE_BID
 from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments, join_transfers
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
+from settlement.money import hold_fee_bps, hold_per_gpu
 from settlement.service import Answer, Settlement
 
 log = logging.getLogger("gpux.settlement")
 LEDGER_FILE = "ledger.db"
 _NONE = np.zeros(0, dtype=EVENT_DTYPE)
-_C_TYPE = 13  # COMMAND_DTYPE field "type"
 FLUSH_S = 0.025  # under load, queued batches are committed at least this often
 FLUSH_EVENTS = 8192  # ... or once this many events wait
 
@@ -68,9 +68,11 @@ class _Batch:
 class SettlementLink:
     """The exchange's settlement: the ledger, kept from the bus, fed deposits and time."""
 
-    def __init__(self, cfg: ServerConfig, accounts: AccountStore) -> None:
+    def __init__(self, cfg: ServerConfig, deposits: Callable[[int], list[tuple[int, int, int, int]]] | None = None,
+                 clock: Clock = WALL) -> None:
         self.cfg = cfg
-        self.accounts = accounts
+        self.deposits = deposits  # after_row -> the account store's deposit rows after it (id, account, µ$, ms)
+        self.time_source = clock  # timers of the deferred commits
         path = cfg.data_path / LEDGER_FILE
         self.settlement = Settlement(path, settlement_config(cfg), synchronous=cfg.ledger_synchronous)
         # the committed balances, for the escrow check on the event loop (never mid-transaction)
@@ -82,9 +84,9 @@ class SettlementLink:
         self.batches = 0  # ledger commits of batches
         self.seconds = 0.0  # spent committing
         self.provisioning: Any = None  # settlement.provisioning.Provisioning, once attached
-        self.clock: Any = None  # () -> {class: engine time}
+        self.book_times: Any = None  # () -> {class: engine time}
         self.on_deposits: Any = None  # called with the deposit rows the ledger took
-        self._fee_bps = {name: max(i.maker_fee_bps, i.taker_fee_bps) for name, i in cfg.instruments.items()}
+        self._fee_bps = {name: hold_fee_bps(i.maker_fee_bps, i.taker_fee_bps) for name, i in cfg.instruments.items()}
         self._deposit_row = 0
         self._answered: list[tuple[Answer, Any]] = []  # answers applied in the transaction being committed
         self.answered_out: list[tuple[Answer, Any]] = []  # ... committed: for provisioning to pass on
@@ -94,7 +96,7 @@ class SettlementLink:
         self._queued_events = 0
         self._oldest = 0.0  # when the oldest queued batch was handed over
         self._deferred = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._inflight: asyncio.Future | None = None  # a commit running in the committer thread
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpux-ledger")
         self._carried: list[_Batch] = []  # batches in the refused backlog
@@ -145,8 +147,8 @@ class SettlementLink:
         start came, for provisioning (R18).  Queued; committed by `flush`."""
         times: dict[str, int] = {}
         for r in batch.results:
-            if r is not None and r.command is not None and r.command[_C_TYPE] == CMD_CLOCK:
-                times[r.book] = max(times.get(r.book, 0), int(r.command[0]))
+            if r is not None and r.command is not None and r.command.type == CMD_CLOCK:
+                times[r.book] = max(times.get(r.book, 0), r.command.time)
         parts = [(cls, ev.copy()) for cls, ev in batch.events.items()]  # the publisher may reuse its arrays
         answers = list(getattr(batch, "answers", ()))
         if not parts and not times and not answers:
@@ -161,7 +163,7 @@ class SettlementLink:
                 b.holds[a] = b.holds.get(a, 0) + hold
                 self._held[a] = self._held.get(a, 0) + hold
         if not self._queue:
-            self._oldest = time.monotonic()
+            self._oldest = self.time_source.monotonic()
         self._queue.append(b)
         self._queued_events += sum(len(ev) for _, ev in parts)
         if not self._deferred:  # not started (tests, recovery): at once
@@ -177,7 +179,12 @@ class SettlementLink:
     def due(self) -> bool:
         """Whether queued batches should be committed now although the sequencer is busy."""
         return bool(self._queue) and (self._queued_events >= FLUSH_EVENTS
-                                      or time.monotonic() - self._oldest >= FLUSH_S)
+                                      or self.time_source.monotonic() - self._oldest >= FLUSH_S)
+
+    def commit_if_due(self) -> None:
+        """After each batch of a busy sequencer: commit now if `due`."""
+        if self.due():
+            self.flush_soon(now=True)
 
     def flush_soon(self, now: bool = False) -> None:
         """Commit what is queued ``FLUSH_S`` after its oldest batch (``now``: at once), in the
@@ -191,8 +198,8 @@ class SettlementLink:
                 self._timer = None
             self._inflight = asyncio.ensure_future(self._flush_async())
         elif self._timer is None:
-            delay = max(0.0, self._oldest + FLUSH_S - time.monotonic()) if self._queue else FLUSH_S
-            self._timer = asyncio.get_running_loop().call_later(delay, self._timed_flush)
+            delay = max(0.0, self._oldest + FLUSH_S - self.time_source.monotonic()) if self._queue else FLUSH_S
+            self._timer = self.time_source.call_later(delay, self._timed_flush)
 
     def _timed_flush(self) -> None:
         self._timer = None
@@ -258,7 +265,7 @@ class SettlementLink:
         Caller holds the lock.  False if the ledger refused (all kept in the backlog)."""
         self.backlog += items
         prov = self.provisioning
-        engine_now = self.clock() if prov is not None and self.clock is not None else {}
+        engine_now = self.book_times() if prov is not None and self.book_times is not None else {}
         backlog = self.backlog
         self._answered = []
 
@@ -316,6 +323,19 @@ class SettlementLink:
             with self.lock:
                 self.provisioning.committed()
 
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        return [
+            ("gpux_settlement_commits_total", self.batches, "ledger transactions of queued batches", "counter"),
+            ("gpux_settlement_seconds_total", round(self.seconds, 6), "time committing to the ledger", "counter"),
+            ("gpux_settlement_queued", len(self._queue), "durable batches not committed to the ledger yet", "gauge"),
+            ("gpux_settlement_lag_batches", self.handed - self.committed,
+             "batches handed to settlement and not committed yet (backlog included)", "gauge"),
+            ("gpux_settlement_healthy", int(self.healthy), "0 while the ledger refuses a batch (see logs)", "gauge")]
+
+    def health(self) -> str:
+        """"ok" while the ledger takes every batch; else why not (bids that need escrow are refused)."""
+        return "ok" if self.last_error is None else f"the ledger refuses batches: {self.last_error}"
+
     @property
     def healthy(self) -> bool:
         """The ledger took every batch it was given (otherwise escrow checks cannot be trusted)."""
@@ -335,8 +355,10 @@ class SettlementLink:
     def sync_deposits(self) -> int:
         """Post the account store's deposits not yet in the ledger (each row once: the transfer
         id names the row); returns how many were new."""
+        if self.deposits is None:
+            return 0
         try:
-            rows = self.accounts.deposit_rows(self._deposit_row)
+            rows = self.deposits(self._deposit_row)
         except Exception:  # the account store is busy: next time
             log.exception("could not read deposits")
             return 0

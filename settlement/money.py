@@ -33,3 +33,9 @@ def lease_value(gpus: int, price: int, seconds: int) -> int:
     if seconds <= 0:
         return 0
     return gpus * price * seconds // HOUR
+
+
+def hold_fee_bps(maker_bps: int, taker_bps: int) -> int:
+    """The fee rate a bid's escrow covers (R17): the higher of the class's two, since whether the
+    bid ends up maker or taker is not known when it is placed."""
+    return max(maker_bps, taker_bps)

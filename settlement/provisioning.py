@@ -1,6 +1,8 @@
 """Provisioning (R18): each lease goes to its provider's agent at its start.
 
-    p = Provisioning.attach(exchange)    # after settlement, the feeds and the gateway exist
+    p = Provisioning(link, timeout_s=600, enabled=True, book_times=..., journal_seq=..., submit=..., ssh_key=...)
+    p.start()                            # after recovery: leases whose start passed meanwhile
+    p.notices = feeds                    # where tasks and notices go (the feeds' private channel)
     p.outstanding(provider)              # GET /v1/provisioning: tasks not answered yet
     p.answer(provider, "H100-7", "ready", connection={...})   # POST /v1/provisioning/H100-7
 
@@ -27,20 +29,18 @@ from __future__ import annotations
 
 import heapq
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
 
-from exchange.engine import Prov
+from exchange.entries import Prov
 from exchange.errors import ApiError
 from exchange.sequencer import Request
 from orderbook.types import EV_PREEMPTED, EV_RELEASED, EV_TRADE, KIND_NAMES
 from settlement.leases import ENDED, FAILED, PENDING, PREEMPTED, PROVISIONING, READY, RELEASED
 from settlement.service import parse_lease_ref
-
-if TYPE_CHECKING:
-    from app.exchange import Exchange
 
 log = logging.getLogger("gpux.provisioning")
 
@@ -48,12 +48,33 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 
 
+class Notices(Protocol):
+    """Where provisioning's messages go: each account's private ``provisioning`` channel."""
+
+    def provisioning_listening(self, account: int) -> bool: ...
+
+    def publish_provisioning(self, account: int, gpu_class: str, tasks: list[dict[str, Any]], seq: int = 0,
+                             when: int = 0) -> None: ...
+
+
 class Provisioning:
-    def __init__(self, x: Exchange) -> None:
-        self.x = x
-        self.s = x.settlement.settlement
-        self.timeout = x.cfg.provision_timeout_s
-        self.enabled = x.cfg.provisioning == "agent"
+    """Leases to their providers' agents.  ``link`` is settlement (whose transaction it steps in),
+    ``book_times()`` each class's engine time, ``journal_seq()`` the core's last journal seq,
+    ``submit`` hands a request to the sequencer, ``ssh_key(account)`` a renter's public key;
+    ``notices`` is set once the feeds run."""
+
+    def __init__(self, link: Any, *, timeout_s: int, enabled: bool, book_times: Callable[[], dict[str, int]],
+                 journal_seq: Callable[[], int], submit: Callable[[Request], Awaitable[Any]],
+                 ssh_key: Callable[[int], str | None]) -> None:
+        self.link = link
+        self.s = link.settlement
+        self.timeout = timeout_s
+        self.enabled = enabled
+        self.book_times = book_times
+        self.journal_seq = journal_seq
+        self.submit = submit
+        self.ssh_key = ssh_key
+        self.notices: Notices | None = None
         self.starts: list[tuple[int, str, int]] = []  # (start, class, trade id) of pending leases
         self.deadlines: list[tuple[int, str, int]] = []  # (deadline, class, trade id) of tasked leases
         self.sent = 0  # tasks handed to agents
@@ -74,13 +95,18 @@ class Provisioning:
         heapq.heapify(self.starts)
         heapq.heapify(self.deadlines)
 
-    @classmethod
-    def attach(cls, x: Exchange) -> Provisioning:
-        p = cls(x)
-        x.settlement.provisioning = p
-        if p.enabled:  # leases whose start passed while the exchange was down
-            x.settlement.tick({})
-        return p
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        return [("gpux_provisioning_tasks_total", self.sent, "leases handed to providers' agents (R18)", "counter"),
+                ("gpux_provisioning_ready_total", self.ready, "leases agents reported ready", "counter"),
+                ("gpux_provisioning_failed_total", self.failed, "leases failed: by the agent or no answer in time",
+                 "counter")]
+
+    def start(self) -> None:
+        """Step in settlement's transactions from now on; start the leases whose start passed
+        while the exchange was down."""
+        self.link.provisioning = self
+        if self.enabled:
+            self.link.tick({})
 
     # ------------------------------------------------------------------ in settlement's transaction
     # (the link's lock held)
@@ -127,14 +153,11 @@ class Provisioning:
         """After a commit (link lock held): send the tasks of the leases it started, pass on
         the agents' answers and the preemption and release notices, tell both sides of leases
         whose deadline passed."""
-        link = self.x.settlement
+        link = self.link
         if not self.enabled:
             link.answered_out = []
             return
-        engine = self.x.engine
-        if engine is None:
-            return
-        now = {name: engine.book_time(name) for name in engine.books}
+        now = self.book_times()
         started, self._out_started = self._out_started, []
         notices, self._out_notices = self._out_notices, []
         answered, link.answered_out = link.answered_out, []
@@ -173,20 +196,18 @@ class Provisioning:
 
     # ------------------------------------------------------------------ messages
     def task(self, lease: Any) -> dict[str, Any]:
-        key = self.x.store.ssh_key(lease.buyer) or ""
+        key = self.ssh_key(lease.buyer) or ""
         return {"task": "provision", "lease": lease.ref, "class": lease.cls, "trade_id": lease.trade_id,
                 "kind": KIND_NAMES.get(lease.kind, lease.kind), "gpus": lease.gpus, "start": lease.start,
                 "end": lease.end, "deadline": lease.start + self.timeout, "renter": lease.buyer,
                 "ssh_public_key": key}
 
     def _listening(self, account: int) -> bool:
-        feeds = getattr(self.x, "feeds", None)
-        return feeds is not None and feeds.hub.has_private(account, "provisioning")
+        return self.notices is not None and self.notices.provisioning_listening(account)
 
     def _send(self, account: int, cls: str, items: list[dict[str, Any]], when: int) -> None:
-        feeds = getattr(self.x, "feeds", None)
-        if feeds is not None:
-            feeds.publish_provisioning(account, cls, items, seq=self.x.engine.seq if self.x.engine else 0, when=when)
+        if self.notices is not None:
+            self.notices.publish_provisioning(account, cls, items, seq=self.journal_seq(), when=when)
 
     def _notice(self, cls: str, tid: int, end: int, reason: str, when: int, **extra: Any) -> None:
         lease = self._lease(cls, tid)
@@ -201,7 +222,7 @@ class Provisioning:
     # ------------------------------------------------------------------ the agent's side
     def outstanding(self, provider: int) -> list[dict[str, Any]]:
         """Tasks of ``provider`` not answered yet (leases provisioning), oldest start first."""
-        with self.x.settlement.lock:
+        with self.link.lock:
             leases = [x for c in self.s.engine.classes.values() for x in c.find(provider=provider, status=PROVISIONING)]
         return sorted((self.task(x) for x in leases), key=lambda t: (t["start"], t["lease"]))
 
@@ -210,17 +231,16 @@ class Provisioning:
         """The agent's answer to a task, checked, then journaled (so the ledger replays it) and
         settled.  Ready: metering starts now, the renter gets the connection.  Failed: the
         renter is refunded in full.  A repeat changes nothing."""
-        x = self.x
-        assert x.engine is not None and x.sequencer is not None
-        await x.settlement.synced()  # the lease's trade is in the ledger
-        with x.settlement.lock:
+        link = self.link
+        await link.synced()  # the lease's trade is in the ledger
+        with link.lock:
             cls, tid, lease = self._check(provider, ref, status)
             if lease.status == (READY if status == "ready" else FAILED):
                 return self._view(lease.ref)  # a repeat: answered already
             entry = Prov(cls, tid, status == "ready", 0, 0,  # time and place: stamped by the sequencer
                          _enc.encode(connection).decode() if connection else "", reason)
-        await x.sequencer.submit(Request(cls, [], provider, prov=entry))
-        await x.settlement.synced()
+        await self.submit(Request(cls, None, provider, prov=entry))
+        await link.synced()
         view = self.view(ref)
         took = (READY, ENDED, RELEASED, PREEMPTED) if entry.ready else (FAILED,)
         if view["status"] not in took:
@@ -233,7 +253,7 @@ class Provisioning:
             cls, tid = parse_lease_ref(ref)
         except ValueError as e:
             raise ApiError("MALFORMED", str(e)) from None
-        if self.x.engine is None or cls not in self.x.engine.books:
+        if cls not in self.book_times():
             raise ApiError("UNKNOWN_LEASE", f"no lease {ref}", 404)
         lease = self._lease(cls, tid)
         if lease is None:
@@ -257,7 +277,7 @@ class Provisioning:
     def view(self, ref: str) -> dict[str, Any]:
         """Settlement's side of a lease: its status, when it got ready, how to connect, what
         was paid (the API adds it to the lease as ``settlement``)."""
-        with self.x.settlement.lock:
+        with self.link.lock:
             return self._view(ref)
 
     def _view(self, ref: str) -> dict[str, Any]:

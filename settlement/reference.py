@@ -3,7 +3,7 @@
 checked against, event for event, by the tests.  Same API as `settlement.engine.SettlementEngine`.
 
     engine = SettlementEngine(SettlementConfig(fees={"H100": (0, 25)}))
-    transfers = engine.apply("H100", events)       # record tuples of one class, in seq order
+    transfers = engine.apply("H100", events)       # Events (or an EVENT_DTYPE array), in seq order
     transfers += engine.tick(now)                    # meter ready leases, end those whose end passed
     transfers += engine.mark_ready("H100", 7, t)     # provisioning's answers (R18)
     engine.take_changes()                            # what changed since last time, for the store
@@ -35,6 +35,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,14 +52,16 @@ from orderbook.types import (
 )
 from settlement import ids
 from settlement.engine import (  # shared with the jitted engine
-    RECORD,
     Bid,
     LeaseStateError,
+    Record,
     SettlementConfig,
     answer_applies,
+    records,
 )
 from settlement.engine import _relevant_array as _engine_relevant_array
 from settlement.engine import _relevant_tuples as _engine_relevant_tuples
+from settlement.events import as_events
 from settlement.ids import AMEND, BUYER_FEE, COST, HOLD, TOP_UP, TRADE_RELEASE
 from settlement.ids import RELEASE as ORDER_RELEASE
 from settlement.leases import (
@@ -85,8 +88,6 @@ _METER = ids.cause(ids.METER)
 DUE_SHIFT = 48  # a timetable entry is due << 48 | trade id (trade ids are below ids.ID_LIMIT)
 TID_MASK = (1 << DUE_SHIFT) - 1
 assert ids.ID_LIMIT == 1 << DUE_SHIFT
-(R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
- R_TYPE, R_KIND, R_MAKER) = range(len(RECORD))
 
 
 class ClassState:
@@ -191,8 +192,8 @@ class SettlementEngine:
         return out
 
     # ------------------------------------------------------------------ events
-    def apply(self, cls: str, events: np.ndarray | Iterable[tuple]) -> list[tuple]:
-        """Apply one class's events (an EVENT_DTYPE array or record tuples, in seq order);
+    def apply(self, cls: str, events: np.ndarray | Iterable[Any]) -> list[tuple]:
+        """Apply one class's events (an EVENT_DTYPE array or Events, in seq order);
         returns the transfers.  Events at or below the last seq applied are skipped; a gap
         raises `SequenceGap` before anything changes."""
         c = self.state(cls)
@@ -206,18 +207,18 @@ class SettlementEngine:
         out: list[tuple] = []
         heap = c.heap
         for ev in rows:
-            t = ev[R_TIME]
+            t = ev.time
             if t > c.clock:
                 if heap and heap[0] >> DUE_SHIFT <= t:
                     self._advance_class(c, t, out)
                 c.clock = t
-            typ = ev[R_TYPE]
+            typ = ev.type
             if typ == EV_TRADE:
                 self._trade(c, ev, out)
             elif typ == EV_ACCEPTED:
                 self._accepted_bid(c, ev, out)
             elif typ == EV_CANCELLED or typ == EV_EXPIRED:
-                self._bid_closed(c, ev[R_OID], out)
+                self._bid_closed(c, ev.oid, out)
             elif typ == EV_AMENDED:
                 self._bid_amended(c, ev, out)
             else:  # EV_PREEMPTED, EV_RELEASED
@@ -231,17 +232,17 @@ class SettlementEngine:
         c.dirty = True
         return out
 
-    def _accepted_bid(self, c: ClassState, ev: tuple, out: list) -> None:
-        hpg = hold_per_gpu(ev[R_HOURS], ev[R_PRICE], c.hold_bps)
-        oid = ev[R_OID]
-        bid = Bid(ev[R_ACC], hpg, ev[R_REM])
+    def _accepted_bid(self, c: ClassState, ev: Record, out: list) -> None:
+        hpg = hold_per_gpu(ev.hours, ev.price, c.hold_bps)
+        oid = ev.oid
+        bid = Bid(ev.account, hpg, ev.remaining)
         c.bids[oid] = bid
         c.dirty_bids[oid] = bid
         c.new_bids.add(oid)
         hold = bid.remaining * hpg
         if hold:
             a = bid.account << 3
-            out.append((c.order_ref | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, ev[R_TIME]))
+            out.append((c.order_ref | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, ev.time))
 
     def _bid_closed(self, c: ClassState, oid: int, out: list) -> None:
         bid = c.bids.pop(oid, None)
@@ -259,20 +260,20 @@ class SettlementEngine:
         else:
             c.dirty_bids[oid] = None
 
-    def _bid_amended(self, c: ClassState, ev: tuple, out: list) -> None:
-        bid = c.bids.get(ev[R_OID])
+    def _bid_amended(self, c: ClassState, ev: Record, out: list) -> None:
+        bid = c.bids.get(ev.oid)
         if bid is None:
             return
-        new = ev[R_REM]
+        new = ev.remaining
         freed = (bid.remaining - new) * bid.hpg
         bid.remaining = new
-        c.dirty_bids[ev[R_OID]] = bid
+        c.dirty_bids[ev.oid] = bid
         if freed > 0:
             a = bid.account << 3
-            out.append((c.order_ref | ev[R_OID], ev[R_SEQ] << ids.PARAM_SHIFT | AMEND, a | ESCROW, a | AVAILABLE, freed,
-                        ev[R_TIME]))
+            out.append((c.order_ref | ev.oid, ev.seq << ids.PARAM_SHIFT | AMEND, a | ESCROW, a | AVAILABLE, freed,
+                        ev.time))
 
-    def _trade(self, c: ClassState, ev: tuple, out: list) -> None:
+    def _trade(self, c: ClassState, ev: Record, out: list) -> None:
         _, t, oid, ask_oid, tid, buyer, provider, price, start, end, resale_of, gpus, rem, _, _, kind, maker = ev
         cost = gpus * price * (end - start) // HOUR if end > start else 0  # money.lease_value
         mk, tk = c.fees
@@ -328,18 +329,18 @@ class SettlementEngine:
                 return
         self._advance(c, lease, now, out)
 
-    def _cut(self, c: ClassState, ev: tuple, out: list) -> None:
+    def _cut(self, c: ClassState, ev: Record, out: list) -> None:
         """EV_PREEMPTED / EV_RELEASED: the lease now ends at ev's end (R12, R16)."""
-        lease = c.leases.get(ev[R_TID])
+        lease = c.leases.get(ev.trade_id)
         if lease is None:
             return
-        new_end = max(min(ev[R_END], lease.end), lease.start)
-        preempted = ev[R_TYPE] == EV_PREEMPTED
+        new_end = max(min(ev.end, lease.end), lease.start)
+        preempted = ev.type == EV_PREEMPTED
         lease.ended_by = PREEMPTED if preempted else RELEASED
         lease.end = new_end
         if lease.status in LIVE:
-            why = ids.cause(ids.PREEMPTED if preempted else ids.RELEASED, ev[R_SEQ])
-            settle(lease, c.lease_ref | lease.trade_id, why, ev[R_TIME], out)
+            why = ids.cause(ids.PREEMPTED if preempted else ids.RELEASED, ev.seq)
+            settle(lease, c.lease_ref | lease.trade_id, why, ev.time, out)
         self._advance(c, lease, c.clock, out)
         c.dirty_leases[lease.trade_id] = lease
 
@@ -538,11 +539,11 @@ class SettlementEngine:
 
 
 
-def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[list[tuple], int, int, int]:
+def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[list[Record], int, int, int]:
     rows, last_seq, last_time, skipped = _engine_relevant_array(c, events)  # type: ignore[arg-type]
-    return list(map(tuple, rows.tolist())), last_seq, last_time, skipped
+    return records(rows), last_seq, last_time, skipped
 
 
-def _relevant_tuples(c: ClassState, events: Iterable[tuple]) -> tuple[list[tuple], int, int, int]:
-    rows, last_seq, last_time, skipped = _engine_relevant_tuples(c, events)  # type: ignore[arg-type]
-    return list(map(tuple, rows.tolist())), last_seq, last_time, skipped
+def _relevant_tuples(c: ClassState, events: Iterable[Any]) -> tuple[list[Record], int, int, int]:
+    rows, last_seq, last_time, skipped = _engine_relevant_tuples(c, as_events(events))  # type: ignore[arg-type]
+    return records(rows), last_seq, last_time, skipped

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from settlement.engine import NO_TRANSFERS, LeaseStateError, SettlementConfig, SettlementEngine, join_transfers
-from settlement.events import SEQ, as_tuples
+from settlement.events import as_events
 from settlement.leases import check_lease
 from settlement.ledger import ESCROW, KIND_NAMES, PREPAID, Ledger, Transfer
 from settlement.store import StateStore
@@ -40,8 +40,8 @@ _CONNECTIONS = ("CREATE TABLE IF NOT EXISTS lease_connections (lease TEXT PRIMAR
 
 def events_step(batches: Iterable[tuple[str, Any]]) -> Callable[[SettlementEngine], np.ndarray]:
     """A step (for `Settlement.run`) applying events of one or more classes, each an
-    EVENT_DTYPE array, JSON dicts or record tuples, in seq order."""
-    parts = [(cls, events if isinstance(events, np.ndarray) else as_tuples(events)) for cls, events in batches]
+    EVENT_DTYPE array, JSON dicts or Events, in seq order."""
+    parts = [(cls, events if isinstance(events, np.ndarray) else as_events(events)) for cls, events in batches]
 
     def step(engine: SettlementEngine) -> np.ndarray:
         return join_transfers([engine.apply(cls, evs) for cls, evs in parts])
@@ -162,7 +162,7 @@ class Settlement:
 
     def events_and_answers(self, engine: SettlementEngine, cls: str, events: Any, answers: list[Answer],
                            ticks: Iterable[tuple[int, int]] = ()) -> tuple[np.ndarray, list[tuple[Answer, Any]]]:
-        """Inside a `run` step: one class's events (EVENT_DTYPE array or record tuples, in seq
+        """Inside a `run` step: one class's events (EVENT_DTYPE array or Events, in seq
         order) with the provisioning answers among them, each right after the event it follows
         (``after``), as the exchange's journal has them; and ``ticks``, ``(after, time)``: the
         class's clock moved to ``time`` right after event ``after`` (a clock command, as the
@@ -171,7 +171,9 @@ class Settlement:
         steps = [(a.after, 0, a) for a in answers] + [(after, 1, t) for after, t in ticks]
         if not steps:
             return (engine.apply(cls, events) if len(events) else NO_TRANSFERS), []
-        seqs = events["seq"].tolist() if isinstance(events, np.ndarray) else [e[SEQ] for e in events]
+        if not isinstance(events, np.ndarray):
+            events = as_events(events)
+        seqs = events["seq"].tolist() if isinstance(events, np.ndarray) else [e.seq for e in events]
         out: list[np.ndarray] = []
         took: list[tuple[Answer, Any]] = []
         i = 0

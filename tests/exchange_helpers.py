@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from app.exchange import Exchange
 from client.api import Client
 from exchange.config import ServerConfig
@@ -38,8 +36,7 @@ class Running:
     def account(self, name: str, role: str, deposit: int = 0,
                 ssh_public_key: str | None = None) -> tuple[int, str, str]:
         acc, key, secret = self.exchange.store.create_account(name, role, deposit, ssh_public_key)
-        if self.exchange.sequencer is not None:
-            self.exchange.sequencer._refresh_deposits()
+        self.exchange.settlement.sync_deposits()
         self.keys[name] = (acc.id, key, secret)
         return acc.id, key, secret
 
@@ -71,24 +68,20 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_exchange(data_dir: Path, **overrides: Any) -> AsyncIterator[Running]:
-    """An exchange serving on 127.0.0.1 (free port) over ``data_dir``; stopped gracefully after."""
+async def running_exchange(data_dir: Path, clock: Any = None, **overrides: Any) -> AsyncIterator[Running]:
+    """An exchange serving on 127.0.0.1 (free port) over ``data_dir``; stopped gracefully after.
+    ``clock``: an `exchange.clock.SimClock` for time under the test's control."""
     cfg = ServerConfig(data_dir=str(data_dir), port=0, **overrides)
-    ex = Exchange(cfg)
+    ex = Exchange(cfg, clock=clock) if clock is not None else Exchange(cfg)
     await ex.start()
-    runner = web.AppRunner(ex.app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    port = await ex.serve("127.0.0.1", 0)
     r = Running(ex, f"http://127.0.0.1:{port}")
     try:
         yield r
     finally:
         for c in r.clients:
             await c.close()
-        await ex.stop()
-        await runner.cleanup()
+        await ex.close()
 
 
 def run(coro: Any) -> Any:

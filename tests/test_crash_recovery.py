@@ -40,11 +40,13 @@ import msgspec
 import numpy as np
 import pytest
 
-from app.exchange import recover
 from client.api import Client, ClientError, TraderSession
 from exchange.config import ServerConfig, load_config
-from exchange.engine import Cmd, Engine, Snapshot, decode_entry, snapshots
+from exchange.engine import Engine
+from exchange.entries import Cmd, decode_entry
 from exchange.journal import read, segments
+from exchange.recovery import recover
+from exchange.snapshots import Snapshot, snapshots
 from gateway.accounts import AccountStore
 from orderbook.types import CMD_ASK, CMD_BID, COMMAND_DTYPE, HOUR
 from settlement.link import SettlementLink
@@ -571,8 +573,8 @@ async def scenario(server: Server, cfg: ServerConfig, seen: Seen, rng: random.Ra
     snap = msgspec.msgpack.decode(path.read_bytes(), type=Snapshot)
     # the ledger, kept across every kill -9 (its cursor + the journal replay), is the ledger of
     # one clean pass over the journal: every event settled exactly once (docs/settlement.md)
-    fresh = SettlementLink(cfg.with_(data_dir=str(cfg.data_path.parent / "fresh")), AccountStore(cfg.data_path /
-                                                                                                  "accounts.db"))
+    accounts = AccountStore(cfg.data_path / "accounts.db")
+    fresh = SettlementLink(cfg.with_(data_dir=str(cfg.data_path.parent / "fresh")), accounts.deposit_rows)
     full = recover(cfg, use_snapshots=False, settled=fresh.cursor, sink=fresh.replayed)
     fresh.tick({name: full.book_time(name) for name in full.books})
     kept = Settlement(cfg.data_path / "ledger.db")

@@ -27,11 +27,15 @@ import numpy as np
 import pytest
 from streams import random_stream
 
-from app.exchange import Exchange, recover, replay
+from app.exchange import Exchange
 from exchange.config import Instrument, ServerConfig
-from exchange.engine import Admin, Cmd, Engine, Entry, Result, decode_entry, encode_entry, write_snapshot
+from exchange.engine import Engine, Result
+from exchange.entries import Admin, Cmd, Entry, decode_entry, encode_entry
 from exchange.journal import HEADER, Journal, read, segments
-from exchange.state import E_REASON, E_TYPE, ExchangeState, split_events
+from exchange.recovery import recover, replay
+from exchange.snapshots import write_snapshot
+from exchange.state import ExchangeState, split_events
+from orderbook import types as T
 from orderbook.book import make_book
 from orderbook.config import BookConfig
 from orderbook.types import (
@@ -50,6 +54,10 @@ from orderbook.types import (
     EV_RELEASED,
     HOUR,
     ON_DEMAND,
+    Command,
+    Event,
+    commands,
+    events,
 )
 from settlement.engine import SettlementConfig, fees_from_instruments
 from settlement.service import Settlement
@@ -62,49 +70,42 @@ INSTRUMENTS = {
                     taker_fee_bps=25),
     "U": Instrument(BookConfig(name="U", max_price=20_000, gate_s=300, notice_s=0)),
 }
-C = {name: i for i, name in enumerate(COMMAND_DTYPE.names)}
 LEADING = (EV_ACCEPTED, EV_REJECTED, EV_AMENDED, EV_RELEASED)
 
 
 # ---------------------------------------------------------------------- streams
-def stamped(commands: np.ndarray) -> list[list[int]]:
+def stamped(records: np.ndarray) -> list[Command]:
     """The commands as the sequencer would journal them: a command stamped later than the
     book's time gets a clock command to that time first; every non-clock command carries
     the book's time (the latest clock's); clock commands that would not move time are dropped."""
-    out: list[list[int]] = []
+    out: list[Command] = []
     now: int | None = None
-    for values in commands.tolist():
-        c = list(values)
-        t = c[C["time"]]
-        if c[C["type"]] == CMD_CLOCK:
+    for c in commands(records):
+        t = c.time
+        if c.type == CMD_CLOCK:
             if now is None or t > now:
                 now = t
                 out.append(c)
             continue
         if now is None or t > now:
-            clock = [0] * len(c)
-            clock[C["time"]], clock[C["type"]] = t, CMD_CLOCK
-            out.append(clock)
+            out.append(Command(time=t, type=CMD_CLOCK))
             now = t
-        c[C["time"]] = now
-        out.append(c)
+        out.append(c._replace(time=now))
     return out
 
 
-def record(values: list[int]) -> bytes:
-    return np.array([tuple(values)], dtype=COMMAND_DTYPE).tobytes()
+def record(c: Command) -> bytes:
+    return np.array([c], dtype=COMMAND_DTYPE).tobytes()
 
 
-def book_streams(seed: int, n: int) -> dict[str, list[list[int]]]:
+def book_streams(seed: int, n: int) -> dict[str, list[Command]]:
     """A stamped random stream per book.  Order ids are exchange-wide: book k's are 2·oid − 1 + k
     (a stream's own ids and the ids its cancels and amends aim at alike)."""
     out = {}
     for k, name in enumerate(BOOKS):
-        cmds = stamped(random_stream(np.random.default_rng([seed, k]), n))
-        for c in cmds:
-            if c[C["type"]] in (CMD_ASK, CMD_BID, CMD_CANCEL, CMD_AMEND) and c[C["oid"]] > 0:
-                c[C["oid"]] = 2 * c[C["oid"]] - 1 + k
-        out[name] = cmds
+        out[name] = [c._replace(oid=2 * c.oid - 1 + k)
+                     if c.type in (CMD_ASK, CMD_BID, CMD_CANCEL, CMD_AMEND) and c.oid > 0 else c
+                     for c in stamped(random_stream(np.random.default_rng([seed, k]), n))]
     return out
 
 
@@ -112,7 +113,7 @@ def exchange_entries(seed: int, n: int = 250) -> list[Entry]:
     """Both books' streams interleaved at random, half the new orders with a client order id,
     and now and then a halt or resume."""
     rng = random.Random(seed)
-    queues = {name: [Cmd(name, record(c), f"{name}-{i}" if c[C["type"]] in (CMD_ASK, CMD_BID)
+    queues = {name: [Cmd(name, record(c), f"{name}-{i}" if c.type in (CMD_ASK, CMD_BID)
                          and rng.random() < 0.5 else "") for i, c in enumerate(cmds)]
               for name, cmds in book_streams(seed, n).items()}
     entries: list[Entry] = []
@@ -203,9 +204,9 @@ def test_journaled_entries_apply_the_same_in_any_batch_sizes(tmp_path: Path, eng
     assert whole.seq == pieces.seq == len(entries)
     assert_same_engine(whole, pieces)
     assert [(r.book, r.command, r.events) for r in results] == [(r.book, r.command, r.events) for r in piece_results]
-    for name, events in events_by_book(results).items():
-        assert arrays[name].tolist() == events  # what the bus gets is every event, in book order
-        assert [e[0] for e in events] == list(range(1, len(events) + 1))  # R15: consecutive per book
+    for name, evs in events_by_book(results).items():
+        assert T.events(arrays[name]) == evs  # what the bus gets is every event, in book order
+        assert [e.seq for e in evs] == list(range(1, len(evs) + 1))  # R15: consecutive per book
     # a client order id keeps the answer to its first command, whatever the batches were
     assert whole.state.coids == pieces.state.coids
     assert len(whole.state.coids) > 50
@@ -242,7 +243,7 @@ def test_each_command_gets_the_events_the_book_gives_it_alone(seed: int) -> None
     alone: dict[str, list[list[tuple]]] = {}
     for name, cmds in streams.items():
         book = make_book(INSTRUMENTS[name].book, "numba")
-        alone[name] = [book.process(np.frombuffer(record(c), dtype=COMMAND_DTYPE)).tolist() for c in cmds]
+        alone[name] = [events(book.process(np.frombuffer(record(c), dtype=COMMAND_DTYPE))) for c in cmds]
     entries = [Cmd(name, record(c)) for name in BOOKS for c in streams[name]]
     results = apply_in_batches(Engine(INSTRUMENTS, "numba"), entries, rng, most=80)
     got: dict[str, list[list[tuple]]] = {name: [] for name in BOOKS}
@@ -250,7 +251,7 @@ def test_each_command_gets_the_events_the_book_gives_it_alone(seed: int) -> None
         got[r.book].append(r.events)
     for name in BOOKS:
         assert got[name] == alone[name]
-    expiring_clocks = sum(1 for r in results if r.command[C["type"]] == CMD_CLOCK and r.events)
+    expiring_clocks = sum(1 for r in results if r.command.type == CMD_CLOCK and r.events)
     assert expiring_clocks > 0  # clocks that do something are part of the test
 
 
@@ -263,30 +264,30 @@ def test_split_events_gives_every_event_to_one_command(seed: int) -> None:
     for name, cmds in book_streams(seed, 300).items():
         cfg = INSTRUMENTS[name].book
         one_by_one = make_book(cfg, "numba")
-        alone = [one_by_one.process(np.frombuffer(record(c), dtype=COMMAND_DTYPE)).tolist() for c in cmds]
+        alone = [events(one_by_one.process(np.frombuffer(record(c), dtype=COMMAND_DTYPE))) for c in cmds]
         book = make_book(cfg, "numba")
-        starts = [0] + [k for k, c in enumerate(cmds) if k and (c[C["type"]] == CMD_CLOCK or rng.random() < 0.1)]
+        starts = [0] + [k for k, c in enumerate(cmds) if k and (c.type == CMD_CLOCK or rng.random() < 0.1)]
         for lo, hi in zip(starts, [*starts[1:], len(cmds)], strict=True):
             part = cmds[lo:hi]
-            assert all(c[C["type"]] != CMD_CLOCK for c in part[1:])
-            events = book.process(np.array([tuple(c) for c in part], dtype=COMMAND_DTYPE)).tolist()
-            spans = split_events(part, events)
+            assert all(c.type != CMD_CLOCK for c in part[1:])
+            got = events(book.process(np.array(part, dtype=COMMAND_DTYPE)))
+            spans = split_events(part, got)
             assert len(spans) == len(part)
             assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]]  # contiguous, in order
-            assert spans[0][0] == 0 and spans[-1][1] == len(events)
+            assert spans[0][0] == 0 and spans[-1][1] == len(got)
             for c, (a, b), own in zip(part, spans, alone[lo:hi], strict=True):
-                mine = events[a:b]
+                mine = got[a:b]
                 lead = [e for e in mine if _leading(e)]
-                if c[C["type"]] == CMD_CLOCK:
+                if c.type == CMD_CLOCK:
                     assert lead == []
                 else:
                     assert len(lead) == 1 and mine[0] is lead[0]
                 assert mine == own
 
 
-def _leading(ev: tuple) -> bool:
-    t = ev[E_TYPE]
-    return t in LEADING or (t == EV_CANCELLED and ev[E_REASON] == END_USER)
+def _leading(ev: Event) -> bool:
+    t = ev.type
+    return t in LEADING or (t == EV_CANCELLED and ev.reason == END_USER)
 
 
 def test_a_clock_after_a_command_in_one_batch_keeps_its_own_events() -> None:
@@ -294,21 +295,16 @@ def test_a_clock_after_a_command_in_one_batch_keeps_its_own_events() -> None:
     The expiry is the clock's; it used to be given to the bid before it (and so was neither
     in the bid's answer nor pushed to the bidder's session)."""
     t0 = 1_800_000_000 - 1_800_000_000 % HOUR
-    ask = [0] * len(C)
-    ask[C["time"]], ask[C["type"]], ask[C["oid"]], ask[C["account"]] = t0, CMD_ASK, 1, 1
-    ask[C["gpus"]], ask[C["price"]], ask[C["end"]] = 4, 5_000, t0 + 2 * HOUR
-    bid = [0] * len(C)
-    bid[C["time"]], bid[C["type"]], bid[C["oid"]], bid[C["account"]] = t0, CMD_BID, 2, 2
-    bid[C["gpus"]], bid[C["hours"]], bid[C["price"]], bid[C["kind"]] = 1, 1, 1_000, ON_DEMAND  # rests
-    clock0, clock1 = [0] * len(C), [0] * len(C)
-    clock0[C["time"]], clock0[C["type"]] = t0, CMD_CLOCK
-    clock1[C["time"]], clock1[C["type"]] = t0 + 3 * HOUR, CMD_CLOCK
+    ask = Command(time=t0, type=CMD_ASK, oid=1, account=1, gpus=4, price=5_000, end=t0 + 2 * HOUR)
+    bid = Command(time=t0, type=CMD_BID, oid=2, account=2, gpus=1, hours=1, price=1_000, kind=ON_DEMAND)  # rests
+    clock0 = Command(time=t0, type=CMD_CLOCK)
+    clock1 = Command(time=t0 + 3 * HOUR, type=CMD_CLOCK)
     engine = Engine(INSTRUMENTS, "numba")
     engine.apply([Cmd("T", record(clock0)), Cmd("T", record(ask))])
     results, _ = engine.apply([Cmd("T", record(bid), "b"), Cmd("T", record(clock1))], answers=True)
     bid_result, clock_result = results
-    assert [e[E_TYPE] for e in bid_result.events] == [EV_ACCEPTED]
-    assert EV_EXPIRED in [e[E_TYPE] for e in clock_result.events]
+    assert [e.type for e in bid_result.events] == [EV_ACCEPTED]
+    assert EV_EXPIRED in [e.type for e in clock_result.events]
     assert engine.state.orders[1].status == "expired"
     assert msgspec.json.decode(engine.state.coids[(2, "b")])["order"]["status"] == "open"
 
@@ -442,10 +438,10 @@ def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(tmp
         wanted: dict[int, int] = {}
         for e in batch:  # the sequencer's check: a bid's escrow must fit the available balance
             if type(e) is Cmd:
-                c = np.frombuffer(e.rec, dtype=COMMAND_DTYPE)[0].tolist()
-                if c[C["type"]] == CMD_BID:
-                    acc = c[C["account"]]
-                    hold = state.hold_for(e.book, c[C["gpus"]], c[C["hours"]], c[C["price"]])
+                c = commands(np.frombuffer(e.rec, dtype=COMMAND_DTYPE))[0]
+                if c.type == CMD_BID:
+                    acc = c.account
+                    hold = state.hold_for(e.book, c.gpus, c.hours, c.price)
                     if hold > settlement.ledger.balance(acc, "available") - wanted.get(acc, 0):
                         refused += 1
                         continue

@@ -20,9 +20,9 @@ import pytest
 from bench.wsclient import connect as raw_connect
 from client.feeds import FeedClient
 from exchange.config import Instrument
-from exchange.sequencer import Request, command
+from exchange.sequencer import Request
 from orderbook.config import BookConfig
-from orderbook.types import CMD_AMEND, CMD_ASK, CMD_BID, CMD_CANCEL, CMD_RELEASE, GTC, IOC, ON_DEMAND, SPOT
+from orderbook.types import CMD_AMEND, CMD_ASK, CMD_BID, CMD_CANCEL, CMD_RELEASE, GTC, IOC, ON_DEMAND, SPOT, Command
 from tests.exchange_helpers import running_exchange
 from tests.test_feeds_model import reference_level2
 
@@ -51,14 +51,14 @@ async def session(x: Any, rng: np.random.Generator, n: int, providers=(1, 2, 3),
             price = int(rng.choice(PRICES))
             spot = price * 6 // 10 // 1000 * 1000 if rng.random() < 0.6 else 0
             acc = int(rng.choice(providers))
-            rec = command(CMD_ASK, acc, price=price, spot_price=spot, gpus=int(rng.integers(1, 17)),
+            rec = Command(type=CMD_ASK, account=acc, price=price, spot_price=spot, gpus=int(rng.integers(1, 17)),
                           end=now + int(rng.integers(2, 48)) * 3600)
         elif r < 0.72:
             acc = int(rng.choice(traders))
             kind = SPOT if rng.random() < 0.35 else ON_DEMAND
             limit = int(rng.choice(PRICES)) * (6 if kind == SPOT else 10) // 10 // 1000 * 1000
             limit += int(rng.choice([-100_000, 0, 0, 100_000]))
-            rec = command(CMD_BID, acc, price=max(limit, 1000), gpus=int(rng.integers(1, 9)),
+            rec = Command(type=CMD_BID, account=acc, price=max(limit, 1000), gpus=int(rng.integers(1, 9)),
                           hours=int(rng.integers(1, 4)), kind=kind, tif=IOC if rng.random() < 0.3 else GTC)
         elif r < 0.86:
             opens = [o for o in st.orders.values() if o.status == "open" and o.book == cls]
@@ -66,17 +66,17 @@ async def session(x: Any, rng: np.random.Generator, n: int, providers=(1, 2, 3),
                 continue
             o = opens[int(rng.integers(0, len(opens)))]
             if rng.random() < 0.2 and (o.remaining if o.side == "bid" else o.gpus) > 1:
-                acc, rec = o.account, command(CMD_AMEND, o.account, oid=o.oid,
+                acc, rec = o.account, Command(type=CMD_AMEND, account=o.account, oid=o.oid,
                                               gpus=(o.remaining if o.side == "bid" else o.gpus) - 1)
             else:
-                acc, rec = o.account, command(CMD_CANCEL, o.account, oid=o.oid)
+                acc, rec = o.account, Command(type=CMD_CANCEL, account=o.account, oid=o.oid)
         else:
             live = [x_ for x_ in st.leases.values() if x_.book == cls and x_.kind != "reserved"
                     and x_.end > now and not x_.ended_by]
             if not live:
                 continue
             lease = live[int(rng.integers(0, len(live)))]
-            acc, rec = lease.buyer, command(CMD_RELEASE, lease.buyer, lease_id=lease.trade_id)
+            acc, rec = lease.buyer, Command(type=CMD_RELEASE, account=lease.buyer, lease_id=lease.trade_id)
         seq.post(Request(cls, rec, acc, reply=lambda _a: None))
         if i % 25 == 0:
             await asyncio.sleep(0.005)
@@ -210,8 +210,8 @@ def test_a_lost_message_is_detected_and_the_resubscribed_book_is_right(tmp_path,
             else:
                 while not dropped:  # one H100 ask at a time until a delta is dropped, then nothing
                     now = x.sequencer.times["H100"]
-                    x.sequencer.post(Request("H100", command(CMD_ASK, 1, price=2_000_000, gpus=1, end=now + 7200), 1,
-                                             reply=lambda _a: None))
+                    ask = Command(type=CMD_ASK, account=1, price=2_000_000, gpus=1, end=now + 7200)
+                    x.sequencer.post(Request("H100", ask, 1, reply=lambda _a: None))
                     await quiet(x)
                     await asyncio.sleep(0.05)
                 assert fc.gaps == 0  # nothing after the lost message yet

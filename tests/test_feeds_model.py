@@ -16,7 +16,7 @@ from feeds.model import DAY, BookModel, ClassFeed, MarketStats
 from feeds.recording import BLOCK_DTYPE, decode_record, encode_record, load
 from orderbook.config import BookConfig
 from orderbook.reference import ReferenceBook
-from orderbook.types import EV_TRADE, EVENT_DTYPE, HOUR, ON_DEMAND, RESERVED, SIDE_ASK, SPOT
+from orderbook.types import EV_TRADE, EVENT_DTYPE, HOUR, ON_DEMAND, RESERVED, SIDE_ASK, SPOT, Event, commands, events
 from tests.helpers import ask, bid, cancel, clock, release
 from tests.streams import random_stream
 
@@ -154,10 +154,10 @@ def test_model_from_exchange_state_equals_model_from_events() -> None:
         if c["time"][0] > book.now:  # as the sequencer does it: time moves by clock commands only
             tick = batch(clock(int(c["time"][0])))
             ev = book.process(tick)
-            state.apply("T", tick.tolist(), ev.tolist())
+            state.apply("T", commands(tick), events(ev))
             feed.update(ev, book.now)
         ev = book.process(c)
-        state.apply("T", c.tolist(), ev.tolist())
+        state.apply("T", commands(c), events(ev))
         feed.update(ev, book.now)
     m = BookModel.from_state("T", book.seq, book.now, state.orders.values(), state.leases.values())
     assert m.level2() == feed.book.level2() == reference_level2(book)
@@ -196,14 +196,8 @@ def test_statistics_ticker_candles_and_index() -> None:
 
 def test_stats_window_is_by_engine_time() -> None:
     s = MarketStats()
-    row = [0] * len(EVENT_DTYPE.names)
-    names = EVENT_DTYPE.names
-    row[names.index("type")] = EV_TRADE
-    row[names.index("gpus")], row[names.index("hours")], row[names.index("price")] = 1, 1, 1000
-    row[names.index("kind")] = ON_DEMAND
     for t in (0, 10, 20):
-        row[names.index("time")] = T0 + t
-        s.add(tuple(row))
+        s.add(Event(type=EV_TRADE, gpus=1, hours=1, price=1000, kind=ON_DEMAND, time=T0 + t))
     assert not s.expire(T0 + DAY - 1)  # the window is (now - 24 h, now]
     assert s.expire(T0 + DAY) and s.count == 2
     assert s.expire(T0 + DAY + 10) and s.count == 1 and s.volume == 1

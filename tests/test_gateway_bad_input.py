@@ -32,7 +32,6 @@ import aiohttp
 import msgspec
 import pytest
 
-from exchange.state import C_TYPE, E_TYPE
 from gateway.auth import Signer, sign
 from orderbook.types import CMD_CLOCK, EV_REJECTED
 from tests.exchange_helpers import USD, Running, run, running_exchange
@@ -125,7 +124,7 @@ class Server:
 
     def _on_batch(self, batch: Any) -> None:
         for r in batch.results:
-            if r.command is not None and r.command[C_TYPE] == CMD_CLOCK:
+            if r.command is not None and r.command.type == CMD_CLOCK:
                 self.clocks += 1
             else:
                 self.journaled.append((r.command, r.events))
@@ -308,7 +307,7 @@ def _check_unchanged(srv: Server, before: dict[str, Any], journaled: bool) -> No
         new = srv.call(lambda: list(srv.journaled[before["journaled"]:]))
         assert len(new) == 1, new
         _, events = new[0]
-        assert events and all(ev[E_TYPE] == EV_REJECTED for ev in events), events
+        assert events and all(ev.type == EV_REJECTED for ev in events), events
         for k in ("journal", "journaled", "last_oid"):
             after.pop(k)
             before = {**before}

@@ -83,7 +83,7 @@ def test_command_line_overrides_keep_the_rest():
 
 
 def test_book_threads_reach_the_engine(tmp_path):
-    from app.exchange import recover
+    from exchange.recovery import recover
 
     for d in "abc":
         (tmp_path / d / "journal").mkdir(parents=True)

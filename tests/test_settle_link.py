@@ -10,10 +10,10 @@ import numpy as np
 
 from exchange.bus import Published
 from exchange.config import ServerConfig
-from exchange.engine import Cmd, Engine
-from exchange.sequencer import command
+from exchange.engine import Engine
+from exchange.entries import Cmd
 from gateway.accounts import AccountStore
-from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, COMMAND_DTYPE, GTC, ON_DEMAND
+from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, COMMAND_DTYPE, GTC, ON_DEMAND, Command
 from settlement.link import SettlementLink
 
 USD = 1_000_000
@@ -31,25 +31,26 @@ class Market:
         self.oid = 0
         self.prov = self.store.create_account("prov", "provider")[0].id
         self.alice = self.store.create_account("alice", "trader", deposit=100 * USD)[0].id
-        self.link = SettlementLink(self.cfg, self.store)
+        self.link = SettlementLink(self.cfg, self.store.deposit_rows)
 
-    def entry(self, rec: list[int]) -> Cmd:
+    def entry(self, rec: Command) -> Cmd:
         """A journal entry as the sequencer makes it: engine time and a new order id stamped."""
-        rec[0] = T
-        if rec[13] in (CMD_BID, CMD_ASK):
+        rec = rec._replace(time=T)
+        if rec.type in (CMD_BID, CMD_ASK):
             self.oid += 1
-            rec[1] = self.oid
-        return Cmd("H100", np.array([tuple(rec)], dtype=COMMAND_DTYPE).tobytes())
+            rec = rec._replace(oid=self.oid)
+        return Cmd("H100", np.array([rec], dtype=COMMAND_DTYPE).tobytes())
 
-    def batch(self, *recs: list[int]) -> Published:
+    def batch(self, *recs: Command) -> Published:
         entries = [self.entry(rec) for rec in recs]
         results, arrays = self.engine.apply(entries)
         batch = Published(results, arrays, [None] * len(entries))
         self.link.on_published(batch)
         return batch
 
-    def bid(self, gpus: int, hours: int, limit: int) -> list[int]:
-        return command(CMD_BID, self.alice, price=limit, gpus=gpus, hours=hours, block=1, kind=ON_DEMAND, tif=GTC)
+    def bid(self, gpus: int, hours: int, limit: int) -> Command:
+        return Command(type=CMD_BID, account=self.alice, price=limit, gpus=gpus, hours=hours, block=1, kind=ON_DEMAND,
+                       tif=GTC)
 
     def close(self) -> None:
         self.link.close()
@@ -73,7 +74,7 @@ def test_queued_batches_count_their_holds_until_committed(tmp_path: Path) -> Non
         assert m.link.available(m.alice) == 50 * USD  # not counted twice
         assert m.link.balances(m.alice) == {"available": 50 * USD, "escrow": 50 * USD}
         # a provider's ask fills the first bid at the ask's price: the hold becomes the lease's cost
-        m.batch(command(CMD_ASK, m.prov, price=P, gpus=8, start=T, end=T + 86_400, min_hours=1))
+        m.batch(Command(type=CMD_ASK, account=m.prov, price=P, gpus=8, start=T, end=T + 86_400, min_hours=1))
         m.link.flush()
         assert m.link.balances(m.alice) == {"available": 50 * USD, "lease_prepaid": 50 * USD}  # zeros left out
         m.link.settlement.check_invariants()
@@ -89,7 +90,7 @@ def test_a_cancel_frees_escrow_only_once_committed(tmp_path: Path) -> None:
         m.batch(m.bid(gpus=10, hours=5, limit=P))  # $100: everything
         m.link.flush()
         assert m.link.available(m.alice) == 0
-        m.batch(command(CMD_CANCEL, m.alice, oid=1))
+        m.batch(Command(type=CMD_CANCEL, account=m.alice, oid=1))
         assert m.link.available(m.alice) == 0  # not committed: still held
         m.link.flush()
         assert m.link.available(m.alice) == 100 * USD

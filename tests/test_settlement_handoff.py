@@ -15,7 +15,7 @@ from orderbook.config import BookConfig
 from orderbook.types import COMMAND_DTYPE, EV_NAMES, ON_DEMAND
 from settlement.consumer import EmbeddedConsumer, entry_event
 from settlement.engine import SettlementConfig
-from settlement.events import as_tuples, from_json
+from settlement.events import as_events, from_json
 from settlement.ledger import ESCROW, InsufficientFunds
 from settlement.service import Settlement
 
@@ -67,7 +67,7 @@ def test_any_batching_and_any_form_gives_the_same_ledger(tmp_path, handovers):
     want = ledger_digest(one)
     assert len(want["transfers"]) > 5000 and len(want["leases"]) > 1000
     per_event = [[(cls, arr[i:i + 1])] for cls, arr in handovers[:40] for i in range(len(arr))]
-    rest = [[(cls, events_to_json(arr)) if k % 2 else (cls, as_tuples(arr))] for k, (cls, arr) in
+    rest = [[(cls, events_to_json(arr)) if k % 2 else (cls, as_events(arr))] for k, (cls, arr) in
             enumerate(handovers[40:])]
     other = _settle(tmp_path / "b.db", handovers, per_event + rest)
     assert ledger_digest(other) == want

@@ -1,0 +1,54 @@
+"""Journal entries: what the sequencer writes to the journal and every replica applies.
+
+An entry is a msgspec record, encoded into one journal payload:
+
+* ``Cmd(book, rec, coid)`` — one COMMAND_DTYPE record for a book (clock commands too) and the
+  client order id it carried;
+* ``Admin(op, book)`` — halt or resume a class;
+* ``Prov(book, trade_id, ready, ...)`` — a provider agent's answer to a provisioning task (R18).
+
+    payload = encode_entry(Cmd("H100", rec.tobytes(), "my-coid"))
+    entry = decode_entry(payload)
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Cmd(msgspec.Struct, array_like=True, tag=1):
+    book: str
+    rec: bytes  # one COMMAND_DTYPE record
+    coid: str = ""
+
+
+class Admin(msgspec.Struct, array_like=True, tag=2):
+    op: str  # "halt" | "resume"
+    book: str
+
+
+class Prov(msgspec.Struct, array_like=True, tag=3):
+    """A provider agent's answer to a provisioning task (R18): ready (metering from ``time``)
+    or failed.  Journaled like a command, so the ledger replays exactly from the journal; the
+    books do not see it."""
+
+    book: str
+    trade_id: int
+    ready: bool
+    time: int  # engine time of the answer
+    after: int  # the class's last event seq when it was journaled (the lease's trade is at or before it)
+    connection: str = ""  # JSON object: how the renter connects
+    reason: str = ""  # why it failed
+
+
+Entry = Cmd | Admin | Prov
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+def encode_entry(entry: Entry) -> bytes:
+    return _entry_encoder.encode(entry)
+
+
+def decode_entry(payload: bytes) -> Entry:
+    return _entry_decoder.decode(payload)

@@ -10,10 +10,7 @@ are not timed).
 Modes:
 
 * embedded — `Settlement.on_events` for each hand-over: events -> transfers -> one SQLite
-  transaction (transfers, balances, leases, bids, last seq).  ``--pipeline``:
-  `PipelinedSettlement.apply_async` for each hand-over, then `flush`: the engine works in this
-  thread while a writer thread commits the previous hand-overs (one transaction per hand-over,
-  or per several queued ones when the writer is behind).  Timed: everything settlement
+  transaction (transfers, balances, leases, bids, last seq).  Timed: everything settlement
   does, for every event of the stream (not only trades).  The workload compresses ~36 s of
   engine time into each command, so nearly every lease also *ends* within the run: the
   figure includes each trade's whole life (escrow hold, lease, metering, end and refunds),
@@ -51,7 +48,6 @@ from bench.workload import DEFAULT_CLASSES, generate
 from orderbook.types import EV_TRADE
 from settlement.engine import SettlementConfig, SettlementEngine
 from settlement.ledger import Ledger
-from settlement.pipeline import PipelinedSettlement
 from settlement.service import Settlement
 
 TRADES_PER_COMMAND = 0.7  # the mixed workload makes ~0.71 trades per command
@@ -127,10 +123,9 @@ def _timed(obj: Any, name: str, acc: dict[str, float]) -> None:
 
 
 def run_embedded(handovers: list[tuple[str, np.ndarray]], config: SettlementConfig, synchronous: str,
-                 data_dir: Path, pipeline: bool = False) -> dict[str, Any]:
+                 data_dir: Path) -> dict[str, Any]:
     path = data_dir / f"ledger-{uuid.uuid4().hex[:8]}.db"
-    s = PipelinedSettlement(path, config, synchronous=synchronous) if pipeline else \
-        Settlement(path, config, synchronous=synchronous)
+    s = Settlement(path, config, synchronous=synchronous)
     fund_accounts(s.ledger, accounts_of(handovers))
     split: dict[str, float] = {}
     _timed(s.engine, "apply", split)
@@ -140,13 +135,8 @@ def run_embedded(handovers: list[tuple[str, np.ndarray]], config: SettlementConf
     trades = sum(int(np.count_nonzero(ev["type"] == EV_TRADE)) for _, ev in handovers)
     events = sum(len(ev) for _, ev in handovers)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    if pipeline:
-        for cls, ev in handovers:
-            s.apply_async([(cls, ev)])
-        s.flush()
-    else:
-        for cls, ev in handovers:
-            s.on_events(cls, ev)
+    for cls, ev in handovers:
+        s.on_events(cls, ev)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     transfers = s.ledger.count() - n0
     leases = s.ledger.conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
@@ -160,7 +150,7 @@ def run_embedded(handovers: list[tuple[str, np.ndarray]], config: SettlementConf
             "ledger_mb": size / 1e6,
             "split_s": {"engine": split.get("apply", 0.0), "ledger": split.get("post", 0.0),
                         "state": split.get("write", 0.0)},
-            "pipeline": pipeline, "commits": getattr(s, "commits", len(handovers))}
+            "commits": len(handovers)}
 
 
 def run_redis(handovers: list[tuple[str, np.ndarray]], config: SettlementConfig, synchronous: str,
@@ -243,8 +233,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis", metavar="URL", help="also through a Redis Streams consumer group at URL")
     p.add_argument("--count", type=int, default=5000, help="XREADGROUP COUNT for --redis (default 5000)")
     p.add_argument("--dir", help="where to put the ledger files (default a temporary directory)")
-    p.add_argument("--pipeline", action="store_true",
-                   help="embedded through PipelinedSettlement (default: one synchronous transaction per hand-over)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -265,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "generate_seconds": gen_s, "cpus": os.cpu_count(), "loadavg": os.getloadavg()[0],
     }
     result["engine_only"] = engine_only(handovers, config)
-    result["embedded"] = _median_run([run_embedded(handovers, config, args.synchronous, data_dir,
-                                                   pipeline=args.pipeline)
+    result["embedded"] = _median_run([run_embedded(handovers, config, args.synchronous, data_dir)
                                       for _ in range(args.repeat)])
     if args.redis:
         result["redis"] = _median_run([run_redis(handovers, config, args.synchronous, data_dir, args.redis, args.count)

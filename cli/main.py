@@ -3,8 +3,7 @@
     gpux simulate [--engine numba|reference] [--class H100] [--config FILE.toml] [--batch N]
         JSON-lines commands on stdin -> JSON-lines events on stdout (docs/formats.md)
     gpux demo [--port 8080] [--data DIR] [--seconds N] [--seed N] [--engine numba|reference]
-        the embedded exchange, a simulated market trading on it and the dashboard (docs/demo.md);
-        --offline [--steps N]: the seeded command stream through the books only, printed
+        the embedded exchange, a simulated market trading on it and the dashboard (docs/demo.md)
 """
 
 from __future__ import annotations
@@ -25,20 +24,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from cli.simulate import simulate, stream_lines
 
-    book = open_book(instrument_config(args.gpu_class, args.config), args.engine)
+    book = open_book(instrument_config(args.gpu_class, args.config), args.engine, warn=_stderr)
     stats = simulate(stream_lines(sys.stdin.fileno()), sys.stdout.buffer, book, batch=args.batch)
     return 0 if stats.errors == 0 or not args.strict else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.offline or args.steps is not None:
-        from demo.live import run_offline
-
-        run_offline(lambda cfg: open_book(cfg, args.engine), seed=args.seed, steps=args.steps or 60)
-        return 0
+        _stderr("gpux: error: `gpux demo --offline` is gone: `gpux demo` runs a live market; to run commands "
+                "through the books without a server, use `gpux simulate` (docs/formats.md)")
+        return 2
     from app.logs import setup_logging
     from demo.live import run_live
 
@@ -78,9 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="WARNING", help="exchange log level on stderr (default WARNING)")
     demo.add_argument("--engine", choices=ENGINES, default=None, help=engine_help)
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    demo.add_argument("--offline", action="store_true",
-                      help="no server: run a seeded command stream through the books and print it")
-    demo.add_argument("--steps", type=_positive, default=None, help="offline: steps per class (default 60)")
+    demo.add_argument("--offline", action="store_true", help=argparse.SUPPRESS)  # removed: says so
+    demo.add_argument("--steps", default=None, help=argparse.SUPPRESS)
     demo.set_defaults(handler=_cmd_demo)
 
     from cli import accounts as cli_accounts

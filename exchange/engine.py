@@ -66,7 +66,7 @@ class Engine:
     def __init__(self, instruments: dict[str, Instrument], engine: str | None = None,
                  threads: int | None = None) -> None:
         self.instruments = instruments
-        self.engine = resolve_engine(engine)
+        self.engine = resolve_engine(engine, warn=log.warning)
         self.books: dict[str, Book] = {name: make_book(i.book, self.engine) for name, i in instruments.items()}
         self.state = ExchangeState(instruments)
         self.seq = 0  # last journal seq applied

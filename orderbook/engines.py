@@ -1,8 +1,8 @@
-"""Which book engine to run: the numba book when it can be loaded, else the reference book."""
+"""Which book engine to run: the numba book when it can be loaded, else the reference book
+(with a warning through the caller's ``warn``: the command line prints it, the server logs it)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 from orderbook.book import ENGINES, Book, make_book
@@ -13,11 +13,11 @@ class EngineUnavailable(RuntimeError):
     """The engine asked for cannot be loaded."""
 
 
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr)
+def _quiet(message: str) -> None:
+    pass
 
 
-def resolve_engine(requested: str | None, warn: Callable[[str], None] = _warn) -> str:
+def resolve_engine(requested: str | None, warn: Callable[[str], None] = _quiet) -> str:
     """The engine to use.  ``None`` means numba, falling back to the reference book with a
     warning when ``orderbook.fast`` cannot be imported; an explicit choice never falls back."""
     if requested is not None and requested not in ENGINES:
@@ -35,6 +35,6 @@ def resolve_engine(requested: str | None, warn: Callable[[str], None] = _warn) -
     return "numba"
 
 
-def open_book(config: BookConfig, requested: str | None, warn: Callable[[str], None] = _warn) -> Book:
+def open_book(config: BookConfig, requested: str | None, warn: Callable[[str], None] = _quiet) -> Book:
     """A fresh book for ``config`` on the engine `resolve_engine` picks."""
     return make_book(config, engine=resolve_engine(requested, warn))

@@ -1,12 +1,5 @@
-"""Handing the exchange's events to settlement, exactly once.
-
-Embedded (``gpux serve``, one process)::
-
-    consumer = EmbeddedConsumer(Settlement(data_dir / "ledger.db", config))
-    consumer.attach(exchange.bus)          # every durable batch: one ledger transaction
-    consumer.on_events("H100", events)     # or call it directly with one class's EVENT_DTYPE array
-
-Distributed (``gpux settle --redis URL``)::
+"""Settlement as a Redis Streams consumer group (``gpux settle --redis URL``), exactly once.
+(Inside ``gpux serve`` settlement follows the bus instead: `settlement.link`.)
 
     run_consumer("redis://127.0.0.1:6379/0", "gpux", ["H100", "A100"], data_dir / "ledger.db",
                  group="settlement", consumer="settle-1")
@@ -60,62 +53,6 @@ from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transf
 from settlement.service import Answer, Settlement
 
 log = logging.getLogger("gpux.settlement.consumer")
-
-
-# ---------------------------------------------------------------------- embedded
-class EmbeddedConsumer:
-    """Settlement as a subscriber of the exchange's bus (in process).
-
-    Each published batch (all its classes) is one ledger transaction.  If it cannot be
-    applied (a gap in seq, funds that would go below zero, SQLite busy), nothing of it is
-    committed and it waits in ``backlog``; the next batch retries it first, in order, so the
-    bus never loses events for settlement.  ``needs()`` tells which seq each class expects.
-    """
-
-    def __init__(self, settlement: Settlement) -> None:
-        self.settlement = settlement
-        self.backlog: list[tuple[str, Any]] = []
-        self.last_error: Exception | None = None
-        self.batches = 0
-
-    def attach(self, bus: Any) -> Callable[[], None]:
-        """Subscribe to an `exchange.bus.Bus`; returns the unsubscribe function."""
-        return bus.subscribe(self.on_published)
-
-    def on_published(self, batch: Any) -> None:
-        """A `Published` batch: ``batch.events`` is ``{class: EVENT_DTYPE array}``."""
-        if batch.events:
-            self._submit(list(batch.events.items()))
-
-    def on_events(self, cls: str, events: np.ndarray | Iterable[Any]) -> None:
-        """One class's events (EVENT_DTYPE array, or JSON dicts as `events_to_json` gives them)."""
-        self._submit([(cls, events)])
-
-    def retry(self) -> bool:
-        """Try the backlog again (e.g. after a deposit); True if it is empty now."""
-        self._submit([])
-        return not self.backlog
-
-    def needs(self) -> dict[str, int]:
-        """The next seq settlement expects per class it has seen."""
-        return {cls: c.seq + 1 for cls, c in self.settlement.engine.classes.items()}
-
-    def _submit(self, parts: list[tuple[str, Any]]) -> None:
-        for cls, events in parts:  # the publisher may reuse its arrays: keep our own
-            self.backlog.append((cls, events.copy() if isinstance(events, np.ndarray) else list(events)))
-        if not self.backlog:
-            return
-        try:
-            self.settlement.apply(self.backlog)
-        except (LedgerError, SequenceGap, sqlite3.Error) as e:
-            if not isinstance(self.last_error, type(e)):
-                log.error("settlement could not apply %d event batches (kept, retried with the next): %s",
-                          len(self.backlog), e)
-            self.last_error = e
-            return
-        self.backlog = []
-        self.last_error = None
-        self.batches += 1
 
 
 # ---------------------------------------------------------------------- distributed

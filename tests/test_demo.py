@@ -187,9 +187,11 @@ def test_market_prices_stay_plausible() -> None:
 
 
 @pytest.mark.parametrize("args", [("--offline", "--steps", "20"), ("--steps", "20")])
-def test_offline_run_still_prints_trades(args: tuple[str, ...]) -> None:
+def test_the_removed_offline_run_says_what_to_use_instead(args: tuple[str, ...]) -> None:
+    """`gpux demo --offline` (the old run of a command stream through the books alone) is gone:
+    asked for, it says so and names `gpux simulate`, and starts nothing."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--engine", "reference", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "summary per class" in proc.stdout and "dashboard" not in proc.stdout
+    assert proc.returncode == 2, proc.stderr
+    assert "gpux simulate" in proc.stderr and "dashboard" not in proc.stdout and proc.stdout == ""

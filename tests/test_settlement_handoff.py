@@ -1,5 +1,6 @@
-"""Handing events to settlement: the JSON form reads back to the records, the embedded consumer
-on the exchange's bus, and any batching of the same events gives the same ledger."""
+"""Handing events to settlement: the JSON form reads back to the records, the exchange's
+settlement on its bus (`settlement.link`), and any batching of the same events gives the same
+ledger."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from helpers import BUYER, PROV, P, T, ask, bid
 
 from bench.settlement import accounts_of, fund_accounts, ledger_digest, workload_events
 from exchange.bus import Bus, Published
+from exchange.config import Instrument, ServerConfig
 from orderbook.book import make_book
 from orderbook.codec import event_from_json, events_to_json
 from orderbook.config import BookConfig
 from orderbook.types import COMMAND_DTYPE, EV_NAMES, ON_DEMAND
-from settlement.consumer import EmbeddedConsumer, entry_event
+from settlement.consumer import entry_event
 from settlement.engine import SettlementConfig
 from settlement.events import as_events, from_json
 from settlement.ledger import ESCROW, InsufficientFunds
+from settlement.link import SettlementLink
 from settlement.service import Settlement
 
 CONFIG = SettlementConfig(fees={"H100": (10, 25), "A100": (0, 30)}, meter_interval_s=6 * 3600)
@@ -77,14 +80,16 @@ def test_any_batching_and_any_form_gives_the_same_ledger(tmp_path, handovers):
         s.close()
 
 
-def test_embedded_consumer_on_the_bus_keeps_a_refused_batch_until_it_can_apply(tmp_path):
-    """A batch settlement cannot apply (a bid it cannot fund) is not lost: the next batch
-    retries it first, in order, once the money is there."""
-    s = Settlement(tmp_path / "l.db", CONFIG)
-    s.deposit(PROV, 10**12, "p")
-    consumer = EmbeddedConsumer(s)
+def test_settlement_on_the_bus_keeps_a_refused_batch_until_it_can_apply(tmp_path):
+    """A batch settlement cannot apply (a bid it cannot fund) is not lost: it waits in the
+    backlog, later batches queue behind it, in order, and all of them apply once the money is
+    there; meanwhile settlement reports itself unhealthy (bids that need escrow are refused)."""
+    cfg = ServerConfig(data_dir=str(tmp_path), instruments={
+        "H100": Instrument(BookConfig(name="H100"), maker_fee_bps=10, taker_fee_bps=25)})
+    link = SettlementLink(cfg)
+    link.deposit(PROV, 10**12, "p")
     bus = Bus()
-    consumer.attach(bus)
+    link.attach(bus)
     book = make_book(BookConfig(name="H100"), "reference")
 
     def publish(*cmds):
@@ -93,15 +98,18 @@ def test_embedded_consumer_on_the_bus_keeps_a_refused_batch_until_it_can_apply(t
 
     publish(ask(T, 1, PROV, gpus=8, price=P, end=T + 10 * 3600))
     publish(bid(T, 2, BUYER, ON_DEMAND, gpus=2, hours=1, limit=P))  # BUYER has no money yet
-    assert isinstance(consumer.last_error, InsufficientFunds) and len(consumer.backlog) == 1
+    assert isinstance(link.last_error, InsufficientFunds) and len(link.backlog) == 1
+    assert not link.healthy and link.health() != "ok"
     publish(bid(T + 1, 3, BUYER, ON_DEMAND, gpus=1, hours=1, limit=P))
-    assert len(consumer.backlog) == 2 and s.last_seq("H100") == 1
-    s.deposit(BUYER, 3 * P + 10**6, "b")
-    assert consumer.retry() and consumer.last_error is None
-    assert s.last_seq("H100") == book.seq and consumer.needs() == {"H100": book.seq + 1}
+    assert len(link.backlog) == 2 and link.cursor("H100") == 1
+    link.deposit(BUYER, 3 * P + 10**6, "b")
+    link.flush()  # the backlog first, in order
+    assert link.healthy and link.last_error is None and not link.backlog
+    assert link.cursor("H100") == book.seq
+    s = link.settlement
     assert s.ledger.balance(BUYER, ESCROW) == 0 and s.ledger.balance(BUYER) == 10**6 - fee_of(3 * P)
     s.check_invariants()
-    s.close()
+    link.close()
 
 
 def fee_of(amount: int) -> int:

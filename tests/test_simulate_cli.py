@@ -137,14 +137,25 @@ def test_simulate_strict_and_empty_input() -> None:
     assert empty.returncode == 0 and empty.stdout == b""
 
 
-def test_demo_runs_and_summarises_each_class(engine: str) -> None:
-    proc = gpux("demo", "--engine", engine, "--steps", "30")
+@pytest.mark.parametrize("cls", ["H100", "A100", "RTX4090"])
+def test_the_demo_classes_trade_through_the_books_alone(engine: str, cls: str) -> None:
+    """The books alone (what `gpux demo --offline` used to do): a provider's ask at the demo's
+    typical price for the class and three traders' bids, through `gpux simulate --class`; each bid
+    fills at the ask's price (R11), and the last one, larger than what is left, fills in part."""
+    from demo.live import BY_NAME
+
+    c = BY_NAME[cls]
+    t = 1_767_225_600
+    lines = [{"type": "ask", "time": t, "account": 1, "gpus": 2 * c.node, "price": c.firm, "end": t + 86_400}]
+    lines += [{"type": "bid", "time": t + k, "account": 10 + k, "kind": "on_demand", "gpus": c.node // 2,
+               "hours": 2, "limit": c.firm, "tif": "IOC"} for k in range(1, 3)]
+    lines += [{"type": "bid", "time": t + 3, "account": 13, "kind": "on_demand", "gpus": 2 * c.node, "hours": 1,
+               "limit": c.firm, "tif": "IOC"}]
+    proc = gpux("simulate", "--engine", engine, "--class", cls, stdin="\n".join(map(json.dumps, lines)).encode())
     assert proc.returncode == 0, proc.stderr.decode()
-    text = proc.stdout.decode()
-    assert " trade #1 " in text
-    summary = text.split("summary per class")[1]
-    for name in ("H100", "A100", "RTX4090"):
-        assert name in summary
+    trades = [e for e in _lines(proc.stdout) if e["type"] == "trade"]
+    assert [(e["buyer"], e["gpus"], e["price"]) for e in trades] == [
+        (11, c.node // 2, c.firm), (12, c.node // 2, c.firm), (13, c.node, c.firm)]
 
 
 def test_console_script_is_installed() -> None:

@@ -1,6 +1,8 @@
-"""The pipelined settlement (settlement.pipeline): the same ledger as one transaction per
-hand-over; a failed commit leaves nothing half-done, is raised to the caller, and the engine
-is reloaded at the last committed seq, from which feeding again completes the ledger."""
+"""Several hand-overs in one ledger transaction, as the exchange's settlement commits them
+(`settlement.link.SettlementLink` groups the batches that queued meanwhile): the same ledger as
+one transaction per hand-over; a failed commit leaves nothing half-done, is raised to the
+caller, and the engine is reloaded at the last committed seq, from which feeding again
+completes the ledger; a crash before COMMIT commits nothing of the group."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import pytest
 from bench.settlement import accounts_of, fund_accounts, ledger_digest, workload_events
 from settlement.engine import SettlementConfig, SettlementEngine
 from settlement.ledger import AVAILABLE, InsufficientFunds, page_deltas
-from settlement.pipeline import PipelinedSettlement
 from settlement.service import Settlement
 
 CONFIG = SettlementConfig(fees={"H100": (10, 25), "A100": (0, 30)}, meter_interval_s=6 * 3600)
@@ -32,16 +33,19 @@ def want(tmp_path_factory, handovers):
     return digest
 
 
-@pytest.mark.parametrize("depth,max_merge", [(1, 1), (4, 8)])
-def test_pipelined_gives_the_same_ledger(tmp_path, handovers, want, depth, max_merge):
-    s = PipelinedSettlement(tmp_path / "p.db", CONFIG, depth=depth, max_merge=max_merge)
+def groups(handovers, size):
+    return [handovers[i:i + size] for i in range(0, len(handovers), size)]
+
+
+@pytest.mark.parametrize("size", [1, 8])
+def test_grouped_hand_overs_give_the_same_ledger(tmp_path, handovers, want, size):
+    s = Settlement(tmp_path / "p.db", CONFIG)
     fund_accounts(s.ledger, accounts_of(handovers))
-    made = sum(s.apply_async([h]) for h in handovers)
-    new = s.flush()
-    assert new == made == len(want["transfers"]) - len(accounts_of(handovers))
+    made = sum(s.apply(group) for group in groups(handovers, size))
+    assert made == len(want["transfers"]) - len(accounts_of(handovers))
     assert ledger_digest(s) == want
     s.check_invariants()
-    assert s.apply_async(handovers[:5]) == 0 and s.flush() == 0  # a replay: skipped by the seq cursor
+    assert s.apply(handovers[:5]) == 0  # a replay: skipped by the seq cursor
     assert ledger_digest(s) == want
     s.close()
     again = Settlement(tmp_path / "p.db", CONFIG)  # and it reads back
@@ -50,16 +54,16 @@ def test_pipelined_gives_the_same_ledger(tmp_path, handovers, want, depth, max_m
     again.close()
 
 
-def test_sync_methods_flush_first_and_mix_with_async(tmp_path, handovers, want):
-    s = PipelinedSettlement(tmp_path / "p.db", CONFIG)
+def test_groups_and_single_hand_overs_mix(tmp_path, handovers, want):
+    s = Settlement(tmp_path / "p.db", CONFIG)
     fund_accounts(s.ledger, accounts_of(handovers))
     half = len(handovers) // 2
-    for h in handovers[:half]:
-        s.apply_async([h])
+    for group in groups(handovers[:half], 5):
+        s.apply(group)
     cls = handovers[half - 1][0]
-    assert s.cursors()[cls][0] == s.last_seq(cls)  # cursors (from the file) flushed first
+    assert s.cursors()[cls][0] == s.last_seq(cls)  # the cursors in the file are the engine's
     for h in handovers[half:]:
-        s.apply([h])  # synchronous
+        s.apply([h])
     assert ledger_digest(s) == want
     s.close()
 
@@ -79,21 +83,19 @@ def test_a_failed_commit_is_raised_nothing_half_done_and_feeding_again_completes
         rows = engine.apply(cls, ev)
     poor = next(a >> 3 for a, d in page_deltas(rows).items() if a & 7 == AVAILABLE and d < 0
                 and a >> 3 not in earlier)
-    s = PipelinedSettlement(tmp_path / "p.db", CONFIG, depth=2, max_merge=1)
+    s = Settlement(tmp_path / "p.db", CONFIG)
     _fund_all_but(s, handovers, poor)
     with pytest.raises(InsufficientFunds):
-        for h in handovers:
-            s.apply_async([h])
-        s.flush()
+        for group in groups(handovers, 4):
+            s.apply(group)
     s.ledger.check_invariants()
     s.check_invariants()  # the engine is the file's state again
     stored = Settlement(tmp_path / "p.db", CONFIG)
     assert {c: q for c, (q, _) in stored.cursors().items()} == {c: s.last_seq(c) for c, _ in handovers}
     stored.close()
     fund_accounts(s.ledger, [poor])
-    for h in handovers:  # everything again: what was committed is skipped
-        s.apply_async([h])
-    s.flush()
+    for group in groups(handovers, 4):  # everything again: what was committed is skipped
+        s.apply(group)
     got = ledger_digest(s)
     assert got["leases"] == want["leases"] and got["cursors"] == want["cursors"] and got["bids"] == want["bids"]
     assert len(got["transfers"]) == len(want["transfers"])  # (the deposit of `poor` came later: other balances
@@ -101,11 +103,10 @@ def test_a_failed_commit_is_raised_nothing_half_done_and_feeding_again_completes
     s.close()
 
 
-def test_a_crash_before_commit_in_the_writer_commits_nothing_of_it(tmp_path, handovers):
-    s = PipelinedSettlement(tmp_path / "p.db", CONFIG, max_merge=1)
+def test_a_crash_before_commit_commits_nothing_of_the_group(tmp_path, handovers):
+    s = Settlement(tmp_path / "p.db", CONFIG)
     fund_accounts(s.ledger, accounts_of(handovers))
-    s.apply_async([handovers[0]])
-    s.flush()
+    s.apply(handovers[:1])
     seq = {c: s.last_seq(c) for c, _ in handovers}
     n = s.ledger.count()
 
@@ -113,13 +114,11 @@ def test_a_crash_before_commit_in_the_writer_commits_nothing_of_it(tmp_path, han
         raise OSError("disk gone")
 
     s.before_commit = crash
-    s.apply_async([handovers[1]])
     with pytest.raises(OSError):
-        s.flush()
+        s.apply(handovers[1:4])
     assert s.ledger.count() == n and {c: s.last_seq(c) for c, _ in handovers} == seq
     s.check_invariants()
     s.before_commit = None
-    s.apply_async([handovers[1]])
-    assert s.flush() > 0
+    assert s.apply(handovers[1:4]) > 0
     s.check_invariants()
     s.close()

@@ -1,4 +1,4 @@
-"""The reference provider agent, ``gpux agent`` (R18; docs/agent.md).
+"""The reference provider agent, ``gpux agent`` (R18; docs/agent.md; its command line is `cli.agent`).
 
 | module | what |
 | --- | --- |
@@ -7,5 +7,4 @@
 | `backend.py` | the backend interface, `BackendError`, the GPU-id allocator |
 | `ssh.py`, `kubernetes.py`, `command.py` | the three backends |
 | `inventory.py` | the inventory file and the asks it keeps posted |
-| `cli.py` | the ``gpux agent`` command |
 """

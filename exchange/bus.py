@@ -1,4 +1,4 @@
-"""The one bus interface every part publishes and subscribes through (ARCHITECTURE.md).
+"""The one bus interface every part publishes and subscribes through (docs/architecture.md).
 
 In process by default: subscribers are called with each durable batch, in order, on the
 event loop.  `RedisBus` also appends every event to a Redis stream per class

@@ -1,4 +1,4 @@
-"""Market data (MARKET.md R20-R21, docs/feeds.md): events become channels, fan-out, recording, replay.
+"""Market data (R20-R21 of docs/market-rules.md, docs/feeds.md): events become channels, fan-out, recording, replay.
 
 - `feeds.model` — the level-2 book model and trade statistics of a class, built from events only;
   the channel messages (book, trades, ticker, candles, index).
@@ -9,5 +9,5 @@
   catch-up from the command journal.
 - `feeds.replay` — `load`, `book_at`, `gpux replay`, the WebSocket replay endpoint.
 - `feeds.verify` — `gpux verify`: the recording against a replay of the command journal.
-- `client.feeds` — a subscriber (snapshot + deltas, gap detection, resubscription).
+(The subscriber, snapshot + deltas with gap detection, is the SDK's: `client.feeds`.)
 """

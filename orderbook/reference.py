@@ -1,4 +1,4 @@
-"""The reference book: MARKET.md §1–3 written for clarity, not speed.
+"""The reference book: the market rules R1–R16 (docs/market-rules.md) written for clarity, not speed.
 
 Plain Python over sortedcontainers.  The numba book (`orderbook.fast`) must produce
 the same events, event for event, and the same state hash after every command; the

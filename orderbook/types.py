@@ -1,4 +1,4 @@
-"""Record types and constants of the order book (MARKET.md §1–3).
+"""Record types and constants of the order book (R1–R16, docs/market-rules.md).
 
 Plain module-level integers so that numba-jitted code can use them directly
 (hftbacktest style).  Commands and events are numpy structured records; a batch

@@ -1,4 +1,4 @@
-"""Settlement inside `gpux serve` (embedded mode, ARCHITECTURE.md): the ledger behind escrow.
+"""Settlement inside `gpux serve` (embedded mode, docs/architecture.md): the ledger behind escrow.
 
     link = SettlementLink(cfg, deposits)        # opens DATA/ledger.db; deposits(after_row) -> new rows
     engine = recover(cfg, settled=link.cursor, sink=link.replayed)   # the journal fills any gap

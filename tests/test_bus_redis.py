@@ -1,4 +1,4 @@
-"""The bus in distributed mode (ARCHITECTURE.md): `gpux serve --redis URL` also appends every
+"""The bus in distributed mode (docs/architecture.md): `gpux serve --redis URL` also appends every
 event to a Redis stream per class, and lease-making events to the trade stream that
 settlement's consumer group reads.  Real Redis on 127.0.0.1:6379, own key prefix, cleaned up."""
 

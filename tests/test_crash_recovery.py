@@ -48,7 +48,7 @@ from exchange.journal import read, segments
 from exchange.recovery import recover
 from exchange.snapshots import Snapshot, snapshots
 from gateway.accounts import AccountStore
-from orderbook.types import CMD_ASK, CMD_BID, COMMAND_DTYPE, HOUR
+from orderbook.types import CMD_ASK, CMD_BID, COMMAND_DTYPE, HOUR, commands
 from settlement.link import SettlementLink
 from settlement.service import Settlement
 
@@ -72,8 +72,6 @@ rate_per_s = 100000
 rate_burst = 100000
 """
 LOST = (aiohttp.ClientError, OSError, asyncio.TimeoutError)  # no answer: the server died
-C_TYPE = COMMAND_DTYPE.names.index("type")
-C_ACCOUNT = COMMAND_DTYPE.names.index("account")
 
 
 def gpux(*args: str) -> list[str]:
@@ -527,9 +525,9 @@ def check_journal_coids_once(cfg: ServerConfig) -> int:
     for _, payload in read(cfg.data_path / "journal"):
         e = decode_entry(payload)
         if type(e) is Cmd and e.coid:
-            rec = np.frombuffer(e.rec, dtype=COMMAND_DTYPE)[0].tolist()
-            assert rec[C_TYPE] in (CMD_ASK, CMD_BID)
-            key = (rec[C_ACCOUNT], e.coid)
+            rec = commands(np.frombuffer(e.rec, dtype=COMMAND_DTYPE))[0]
+            assert rec.type in (CMD_ASK, CMD_BID)
+            key = (rec.account, e.coid)
             assert key not in seen, f"client order id {key} journaled twice"
             seen.add(key)
     return len(seen)

@@ -2,7 +2,7 @@
 data directory, real accounts in its SQLite store, the SDK over real sockets (signed REST and
 the WebSocket session), and the journal on disk.
 
-Each test names the market rules (../shared/MARKET.md) and the documents (docs/auth.md) whose
+Each test names the market rules (docs/market-rules.md) and the documents (docs/auth.md) whose
 behaviour it checks.  Prices are µ$ per GPU-hour (multiples of the 1000 µ$ tick), times UTC s.
 """
 

@@ -1,4 +1,4 @@
-"""Exactly-once settlement over real Redis Streams (issue 5; ARCHITECTURE.md distributed mode).
+"""Exactly-once settlement over real Redis Streams (issue 5; docs/architecture.md, with Redis).
 
 The events of a real workload (numba books) are written to ``{prefix}:events:{CLASS}`` by the
 exchange's own `RedisBus`; settlement's consumer group reads them.  A consumer killed before

@@ -436,8 +436,7 @@ class Gateway:
         if code:
             raise book_error(code)
         rec = Command(type=CMD_ASK, account=key.account_id, price=m.price, spot_price=m.spot_price, start=m.start,
-                      end=m.end,
-                      lease_id=m.lease_id, gpus=m.gpus, min_hours=m.min_hours, post_only=int(m.post_only))
+                      end=m.end, lease_id=m.lease_id, gpus=m.gpus, min_hours=m.min_hours, post_only=int(m.post_only))
         ans = self._result(await self._submit(Request(m.gpu_class, rec, key.account_id,
                                                       m.client_order_id or "")))
         self._count("orders_total{side=\"ask\"}")
@@ -504,8 +503,7 @@ class Gateway:
         except ValueError:
             raise ApiError("MALFORMED", "the lease's trade id must be an integer") from None
         rec = Command(type=CMD_RELEASE, account=key.account_id, lease_id=tid)
-        ans = self._result(await self._submit(Request(name, rec,
-                                                      key.account_id)))
+        ans = self._result(await self._submit(Request(name, rec, key.account_id)))
         return _json(ans)
 
     # --- admin --------------------------------------------------------------------------
@@ -519,7 +517,7 @@ class Gateway:
         await self._auth(request, "admin")
         m = decode_body(await request.read(), HaltRequest)
         self._book(m.gpu_class)
-        await self._submit(Request(m.gpu_class, [], 0, admin=op))
+        await self._submit(Request(m.gpu_class, None, 0, admin=op))
         log.warning("trading %s", "halted" if op == "halt" else "resumed", extra={"class": m.gpu_class})
         return _json({"ok": True, "class": m.gpu_class, "halted": m.gpu_class in self.state.halted})
 
@@ -721,8 +719,7 @@ class Gateway:
         if code:
             raise book_error(code)
         rec = Command(type=CMD_BID, account=s.account, price=op.limit, start=op.start, expire_at=op.expire_at,
-                      gpus=op.gpus,
-                      hours=op.hours, block=op.block, kind=kind, tif=tif)
+                      gpus=op.gpus, hours=op.hours, block=op.block, kind=kind, tif=tif)
         self._post(Request(op.gpu_class, rec, s.account, op.client_order_id or "", origin=s,
                            reply=self._replier(s, op.id, op.gpu_class)))  # the sequencer works out the escrow
         self._count("orders_total{side=\"bid\"}")

@@ -2,8 +2,13 @@
 
     gpux simulate [--engine numba|reference] [--class H100] [--config FILE.toml] [--batch N]
         JSON-lines commands on stdin -> JSON-lines events on stdout (docs/formats.md)
-    gpux demo [--port 8080] [--data DIR] [--seconds N] [--seed N] [--engine numba|reference]
+    gpux demo [--port 8080] [--data DIR] [--seconds N] [--every S] [--seed N] [--engine numba|reference]
+              [--log-level LEVEL]
         the embedded exchange, a simulated market trading on it and the dashboard (docs/demo.md)
+
+and, registered by their modules: serve, ask, bid, cancel, orders, leases, book, quote
+(cli.trade); accounts (cli.accounts); replay, verify (cli.feeds); settle, statement (cli.settle);
+agent (cli.agent).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 In process by default: subscribers are called with each durable batch, in order, on the
 event loop.  `RedisBus` also appends every event to a Redis stream per class
-(``{prefix}:events:{CLASS}``) and the lease-making ones — trades, preemptions, releases —
-to ``{prefix}:trades:{CLASS}``, the stream settlement's consumer group reads, so that
+(``{prefix}:events:{CLASS}``, the streams settlement's consumer group reads) and the
+lease-making ones — trades, preemptions, releases — to ``{prefix}:trades:{CLASS}``, so that
 other processes can follow the market.  Redis is a transport, not the system of record:
 the journal is; a Redis outage never blocks the engine (the backlog is bounded and logged).
 """
@@ -33,7 +33,7 @@ class Published:
     results: list[Any]
     events: dict[str, np.ndarray]
     origins: list[Any]
-    answers: list[Any] = field(default_factory=list)  # exchange.engine.Prov entries (provisioning, R18)
+    answers: list[Any] = field(default_factory=list)  # exchange.entries.Prov entries (provisioning, R18)
 
 
 Subscriber = Callable[[Published], None]

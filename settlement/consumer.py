@@ -15,8 +15,8 @@ seq are one SQLite transaction, and XACK follows the commit.  So:
 * killed before the commit: nothing of the batch is in the ledger; the entries are still
   pending and are read again (by the same consumer on restart, or claimed by another);
 * killed after the commit, before XACK: the entries are read again, their seqs are at or
-  below the ledger's, so they are only acknowledged; and a transfer applied twice would
-  change nothing anyway (its id is UNIQUE).
+  below the ledger's, so they are only acknowledged (the seq cursor, committed with the
+  transfers, is what makes a repeat harmless: docs/settlement.md "Pages").
 
 Either way every event settles exactly once.  Entries beyond a gap in seq (another consumer
 holds the ones before) wait, unacknowledged, until the gap is filled or claimed.

@@ -105,8 +105,9 @@ class SettlementConfig:
     """How settlement settles.
 
     fees: per class, (maker_bps, taker_bps) (R19; a class not named has no fees).
-    auto_ready: until provisioning lands, a lease is ready at its start (metering from the
-      start); provisioning turns this off and calls `mark_ready` instead.
+    auto_ready: a lease is ready at its start (metering from the start), for exchanges without
+      providers' agents (``[settlement] provisioning = "auto"``); with agents it is off and
+      provisioning calls `mark_ready` when an agent answers (R18).
     provision_timeout_s: a lease not ready this long after its start fails (R18); 0 = only
       when its end passes.
     meter_interval_s: ready metered leases move their earnings to the provider at multiples

@@ -23,7 +23,7 @@ def fee(amount: int, bps: int) -> int:
 
 def hold_per_gpu(hours: int, limit: int, fee_bps: int) -> int:
     """Escrow per GPU of a bid (R17): its whole price at the limit, plus the higher of the
-    class's fee rates on it (rounded up).  The exchange's interim escrow used the same rule."""
+    class's fee rates on it (rounded up, `hold_fee_bps`)."""
     notional = hours * limit
     return notional + fee(notional, fee_bps)
 

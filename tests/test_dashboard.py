@@ -1,4 +1,4 @@
-"""The dashboard's server side (exchange/dashboard.py, docs/demo.md): the page and its assets are
+"""The dashboard's server side (gateway/dashboard.py, docs/demo.md): the page and its assets are
 served, and GET /v1/dashboard/{class} computes the capacity calendar, utilisation, open leases and
 providers' use from the exchange state — checked here number by number on a small market made
 through the SDK, after a cancel (what was sold stands, R7), with a resale ask (R16), and after a

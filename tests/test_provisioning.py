@@ -1,5 +1,5 @@
 """Provisioning over a running exchange (R18), spoken by hand as an agent would
-(exchange/provisioning.py, docs/settlement.md "Provisioning"): the task reaches the provider's
+(settlement/provisioning.py, docs/settlement.md "Provisioning"): the task reaches the provider's
 private channel at the lease's start with the renter's SSH key; a ready answer starts metering
 and gives the renter its connection; a failed answer or no answer by the deadline refunds the
 renter in full; a preemption notice reaches both sides and a preempted spot lease pays only

@@ -1,4 +1,4 @@
-"""Settlement inside the exchange (exchange/settle.py): batches queue and commit together, and
+"""Settlement inside the exchange (settlement/link.py): batches queue and commit together, and
 the escrow check (R17) never sees more than the ledger would allow — committed available
 balance less the holds of bids whose batches are not committed yet."""
 

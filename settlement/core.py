@@ -25,6 +25,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from orderbook import jitcache
+
+jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
+
 HOUR = 3600
 BPS = 10_000
 # account kinds (settlement.ledger) and event types / kinds (orderbook.types), as literals

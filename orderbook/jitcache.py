@@ -49,7 +49,8 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "orderbook.statehash": (*_ORDERBOOK, "orderbook/statehash.py"),
     "orderbook.fast": (*_ORDERBOOK, "orderbook/fast.py", "orderbook/config.py", "orderbook/quote.py",
                        "orderbook/reasons.py", "orderbook/statehash.py", "orderbook/types.py"),
-    "settlement.core": (*_ORDERBOOK, "settlement/__init__.py", "settlement/core.py"),
+    "settlement.core": (*_ORDERBOOK, "orderbook/types.py", "settlement/__init__.py", "settlement/core.py",
+                        "settlement/ids.py", "settlement/leases.py", "settlement/ledger.py", "settlement/money.py"),
 }
 
 

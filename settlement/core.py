@@ -26,14 +26,18 @@ import numpy as np
 from numba import njit
 
 from orderbook import jitcache
+from orderbook import types as book_types
+from settlement import ids, leases, ledger, money
 
 jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
 
+# Constants of other modules, copied as literals (each checked against its source below):
+# money units (settlement.money), account kinds (settlement.ledger), event types / kinds (orderbook.types)
 HOUR = 3600
 BPS = 10_000
-# account kinds (settlement.ledger) and event types / kinds (orderbook.types), as literals
 AVAILABLE, ESCROW, PREPAID, RECEIVABLE, FEES = 1, 2, 3, 4, 5
-FEES_ACCOUNT = 0 << 3 | FEES
+ACCOUNT_SHIFT = 3  # an account is owner << ACCOUNT_SHIFT | kind
+FEES_ACCOUNT = 0 << ACCOUNT_SHIFT | FEES
 EV_ACCEPTED, EV_TRADE, EV_PREEMPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED, EV_RELEASED = 1, 3, 4, 5, 6, 7, 8
 RESERVED = 2
 SIDE_BID = 1
@@ -76,6 +80,34 @@ NK = 9
 # event record columns (settlement.engine.RECORD)
 (R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
  R_TYPE, R_KIND, R_MAKER) = range(17)
+
+# The copies above against their sources (a differing one would compile in a wrong code).
+_COPIES = [(f"{name} ({module.__name__}.{name})", globals()[name], getattr(module, name)) for module, names in (
+    (money, "HOUR BPS"),
+    (ledger, "AVAILABLE ESCROW PREPAID RECEIVABLE FEES ACCOUNT_SHIFT"),
+    (book_types, "EV_ACCEPTED EV_TRADE EV_PREEMPTED EV_CANCELLED EV_EXPIRED EV_AMENDED EV_RELEASED RESERVED SIDE_BID"),
+    (ids, "PARAM_SHIFT HOLD RELEASE AMEND COST BUYER_FEE TRADE_RELEASE TOP_UP REFUND FEE_REFUND EARN PROVIDER_FEE"),
+) for name in names.split()]
+_COPIES += [
+    ("FEES_ACCOUNT (the exchange's fees account)", FEES_ACCOUNT,
+     ledger.EXCHANGE << ledger.ACCOUNT_SHIFT | ledger.FEES),
+    *((f"C_{c} (ids.cause(ids.{c}))", globals()[f"C_{c}"], ids.cause(getattr(ids, c)))
+      for c in ("READY", "METER", "PREEMPTED", "RELEASED", "FAILED", "END")),
+    *((f"{st.upper()} (its place in leases.STATUSES)", globals()[st.upper()], leases.STATUSES.index(st))
+      for st in leases.STATUSES),
+    ("LEASE_FIELDS (the Lease fields after cls)", LEASE_FIELDS, len(leases.Lease.__struct_fields__) - 1),
+    *((f"{col} (the place of Lease.{field} after cls)", globals()[col], leases.Lease.__struct_fields__.index(field) - 1)
+      for col, field in (pair.split("=") for pair in (
+          "TID=trade_id BUYER=buyer PROVIDER=provider KIND=kind GPUS=gpus PRICE=price START=start END=end "
+          "BOOKED_END=booked_end TIME=time BID=bid_oid ASK=ask_oid RESALE=resale_of MAKER=maker BBPS=buyer_fee_bps "
+          "PBPS=provider_fee_bps STATUS=status READY_AT=ready_at METERED_TO=metered_to ENDED_BY=ended_by "
+          "FAILED_CODE=failed_reason COST_PAID=cost BUYER_FEE_PAID=buyer_fee EARNED=earned "
+          "PROVIDER_FEE_PAID=provider_fee REFUNDED=refunded").split())),
+]
+for _name, _copy, _source in _COPIES:
+    if _copy != _source:
+        raise AssertionError(f"settlement.core: {_name} is {_source}, but the literal here is {_copy}")
+del _COPIES, _name, _copy, _source
 
 _nj = njit(cache=True, nogil=True)
 
@@ -228,16 +260,16 @@ def settle(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarr
     if not (refund or d_fee_refund or net or d_provider_fee):
         L[s, EARNED] = earned
         return out
-    prepaid = L[s, BUYER] << 3 | PREPAID
-    available = L[s, BUYER] << 3 | AVAILABLE
+    prepaid = L[s, BUYER] << ACCOUNT_SHIFT | PREPAID
+    available = L[s, BUYER] << ACCOUNT_SHIFT | AVAILABLE
     if refund:
         out = _move(out, S, ref, cause | REFUND, prepaid, available, refund, time)
     if d_fee_refund:
         out = _move(out, S, ref, cause | FEE_REFUND, FEES_ACCOUNT, available, d_fee_refund, time)
     if net > 0:
-        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << 3 | RECEIVABLE, net, time)
+        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << ACCOUNT_SHIFT | RECEIVABLE, net, time)
     elif net:
-        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << 3 | RECEIVABLE, prepaid, -net, time)
+        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << ACCOUNT_SHIFT | RECEIVABLE, prepaid, -net, time)
     if d_provider_fee:
         out = _move(out, S, ref, cause | PROVIDER_FEE, prepaid, FEES_ACCOUNT, d_provider_fee, time)
     L[s, REFUNDED] += refund
@@ -267,11 +299,11 @@ def settle_earnings(L: np.ndarray, s: int, ref: int, cause: int, time: int, out:
     else:
         net = earned - before
         provider_fee = 0
-    prepaid = L[s, BUYER] << 3 | PREPAID
+    prepaid = L[s, BUYER] << ACCOUNT_SHIFT | PREPAID
     if net > 0:
-        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << 3 | RECEIVABLE, net, time)
+        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << ACCOUNT_SHIFT | RECEIVABLE, net, time)
     elif net:
-        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << 3 | RECEIVABLE, prepaid, -net, time)
+        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << ACCOUNT_SHIFT | RECEIVABLE, prepaid, -net, time)
     if provider_fee != L[s, PROVIDER_FEE_PAID]:
         out = _move(out, S, ref, cause | PROVIDER_FEE, prepaid, FEES_ACCOUNT, provider_fee - L[s, PROVIDER_FEE_PAID],
                     time)
@@ -509,7 +541,7 @@ def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: di
         brate, prate = K[K_TAKER_BPS], K[K_MAKER_BPS]
     buyer_fee = -(-cost * brate // BPS) if brate and cost > 0 else 0
     ref = K[K_TRADE_REF] | tid
-    b = buyer << 3
+    b = buyer << ACCOUNT_SHIFT
     src = b | AVAILABLE
     bs = _look(bmap, oid)
     if bs >= 0:
@@ -616,14 +648,14 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
             B[s, B_FLAGS] |= NEW
             hold = ev[R_REM] * hpg
             if hold:
-                a = ev[R_ACC] << 3
+                a = ev[R_ACC] << ACCOUNT_SHIFT
                 out = _emit(out, S, K[K_ORDER_REF] | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, t)
         elif typ == EV_CANCELLED or typ == EV_EXPIRED:  # (reference `_bid_closed`)
             s = _look(bmap, ev[R_OID])
             if s >= 0:
                 _close_bid(B, bmap, S, db, gb, s)
                 if B[s, B_REM]:
-                    a = B[s, B_ACCOUNT] << 3
+                    a = B[s, B_ACCOUNT] << ACCOUNT_SHIFT
                     out = _emit(out, S, K[K_ORDER_REF] | ev[R_OID], RELEASE, a | ESCROW, a | AVAILABLE,
                                 B[s, B_REM] * B[s, B_HPG], S[S_CLOCK])
         elif typ == EV_AMENDED:  # (reference `_bid_amended`)
@@ -633,7 +665,7 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
                 B[s, B_REM] = ev[R_REM]
                 _dirty_bid(B, S, db, s)
                 if freed > 0:
-                    a = B[s, B_ACCOUNT] << 3
+                    a = B[s, B_ACCOUNT] << ACCOUNT_SHIFT
                     out = _emit(out, S, K[K_ORDER_REF] | ev[R_OID], ev[R_SEQ] << PARAM_SHIFT | AMEND, a | ESCROW,
                                 a | AVAILABLE, freed, t)
         else:  # EV_PREEMPTED, EV_RELEASED (reference `_cut`): the lease now ends at the event's end

@@ -61,7 +61,12 @@ RECORD = ("seq", "time", "oid", "oid2", "trade_id", "account", "account2", "pric
           "gpus", "remaining", "hours", "type", "kind", "maker")
 (R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
  R_TYPE, R_KIND, R_MAKER) = range(len(RECORD))
-assert (R_TYPE, R_MAKER) == (core.R_TYPE, core.R_MAKER)
+# settlement.core copies these columns as literals
+assert (R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
+        R_TYPE, R_KIND, R_MAKER) == (core.R_SEQ, core.R_TIME, core.R_OID, core.R_OID2, core.R_TID, core.R_ACC,
+                                     core.R_ACC2, core.R_PRICE, core.R_START, core.R_END, core.R_LEASE, core.R_GPUS,
+                                     core.R_REM, core.R_HOURS, core.R_TYPE, core.R_KIND, core.R_MAKER), \
+    "settlement.core's event record columns (R_*) differ from settlement.engine.RECORD"
 _record = operator.itemgetter(*(FIELDS.index(f) for f in RECORD))  # an EVENT_DTYPE tuple -> a RECORD tuple
 MONEY_LIMIT = 2 ** 62  # lease values and holds at or above this are refused (int64 arithmetic in settlement.core)
 _REASONS = {core.REASON_TIMEOUT: "provision timeout", core.REASON_NOT_READY: "not ready by its end"}

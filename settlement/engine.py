@@ -49,7 +49,7 @@ from orderbook.types import (
     EV_TRADE,
     SIDE_BID,
 )
-from settlement import core, ids
+from settlement import core, ids, money
 from settlement.events import FIELDS, OID, SEQ, SIDE
 from settlement.events import TID as E_TID
 from settlement.events import TIME as E_TIME
@@ -152,7 +152,7 @@ class ClassState:
         self.fees = fees  # (maker_bps, taker_bps)
         self.K = np.zeros(core.NK, np.int64)
         self.K[core.K_MAKER_BPS], self.K[core.K_TAKER_BPS] = fees
-        self.K[core.K_HOLD_BPS] = max(fees)  # escrow covers the higher rate (money.hold_per_gpu)
+        self.K[core.K_HOLD_BPS] = money.hold_fee_bps(*fees)  # the fee rate escrow covers (R17)
         self.K[core.K_AUTO_READY] = int(cfg.auto_ready)
         self.K[core.K_TIMEOUT] = cfg.provision_timeout_s
         self.K[core.K_STEP] = cfg.meter_interval_s

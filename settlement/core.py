@@ -22,6 +22,8 @@ Integer arithmetic is int64 here: `engine` refuses events whose lease value coul
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit
 
@@ -32,9 +34,7 @@ from settlement import ids, leases, ledger, money
 jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
 
 # Constants of other modules, copied as literals (each checked against its source below):
-# money units (settlement.money), account kinds (settlement.ledger), event types / kinds (orderbook.types)
-HOUR = 3600
-BPS = 10_000
+# account kinds (settlement.ledger) and event types / kinds (orderbook.types)
 AVAILABLE, ESCROW, PREPAID, RECEIVABLE, FEES = 1, 2, 3, 4, 5
 ACCOUNT_SHIFT = 3  # an account is owner << ACCOUNT_SHIFT | kind
 FEES_ACCOUNT = 0 << ACCOUNT_SHIFT | FEES
@@ -83,7 +83,6 @@ NK = 9
 
 # The copies above against their sources (a differing one would compile in a wrong code).
 _COPIES = [(f"{name} ({module.__name__}.{name})", globals()[name], getattr(module, name)) for module, names in (
-    (money, "HOUR BPS"),
     (ledger, "AVAILABLE ESCROW PREPAID RECEIVABLE FEES ACCOUNT_SHIFT"),
     (book_types, "EV_ACCEPTED EV_TRADE EV_PREEMPTED EV_CANCELLED EV_EXPIRED EV_AMENDED EV_RELEASED RESERVED SIDE_BID"),
     (ids, "PARAM_SHIFT HOLD RELEASE AMEND COST BUYER_FEE TRADE_RELEASE TOP_UP REFUND FEE_REFUND EARN PROVIDER_FEE"),
@@ -110,6 +109,22 @@ for _name, _copy, _source in _COPIES:
 del _COPIES, _name, _copy, _source
 
 _nj = njit(cache=True, nogil=True)
+
+
+def _jitted(module: types.ModuleType, *names: str) -> tuple:
+    """Jitted twins of pure functions of ``module``, compiled from their one source: each twin
+    runs the function's own code with globals where the others are twins too (jitted code can
+    call only jitted functions)."""
+    ns = dict(vars(module))
+    for name in names:
+        f = ns[name]
+        ns[name] = _nj(types.FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__))
+    return tuple(ns[name] for name in names)
+
+
+# the money rules (R17, R19): Python ints there, int64 here (`engine` refuses events whose
+# amounts could overflow before any of them is applied)
+_fee, _hold_per_gpu, _lease_value = _jitted(money, "fee", "hold_per_gpu", "lease_value")
 
 
 # ---------------------------------------------------------------------- small pieces
@@ -153,13 +168,6 @@ def _move(out: np.ndarray, S: np.ndarray, ref: int, sub: int, debit: int, credit
     if amount > 0:
         return _emit(out, S, ref, sub, debit, credit, amount, time)
     return _emit(out, S, ref, sub, credit, debit, -amount, time)
-
-
-@_nj
-def _fee(amount: int, bps: int) -> int:
-    if amount <= 0 or bps <= 0:
-        return 0
-    return -(-amount * bps // BPS)
 
 
 @_nj
@@ -227,22 +235,22 @@ def _dirty_bid(B: np.ndarray, S: np.ndarray, db: np.ndarray, s: int) -> None:
 def settle(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarray, S: np.ndarray) -> np.ndarray:
     """Bring the ledger to the lease's targets (`settlement.leases.settle`)."""
     start, end = L[s, START], L[s, END]
-    rate = L[s, GPUS] * L[s, PRICE]
+    gpus, price = L[s, GPUS], L[s, PRICE]
     st = L[s, STATUS]
     if st == FAILED:
         cap = 0
         earned = 0
     elif not L[s, READY_AT]:
-        cap = rate * (end - start) // HOUR if end > start else 0
+        cap = _lease_value(gpus, price, end - start)
         earned = 0
     elif L[s, KIND] == RESERVED:
-        cap = rate * (end - start) // HOUR if end > start else 0
+        cap = _lease_value(gpus, price, end - start)
         earned = cap
     else:
         rf = L[s, READY_AT] if L[s, READY_AT] > start else start
-        cap = rate * (end - rf) // HOUR if end > rf else 0
+        cap = _lease_value(gpus, price, end - rf)
         m = L[s, METERED_TO] if L[s, METERED_TO] < end else end
-        earned = rate * (m - rf) // HOUR if m > rf else 0
+        earned = _lease_value(gpus, price, m - rf)
     refund = L[s, COST_PAID] - cap - L[s, REFUNDED]
     buyer_fee = _fee(cap, L[s, BBPS])
     bps = L[s, PBPS]
@@ -284,12 +292,12 @@ def settle_earnings(L: np.ndarray, s: int, ref: int, cause: int, time: int, out:
                     S: np.ndarray) -> np.ndarray:
     """A ready metered lease at a metering point or its end (`settlement.leases.settle_earnings`)."""
     start, end = L[s, START], L[s, END]
-    rate = L[s, GPUS] * L[s, PRICE]
+    gpus, price = L[s, GPUS], L[s, PRICE]
     rf = L[s, READY_AT] if L[s, READY_AT] > start else start
-    if L[s, COST_PAID] - L[s, REFUNDED] != (rate * (end - rf) // HOUR if end > rf else 0) or not L[s, READY_AT]:
+    if L[s, COST_PAID] - L[s, REFUNDED] != _lease_value(gpus, price, end - rf) or not L[s, READY_AT]:
         return settle(L, s, ref, cause, time, out, S)
     m = L[s, METERED_TO] if L[s, METERED_TO] < end else end
-    earned = rate * (m - rf) // HOUR if m > rf else 0
+    earned = _lease_value(gpus, price, m - rf)
     bps = L[s, PBPS]
     before = L[s, EARNED]
     if bps:
@@ -534,12 +542,12 @@ def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: di
     """(reference `_trade`) A fill: the buyer's escrow pays the lease (and fee); a pending lease."""
     t, oid, tid, buyer, price = ev[R_TIME], ev[R_OID], ev[R_TID], ev[R_ACC], ev[R_PRICE]
     start, end, gpus, rem, kind, maker = ev[R_START], ev[R_END], ev[R_GPUS], ev[R_REM], ev[R_KIND], ev[R_MAKER]
-    cost = gpus * price * (end - start) // HOUR if end > start else 0
+    cost = _lease_value(gpus, price, end - start)
     if maker == SIDE_BID:
         brate, prate = K[K_MAKER_BPS], K[K_TAKER_BPS]
     else:
         brate, prate = K[K_TAKER_BPS], K[K_MAKER_BPS]
-    buyer_fee = -(-cost * brate // BPS) if brate and cost > 0 else 0
+    buyer_fee = _fee(cost, brate)
     ref = K[K_TRADE_REF] | tid
     b = buyer << ACCOUNT_SHIFT
     src = b | AVAILABLE
@@ -636,8 +644,7 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
         if typ == EV_TRADE:
             out = _trade(L, lmap, lfree, B, bmap, heap, S, K, dl, db, gl, gb, stack, ev, out)
         elif typ == EV_ACCEPTED:  # (reference `_accepted_bid`)
-            notional = ev[R_HOURS] * ev[R_PRICE]
-            hpg = notional + _fee(notional, K[K_HOLD_BPS])
+            hpg = _hold_per_gpu(ev[R_HOURS], ev[R_PRICE], K[K_HOLD_BPS])
             oid = ev[R_OID]
             s = _new_bid_slot(B, bmap, bfree, S, oid)
             B[s, B_OID] = oid

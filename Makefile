@@ -38,5 +38,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.book --commands 1000000 --json
 
+# also numba's cache (orderbook/jitcache.py: .numba-cache/, and compiled files numba keeps beside
+# the sources of the jitted code that does not use it): the next run compiles again
 clean:
-	rm -rf build *.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf build *.egg-info .pytest_cache .ruff_cache .hypothesis .benchmarks .numba-cache
+	find orderbook settlement feeds -name '*.nb[ic]' -delete

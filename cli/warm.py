@@ -1,8 +1,9 @@
 """Compile the jitted parts once, ahead of use: `python -m cli.warm`.
 
 The numba book (orderbook/fast.py) and settlement's core (settlement/core.py) are compiled on
-first use and kept in numba's cache next to their sources; a cold compile takes most of a
-minute on a small machine, a warm start well under a second.  `make .venv` runs this after
+first use and kept in numba's cache (a directory per version of their sources,
+orderbook/jitcache.py); a cold compile takes most of a minute on a small machine, a warm start
+a second or two.  `make .venv` runs this after
 installing, and the test session runs it before the first test (tests/conftest.py), so that
 neither the first `gpux serve` nor a test waiting for a server subprocess pays for it.
 

@@ -647,8 +647,9 @@ def _numba_cold(engine: str | None) -> bool:
     """Whether the numba book's compiled code is not cached yet (a hint for the first run only)."""
     if engine == "reference":
         return False
-    cache = Path(__file__).resolve().parent.parent / "orderbook" / "__pycache__"
-    return not any(cache.glob("fast.*.nbi")) if cache.exists() else True
+    from orderbook import jitcache
+
+    return not jitcache.cached("orderbook.fast")
 
 
 def run_live(port: int = 8080, data: str | None = None, seconds: float = 0, seed: int = 7,

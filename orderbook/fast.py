@@ -44,6 +44,7 @@ from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
+from orderbook import jitcache
 from orderbook import reasons as R
 from orderbook.config import (
     P_GATE_S,
@@ -92,6 +93,8 @@ from orderbook.types import (
     SIDE_BID,
     SPOT,
 )
+
+jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
 
 # --- order columns ---------------------------------------------------------------
 # grouped by 64-byte line (rows are 256 bytes): what a walk reads of an ask comes first (two

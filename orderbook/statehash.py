@@ -13,6 +13,10 @@ from collections.abc import Iterable
 import numpy as np
 from numba import njit
 
+from orderbook import jitcache
+
+jitcache.use(__name__)  # numba's cache for `hash_words`: keyed by this file
+
 MASK64 = (1 << 64) - 1
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3

@@ -22,14 +22,22 @@ Integer arithmetic is int64 here: `engine` refuses events whose lease value coul
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit
 
-HOUR = 3600
-BPS = 10_000
-# account kinds (settlement.ledger) and event types / kinds (orderbook.types), as literals
+from orderbook import jitcache
+from orderbook import types as book_types
+from settlement import ids, leases, ledger, money
+
+jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
+
+# Constants of other modules, copied as literals (each checked against its source below):
+# account kinds (settlement.ledger) and event types / kinds (orderbook.types)
 AVAILABLE, ESCROW, PREPAID, RECEIVABLE, FEES = 1, 2, 3, 4, 5
-FEES_ACCOUNT = 0 << 3 | FEES
+ACCOUNT_SHIFT = 3  # an account is owner << ACCOUNT_SHIFT | kind
+FEES_ACCOUNT = 0 << ACCOUNT_SHIFT | FEES
 EV_ACCEPTED, EV_TRADE, EV_PREEMPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED, EV_RELEASED = 1, 3, 4, 5, 6, 7, 8
 RESERVED = 2
 SIDE_BID = 1
@@ -73,7 +81,50 @@ NK = 9
 (R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
  R_TYPE, R_KIND, R_MAKER) = range(17)
 
+# The copies above against their sources (a differing one would compile in a wrong code).
+_COPIES = [(f"{name} ({module.__name__}.{name})", globals()[name], getattr(module, name)) for module, names in (
+    (ledger, "AVAILABLE ESCROW PREPAID RECEIVABLE FEES ACCOUNT_SHIFT"),
+    (book_types, "EV_ACCEPTED EV_TRADE EV_PREEMPTED EV_CANCELLED EV_EXPIRED EV_AMENDED EV_RELEASED RESERVED SIDE_BID"),
+    (ids, "PARAM_SHIFT HOLD RELEASE AMEND COST BUYER_FEE TRADE_RELEASE TOP_UP REFUND FEE_REFUND EARN PROVIDER_FEE"),
+) for name in names.split()]
+_COPIES += [
+    ("FEES_ACCOUNT (the exchange's fees account)", FEES_ACCOUNT,
+     ledger.EXCHANGE << ledger.ACCOUNT_SHIFT | ledger.FEES),
+    *((f"C_{c} (ids.cause(ids.{c}))", globals()[f"C_{c}"], ids.cause(getattr(ids, c)))
+      for c in ("READY", "METER", "PREEMPTED", "RELEASED", "FAILED", "END")),
+    *((f"{st.upper()} (its place in leases.STATUSES)", globals()[st.upper()], leases.STATUSES.index(st))
+      for st in leases.STATUSES),
+    ("LEASE_FIELDS (the Lease fields after cls)", LEASE_FIELDS, len(leases.Lease.__struct_fields__) - 1),
+    *((f"{col} (the place of Lease.{field} after cls)", globals()[col], leases.Lease.__struct_fields__.index(field) - 1)
+      for col, field in (pair.split("=") for pair in (
+          "TID=trade_id BUYER=buyer PROVIDER=provider KIND=kind GPUS=gpus PRICE=price START=start END=end "
+          "BOOKED_END=booked_end TIME=time BID=bid_oid ASK=ask_oid RESALE=resale_of MAKER=maker BBPS=buyer_fee_bps "
+          "PBPS=provider_fee_bps STATUS=status READY_AT=ready_at METERED_TO=metered_to ENDED_BY=ended_by "
+          "FAILED_CODE=failed_reason COST_PAID=cost BUYER_FEE_PAID=buyer_fee EARNED=earned "
+          "PROVIDER_FEE_PAID=provider_fee REFUNDED=refunded").split())),
+]
+for _name, _copy, _source in _COPIES:
+    if _copy != _source:
+        raise AssertionError(f"settlement.core: {_name} is {_source}, but the literal here is {_copy}")
+del _COPIES, _name, _copy, _source
+
 _nj = njit(cache=True, nogil=True)
+
+
+def _jitted(module: types.ModuleType, *names: str) -> tuple:
+    """Jitted twins of pure functions of ``module``, compiled from their one source: each twin
+    runs the function's own code with globals where the others are twins too (jitted code can
+    call only jitted functions)."""
+    ns = dict(vars(module))
+    for name in names:
+        f = ns[name]
+        ns[name] = _nj(types.FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__))
+    return tuple(ns[name] for name in names)
+
+
+# the money rules (R17, R19): Python ints there, int64 here (`engine` refuses events whose
+# amounts could overflow before any of them is applied)
+_fee, _hold_per_gpu, _lease_value = _jitted(money, "fee", "hold_per_gpu", "lease_value")
 
 
 # ---------------------------------------------------------------------- small pieces
@@ -117,13 +168,6 @@ def _move(out: np.ndarray, S: np.ndarray, ref: int, sub: int, debit: int, credit
     if amount > 0:
         return _emit(out, S, ref, sub, debit, credit, amount, time)
     return _emit(out, S, ref, sub, credit, debit, -amount, time)
-
-
-@_nj
-def _fee(amount: int, bps: int) -> int:
-    if amount <= 0 or bps <= 0:
-        return 0
-    return -(-amount * bps // BPS)
 
 
 @_nj
@@ -191,22 +235,22 @@ def _dirty_bid(B: np.ndarray, S: np.ndarray, db: np.ndarray, s: int) -> None:
 def settle(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarray, S: np.ndarray) -> np.ndarray:
     """Bring the ledger to the lease's targets (`settlement.leases.settle`)."""
     start, end = L[s, START], L[s, END]
-    rate = L[s, GPUS] * L[s, PRICE]
+    gpus, price = L[s, GPUS], L[s, PRICE]
     st = L[s, STATUS]
     if st == FAILED:
         cap = 0
         earned = 0
     elif not L[s, READY_AT]:
-        cap = rate * (end - start) // HOUR if end > start else 0
+        cap = _lease_value(gpus, price, end - start)
         earned = 0
     elif L[s, KIND] == RESERVED:
-        cap = rate * (end - start) // HOUR if end > start else 0
+        cap = _lease_value(gpus, price, end - start)
         earned = cap
     else:
         rf = L[s, READY_AT] if L[s, READY_AT] > start else start
-        cap = rate * (end - rf) // HOUR if end > rf else 0
+        cap = _lease_value(gpus, price, end - rf)
         m = L[s, METERED_TO] if L[s, METERED_TO] < end else end
-        earned = rate * (m - rf) // HOUR if m > rf else 0
+        earned = _lease_value(gpus, price, m - rf)
     refund = L[s, COST_PAID] - cap - L[s, REFUNDED]
     buyer_fee = _fee(cap, L[s, BBPS])
     bps = L[s, PBPS]
@@ -224,16 +268,16 @@ def settle(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarr
     if not (refund or d_fee_refund or net or d_provider_fee):
         L[s, EARNED] = earned
         return out
-    prepaid = L[s, BUYER] << 3 | PREPAID
-    available = L[s, BUYER] << 3 | AVAILABLE
+    prepaid = L[s, BUYER] << ACCOUNT_SHIFT | PREPAID
+    available = L[s, BUYER] << ACCOUNT_SHIFT | AVAILABLE
     if refund:
         out = _move(out, S, ref, cause | REFUND, prepaid, available, refund, time)
     if d_fee_refund:
         out = _move(out, S, ref, cause | FEE_REFUND, FEES_ACCOUNT, available, d_fee_refund, time)
     if net > 0:
-        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << 3 | RECEIVABLE, net, time)
+        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << ACCOUNT_SHIFT | RECEIVABLE, net, time)
     elif net:
-        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << 3 | RECEIVABLE, prepaid, -net, time)
+        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << ACCOUNT_SHIFT | RECEIVABLE, prepaid, -net, time)
     if d_provider_fee:
         out = _move(out, S, ref, cause | PROVIDER_FEE, prepaid, FEES_ACCOUNT, d_provider_fee, time)
     L[s, REFUNDED] += refund
@@ -248,12 +292,12 @@ def settle_earnings(L: np.ndarray, s: int, ref: int, cause: int, time: int, out:
                     S: np.ndarray) -> np.ndarray:
     """A ready metered lease at a metering point or its end (`settlement.leases.settle_earnings`)."""
     start, end = L[s, START], L[s, END]
-    rate = L[s, GPUS] * L[s, PRICE]
+    gpus, price = L[s, GPUS], L[s, PRICE]
     rf = L[s, READY_AT] if L[s, READY_AT] > start else start
-    if L[s, COST_PAID] - L[s, REFUNDED] != (rate * (end - rf) // HOUR if end > rf else 0) or not L[s, READY_AT]:
+    if L[s, COST_PAID] - L[s, REFUNDED] != _lease_value(gpus, price, end - rf) or not L[s, READY_AT]:
         return settle(L, s, ref, cause, time, out, S)
     m = L[s, METERED_TO] if L[s, METERED_TO] < end else end
-    earned = rate * (m - rf) // HOUR if m > rf else 0
+    earned = _lease_value(gpus, price, m - rf)
     bps = L[s, PBPS]
     before = L[s, EARNED]
     if bps:
@@ -263,11 +307,11 @@ def settle_earnings(L: np.ndarray, s: int, ref: int, cause: int, time: int, out:
     else:
         net = earned - before
         provider_fee = 0
-    prepaid = L[s, BUYER] << 3 | PREPAID
+    prepaid = L[s, BUYER] << ACCOUNT_SHIFT | PREPAID
     if net > 0:
-        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << 3 | RECEIVABLE, net, time)
+        out = _emit(out, S, ref, cause | EARN, prepaid, L[s, PROVIDER] << ACCOUNT_SHIFT | RECEIVABLE, net, time)
     elif net:
-        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << 3 | RECEIVABLE, prepaid, -net, time)
+        out = _emit(out, S, ref, cause | EARN, L[s, PROVIDER] << ACCOUNT_SHIFT | RECEIVABLE, prepaid, -net, time)
     if provider_fee != L[s, PROVIDER_FEE_PAID]:
         out = _move(out, S, ref, cause | PROVIDER_FEE, prepaid, FEES_ACCOUNT, provider_fee - L[s, PROVIDER_FEE_PAID],
                     time)
@@ -498,14 +542,14 @@ def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: di
     """(reference `_trade`) A fill: the buyer's escrow pays the lease (and fee); a pending lease."""
     t, oid, tid, buyer, price = ev[R_TIME], ev[R_OID], ev[R_TID], ev[R_ACC], ev[R_PRICE]
     start, end, gpus, rem, kind, maker = ev[R_START], ev[R_END], ev[R_GPUS], ev[R_REM], ev[R_KIND], ev[R_MAKER]
-    cost = gpus * price * (end - start) // HOUR if end > start else 0
+    cost = _lease_value(gpus, price, end - start)
     if maker == SIDE_BID:
         brate, prate = K[K_MAKER_BPS], K[K_TAKER_BPS]
     else:
         brate, prate = K[K_TAKER_BPS], K[K_MAKER_BPS]
-    buyer_fee = -(-cost * brate // BPS) if brate and cost > 0 else 0
+    buyer_fee = _fee(cost, brate)
     ref = K[K_TRADE_REF] | tid
-    b = buyer << 3
+    b = buyer << ACCOUNT_SHIFT
     src = b | AVAILABLE
     bs = _look(bmap, oid)
     if bs >= 0:
@@ -600,8 +644,7 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
         if typ == EV_TRADE:
             out = _trade(L, lmap, lfree, B, bmap, heap, S, K, dl, db, gl, gb, stack, ev, out)
         elif typ == EV_ACCEPTED:  # (reference `_accepted_bid`)
-            notional = ev[R_HOURS] * ev[R_PRICE]
-            hpg = notional + _fee(notional, K[K_HOLD_BPS])
+            hpg = _hold_per_gpu(ev[R_HOURS], ev[R_PRICE], K[K_HOLD_BPS])
             oid = ev[R_OID]
             s = _new_bid_slot(B, bmap, bfree, S, oid)
             B[s, B_OID] = oid
@@ -612,14 +655,14 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
             B[s, B_FLAGS] |= NEW
             hold = ev[R_REM] * hpg
             if hold:
-                a = ev[R_ACC] << 3
+                a = ev[R_ACC] << ACCOUNT_SHIFT
                 out = _emit(out, S, K[K_ORDER_REF] | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, t)
         elif typ == EV_CANCELLED or typ == EV_EXPIRED:  # (reference `_bid_closed`)
             s = _look(bmap, ev[R_OID])
             if s >= 0:
                 _close_bid(B, bmap, S, db, gb, s)
                 if B[s, B_REM]:
-                    a = B[s, B_ACCOUNT] << 3
+                    a = B[s, B_ACCOUNT] << ACCOUNT_SHIFT
                     out = _emit(out, S, K[K_ORDER_REF] | ev[R_OID], RELEASE, a | ESCROW, a | AVAILABLE,
                                 B[s, B_REM] * B[s, B_HPG], S[S_CLOCK])
         elif typ == EV_AMENDED:  # (reference `_bid_amended`)
@@ -629,7 +672,7 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
                 B[s, B_REM] = ev[R_REM]
                 _dirty_bid(B, S, db, s)
                 if freed > 0:
-                    a = B[s, B_ACCOUNT] << 3
+                    a = B[s, B_ACCOUNT] << ACCOUNT_SHIFT
                     out = _emit(out, S, K[K_ORDER_REF] | ev[R_OID], ev[R_SEQ] << PARAM_SHIFT | AMEND, a | ESCROW,
                                 a | AVAILABLE, freed, t)
         else:  # EV_PREEMPTED, EV_RELEASED (reference `_cut`): the lease now ends at the event's end

@@ -51,7 +51,7 @@ from orderbook.types import (
     SIDE_BID,
     Event,
 )
-from settlement import core, ids
+from settlement import core, ids, money
 from settlement.events import as_events
 from settlement.leases import FAILED, PENDING, PROVISIONING, READY, STATUSES, Lease
 
@@ -83,14 +83,20 @@ RECORD = Record._fields
 _R = {name: i for i, name in enumerate(RECORD)}  # column of each field in the rows
 R_OID, R_TID, R_PRICE, R_START, R_END, R_GPUS, R_REM, R_HOURS = (
     _R[k] for k in ("oid", "trade_id", "price", "start", "end", "gpus", "remaining", "hours"))
-if (_R["type"], _R["maker"]) != (core.R_TYPE, core.R_MAKER):
-    raise ImportError("settlement.core's columns R_TYPE / R_MAKER differ from settlement.engine.Record")
+# settlement.core copies these columns as literals
+_CORE_COLUMNS = {name: getattr(core, "R_" + col) for name, col in zip(RECORD, (
+    "SEQ", "TIME", "OID", "OID2", "TID", "ACC", "ACC2", "PRICE", "START", "END", "LEASE", "GPUS", "REM", "HOURS",
+    "TYPE", "KIND", "MAKER"), strict=True)}
+if _CORE_COLUMNS != _R:
+    raise ImportError("settlement.core's event record columns (R_*) differ from settlement.engine.Record")
 _as_record = partial(tuple.__new__, Record)
 
 
 def records(rows: np.ndarray) -> list[Record]:
     """Rows of RECORD columns (int64) as Records."""
     return list(map(_as_record, rows.tolist()))
+
+
 _record = operator.attrgetter(*RECORD)  # an Event -> a RECORD tuple
 MONEY_LIMIT = 2 ** 62  # lease values and holds at or above this are refused (int64 arithmetic in settlement.core)
 _REASONS = {core.REASON_TIMEOUT: "provision timeout", core.REASON_NOT_READY: "not ready by its end"}
@@ -177,7 +183,7 @@ class ClassState:
         self.fees = fees  # (maker_bps, taker_bps)
         self.K = np.zeros(core.NK, np.int64)
         self.K[core.K_MAKER_BPS], self.K[core.K_TAKER_BPS] = fees
-        self.K[core.K_HOLD_BPS] = max(fees)  # escrow covers the higher rate (money.hold_per_gpu)
+        self.K[core.K_HOLD_BPS] = money.hold_fee_bps(*fees)  # the fee rate escrow covers (R17)
         self.K[core.K_AUTO_READY] = int(cfg.auto_ready)
         self.K[core.K_TIMEOUT] = cfg.provision_timeout_s
         self.K[core.K_STEP] = cfg.meter_interval_s

@@ -37,9 +37,9 @@ from exchange.clock import WALL, Clock, Timer
 from exchange.config import ServerConfig
 from exchange.entries import Prov
 from orderbook.types import CMD_CLOCK, EV_ACCEPTED, EVENT_DTYPE, SIDE_BID
+from settlement import money
 from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments, join_transfers
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
-from settlement.money import hold_fee_bps, hold_per_gpu
 from settlement.service import Answer, Settlement
 
 log = logging.getLogger("gpux.settlement")
@@ -86,7 +86,8 @@ class SettlementLink:
         self.provisioning: Any = None  # settlement.provisioning.Provisioning, once attached
         self.book_times: Any = None  # () -> {class: engine time}
         self.on_deposits: Any = None  # called with the deposit rows the ledger took
-        self._fee_bps = {name: hold_fee_bps(i.maker_fee_bps, i.taker_fee_bps) for name, i in cfg.instruments.items()}
+        # the fee rate each class's escrow covers (R17), from the fees settlement charges
+        self._fee_bps = {cls: money.hold_fee_bps(*fees) for cls, fees in self.settlement.config.fees.items()}
         self._deposit_row = 0
         self._answered: list[tuple[Answer, Any]] = []  # answers applied in the transaction being committed
         self.answered_out: list[tuple[Answer, Any]] = []  # ... committed: for provisioning to pass on
@@ -159,7 +160,7 @@ class SettlementLink:
             acc = ev[(ev["type"] == EV_ACCEPTED) & (ev["side"] == SIDE_BID)]
             for a, rem, hours, limit in zip(acc["account"].tolist(), acc["remaining"].tolist(), acc["hours"].tolist(),
                                             acc["price"].tolist(), strict=True):
-                hold = rem * hold_per_gpu(hours, limit, self._fee_bps.get(cls, 0))
+                hold = money.hold(rem, hours, limit, self._fee_bps.get(cls, 0))
                 b.holds[a] = b.holds.get(a, 0) + hold
                 self._held[a] = self._held.get(a, 0) + hold
         if not self._queue:

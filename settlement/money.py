@@ -1,11 +1,18 @@
 """Money arithmetic of settlement (R3, R17, R19): integers only, µ$, rounding written down once.
 
     fee(1_000_000, 25)            -> 2_500      # bps of an amount, rounded up to the µ$
-    hold_per_gpu(hours, limit, 25)              # escrow per GPU of a bid: its price at the limit + the higher fee
+    hold_fee_bps(maker, taker)                  # the fee rate a bid's escrow covers: the higher one
+    hold_per_gpu(hours, limit, 25)              # escrow per GPU of a bid: its price at the limit + that fee
+    hold(gpus, hours, limit, 25)                # escrow for gpus GPUs of a bid
     lease_value(gpus, price, seconds)           # what `seconds` of a lease cost, rounded down to the µ$
 
 `lease_value` is always taken from a lease's start (or its ready time) to a point, never
 summed over pieces, so that metering in any number of steps adds up to the same total.
+
+This is the one copy of these rules in settlement: its link (the escrow check's pending
+holds), its engines (`settlement.engine`, `settlement.reference`) and its jitted core, which
+compiles these very functions (`settlement.core`).  So they stay plain integer arithmetic that
+numba compiles: no calls but to each other, no Python-only types.
 """
 
 from __future__ import annotations
@@ -21,11 +28,22 @@ def fee(amount: int, bps: int) -> int:
     return -(-amount * bps // BPS)
 
 
+def hold_fee_bps(maker_bps: int, taker_bps: int) -> int:
+    """The fee rate a bid's escrow covers (R17): the higher of its class's maker and taker rates,
+    since the bid may fill as either."""
+    return max(maker_bps, taker_bps)
+
+
 def hold_per_gpu(hours: int, limit: int, fee_bps: int) -> int:
-    """Escrow per GPU of a bid (R17): its whole price at the limit, plus the higher of the
-    class's fee rates on it (rounded up, `hold_fee_bps`)."""
+    """Escrow per GPU of a bid (R17): its whole price at the limit, plus the fee at ``fee_bps``
+    (`hold_fee_bps`) on it (rounded up)."""
     notional = hours * limit
     return notional + fee(notional, fee_bps)
+
+
+def hold(gpus: int, hours: int, limit: int, fee_bps: int) -> int:
+    """Escrow for ``gpus`` GPUs of a bid (R17): ``gpus × hold_per_gpu``."""
+    return gpus * hold_per_gpu(hours, limit, fee_bps)
 
 
 def lease_value(gpus: int, price: int, seconds: int) -> int:
@@ -33,9 +51,3 @@ def lease_value(gpus: int, price: int, seconds: int) -> int:
     if seconds <= 0:
         return 0
     return gpus * price * seconds // HOUR
-
-
-def hold_fee_bps(maker_bps: int, taker_bps: int) -> int:
-    """The fee rate a bid's escrow covers (R17): the higher of the class's two, since whether the
-    bid ends up maker or taker is not known when it is placed."""
-    return max(maker_bps, taker_bps)

@@ -46,7 +46,6 @@ from orderbook.types import (
     EV_EXPIRED,
     EV_PREEMPTED,
     EV_TRADE,
-    HOUR,
     RESERVED,
     SIDE_BID,
 )
@@ -78,7 +77,7 @@ from settlement.leases import (
     settle_earnings,
 )
 from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID
-from settlement.money import BPS, hold_per_gpu
+from settlement.money import fee, hold_fee_bps, hold_per_gpu, lease_value
 
 _FEES = EXCHANGE << 3 | FEES
 _READY = ids.cause(ids.READY)
@@ -103,7 +102,7 @@ class ClassState:
         self.trade_ref = ids.class_base(ids.TRADE, code)
         self.lease_ref = ids.class_base(ids.LEASE, code)
         self.fees = fees  # (maker_bps, taker_bps)
-        self.hold_bps = max(fees)  # escrow covers the higher rate (money.hold_per_gpu)
+        self.hold_bps = hold_fee_bps(*fees)  # the fee rate escrow covers (R17)
         self.bids: dict[int, Bid] = {}  # open bids by oid
         self.leases: dict[int, Lease] = {}  # leases by trade id: live ones, and ended ones until their end passed
         self.children: dict[int, list[int]] = {}  # parent trade id -> sub-lease trade ids (R16)
@@ -275,13 +274,13 @@ class SettlementEngine:
 
     def _trade(self, c: ClassState, ev: Record, out: list) -> None:
         _, t, oid, ask_oid, tid, buyer, provider, price, start, end, resale_of, gpus, rem, _, _, kind, maker = ev
-        cost = gpus * price * (end - start) // HOUR if end > start else 0  # money.lease_value
+        cost = lease_value(gpus, price, end - start)
         mk, tk = c.fees
         if maker == SIDE_BID:
             brate, prate = mk, tk
         else:
             brate, prate = tk, mk
-        buyer_fee = -(-cost * brate // BPS) if brate and cost > 0 else 0  # money.fee
+        buyer_fee = fee(cost, brate)
         ref = c.trade_ref | tid
         b = buyer << 3
         bid = c.bids.get(oid)

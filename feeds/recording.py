@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit
 
 from exchange.journal import HEADER_SIZE, MAX_PAYLOAD, JournalError, segments
+from orderbook import jitcache
 from orderbook.types import EVENT_DTYPE
 
 MAGIC = b"GXMD"
@@ -103,6 +104,9 @@ def decode_record(payload: bytes) -> tuple[int, list[tuple[str, int, np.ndarray]
 
 
 # ---------------------------------------------------------------------- scanning, compiled
+jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
+
+
 @njit(cache=True)
 def _u32(b, o):
     return np.int64(b[o]) | (np.int64(b[o + 1]) << 8) | (np.int64(b[o + 2]) << 16) | (np.int64(b[o + 3]) << 24)

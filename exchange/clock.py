@@ -106,7 +106,7 @@ class SimClock:
         self.call_later(seconds, lambda: fut.done() or fut.set_result(None))
         await fut
 
-    async def advance(self, seconds: float, step: float | None = None) -> None:
+    async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, running what falls due on the way: each timer at its
         own time, then the event loop turns until the tasks it woke have nothing left to do right
         now (they may set new timers, which run if they fall within the advance)."""

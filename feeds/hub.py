@@ -1,12 +1,13 @@
 """Fan-out of market data to WebSocket subscribers (docs/feeds.md).
 
 Every message is encoded once (msgspec) and framed once (one unmasked text frame); the same
-bytes object is queued on every subscriber of its stream.  Queued frames go out in one
-``transport.write`` per connection per event-loop turn, from one callback for all connections.
-Nothing here ever waits for a socket: a subscriber whose unsent bytes pass ``max_buffer`` is cut
-off at once (close code 1008 with the reason, then the socket is aborted if it does not go away
-within ``close_grace_s``), so a slow reader costs at most ``max_buffer`` bytes of memory and
-nobody else notices it.
+bytes object is queued on every subscriber of its stream.  Each connection is a send buffer of
+`gateway.sendbuffer` (as a trader's session is): queued frames go out in one ``transport.write``
+per connection per event-loop turn, from one callback for all connections, and the one
+slow-client policy applies with the feeds' parameters: a subscriber whose unsent bytes pass
+``max_buffer`` (4 MiB) is cut off at once (unsubscribed from everything, close code 1008 with the
+reason, the socket aborted if it does not go away within ``close_grace_s``), so a slow reader
+costs at most ``max_buffer`` bytes of memory and nobody else notices it.
 
 The protocol (client -> server, one JSON object per text frame)::
 
@@ -33,7 +34,7 @@ from aiohttp import WSMsgType, web
 
 from exchange.clock import WALL, Clock
 from feeds.model import CHANNELS, ClassFeed, stream_name
-from gateway.wsframe import ws_frame
+from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 
 log = logging.getLogger("gpux.feeds")
 _enc = msgspec.json.Encoder()
@@ -42,15 +43,9 @@ PRIVATE_CHANNELS = ("orders", "fills", "leases", "provisioning")
 MAX_BUFFER = 4 << 20  # unsent bytes per subscriber before it is cut off
 MAX_SUBSCRIPTIONS = 256  # per connection
 MAX_OP_BYTES = 4096
-CLOSE_GRACE_S = 5.0
 HEARTBEAT_S = 1.0
 OPS_PER_S = 50  # client operations per connection, sustained
 OPS_BURST = 500
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    payload = code.to_bytes(2, "big") + reason.encode()[:123]
-    return bytes((0x88, len(payload))) + payload
 
 
 # ---------------------------------------------------------------------- client operations
@@ -98,24 +93,19 @@ class Private(Protocol):
     def private_snapshot(self, account: int, channel: str) -> dict[str, Any]: ...
 
 
-class Conn:
-    """One subscriber connection."""
+class Conn(SendBuffer):
+    """One subscriber connection: its send buffer (`gateway.sendbuffer.SendBuffer`: ``out``,
+    ``closed``, ``transport``...) and its subscriptions."""
 
-    __slots__ = ("ws", "transport", "out", "dirty", "closed", "subs", "account", "role", "peer", "sent", "tokens",
-                 "stamp", "clock")
+    __slots__ = ("subs", "account", "role", "tokens", "stamp", "clock")
 
-    def __init__(self, ws: web.WebSocketResponse | None, transport: Any, peer: str = "", clock: Clock = WALL) -> None:
+    def __init__(self, sender: Sender, ws: web.WebSocketResponse | None, transport: Any, peer: str = "",
+                 clock: Clock = WALL) -> None:
+        super().__init__(sender, ws, transport, peer)
         self.clock = clock
-        self.ws = ws
-        self.transport = transport
-        self.out: list[bytes] = []
-        self.dirty = False
-        self.closed = False
         self.subs: set[tuple[Any, str]] = set()  # (class, stream) public, (account, channel) private
         self.account = 0
         self.role = ""
-        self.peer = peer
-        self.sent = 0  # messages queued to it
         self.tokens = float(OPS_BURST)  # operations it may send now (token bucket)
         self.stamp = clock.monotonic()
 
@@ -140,9 +130,7 @@ class Hub:
         self.clock = clock
         self.feeds = feeds
         self.private = private
-        self.max_buffer = max_buffer
         self.max_subscriptions = max_subscriptions
-        self.close_grace_s = close_grace_s
         self.heartbeat_s = heartbeat_s
         self.hello = hello or {}
         self.subs: dict[tuple[str, str], set[Conn]] = {}  # (class, stream) -> subscribers
@@ -151,11 +139,30 @@ class Hub:
         self.pu: dict[tuple[int, str], int] = {}  # private stream counters
         self.by_account: dict[int, dict[Conn, int]] = {}
         self.conns: set[Conn] = set()
-        self._dirty: list[Conn] = []
-        self._scheduled = False
         self._hb_task: asyncio.Task | None = None
         self.stats = {"messages": 0, "frames": 0, "bytes": 0, "cut_off": 0, "connections_total": 0}
         self.on_first_subscribe: Callable[[Conn], None] | None = None
+        # the subscribers' send buffers: one write per connection per turn, cut off past max_buffer
+        self.sends = Sender(max_buffer, close_grace_s, clock, stats=self.stats, stat="cut_off", on_cut=self._drop,
+                            log=log, label="feed subscriber")
+
+    @property
+    def max_buffer(self) -> int:
+        """Unsent bytes a subscriber may have before it is cut off."""
+        return self.sends.limit
+
+    @max_buffer.setter
+    def max_buffer(self, n: int) -> None:
+        self.sends.limit = int(n)
+
+    @property
+    def close_grace_s(self) -> float:
+        """Seconds a cut-off subscriber has to go before its socket is aborted."""
+        return self.sends.grace_s
+
+    @close_grace_s.setter
+    def close_grace_s(self, s: float) -> None:
+        self.sends.grace_s = float(s)
 
     # ------------------------------------------------------------------ publishing
     def has(self, cls: str, stream: str) -> bool:
@@ -168,20 +175,11 @@ class Hub:
             self._push_all(conns, ws_frame(_enc.encode(msg)))
 
     def _push_all(self, conns: Any, frame: bytes) -> None:
-        dirty = self._dirty
-        for c in conns:
-            c.out.append(frame)
-            c.sent += 1
-            if not c.dirty:
-                c.dirty = True
-                dirty.append(c)
+        self.sends.push_all(conns, frame)
         st = self.stats
         st["messages"] += len(conns)
         st["frames"] += 1
         st["bytes"] += len(frame) * len(conns)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
 
     def _push(self, c: Conn, msg: dict[str, Any]) -> None:
         self._push_all((c,), ws_frame(_enc.encode(msg)))
@@ -205,40 +203,13 @@ class Hub:
         self._push_all(conns, ws_frame(_enc.encode(msg)))
 
     def flush(self) -> None:
-        """Write what is queued: one write per connection; cut off whoever is too far behind."""
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        limit = self.max_buffer
-        for c in dirty:
-            c.dirty = False
-            out = c.out
-            if c.closed:
-                out.clear()
-                continue
-            t = c.transport
-            if t is None or t.is_closing():
-                out.clear()
-                continue
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            t.write(data)
-            waiting = t.get_write_buffer_size()
-            if waiting > limit:
-                self.cut(c, f"slow consumer: {waiting} bytes unsent, the limit is {limit}")
+        """Write what is queued now (it would go on this event-loop turn anyway)."""
+        self.sends.flush()
 
     def cut(self, c: Conn, reason: str) -> None:
-        """Disconnect a subscriber that fell behind: close frame 1008 with the reason, stop
-        queuing for it, abort the socket if it has not closed within close_grace_s."""
-        if c.closed:
-            return
-        c.closed = True
-        self.stats["cut_off"] += 1
-        self._drop(c)
-        log.warning("feed subscriber cut off", extra={"peer": c.peer, "reason": reason})
-        t = c.transport
-        if t is not None and not t.is_closing():
-            t.write(close_frame(1008, reason))
-            self.clock.call_later(self.close_grace_s, lambda: _abort(t))
+        """Disconnect a subscriber that fell behind (`gateway.sendbuffer.Sender.cut`): close
+        frame 1008 with the reason, unsubscribed from everything, aborted after close_grace_s."""
+        self.sends.cut(c, reason)
 
     # ------------------------------------------------------------------ subscriptions
     def subscribe(self, c: Conn, cls: str, stream: str) -> None:
@@ -338,6 +309,7 @@ class Hub:
             await asyncio.gather(self._hb_task, return_exceptions=True)
             self._hb_task = None
         self.flush()
+        self.sends.abort_cut()  # those cut off as too slow have their 1008 already
         conns = [c for c in self.conns if c.ws is not None and not c.closed]
         for c in conns:
             c.closed = True
@@ -361,9 +333,9 @@ class Hub:
                                                 f"{request.path} is a WebSocket endpoint: connect with an upgrade"}},
                                      status=400)
         await ws.prepare(request)
-        c = Conn(ws, request.transport, request.remote or "", self.clock)
-        self.conns.add(c)
         self.stats["connections_total"] += 1
+        c = Conn(self.sends, ws, request.transport, request.remote or "", self.clock)
+        self.conns.add(c)
         try:
             self._push(c, {"type": "hello", **self.hello, "classes": sorted(self.feeds),
                            "channels": list(CHANNELS), "private": list(PRIVATE_CHANNELS) if self.private else []})
@@ -468,11 +440,3 @@ class Hub:
         account, role = self.private.authenticate(op)
         c.account, c.role = account, role
         self._push(c, {"type": "authenticated", "id": op.id, "account": account, "role": role})
-
-
-def _abort(t: Any) -> None:
-    """Drop the socket and whatever it still had to send (a cut-off subscriber that did not go)."""
-    try:
-        t.abort()
-    except Exception:  # already gone
-        pass

@@ -7,7 +7,8 @@ per connection per event-loop turn, from one callback for all connections, and t
 slow-client policy applies with the feeds' parameters: a subscriber whose unsent bytes pass
 ``max_buffer`` (4 MiB) is cut off at once (unsubscribed from everything, close code 1008 with the
 reason, the socket aborted if it does not go away within ``close_grace_s``), so a slow reader
-costs at most ``max_buffer`` bytes of memory and nobody else notices it.
+costs at most ``max_buffer`` bytes of memory and nobody else notices it.  Client operations are
+rate limited per connection by a `gateway.auth.RateLimiter` (``ops_per_s``, ``ops_burst``).
 
 The protocol (client -> server, one JSON object per text frame)::
 
@@ -34,6 +35,7 @@ from aiohttp import WSMsgType, web
 
 from exchange.clock import WALL, Clock
 from feeds.model import CHANNELS, ClassFeed, stream_name
+from gateway.auth import RateLimiter
 from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 
 log = logging.getLogger("gpux.feeds")
@@ -79,10 +81,11 @@ _ops = msgspec.json.Decoder(SubscribeOp | UnsubscribeOp | AuthOp | PingOp)
 
 
 class OpError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.extra = extra
 
 
 class Private(Protocol):
@@ -95,29 +98,17 @@ class Private(Protocol):
 
 class Conn(SendBuffer):
     """One subscriber connection: its send buffer (`gateway.sendbuffer.SendBuffer`: ``out``,
-    ``closed``, ``transport``...) and its subscriptions."""
+    ``closed``, ``transport``...), its subscriptions, and its key in the hub's operation limiter."""
 
-    __slots__ = ("subs", "account", "role", "tokens", "stamp", "clock")
+    __slots__ = ("subs", "account", "role", "key")
 
     def __init__(self, sender: Sender, ws: web.WebSocketResponse | None, transport: Any, peer: str = "",
-                 clock: Clock = WALL) -> None:
+                 key: int = 0) -> None:
         super().__init__(sender, ws, transport, peer)
-        self.clock = clock
         self.subs: set[tuple[Any, str]] = set()  # (class, stream) public, (account, channel) private
         self.account = 0
         self.role = ""
-        self.tokens = float(OPS_BURST)  # operations it may send now (token bucket)
-        self.stamp = clock.monotonic()
-
-    def take(self) -> float:
-        """0 if an operation may go now, else the seconds until it could."""
-        now = self.clock.monotonic()
-        self.tokens = min(float(OPS_BURST), self.tokens + (now - self.stamp) * OPS_PER_S)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / OPS_PER_S
+        self.key = key  # its bucket in Hub.ops
 
 
 class Hub:
@@ -126,6 +117,7 @@ class Hub:
     def __init__(self, feeds: dict[str, ClassFeed], *, private: Private | None = None,
                  max_buffer: int = MAX_BUFFER, max_subscriptions: int = MAX_SUBSCRIPTIONS,
                  close_grace_s: float = CLOSE_GRACE_S, heartbeat_s: float = HEARTBEAT_S,
+                 ops_per_s: float = OPS_PER_S, ops_burst: int = OPS_BURST,
                  hello: dict[str, Any] | None = None, clock: Clock = WALL) -> None:
         self.clock = clock
         self.feeds = feeds
@@ -145,6 +137,7 @@ class Hub:
         # the subscribers' send buffers: one write per connection per turn, cut off past max_buffer
         self.sends = Sender(max_buffer, close_grace_s, clock, stats=self.stats, stat="cut_off", on_cut=self._drop,
                             log=log, label="feed subscriber")
+        self.ops = RateLimiter(ops_per_s, ops_burst, clock=clock.monotonic)  # client operations, per connection
 
     @property
     def max_buffer(self) -> int:
@@ -334,7 +327,7 @@ class Hub:
                                      status=400)
         await ws.prepare(request)
         self.stats["connections_total"] += 1
-        c = Conn(self.sends, ws, request.transport, request.remote or "", self.clock)
+        c = Conn(self.sends, ws, request.transport, request.remote or "", key=self.stats["connections_total"])
         self.conns.add(c)
         try:
             self._push(c, {"type": "hello", **self.hello, "classes": sorted(self.feeds),
@@ -361,9 +354,10 @@ class Hub:
             except msgspec.DecodeError as e:
                 raise OpError("MALFORMED", str(e)) from None
             rid = op.id
-            wait = c.take()
+            wait = self.ops.take(c.key)
             if wait > 0:
-                raise OpError("RATE_LIMITED", f"too many operations; retry in {int(wait * 1000) + 1} ms")
+                ms = int(wait * 1000) + 1
+                raise OpError("RATE_LIMITED", f"too many operations; retry in {ms} ms", retry_after_ms=ms)
             if isinstance(op, SubscribeOp):
                 self._subscribe(c, op)
             elif isinstance(op, UnsubscribeOp):
@@ -373,7 +367,7 @@ class Hub:
             else:
                 self._push(c, {"type": "pong", "id": rid, "time": self.clock.time()})
         except OpError as e:
-            self._push(c, {"type": "error", "id": rid, "code": e.code, "message": e.message})
+            self._push(c, {"type": "error", "id": rid, "code": e.code, "message": e.message, **e.extra})
 
     def _target(self, op: SubscribeOp | UnsubscribeOp) -> tuple[str, str, bool]:
         """(class or '', stream or channel, private?) of a (un)subscribe, or OpError."""

@@ -187,6 +187,7 @@ class Gateway:
         # the sessions' send buffers: one write per session per turn, cut off past SEND_BUFFER_LIMIT
         self.sends = Sender(SEND_BUFFER_LIMIT, SEND_GRACE_S, clock, stats=self.metrics, stat="ws_cut_off_total",
                             log=log, label="trader session")
+        self.metrics.setdefault("ws_cut_off_total", 0)  # on /metrics from the start
         self._unsubscribe = bus.subscribe(self._on_batch)
 
     def _count(self, name: str, n: int = 1) -> None:

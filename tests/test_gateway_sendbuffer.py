@@ -208,6 +208,7 @@ def test_a_client_that_stops_reading_is_cut_off_alike_on_both_websockets(tmp_pat
                 assert sender.limit == 8 << 20  # the sessions' own limit
                 buffers: Any = x.gateway.all_sessions
                 counters: Any = x.gateway.metrics
+                assert counters[stat] == 0  # on /metrics before any cut
             else:
                 path, sender, stat = "/v1/feeds", x.feeds.hub.sends, "cut_off"
                 hub = x.feeds.hub

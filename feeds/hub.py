@@ -1,12 +1,14 @@
 """Fan-out of market data to WebSocket subscribers (docs/feeds.md).
 
 Every message is encoded once (msgspec) and framed once (one unmasked text frame); the same
-bytes object is queued on every subscriber of its stream.  Queued frames go out in one
-``transport.write`` per connection per event-loop turn, from one callback for all connections.
-Nothing here ever waits for a socket: a subscriber whose unsent bytes pass ``max_buffer`` is cut
-off at once (close code 1008 with the reason, then the socket is aborted if it does not go away
-within ``close_grace_s``), so a slow reader costs at most ``max_buffer`` bytes of memory and
-nobody else notices it.
+bytes object is queued on every subscriber of its stream.  Each connection is a send buffer of
+`gateway.sendbuffer` (as a trader's session is): queued frames go out in one ``transport.write``
+per connection per event-loop turn, from one callback for all connections, and the one
+slow-client policy applies with the feeds' parameters: a subscriber whose unsent bytes pass
+``max_buffer`` (4 MiB) is cut off at once (unsubscribed from everything, close code 1008 with the
+reason, the socket aborted if it does not go away within ``close_grace_s``), so a slow reader
+costs at most ``max_buffer`` bytes of memory and nobody else notices it.  Client operations are
+rate limited per connection by a `gateway.auth.RateLimiter` (``ops_per_s``, ``ops_burst``).
 
 The protocol (client -> server, one JSON object per text frame)::
 
@@ -33,7 +35,8 @@ from aiohttp import WSMsgType, web
 
 from exchange.clock import WALL, Clock
 from feeds.model import CHANNELS, ClassFeed, stream_name
-from gateway.wsframe import ws_frame
+from gateway.auth import RateLimiter
+from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 
 log = logging.getLogger("gpux.feeds")
 _enc = msgspec.json.Encoder()
@@ -42,15 +45,9 @@ PRIVATE_CHANNELS = ("orders", "fills", "leases", "provisioning")
 MAX_BUFFER = 4 << 20  # unsent bytes per subscriber before it is cut off
 MAX_SUBSCRIPTIONS = 256  # per connection
 MAX_OP_BYTES = 4096
-CLOSE_GRACE_S = 5.0
 HEARTBEAT_S = 1.0
 OPS_PER_S = 50  # client operations per connection, sustained
 OPS_BURST = 500
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    payload = code.to_bytes(2, "big") + reason.encode()[:123]
-    return bytes((0x88, len(payload))) + payload
 
 
 # ---------------------------------------------------------------------- client operations
@@ -84,10 +81,11 @@ _ops = msgspec.json.Decoder(SubscribeOp | UnsubscribeOp | AuthOp | PingOp)
 
 
 class OpError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.extra = extra
 
 
 class Private(Protocol):
@@ -98,36 +96,19 @@ class Private(Protocol):
     def private_snapshot(self, account: int, channel: str) -> dict[str, Any]: ...
 
 
-class Conn:
-    """One subscriber connection."""
+class Conn(SendBuffer):
+    """One subscriber connection: its send buffer (`gateway.sendbuffer.SendBuffer`: ``out``,
+    ``closed``, ``transport``...), its subscriptions, and its key in the hub's operation limiter."""
 
-    __slots__ = ("ws", "transport", "out", "dirty", "closed", "subs", "account", "role", "peer", "sent", "tokens",
-                 "stamp", "clock")
+    __slots__ = ("subs", "account", "role", "key")
 
-    def __init__(self, ws: web.WebSocketResponse | None, transport: Any, peer: str = "", clock: Clock = WALL) -> None:
-        self.clock = clock
-        self.ws = ws
-        self.transport = transport
-        self.out: list[bytes] = []
-        self.dirty = False
-        self.closed = False
+    def __init__(self, sender: Sender, ws: web.WebSocketResponse | None, transport: Any, peer: str = "",
+                 key: int = 0) -> None:
+        super().__init__(sender, ws, transport, peer)
         self.subs: set[tuple[Any, str]] = set()  # (class, stream) public, (account, channel) private
         self.account = 0
         self.role = ""
-        self.peer = peer
-        self.sent = 0  # messages queued to it
-        self.tokens = float(OPS_BURST)  # operations it may send now (token bucket)
-        self.stamp = clock.monotonic()
-
-    def take(self) -> float:
-        """0 if an operation may go now, else the seconds until it could."""
-        now = self.clock.monotonic()
-        self.tokens = min(float(OPS_BURST), self.tokens + (now - self.stamp) * OPS_PER_S)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / OPS_PER_S
+        self.key = key  # its bucket in Hub.ops
 
 
 class Hub:
@@ -136,13 +117,12 @@ class Hub:
     def __init__(self, feeds: dict[str, ClassFeed], *, private: Private | None = None,
                  max_buffer: int = MAX_BUFFER, max_subscriptions: int = MAX_SUBSCRIPTIONS,
                  close_grace_s: float = CLOSE_GRACE_S, heartbeat_s: float = HEARTBEAT_S,
+                 ops_per_s: float = OPS_PER_S, ops_burst: int = OPS_BURST,
                  hello: dict[str, Any] | None = None, clock: Clock = WALL) -> None:
         self.clock = clock
         self.feeds = feeds
         self.private = private
-        self.max_buffer = max_buffer
         self.max_subscriptions = max_subscriptions
-        self.close_grace_s = close_grace_s
         self.heartbeat_s = heartbeat_s
         self.hello = hello or {}
         self.subs: dict[tuple[str, str], set[Conn]] = {}  # (class, stream) -> subscribers
@@ -151,11 +131,31 @@ class Hub:
         self.pu: dict[tuple[int, str], int] = {}  # private stream counters
         self.by_account: dict[int, dict[Conn, int]] = {}
         self.conns: set[Conn] = set()
-        self._dirty: list[Conn] = []
-        self._scheduled = False
         self._hb_task: asyncio.Task | None = None
         self.stats = {"messages": 0, "frames": 0, "bytes": 0, "cut_off": 0, "connections_total": 0}
         self.on_first_subscribe: Callable[[Conn], None] | None = None
+        # the subscribers' send buffers: one write per connection per turn, cut off past max_buffer
+        self.sends = Sender(max_buffer, close_grace_s, clock, stats=self.stats, stat="cut_off", on_cut=self._drop,
+                            log=log, label="feed subscriber")
+        self.ops = RateLimiter(ops_per_s, ops_burst, clock=clock.monotonic)  # client operations, per connection
+
+    @property
+    def max_buffer(self) -> int:
+        """Unsent bytes a subscriber may have before it is cut off."""
+        return self.sends.limit
+
+    @max_buffer.setter
+    def max_buffer(self, n: int) -> None:
+        self.sends.limit = int(n)
+
+    @property
+    def close_grace_s(self) -> float:
+        """Seconds a cut-off subscriber has to go before its socket is aborted."""
+        return self.sends.grace_s
+
+    @close_grace_s.setter
+    def close_grace_s(self, s: float) -> None:
+        self.sends.grace_s = float(s)
 
     # ------------------------------------------------------------------ publishing
     def has(self, cls: str, stream: str) -> bool:
@@ -168,20 +168,11 @@ class Hub:
             self._push_all(conns, ws_frame(_enc.encode(msg)))
 
     def _push_all(self, conns: Any, frame: bytes) -> None:
-        dirty = self._dirty
-        for c in conns:
-            c.out.append(frame)
-            c.sent += 1
-            if not c.dirty:
-                c.dirty = True
-                dirty.append(c)
+        self.sends.push_all(conns, frame)
         st = self.stats
         st["messages"] += len(conns)
         st["frames"] += 1
         st["bytes"] += len(frame) * len(conns)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
 
     def _push(self, c: Conn, msg: dict[str, Any]) -> None:
         self._push_all((c,), ws_frame(_enc.encode(msg)))
@@ -205,40 +196,13 @@ class Hub:
         self._push_all(conns, ws_frame(_enc.encode(msg)))
 
     def flush(self) -> None:
-        """Write what is queued: one write per connection; cut off whoever is too far behind."""
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        limit = self.max_buffer
-        for c in dirty:
-            c.dirty = False
-            out = c.out
-            if c.closed:
-                out.clear()
-                continue
-            t = c.transport
-            if t is None or t.is_closing():
-                out.clear()
-                continue
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            t.write(data)
-            waiting = t.get_write_buffer_size()
-            if waiting > limit:
-                self.cut(c, f"slow consumer: {waiting} bytes unsent, the limit is {limit}")
+        """Write what is queued now (it would go on this event-loop turn anyway)."""
+        self.sends.flush()
 
     def cut(self, c: Conn, reason: str) -> None:
-        """Disconnect a subscriber that fell behind: close frame 1008 with the reason, stop
-        queuing for it, abort the socket if it has not closed within close_grace_s."""
-        if c.closed:
-            return
-        c.closed = True
-        self.stats["cut_off"] += 1
-        self._drop(c)
-        log.warning("feed subscriber cut off", extra={"peer": c.peer, "reason": reason})
-        t = c.transport
-        if t is not None and not t.is_closing():
-            t.write(close_frame(1008, reason))
-            self.clock.call_later(self.close_grace_s, lambda: _abort(t))
+        """Disconnect a subscriber that fell behind (`gateway.sendbuffer.Sender.cut`): close
+        frame 1008 with the reason, unsubscribed from everything, aborted after close_grace_s."""
+        self.sends.cut(c, reason)
 
     # ------------------------------------------------------------------ subscriptions
     def subscribe(self, c: Conn, cls: str, stream: str) -> None:
@@ -338,6 +302,7 @@ class Hub:
             await asyncio.gather(self._hb_task, return_exceptions=True)
             self._hb_task = None
         self.flush()
+        self.sends.abort_cut()  # those cut off as too slow have their 1008 already
         conns = [c for c in self.conns if c.ws is not None and not c.closed]
         for c in conns:
             c.closed = True
@@ -361,9 +326,9 @@ class Hub:
                                                 f"{request.path} is a WebSocket endpoint: connect with an upgrade"}},
                                      status=400)
         await ws.prepare(request)
-        c = Conn(ws, request.transport, request.remote or "", self.clock)
-        self.conns.add(c)
         self.stats["connections_total"] += 1
+        c = Conn(self.sends, ws, request.transport, request.remote or "", key=self.stats["connections_total"])
+        self.conns.add(c)
         try:
             self._push(c, {"type": "hello", **self.hello, "classes": sorted(self.feeds),
                            "channels": list(CHANNELS), "private": list(PRIVATE_CHANNELS) if self.private else []})
@@ -389,9 +354,10 @@ class Hub:
             except msgspec.DecodeError as e:
                 raise OpError("MALFORMED", str(e)) from None
             rid = op.id
-            wait = c.take()
+            wait = self.ops.take(c.key)
             if wait > 0:
-                raise OpError("RATE_LIMITED", f"too many operations; retry in {int(wait * 1000) + 1} ms")
+                ms = int(wait * 1000) + 1
+                raise OpError("RATE_LIMITED", f"too many operations; retry in {ms} ms", retry_after_ms=ms)
             if isinstance(op, SubscribeOp):
                 self._subscribe(c, op)
             elif isinstance(op, UnsubscribeOp):
@@ -401,7 +367,7 @@ class Hub:
             else:
                 self._push(c, {"type": "pong", "id": rid, "time": self.clock.time()})
         except OpError as e:
-            self._push(c, {"type": "error", "id": rid, "code": e.code, "message": e.message})
+            self._push(c, {"type": "error", "id": rid, "code": e.code, "message": e.message, **e.extra})
 
     def _target(self, op: SubscribeOp | UnsubscribeOp) -> tuple[str, str, bool]:
         """(class or '', stream or channel, private?) of a (un)subscribe, or OpError."""
@@ -468,11 +434,3 @@ class Hub:
         account, role = self.private.authenticate(op)
         c.account, c.role = account, role
         self._push(c, {"type": "authenticated", "id": op.id, "account": account, "role": role})
-
-
-def _abort(t: Any) -> None:
-    """Drop the socket and whatever it still had to send (a cut-off subscriber that did not go)."""
-    try:
-        t.abort()
-    except Exception:  # already gone
-        pass

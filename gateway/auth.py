@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from gateway.accounts import ApiKey
@@ -217,7 +217,9 @@ def require_role(key: ApiKey, *allowed: str) -> None:
 
 
 class RateLimiter:
-    """Token buckets by key: ``burst`` requests at once, refilled at ``rate_per_s``.
+    """Token buckets by key: ``burst`` requests at once, refilled at ``rate_per_s``.  The one
+    token bucket of the exchange: the gateway's per API key and per client address, the feeds'
+    per connection (``feeds.hub.Hub.ops``, keyed by connection number).
 
     ``take(key)`` answers 0.0 when the request may go, else the seconds to wait before it would
     (the retry-after); a refused take consumes nothing. Buckets idle long enough to be full again
@@ -236,10 +238,10 @@ class RateLimiter:
         self.clock = clock
         self.max_keys = int(max_keys)
         self._refill_s = self.burst / self.rate  # an empty bucket is full again after this long
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, last], LRU first
+        self._buckets: OrderedDict[Hashable, list[float]] = OrderedDict()  # key -> [tokens, last], LRU first
         self._lock = threading.Lock()
 
-    def take(self, key: str, n: int = 1) -> float:
+    def take(self, key: Hashable, n: int = 1) -> float:
         if not 1 <= n <= self.burst:
             raise ValueError(f"n must be between 1 and the burst ({self.burst})")
         now = self.clock()

@@ -30,6 +30,7 @@ from exchange.sequencer import Request, Sequencer
 from exchange.views import event_push, lease_view, order_view
 from gateway.accounts import AccountError, AccountStore
 from gateway.auth import AuthError, RateLimiter, Verifier, require_role
+from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 from gateway.wire import (
     KINDS,
     TIFS,
@@ -56,7 +57,6 @@ from gateway.wire import (
     precheck_ask,
     precheck_bid,
 )
-from gateway.wsframe import ws_frame
 from orderbook import reasons as R
 from orderbook.types import (
     CMD_AMEND,
@@ -72,6 +72,7 @@ log = logging.getLogger("gpux.gateway")
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 SEND_BUFFER_LIMIT = 8 << 20  # bytes waiting for a slow WebSocket client before it is cut off
+SEND_GRACE_S = CLOSE_GRACE_S  # then its socket is aborted if it has not gone within this long
 AUTH_TIMEOUT_S = 10
 
 
@@ -91,54 +92,32 @@ def _auth_error(e: AuthError) -> ApiError:
     return ApiError(e.code, e.message, e.status)
 
 
-class Session:
+class Session(SendBuffer):
     """One authenticated WebSocket connection.
 
-    Messages for it collect in ``out`` and go out together once per loop turn: one socket
-    write per session per batch, however many acks and events the batch holds.  A client
-    that does not read (its socket's write buffer passes SEND_BUFFER_LIMIT) is disconnected
-    with close code 1008 and a reason, so it cannot hold memory or slow anyone else.
+    It is a send buffer of `gateway.sendbuffer` (as a market-data subscriber is): messages for
+    it are framed as they are sent and go out together once per loop turn, one socket write
+    per session per batch however many acks and events the batch holds, from one callback for
+    all sessions (`Gateway.sends`).  A client that does not read (its socket's write buffer
+    passes SEND_BUFFER_LIMIT) is cut off by the one slow-client policy: close code 1008 with a
+    reason, nothing more queued for it, the socket aborted if it has not gone within
+    SEND_GRACE_S; so it cannot hold memory or slow anyone else.
     """
 
-    __slots__ = ("ws", "transport", "account", "role", "key_id", "cancel_on_disconnect", "orders", "out",
-                 "scheduled", "closed")
+    __slots__ = ("account", "role", "key_id", "cancel_on_disconnect", "orders")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: Any) -> None:
-        self.ws = ws
-        self.transport = transport
+    def __init__(self, sender: Sender, ws: web.WebSocketResponse, transport: Any, peer: str = "") -> None:
+        super().__init__(sender, ws, transport, peer)
         self.account = 0
         self.role = ""
         self.key_id = ""
         self.cancel_on_disconnect = False
         self.orders: set[tuple[str, int]] = set()  # (class, oid) placed through this session
-        self.out: list[bytes] = []
-        self.scheduled = False
-        self.closed = False
 
     def send(self, msg: dict[str, Any] | bytes) -> None:
-        if self.closed:
-            return
-        self.out.append(msg if isinstance(msg, bytes) else _enc.encode(msg))
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        if not self.out or self.closed:
-            self.out.clear()
-            return
-        t = self.transport
-        if t is None or t.is_closing() or self.ws.closed:
-            self.out.clear()
-            return
-        data = b"".join([ws_frame(m) for m in self.out])
-        self.out.clear()
-        t.write(data)
-        if t.get_write_buffer_size() > SEND_BUFFER_LIMIT:
-            self.closed = True
-            asyncio.ensure_future(self.ws.close(code=WSCloseCode.POLICY_VIOLATION,
-                                                message=b"send buffer full: the client reads too slowly"))
+        """Queue one message: a dict, or its JSON encoding."""
+        if not self.closed:
+            self.push(ws_frame(msg if isinstance(msg, bytes) else _enc.encode(msg)))
 
 
 class Counters(dict[str, int]):
@@ -205,6 +184,10 @@ class Gateway:
         self.sessions: dict[int, set[Session]] = {}
         self.all_sessions: set[Session] = set()
         self.metrics = counters if counters is not None else Counters()
+        # the sessions' send buffers: one write per session per turn, cut off past SEND_BUFFER_LIMIT
+        self.sends = Sender(SEND_BUFFER_LIMIT, SEND_GRACE_S, clock, stats=self.metrics, stat="ws_cut_off_total",
+                            log=log, label="trader session")
+        self.metrics.setdefault("ws_cut_off_total", 0)  # on /metrics from the start
         self._unsubscribe = bus.subscribe(self._on_batch)
 
     def _count(self, name: str, n: int = 1) -> None:
@@ -583,7 +566,7 @@ class Gateway:
         if not ws.can_prepare(request).ok:  # else prepare() raises a plain-text 400
             raise ApiError("MALFORMED", "/v1/ws is the WebSocket endpoint: connect with a WebSocket upgrade")
         await ws.prepare(request)
-        s = Session(ws, request.transport)
+        s = Session(self.sends, ws, request.transport, request.remote or "")
         self.all_sessions.add(s)
         self._count("ws_connections_total")
         try:
@@ -615,9 +598,9 @@ class Gateway:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication failed")
             return
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                self._ws_message(s, msg.data)
-            elif msg.type == WSMsgType.BINARY:
+            if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                if s.closed:  # cut off as too slow: it gets no more answers, so it may do nothing more
+                    continue
                 self._ws_message(s, msg.data)
             elif msg.type == WSMsgType.ERROR:
                 # aiohttp closes the connection: 1009 for an oversized frame, 1002/1007 otherwise
@@ -782,14 +765,20 @@ class Gateway:
                         if sess is not origin:
                             targets.append(sess)
                 if targets:
-                    data = _enc.encode(event_push(res.book, ev))
+                    frame = ws_frame(_enc.encode(event_push(res.book, ev)))
                     for sess in set(targets):
-                        sess.send(data)
+                        sess.push(frame)
 
     async def close_sessions(self) -> None:
-        """Graceful shutdown: every WebSocket gets close code 1001 (going away)."""
-        for s in list(self.all_sessions):
+        """Graceful shutdown: every WebSocket gets close code 1001 (going away); one cut off as
+        too slow (it has its 1008 already) is aborted now rather than at the end of its grace."""
+        sessions = list(self.all_sessions)
+        for s in sessions:
             s.cancel_on_disconnect = False  # the orders rest; the exchange comes back with them
+        self.sends.abort_cut()
+        for s in sessions:
+            if s.closed:
+                continue
             await _drain(s)
             await s.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 

@@ -10,6 +10,7 @@ level 2 computed from the reference book's internals.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from bench.wsclient import connect as raw_connect
 from client.feeds import FeedClient
+from exchange.clock import SimClock
 from exchange.config import Instrument
 from exchange.sequencer import Request
 from orderbook.config import BookConfig
@@ -274,6 +276,45 @@ def test_a_slow_subscriber_is_cut_off_and_the_others_get_every_message_in_order(
             assert code == 1008
             await a.close()
             await b.close()
+
+    asyncio.run(go())
+
+
+def test_operations_are_rate_limited_per_connection(tmp_path) -> None:
+    """50 operations a second per connection, bursts of 500: a bucket per connection in the hub's
+    `gateway.auth.RateLimiter` (the gateway's token buckets), on the exchange's clock.  The 501st
+    operation at once is refused RATE_LIMITED with retry_after_ms; another connection is not
+    affected; after retry_after_ms the next one goes."""
+    async def go() -> None:
+        clock = SimClock(float(int(time.time())))
+        async with running_exchange(tmp_path, clock=clock, **CFG) as ex:
+            port = int(ex.url.rsplit(":", 1)[1])
+            got_a: list[dict] = []
+            got_b: list[dict] = []
+            a = await raw_connect("127.0.0.1", port, "/v1/feeds", lambda m: got_a.append(json.loads(m)))
+            b = await raw_connect("127.0.0.1", port, "/v1/feeds", lambda m: got_b.append(json.loads(m)))
+
+            async def answers(got: list[dict], n: int) -> list[dict]:
+                for _ in range(1000):
+                    ids = [m for m in got if "id" in m]
+                    if len(ids) >= n:
+                        return ids
+                    await asyncio.sleep(0.01)
+                raise AssertionError(f"{len(ids)} answers, wanted {n}")
+
+            for i in range(501):
+                a.send(json.dumps({"op": "ping", "id": i}).encode())
+            got = await answers(got_a, 501)
+            assert [m["type"] for m in got[:500]] == ["pong"] * 500
+            assert got[500]["type"] == "error" and got[500]["code"] == "RATE_LIMITED" and got[500]["id"] == 500
+            assert got[500]["retry_after_ms"] == 21 and "21 ms" in got[500]["message"]  # 1/50 s, rounded up
+            b.send(b'{"op": "ping", "id": "b"}')
+            assert (await answers(got_b, 1))[0]["type"] == "pong"
+            await clock.advance(0.021)
+            a.send(b'{"op": "ping", "id": 501}')
+            assert (await answers(got_a, 502))[501]["type"] == "pong"
+            a.close()
+            b.close()
 
     asyncio.run(go())
 

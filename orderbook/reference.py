@@ -17,6 +17,7 @@ from sortedcontainers import SortedList
 from orderbook import reasons as R
 from orderbook.config import BookConfig
 from orderbook.quote import Quote, QuoteFill, check_request
+from orderbook.rules import ask_code, bid_code
 from orderbook.statehash import hash_record
 from orderbook.types import (
     CMD_AMEND,
@@ -45,7 +46,6 @@ from orderbook.types import (
     GTD,
     HOUR,
     IOC,
-    ON_DEMAND,
     RESERVED,
     SIDE_ASK,
     SIDE_BID,
@@ -416,14 +416,6 @@ class ReferenceBook:
             self._match_ask(self.orders[oid])
 
     # --- commands -------------------------------------------------------------------------
-    def _check_price(self, price: int) -> int:
-        c = self.cfg
-        if price < c.min_price or price > c.max_price:
-            return R.BAD_PRICE
-        if price % c.tick:
-            return R.OFF_TICK
-        return R.OK
-
     def _check_new_order(self, cmd: dict[str, int]) -> int:
         if cmd["account"] <= 0:
             return R.BAD_ACCOUNT
@@ -432,25 +424,12 @@ class ReferenceBook:
         return R.OK
 
     def _on_ask(self, cmd: dict[str, int]) -> None:
-        c = self.cfg
         now = self.now
         start = max(cmd["start"], now)
         end = cmd["end"]
         min_hours = cmd["min_hours"] or 1
-        code = self._check_new_order(cmd)
-        if not code and not 1 <= cmd["gpus"] <= c.max_gpus:
-            code = R.BAD_GPUS
-        if not code:
-            code = self._check_price(cmd["price"])
-        if not code and cmd["spot_price"]:
-            if cmd["spot_price"] < c.min_price or cmd["spot_price"] > cmd["price"]:
-                code = R.BAD_SPOT_PRICE
-            elif cmd["spot_price"] % c.tick:
-                code = R.OFF_TICK
-        if not code and not 1 <= min_hours <= c.max_hours:
-            code = R.BAD_MIN_HOURS
-        if not code and (end - start < min_hours * HOUR or end - start > c.max_window_hours * HOUR):
-            code = R.BAD_WINDOW
+        code = self._check_new_order(cmd) or ask_code(
+            self.cfg, now, cmd["gpus"], cmd["price"], cmd["spot_price"], start, end, min_hours)
         if not code and cmd["lease_id"]:
             code = self._check_resale(cmd, start, end)
         a = Order(oid=cmd["oid"], account=cmd["account"], side=SIDE_ASK, gpus=cmd["gpus"],
@@ -490,33 +469,13 @@ class ReferenceBook:
         now = self.now
         kind, tif, gpus, hours = cmd["kind"], cmd["tif"], cmd["gpus"], cmd["hours"]
         block = cmd["block"] or 1
-        code = self._check_new_order(cmd)
-        if not code and kind not in (SPOT, ON_DEMAND, RESERVED):
-            code = R.BAD_KIND
-        if not code and tif not in (GTC, IOC, FOK, GTD):
-            code = R.BAD_TIF
-        if not code and not 1 <= gpus <= c.max_gpus:
-            code = R.BAD_GPUS
-        if not code and not 1 <= hours <= c.max_hours:
-            code = R.BAD_HOURS
-        if not code:
-            code = self._check_price(cmd["price"])
-        if not code and (block < 1 or gpus % block):
-            code = R.BAD_BLOCK
-        start = cmd["start"] if kind == RESERVED else 0
-        if not code and kind == RESERVED:
-            if start % HOUR:
-                code = R.UNALIGNED_START
-            elif start - now < c.gate_s:
-                code = R.PAST_GATE
-        expire_at, why = 0, 0
-        if not code and tif == GTD:
-            if cmd["expire_at"] <= now:
-                code = R.BAD_EXPIRY
-            expire_at, why = cmd["expire_at"], END_GTD
+        code = self._check_new_order(cmd) or bid_code(
+            c, now, kind, tif, gpus, hours, cmd["price"], block, cmd["start"], cmd["expire_at"])
         if code:
             self._reject(cmd, code)
             return
+        start = cmd["start"] if kind == RESERVED else 0
+        expire_at, why = (cmd["expire_at"], END_GTD) if tif == GTD else (0, 0)
         if kind == RESERVED and tif in (GTC, GTD) and (not expire_at or start - c.gate_s < expire_at):
             expire_at, why = start - c.gate_s, END_GATE  # R14: reserved GTC expires at the gate
         b = Order(oid=cmd["oid"], account=cmd["account"], side=SIDE_BID, kind=kind, tif=tif,

@@ -2703,6 +2703,17 @@ class NumbaBook:
     def lease_count(self) -> int:
         return int(self.st.S[S_NLEASE])
 
+    def validate(self) -> None:
+        """Check the derived structures against the rows (orderbook/fast_invariants.py); raises
+        `orderbook.book.BookInvariantError` naming the first broken invariant."""
+        from orderbook.fast_invariants import check
+
+        if not np.array_equal(self.st.P, self.cfg.as_array()):
+            from orderbook.book import BookInvariantError
+
+            raise BookInvariantError("config", "P differs from the book's configuration")
+        check(self.st, self.cfg.levels)
+
     @property
     def now(self) -> int:
         return int(self.st.S[S_NOW])

@@ -15,6 +15,7 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from orderbook import reasons as R
+from orderbook.book import BookInvariantError
 from orderbook.config import BookConfig
 from orderbook.quote import Quote, QuoteFill, check_request
 from orderbook.rules import ask_code, bid_code
@@ -193,6 +194,61 @@ class ReferenceBook:
                 if a.side == SIDE_ASK and self._fill_qty(b, a, b.remaining) > 0:
                     pairs.append((b.oid, a.oid))
         return pairs
+
+    def validate(self) -> None:
+        """Check the derived containers against the orders and leases; raise
+        `BookInvariantError` naming the first that disagrees (see `Book.validate`).
+
+        The primary data are `orders`, `leases` and the clocks; the ladders, `ask_leases`,
+        `expiries`, `lease_ends` and `ask_starts` must hold exactly what they imply, and no
+        re-offer is pending between commands."""
+
+        def check(ok: bool, invariant: str, detail: str) -> None:
+            if not ok:
+                raise BookInvariantError(invariant, detail)
+
+        now = self.now
+        asks, bids = [], []
+        for oid, o in self.orders.items():
+            check(o.oid == oid, "orders", f"order {o.oid} filed under id {oid}")
+            check(0 < oid <= self.last_oid, "orders", f"order id {oid} not in 1..last_oid {self.last_oid}")
+            check(o.side in (SIDE_ASK, SIDE_BID), "orders", f"order {oid}: side {o.side}")
+            if o.side == SIDE_ASK:
+                asks.append(o)
+            else:
+                check(0 < o.remaining <= o.gpus, "orders", f"bid {oid}: remaining {o.remaining} of {o.gpus}")
+                bids.append(o)
+        ladders = (
+            ("asks_firm", self.asks_firm, [(a.price, a.oid) for a in asks]),
+            ("asks_spot", self.asks_spot, [(a.spot_price, a.oid) for a in asks if a.spot_price]),
+            ("bids_firm", self.bids_firm, [(-b.price, b.oid) for b in bids if b.kind != SPOT]),
+            ("bids_spot", self.bids_spot, [(-b.price, b.oid) for b in bids if b.kind == SPOT]),
+        )
+        for name, ladder, keys in ladders:
+            check(list(ladder) == sorted(keys), "ladders", f"{name} does not hold exactly its orders' keys")
+        check(list(self.expiries) == sorted((o.expire_at, o.oid) for o in self.orders.values() if o.expire_at),
+              "expiries", "the expiry timers are not exactly the resting orders' expiries")
+        check(list(self.ask_starts) == sorted((a.start, a.oid) for a in asks if a.start > now),
+              "ask-starts", "the window-start timers are not exactly the asks that start later")
+        for tid, lease in self.leases.items():
+            check(lease.trade_id == tid, "leases", f"lease {lease.trade_id} filed under id {tid}")
+            check(0 < tid < self.next_trade_id, "leases", f"trade id {tid} not below next_trade_id")
+            # a spot lease preempted without notice ends now: it leaves at the next advance
+            check(lease.end >= now, "leases", f"lease {tid} ended at {lease.end}, before now, but is still held")
+        check(list(self.lease_ends) == sorted((x.end, x.trade_id) for x in self.leases.values()),
+              "lease-ends", "the lease-end timers are not exactly the running leases' ends")
+        check(self.ask_leases.keys() == {a.oid for a in asks}, "ask-leases",
+              "ask_leases is not keyed by exactly the resting asks")
+        listed = 0
+        for oid, held in self.ask_leases.items():
+            for x in held:
+                check(self.leases.get(x.trade_id) is x and x.ask_oid == oid, "ask-leases",
+                      f"ask {oid} lists lease {x.trade_id}, not one of its running leases")
+            check(len({x.trade_id for x in held}) == len(held), "ask-leases", f"ask {oid} lists a lease twice")
+            listed += len(held)
+        check(listed == sum(x.ask_oid in self.ask_leases for x in self.leases.values()), "ask-leases",
+              "a running lease of a resting ask is missing from its list")
+        check(not self._reoffer and not self._events, "reoffers", "re-offers or events pending between commands")
 
     # ------------------------------------------------------------------ internals
     def _state(self) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The numba book against the reference book, event for event (R4–R16, R15, R21).
 
 Random command streams (tests/streams.py) go through both books one command at a time.
-After every command: the same events, the same state hash, and a quiescent book — no
-resting bid and resting ask that could trade (R9).  Then: batching changes nothing, and
-snapshot -> restore -> continue gives the same events as never stopping.
+After every command: the same events, the same state hash, a quiescent book — no resting
+bid and resting ask that could trade (R9) — and both books' invariants hold (`validate()`).
+Then: batching changes nothing, and snapshot -> restore -> continue gives the same events as
+never stopping.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def _run_both(commands: np.ndarray, cfg: BookConfig = CFG) -> tuple[list[np.ndar
         assert np.array_equal(e_fast, e_ref)
         assert fast.state_hash() == ref.state_hash(), f"state differs after command {i}: {one[0]}"
         assert fast.crossing_pairs() == [], f"book not quiescent after command {i}: {one[0]}"
+        ref.validate()  # every derived structure agrees with the orders and leases
+        fast.validate()
         out.append(e_ref)
     return out, ref, fast
 
@@ -91,6 +94,7 @@ def test_snapshot_restore_continue_equals_never_stopping(engine: str, seed: int)
     head = first.process(commands[:cut])
     blob = first.snapshot()
     second = restore_book(CFG, blob, engine=engine)
+    second.validate()
     assert second.state_hash() == first.state_hash()
     tail = second.process(commands[cut:])
     assert np.array_equal(np.concatenate([head, tail]), expected)
@@ -114,6 +118,7 @@ def test_pools_grow_without_changing_events(seed: int) -> None:
     ref = make_book(CFG, engine="reference")
     assert np.array_equal(tiny.process(commands), ref.process(commands))
     assert tiny.state_hash() == ref.state_hash()
+    tiny.validate()
 
 
 def test_random_streams_reach_every_event_and_most_reasons() -> None:

@@ -50,8 +50,10 @@ EXAMPLES = int(os.environ.get("GPUX_MIRROR_EXAMPLES", "150"))
 CONFIGS = [
     BookConfig(name="M", tick=1_000, min_price=5_000, max_price=20_000, max_gpus=64, max_hours=100,
                max_window_hours=50, gate_s=300, notice_s=120),
+    # the largest max_hours whose hours * HOUR fits the record's int32: under NUMBA_DISABLE_JIT
+    # (`make test` runs this file so) fast.py multiplies the record's int32 fields as numpy does
     BookConfig(name="M", tick=500, min_price=500, max_price=1_000_000, max_gpus=2**31 - 1,
-               max_hours=2**31 - 1, max_window_hours=3, gate_s=0, notice_s=0),
+               max_hours=(2**31 - 1) // HOUR, max_window_hours=3, gate_s=0, notice_s=0),
     BookConfig(),  # the defaults
     # now + gate_s on an hour: a reserved start exactly at the gate
     BookConfig(name="M", tick=1_000, min_price=1_000, max_price=9_000, max_gpus=8, max_hours=24,

@@ -2708,7 +2708,7 @@ class NumbaBook:
         `orderbook.book.BookInvariantError` naming the first broken invariant."""
         from orderbook.fast_invariants import check
 
-        if not np.array_equal(self.st.P, self.cfg.as_array()):
+        if self.st.P.tolist() != self.cfg.as_array().tolist():
             from orderbook.book import BookInvariantError
 
             raise BookInvariantError("config", "P differs from the book's configuration")

@@ -49,6 +49,7 @@ differential tests.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -833,15 +834,146 @@ def _check(st, err, lads, lvls, hk_keys, lk_keys, tags, buckets):
     return code
 
 
-def check(st, levels: int) -> None:
-    """Raise `BookInvariantError` naming the first invariant the state `st` breaks."""
+@njit(cache=True)
+def _first_diff(x, y):
+    """The lowest bit set in x ^ y (x != y)."""
+    d = x ^ y
+    b = 0
+    while (d >> np.uint64(b)) & np.uint64(1) == np.uint64(0):
+        b += 1
+    return b
+
+
+@njit(cache=True)
+def _check_levels_jit(st, err, levels):
+    """`_check_levels` as loops, for the jitted run (a few microseconds on a small ladder, and
+    one pass over the heads and tails on a large one); the same checks, the same codes."""
+    LH = st.LH
+    LT = st.LT
+    BM = st.BM
+    BS = st.BS
+    nw = BM.shape[1]
+    for lad in range(NLAD):
+        for w in range(nw):
+            word = np.uint64(0)
+            for b in range(64):
+                lvl = 64 * w + b
+                if lvl >= levels:
+                    break
+                if (LH[lad, lvl] >= 0) != (LT[lad, lvl] >= 0):
+                    return _fail(err, E_LT_EMPTY, lad, lvl, LT[lad, lvl])
+                if LH[lad, lvl] >= 0:
+                    word |= np.uint64(1) << np.uint64(b)
+            if BM[lad, w] != word:
+                lvl = 64 * w + _first_diff(BM[lad, w], word)
+                return _fail(err, E_BM_LADDER, lad, lvl, 1 if _bit(BM, lad, lvl) else 0)
+    for r in range(NOWROW, NBM):
+        lad = _INDEX_OF[r - NOWROW]
+        for w in range(nw):
+            extra = BM[r, w] & ~BM[lad, w]
+            if extra != np.uint64(0):
+                lvl = 64 * w + _first_diff(extra, np.uint64(0))
+                if r - NOWROW < 2:
+                    return _fail(err, E_NOW_EMPTY, lad, lvl, 0)
+                return _fail(err, E_HOUR_EMPTY, lad, lvl, r)
+    last = levels - 64 * (nw - 1)
+    for r in range(NBM):
+        if last < 64 and BM[r, nw - 1] >> np.uint64(last) != np.uint64(0):
+            return _fail(err, E_BM_BEYOND, r, nw - 1, 0)
+        for w in range(BS.shape[1] * 64):
+            if _bit(BS, r, w) != (w < nw and BM[r, w] != np.uint64(0)):
+                if w >= nw:
+                    return _fail(err, E_BS_BEYOND, r, w >> 6, 0)
+                return _fail(err, E_BS, r, w, 1 if _bit(BS, r, w) else 0)
+    return E_OK
+
+
+@njit(cache=True)
+def _nonempty_levels(BM):
+    """The ladders and levels marked in BM's ladder rows."""
+    nw = BM.shape[1]
+    n = 0
+    for lad in range(NLAD):
+        for w in range(nw):
+            word = BM[lad, w]
+            while word != np.uint64(0):
+                n += 1
+                word &= word - np.uint64(1)
+    lads = np.empty(n, dtype=np.int64)
+    lvls = np.empty(n, dtype=np.int64)
+    k = 0
+    for lad in range(NLAD):
+        for w in range(nw):
+            word = BM[lad, w]
+            while word != np.uint64(0):
+                b = _first_diff(word, np.uint64(0))
+                lads[k] = lad
+                lvls[k] = 64 * w + b
+                k += 1
+                word &= word - np.uint64(1)
+    return lads, lvls
+
+
+@njit(cache=True)
+def _check_jit(st, err, levels):
+    """Everything, jitted: the level checks, the table scans, then `_check`."""
+    code = _check_levels_jit(st, err, levels)
+    if code != E_OK:
+        return code
+    lads, lvls = _nonempty_levels(st.BM)
+    hk = 0
+    for i in range(st.HK.shape[0]):
+        if st.HK[i] != 0:
+            hk += 1
+    lk = 0
+    for i in range(st.LK.shape[0]):
+        if st.LK[i] != 0:
+            lk += 1
+    n = 0
+    for h in range(UC_TAGS):
+        if st.UC[h] != 0:
+            n += 1
+    tags = np.empty(n, dtype=np.int64)
+    n = 0
+    for h in range(UC_TAGS):
+        if st.UC[h] != 0:
+            tags[n] = h
+            n += 1
+    n = 0
+    for b in range(NBK):
+        for j in range(st.TF.shape[1]):
+            if st.TF[b, j] != 0:
+                n += 1
+                break
+    buckets = np.empty(n, dtype=np.int64)
+    n = 0
+    for b in range(NBK):
+        for j in range(st.TF.shape[1]):
+            if st.TF[b, j] != 0:
+                buckets[n] = b
+                n += 1
+                break
+    return _check(st, err, lads, lvls, hk, lk, tags, buckets)
+
+
+def check(st, levels: int, vectorised: bool | None = None) -> None:
+    """Raise `BookInvariantError` naming the first invariant the state `st` breaks.
+
+    Jitted, the whole check runs as loops (`_check_jit`).  Under NUMBA_DISABLE_JIT (or with
+    vectorised=True) what reads every level and whole tables is numpy's (`_check_levels`,
+    `np.count_nonzero`): loops over 100,000 levels would take a second in plain Python."""
     err = np.zeros(4, dtype=np.int64)
-    code, lads, lvls = _check_levels(st, err, levels)
-    if code == E_OK:
-        # the scans of whole tables are numpy's; what follows rows and lists is jitted
-        tags = np.flatnonzero(st.UC[:UC_TAGS]).astype(np.int64)
-        buckets = np.flatnonzero(st.TF[:NBK]) // st.TF.shape[1]  # sorted, a bucket once per word set
-        code = int(_check(st, err, lads, lvls, np.count_nonzero(st.HK), np.count_nonzero(st.LK), tags, buckets))
+    if vectorised is None:
+        vectorised = bool(numba.config.DISABLE_JIT)
+    if not vectorised:
+        code = int(_check_jit(st, err, levels))
+    else:
+        code, lads, lvls = _check_levels(st, err, levels)
+        if code == E_OK:
+            tags = np.flatnonzero(st.UC[:UC_TAGS]).astype(np.int64)
+            buckets = np.flatnonzero(st.TF[:NBK]) // st.TF.shape[1]  # sorted; a bucket may repeat
+            code = int(_check(st, err, lads, lvls, np.count_nonzero(st.HK), np.count_nonzero(st.LK), tags,
+                              buckets))
     if code == E_OK:
         return
     name, text = ERRORS[code]

@@ -18,6 +18,7 @@ import pytest
 from orderbook import fast as F
 from orderbook.book import BookInvariantError, make_book
 from orderbook.config import BookConfig
+from orderbook.fast_invariants import check
 from orderbook.types import GTD, HOUR, IOC, ON_DEMAND, RESERVED, SPOT
 from tests.helpers import BUYER, BUYER2, BUYER3, PROV, PROV2, P, S, T, ask, bid, clock, release, run
 
@@ -89,6 +90,8 @@ def test_the_market_holds_what_the_corruptions_need(books):
 @pytest.mark.parametrize("engine", ["reference", "numba"])
 def test_validate_passes_on_a_real_book(books, engine):
     books[engine].validate()
+    if engine == "numba":
+        check(books[engine].st, CFG.levels, vectorised=True)
 
 
 # (invariant named, corruption of a numba book's state)
@@ -161,6 +164,10 @@ def test_numba_validate_names_the_broken_structure(books, what):
     assert e.value.invariant == invariant, str(e.value)
     assert isinstance(e.value, AssertionError)
     assert str(e.value).startswith(invariant + ": ")
+    # the vectorised form (what runs under NUMBA_DISABLE_JIT) finds the same
+    with pytest.raises(BookInvariantError) as v:
+        check(book.st, CFG.levels, vectorised=True)
+    assert str(v.value) == str(e.value)
 
 
 REFERENCE = {

@@ -2088,6 +2088,7 @@ def _advance(st, t):
 # ======================================================================= commands
 @_inl
 def _check_price(P, price):
+    """orderbook.rules.price_code, for the jitted handlers."""
     if price < P[P_MIN_PRICE] or price > P[P_MAX_PRICE]:
         return R.BAD_PRICE
     if price % P[P_TICK] != 0:
@@ -2113,6 +2114,8 @@ def _on_ask(st, C, i):
     price = C[i]["price"]
     spot = C[i]["spot_price"]
     code = R.OK
+    # account, order id, then orderbook.rules.ask_code's checks, in its order (this copy is held
+    # to it by tests/test_rules_r8_mirror.py), then the resale checks
     if C[i]["account"] <= 0:
         code = R.BAD_ACCOUNT
     elif C[i]["oid"] <= S[S_LASTOID]:
@@ -2203,6 +2206,8 @@ def _on_bid(st, C, i):
     if block == 0:
         block = 1
     code = R.OK
+    # account, order id, then orderbook.rules.bid_code's checks, in its order (this copy is held
+    # to it by tests/test_rules_r8_mirror.py)
     if C[i]["account"] <= 0:
         code = R.BAD_ACCOUNT
     elif C[i]["oid"] <= S[S_LASTOID]:

@@ -101,9 +101,6 @@ from orderbook.types import (
  O_HOURS, O_BLOCK, O_REM, O_KIND, O_LHEAD, O_SIDE, O_TIF, O_LIVE,
  O_PREV, O_SPREV, O_EXP, O_WHY, O_LEASE, O_POST, O_PEND, O_FREE) = range(32)
 NO = 32
-O_LAYOUT = 2  # snapshots record it; layout 1 (no record) had the columns in this order:
-_O_LAYOUT_1 = ("OID ACC SIDE KIND TIF GPUS REM HOURS PRICE SPOT START END MINH BLOCK EXP WHY LEASE POST LIVE "
-               "NEXT PREV SNEXT SPREV LHEAD FSUM SSUM PEND FREE UNF UNS LMAXEND NEXTSTART").split()
 # O_FSUM / O_SSUM: GPUs of all running firm / spot leases on an ask (an upper bound of its usage);
 # O_UNF / O_UNS: GPUs of the leases that hold the ask at the current time (a lower bound);
 # O_LMAXEND: no lease on the ask ends after this (an upper bound); O_NEXTSTART: no lease that
@@ -125,7 +122,11 @@ NS = 20  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease li
 # S_OHIGH / S_LHIGH: order / lease rows from here on were never used.  A row is taken from the
 # free list, else from there: the pools are allocated large but cost memory (and the first
 # touch of each page, a tenth of a 1M-command run) only for the rows the book ever held.
-# (Snapshots before these two had 18 scalars: restore treats every row as used.)
+
+# Snapshots record their layout: the order columns, the scalars, the bitmap rows and the bound
+# columns above.  Restore takes only this one; a snapshot of another is refused (ValueError),
+# and the exchange's recovery then replays the journal instead.
+LAYOUT = 2
 
 # ladders
 LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4
@@ -2532,6 +2533,26 @@ def _c_order(st: State) -> State:
     return st
 
 
+def _check_layout(arrays: dict[str, np.ndarray], fresh: State) -> None:
+    """A snapshot's arrays are those of `LAYOUT`: the same names as a fresh book's (less what
+    snapshots leave out), the same shapes but for the rows of the pools, tables and heaps."""
+    want = set(State._fields) - {"E", "W", "UC", "TF", "PT"}
+    if set(arrays) != want:
+        raise ValueError(f"snapshot arrays {sorted(arrays)} are not those of layout {LAYOUT}")
+    for name in want:
+        a, f = arrays[name], getattr(fresh, name)
+        skip = 1 if name in ("O", "Lz", "HK", "HV", "LK", "LV", "TM", "RO") else 0  # any number of rows
+        if a.dtype != f.dtype or a.ndim != f.ndim or a.shape[skip:] != f.shape[skip:]:
+            raise ValueError(f"snapshot array {name} is {a.dtype}{a.shape}, not as in layout {LAYOUT} "
+                             f"({f.dtype}{f.shape})")
+    for keys, vals in (("HK", "HV"), ("LK", "LV")):
+        n = arrays[keys].shape[0]
+        if n < 2 or n & (n - 1) or arrays[vals].shape != (n,):
+            raise ValueError(f"snapshot maps {keys}/{vals} are not a power-of-two table")
+    if int(arrays["S"][S_OHIGH]) > arrays["O"].shape[0] or int(arrays["S"][S_LHIGH]) > arrays["Lz"].shape[0]:
+        raise ValueError("snapshot's high-water marks lie beyond its rows")
+
+
 def _pow2_at_least(n: int) -> int:
     p = 1
     while p < n:
@@ -2627,50 +2648,35 @@ class NumbaBook:
         arrays["S"][S_TMN] = len(rows)
         arrays["O"] = self.st.O[: self.st.S[S_OHIGH]]  # rows never used are left out
         arrays["Lz"] = self.st.Lz[: self.st.S[S_LHIGH]]
-        np.savez(buf, LAYOUT=np.array([O_LAYOUT], dtype=np.int64), **arrays)
+        np.savez(buf, LAYOUT=np.array([LAYOUT], dtype=np.int64), **arrays)
         return buf.getvalue()
 
     @classmethod
     def restore(cls, config: BookConfig, blob: bytes) -> NumbaBook:
+        """The book a `snapshot()` of this layout and configuration holds; ValueError for any other."""
         book = cls(config)
         with np.load(io.BytesIO(blob)) as z:
             arrays = {k: z[k] for k in z.files}
-        if not np.array_equal(arrays["P"], config.as_array()):
+        layout = arrays.pop("LAYOUT", None)
+        if layout is None or layout.shape != (1,) or int(layout[0]) != LAYOUT:
+            got = "no layout record" if layout is None else f"layout {layout.tolist()}"
+            raise ValueError(f"snapshot has {got}; this book restores layout {LAYOUT} only (replay the journal)")
+        if "P" not in arrays or not np.array_equal(arrays["P"], config.as_array()):
             raise ValueError("snapshot was taken with another instrument configuration")
+        _check_layout(arrays, book.st)
         arrays["E"] = book.st.E
-        if int(arrays.pop("LAYOUT", np.array([1]))[0]) == 1:  # order columns in the first order
-            old = arrays["O"]
-            arrays["O"] = np.empty_like(old)
-            for i, name in enumerate(_O_LAYOUT_1):
-                arrays["O"][:, globals()["O_" + name]] = old[:, i]
-        if arrays["S"].shape[0] < NS:  # taken before S_OHIGH / S_LHIGH: every row counts as used
-            arrays["S"] = np.concatenate([arrays["S"], np.zeros(NS - arrays["S"].shape[0], dtype=np.int64)])
-            arrays["S"][S_OHIGH] = arrays["O"].shape[0]
-            arrays["S"][S_LHIGH] = arrays["Lz"].shape[0]
         for name in ("O", "Lz"):  # back to the usual room (snapshots hold only the rows used)
             have, want = arrays[name], getattr(book.st, name)
             if have.shape[0] < want.shape[0]:
                 arrays[name] = np.zeros_like(want)
                 arrays[name][: have.shape[0]] = have
         for keys, vals, rows, live, idc in (("HK", "HV", "O", LIVE_RESTING, O_OID), ("LK", "LV", "Lz", 1, L_TID)):
-            # the maps are rebuilt: a snapshot of another version may have hashed differently
+            # the maps are rebuilt from the live rows: a snapshot never depends on the hash
             col = O_LIVE if rows == "O" else L_LIVE
             at = np.nonzero(arrays[rows][:, col] == live)[0]
             arrays[keys] = np.zeros_like(arrays[keys])
             arrays[vals] = np.zeros_like(arrays[vals])
             _rehash(arrays[keys], arrays[vals], arrays[rows][at, idc].copy(), at.astype(np.int64))
-        if arrays["AG"].shape[2] == BG_STALE:  # taken before bid levels had a stale mark
-            arrays["AG"] = np.concatenate([arrays["AG"], np.zeros_like(arrays["AG"][:, :, :1])], axis=2)
-        for bm in ("BM", "BS"):  # taken before the extra rows were added: every level may be in them
-            old = arrays[bm]
-            if old.shape[0] < NBM:
-                rows = [old[:NLAD], old[NOWROW:NOWROW + 2] if old.shape[0] > NLAD else old[:2]]
-                rows += [old[LAD_BID_OD:LAD_BID_OD + 1]] * NHB + [old[LAD_BID_SPOT:LAD_BID_SPOT + 1]] * NHB
-                arrays[bm] = np.concatenate(rows)
-        for heap, count in (("TM", S_TMN), ("RO", S_RON)):  # sorted rows are a heap of any arity
-            n = int(arrays["S"][count])
-            rows = arrays[heap][:n]
-            arrays[heap][:n] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
         arrays["W"] = np.zeros((7, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
         arrays["UC"] = np.zeros(UC_WORDS, dtype=np.int64)
         arrays["PT"] = np.zeros(NPT, dtype=np.int64)
@@ -2678,7 +2684,7 @@ class NumbaBook:
         top = arrays["BM"].shape[1] * 64 - 1
         arrays["S"][S_BIDTOP] = max(_bm_next_down(arrays["BM"], arrays["BS"], lad, top)
                                     for lad in range(LAD_BID_OD, NLAD))
-        _tm_spread(arrays["TM"], arrays["TF"], arrays["S"])
+        _tm_spread(arrays["TM"], arrays["TF"], arrays["S"])  # the timers come sorted: a heap
         book.st = _c_order(State(**arrays))
         return book
 

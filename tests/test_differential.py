@@ -9,6 +9,7 @@ never stopping.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -106,6 +107,38 @@ def test_restore_refuses_other_configuration() -> None:
     book.process(random_stream(np.random.default_rng(1), 50))
     with pytest.raises(ValueError):
         restore_book(BookConfig(name="T", max_price=20_000, notice_s=60), book.snapshot(), engine="numba")
+
+
+def _rewrite(blob: bytes, **arrays: np.ndarray | None) -> bytes:
+    """A numba book's snapshot with some arrays replaced (None: left out)."""
+    with np.load(io.BytesIO(blob)) as z:
+        out = {k: z[k] for k in z.files}
+    for name, a in arrays.items():
+        if a is None:
+            del out[name]
+        else:
+            out[name] = a
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    return buf.getvalue()
+
+
+def test_restore_refuses_snapshots_of_another_layout() -> None:
+    """Only the current snapshot layout restores; older ones are refused with ValueError (the
+    exchange's recovery then replays the journal)."""
+    from orderbook.fast import LAYOUT, NS
+
+    book = make_book(CFG, engine="numba")
+    book.process(random_stream(np.random.default_rng(2), 200))
+    blob = book.snapshot()
+    restore_book(CFG, _rewrite(blob), engine="numba").validate()  # rewriting alone changes nothing
+    with np.load(io.BytesIO(blob)) as z:
+        ag, bm = z["AG"], z["BM"]
+    for bad in (_rewrite(blob, LAYOUT=np.array([LAYOUT - 1])), _rewrite(blob, LAYOUT=None),
+                _rewrite(blob, S=np.zeros(NS + 1, dtype=np.int64)),  # layout 2's 20 scalars
+                _rewrite(blob, AG=ag[:, :, :-1]), _rewrite(blob, BM=bm[:-2]), _rewrite(blob, RO=None)):
+        with pytest.raises(ValueError, match="layout"):
+            restore_book(CFG, bad, engine="numba")
 
 
 @pytest.mark.parametrize("seed", range(3))

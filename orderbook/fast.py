@@ -1154,23 +1154,6 @@ def _uc_build(Lz, O, S, W, UC, a):
     return off
 
 
-@_hot
-def _uc_peak(UC, off, ws, we, spot):
-    """Highest usage over [ws, we) by the usage function at off (firm leases, or all: spot)."""
-    c = 2 if spot else 1
-    k = off + 1
-    e = k + 3 * UC[off]
-    peak = 0
-    while k < e and UC[k] <= ws:
-        peak = UC[k + c]
-        k += 3
-    while k < e and UC[k] < we:
-        if UC[k + c] > peak:
-            peak = UC[k + c]
-        k += 3
-    return peak
-
-
 @_inl
 def _fill_qty(O, Lz, S, W, UC, b, a, want):
     """GPUs bid b could take from ask a now, up to `want`; 0 if they cannot trade (R9, R10)."""

@@ -115,18 +115,18 @@ NL = 24  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS; 7 column
 
 # --- scalars -------------------------------------------------------------------------------
 (S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
- S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_BIDTOP, S_UNUSED, S_OHIGH, S_LHIGH) = range(20)
-NS = 20  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
+ S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_BIDTOP, S_OHIGH, S_LHIGH) = range(19)
+NS = 19  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
 # S_BIDTOP: no bid rests above this level (an upper bound, where a walk of the bids starts; restore
-# recomputes it); S_UNUSED: (both held the usage profile of the ask being walked, now in UC);
-# S_OHIGH / S_LHIGH: order / lease rows from here on were never used.  A row is taken from the
-# free list, else from there: the pools are allocated large but cost memory (and the first
-# touch of each page, a tenth of a 1M-command run) only for the rows the book ever held.
+# recomputes it); S_OHIGH / S_LHIGH: order / lease rows from here on were never used.  A row is
+# taken from the free list, else from there: the pools are allocated large but cost memory (and
+# the first touch of each page, a tenth of a 1M-command run) only for the rows the book ever held.
 
 # Snapshots record their layout: the order columns, the scalars, the bitmap rows and the bound
 # columns above.  Restore takes only this one; a snapshot of another is refused (ValueError),
-# and the exchange's recovery then replays the journal instead.
-LAYOUT = 2
+# and the exchange's recovery then replays the journal instead.  (Layout 2 had a 20th, unused
+# scalar between S_BIDTOP and S_OHIGH.)
+LAYOUT = 3
 
 # ladders
 LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4

@@ -354,8 +354,8 @@ def _map_del(HK, HV, key):
 # rows: (k0, k1, k2, ref); ordered by (k0, k1, k2).  4-ary heaps (children of row i: 4i+1 .. 4i+4): half
 # the depth of a binary heap and the children of a row side by side (the timer heap is small,
 # ~3,000 rows on the benchmark, but evicted between commands).  Keys are unique (the row names one order
-# or lease), so the order of pops does not depend on the heap's shape; restore sorts the rows,
-# which is a valid heap of any arity.
+# or lease), so the order of pops does not depend on the heap's shape; snapshots hold the timers
+# as sorted rows, which are a valid heap of any arity.
 @_hot
 def _hless(H, a, b):
     """Row a orders before row b.  Bitwise, not short-circuit: compiles to flag arithmetic and

@@ -3090,20 +3090,38 @@ def _iv_nonempty(BM):
 
 
 @njit(cache=True)
+def _iv_keys(K, top):
+    """The keys in map K, when every id handed out is at most top.  A key enters only by
+    `_map_put`, at its home slot or after it with no empty slot between.  While ids stay below
+    2**20 and below the table's size an id's home is the id itself, so keys can only be in slots
+    1 .. top, the occupied run after them and, when that run wraps, slot 0: those are counted
+    (the whole table is scanned once ids have spread over it)."""
+    n = K.shape[0]
+    c = 0
+    if top >= (1 << 20) or top >= n - 1:
+        for i in range(n):
+            if K[i] != 0:
+                c += 1
+        return c
+    i = 1
+    while i < n and (i <= top or K[i] != 0):
+        if K[i] != 0:
+            c += 1
+        i += 1
+    if i == n and K[0] != 0:
+        c += 1
+    return c
+
+
+@njit(cache=True)
 def _iv_check_all(st, err, levels):
     """Everything, jitted: the level checks, the table scans, then `_iv_check`."""
     code = _iv_levels(st, err, levels)
     if code != E_OK:
         return code
     lads, lvls = _iv_nonempty(st.BM)
-    hk = 0
-    for i in range(st.HK.shape[0]):
-        if st.HK[i] != 0:
-            hk += 1
-    lk = 0
-    for i in range(st.LK.shape[0]):
-        if st.LK[i] != 0:
-            lk += 1
+    hk = _iv_keys(st.HK, st.S[S_LASTOID])
+    lk = _iv_keys(st.LK, st.S[S_NEXTTID] - 1)
     n = 0
     for h in range(UC_TAGS):
         if st.UC[h] != 0:

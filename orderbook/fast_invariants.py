@@ -30,7 +30,9 @@ level, used without the compiler.  The invariants:
   hours, least block, latest reserved start, earliest reserved end): bounds, not equalities;
 * ``bid-top`` — ``S_BIDTOP`` is at or above every non-empty bid level;
 * ``order-map`` / ``lease-map`` — ``HK``/``HV`` find every resting order's row by its id and
-  ``LK``/``LV`` every live lease's row by its trade id, and hold nothing else;
+  ``LK``/``LV`` every live lease's row by its trade id, and hold nothing else (counted over the
+  slots a key of an id handed out so far can occupy: the whole table once ids reach 2**20 or
+  the table's size, else slots 1 .. the last id and the occupied run after it);
 * ``lease-list`` — each ask's lease list is a doubly linked list of live leases of that ask;
   every live lease is on its ask's list, or detached (``L_ASLOT`` −1) once its ask has gone;
   a bid has no list;
@@ -75,6 +77,8 @@ from orderbook.fast import (
     NBK,
     NLAD,
     NOWROW,
+    S_LASTOID,
+    S_NEXTTID,
     UC_TAGS,
     _iv_check,
     _iv_check_all,
@@ -232,6 +236,19 @@ def _check_levels(st, err: np.ndarray, levels: int):
     return E_OK, flat // (64 * nw), flat % (64 * nw)
 
 
+def _keys(K: np.ndarray, top: int) -> int:
+    """`fast._iv_keys` with numpy: the keys map K can hold when no id is above top."""
+    n = K.shape[0]
+    if top >= (1 << 20) or top >= n - 1:
+        return int(np.count_nonzero(K))
+    c = int(np.count_nonzero(K[1 : top + 1]))
+    i = top + 1
+    while i < n and K[i] != 0:  # the occupied run after them
+        c += 1
+        i += 1
+    return c + (1 if i == n and K[0] != 0 else 0)
+
+
 def check(st, levels: int, vectorised: bool | None = None) -> None:
     """Raise `BookInvariantError` naming the first invariant the state `st` breaks.
 
@@ -248,7 +265,8 @@ def check(st, levels: int, vectorised: bool | None = None) -> None:
         if code == E_OK:
             tags = np.flatnonzero(st.UC[:UC_TAGS]).astype(np.int64)
             buckets = np.flatnonzero(st.TF[:NBK]) // st.TF.shape[1]  # sorted; a bucket may repeat
-            code = int(_iv_check(st, err, lads, lvls, np.count_nonzero(st.HK), np.count_nonzero(st.LK), tags,
+            code = int(_iv_check(st, err, lads, lvls, _keys(st.HK, int(st.S[S_LASTOID])),
+                                 _keys(st.LK, int(st.S[S_NEXTTID]) - 1), tags,
                               buckets))
     if code == E_OK:
         return

@@ -110,6 +110,8 @@ NUMBA = {
     "order id dropped from the map": ("order-map", lambda st: F._map_del(st.HK, st.HV, 8)),
     "trade id dropped from the map": ("lease-map", lambda st: F._map_del(st.LK, st.LV, 1)),
     "stale key left in the map": ("order-map", lambda st: F._map_put(st.HK, st.HV, 14, 0)),
+    "stray key, ids spread over the table": ("order-map", lambda st: _stray_key(st, 2**21 + 7)),
+    "stale trade id left in the map": ("lease-map", lambda st: F._map_put(st.LK, st.LV, 2, 0)),
     "usage cache out of step": ("usage-cache", lambda st: _bump_usage(st, _row(st, 1))),
     "usage cache of a bid": ("usage-cache", lambda st: _move_usage(st, _row(st, 1), _row(st, 8))),
     "ask ladder prev link": ("ladder-list", lambda st: st.O[_row(st, 3)].__setitem__(F.O_PREV, -1)),
@@ -130,6 +132,13 @@ NUMBA = {
     "re-offer pending": ("reoffers", lambda st: st.O[_row(st, 1)].__setitem__(F.O_PEND, 1)),
     "lease start flag": ("lease-rows", lambda st: st.Lz[_lease_row(st, 3)].__setitem__(F.L_NOW, 1)),
 }
+
+
+def _stray_key(st, key: int) -> None:
+    """A key of an id above 2**20 in the order map (ids handed out so far said to reach it, so
+    that the whole table is where keys may be)."""
+    st.S[F.S_LASTOID] = key
+    F._map_put(st.HK, st.HV, key, 0)
 
 
 def _bump_usage(st, a: int) -> None:

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from exchange.errors import ApiError
-from orderbook import reasons as R
+from orderbook import rules
 from orderbook.config import BookConfig
-from orderbook.types import FOK, GTC, GTD, HOUR, IOC, ON_DEMAND, RESERVED, SPOT
+from orderbook.types import FOK, GTC, GTD, IOC, ON_DEMAND, RESERVED, SPOT
 
 MAX_I64 = 2**62
 MAX_I32 = 2**31 - 1
@@ -200,52 +200,19 @@ def decode_query(query: dict[str, str], cls: type) -> Any:
 
 # --- market-rule prechecks (R8): the book's own checks, before the sequencer ---------------
 def _price_code(cfg: BookConfig, price: int) -> int:
-    if price < cfg.min_price or price > cfg.max_price:
-        return R.BAD_PRICE
-    if price % cfg.tick:
-        return R.OFF_TICK
-    return R.OK
+    return rules.price_code(cfg, price)
 
 
 def precheck_bid(cfg: BookConfig, now: int, kind: int, tif: int, gpus: int, hours: int, limit: int,
                  block: int, start: int, expire_at: int) -> int:
     """The reason code the book would give this bid before matching (0 = valid), in the
-    book's order of checks, so that no invalid bid reaches the journal."""
-    if not 1 <= gpus <= cfg.max_gpus:
-        return R.BAD_GPUS
-    if not 1 <= hours <= cfg.max_hours:
-        return R.BAD_HOURS
-    code = _price_code(cfg, limit)
-    if code:
-        return code
-    if block < 1 or gpus % block:
-        return R.BAD_BLOCK
-    if kind == RESERVED:
-        if start % HOUR:
-            return R.UNALIGNED_START
-        if start - now < cfg.gate_s:
-            return R.PAST_GATE
-    if tif == GTD and expire_at <= now:
-        return R.BAD_EXPIRY
-    return R.OK
+    book's order of checks (`orderbook.rules.bid_code`), so that no invalid bid reaches the
+    journal."""
+    return rules.bid_code(cfg, now, kind, tif, gpus, hours, limit, block, start, expire_at)
 
 
 def precheck_ask(cfg: BookConfig, now: int, gpus: int, price: int, spot_price: int, start: int,
                  end: int, min_hours: int) -> int:
-    """As `precheck_bid`, for an ask (R5): everything but resale and post_only, which need the book."""
-    start = max(start, now)
-    if not 1 <= gpus <= cfg.max_gpus:
-        return R.BAD_GPUS
-    code = _price_code(cfg, price)
-    if code:
-        return code
-    if spot_price:
-        if spot_price < cfg.min_price or spot_price > price:
-            return R.BAD_SPOT_PRICE
-        if spot_price % cfg.tick:
-            return R.OFF_TICK
-    if not 1 <= min_hours <= cfg.max_hours:
-        return R.BAD_MIN_HOURS
-    if end - start < min_hours * HOUR or end - start > cfg.max_window_hours * HOUR:
-        return R.BAD_WINDOW
-    return R.OK
+    """As `precheck_bid`, for an ask (R5; `orderbook.rules.ask_code`): everything but resale and
+    post_only, which need the book."""
+    return rules.ask_code(cfg, now, gpus, price, spot_price, start, end, min_hours)

@@ -4,6 +4,7 @@
     events = book.process(commands)     # COMMAND_DTYPE array in, EVENT_DTYPE array out
     book.state_hash()                   # equal for equal states, across engines
     book.quote(ON_DEMAND, gpus=8, hours=4)  # what such a bid would fill now; changes nothing
+    book.validate()                     # derived structures agree with the orders and leases
     blob = book.snapshot(); book2 = type(book).restore(config, blob)
 """
 
@@ -17,6 +18,16 @@ from orderbook.config import BookConfig
 from orderbook.quote import Quote
 
 ENGINES = ("numba", "reference")
+
+
+class BookInvariantError(AssertionError):
+    """`Book.validate()` found a derived structure that disagrees with the book's orders and
+    leases; `invariant` names it (e.g. "bitmap", "order-map", "usage-cache")."""
+
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"{invariant}: {detail}")
+        self.invariant = invariant
+        self.detail = detail
 
 
 class Book(Protocol):
@@ -35,6 +46,12 @@ class Book(Protocol):
     def quote(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
               account: int = 0, limit: int = 0) -> Quote:
         """What an IOC bid of these fields would fill now, and why not all; changes nothing."""
+        ...
+
+    def validate(self) -> None:
+        """Check every derived structure (ladders, indexes, bounds, maps, caches, timers) against
+        the orders and leases; raise `BookInvariantError` naming the first that disagrees.
+        For tests: it reads the whole book."""
         ...
 
 

@@ -104,9 +104,6 @@ jitcache.use(__name__)  # numba's cache for the functions below: keyed by the so
  O_HOURS, O_BLOCK, O_REM, O_KIND, O_LHEAD, O_SIDE, O_TIF, O_LIVE,
  O_PREV, O_SPREV, O_EXP, O_WHY, O_LEASE, O_POST, O_PEND, O_FREE) = range(32)
 NO = 32
-O_LAYOUT = 2  # snapshots record it; layout 1 (no record) had the columns in this order:
-_O_LAYOUT_1 = ("OID ACC SIDE KIND TIF GPUS REM HOURS PRICE SPOT START END MINH BLOCK EXP WHY LEASE POST LIVE "
-               "NEXT PREV SNEXT SPREV LHEAD FSUM SSUM PEND FREE UNF UNS LMAXEND NEXTSTART").split()
 # O_FSUM / O_SSUM: GPUs of all running firm / spot leases on an ask (an upper bound of its usage);
 # O_UNF / O_UNS: GPUs of the leases that hold the ask at the current time (a lower bound);
 # O_LMAXEND: no lease on the ask ends after this (an upper bound); O_NEXTSTART: no lease that
@@ -121,14 +118,18 @@ NL = 24  # L_NOW: 1 if the lease is counted in its ask's O_UNF / O_UNS; 7 column
 
 # --- scalars -------------------------------------------------------------------------------
 (S_NOW, S_SEQ, S_LASTOID, S_NEXTTID, S_OFREE, S_LFREE, S_NEV, S_TMN, S_RON, S_ERR, S_NORD,
- S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_BIDTOP, S_UNUSED, S_OHIGH, S_LHIGH) = range(20)
-NS = 20  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
+ S_NLEASE, S_VISIT_ASK, S_VISIT_BID, S_VISIT_LEVEL, S_SCAN, S_BIDTOP, S_OHIGH, S_LHIGH) = range(19)
+NS = 19  # S_VISIT_* / S_SCAN: work counters (orders and levels walked, lease lists scanned);
 # S_BIDTOP: no bid rests above this level (an upper bound, where a walk of the bids starts; restore
-# recomputes it); S_UNUSED: (both held the usage profile of the ask being walked, now in UC);
-# S_OHIGH / S_LHIGH: order / lease rows from here on were never used.  A row is taken from the
-# free list, else from there: the pools are allocated large but cost memory (and the first
-# touch of each page, a tenth of a 1M-command run) only for the rows the book ever held.
-# (Snapshots before these two had 18 scalars: restore treats every row as used.)
+# recomputes it); S_OHIGH / S_LHIGH: order / lease rows from here on were never used.  A row is
+# taken from the free list, else from there: the pools are allocated large but cost memory (and
+# the first touch of each page, a tenth of a 1M-command run) only for the rows the book ever held.
+
+# Snapshots record their layout: the order columns, the scalars, the bitmap rows and the bound
+# columns above.  Restore takes only this one; a snapshot of another is refused (ValueError),
+# and the exchange's recovery then replays the journal instead.  (Layout 2 had a 20th, unused
+# scalar between S_BIDTOP and S_OHIGH.)
+LAYOUT = 3
 
 # ladders
 LAD_ASK_FIRM, LAD_ASK_SPOT, LAD_BID_OD, LAD_BID_SPOT, LAD_BID_RES = 0, 1, 2, 3, 4
@@ -356,8 +357,8 @@ def _map_del(HK, HV, key):
 # rows: (k0, k1, k2, ref); ordered by (k0, k1, k2).  4-ary heaps (children of row i: 4i+1 .. 4i+4): half
 # the depth of a binary heap and the children of a row side by side (the timer heap is small,
 # ~3,000 rows on the benchmark, but evicted between commands).  Keys are unique (the row names one order
-# or lease), so the order of pops does not depend on the heap's shape; restore sorts the rows,
-# which is a valid heap of any arity.
+# or lease), so the order of pops does not depend on the heap's shape; snapshots hold the timers
+# as sorted rows, which are a valid heap of any arity.
 @_hot
 def _hless(H, a, b):
     """Row a orders before row b.  Bitwise, not short-circuit: compiles to flag arithmetic and
@@ -1154,23 +1155,6 @@ def _uc_build(Lz, O, S, W, UC, a):
     UC[UC_BUMP] = bump + 1 + 3 * m
     UC[h] = (off << 32) | (a + 1)
     return off
-
-
-@_hot
-def _uc_peak(UC, off, ws, we, spot):
-    """Highest usage over [ws, we) by the usage function at off (firm leases, or all: spot)."""
-    c = 2 if spot else 1
-    k = off + 1
-    e = k + 3 * UC[off]
-    peak = 0
-    while k < e and UC[k] <= ws:
-        peak = UC[k + c]
-        k += 3
-    while k < e and UC[k] < we:
-        if UC[k + c] > peak:
-            peak = UC[k + c]
-        k += 3
-    return peak
 
 
 @_inl
@@ -2091,6 +2075,7 @@ def _advance(st, t):
 # ======================================================================= commands
 @_inl
 def _check_price(P, price):
+    """orderbook.rules.price_code, for the jitted handlers."""
     if price < P[P_MIN_PRICE] or price > P[P_MAX_PRICE]:
         return R.BAD_PRICE
     if price % P[P_TICK] != 0:
@@ -2116,6 +2101,8 @@ def _on_ask(st, C, i):
     price = C[i]["price"]
     spot = C[i]["spot_price"]
     code = R.OK
+    # account, order id, then orderbook.rules.ask_code's checks, in its order (this copy is held
+    # to it by tests/test_rules_r8_mirror.py), then the resale checks
     if C[i]["account"] <= 0:
         code = R.BAD_ACCOUNT
     elif C[i]["oid"] <= S[S_LASTOID]:
@@ -2206,6 +2193,8 @@ def _on_bid(st, C, i):
     if block == 0:
         block = 1
     code = R.OK
+    # account, order id, then orderbook.rules.bid_code's checks, in its order (this copy is held
+    # to it by tests/test_rules_r8_mirror.py)
     if C[i]["account"] <= 0:
         code = R.BAD_ACCOUNT
     elif C[i]["oid"] <= S[S_LASTOID]:
@@ -2483,6 +2472,686 @@ def _crossing_pairs(st):
     return out
 
 
+# ======================================================================= invariants
+# `NumbaBook.validate()`: every derived structure checked against the order and lease rows.  The
+# checks live here, beside what they check, so that numba's cache (keyed on this file's stamp)
+# never runs them against another version of the layout; orderbook/fast_invariants.py holds the
+# list of the invariants, their messages and the numpy form used without the compiler.  Each
+# check returns 0 or an error code E_*, with what it found in err[1:4].
+(E_OK, E_OHIGH, E_LHIGH, E_NORD, E_NLEASE, E_ERR, E_OLIVE, E_OSIDE, E_OOID, E_LLIVE, E_LTID, E_LEND,
+ E_LNOW, E_OFREE_RANGE, E_OFREE_LIVE, E_OFREE_TWICE, E_OFREE_COUNT, E_LFREE_RANGE, E_LFREE_LIVE,
+ E_LFREE_TWICE, E_LFREE_COUNT, E_LT_EMPTY, E_LAD_ROW, E_LAD_TWICE, E_LAD_PREV, E_LAD_WRONG, E_LAD_ORDER,
+ E_LAD_TAIL, E_LAD_MISSING, E_BM_LADDER, E_BS, E_BM_BEYOND, E_BS_BEYOND, E_NOW_MISSING, E_NOW_EMPTY,
+ E_HOUR_MISSING, E_HOUR_EMPTY, E_AG, E_BG, E_BIDTOP, E_HK_MISSING, E_HK_COUNT, E_LK_MISSING, E_LK_COUNT,
+ E_LL_ROW, E_LL_TWICE, E_LL_PREV, E_LL_WRONG, E_LL_BID, E_LL_MISSING, E_LL_DETACHED, E_SUM, E_LMAXEND,
+ E_NEXTSTART, E_UC_TAG, E_UC_RANGE, E_UC_ORDER, E_UC_VALUE, E_TM_SIZE, E_TM_HEAP, E_TM_DUE, E_TM_LIMIT,
+ E_T_REF, E_TF_ROW, E_TF_TWICE, E_TF_BUCKET, E_TF_COUNT, E_TF_NBUCKET, E_TF_NOVER, E_TF_OVER, E_TF_FREE,
+ E_TF_LIMIT, E_T_EXP, E_T_ASKSTART, E_T_LEASE_END, E_T_LEASE_START, E_RON, E_PEND, E_TFHIGH) = range(79)
+_IV_INDEX_OF = np.array([LAD_ASK_FIRM, LAD_ASK_SPOT] + [LAD_BID_OD] * NHB + [LAD_BID_SPOT] * NHB, dtype=np.int64)
+
+
+@njit(cache=True)
+def _iv_bit(B, r, i):
+    return (B[r, i >> 6] >> np.uint64(i & 63)) & np.uint64(1) != np.uint64(0)
+
+
+@njit(cache=True)
+def _iv_fail(err, code, a, b, c):
+    err[0] = code
+    err[1] = a
+    err[2] = b
+    err[3] = c
+    return code
+
+
+@njit(cache=True)
+def _iv_rows(st, err):
+    O = st.O  # noqa: E741
+    Lz = st.Lz
+    S = st.S
+    oh = S[S_OHIGH]
+    lh = S[S_LHIGH]
+    if oh < 0 or oh > O.shape[0]:
+        return _iv_fail(err, E_OHIGH, oh, O.shape[0], 0)
+    if lh < 0 or lh > Lz.shape[0]:
+        return _iv_fail(err, E_LHIGH, lh, Lz.shape[0], 0)
+    if S[S_ERR] != 0:
+        return _iv_fail(err, E_ERR, S[S_ERR], 0, 0)
+    now = S[S_NOW]
+    nord = 0
+    for o in range(oh):
+        live = O[o, O_LIVE]
+        if live == LIVE_RESTING:
+            nord += 1
+            if O[o, O_SIDE] != SIDE_ASK and O[o, O_SIDE] != SIDE_BID:
+                return _iv_fail(err, E_OSIDE, o, O[o, O_SIDE], 0)
+            if O[o, O_OID] <= 0 or O[o, O_OID] > S[S_LASTOID]:
+                return _iv_fail(err, E_OOID, o, O[o, O_OID], S[S_LASTOID])
+        elif live != LIVE_FREE:
+            return _iv_fail(err, E_OLIVE, o, live, 0)
+    if nord != S[S_NORD]:
+        return _iv_fail(err, E_NORD, S[S_NORD], nord, 0)
+    nl = 0
+    for lz in range(lh):
+        live = Lz[lz, L_LIVE]
+        if live == 1:
+            nl += 1
+            if Lz[lz, L_TID] <= 0 or Lz[lz, L_TID] >= S[S_NEXTTID]:
+                return _iv_fail(err, E_LTID, lz, Lz[lz, L_TID], S[S_NEXTTID])
+            if Lz[lz, L_END] <= now:
+                return _iv_fail(err, E_LEND, lz, Lz[lz, L_END], now)
+            if Lz[lz, L_NOW] != (1 if Lz[lz, L_START] <= now else 0):
+                return _iv_fail(err, E_LNOW, lz, Lz[lz, L_NOW], Lz[lz, L_START])
+        elif live != 0:
+            return _iv_fail(err, E_LLIVE, lz, live, 0)
+    if nl != S[S_NLEASE]:
+        return _iv_fail(err, E_NLEASE, S[S_NLEASE], nl, 0)
+    # free lists: every used row that is not live, once
+    seen = np.zeros(max(oh, 1), dtype=np.bool_)
+    n = 0
+    o = S[S_OFREE]
+    while o != -1:
+        if o < 0 or o >= oh:
+            return _iv_fail(err, E_OFREE_RANGE, o, oh - 1, 0)
+        if O[o, O_LIVE] != LIVE_FREE:
+            return _iv_fail(err, E_OFREE_LIVE, o, O[o, O_LIVE], 0)
+        if seen[o]:
+            return _iv_fail(err, E_OFREE_TWICE, o, 0, 0)
+        seen[o] = True
+        n += 1
+        o = O[o, O_FREE]
+    if n != oh - nord:
+        return _iv_fail(err, E_OFREE_COUNT, n, oh - nord, 0)
+    seen = np.zeros(max(lh, 1), dtype=np.bool_)
+    n = 0
+    lz = S[S_LFREE]
+    while lz != -1:
+        if lz < 0 or lz >= lh:
+            return _iv_fail(err, E_LFREE_RANGE, lz, lh - 1, 0)
+        if Lz[lz, L_LIVE] != 0:
+            return _iv_fail(err, E_LFREE_LIVE, lz, 0, 0)
+        if seen[lz]:
+            return _iv_fail(err, E_LFREE_TWICE, lz, 0, 0)
+        seen[lz] = True
+        n += 1
+        lz = Lz[lz, L_FREE]
+    if n != lh - nl:
+        return _iv_fail(err, E_LFREE_COUNT, n, lh - nl, 0)
+    return E_OK
+
+
+@njit(cache=True)
+def _iv_ladders(st, err, lads, lvls):
+    """The lists of the non-empty levels (ladder lads[i], level lvls[i]), the level bounds, the
+    open-now and short-bids rows of those levels, and S_BIDTOP."""
+    O = st.O  # noqa: E741
+    S = st.S
+    P = st.P
+    LH = st.LH
+    LT = st.LT
+    BM = st.BM
+    AG = st.AG
+    oh = S[S_OHIGH]
+    now = S[S_NOW]
+    nord = S[S_NORD]
+    on = np.zeros(max(oh, 1), dtype=np.int64)  # bit lad: the row was found on ladder lad
+    for i in range(lads.shape[0]):
+        lad = lads[i]
+        lvl = lvls[i]
+        ask = lad == LAD_ASK_FIRM or lad == LAD_ASK_SPOT
+        nxt = O_SNEXT if lad == LAD_ASK_SPOT else O_NEXT
+        prv = O_SPREV if lad == LAD_ASK_SPOT else O_PREV
+        col = O_SPOT if lad == LAD_ASK_SPOT else O_PRICE
+        if lad >= LAD_BID_OD and lvl > S[S_BIDTOP]:
+            return _iv_fail(err, E_BIDTOP, S[S_BIDTOP], lad, lvl)
+        # walk the level's list; gather what the bounds must cover
+        maxend = -(1 << 62)
+        minstart = 1 << 62
+        minminh = 1 << 62
+        maxfree = -(1 << 62)
+        is_open = -1
+        minh = 1 << 62
+        maxh = -(1 << 62)
+        minblk = 1 << 62
+        maxstart = -(1 << 62)
+        minend = 1 << 62
+        prev = -1
+        last = 0
+        x = LH[lad, lvl]
+        steps = 0
+        while x >= 0:
+            if x >= oh or O[x, O_LIVE] != LIVE_RESTING:
+                return _iv_fail(err, E_LAD_ROW, lad, lvl, x)
+            if on[x] & (1 << lad) or steps > nord:
+                return _iv_fail(err, E_LAD_TWICE, lad, lvl, x)
+            on[x] |= 1 << lad
+            steps += 1
+            if O[x, prv] != prev:
+                return _iv_fail(err, E_LAD_PREV, lad, lvl, x)
+            if ask:
+                right = O[x, O_SIDE] == SIDE_ASK and O[x, col] > 0
+            else:
+                k = O[x, O_KIND]
+                right = O[x, O_SIDE] == SIDE_BID and (
+                    (lad == LAD_BID_SPOT and k == SPOT) or (lad == LAD_BID_OD and k == ON_DEMAND)
+                    or (lad == LAD_BID_RES and k == RESERVED))
+            if not right or (O[x, col] - P[P_MIN_PRICE]) // P[P_TICK] != lvl:
+                return _iv_fail(err, E_LAD_WRONG, lad, lvl, x)
+            if O[x, O_OID] <= last:
+                return _iv_fail(err, E_LAD_ORDER, lad, lvl, x)
+            last = O[x, O_OID]
+            if ask:
+                maxend = max(maxend, O[x, O_END])
+                minstart = min(minstart, O[x, O_START])
+                minminh = min(minminh, O[x, O_MINH])
+                f = _free_now(O, x, lad)
+                maxfree = max(maxfree, f)
+                if is_open < 0 and O[x, O_START] <= now and f >= 1:
+                    is_open = x
+            else:
+                minh = min(minh, O[x, O_HOURS])
+                maxh = max(maxh, O[x, O_HOURS])
+                minblk = min(minblk, O[x, O_BLOCK])
+                maxstart = max(maxstart, O[x, O_START])
+                minend = min(minend, O[x, O_END])
+            prev = x
+            x = O[x, nxt]
+        if LT[lad, lvl] != prev:
+            return _iv_fail(err, E_LAD_TAIL, lad, lvl, prev)
+        if ask:
+            if AG[lad, lvl, AG_END] < maxend:
+                return _iv_fail(err, E_AG, lad, lvl, AG_END)
+            if AG[lad, lvl, AG_START] > minstart:
+                return _iv_fail(err, E_AG, lad, lvl, AG_START)
+            if AG[lad, lvl, AG_MINH] > minminh:
+                return _iv_fail(err, E_AG, lad, lvl, AG_MINH)
+            if AG[lad, lvl, AG_FREE] < maxfree:
+                return _iv_fail(err, E_AG, lad, lvl, AG_FREE)
+            if is_open >= 0 and not _iv_bit(BM, NOWROW + lad, lvl):
+                return _iv_fail(err, E_NOW_MISSING, lad, lvl, is_open)
+        else:
+            if AG[lad, lvl, BG_MINH] > minh:
+                return _iv_fail(err, E_BG, lad, lvl, BG_MINH)
+            if AG[lad, lvl, BG_MAXH] < maxh:
+                return _iv_fail(err, E_BG, lad, lvl, BG_MAXH)
+            if AG[lad, lvl, BG_MINBLK] > minblk:
+                return _iv_fail(err, E_BG, lad, lvl, BG_MINBLK)
+            if AG[lad, lvl, BG_MAXSTART] < maxstart:
+                return _iv_fail(err, E_BG, lad, lvl, BG_MAXSTART)
+            if AG[lad, lvl, BG_MINEND] > minend:
+                return _iv_fail(err, E_BG, lad, lvl, BG_MINEND)
+            if AG[lad, lvl, BG_STALE] != 0 and AG[lad, lvl, BG_STALE] != 1:
+                return _iv_fail(err, E_BG, lad, lvl, BG_STALE)
+            if lad == LAD_BID_OD or lad == LAD_BID_SPOT:
+                base = HOURROW + (NHB if lad == LAD_BID_SPOT else 0)
+                for k in range(NHB):
+                    if minh <= (1 << k) and not _iv_bit(BM, base + k, lvl):
+                        return _iv_fail(err, E_HOUR_MISSING, lad, lvl, base + k)
+    # every resting order on its ladder(s)
+    for o in range(oh):
+        if O[o, O_LIVE] != LIVE_RESTING:
+            continue
+        if O[o, O_SIDE] == SIDE_ASK:
+            want = (1 << LAD_ASK_FIRM) | ((1 << LAD_ASK_SPOT) if O[o, O_SPOT] > 0 else 0)
+        else:
+            k = O[o, O_KIND]
+            want = 1 << (LAD_BID_SPOT if k == SPOT else (LAD_BID_RES if k == RESERVED else LAD_BID_OD))
+        if on[o] != want:
+            miss = want & ~on[o]
+            lad = 0
+            while lad < NLAD - 1 and not miss & (1 << lad):
+                lad += 1
+            return _iv_fail(err, E_LAD_MISSING, o, lad, 0)
+    return E_OK
+
+
+@njit(cache=True)
+def _iv_maps(st, err, hk_keys, lk_keys):
+    O = st.O  # noqa: E741
+    Lz = st.Lz
+    S = st.S
+    n = 0
+    for o in range(S[S_OHIGH]):
+        if O[o, O_LIVE] == LIVE_RESTING:
+            n += 1
+            got = _map_get(st.HK, st.HV, O[o, O_OID])
+            if got != o:
+                return _iv_fail(err, E_HK_MISSING, O[o, O_OID], o, got)
+    if hk_keys != n:
+        return _iv_fail(err, E_HK_COUNT, hk_keys, n, 0)
+    n = 0
+    for lz in range(S[S_LHIGH]):
+        if Lz[lz, L_LIVE] == 1:
+            n += 1
+            got = _map_get(st.LK, st.LV, Lz[lz, L_TID])
+            if got != lz:
+                return _iv_fail(err, E_LK_MISSING, Lz[lz, L_TID], lz, got)
+    if lk_keys != n:
+        return _iv_fail(err, E_LK_COUNT, lk_keys, n, 0)
+    return E_OK
+
+
+@njit(cache=True)
+def _iv_usage_at(Lz, head, t, spot):
+    """GPUs the leases of the list at head hold at time t (firm leases only, or all: spot)."""
+    u = 0
+    x = head
+    while x >= 0:
+        if Lz[x, L_START] <= t < Lz[x, L_END] and (spot or Lz[x, L_KIND] != SPOT):
+            u += Lz[x, L_GPUS]
+        x = Lz[x, L_NEXT]
+    return u
+
+
+@njit(cache=True)
+def _iv_cached_at(UC, off, t, c):
+    """The usage function at off at time t (column c: 1 firm, 2 all)."""
+    v = 0
+    k = off + 1
+    e = k + 3 * UC[off]
+    while k < e and UC[k] <= t:
+        v = UC[k + c]
+        k += 3
+    return v
+
+
+@njit(cache=True)
+def _iv_leases(st, err, tags):
+    """Each ask's lease list and lease sums, detached leases, and the usage cache."""
+    O = st.O  # noqa: E741
+    Lz = st.Lz
+    S = st.S
+    UC = st.UC
+    oh = S[S_OHIGH]
+    lh = S[S_LHIGH]
+    now = S[S_NOW]
+    on = np.zeros(max(lh, 1), dtype=np.bool_)
+    sums = np.zeros(4, dtype=np.int64)
+    for a in range(oh):
+        if O[a, O_LIVE] != LIVE_RESTING:
+            continue
+        if O[a, O_SIDE] != SIDE_ASK:
+            if O[a, O_LHEAD] != -1:
+                return _iv_fail(err, E_LL_BID, a, O[a, O_LHEAD], 0)
+            continue
+        sums[:] = 0
+        prev = -1
+        x = O[a, O_LHEAD]
+        while x >= 0:
+            if x >= lh or Lz[x, L_LIVE] != 1:
+                return _iv_fail(err, E_LL_ROW, a, x, 0)
+            if on[x]:
+                return _iv_fail(err, E_LL_TWICE, a, x, 0)
+            on[x] = True
+            if Lz[x, L_PREV] != prev:
+                return _iv_fail(err, E_LL_PREV, a, x, 0)
+            if Lz[x, L_ASLOT] != a or Lz[x, L_ASK] != O[a, O_OID]:
+                return _iv_fail(err, E_LL_WRONG, a, x, 0)
+            g = Lz[x, L_GPUS]
+            spot = Lz[x, L_KIND] == SPOT
+            sums[1 if spot else 0] += g
+            if Lz[x, L_NOW] == 1:
+                sums[3 if spot else 2] += g
+            elif Lz[x, L_START] < O[a, O_NEXTSTART]:
+                return _iv_fail(err, E_NEXTSTART, a, O[a, O_NEXTSTART], Lz[x, L_START])
+            if Lz[x, L_END] > O[a, O_LMAXEND]:
+                return _iv_fail(err, E_LMAXEND, a, O[a, O_LMAXEND], Lz[x, L_END])
+            prev = x
+            x = Lz[x, L_NEXT]
+        if O[a, O_FSUM] != sums[0]:
+            return _iv_fail(err, E_SUM, a, 0, sums[0])
+        if O[a, O_SSUM] != sums[1]:
+            return _iv_fail(err, E_SUM, a, 1, sums[1])
+        if O[a, O_UNF] != sums[2]:
+            return _iv_fail(err, E_SUM, a, 2, sums[2])
+        if O[a, O_UNS] != sums[3]:
+            return _iv_fail(err, E_SUM, a, 3, sums[3])
+    for lz in range(lh):
+        if Lz[lz, L_LIVE] != 1 or on[lz]:
+            continue
+        a = Lz[lz, L_ASLOT]
+        if a != -1:
+            return _iv_fail(err, E_LL_MISSING, lz, a, 0)
+        o = _map_get(st.HK, st.HV, Lz[lz, L_ASK])
+        if o >= 0 and O[o, O_SIDE] == SIDE_ASK:
+            return _iv_fail(err, E_LL_DETACHED, lz, o, 0)
+    # usage functions: each tag's ask, its place in the pool, and its values from now on
+    used = UC_POOL + UC[UC_BUMP]
+    for h in tags:
+        x = UC[h]
+        a = (x & UC_LOW) - 1
+        off = x >> 32
+        if a < 0 or a >= oh or a & (UC_TAGS - 1) != h or O[a, O_LIVE] != LIVE_RESTING or O[a, O_SIDE] != SIDE_ASK:
+            return _iv_fail(err, E_UC_TAG, h, a, 0)
+        if off < UC_POOL or used > UC.shape[0] or off + 1 > used or off + 1 + 3 * UC[off] > used or UC[off] < 0:
+            return _iv_fail(err, E_UC_RANGE, h, off, 0)
+        m = UC[off]
+        for i in range(1, m):
+            if UC[off + 1 + 3 * i] <= UC[off + 1 + 3 * (i - 1)]:
+                return _iv_fail(err, E_UC_ORDER, h, i, 0)
+        # both are step functions: compare them at now and at every step of either after now
+        head = O[a, O_LHEAD]
+        for c in (1, 2):
+            spot = c == 2
+            t = now
+            while True:
+                want = _iv_usage_at(Lz, head, t, spot)
+                if _iv_cached_at(UC, off, t, c) != want:
+                    return _iv_fail(err, E_UC_VALUE, a, t, want)
+                nxt = 1 << 62  # the next step of either after t
+                for i in range(m):
+                    if t < UC[off + 1 + 3 * i] < nxt:
+                        nxt = UC[off + 1 + 3 * i]
+                y = head
+                while y >= 0:
+                    for tt in (Lz[y, L_START], Lz[y, L_END]):
+                        if t < tt < nxt:
+                            nxt = tt
+                    y = Lz[y, L_NEXT]
+                if nxt == 1 << 62:
+                    break
+                t = nxt
+    return E_OK
+
+
+@njit(cache=True)
+def _iv_timer(st, err, when, kind, key, ref, flags):
+    """One timer: its row must lie in the used rows; mark what it serves when it is live."""
+    O = st.O  # noqa: E741
+    Lz = st.Lz
+    S = st.S
+    if when <= S[S_NOW]:
+        return _iv_fail(err, E_TM_DUE, when, kind, S[S_NOW])
+    if kind == T_EXPIRE or kind == T_ASK_START:
+        if ref < 0 or ref >= S[S_OHIGH]:
+            return _iv_fail(err, E_T_REF, kind, ref, 0)
+        if O[ref, O_LIVE] == LIVE_RESTING and O[ref, O_OID] == key:
+            if kind == T_EXPIRE and O[ref, O_EXP] == when:
+                flags[ref, 0] = True
+            if kind == T_ASK_START and O[ref, O_START] == when:
+                flags[ref, 1] = True
+    elif kind == T_LEASE_END or kind == T_LEASE_START:
+        if ref < 0 or ref >= S[S_LHIGH]:
+            return _iv_fail(err, E_T_REF, kind, ref, 0)
+        if Lz[ref, L_LIVE] == 1 and Lz[ref, L_TID] == key:
+            if kind == T_LEASE_END and Lz[ref, L_END] == when:
+                flags[ref, 2] = True
+            if kind == T_LEASE_START and Lz[ref, L_START] == when:
+                flags[ref, 3] = True
+    else:
+        return _iv_fail(err, E_T_REF, kind, ref, 0)
+    return E_OK
+
+
+@njit(cache=True)
+def _iv_timers(st, err, buckets):
+    O = st.O  # noqa: E741
+    Lz = st.Lz
+    S = st.S
+    TM = st.TM
+    TF = st.TF
+    now = S[S_NOW]
+    oh = S[S_OHIGH]
+    lh = S[S_LHIGH]
+    flags = np.zeros((max(oh, lh, 1), 4), dtype=np.bool_)
+    limit = TF[TFH, TF_LIMIT]
+    if limit <= now:
+        return _iv_fail(err, E_TF_LIMIT, limit, now, 0)
+    n = S[S_TMN]
+    if n < 0 or n > TM.shape[0]:
+        return _iv_fail(err, E_TM_SIZE, n, TM.shape[0], 0)
+    for i in range(n):
+        if i > 0:
+            p = (i - 1) >> 2
+            if TM[i, 0] < TM[p, 0] or (TM[i, 0] == TM[p, 0] and (
+                    TM[i, 1] < TM[p, 1] or (TM[i, 1] == TM[p, 1] and TM[i, 2] < TM[p, 2]))):
+                return _iv_fail(err, E_TM_HEAP, i, p, 0)
+        if limit <= TM[i, 0] < TIME_CAP:
+            return _iv_fail(err, E_TM_LIMIT, TM[i, 0], limit, 0)
+        code = _iv_timer(st, err, TM[i, 0], TM[i, 1], TM[i, 2], TM[i, 3], flags)
+        if code:
+            return code
+    high = TF[TFH + 1, TF_HIGH]
+    if high < TF_BASE or high > TF.shape[0]:
+        return _iv_fail(err, E_TFHIGH, high, TF.shape[0], 0)
+    seen = np.zeros(max(high - TF_BASE, 1), dtype=np.bool_)
+    base = limit // HOUR
+    total = 0
+    last = -1
+    for b in buckets:
+        if b == last:
+            continue
+        last = b
+        cnt = 0
+        for j in range(1, 5):
+            r = TF[b, j]
+            while r > 0:
+                x = r - 1
+                if x < TF_BASE or x >= high or TF[x, 1] < 0:
+                    return _iv_fail(err, E_TF_ROW, b, x, 0)
+                if seen[x - TF_BASE] or cnt > high:
+                    return _iv_fail(err, E_TF_TWICE, x, 0, 0)
+                seen[x - TF_BASE] = True
+                cnt += 1
+                hb = TF[x, 0] // HOUR
+                if TF[x, 0] < limit or hb - base >= NBK or hb & (NBK - 1) != b:
+                    return _iv_fail(err, E_TF_BUCKET, b, x, 0)
+                code = _iv_timer(st, err, TF[x, 0], TF[x, 1], TF[x, 2], TF[x, 3], flags)
+                if code:
+                    return code
+                r = TF[x, TF_NEXT]
+        if cnt != TF[b, 0]:
+            return _iv_fail(err, E_TF_COUNT, b, cnt, TF[b, 0])
+        total += cnt
+    if total != TF[TFH, TF_NBUCKET]:
+        return _iv_fail(err, E_TF_NBUCKET, total, TF[TFH, TF_NBUCKET], 0)
+    cnt = 0
+    r = TF[TFH, TF_OVER]
+    while r > 0:
+        x = r - 1
+        if x < TF_BASE or x >= high or TF[x, 1] < 0:
+            return _iv_fail(err, E_TF_ROW, -1, x, 0)
+        if seen[x - TF_BASE]:
+            return _iv_fail(err, E_TF_TWICE, x, 0, 0)
+        seen[x - TF_BASE] = True
+        cnt += 1
+        if TF[x, 0] < TF[TFH + 1, TF_OMIN] or TF[x, 0] < limit:
+            return _iv_fail(err, E_TF_OVER, x, TF[x, 0], 0)
+        code = _iv_timer(st, err, TF[x, 0], TF[x, 1], TF[x, 2], TF[x, 3], flags)
+        if code:
+            return code
+        r = TF[x, TF_NEXT]
+    if cnt != TF[TFH, TF_NOVER]:
+        return _iv_fail(err, E_TF_NOVER, cnt, TF[TFH, TF_NOVER], 0)
+    free = 0
+    r = TF[TFH, TF_FREE]
+    while r > 0:
+        x = r - 1
+        if x < TF_BASE or x >= high or TF[x, 1] != -1 or seen[x - TF_BASE]:
+            return _iv_fail(err, E_TF_FREE, free, total + cnt, high)
+        seen[x - TF_BASE] = True
+        free += 1
+        r = TF[x, TF_NEXT]
+    if free + total + cnt != high - TF_BASE:
+        return _iv_fail(err, E_TF_FREE, free, total + cnt, high)
+    # every live row has the timers it needs
+    for o in range(oh):
+        if O[o, O_LIVE] != LIVE_RESTING:
+            continue
+        if O[o, O_EXP] > 0 and not flags[o, 0]:
+            return _iv_fail(err, E_T_EXP, o, O[o, O_EXP], 0)
+        if O[o, O_SIDE] == SIDE_ASK and O[o, O_START] > now and not flags[o, 1]:
+            return _iv_fail(err, E_T_ASKSTART, o, O[o, O_START], 0)
+    for lz in range(lh):
+        if Lz[lz, L_LIVE] != 1:
+            continue
+        if not flags[lz, 2]:
+            return _iv_fail(err, E_T_LEASE_END, lz, Lz[lz, L_END], 0)
+        if Lz[lz, L_NOW] == 0 and not flags[lz, 3]:
+            return _iv_fail(err, E_T_LEASE_START, lz, Lz[lz, L_START], 0)
+    # re-offers run to the end within each command
+    if S[S_RON] != 0:
+        return _iv_fail(err, E_RON, S[S_RON], 0, 0)
+    for o in range(oh):
+        if O[o, O_LIVE] == LIVE_RESTING and O[o, O_PEND] != 0:
+            return _iv_fail(err, E_PEND, o, 0, 0)
+    return E_OK
+
+
+@njit(cache=True)
+def _iv_check(st, err, lads, lvls, hk_keys, lk_keys, tags, buckets):
+    code = _iv_rows(st, err)
+    if code == E_OK:
+        code = _iv_ladders(st, err, lads, lvls)
+    if code == E_OK:
+        code = _iv_maps(st, err, hk_keys, lk_keys)
+    if code == E_OK:
+        code = _iv_leases(st, err, tags)
+    if code == E_OK:
+        code = _iv_timers(st, err, buckets)
+    return code
+
+
+@njit(cache=True)
+def _iv_low_bit(x, y):
+    """The lowest bit set in x ^ y (x != y)."""
+    d = x ^ y
+    b = 0
+    while (d >> np.uint64(b)) & np.uint64(1) == np.uint64(0):
+        b += 1
+    return b
+
+
+@njit(cache=True)
+def _iv_levels(st, err, levels):
+    """`_check_levels` as loops, for the jitted run (a few microseconds on a small ladder, and
+    one pass over the heads and tails on a large one); the same checks, the same codes."""
+    LH = st.LH
+    LT = st.LT
+    BM = st.BM
+    BS = st.BS
+    nw = BM.shape[1]
+    for lad in range(NLAD):
+        for w in range(nw):
+            word = np.uint64(0)
+            for b in range(64):
+                lvl = 64 * w + b
+                if lvl >= levels:
+                    break
+                if (LH[lad, lvl] >= 0) != (LT[lad, lvl] >= 0):
+                    return _iv_fail(err, E_LT_EMPTY, lad, lvl, LT[lad, lvl])
+                if LH[lad, lvl] >= 0:
+                    word |= np.uint64(1) << np.uint64(b)
+            if BM[lad, w] != word:
+                lvl = 64 * w + _iv_low_bit(BM[lad, w], word)
+                return _iv_fail(err, E_BM_LADDER, lad, lvl, 1 if _iv_bit(BM, lad, lvl) else 0)
+    for r in range(NOWROW, NBM):
+        lad = _IV_INDEX_OF[r - NOWROW]
+        for w in range(nw):
+            extra = BM[r, w] & ~BM[lad, w]
+            if extra != np.uint64(0):
+                lvl = 64 * w + _iv_low_bit(extra, np.uint64(0))
+                if r - NOWROW < 2:
+                    return _iv_fail(err, E_NOW_EMPTY, lad, lvl, 0)
+                return _iv_fail(err, E_HOUR_EMPTY, lad, lvl, r)
+    last = levels - 64 * (nw - 1)
+    for r in range(NBM):
+        if last < 64 and BM[r, nw - 1] >> np.uint64(last) != np.uint64(0):
+            return _iv_fail(err, E_BM_BEYOND, r, nw - 1, 0)
+        for w in range(BS.shape[1] * 64):
+            if _iv_bit(BS, r, w) != (w < nw and BM[r, w] != np.uint64(0)):
+                if w >= nw:
+                    return _iv_fail(err, E_BS_BEYOND, r, w >> 6, 0)
+                return _iv_fail(err, E_BS, r, w, 1 if _iv_bit(BS, r, w) else 0)
+    return E_OK
+
+
+@njit(cache=True)
+def _iv_nonempty(BM):
+    """The ladders and levels marked in BM's ladder rows."""
+    nw = BM.shape[1]
+    n = 0
+    for lad in range(NLAD):
+        for w in range(nw):
+            word = BM[lad, w]
+            while word != np.uint64(0):
+                n += 1
+                word &= word - np.uint64(1)
+    lads = np.empty(n, dtype=np.int64)
+    lvls = np.empty(n, dtype=np.int64)
+    k = 0
+    for lad in range(NLAD):
+        for w in range(nw):
+            word = BM[lad, w]
+            while word != np.uint64(0):
+                b = _iv_low_bit(word, np.uint64(0))
+                lads[k] = lad
+                lvls[k] = 64 * w + b
+                k += 1
+                word &= word - np.uint64(1)
+    return lads, lvls
+
+
+@njit(cache=True)
+def _iv_keys(K, top):
+    """The keys in map K, when every id handed out is at most top.  A key enters only by
+    `_map_put`, at its home slot or after it with no empty slot between.  While ids stay below
+    2**20 and below the table's size an id's home is the id itself, so keys can only be in slots
+    1 .. top, the occupied run after them and, when that run wraps, slot 0: those are counted
+    (the whole table is scanned once ids have spread over it)."""
+    n = K.shape[0]
+    c = 0
+    if top >= (1 << 20) or top >= n - 1:
+        for i in range(n):
+            if K[i] != 0:
+                c += 1
+        return c
+    i = 1
+    while i < n and (i <= top or K[i] != 0):
+        if K[i] != 0:
+            c += 1
+        i += 1
+    if i == n and K[0] != 0:
+        c += 1
+    return c
+
+
+@njit(cache=True)
+def _iv_check_all(st, err, levels):
+    """Everything, jitted: the level checks, the table scans, then `_iv_check`."""
+    code = _iv_levels(st, err, levels)
+    if code != E_OK:
+        return code
+    lads, lvls = _iv_nonempty(st.BM)
+    hk = _iv_keys(st.HK, st.S[S_LASTOID])
+    lk = _iv_keys(st.LK, st.S[S_NEXTTID] - 1)
+    n = 0
+    for h in range(UC_TAGS):
+        if st.UC[h] != 0:
+            n += 1
+    tags = np.empty(n, dtype=np.int64)
+    n = 0
+    for h in range(UC_TAGS):
+        if st.UC[h] != 0:
+            tags[n] = h
+            n += 1
+    n = 0
+    for b in range(NBK):
+        for j in range(st.TF.shape[1]):
+            if st.TF[b, j] != 0:
+                n += 1
+                break
+    buckets = np.empty(n, dtype=np.int64)
+    n = 0
+    for b in range(NBK):
+        for j in range(st.TF.shape[1]):
+            if st.TF[b, j] != 0:
+                buckets[n] = b
+                n += 1
+                break
+    return _iv_check(st, err, lads, lvls, hk, lk, tags, buckets)
+
+
 @_hot
 def _tm_spread(TM, TF, S):
     """After a restore: the sorted timers TM[:S_TMN] are split between the heap (those due
@@ -2528,6 +3197,26 @@ def _c_order(st: State) -> State:
         if not a.flags.c_contiguous:
             raise ValueError(f"the book's array {name} is not C-contiguous")
     return st
+
+
+def _check_layout(arrays: dict[str, np.ndarray], fresh: State) -> None:
+    """A snapshot's arrays are those of `LAYOUT`: the same names as a fresh book's (less what
+    snapshots leave out), the same shapes but for the rows of the pools, tables and heaps."""
+    want = set(State._fields) - {"E", "W", "UC", "TF", "PT"}
+    if set(arrays) != want:
+        raise ValueError(f"snapshot arrays {sorted(arrays)} are not those of layout {LAYOUT}")
+    for name in want:
+        a, f = arrays[name], getattr(fresh, name)
+        skip = 1 if name in ("O", "Lz", "HK", "HV", "LK", "LV", "TM", "RO") else 0  # any number of rows
+        if a.dtype != f.dtype or a.ndim != f.ndim or a.shape[skip:] != f.shape[skip:]:
+            raise ValueError(f"snapshot array {name} is {a.dtype}{a.shape}, not as in layout {LAYOUT} "
+                             f"({f.dtype}{f.shape})")
+    for keys, vals in (("HK", "HV"), ("LK", "LV")):
+        n = arrays[keys].shape[0]
+        if n < 2 or n & (n - 1) or arrays[vals].shape != (n,):
+            raise ValueError(f"snapshot maps {keys}/{vals} are not a power-of-two table")
+    if int(arrays["S"][S_OHIGH]) > arrays["O"].shape[0] or int(arrays["S"][S_LHIGH]) > arrays["Lz"].shape[0]:
+        raise ValueError("snapshot's high-water marks lie beyond its rows")
 
 
 def _pow2_at_least(n: int) -> int:
@@ -2625,50 +3314,35 @@ class NumbaBook:
         arrays["S"][S_TMN] = len(rows)
         arrays["O"] = self.st.O[: self.st.S[S_OHIGH]]  # rows never used are left out
         arrays["Lz"] = self.st.Lz[: self.st.S[S_LHIGH]]
-        np.savez(buf, LAYOUT=np.array([O_LAYOUT], dtype=np.int64), **arrays)
+        np.savez(buf, LAYOUT=np.array([LAYOUT], dtype=np.int64), **arrays)
         return buf.getvalue()
 
     @classmethod
     def restore(cls, config: BookConfig, blob: bytes) -> NumbaBook:
+        """The book a `snapshot()` of this layout and configuration holds; ValueError for any other."""
         book = cls(config)
         with np.load(io.BytesIO(blob)) as z:
             arrays = {k: z[k] for k in z.files}
-        if not np.array_equal(arrays["P"], config.as_array()):
+        layout = arrays.pop("LAYOUT", None)
+        if layout is None or layout.shape != (1,) or int(layout[0]) != LAYOUT:
+            got = "no layout record" if layout is None else f"layout {layout.tolist()}"
+            raise ValueError(f"snapshot has {got}; this book restores layout {LAYOUT} only (replay the journal)")
+        if "P" not in arrays or not np.array_equal(arrays["P"], config.as_array()):
             raise ValueError("snapshot was taken with another instrument configuration")
+        _check_layout(arrays, book.st)
         arrays["E"] = book.st.E
-        if int(arrays.pop("LAYOUT", np.array([1]))[0]) == 1:  # order columns in the first order
-            old = arrays["O"]
-            arrays["O"] = np.empty_like(old)
-            for i, name in enumerate(_O_LAYOUT_1):
-                arrays["O"][:, globals()["O_" + name]] = old[:, i]
-        if arrays["S"].shape[0] < NS:  # taken before S_OHIGH / S_LHIGH: every row counts as used
-            arrays["S"] = np.concatenate([arrays["S"], np.zeros(NS - arrays["S"].shape[0], dtype=np.int64)])
-            arrays["S"][S_OHIGH] = arrays["O"].shape[0]
-            arrays["S"][S_LHIGH] = arrays["Lz"].shape[0]
         for name in ("O", "Lz"):  # back to the usual room (snapshots hold only the rows used)
             have, want = arrays[name], getattr(book.st, name)
             if have.shape[0] < want.shape[0]:
                 arrays[name] = np.zeros_like(want)
                 arrays[name][: have.shape[0]] = have
         for keys, vals, rows, live, idc in (("HK", "HV", "O", LIVE_RESTING, O_OID), ("LK", "LV", "Lz", 1, L_TID)):
-            # the maps are rebuilt: a snapshot of another version may have hashed differently
+            # the maps are rebuilt from the live rows: a snapshot never depends on the hash
             col = O_LIVE if rows == "O" else L_LIVE
             at = np.nonzero(arrays[rows][:, col] == live)[0]
             arrays[keys] = np.zeros_like(arrays[keys])
             arrays[vals] = np.zeros_like(arrays[vals])
             _rehash(arrays[keys], arrays[vals], arrays[rows][at, idc].copy(), at.astype(np.int64))
-        if arrays["AG"].shape[2] == BG_STALE:  # taken before bid levels had a stale mark
-            arrays["AG"] = np.concatenate([arrays["AG"], np.zeros_like(arrays["AG"][:, :, :1])], axis=2)
-        for bm in ("BM", "BS"):  # taken before the extra rows were added: every level may be in them
-            old = arrays[bm]
-            if old.shape[0] < NBM:
-                rows = [old[:NLAD], old[NOWROW:NOWROW + 2] if old.shape[0] > NLAD else old[:2]]
-                rows += [old[LAD_BID_OD:LAD_BID_OD + 1]] * NHB + [old[LAD_BID_SPOT:LAD_BID_SPOT + 1]] * NHB
-                arrays[bm] = np.concatenate(rows)
-        for heap, count in (("TM", S_TMN), ("RO", S_RON)):  # sorted rows are a heap of any arity
-            n = int(arrays["S"][count])
-            rows = arrays[heap][:n]
-            arrays[heap][:n] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
         arrays["W"] = np.zeros((7, 2 * arrays["Lz"].shape[0] + 2), dtype=np.int64)
         arrays["UC"] = np.zeros(UC_WORDS, dtype=np.int64)
         arrays["PT"] = np.zeros(NPT, dtype=np.int64)
@@ -2676,7 +3350,7 @@ class NumbaBook:
         top = arrays["BM"].shape[1] * 64 - 1
         arrays["S"][S_BIDTOP] = max(_bm_next_down(arrays["BM"], arrays["BS"], lad, top)
                                     for lad in range(LAD_BID_OD, NLAD))
-        _tm_spread(arrays["TM"], arrays["TF"], arrays["S"])
+        _tm_spread(arrays["TM"], arrays["TF"], arrays["S"])  # the timers come sorted: a heap
         book.st = _c_order(State(**arrays))
         return book
 
@@ -2705,6 +3379,17 @@ class NumbaBook:
 
     def lease_count(self) -> int:
         return int(self.st.S[S_NLEASE])
+
+    def validate(self) -> None:
+        """Check the derived structures against the rows (orderbook/fast_invariants.py); raises
+        `orderbook.book.BookInvariantError` naming the first broken invariant."""
+        from orderbook.fast_invariants import check
+
+        if self.st.P.tolist() != self.cfg.as_array().tolist():
+            from orderbook.book import BookInvariantError
+
+            raise BookInvariantError("config", "P differs from the book's configuration")
+        check(self.st, self.cfg.levels)
 
     @property
     def now(self) -> int:

@@ -21,7 +21,8 @@ from operator import index
 
 from orderbook import reasons as R
 from orderbook.config import BookConfig
-from orderbook.types import HOUR, ON_DEMAND, RESERVED, SPOT
+from orderbook.rules import bid_code
+from orderbook.types import HOUR, IOC, RESERVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,8 @@ class QuoteRequest:
 
 def check_request(cfg: BookConfig, now: int, kind: int, gpus: int, hours: int, start: int = 0,
                   block: int = 1, account: int = 0, limit: int = 0) -> QuoteRequest:
-    """The checks `_on_bid` makes of a bid, in its order and with its codes (R6, R8).
+    """The checks `_on_bid` makes of a bid, in its order and with its codes (R6, R8): the
+    account's sign, then `orderbook.rules.bid_code` for an IOC bid.
 
     What a quote does not have is not checked: order id, time in force, expiry.  block 0 means
     1 as in a command; limit 0 means no limit (max_price); account 0 means nobody, a negative
@@ -89,25 +91,8 @@ def check_request(cfg: BookConfig, now: int, kind: int, gpus: int, hours: int, s
         index(v) for v in (kind, gpus, hours, start, block, account, limit))
     block = block or 1
     limit = limit or cfg.max_price
-    code = R.OK
-    if account < 0:
-        code = R.BAD_ACCOUNT
-    elif kind not in (SPOT, ON_DEMAND, RESERVED):
-        code = R.BAD_KIND
-    elif not 1 <= gpus <= cfg.max_gpus:
-        code = R.BAD_GPUS
-    elif not 1 <= hours <= cfg.max_hours:
-        code = R.BAD_HOURS
-    elif limit < cfg.min_price or limit > cfg.max_price:
-        code = R.BAD_PRICE
-    elif limit % cfg.tick:
-        code = R.OFF_TICK
-    elif block < 1 or gpus % block:
-        code = R.BAD_BLOCK
-    elif kind == RESERVED and start % HOUR:
-        code = R.UNALIGNED_START
-    elif kind == RESERVED and start - now < cfg.gate_s:
-        code = R.PAST_GATE
+    # an IOC bid: its time in force passes and it has no expiry to check
+    code = R.BAD_ACCOUNT if account < 0 else bid_code(cfg, now, kind, IOC, gpus, hours, limit, block, start, 0)
     ws = start if kind == RESERVED else now
     return QuoteRequest(reason=code, kind=kind, gpus=gpus, hours=hours, block=block, account=account,
                         limit=limit, start=ws, end=ws + hours * HOUR)

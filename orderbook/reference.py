@@ -15,8 +15,10 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from orderbook import reasons as R
+from orderbook.book import BookInvariantError
 from orderbook.config import BookConfig
 from orderbook.quote import Quote, QuoteFill, check_request
+from orderbook.rules import ask_code, bid_code
 from orderbook.statehash import hash_record
 from orderbook.types import (
     CMD_AMEND,
@@ -45,7 +47,6 @@ from orderbook.types import (
     GTD,
     HOUR,
     IOC,
-    ON_DEMAND,
     RESERVED,
     SIDE_ASK,
     SIDE_BID,
@@ -193,6 +194,61 @@ class ReferenceBook:
                 if a.side == SIDE_ASK and self._fill_qty(b, a, b.remaining) > 0:
                     pairs.append((b.oid, a.oid))
         return pairs
+
+    def validate(self) -> None:
+        """Check the derived containers against the orders and leases; raise
+        `BookInvariantError` naming the first that disagrees (see `Book.validate`).
+
+        The primary data are `orders`, `leases` and the clocks; the ladders, `ask_leases`,
+        `expiries`, `lease_ends` and `ask_starts` must hold exactly what they imply, and no
+        re-offer is pending between commands."""
+
+        def check(ok: bool, invariant: str, detail: str) -> None:
+            if not ok:
+                raise BookInvariantError(invariant, detail)
+
+        now = self.now
+        asks, bids = [], []
+        for oid, o in self.orders.items():
+            check(o.oid == oid, "orders", f"order {o.oid} filed under id {oid}")
+            check(0 < oid <= self.last_oid, "orders", f"order id {oid} not in 1..last_oid {self.last_oid}")
+            check(o.side in (SIDE_ASK, SIDE_BID), "orders", f"order {oid}: side {o.side}")
+            if o.side == SIDE_ASK:
+                asks.append(o)
+            else:
+                check(0 < o.remaining <= o.gpus, "orders", f"bid {oid}: remaining {o.remaining} of {o.gpus}")
+                bids.append(o)
+        ladders = (
+            ("asks_firm", self.asks_firm, [(a.price, a.oid) for a in asks]),
+            ("asks_spot", self.asks_spot, [(a.spot_price, a.oid) for a in asks if a.spot_price]),
+            ("bids_firm", self.bids_firm, [(-b.price, b.oid) for b in bids if b.kind != SPOT]),
+            ("bids_spot", self.bids_spot, [(-b.price, b.oid) for b in bids if b.kind == SPOT]),
+        )
+        for name, ladder, keys in ladders:
+            check(list(ladder) == sorted(keys), "ladders", f"{name} does not hold exactly its orders' keys")
+        check(list(self.expiries) == sorted((o.expire_at, o.oid) for o in self.orders.values() if o.expire_at),
+              "expiries", "the expiry timers are not exactly the resting orders' expiries")
+        check(list(self.ask_starts) == sorted((a.start, a.oid) for a in asks if a.start > now),
+              "ask-starts", "the window-start timers are not exactly the asks that start later")
+        for tid, lease in self.leases.items():
+            check(lease.trade_id == tid, "leases", f"lease {lease.trade_id} filed under id {tid}")
+            check(0 < tid < self.next_trade_id, "leases", f"trade id {tid} not below next_trade_id")
+            # a spot lease preempted without notice ends now: it leaves at the next advance
+            check(lease.end >= now, "leases", f"lease {tid} ended at {lease.end}, before now, but is still held")
+        check(list(self.lease_ends) == sorted((x.end, x.trade_id) for x in self.leases.values()),
+              "lease-ends", "the lease-end timers are not exactly the running leases' ends")
+        check(self.ask_leases.keys() == {a.oid for a in asks}, "ask-leases",
+              "ask_leases is not keyed by exactly the resting asks")
+        listed = 0
+        for oid, held in self.ask_leases.items():
+            for x in held:
+                check(self.leases.get(x.trade_id) is x and x.ask_oid == oid, "ask-leases",
+                      f"ask {oid} lists lease {x.trade_id}, not one of its running leases")
+            check(len({x.trade_id for x in held}) == len(held), "ask-leases", f"ask {oid} lists a lease twice")
+            listed += len(held)
+        check(listed == sum(x.ask_oid in self.ask_leases for x in self.leases.values()), "ask-leases",
+              "a running lease of a resting ask is missing from its list")
+        check(not self._reoffer and not self._events, "reoffers", "re-offers or events pending between commands")
 
     # ------------------------------------------------------------------ internals
     def _state(self) -> dict[str, Any]:
@@ -416,14 +472,6 @@ class ReferenceBook:
             self._match_ask(self.orders[oid])
 
     # --- commands -------------------------------------------------------------------------
-    def _check_price(self, price: int) -> int:
-        c = self.cfg
-        if price < c.min_price or price > c.max_price:
-            return R.BAD_PRICE
-        if price % c.tick:
-            return R.OFF_TICK
-        return R.OK
-
     def _check_new_order(self, cmd: dict[str, int]) -> int:
         if cmd["account"] <= 0:
             return R.BAD_ACCOUNT
@@ -432,25 +480,12 @@ class ReferenceBook:
         return R.OK
 
     def _on_ask(self, cmd: dict[str, int]) -> None:
-        c = self.cfg
         now = self.now
         start = max(cmd["start"], now)
         end = cmd["end"]
         min_hours = cmd["min_hours"] or 1
-        code = self._check_new_order(cmd)
-        if not code and not 1 <= cmd["gpus"] <= c.max_gpus:
-            code = R.BAD_GPUS
-        if not code:
-            code = self._check_price(cmd["price"])
-        if not code and cmd["spot_price"]:
-            if cmd["spot_price"] < c.min_price or cmd["spot_price"] > cmd["price"]:
-                code = R.BAD_SPOT_PRICE
-            elif cmd["spot_price"] % c.tick:
-                code = R.OFF_TICK
-        if not code and not 1 <= min_hours <= c.max_hours:
-            code = R.BAD_MIN_HOURS
-        if not code and (end - start < min_hours * HOUR or end - start > c.max_window_hours * HOUR):
-            code = R.BAD_WINDOW
+        code = self._check_new_order(cmd) or ask_code(
+            self.cfg, now, cmd["gpus"], cmd["price"], cmd["spot_price"], start, end, min_hours)
         if not code and cmd["lease_id"]:
             code = self._check_resale(cmd, start, end)
         a = Order(oid=cmd["oid"], account=cmd["account"], side=SIDE_ASK, gpus=cmd["gpus"],
@@ -490,33 +525,13 @@ class ReferenceBook:
         now = self.now
         kind, tif, gpus, hours = cmd["kind"], cmd["tif"], cmd["gpus"], cmd["hours"]
         block = cmd["block"] or 1
-        code = self._check_new_order(cmd)
-        if not code and kind not in (SPOT, ON_DEMAND, RESERVED):
-            code = R.BAD_KIND
-        if not code and tif not in (GTC, IOC, FOK, GTD):
-            code = R.BAD_TIF
-        if not code and not 1 <= gpus <= c.max_gpus:
-            code = R.BAD_GPUS
-        if not code and not 1 <= hours <= c.max_hours:
-            code = R.BAD_HOURS
-        if not code:
-            code = self._check_price(cmd["price"])
-        if not code and (block < 1 or gpus % block):
-            code = R.BAD_BLOCK
-        start = cmd["start"] if kind == RESERVED else 0
-        if not code and kind == RESERVED:
-            if start % HOUR:
-                code = R.UNALIGNED_START
-            elif start - now < c.gate_s:
-                code = R.PAST_GATE
-        expire_at, why = 0, 0
-        if not code and tif == GTD:
-            if cmd["expire_at"] <= now:
-                code = R.BAD_EXPIRY
-            expire_at, why = cmd["expire_at"], END_GTD
+        code = self._check_new_order(cmd) or bid_code(
+            c, now, kind, tif, gpus, hours, cmd["price"], block, cmd["start"], cmd["expire_at"])
         if code:
             self._reject(cmd, code)
             return
+        start = cmd["start"] if kind == RESERVED else 0
+        expire_at, why = (cmd["expire_at"], END_GTD) if tif == GTD else (0, 0)
         if kind == RESERVED and tif in (GTC, GTD) and (not expire_at or start - c.gate_s < expire_at):
             expire_at, why = start - c.gate_s, END_GATE  # R14: reserved GTC expires at the gate
         b = Order(oid=cmd["oid"], account=cmd["account"], side=SIDE_BID, kind=kind, tif=tif,

@@ -5,7 +5,9 @@ start `gpux serve` as a subprocess wait for it a limited time, less than a cold 
 from __future__ import annotations
 
 import os
+import weakref
 
+import numpy as np
 import pytest
 
 from orderbook.book import make_book as _make_book
@@ -27,12 +29,36 @@ def engine(request) -> str:
     return _engine_or_skip(request.param)
 
 
+def validating(book):
+    """The book, its `process` applying the commands one at a time and checking the book's
+    invariants (`validate()`) after each; the events are those of one batch (tested in
+    tests/test_differential.py)."""
+    batch = type(book).process
+    ref = weakref.ref(book)  # no cycle through the book: a numba book's arrays go when the test drops it
+
+    def process(commands: np.ndarray) -> np.ndarray:
+        b = ref()
+        if len(commands) == 0:
+            events = batch(b, commands)
+            b.validate()
+            return events
+        parts = []
+        for i in range(len(commands)):
+            parts.append(batch(b, commands[i : i + 1]))
+            b.validate()
+        return np.concatenate(parts)
+
+    book.process = process
+    return book
+
+
 @pytest.fixture
 def make_book(engine):
-    """Factory: a fresh book of the engine under test, for a given BookConfig."""
+    """Factory: a fresh book of the engine under test, for a given BookConfig; it validates
+    its invariants after every command (`validating`)."""
 
     def factory(config: BookConfig | None = None):
-        return _make_book(config or BookConfig(), engine=engine)
+        return validating(_make_book(config or BookConfig(), engine=engine))
 
     return factory
 

@@ -1,13 +1,15 @@
 """The numba book against the reference book, event for event (R4–R16, R15, R21).
 
 Random command streams (tests/streams.py) go through both books one command at a time.
-After every command: the same events, the same state hash, and a quiescent book — no
-resting bid and resting ask that could trade (R9).  Then: batching changes nothing, and
-snapshot -> restore -> continue gives the same events as never stopping.
+After every command: the same events, the same state hash, a quiescent book — no resting
+bid and resting ask that could trade (R9) — and both books' invariants hold (`validate()`).
+Then: batching changes nothing, and snapshot -> restore -> continue gives the same events as
+never stopping.
 """
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -46,6 +48,8 @@ def _run_both(commands: np.ndarray, cfg: BookConfig = CFG) -> tuple[list[np.ndar
         assert np.array_equal(e_fast, e_ref)
         assert fast.state_hash() == ref.state_hash(), f"state differs after command {i}: {one[0]}"
         assert fast.crossing_pairs() == [], f"book not quiescent after command {i}: {one[0]}"
+        ref.validate()  # every derived structure agrees with the orders and leases
+        fast.validate()
         out.append(e_ref)
     return out, ref, fast
 
@@ -91,6 +95,7 @@ def test_snapshot_restore_continue_equals_never_stopping(engine: str, seed: int)
     head = first.process(commands[:cut])
     blob = first.snapshot()
     second = restore_book(CFG, blob, engine=engine)
+    second.validate()
     assert second.state_hash() == first.state_hash()
     tail = second.process(commands[cut:])
     assert np.array_equal(np.concatenate([head, tail]), expected)
@@ -104,6 +109,38 @@ def test_restore_refuses_other_configuration() -> None:
         restore_book(BookConfig(name="T", max_price=20_000, notice_s=60), book.snapshot(), engine="numba")
 
 
+def _rewrite(blob: bytes, **arrays: np.ndarray | None) -> bytes:
+    """A numba book's snapshot with some arrays replaced (None: left out)."""
+    with np.load(io.BytesIO(blob)) as z:
+        out = {k: z[k] for k in z.files}
+    for name, a in arrays.items():
+        if a is None:
+            del out[name]
+        else:
+            out[name] = a
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    return buf.getvalue()
+
+
+def test_restore_refuses_snapshots_of_another_layout() -> None:
+    """Only the current snapshot layout restores; older ones are refused with ValueError (the
+    exchange's recovery then replays the journal)."""
+    from orderbook.fast import LAYOUT, NS
+
+    book = make_book(CFG, engine="numba")
+    book.process(random_stream(np.random.default_rng(2), 200))
+    blob = book.snapshot()
+    restore_book(CFG, _rewrite(blob), engine="numba").validate()  # rewriting alone changes nothing
+    with np.load(io.BytesIO(blob)) as z:
+        ag, bm = z["AG"], z["BM"]
+    for bad in (_rewrite(blob, LAYOUT=np.array([LAYOUT - 1])), _rewrite(blob, LAYOUT=None),
+                _rewrite(blob, S=np.zeros(NS + 1, dtype=np.int64)),  # layout 2's 20 scalars
+                _rewrite(blob, AG=ag[:, :, :-1]), _rewrite(blob, BM=bm[:-2]), _rewrite(blob, RO=None)):
+        with pytest.raises(ValueError, match="layout"):
+            restore_book(CFG, bad, engine="numba")
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_pools_grow_without_changing_events(seed: int) -> None:
     """A book that starts tiny grows its arrays mid-batch; events stay those of the reference."""
@@ -114,6 +151,7 @@ def test_pools_grow_without_changing_events(seed: int) -> None:
     ref = make_book(CFG, engine="reference")
     assert np.array_equal(tiny.process(commands), ref.process(commands))
     assert tiny.state_hash() == ref.state_hash()
+    tiny.validate()
 
 
 def test_random_streams_reach_every_event_and_most_reasons() -> None:

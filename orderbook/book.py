@@ -15,19 +15,13 @@ from typing import Protocol
 import numpy as np
 
 from orderbook.config import BookConfig
+from orderbook.invariants import BookInvariantError
 from orderbook.quote import Quote
 
 ENGINES = ("numba", "reference")
 
 
-class BookInvariantError(AssertionError):
-    """`Book.validate()` found a derived structure that disagrees with the book's orders and
-    leases; `invariant` names it (e.g. "bitmap", "order-map", "usage-cache")."""
-
-    def __init__(self, invariant: str, detail: str) -> None:
-        super().__init__(f"{invariant}: {detail}")
-        self.invariant = invariant
-        self.detail = detail
+__all__ = ["ENGINES", "Book", "BookInvariantError", "make_book", "restore_book"]
 
 
 class Book(Protocol):

@@ -47,8 +47,9 @@ KEEP = 4  # directories of a module kept (the current one included)
 _ORDERBOOK = ("orderbook/__init__.py", "orderbook/jitcache.py")
 SOURCES: dict[str, tuple[str, ...]] = {
     "orderbook.statehash": (*_ORDERBOOK, "orderbook/statehash.py"),
-    "orderbook.fast": (*_ORDERBOOK, "orderbook/fast.py", "orderbook/config.py", "orderbook/quote.py",
-                       "orderbook/reasons.py", "orderbook/statehash.py", "orderbook/types.py"),
+    "orderbook.fast": (*_ORDERBOOK, "orderbook/fast.py", "orderbook/config.py", "orderbook/invariants.py",
+                       "orderbook/quote.py", "orderbook/reasons.py", "orderbook/rules.py", "orderbook/statehash.py",
+                       "orderbook/types.py"),
     "settlement.core": (*_ORDERBOOK, "orderbook/types.py", "settlement/__init__.py", "settlement/core.py",
                         "settlement/ids.py", "settlement/leases.py", "settlement/ledger.py", "settlement/money.py"),
     "feeds.recording": (*_ORDERBOOK, "orderbook/types.py", "exchange/__init__.py", "exchange/journal.py",

@@ -15,8 +15,8 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from orderbook import reasons as R
-from orderbook.book import BookInvariantError
 from orderbook.config import BookConfig
+from orderbook.invariants import BookInvariantError
 from orderbook.quote import Quote, QuoteFill, check_request
 from orderbook.rules import ask_code, bid_code
 from orderbook.statehash import hash_record

@@ -18,7 +18,7 @@ import pytest
 from orderbook import fast as F
 from orderbook.book import BookInvariantError, make_book
 from orderbook.config import BookConfig
-from orderbook.fast_invariants import check
+from orderbook.fast import check
 from orderbook.types import GTD, HOUR, IOC, ON_DEMAND, RESERVED, SPOT
 from tests.helpers import BUYER, BUYER2, BUYER3, PROV, PROV2, P, S, T, ask, bid, clock, release, run
 

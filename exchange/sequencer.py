@@ -41,7 +41,7 @@ from exchange.entries import Admin, Cmd, Entry, Prov, encode_entry
 from exchange.errors import ApiError
 from exchange.journal import Journal
 from exchange.snapshots import encode_snapshot, write_snapshot
-from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE, Command
+from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE, Command, clock_command
 
 log = logging.getLogger("gpux.sequencer")
 
@@ -73,7 +73,7 @@ class Request:
                 self.reply(value)
 
 
-_CLOCK = Command(type=CMD_CLOCK)
+_CLOCK = clock_command()
 
 
 @dataclass

@@ -6,7 +6,7 @@
     await gw.close_sessions()       # at shutdown: every session gets 1001
 
 Handlers are thin: decode (msgspec, R8), authenticate (HMAC, gateway.auth), check the
-role and the rate limit, precheck the market rules (gateway.wire), then hand a Request to
+role and the rate limit, precheck the market rules (orderbook.rules, R8), then hand a Request to
 the sequencer and answer once it is durable.  docs/api.md is the reference; the same
 routes are described by the OpenAPI document at /v1/openapi.json.
 """
@@ -54,19 +54,10 @@ from gateway.wire import (
     decode_body,
     decode_query,
     decode_ws,
-    precheck_ask,
-    precheck_bid,
 )
 from orderbook import reasons as R
-from orderbook.types import (
-    CMD_AMEND,
-    CMD_ASK,
-    CMD_BID,
-    CMD_CANCEL,
-    CMD_RELEASE,
-    EV_REJECTED,
-    Command,
-)
+from orderbook.rules import ask_code, bid_code
+from orderbook.types import EV_REJECTED, amend_command, ask_command, bid_command, cancel_command, release_command
 
 log = logging.getLogger("gpux.gateway")
 _enc = msgspec.json.Encoder()
@@ -332,7 +323,7 @@ class Gateway:
         cfg = self.cfg.instruments[q.gpu_class].book
         now = self.engine.book_time(q.gpu_class)
         kind = KINDS[q.kind]
-        code = precheck_bid(cfg, now, kind, 0, q.gpus, q.hours, q.limit or cfg.max_price, q.block, q.start, 0)
+        code = bid_code(cfg, now, kind, 0, q.gpus, q.hours, q.limit or cfg.max_price, q.block, q.start, 0)
         if code:
             raise book_error(code)
         res = book.quote(kind, q.gpus, q.hours, start=q.start, block=q.block, limit=q.limit)
@@ -414,12 +405,12 @@ class Gateway:
         # a client order id already answered gets its first answer from the sequencer, even when
         # the request would no longer pass the checks at today's time (a retry after a lost answer)
         known = m.client_order_id is not None and (key.account_id, m.client_order_id) in engine.state.coids
-        code = 0 if known else precheck_ask(cfg, engine.book_time(m.gpu_class), m.gpus, m.price, m.spot_price,
+        code = 0 if known else ask_code(cfg, engine.book_time(m.gpu_class), m.gpus, m.price, m.spot_price,
                                             m.start, m.end, m.min_hours)
         if code:
             raise book_error(code)
-        rec = Command(type=CMD_ASK, account=key.account_id, price=m.price, spot_price=m.spot_price, start=m.start,
-                      end=m.end, lease_id=m.lease_id, gpus=m.gpus, min_hours=m.min_hours, post_only=int(m.post_only))
+        rec = ask_command(key.account_id, m.gpus, m.price, m.end, spot_price=m.spot_price, start=m.start,
+                          min_hours=m.min_hours, lease_id=m.lease_id, post_only=int(m.post_only))
         ans = self._result(await self._submit(Request(m.gpu_class, rec, key.account_id,
                                                       m.client_order_id or "")))
         self._count("orders_total{side=\"ask\"}")
@@ -447,7 +438,7 @@ class Gateway:
     async def cancel_order(self, request: web.Request) -> web.Response:
         key = await self._auth(request)
         o = self._owned(key, request.match_info["oid"])
-        ans = self._result(await self._submit(Request(o.book, Command(type=CMD_CANCEL, account=o.account, oid=o.oid),
+        ans = self._result(await self._submit(Request(o.book, cancel_command(o.account, o.oid),
                                                       o.account)))
         return _json(ans)
 
@@ -455,8 +446,7 @@ class Gateway:
         key = await self._auth(request)
         m = decode_body(await request.read(), AmendRequest)
         o = self._owned(key, request.match_info["oid"])
-        ans = self._result(await self._submit(Request(o.book, Command(type=CMD_AMEND, account=o.account, oid=o.oid,
-                                                                      gpus=m.gpus), o.account)))
+        ans = self._result(await self._submit(Request(o.book, amend_command(o.account, o.oid, m.gpus), o.account)))
         return _json(ans)
 
     async def list_orders(self, request: web.Request) -> web.Response:
@@ -485,7 +475,7 @@ class Gateway:
             tid = int(request.match_info["trade_id"])
         except ValueError:
             raise ApiError("MALFORMED", "the lease's trade id must be an integer") from None
-        rec = Command(type=CMD_RELEASE, account=key.account_id, lease_id=tid)
+        rec = release_command(key.account_id, tid)
         ans = self._result(await self._submit(Request(name, rec, key.account_id)))
         return _json(ans)
 
@@ -519,7 +509,7 @@ class Gateway:
         futs = []
         for o in self.state.open_orders(account):
             if only is None or (o.book, o.oid) in only:
-                futs.append(seq.submit(Request(o.book, Command(type=CMD_CANCEL, account=account, oid=o.oid), account)))
+                futs.append(seq.submit(Request(o.book, cancel_command(account, o.oid), account)))
         results = await asyncio.gather(*futs, return_exceptions=True)
         return sum(1 for r in results if isinstance(r, dict) and r.get("ok"))
 
@@ -697,12 +687,11 @@ class Gateway:
         kind, tif = KINDS[op.kind], TIFS[op.tif]
         now = self.sequencer.times[op.gpu_class]
         known = op.client_order_id is not None and (s.account, op.client_order_id) in engine.state.coids
-        code = 0 if known else precheck_bid(inst.book, now, kind, tif, op.gpus, op.hours, op.limit, op.block,
+        code = 0 if known else bid_code(inst.book, now, kind, tif, op.gpus, op.hours, op.limit, op.block,
                                             op.start, op.expire_at)  # known: as post_ask
         if code:
             raise book_error(code)
-        rec = Command(type=CMD_BID, account=s.account, price=op.limit, start=op.start, expire_at=op.expire_at,
-                      gpus=op.gpus, hours=op.hours, block=op.block, kind=kind, tif=tif)
+        rec = bid_command(s.account, kind, op.gpus, op.hours, op.limit, op.block, tif, op.start, op.expire_at)
         self._post(Request(op.gpu_class, rec, s.account, op.client_order_id or "", origin=s,
                            reply=self._replier(s, op.id, op.gpu_class)))  # the sequencer works out the escrow
         self._count("orders_total{side=\"bid\"}")
@@ -731,19 +720,19 @@ class Gateway:
 
     def _ws_cancel(self, s: Session, op: CancelOp) -> None:
         o = self._ws_find(s, op.oid, op.client_order_id)
-        self._post(Request(o.book, Command(type=CMD_CANCEL, account=o.account, oid=o.oid), o.account, origin=s,
+        self._post(Request(o.book, cancel_command(o.account, o.oid), o.account, origin=s,
                            reply=self._replier(s, op.id)))
 
     def _ws_amend(self, s: Session, op: AmendOp) -> None:
         o = self._ws_find(s, op.oid, None)
-        self._post(Request(o.book, Command(type=CMD_AMEND, account=o.account, oid=o.oid, gpus=op.gpus), o.account,
+        self._post(Request(o.book, amend_command(o.account, o.oid, op.gpus), o.account,
                            origin=s, reply=self._replier(s, op.id)))
 
     def _ws_release(self, s: Session, op: ReleaseOp) -> None:
         self._require(s, "trader")
         if op.gpu_class not in self.cfg.instruments:
             raise ApiError("UNKNOWN_CLASS", f"no GPU class {op.gpu_class!r}")
-        self._post(Request(op.gpu_class, Command(type=CMD_RELEASE, account=s.account, lease_id=op.lease_id),
+        self._post(Request(op.gpu_class, release_command(s.account, op.lease_id),
                            s.account, origin=s, reply=self._replier(s, op.id)))
 
     # ------------------------------------------------------------------ private pushes

@@ -2,7 +2,7 @@
 
 Decoding *is* validation (R8): a message that does not fit is refused with ``MALFORMED``
 and msgspec's sentence, which names the field.  Bounds here are what a record can hold;
-the market rules (tick, instrument bounds, alignment, gate) are checked by `precheck_*`
+the market rules (tick, instrument bounds, alignment, gate) are checked by `orderbook.rules`
 with the book's own reason codes before anything reaches the sequencer.
 """
 
@@ -13,8 +13,6 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from exchange.errors import ApiError
-from orderbook import rules
-from orderbook.config import BookConfig
 from orderbook.types import FOK, GTC, GTD, IOC, ON_DEMAND, RESERVED, SPOT
 
 MAX_I64 = 2**62
@@ -196,23 +194,3 @@ def decode_query(query: dict[str, str], cls: type) -> Any:
         return msgspec.convert(dict(query), cls, strict=False)
     except msgspec.ValidationError as e:
         raise ApiError("MALFORMED", str(e)) from None
-
-
-# --- market-rule prechecks (R8): the book's own checks, before the sequencer ---------------
-def _price_code(cfg: BookConfig, price: int) -> int:
-    return rules.price_code(cfg, price)
-
-
-def precheck_bid(cfg: BookConfig, now: int, kind: int, tif: int, gpus: int, hours: int, limit: int,
-                 block: int, start: int, expire_at: int) -> int:
-    """The reason code the book would give this bid before matching (0 = valid), in the
-    book's order of checks (`orderbook.rules.bid_code`), so that no invalid bid reaches the
-    journal."""
-    return rules.bid_code(cfg, now, kind, tif, gpus, hours, limit, block, start, expire_at)
-
-
-def precheck_ask(cfg: BookConfig, now: int, gpus: int, price: int, spot_price: int, start: int,
-                 end: int, min_hours: int) -> int:
-    """As `precheck_bid`, for an ask (R5; `orderbook.rules.ask_code`): everything but resale and
-    post_only, which need the book."""
-    return rules.ask_code(cfg, now, gpus, price, spot_price, start, end, min_hours)

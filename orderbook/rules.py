@@ -10,7 +10,7 @@ ask's would-be trades.
     code = ask_code(cfg, now, gpus, price, spot_price, start, end, min_hours)
 
 Used by the reference book (`ReferenceBook._on_bid`, `_on_ask`), the quote's request check
-(`orderbook.quote.check_request`) and the gateway's prechecks (`gateway.wire.precheck_*`).  The
+(`orderbook.quote.check_request`) and the gateway's prechecks (`gateway.gateway`, before the sequencer).  The
 numba book (`orderbook.fast._on_bid`, `_on_ask`) cannot call plain Python and repeats them;
 `tests/test_rules_r8_mirror.py` holds it to these functions on random fields.
 

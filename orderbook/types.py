@@ -234,3 +234,40 @@ def events(records: np.ndarray) -> list[Event]:
 def as_event(values: Iterable[int]) -> Event:
     """Field values in EVENT_DTYPE order (a record's ``tolist()``) as an Event."""
     return _as_event(values)
+
+
+# --- commands as a client sends them (time, and a new order's oid, are stamped by the sequencer) ---
+# Built here, where the field order is defined: a tuple in field order is what numpy takes, and
+# far cheaper to make than a Command by keywords (the gateway makes one per request).
+def ask_command(account: int, gpus: int, price: int, end: int, spot_price: int = 0, start: int = 0,
+                min_hours: int = 0, lease_id: int = 0, post_only: int = 0) -> Command:
+    """An ask (R5): ``gpus`` from ``start`` (0: now) to ``end`` at ``price`` (and ``spot_price``)."""
+    return _as_command((0, 0, account, price, spot_price, start, end, 0, lease_id, gpus, 0, min_hours, 0,
+                        CMD_ASK, 0, 0, post_only))
+
+
+def bid_command(account: int, kind: int, gpus: int, hours: int, limit: int, block: int = 0, tif: int = GTC,
+                start: int = 0, expire_at: int = 0) -> Command:
+    """A bid (R6) for ``gpus`` GPUs × ``hours`` at most ``limit``."""
+    return _as_command((0, 0, account, limit, 0, start, 0, expire_at, 0, gpus, hours, 0, block, CMD_BID, kind,
+                        tif, 0))
+
+
+def cancel_command(account: int, oid: int) -> Command:
+    """Cancel order ``oid`` (R7)."""
+    return _as_command((0, oid, account, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CMD_CANCEL, 0, 0, 0))
+
+
+def amend_command(account: int, oid: int, gpus: int) -> Command:
+    """Reduce order ``oid`` to ``gpus`` GPUs (R7)."""
+    return _as_command((0, oid, account, 0, 0, 0, 0, 0, 0, gpus, 0, 0, 0, CMD_AMEND, 0, 0, 0))
+
+
+def release_command(account: int, lease_id: int) -> Command:
+    """Release lease ``lease_id`` early (R16)."""
+    return _as_command((0, 0, account, 0, 0, 0, 0, 0, lease_id, 0, 0, 0, 0, CMD_RELEASE, 0, 0, 0))
+
+
+def clock_command(time: int = 0) -> Command:
+    """Move engine time to ``time`` (R4; the sequencer stamps it)."""
+    return _as_command((time, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CMD_CLOCK, 0, 0, 0))

@@ -106,9 +106,15 @@ class Session(SendBuffer):
         self.orders: set[tuple[str, int]] = set()  # (class, oid) placed through this session
 
     def send(self, msg: dict[str, Any] | bytes) -> None:
-        """Queue one message: a dict, or its JSON encoding."""
-        if not self.closed:
-            self.push(ws_frame(msg if isinstance(msg, bytes) else _enc.encode(msg)))
+        """Queue one message: a dict, or its JSON encoding (`SendBuffer.push`, inlined: one call
+        fewer per message on the order path)."""
+        if self.closed:
+            return
+        self.out.append(ws_frame(msg if isinstance(msg, bytes) else _enc.encode(msg)))
+        self.sent += 1
+        if not self.dirty:
+            self.dirty = True
+            self.sender.mark(self)
 
 
 class Counters(dict[str, int]):

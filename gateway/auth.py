@@ -242,23 +242,31 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def take(self, key: Hashable, n: int = 1) -> float:
-        if not 1 <= n <= self.burst:
+        if n != 1 and not 1 <= n <= self.burst:
             raise ValueError(f"n must be between 1 and the burst ({self.burst})")
         now = self.clock()
-        with self._lock:
-            bucket = self._buckets.get(key)
+        burst = self.burst
+        with self._lock:  # (one per request on the order path: the bucket is updated in place)
+            buckets = self._buckets
+            bucket = buckets.get(key)
             if bucket is None:
-                tokens = float(self.burst)
+                tokens = float(burst)
+                bucket = buckets[key] = [tokens, now]
             else:
-                tokens = min(float(self.burst), bucket[0] + max(0.0, now - bucket[1]) * self.rate)
-                self._buckets.move_to_end(key)
+                elapsed = now - bucket[1]
+                tokens = bucket[0] + elapsed * self.rate if elapsed > 0 else bucket[0]
+                if tokens > burst:
+                    tokens = float(burst)
+                buckets.move_to_end(key)
             if tokens >= n:
-                self._buckets[key] = [tokens - n, now]
+                bucket[0] = tokens - n
                 wait = 0.0
             else:
-                self._buckets[key] = [tokens, now]
+                bucket[0] = tokens
                 wait = (n - tokens) / self.rate
-            self._forget(now)
+            bucket[1] = now
+            if len(buckets) > self.max_keys or now - next(iter(buckets.values()))[1] >= self._refill_s:
+                self._forget(now)
             return wait
 
     def _forget(self, now: float) -> None:

@@ -34,6 +34,7 @@ class Published:
     events: dict[str, np.ndarray]
     origins: list[Any]
     answers: list[Any] = field(default_factory=list)  # exchange.entries.Prov entries (provisioning, R18)
+    funds: list[Any] = field(default_factory=list)  # exchange.entries.Fund entries (deposits, withdrawals)
 
 
 Subscriber = Callable[[Published], None]
@@ -115,6 +116,10 @@ class RedisBus(Bus):
 
     def publish(self, batch: Published) -> None:
         super().publish(batch)
+        deposits = [(int(f.ref.split(":")[1]), f.account, f.amount, f.time * 1000) for f in batch.funds
+                    if f.op == "deposit" and f.ref.startswith("accounts:")]
+        if deposits:  # settlement's consumer group applies each once, by its row
+            self.publish_deposits(deposits)
         clocks = self._clocks(batch)
         if batch.events or batch.answers or clocks:
             self._put((batch.events, batch.answers, [], clocks))
@@ -135,7 +140,7 @@ class RedisBus(Bus):
         return out
 
     def publish_deposits(self, rows: list[tuple[int, int, int, int]]) -> None:
-        """Deposits the exchange's ledger took (account store rows: id, account, µ$, created ms),
+        """Deposits the exchange journaled (account store rows: id, account, µ$, time ms),
         for settlement's consumer group (`{prefix}:deposits`; applied once each by its id)."""
         if rows:
             self._put(({}, [], rows, []))

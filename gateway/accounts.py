@@ -195,6 +195,9 @@ class AccountStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if "taken_by" not in {r[1] for r in db.execute("PRAGMA table_info(deposits)")}:
+                # the exchange (its journal) a deposit request was journaled by: one only
+                db.execute("ALTER TABLE deposits ADD COLUMN taken_by TEXT")
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -357,6 +360,18 @@ class AccountStore:
         in order: settlement turns each into one ledger transfer ``deposit:accounts:{id}``."""
         return [tuple(r) for r in self._read("SELECT id, account_id, amount, created_at FROM deposits "
                                              "WHERE id > ? ORDER BY id", (after_id,))]
+
+    def claim_deposits(self, owner: str, after_id: int = 0) -> list[tuple[int, int, int]]:
+        """The deposit requests after row ``after_id`` that ``owner`` (an exchange's id) may
+        journal, as (id, account, amount µ$), in order: those no exchange has taken yet are taken
+        by ``owner`` first, in one transaction.  So a deposit goes into one exchange's money
+        only, however many exchanges share this store; one that ``owner`` took and did not
+        journal (it stopped in between) comes back to it here."""
+        with self._write() as db:
+            db.execute("UPDATE deposits SET taken_by = ? WHERE id > ? AND taken_by IS NULL", (owner, after_id))
+            rows = db.execute("SELECT id, account_id, amount FROM deposits WHERE id > ? AND taken_by = ? "
+                              "ORDER BY id", (after_id, owner)).fetchall()
+        return [tuple(r) for r in rows]
 
     # -- lifetime ------------------------------------------------------------------------------
 

@@ -571,14 +571,15 @@ async def scenario(server: Server, cfg: ServerConfig, seen: Seen, rng: random.Ra
     snap = msgspec.msgpack.decode(path.read_bytes(), type=Snapshot)
     # the ledger, kept across every kill -9 (its cursor + the journal replay), is the ledger of
     # one clean pass over the journal: every event settled exactly once (docs/settlement.md)
-    accounts = AccountStore(cfg.data_path / "accounts.db")
-    fresh = SettlementLink(cfg.with_(data_dir=str(cfg.data_path.parent / "fresh")), accounts.deposit_rows)
+    fresh = SettlementLink(cfg.with_(data_dir=str(cfg.data_path.parent / "fresh")))
     full = recover(cfg, use_snapshots=False, settled=fresh.cursor, sink=fresh.replayed)
     fresh.tick({name: full.book_time(name) for name in full.books})
     kept = Settlement(cfg.data_path / "ledger.db")
     assert fresh.healthy and len(kept.transfers()) > 100
     assert sorted(kept.transfers()) == sorted(fresh.settlement.transfers())
     assert kept.ledger.balances() == fresh.settlement.ledger.balances()
+    assert full.money.all() == kept.ledger.balances()  # the core's money: the ledger's, account by account
+    assert snap.money is not None and snap.money_hash == full.money.state_hash()
     kept.ledger.check_invariants()
     assert {name: b.state_hash for name, b in snap.books.items()} == full.state_hashes()
     assert snap.last_oid == full.last_oid

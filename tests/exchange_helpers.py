@@ -32,11 +32,12 @@ class Running:
     url: str
     clients: list[Client] = field(default_factory=list)
     keys: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # name -> (account, key, secret)
+    pending: list[Any] = field(default_factory=list)  # answers of deposits handed to the sequencer
 
     def account(self, name: str, role: str, deposit: int = 0,
                 ssh_public_key: str | None = None) -> tuple[int, str, str]:
         acc, key, secret = self.exchange.store.create_account(name, role, deposit, ssh_public_key)
-        self.exchange.deposits.poll()  # journaled before anything this test sends next
+        self.pending += self.exchange.deposits.poll()  # journaled before anything this test sends next
         self.keys[name] = (acc.id, key, secret)
         return acc.id, key, secret
 
@@ -59,6 +60,9 @@ class Running:
 
     async def settle(self) -> None:
         """Wait until the sequencer has nothing queued (all answers sent)."""
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
+            self.pending = []
         seq = self.exchange.sequencer
         for _ in range(500):
             if seq is None or not seq._queue:

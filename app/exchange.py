@@ -150,8 +150,8 @@ class Exchange:
         await bus.start()
         if isinstance(bus, RedisBus):  # `gpux settle` members settle deposits too
             bus.book_seqs = {name: book_seq(b) for name, b in engine.books.items()}
-            bus.publish_deposits([r for r in app[ACCOUNTS].deposit_rows(await bus.deposits_sent())
-                                  if r[0] <= engine.money.deposit_row])
+            bus.publish_deposits([r for r in app[ACCOUNTS].deposit_rows(await bus.deposits_sent(), inbox.owner)
+                                  if r[0] <= engine.money.deposit_row])  # the ones this exchange journaled
         metrics = app[METRICS]
         metrics.add(self._process_samples)
         for part in (engine, engine.money, sequencer, inbox, link, prov, bus):

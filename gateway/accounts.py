@@ -355,11 +355,14 @@ class AccountStore:
                           "LEFT JOIN deposits d ON d.account_id = a.id GROUP BY a.id ORDER BY a.id")
         return {account_id: total for account_id, total in rows}
 
-    def deposit_rows(self, after_id: int = 0) -> list[tuple[int, int, int, int]]:
-        """Deposits recorded after row ``after_id``, as (id, account, amount µ$, created_at ms),
-        in order: settlement turns each into one ledger transfer ``deposit:accounts:{id}``."""
+    def deposit_rows(self, after_id: int = 0, taken_by: str | None = None) -> list[tuple[int, int, int, int]]:
+        """Deposit requests recorded after row ``after_id`` (only those ``taken_by`` an exchange,
+        if given), as (id, account, amount µ$, created_at ms), in order."""
+        if taken_by is None:
+            return [tuple(r) for r in self._read("SELECT id, account_id, amount, created_at FROM deposits "
+                                                 "WHERE id > ? ORDER BY id", (after_id,))]
         return [tuple(r) for r in self._read("SELECT id, account_id, amount, created_at FROM deposits "
-                                             "WHERE id > ? ORDER BY id", (after_id,))]
+                                             "WHERE id > ? AND taken_by = ? ORDER BY id", (after_id, taken_by))]
 
     def claim_deposits(self, owner: str, after_id: int = 0) -> list[tuple[int, int, int]]:
         """The deposit requests after row ``after_id`` that ``owner`` (an exchange's id) may

@@ -569,6 +569,7 @@ class Gateway:
         engine = self.engine
         return _json({"seq": engine.seq, "last_oid": engine.last_oid,
                       "state_hashes": {k: str(v) for k, v in engine.state_hashes().items()},
+                      "money_hash": str(engine.money.state_hash()),
                       "times": {k: engine.book_time(k) for k in engine.books},
                       "digest": engine.state.digest(), "halted": sorted(engine.state.halted)})
 

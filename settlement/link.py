@@ -305,7 +305,8 @@ class SettlementLink:
             ("gpux_settlement_healthy", int(self.healthy), "0 while the ledger refuses a batch (see logs)", "gauge")]
 
     def health(self) -> str:
-        """"ok" while the ledger takes every batch; else why not (bids that need escrow are refused)."""
+        """"ok" while the ledger takes every batch; else why not (statements lag; trading goes on: the
+        money the sequencer checks is the core's)."""
         return "ok" if self.last_error is None else f"the ledger refuses batches: {self.last_error}"
 
     @property

@@ -34,7 +34,7 @@ from feeds.recording import (
     write_meta,
 )
 from orderbook.config import BookConfig
-from orderbook.types import EVENT_DTYPE
+from orderbook.types import EVENT_DTYPE, join
 
 log = logging.getLogger("gpux.feeds")
 SEGMENT_BYTES = 64 << 20
@@ -199,6 +199,4 @@ def open_recorder(data_dir: Path, instruments: dict[str, Instrument], engine: st
 
 
 def concat_events(parts: list[np.ndarray]) -> np.ndarray:
-    if not parts:
-        return np.empty(0, dtype=EVENT_DTYPE)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return join(parts, EVENT_DTYPE)

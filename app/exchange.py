@@ -19,7 +19,8 @@ aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part'
    sequencer (built, not started) and the deposit inbox that journals the account store's
    deposit requests;
 4. feeds — market data, caught up from the recording and the journal;
-5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz;
+5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz, and the watch that
+   makes a revoked key stop working everywhere within a second;
 6. dashboard — the web page and its capacity endpoint;
 7. sequencer — started last (clock ticks, orders), stopped first (drain, final snapshot).
 
@@ -55,6 +56,7 @@ from gateway.dashboard import Dashboard
 from gateway.deposits import DepositInbox, exchange_id
 from gateway.gateway import Counters, Gateway, errors_middleware
 from gateway.metrics import Health, Metrics
+from gateway.revocations import RevocationWatch
 from settlement.link import SettlementLink
 from settlement.provisioning import Provisioning
 
@@ -181,7 +183,13 @@ class Exchange:
                                     clock=self.clock)
         gw.add_routes(app.router)
         app[METRICS].add(gw.metric_samples)
+        # a revoked key stops working everywhere within a second, open sessions included
+        watch = RevocationWatch(app[ACCOUNTS], app[VERIFIER].lookup, [gw.revoke, app[FEEDS].revoke], self.clock)
+        watch.start()
+        app[METRICS].add(watch.metric_samples)
+        app[HEALTH].add("revocations", watch.health)
         yield
+        await watch.stop()
         await gw.close_sessions()
 
     async def _dashboard(self, app: web.Application) -> AsyncIterator[None]:

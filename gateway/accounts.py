@@ -185,6 +185,7 @@ class AccountStore:
             except FileExistsError:  # another process was first
                 pass
         self._lock = threading.RLock()
+        self._writes = 0  # commits through this object (data_version counts other connections' only)
         self._db: sqlite3.Connection | None = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -224,6 +225,7 @@ class AccountStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            self._writes += 1
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -332,6 +334,15 @@ class AccountStore:
                           "JOIN accounts a ON a.id = k.account_id WHERE k.key_id = ? AND k.revoked = 0",
                           (key_id,))
         return ApiKey(*rows[0]) if rows else None
+
+    def revoked_keys(self) -> set[str]:
+        """The ids of every revoked key."""
+        return {r[0] for r in self._read("SELECT key_id FROM api_keys WHERE revoked = 1")}
+
+    def data_version(self) -> tuple[int, int]:
+        """Changes whenever anything is committed to the file, by another process (`gpux accounts
+        revoke`: SQLite's PRAGMA data_version) or through this object: a cheap "anything new?"."""
+        return self._read("PRAGMA data_version")[0][0], self._writes
 
     def key_ids(self, account_id: int, *, include_revoked: bool = False) -> list[str]:
         """The ids of an account's keys (live ones unless asked), oldest first."""

@@ -787,6 +787,14 @@ class Gateway:
                     for sess in set(targets):
                         sess.push(frame)
 
+    def revoke(self, key_id: str) -> int:
+        """Close (1008, with the reason) every trader session authenticated with a revoked key;
+        its cancel-on-disconnect applies as on any disconnect."""
+        gone = [s for s in self.all_sessions if s.key_id == key_id and not s.closed]
+        for s in gone:
+            self.sends.cut(s, "the API key was revoked", slow=False)
+        return len(gone)
+
     async def close_sessions(self) -> None:
         """Graceful shutdown: every WebSocket gets close code 1001 (going away); one cut off as
         too slow (it has its 1008 already) is aborted now rather than at the end of its grace."""

@@ -92,6 +92,7 @@ class SequencerStats:
     last_batch: int = 0
     max_batch: int = 0
     batch_seconds: float = 0.0
+    hook_errors: int = 0  # on_tick hooks that raised
 
 
 # a bid may hold at most this (µ$, ~1.28 billion USD): the money of the lease it may make stays
@@ -189,6 +190,7 @@ class Sequencer:
             ("gpux_fsync_busy_seconds_total", round(st.fsync_busy_seconds, 6), "time inside fsync", "counter"),
             ("gpux_batch_seconds_total", round(st.batch_seconds, 6), "time spent in batches", "counter"),
             ("gpux_batch_max", st.max_batch, "largest batch so far", "gauge"),
+            ("gpux_tick_hook_errors_total", st.hook_errors, "clock-tick hooks that raised (see the log)", "counter"),
             ("gpux_sequencer_queued", len(self._queue), "requests waiting for the next batch", "gauge")]
         out += [(f'gpux_rejected_pre_total{{code="{code}"}}', n,
                  "requests refused by the sequencer before the journal", "counter")
@@ -244,7 +246,11 @@ class Sequencer:
             await clock.sleep(interval - (clock.time_ms() / 1000 % interval))
             self._tick()
             if self.on_tick is not None:
-                self.on_tick()
+                try:
+                    self.on_tick()
+                except Exception:  # a projection's hook must not stop engine time
+                    self.stats.hook_errors += 1
+                    log.exception("the clock tick's hook failed (engine time goes on)")
             if clock.monotonic() - last_snapshot >= self.cfg.snapshot_every_s:
                 last_snapshot = clock.monotonic()
                 self.request_snapshot()
@@ -314,6 +320,22 @@ class Sequencer:
             new[r.account] = new.get(r.account, 0) + 1
         return None
 
+    def _refuse_unfit(self, items: list[Request], recs: list[Command], owners: list[Request | None],
+                      rec_entry: list[int]) -> None:
+        """Commands with a field their record cannot hold get MALFORMED; the rest of the batch is
+        queued again, as it came, for the next turn (nothing of it was journaled)."""
+        bad = set()
+        for k, rec in enumerate(recs):
+            try:
+                np.array([rec], dtype=COMMAND_DTYPE)
+            except (OverflowError, ValueError):
+                r = owners[rec_entry[k]]
+                if r is not None:
+                    bad.add(id(r))
+                    r.resolve(ApiError("MALFORMED", "a field of the command is beyond its range"))
+        self._queue[:0] = [r for r in items if id(r) not in bad]
+        self._wake.set()
+
     def _check_fund(self, r: Request, holds: dict[int, int], index: int) -> ApiError | None:
         """A withdrawal takes only what is available, less the holds of bids earlier in the batch
         (and names itself by its journal seq); a deposit passes (and counts for what follows)."""
@@ -345,6 +367,7 @@ class Sequencer:
         seen: dict[tuple[int, str], Request] = {}
         holds: dict[int, int] = {}
         new: dict[int, int] = {}
+        taken = items  # as they came (provisioning answers are taken out below)
         times = self.times
         oid = engine.last_oid
         self._batch_refs: set[str] = set()  # refs of the batch's deposits (a repeat is applied once)
@@ -397,7 +420,11 @@ class Sequencer:
             entries.append(Cmd(r.book, b"", r.coid))
             owners.append(r)
         if recs:  # the records with their engine times and order ids stamped
-            arr = np.array(recs, dtype=COMMAND_DTYPE)
+            try:
+                arr = np.array(recs, dtype=COMMAND_DTYPE)
+            except (OverflowError, ValueError):  # a field beyond its record type (the edge should refuse it)
+                self._refuse_unfit(taken, recs, owners, rec_entry)
+                return
             arr["time"] = stamps
             arr["oid"] = oids
             blob = arr.tobytes()

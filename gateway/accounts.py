@@ -45,6 +45,7 @@ ROLE_RIGHTS = {
 ACCOUNTS_DB = "accounts.db"
 MICRO_PER_USD = 1_000_000
 MAX_TOTAL = 10**18  # µ$ (10^12 USD): an account's deposits add up to at most this, far from SQLite's 2^63
+MAX_ALL = 4 * 10**18  # µ$: all accounts' deposits together (the exchange's external balance is their sum)
 KEY_PREFIX = "gk_"
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 KEY_ID_RE = re.compile(r"gk_[A-Za-z0-9_-]{16}")
@@ -261,6 +262,10 @@ class AccountStore:
                               (account_id,)).fetchone()
         if total + amount > MAX_TOTAL:
             raise AccountError("BAD_AMOUNT", f"an account's deposits add up to at most {MAX_TOTAL} µ$")
+        (everyone,) = db.execute("SELECT COALESCE(SUM(amount), 0) FROM deposits").fetchone()
+        if everyone + amount > MAX_ALL:
+            raise AccountError("BAD_AMOUNT", f"the deposits of all accounts add up to at most {MAX_ALL} µ$ "
+                                             "(the ledger's balances are 64-bit integers)")
         db.execute("INSERT INTO deposits (account_id, amount, created_at, note) VALUES (?, ?, ?, ?)",
                    (account_id, amount, _now_ms(), str(note)))
         return total + amount

@@ -487,6 +487,8 @@ class Gateway:
             tid = int(request.match_info["trade_id"])
         except ValueError:
             raise ApiError("MALFORMED", "the lease's trade id must be an integer") from None
+        if not 0 < tid < 2**63:
+            raise ApiError("MALFORMED", "the lease's trade id must be from 1 to 2**63 - 1")
         rec = release_command(key.account_id, tid)
         ans = self._result(await self._submit(Request(name, rec, key.account_id)))
         return _json(ans)

@@ -102,6 +102,7 @@ class Exchange:
     async def _accounts(self, app: web.Application) -> AsyncIterator[None]:
         self.data.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only (files: `gpux`'s umask)
         store = app[ACCOUNTS] = AccountStore(self.data / "accounts.db")
+        app[HEALTH].add("accounts", store.health)
         app[VERIFIER] = Verifier(cached(store.key), clock_ms=self.clock.time_ms)
         yield
         store.close()

@@ -189,10 +189,19 @@ class AccountStore:
         self._writes = 0  # commits through this object (data_version counts other connections' only)
         self._db: sqlite3.Connection | None = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as e:
+            problems = [str(e)]
+        if problems != ["ok"]:
+            self._db.close()
+            self._db = None
+            raise AccountError("CORRUPT", f"{self.path} is damaged ({'; '.join(problems[:3])}): restore it from a "
+                                          "backup (it holds the accounts and API keys; money is in the journal)")
         with self._write() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -339,6 +348,14 @@ class AccountStore:
                           "JOIN accounts a ON a.id = k.account_id WHERE k.key_id = ? AND k.revoked = 0",
                           (key_id,))
         return ApiKey(*rows[0]) if rows else None
+
+    def health(self) -> str:
+        """"ok" while the store can be read (every signed request reads it)."""
+        try:
+            self._read("SELECT count(*) FROM api_keys")
+        except (sqlite3.Error, AccountError) as e:
+            return f"the account store cannot be read: {e}"
+        return "ok"
 
     def revoked_keys(self) -> set[str]:
         """The ids of every revoked key."""

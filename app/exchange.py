@@ -55,6 +55,7 @@ from gateway.auth import Verifier, cached
 from gateway.dashboard import Dashboard
 from gateway.deposits import DepositInbox, exchange_id
 from gateway.gateway import Counters, Gateway, errors_middleware
+from gateway.guard import Guard, GuardedSite
 from gateway.metrics import Health, Metrics
 from gateway.revocations import RevocationWatch
 from settlement.link import SettlementLink
@@ -88,9 +89,12 @@ class Exchange:
         self.data = cfg.data_path
         self.started_at = time.time()
         self.counters = Counters()  # the gateway's, counted by the error middleware too
+        self.guard = Guard()  # connection hygiene: header/body/idle timeouts, a cap per address
         self.app = web.Application(client_max_size=cfg.max_message_bytes,
-                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes)])
+                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes),
+                                                self.guard.body_timeout])
         self.app[METRICS] = Metrics()
+        self.app[METRICS].add(self.guard.metric_samples)
         self.app[HEALTH] = Health()
         self.app.cleanup_ctx.extend([self._accounts, self._ledger, self._core, self._feeds, self._gateway,
                                      self._dashboard, self._sequencer])
@@ -213,7 +217,9 @@ class Exchange:
     # ------------------------------------------------------------------ lifetime
     async def start(self) -> None:
         """Start every part (the application's start-up: the cleanup contexts, in order)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=self.guard.idle_timeout_s,
+                                     lingering_time=self.guard.lingering_s)
         try:
             await self._runner.setup()
         except BaseException:  # what started is stopped again, in reverse order
@@ -225,7 +231,7 @@ class Exchange:
     async def serve(self, host: str = "127.0.0.1", port: int = 0, backlog: int = 128) -> int:
         """Listen on ``host:port`` (0: a free port); returns the port."""
         assert self._runner is not None, "start() first"
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=backlog)
+        self._site = GuardedSite(self._runner, self.guard, host, port, reuse_address=True, backlog=backlog)
         await self._site.start()
         return self._runner.addresses[-1][1] if self._runner.addresses else port
 

@@ -16,6 +16,7 @@ from orderbook import reasons as R
 ERRORS: dict[str, tuple[int, str]] = {
     "MALFORMED": (400, "the message could not be decoded"),
     "TOO_LARGE": (413, "the message is larger than the maximum message size"),
+    "REQUEST_TIMEOUT": (408, "the request did not arrive in time"),
     "NOT_FOUND": (404, "no such resource"),
     "METHOD_NOT_ALLOWED": (405, "this resource does not accept that method"),
     "UNKNOWN_CLASS": (404, "no such GPU class"),

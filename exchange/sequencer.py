@@ -107,7 +107,7 @@ class SequencerStats:
 # a bid may hold at most this (µ$, ~1.28 billion USD): the money of the lease it may make stays
 # within settlement's int64 arithmetic (settlement.engine.MONEY_LIMIT, µ$·s/h)
 MAX_HOLD = MONEY_LIMIT // 3600
-# how far ahead an order may reach: a reserved bid's start, an ask window's end (two leap years)
+# how far ahead a reserved bid may start (two leap years)
 MAX_LEAD_S = 2 * 366 * 86_400
 
 
@@ -313,12 +313,11 @@ class Sequencer:
             return ApiError("HALTED", f"trading in {r.book} is halted; resting orders are kept, "
                                       "cancels are accepted")
         if typ == CMD_BID or typ == CMD_ASK:
-            lead = (cmd.start if typ == CMD_BID and cmd.kind == RESERVED else cmd.end) - self.times[r.book]
-            if lead > MAX_LEAD_S:  # an order for a time no one alive will see would hold its money for ever
-                what = "a reserved bid may start" if typ == CMD_BID else "an ask's window may end"
-                return ApiError("BAD_START" if typ == CMD_BID else "BAD_WINDOW",
-                                f"{what} at most {MAX_LEAD_S // 86_400} days after now ({MAX_LEAD_S} s); "
-                                f"this one is {lead} s ahead")
+            if typ == CMD_BID and cmd.kind == RESERVED and cmd.start - self.times[r.book] > MAX_LEAD_S:
+                # a start no one alive will see would hold the bid's escrow for ever (an ask holds no money)
+                return ApiError("BAD_START", f"a reserved bid may start at most {MAX_LEAD_S // 86_400} days "
+                                             f"after now ({MAX_LEAD_S} s); this one is "
+                                             f"{cmd.start - self.times[r.book]} s ahead")
             count = state.open_count(r.account) + new.get(r.account, 0)
             if count >= self.cfg.max_open_orders:
                 return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "

@@ -552,4 +552,5 @@ def _set(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
 
 
 def open_journal(data_dir: Path, cfg: ServerConfig) -> Journal:
-    return Journal.open(data_dir / "journal", segment_bytes=cfg.segment_bytes, fsync=cfg.fsync == "batch")
+    return Journal.open(data_dir / "journal", segment_bytes=cfg.segment_bytes, fsync=cfg.fsync == "batch",
+                        preallocate=True)

@@ -3302,9 +3302,12 @@ class NumbaBook:
     def state_hash(self) -> int:
         return int(_state_hash(self.st))
 
-    def snapshot(self) -> bytes:
-        buf = io.BytesIO()
-        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W", "UC", "TF", "PT")}
+    def capture(self) -> dict[str, np.ndarray]:
+        """What `snapshot()` holds, as copies of the book's arrays (no serialising): cheap enough
+        to take between two batches; `encode_capture` makes the bytes, e.g. in a worker thread."""
+        made = ("TM", "S", "O", "Lz")  # below (a placeholder keeps the order of the arrays)
+        arrays = {k: (None if k in made else v.copy()) for k, v in self.st._asdict().items()
+                  if k not in ("E", "W", "UC", "TF", "PT")}
         # the timers, heap and TF together, as sorted rows (a heap of any arity)
         n = int(self.st.S[S_TMN])
         TF = self.st.TF[TF_BASE: self.st.TF[TFH + 1, TF_HIGH]]
@@ -3313,10 +3316,19 @@ class NumbaBook:
         arrays["TM"][: len(rows)] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
         arrays["S"] = self.st.S.copy()
         arrays["S"][S_TMN] = len(rows)
-        arrays["O"] = self.st.O[: self.st.S[S_OHIGH]]  # rows never used are left out
-        arrays["Lz"] = self.st.Lz[: self.st.S[S_LHIGH]]
+        arrays["O"] = self.st.O[: self.st.S[S_OHIGH]].copy()  # rows never used are left out
+        arrays["Lz"] = self.st.Lz[: self.st.S[S_LHIGH]].copy()
+        return arrays
+
+    @staticmethod
+    def encode_capture(arrays: dict[str, np.ndarray]) -> bytes:
+        """The snapshot bytes of a `capture()`."""
+        buf = io.BytesIO()
         np.savez(buf, LAYOUT=np.array([LAYOUT], dtype=np.int64), **arrays)
         return buf.getvalue()
+
+    def snapshot(self) -> bytes:
+        return self.encode_capture(self.capture())
 
     @classmethod
     def restore(cls, config: BookConfig, blob: bytes) -> NumbaBook:

@@ -3227,6 +3227,9 @@ def _pow2_at_least(n: int) -> int:
     return p
 
 
+_TM_ROOM = "_tm_room"  # in a capture(): the timer heap's rows (TM is padded to them when encoded)
+
+
 class NumbaBook:
     """One GPU class's book over numba-jitted functions; same interface as ReferenceBook."""
 
@@ -3312,17 +3315,22 @@ class NumbaBook:
         n = int(self.st.S[S_TMN])
         TF = self.st.TF[TF_BASE: self.st.TF[TFH + 1, TF_HIGH]]
         rows = np.concatenate([self.st.TM[:n], TF[TF[:, 1] >= 0, :4]])
-        arrays["TM"] = np.zeros((max(self.st.TM.shape[0], len(rows)), 4), dtype=np.int64)
-        arrays["TM"][: len(rows)] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+        # the rows only: encode_capture pads them to the heap's size (zeros)
+        arrays["TM"] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
         arrays["S"] = self.st.S.copy()
         arrays["S"][S_TMN] = len(rows)
         arrays["O"] = self.st.O[: self.st.S[S_OHIGH]].copy()  # rows never used are left out
         arrays["Lz"] = self.st.Lz[: self.st.S[S_LHIGH]].copy()
+        arrays[_TM_ROOM] = np.array([self.st.TM.shape[0]], dtype=np.int64)
         return arrays
 
     @staticmethod
     def encode_capture(arrays: dict[str, np.ndarray]) -> bytes:
         """The snapshot bytes of a `capture()`."""
+        arrays = dict(arrays)
+        rows = arrays["TM"]
+        arrays["TM"] = np.zeros((max(int(arrays.pop(_TM_ROOM)[0]), len(rows)), 4), dtype=np.int64)
+        arrays["TM"][: len(rows)] = rows
         buf = io.BytesIO()
         np.savez(buf, LAYOUT=np.array([LAYOUT], dtype=np.int64), **arrays)
         return buf.getvalue()

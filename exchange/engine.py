@@ -31,7 +31,7 @@ from exchange.config import Instrument
 from exchange.entries import Cmd, Entry, Fund, Prov
 from exchange.money import Money
 from exchange.snapshots import BookSnap, Snapshot, SnapshotMismatch, encode_snapshot_parts
-from exchange.state import ExchangeState
+from exchange.state import ExchangeState, split_event_array
 from exchange.views import answer
 from orderbook import types as T
 from orderbook.book import Book, make_book, restore_book
@@ -109,10 +109,13 @@ class Engine:
         return book_seq(self.books[name])
 
     # ------------------------------------------------------------------ applying entries
-    def apply(self, entries: list[Entry], answers: bool = False) -> tuple[list[Result], dict[str, np.ndarray]]:
+    def apply(self, entries: list[Entry], answers: bool = False,
+              results: bool = True) -> tuple[list[Result], dict[str, np.ndarray]]:
         """Apply journal entries in order.  Returns one Result per entry and the events
-        array of each book that produced any (for the bus)."""
-        results: list[Result | None] = [None] * len(entries)
+        array of each book that produced any (for the bus).  ``results=False`` (replay, where
+        nothing is answered): the same changes, no Results (an empty list; no answers)."""
+        want = results or answers
+        out: list[Result | None] = [None] * len(entries)
         by_book: dict[str, list[int]] = {}
         answers_of: dict[str, list[Prov]] = {}
         funds: list[int] = []
@@ -121,7 +124,7 @@ class Engine:
                 by_book.setdefault(e.book, []).append(i)
             elif type(e) is Prov:  # a provider agent's answer: money only (R18)
                 answers_of.setdefault(e.book, []).append(e)
-                results[i] = Result(e.book, None, [])
+                out[i] = Result(e.book, None, [])
             elif type(e) is Fund:
                 funds.append(i)
             else:
@@ -129,12 +132,12 @@ class Engine:
                     self.state.halted.add(e.book)
                 elif e.op == "resume":
                     self.state.halted.discard(e.book)
-                results[i] = Result(e.book, None, [])
+                out[i] = Result(e.book, None, [])
         money = self.money
         for i in funds:  # before the events: balances are sums (exchange.money)
             e = entries[i]
-            results[i] = Result("", None, [], {"ok": True, "op": e.op, "account": e.account, "amount": e.amount,
-                                                "applied": money.fund(e)})
+            out[i] = Result("", None, [], {"ok": True, "op": e.op, "account": e.account, "amount": e.amount,
+                                            "applied": money.fund(e)})
         arrays: dict[str, np.ndarray] = {}
         state = self.state
         plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
@@ -151,15 +154,21 @@ class Engine:
         self.book_seconds += time.perf_counter() - t0
         for name, idx in by_book.items():
             cmds, spans = plans[name]
-            cmd_list = T.commands(cmds)
-            coids = [entries[i].coid for i in idx]
+            coids: list[str] | None = [entries[i].coid for i in idx]
+            if not any(coids):  # type: ignore[arg-type]
+                coids = None
+            cmd_list = T.commands(cmds) if want or coids else None
+            is_clock = (cmds["type"] == CMD_CLOCK).tolist()
             parts = book_parts[name]
             for (lo, hi), part in zip(spans, parts, strict=True):
                 ev_list = T.events(part)
-                owned = state.apply(name, cmd_list[lo:hi], ev_list, coids[lo:hi])
-                for k in range(lo, hi):
-                    a, b = owned[k - lo]
-                    results[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])
+                owned = state.apply(name, cmd_list[lo:hi] if cmd_list is not None else None, ev_list,
+                                    coids[lo:hi] if coids else None,
+                                    spans=split_event_array(is_clock[lo], hi - lo, part))
+                if want:
+                    for k in range(lo, hi):
+                        a, b = owned[k - lo]
+                        out[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])  # type: ignore[index]
             events = T.join(parts, T.EVENT_DTYPE)
             if len(events):
                 arrays[name] = events
@@ -171,14 +180,14 @@ class Engine:
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
             money.apply_class(name, None, answers, 0)
         for i in funds:
-            r = results[i]
+            r = out[i]
             r.answer["available"] = money.available(r.answer["account"])  # type: ignore[index, union-attr]
         if answers:
-            for r in results:
+            for r in out:
                 if r is not None and r.command is not None:
                     r.answer = answer(r.book, r.command, r.events, state.orders, state.leases)
         self.seq += len(entries)
-        return results, arrays  # type: ignore[return-value]
+        return (out if want else []), arrays  # type: ignore[return-value]
 
     def _run_books(self, plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]) -> dict[str, list[np.ndarray]]:
         """Each book's command spans through its book, in order; the events of each span.

@@ -20,6 +20,7 @@ from itertools import islice
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from exchange.config import Instrument
 from exchange.records import LeaseInfo, OrderInfo, lease_ref
@@ -89,6 +90,23 @@ def split_events(commands: list[Command], events: list[Event]) -> list[tuple[int
     return spans
 
 
+def split_event_array(clock_first: bool, n_commands: int, events: np.ndarray) -> list[tuple[int, int]]:
+    """`split_events` from the events' array: the same spans, found with numpy.  Only the first of
+    the ``n_commands`` may be a clock command (``clock_first``), as `split_events` requires."""
+    t = events["type"]
+    lead = np.flatnonzero((t == EV_ACCEPTED) | (t == EV_REJECTED) | (t == EV_AMENDED) | (t == EV_RELEASED)
+                          | ((t == EV_CANCELLED) & (events["reason"] == END_USER))).tolist()
+    if len(lead) != n_commands - clock_first:
+        raise AssertionError(f"{len(lead)} leading events for {n_commands - clock_first} non-clock commands")
+    if clock_first:
+        lead.insert(0, 0)
+    elif lead and lead[0] != 0:
+        raise AssertionError("events before the first command's leading event")
+    elif not lead and len(events):
+        raise AssertionError("events left over after the last command")
+    return list(zip(lead, [*lead[1:], len(events)], strict=True))
+
+
 def _leading(ev: Event) -> bool:
     t = ev.type
     return (t == EV_ACCEPTED or t == EV_REJECTED or t == EV_AMENDED or t == EV_RELEASED
@@ -123,13 +141,22 @@ class ExchangeState:
         return gpus * hold_per_gpu(hours, limit, self._fee_bps.get(book, 0))
 
     # ------------------------------------------------------------------ applying events
-    def apply(self, book: str, commands: list[Command], events: list[Event],
-              coids: list[str] | None = None) -> list[tuple[int, int]]:
+    def apply(self, book: str, commands: list[Command] | None, events: list[Event],
+              coids: list[str] | None = None, spans: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
         """Apply one book's commands and the events they produced; returns the spans of
-        `split_events`.  ``coids[i]`` is the client order id command i carried ('' none);
-        the first answer to each is remembered by `answer_of` for idempotent retries."""
-        spans = split_events(commands, events)
+        `split_events` (or ``spans``, when the caller has them: `split_event_array`).
+        ``coids[i]`` is the client order id command i carried ('' none); the first answer to
+        each is remembered by `answer_of` for idempotent retries.  ``commands`` may be None
+        when ``spans`` are given and no command carries a client order id."""
+        if spans is None:
+            spans = split_events(commands, events)  # type: ignore[arg-type]
         inst = self.instruments[book]
+        if not coids or not any(coids):  # events in order; no answers to remember
+            event = self._event
+            for ev in events:
+                event(book, inst, ev, "")
+            return spans
+        assert commands is not None
         for i, (a, b) in enumerate(spans):
             coid = coids[i] if coids else ""
             for ev in events[a:b]:

@@ -15,8 +15,8 @@ Builds a data directory the way a server leaves it: the synthetic workload of `b
   (``tail_entries``);
 * ``snapshot_load_s`` — the part of it spent loading the snapshot, ``snapshot_bytes`` its size.
 
-Both recovered engines are checked against the live one (``identical``: every book's state hash
-and the exchange state's snapshot form, byte for byte, in a canonical order).
+Both recovered engines are checked against the live one (``identical``: every book's state hash,
+the money's, and the exchange state's snapshot form, byte for byte, in a canonical order).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from exchange.config import ServerConfig
 from exchange.engine import Engine
 from exchange.entries import Cmd, encode_entry
 from exchange.journal import Journal
+from exchange.money import settlement_config
 from exchange.recovery import recover
 from exchange.snapshots import snapshots, write_snapshot
 from orderbook.types import CMD_CLOCK, COMMAND_DTYPE
@@ -101,7 +102,7 @@ def build(cfg: ServerConfig, commands: int, batch: int, snapshot_every: int, see
     cmds, names = sequenced(commands, seed)
     commands = len(cmds)
     blob = cmds.tobytes()
-    engine = Engine(cfg.instruments, cfg.engine)
+    engine = Engine(cfg.instruments, cfg.engine, None, settlement_config(cfg))
     t0 = time.perf_counter()
     snaps = 0
     with Journal.open(cfg.data_path / "journal", segment_bytes=cfg.segment_bytes, fsync=False,
@@ -115,6 +116,7 @@ def build(cfg: ServerConfig, commands: int, batch: int, snapshot_every: int, see
                 write_snapshot(cfg.data_path, engine.seq, engine.snapshot())
                 snaps += 1
     out = {"seq": engine.seq, "hashes": engine.state_hashes(), "state": _state_bytes(engine),
+           "money": engine.money.state_hash(),
            "build_s": time.perf_counter() - t0, "snapshots": snaps}
     engine.close()
     return out
@@ -136,7 +138,7 @@ def run(commands: int, batch: int, snapshot_every: int, repeat: int, engine: str
                 e = recover(cfg, use_snapshots=use_snapshots)
                 ts.append(time.perf_counter() - t)
                 identical &= (e.seq == live["seq"] and e.state_hashes() == live["hashes"]
-                              and _state_bytes(e) == live["state"])
+                              and _state_bytes(e) == live["state"] and e.money.state_hash() == live["money"])
                 e.close()
             return ts
 
@@ -148,7 +150,7 @@ def run(commands: int, batch: int, snapshot_every: int, repeat: int, engine: str
             snap_bytes = path.stat().st_size
             loads = []
             for _ in range(repeat):
-                e = Engine(cfg.instruments, cfg.engine)
+                e = Engine(cfg.instruments, cfg.engine, None, settlement_config(cfg))
                 t = time.perf_counter()
                 e.load_snapshot(path.read_bytes())
                 loads.append(time.perf_counter() - t)

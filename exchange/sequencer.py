@@ -156,6 +156,11 @@ class Sequencer:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        for book in self.engine.books.values():  # the jitted hash loaded and the capture buffers made now,
+            book.state_hash()                     # not on the loop at the first snapshot (~0.2 s and more)
+            warm = getattr(book, "warm_capture", None)
+            if warm is not None:
+                warm()
         self._running = True
         if self.on_tick is not None:
             self.on_tick()

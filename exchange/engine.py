@@ -227,8 +227,8 @@ class Engine:
     def capture(self) -> Callable[[], Snapshot]:
         """The core now, for a snapshot taken off the event loop.  Here, between two batches, only
         copies: each numba book's arrays (`NumbaBook.capture`; a reference book serialises at
-        once), the exchange state's containers (`ExchangeState.capture`) and the money, encoded
-        (its open bids and live leases), a few milliseconds on the loop.  The function returned
+        once), the exchange state's containers (`ExchangeState.capture`) and the money's arrays
+        (`Money.copy`), a few milliseconds on the loop.  The function returned
         makes the `Snapshot` of this moment from them (the books' bytes, the state
         msgpack-encoded a chunk at a time): call it, and `encode_snapshot_parts`, in a worker
         thread."""
@@ -250,18 +250,16 @@ class Engine:
             else:
                 books[name] = (self.book_time(name), b.state_hash(), partial(bytes, b.snapshot()))
         state = self.state.capture()
-        # the money's records change in place: encoded now (open bids and live leases only), and
-        # hashed from those bytes as `Money.state_hash` does (one `to_snap`, not two)
-        encoded = msgspec.msgpack.encode(self.money.to_snap())
-        money = msgspec.Raw(encoded)
-        money_hash = int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little")
+        money = self.money.copy()  # its arrays change in place; its snapshot form is made later
         seq, last_oid, engine = self.seq, self.last_oid, self.engine
 
         def make() -> Snapshot:
+            snap = money.to_snap()
+            encoded = msgspec.msgpack.encode(snap)  # hashed from these bytes as `Money.state_hash` does
             return Snapshot(seq=seq, books={name: BookSnap(engine, t, h, blob())
                                             for name, (t, h, blob) in books.items()},
-                            state=state(), last_oid=last_oid, money=money,  # type: ignore[arg-type]
-                            money_hash=money_hash)
+                            state=state(), last_oid=last_oid, money=msgspec.Raw(encoded),  # type: ignore[arg-type]
+                            money_hash=int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little"))
 
         return make
 

@@ -161,7 +161,7 @@ class Sequencer:
             warm = getattr(book, "warm_capture", None)
             if warm is not None:
                 warm()
-        self.engine.money.state_hash()  # its snapshot form's code too (its first call took ~1 s)
+        self.engine.money.copy().state_hash()  # the money's copy and snapshot code too (first calls: ~1 s)
         self._running = True
         if self.on_tick is not None:
             self.on_tick()

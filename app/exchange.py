@@ -39,13 +39,14 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.bus import Bus, RedisBus
+from exchange.bus import Bus
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
-from exchange.engine import Engine, book_seq
+from exchange.engine import Engine
 from exchange.journal import Journal
 from exchange.recovery import recover
 from exchange.sequencer import Sequencer, open_journal
+from exchange.stream import JournalPublisher, JournalTail
 from feeds.service import FeedService
 from gateway.accounts import AccountStore
 from gateway.auth import Verifier, cached
@@ -65,6 +66,8 @@ JOURNAL = web.AppKey("journal", Journal)
 ENGINE = web.AppKey("engine", Engine)
 BUS = web.AppKey("bus", Bus)
 PROVISIONING = web.AppKey("provisioning", Provisioning)
+JOURNAL_TAIL = web.AppKey("journal_tail", JournalTail)
+PUBLISHER = web.AppKey("publisher", JournalPublisher)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
 FEEDS = web.AppKey("feeds", FeedService)
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -131,7 +134,7 @@ class Exchange:
 
         link.book_times = book_times
         link.tick(book_times())
-        bus = app[BUS] = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
+        bus = app[BUS] = Bus()
         sequencer = app[SEQUENCER] = Sequencer(engine, journal, cfg, bus, funds=link, on_tick=link.sync_deposits,
                                                after_batch=link.commit_if_due, on_idle=link.flush_soon,
                                                clock=self.clock)
@@ -141,18 +144,34 @@ class Exchange:
         prov.start()  # leases to providers' agents (R18)
         link.start()  # from now on batches queue and a committer thread commits them
         link.attach(bus)
-        await bus.start()
-        if isinstance(bus, RedisBus):  # `gpux settle` members settle deposits too
-            bus.book_seqs = {name: book_seq(b) for name, b in engine.books.items()}
-            bus.publish_deposits(app[ACCOUNTS].deposit_rows(await bus.deposits_sent()))
-            link.on_deposits = bus.publish_deposits
+        # the journal's durable tail, for replicas elsewhere: GET /v1/admin/journal and, with --redis,
+        # the stream {prefix}:journal (exchange.stream), both read from the journal files off the order path
+        tail = app[JOURNAL_TAIL] = JournalTail(self.data / "journal", journal.last_seq)
+        publisher = None
+        if cfg.redis_url:
+            publisher = app[PUBLISHER] = JournalPublisher(cfg.redis_url, cfg.redis_prefix, self.data / "journal",
+                                                          journal.last_seq, maxlen=cfg.redis_maxlen)
+
+        def durable(_batch: Any) -> None:  # a batch is durable: engine.seq is its last entry's seq
+            tail.durable_to(engine.seq)
+            if publisher is not None:
+                publisher.wake(engine.seq)
+
+        bus.subscribe(durable)
+        if publisher is not None:
+            await publisher.start()
         metrics = app[METRICS]
         metrics.add(self._process_samples)
         for part in (engine, sequencer, link, prov, bus):
             metrics.add(part.metric_samples)
         app[HEALTH].add("bus", bus.health)
+        if publisher is not None:
+            metrics.add(publisher.metric_samples)
+            app[HEALTH].add("redis_publisher", publisher.health)
         yield
         await sequencer.stop()  # (stopped already unless start-up failed after this step)
+        if publisher is not None:
+            await publisher.close()
         await bus.close()
         engine.close()
         log.info("stopped", extra={"seq": engine.seq})
@@ -171,7 +190,8 @@ class Exchange:
     async def _gateway(self, app: web.Application) -> AsyncIterator[None]:
         gw = app[GATEWAY] = Gateway(self.cfg, app[ENGINE], app[SEQUENCER], app[ACCOUNTS], app[VERIFIER], app[LEDGER],
                                     app[PROVISIONING], app[BUS], counters=self.counters, level2=app[FEEDS].level2,
-                                    metrics=app[METRICS].render, health=app[HEALTH].report, clock=self.clock)
+                                    metrics=app[METRICS].render, health=app[HEALTH].report, clock=self.clock,
+                                    journal_tail=app[JOURNAL_TAIL])
         gw.add_routes(app.router)
         app[METRICS].add(gw.metric_samples)
         yield
@@ -244,6 +264,11 @@ class Exchange:
     @property
     def bus(self) -> Bus:
         return self.app[BUS]
+
+    @property
+    def publisher(self) -> JournalPublisher | None:
+        """The Redis publisher (``--redis``), else None."""
+        return self.app.get(PUBLISHER)
 
     @property
     def sequencer(self) -> Sequencer:

@@ -269,11 +269,15 @@ class ReplicaRunner:
 
         try:
             n = self._step()
+        except urllib.error.URLError as e:  # (an OSError: before the Redis ones)
+            src = self.backfill_source.name if self.backfill_source is not None else "the backfill source"
+            self._failed(f"backfill from {src} failed ({e.reason})")
+            return 0
+        except (BackfillError, LedgerError, SequenceGap) as e:
+            self._failed(str(e))
+            return 0
         except (redis_lib.ConnectionError, redis_lib.TimeoutError, OSError) as e:
             self._failed(f"Redis unreachable ({e})", redis_down=True)
-            return 0
-        except (BackfillError, LedgerError, SequenceGap, urllib.error.URLError) as e:
-            self._failed(str(e))
             return 0
         if self.down_since is not None:
             log.warning("Redis reachable again after %.1f s; reading after journal seq %d",

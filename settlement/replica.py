@@ -98,6 +98,11 @@ class HttpJournal:
         return payloads
 
 
+class SimulatedCrash(BaseException):
+    """Raised by test hooks to stop a replica as if its process died (not an Exception, so
+    nothing on the way catches it)."""
+
+
 class BackfillError(RuntimeError):
     """A gap that could not be backfilled (no source, or the source failed)."""
 
@@ -107,12 +112,15 @@ class Replica:
 
     def __init__(self, cfg: ServerConfig, ledger_path: str | Path, config: SettlementConfig | None = None, *,
                  snapshot_dir: str | Path | None = None, snapshot_every: int = SNAPSHOT_EVERY,
-                 synchronous: str = "NORMAL") -> None:
+                 synchronous: str = "NORMAL", hooks: dict[str, Callable[[], None]] | None = None) -> None:
         from settlement.link import settlement_config
 
         self.cfg = cfg
         self.ledger_path = Path(ledger_path)
         self.settlement = Settlement(ledger_path, config or settlement_config(cfg), synchronous=synchronous)
+        # tests crash here: inside the ledger transaction before COMMIT, and right after COMMIT
+        self.hooks = hooks or {}
+        self.settlement.before_commit = self.hooks.get("before_commit")
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else Path(f"{ledger_path}-replica")
         self.snapshot_every = snapshot_every
         self.engine = self._restore()
@@ -226,6 +234,9 @@ class Replica:
             raise
         self.backlog = []
         self.commits += 1
+        after = self.hooks.get("after_commit")
+        if after is not None:
+            after()
         return True
 
     def write_snapshot(self) -> Path:

@@ -1,6 +1,7 @@
-"""Distributed settlement end to end (issue 5): `gpux serve --redis` streams events, provisioning
-answers and deposits; `gpux settle --redis` (a member of the consumer group, its own process and
-ledger file) settles them exactly once; its ledger ends identical to the exchange's own."""
+"""Distributed settlement end to end (issues 5 and 14): `gpux serve --redis` publishes its journal
+(`exchange.stream`); `gpux settle --redis` (a replica: its own process, engine and ledger file)
+applies it; its ledger ends identical to the exchange's own — provisioning answers, clock ticks
+and metering included."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
             admin = ex.client("root", "admin")
             await admin.deposit(ex.keys["bob"][0], 7 * USD)  # a deposit after start
             await asyncio.sleep(2.5)  # clock commands, no events: the ready lease is metered every second
-            await ex.exchange.bus.flush()
+            assert await ex.exchange.publisher.flush()
             return {"ready": a1["trade_id"], "failed": a2["trade_id"], "released": b1["trade_id"]}
 
     tids = asyncio.run(market())
@@ -84,8 +85,9 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     config = tmp_path / "gpux.toml"
     config.write_text("[settlement]\n" + "".join(f"{k} = {v}\n" for k, v in SETTINGS.items()))
     other = tmp_path / "other" / "ledger.db"
+    _seed_deposits(data / "ledger.db", other)
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "settle", "--redis", REDIS_URL, "--prefix", prefix,
-                             "--config", str(config), "--ledger", str(other), "--consumer", "t1"],
+                             "--config", str(config), "--ledger", str(other)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60
@@ -106,32 +108,45 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
-def test_a_restarted_exchange_streams_only_the_deposits_it_had_not_sent(tmp_path: Path, prefix: str) -> None:
-    """Deposits reach `{prefix}:deposits` once: a restart sends the account store's rows after the
-    last one it sent (they would be applied once anyway, by id, but the stream would grow by every
-    deposit ever made at every start)."""
+def _seed_deposits(exchange_ledger: Path, replica_ledger: Path) -> None:
+    """Deposits are not journal entries yet (the account store's rows): the replica's ledger gets
+    the exchange's deposit transfers first."""
+    replica_ledger.parent.mkdir(parents=True, exist_ok=True)
+    src, dst = Settlement(exchange_ledger), Settlement(replica_ledger)
+    try:
+        dst.ledger.apply([t for t in src.transfers() if t.id.startswith("deposit:")])
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_a_restarted_exchange_publishes_each_entry_once(tmp_path: Path, prefix: str) -> None:
+    """A restarted exchange's publisher goes on after the stream's last id (its cursor): the
+    stream holds every journal entry once, from seq 1 (was: a restarted exchange streamed only the
+    deposits it had not sent)."""
     import redis
 
+    from exchange.journal import read
+    from exchange.stream import FIELD, decode_chunk
+
     data = tmp_path / "data"
-    r = redis.Redis.from_url(REDIS_URL)
 
     async def run(new_accounts: list[str]) -> None:
         async with running_exchange(data, engine="numba", redis_url=REDIS_URL, redis_prefix=prefix,
                                     **SETTINGS) as ex:
             for name in new_accounts:
-                ex.account(name, "trader", 10 * USD)
-            for _ in range(100):  # the ledger picks up deposits within a second; then the bus sends them
-                if r.xlen(f"{prefix}:deposits") >= len(new_accounts) + len(seen):
-                    break
-                await asyncio.sleep(0.05)
-            await ex.exchange.bus.flush()
+                ex.client(name, "provider")
+            prov = ex.clients[-1]
+            await prov.ask("H100", gpus=1, price=P, end=ex.now + 86_400)
+            assert await ex.exchange.publisher.flush()
 
-    seen: list[str] = []
-    asyncio.run(run(["alice", "bob"]))
-    first = [e[1][b"id"] for e in r.xrange(f"{prefix}:deposits")]
-    assert len(first) == 2 and int(r.get(f"{prefix}:deposits:last")) > 0
-    seen += first
-    asyncio.run(run(["carol"]))  # the same data directory: alice's and bob's rows are not sent again
-    ids = [e[1][b"id"] for e in r.xrange(f"{prefix}:deposits")]
-    assert ids[:2] == first and len(ids) == 3 and len(set(ids)) == 3
+    asyncio.run(run(["alice"]))
+    asyncio.run(run(["carol"]))
+    r = redis.Redis.from_url(REDIS_URL)
+    chunks = [decode_chunk(f[FIELD]) for _, f in r.xrange(f"{prefix}:journal")]
     r.close()
+    payloads = [p for _, ps in chunks for p in ps]
+    assert chunks[0][0] == 1
+    assert [first for first, _ in chunks] == [1 + sum(len(ps) for _, ps in chunks[:i]) for i in range(len(chunks))]
+    journal = [p for _, p in read(data / "journal")]
+    assert payloads == journal[:len(payloads)] and len(payloads) >= len(journal) - 2

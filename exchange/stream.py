@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import os
 import struct
 import threading
 import time
@@ -127,6 +128,27 @@ class JournalReader:
         self._path: Path | None = None
         self._offset = 0
         self._index: dict[Path, list[tuple[int, int]]] = {}  # sparse (seq, offset) per segment
+        self._file: Any = None  # _path, open for reading
+        self._file_path: Path | None = None
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        """``size`` bytes (fewer at the end) of the current segment from ``offset``; the file stays
+        open between reads (a follower reads the same segment many times)."""
+        if self._file_path != self._path:
+            self.close()
+            self._file = open(self._path, "rb")  # noqa: SIM115 - kept open, closed by close()
+            self._file_path = self._path
+        avail = os.fstat(self._file.fileno()).st_size - offset  # read no more than is there: a big
+        if avail <= 0:  # read buffer is allocated whole, and most reads are a few hundred bytes
+            return b""
+        self._file.seek(offset)
+        return self._file.read(min(size, avail))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._file_path = None
 
     def _seek(self, seq: int) -> None:
         """Place the reader at journal seq ``seq``."""
@@ -171,9 +193,10 @@ class JournalReader:
         seq = start
         while len(out) < limit and (upto is None or seq <= upto) and size < max_bytes:
             assert self._path is not None
-            with open(self._path, "rb") as f:
-                f.seek(self._offset)
-                buf = f.read(max(max_bytes - size, HEADER_SIZE) + HEADER_SIZE)
+            want = max(max_bytes - size, HEADER_SIZE) + HEADER_SIZE
+            if upto is not None:  # a follower near the end reads a few records: guess their size
+                want = min(want, max(4096, (upto - seq + 1) * 512))
+            buf = self._read_at(self._offset, want)
             off = 0
             while len(out) < limit and (upto is None or seq <= upto) and size < max_bytes:
                 if len(buf) - off < HEADER_SIZE:
@@ -182,9 +205,7 @@ class JournalReader:
                 end = off + HEADER_SIZE + length
                 if end > len(buf):
                     if off == 0:  # one record bigger than the read: read it whole
-                        with open(self._path, "rb") as f:
-                            f.seek(self._offset)
-                            buf = f.read(HEADER_SIZE + length)
+                        buf = self._read_at(self._offset, HEADER_SIZE + length)
                         if len(buf) < HEADER_SIZE + length:
                             break
                         end = HEADER_SIZE + length
@@ -259,6 +280,7 @@ class JournalPublisher:
 
     def __init__(self, url: str, prefix: str, journal_dir: Path, durable_seq: int = 0, *,
                  maxlen: int = 100_000, chunk_entries: int = CHUNK_ENTRIES, poll_s: float = 1.0,
+                 interval_s: float = 0.005,
                  backoff_max_s: float = 5.0, redis_factory: Callable[[str], Any] | None = None) -> None:
         self.url = url
         self.prefix = prefix
@@ -269,6 +291,9 @@ class JournalPublisher:
         self.maxlen = maxlen
         self.chunk_entries = chunk_entries
         self.poll_s = poll_s
+        # at most one send per interval_s (unless a whole chunk waits): under load several batches
+        # go in one XADD, which is what keeps publishing cheap; it adds at most this to the latency
+        self.interval_s = interval_s
         self.backoff_max_s = backoff_max_s
         self._factory = redis_factory
         self.cursor: int | None = None  # the last seq in the stream (None: not known yet)
@@ -314,6 +339,7 @@ class JournalPublisher:
             self._closing = True
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self.reader.close()
         if self._redis is not None:
             try:
                 await self._redis.aclose()
@@ -362,13 +388,17 @@ class JournalPublisher:
                 if not self.connected:
                     await self._connect()
                 while self.cursor is not None and self.cursor < self.durable:
+                    wait = self.published_at + self.interval_s - time.monotonic()
+                    if wait > 0 and self.durable - self.cursor < self.chunk_entries:
+                        await asyncio.sleep(wait)
                     t0 = time.perf_counter()
                     await self._send_some(loop)
                     self.publish_seconds += time.perf_counter() - t0
                 backoff = 0.1
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    async with asyncio.timeout(self.poll_s):  # (no task per wait, as wait_for makes)
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
             except asyncio.CancelledError:
@@ -416,10 +446,17 @@ class JournalPublisher:
             chunks = await loop.run_in_executor(None, read_many)
         if not chunks:
             raise JournalError(f"the journal holds nothing after seq {cursor} although seq {upto} is durable")
-        pipe = self._redis.pipeline(transaction=False)
-        for _, last, blob in chunks:
-            pipe.xadd(self.key, {FIELD: blob}, id=stream_id(last), maxlen=self.maxlen, approximate=True)
-        replies = await pipe.execute(raise_on_error=False)
+        if len(chunks) == 1:  # the usual case: one command, no pipeline object
+            try:
+                replies = [await self._redis.execute_command("XADD", self.key, "MAXLEN", "~", self.maxlen,
+                                                             stream_id(chunks[0][1]), FIELD, chunks[0][2])]
+            except redis_lib.ResponseError as e:
+                replies = [e]
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for _, last, blob in chunks:
+                pipe.xadd(self.key, {FIELD: blob}, id=stream_id(last), maxlen=self.maxlen, approximate=True)
+            replies = await pipe.execute(raise_on_error=False)
         for (first, last, _), reply in zip(chunks, replies, strict=True):
             if isinstance(reply, redis_lib.ResponseError):
                 if "equal or smaller" not in str(reply):

@@ -15,7 +15,9 @@ aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part'
 1. accounts — the account store (keys, deposits) and the request verifier;
 2. ledger — settlement's ledger (`settlement.link`), before recovery so that the replay refills it;
 3. core — the journal, recovery (newest usable snapshot + the journal after it, through the same
-   `Engine.apply` as live trading), provisioning, the bus, the sequencer (built, not started);
+   `Engine.apply` as live trading: books, exchange state and money), provisioning, the bus, the
+   sequencer (built, not started) and the deposit inbox that journals the account store's
+   deposit requests;
 4. feeds — market data, caught up from the recording and the journal;
 5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz;
 6. dashboard — the web page and its capacity endpoint;
@@ -51,6 +53,7 @@ from feeds.service import FeedService
 from gateway.accounts import AccountStore
 from gateway.auth import Verifier, cached
 from gateway.dashboard import Dashboard
+from gateway.deposits import DepositInbox, exchange_id
 from gateway.gateway import Counters, Gateway, errors_middleware
 from gateway.metrics import Health, Metrics
 from settlement.link import SettlementLink
@@ -69,6 +72,7 @@ PROVISIONING = web.AppKey("provisioning", Provisioning)
 JOURNAL_TAIL = web.AppKey("journal_tail", JournalTail)
 PUBLISHER = web.AppKey("publisher", JournalPublisher)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
+DEPOSITS = web.AppKey("deposits", DepositInbox)
 FEEDS = web.AppKey("feeds", FeedService)
 GATEWAY = web.AppKey("gateway", Gateway)
 DASHBOARD = web.AppKey("dashboard", Dashboard)
@@ -104,7 +108,7 @@ class Exchange:
         store.close()
 
     async def _ledger(self, app: web.Application) -> AsyncIterator[None]:
-        link = app[LEDGER] = SettlementLink(self.cfg, app[ACCOUNTS].deposit_rows, clock=self.clock)
+        link = app[LEDGER] = SettlementLink(self.cfg, clock=self.clock)
         app[HEALTH].add("settlement", link.health)
         yield
         await link.aclose()
@@ -135,9 +139,11 @@ class Exchange:
         link.book_times = book_times
         link.tick(book_times())
         bus = app[BUS] = Bus()
-        sequencer = app[SEQUENCER] = Sequencer(engine, journal, cfg, bus, funds=link, on_tick=link.sync_deposits,
-                                               after_batch=link.commit_if_due, on_idle=link.flush_soon,
-                                               clock=self.clock)
+        sequencer = app[SEQUENCER] = Sequencer(engine, journal, cfg, bus, after_batch=link.commit_if_due,
+                                               on_idle=link.flush_soon, clock=self.clock)
+        # deposit requests of the account store, journaled at start and every clock tick
+        inbox = app[DEPOSITS] = DepositInbox(app[ACCOUNTS], sequencer, engine.money, exchange_id(self.data))
+        sequencer.on_tick = inbox.poll
         prov = app[PROVISIONING] = Provisioning(
             link, timeout_s=cfg.provision_timeout_s, enabled=cfg.provisioning == "agent", book_times=book_times,
             journal_seq=lambda: engine.seq, submit=sequencer.submit, ssh_key=app[ACCOUNTS].ssh_key)
@@ -162,7 +168,7 @@ class Exchange:
             await publisher.start()
         metrics = app[METRICS]
         metrics.add(self._process_samples)
-        for part in (engine, sequencer, link, prov, bus):
+        for part in (engine, engine.money, sequencer, inbox, link, prov, bus):
             metrics.add(part.metric_samples)
         app[HEALTH].add("bus", bus.health)
         if publisher is not None:
@@ -189,9 +195,9 @@ class Exchange:
 
     async def _gateway(self, app: web.Application) -> AsyncIterator[None]:
         gw = app[GATEWAY] = Gateway(self.cfg, app[ENGINE], app[SEQUENCER], app[ACCOUNTS], app[VERIFIER], app[LEDGER],
-                                    app[PROVISIONING], app[BUS], counters=self.counters, level2=app[FEEDS].level2,
-                                    metrics=app[METRICS].render, health=app[HEALTH].report, clock=self.clock,
-                                    journal_tail=app[JOURNAL_TAIL])
+                                    app[PROVISIONING], app[BUS], app[DEPOSITS], counters=self.counters,
+                                    level2=app[FEEDS].level2, metrics=app[METRICS].render, health=app[HEALTH].report,
+                                    clock=self.clock, journal_tail=app[JOURNAL_TAIL])
         gw.add_routes(app.router)
         app[METRICS].add(gw.metric_samples)
         yield
@@ -256,6 +262,10 @@ class Exchange:
     @property
     def settlement(self) -> SettlementLink:
         return self.app[LEDGER]
+
+    @property
+    def deposits(self) -> DepositInbox:
+        return self.app[DEPOSITS]
 
     @property
     def engine(self) -> Engine:

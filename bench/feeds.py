@@ -214,12 +214,13 @@ class Driver:
         self.answered = 0
 
     def seed_asks(self) -> None:
+        from exchange.entries import Fund
         from exchange.sequencer import Request
         from orderbook.types import CMD_ASK, Command
 
         seq = self.x.sequencer
-        for acc in range(100, 200):  # the traders' escrow (R17)
-            self.x.settlement.deposit(acc, 10**15, f"bench-feeds:{acc}")
+        for acc in range(100, 200):  # the traders' escrow (R17): journaled deposits
+            seq.post(Request("", None, acc, fund=Fund("deposit", acc, 10**15, f"bench-feeds:{acc}", 0)))
         for c in CLASSES:
             now = seq.times[c]
             for k in range(40):

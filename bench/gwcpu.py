@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu0 = _cpu()
             result = asyncio.run(_run(url, traders, (pk, ps), args))
             result["server_cpu_s"] = _cpu() - cpu0
-            result["server_cpu_us_per_request"] = round(result["server_cpu_s"] / (result["saturation_requests"] + result["latency_requests"]) * 1e6, 2)
+            requests = result["saturation_requests"] + result["latency_requests"]
+            result["server_cpu_us_per_request"] = round(result["server_cpu_s"] / requests * 1e6, 2)
         finally:
             server.send_signal(signal.SIGINT)
             try:

@@ -165,8 +165,6 @@ async def scenario(work: Path, outage_s: float = 10.0, empty: bool = False, rate
             traders = [ex.client(f"t{i}", "trader", 10_000 * USD) for i in range(3)]
             await prov.ask("H100", gpus=64, price=P, spot_price=1_200_000, end=ex.now + 7 * 86_400)
             await prov.ask("A100", gpus=64, price=P // 2, end=ex.now + 7 * 86_400)
-            # deposits are not journal entries yet: the replica's ledger gets the exchange's deposit transfers
-            _seed_deposits(data / "ledger.db", replica_ledger)
 
             def start_settle() -> subprocess.Popen:
                 f = open(settle_log, "a")  # noqa: SIM115 - the child's stderr, closed with it
@@ -236,19 +234,6 @@ async def scenario(work: Path, outage_s: float = 10.0, empty: bool = False, rate
                 p.kill()
                 p.wait(5)
         redis.close()
-
-
-def _seed_deposits(exchange_ledger: Path, replica_ledger: Path) -> None:
-    from settlement.service import Settlement
-
-    replica_ledger.parent.mkdir(parents=True, exist_ok=True)
-    src = Settlement(exchange_ledger)
-    dst = Settlement(replica_ledger)
-    try:
-        dst.ledger.apply([t for t in src.transfers() if t.id.startswith("deposit:")])
-    finally:
-        src.close()
-        dst.close()
 
 
 async def _load(traders: list[Any], rate: float, stop: asyncio.Event, counts: dict[str, int]) -> None:

@@ -160,7 +160,12 @@ class Client:
         return await self.request("POST", "/v1/admin/accounts", body)
 
     async def deposit(self, account: int, amount: int) -> dict[str, Any]:
+        """Admin: ``amount`` µ$ into the account (journaled; the answer has its available balance)."""
         return await self.request("POST", "/v1/admin/deposit", {"account": account, "amount": amount})
+
+    async def withdraw(self, account: int, amount: int) -> dict[str, Any]:
+        """Admin: ``amount`` µ$ out of the account's available balance (INSUFFICIENT_FUNDS beyond it)."""
+        return await self.request("POST", "/v1/admin/withdraw", {"account": account, "amount": amount})
 
     async def state(self) -> dict[str, Any]:
         return await self.request("GET", "/v1/admin/state")

@@ -27,6 +27,7 @@ class Published:
     events: dict[str, np.ndarray]
     origins: list[Any]
     answers: list[Any] = field(default_factory=list)  # exchange.entries.Prov entries (provisioning, R18)
+    funds: list[Any] = field(default_factory=list)  # exchange.entries.Fund entries (deposits, withdrawals)
 
 
 Subscriber = Callable[[Published], None]

@@ -1,12 +1,13 @@
-"""The deterministic core of the exchange: the books of every GPU class and the state kept
-from their events, driven by journal entries (`exchange.entries`).
+"""The deterministic core of the exchange: the books of every GPU class, the state kept from
+their events and the money (`exchange.money`), driven by journal entries (`exchange.entries`).
 
     engine = Engine(instruments, engine="numba")
     results, arrays = engine.apply(entries)   # live, after the sequencer journaled them
     engine.apply(entries)                     # the same call on replay: same events, same state
 
 Snapshots (`exchange.snapshots`) hold every book's snapshot blob, its state hash (verified on
-restore) and the exchange state; start-up is the latest snapshot + the journal after it
+restore), the exchange state and the money with its hash (verified too); start-up is the
+latest snapshot + the journal after it
 (`exchange.recovery`).
 """
 
@@ -24,7 +25,8 @@ import msgspec
 import numpy as np
 
 from exchange.config import Instrument
-from exchange.entries import Cmd, Entry, Prov
+from exchange.entries import Cmd, Entry, Fund, Prov
+from exchange.money import Money
 from exchange.snapshots import BookSnap, Snapshot, SnapshotMismatch, encode_snapshot
 from exchange.state import ExchangeState, StateData
 from exchange.views import answer
@@ -32,6 +34,7 @@ from orderbook import types as T
 from orderbook.book import Book, make_book, restore_book
 from orderbook.engines import resolve_engine
 from orderbook.types import CMD_CLOCK, COMMAND_DTYPE, Command, Event
+from settlement.engine import SettlementConfig
 
 log = logging.getLogger("gpux.engine")
 # books with at least this many commands in one apply() run on worker threads together: below
@@ -61,14 +64,17 @@ def book_seq(book: Any) -> int:
 
 
 class Engine:
-    """Books + exchange state; `apply` is the only way they change."""
+    """Books + exchange state + money; `apply` is the only way they change.  ``money``: how
+    settlement settles (fees, provisioning; default: the instruments' fees, leases ready at
+    their start)."""
 
     def __init__(self, instruments: dict[str, Instrument], engine: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, money: SettlementConfig | None = None) -> None:
         self.instruments = instruments
         self.engine = resolve_engine(engine, warn=log.warning)
         self.books: dict[str, Book] = {name: make_book(i.book, self.engine) for name, i in instruments.items()}
         self.state = ExchangeState(instruments)
+        self.money = Money(instruments, money)
         self.seq = 0  # last journal seq applied
         self.last_oid = 0
         self.book_seconds = 0.0  # time spent inside the books (metrics)
@@ -105,17 +111,27 @@ class Engine:
         array of each book that produced any (for the bus)."""
         results: list[Result | None] = [None] * len(entries)
         by_book: dict[str, list[int]] = {}
+        answers_of: dict[str, list[Prov]] = {}
+        funds: list[int] = []
         for i, e in enumerate(entries):
             if type(e) is Cmd:
                 by_book.setdefault(e.book, []).append(i)
-            elif type(e) is Prov:  # settlement's (R18); nothing here changes
+            elif type(e) is Prov:  # a provider agent's answer: money only (R18)
+                answers_of.setdefault(e.book, []).append(e)
                 results[i] = Result(e.book, None, [])
+            elif type(e) is Fund:
+                funds.append(i)
             else:
                 if e.op == "halt":
                     self.state.halted.add(e.book)
                 elif e.op == "resume":
                     self.state.halted.discard(e.book)
                 results[i] = Result(e.book, None, [])
+        money = self.money
+        for i in funds:  # before the events: balances are sums (exchange.money)
+            e = entries[i]
+            results[i] = Result("", None, [], {"ok": True, "op": e.op, "account": e.account, "amount": e.amount,
+                                                "applied": money.fund(e)})
         arrays: dict[str, np.ndarray] = {}
         state = self.state
         plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
@@ -147,6 +163,13 @@ class Engine:
             last = int(cmds["oid"].max()) if len(cmds) else 0
             if last > self.last_oid:
                 self.last_oid = last
+            clocks = cmds["time"][cmds["type"] == CMD_CLOCK]
+            money.apply_class(name, events, answers_of.pop(name, []), int(clocks.max()) if len(clocks) else 0)
+        for name, answers in answers_of.items():  # answers in classes without commands in this apply
+            money.apply_class(name, None, answers, 0)
+        for i in funds:
+            r = results[i]
+            r.answer["available"] = money.available(r.answer["account"])  # type: ignore[index, union-attr]
         if answers:
             for r in results:
                 if r is not None and r.command is not None:
@@ -193,7 +216,8 @@ class Engine:
         books = {name: BookSnap(self.engine, self.book_time(name), b.state_hash(), b.snapshot())
                  for name, b in self.books.items()}
         state = msgspec.msgpack.decode(msgspec.msgpack.encode(self.state.to_data()), type=StateData)
-        return Snapshot(seq=self.seq, books=books, state=state, last_oid=self.last_oid)
+        return Snapshot(seq=self.seq, books=books, state=state, last_oid=self.last_oid, money=self.money.to_snap(),
+                        money_hash=self.money.state_hash())
 
     def load_snapshot(self, blob: bytes) -> None:
         snap = msgspec.msgpack.decode(blob, type=Snapshot)
@@ -207,6 +231,11 @@ class Engine:
             if book.state_hash() != bs.state_hash:
                 raise SnapshotMismatch(f"class {name}: restored state hash differs from the snapshot's")
             self.books[name] = book
+        if snap.money is None:
+            raise SnapshotMismatch("the snapshot holds no money state (taken before money was in the core)")
+        self.money.load_snap(snap.money)
+        if self.money.state_hash() != snap.money_hash:
+            raise SnapshotMismatch("restored money state hash differs from the snapshot's")
         self.state.load_data(snap.state)
         self.seq = snap.seq
         self.last_oid = snap.last_oid

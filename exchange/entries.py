@@ -5,7 +5,9 @@ An entry is a msgspec record, encoded into one journal payload:
 * ``Cmd(book, rec, coid)`` — one COMMAND_DTYPE record for a book (clock commands too) and the
   client order id it carried;
 * ``Admin(op, book)`` — halt or resume a class;
-* ``Prov(book, trade_id, ready, ...)`` — a provider agent's answer to a provisioning task (R18).
+* ``Prov(book, trade_id, ready, ...)`` — a provider agent's answer to a provisioning task (R18);
+* ``Fund(op, account, amount, ref, time)`` — a deposit or a withdrawal (money in the core:
+  `exchange.money`).
 
     payload = encode_entry(Cmd("H100", rec.tobytes(), "my-coid"))
     entry = decode_entry(payload)
@@ -41,7 +43,19 @@ class Prov(msgspec.Struct, array_like=True, tag=3):
     reason: str = ""  # why it failed
 
 
-Entry = Cmd | Admin | Prov
+class Fund(msgspec.Struct, array_like=True, tag=4):
+    """Money into or out of an account's available balance.  ``ref`` names it once for
+    ever: ``accounts:{row}`` for a deposit request of the account store (a repeat is applied
+    once), ``journal:{seq}`` for a withdrawal; the ledger's transfer id is ``{op}:{ref}``."""
+
+    op: str  # "deposit" | "withdraw"
+    account: int
+    amount: int  # µ$, > 0
+    ref: str
+    time: int  # wall-clock seconds when it was journaled
+
+
+Entry = Cmd | Admin | Prov | Fund
 _entry_encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from exchange.config import ServerConfig
 from exchange.engine import Engine
-from exchange.entries import Prov, decode_entry
+from exchange.entries import Fund, Prov, decode_entry
 from exchange.journal import read
+from exchange.money import settlement_config
 from exchange.snapshots import SnapshotMismatch, snapshots
 
 log = logging.getLogger("gpux.recovery")
@@ -29,21 +30,22 @@ REPLAY_CHUNK = 4096
 
 def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: bool = True,
             settled: Callable[[str], int] | None = None,
-            sink: Callable[[dict[str, np.ndarray], list[Prov]], None] | None = None) -> Engine:
+            sink: Callable[[dict[str, np.ndarray], list[Prov], list[Fund]], None] | None = None) -> Engine:
     """An engine at the end of the journal: newest usable snapshot + the entries after it.
 
     ``settled(cls)``: the last event seq of each class that settlement has; a snapshot is used
     only if it is not ahead of it, so that the replay regenerates every event settlement lacks
-    and hands it to ``sink`` (the events of each replayed chunk, by class, and its provisioning
-    answers)."""
+    and hands it to ``sink`` (the events of each replayed chunk, by class, its provisioning
+    answers and its deposits and withdrawals)."""
     data = cfg.data_path
     journal_dir = journal_dir or data / "journal"
     threads = cfg.book_threads or None
-    engine = Engine(cfg.instruments, cfg.engine, threads)
+    money = settlement_config(cfg)
+    engine = Engine(cfg.instruments, cfg.engine, threads, money)
     if use_snapshots:
         for seq, path in reversed(snapshots(data)):
             try:
-                candidate = Engine(cfg.instruments, cfg.engine, threads)
+                candidate = Engine(cfg.instruments, cfg.engine, threads, money)
                 candidate.load_snapshot(path.read_bytes())
             except (SnapshotMismatch, ValueError, OSError) as e:
                 log.warning("snapshot %s not usable (%s); trying an older one", path, e)
@@ -60,7 +62,7 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
 
 
 def replay(engine: Engine, journal_dir: Path,
-           sink: Callable[[dict[str, np.ndarray], list[Prov]], None] | None = None) -> int:
+           sink: Callable[[dict[str, np.ndarray], list[Prov], list[Fund]], None] | None = None) -> int:
     """Apply every journal entry after ``engine.seq``; returns how many were applied."""
     chunk: list = []
     applied = 0
@@ -73,12 +75,12 @@ def replay(engine: Engine, journal_dir: Path,
         if len(chunk) >= REPLAY_CHUNK:
             _, arrays = engine.apply(chunk)
             if sink is not None:
-                sink(arrays, [e for e in chunk if type(e) is Prov])
+                sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])
             applied += len(chunk)
             chunk = []
     if chunk:
         _, arrays = engine.apply(chunk)
         if sink is not None:
-            sink(arrays, [e for e in chunk if type(e) is Prov])
+            sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])
         applied += len(chunk)
     return applied

@@ -4,14 +4,15 @@ Requests from the gateway queue up while the previous batch is being made durabl
 turn of the loop takes everything queued as one batch and
 
 1. checks what depends on order and must not reach the journal when refused: halted
-   class, client order id already answered, open-order limit, escrow (R17);
+   class, client order id already answered, open-order limit, escrow (R17) and withdrawals
+   against the core's own balances (`exchange.money`: exact, in memory, no query);
 2. stamps each command with its book's engine time and a new order id (R4) and appends
    the batch to the journal;
 3. fsyncs the journal (one fsync per batch, in a worker thread) while the books apply the
    batch in this thread;
 4. only then answers every request and publishes the events on the bus;
-5. settlement's ledger commits the published batches together, a few milliseconds later, in
-   one transaction.
+5. the projections follow: settlement's ledger commits the published batches together, a few
+   milliseconds later, in one transaction.
 
 A clock command per book every ``clock_interval_s`` of wall time moves engine time
 (R4, R13, R14): expiries and lease ends are journaled commands and replay exactly.
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -37,11 +38,13 @@ from exchange.bus import Bus, Published
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
 from exchange.engine import Engine
-from exchange.entries import Admin, Cmd, Entry, Prov, encode_entry
+from exchange.entries import Admin, Cmd, Entry, Fund, Prov, encode_entry
 from exchange.errors import ApiError
 from exchange.journal import Journal
+from exchange.money import WITHDRAW
 from exchange.snapshots import encode_snapshot, write_snapshot
 from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE, Command, clock_command
+from settlement.engine import MONEY_LIMIT
 
 log = logging.getLogger("gpux.sequencer")
 
@@ -62,6 +65,7 @@ class Request:
     reply: Callable[[Any], None] | None = None  # gets the answer dict or an ApiError
     admin: str = ""  # "halt" | "resume" for admin entries
     prov: Any = None  # an exchange.entries.Prov entry: a provisioning answer
+    fund: Fund | None = None  # a deposit or withdrawal (``book`` unused)
     result: Any = None
     done: bool = False
 
@@ -90,34 +94,27 @@ class SequencerStats:
     batch_seconds: float = 0.0
 
 
-class Funds(Protocol):
-    """What the escrow check (R17) reads: settlement's ledger (`settlement.link.SettlementLink`)."""
-
-    @property
-    def healthy(self) -> bool:
-        """False while the balances cannot be trusted (bids that need escrow are refused)."""
-        ...
-
-    def available(self, account: int) -> int:
-        """What a new bid of the account may hold (µ$)."""
-        ...
+# a bid may hold at most this (µ$, ~1.28 billion USD): the money of the lease it may make stays
+# within settlement's int64 arithmetic (settlement.engine.MONEY_LIMIT, µ$·s/h)
+MAX_HOLD = MONEY_LIMIT // 3600
 
 
 class Sequencer:
-    """The single writer.  ``funds``: what escrow is checked against (None: no escrow check).
-    Hooks for the projections that batch their work: ``on_tick`` runs at start and at every
-    clock tick, ``after_batch`` after each published batch, ``on_idle`` whenever nothing is
-    queued.  ``clock`` stamps clock commands and times the ticks and periodic snapshots."""
+    """The single writer.  ``escrow``: whether bids need escrow (R17) from the core's balances
+    (off in benchmarks of the books alone).  Hooks for the projections that batch their work:
+    ``on_tick`` runs at start and at every clock tick, ``after_batch`` after each published
+    batch, ``on_idle`` whenever nothing is queued.  ``clock`` stamps clock commands and times
+    the ticks and periodic snapshots."""
 
     def __init__(self, engine: Engine, journal: Journal, cfg: ServerConfig, bus: Bus,
-                 funds: Funds | None = None, *, on_tick: Callable[[], Any] | None = None,
+                 escrow: bool = True, *, on_tick: Callable[[], Any] | None = None,
                  after_batch: Callable[[], Any] | None = None, on_idle: Callable[[], Any] | None = None,
                  clock: Clock = WALL) -> None:
         self.engine = engine
         self.journal = journal
         self.cfg = cfg
         self.bus = bus
-        self.funds = funds
+        self.escrow = escrow
         self.on_tick = on_tick
         self.after_batch = after_batch
         self.on_idle = on_idle
@@ -305,16 +302,34 @@ class Sequencer:
                                                    f"{self.cfg.max_open_orders}")
             if typ == CMD_BID:  # R17: a bid holds its whole exposure (gpus x hours x limit + fee)
                 r.hold = state.hold_for(r.book, cmd.gpus, cmd.hours, cmd.price)
-            if r.hold and self.funds is not None:
-                if not self.funds.healthy:
-                    return ApiError("UNAVAILABLE", "settlement is behind the book; bids that need escrow are "
-                                                   "refused until it catches up")
-                avail = self.funds.available(r.account) - holds.get(r.account, 0)
+                if r.hold >= MAX_HOLD:
+                    return ApiError("INSUFFICIENT_FUNDS", f"the bid needs {r.hold} µ$ of escrow; a bid may hold "
+                                                          f"at most {MAX_HOLD - 1} µ$")
+            if r.hold and self.escrow:
+                avail = self.engine.money.available(r.account) - holds.get(r.account, 0)
                 if r.hold > avail:
                     return ApiError("INSUFFICIENT_FUNDS", f"the bid needs {r.hold} µ$ of escrow, "
                                                           f"{max(avail, 0)} µ$ is available")
                 holds[r.account] = holds.get(r.account, 0) + r.hold
             new[r.account] = new.get(r.account, 0) + 1
+        return None
+
+    def _check_fund(self, r: Request, holds: dict[int, int], index: int) -> ApiError | None:
+        """A withdrawal takes only what is available, less the holds of bids earlier in the batch
+        (and names itself by its journal seq); a deposit passes (and counts for what follows)."""
+        f = r.fund
+        assert f is not None
+        f.time = self.clock.time()
+        if f.op != WITHDRAW:  # the core applies a batch's deposits before its events: bids after it may use it
+            if self.engine.money.fresh(f.ref) and f.ref not in self._batch_refs:
+                self._batch_refs.add(f.ref)
+                holds[f.account] = holds.get(f.account, 0) - f.amount
+            return None
+        avail = self.engine.money.available(f.account) - holds.get(f.account, 0)
+        if f.amount > avail:
+            return ApiError("INSUFFICIENT_FUNDS", f"the withdrawal is {f.amount} µ$, {max(avail, 0)} µ$ is available")
+        holds[f.account] = holds.get(f.account, 0) + f.amount
+        f.ref = f"journal:{self.journal.last_seq + index + 1}"
         return None
 
     async def _batch(self, loop: asyncio.AbstractEventLoop, items: list[Request]) -> None:
@@ -332,6 +347,7 @@ class Sequencer:
         new: dict[int, int] = {}
         times = self.times
         oid = engine.last_oid
+        self._batch_refs: set[str] = set()  # refs of the batch's deposits (a repeat is applied once)
         if any(r.prov is not None for r in items):
             # provisioning answers first, stamped with their book's time and last event seq: in the
             # journal they follow exactly the events up to `after` (settlement applies them there)
@@ -346,6 +362,14 @@ class Sequencer:
             if r.admin:
                 entries.append(Admin(r.admin, r.book))
                 owners.append(r)
+                continue
+            if r.fund is not None:
+                verdict = self._check_fund(r, holds, len(entries))
+                if verdict is not None:
+                    later.append((r, verdict))
+                else:
+                    entries.append(r.fund)
+                    owners.append(r)
                 continue
             cmd = r.cmd
             if cmd.type == CMD_CLOCK:
@@ -401,7 +425,8 @@ class Sequencer:
                     else:
                         r.resolve(res.answer or {"ok": True})
             self.bus.publish(Published(results, arrays, [o.origin if o else None for o in owners],
-                                       [e for e in entries if type(e) is Prov]))
+                                       [e for e in entries if type(e) is Prov],
+                                       [e for e in entries if type(e) is Fund]))
             self.busy = False
             if self.after_batch is not None:  # busy: e.g. the ledger commits now and then
                 self.after_batch()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from exchange.money import MoneySnap
 from exchange.state import StateData
 
 SNAP_SUFFIX = ".snap"
@@ -32,7 +33,9 @@ class Snapshot(msgspec.Struct, kw_only=True):
     books: dict[str, BookSnap]
     state: StateData
     last_oid: int = 0  # the highest order id the sequencer gave out
-    version: int = 2  # 2: book blobs are zlib-compressed
+    version: int = 3  # 2: book blobs are zlib-compressed; 3: money in the core
+    money: MoneySnap | None = None  # None in snapshots older than money in the core: not usable
+    money_hash: int = 0
 
 
 class SnapshotMismatch(RuntimeError):
@@ -43,7 +46,7 @@ def encode_snapshot(snap: Snapshot) -> bytes:
     """Snapshot bytes: book blobs deflated (a numba book's arrays are mostly empty: ~40 MB -> <1 MB)."""
     books = {name: BookSnap(b.engine, b.time, b.state_hash, zlib.compress(b.blob, 1)) for name, b in snap.books.items()}
     return msgspec.msgpack.encode(Snapshot(seq=snap.seq, books=books, state=snap.state, last_oid=snap.last_oid,
-                                           version=snap.version))
+                                           version=snap.version, money=snap.money, money_hash=snap.money_hash))
 
 
 def snapshot_dir(data_dir: Path) -> Path:

@@ -195,6 +195,9 @@ class AccountStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if "taken_by" not in {r[1] for r in db.execute("PRAGMA table_info(deposits)")}:
+                # the exchange (its journal) a deposit request was journaled by: one only
+                db.execute("ALTER TABLE deposits ADD COLUMN taken_by TEXT")
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -352,11 +355,26 @@ class AccountStore:
                           "LEFT JOIN deposits d ON d.account_id = a.id GROUP BY a.id ORDER BY a.id")
         return {account_id: total for account_id, total in rows}
 
-    def deposit_rows(self, after_id: int = 0) -> list[tuple[int, int, int, int]]:
-        """Deposits recorded after row ``after_id``, as (id, account, amount µ$, created_at ms),
-        in order: settlement turns each into one ledger transfer ``deposit:accounts:{id}``."""
+    def deposit_rows(self, after_id: int = 0, taken_by: str | None = None) -> list[tuple[int, int, int, int]]:
+        """Deposit requests recorded after row ``after_id`` (only those ``taken_by`` an exchange,
+        if given), as (id, account, amount µ$, created_at ms), in order."""
+        if taken_by is None:
+            return [tuple(r) for r in self._read("SELECT id, account_id, amount, created_at FROM deposits "
+                                                 "WHERE id > ? ORDER BY id", (after_id,))]
         return [tuple(r) for r in self._read("SELECT id, account_id, amount, created_at FROM deposits "
-                                             "WHERE id > ? ORDER BY id", (after_id,))]
+                                             "WHERE id > ? AND taken_by = ? ORDER BY id", (after_id, taken_by))]
+
+    def claim_deposits(self, owner: str, after_id: int = 0) -> list[tuple[int, int, int]]:
+        """The deposit requests after row ``after_id`` that ``owner`` (an exchange's id) may
+        journal, as (id, account, amount µ$), in order: those no exchange has taken yet are taken
+        by ``owner`` first, in one transaction.  So a deposit goes into one exchange's money
+        only, however many exchanges share this store; one that ``owner`` took and did not
+        journal (it stopped in between) comes back to it here."""
+        with self._write() as db:
+            db.execute("UPDATE deposits SET taken_by = ? WHERE id > ? AND taken_by IS NULL", (owner, after_id))
+            rows = db.execute("SELECT id, account_id, amount FROM deposits WHERE id > ? AND taken_by = ? "
+                              "ORDER BY id", (after_id, owner)).fetchall()
+        return [tuple(r) for r in rows]
 
     # -- lifetime ------------------------------------------------------------------------------
 

@@ -25,12 +25,15 @@ from exchange.bus import Bus
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
 from exchange.engine import Engine
+from exchange.entries import Fund
 from exchange.errors import ApiError, book_error
 from exchange.journal import JournalError
+from exchange.money import WITHDRAW
 from exchange.sequencer import Request, Sequencer
 from exchange.views import event_push, lease_view, order_view
 from gateway.accounts import AccountError, AccountStore
 from gateway.auth import AuthError, RateLimiter, Verifier, require_role
+from gateway.deposits import DepositInbox
 from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 from gateway.wire import (
     KINDS,
@@ -173,12 +176,14 @@ def errors_middleware(counters: Counters, max_body: int) -> Any:
 
 class Gateway:
     """The REST and trader WebSocket routes over the parts they use: the core (``engine``, read
-    only, and ``sequencer``, the way in), ``accounts`` and ``verifier`` (keys), ``ledger``
-    (settlement: balances, statements, deposits), ``provisioning`` (R18), ``bus`` (the events
-    pushed to sessions) and, once the feeds run, ``level2(class)`` for /v1/book."""
+    only — its money too —, and ``sequencer``, the way in), ``accounts`` and ``verifier`` (keys),
+    ``ledger`` (settlement's projection: statements), ``provisioning`` (R18), ``bus`` (the events
+    pushed to sessions), ``deposits`` (the account store's deposit requests into the journal)
+    and, once the feeds run, ``level2(class)`` for /v1/book."""
 
     def __init__(self, cfg: ServerConfig, engine: Engine, sequencer: Sequencer, accounts: AccountStore,
-                 verifier: Verifier, ledger: Any, provisioning: Any, bus: Bus, *, counters: Counters | None = None,
+                 verifier: Verifier, ledger: Any, provisioning: Any, bus: Bus, deposits: DepositInbox | None = None,
+                 *, counters: Counters | None = None,
                  level2: Callable[[str], tuple[int, dict[str, list]] | None] | None = None,
                  metrics: Callable[[], str] | None = None, health: Callable[[], dict[str, Any]] | None = None,
                  clock: Clock = WALL, journal_tail: Any = None) -> None:
@@ -190,6 +195,7 @@ class Gateway:
         self.accounts = accounts
         self.verifier = verifier
         self.ledger = ledger
+        self.deposits = deposits
         self.provisioning = provisioning
         self.level2 = level2
         self.render_metrics = metrics
@@ -285,6 +291,7 @@ class Gateway:
         r.add_post("/v1/admin/kill", self.kill)
         r.add_post("/v1/admin/accounts", self.create_account)
         r.add_post("/v1/admin/deposit", self.deposit)
+        r.add_post("/v1/admin/withdraw", self.withdraw)
         r.add_get("/v1/admin/state", self.admin_state)
         r.add_post("/v1/admin/snapshot", self.admin_snapshot)
         r.add_get("/v1/admin/journal", self.admin_journal)
@@ -368,8 +375,7 @@ class Gateway:
         key = await self._auth(request)
         a = key.account_id
         acc = self.accounts.account(a)
-        await self.ledger.synced()  # every command answered so far is in the balances
-        b = self.ledger.balances(a)
+        b = self.engine.money.of(a)  # the core's: every command answered so far is in it
         return _json({"account": a, "name": acc.name if acc else "", "role": key.role,
                       "deposited": self.accounts.deposits().get(a, 0), "available": b.get("available", 0),
                       "escrow": b.get("escrow", 0), "lease_prepaid": b.get("lease_prepaid", 0),
@@ -545,7 +551,7 @@ class Gateway:
             acc, key_id, secret = self.accounts.create_account(m.name, m.role, m.deposit, m.ssh_public_key)
         except AccountError as e:
             raise ApiError(e.code, e.message, 409 if e.code == "NAME_TAKEN" else 400) from None
-        self._refresh_funds()
+        await self._journal_deposits()
         return _json({"account_id": acc.id, "name": acc.name, "role": acc.role, "key_id": key_id,
                       "secret": secret}, 201)
 
@@ -554,18 +560,35 @@ class Gateway:
         m = decode_body(await request.read(), DepositRequest)
         if self.accounts.account(m.account) is None:
             raise ApiError("NOT_FOUND", f"no account {m.account}")
-        total = self.accounts.deposit(m.account, m.amount, "admin deposit")
-        self._refresh_funds()
-        return _json({"ok": True, "account": m.account, "deposited": total})
+        try:
+            total = self.accounts.deposit(m.account, m.amount, "admin deposit")
+        except AccountError as e:
+            raise ApiError(e.code, e.message, 400) from None
+        await self._journal_deposits()
+        return _json({"ok": True, "account": m.account, "deposited": total,
+                      "available": self.engine.money.available(m.account)})
 
-    def _refresh_funds(self) -> None:
-        self.ledger.sync_deposits()
+    async def withdraw(self, request: web.Request) -> web.Response:
+        """Money out of an account's available balance (a journaled entry, checked by the sequencer)."""
+        await self._auth(request, "admin")
+        m = decode_body(await request.read(), DepositRequest)
+        if self.accounts.account(m.account) is None:
+            raise ApiError("NOT_FOUND", f"no account {m.account}")
+        fund = Fund(WITHDRAW, m.account, m.amount, "", 0)
+        res = await self.sequencer.submit(Request("", None, m.account, fund=fund))
+        return _json({"ok": True, "account": m.account, "withdrawn": m.amount, "available": res["available"]})
+
+    async def _journal_deposits(self) -> None:
+        """Journal the account store's new deposit requests now (instead of at the next tick)."""
+        if self.deposits is not None:
+            await asyncio.gather(*self.deposits.poll())
 
     async def admin_state(self, request: web.Request) -> web.Response:
         await self._auth(request, "admin", "analyst")
         engine = self.engine
         return _json({"seq": engine.seq, "last_oid": engine.last_oid,
                       "state_hashes": {k: str(v) for k, v in engine.state_hashes().items()},
+                      "money_hash": str(engine.money.state_hash()),
                       "times": {k: engine.book_time(k) for k in engine.books},
                       "digest": engine.state.digest(), "halted": sorted(engine.state.halted)})
 

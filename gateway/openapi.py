@@ -102,7 +102,9 @@ def document() -> dict[str, Any]:
         "/v1/admin/kill": {"post": _op("cancel every open order of an account", body="KillRequest", roles="admin")},
         "/v1/admin/accounts": {"post": _op("create an account and its first key", body="CreateAccountRequest",
                                            ok="201", roles="admin")},
-        "/v1/admin/deposit": {"post": _op("credit an account", body="DepositRequest", roles="admin")},
+        "/v1/admin/deposit": {"post": _op("credit an account (journaled)", body="DepositRequest", roles="admin")},
+        "/v1/admin/withdraw": {"post": _op("debit an account's available balance (journaled; INSUFFICIENT_FUNDS "
+                                           "beyond it)", body="DepositRequest", roles="admin")},
         "/v1/admin/state": {"get": _op("journal position, books' state hashes", roles="admin, analyst")},
         "/v1/admin/snapshot": {"post": _op("take a snapshot now", roles="admin")},
         "/v1/ws": {"get": _op("WebSocket for traders (docs/api.md): auth, bid, cancel, amend, status, release",

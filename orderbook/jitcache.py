@@ -51,7 +51,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
                        "orderbook/quote.py", "orderbook/reasons.py", "orderbook/rules.py", "orderbook/statehash.py",
                        "orderbook/types.py"),
     "settlement.core": (*_ORDERBOOK, "orderbook/types.py", "settlement/__init__.py", "settlement/core.py",
-                        "settlement/ids.py", "settlement/leases.py", "settlement/ledger.py", "settlement/money.py"),
+                        "settlement/ids.py", "settlement/leases.py", "settlement/money.py"),
     "feeds.recording": (*_ORDERBOOK, "orderbook/types.py", "exchange/__init__.py", "exchange/journal.py",
                         "feeds/__init__.py", "feeds/recording.py"),
 }

@@ -29,7 +29,7 @@ from numba import njit
 
 from orderbook import jitcache
 from orderbook import types as book_types
-from settlement import ids, leases, ledger, money
+from settlement import ids, leases, money
 
 jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
 
@@ -83,13 +83,13 @@ NK = 9
 
 # The copies above against their sources (a differing one would compile in a wrong code).
 _COPIES = [(f"{name} ({module.__name__}.{name})", globals()[name], getattr(module, name)) for module, names in (
-    (ledger, "AVAILABLE ESCROW PREPAID RECEIVABLE FEES ACCOUNT_SHIFT"),
+    (money, "AVAILABLE ESCROW PREPAID RECEIVABLE FEES ACCOUNT_SHIFT"),
     (book_types, "EV_ACCEPTED EV_TRADE EV_PREEMPTED EV_CANCELLED EV_EXPIRED EV_AMENDED EV_RELEASED RESERVED SIDE_BID"),
     (ids, "PARAM_SHIFT HOLD RELEASE AMEND COST BUYER_FEE TRADE_RELEASE TOP_UP REFUND FEE_REFUND EARN PROVIDER_FEE"),
 ) for name in names.split()]
 _COPIES += [
     ("FEES_ACCOUNT (the exchange's fees account)", FEES_ACCOUNT,
-     ledger.EXCHANGE << ledger.ACCOUNT_SHIFT | ledger.FEES),
+     money.EXCHANGE << money.ACCOUNT_SHIFT | money.FEES),
     *((f"C_{c} (ids.cause(ids.{c}))", globals()[f"C_{c}"], ids.cause(getattr(ids, c)))
       for c in ("READY", "METER", "PREEMPTED", "RELEASED", "FAILED", "END")),
     *((f"{st.upper()} (its place in leases.STATUSES)", globals()[st.upper()], leases.STATUSES.index(st))

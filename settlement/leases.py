@@ -32,8 +32,7 @@ import msgspec
 
 from orderbook.types import KIND_NAMES, RESERVED, SIDE_NAMES
 from settlement.ids import EARN, FEE_REFUND, PROVIDER_FEE, REFUND
-from settlement.ledger import AVAILABLE, EXCHANGE, FEES, PREPAID, RECEIVABLE
-from settlement.money import BPS, HOUR, fee, lease_value
+from settlement.money import AVAILABLE, BPS, EXCHANGE, FEES, HOUR, PREPAID, RECEIVABLE, fee, lease_value
 
 PENDING = "pending"
 PROVISIONING = "provisioning"

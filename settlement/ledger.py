@@ -54,32 +54,24 @@ import numpy as np
 
 from settlement import ids
 
-# account kinds: small integers in the ledger's rows (an integer binds and compares faster
-# than text on every write); KIND_NAMES and the SQL view ``transfers_named`` give the names
-AVAILABLE = 1  # what an owner can bid with or withdraw
-ESCROW = 2  # held for open bids (R17)
-PREPAID = 3  # lease_prepaid: paid for leases and not yet earned by their providers
-RECEIVABLE = 4  # earned by a provider (or a reseller), not yet paid out
-FEES = 5  # the exchange's fee income (owner EXCHANGE, R19)
-EXTERNAL = 6  # the world outside: deposits come from it, payouts go to it (owner EXCHANGE)
-KIND_NAMES = {AVAILABLE: "available", ESCROW: "escrow", PREPAID: "lease_prepaid", RECEIVABLE: "receivable",
-              FEES: "fees", EXTERNAL: "external"}
-KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
-KINDS = tuple(KIND_NAMES)
-
-
-def kind_code(kind: int | str) -> int:
-    """An account kind by code or by name ("available", "lease_prepaid", ...)."""
-    code = KIND_CODES.get(kind) if isinstance(kind, str) else kind
-    if code not in KIND_NAMES:
-        raise ValueError(f"unknown account kind {kind!r}; kinds: {', '.join(KIND_NAMES.values())}")
-    return code
-
-
-EXCHANGE = 0  # the owner of FEES and EXTERNAL
+# account kinds, owners and the account encoding are money rules (settlement.money): the
+# core's balances use them as well as the ledger's rows
+from settlement.money import (  # noqa: F401 (the ledger's users name them from here too)
+    ACCOUNT_SHIFT,
+    AVAILABLE,
+    ESCROW,
+    EXCHANGE,
+    EXTERNAL,
+    FEES,
+    KIND_CODES,
+    KIND_NAMES,
+    KINDS,
+    PREPAID,
+    RECEIVABLE,
+    kind_code,
+)
 
 SCHEMA_VERSION = 3  # 1: text ids and four account columns (see _migrate_v1); 2: no transfer_pages
-ACCOUNT_SHIFT = 3  # an account is owner << 3 | kind, in rows and in the balance cache
 
 
 class Transfer(NamedTuple):

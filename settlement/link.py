@@ -1,21 +1,21 @@
-"""Settlement inside `gpux serve` (embedded mode, docs/architecture.md): the ledger behind escrow.
+"""Settlement's SQLite ledger inside `gpux serve` (embedded mode, docs/architecture.md): a
+projection of the journal, for statements, leases and provisioning.
 
-    link = SettlementLink(cfg, deposits)        # opens DATA/ledger.db; deposits(after_row) -> new rows
+    link = SettlementLink(cfg)                  # opens DATA/ledger.db
     engine = recover(cfg, settled=link.cursor, sink=link.replayed)   # the journal fills any gap
     link.start(); link.attach(bus)              # every durable batch: one ledger transaction
-    link.available(account)                     # what the sequencer's escrow check (R17) reads
     await link.synced()                         # reads that must reflect every answered command
 
-The exchange's journal is the system of record; the ledger is kept from its events, exactly
-once (settlement's seq cursor and idempotent transfer ids, docs/settlement.md).  Durable batches
-queue up and are committed together ``FLUSH_S`` after the oldest of them, or once
-``FLUSH_EVENTS`` wait (one transaction for many batches: its fixed cost is paid once), by a
-committer thread, so the event loop answers orders meanwhile (SQLite runs without the GIL; the
-settlement engine's Python part does not, which is why commits are few and large).  The escrow
-check reads the committed `available` balance minus the holds of the bids accepted in batches
-not committed yet, so it never lets through a bid the ledger could refuse.  Deposits come from
-the account store (one transfer per deposit row, ``deposit:accounts:{row}``); clock commands
-tick settlement (metering, lease ends, provisioning timeouts); provisioning (R18) is
+The exchange's journal is the system of record and the money is the core's (`exchange.money`:
+the sequencer checks escrow there); the ledger is kept from the same journal, exactly once
+(settlement's seq cursor and idempotent transfer ids, docs/settlement.md), and must end with
+the core's balances.  Durable batches queue up and are committed together ``FLUSH_S`` after the
+oldest of them, or once ``FLUSH_EVENTS`` wait (one transaction for many batches: its fixed cost
+is paid once), by a committer thread, so the event loop answers orders meanwhile (SQLite runs
+without the GIL; the settlement engine's Python part does not, which is why commits are few and
+large).  Deposits and withdrawals are journaled entries (`exchange.entries.Fund`: one transfer
+each, ``deposit:accounts:{row}`` / ``withdraw:journal:{seq}``); clock commands tick settlement
+(metering, lease ends, provisioning timeouts); provisioning (R18) is
 `settlement.provisioning.Provisioning`, whose step runs in the same transaction.
 """
 
@@ -26,7 +26,6 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +34,10 @@ import numpy as np
 
 from exchange.clock import WALL, Clock, Timer
 from exchange.config import ServerConfig
-from exchange.entries import Prov
-from orderbook.types import CMD_CLOCK, EV_ACCEPTED, EVENT_DTYPE, SIDE_BID
-from settlement import money
-from settlement.engine import SequenceGap, SettlementConfig, fees_from_instruments, join_transfers
+from exchange.entries import Fund, Prov
+from exchange.money import DEPOSIT, settlement_config
+from orderbook.types import CMD_CLOCK, EVENT_DTYPE
+from settlement.engine import SequenceGap, join_transfers
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
 
@@ -49,11 +48,6 @@ FLUSH_S = 0.025  # under load, queued batches are committed at least this often
 FLUSH_EVENTS = 8192  # ... or once this many events wait
 
 
-def settlement_config(cfg: ServerConfig) -> SettlementConfig:
-    return SettlementConfig(fees=fees_from_instruments(cfg.instruments), auto_ready=cfg.provisioning == "auto",
-                            provision_timeout_s=cfg.provision_timeout_s, meter_interval_s=cfg.meter_interval_s)
-
-
 @dataclass
 class _Batch:
     """One durable batch handed to settlement."""
@@ -62,22 +56,17 @@ class _Batch:
     parts: list[tuple[str, np.ndarray]]  # its events, by class
     times: dict[str, int]  # engine time of the books that got a clock command
     answers: list[Prov] = field(default_factory=list)  # provisioning answers (R18), journaled
-    holds: dict[int, int] = field(default_factory=dict)  # escrow its accepted bids take (µ$ by account)
+    funds: list[Fund] = field(default_factory=list)  # deposits and withdrawals, journaled
 
 
 class SettlementLink:
-    """The exchange's settlement: the ledger, kept from the bus, fed deposits and time."""
+    """The exchange's settlement ledger, kept from the bus (and the journal on recovery)."""
 
-    def __init__(self, cfg: ServerConfig, deposits: Callable[[int], list[tuple[int, int, int, int]]] | None = None,
-                 clock: Clock = WALL) -> None:
+    def __init__(self, cfg: ServerConfig, clock: Clock = WALL) -> None:
         self.cfg = cfg
-        self.deposits = deposits  # after_row -> the account store's deposit rows after it (id, account, µ$, ms)
         self.time_source = clock  # timers of the deferred commits
         path = cfg.data_path / LEDGER_FILE
         self.settlement = Settlement(path, settlement_config(cfg), synchronous=cfg.ledger_synchronous)
-        # the committed balances, for the escrow check on the event loop (never mid-transaction)
-        self._reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                       check_same_thread=False)
         self.lock = threading.RLock()  # held while anything uses self.settlement
         self.backlog: list[_Batch] = []  # batches the ledger refused, retried first
         self.last_error: Exception | None = None
@@ -85,14 +74,8 @@ class SettlementLink:
         self.seconds = 0.0  # spent committing
         self.provisioning: Any = None  # settlement.provisioning.Provisioning, once attached
         self.book_times: Any = None  # () -> {class: engine time}
-        self.on_deposits: Any = None  # called with the deposit rows the ledger took
-        # the fee rate each class's escrow covers (R17), from the fees settlement charges
-        self._fee_bps = {cls: money.hold_fee_bps(*fees) for cls, fees in self.settlement.config.fees.items()}
-        self._deposit_row = 0
         self._answered: list[tuple[Answer, Any]] = []  # answers applied in the transaction being committed
         self.answered_out: list[tuple[Answer, Any]] = []  # ... committed: for provisioning to pass on
-        self._avail: dict[int, int] = {}  # committed available balances read since the last commit
-        self._held: dict[int, int] = {}  # holds of bids in batches handed over, not committed yet
         self._queue: list[_Batch] = []  # handed over, not committed yet
         self._queued_events = 0
         self._oldest = 0.0  # when the oldest queued batch was handed over
@@ -103,7 +86,6 @@ class SettlementLink:
         self._carried: list[_Batch] = []  # batches in the refused backlog
         self.handed = 0  # batches handed over
         self.committed = 0  # of those, committed
-        self.sync_deposits()
 
     # ------------------------------------------------------------------ lifetime
     def start(self) -> None:
@@ -120,7 +102,6 @@ class SettlementLink:
         """Commit what was handed over, close the ledger (no commit may be in flight: `aclose`)."""
         self.flush()
         self._committer.shutdown(wait=True)
-        self._reader.close()
         self.settlement.close()
 
     # ------------------------------------------------------------------ recovery
@@ -129,13 +110,13 @@ class SettlementLink:
         before it and hands the events after it to `replayed`."""
         return self.settlement.last_seq(cls)
 
-    def replayed(self, events: dict[str, np.ndarray], answers: list[Prov]) -> None:
-        """Events and provisioning answers regenerated by the journal replay (settlement skips
-        the events it has; an answer it has is a no-op)."""
+    def replayed(self, events: dict[str, np.ndarray], answers: list[Prov], funds: list[Fund] = ()) -> None:  # type: ignore[assignment]
+        """Events, provisioning answers, deposits and withdrawals regenerated by the journal
+        replay (settlement skips the events it has; an answer or a transfer it has is a no-op)."""
         parts = [(cls, ev) for cls, ev in events.items() if len(ev) and int(ev["seq"][-1]) > self.cursor(cls)]
-        if parts or answers:
+        if parts or answers or funds:
             with self.lock:
-                self._commit([_Batch(0, parts, {}, list(answers))])
+                self._commit([_Batch(0, parts, {}, list(answers), list(funds))])
             self.answered_out = []  # replayed answers are not news
 
     # ------------------------------------------------------------------ live
@@ -151,18 +132,12 @@ class SettlementLink:
             if r is not None and r.command is not None and r.command.type == CMD_CLOCK:
                 times[r.book] = max(times.get(r.book, 0), r.command.time)
         parts = [(cls, ev.copy()) for cls, ev in batch.events.items()]  # the publisher may reuse its arrays
-        answers = list(getattr(batch, "answers", ()))
-        if not parts and not times and not answers:
+        answers = list(batch.answers)
+        funds = list(batch.funds)
+        if not parts and not times and not answers and not funds:
             return
         self.handed += 1
-        b = _Batch(self.handed, parts, times, answers)
-        for cls, ev in parts:
-            acc = ev[(ev["type"] == EV_ACCEPTED) & (ev["side"] == SIDE_BID)]
-            for a, rem, hours, limit in zip(acc["account"].tolist(), acc["remaining"].tolist(), acc["hours"].tolist(),
-                                            acc["price"].tolist(), strict=True):
-                hold = money.hold(rem, hours, limit, self._fee_bps.get(cls, 0))
-                b.holds[a] = b.holds.get(a, 0) + hold
-                self._held[a] = self._held.get(a, 0) + hold
+        b = _Batch(self.handed, parts, times, answers, funds)
         if not self._queue:
             self._oldest = self.time_source.monotonic()
         self._queue.append(b)
@@ -289,12 +264,17 @@ class SettlementLink:
                 out.append(prov.step(engine, [p for b in backlog for p in b.parts], engine_now))
             return join_transfers(out)
 
+        funds = [Transfer(f"{f.op}:{f.ref}", EXCHANGE, EXTERNAL, f.account, AVAILABLE, f.amount, f.time)
+                 if f.op == DEPOSIT else
+                 Transfer(f"{f.op}:{f.ref}", f.account, AVAILABLE, EXCHANGE, EXTERNAL, f.amount, f.time)
+                 for b in backlog for f in b.funds]
         try:
+            if funds:  # before the events (as the core applies them); a transfer posted already is a no-op
+                self.settlement.ledger.apply(funds)
             self.settlement.run(step)
         except (LedgerError, SequenceGap, sqlite3.Error) as e:
             if not isinstance(self.last_error, type(e)):
-                log.critical("settlement could not apply %d batches (kept, retried; bids needing escrow "
-                             "are refused until then): %s", len(self.backlog), e)
+                log.critical("settlement could not apply %d batches (kept, retried): %s", len(self.backlog), e)
             self.last_error = e
             self._answered = []
             if prov is not None:
@@ -310,16 +290,7 @@ class SettlementLink:
         return True
 
     def _done(self, batches: list[_Batch], ok: bool) -> None:
-        """After a commit (or a refusal): holds of committed batches leave the pending sum,
-        provisioning sends what the commit started."""
-        self._avail = {}
-        for b in batches:
-            for a, h in b.holds.items():
-                left = self._held.get(a, 0) - h
-                if left > 0:
-                    self._held[a] = left
-                else:
-                    self._held.pop(a, None)
+        """After a commit (or a refusal): provisioning sends what the commit started."""
         if self.provisioning is not None:
             with self.lock:
                 self.provisioning.committed()
@@ -334,62 +305,16 @@ class SettlementLink:
             ("gpux_settlement_healthy", int(self.healthy), "0 while the ledger refuses a batch (see logs)", "gauge")]
 
     def health(self) -> str:
-        """"ok" while the ledger takes every batch; else why not (bids that need escrow are refused)."""
+        """"ok" while the ledger takes every batch; else why not (statements lag; trading goes on: the
+        money the sequencer checks is the core's)."""
         return "ok" if self.last_error is None else f"the ledger refuses batches: {self.last_error}"
 
     @property
     def healthy(self) -> bool:
-        """The ledger took every batch it was given (otherwise escrow checks cannot be trusted)."""
+        """The ledger took every batch it was given."""
         return self.last_error is None
 
-    # ------------------------------------------------------------------ money
-    def available(self, account: int) -> int:
-        """What a new bid of the account may hold (µ$): its committed available balance less
-        the holds of its bids in batches the ledger has not committed yet."""
-        a = self._avail.get(account)
-        if a is None:
-            row = self._reader.execute("SELECT balance FROM balances WHERE owner = ? AND kind = ?",
-                                       (account, AVAILABLE)).fetchone()
-            a = self._avail[account] = row[0] if row else 0
-        return a - self._held.get(account, 0)
-
-    def sync_deposits(self) -> int:
-        """Post the account store's deposits not yet in the ledger (each row once: the transfer
-        id names the row); returns how many were new."""
-        if self.deposits is None:
-            return 0
-        try:
-            rows = self.deposits(self._deposit_row)
-        except Exception:  # the account store is busy: next time
-            log.exception("could not read deposits")
-            return 0
-        if not rows:
-            return 0
-        with self.lock:
-            n = self.settlement.ledger.apply([
-                Transfer(f"deposit:accounts:{row}", EXCHANGE, EXTERNAL, account, AVAILABLE, amount,
-                         created_ms // 1000)
-                for row, account, amount, created_ms in rows])
-        self._deposit_row = rows[-1][0]
-        self._avail = {}
-        if self.on_deposits is not None:  # distributed settlement needs them too (RedisBus)
-            self.on_deposits(rows)
-        if self.backlog:  # a batch refused for want of funds may pass now
-            if self._deferred:
-                self.flush_soon(now=True)
-            else:
-                self.flush()
-        return n
-
-    def deposit(self, account: int, amount: int, id: str) -> bool:
-        """Credit an account straight in the ledger (benchmarks and tests that drive the
-        sequencer with accounts of their own; the exchange's deposits come from the account
-        store).  ``id`` makes a repeat harmless."""
-        with self.lock:
-            new = self.settlement.deposit(account, amount, id)
-        self._avail = {}
-        return new
-
+    # ------------------------------------------------------------------ reading
     def balances(self, account: int) -> dict[str, int]:
         with self.lock:
             return self.settlement.ledger.balances(account)

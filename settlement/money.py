@@ -20,6 +20,29 @@ from __future__ import annotations
 HOUR = 3600
 BPS = 10_000
 
+# account kinds: small integers in transfer rows (the ledger's and the core's balances); an
+# account is ``owner << ACCOUNT_SHIFT | kind``
+AVAILABLE = 1  # what an owner can bid with or withdraw
+ESCROW = 2  # held for open bids (R17)
+PREPAID = 3  # lease_prepaid: paid for leases and not yet earned by their providers
+RECEIVABLE = 4  # earned by a provider (or a reseller), not yet paid out
+FEES = 5  # the exchange's fee income (owner EXCHANGE, R19)
+EXTERNAL = 6  # the world outside: deposits come from it, payouts go to it (owner EXCHANGE)
+KIND_NAMES = {AVAILABLE: "available", ESCROW: "escrow", PREPAID: "lease_prepaid", RECEIVABLE: "receivable",
+              FEES: "fees", EXTERNAL: "external"}
+KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
+KINDS = tuple(KIND_NAMES)
+EXCHANGE = 0  # the owner of FEES and EXTERNAL
+ACCOUNT_SHIFT = 3
+
+
+def kind_code(kind: int | str) -> int:
+    """An account kind by code or by name ("available", "lease_prepaid", ...)."""
+    code = KIND_CODES.get(kind) if isinstance(kind, str) else kind
+    if code not in KIND_NAMES:
+        raise ValueError(f"unknown account kind {kind!r}; kinds: {', '.join(KIND_NAMES.values())}")
+    return code
+
 
 def fee(amount: int, bps: int) -> int:
     """A fee of ``bps`` basis points on ``amount`` µ$, rounded up to the µ$ (0 for amount ≤ 0)."""

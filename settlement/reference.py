@@ -76,8 +76,7 @@ from settlement.leases import (
     settle,
     settle_earnings,
 )
-from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID
-from settlement.money import fee, hold_fee_bps, hold_per_gpu, lease_value
+from settlement.money import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID, fee, hold_fee_bps, hold_per_gpu, lease_value
 
 _FEES = EXCHANGE << 3 | FEES
 _READY = ids.cause(ids.READY)

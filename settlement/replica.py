@@ -6,9 +6,10 @@
 
 The replica keeps an `exchange.engine.Engine` of its own (the books and the exchange state) and
 applies the journal's entries to it with the same `Engine.apply` as the exchange; the events
-each entry produced, the provisioning answers (``Prov``) and the clock commands go to its SQLite
-ledger (`settlement.service.Settlement`) as they go to the exchange's own, so the two ledgers
-end equal, transfer for transfer.
+each entry produced, the provisioning answers (``Prov``), the deposits and withdrawals (``Fund``)
+and the clock commands go to its SQLite ledger (`settlement.service.Settlement`) as they go to
+the exchange's own, so the two ledgers end equal, transfer for transfer.  (Its engine keeps the
+money too, `exchange.money`, as the exchange's does.)
 
 Its cursor is the last journal seq its ledger holds, committed in the ledger's file in the same
 transaction as the transfers (``settle_positions``, row ``_journal``).  To restart without
@@ -38,12 +39,13 @@ import numpy as np
 
 from exchange.config import ServerConfig
 from exchange.engine import Engine
-from exchange.entries import Prov, decode_entry
+from exchange.entries import Fund, Prov, decode_entry
+from exchange.money import DEPOSIT, settlement_config
 from exchange.snapshots import SnapshotMismatch, snapshots, write_snapshot
 from exchange.stream import FIELD, JournalReader, decode_chunk, id_seq, stream_id, stream_key
 from orderbook.types import CMD_CLOCK, EVENT_DTYPE
 from settlement.engine import SequenceGap, SettlementConfig, join_transfers
-from settlement.ledger import LedgerError
+from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
 
 log = logging.getLogger("gpux.settle")
@@ -113,11 +115,10 @@ class Replica:
     def __init__(self, cfg: ServerConfig, ledger_path: str | Path, config: SettlementConfig | None = None, *,
                  snapshot_dir: str | Path | None = None, snapshot_every: int = SNAPSHOT_EVERY,
                  synchronous: str = "NORMAL", hooks: dict[str, Callable[[], None]] | None = None) -> None:
-        from settlement.link import settlement_config
-
         self.cfg = cfg
         self.ledger_path = Path(ledger_path)
-        self.settlement = Settlement(ledger_path, config or settlement_config(cfg), synchronous=synchronous)
+        self.money_config = config or settlement_config(cfg)
+        self.settlement = Settlement(ledger_path, self.money_config, synchronous=synchronous)
         # tests crash here: inside the ledger transaction before COMMIT, and right after COMMIT
         self.hooks = hooks or {}
         self.settlement.before_commit = self.hooks.get("before_commit")
@@ -148,7 +149,7 @@ class Replica:
             if seq > cursor:
                 continue
             try:
-                engine = Engine(self.cfg.instruments, self.cfg.engine, threads)
+                engine = Engine(self.cfg.instruments, self.cfg.engine, threads, self.money_config)
                 engine.load_snapshot(path.read_bytes())
             except (SnapshotMismatch, ValueError, OSError) as e:
                 log.warning("replica snapshot %s not usable (%s); trying an older one", path, e)
@@ -158,7 +159,7 @@ class Replica:
         if cursor:
             log.info("replica: no snapshot at or below the ledger's journal seq %d: replaying the journal from seq 1",
                      cursor)
-        return Engine(self.cfg.instruments, self.cfg.engine, threads)
+        return Engine(self.cfg.instruments, self.cfg.engine, threads, self.money_config)
 
     # ------------------------------------------------------------------ applying
     def apply_chunk(self, first: int, payloads: list[bytes]) -> int:
@@ -191,7 +192,13 @@ class Replica:
         results, arrays = engine.apply(entries)
         answers: dict[str, list[Answer]] = {}
         ticks: dict[str, list[tuple[int, int]]] = {}
+        funds: list[Transfer] = []
         for e, r in zip(entries, results, strict=True):
+            if type(e) is Fund:  # one transfer each, named by its ref (as the exchange's ledger has it)
+                funds.append(Transfer(f"{e.op}:{e.ref}", EXCHANGE, EXTERNAL, e.account, AVAILABLE, e.amount, e.time)
+                             if e.op == DEPOSIT else
+                             Transfer(f"{e.op}:{e.ref}", e.account, AVAILABLE, EXCHANGE, EXTERNAL, e.amount, e.time))
+                continue
             if type(e) is Prov:
                 answers.setdefault(e.book, []).append(Answer(e.book, e.trade_id, e.ready, e.time, e.after,
                                                              e.connection, e.reason))
@@ -207,6 +214,8 @@ class Replica:
         classes = [c for c in engine.books if c in arrays or c in answers or c in ticks]
 
         def step(eng: Any) -> np.ndarray:
+            if funds:  # before the events, as the core applies them; a transfer posted already is a no-op
+                s.ledger.post(funds)
             out = []
             for cls in classes:
                 transfers, _ = s.events_and_answers(eng, cls, arrays.get(cls, _NONE), answers.get(cls, []),

@@ -32,11 +32,12 @@ class Running:
     url: str
     clients: list[Client] = field(default_factory=list)
     keys: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # name -> (account, key, secret)
+    pending: list[Any] = field(default_factory=list)  # answers of deposits handed to the sequencer
 
     def account(self, name: str, role: str, deposit: int = 0,
                 ssh_public_key: str | None = None) -> tuple[int, str, str]:
         acc, key, secret = self.exchange.store.create_account(name, role, deposit, ssh_public_key)
-        self.exchange.settlement.sync_deposits()
+        self.pending += self.exchange.deposits.poll()  # journaled before anything this test sends next
         self.keys[name] = (acc.id, key, secret)
         return acc.id, key, secret
 
@@ -59,6 +60,9 @@ class Running:
 
     async def settle(self) -> None:
         """Wait until the sequencer has nothing queued (all answers sent)."""
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
+            self.pending = []
         seq = self.exchange.sequencer
         for _ in range(500):
             if seq is None or not seq._queue:
@@ -78,10 +82,33 @@ async def running_exchange(data_dir: Path, clock: Any = None, **overrides: Any) 
     r = Running(ex, f"http://127.0.0.1:{port}")
     try:
         yield r
+        await assert_money_matches_ledger(ex)
     finally:
         for c in r.clients:
             await c.close()
         await ex.close()
+
+
+async def assert_money_matches_ledger(ex: Exchange) -> None:
+    """The core's balances equal the SQLite ledger's (a projection of the same journal), account
+    by account and kind by kind, once the ledger has every batch answered so far."""
+    seq = ex.sequencer
+    if seq.failed is not None or not seq.running or not ex.settlement.healthy:
+        return  # a test of a stopped or failing exchange: nothing to compare
+    for _ in range(500):
+        if not seq._queue and not seq.busy:
+            break
+        await asyncio.sleep(0.01)
+    await ex.settlement.synced()
+    with ex.settlement.lock:
+        ledger = ex.settlement.settlement.ledger.balances()
+    core = ex.engine.money.all()
+    assert core == ledger, f"core balances differ from the ledger's: {_diff(core, ledger)}"
+
+
+def _diff(core: dict, ledger: dict) -> dict:
+    return {k: (core.get(k, 0), ledger.get(k, 0)) for k in sorted(set(core) | set(ledger))
+            if core.get(k, 0) != ledger.get(k, 0)}
 
 
 def run(coro: Any) -> Any:

@@ -45,6 +45,7 @@ from exchange.config import ServerConfig, load_config
 from exchange.engine import Engine
 from exchange.entries import Cmd, decode_entry
 from exchange.journal import read, segments
+from exchange.money import settlement_config
 from exchange.recovery import recover
 from exchange.snapshots import Snapshot, snapshots
 from gateway.accounts import AccountStore
@@ -402,7 +403,7 @@ async def load(clients: Clients, seen: Seen, rng: random.Random, seconds: float,
 # ---------------------------------------------------------------------- checks
 def replay_to(cfg: ServerConfig, seq: int) -> Engine:
     """A fresh engine, no snapshot, with the journal's entries 1..seq applied."""
-    engine = Engine(cfg.instruments, cfg.engine)
+    engine = Engine(cfg.instruments, cfg.engine, money=settlement_config(cfg))
     entries = [decode_entry(payload) for _, payload in read(cfg.data_path / "journal", to_seq=seq)]
     assert len(entries) == seq
     for k in range(0, len(entries), 1000):
@@ -419,6 +420,7 @@ async def check_state_equals_replay(clients: Clients, cfg: ServerConfig) -> int:
     st = await clients.rest["admin"].state()
     engine = replay_to(cfg, st["seq"])
     assert st["state_hashes"] == {k: str(v) for k, v in engine.state_hashes().items()}
+    assert st["money_hash"] == str(engine.money.state_hash())  # the money too (balances, escrow, leases)
     assert st["digest"] == engine.state.digest()
     assert st["last_oid"] == engine.last_oid
     return st["seq"]
@@ -512,6 +514,7 @@ def check_offline(cfg: ServerConfig) -> tuple[int, int]:
     without = recover(cfg, use_snapshots=False)
     assert with_snapshot.seq == without.seq == len(seqs)
     assert with_snapshot.state_hashes() == without.state_hashes()
+    assert with_snapshot.money.state_hash() == without.money.state_hash()
     assert with_snapshot.state.digest() == without.state.digest()
     assert with_snapshot.last_oid == without.last_oid
     snaps = snapshots(cfg.data_path)
@@ -571,14 +574,15 @@ async def scenario(server: Server, cfg: ServerConfig, seen: Seen, rng: random.Ra
     snap = msgspec.msgpack.decode(path.read_bytes(), type=Snapshot)
     # the ledger, kept across every kill -9 (its cursor + the journal replay), is the ledger of
     # one clean pass over the journal: every event settled exactly once (docs/settlement.md)
-    accounts = AccountStore(cfg.data_path / "accounts.db")
-    fresh = SettlementLink(cfg.with_(data_dir=str(cfg.data_path.parent / "fresh")), accounts.deposit_rows)
+    fresh = SettlementLink(cfg.with_(data_dir=str(cfg.data_path.parent / "fresh")))
     full = recover(cfg, use_snapshots=False, settled=fresh.cursor, sink=fresh.replayed)
     fresh.tick({name: full.book_time(name) for name in full.books})
     kept = Settlement(cfg.data_path / "ledger.db")
     assert fresh.healthy and len(kept.transfers()) > 100
     assert sorted(kept.transfers()) == sorted(fresh.settlement.transfers())
     assert kept.ledger.balances() == fresh.settlement.ledger.balances()
+    assert full.money.all() == kept.ledger.balances()  # the core's money: the ledger's, account by account
+    assert snap.money is not None and snap.money_hash == full.money.state_hash()
     kept.ledger.check_invariants()
     assert {name: b.state_hash for name, b in snap.books.items()} == full.state_hashes()
     assert snap.last_oid == full.last_oid

@@ -30,7 +30,7 @@ from streams import random_stream
 from app.exchange import Exchange
 from exchange.config import Instrument, ServerConfig
 from exchange.engine import Engine, Result
-from exchange.entries import Admin, Cmd, Entry, decode_entry, encode_entry
+from exchange.entries import Admin, Cmd, Entry, Fund, decode_entry, encode_entry
 from exchange.journal import HEADER, Journal, read, segments
 from exchange.recovery import recover, replay
 from exchange.snapshots import write_snapshot
@@ -421,17 +421,20 @@ def _check_escrow(state: ExchangeState, settlement: Settlement) -> None:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(tmp_path: Path, seed: int) -> None:
-    """The sequencer's escrow check against settlement's ledger (settlement.link): bids that
-    fit the available balance go in, the ledger then holds exactly the open bids' exposure."""
+    """The sequencer's escrow check against the core's money (exchange.money): bids that fit the
+    available balance go in, the ledger then holds exactly the open bids' exposure, and the
+    core's balances are the ledger's."""
     rng = random.Random(seed)
     entries = exchange_entries(300 + seed, 300)
     engine = Engine(INSTRUMENTS, "numba")
     state = engine.state
     settlement = Settlement(tmp_path / "ledger.db", SettlementConfig(fees=fees_from_instruments(INSTRUMENTS)))
     accounts = range(1, 6)
-    for acc, amount in {2: 20_000, 3: 200_000, 4: rng.choice([50_000, 2_000_000]),
-                        5: rng.choice([500_000, 100_000_000])}.items():
-        settlement.deposit(acc, amount, f"test:{acc}")
+    deposits = [Fund("deposit", acc, amount, f"test:{acc}", 0) for acc, amount in {
+        2: 20_000, 3: 200_000, 4: rng.choice([50_000, 2_000_000]), 5: rng.choice([500_000, 100_000_000])}.items()]
+    engine.apply(deposits)  # journaled deposits: the core's money, and the ledger's transfers
+    for f in deposits:
+        settlement.deposit(f.account, f.amount, f.ref)
     accepted = refused = 0
     for batch in batches(entries, rng, 10):
         go: list[Entry] = []
@@ -442,7 +445,7 @@ def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(tmp
                 if c.type == CMD_BID:
                     acc = c.account
                     hold = state.hold_for(e.book, c.gpus, c.hours, c.price)
-                    if hold > settlement.ledger.balance(acc, "available") - wanted.get(acc, 0):
+                    if hold > engine.money.available(acc) - wanted.get(acc, 0):
                         refused += 1
                         continue
                     wanted[acc] = wanted.get(acc, 0) + max(hold, 0)
@@ -453,6 +456,10 @@ def test_escrow_held_is_the_open_bids_holds_and_available_stays_non_negative(tmp
         _check_escrow(state, settlement)
         for acc in accounts:
             assert settlement.ledger.balance(acc, "available") >= 0
+            assert engine.money.available(acc) == settlement.ledger.balance(acc, "available")
+    for n in engine.books:  # the clock commands the core applied: the ledger's clocks too
+        settlement.tick(engine.book_time(n), n)
+    assert engine.money.all() == settlement.ledger.balances()  # the core's money is the ledger's
     assert accepted > 20 and refused > 20
     assert state.digest()["leases"] > 0
     settlement.close()

@@ -22,6 +22,7 @@ from bench.wsclient import connect as raw_connect
 from client.feeds import FeedClient
 from exchange.clock import SimClock
 from exchange.config import Instrument
+from exchange.entries import Fund
 from exchange.sequencer import Request
 from orderbook.config import BookConfig
 from orderbook.types import CMD_AMEND, CMD_ASK, CMD_BID, CMD_CANCEL, CMD_RELEASE, GTC, IOC, ON_DEMAND, SPOT, Command
@@ -43,8 +44,8 @@ async def session(x: Any, rng: np.random.Generator, n: int, providers=(1, 2, 3),
     """``n`` random commands straight to the sequencer (the gateway's own path after its checks)."""
     seq = x.sequencer
     st = x.engine.state
-    for acc in traders:  # escrow (R17): the sequencer checks every bid against the ledger
-        x.settlement.deposit(acc, 10**15, f"feeds-test:{acc}")
+    for acc in traders:  # escrow (R17): the sequencer checks every bid against the core's money
+        seq.post(Request("", None, acc, fund=Fund("deposit", acc, 10**15, f"feeds-test:{acc}", 0)))
     for i in range(n):
         cls = str(rng.choice(CLASSES))
         now = seq.times[cls]

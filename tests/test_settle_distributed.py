@@ -85,7 +85,6 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     config = tmp_path / "gpux.toml"
     config.write_text("[settlement]\n" + "".join(f"{k} = {v}\n" for k, v in SETTINGS.items()))
     other = tmp_path / "other" / "ledger.db"
-    _seed_deposits(data / "ledger.db", other)
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "settle", "--redis", REDIS_URL, "--prefix", prefix,
                              "--config", str(config), "--ledger", str(other)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
@@ -106,18 +105,6 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     assert got[1] == want[1]  # every balance
     assert got[2] == want[2]  # lease states and the agents' connections
     assert proc.returncode == 0, err.decode()[-3000:]
-
-
-def _seed_deposits(exchange_ledger: Path, replica_ledger: Path) -> None:
-    """Deposits are not journal entries yet (the account store's rows): the replica's ledger gets
-    the exchange's deposit transfers first."""
-    replica_ledger.parent.mkdir(parents=True, exist_ok=True)
-    src, dst = Settlement(exchange_ledger), Settlement(replica_ledger)
-    try:
-        dst.ledger.apply([t for t in src.transfers() if t.id.startswith("deposit:")])
-    finally:
-        src.close()
-        dst.close()
 
 
 def test_a_restarted_exchange_publishes_each_entry_once(tmp_path: Path, prefix: str) -> None:

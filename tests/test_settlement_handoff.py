@@ -11,6 +11,7 @@ from helpers import BUYER, PROV, P, T, ask, bid
 from bench.settlement import accounts_of, fund_accounts, ledger_digest, workload_events
 from exchange.bus import Bus, Published
 from exchange.config import Instrument, ServerConfig
+from exchange.entries import Fund
 from orderbook.book import make_book
 from orderbook.codec import event_from_json, events_to_json
 from orderbook.config import BookConfig
@@ -81,14 +82,19 @@ def test_any_batching_and_any_form_gives_the_same_ledger(tmp_path, handovers):
 def test_settlement_on_the_bus_keeps_a_refused_batch_until_it_can_apply(tmp_path):
     """A batch settlement cannot apply (a bid it cannot fund) is not lost: it waits in the
     backlog, later batches queue behind it, in order, and all of them apply once the money is
-    there; meanwhile settlement reports itself unhealthy (bids that need escrow are refused)."""
+    there; meanwhile settlement reports itself unhealthy.  (The core's escrow check makes such
+    a batch impossible; the ledger must still not lose one if it ever met one.)"""
     cfg = ServerConfig(data_dir=str(tmp_path), instruments={
         "H100": Instrument(BookConfig(name="H100"), maker_fee_bps=10, taker_fee_bps=25)})
     link = SettlementLink(cfg)
-    link.deposit(PROV, 10**12, "p")
     bus = Bus()
     link.attach(bus)
     book = make_book(BookConfig(name="H100"), "reference")
+
+    def deposit(account: int, amount: int, ref: str) -> None:  # a journaled deposit, as the sequencer publishes it
+        bus.publish(Published(results=[], events={}, origins=[], funds=[Fund("deposit", account, amount, ref, T)]))
+
+    deposit(PROV, 10**12, "test:p")
 
     def publish(*cmds):
         events = book.process(np.array(list(cmds), dtype=COMMAND_DTYPE))
@@ -100,8 +106,8 @@ def test_settlement_on_the_bus_keeps_a_refused_batch_until_it_can_apply(tmp_path
     assert not link.healthy and link.health() != "ok"
     publish(bid(T + 1, 3, BUYER, ON_DEMAND, gpus=1, hours=1, limit=P))
     assert len(link.backlog) == 2 and link.cursor("H100") == 1
-    link.deposit(BUYER, 3 * P + 10**6, "b")
-    link.flush()  # the backlog first, in order
+    deposit(BUYER, 3 * P + 10**6, "test:b")  # its transfer first, then the backlog, in order
+    link.flush()
     assert link.healthy and link.last_error is None and not link.backlog
     assert link.cursor("H100") == book.seq
     s = link.settlement

@@ -1,8 +1,8 @@
 """Exactly-once settlement of a replica fed from the journal stream over real Redis (issue 14;
 issue 5's consumer-group tests, re-aimed at `gpux settle` as a replica).
 
-A journal of a real workload (numba books, three classes) is written with `exchange.journal`
-and published to ``{prefix}:journal`` by the exchange's own `JournalPublisher`; replicas
+A journal of a real workload (numba books, three classes; deposits first, as Fund entries) is
+written with `exchange.journal` and published to ``{prefix}:journal`` by the exchange's own `JournalPublisher`; replicas
 (`settlement.replica`) read it.  A replica killed inside its ledger transaction, one killed right
 after a commit, one whose ledger lost its last commits (restored from a backup), two replicas on
 one ledger at once, replica processes killed with SIGKILL at random moments, a deleted ledger:
@@ -30,10 +30,10 @@ import pytest
 import redis
 from redis_helpers import REDIS_URL, redis_prefix
 
-from bench.settlement import fund_accounts, ledger_digest
+from bench.settlement import FUNDS, ledger_digest
 from bench.workload import generate
 from exchange.config import Instrument, ServerConfig
-from exchange.entries import Cmd, encode_entry
+from exchange.entries import Cmd, Fund, encode_entry
 from exchange.journal import Journal
 from exchange.stream import JournalPublisher
 from orderbook.config import BookConfig
@@ -61,6 +61,7 @@ def journal(tmp_path_factory) -> tuple[Path, int, list[int]]:
     pos = dict.fromkeys(parts, 0)
     now = dict.fromkeys(parts, 0)
     with Journal.open(d, fsync=False) as j:
+        j.append([encode_entry(Fund("deposit", a, FUNDS, f"accounts:{a}", 0)) for a in accounts])  # first, funds
         while any(pos[c] < len(parts[c]) for c in parts):
             batch = []
             for c in FEES:
@@ -82,10 +83,8 @@ def journal(tmp_path_factory) -> tuple[Path, int, list[int]]:
 
 
 def new_replica(path: Path, journal, **kw) -> Replica:
-    """A replica whose ledger is funded (deposits first; each once, by id)."""
-    rep = Replica(CFG, path, **kw)
-    fund_accounts(rep.settlement.ledger, journal[2])
-    return rep
+    """A replica with a new ledger (the journal's first entries fund every account)."""
+    return Replica(CFG, path, **kw)
 
 
 @pytest.fixture(scope="module")

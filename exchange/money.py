@@ -1,0 +1,216 @@
+"""Money in the core: balances, escrow holds, lease prepayment, metering, refunds and fees,
+kept in memory from the same journal entries as the books (R17, R18, R19).
+
+    money = Money(instruments, SettlementConfig(...))
+    money.apply_class("H100", events, answers, tick)   # what one apply did in a class
+    money.fund(Fund("deposit", 42, 100_000_000, "accounts:7", t))
+    money.available(42)                               # what a new bid of 42 may hold (R17)
+
+The settlement state machine (`settlement.engine`, jitted) turns events into transfers; here the
+transfers move balances (``owner << 3 | kind`` -> µ$), nothing is written anywhere.  So the
+money is part of the deterministic core: replaying the journal gives the same balances, a
+snapshot carries them (`MoneySnap`) and `state_hash` covers them.  The sequencer decides R17
+from `available`, synchronously, before a bid enters the journal; the SQLite ledger is a
+projection of the same journal (`settlement.link`), which must end with these balances.
+
+Order within one `Engine.apply`: deposits and withdrawals first, then each class's events with
+its provisioning answers at their place (``after``), then the class's clock.  Balances are sums,
+so where funding entries fall among the events of the same apply changes nothing: a withdrawal
+is checked by the sequencer (against the balance and the holds of its batch) before it is
+journaled, and applied here unconditionally, so a replay in chunks of any size gives the same
+balances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from exchange.config import ServerConfig
+from exchange.entries import Fund, Prov
+from settlement.engine import (
+    NO_TRANSFERS,
+    Bid,
+    LeaseStateError,
+    SettlementConfig,
+    SettlementEngine,
+    fees_from_instruments,
+    join_transfers,
+)
+from settlement.leases import Lease
+from settlement.money import ACCOUNT_SHIFT, AVAILABLE, EXCHANGE, EXTERNAL, KIND_NAMES
+
+DEPOSIT, WITHDRAW = "deposit", "withdraw"
+ACCOUNTS_REF = "accounts:"  # a deposit request of the account store: "accounts:{row}"
+JOURNAL_REF = "journal:"  # a withdrawal, named by its journal seq
+
+
+class ClassSnap(msgspec.Struct, array_like=True):
+    """Settlement's state of one class: the last event seq and clock, open bids, live leases."""
+
+    name: str
+    seq: int
+    clock: int
+    bids: list[tuple[int, Bid]]
+    leases: list[Lease]
+
+
+class MoneySnap(msgspec.Struct, array_like=True):
+    """The snapshot form of `Money`."""
+
+    balances: list[tuple[int, int]]  # (owner << 3 | kind, µ$), sorted, zeros left out
+    deposit_row: int  # the last account-store deposit row journaled
+    classes: list[ClassSnap]
+    refs: list[str] = []  # other funding refs applied (each applies once), sorted
+
+
+def settlement_config(cfg: ServerConfig) -> SettlementConfig:
+    """How the exchange settles: fees from its instruments; leases ready at their start unless
+    providers' agents provision them (``[settlement] provisioning = "agent"``)."""
+    return SettlementConfig(fees=fees_from_instruments(cfg.instruments), auto_ready=cfg.provisioning == "auto",
+                            provision_timeout_s=cfg.provision_timeout_s, meter_interval_s=cfg.meter_interval_s)
+
+
+class Money:
+    """The core's money: a settlement engine and the balances its transfers move."""
+
+    def __init__(self, instruments: Mapping[str, Any], config: SettlementConfig | None = None) -> None:
+        self.config = config or SettlementConfig(fees=fees_from_instruments(instruments))
+        self._codes = {name: i + 1 for i, name in enumerate(instruments)}  # in transfer ids: fixed, replayable
+        self.engine = self._new_engine()
+        self.balances: dict[int, int] = {}  # owner << 3 | kind -> µ$
+        self.deposit_row = 0
+        self.refs: set[str] = set()  # refs of funding entries applied, but for accounts: and journal: ones
+        self.transfers = 0  # counted, for /metrics
+
+    def _new_engine(self) -> SettlementEngine:
+        engine = SettlementEngine(self.config)
+        engine.class_code = self._codes.__getitem__
+        return engine
+
+    # ------------------------------------------------------------------ reading
+    def available(self, account: int) -> int:
+        """What a new bid or a withdrawal of ``account`` may take (µ$)."""
+        return self.balances.get(account << ACCOUNT_SHIFT | AVAILABLE, 0)
+
+    def of(self, account: int) -> dict[str, int]:
+        """The account's balances by kind name (only kinds it has a balance in)."""
+        base = account << ACCOUNT_SHIFT
+        out = {}
+        for kind, name in KIND_NAMES.items():
+            v = self.balances.get(base | kind, 0)
+            if v:
+                out[name] = v
+        return out
+
+    def all(self) -> dict[tuple[int, str], int]:
+        """Every non-zero balance: ``(owner, kind name) -> µ$`` (the ledger's `balances()` form)."""
+        return {(k >> ACCOUNT_SHIFT, KIND_NAMES[k & ((1 << ACCOUNT_SHIFT) - 1)]): v
+                for k, v in sorted(self.balances.items()) if v}
+
+    # ------------------------------------------------------------------ applying
+    def _post(self, transfers: np.ndarray) -> None:
+        if not len(transfers):
+            return
+        bal = self.balances
+        for debit, credit, amount in transfers[:, 2:5].tolist():
+            bal[debit] = bal.get(debit, 0) - amount
+            bal[credit] = bal.get(credit, 0) + amount
+        self.transfers += len(transfers)
+
+    def fresh(self, ref: str) -> bool:
+        """Whether a funding entry named ``ref`` would apply (it was not applied before)."""
+        if ref.startswith(ACCOUNTS_REF):
+            return int(ref[len(ACCOUNTS_REF):]) > self.deposit_row
+        return ref.startswith(JOURNAL_REF) or ref not in self.refs
+
+    def fund(self, f: Fund) -> bool:
+        """A journaled deposit or withdrawal; False (and nothing changes) for one whose ref was
+        applied before (as the ledger, whose transfer id is made of the ref, takes it once)."""
+        if f.ref.startswith(ACCOUNTS_REF):
+            row = int(f.ref[len(ACCOUNTS_REF):])
+            if row <= self.deposit_row:
+                return False
+            self.deposit_row = row
+        elif not f.ref.startswith(JOURNAL_REF):  # (a journal seq is unique by itself)
+            if f.ref in self.refs:
+                return False
+            self.refs.add(f.ref)
+        if f.op == DEPOSIT:
+            debit, credit = EXCHANGE << ACCOUNT_SHIFT | EXTERNAL, f.account << ACCOUNT_SHIFT | AVAILABLE
+        else:  # checked by the sequencer before it was journaled
+            debit, credit = f.account << ACCOUNT_SHIFT | AVAILABLE, EXCHANGE << ACCOUNT_SHIFT | EXTERNAL
+        bal = self.balances
+        bal[debit] = bal.get(debit, 0) - f.amount
+        bal[credit] = bal.get(credit, 0) + f.amount
+        self.transfers += 1
+        return True
+
+    def apply_class(self, cls: str, events: np.ndarray | None, answers: list[Prov], tick: int) -> np.ndarray:
+        """One class's events of an apply (EVENT_DTYPE, in seq order) with the provisioning
+        answers among them, each right after the event it follows, then its clock moved to
+        ``tick`` (0: no clock command).  Returns the transfers (their money is posted)."""
+        engine = self.engine
+        out: list[np.ndarray] = []
+        n = 0 if events is None else len(events)
+        i = 0
+        if answers:
+            seqs = events["seq"] if n else None
+            for a in sorted(answers, key=lambda a: a.after):
+                j = int(np.searchsorted(seqs, a.after, side="right")) if n else 0
+                if j > i:
+                    out.append(engine.apply(cls, events[i:j]))
+                    i = j
+                out.append(self._answer(cls, a))
+        if i < n:
+            out.append(engine.apply(cls, events[i:] if i else events))
+        if tick:
+            out.append(engine.tick(tick, cls))
+        transfers = join_transfers(out)
+        self._post(transfers)
+        return transfers
+
+    def _answer(self, cls: str, a: Prov) -> np.ndarray:
+        """A provider agent's answer (R18): ready from its time, or failed (refund in full); one
+        the lease cannot take any more (ended, failed or ready already) changes nothing."""
+        engine = self.engine
+        if engine.lease(cls, a.trade_id) is None:
+            return NO_TRANSFERS
+        try:
+            if a.ready:
+                return engine.mark_ready(cls, a.trade_id, a.time)
+            reason = a.reason or "the provider's agent could not provision it"
+            return engine.mark_failed(cls, a.trade_id, a.time, reason)
+        except LeaseStateError:
+            return NO_TRANSFERS
+
+    # ------------------------------------------------------------------ snapshots
+    def to_snap(self) -> MoneySnap:
+        classes = []
+        for name in sorted(self.engine.classes):
+            c = self.engine.classes[name]
+            classes.append(ClassSnap(name, c.seq, c.clock, sorted(c.bids.items()),
+                                     [c.leases[t] for t in c.leases]))
+        return MoneySnap(sorted((k, v) for k, v in self.balances.items() if v), self.deposit_row, classes,
+                         sorted(self.refs))
+
+    def load_snap(self, snap: MoneySnap) -> None:
+        self.engine = self._new_engine()
+        for c in snap.classes:
+            self.engine.restore(c.name, c.seq, c.clock, c.bids, c.leases)
+        self.balances = dict(snap.balances)
+        self.deposit_row = snap.deposit_row
+        self.refs = set(snap.refs)
+
+    def state_hash(self) -> int:
+        """A 64-bit hash of the money state (balances, bids' escrow, leases): equal cores have equal ones."""
+        return int.from_bytes(hashlib.blake2b(msgspec.msgpack.encode(self.to_snap()), digest_size=8).digest(), "little")
+
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        ext = -self.balances.get(EXCHANGE << ACCOUNT_SHIFT | EXTERNAL, 0)
+        return [("gpux_money_transfers_total", self.transfers, "transfers the core's money has applied", "counter"),
+                ("gpux_money_deposited", ext, "µ$ deposited less withdrawn, over every account", "gauge")]

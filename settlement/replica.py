@@ -131,6 +131,10 @@ class Replica:
         self.snapshots_written = 0
         self.backlog: list[Callable[[Any], np.ndarray]] = []  # ledger steps refused, retried first
         self._backlog_last = 0
+        # provisioning (R18, "agent" mode): leases whose start came are marked *provisioning*, as the
+        # exchange's provisioning marks them (no money moves; the replica sends no tasks)
+        self.mark_started = cfg.provisioning == "agent"
+        self._starts: list[tuple[int, str, int]] | None = None  # (start, class, trade id) of pending leases
 
     def close(self) -> None:
         self.engine.close()
@@ -212,6 +216,7 @@ class Replica:
                 ticks.setdefault(r.book, []).append((seqs[r.book], r.command.time))
         s = self.settlement
         classes = [c for c in engine.books if c in arrays or c in answers or c in ticks]
+        now = {n: engine.book_time(n) for n in engine.books}
 
         def step(eng: Any) -> np.ndarray:
             if funds:  # before the events, as the core applies them; a transfer posted already is a no-op
@@ -221,6 +226,8 @@ class Replica:
                 transfers, _ = s.events_and_answers(eng, cls, arrays.get(cls, _NONE), answers.get(cls, []),
                                                     ticks.get(cls, []))
                 out.append(transfers)
+            if self.mark_started:
+                self._mark_started(eng, arrays, now)
             return join_transfers(out)
 
         self.backlog.append(step)
@@ -228,7 +235,7 @@ class Replica:
         self.retry()
 
     def retry(self) -> bool:
-        """Commit the steps waiting (one transaction); False if the ledger refused them (kept)."""
+        """Commit the steps waiting (one transaction); raises if the ledger refused them (kept)."""
         if not self.backlog:
             return True
         steps = self.backlog
@@ -238,8 +245,10 @@ class Replica:
 
         try:
             self.settlement.run(step, {JOURNAL_POSITION: str(self._backlog_last)})
-        except (LedgerError, SequenceGap) as e:
-            log.error("the ledger refused journal entries up to seq %d (kept, retried): %s", self._backlog_last, e)
+        except BaseException as e:
+            self._starts = None  # settlement reloaded its state: rebuild the timetable from it
+            if isinstance(e, (LedgerError, SequenceGap)):
+                log.error("the ledger refused journal entries up to seq %d (kept, retried): %s", self._backlog_last, e)
             raise
         self.backlog = []
         self.commits += 1
@@ -247,6 +256,27 @@ class Replica:
         if after is not None:
             after()
         return True
+
+    def _mark_started(self, eng: Any, arrays: dict[str, np.ndarray], now: dict[str, int]) -> None:
+        """Inside the ledger step: new leases into the timetable; those whose start came, provisioning."""
+        import heapq
+
+        from orderbook.types import EV_TRADE
+        from settlement.leases import PENDING
+
+        if self._starts is None:
+            self._starts = [(x.start, c.name, x.trade_id) for c in eng.classes.values() for x in c.find(status=PENDING)]
+            heapq.heapify(self._starts)
+        starts = self._starts
+        for cls, ev in arrays.items():
+            trades = ev[ev["type"] == EV_TRADE]
+            for tid, start in zip(trades["trade_id"].tolist(), trades["start"].tolist(), strict=True):
+                heapq.heappush(starts, (start, cls, tid))
+        while starts and starts[0][0] <= now.get(starts[0][1], 0):
+            _, cls, tid = heapq.heappop(starts)
+            lease = eng.lease(cls, tid)
+            if lease is not None and lease.status == PENDING:
+                eng.mark_provisioning(cls, tid)  # no money moves
 
     def write_snapshot(self) -> Path:
         """A snapshot of the replica's engine, at the ledger's cursor."""

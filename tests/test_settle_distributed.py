@@ -6,11 +6,14 @@ and metering included."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -63,6 +66,7 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
                 await t.cancel(rest["oid"])
             async with await bob.trader() as t:
                 [b1] = (await t.bid("H100", "on_demand", gpus=1, hours=2, limit=P))["trades"]
+                [b2] = (await t.bid("H100", "on_demand", gpus=1, hours=1, limit=P))["trades"]  # never answered
             await prov.request("POST", f"/v1/provisioning/{a1['lease']}",
                                {"status": "ready", "connection": {"host": "n1", "port": 22}})
             await prov.request("POST", f"/v1/provisioning/{a2['lease']}", {"status": "failed", "reason": "dead"})
@@ -73,7 +77,8 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
             await admin.deposit(ex.keys["bob"][0], 7 * USD)  # a deposit after start
             await asyncio.sleep(2.5)  # clock commands, no events: the ready lease is metered every second
             assert await ex.exchange.publisher.flush()
-            return {"ready": a1["trade_id"], "failed": a2["trade_id"], "released": b1["trade_id"]}
+            return {"ready": a1["trade_id"], "failed": a2["trade_id"], "released": b1["trade_id"],
+                    "waiting": b2["trade_id"]}
 
     tids = asyncio.run(market())
     want = _ledger(data / "ledger.db")
@@ -81,12 +86,14 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     assert sum(":meter:" in t.id for t in want[0]) >= 2  # metered between events, at clock commands
     assert want[2][("H100", tids["ready"])] == ("ready", '{"host":"n1","port":22}')
     assert want[2][("H100", tids["failed"])][0] == "failed"
+    assert want[2][("H100", tids["waiting"])][0] == "provisioning"  # its start came; no answer yet
 
     config = tmp_path / "gpux.toml"
     config.write_text("[settlement]\n" + "".join(f"{k} = {v}\n" for k, v in SETTINGS.items()))
     other = tmp_path / "other" / "ledger.db"
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "settle", "--redis", REDIS_URL, "--prefix", prefix,
-                             "--config", str(config), "--ledger", str(other)],
+                             "--config", str(config), "--ledger", str(other), "--metrics", f"127.0.0.1:{port}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60
@@ -98,6 +105,8 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
                 if got[0] == want[0]:
                     break
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read())
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -105,6 +114,16 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     assert got[1] == want[1]  # every balance
     assert got[2] == want[2]  # lease states and the agents' connections
     assert proc.returncode == 0, err.decode()[-3000:]
+    # its own /metrics and /healthz: the journal seq it applied, no lag, no gap (the stream starts at 1)
+    samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if not line.startswith("#"))
+    assert int(float(samples["gpux_settle_journal_seq"])) > 10 and samples["gpux_settle_gaps_total"] == "0"
+    assert samples["gpux_settle_healthy"] == "1" and health["status"] == "ok" and health["seq"] > 10
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_a_restarted_exchange_publishes_each_entry_once(tmp_path: Path, prefix: str) -> None:

@@ -178,6 +178,7 @@ class Exchange:
         await sequencer.stop()  # (stopped already unless start-up failed after this step)
         if publisher is not None:
             await publisher.close()
+        tail.close()
         await bus.close()
         engine.close()
         log.info("stopped", extra={"seq": engine.seq})

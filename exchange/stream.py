@@ -266,6 +266,10 @@ class JournalTail:
         self.served += len(payloads)
         return encode_chunk(after + 1, payloads)
 
+    def close(self) -> None:
+        with self._lock:
+            self.reader.close()
+
 
 class JournalPublisher:
     """``gpux serve --redis URL``: the journal, chunk by chunk, to the stream ``{prefix}:journal``.
@@ -302,6 +306,7 @@ class JournalPublisher:
         self._task: asyncio.Task | None = None
         self._closing = False
         self.connected = False
+        self.foreign = ""  # why the stream cannot be this journal's, if it cannot
         self.errors = 0
         self.last_error = ""
         self.down_since: float | None = None
@@ -363,6 +368,14 @@ class JournalPublisher:
             else:
                 log.warning("journal stream %s is empty (a new or wiped Redis): going on after seq %d; "
                             "consumers backfill what they lack from the exchange", self.key, self.cursor)
+        elif last > self.durable and (self.cursor is None or last > self.cursor):
+            # ids beyond this exchange's journal: the stream is another journal's (a new data directory
+            # over an old Redis prefix).  Sending after it would mix the two: refuse, and say so.
+            self.foreign = (f"the stream {self.key} ends at journal seq {last}, beyond this exchange's journal "
+                            f"(seq {self.durable}): it holds another journal; use another redis_prefix or delete "
+                            "the stream")
+            log.error("%s; not publishing", self.foreign)
+            self.cursor = last
         elif self.cursor is None or last < self.cursor:
             if self.cursor is not None:
                 log.warning("journal stream %s ends at seq %d, before seq %d sent earlier (Redis lost its latest "
@@ -387,7 +400,7 @@ class JournalPublisher:
             try:
                 if not self.connected:
                     await self._connect()
-                while self.cursor is not None and self.cursor < self.durable:
+                while self.cursor is not None and self.cursor < self.durable and not self.foreign:
                     wait = self.published_at + self.interval_s - time.monotonic()
                     if wait > 0 and self.durable - self.cursor < self.chunk_entries:
                         await asyncio.sleep(wait)
@@ -478,6 +491,8 @@ class JournalPublisher:
         if self._task is not None and self._task.done() and not self._closing:
             exc = None if self._task.cancelled() else self._task.exception()
             return f"the journal publisher stopped: {exc!r}"
+        if self.foreign:
+            return self.foreign
         if self.down_since is not None:
             return (f"Redis unreachable for {time.monotonic() - self.down_since:.0f} s ({self.last_error}); "
                     f"publishing resumes from seq {(self.cursor or 0) + 1} when it is back")

@@ -181,3 +181,24 @@ def test_the_journal_tail_endpoint_serves_the_durable_entries_to_admins(tmp_path
     for name in ("no_after", "bad", "big"):
         assert out[name][0] == 400 and b"MALFORMED" in out[name][1], (name, out[name])
     assert out["unsigned"][0] == 401 and b"MISSING_AUTH" in out["unsigned"][1]
+
+
+def test_a_stream_of_another_journal_is_not_mixed_with_this_one(tmp_path, prefix):
+    """A new data directory over an old prefix: the stream ends beyond this exchange's journal, so
+    the publisher refuses to append to it and /healthz says why (trading goes on)."""
+
+    async def run(data):
+        async with running_exchange(data, fsync="off", redis_url=REDIS_URL, redis_prefix=prefix) as ex:
+            prov = ex.client("prov", "provider")
+            for _ in range(3):
+                await prov.ask("H100", 8, 2_000_000, ex.now + 86_400)
+            await asyncio.sleep(0.3)
+            pub = ex.exchange.publisher
+            return pub.health(), pub.sent_entries
+
+    first = asyncio.run(run(tmp_path / "a"))
+    assert first[0] == "ok" and first[1] >= 3
+    before = stream_chunks(prefix)
+    health, sent = asyncio.run(run(tmp_path / "b"))
+    assert "holds another journal" in health and sent == 0
+    assert stream_chunks(prefix) == before

@@ -19,7 +19,8 @@ aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part'
    sequencer (built, not started) and the deposit inbox that journals the account store's
    deposit requests;
 4. feeds — market data, caught up from the recording and the journal;
-5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz;
+5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz, and the watch that
+   makes a revoked key stop working everywhere within a second;
 6. dashboard — the web page and its capacity endpoint;
 7. sequencer — started last (clock ticks, orders), stopped first (drain, final snapshot).
 
@@ -55,7 +56,9 @@ from gateway.auth import Verifier, cached
 from gateway.dashboard import Dashboard
 from gateway.deposits import DepositInbox, exchange_id
 from gateway.gateway import Counters, Gateway, errors_middleware
+from gateway.guard import Guard, GuardedSite
 from gateway.metrics import Health, Metrics
+from gateway.revocations import RevocationWatch
 from settlement.link import SettlementLink
 from settlement.provisioning import Provisioning
 
@@ -89,9 +92,12 @@ class Exchange:
         self.data = cfg.data_path
         self.started_at = time.time()
         self.counters = Counters()  # the gateway's, counted by the error middleware too
+        self.guard = Guard()  # connection hygiene: header/body/idle timeouts, a cap per address
         self.app = web.Application(client_max_size=cfg.max_message_bytes,
-                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes)])
+                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes),
+                                                self.guard.body_timeout])
         self.app[METRICS] = Metrics()
+        self.app[METRICS].add(self.guard.metric_samples)
         self.app[HEALTH] = Health()
         self.app.cleanup_ctx.extend([self._accounts, self._ledger, self._core, self._feeds, self._gateway,
                                      self._dashboard, self._sequencer])
@@ -101,8 +107,9 @@ class Exchange:
 
     # ------------------------------------------------------------------ the parts, in order
     async def _accounts(self, app: web.Application) -> AsyncIterator[None]:
-        self.data.mkdir(parents=True, exist_ok=True)
+        self.data.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only (files: `gpux`'s umask)
         store = app[ACCOUNTS] = AccountStore(self.data / "accounts.db")
+        app[HEALTH].add("accounts", store.health)
         app[VERIFIER] = Verifier(cached(store.key), clock_ms=self.clock.time_ms)
         yield
         store.close()
@@ -201,7 +208,13 @@ class Exchange:
                                     clock=self.clock, journal_tail=app[JOURNAL_TAIL])
         gw.add_routes(app.router)
         app[METRICS].add(gw.metric_samples)
+        # a revoked key stops working everywhere within a second, open sessions included
+        watch = RevocationWatch(app[ACCOUNTS], app[VERIFIER].lookup, [gw.revoke, app[FEEDS].revoke], self.clock)
+        watch.start()
+        app[METRICS].add(watch.metric_samples)
+        app[HEALTH].add("revocations", watch.health)
         yield
+        await watch.stop()
         await gw.close_sessions()
 
     async def _dashboard(self, app: web.Application) -> AsyncIterator[None]:
@@ -224,7 +237,9 @@ class Exchange:
     # ------------------------------------------------------------------ lifetime
     async def start(self) -> None:
         """Start every part (the application's start-up: the cleanup contexts, in order)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=self.guard.idle_timeout_s,
+                                     lingering_time=self.guard.lingering_s)
         try:
             await self._runner.setup()
         except BaseException:  # what started is stopped again, in reverse order
@@ -236,7 +251,7 @@ class Exchange:
     async def serve(self, host: str = "127.0.0.1", port: int = 0, backlog: int = 128) -> int:
         """Listen on ``host:port`` (0: a free port); returns the port."""
         assert self._runner is not None, "start() first"
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=backlog)
+        self._site = GuardedSite(self._runner, self.guard, host, port, reuse_address=True, backlog=backlog)
         await self._site.start()
         return self._runner.addresses[-1][1] if self._runner.addresses else port
 

@@ -157,7 +157,7 @@ class Engine:
                 for k in range(lo, hi):
                     a, b = owned[k - lo]
                     results[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])
-            events = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            events = T.join(parts, T.EVENT_DTYPE)
             if len(events):
                 arrays[name] = events
             last = int(cmds["oid"].max()) if len(cmds) else 0

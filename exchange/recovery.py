@@ -22,7 +22,7 @@ from exchange.engine import Engine
 from exchange.entries import Fund, Prov, decode_entry
 from exchange.journal import read
 from exchange.money import settlement_config
-from exchange.snapshots import SnapshotMismatch, snapshots
+from exchange.snapshots import snapshots
 
 log = logging.getLogger("gpux.recovery")
 REPLAY_CHUNK = 4096
@@ -47,7 +47,7 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
             try:
                 candidate = Engine(cfg.instruments, cfg.engine, threads, money)
                 candidate.load_snapshot(path.read_bytes())
-            except (SnapshotMismatch, ValueError, OSError) as e:
+            except Exception as e:  # unusable, whatever the damage (bad bytes, bad deflate, a mismatch)
                 log.warning("snapshot %s not usable (%s); trying an older one", path, e)
                 continue
             ahead = [n for n in candidate.books if settled is not None and candidate.event_seq(n) > settled(n)]

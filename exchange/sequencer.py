@@ -43,7 +43,16 @@ from exchange.errors import ApiError
 from exchange.journal import Journal
 from exchange.money import WITHDRAW
 from exchange.snapshots import encode_snapshot, write_snapshot
-from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE, Command, clock_command
+from orderbook.types import (
+    CMD_ASK,
+    CMD_BID,
+    CMD_CANCEL,
+    CMD_CLOCK,
+    COMMAND_DTYPE,
+    RESERVED,
+    Command,
+    clock_command,
+)
 from settlement.engine import MONEY_LIMIT
 
 log = logging.getLogger("gpux.sequencer")
@@ -92,11 +101,14 @@ class SequencerStats:
     last_batch: int = 0
     max_batch: int = 0
     batch_seconds: float = 0.0
+    hook_errors: int = 0  # on_tick hooks that raised
 
 
 # a bid may hold at most this (µ$, ~1.28 billion USD): the money of the lease it may make stays
 # within settlement's int64 arithmetic (settlement.engine.MONEY_LIMIT, µ$·s/h)
 MAX_HOLD = MONEY_LIMIT // 3600
+# how far ahead an order may reach: a reserved bid's start, an ask window's end (two leap years)
+MAX_LEAD_S = 2 * 366 * 86_400
 
 
 class Sequencer:
@@ -189,6 +201,7 @@ class Sequencer:
             ("gpux_fsync_busy_seconds_total", round(st.fsync_busy_seconds, 6), "time inside fsync", "counter"),
             ("gpux_batch_seconds_total", round(st.batch_seconds, 6), "time spent in batches", "counter"),
             ("gpux_batch_max", st.max_batch, "largest batch so far", "gauge"),
+            ("gpux_tick_hook_errors_total", st.hook_errors, "clock-tick hooks that raised (see the log)", "counter"),
             ("gpux_sequencer_queued", len(self._queue), "requests waiting for the next batch", "gauge")]
         out += [(f'gpux_rejected_pre_total{{code="{code}"}}', n,
                  "requests refused by the sequencer before the journal", "counter")
@@ -244,7 +257,11 @@ class Sequencer:
             await clock.sleep(interval - (clock.time_ms() / 1000 % interval))
             self._tick()
             if self.on_tick is not None:
-                self.on_tick()
+                try:
+                    self.on_tick()
+                except Exception:  # a projection's hook must not stop engine time
+                    self.stats.hook_errors += 1
+                    log.exception("the clock tick's hook failed (engine time goes on)")
             if clock.monotonic() - last_snapshot >= self.cfg.snapshot_every_s:
                 last_snapshot = clock.monotonic()
                 self.request_snapshot()
@@ -296,6 +313,12 @@ class Sequencer:
             return ApiError("HALTED", f"trading in {r.book} is halted; resting orders are kept, "
                                       "cancels are accepted")
         if typ == CMD_BID or typ == CMD_ASK:
+            lead = (cmd.start if typ == CMD_BID and cmd.kind == RESERVED else cmd.end) - self.times[r.book]
+            if lead > MAX_LEAD_S:  # an order for a time no one alive will see would hold its money for ever
+                what = "a reserved bid may start" if typ == CMD_BID else "an ask's window may end"
+                return ApiError("BAD_START" if typ == CMD_BID else "BAD_WINDOW",
+                                f"{what} at most {MAX_LEAD_S // 86_400} days after now ({MAX_LEAD_S} s); "
+                                f"this one is {lead} s ahead")
             count = state.open_count(r.account) + new.get(r.account, 0)
             if count >= self.cfg.max_open_orders:
                 return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "
@@ -313,6 +336,22 @@ class Sequencer:
                 holds[r.account] = holds.get(r.account, 0) + r.hold
             new[r.account] = new.get(r.account, 0) + 1
         return None
+
+    def _refuse_unfit(self, items: list[Request], recs: list[Command], owners: list[Request | None],
+                      rec_entry: list[int]) -> None:
+        """Commands with a field their record cannot hold get MALFORMED; the rest of the batch is
+        queued again, as it came, for the next turn (nothing of it was journaled)."""
+        bad = set()
+        for k, rec in enumerate(recs):
+            try:
+                np.array([rec], dtype=COMMAND_DTYPE)
+            except (OverflowError, ValueError):
+                r = owners[rec_entry[k]]
+                if r is not None:
+                    bad.add(id(r))
+                    r.resolve(ApiError("MALFORMED", "a field of the command is beyond its range"))
+        self._queue[:0] = [r for r in items if id(r) not in bad]
+        self._wake.set()
 
     def _check_fund(self, r: Request, holds: dict[int, int], index: int) -> ApiError | None:
         """A withdrawal takes only what is available, less the holds of bids earlier in the batch
@@ -345,6 +384,7 @@ class Sequencer:
         seen: dict[tuple[int, str], Request] = {}
         holds: dict[int, int] = {}
         new: dict[int, int] = {}
+        taken = items  # as they came (provisioning answers are taken out below)
         times = self.times
         oid = engine.last_oid
         self._batch_refs: set[str] = set()  # refs of the batch's deposits (a repeat is applied once)
@@ -397,7 +437,11 @@ class Sequencer:
             entries.append(Cmd(r.book, b"", r.coid))
             owners.append(r)
         if recs:  # the records with their engine times and order ids stamped
-            arr = np.array(recs, dtype=COMMAND_DTYPE)
+            try:
+                arr = np.array(recs, dtype=COMMAND_DTYPE)
+            except (OverflowError, ValueError):  # a field beyond its record type (the edge should refuse it)
+                self._refuse_unfit(taken, recs, owners, rec_entry)
+                return
             arr["time"] = stamps
             arr["oid"] = oids
             blob = arr.tobytes()

@@ -40,7 +40,7 @@ from numba import njit
 
 from exchange.journal import HEADER_SIZE, MAX_PAYLOAD, JournalError, segments
 from orderbook import jitcache
-from orderbook.types import EVENT_DTYPE
+from orderbook.types import EVENT_DTYPE, join
 
 MAGIC = b"GXMD"
 VERSION = 1
@@ -555,7 +555,7 @@ def recent(path: str | Path, since: int, types: Sequence[int] | None = None,
             found.setdefault(name, []).append(ev[mask])
         if int(b[:, 2].max()) < since - slack:
             break
-    return {n: np.concatenate(parts[::-1]) for n, parts in found.items()}
+    return {n: join(parts[::-1], EVENT_DTYPE) for n, parts in found.items()}
 
 
 # ---------------------------------------------------------------------- meta

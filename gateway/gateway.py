@@ -506,6 +506,8 @@ class Gateway:
             tid = int(request.match_info["trade_id"])
         except ValueError:
             raise ApiError("MALFORMED", "the lease's trade id must be an integer") from None
+        if not 0 < tid < 2**63:
+            raise ApiError("MALFORMED", "the lease's trade id must be from 1 to 2**63 - 1")
         rec = release_command(key.account_id, tid)
         ans = self._result(await self._submit(Request(name, rec, key.account_id)))
         return _json(ans)
@@ -822,6 +824,14 @@ class Gateway:
                     frame = ws_frame(_enc.encode(event_push(res.book, ev)))
                     for sess in set(targets):
                         sess.push(frame)
+
+    def revoke(self, key_id: str) -> int:
+        """Close (1008, with the reason) every trader session authenticated with a revoked key;
+        its cancel-on-disconnect applies as on any disconnect."""
+        gone = [s for s in self.all_sessions if s.key_id == key_id and not s.closed]
+        for s in gone:
+            self.sends.cut(s, "the API key was revoked", slow=False)
+        return len(gone)
 
     async def close_sessions(self) -> None:
         """Graceful shutdown: every WebSocket gets close code 1001 (going away); one cut off as

@@ -470,6 +470,15 @@ class SettlementEngine:
         self.events_skipped += skipped
         if not last_seq:
             return NO_TRANSFERS
+        if not len(rows) and not (c.S[core.S_NHEAP] and c.heap[0, 0] <= last_time):
+            # nothing that moves money, and no lease due by then: only the seq and clock move
+            # (what core.apply would do, without its call)
+            if last_time > c.clock:
+                c.clock = last_time
+            self.events_applied += last_seq - c.seq
+            c.seq = last_seq
+            c.dirty = True
+            return NO_TRANSFERS
         self._begin(c, len(rows))
         trades0 = int(c.S[core.S_TRADES])
         out = core.apply(c.L, c.lmap, c.lfree, c.B, c.bmap, c.bfree, c.heap, c.S, c.K, c.dl, c.db, c.gl, c.gb,

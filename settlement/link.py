@@ -36,7 +36,7 @@ from exchange.clock import WALL, Clock, Timer
 from exchange.config import ServerConfig
 from exchange.entries import Fund, Prov
 from exchange.money import DEPOSIT, settlement_config
-from orderbook.types import CMD_CLOCK, EVENT_DTYPE
+from orderbook.types import CMD_CLOCK, EVENT_DTYPE, join
 from settlement.engine import SequenceGap, join_transfers
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
@@ -329,4 +329,4 @@ def _by_class(parts: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
     out: dict[str, list[np.ndarray]] = {}
     for cls, ev in parts:
         out.setdefault(cls, []).append(ev)
-    return {cls: evs[0] if len(evs) == 1 else np.concatenate(evs) for cls, evs in out.items()}
+    return {cls: join(evs, EVENT_DTYPE) for cls, evs in out.items()}

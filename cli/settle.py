@@ -31,6 +31,10 @@ def _cmd_settle(args: argparse.Namespace) -> int:
     cfg = load_config(args.config).with_(data_dir=args.data, redis_prefix=args.prefix)
     setup_logging(args.log_level)
     ledger = Path(args.ledger) if args.ledger else cfg.data_path / LEDGER_FILE
+    if (ledger.parent / "journal").is_dir():
+        print(f"gpux: error: {ledger.parent} is an exchange's data directory (it has a journal): its ledger is the "
+              "exchange's own; give gpux settle a directory of its own (--data DIR or --ledger FILE)", file=sys.stderr)
+        return 2
     ledger.parent.mkdir(parents=True, exist_ok=True)
     backfill: JournalSource | None = None
     if args.journal:

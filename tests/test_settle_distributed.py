@@ -156,3 +156,12 @@ def test_a_restarted_exchange_publishes_each_entry_once(tmp_path: Path, prefix: 
     assert [first for first, _ in chunks] == [1 + sum(len(ps) for _, ps in chunks[:i]) for i in range(len(chunks))]
     journal = [p for _, p in read(data / "journal")]
     assert payloads == journal[:len(payloads)] and len(payloads) >= len(journal) - 2
+
+
+def test_gpux_settle_refuses_an_exchanges_data_directory(tmp_path: Path) -> None:
+    """Its ledger would be the exchange's own: a clear error, exit code 2, nothing written."""
+    (tmp_path / "journal").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "settle", "--redis", REDIS_URL, "--data", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is an exchange's data directory" in proc.stderr
+    assert not (tmp_path / "ledger.db").exists()

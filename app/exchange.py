@@ -16,8 +16,9 @@ aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part'
 2. ledger — settlement's ledger (`settlement.link`), before recovery so that the replay refills it;
 3. core — the journal, recovery (newest usable snapshot + the journal after it, through the same
    `Engine.apply` as live trading: books, exchange state and money), provisioning, the bus, the
-   sequencer (built, not started) and the deposit inbox that journals the account store's
-   deposit requests;
+   sequencer (built, not started), the deposit inbox that journals the account store's
+   deposit requests, the journal's durable tail (GET /v1/admin/journal) and, with --redis, the
+   journal publisher (`exchange.stream`);
 4. feeds — market data, caught up from the recording and the journal;
 5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz, and the watch that
    makes a revoked key stop working everywhere within a second;

@@ -18,7 +18,10 @@ exchange's process the projections follow the bus; elsewhere they read the journ
 
 * **The stream** ``{prefix}:journal`` holds one entry per chunk, field ``c`` = the chunk, with
   the stream id ``<last seq>-0``: Redis refuses an id at or below the stream's last one, so a
-  chunk sent twice is refused, never duplicated.  A reader whose cursor is C reads the ids after
+  chunk sent twice is refused, never duplicated.  The publisher goes further: it adds a chunk
+  only if the stream still ends where it left it (a small Lua script: XREVRANGE, then XADD), so a
+  Redis that came back without its latest writes, or empty, is noticed at the next send even when
+  the client reconnected without an error.  A reader whose cursor is C reads the ids after
   ``C-0``; a chunk whose first seq is above C + 1 means a gap (Redis restarted empty or without
   its latest writes, the stream trimmed past C): the reader backfills it from the exchange.
 
@@ -56,6 +59,16 @@ _LEN = struct.Struct("<I")
 CHUNK_ENTRIES = 2000  # entries per stream entry at most
 CHUNK_BYTES = 1 << 20  # ... and about this many payload bytes
 FIELD = b"c"
+# XADD KEYS[1] MAXLEN ~ ARGV[2] ARGV[3] c ARGV[4], only if the stream ends at seq ARGV[1] (0: empty);
+# returns {1, that seq} when added, else {0, the seq it ends at}
+_XADD_AFTER = """
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local last = 0
+if #top > 0 then last = tonumber(string.match(top[1][1], '^(%d+)')) end
+if last ~= tonumber(ARGV[1]) then return {0, last} end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[3], 'c', ARGV[4])
+return {1, last}
+"""
 
 
 class ChunkError(ValueError):
@@ -301,6 +314,8 @@ class JournalPublisher:
         self.backoff_max_s = backoff_max_s
         self._factory = redis_factory
         self.cursor: int | None = None  # the last seq in the stream (None: not known yet)
+        self.expect = 0  # the last id's seq the stream is expected to end with (0: empty)
+        self._xadd_after: Any = None
         self._redis: Any = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -360,6 +375,7 @@ class JournalPublisher:
                 import redis.asyncio as aioredis
 
                 self._redis = aioredis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
+            self._xadd_after = self._redis.register_script(_XADD_AFTER)
         last = await self._top()
         if last is None:
             if self.cursor is None:
@@ -376,16 +392,38 @@ class JournalPublisher:
                             "the stream")
             log.error("%s; not publishing", self.foreign)
             self.cursor = last
-        elif self.cursor is None or last < self.cursor:
-            if self.cursor is not None:
+        else:
+            if self.cursor is not None and last < self.cursor:
                 log.warning("journal stream %s ends at seq %d, before seq %d sent earlier (Redis lost its latest "
                             "writes): sending again from seq %d", self.key, last, self.cursor, last + 1)
-            self.cursor = last
+            self.cursor = last  # (beyond ours, up to our journal's end: another publisher sent those)
+        self.expect = last or 0  # where the stream ends now (what the next XADD expects)
         self.connected = True
         if self.down_since is not None:
             log.warning("Redis reachable again after %.1f s: publishing from seq %d",
                         time.monotonic() - self.down_since, (self.cursor or 0) + 1)
         self.down_since = None
+
+    def _moved(self, top: int) -> None:
+        """The stream does not end at ``expect``: Redis lost writes, restarted empty, or another
+        publisher wrote."""
+        cursor = self.cursor or 0
+        if top == 0:
+            log.warning("journal stream %s is empty (Redis restarted empty or was wiped): going on after seq %d; "
+                        "consumers backfill what they lack from the exchange", self.key, cursor)
+            self.expect = 0
+        elif top < cursor:
+            log.warning("journal stream %s ends at seq %d, before seq %d sent earlier (Redis lost its latest writes): "
+                        "sending again from seq %d", self.key, top, cursor, top + 1)
+            self.cursor = self.expect = top
+        elif top > self.durable:
+            self.foreign = (f"the stream {self.key} ends at journal seq {top}, beyond this exchange's journal "
+                            f"(seq {self.durable}): it holds another journal; use another redis_prefix or delete "
+                            "the stream")
+            log.error("%s; not publishing", self.foreign)
+        else:  # another publisher (or a re-send) got there first: on from the stream's end
+            self.refused += 1
+            self.cursor = self.expect = top
 
     async def _top(self) -> int | None:
         got = await self._redis.xrevrange(self.key, count=1)
@@ -435,9 +473,7 @@ class JournalPublisher:
                 backoff = min(backoff * 2, self.backoff_max_s)
 
     async def _send_some(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Up to a few chunks from the cursor, in one pipeline."""
-        import redis as redis_lib
-
+        """Up to a few chunks from the cursor."""
         assert self.cursor is not None
         cursor, upto = self.cursor, self.durable
         chunks: list[tuple[int, int, bytes]] = []
@@ -459,28 +495,15 @@ class JournalPublisher:
             chunks = await loop.run_in_executor(None, read_many)
         if not chunks:
             raise JournalError(f"the journal holds nothing after seq {cursor} although seq {upto} is durable")
-        if len(chunks) == 1:  # the usual case: one command, no pipeline object
-            try:
-                replies = [await self._redis.execute_command("XADD", self.key, "MAXLEN", "~", self.maxlen,
-                                                             stream_id(chunks[0][1]), FIELD, chunks[0][2])]
-            except redis_lib.ResponseError as e:
-                replies = [e]
-        else:
-            pipe = self._redis.pipeline(transaction=False)
-            for _, last, blob in chunks:
-                pipe.xadd(self.key, {FIELD: blob}, id=stream_id(last), maxlen=self.maxlen, approximate=True)
-            replies = await pipe.execute(raise_on_error=False)
-        for (first, last, _), reply in zip(chunks, replies, strict=True):
-            if isinstance(reply, redis_lib.ResponseError):
-                if "equal or smaller" not in str(reply):
-                    raise reply
-                self.refused += 1  # already there (another publisher, or a re-send): skip to the stream's end
-                top = await self._top()
-                self.cursor = max(self.cursor, top or 0, last)
+        for first, last, blob in chunks:  # (one round trip each: a catch-up has a few)
+            # XADD only if the stream still ends where we left it: a Redis that restarted without
+            # its latest writes (or empty), or another writer, is found at the next send even if
+            # redis-py reconnected silently
+            ok, top = await self._xadd_after(keys=[self.key], args=[self.expect, self.maxlen, stream_id(last), blob])
+            if not ok:
+                self._moved(int(top))
                 return
-            if isinstance(reply, Exception):
-                raise reply
-            self.cursor = last
+            self.cursor = self.expect = last
             self.sent_entries += last - first + 1
             self.sent_chunks += 1
         self.published_at = time.monotonic()

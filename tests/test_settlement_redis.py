@@ -118,7 +118,7 @@ def runner(rep: Replica, prefix: str) -> ReplicaRunner:
     return ReplicaRunner(rep, redis.Redis.from_url(REDIS_URL), prefix, count=3, block_ms=100)
 
 
-def run_until_settled(run: ReplicaRunner, journal, timeout: float = 120) -> None:
+def run_until_settled(run: ReplicaRunner, journal, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while run.replica.cursor < journal[1]:
         assert time.monotonic() < deadline, "replica did not finish"
@@ -192,7 +192,7 @@ def test_commits_lost_are_applied_again_from_the_journal(tmp_path, prefix, journ
     publish(prefix, journal)
     commits = []
     backup = tmp_path / "backup.db"
-    rep = new_replica(tmp_path / "l.db", journal, snapshot_every=300)
+    rep = new_replica(tmp_path / "l.db", journal, snapshot_every=2000)
 
     def snapshot_at_third() -> None:
         commits.append(1)
@@ -244,7 +244,7 @@ def test_deleted_ledger_is_rebuilt_identical(tmp_path, prefix, journal, referenc
     """Delete the ledger at any time: the replica starts from seq 1 (its snapshots are all ahead of
     an empty ledger) and, the stream trimmed, backfills from the journal files."""
     publish(prefix, journal)
-    rep = new_replica(tmp_path / "l.db", journal, snapshot_every=500)
+    rep = new_replica(tmp_path / "l.db", journal, snapshot_every=1500)
     run = runner(rep, prefix)
     while rep.cursor < journal[1] // 2:
         run.step()

@@ -16,8 +16,9 @@ aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part'
 2. ledger — settlement's ledger (`settlement.link`), before recovery so that the replay refills it;
 3. core — the journal, recovery (newest usable snapshot + the journal after it, through the same
    `Engine.apply` as live trading: books, exchange state and money), provisioning, the bus, the
-   sequencer (built, not started) and the deposit inbox that journals the account store's
-   deposit requests;
+   sequencer (built, not started), the deposit inbox that journals the account store's
+   deposit requests, the journal's durable tail (GET /v1/admin/journal) and, with --redis, the
+   journal publisher (`exchange.stream`);
 4. feeds — market data, caught up from the recording and the journal;
 5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz, and the watch that
    makes a revoked key stop working everywhere within a second;
@@ -42,13 +43,14 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.bus import Bus, RedisBus
+from exchange.bus import Bus
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
-from exchange.engine import Engine, book_seq
+from exchange.engine import Engine
 from exchange.journal import Journal
 from exchange.recovery import recover
 from exchange.sequencer import Sequencer, open_journal
+from exchange.stream import JournalPublisher, JournalTail
 from feeds.service import FeedService
 from gateway.accounts import AccountStore
 from gateway.auth import Verifier, cached
@@ -71,6 +73,8 @@ JOURNAL = web.AppKey("journal", Journal)
 ENGINE = web.AppKey("engine", Engine)
 BUS = web.AppKey("bus", Bus)
 PROVISIONING = web.AppKey("provisioning", Provisioning)
+JOURNAL_TAIL = web.AppKey("journal_tail", JournalTail)
+PUBLISHER = web.AppKey("publisher", JournalPublisher)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
 DEPOSITS = web.AppKey("deposits", DepositInbox)
 FEEDS = web.AppKey("feeds", FeedService)
@@ -142,7 +146,7 @@ class Exchange:
 
         link.book_times = book_times
         link.tick(book_times())
-        bus = app[BUS] = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
+        bus = app[BUS] = Bus()
         sequencer = app[SEQUENCER] = Sequencer(engine, journal, cfg, bus, after_batch=link.commit_if_due,
                                                on_idle=link.flush_soon, clock=self.clock)
         # deposit requests of the account store, journaled at start and every clock tick
@@ -154,18 +158,35 @@ class Exchange:
         prov.start()  # leases to providers' agents (R18)
         link.start()  # from now on batches queue and a committer thread commits them
         link.attach(bus)
-        await bus.start()
-        if isinstance(bus, RedisBus):  # `gpux settle` members settle deposits too
-            bus.book_seqs = {name: book_seq(b) for name, b in engine.books.items()}
-            bus.publish_deposits([r for r in app[ACCOUNTS].deposit_rows(await bus.deposits_sent(), inbox.owner)
-                                  if r[0] <= engine.money.deposit_row])  # the ones this exchange journaled
+        # the journal's durable tail, for replicas elsewhere: GET /v1/admin/journal and, with --redis,
+        # the stream {prefix}:journal (exchange.stream), both read from the journal files off the order path
+        tail = app[JOURNAL_TAIL] = JournalTail(self.data / "journal", journal.last_seq)
+        publisher = None
+        if cfg.redis_url:
+            publisher = app[PUBLISHER] = JournalPublisher(cfg.redis_url, cfg.redis_prefix, self.data / "journal",
+                                                          journal.last_seq, maxlen=cfg.redis_maxlen)
+
+        def durable(_batch: Any) -> None:  # a batch is durable: engine.seq is its last entry's seq
+            tail.durable_to(engine.seq)
+            if publisher is not None:
+                publisher.wake(engine.seq)
+
+        bus.subscribe(durable)
+        if publisher is not None:
+            await publisher.start()
         metrics = app[METRICS]
         metrics.add(self._process_samples)
         for part in (engine, engine.money, sequencer, inbox, link, prov, bus):
             metrics.add(part.metric_samples)
         app[HEALTH].add("bus", bus.health)
+        if publisher is not None:
+            metrics.add(publisher.metric_samples)
+            app[HEALTH].add("redis_publisher", publisher.health)
         yield
         await sequencer.stop()  # (stopped already unless start-up failed after this step)
+        if publisher is not None:
+            await publisher.close()
+        tail.close()
         await bus.close()
         engine.close()
         log.info("stopped", extra={"seq": engine.seq})
@@ -185,7 +206,7 @@ class Exchange:
         gw = app[GATEWAY] = Gateway(self.cfg, app[ENGINE], app[SEQUENCER], app[ACCOUNTS], app[VERIFIER], app[LEDGER],
                                     app[PROVISIONING], app[BUS], app[DEPOSITS], counters=self.counters,
                                     level2=app[FEEDS].level2, metrics=app[METRICS].render, health=app[HEALTH].report,
-                                    clock=self.clock)
+                                    clock=self.clock, journal_tail=app[JOURNAL_TAIL])
         gw.add_routes(app.router)
         app[METRICS].add(gw.metric_samples)
         # a revoked key stops working everywhere within a second, open sessions included
@@ -270,6 +291,11 @@ class Exchange:
     @property
     def bus(self) -> Bus:
         return self.app[BUS]
+
+    @property
+    def publisher(self) -> JournalPublisher | None:
+        """The Redis publisher (``--redis``), else None."""
+        return self.app.get(PUBLISHER)
 
     @property
     def sequencer(self) -> Sequencer:

@@ -215,7 +215,7 @@ printf '{"host": "%s", "port": 22, "user": "gpux", "gpus": "%s"}\\n' \\
 
 def _ssh_key(seed: str) -> str:
     """A real OpenSSH public key for a simulated trader (tasks carry it to the agents, R18)."""
-    import asyncssh
+    from agent.sshlib import asyncssh
 
     return asyncssh.generate_private_key("ssh-ed25519", comment=f"{seed}@demo").export_public_key().decode().strip()
 

@@ -111,11 +111,12 @@ def register(sub: Any) -> None:
     p.add_argument("--data", default=None, metavar="DIR", help="data directory (default from the config)")
     p.add_argument("--ledger", default=None, metavar="FILE", help="ledger file (default DIR/ledger.db)")
     p.add_argument("--prefix", default=None, help="Redis key prefix (default from the config: gpux)")
-    p.add_argument("--group", default="settlement")
+    p.add_argument("--group", default="settlement", help="the consumer group's name (default settlement)")
     p.add_argument("--consumer", default=None, help="this member's name (default host-pid)")
     p.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="claim entries another member left pending this long (it died)")
-    p.add_argument("--log-level", default=os.environ.get("GPUX_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=os.environ.get("GPUX_LOG_LEVEL", "INFO"),
+                   help="log level (default $GPUX_LOG_LEVEL or INFO)")
     p.set_defaults(handler=_cmd_settle)
 
     p = sub.add_parser("statement", help="an account's ledger: balances, transfers, leases",

@@ -88,13 +88,15 @@ class KillRequest(_Strict, kw_only=True):
 class CreateAccountRequest(_Strict, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     role: Literal["trader", "provider", "analyst", "admin"]
-    deposit: Int64 = 0  # µ$
+    deposit: Annotated[int, msgspec.Meta(ge=0, le=MAX_I64, description=(
+        "initial deposit in integer µ$ (1 USD = 1,000,000 µ$), as every amount on the wire; the command "
+        "line takes dollars"))] = 0
     ssh_public_key: Annotated[str, msgspec.Meta(max_length=16384)] | None = None
 
 
 class DepositRequest(_Strict, kw_only=True):
     account: PosInt64
-    amount: PosInt64  # µ$
+    amount: Annotated[int, msgspec.Meta(ge=1, le=MAX_I64, description="integer µ$ (1 USD = 1,000,000 µ$)")]
 
 
 class SshKeyRequest(_Strict, kw_only=True):

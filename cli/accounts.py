@@ -192,7 +192,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "the secret is printed once.")
     create.add_argument("name", metavar="NAME", help="1-64 characters of A-Z a-z 0-9 _ . -")
     create.add_argument("--role", required=True, choices=ROLES, help="what the account may do (docs/auth.md)")
-    create.add_argument("--deposit", metavar="USD", default=None, help="initial deposit in USD, e.g. 1000.50")
+    create.add_argument("--deposit", metavar="USD", default=None,
+                        help="initial deposit in dollars: 1000, 1000.50 or $1,000.50 (at most 6 decimals)")
     create.add_argument("--ssh-key", metavar="FILE_OR_KEY", default=None,
                         help="OpenSSH public key (a .pub file or the key line) for the account's leases")
     create.add_argument("--json", action="store_true", help="print one JSON object")
@@ -208,7 +209,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dep = sub.add_parser("deposit", help="record a deposit for an account",
                          description="Record a deposit for an account, in USD (at most 6 decimals).")
     dep.add_argument("name", metavar="NAME", help="account name (or id)")
-    dep.add_argument("usd", metavar="USD", help="amount in USD, e.g. 250 or 12.345678")
+    dep.add_argument("usd", metavar="USD", help="amount in dollars, e.g. 250, $1,000 or 12.345678")
     dep.add_argument("--note", default="", help="a note kept with the deposit")
     common(dep)
     dep.set_defaults(handler=_guarded(cmd_deposit))

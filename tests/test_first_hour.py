@@ -123,6 +123,12 @@ def test_sdk_raises_on_bad_values_and_every_error_carries_the_id(tmp_path):
                     await ws.send_str(raw)
                     answer = await asyncio.wait_for(fut, HANG_S)
                     assert answer["type"] == "error" and answer["code"] == "MALFORMED" and answer["id"] == rid
+            # the market-data socket too
+            async with aiohttp.ClientSession() as http, http.ws_connect(ex.url + "/v1/feeds") as feed:
+                await feed.send_str('{"op": "subscribe", "id": 7, "channel": 42}')
+                while (m := await asyncio.wait_for(feed.receive_json(), HANG_S)).get("type") != "error":
+                    pass
+                assert m["code"] == "MALFORMED" and m["id"] == 7
 
     asyncio.run(scenario())
 

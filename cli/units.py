@@ -24,7 +24,8 @@ _MICRO_SUFFIX = re.compile(r"(?i)\s*(µ\$|u\$|µusd|uusd|micro-?usd)$")
 _PER_HOUR = re.compile(r"(?i)\s*/\s*(h|hr|hour|gpu-?h|gpu-?hr|gpu-?hour|gpuh)$")
 
 PRICE_FORMS = "dollars per GPU-hour, e.g. 2.10, $2.10 or 2.10/h (or exact µ$ with the suffix µ$: 2100000µ$)"
-MONEY_FORMS = "dollars, e.g. 1000, $1,000.50 or 0.000001 (or exact µ$ with the suffix µ$: 1000500000µ$)"
+MONEY_FORMS = ("dollars, from 0 in steps of $0.000001 (1 µ$, so at most 6 decimals), e.g. 1000, $1,000.50 or "
+               "0.000001 (or exact µ$ with the suffix µ$: 1000500000µ$)")
 
 
 class UnitError(ValueError):

@@ -52,8 +52,8 @@ def check_url(url: str) -> str:
     ``http://host[:port]`` or ``https://...``."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ClientError("BAD_URL", f"{url!r} is not an http(s) URL of the exchange; write it like "
-                                     f"http://127.0.0.1:8080")
+        like = f"http://{url}" if url and "://" not in url and url[0].isalnum() else "http://127.0.0.1:8080"
+        raise ClientError("BAD_URL", f"{url!r} is not an http(s) URL of the exchange; write it like {like}")
     try:
         parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
     except ValueError:

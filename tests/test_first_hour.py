@@ -225,7 +225,7 @@ def test_client_failures_are_one_line(tmp_path):
         port = free_port()
         rc, _, err = await gpux({"GPUX_URL": f"127.0.0.1:{port}", "GPUX_KEY": "k", "GPUX_SECRET": "s"}, "orders")
         line = one_line(err)
-        assert rc == 2 and "http://127.0.0.1:8080" in line and "GPUX_URL" in line
+        assert rc == 2 and f"http://127.0.0.1:{port}" in line and "GPUX_URL" in line
         rc, _, err = await gpux({"GPUX_URL": f"http://127.0.0.1:{port}", "GPUX_KEY": "k", "GPUX_SECRET": "s"},
                                 "orders")
         line = one_line(err)

@@ -85,6 +85,7 @@ SHAPES: dict[str, dict[str, tuple[Any, str]]] = {
         "connection": (OBJ, "how to log in once ready: host, port, user... (null before)"),
         "paid": (INT, "what the buyer paid for it, µ$: its cost from the moment it could be used to its end, "
                       "plus the buyer's fee; see docs/api.md, Leases, for the rule"),
+        "fee": (INT, "the buyer's fee in paid, µ$ (R19)"),
         "refunded": (INT, "µ$ of the prepayment given back: unused time, a failure, an earlier end"),
         "earned": (INT, "µ$ the provider has earned from it so far (gross, before its fee)"),
     },

@@ -87,7 +87,12 @@ def test_real_answers_have_the_documented_shapes(tmp_path):
             for path, method, value in seen:
                 check(value, answer_schema(path, method), schemas, f"{method.upper()} {path}")
             leases = (await alice.request("GET", "/v1/leases"))["leases"]
-            assert leases and leases[0]["settlement"]["paid"] == leases[0]["cost"]  # ready at its start, no fee
+            (lease,) = leases
+            s = lease["settlement"]
+            assert s["paid"] == lease["cost"] and s["fee"] == 0  # ready at its start, no fee (docs/api.md)
+            traded = bought["trades"][0]
+            value_at_trade = traded["gpus"] * traded["price"] * (traded["end"] - traded["start"]) // 3600
+            assert s["paid"] - s["fee"] + s["refunded"] == value_at_trade
 
     asyncio.run(scenario())
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import asyncssh
 import pytest
 
 from agent.backend import BackendError
-from agent.ssh import SshBackend
+from agent.ssh import USER_COMMENT, SshBackend
 from agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,10 +34,18 @@ def need_root() -> None:
         pytest.skip("needs root: the ssh backend creates an OS user per lease (CI runs this as root)")
 
 
-def lease_homes_path() -> Path:
+def lease_homes() -> Iterator[Path]:
     """A place for the leases' directories that lease users can reach (pytest's tmp_path is under a
-    0700 directory); removed by the caller."""
-    return Path(f"/tmp/gpux-test-leases-{uuid.uuid4().hex[:12]}")
+    0700 directory); afterwards it is removed, and so is any lease user the test left (a test that
+    failed before its teardown)."""
+    before = {u.pw_name for u in pwd.getpwall() if u.pw_gecos.startswith(USER_COMMENT)}
+    path = Path(f"/tmp/gpux-test-leases-{uuid.uuid4().hex[:12]}")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+    for u in pwd.getpwall():
+        if u.pw_gecos.startswith(USER_COMMENT) and u.pw_name not in before and os.geteuid() == 0:
+            subprocess.run(["pkill", "-KILL", "-u", str(u.pw_uid)], check=False)
+            subprocess.run(["userdel", "--force", u.pw_name], check=False, capture_output=True)
 
 
 def make_backend(state: Path, homes: Path, **kw: object) -> SshBackend:
@@ -47,9 +57,7 @@ def make_backend(state: Path, homes: Path, **kw: object) -> SshBackend:
 
 @pytest.fixture
 def homes() -> Iterator[Path]:
-    path = lease_homes_path()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from lease_homes()
 
 
 def _task(key: asyncssh.SSHKey | None, lease: str = "H100-7", gpus: int = 2, seconds: int = 600) -> ProvisionTask:

@@ -47,6 +47,7 @@ import msgspec
 
 from agent.backend import Backend, BackendError, GpuAllocator
 from agent.inventory import AskEntry, InventoryPoster, load_inventory
+from agent.secret import hide_secret
 from agent.tasks import EndTask, ProvisionTask, decode_task, task_dict
 from client.api import Client, ClientError
 
@@ -96,6 +97,7 @@ class Agent:
         self.url = url.rstrip("/")
         self.key = key
         self.secret = secret
+        hide_secret(secret)  # out of os.environ (children) and of /proc/PID/environ and cmdline (agent/secret.py)
         self.backend = backend
         self.state_dir = Path(state_dir) if state_dir is not None else None
         if isinstance(inventory, str | Path):

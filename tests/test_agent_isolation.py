@@ -96,9 +96,11 @@ async def _check_from_inside(c: asyncssh.SSHClientConnection, agent_pid: int, st
     assert lines[2] == lines[3] == str(homes / "H100-1")
     assert lines[4] == "H100-1 1 0" and lines[5] == "hi"
     assert "GPUX_SECRET" not in r.stdout and SECRET not in r.stdout and "GPUX_KEY" not in r.stdout
-    # the agent's environment, memory and descriptors: another uid, so no ptrace access
-    assert Path(f"/proc/{agent_pid}/environ").read_bytes().count(SECRET.encode()) >= 1  # it is there…
-    await _fails(c, f"cat /proc/{agent_pid}/environ")  # … and out of the renter's reach
+    # the agent's environment, memory and descriptors: another uid, so no ptrace access; and the
+    # agent has overwritten the secret in its initial environment anyway (agent/secret.py)
+    assert SECRET.encode() not in Path(f"/proc/{agent_pid}/environ").read_bytes()
+    assert b"GPUX_SECRET=*****" in Path(f"/proc/{agent_pid}/environ").read_bytes()
+    await _fails(c, f"cat /proc/{agent_pid}/environ")
     await _fails(c, f"cat /proc/{agent_pid}/mem")
     await _fails(c, f"ls /proc/{agent_pid}/fd")
     # the secret in no process the renter can inspect (environments and command lines)
@@ -175,13 +177,17 @@ def test_teardown_kills_what_escaped_and_removes_the_user_and_its_files(tmp_path
         next(gen, None)
 
 
-def _backend_in_a_process(uid: int, state: str, env: dict[str, str]) -> tuple[int, str]:
-    """Construct SshBackend in a process of ``uid`` (not root); its status and output."""
+def _backend_as(uid: int, state: str, env: dict[str, str]) -> tuple[int, str]:
+    """Construct SshBackend in a process of ``uid``, not root: started as root (the interpreter may
+    be where only root can read it), it drops to ``uid`` for good once the modules are loaded."""
     import subprocess
 
-    code = f"from agent.ssh import SshBackend; SshBackend({state!r}); print('constructed')"
-    p = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), user=uid, group=uid, extra_groups=[],
-                       env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=120)
+    code = ("import os, sys\nfrom agent.ssh import SshBackend\n"
+            f"os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n"
+            "assert os.geteuid() != 0\n"
+            f"SshBackend({state!r}); print('constructed')")
+    p = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), env={"PATH": "/usr/bin:/bin", **env},
+                       capture_output=True, text=True, timeout=120)
     return p.returncode, p.stdout + p.stderr
 
 
@@ -190,22 +196,16 @@ def test_not_root_is_refused_unless_the_shared_user_mode_is_asked_for(tmp_path: 
     with pytest.raises(ValueError, match="as root"):  # the shared mode as root would run renters as root
         SshBackend(tmp_path, shared_user=True)
     nobody = pwd.getpwnam("nobody").pw_uid
-    if not os.access(sys.executable, os.X_OK, effective_ids=False) or not _readable_by_others(sys.executable):
-        pytest.skip(f"{sys.executable} cannot be run by other users here")
     state = tempfile.mkdtemp(prefix="gpux-test-nobody-", dir="/tmp")
     os.chown(state, nobody, nobody)
     try:
-        rc, out = _backend_in_a_process(nobody, state, {})
-        assert rc != 0 and "--shared-user" in out and "as root" in out, out
-        rc, out = _backend_in_a_process(nobody, state, {"GPUX_AGENT_SHARED_USER": "1"})
+        rc, out = _backend_as(nobody, state, {})
+        assert rc != 0 and "--shared-user" in out and "only root can create" in out, out
+        assert not os.path.exists(os.path.join(state, "ssh_host_ed25519_key"))
+        rc, out = _backend_as(nobody, state, {"GPUX_AGENT_SHARED_USER": "1"})
         assert rc == 0 and "constructed" in out, out
     finally:
         shutil.rmtree(state, ignore_errors=True)
-
-
-def _readable_by_others(path: str) -> bool:
-    p = Path(path).resolve()
-    return all(os.stat(d).st_mode & 0o001 for d in p.parents) and bool(os.stat(p).st_mode & 0o001)
 
 
 def test_the_leases_directories_must_be_reachable_and_outside_the_state_directory(tmp_path: Path) -> None:
@@ -215,3 +215,29 @@ def test_the_leases_directories_must_be_reachable_and_outside_the_state_director
         SshBackend(tmp_path / "state")
     with pytest.raises(ValueError, match="cannot be inside"):
         SshBackend(tmp_path / "state", homes=tmp_path / "state" / "leases")
+
+
+def test_the_agent_hides_its_secret_from_proc_and_from_its_children() -> None:
+    """Not root needed: the agent overwrites the secret in its initial command line and environment
+    (what /proc/PID/cmdline and environ show) and takes it out of os.environ."""
+    import subprocess
+
+    secret = "s3cr3t-" + "9" * 20
+    code = ("import os, subprocess, sys\nfrom agent.secret import hide_secret\n"
+            "print(hide_secret(sys.argv[2]))\n"
+            "print(subprocess.run(['sh', '-c', 'echo ${GPUX_SECRET-unset}'], capture_output=True, text=True).stdout)\n"
+            "sys.stdout.flush()\nsys.stdin.read()\n")
+    p = subprocess.Popen([sys.executable, "-c", code, f"--secret={secret}", secret], cwd=str(REPO),
+                         env={"PATH": "/usr/bin:/bin", "GPUX_SECRET": secret}, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "['command line', 'environment']"
+        assert p.stdout.readline().strip() == "unset"  # a child of the agent does not inherit it
+        cmdline = Path(f"/proc/{p.pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{p.pid}/environ").read_bytes()
+        assert secret.encode() not in cmdline and secret.encode() not in environ
+        assert b"--secret=*" in cmdline and b"GPUX_SECRET=*" in environ
+    finally:
+        _, err = p.communicate("", timeout=30)
+    assert "command line" in err  # warned: pass it in GPUX_SECRET instead

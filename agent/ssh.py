@@ -25,8 +25,8 @@ no supplementary group.  The lease's directory ``HOMES/LEASE`` is the user's, mo
 directory (host key, leases.json) is 0700.  A renter's process cannot read the agent's files nor,
 since the agent runs under another uid, its ``/proc/PID/environ``, memory or file descriptors.
 
-Shared user (``shared_user=True``, ``--shared-user``; the old behaviour, for an agent that is not
-root): the renter's commands run as the agent's own OS user, which lets a renter read the agent's
+Shared user (``shared_user=True``, env ``GPUX_AGENT_SHARED_USER=1``; the old behaviour, for an
+agent that is not root): the renter's commands run as the agent's own OS user, which lets a renter read the agent's
 files, environment and secret and the other leases' files.  Refused as root.
 
 Teardown closes the listener and every session, and kills the lease's processes (SIGTERM, then
@@ -72,7 +72,7 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 USER = "gpux"
 KILL_GRACE_S = 1.0
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH")  # of the agent's environment, to sessions
-SHARED_USER_ENV = "GPUX_AGENT_SHARED_USER"  # "1": the --shared-user mode, for an embedding without the flag
+SHARED_USER_ENV = "GPUX_AGENT_SHARED_USER"  # "1": the shared-user mode (`gpux agent` reads it through here)
 USER_PREFIX = "gpux-l"
 USER_COMMENT = "gpux lease"  # the GECOS of every lease user: only such users are reused or removed
 NOLOGIN = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(s)), "/bin/false")
@@ -371,12 +371,12 @@ class SshBackend:
         self.shared_user = shared_user_default() if shared_user is None else shared_user
         root = os.geteuid() == 0
         if self.shared_user and root:
-            raise ValueError("--shared-user would run the renters' commands as root: run the agent as an "
-                             "unprivileged user for that mode, or without --shared-user to give each lease "
-                             "its own OS user (docs/agent.md)")
+            raise ValueError("the shared-user mode (GPUX_AGENT_SHARED_USER) would run the renters' commands as "
+                             "root: run the agent as an unprivileged user for that mode, or leave it off to give "
+                             "each lease its own OS user (docs/agent.md)")
         if not self.shared_user and not root:
             raise ValueError("the ssh backend runs each lease as its own OS user, which only root can create: "
-                             "run the agent as root, or pass --shared-user (env GPUX_AGENT_SHARED_USER=1) to "
+                             "run the agent as root, or set GPUX_AGENT_SHARED_USER=1 (the shared-user mode) to "
                              "run every renter's commands as the agent's own user — renters can then read the "
                              "agent's files, its API secret and the other leases' files (docs/agent.md)")
         self.bind = bind

@@ -200,7 +200,7 @@ def test_not_root_is_refused_unless_the_shared_user_mode_is_asked_for(tmp_path: 
     os.chown(state, nobody, nobody)
     try:
         rc, out = _backend_as(nobody, state, {})
-        assert rc != 0 and "--shared-user" in out and "only root can create" in out, out
+        assert rc != 0 and "GPUX_AGENT_SHARED_USER=1" in out and "only root can create" in out, out
         assert not os.path.exists(os.path.join(state, "ssh_host_ed25519_key"))
         rc, out = _backend_as(nobody, state, {"GPUX_AGENT_SHARED_USER": "1"})
         assert rc == 0 and "constructed" in out, out

@@ -416,6 +416,8 @@ class SshBackend:
     async def provision(self, task: ProvisionTask, gpu_ids: list[int],
                         previous: dict[str, Any] | None = None) -> dict[str, Any]:
         key = parse_renter_key(task.ssh_public_key)
+        if not task.lease or task.lease.startswith(".") or "/" in task.lease or "\0" in task.lease:
+            raise BackendError(f"the lease reference {task.lease!r} cannot name a directory")  # "..": not as root
         if task.lease in self.leases:
             await self.teardown(task.lease)
         home = self.homes / task.lease

@@ -178,6 +178,10 @@ def test_a_lease_without_a_usable_key_fails(tmp_path: Path, homes: Path) -> None
         bad = ProvisionTask(lease="H100-8", gpus=1, end=int(time.time()) + 60, ssh_public_key="ssh-ed25519 nope")
         with pytest.raises(BackendError, match="cannot be read"):
             await b.provision(bad, [])
+        renter = asyncssh.generate_private_key("ssh-ed25519")
+        for ref in ("..", ".", "../x", ".hidden"):  # the lease's directory is made (and chowned) by root
+            with pytest.raises(BackendError, match="cannot name a directory"):
+                await b.provision(_task(renter, lease=ref), [])
         assert not b.leases
 
     asyncio.run(go())

@@ -19,10 +19,13 @@ import encodings.idna  # noqa: F401  # what asyncssh may import late, imported w
 import logging
 import os
 import sys
+import warnings
 from typing import Any
 
-import asyncssh
-import asyncssh.sftp
+with warnings.catch_warnings():  # as agent/sshlib.py: no DSA deprecation lines on the session's stderr
+    warnings.filterwarnings("ignore", message="DSA is deprecated")
+    import asyncssh
+    import asyncssh.sftp
 from asyncssh.logging import logger as ssh_logger
 from asyncssh.sftp import SFTPServerHandler
 

@@ -58,13 +58,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-from asyncssh.constants import EXTENDED_DATA_STDERR
-from asyncssh.sftp import MIN_SFTP_VERSION
-from asyncssh.stream import SSHReader, SSHWriter
-
 from agent.backend import BackendError, task_env
+from agent.sshlib import asyncssh
 from agent.tasks import ProvisionTask
+
+# asyncssh's own modules, loaded by `import asyncssh` (agent.sshlib, which quiets its import)
+EXTENDED_DATA_STDERR: int = asyncssh.constants.EXTENDED_DATA_STDERR
+MIN_SFTP_VERSION: int = asyncssh.sftp.MIN_SFTP_VERSION
+SSHReader = asyncssh.stream.SSHReader
+SSHWriter = asyncssh.stream.SSHWriter
 
 log = logging.getLogger("gpux.agent.ssh")
 

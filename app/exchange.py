@@ -16,8 +16,9 @@ aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part'
 2. ledger — settlement's ledger (`settlement.link`), before recovery so that the replay refills it;
 3. core — the journal, recovery (newest usable snapshot + the journal after it, through the same
    `Engine.apply` as live trading: books, exchange state and money), provisioning, the bus, the
-   sequencer (built, not started) and the deposit inbox that journals the account store's
-   deposit requests;
+   sequencer (built, not started), the deposit inbox that journals the account store's
+   deposit requests, the journal's durable tail (GET /v1/admin/journal) and, with --redis, the
+   journal publisher (`exchange.stream`);
 4. feeds — market data, caught up from the recording and the journal;
 5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz, and the watch that
    makes a revoked key stop working everywhere within a second;
@@ -32,23 +33,30 @@ stops listening.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import gc
 import logging
+import os
+import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from exchange.bus import Bus, RedisBus
+from exchange.bus import Bus
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
-from exchange.engine import Engine, book_seq
+from exchange.engine import Engine
 from exchange.journal import Journal
 from exchange.recovery import recover
 from exchange.sequencer import Sequencer, open_journal
+from exchange.stream import JournalPublisher, JournalTail
 from feeds.service import FeedService
 from gateway.accounts import AccountStore
 from gateway.auth import Verifier, cached
@@ -71,6 +79,8 @@ JOURNAL = web.AppKey("journal", Journal)
 ENGINE = web.AppKey("engine", Engine)
 BUS = web.AppKey("bus", Bus)
 PROVISIONING = web.AppKey("provisioning", Provisioning)
+JOURNAL_TAIL = web.AppKey("journal_tail", JournalTail)
+PUBLISHER = web.AppKey("publisher", JournalPublisher)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
 DEPOSITS = web.AppKey("deposits", DepositInbox)
 FEEDS = web.AppKey("feeds", FeedService)
@@ -142,7 +152,7 @@ class Exchange:
 
         link.book_times = book_times
         link.tick(book_times())
-        bus = app[BUS] = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
+        bus = app[BUS] = Bus()
         sequencer = app[SEQUENCER] = Sequencer(engine, journal, cfg, bus, after_batch=link.commit_if_due,
                                                on_idle=link.flush_soon, clock=self.clock)
         # deposit requests of the account store, journaled at start and every clock tick
@@ -154,18 +164,35 @@ class Exchange:
         prov.start()  # leases to providers' agents (R18)
         link.start()  # from now on batches queue and a committer thread commits them
         link.attach(bus)
-        await bus.start()
-        if isinstance(bus, RedisBus):  # `gpux settle` members settle deposits too
-            bus.book_seqs = {name: book_seq(b) for name, b in engine.books.items()}
-            bus.publish_deposits([r for r in app[ACCOUNTS].deposit_rows(await bus.deposits_sent(), inbox.owner)
-                                  if r[0] <= engine.money.deposit_row])  # the ones this exchange journaled
+        # the journal's durable tail, for replicas elsewhere: GET /v1/admin/journal and, with --redis,
+        # the stream {prefix}:journal (exchange.stream), both read from the journal files off the order path
+        tail = app[JOURNAL_TAIL] = JournalTail(self.data / "journal", journal.last_seq)
+        publisher = None
+        if cfg.redis_url:
+            publisher = app[PUBLISHER] = JournalPublisher(cfg.redis_url, cfg.redis_prefix, self.data / "journal",
+                                                          journal.last_seq, maxlen=cfg.redis_maxlen)
+
+        def durable(_batch: Any) -> None:  # a batch is durable: engine.seq is its last entry's seq
+            tail.durable_to(engine.seq)
+            if publisher is not None:
+                publisher.wake(engine.seq)
+
+        bus.subscribe(durable)
+        if publisher is not None:
+            await publisher.start()
         metrics = app[METRICS]
         metrics.add(self._process_samples)
         for part in (engine, engine.money, sequencer, inbox, link, prov, bus):
             metrics.add(part.metric_samples)
         app[HEALTH].add("bus", bus.health)
+        if publisher is not None:
+            metrics.add(publisher.metric_samples)
+            app[HEALTH].add("redis_publisher", publisher.health)
         yield
         await sequencer.stop()  # (stopped already unless start-up failed after this step)
+        if publisher is not None:
+            await publisher.close()
+        tail.close()
         await bus.close()
         engine.close()
         log.info("stopped", extra={"seq": engine.seq})
@@ -185,7 +212,7 @@ class Exchange:
         gw = app[GATEWAY] = Gateway(self.cfg, app[ENGINE], app[SEQUENCER], app[ACCOUNTS], app[VERIFIER], app[LEDGER],
                                     app[PROVISIONING], app[BUS], app[DEPOSITS], counters=self.counters,
                                     level2=app[FEEDS].level2, metrics=app[METRICS].render, health=app[HEALTH].report,
-                                    clock=self.clock)
+                                    clock=self.clock, journal_tail=app[JOURNAL_TAIL])
         gw.add_routes(app.router)
         app[METRICS].add(gw.metric_samples)
         # a revoked key stops working everywhere within a second, open sessions included
@@ -228,10 +255,12 @@ class Exchange:
             self._runner = None
             raise
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 0, backlog: int = 128) -> int:
-        """Listen on ``host:port`` (0: a free port); returns the port."""
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, backlog: int = 128,
+                    sock: socket.socket | None = None) -> int:
+        """Listen on ``host:port`` (0: a free port), or on ``sock`` already bound; returns the port."""
         assert self._runner is not None, "start() first"
-        self._site = GuardedSite(self._runner, self.guard, host, port, reuse_address=True, backlog=backlog)
+        self._site = GuardedSite(self._runner, self.guard, host, port, reuse_address=True, backlog=backlog,
+                                 sock=sock)
         await self._site.start()
         return self._runner.addresses[-1][1] if self._runner.addresses else port
 
@@ -272,6 +301,11 @@ class Exchange:
         return self.app[BUS]
 
     @property
+    def publisher(self) -> JournalPublisher | None:
+        """The Redis publisher (``--redis``), else None."""
+        return self.app.get(PUBLISHER)
+
+    @property
     def sequencer(self) -> Sequencer:
         return self.app[SEQUENCER]
 
@@ -292,19 +326,111 @@ class Exchange:
         return self.app[DASHBOARD]
 
 
+class StartupError(Exception):
+    """`gpux serve` cannot start; one sentence that says what to do.  Raised before anything is
+    created on disk (a busy port, a data directory another server holds), or after start-up
+    failed and what it created was removed again."""
+
+
+class DataLock:
+    """An exclusive flock on the data directory itself, held while a server runs, so that a second
+    server on the same directory is refused before it opens anything (the journal has its own
+    lock on DATA/journal)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise StartupError(f"the data directory {self.path} is a file; choose a directory with --data") from None
+        except OSError as e:
+            raise StartupError(f"cannot open the data directory {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(f"the data directory {self.path} is in use by another gpux serve: stop that one, "
+                               "or give this one another directory with --data") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = None
+
+
+def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A socket bound to ``host:port`` and listening (port 0: a free one); StartupError, which says
+    what to do, when the port is taken or the address is not this machine's."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise StartupError(f"cannot listen on {host!r}: {getattr(e, 'strerror', None) or e}; give --host an "
+                           "address of this machine, e.g. 127.0.0.1") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is in use (another gpux serve, or another program): stop it, "
+                               "or choose another port with --port (--port 0 picks a free one)") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"{host} is not an address of this machine; give --host one, e.g. 127.0.0.1") from None
+        if e.errno == errno.EACCES:
+            raise StartupError(f"port {port} needs privileges; choose one above 1023 with --port") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
 async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
-    """Serve until SIGINT/SIGTERM; then shut down gracefully (close code 1001, journal flushed)."""
+    """Serve until SIGINT/SIGTERM; then shut down gracefully (close code 1001, journal flushed).
+
+    Before anything is created on disk, the data directory (if it exists) is locked and the port
+    bound: a second server on the same directory, or a busy port, is a StartupError and changes
+    nothing.  A start-up that fails later is a StartupError too; a data directory it created is
+    removed again."""
+    data = cfg.data_path
+    lock = DataLock(data)
+    existed = data.exists()
+    if existed:
+        lock.acquire()
+    try:
+        sock = listen_socket(cfg.host, cfg.port)
+    except BaseException:
+        lock.release()
+        raise
     # the journal's fsync runs in a worker thread; a short GIL switch interval lets it hand its
     # result back within a fraction of a millisecond instead of the default 5 ms
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     exchange = Exchange(cfg)
-    await exchange.start()
+    try:
+        if not existed:
+            data.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        await exchange.start()
+    except BaseException as e:
+        sock.close()
+        lock.release()
+        if not existed:
+            shutil.rmtree(data, ignore_errors=True)  # nothing of a start-up that failed stays on disk
+        if isinstance(e, StartupError) or not isinstance(e, Exception):
+            raise
+        log.debug("start-up failed", exc_info=True)
+        raise StartupError(f"the exchange could not start: {e}") from e
     # what recovery built lives for the whole run: keep it out of the collector's sweeps, and
     # collect the young generation less often (per-order objects are short-lived; pauses are latency)
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
     try:
-        port = await exchange.serve(cfg.host, cfg.port)
+        port = await exchange.serve(sock=sock)
         log.info("listening", extra={"url": f"http://{cfg.host}:{port}", "data_dir": str(cfg.data_path)})
         print(f"gpux: serving on http://{cfg.host}:{port}  (data: {cfg.data_path})", flush=True)
         if ready is not None:
@@ -317,3 +443,4 @@ async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
     finally:
         log.info("shutting down")
         await exchange.close()
+        lock.release()

@@ -27,12 +27,14 @@ from exchange.config import ServerConfig
 from exchange.engine import Engine
 from exchange.entries import Fund
 from exchange.errors import ApiError, book_error
+from exchange.journal import JournalError
 from exchange.money import WITHDRAW
 from exchange.sequencer import Request, Sequencer
 from exchange.views import event_push, lease_view, order_view
 from gateway.accounts import AccountError, AccountStore
 from gateway.auth import AuthError, RateLimiter, Verifier, require_role
 from gateway.deposits import DepositInbox
+from gateway.explain import amend_error, rule_error
 from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 from gateway.wire import (
     KINDS,
@@ -57,6 +59,7 @@ from gateway.wire import (
     decode_body,
     decode_query,
     decode_ws,
+    request_id,
 )
 from orderbook import reasons as R
 from orderbook.rules import ask_code, bid_code
@@ -80,6 +83,22 @@ def _error(e: ApiError) -> web.Response:
         headers["Retry-After"] = str(max(1, -(-int(e.extra["retry_after_ms"]) // 1000)))
     return web.Response(body=_enc.encode(e.body()), status=e.status, content_type="application/json",
                         headers=headers)
+
+
+def _query_int(request: web.Request, name: str, default: int | None, lo: int, hi: int | None) -> int:
+    """An integer query parameter in [lo, hi] (required when ``default`` is None), or MALFORMED."""
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise ApiError("MALFORMED", f"the query parameter {name} is required")
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError("MALFORMED", f"the query parameter {name} must be an integer, not {raw[:40]!r}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise ApiError("MALFORMED", f"the query parameter {name} must be between {lo} and {hi or 'any'}, not {v}")
+    return v
 
 
 def _auth_error(e: AuthError) -> ApiError:
@@ -169,8 +188,9 @@ class Gateway:
                  *, counters: Counters | None = None,
                  level2: Callable[[str], tuple[int, dict[str, list]] | None] | None = None,
                  metrics: Callable[[], str] | None = None, health: Callable[[], dict[str, Any]] | None = None,
-                 clock: Clock = WALL) -> None:
+                 clock: Clock = WALL, journal_tail: Any = None) -> None:
         self.cfg = cfg
+        self.journal_tail = journal_tail  # exchange.stream.JournalTail: GET /v1/admin/journal
         self.engine = engine
         self.state = engine.state
         self.sequencer = sequencer
@@ -276,6 +296,7 @@ class Gateway:
         r.add_post("/v1/admin/withdraw", self.withdraw)
         r.add_get("/v1/admin/state", self.admin_state)
         r.add_post("/v1/admin/snapshot", self.admin_snapshot)
+        r.add_get("/v1/admin/journal", self.admin_journal)
         r.add_get("/v1/ws", self.websocket)
 
     # --- public -------------------------------------------------------------------------
@@ -338,7 +359,7 @@ class Gateway:
         kind = KINDS[q.kind]
         code = bid_code(cfg, now, kind, 0, q.gpus, q.hours, q.limit or cfg.max_price, q.block, q.start, 0)
         if code:
-            raise book_error(code)
+            raise rule_error(code, cfg, now, gpus=q.gpus, hours=q.hours, limit=q.limit, block=q.block, start=q.start)
         res = book.quote(kind, q.gpus, q.hours, start=q.start, block=q.block, limit=q.limit)
 
         return _json({
@@ -417,10 +438,11 @@ class Gateway:
         # a client order id already answered gets its first answer from the sequencer, even when
         # the request would no longer pass the checks at today's time (a retry after a lost answer)
         known = m.client_order_id is not None and (key.account_id, m.client_order_id) in engine.state.coids
-        code = 0 if known else ask_code(cfg, engine.book_time(m.gpu_class), m.gpus, m.price, m.spot_price,
-                                            m.start, m.end, m.min_hours)
+        now = engine.book_time(m.gpu_class)
+        code = 0 if known else ask_code(cfg, now, m.gpus, m.price, m.spot_price, m.start, m.end, m.min_hours)
         if code:
-            raise book_error(code)
+            raise rule_error(code, cfg, now, gpus=m.gpus, price=m.price, spot_price=m.spot_price, start=m.start,
+                             end=m.end, min_hours=m.min_hours)
         rec = ask_command(key.account_id, m.gpus, m.price, m.end, spot_price=m.spot_price, start=m.start,
                           min_hours=m.min_hours, lease_id=m.lease_id, post_only=int(m.post_only))
         ans = self._result(await self._submit(Request(m.gpu_class, rec, key.account_id,
@@ -458,6 +480,8 @@ class Gateway:
         key = await self._auth(request)
         m = decode_body(await request.read(), AmendRequest)
         o = self._owned(key, request.match_info["oid"])
+        if (bad := amend_error(m.gpus)) is not None:
+            raise bad
         ans = self._result(await self._submit(Request(o.book, amend_command(o.account, o.oid, m.gpus), o.account)))
         return _json(ans)
 
@@ -580,6 +604,23 @@ class Gateway:
         self.sequencer.request_snapshot()
         return _json({"ok": True})
 
+    async def admin_journal(self, request: web.Request) -> web.Response:
+        """``GET /v1/admin/journal?after=SEQ&limit=N``: the durable journal entries after SEQ, raw,
+        as one chunk (`exchange.stream`: magic, first seq, count, length-prefixed payloads) —
+        what replicas such as `gpux settle` backfill a gap from."""
+        await self._auth(request, "admin")
+        tail = self.journal_tail
+        if tail is None:
+            raise ApiError("NOT_FOUND", "this exchange does not serve its journal")
+        after = _query_int(request, "after", None, 0, None)
+        limit = _query_int(request, "limit", 1000, 1, tail.MAX_LIMIT)
+        try:
+            blob = await asyncio.get_running_loop().run_in_executor(None, tail.chunk, after, limit)
+        except JournalError as e:
+            raise ApiError("NOT_FOUND", f"the journal does not hold seq {after + 1}: {e}") from None
+        return web.Response(body=blob, content_type="application/octet-stream",
+                            headers={"GPUX-Journal-Durable": str(tail.durable)})
+
     # ------------------------------------------------------------------ WebSocket
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=self.cfg.heartbeat_s, max_msg_size=self.cfg.max_message_bytes,
@@ -639,10 +680,10 @@ class Gateway:
             key = self.verifier.verify(op.key, op.ts, op.sig, "GET", "/v1/ws", b"")
             self._rate(key.key_id)
         except ApiError as e:
-            s.send(e.ws(getattr(locals().get("op"), "id", None)))
+            s.send(e.ws(request_id(msg.data)))
             return False
         except AuthError as e:
-            s.send(_auth_error(e).ws(getattr(op, "id", None)))
+            s.send(_auth_error(e).ws(request_id(msg.data)))
             return False
         s.account = key.account_id
         s.role = key.role
@@ -682,7 +723,7 @@ class Gateway:
                 raise ApiError("DUPLICATE_SESSION_OP")
         except ApiError as e:
             self._count(f"errors_total{{code=\"{e.code}\"}}")
-            s.send(e.ws(rid))
+            s.send(e.ws(rid if rid is not None else request_id(data)))  # the id, also of what did not decode
         except AuthError as e:
             s.send(_auth_error(e).ws(rid))
 
@@ -721,7 +762,8 @@ class Gateway:
         code = 0 if known else bid_code(inst.book, now, kind, tif, op.gpus, op.hours, op.limit, op.block,
                                             op.start, op.expire_at)  # known: as post_ask
         if code:
-            raise book_error(code)
+            raise rule_error(code, inst.book, now, gpus=op.gpus, hours=op.hours, limit=op.limit, block=op.block,
+                             start=op.start, expire_at=op.expire_at)
         rec = bid_command(s.account, kind, op.gpus, op.hours, op.limit, op.block, tif, op.start, op.expire_at)
         self._post(Request(op.gpu_class, rec, s.account, op.client_order_id or "", origin=s,
                            reply=self._replier(s, op.id, op.gpu_class)))  # the sequencer works out the escrow
@@ -756,6 +798,8 @@ class Gateway:
 
     def _ws_amend(self, s: Session, op: AmendOp) -> None:
         o = self._ws_find(s, op.oid, None)
+        if (bad := amend_error(op.gpus)) is not None:
+            raise bad
         self._post(Request(o.book, amend_command(o.account, o.oid, op.gpus), o.account,
                            origin=s, reply=self._replier(s, op.id)))
 

@@ -61,7 +61,7 @@ def parse_lease_ref(ref: str | tuple[str, int]) -> tuple[str, int]:
 
 class Answer(NamedTuple):
     """A provider agent's answer to a provisioning task (R18), as journaled by the exchange
-    (exchange.entries.Prov) and streamed to settlement's consumer group: it follows the event
+    (exchange.entries.Prov) and applied by `gpux settle`'s replica alike: it follows the event
     ``after`` of its class."""
 
     cls: str

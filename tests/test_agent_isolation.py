@@ -16,12 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import asyncssh
 import pytest
 from test_agent_runner import KEY, SECRET, login, provision, serving
 from test_agent_ssh import _task, lease_homes, need_root
 
 from agent.ssh import SshBackend, lease_user_name, uid_processes
+from agent.sshlib import asyncssh
 
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parent.parent

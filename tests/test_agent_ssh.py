@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from agent.backend import BackendError
 from agent.ssh import USER_COMMENT, SshBackend
+from agent.sshlib import asyncssh
 from agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ import msgspec
 
 from agent.backend import Backend, BackendError, GpuAllocator
 from agent.inventory import AskEntry, InventoryPoster, load_inventory
+from agent.secret import hide_secret
 from agent.tasks import EndTask, ProvisionTask, decode_task, task_dict
 from client.api import Client, ClientError
 
@@ -95,6 +97,7 @@ class Agent:
         self.url = url.rstrip("/")
         self.key = key
         self.secret = secret
+        hide_secret(secret)  # out of os.environ (children) and of /proc/PID/environ and cmdline (agent/secret.py)
         self.backend = backend
         self.state_dir = Path(state_dir) if state_dir is not None else None
         if isinstance(inventory, str | Path):
@@ -444,6 +447,7 @@ class Agent:
             await asyncio.sleep(delay)
         st.status, st.ended_at = "ended", now_s()
         log.info("lease %s ended: tearing down", st.lease)
+        self._save()  # ended: not to be provisioned again, even if the agent stops during the teardown
         await self._backend_teardown(st.lease)
         self.gpus.release(st.lease)
         self._save()
@@ -480,7 +484,9 @@ class Agent:
                 for ref, st in self.leases.items() if st.status == "ready"}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(keep, indent=1, sort_keys=True))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the agent's only, whatever the umask
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(keep, indent=1, sort_keys=True))
         tmp.replace(path)
 
     async def _resume(self) -> None:

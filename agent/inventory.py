@@ -36,6 +36,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -245,5 +246,7 @@ class InventoryPoster:
         if self.state_file is None:
             return
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.posted, sort_keys=True))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the agent's only, whatever the umask
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.posted, sort_keys=True))
         tmp.replace(self.state_file)

@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from exchange_helpers import USD, running_exchange
+from test_agent_ssh import lease_homes, make_backend
 
 from agent.agent import Agent
-from agent.ssh import SshBackend
 from agent.sshlib import asyncssh
 from client.feeds import FeedClient
 
 pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def homes() -> Iterator[Path]:
+    yield from lease_homes()
 
 
 async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -33,7 +38,7 @@ async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
     raise AssertionError("timed out waiting")
 
 
-def test_bid_fills_agent_provisions_renter_logs_in_release_tears_down(tmp_path: Path) -> None:
+def test_bid_fills_agent_provisions_renter_logs_in_release_tears_down(tmp_path: Path, homes: Path) -> None:
     renter_key = asyncssh.generate_private_key("ssh-ed25519")
     inventory = tmp_path / "inventory.toml"
     inventory.write_text('[[asks]]\nclass = "H100"\ngpus = 8\nprice_usd = 2.00\nspot_price_usd = 1.20\nhours = 24\n')
@@ -45,7 +50,7 @@ def test_bid_fills_agent_provisions_renter_logs_in_release_tears_down(tmp_path: 
             alice = ex.client_for("alice")
             prov = ex.client_for("acme")
             state = tmp_path / "agent"
-            async with Agent(ex.url, pkey, psecret, SshBackend(state), inventory=inventory, state_dir=state,
+            async with Agent(ex.url, pkey, psecret, make_backend(state, homes), inventory=inventory, state_dir=state,
                              gpus=8) as agent:
                 await asyncio.wait_for(agent.connected.wait(), 20)
                 [ask] = await until(prov.asks)
@@ -91,7 +96,7 @@ def _short_notice(notice: int) -> dict[str, Any]:
             for n, i in DEFAULT_INSTRUMENTS.items()}
 
 
-def test_failed_provision_refunds_and_a_preempted_spot_lease_pays_pro_rata(tmp_path: Path) -> None:
+def test_failed_provision_refunds_and_a_preempted_spot_lease_pays_pro_rata(tmp_path: Path, homes: Path) -> None:
     """Issue 5's end-to-end money: the ssh agent cannot provision a renter without a key → the
     lease fails and the renter gets everything back (R18); a spot renter logged in over SSH is
     preempted by a firm bid (R12): the notice reaches the agent, which closes the session at T0,
@@ -111,7 +116,7 @@ def test_failed_provision_refunds_and_a_preempted_spot_lease_pays_pro_rata(tmp_p
             ex.account("firm", "trader", 100 * USD, ssh_public_key=firm_key)
             firm = ex.client_for("firm")
             state = tmp_path / "agent"
-            async with Agent(ex.url, pkey, psecret, SshBackend(state), state_dir=state, gpus=4) as agent:
+            async with Agent(ex.url, pkey, psecret, make_backend(state, homes), state_dir=state, gpus=4) as agent:
                 await asyncio.wait_for(agent.connected.wait(), 20)
                 await prov.ask("H100", gpus=4, price=2 * USD, spot_price=spot_price, end=ex.now + 86_400)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from tests.exchange_helpers import running_exchange
 
 pytestmark = pytest.mark.timeout(120)
 
-INVENTORY = """
+YEAR = time.gmtime().tm_year + 1  # a fixed window ahead, within the two years the exchange takes (issue 17, item 5)
+INVENTORY = f"""
 [[asks]]
 class = "H100"
 gpus = 8
@@ -28,8 +30,8 @@ name = "a100-june"
 class = "A100"
 gpus = 4
 price = 1500000
-start = 2099-06-01T00:00:00Z
-end = 2099-07-01T00:00:00Z
+start = {YEAR}-06-01T00:00:00Z
+end = {YEAR}-07-01T00:00:00Z
 min_hours = 4
 """
 
@@ -57,7 +59,7 @@ def test_entries_are_read(tmp_path: Path) -> None:
     assert rel.body(1000) == {"class": "H100", "gpus": 8, "price": 2_100_000, "end": 1000 + 720 * 3600,
                               "spot_price": 1_200_000, "client_order_id": f"inv:{rel.id}:{1000 + 720 * 3600}"}
     assert fixed.id == "a100-june" and fixed.price == 1_500_000 and fixed.min_hours == 4
-    assert fixed.window(0) == (calendar.timegm((2099, 6, 1, 0, 0, 0)), calendar.timegm((2099, 7, 1, 0, 0, 0)))
+    assert fixed.window(0) == (calendar.timegm((YEAR, 6, 1, 0, 0, 0)), calendar.timegm((YEAR, 7, 1, 0, 0, 0)))
     assert load_inventory(_write(tmp_path, INVENTORY))[0].id == rel.id  # the same entry, the same id
 
 

@@ -12,22 +12,27 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
+from test_agent_ssh import lease_homes, make_backend
 
 from agent.agent import Agent
 from agent.command import CommandBackend
-from agent.ssh import SshBackend
 from agent.sshlib import asyncssh
 from gateway.auth import WS_METHOD, WS_PATH, sign
 
 pytestmark = pytest.mark.timeout(120)
 
 KEY, SECRET, ACCOUNT = "gk_provider0000000", "provider-secret", 5
+
+
+@pytest.fixture
+def homes() -> Iterator[Path]:
+    yield from lease_homes()
 
 
 class ProtoExchange:
@@ -160,13 +165,13 @@ async def login(conn: dict[str, Any], key: asyncssh.SSHKey) -> asyncssh.SSHClien
                                   known_hosts=None)
 
 
-def test_outstanding_task_provisioned_over_ssh_and_torn_down_at_its_end(tmp_path: Path) -> None:
+def test_outstanding_task_provisioned_over_ssh_and_torn_down_at_its_end(tmp_path: Path, homes: Path) -> None:
     renter = asyncssh.generate_private_key("ssh-ed25519")
 
     async def go() -> None:
         async with serving() as px:
             px.outstanding["H100-7"] = provision("H100-7", renter, gpus=2, seconds=4)
-            async with Agent(px.url, KEY, SECRET, SshBackend(tmp_path), state_dir=tmp_path, gpus=4) as agent:
+            async with Agent(px.url, KEY, SECRET, make_backend(tmp_path, homes), state_dir=tmp_path, gpus=4) as agent:
                 ans = await px.wait_answer("H100-7")
                 assert ans["status"] == "ready", ans
                 conn = ans["connection"]
@@ -231,12 +236,12 @@ echo '{{"host": "node-1", "port": 22, "user": "root"}}'
     asyncio.run(go())
 
 
-def test_bad_messages_are_logged_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_messages_are_logged_and_skipped(tmp_path: Path, homes: Path, caplog: pytest.LogCaptureFixture) -> None:
     renter = asyncssh.generate_private_key("ssh-ed25519")
 
     async def go() -> None:
         async with serving() as px:
-            async with Agent(px.url, KEY, SECRET, SshBackend(tmp_path)) as agent:
+            async with Agent(px.url, KEY, SECRET, make_backend(tmp_path, homes)) as agent:
                 await asyncio.wait_for(agent.connected.wait(), 10)
                 await px.send_raw("not json {")
                 await px.send_raw("[1, 2, 3]")
@@ -304,18 +309,18 @@ def test_exchange_down_at_start_then_up(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_a_restarted_agent_serves_its_leases_again_on_the_same_port(tmp_path: Path) -> None:
+def test_a_restarted_agent_serves_its_leases_again_on_the_same_port(tmp_path: Path, homes: Path) -> None:
     renter = asyncssh.generate_private_key("ssh-ed25519")
 
     async def go() -> None:
         async with serving() as px:
             px.outstanding["H100-9"] = provision("H100-9", renter)
-            async with Agent(px.url, KEY, SECRET, SshBackend(tmp_path), state_dir=tmp_path, gpus=2):
+            async with Agent(px.url, KEY, SECRET, make_backend(tmp_path, homes), state_dir=tmp_path, gpus=2):
                 conn = (await px.wait_answer("H100-9"))["connection"]
             with pytest.raises(OSError):  # a graceful stop tears everything down
                 await login(conn, renter)
             n = len(px.answers)
-            async with Agent(px.url, KEY, SECRET, SshBackend(tmp_path), state_dir=tmp_path, gpus=2) as agent:
+            async with Agent(px.url, KEY, SECRET, make_backend(tmp_path, homes), state_dir=tmp_path, gpus=2) as agent:
                 st = await agent.wait_status("H100-9", "ready")
                 assert st.connection == conn and st.gpu_ids == [0, 1]
                 async with await login(conn, renter) as c:

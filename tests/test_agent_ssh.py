@@ -1,20 +1,63 @@
 """The agent's ssh backend, without the exchange: a real asyncssh server per lease, a real client
-logging in with the renter's key (and refused with any other), teardown closing it all."""
+logging in with the renter's key (and refused with any other), teardown closing it all.
+
+As root (CI) these run the default mode, an OS user per lease; otherwise the shared-user mode
+(the agent cannot create users).  tests/test_agent_isolation.py tries to break out of a lease."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
+import shutil
+import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.backend import BackendError
-from agent.ssh import SshBackend
+from agent.ssh import USER_COMMENT, SshBackend
 from agent.sshlib import asyncssh
 from agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def need_root() -> None:
+    """Lease users need root: skipped otherwise, except on CI, which runs as root and must test them."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but not root: the ssh backend's lease users need root, CI must test them")
+        pytest.skip("needs root: the ssh backend creates an OS user per lease (CI runs this as root)")
+
+
+def lease_homes() -> Iterator[Path]:
+    """A place for the leases' directories that lease users can reach (pytest's tmp_path is under a
+    0700 directory); afterwards it is removed, and so is any lease user the test left (a test that
+    failed before its teardown)."""
+    before = {u.pw_name for u in pwd.getpwall() if u.pw_gecos.startswith(USER_COMMENT)}
+    path = Path(f"/tmp/gpux-test-leases-{uuid.uuid4().hex[:12]}")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+    for u in pwd.getpwall():
+        if u.pw_gecos.startswith(USER_COMMENT) and u.pw_name not in before and os.geteuid() == 0:
+            subprocess.run(["pkill", "-KILL", "-u", str(u.pw_uid)], check=False)
+            subprocess.run(["userdel", "--force", u.pw_name], check=False, capture_output=True)
+
+
+def make_backend(state: Path, homes: Path, **kw: object) -> SshBackend:
+    """A user per lease when root, the shared-user mode otherwise."""
+    if os.geteuid() == 0:
+        return SshBackend(state, homes=homes, **kw)  # type: ignore[arg-type]
+    return SshBackend(state, shared_user=True, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def homes() -> Iterator[Path]:
+    yield from lease_homes()
 
 
 def _task(key: asyncssh.SSHKey | None, lease: str = "H100-7", gpus: int = 2, seconds: int = 600) -> ProvisionTask:
@@ -29,9 +72,9 @@ async def _login(conn: dict, key: asyncssh.SSHKey, **kw) -> asyncssh.SSHClientCo
                                   client_keys=[key], known_hosts=None, **kw)
 
 
-def test_renter_logs_in_runs_a_command_with_the_lease_env(tmp_path: Path) -> None:
+def test_renter_logs_in_runs_a_command_with_the_lease_env(tmp_path: Path, homes: Path) -> None:
     async def go() -> None:
-        b = SshBackend(tmp_path)
+        b = make_backend(tmp_path, homes)
         renter = asyncssh.generate_private_key("ssh-ed25519")
         conn = await b.provision(_task(renter), [3, 5])
         assert conn["host"] == "127.0.0.1" and conn["user"] == "gpux" and conn["port"] > 0
@@ -39,7 +82,7 @@ def test_renter_logs_in_runs_a_command_with_the_lease_env(tmp_path: Path) -> Non
             r = await c.run("echo $GPUX_LEASE $GPUX_GPUS $CUDA_VISIBLE_DEVICES; pwd; echo oops >&2; exit 3")
             lines = r.stdout.splitlines()
             assert lines[0] == "H100-7 2 3,5"
-            assert lines[1] == str(tmp_path / "leases" / "H100-7")
+            assert lines[1] == str(b.homes / "H100-7")
             assert r.stderr == "oops\n" and r.exit_status == 3
             # stdin goes through, large output arrives whole
             r = await c.run("wc -c", input="x" * 200_000)
@@ -56,17 +99,17 @@ def test_renter_logs_in_runs_a_command_with_the_lease_env(tmp_path: Path) -> Non
             async with c.start_sftp_client() as sftp:
                 async with sftp.open("model.txt", "w") as f:
                     await f.write("weights")
-            assert (tmp_path / "leases" / "H100-7" / "model.txt").read_text() == "weights"
+            assert (b.homes / "H100-7" / "model.txt").read_text() == "weights"
         await b.close()
 
     asyncio.run(go())
 
 
-def test_only_the_renters_key_is_admitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_the_renters_key_is_admitted(tmp_path: Path, homes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPUX_SECRET", "the-providers-secret")
 
     async def go() -> None:
-        b = SshBackend(tmp_path)
+        b = make_backend(tmp_path, homes)
         renter = asyncssh.generate_private_key("ssh-ed25519")
         other = asyncssh.generate_private_key("ssh-ed25519")
         conn = await b.provision(_task(renter), [])
@@ -85,9 +128,9 @@ def test_only_the_renters_key_is_admitted(tmp_path: Path, monkeypatch: pytest.Mo
     asyncio.run(go())
 
 
-def test_teardown_closes_sessions_kills_processes_and_the_port(tmp_path: Path) -> None:
+def test_teardown_closes_sessions_kills_processes_and_the_port(tmp_path: Path, homes: Path) -> None:
     async def go() -> None:
-        b = SshBackend(tmp_path)
+        b = make_backend(tmp_path, homes)
         renter = asyncssh.generate_private_key("ssh-ed25519")
         conn = await b.provision(_task(renter), [0])
         c = await _login(conn, renter)
@@ -97,7 +140,7 @@ def test_teardown_closes_sessions_kills_processes_and_the_port(tmp_path: Path) -
         await asyncio.wait_for(c.wait_closed(), 10)
         with pytest.raises(OSError):
             await _login(conn, renter)
-        assert not (tmp_path / "leases" / "H100-7").exists()
+        assert not (b.homes / "H100-7").exists()
         for _ in range(100):  # the background sleep was in the session's process group
             if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
                 break
@@ -110,10 +153,10 @@ def test_teardown_closes_sessions_kills_processes_and_the_port(tmp_path: Path) -
     asyncio.run(go())
 
 
-def test_host_key_is_kept_and_a_renter_can_pin_it(tmp_path: Path) -> None:
+def test_host_key_is_kept_and_a_renter_can_pin_it(tmp_path: Path, homes: Path) -> None:
     async def go() -> None:
-        first = SshBackend(tmp_path)
-        second = SshBackend(tmp_path)
+        first = make_backend(tmp_path, homes)
+        second = make_backend(tmp_path, homes)
         assert first.host_key_line == second.host_key_line
         assert oct((tmp_path / "ssh_host_ed25519_key").stat().st_mode & 0o777) == "0o600"
         renter = asyncssh.generate_private_key("ssh-ed25519")
@@ -127,22 +170,26 @@ def test_host_key_is_kept_and_a_renter_can_pin_it(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_a_lease_without_a_usable_key_fails(tmp_path: Path) -> None:
+def test_a_lease_without_a_usable_key_fails(tmp_path: Path, homes: Path) -> None:
     async def go() -> None:
-        b = SshBackend(tmp_path)
+        b = make_backend(tmp_path, homes)
         with pytest.raises(BackendError, match="renter has no SSH key"):
             await b.provision(_task(None), [])
         bad = ProvisionTask(lease="H100-8", gpus=1, end=int(time.time()) + 60, ssh_public_key="ssh-ed25519 nope")
         with pytest.raises(BackendError, match="cannot be read"):
             await b.provision(bad, [])
+        renter = asyncssh.generate_private_key("ssh-ed25519")
+        for ref in ("..", ".", "../x", ".hidden"):  # the lease's directory is made (and chowned) by root
+            with pytest.raises(BackendError, match="cannot name a directory"):
+                await b.provision(_task(renter, lease=ref), [])
         assert not b.leases
 
     asyncio.run(go())
 
 
-def test_previous_port_is_reused_when_free(tmp_path: Path) -> None:
+def test_previous_port_is_reused_when_free(tmp_path: Path, homes: Path) -> None:
     async def go() -> None:
-        b = SshBackend(tmp_path)
+        b = make_backend(tmp_path, homes)
         renter = asyncssh.generate_private_key("ssh-ed25519")
         conn = await b.provision(_task(renter), [])
         await b.teardown("H100-7")

@@ -30,7 +30,8 @@ def make_backend(args: argparse.Namespace, state_dir: Path) -> Any:
     if args.backend == "ssh":
         from agent.ssh import SshBackend
 
-        return SshBackend(state_dir, bind=args.ssh_bind, advertise=args.ssh_host)
+        return SshBackend(state_dir, bind=args.ssh_bind, advertise=args.ssh_host,
+                          shared_user=True if args.shared_user else None)  # None: env GPUX_AGENT_SHARED_USER
     if args.backend == "command":
         from agent.command import CommandBackend
 
@@ -101,6 +102,9 @@ def register(sub: Any) -> None:
     ssh = p.add_argument_group("ssh and kubernetes")
     ssh.add_argument("--ssh-bind", default="127.0.0.1", metavar="ADDR", help="ssh: listen address (default 127.0.0.1)")
     ssh.add_argument("--ssh-host", metavar="HOST", help="the host name or address renters are told to connect to")
+    ssh.add_argument("--shared-user", action="store_true",
+                     help="ssh: run every lease as the agent's own user (an agent that is not root; renters can "
+                          "then read the agent's secret and each other's files; env GPUX_AGENT_SHARED_USER=1)")
     cmd = p.add_argument_group("command")
     cmd.add_argument("--provision-cmd", metavar="CMD", help="shell command: task in env and on stdin, "
                                                             "connection JSON on stdout")

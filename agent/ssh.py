@@ -373,9 +373,9 @@ class SshBackend:
         self.shared_user = shared_user_default() if shared_user is None else shared_user
         root = os.geteuid() == 0
         if self.shared_user and root:
-            raise ValueError("the shared-user mode (--shared-user, GPUX_AGENT_SHARED_USER) would run the renters' commands as "
-                             "root: run the agent as an unprivileged user for that mode, or leave it off to give "
-                             "each lease its own OS user (docs/agent.md)")
+            raise ValueError("the shared-user mode (--shared-user, GPUX_AGENT_SHARED_USER) would run the renters' "
+                             "commands as root: run the agent as an unprivileged user for that mode, or leave it "
+                             "off to give each lease its own OS user (docs/agent.md)")
         if not self.shared_user and not root:
             raise ValueError("the ssh backend runs each lease as its own OS user, which only root can create: "
                              "run the agent as root, or pass --shared-user (or set GPUX_AGENT_SHARED_USER=1) to "

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,8 @@ from exchange.engine import Engine
 from exchange.entries import Admin, Cmd, Entry, Fund, Prov, encode_entry
 from exchange.errors import ApiError
 from exchange.journal import Journal
-from exchange.money import WITHDRAW
-from exchange.snapshots import encode_snapshot, write_snapshot
+from exchange.money import WITHDRAW, warm_copy
+from exchange.snapshots import encode_snapshot_parts, write_snapshot
 from orderbook.types import (
     CMD_ASK,
     CMD_BID,
@@ -102,12 +103,18 @@ class SequencerStats:
     max_batch: int = 0
     batch_seconds: float = 0.0
     hook_errors: int = 0  # on_tick hooks that raised
+    batch_cpu_seconds: float = 0.0  # CPU time of the sequencer's thread in batches (not the fsync's)
+    snapshots: int = 0  # written by the sequencer (the periodic and requested ones)
+    snapshot_failures: int = 0
+    snapshot_capture_seconds: float = 0.0  # on the event loop: Engine.capture
+    snapshot_capture_max: float = 0.0
+    snapshot_write_seconds: float = 0.0  # in the I/O thread: encoding and writing, until done
 
 
 # a bid may hold at most this (µ$, ~1.28 billion USD): the money of the lease it may make stays
 # within settlement's int64 arithmetic (settlement.engine.MONEY_LIMIT, µ$·s/h)
 MAX_HOLD = MONEY_LIMIT // 3600
-# how far ahead an order may reach: a reserved bid's start, an ask window's end (two leap years)
+# how far ahead a reserved bid may start (two leap years)
 MAX_LEAD_S = 2 * 366 * 86_400
 
 
@@ -142,12 +149,19 @@ class Sequencer:
         self._stopped = asyncio.Event()
         self._snapshot_due = False
         self._last_snapshot_seq = engine.seq
+        self._snapshot_writing: asyncio.Future | None = None  # a snapshot being encoded and written
         self.failed: BaseException | None = None
         self.busy = False  # a batch is journaled but not yet published
         self.times = {name: engine.book_time(name) for name in engine.books}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        for book in self.engine.books.values():  # the jitted hash loaded and the capture buffers made now,
+            book.state_hash()                     # not on the loop at the first snapshot (~0.2 s and more)
+            warm = getattr(book, "warm_capture", None)
+            if warm is not None:
+                warm()
+        warm_copy()  # the money's copy too (numba compiles it at its first call: ~0.5 s)
         self._running = True
         if self.on_tick is not None:
             self.on_tick()
@@ -168,6 +182,8 @@ class Sequencer:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._snapshot_writing is not None:  # the last periodic one, still being written
+            await asyncio.gather(self._snapshot_writing, return_exceptions=True)
         if snapshot and self.failed is None and self.engine.seq > self._last_snapshot_seq:
             blob = self.engine.snapshot()
             write_snapshot(self.cfg.data_path, self.engine.seq, blob)
@@ -200,8 +216,18 @@ class Sequencer:
             ("gpux_fsync_seconds_total", round(st.fsync_seconds, 6), "time waiting for fsync", "counter"),
             ("gpux_fsync_busy_seconds_total", round(st.fsync_busy_seconds, 6), "time inside fsync", "counter"),
             ("gpux_batch_seconds_total", round(st.batch_seconds, 6), "time spent in batches", "counter"),
+            ("gpux_batch_cpu_seconds_total", round(st.batch_cpu_seconds, 6),
+             "CPU time of the sequencer's thread in batches", "counter"),
             ("gpux_batch_max", st.max_batch, "largest batch so far", "gauge"),
             ("gpux_tick_hook_errors_total", st.hook_errors, "clock-tick hooks that raised (see the log)", "counter"),
+            ("gpux_snapshots_total", st.snapshots, "snapshots written by the sequencer", "counter"),
+            ("gpux_snapshot_failures_total", st.snapshot_failures, "snapshots that failed (logged)", "counter"),
+            ("gpux_snapshot_capture_seconds_total", round(st.snapshot_capture_seconds, 6),
+             "time capturing snapshots on the event loop", "counter"),
+            ("gpux_snapshot_capture_max_seconds", round(st.snapshot_capture_max, 6),
+             "longest snapshot capture on the event loop", "gauge"),
+            ("gpux_snapshot_write_seconds_total", round(st.snapshot_write_seconds, 6),
+             "time encoding and writing snapshots off the event loop", "counter"),
             ("gpux_sequencer_queued", len(self._queue), "requests waiting for the next batch", "gauge")]
         out += [(f'gpux_rejected_pre_total{{code="{code}"}}', n,
                  "requests refused by the sequencer before the journal", "counter")
@@ -313,12 +339,11 @@ class Sequencer:
             return ApiError("HALTED", f"trading in {r.book} is halted; resting orders are kept, "
                                       "cancels are accepted")
         if typ == CMD_BID or typ == CMD_ASK:
-            lead = (cmd.start if typ == CMD_BID and cmd.kind == RESERVED else cmd.end) - self.times[r.book]
-            if lead > MAX_LEAD_S:  # an order for a time no one alive will see would hold its money for ever
-                what = "a reserved bid may start" if typ == CMD_BID else "an ask's window may end"
-                return ApiError("BAD_START" if typ == CMD_BID else "BAD_WINDOW",
-                                f"{what} at most {MAX_LEAD_S // 86_400} days after now ({MAX_LEAD_S} s); "
-                                f"this one is {lead} s ahead")
+            if typ == CMD_BID and cmd.kind == RESERVED and cmd.start - self.times[r.book] > MAX_LEAD_S:
+                # a start no one alive will see would hold the bid's escrow for ever (an ask holds no money)
+                return ApiError("BAD_START", f"a reserved bid may start at most {MAX_LEAD_S // 86_400} days "
+                                             f"after now ({MAX_LEAD_S} s); this one is "
+                                             f"{cmd.start - self.times[r.book]} s ahead")
             count = state.open_count(r.account) + new.get(r.account, 0)
             if count >= self.cfg.max_open_orders:
                 return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "
@@ -373,6 +398,7 @@ class Sequencer:
 
     async def _batch(self, loop: asyncio.AbstractEventLoop, items: list[Request]) -> None:
         t0 = time.perf_counter()
+        cpu = time.thread_time()
         engine = self.engine
         entries: list[Entry] = []
         owners: list[Request | None] = []
@@ -458,7 +484,9 @@ class Sequencer:
                 await asyncio.shield(sync)
                 raise
             engine.last_oid = max(engine.last_oid, oid)
+            cpu -= time.thread_time()  # the loop runs other work while it waits
             await sync
+            cpu += time.thread_time()
             self.stats.fsync_seconds += time.perf_counter() - ts
             self.stats.fsyncs += 1
             coids = engine.state.coids
@@ -489,24 +517,46 @@ class Sequencer:
         st.last_batch = len(items)
         st.max_batch = max(st.max_batch, len(items))
         st.batch_seconds += time.perf_counter() - t0
+        st.batch_cpu_seconds += time.thread_time() - cpu
         if self._snapshot_due:
             await self._snapshot(loop)
 
     async def _snapshot(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Capture the core between two batches (copies only: `Engine.capture`) and encode and
+        write the snapshot in the I/O thread while batches go on; one at a time."""
         self._snapshot_due = False
-        if self.engine.seq == self._last_snapshot_seq:
+        if self.engine.seq == self._last_snapshot_seq or self._snapshot_writing is not None:
             return
-        snap = self.engine.capture()
+        t = time.perf_counter()
+        make = self.engine.capture()
         seq = self.engine.seq
-        size = await loop.run_in_executor(self._io, _encode_and_write, self.cfg.data_path, snap)
-        self._last_snapshot_seq = seq
-        log.info("snapshot", extra={"seq": seq, "bytes": size})
+        st = self.stats
+        took = time.perf_counter() - t
+        st.snapshot_capture_seconds += took
+        st.snapshot_capture_max = max(st.snapshot_capture_max, took)
+        self._snapshot_writing = fut = loop.run_in_executor(self._io, _encode_and_write, self.cfg.data_path,
+                                                            seq, make)
+        fut.add_done_callback(partial(self._snapshot_written, seq, time.perf_counter()))
+
+    def _snapshot_written(self, seq: int, started: float, fut: asyncio.Future) -> None:
+        self._snapshot_writing = None
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:  # the journal is the system of record: trading goes on, start-up replays more
+            self.stats.snapshot_failures += 1
+            log.error("snapshot at seq %d failed: %r", seq, exc, exc_info=exc)
+            return
+        self._last_snapshot_seq = max(self._last_snapshot_seq, seq)
+        self.stats.snapshots += 1
+        self.stats.snapshot_write_seconds += time.perf_counter() - started
+        log.info("snapshot", extra={"seq": seq, "bytes": fut.result()})
 
 
-def _encode_and_write(data_dir: Path, snap: Any) -> int:
-    blob = encode_snapshot(snap)
-    write_snapshot(data_dir, snap.seq, blob)
-    return len(blob)
+def _encode_and_write(data_dir: Path, seq: int, make: Callable[[], Any]) -> int:
+    parts = encode_snapshot_parts(make())
+    write_snapshot(data_dir, seq, parts)
+    return sum(len(p) for p in parts)
 
 
 class _Syncer:
@@ -552,4 +602,5 @@ def _set(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
 
 
 def open_journal(data_dir: Path, cfg: ServerConfig) -> Journal:
-    return Journal.open(data_dir / "journal", segment_bytes=cfg.segment_bytes, fsync=cfg.fsync == "batch")
+    return Journal.open(data_dir / "journal", segment_bytes=cfg.segment_bytes, fsync=cfg.fsync == "batch",
+                        preallocate=True)

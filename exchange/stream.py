@@ -211,10 +211,14 @@ class JournalReader:
                 want = min(want, max(4096, (upto - seq + 1) * 512))
             buf = self._read_at(self._offset, want)
             off = 0
+            zeros = False  # the records end here: a preallocated segment's zeros follow
             while len(out) < limit and (upto is None or seq <= upto) and size < max_bytes:
                 if len(buf) - off < HEADER_SIZE:
                     break
                 length, crc, got = HEADER.unpack_from(buf, off)
+                if got == 0 and length == 0:  # (no record has seq 0)
+                    zeros = True
+                    break
                 end = off + HEADER_SIZE + length
                 if end > len(buf):
                     if off == 0:  # one record bigger than the read: read it whole
@@ -236,7 +240,7 @@ class JournalReader:
             if off == 0 and (upto is None or seq <= upto) and len(out) < limit:
                 # the end of this segment: go on in the next one, if it exists and starts here
                 nxt = self.directory / f"{seq:020d}.seg"
-                if nxt.exists() and len(buf) < HEADER_SIZE:
+                if nxt.exists() and (len(buf) < HEADER_SIZE or zeros):
                     self._path, self._first, self._offset = nxt, seq, 0
                     continue
                 break

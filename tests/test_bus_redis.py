@@ -236,11 +236,14 @@ def test_redis_restarted_without_its_latest_writes_gets_them_again(tmp_path):
             server.proc = None
             await asyncio.sleep(0.5)
             await asyncio.to_thread(server.start)
-            for _ in range(200):
-                if pub.connected and pub.cursor >= ex.exchange.engine.seq:
+            r = redis.Redis.from_url(server.url)
+            for _ in range(600):  # the publisher notices at its next send, or idle within a second
+                top = r.xrevrange("t:journal", count=1)
+                if top and id_seq(top[0][0]) >= sent:
                     break
                 await asyncio.sleep(0.05)
-            assert await pub.flush()
+            r.close()
+            assert await pub.flush(60), (pub.cursor, pub.durable, pub.last_error)
             return saved, sent, pub.errors, ex.exchange.engine.seq
 
     try:

@@ -38,9 +38,8 @@ import termios
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-
 from agent.backend import BackendError, task_env
+from agent.sshlib import asyncssh
 from agent.tasks import ProvisionTask
 
 log = logging.getLogger("gpux.agent.ssh")

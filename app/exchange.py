@@ -33,12 +33,18 @@ stops listening.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import gc
 import logging
+import os
+import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -249,10 +255,12 @@ class Exchange:
             self._runner = None
             raise
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 0, backlog: int = 128) -> int:
-        """Listen on ``host:port`` (0: a free port); returns the port."""
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, backlog: int = 128,
+                    sock: socket.socket | None = None) -> int:
+        """Listen on ``host:port`` (0: a free port), or on ``sock`` already bound; returns the port."""
         assert self._runner is not None, "start() first"
-        self._site = GuardedSite(self._runner, self.guard, host, port, reuse_address=True, backlog=backlog)
+        self._site = GuardedSite(self._runner, self.guard, host, port, reuse_address=True, backlog=backlog,
+                                 sock=sock)
         await self._site.start()
         return self._runner.addresses[-1][1] if self._runner.addresses else port
 
@@ -318,19 +326,111 @@ class Exchange:
         return self.app[DASHBOARD]
 
 
+class StartupError(Exception):
+    """`gpux serve` cannot start; one sentence that says what to do.  Raised before anything is
+    created on disk (a busy port, a data directory another server holds), or after start-up
+    failed and what it created was removed again."""
+
+
+class DataLock:
+    """An exclusive flock on the data directory itself, held while a server runs, so that a second
+    server on the same directory is refused before it opens anything (the journal has its own
+    lock on DATA/journal)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise StartupError(f"the data directory {self.path} is a file; choose a directory with --data") from None
+        except OSError as e:
+            raise StartupError(f"cannot open the data directory {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(f"the data directory {self.path} is in use by another gpux serve: stop that one, "
+                               "or give this one another directory with --data") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = None
+
+
+def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A socket bound to ``host:port`` and listening (port 0: a free one); StartupError, which says
+    what to do, when the port is taken or the address is not this machine's."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise StartupError(f"cannot listen on {host!r}: {getattr(e, 'strerror', None) or e}; give --host an "
+                           "address of this machine, e.g. 127.0.0.1") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is in use (another gpux serve, or another program): stop it, "
+                               "or choose another port with --port (--port 0 picks a free one)") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"{host} is not an address of this machine; give --host one, e.g. 127.0.0.1") from None
+        if e.errno == errno.EACCES:
+            raise StartupError(f"port {port} needs privileges; choose one above 1023 with --port") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
 async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
-    """Serve until SIGINT/SIGTERM; then shut down gracefully (close code 1001, journal flushed)."""
+    """Serve until SIGINT/SIGTERM; then shut down gracefully (close code 1001, journal flushed).
+
+    Before anything is created on disk, the data directory (if it exists) is locked and the port
+    bound: a second server on the same directory, or a busy port, is a StartupError and changes
+    nothing.  A start-up that fails later is a StartupError too; a data directory it created is
+    removed again."""
+    data = cfg.data_path
+    lock = DataLock(data)
+    existed = data.exists()
+    if existed:
+        lock.acquire()
+    try:
+        sock = listen_socket(cfg.host, cfg.port)
+    except BaseException:
+        lock.release()
+        raise
     # the journal's fsync runs in a worker thread; a short GIL switch interval lets it hand its
     # result back within a fraction of a millisecond instead of the default 5 ms
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     exchange = Exchange(cfg)
-    await exchange.start()
+    try:
+        if not existed:
+            data.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        await exchange.start()
+    except BaseException as e:
+        sock.close()
+        lock.release()
+        if not existed:
+            shutil.rmtree(data, ignore_errors=True)  # nothing of a start-up that failed stays on disk
+        if isinstance(e, StartupError) or not isinstance(e, Exception):
+            raise
+        log.debug("start-up failed", exc_info=True)
+        raise StartupError(f"the exchange could not start: {e}") from e
     # what recovery built lives for the whole run: keep it out of the collector's sweeps, and
     # collect the young generation less often (per-order objects are short-lived; pauses are latency)
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
     try:
-        port = await exchange.serve(cfg.host, cfg.port)
+        port = await exchange.serve(sock=sock)
         log.info("listening", extra={"url": f"http://{cfg.host}:{port}", "data_dir": str(cfg.data_path)})
         print(f"gpux: serving on http://{cfg.host}:{port}  (data: {cfg.data_path})", flush=True)
         if ready is not None:
@@ -343,3 +443,4 @@ async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
     finally:
         log.info("shutting down")
         await exchange.close()
+        lock.release()

@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from gateway.accounts import MICRO_PER_USD, ROLES, Account, AccountError, AccountStore, accounts_path
+from cli.units import UnitError, format_usd, parse_money
+from gateway.accounts import ROLES, Account, AccountError, AccountStore, accounts_path
 
 DEFAULT_DATA = "./gpux-data"
-_USD_RE = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 class CliError(Exception):
@@ -35,24 +33,12 @@ class CliError(Exception):
 
 
 def parse_usd(text: str) -> int:
-    """A non-negative USD decimal string, exactly as integer µ$: "12.345678" -> 12_345_678."""
-    text = text.strip()
-    if text.startswith("-"):
-        raise CliError(f"the amount {text} USD is negative; amounts are zero or more")
-    if not _USD_RE.fullmatch(text):
-        raise CliError(f"{text!r} is not a USD amount; write it like 12 or 12.50 or 0.000001")
-    if "." in text and len(text.split(".")[1]) > 6:
-        raise CliError(f"the amount {text} USD has more than 6 decimals; "
-                       "the smallest unit is 1 µ$ = 0.000001 USD")
-    return int(Decimal(text) * MICRO_PER_USD)
-
-
-def format_usd(micro: int) -> str:
-    """µ$ as USD with at least 2 and at most 6 decimals: 12_345_678 -> "12.345678", 5_000_000 -> "5.00"."""
-    sign = "-" if micro < 0 else ""
-    whole, frac = divmod(abs(micro), MICRO_PER_USD)
-    decimals = f"{frac:06d}".rstrip("0").ljust(2, "0")
-    return f"{sign}{whole}.{decimals}"
+    """A non-negative USD amount as written, exactly as integer µ$ (`cli.units.parse_money`):
+    "12.345678" -> 12_345_678, "$1,000" -> 1_000_000_000."""
+    try:
+        return parse_money(text)
+    except UnitError as e:
+        raise CliError(str(e)) from None
 
 
 def data_dir(arg: str | None) -> Path:
@@ -206,7 +192,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "the secret is printed once.")
     create.add_argument("name", metavar="NAME", help="1-64 characters of A-Z a-z 0-9 _ . -")
     create.add_argument("--role", required=True, choices=ROLES, help="what the account may do (docs/auth.md)")
-    create.add_argument("--deposit", metavar="USD", default=None, help="initial deposit in USD, e.g. 1000.50")
+    create.add_argument("--deposit", metavar="USD", default=None,
+                        help="initial deposit in dollars: 1000, 1000.50 or $1,000.50 (at most 6 decimals)")
     create.add_argument("--ssh-key", metavar="FILE_OR_KEY", default=None,
                         help="OpenSSH public key (a .pub file or the key line) for the account's leases")
     create.add_argument("--json", action="store_true", help="print one JSON object")
@@ -222,7 +209,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dep = sub.add_parser("deposit", help="record a deposit for an account",
                          description="Record a deposit for an account, in USD (at most 6 decimals).")
     dep.add_argument("name", metavar="NAME", help="account name (or id)")
-    dep.add_argument("usd", metavar="USD", help="amount in USD, e.g. 250 or 12.345678")
+    dep.add_argument("usd", metavar="USD", help="amount in dollars, e.g. 250, $1,000 or 12.345678")
     dep.add_argument("--note", default="", help="a note kept with the deposit")
     common(dep)
     dep.set_defaults(handler=_guarded(cmd_deposit))

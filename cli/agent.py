@@ -53,6 +53,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     if not key or not secret:
         return _error("the agent needs a provider's key: --key/--secret or GPUX_KEY/GPUX_SECRET")
     url = args.url or os.environ.get("GPUX_URL", DEFAULT_URL)
+    from client.api import ClientError, check_url
+
+    try:
+        check_url(url)
+    except ClientError as e:
+        return _error(f"{e.message} (from {'--url' if args.url else 'GPUX_URL'})")
     state_dir = Path(args.state_dir or os.environ.get("GPUX_AGENT_STATE", "gpux-agent"))
     try:
         entries = load_inventory(args.inventory) if args.inventory else None
@@ -91,7 +97,7 @@ def register(sub: Any) -> None:
                    help="GPUs on this host, ids 0..N-1, handed to leases as CUDA_VISIBLE_DEVICES (0: none assigned)")
     p.add_argument("--inventory", metavar="FILE.toml", help="asks to keep posted (docs/agent.md)")
     p.add_argument("--poll", type=float, default=30.0, metavar="S", help="fetch outstanding tasks every S seconds")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="log level (default INFO)")
     ssh = p.add_argument_group("ssh and kubernetes")
     ssh.add_argument("--ssh-bind", default="127.0.0.1", metavar="ADDR", help="ssh: listen address (default 127.0.0.1)")
     ssh.add_argument("--ssh-host", metavar="HOST", help="the host name or address renters are told to connect to")
@@ -99,11 +105,14 @@ def register(sub: Any) -> None:
     cmd.add_argument("--provision-cmd", metavar="CMD", help="shell command: task in env and on stdin, "
                                                             "connection JSON on stdout")
     cmd.add_argument("--teardown-cmd", metavar="CMD", help="shell command run at the lease's end")
-    cmd.add_argument("--command-timeout", type=float, default=300.0, metavar="S")
+    cmd.add_argument("--command-timeout", type=float, default=300.0, metavar="S",
+                     help="kill a provision or teardown command after S seconds (default 300)")
     k8s = p.add_argument_group("kubernetes")
-    k8s.add_argument("--k8s-image", default="lscr.io/linuxserver/openssh-server:latest")
-    k8s.add_argument("--k8s-namespace", default="default")
-    k8s.add_argument("--k8s-service-type", choices=("NodePort", "LoadBalancer"), default="NodePort")
+    k8s.add_argument("--k8s-image", default="lscr.io/linuxserver/openssh-server:latest",
+                     help="the image of each lease's pod, an SSH server (default linuxserver's openssh-server)")
+    k8s.add_argument("--k8s-namespace", default="default", help="namespace of the leases' pods (default default)")
+    k8s.add_argument("--k8s-service-type", choices=("NodePort", "LoadBalancer"), default="NodePort",
+                     help="how renters reach a pod's SSH port (default NodePort)")
     k8s.add_argument("--k8s-ssh-port", type=int, default=2222, help="the image's SSH port (default 2222)")
     k8s.add_argument("--k8s-runtime-class", help="e.g. nvidia")
     k8s.add_argument("--kubectl", default="kubectl", help="kubectl to run (default: kubectl on PATH)")

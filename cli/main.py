@@ -6,9 +6,9 @@
               [--log-level LEVEL]
         the embedded exchange, a simulated market trading on it and the dashboard (docs/demo.md)
 
-and, registered by their modules: serve, ask, bid, cancel, orders, leases, book, quote
-(cli.trade); accounts (cli.accounts); replay, verify (cli.feeds); settle, statement (cli.settle);
-agent (cli.agent).
+and, registered by their modules: serve, ask, bid, cancel, release, orders, leases, book, quote,
+instruments (cli.trade; prices in dollars as written, `cli.units`); accounts (cli.accounts);
+replay, verify (cli.feeds); settle, statement (cli.settle); agent (cli.agent).
 """
 
 from __future__ import annotations

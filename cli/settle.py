@@ -182,7 +182,8 @@ def register(sub: Any) -> None:
     p.add_argument("--snapshot-every", type=int, default=50_000, metavar="N",
                    help="write a replica snapshot every N journal entries (restarts replay from it)")
     p.add_argument("--metrics", default=None, metavar="HOST:PORT", help="serve /metrics and /healthz there")
-    p.add_argument("--log-level", default=os.environ.get("GPUX_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=os.environ.get("GPUX_LOG_LEVEL", "INFO"),
+                   help="log level (default $GPUX_LOG_LEVEL or INFO)")
     p.set_defaults(handler=_cmd_settle)
 
     p = sub.add_parser("statement", help="an account's ledger: balances, transfers, leases",

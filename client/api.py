@@ -8,7 +8,14 @@
         print(await c.leases())
 
 Every refusal raises ClientError with the exchange's stable code and sentence.  Prices are
-µ$ per GPU-hour, times UTC seconds (docs/api.md).
+µ$ per GPU-hour, money µ$, times UTC seconds (docs/api.md).
+
+Nothing waits for ever: a REST call that gets no answer within ``timeout`` seconds raises
+TimeoutError (aiohttp's), an unreachable server raises aiohttp's connection error (an OSError);
+a WebSocket request raises ClientError ``TIMEOUT`` after ``timeout`` seconds, ``CLOSED`` when
+the session closes first, and the server's error when it answers one without an ``id`` (which
+it does only for a message whose id it cannot read).  A URL that is not http(s) raises
+ClientError ``BAD_URL`` at once.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import msgspec
@@ -26,6 +33,7 @@ from gateway.auth import Signer
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
+DEFAULT_TIMEOUT_S = 30.0
 
 
 class ClientError(Exception):
@@ -39,11 +47,28 @@ class ClientError(Exception):
         self.extra = extra or {}
 
 
+def check_url(url: str) -> str:
+    """The exchange's base URL without a trailing slash; ClientError BAD_URL unless it is
+    ``http://host[:port]`` or ``https://...``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        like = f"http://{url}" if url and "://" not in url and url[0].isalnum() else "http://127.0.0.1:8080"
+        raise ClientError("BAD_URL", f"{url!r} is not an http(s) URL of the exchange; write it like {like}")
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ClientError("BAD_URL", f"{url!r} has a bad port; write it like http://127.0.0.1:8080") from None
+    return url.rstrip("/")
+
+
 class Client:
+    """``timeout``: seconds any one request may take (REST and WebSocket), None: no limit."""
+
     def __init__(self, url: str, key_id: str | None = None, secret: str | None = None,
-                 session: aiohttp.ClientSession | None = None) -> None:
-        self.url = url.rstrip("/")
+                 session: aiohttp.ClientSession | None = None, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+        self.url = check_url(url)
         self.signer = Signer(key_id, secret) if key_id and secret else None
+        self.timeout = timeout
         self._session = session
         self._own_session = session is None
 
@@ -76,7 +101,8 @@ class Client:
             if self.signer is None:
                 raise ClientError("MISSING_AUTH", "this call needs a key id and secret")
             headers.update(self.signer.headers(method, path, data))
-        async with self.session.request(method, self.url + path, data=data or None, headers=headers) as resp:
+        async with self.session.request(method, self.url + path, data=data or None, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
             raw = await resp.read()
             try:
                 out = _dec.decode(raw) if raw else None
@@ -176,20 +202,28 @@ class Client:
         if self.signer is None:
             raise ClientError("MISSING_AUTH", "a WebSocket session needs a key id and secret")
         ws_url = self.url.replace("http://", "ws://").replace("https://", "wss://") + "/v1/ws"
-        ws = await self.session.ws_connect(ws_url, heartbeat=heartbeat, max_msg_size=0)
-        t = TraderSession(ws)
+        ws = await asyncio.wait_for(self.session.ws_connect(ws_url, heartbeat=heartbeat, max_msg_size=0),
+                                    self.timeout)
+        t = TraderSession(ws, self.timeout)
         auth = self.signer.ws_auth()
         auth["cancel_on_disconnect"] = cancel_on_disconnect
-        await t._start(auth)
+        try:
+            await t._start(auth)
+        except BaseException:
+            await ws.close()
+            raise
         return t
 
 
 class TraderSession:
     """Requests are pipelined: each gets an ``id``; answers are matched by it.  Messages the
-    server pushes on its own (fills of resting orders, expiries…) land in ``events``."""
+    server pushes on its own (fills of resting orders, expiries…) land in ``events``.  No request
+    waits for ever: ``timeout`` seconds (None: no limit), the session's end, or an error the
+    server could not give an id (every request still waiting gets it) raise ClientError."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         self.ws = ws
+        self.timeout = timeout
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.account = 0
         self.role = ""
@@ -206,7 +240,11 @@ class TraderSession:
 
     async def _start(self, auth: dict[str, Any]) -> None:
         await self.ws.send_bytes(_enc.encode(auth))
-        msg = await self.ws.receive()
+        try:
+            msg = await self.ws.receive(timeout=self.timeout)
+        except TimeoutError:
+            raise ClientError("TIMEOUT", f"the exchange did not answer the WebSocket login within {self.timeout} s") \
+                from None
         if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             raise ClientError("CLOSED", f"the server closed the session ({self.ws.close_code})")
         first = _dec.decode(msg.data)
@@ -228,6 +266,15 @@ class TraderSession:
                 if fut is not None and m.get("type") != "event":
                     if not fut.done():
                         fut.set_result(m)
+                elif m.get("type") == "error" and rid is None:
+                    # an answer to a message the server could not read the id of: whichever request
+                    # it was, it will get no other answer, so none of those waiting may wait for ever
+                    err = ClientError(m.get("code", "ERROR"), m.get("message", ""))
+                    for f in self._pending.values():
+                        if not f.done():
+                            f.set_exception(err)
+                    self._pending.clear()
+                    self.events.put_nowait(m)
                 else:
                     self.events.put_nowait(m)
         finally:
@@ -246,10 +293,16 @@ class TraderSession:
         return fut
 
     async def call(self, op: dict[str, Any]) -> dict[str, Any]:
-        """Send one op and return its answer; a refusal raises ClientError."""
+        """Send one op and return its answer; a refusal raises ClientError, and so do the session's
+        end (CLOSED) and no answer within the timeout (TIMEOUT)."""
         if self.ws.closed:
             raise ClientError("CLOSED", "the session is closed")
-        m = await self.send(op)
+        fut = self.send(op)
+        try:
+            m = await asyncio.wait_for(fut, self.timeout)
+        except TimeoutError:
+            self._pending.pop(op.get("id"), None)
+            raise ClientError("TIMEOUT", f"no answer to {op.get('op')} within {self.timeout} s") from None
         if m.get("type") == "error":
             raise ClientError(m["code"], m["message"], extra={k: v for k, v in m.items()
                                                               if k not in ("type", "id", "code", "message")})

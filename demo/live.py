@@ -215,7 +215,7 @@ printf '{"host": "%s", "port": 22, "user": "gpux", "gpus": "%s"}\\n' \\
 
 def _ssh_key(seed: str) -> str:
     """A real OpenSSH public key for a simulated trader (tasks carry it to the agents, R18)."""
-    import asyncssh
+    from agent.sshlib import asyncssh
 
     return asyncssh.generate_private_key("ssh-ed25519", comment=f"{seed}@demo").export_public_key().decode().strip()
 
@@ -623,12 +623,12 @@ class LiveDemo:
           f"(account {you['account_id']}, ${HAND_DEPOSIT // USD:,} deposited)")
         w(f"  provider  GPUX_KEY={you_p['key_id']} GPUX_SECRET={you_p['secret']}   (account {you_p['account_id']})")
         w("")
-        w("Buy 1 H100 GPU on demand for an hour at up to $2.50/GPU-hour (prices are µ$):")
+        w("Buy 1 H100 GPU on demand for an hour at up to $2.50/GPU-hour (the command line takes dollars):")
         w(f"  GPUX_URL={self.url} GPUX_KEY={you['key_id']} GPUX_SECRET={you['secret']} \\")
-        w(f"    {gpux} bid H100 --kind on_demand --gpus 1 --hours 1 --limit 2500000")
+        w(f"    {gpux} bid H100 --kind on_demand --gpus 1 --hours 1 --limit 2.50")
         w("Offer 8 A100 for a day at $1.10 firm, $0.70 spot:")
         w(f"  GPUX_URL={self.url} GPUX_KEY={you_p['key_id']} GPUX_SECRET={you_p['secret']} \\")
-        w(f"    {gpux} ask A100 --gpus 8 --price 1100000 --spot-price 700000 --end +1d")
+        w(f"    {gpux} ask A100 --gpus 8 --price 1.10 --spot-price 0.70 --end +1d")
         w("")
         w("Ctrl-C stops the demo." if not self.seconds else f"Stops after {self.seconds:g} s (Ctrl-C stops sooner).")
         w("")

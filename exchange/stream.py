@@ -211,12 +211,12 @@ class JournalReader:
                 want = min(want, max(4096, (upto - seq + 1) * 512))
             buf = self._read_at(self._offset, want)
             off = 0
-            zeros = False  # the records end here: a preallocated segment's zeros follow
+            zeros = False  # a preallocated segment's zeros: its records end here (or are not written yet)
             while len(out) < limit and (upto is None or seq <= upto) and size < max_bytes:
                 if len(buf) - off < HEADER_SIZE:
                     break
                 length, crc, got = HEADER.unpack_from(buf, off)
-                if got == 0 and length == 0:  # (no record has seq 0)
+                if got == 0 and length == 0:
                     zeros = True
                     break
                 end = off + HEADER_SIZE + length
@@ -237,10 +237,10 @@ class JournalReader:
                 seq += 1
             self._offset += off
             self._next = seq
-            if off == 0 and (upto is None or seq <= upto) and len(out) < limit:
+            if (off == 0 or zeros) and (upto is None or seq <= upto) and len(out) < limit:
                 # the end of this segment: go on in the next one, if it exists and starts here
                 nxt = self.directory / f"{seq:020d}.seg"
-                if nxt.exists() and (len(buf) < HEADER_SIZE or zeros):
+                if nxt.exists() and (zeros or len(buf) < HEADER_SIZE):
                     self._path, self._first, self._offset = nxt, seq, 0
                     continue
                 break

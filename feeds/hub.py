@@ -37,6 +37,7 @@ from exchange.clock import WALL, Clock
 from feeds.model import CHANNELS, ClassFeed, stream_name
 from gateway.auth import RateLimiter
 from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
+from gateway.wire import request_id
 
 log = logging.getLogger("gpux.feeds")
 _enc = msgspec.json.Encoder()
@@ -377,6 +378,8 @@ class Hub:
             else:
                 self._push(c, {"type": "pong", "id": rid, "time": self.clock.time()})
         except OpError as e:
+            if rid is None:  # the id of what did not decode, when it can be read (docs/api.md)
+                rid = request_id(data)
             self._push(c, {"type": "error", "id": rid, "code": e.code, "message": e.message, **e.extra})
 
     def _target(self, op: SubscribeOp | UnsubscribeOp) -> tuple[str, str, bool]:

@@ -421,10 +421,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", default="1m", choices=sorted(INTERVALS), help="candle interval (default 1m)")
     p.add_argument("--speed", type=float, default=0.0,
                    help="engine seconds per wall second (default 0: as fast as possible)")
-    p.add_argument("--format", dest="fmt", default="jsonl", choices=["jsonl", "csv"])
+    p.add_argument("--format", dest="fmt", default="jsonl", choices=["jsonl", "csv"],
+                   help="output format: JSON lines (default) or CSV")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar, even on a terminal")
     p.add_argument("--serve", metavar="[HOST:]PORT", help="serve the recording over WebSocket (/v1/replay) instead")
 
 

@@ -34,6 +34,7 @@ from exchange.views import event_push, lease_view, order_view
 from gateway.accounts import AccountError, AccountStore
 from gateway.auth import AuthError, RateLimiter, Verifier, require_role
 from gateway.deposits import DepositInbox
+from gateway.explain import amend_error, rule_error
 from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 from gateway.wire import (
     KINDS,
@@ -58,6 +59,7 @@ from gateway.wire import (
     decode_body,
     decode_query,
     decode_ws,
+    request_id,
 )
 from orderbook import reasons as R
 from orderbook.rules import ask_code, bid_code
@@ -357,7 +359,7 @@ class Gateway:
         kind = KINDS[q.kind]
         code = bid_code(cfg, now, kind, 0, q.gpus, q.hours, q.limit or cfg.max_price, q.block, q.start, 0)
         if code:
-            raise book_error(code)
+            raise rule_error(code, cfg, now, gpus=q.gpus, hours=q.hours, limit=q.limit, block=q.block, start=q.start)
         res = book.quote(kind, q.gpus, q.hours, start=q.start, block=q.block, limit=q.limit)
 
         return _json({
@@ -436,10 +438,11 @@ class Gateway:
         # a client order id already answered gets its first answer from the sequencer, even when
         # the request would no longer pass the checks at today's time (a retry after a lost answer)
         known = m.client_order_id is not None and (key.account_id, m.client_order_id) in engine.state.coids
-        code = 0 if known else ask_code(cfg, engine.book_time(m.gpu_class), m.gpus, m.price, m.spot_price,
-                                            m.start, m.end, m.min_hours)
+        now = engine.book_time(m.gpu_class)
+        code = 0 if known else ask_code(cfg, now, m.gpus, m.price, m.spot_price, m.start, m.end, m.min_hours)
         if code:
-            raise book_error(code)
+            raise rule_error(code, cfg, now, gpus=m.gpus, price=m.price, spot_price=m.spot_price, start=m.start,
+                             end=m.end, min_hours=m.min_hours)
         rec = ask_command(key.account_id, m.gpus, m.price, m.end, spot_price=m.spot_price, start=m.start,
                           min_hours=m.min_hours, lease_id=m.lease_id, post_only=int(m.post_only))
         ans = self._result(await self._submit(Request(m.gpu_class, rec, key.account_id,
@@ -477,6 +480,8 @@ class Gateway:
         key = await self._auth(request)
         m = decode_body(await request.read(), AmendRequest)
         o = self._owned(key, request.match_info["oid"])
+        if (bad := amend_error(m.gpus)) is not None:
+            raise bad
         ans = self._result(await self._submit(Request(o.book, amend_command(o.account, o.oid, m.gpus), o.account)))
         return _json(ans)
 
@@ -675,10 +680,10 @@ class Gateway:
             key = self.verifier.verify(op.key, op.ts, op.sig, "GET", "/v1/ws", b"")
             self._rate(key.key_id)
         except ApiError as e:
-            s.send(e.ws(getattr(locals().get("op"), "id", None)))
+            s.send(e.ws(request_id(msg.data)))
             return False
         except AuthError as e:
-            s.send(_auth_error(e).ws(getattr(op, "id", None)))
+            s.send(_auth_error(e).ws(request_id(msg.data)))
             return False
         s.account = key.account_id
         s.role = key.role
@@ -718,7 +723,7 @@ class Gateway:
                 raise ApiError("DUPLICATE_SESSION_OP")
         except ApiError as e:
             self._count(f"errors_total{{code=\"{e.code}\"}}")
-            s.send(e.ws(rid))
+            s.send(e.ws(rid if rid is not None else request_id(data)))  # the id, also of what did not decode
         except AuthError as e:
             s.send(_auth_error(e).ws(rid))
 
@@ -757,7 +762,8 @@ class Gateway:
         code = 0 if known else bid_code(inst.book, now, kind, tif, op.gpus, op.hours, op.limit, op.block,
                                             op.start, op.expire_at)  # known: as post_ask
         if code:
-            raise book_error(code)
+            raise rule_error(code, inst.book, now, gpus=op.gpus, hours=op.hours, limit=op.limit, block=op.block,
+                             start=op.start, expire_at=op.expire_at)
         rec = bid_command(s.account, kind, op.gpus, op.hours, op.limit, op.block, tif, op.start, op.expire_at)
         self._post(Request(op.gpu_class, rec, s.account, op.client_order_id or "", origin=s,
                            reply=self._replier(s, op.id, op.gpu_class)))  # the sequencer works out the escrow
@@ -792,6 +798,8 @@ class Gateway:
 
     def _ws_amend(self, s: Session, op: AmendOp) -> None:
         o = self._ws_find(s, op.oid, None)
+        if (bad := amend_error(op.gpus)) is not None:
+            raise bad
         self._post(Request(o.book, amend_command(o.account, o.oid, op.gpus), o.account,
                            origin=s, reply=self._replier(s, op.id)))
 

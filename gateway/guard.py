@@ -167,9 +167,11 @@ class _Handler(RequestHandler):
 class GuardedSite(web.TCPSite):
     """A TCP site whose connections are handled by the guard's request handler."""
 
-    def __init__(self, runner: web.AppRunner, guard: Guard, host: str, port: int, **kwargs: Any) -> None:
+    def __init__(self, runner: web.AppRunner, guard: Guard, host: str, port: int, sock: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         self._guard = guard
+        self._sock = sock  # a socket bound already (the port is taken before anything else starts)
 
     async def start(self) -> None:
         self._runner._reg_site(self)
@@ -177,7 +179,11 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         guard = self._guard
-        self._server = await loop.create_server(
-            lambda: guard.handler(server, loop), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        if self._sock is not None:
+            self._server = await loop.create_server(lambda: guard.handler(server, loop), sock=self._sock,
+                                                    ssl=self._ssl_context, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(
+                lambda: guard.handler(server, loop), self._host, self._port, ssl=self._ssl_context,
+                backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port

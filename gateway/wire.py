@@ -1,9 +1,13 @@
 """Wire types of the gateway: REST bodies and WebSocket messages, as msgspec Structs.
 
 Decoding *is* validation (R8): a message that does not fit is refused with ``MALFORMED``
-and msgspec's sentence, which names the field.  Bounds here are what a record can hold;
-the market rules (tick, instrument bounds, alignment, gate) are checked by `orderbook.rules`
-with the book's own reason codes before anything reaches the sequencer.
+and msgspec's sentence, which names the field (wrong type, unknown or missing field, a number
+that does not fit 64 bits).  The fields the market rules bound (gpus, hours, limit, block,
+price, spot_price, min_hours, end) decode as any 64-bit integer here, so that their bounds are
+checked by `orderbook.rules` with the book's own reason codes (``BAD_GPUS``, ``BAD_PRICE``...,
+`gateway.explain` says why in a sentence) before anything reaches the sequencer.  A WebSocket
+message that does not decode is still answered with its ``id`` when the id can be read
+(`request_id`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ MAX_I32 = 2**31 - 1
 Int64 = Annotated[int, msgspec.Meta(ge=0, le=MAX_I64)]
 PosInt64 = Annotated[int, msgspec.Meta(ge=1, le=MAX_I64)]
 Count = Annotated[int, msgspec.Meta(ge=1, le=MAX_I32)]
+# a field whose bounds are a market rule (R8): any 64-bit integer decodes, the rule check gives the code
+Ruled = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1, description=(
+    "bounded by the class's instrument settings (GET /v1/instruments); out of bounds gets the book's "
+    "code (BAD_GPUS, BAD_HOURS, BAD_PRICE, OFF_TICK, BAD_BLOCK, BAD_SPOT_PRICE, BAD_MIN_HOURS, BAD_WINDOW, "
+    "BAD_AMEND)"))]
 ClassName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 RequestId = int | Annotated[str, msgspec.Meta(max_length=64)] | None
@@ -39,12 +48,12 @@ class AskRequest(_Strict, kw_only=True):
     """POST /v1/asks — a provider's ask (R5); prices in µ$ per GPU-hour, times in UTC seconds."""
 
     gpu_class: ClassName = msgspec.field(name="class")
-    gpus: Count
-    price: PosInt64
-    spot_price: Int64 = 0
+    gpus: Ruled
+    price: Ruled
+    spot_price: Ruled = 0
     start: Int64 = 0
-    end: PosInt64
-    min_hours: Count = 1
+    end: Ruled
+    min_hours: Ruled = 1
     post_only: bool = False
     lease_id: Int64 = 0
     client_order_id: ClientOrderId | None = None
@@ -53,7 +62,7 @@ class AskRequest(_Strict, kw_only=True):
 class AmendRequest(_Strict, kw_only=True):
     """PATCH /v1/asks/{oid} — reduce an ask's GPUs (R7; keeps priority)."""
 
-    gpus: Count
+    gpus: Ruled
 
 
 class QuoteRequest(_Strict, kw_only=True):
@@ -61,11 +70,11 @@ class QuoteRequest(_Strict, kw_only=True):
 
     gpu_class: ClassName = msgspec.field(name="class")
     kind: KindName
-    gpus: Count
-    hours: Count
+    gpus: Ruled
+    hours: Ruled
     start: Int64 = 0
-    block: Count = 1
-    limit: Int64 = 0
+    block: Ruled = 1
+    limit: Ruled = 0
 
 
 class HaltRequest(_Strict, kw_only=True):
@@ -79,13 +88,15 @@ class KillRequest(_Strict, kw_only=True):
 class CreateAccountRequest(_Strict, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     role: Literal["trader", "provider", "analyst", "admin"]
-    deposit: Int64 = 0  # µ$
+    deposit: Annotated[int, msgspec.Meta(ge=0, le=MAX_I64, description=(
+        "initial deposit in integer µ$ (1 USD = 1,000,000 µ$), as every amount on the wire; the command "
+        "line takes dollars"))] = 0
     ssh_public_key: Annotated[str, msgspec.Meta(max_length=16384)] | None = None
 
 
 class DepositRequest(_Strict, kw_only=True):
     account: PosInt64
-    amount: PosInt64  # µ$
+    amount: Annotated[int, msgspec.Meta(ge=1, le=MAX_I64, description="integer µ$ (1 USD = 1,000,000 µ$)")]
 
 
 class SshKeyRequest(_Strict, kw_only=True):
@@ -123,10 +134,10 @@ class BidOp(_Op, tag="bid", kw_only=True):
 
     gpu_class: ClassName = msgspec.field(name="class")
     kind: KindName
-    gpus: Count
-    hours: Count
-    limit: PosInt64
-    block: Count = 1
+    gpus: Ruled
+    hours: Ruled
+    limit: Ruled
+    block: Ruled = 1
     tif: TifName = "GTC"
     start: Int64 = 0
     expire_at: Int64 = 0
@@ -140,7 +151,7 @@ class CancelOp(_Op, tag="cancel", kw_only=True):
 
 class AmendOp(_Op, tag="amend", kw_only=True):
     oid: PosInt64
-    gpus: Count
+    gpus: Ruled
 
 
 class StatusOp(_Op, tag="status", kw_only=True):
@@ -164,6 +175,22 @@ class PingOp(_Op, tag="ping", kw_only=True):
 WsOp = AuthOp | BidOp | CancelOp | AmendOp | StatusOp | ReleaseOp | OrdersOp | PingOp
 
 _ws_decoder = msgspec.json.Decoder(WsOp)
+
+
+class _IdOnly(msgspec.Struct):
+    id: RequestId = None
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def request_id(data: bytes | str) -> int | str | None:
+    """The ``id`` of a WebSocket message that does not decode as an op, if it can be read: the
+    message is a JSON object whose ``id`` is an integer or a string of at most 64 characters."""
+    try:
+        return _id_decoder.decode(data).id
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 def decode_ws(data: bytes | str) -> WsOp:

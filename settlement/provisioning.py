@@ -285,6 +285,6 @@ class Provisioning:
         if x is None:
             return {"status": "unknown"}
         return {"status": x["status"], "ready_at": x["ready_at"], "failed_reason": x["failed_reason"],
-                "connection": self.connection(ref), "paid": x["paid"], "refunded": x["refunded"],
-                "earned": x["earned"]}
+                "connection": self.connection(ref), "paid": x["paid"], "fee": x["buyer_fee"],
+                "refunded": x["refunded"], "earned": x["earned"]}
 

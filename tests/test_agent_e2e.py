@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import pytest
 from exchange_helpers import USD, running_exchange
 
 from agent.agent import Agent
 from agent.ssh import SshBackend
+from agent.sshlib import asyncssh
 from client.feeds import FeedClient
 
 pytestmark = pytest.mark.timeout(180)

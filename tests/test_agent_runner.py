@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import pytest
 from aiohttp import WSMsgType, web
 
 from agent.agent import Agent
 from agent.command import CommandBackend
 from agent.ssh import SshBackend
+from agent.sshlib import asyncssh
 from gateway.auth import WS_METHOD, WS_PATH, sign
 
 pytestmark = pytest.mark.timeout(120)

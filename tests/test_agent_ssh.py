@@ -7,11 +7,11 @@ import asyncio
 import time
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from agent.backend import BackendError
 from agent.ssh import SshBackend
+from agent.sshlib import asyncssh
 from agent.tasks import ProvisionTask
 
 pytestmark = pytest.mark.timeout(60)

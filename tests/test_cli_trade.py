@@ -25,8 +25,8 @@ def test_the_trading_commands_round_trip(tmp_path):
         async with running_exchange(tmp_path, fsync="off") as ex:
             _, pk, ps = ex.account("prov", "provider")
             _, tk, ts = ex.account("alice", "trader", 1000 * USD)
-            rc, out, err = await gpux(ex.url, pk, ps, "ask", "H100", "--gpus", "8", "--price", "2000000",
-                                      "--spot-price", "1200000", "--end", "+2d")
+            rc, out, err = await gpux(ex.url, pk, ps, "ask", "H100", "--gpus", "8", "--price", "2.00",
+                                      "--spot-price", "$1.20/h", "--end", "+2d")
             assert rc == 0, err
             ask = json.loads(out)
             assert ask["ok"] and ask["order"]["status"] == "open"
@@ -35,14 +35,14 @@ def test_the_trading_commands_round_trip(tmp_path):
             quote = json.loads(out)
             assert rc == 0 and quote["complete"] and quote["cost"] == 4 * 2 * 2_000_000
             rc, out, err = await gpux(ex.url, tk, ts, "bid", "H100", "--kind", "on_demand", "--gpus", "4",
-                                      "--hours", "2", "--limit", "2100000")
+                                      "--hours", "2", "--limit", "2.10")
             assert rc == 0, err
             bid = json.loads(out)
             assert bid["type"] == "ack" and bid["trades"][0]["gpus"] == 4 and bid["trades"][0]["price"] == 2_000_000
             rc, out, _ = await gpux(ex.url, pk, ps, "leases")
             assert rc == 0 and [x["lease"] for x in json.loads(out)] == [bid["trades"][0]["lease"]]
             rc, out, _ = await gpux(ex.url, tk, ts, "bid", "H100", "--kind", "spot", "--gpus", "1", "--hours", "1",
-                                    "--limit", "500000")
+                                    "--limit", "$0.50")
             resting = json.loads(out)["oid"]
             rc, out, _ = await gpux(ex.url, tk, ts, "orders")
             assert rc == 0 and [o["oid"] for o in json.loads(out)] == [resting]
@@ -52,8 +52,8 @@ def test_the_trading_commands_round_trip(tmp_path):
             rc, out, _ = await gpux(ex.url, tk, ts, "cancel", str(resting))
             assert rc == 0 and json.loads(out)["order"]["status"] == "cancelled"
             rc, out, err = await gpux(ex.url, tk, ts, "bid", "H100", "--kind", "on_demand", "--gpus", "1",
-                                      "--hours", "1", "--limit", "2000500")
-            assert rc == 1 and out == "" and "OFF_TICK" in err
+                                      "--hours", "1", "--limit", "2.0005")
+            assert rc == 1 and out == "" and "OFF_TICK" in err and "1000 µ$" in err
             rc, out, err = await gpux(ex.url, tk, "wrong-secret", "orders")
             assert rc == 1 and "BAD_SIGNATURE" in err
 
@@ -71,7 +71,7 @@ def test_statement_over_rest_and_from_the_data_directory(tmp_path):
             _, ak, asec = ex.account("auditor", "analyst")
             await prov.ask("H100", gpus=8, price=2_000_000, end=ex.now + 86_400)
             rc, out, err = await gpux(ex.url, tk, ts, "bid", "H100", "--kind", "on_demand", "--gpus", "4",
-                                      "--hours", "2", "--limit", "2000000")
+                                      "--hours", "2", "--limit", "2000000µ$")
             assert rc == 0, err
             lease = json.loads(out)["trades"][0]["lease"]
             rc, out, err = await gpux(ex.url, tk, ts, "statement", "--json")

@@ -454,8 +454,11 @@ class JournalPublisher:
                 try:
                     async with asyncio.timeout(self.poll_s):  # (no task per wait, as wait_for makes)
                         await self._wake.wait()
-                except TimeoutError:
-                    pass
+                except TimeoutError:  # idle: does the stream still end where we left it?
+                    if self.connected and not self.foreign:
+                        top = await self._top()
+                        if (top or 0) != self.expect:
+                            self._moved(top or 0)
             except asyncio.CancelledError:
                 raise
             except (redis_lib.ConnectionError, redis_lib.TimeoutError, OSError) as e:

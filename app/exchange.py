@@ -16,10 +16,12 @@ aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part'
 2. ledger — settlement's ledger (`settlement.link`), before recovery so that the replay refills it;
 3. core — the journal, recovery (newest usable snapshot + the journal after it, through the same
    `Engine.apply` as live trading: books, exchange state and money), provisioning, the bus, the
-   sequencer (built, not started) and the deposit inbox that journals the account store's
-   deposit requests;
+   sequencer (built, not started), the deposit inbox that journals the account store's
+   deposit requests, the journal's durable tail (GET /v1/admin/journal) and, with --redis, the
+   journal publisher (`exchange.stream`);
 4. feeds — market data, caught up from the recording and the journal;
-5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz;
+5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz, and the watch that
+   makes a revoked key stop working everywhere within a second;
 6. dashboard — the web page and its capacity endpoint;
 7. sequencer — started last (clock ticks, orders), stopped first (drain, final snapshot).
 
@@ -47,20 +49,23 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.bus import Bus, RedisBus
+from exchange.bus import Bus
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
-from exchange.engine import Engine, book_seq
+from exchange.engine import Engine
 from exchange.journal import Journal
 from exchange.recovery import recover
 from exchange.sequencer import Sequencer, open_journal
+from exchange.stream import JournalPublisher, JournalTail
 from feeds.service import FeedService
 from gateway.accounts import AccountStore
 from gateway.auth import Verifier, cached
 from gateway.dashboard import Dashboard
 from gateway.deposits import DepositInbox, exchange_id
 from gateway.gateway import Counters, Gateway, errors_middleware
+from gateway.guard import Guard, GuardedSite
 from gateway.metrics import Health, Metrics
+from gateway.revocations import RevocationWatch
 from settlement.link import SettlementLink
 from settlement.provisioning import Provisioning
 
@@ -74,6 +79,8 @@ JOURNAL = web.AppKey("journal", Journal)
 ENGINE = web.AppKey("engine", Engine)
 BUS = web.AppKey("bus", Bus)
 PROVISIONING = web.AppKey("provisioning", Provisioning)
+JOURNAL_TAIL = web.AppKey("journal_tail", JournalTail)
+PUBLISHER = web.AppKey("publisher", JournalPublisher)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
 DEPOSITS = web.AppKey("deposits", DepositInbox)
 FEEDS = web.AppKey("feeds", FeedService)
@@ -92,9 +99,12 @@ class Exchange:
         self.data = cfg.data_path
         self.started_at = time.time()
         self.counters = Counters()  # the gateway's, counted by the error middleware too
+        self.guard = Guard()  # connection hygiene: header/body/idle timeouts, a cap per address
         self.app = web.Application(client_max_size=cfg.max_message_bytes,
-                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes)])
+                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes),
+                                                self.guard.body_timeout])
         self.app[METRICS] = Metrics()
+        self.app[METRICS].add(self.guard.metric_samples)
         self.app[HEALTH] = Health()
         self.app.cleanup_ctx.extend([self._accounts, self._ledger, self._core, self._feeds, self._gateway,
                                      self._dashboard, self._sequencer])
@@ -104,8 +114,9 @@ class Exchange:
 
     # ------------------------------------------------------------------ the parts, in order
     async def _accounts(self, app: web.Application) -> AsyncIterator[None]:
-        self.data.mkdir(parents=True, exist_ok=True)
+        self.data.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only (files: `gpux`'s umask)
         store = app[ACCOUNTS] = AccountStore(self.data / "accounts.db")
+        app[HEALTH].add("accounts", store.health)
         app[VERIFIER] = Verifier(cached(store.key), clock_ms=self.clock.time_ms)
         yield
         store.close()
@@ -141,7 +152,7 @@ class Exchange:
 
         link.book_times = book_times
         link.tick(book_times())
-        bus = app[BUS] = RedisBus(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else Bus()
+        bus = app[BUS] = Bus()
         sequencer = app[SEQUENCER] = Sequencer(engine, journal, cfg, bus, after_batch=link.commit_if_due,
                                                on_idle=link.flush_soon, clock=self.clock)
         # deposit requests of the account store, journaled at start and every clock tick
@@ -153,18 +164,35 @@ class Exchange:
         prov.start()  # leases to providers' agents (R18)
         link.start()  # from now on batches queue and a committer thread commits them
         link.attach(bus)
-        await bus.start()
-        if isinstance(bus, RedisBus):  # `gpux settle` members settle deposits too
-            bus.book_seqs = {name: book_seq(b) for name, b in engine.books.items()}
-            bus.publish_deposits([r for r in app[ACCOUNTS].deposit_rows(await bus.deposits_sent(), inbox.owner)
-                                  if r[0] <= engine.money.deposit_row])  # the ones this exchange journaled
+        # the journal's durable tail, for replicas elsewhere: GET /v1/admin/journal and, with --redis,
+        # the stream {prefix}:journal (exchange.stream), both read from the journal files off the order path
+        tail = app[JOURNAL_TAIL] = JournalTail(self.data / "journal", journal.last_seq)
+        publisher = None
+        if cfg.redis_url:
+            publisher = app[PUBLISHER] = JournalPublisher(cfg.redis_url, cfg.redis_prefix, self.data / "journal",
+                                                          journal.last_seq, maxlen=cfg.redis_maxlen)
+
+        def durable(_batch: Any) -> None:  # a batch is durable: engine.seq is its last entry's seq
+            tail.durable_to(engine.seq)
+            if publisher is not None:
+                publisher.wake(engine.seq)
+
+        bus.subscribe(durable)
+        if publisher is not None:
+            await publisher.start()
         metrics = app[METRICS]
         metrics.add(self._process_samples)
         for part in (engine, engine.money, sequencer, inbox, link, prov, bus):
             metrics.add(part.metric_samples)
         app[HEALTH].add("bus", bus.health)
+        if publisher is not None:
+            metrics.add(publisher.metric_samples)
+            app[HEALTH].add("redis_publisher", publisher.health)
         yield
         await sequencer.stop()  # (stopped already unless start-up failed after this step)
+        if publisher is not None:
+            await publisher.close()
+        tail.close()
         await bus.close()
         engine.close()
         log.info("stopped", extra={"seq": engine.seq})
@@ -184,10 +212,16 @@ class Exchange:
         gw = app[GATEWAY] = Gateway(self.cfg, app[ENGINE], app[SEQUENCER], app[ACCOUNTS], app[VERIFIER], app[LEDGER],
                                     app[PROVISIONING], app[BUS], app[DEPOSITS], counters=self.counters,
                                     level2=app[FEEDS].level2, metrics=app[METRICS].render, health=app[HEALTH].report,
-                                    clock=self.clock)
+                                    clock=self.clock, journal_tail=app[JOURNAL_TAIL])
         gw.add_routes(app.router)
         app[METRICS].add(gw.metric_samples)
+        # a revoked key stops working everywhere within a second, open sessions included
+        watch = RevocationWatch(app[ACCOUNTS], app[VERIFIER].lookup, [gw.revoke, app[FEEDS].revoke], self.clock)
+        watch.start()
+        app[METRICS].add(watch.metric_samples)
+        app[HEALTH].add("revocations", watch.health)
         yield
+        await watch.stop()
         await gw.close_sessions()
 
     async def _dashboard(self, app: web.Application) -> AsyncIterator[None]:
@@ -210,7 +244,9 @@ class Exchange:
     # ------------------------------------------------------------------ lifetime
     async def start(self) -> None:
         """Start every part (the application's start-up: the cleanup contexts, in order)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=self.guard.idle_timeout_s,
+                                     lingering_time=self.guard.lingering_s)
         try:
             await self._runner.setup()
         except BaseException:  # what started is stopped again, in reverse order
@@ -223,10 +259,8 @@ class Exchange:
                     sock: socket.socket | None = None) -> int:
         """Listen on ``host:port`` (0: a free port), or on ``sock`` already bound; returns the port."""
         assert self._runner is not None, "start() first"
-        if sock is not None:
-            self._site = web.SockSite(self._runner, sock)
-        else:
-            self._site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=backlog)
+        self._site = GuardedSite(self._runner, self.guard, host, port, reuse_address=True, backlog=backlog,
+                                 sock=sock)
         await self._site.start()
         return self._runner.addresses[-1][1] if self._runner.addresses else port
 
@@ -265,6 +299,11 @@ class Exchange:
     @property
     def bus(self) -> Bus:
         return self.app[BUS]
+
+    @property
+    def publisher(self) -> JournalPublisher | None:
+        """The Redis publisher (``--redis``), else None."""
+        return self.app.get(PUBLISHER)
 
     @property
     def sequencer(self) -> Sequencer:
@@ -374,7 +413,7 @@ async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
     exchange = Exchange(cfg)
     try:
         if not existed:
-            data.mkdir(parents=True, exist_ok=True)
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only, as Exchange makes it
             lock.acquire()
         await exchange.start()
     except BaseException as e:

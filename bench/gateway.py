@@ -14,7 +14,20 @@ server that is not still writing back the burst before it), then saturation:
 * **latency** — an open loop at ``--rate`` requests/s for ``--latency-seconds``: request i is
   due at t0 + i/rate whatever happened before it, and its latency is measured from that due
   time to its ack, so a stall counts against every request it delays (no coordinated
-  omission).  Reports p50/p99/p999 in ms.
+  omission).  Reports p50/p99/p999 in ms.  ``--snapshots`` snapshots (default 1) are forced
+  inside this window, evenly spaced (``POST /v1/admin/snapshot``), on top of the periodic ones
+  every ``--snapshot-every`` s (the server's ``snapshot_every_s``, default 60 as in production);
+  ``snapshots_in_window`` says how many the server finished writing during the window
+  (``gpux_snapshots_total``), ``snapshot_capture_max_ms`` the longest time one held the event loop.
+
+A longer latency run, e.g. at 4,000/s for a minute without the saturation phase:
+``--rate 4000 --latency-seconds 60 --seconds 0``.
+
+CPU: ``core_cpu_us_per_order`` is the sequencer thread's CPU time in batches (checks, journal
+append, books, exchange state, answers; not the fsync thread's) per command journaled, over each
+phase (``gpux_batch_cpu_seconds_total`` / ``gpux_commands_total``); ``server_cpu_us_per_request``
+the whole server process's (gateway, sequencer, fsync, ledger, feeds: ``/proc/PID/stat``) per
+request answered.
 
 Prints one JSON object (``--json``) or a short table.
 """
@@ -163,8 +176,38 @@ async def _open_loop(conns: list[Conn], rate: float, seconds: float) -> list[flo
     return latencies
 
 
-async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, str], args: argparse.Namespace
-               ) -> dict[str, Any]:
+def _metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _force_snapshots(http: aiohttp.ClientSession, url: str, admin: Signer, times: list[float]) -> None:
+    for at in times:
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async with http.post(url + "/v1/admin/snapshot", data=b"{}",
+                             headers=admin.headers("POST", "/v1/admin/snapshot", b"{}")) as r:
+            if r.status != 200:
+                raise SystemExit(f"forcing a snapshot failed: {r.status} {await r.text()}")
+
+
+async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, str], args: argparse.Namespace,
+               admin: tuple[str, str] | None = None, server_pid: int | None = None) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http:
         # seed asks over signed REST: plenty of capacity, so IOC bids trade
         signer = Signer(*provider)
@@ -184,7 +227,22 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
         for c in conns:
             c.errors.clear()
         await asyncio.sleep(0.5)
+
+        async def metrics() -> dict[str, float]:
+            async with http.get(url + "/metrics") as r:
+                return _metrics(await r.text())
+
+        def cpu() -> float:
+            return _proc_cpu_s(server_pid) if server_pid else 0.0
+
+        m0, c0 = await metrics(), cpu()
+        start = time.perf_counter() + 0.2
+        forced = [start + args.latency_seconds * (k + 1) / (args.snapshots + 1) for k in range(args.snapshots)]
+        forcing = asyncio.ensure_future(_force_snapshots(http, url, Signer(*admin), forced) if admin and forced
+                                        else asyncio.sleep(0))
         lat = sorted(await _open_loop(conns, args.rate, args.latency_seconds))
+        await forcing
+        m1, c1 = await metrics(), cpu()
         lat_errors: dict[str, int] = {}
         for c in conns:
             for k, v in c.errors.items():
@@ -193,9 +251,11 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
         counts = {"requests": 0}
         t0 = time.perf_counter()
         stop_at = t0 + args.seconds
-        await asyncio.gather(*(_client_loop(c, stop_at, args.window, counts) for c in conns))
+        if args.seconds > 0:
+            await asyncio.gather(*(_client_loop(c, stop_at, args.window, counts) for c in conns))
         elapsed = time.perf_counter() - t0
-        sat = counts["requests"] / elapsed
+        sat = counts["requests"] / elapsed if args.seconds > 0 else 0.0
+        m2, c2 = await metrics(), cpu()
         errors: dict[str, int] = {}
         for c in conns:
             for k, v in c.errors.items():
@@ -218,7 +278,23 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
             "server_batch_s": _metric(metrics, "gpux_batch_seconds_total"),
             "server_fsync_wait_s": _metric(metrics, "gpux_fsync_seconds_total"),
             "server_fsync_busy_s": _metric(metrics, "gpux_fsync_busy_seconds_total"),
+            "snapshots_forced": len(forced) if admin else 0,
+            "snapshots_in_window": int(m1.get("gpux_snapshots_total", 0) - m0.get("gpux_snapshots_total", 0)),
+            "snapshot_capture_max_ms": round(m1.get("gpux_snapshot_capture_max_seconds", 0) * 1000, 2),
+            "snapshot_write_s": round(m1.get("gpux_snapshot_write_seconds_total", 0)
+                                      - m0.get("gpux_snapshot_write_seconds_total", 0), 3),
+            "core_cpu_us_per_order": _per(m2, m1, "gpux_batch_cpu_seconds_total", "gpux_commands_total"),
+            "core_cpu_us_per_order_latency": _per(m1, m0, "gpux_batch_cpu_seconds_total", "gpux_commands_total"),
+            "server_cpu_us_per_request": round((c2 - c1) / counts["requests"] * 1e6, 1)
+            if counts["requests"] and server_pid else None,
+            "server_cpu_us_per_request_latency": round((c1 - c0) / len(lat) * 1e6, 1) if lat and server_pid else None,
         }
+
+
+def _per(after: dict[str, float], before: dict[str, float], num: str, den: str) -> float | None:
+    """µs of counter ``num`` per unit of counter ``den`` between two /metrics readings."""
+    d = after.get(den, 0) - before.get(den, 0)
+    return round((after.get(num, 0) - before.get(num, 0)) / d * 1e6, 2) if d else None
 
 
 def _metric(text: str, name: str) -> float:
@@ -231,10 +307,14 @@ def _metric(text: str, name: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=50)
-    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--seconds", type=float, default=20, help="saturation phase, s (0: none)")
     p.add_argument("--window", type=int, default=16, help="requests in flight per client at saturation")
     p.add_argument("--rate", type=float, default=2000, help="offered rate of the latency phase (requests/s)")
     p.add_argument("--latency-seconds", type=float, default=10)
+    p.add_argument("--snapshots", type=int, default=1,
+                   help="snapshots forced inside the latency window, evenly spaced (default 1)")
+    p.add_argument("--snapshot-every", type=int, default=60,
+                   help="the server's periodic snapshot interval, s (default 60, as in production)")
     p.add_argument("--asks", type=int, default=100)
     p.add_argument("--engine", default=None)
     p.add_argument("--json", action="store_true")
@@ -247,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.clients):
             _, k, s = store.create_account(f"trader{i}", "trader", deposit=10**15)
             traders.append((k, s))
+        _, ak, asec = store.create_account("bench-admin", "admin")
         store.close()
         port = _free_port()
         cmd = [sys.executable, "-m", "cli.main", "serve", "--data", str(data), "--port", str(port),
@@ -255,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--engine", args.engine]
         cfg = data / "bench.toml"
         # the defaults but for the per-key limits: 50 keys at saturation go past 500 requests/s each
-        cfg.write_text("[limits]\nrate_per_s = 1000000\nrate_burst = 1000000\nmax_open_orders = 100000\n")
+        cfg.write_text("[limits]\nrate_per_s = 1000000\nrate_burst = 1000000\nmax_open_orders = 100000\n"
+                       f"[journal]\nsnapshot_every_s = {args.snapshot_every}\n")
         cmd += ["--config", str(cfg)]
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
         # a SIGTERM (e.g. from `timeout`) must still stop the server below
@@ -263,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, server)
-            result = asyncio.run(_run(url, traders, (pk, ps), args))
+            result = asyncio.run(_run(url, traders, (pk, ps), args, (ak, asec), server.pid))
         finally:
             server.send_signal(signal.SIGINT)
             try:

@@ -15,9 +15,8 @@ Modes:
   engine time into each command, so nearly every lease also *ends* within the run: the
   figure includes each trade's whole life (escrow hold, lease, metering, end and refunds),
   not just the fill.
-* ``--redis URL`` — the events are first written to Redis Streams the way
-  `exchange.bus.RedisBus` writes them (not timed), then one `RedisConsumer` of the
-  consumer group reads, settles and acknowledges them all (timed).
+* (The Redis consumer-group mode is gone with the consumer group: `gpux settle` is a replica of
+  the journal now, `settlement.replica`; `bench.redis_publish` measures the publishing side.)
 
 Reported: trades/s (wall clock), trades per CPU-second of this process, events/s,
 transfers/s, how many transfers and lease rows were written, the ledger file's size, and the
@@ -153,55 +152,6 @@ def run_embedded(handovers: list[tuple[str, np.ndarray]], config: SettlementConf
             "commits": len(handovers)}
 
 
-def run_redis(handovers: list[tuple[str, np.ndarray]], config: SettlementConfig, synchronous: str,
-              data_dir: Path, url: str, count: int) -> dict[str, Any]:
-    import asyncio
-
-    import redis
-
-    from exchange.bus import Published, RedisBus
-    from settlement.consumer import RedisConsumer
-
-    prefix = f"gpuxbench-{uuid.uuid4().hex[:10]}"
-    classes = sorted({cls for cls, _ in handovers})
-
-    async def publish() -> None:
-        bus = RedisBus(url, prefix, maxlen=10_000_000, backlog=1_000_000)
-        await bus.start()
-        for cls, ev in handovers:
-            bus.publish(Published([], {cls: ev}, []))
-        await bus.flush()
-        await bus.close()
-
-    t0 = time.perf_counter()
-    asyncio.run(publish())
-    publish_s = time.perf_counter() - t0
-    r = redis.Redis.from_url(url)
-    path = data_dir / f"ledger-{uuid.uuid4().hex[:8]}.db"
-    s = Settlement(path, config, synchronous=synchronous)
-    fund_accounts(s.ledger, accounts_of(handovers))
-    events = sum(len(ev) for _, ev in handovers)
-    trades = sum(int(np.count_nonzero(ev["type"] == EV_TRADE)) for _, ev in handovers)
-    try:
-        c = RedisConsumer(r, prefix, classes, s, consumer="bench", count=count, block_ms=200)
-        c.setup()
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        while c.applied < events:
-            c.step()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        transfers = s.ledger.count()
-    finally:
-        for key in r.scan_iter(f"{prefix}:*"):
-            r.delete(key)
-        r.close()
-        s.close()
-        for p in data_dir.glob(path.name + "*"):
-            p.unlink()
-    return {"trades": trades, "events": events, "seconds": wall, "cpu_seconds": cpu, "trades_per_s": trades / wall,
-            "trades_per_cpu_s": trades / cpu, "events_per_s": events / wall, "transfers": transfers,
-            "commits": c.commits, "publish_seconds": publish_s}
-
-
 def engine_only(handovers: list[tuple[str, np.ndarray]], config: SettlementConfig) -> dict[str, Any]:
     """The pure engine (no SQLite): the floor of the Python part."""
     e = SettlementEngine(config)
@@ -230,8 +180,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-fees", action="store_true", help="no maker/taker fees (the exchange's default config)")
     p.add_argument("--meter-interval", type=int, default=SettlementConfig().meter_interval_s,
                    help="seconds between metering points of a ready lease (default one day)")
-    p.add_argument("--redis", metavar="URL", help="also through a Redis Streams consumer group at URL")
-    p.add_argument("--count", type=int, default=5000, help="XREADGROUP COUNT for --redis (default 5000)")
     p.add_argument("--dir", help="where to put the ledger files (default a temporary directory)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
@@ -255,9 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     result["engine_only"] = engine_only(handovers, config)
     result["embedded"] = _median_run([run_embedded(handovers, config, args.synchronous, data_dir)
                                       for _ in range(args.repeat)])
-    if args.redis:
-        result["redis"] = _median_run([run_redis(handovers, config, args.synchronous, data_dir, args.redis, args.count)
-                                       for _ in range(args.repeat)])
     result["loadavg_after"] = os.getloadavg()[0]
     if tmp is not None:
         tmp.cleanup()
@@ -270,9 +215,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedded: {e['median_trades_per_s']:,.0f} trades/s (median of {e['runs_trades_per_s']}), "
               f"{e['trades_per_cpu_s']:,.0f} trades per CPU-s, {e['transfers']} transfers, "
               f"{e['leases']} leases, {e['ledger_mb']:.0f} MB")
-        if "redis" in result:
-            r = result["redis"]
-            print(f"redis:    {r['median_trades_per_s']:,.0f} trades/s (median of {r['runs_trades_per_s']})")
     return 0
 
 

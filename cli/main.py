@@ -14,6 +14,7 @@ replay, verify (cli.feeds); settle, statement (cli.settle); agent (cli.agent).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -103,8 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what gpux writes (journal, snapshots, ledger, recording, keys) is the owner's alone: new
+# directories 0700, new files 0600
+UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(UMASK)
     try:
         return args.handler(args)
     except (ConfigError, EngineUnavailable) as e:

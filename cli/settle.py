@@ -1,7 +1,7 @@
-"""`gpux settle` (settlement as a Redis consumer group) and `gpux statement` (an account's ledger).
+"""`gpux settle` (settlement as a replica of the journal) and `gpux statement` (an account's ledger).
 
-    gpux settle --redis URL [--config FILE] [--ledger FILE] [--group G] [--consumer NAME]
-        settle the events `gpux serve --redis URL` streams, exactly once, into a ledger file
+    gpux settle --redis URL [--config FILE] [--ledger FILE] [--exchange URL --key K --secret S | --journal DIR]
+        keep a ledger from the journal `gpux serve --redis URL` streams, gaps backfilled from the exchange
     gpux statement [ACCOUNT] [--key K --secret S | --data DIR] [--json]
         balances, transfers with running balances, and leases: over REST with the account's
         key (admin/analyst keys may name any ACCOUNT), or straight from DIR/ledger.db
@@ -25,24 +25,84 @@ from cli.accounts import format_usd
 def _cmd_settle(args: argparse.Namespace) -> int:
     from app.logs import setup_logging
     from exchange.config import load_config
-    from settlement.consumer import run_consumer
-    from settlement.link import LEDGER_FILE, settlement_config
+    from settlement.link import LEDGER_FILE
+    from settlement.replica import FileJournal, HttpJournal, JournalSource, run_replica
 
     cfg = load_config(args.config).with_(data_dir=args.data, redis_prefix=args.prefix)
     setup_logging(args.log_level)
     ledger = Path(args.ledger) if args.ledger else cfg.data_path / LEDGER_FILE
+    if (ledger.parent / "journal").is_dir():
+        print(f"gpux: error: {ledger.parent} is an exchange's data directory (it has a journal): its ledger is the "
+              "exchange's own; give gpux settle a directory of its own (--data DIR or --ledger FILE)", file=sys.stderr)
+        return 2
     ledger.parent.mkdir(parents=True, exist_ok=True)
+    backfill: JournalSource | None = None
+    if args.journal:
+        backfill = FileJournal(args.journal)
+    elif args.exchange:
+        from gateway.auth import Signer
+
+        key, secret = args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET")
+        if not key or not secret:
+            print("gpux: error: --exchange needs an admin key: --key/--secret or GPUX_KEY/GPUX_SECRET", file=sys.stderr)
+            return 2
+        backfill = HttpJournal(args.exchange, Signer(key, secret).headers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"gpux: settling {', '.join(cfg.instruments)} from {args.redis} (group {args.group}) into {ledger}",
+    print(f"gpux: settling {', '.join(cfg.instruments)} from {args.redis} (stream {cfg.redis_prefix}:journal) into "
+          f"{ledger}; gaps backfilled from {backfill.name if backfill else 'nowhere (no --exchange or --journal)'}",
           flush=True)
-    c = run_consumer(args.redis, cfg.redis_prefix, list(cfg.instruments), ledger, group=args.group,
-                     consumer=args.consumer, config=settlement_config(cfg), stop=stop,
-                     claim_idle_ms=args.claim_idle_ms, synchronous=cfg.ledger_synchronous)
-    logging.getLogger("gpux.settlement").info("stopped", extra={"applied": c.applied, "commits": c.commits,
-                                                                "claimed": c.claimed})
+    server = None
+
+    def started(runner: Any) -> None:
+        nonlocal server
+        if args.metrics:
+            server = _serve_metrics(args.metrics, runner)
+
+    c = run_replica(cfg, args.redis, ledger, backfill=backfill, stop=stop, snapshot_every=args.snapshot_every,
+                    on_start=started)
+    if server is not None:
+        server.shutdown()
+    logging.getLogger("gpux.settle").info("stopped", extra={"seq": c.replica.engine.seq, "applied": c.replica.applied,
+                                                             "gaps": c.gaps, "backfilled": c.backfilled})
     return 0
+
+
+def _serve_metrics(where: str, runner: Any) -> Any:
+    """/metrics and /healthz of `gpux settle` on HOST:PORT, in a thread."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.add(runner.metric_samples)
+    host, _, port = where.rpartition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path == "/metrics":
+                body, status, ctype = metrics.render().encode(), 200, "text/plain; version=0.0.4"
+            elif self.path == "/healthz":
+                health = runner.health()
+                body = json.dumps({"status": "ok" if health == "ok" else "failing", "checks": {"settle": health},
+                                   **runner.status()}).encode()
+                status, ctype = (200 if health == "ok" else 503), "application/json"
+            else:
+                body, status, ctype = b"not found", 404, "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    threading.Thread(target=server.serve_forever, name="settle-metrics", daemon=True).start()
+    print(f"gpux: settle metrics on http://{host or '127.0.0.1'}:{server.server_address[1]}/metrics", flush=True)
+    return server
 
 
 def _statement_offline(data: Path, account: str) -> dict[str, Any]:
@@ -102,19 +162,26 @@ def render_statement(st: dict[str, Any]) -> str:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("settle", help="settle the exchange's events from Redis (consumer group), exactly once",
-                       description="Distributed settlement (docs/settlement.md): a member of a Redis Streams "
-                                   "consumer group on the streams `gpux serve --redis URL` writes, committing every "
-                                   "event exactly once to a SQLite ledger.")
+    p = sub.add_parser("settle", help="keep a settlement ledger from the exchange's journal (a replica)",
+                       description="Remote settlement (docs/settlement.md): a replica of the exchange that reads "
+                                   "its journal from the Redis stream `gpux serve --redis URL` writes, applies it to "
+                                   "an engine of its own and keeps a SQLite ledger equal to the exchange's.  A gap in "
+                                   "the stream is backfilled from --exchange (the journal-tail endpoint, admin key) "
+                                   "or --journal (the files).")
     p.add_argument("--redis", required=True, metavar="URL", help="e.g. redis://127.0.0.1:6379/0")
     p.add_argument("--config", default=None, metavar="FILE", help="the exchange's TOML configuration (classes, fees)")
     p.add_argument("--data", default=None, metavar="DIR", help="data directory (default from the config)")
-    p.add_argument("--ledger", default=None, metavar="FILE", help="ledger file (default DIR/ledger.db)")
+    p.add_argument("--ledger", default=None, metavar="FILE",
+                   help="ledger file (default DIR/ledger.db); the replica's snapshots go to FILE-replica/")
     p.add_argument("--prefix", default=None, help="Redis key prefix (default from the config: gpux)")
-    p.add_argument("--group", default="settlement", help="the consumer group's name (default settlement)")
-    p.add_argument("--consumer", default=None, help="this member's name (default host-pid)")
-    p.add_argument("--claim-idle-ms", type=int, default=30_000,
-                   help="claim entries another member left pending this long (it died)")
+    p.add_argument("--exchange", default=None, metavar="URL",
+                   help="backfill gaps from the exchange's GET /v1/admin/journal (needs an admin key)")
+    p.add_argument("--key", help="the admin key id for --exchange (env GPUX_KEY)")
+    p.add_argument("--secret", help="its secret (env GPUX_SECRET)")
+    p.add_argument("--journal", default=None, metavar="DIR", help="backfill gaps from the journal files in DIR")
+    p.add_argument("--snapshot-every", type=int, default=50_000, metavar="N",
+                   help="write a replica snapshot every N journal entries (restarts replay from it)")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT", help="serve /metrics and /healthz there")
     p.add_argument("--log-level", default=os.environ.get("GPUX_LOG_LEVEL", "INFO"),
                    help="log level (default $GPUX_LOG_LEVEL or INFO)")
     p.set_defaults(handler=_cmd_settle)

@@ -98,6 +98,7 @@ class ServerConfig:
     engine: str | None = None  # None: numba, falling back to the reference book with a warning
     redis_url: str | None = None
     redis_prefix: str = "gpux"
+    redis_maxlen: int = 100_000  # stream entries (chunks of journal entries) Redis keeps, about
     # settlement (docs/settlement.md): "agent" = leases wait for the provider's agent (R18);
     # "auto" = every lease is ready at its start (a market without agents: simulations, tests)
     provisioning: str = "agent"
@@ -110,7 +111,7 @@ class ServerConfig:
         if self.fsync not in FSYNC_POLICIES:
             raise ConfigError(f"journal.fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
         for name in ("segment_bytes", "snapshot_every_s", "clock_interval_s", "max_open_orders",
-                     "rate_burst", "max_message_bytes", "heartbeat_s"):
+                     "rate_burst", "max_message_bytes", "heartbeat_s", "redis_maxlen"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.provisioning not in PROVISIONING_MODES:
@@ -140,7 +141,7 @@ class ServerConfig:
 
 # TOML table -> the ServerConfig fields it may set
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix"),
+    "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix", "redis_maxlen"),
     "journal": ("fsync", "segment_bytes", "snapshot_every_s"),
     "engine": ("clock_interval_s", "book_threads"),
     "limits": ("max_open_orders", "rate_per_s", "rate_burst", "max_message_bytes", "heartbeat_s"),

@@ -13,12 +13,16 @@ latest snapshot + the journal after it
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import logging
 import os
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -27,8 +31,8 @@ import numpy as np
 from exchange.config import Instrument
 from exchange.entries import Cmd, Entry, Fund, Prov
 from exchange.money import Money
-from exchange.snapshots import BookSnap, Snapshot, SnapshotMismatch, encode_snapshot
-from exchange.state import ExchangeState, StateData
+from exchange.snapshots import BookSnap, Snapshot, SnapshotMismatch, encode_snapshot_parts
+from exchange.state import ExchangeState, split_event_array
 from exchange.views import answer
 from orderbook import types as T
 from orderbook.book import Book, make_book, restore_book
@@ -106,10 +110,13 @@ class Engine:
         return book_seq(self.books[name])
 
     # ------------------------------------------------------------------ applying entries
-    def apply(self, entries: list[Entry], answers: bool = False) -> tuple[list[Result], dict[str, np.ndarray]]:
+    def apply(self, entries: list[Entry], answers: bool = False,
+              results: bool = True) -> tuple[list[Result], dict[str, np.ndarray]]:
         """Apply journal entries in order.  Returns one Result per entry and the events
-        array of each book that produced any (for the bus)."""
-        results: list[Result | None] = [None] * len(entries)
+        array of each book that produced any (for the bus).  ``results=False`` (replay, where
+        nothing is answered): the same changes, no Results (an empty list; no answers)."""
+        want = results or answers
+        out: list[Result | None] = [None] * len(entries)
         by_book: dict[str, list[int]] = {}
         answers_of: dict[str, list[Prov]] = {}
         funds: list[int] = []
@@ -118,7 +125,7 @@ class Engine:
                 by_book.setdefault(e.book, []).append(i)
             elif type(e) is Prov:  # a provider agent's answer: money only (R18)
                 answers_of.setdefault(e.book, []).append(e)
-                results[i] = Result(e.book, None, [])
+                out[i] = Result(e.book, None, [])
             elif type(e) is Fund:
                 funds.append(i)
             else:
@@ -126,12 +133,12 @@ class Engine:
                     self.state.halted.add(e.book)
                 elif e.op == "resume":
                     self.state.halted.discard(e.book)
-                results[i] = Result(e.book, None, [])
+                out[i] = Result(e.book, None, [])
         money = self.money
         for i in funds:  # before the events: balances are sums (exchange.money)
             e = entries[i]
-            results[i] = Result("", None, [], {"ok": True, "op": e.op, "account": e.account, "amount": e.amount,
-                                                "applied": money.fund(e)})
+            out[i] = Result("", None, [], {"ok": True, "op": e.op, "account": e.account, "amount": e.amount,
+                                            "applied": money.fund(e)})
         arrays: dict[str, np.ndarray] = {}
         state = self.state
         plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
@@ -148,15 +155,21 @@ class Engine:
         self.book_seconds += time.perf_counter() - t0
         for name, idx in by_book.items():
             cmds, spans = plans[name]
-            cmd_list = T.commands(cmds)
-            coids = [entries[i].coid for i in idx]
+            coids: list[str] | None = [entries[i].coid for i in idx]
+            if not any(coids):  # type: ignore[arg-type]
+                coids = None
+            cmd_list = T.commands(cmds) if want or coids else None
+            is_clock = (cmds["type"] == CMD_CLOCK).tolist()
             parts = book_parts[name]
             for (lo, hi), part in zip(spans, parts, strict=True):
                 ev_list = T.events(part)
-                owned = state.apply(name, cmd_list[lo:hi], ev_list, coids[lo:hi])
-                for k in range(lo, hi):
-                    a, b = owned[k - lo]
-                    results[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])
+                owned = state.apply(name, cmd_list[lo:hi] if cmd_list is not None else None, ev_list,
+                                    coids[lo:hi] if coids else None,
+                                    spans=split_event_array(is_clock[lo], hi - lo, part))
+                if want:
+                    for k in range(lo, hi):
+                        a, b = owned[k - lo]
+                        out[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])  # type: ignore[index]
             events = T.join(parts, T.EVENT_DTYPE)
             if len(events):
                 arrays[name] = events
@@ -168,14 +181,14 @@ class Engine:
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
             money.apply_class(name, None, answers, 0)
         for i in funds:
-            r = results[i]
+            r = out[i]
             r.answer["available"] = money.available(r.answer["account"])  # type: ignore[index, union-attr]
         if answers:
-            for r in results:
+            for r in out:
                 if r is not None and r.command is not None:
                     r.answer = answer(r.book, r.command, r.events, state.orders, state.leases)
         self.seq += len(entries)
-        return results, arrays  # type: ignore[return-value]
+        return (out if want else []), arrays  # type: ignore[return-value]
 
     def _run_books(self, plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]) -> dict[str, list[np.ndarray]]:
         """Each book's command spans through its book, in order; the events of each span.
@@ -209,15 +222,46 @@ class Engine:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> bytes:
-        return encode_snapshot(self.capture())
+        return b"".join(encode_snapshot_parts(self.capture()()))
 
-    def capture(self) -> Snapshot:
-        """The state now, uncompressed (cheap: copies); `encode_snapshot` can run in a thread."""
-        books = {name: BookSnap(self.engine, self.book_time(name), b.state_hash(), b.snapshot())
-                 for name, b in self.books.items()}
-        state = msgspec.msgpack.decode(msgspec.msgpack.encode(self.state.to_data()), type=StateData)
-        return Snapshot(seq=self.seq, books=books, state=state, last_oid=self.last_oid, money=self.money.to_snap(),
-                        money_hash=self.money.state_hash())
+    def capture(self) -> Callable[[], Snapshot]:
+        """The core now, for a snapshot taken off the event loop.  Here, between two batches, only
+        copies: each numba book's arrays (`NumbaBook.capture`; a reference book serialises at
+        once), the exchange state's containers (`ExchangeState.capture`) and the money's arrays
+        (`Money.copy`), a few milliseconds on the loop.  The function returned
+        makes the `Snapshot` of this moment from them (the books' bytes, the state
+        msgpack-encoded a chunk at a time): call it, and `encode_snapshot_parts`, in a worker
+        thread."""
+        collecting = gc.isenabled()
+        gc.disable()  # the copies make no cycles; a collection here would cost more than them
+        try:
+            return self._capture()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _capture(self) -> Callable[[], Snapshot]:
+        books: dict[str, tuple[int, int, Callable[[], bytes]]] = {}
+        for name, b in self.books.items():
+            grab = getattr(b, "capture", None)
+            if grab is not None:
+                arrays = grab()
+                books[name] = (self.book_time(name), b.state_hash(), partial(b.encode_capture, arrays))
+            else:
+                books[name] = (self.book_time(name), b.state_hash(), partial(bytes, b.snapshot()))
+        state = self.state.capture()
+        money = self.money.copy()  # its arrays change in place; its snapshot form is made later
+        seq, last_oid, engine = self.seq, self.last_oid, self.engine
+
+        def make() -> Snapshot:
+            snap = money.to_snap()
+            encoded = msgspec.msgpack.encode(snap)  # hashed from these bytes as `Money.state_hash` does
+            return Snapshot(seq=seq, books={name: BookSnap(engine, t, h, blob())
+                                            for name, (t, h, blob) in books.items()},
+                            state=state(), last_oid=last_oid, money=msgspec.Raw(encoded),  # type: ignore[arg-type]
+                            money_hash=int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little"))
+
+        return make
 
     def load_snapshot(self, blob: bytes) -> None:
         snap = msgspec.msgpack.decode(blob, type=Snapshot)

@@ -66,3 +66,14 @@ def encode_entry(entry: Entry) -> bytes:
 
 def decode_entry(payload: bytes) -> Entry:
     return _entry_decoder.decode(payload)
+
+
+_entries_decoder = msgspec.msgpack.Decoder(list[Entry])
+
+
+def decode_entries(payloads: list[bytes]) -> list[Entry]:
+    """`decode_entry` of each payload, in one call (replay: a chunk of the journal at a time)."""
+    n = len(payloads)
+    head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16
+                                             else b"\xdd" + n.to_bytes(4, "big"))
+    return _entries_decoder.decode(head + b"".join(payloads))

@@ -16,6 +16,8 @@ from orderbook import reasons as R
 ERRORS: dict[str, tuple[int, str]] = {
     "MALFORMED": (400, "the message could not be decoded"),
     "TOO_LARGE": (413, "the message is larger than the maximum message size"),
+    "REQUEST_TIMEOUT": (408, "the request did not arrive in time"),
+    "BAD_START": (400, "a reserved bid may start at most two years ahead"),
     "NOT_FOUND": (404, "no such resource"),
     "METHOD_NOT_ALLOWED": (405, "this resource does not accept that method"),
     "UNKNOWN_CLASS": (404, "no such GPU class"),

@@ -26,12 +26,25 @@ grown past ``segment_bytes``; a batch never spans two segments.  Before it creat
 segment it fsyncs the old one, and after creating it, the directory: a segment is complete
 before its successor exists.
 
+Preallocated segments
+---------------------
+Opened with ``preallocate=True`` (the exchange's command journal), the writer allocates each
+new segment's ``segment_bytes`` (+ PREALLOC_SLACK) up front (``posix_fallocate``: the file's size
+is its allocation, reading as zeros) and writes records in place (``pwrite`` at the end of the
+last record).  A batch then changes neither the file's size nor its block map, and `sync` is
+one ``fdatasync`` that flushes the batch's data and nothing else.  The zeros after the last
+record read as the end of the journal, exactly like a zeroed torn tail (below).  When it rotates,
+the writer cuts the old segment to its records (truncate, fsync) before it creates the next one,
+so only the last segment ever ends in zeros.
+
 Torn tails
 ----------
 A crash can leave the last segment ending in a partly written record (or in zeros, where the
-file grew but its data never reached the disk).  `Journal.open` scans the last segment and
-truncates it before the first record that is torn, fails its CRC or carries the wrong seq,
-reporting how many bytes it cut in `Journal.recovered_truncated_bytes`.  `read` stops
+file grew but its data never reached the disk, or where it was preallocated).  `Journal.open`
+scans the last segment and truncates it before the first record that is torn, fails its CRC
+or carries the wrong seq, reporting how many bytes it cut in `Journal.recovered_truncated_bytes`
+(a preallocating writer instead zeroes the bad bytes in place and keeps the allocation; the
+zeros after the last non-zero byte are not counted as cut).  `read` stops
 silently at such a record at the very end of the last segment, and raises `JournalError`
 (naming the file and byte offset) for a bad record anywhere else.
 """
@@ -45,7 +58,6 @@ import re
 import struct
 import sys
 from collections.abc import Iterator, Sequence
-from io import FileIO
 from pathlib import Path
 from types import TracebackType
 from zlib import crc32
@@ -53,12 +65,16 @@ from zlib import crc32
 __all__ = [
     "HEADER",
     "MAX_PAYLOAD",
+    "PREALLOC_SLACK",
     "Journal",
     "JournalError",
     "read",
     "segments",
 ]
 
+#: What a preallocating writer allocates beyond segment_bytes (a segment holds up to
+#: segment_bytes plus its last batch).
+PREALLOC_SLACK = 1 << 20
 #: A record header: payload length, CRC (over seq bytes + payload), seq.
 HEADER = struct.Struct("<IIQ")
 HEADER_SIZE = HEADER.size  # 16
@@ -123,11 +139,13 @@ def _records(buf: bytes, seq: int, verify_from: int) -> Iterator[tuple[int, int,
             raise _BadRecord(offset, f"record length {length} exceeds {MAX_PAYLOAD}", False)
         if end > size:
             raise _BadRecord(offset, "torn record (its payload runs past the end of the file)", True)
+        # at the end: nothing but zeros follows (a torn record in a preallocated segment, or an
+        # all-zero header where the file grew or was preallocated)
         if got != seq:
-            at_end = end == size or _zero_tail(buf, offset)
+            at_end = end == size or _zero_tail(buf, end)
             raise _BadRecord(offset, f"record has seq {got} where {seq} was expected", at_end)
         if seq >= verify_from and crc32(view[offset + 8 : end]) != crc:
-            at_end = end == size or _zero_tail(buf, offset)
+            at_end = end == size or _zero_tail(buf, end)
             raise _BadRecord(offset, f"record seq {seq} fails its CRC", at_end)
         yield seq, offset + HEADER_SIZE, end
         seq += 1
@@ -229,8 +247,8 @@ def _ends_with(path: Path, last_seq: int) -> bool:
 class Journal:
     """The writer of a journal directory.  Make one with `Journal.open`.
 
-    `append` writes a batch (one write call, no fsync); `sync` makes everything appended so far
-    durable (one fsync).  Acknowledge a batch only after its `sync` returned.  After any I/O
+    `append` writes a batch (one write call, no sync); `sync` makes everything appended so far
+    durable (one fdatasync).  Acknowledge a batch only after its `sync` returned.  After any I/O
     error the journal refuses further appends and syncs: re-open it (which recovers the tail).
     One writer per directory: `open` takes an exclusive flock on the directory.  Not thread-safe:
     `sync` may run in a worker thread, but not while another thread appends or closes.
@@ -243,33 +261,37 @@ class Journal:
         segment_bytes: int,
         fsync: bool,
         last_seq: int,
-        file: FileIO | None,
+        fd: int | None,
         size: int,
         recovered_truncated_bytes: int,
+        preallocate: bool = False,
     ) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.fsync = fsync
+        self.preallocate = preallocate
         #: Bytes cut from the end of the last segment by `open` (a torn or corrupt tail); 0 if none.
         self.recovered_truncated_bytes = recovered_truncated_bytes
         self._dir_fd = dir_fd
         self._last_seq = last_seq
-        self._file = file  # unbuffered, append mode; None before the first segment exists
-        self._size = size  # bytes in the current segment
-        self._dirty = False  # appended since the last fsync
+        self._fd = fd  # the current segment, written at _size (pwrite); None before the first segment exists
+        self._size = size  # bytes of records in the current segment
+        self._dirty = False  # appended since the last sync
         self._failed: BaseException | None = None
         self._closed = False
 
     @classmethod
-    def open(cls, directory: str | Path, *, segment_bytes: int = 64 << 20, fsync: bool = True) -> Journal:
+    def open(cls, directory: str | Path, *, segment_bytes: int = 64 << 20, fsync: bool = True,
+             preallocate: bool = False) -> Journal:
         """Open (creating it if missing) the journal in `directory` for appending.
 
         Checks every segment but the last cheaply: its first record carries the seq of its file
         name, and its final record carries the seq before the next segment's name.  Scans the
         last segment record by record (with CRCs) and truncates it before the first record that
         is torn, fails its CRC or is out of sequence; `recovered_truncated_bytes` says how many
-        bytes that cut.  Raises JournalError for damage elsewhere, or when another writer holds
-        the directory.
+        bytes that cut.  ``preallocate``: allocate each segment up front and write records in
+        place (see the module's docstring); the last segment's bad tail is then zeroed, not cut.
+        Raises JournalError for damage elsewhere, or when another writer holds the directory.
         """
         if segment_bytes < 1:
             raise ValueError(f"segment_bytes must be at least 1, not {segment_bytes}")
@@ -279,7 +301,7 @@ class Journal:
             if fsync:
                 _fsync_directory_of(path.absolute().parent)
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        file = None
+        fd = None
         try:
             try:
                 fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -287,7 +309,7 @@ class Journal:
                 raise JournalError(f"{path}: the journal is open for writing elsewhere") from None
             segs = segments(path)
             if not segs:
-                return cls(path, dir_fd, segment_bytes, fsync, 0, None, 0, 0)
+                return cls(path, dir_fd, segment_bytes, fsync, 0, None, 0, 0, preallocate)
             if segs[0][0] < 1:
                 raise JournalError(f"{segs[0][1]}: sequence numbers start at 1")
             for (first, seg_path), (next_first, _) in zip(segs, segs[1:], strict=False):
@@ -305,16 +327,27 @@ class Journal:
                     last_seq, valid = seq, end
             except _BadRecord as bad:
                 valid = bad.offset
-            file = FileIO(last_path, "ab")
-            cut = len(buf) - valid
-            if cut:
-                file.truncate(valid)
-                if fsync:
-                    os.fsync(file.fileno())
-            return cls(path, dir_fd, segment_bytes, fsync, last_seq, file, valid, cut)
+            fd = os.open(last_path, os.O_RDWR | os.O_CLOEXEC)
+            if preallocate:
+                data_end = len(buf.rstrip(b"\0")) if valid < len(buf) else valid
+                cut = max(0, data_end - valid)
+                if cut:  # zero the bad bytes in place: the allocation stays
+                    os.pwrite(fd, bytes(cut), valid)
+                want = segment_bytes + PREALLOC_SLACK
+                if len(buf) < want:
+                    os.posix_fallocate(fd, 0, want)
+                if fsync and (cut or len(buf) < want):
+                    os.fsync(fd)
+            else:
+                cut = len(buf) - valid
+                if cut:
+                    os.ftruncate(fd, valid)
+                    if fsync:
+                        os.fsync(fd)
+            return cls(path, dir_fd, segment_bytes, fsync, last_seq, fd, valid, cut, preallocate)
         except BaseException:
-            if file is not None:
-                file.close()
+            if fd is not None:
+                os.close(fd)
             os.close(dir_fd)
             raise
 
@@ -332,24 +365,30 @@ class Journal:
             )
 
     def _start_segment(self) -> None:
-        """Close the current segment (fsynced if it has unsynced records) and create the next one,
-        named after the next seq, then fsync the directory."""
-        if self._file is not None:
+        """Close the current segment (cut to its records and fsynced) and create the next one,
+        named after the next seq (preallocated when asked), then fsync the directory."""
+        if self._fd is not None:
+            if self.preallocate:  # only the last segment may end in zeros
+                os.ftruncate(self._fd, self._size)
+                self._dirty = True
             if self._dirty and self.fsync:
-                os.fsync(self._file.fileno())
+                os.fsync(self._fd)
                 self._dirty = False
-            self._file.close()
-            self._file = None
+            os.close(self._fd)
+            self._fd = None
         path = _segment_path(self.directory, self._last_seq + 1)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self._file = FileIO(fd, "ab")
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._size = 0
+        if self.preallocate:
+            os.posix_fallocate(self._fd, 0, self.segment_bytes + PREALLOC_SLACK)
+            if self.fsync:
+                os.fsync(self._fd)  # the size and the allocation, once; then fdatasync per batch
         if self.fsync:
             os.fsync(self._dir_fd)
 
     def append(self, payloads: Sequence[bytes]) -> int:
         """Append one record per payload, with seqs last_seq + 1, ..., in one write call, and
-        return the new last_seq.  Does not fsync: call `sync` before acknowledging the batch.
+        return the new last_seq.  Does not sync: call `sync` before acknowledging the batch.
         A payload over MAX_PAYLOAD bytes raises ValueError, and nothing is written."""
         self._usable()
         seq = self._last_seq
@@ -370,15 +409,15 @@ class Journal:
             return seq
         data = b"".join(parts)
         try:
-            if self._file is None or self._size > self.segment_bytes:
+            if self._fd is None or self._size > self.segment_bytes:
                 self._start_segment()
-            written = self._file.write(data)
+            written = os.pwrite(self._fd, data, self._size)
             if written != len(data):  # a short write (e.g. a nearly full disk): finish it or fail
                 view = memoryview(data)
                 while written < len(data):
-                    more = self._file.write(view[written:])
+                    more = os.pwrite(self._fd, view[written:], self._size + written)
                     if not more:
-                        raise OSError(f"short write to {self._file.name}")
+                        raise OSError(f"short write to {_segment_path(self.directory, self._last_seq + 1)}")
                     written += more
         except BaseException as exc:
             self._failed = exc
@@ -389,16 +428,17 @@ class Journal:
         return seq
 
     def sync(self) -> None:
-        """Make every record appended so far durable: one fsync of the current segment (none when
-        nothing was appended since the last sync, or when the journal was opened with fsync=False)."""
+        """Make every record appended so far durable: one fdatasync of the current segment (none
+        when nothing was appended since the last sync, or when the journal was opened with
+        fsync=False).  fdatasync flushes the data and, when a write grew the file, its size."""
         self._usable()
         if not self._dirty:
             return
         if self.fsync:
             try:
-                os.fsync(self._file.fileno())
+                os.fdatasync(self._fd)
             except BaseException as exc:
-                self._failed = exc  # never retry a failed fsync: the kernel may have dropped the pages
+                self._failed = exc  # never retry a failed sync: the kernel may have dropped the pages
                 raise
         self._dirty = False
 
@@ -411,9 +451,9 @@ class Journal:
                 self.sync()
         finally:
             self._closed = True
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             os.close(self._dir_fd)
 
     def __enter__(self) -> Journal:

@@ -19,10 +19,10 @@ import numpy as np
 
 from exchange.config import ServerConfig
 from exchange.engine import Engine
-from exchange.entries import Fund, Prov, decode_entry
+from exchange.entries import Fund, Prov, decode_entries
 from exchange.journal import read
 from exchange.money import settlement_config
-from exchange.snapshots import SnapshotMismatch, snapshots
+from exchange.snapshots import snapshots
 
 log = logging.getLogger("gpux.recovery")
 REPLAY_CHUNK = 4096
@@ -41,13 +41,13 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
     journal_dir = journal_dir or data / "journal"
     threads = cfg.book_threads or None
     money = settlement_config(cfg)
-    engine = Engine(cfg.instruments, cfg.engine, threads, money)
+    engine = None
     if use_snapshots:
         for seq, path in reversed(snapshots(data)):
             try:
                 candidate = Engine(cfg.instruments, cfg.engine, threads, money)
                 candidate.load_snapshot(path.read_bytes())
-            except (SnapshotMismatch, ValueError, OSError) as e:
+            except Exception as e:  # unusable, whatever the damage (bad bytes, bad deflate, a mismatch)
                 log.warning("snapshot %s not usable (%s); trying an older one", path, e)
                 continue
             ahead = [n for n in candidate.books if settled is not None and candidate.event_seq(n) > settled(n)]
@@ -57,6 +57,8 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
             engine = candidate
             log.info("restored snapshot", extra={"seq": seq, "path": str(path)})
             break
+    if engine is None:  # no usable snapshot: the whole journal
+        engine = Engine(cfg.instruments, cfg.engine, threads, money)
     replay(engine, journal_dir, sink)
     return engine
 
@@ -64,23 +66,26 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
 def replay(engine: Engine, journal_dir: Path,
            sink: Callable[[dict[str, np.ndarray], list[Prov], list[Fund]], None] | None = None) -> int:
     """Apply every journal entry after ``engine.seq``; returns how many were applied."""
-    chunk: list = []
+    payloads: list[bytes] = []
     applied = 0
     expect = engine.seq + 1
+
+    def apply(payloads: list[bytes]) -> None:
+        chunk = decode_entries(payloads)  # one call per chunk
+        _, arrays = engine.apply(chunk, results=False)  # nothing to answer
+        if sink is not None:
+            sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])
+
     for seq, payload in read(journal_dir, from_seq=engine.seq + 1):
         if seq != expect:
             raise RuntimeError(f"journal gap: expected seq {expect}, found {seq}")
         expect += 1
-        chunk.append(decode_entry(payload))
-        if len(chunk) >= REPLAY_CHUNK:
-            _, arrays = engine.apply(chunk)
-            if sink is not None:
-                sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])
-            applied += len(chunk)
-            chunk = []
-    if chunk:
-        _, arrays = engine.apply(chunk)
-        if sink is not None:
-            sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])
-        applied += len(chunk)
+        payloads.append(payload)
+        if len(payloads) >= REPLAY_CHUNK:
+            apply(payloads)
+            applied += len(payloads)
+            payloads = []
+    if payloads:
+        apply(payloads)
+        applied += len(payloads)
     return applied

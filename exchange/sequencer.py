@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,18 @@ from exchange.engine import Engine
 from exchange.entries import Admin, Cmd, Entry, Fund, Prov, encode_entry
 from exchange.errors import ApiError
 from exchange.journal import Journal
-from exchange.money import WITHDRAW
-from exchange.snapshots import encode_snapshot, write_snapshot
-from orderbook.types import CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE, Command, clock_command
+from exchange.money import WITHDRAW, warm_copy
+from exchange.snapshots import encode_snapshot_parts, write_snapshot
+from orderbook.types import (
+    CMD_ASK,
+    CMD_BID,
+    CMD_CANCEL,
+    CMD_CLOCK,
+    COMMAND_DTYPE,
+    RESERVED,
+    Command,
+    clock_command,
+)
 from settlement.engine import MONEY_LIMIT
 
 log = logging.getLogger("gpux.sequencer")
@@ -92,11 +102,20 @@ class SequencerStats:
     last_batch: int = 0
     max_batch: int = 0
     batch_seconds: float = 0.0
+    hook_errors: int = 0  # on_tick hooks that raised
+    batch_cpu_seconds: float = 0.0  # CPU time of the sequencer's thread in batches (not the fsync's)
+    snapshots: int = 0  # written by the sequencer (the periodic and requested ones)
+    snapshot_failures: int = 0
+    snapshot_capture_seconds: float = 0.0  # on the event loop: Engine.capture
+    snapshot_capture_max: float = 0.0
+    snapshot_write_seconds: float = 0.0  # in the I/O thread: encoding and writing, until done
 
 
 # a bid may hold at most this (µ$, ~1.28 billion USD): the money of the lease it may make stays
 # within settlement's int64 arithmetic (settlement.engine.MONEY_LIMIT, µ$·s/h)
 MAX_HOLD = MONEY_LIMIT // 3600
+# how far ahead a reserved bid may start (two leap years)
+MAX_LEAD_S = 2 * 366 * 86_400
 
 
 class Sequencer:
@@ -130,12 +149,19 @@ class Sequencer:
         self._stopped = asyncio.Event()
         self._snapshot_due = False
         self._last_snapshot_seq = engine.seq
+        self._snapshot_writing: asyncio.Future | None = None  # a snapshot being encoded and written
         self.failed: BaseException | None = None
         self.busy = False  # a batch is journaled but not yet published
         self.times = {name: engine.book_time(name) for name in engine.books}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        for book in self.engine.books.values():  # the jitted hash loaded and the capture buffers made now,
+            book.state_hash()                     # not on the loop at the first snapshot (~0.2 s and more)
+            warm = getattr(book, "warm_capture", None)
+            if warm is not None:
+                warm()
+        warm_copy()  # the money's copy too (numba compiles it at its first call: ~0.5 s)
         self._running = True
         if self.on_tick is not None:
             self.on_tick()
@@ -156,6 +182,8 @@ class Sequencer:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._snapshot_writing is not None:  # the last periodic one, still being written
+            await asyncio.gather(self._snapshot_writing, return_exceptions=True)
         if snapshot and self.failed is None and self.engine.seq > self._last_snapshot_seq:
             blob = self.engine.snapshot()
             write_snapshot(self.cfg.data_path, self.engine.seq, blob)
@@ -188,7 +216,18 @@ class Sequencer:
             ("gpux_fsync_seconds_total", round(st.fsync_seconds, 6), "time waiting for fsync", "counter"),
             ("gpux_fsync_busy_seconds_total", round(st.fsync_busy_seconds, 6), "time inside fsync", "counter"),
             ("gpux_batch_seconds_total", round(st.batch_seconds, 6), "time spent in batches", "counter"),
+            ("gpux_batch_cpu_seconds_total", round(st.batch_cpu_seconds, 6),
+             "CPU time of the sequencer's thread in batches", "counter"),
             ("gpux_batch_max", st.max_batch, "largest batch so far", "gauge"),
+            ("gpux_tick_hook_errors_total", st.hook_errors, "clock-tick hooks that raised (see the log)", "counter"),
+            ("gpux_snapshots_total", st.snapshots, "snapshots written by the sequencer", "counter"),
+            ("gpux_snapshot_failures_total", st.snapshot_failures, "snapshots that failed (logged)", "counter"),
+            ("gpux_snapshot_capture_seconds_total", round(st.snapshot_capture_seconds, 6),
+             "time capturing snapshots on the event loop", "counter"),
+            ("gpux_snapshot_capture_max_seconds", round(st.snapshot_capture_max, 6),
+             "longest snapshot capture on the event loop", "gauge"),
+            ("gpux_snapshot_write_seconds_total", round(st.snapshot_write_seconds, 6),
+             "time encoding and writing snapshots off the event loop", "counter"),
             ("gpux_sequencer_queued", len(self._queue), "requests waiting for the next batch", "gauge")]
         out += [(f'gpux_rejected_pre_total{{code="{code}"}}', n,
                  "requests refused by the sequencer before the journal", "counter")
@@ -244,7 +283,11 @@ class Sequencer:
             await clock.sleep(interval - (clock.time_ms() / 1000 % interval))
             self._tick()
             if self.on_tick is not None:
-                self.on_tick()
+                try:
+                    self.on_tick()
+                except Exception:  # a projection's hook must not stop engine time
+                    self.stats.hook_errors += 1
+                    log.exception("the clock tick's hook failed (engine time goes on)")
             if clock.monotonic() - last_snapshot >= self.cfg.snapshot_every_s:
                 last_snapshot = clock.monotonic()
                 self.request_snapshot()
@@ -296,6 +339,11 @@ class Sequencer:
             return ApiError("HALTED", f"trading in {r.book} is halted; resting orders are kept, "
                                       "cancels are accepted")
         if typ == CMD_BID or typ == CMD_ASK:
+            if typ == CMD_BID and cmd.kind == RESERVED and cmd.start - self.times[r.book] > MAX_LEAD_S:
+                # a start no one alive will see would hold the bid's escrow for ever (an ask holds no money)
+                return ApiError("BAD_START", f"a reserved bid may start at most {MAX_LEAD_S // 86_400} days "
+                                             f"after now ({MAX_LEAD_S} s); this one is "
+                                             f"{cmd.start - self.times[r.book]} s ahead")
             count = state.open_count(r.account) + new.get(r.account, 0)
             if count >= self.cfg.max_open_orders:
                 return ApiError("TOO_MANY_ORDERS", f"the account has {count} open orders, the maximum is "
@@ -313,6 +361,22 @@ class Sequencer:
                 holds[r.account] = holds.get(r.account, 0) + r.hold
             new[r.account] = new.get(r.account, 0) + 1
         return None
+
+    def _refuse_unfit(self, items: list[Request], recs: list[Command], owners: list[Request | None],
+                      rec_entry: list[int]) -> None:
+        """Commands with a field their record cannot hold get MALFORMED; the rest of the batch is
+        queued again, as it came, for the next turn (nothing of it was journaled)."""
+        bad = set()
+        for k, rec in enumerate(recs):
+            try:
+                np.array([rec], dtype=COMMAND_DTYPE)
+            except (OverflowError, ValueError):
+                r = owners[rec_entry[k]]
+                if r is not None:
+                    bad.add(id(r))
+                    r.resolve(ApiError("MALFORMED", "a field of the command is beyond its range"))
+        self._queue[:0] = [r for r in items if id(r) not in bad]
+        self._wake.set()
 
     def _check_fund(self, r: Request, holds: dict[int, int], index: int) -> ApiError | None:
         """A withdrawal takes only what is available, less the holds of bids earlier in the batch
@@ -334,6 +398,7 @@ class Sequencer:
 
     async def _batch(self, loop: asyncio.AbstractEventLoop, items: list[Request]) -> None:
         t0 = time.perf_counter()
+        cpu = time.thread_time()
         engine = self.engine
         entries: list[Entry] = []
         owners: list[Request | None] = []
@@ -345,6 +410,7 @@ class Sequencer:
         seen: dict[tuple[int, str], Request] = {}
         holds: dict[int, int] = {}
         new: dict[int, int] = {}
+        taken = items  # as they came (provisioning answers are taken out below)
         times = self.times
         oid = engine.last_oid
         self._batch_refs: set[str] = set()  # refs of the batch's deposits (a repeat is applied once)
@@ -397,7 +463,11 @@ class Sequencer:
             entries.append(Cmd(r.book, b"", r.coid))
             owners.append(r)
         if recs:  # the records with their engine times and order ids stamped
-            arr = np.array(recs, dtype=COMMAND_DTYPE)
+            try:
+                arr = np.array(recs, dtype=COMMAND_DTYPE)
+            except (OverflowError, ValueError):  # a field beyond its record type (the edge should refuse it)
+                self._refuse_unfit(taken, recs, owners, rec_entry)
+                return
             arr["time"] = stamps
             arr["oid"] = oids
             blob = arr.tobytes()
@@ -414,7 +484,9 @@ class Sequencer:
                 await asyncio.shield(sync)
                 raise
             engine.last_oid = max(engine.last_oid, oid)
+            cpu -= time.thread_time()  # the loop runs other work while it waits
             await sync
+            cpu += time.thread_time()
             self.stats.fsync_seconds += time.perf_counter() - ts
             self.stats.fsyncs += 1
             coids = engine.state.coids
@@ -445,24 +517,46 @@ class Sequencer:
         st.last_batch = len(items)
         st.max_batch = max(st.max_batch, len(items))
         st.batch_seconds += time.perf_counter() - t0
+        st.batch_cpu_seconds += time.thread_time() - cpu
         if self._snapshot_due:
             await self._snapshot(loop)
 
     async def _snapshot(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Capture the core between two batches (copies only: `Engine.capture`) and encode and
+        write the snapshot in the I/O thread while batches go on; one at a time."""
         self._snapshot_due = False
-        if self.engine.seq == self._last_snapshot_seq:
+        if self.engine.seq == self._last_snapshot_seq or self._snapshot_writing is not None:
             return
-        snap = self.engine.capture()
+        t = time.perf_counter()
+        make = self.engine.capture()
         seq = self.engine.seq
-        size = await loop.run_in_executor(self._io, _encode_and_write, self.cfg.data_path, snap)
-        self._last_snapshot_seq = seq
-        log.info("snapshot", extra={"seq": seq, "bytes": size})
+        st = self.stats
+        took = time.perf_counter() - t
+        st.snapshot_capture_seconds += took
+        st.snapshot_capture_max = max(st.snapshot_capture_max, took)
+        self._snapshot_writing = fut = loop.run_in_executor(self._io, _encode_and_write, self.cfg.data_path,
+                                                            seq, make)
+        fut.add_done_callback(partial(self._snapshot_written, seq, time.perf_counter()))
+
+    def _snapshot_written(self, seq: int, started: float, fut: asyncio.Future) -> None:
+        self._snapshot_writing = None
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:  # the journal is the system of record: trading goes on, start-up replays more
+            self.stats.snapshot_failures += 1
+            log.error("snapshot at seq %d failed: %r", seq, exc, exc_info=exc)
+            return
+        self._last_snapshot_seq = max(self._last_snapshot_seq, seq)
+        self.stats.snapshots += 1
+        self.stats.snapshot_write_seconds += time.perf_counter() - started
+        log.info("snapshot", extra={"seq": seq, "bytes": fut.result()})
 
 
-def _encode_and_write(data_dir: Path, snap: Any) -> int:
-    blob = encode_snapshot(snap)
-    write_snapshot(data_dir, snap.seq, blob)
-    return len(blob)
+def _encode_and_write(data_dir: Path, seq: int, make: Callable[[], Any]) -> int:
+    parts = encode_snapshot_parts(make())
+    write_snapshot(data_dir, seq, parts)
+    return sum(len(p) for p in parts)
 
 
 class _Syncer:
@@ -508,4 +602,5 @@ def _set(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
 
 
 def open_journal(data_dir: Path, cfg: ServerConfig) -> Journal:
-    return Journal.open(data_dir / "journal", segment_bytes=cfg.segment_bytes, fsync=cfg.fsync == "batch")
+    return Journal.open(data_dir / "journal", segment_bytes=cfg.segment_bytes, fsync=cfg.fsync == "batch",
+                        preallocate=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from exchange.money import MoneySnap
-from exchange.state import StateData
+from exchange.state import Encoded, StateData
 
 SNAP_SUFFIX = ".snap"
 
@@ -49,18 +49,42 @@ def encode_snapshot(snap: Snapshot) -> bytes:
                                            version=snap.version, money=snap.money, money_hash=snap.money_hash))
 
 
+def encode_snapshot_parts(snap: Snapshot) -> list[bytes | memoryview]:
+    """`encode_snapshot`'s bytes as pieces, in order.  Fields of ``snap.state`` may be `Encoded`
+    (their msgpack, in pieces: `ExchangeState.capture`); they are spliced in, never joined, so
+    no single call holds the GIL for the whole state (`write_snapshot` writes the pieces)."""
+    fields = {f: v for f in StateData.__struct_fields__ if isinstance(v := getattr(snap.state, f), Encoded)}
+    if not fields:
+        return [encode_snapshot(snap)]
+    token = os.urandom(16)
+    marks = {f: msgspec.msgpack.encode(token + f.encode()) for f in fields}  # bin values: found verbatim
+    state = msgspec.structs.replace(snap.state, **{f: msgspec.Raw(m) for f, m in marks.items()})
+    blob = encode_snapshot(msgspec.structs.replace(snap, state=state))
+    parts: list[bytes | memoryview] = []
+    at = 0
+    for f, mark in sorted(marks.items(), key=lambda fm: blob.index(fm[1])):
+        pos = blob.index(mark, at)
+        parts.append(blob[at:pos])
+        parts.extend(fields[f])
+        at = pos + len(mark)
+    parts.append(blob[at:])
+    return parts
+
+
 def snapshot_dir(data_dir: Path) -> Path:
     return data_dir / "snapshots"
 
 
-def write_snapshot(data_dir: Path, seq: int, blob: bytes, keep: int = 3) -> Path:
-    """Write atomically (temp file, fsync, rename, fsync dir); keep the newest ``keep``."""
+def write_snapshot(data_dir: Path, seq: int, blob: bytes | list[bytes | memoryview], keep: int = 3) -> Path:
+    """Write atomically (temp file, fsync, rename, fsync dir); keep the newest ``keep``.  ``blob``
+    may be a list of pieces (`encode_snapshot_parts`), written one after another."""
     d = snapshot_dir(data_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{seq:020d}{SNAP_SUFFIX}"
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        f.write(blob)
+        for piece in [blob] if isinstance(blob, bytes) else blob:
+            f.write(piece)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -13,10 +13,14 @@ prechecks, live only): this module only applies what the books said.
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from exchange.config import Instrument
 from exchange.records import LeaseInfo, OrderInfo, lease_ref
@@ -43,6 +47,10 @@ from settlement.money import hold_fee_bps, hold_per_gpu, lease_value
 
 MAX_CLOSED_ORDERS = 200_000  # closed orders remembered for status queries (oldest forgotten first)
 MAX_COIDS = 1_000_000  # client order ids remembered for idempotent retries (oldest forgotten first)
+# records msgpack-encoded per call when a snapshot is encoded in a worker thread: each call holds
+# the GIL for about a millisecond, then the thread lets the event loop run
+ENCODE_CHUNK = 2_000
+_encoder = msgspec.msgpack.Encoder()
 
 
 class StateData(msgspec.Struct, kw_only=True):
@@ -82,6 +90,23 @@ def split_events(commands: list[Command], events: list[Event]) -> list[tuple[int
     return spans
 
 
+def split_event_array(clock_first: bool, n_commands: int, events: np.ndarray) -> list[tuple[int, int]]:
+    """`split_events` from the events' array: the same spans, found with numpy.  Only the first of
+    the ``n_commands`` may be a clock command (``clock_first``), as `split_events` requires."""
+    t = events["type"]
+    lead = np.flatnonzero((t == EV_ACCEPTED) | (t == EV_REJECTED) | (t == EV_AMENDED) | (t == EV_RELEASED)
+                          | ((t == EV_CANCELLED) & (events["reason"] == END_USER))).tolist()
+    if len(lead) != n_commands - clock_first:
+        raise AssertionError(f"{len(lead)} leading events for {n_commands - clock_first} non-clock commands")
+    if clock_first:
+        lead.insert(0, 0)
+    elif lead and lead[0] != 0:
+        raise AssertionError("events before the first command's leading event")
+    elif not lead and len(events):
+        raise AssertionError("events left over after the last command")
+    return list(zip(lead, [*lead[1:], len(events)], strict=True))
+
+
 def _leading(ev: Event) -> bool:
     t = ev.type
     return (t == EV_ACCEPTED or t == EV_REJECTED or t == EV_AMENDED or t == EV_RELEASED
@@ -116,13 +141,22 @@ class ExchangeState:
         return gpus * hold_per_gpu(hours, limit, self._fee_bps.get(book, 0))
 
     # ------------------------------------------------------------------ applying events
-    def apply(self, book: str, commands: list[Command], events: list[Event],
-              coids: list[str] | None = None) -> list[tuple[int, int]]:
+    def apply(self, book: str, commands: list[Command] | None, events: list[Event],
+              coids: list[str] | None = None, spans: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
         """Apply one book's commands and the events they produced; returns the spans of
-        `split_events`.  ``coids[i]`` is the client order id command i carried ('' none);
-        the first answer to each is remembered by `answer_of` for idempotent retries."""
-        spans = split_events(commands, events)
+        `split_events` (or ``spans``, when the caller has them: `split_event_array`).
+        ``coids[i]`` is the client order id command i carried ('' none); the first answer to
+        each is remembered by `answer_of` for idempotent retries.  ``commands`` may be None
+        when ``spans`` are given and no command carries a client order id."""
+        if spans is None:
+            spans = split_events(commands, events)  # type: ignore[arg-type]
         inst = self.instruments[book]
+        if not coids or not any(coids):  # events in order; no answers to remember
+            event = self._event
+            for ev in events:
+                event(book, inst, ev, "")
+            return spans
+        assert commands is not None
         for i, (a, b) in enumerate(spans):
             coid = coids[i] if coids else ""
             for ev in events[a:b]:
@@ -156,11 +190,12 @@ class ExchangeState:
                 else:
                     o.remaining = ev.gpus
         elif t == EV_PREEMPTED or t == EV_RELEASED:
-            lease = self.leases.get(lease_ref(book, ev.trade_id))
-            if lease is not None:
-                lease.end = ev.end
-                lease.ended_by = "preempted" if t == EV_PREEMPTED else "released"
-                lease.cost = lease_value(lease.gpus, lease.price, lease.end - lease.start)
+            ref = lease_ref(book, ev.trade_id)
+            lease = self.leases.get(ref)
+            if lease is not None:  # a new record, not changed in place: a capture() may share the old one
+                self.leases[ref] = msgspec.structs.replace(
+                    lease, end=ev.end, ended_by="preempted" if t == EV_PREEMPTED else "released",
+                    cost=lease_value(lease.gpus, lease.price, ev.end - lease.start))
         # EV_REJECTED changes nothing (R8)
 
     def _accepted(self, book: str, ev: Event, coid: str) -> None:
@@ -233,6 +268,36 @@ class ExchangeState:
             halted=sorted(self.halted),
         )
 
+    def capture(self) -> Callable[[], StateData]:
+        """The state now, for a snapshot taken off the event loop.  Here (cheap): lists of the
+        containers' records, and the field values of the open orders (the only records that
+        change in place) as they are now; leases are replaced, never changed, and closed orders
+        never change, so the lists can share them.  Returns a function that makes the
+        `to_data()` of this moment in a worker thread, its lists msgpack-encoded a chunk at a
+        time (`Encoded` pieces; `exchange.snapshots.encode_snapshot_parts` writes the same bytes
+        as for `to_data()`), letting the event loop run between chunks."""
+        orders_now = self.orders
+        now = list(map(msgspec.structs.astuple, [orders_now[oid] for oids in self.open_by_account.values()
+                                                 for oid in oids]))
+        orders = list(orders_now.values())
+        closed = list(self.closed)
+        leases = list(self.leases.values())
+        coids = list(self.coids.items())
+        halted = sorted(self.halted)
+
+        def data() -> StateData:
+            fields = OrderInfo.__struct_fields__
+            get = {values[0]: OrderInfo(**dict(zip(fields, values, strict=True))) for values in now}.get
+            return StateData(
+                orders=_encode_array((get(o.oid) or o for o in orders), len(orders)),  # type: ignore[arg-type]
+                closed=_encode_array(closed, len(closed)),  # type: ignore[arg-type]
+                leases=_encode_array(leases, len(leases)),  # type: ignore[arg-type]
+                coids=_encode_array(((acc, coid, ans) for (acc, coid), ans in coids),  # type: ignore[arg-type]
+                                    len(coids)),
+                halted=halted)
+
+        return data
+
     def load_data(self, data: StateData) -> None:
         self.orders = {o.oid: o for o in data.orders}
         self.open_by_account = {}
@@ -258,3 +323,37 @@ class ExchangeState:
             "held": sum(self.orders[o].hold for s in self.open_by_account.values() for o in s),
             "cost": sum(x.cost for x in self.leases.values()),
         }
+
+
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an array of n items."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+class Encoded(list):
+    """The msgpack encoding of one value, as a list of byte pieces in order (not joined: a
+    snapshot writes them one after another; `exchange.snapshots.encode_snapshot_parts`)."""
+
+
+def _encode_array(items: Iterable[Any], n: int, pause: Callable[[float], None] = time.sleep) -> Encoded:
+    """msgpack of ``list(items)`` (n items) in pieces, encoded ENCODE_CHUNK items per call with a
+    pause (which releases the GIL) after each: the same bytes as one call, without holding the
+    GIL for the whole of it."""
+    parts = Encoded([_array_header(n)])
+    it: Iterator[Any] = iter(items)
+    done = 0
+    while done < n:
+        chunk = list(islice(it, ENCODE_CHUNK))
+        if not chunk:
+            break
+        blob = _encoder.encode(chunk)
+        parts.append(memoryview(blob)[len(_array_header(len(chunk))):])
+        done += len(chunk)
+        pause(0)
+    if done != n:
+        raise RuntimeError(f"{done} items where {n} were expected (changed while encoding)")
+    return parts

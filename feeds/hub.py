@@ -92,7 +92,9 @@ class OpError(Exception):
 class Private(Protocol):
     """What the hub needs for private channels (the live feed service provides it)."""
 
-    def authenticate(self, op: AuthOp) -> tuple[int, str]: ...
+    def authenticate(self, op: AuthOp) -> tuple[int, str, str]:
+        """(account, role, key id) of a signed auth op; raises OpError."""
+        ...
 
     def private_snapshot(self, account: int, channel: str) -> dict[str, Any]: ...
 
@@ -101,7 +103,7 @@ class Conn(SendBuffer):
     """One subscriber connection: its send buffer (`gateway.sendbuffer.SendBuffer`: ``out``,
     ``closed``, ``transport``...), its subscriptions, and its key in the hub's operation limiter."""
 
-    __slots__ = ("subs", "account", "role", "key")
+    __slots__ = ("subs", "account", "role", "key", "key_id")
 
     def __init__(self, sender: Sender, ws: web.WebSocketResponse | None, transport: Any, peer: str = "",
                  key: int = 0) -> None:
@@ -110,6 +112,7 @@ class Conn(SendBuffer):
         self.account = 0
         self.role = ""
         self.key = key  # its bucket in Hub.ops
+        self.key_id = ""  # the API key it authenticated with
 
 
 class Hub:
@@ -295,6 +298,13 @@ class Hub:
         if self._hb_task is None:
             self._hb_task = asyncio.get_running_loop().create_task(self._heartbeats(), name="feeds-heartbeat")
 
+    def revoke(self, key_id: str) -> int:
+        """Close (1008, with the reason) every connection authenticated with a revoked key."""
+        gone = [c for c in self.conns if c.key_id == key_id and not c.closed]
+        for c in gone:
+            self.sends.cut(c, "the API key was revoked", slow=False)
+        return len(gone)
+
     async def close(self, code: int = 1001, reason: str = "server shutting down", timeout: float = 2.0) -> None:
         """Close every connection (``code``, e.g. 1001 at shutdown), all at once: at most
         ``timeout`` seconds in all, then whoever has not answered is aborted."""
@@ -434,6 +444,6 @@ class Hub:
             raise OpError("UNKNOWN_CHANNEL", "no private channels here")
         if c.account:
             raise OpError("ALREADY_AUTHENTICATED", "this connection is authenticated already")
-        account, role = self.private.authenticate(op)
-        c.account, c.role = account, role
+        account, role, key_id = self.private.authenticate(op)
+        c.account, c.role, c.key_id = account, role, key_id
         self._push(c, {"type": "authenticated", "id": op.id, "account": account, "role": role})

@@ -23,7 +23,7 @@ from exchange.config import Instrument
 from exchange.engine import Engine
 from exchange.entries import decode_entry
 from exchange.journal import Journal, read, segments
-from exchange.snapshots import SnapshotMismatch, snapshots
+from exchange.snapshots import snapshots
 from feeds.recording import (
     DIR_NAME,
     EVENT_SIZE,
@@ -114,7 +114,7 @@ def engine_at(instruments: dict[str, Instrument], engine: str, data_dir: Path, s
             cand.load_snapshot(path.read_bytes())
             eng = cand
             break
-        except (SnapshotMismatch, ValueError, OSError) as e:
+        except Exception as e:  # unusable, whatever the damage: an older one, or the journal
             log.info("snapshot %s not usable for the recorder (%s)", path, e)
     if eng.seq < seq:
         for entries, _ in journal_chunks(data_dir / "journal", eng.seq + 1, seq):

@@ -39,6 +39,9 @@ __all__ = ["load", "book_at", "feed_at", "Recording", "RecordingError", "serve_r
 
 _enc = msgspec.json.Encoder()
 MAX_REPLAYS = 4  # replay connections served at once by one server
+MAX_REPLAYS_PER_ADDRESS = 1  # ... and from one address (idle ones cannot take every slot)
+SUBSCRIBE_TIMEOUT_S = 10.0  # a replay connection that subscribes to nothing this long is closed
+_by_peer: dict[str, int] = {}
 _active = 0
 
 
@@ -153,7 +156,12 @@ async def serve_replay(request: web.Request, path: Path, max_buffer: int = 16 <<
     classes = [c for c in q.get("class", "").split(",") if c] or None
     if _active >= MAX_REPLAYS:
         return _bad(f"at most {MAX_REPLAYS} replays at once; try again later", 503, "UNAVAILABLE")
+    peer = request.remote or ""
+    if _by_peer.get(peer, 0) >= MAX_REPLAYS_PER_ADDRESS:
+        return _bad(f"at most {MAX_REPLAYS_PER_ADDRESS} replay at once from one address; try again later", 503,
+                    "UNAVAILABLE")
     _active += 1
+    _by_peer[peer] = _by_peer.get(peer, 0) + 1
     try:
         loop = asyncio.get_running_loop()
         try:
@@ -179,14 +187,29 @@ async def serve_replay(request: web.Request, path: Path, max_buffer: int = 16 <<
         started = asyncio.Event()
         hub.on_first_subscribe = lambda _c: started.set()
         task = asyncio.create_task(_play(hub, feeds, drains[k:], speed, started, delay))
+        idle = asyncio.create_task(_close_if_idle(hub, started))
         try:
             return await hub.handle(request)
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            idle.cancel()
+            await asyncio.gather(task, idle, return_exceptions=True)
             await hub.close()
     finally:
         _active -= 1
+        left = _by_peer.get(peer, 0) - 1
+        if left > 0:
+            _by_peer[peer] = left
+        else:
+            _by_peer.pop(peer, None)
+
+
+async def _close_if_idle(hub: Hub, started: asyncio.Event) -> None:
+    """A replay slot is for playing: a connection that subscribes to nothing gives it back."""
+    try:
+        await asyncio.wait_for(started.wait(), SUBSCRIBE_TIMEOUT_S)
+    except TimeoutError:
+        await hub.close(code=1008, reason=f"no subscription within {SUBSCRIBE_TIMEOUT_S:g} s")
 
 
 async def _play(hub: Hub, feeds: dict[str, ClassFeed], drains: list[Any], speed: float, started: asyncio.Event,

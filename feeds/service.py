@@ -225,12 +225,16 @@ class FeedService:
         self.busy_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ private channels
-    def authenticate(self, op: AuthOp) -> tuple[int, str]:
+    def authenticate(self, op: AuthOp) -> tuple[int, str, str]:
         try:
             key = self.verifier.verify(op.key, op.ts, op.sig, "GET", "/v1/ws", b"")
         except AuthError as e:
             raise OpError(e.code, e.message) from None
-        return key.account_id, key.role
+        return key.account_id, key.role, key.key_id
+
+    def revoke(self, key_id: str) -> int:
+        """Close the market-data connections authenticated with a revoked key."""
+        return self.hub.revoke(key_id)
 
     def private_snapshot(self, account: int, channel: str) -> dict[str, Any]:
         st = self.engine.state

@@ -45,6 +45,7 @@ ROLE_RIGHTS = {
 ACCOUNTS_DB = "accounts.db"
 MICRO_PER_USD = 1_000_000
 MAX_TOTAL = 10**18  # µ$ (10^12 USD): an account's deposits add up to at most this, far from SQLite's 2^63
+MAX_ALL = 4 * 10**18  # µ$: all accounts' deposits together (the exchange's external balance is their sum)
 KEY_PREFIX = "gk_"
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 KEY_ID_RE = re.compile(r"gk_[A-Za-z0-9_-]{16}")
@@ -185,12 +186,22 @@ class AccountStore:
             except FileExistsError:  # another process was first
                 pass
         self._lock = threading.RLock()
+        self._writes = 0  # commits through this object (data_version counts other connections' only)
         self._db: sqlite3.Connection | None = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as e:
+            problems = [str(e)]
+        if problems != ["ok"]:
+            self._db.close()
+            self._db = None
+            raise AccountError("CORRUPT", f"{self.path} is damaged ({'; '.join(problems[:3])}): restore it from a "
+                                          "backup (it holds the accounts and API keys; money is in the journal)")
         with self._write() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -224,6 +235,7 @@ class AccountStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            self._writes += 1
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -259,6 +271,10 @@ class AccountStore:
                               (account_id,)).fetchone()
         if total + amount > MAX_TOTAL:
             raise AccountError("BAD_AMOUNT", f"an account's deposits add up to at most {MAX_TOTAL} µ$")
+        (everyone,) = db.execute("SELECT COALESCE(SUM(amount), 0) FROM deposits").fetchone()
+        if everyone + amount > MAX_ALL:
+            raise AccountError("BAD_AMOUNT", f"the deposits of all accounts add up to at most {MAX_ALL} µ$ "
+                                             "(the ledger's balances are 64-bit integers)")
         db.execute("INSERT INTO deposits (account_id, amount, created_at, note) VALUES (?, ?, ?, ?)",
                    (account_id, amount, _now_ms(), str(note)))
         return total + amount
@@ -332,6 +348,23 @@ class AccountStore:
                           "JOIN accounts a ON a.id = k.account_id WHERE k.key_id = ? AND k.revoked = 0",
                           (key_id,))
         return ApiKey(*rows[0]) if rows else None
+
+    def health(self) -> str:
+        """"ok" while the store can be read (every signed request reads it)."""
+        try:
+            self._read("SELECT count(*) FROM api_keys")
+        except (sqlite3.Error, AccountError) as e:
+            return f"the account store cannot be read: {e}"
+        return "ok"
+
+    def revoked_keys(self) -> set[str]:
+        """The ids of every revoked key."""
+        return {r[0] for r in self._read("SELECT key_id FROM api_keys WHERE revoked = 1")}
+
+    def data_version(self) -> tuple[int, int]:
+        """Changes whenever anything is committed to the file, by another process (`gpux accounts
+        revoke`: SQLite's PRAGMA data_version) or through this object: a cheap "anything new?"."""
+        return self._read("PRAGMA data_version")[0][0], self._writes
 
     def key_ids(self, account_id: int, *, include_revoked: bool = False) -> list[str]:
         """The ids of an account's keys (live ones unless asked), oldest first."""

@@ -315,16 +315,26 @@ class Signer:
         return f"Signer(key_id={self.key_id!r})"
 
 
-def cached(lookup: Callable[[str], ApiKey | None]) -> Callable[[str], ApiKey | None]:
-    """A key lookup that remembers the keys it found (the account store is read once per key)."""
-    keys: dict[str, ApiKey] = {}
+class KeyCache:
+    """A key lookup that remembers the keys it found (the account store is read once per key);
+    `forget` drops a revoked one, so the next request looks it up again (and finds nothing)."""
 
-    def find(key_id: str) -> ApiKey | None:
-        k = keys.get(key_id)
+    def __init__(self, lookup: Callable[[str], ApiKey | None]) -> None:
+        self.lookup = lookup
+        self.keys: dict[str, ApiKey] = {}
+
+    def __call__(self, key_id: str) -> ApiKey | None:
+        k = self.keys.get(key_id)
         if k is None:
-            k = lookup(key_id)
+            k = self.lookup(key_id)
             if k is not None:
-                keys[key_id] = k
+                self.keys[key_id] = k
         return k
 
-    return find
+    def forget(self, key_id: str) -> None:
+        self.keys.pop(key_id, None)
+
+
+def cached(lookup: Callable[[str], ApiKey | None]) -> KeyCache:
+    """A `KeyCache` over ``lookup``."""
+    return KeyCache(lookup)

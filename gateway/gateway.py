@@ -27,6 +27,7 @@ from exchange.config import ServerConfig
 from exchange.engine import Engine
 from exchange.entries import Fund
 from exchange.errors import ApiError, book_error
+from exchange.journal import JournalError
 from exchange.money import WITHDRAW
 from exchange.sequencer import Request, Sequencer
 from exchange.views import event_push, lease_view, order_view
@@ -82,6 +83,22 @@ def _error(e: ApiError) -> web.Response:
         headers["Retry-After"] = str(max(1, -(-int(e.extra["retry_after_ms"]) // 1000)))
     return web.Response(body=_enc.encode(e.body()), status=e.status, content_type="application/json",
                         headers=headers)
+
+
+def _query_int(request: web.Request, name: str, default: int | None, lo: int, hi: int | None) -> int:
+    """An integer query parameter in [lo, hi] (required when ``default`` is None), or MALFORMED."""
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise ApiError("MALFORMED", f"the query parameter {name} is required")
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError("MALFORMED", f"the query parameter {name} must be an integer, not {raw[:40]!r}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise ApiError("MALFORMED", f"the query parameter {name} must be between {lo} and {hi or 'any'}, not {v}")
+    return v
 
 
 def _auth_error(e: AuthError) -> ApiError:
@@ -171,8 +188,9 @@ class Gateway:
                  *, counters: Counters | None = None,
                  level2: Callable[[str], tuple[int, dict[str, list]] | None] | None = None,
                  metrics: Callable[[], str] | None = None, health: Callable[[], dict[str, Any]] | None = None,
-                 clock: Clock = WALL) -> None:
+                 clock: Clock = WALL, journal_tail: Any = None) -> None:
         self.cfg = cfg
+        self.journal_tail = journal_tail  # exchange.stream.JournalTail: GET /v1/admin/journal
         self.engine = engine
         self.state = engine.state
         self.sequencer = sequencer
@@ -278,6 +296,7 @@ class Gateway:
         r.add_post("/v1/admin/withdraw", self.withdraw)
         r.add_get("/v1/admin/state", self.admin_state)
         r.add_post("/v1/admin/snapshot", self.admin_snapshot)
+        r.add_get("/v1/admin/journal", self.admin_journal)
         r.add_get("/v1/ws", self.websocket)
 
     # --- public -------------------------------------------------------------------------
@@ -492,6 +511,8 @@ class Gateway:
             tid = int(request.match_info["trade_id"])
         except ValueError:
             raise ApiError("MALFORMED", "the lease's trade id must be an integer") from None
+        if not 0 < tid < 2**63:
+            raise ApiError("MALFORMED", "the lease's trade id must be from 1 to 2**63 - 1")
         rec = release_command(key.account_id, tid)
         ans = self._result(await self._submit(Request(name, rec, key.account_id)))
         return _json(ans)
@@ -582,6 +603,23 @@ class Gateway:
         await self._auth(request, "admin")
         self.sequencer.request_snapshot()
         return _json({"ok": True})
+
+    async def admin_journal(self, request: web.Request) -> web.Response:
+        """``GET /v1/admin/journal?after=SEQ&limit=N``: the durable journal entries after SEQ, raw,
+        as one chunk (`exchange.stream`: magic, first seq, count, length-prefixed payloads) —
+        what replicas such as `gpux settle` backfill a gap from."""
+        await self._auth(request, "admin")
+        tail = self.journal_tail
+        if tail is None:
+            raise ApiError("NOT_FOUND", "this exchange does not serve its journal")
+        after = _query_int(request, "after", None, 0, None)
+        limit = _query_int(request, "limit", 1000, 1, tail.MAX_LIMIT)
+        try:
+            blob = await asyncio.get_running_loop().run_in_executor(None, tail.chunk, after, limit)
+        except JournalError as e:
+            raise ApiError("NOT_FOUND", f"the journal does not hold seq {after + 1}: {e}") from None
+        return web.Response(body=blob, content_type="application/octet-stream",
+                            headers={"GPUX-Journal-Durable": str(tail.durable)})
 
     # ------------------------------------------------------------------ WebSocket
     async def websocket(self, request: web.Request) -> web.StreamResponse:
@@ -794,6 +832,14 @@ class Gateway:
                     frame = ws_frame(_enc.encode(event_push(res.book, ev)))
                     for sess in set(targets):
                         sess.push(frame)
+
+    def revoke(self, key_id: str) -> int:
+        """Close (1008, with the reason) every trader session authenticated with a revoked key;
+        its cancel-on-disconnect applies as on any disconnect."""
+        gone = [s for s in self.all_sessions if s.key_id == key_id and not s.closed]
+        for s in gone:
+            self.sends.cut(s, "the API key was revoked", slow=False)
+        return len(gone)
 
     async def close_sessions(self) -> None:
         """Graceful shutdown: every WebSocket gets close code 1001 (going away); one cut off as

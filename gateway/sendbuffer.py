@@ -145,16 +145,20 @@ class Sender:
             if waiting > limit:
                 self.cut(b, f"slow consumer: {waiting} bytes unsent, the limit is {limit}")
 
-    def cut(self, buf: SendBuffer, reason: str) -> None:
+    def cut(self, buf: SendBuffer, reason: str, slow: bool = True) -> None:
         """Disconnect a connection that fell behind: stop queueing for it, close frame 1008 with
         the reason behind what it has not read, abort the socket if it has not closed within
-        ``grace_s``; counted in ``stats[stat]``."""
+        ``grace_s``; counted in ``stats[stat]``.  ``slow=False``: for another reason (its key
+        was revoked), not counted."""
         if buf.closed:
             return
         buf.closed = True
         buf.out.clear()
-        self.stats[self.stat] = self.stats.get(self.stat, 0) + 1
-        self.log.warning("%s cut off", self.label, extra={"peer": buf.peer, "reason": reason})
+        if slow:
+            self.stats[self.stat] = self.stats.get(self.stat, 0) + 1
+            self.log.warning("%s cut off", self.label, extra={"peer": buf.peer, "reason": reason})
+        else:
+            self.log.info("%s closed", self.label, extra={"peer": buf.peer, "reason": reason})
         if self.on_cut is not None:
             self.on_cut(buf)
         t = buf.transport

@@ -3227,6 +3227,9 @@ def _pow2_at_least(n: int) -> int:
     return p
 
 
+_TM_ROOM = "_tm_room"  # in a capture(): the timer heap's rows (TM is padded to them when encoded)
+
+
 class NumbaBook:
     """One GPU class's book over numba-jitted functions; same interface as ReferenceBook."""
 
@@ -3302,21 +3305,70 @@ class NumbaBook:
     def state_hash(self) -> int:
         return int(_state_hash(self.st))
 
-    def snapshot(self) -> bytes:
-        buf = io.BytesIO()
-        arrays = {k: v for k, v in self.st._asdict().items() if k not in ("E", "W", "UC", "TF", "PT")}
+    def capture(self) -> dict[str, np.ndarray]:
+        """What `snapshot()` holds, as copies of the book's arrays (no serialising): cheap enough
+        to take between two batches; `encode_capture` makes the bytes, e.g. in a worker thread.
+        The copies go into buffers the book keeps for the next capture once `encode_capture`
+        of this one is done (fresh memory costs more than the copy: the kernel zeroes it)."""
+        bufs = getattr(self, "_capture_bufs", None)
+        if bufs is None or not self._capture_free:
+            bufs = {} if bufs is None else None  # the first capture's copies become the buffers
+        st = self.st
+
+        def copy(key: str, src: np.ndarray, room: np.ndarray) -> np.ndarray:
+            if bufs is None:
+                return src.copy()
+            buf = bufs.get(key)
+            if buf is None or buf.dtype != room.dtype or buf.shape[1:] != room.shape[1:] or len(buf) < len(src):
+                # room to grow (O and Lz: the rows used, and a quarter more)
+                rows = min(len(room), max(len(src) + len(src) // 4, 1024))
+                buf = bufs[key] = np.empty((rows, *room.shape[1:]), dtype=room.dtype)
+            out = buf[: len(src)]
+            np.copyto(out, src)
+            return out
+
+        made = ("TM", "S", "O", "Lz")  # below (a placeholder keeps the order of the arrays)
+        arrays = {k: (None if k in made else copy(k, v, v)) for k, v in st._asdict().items()
+                  if k not in ("E", "W", "UC", "TF", "PT")}
         # the timers, heap and TF together, as sorted rows (a heap of any arity)
-        n = int(self.st.S[S_TMN])
-        TF = self.st.TF[TF_BASE: self.st.TF[TFH + 1, TF_HIGH]]
-        rows = np.concatenate([self.st.TM[:n], TF[TF[:, 1] >= 0, :4]])
-        arrays["TM"] = np.zeros((max(self.st.TM.shape[0], len(rows)), 4), dtype=np.int64)
-        arrays["TM"][: len(rows)] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
-        arrays["S"] = self.st.S.copy()
+        n = int(st.S[S_TMN])
+        TF = st.TF[TF_BASE: st.TF[TFH + 1, TF_HIGH]]
+        rows = np.concatenate([st.TM[:n], TF[TF[:, 1] >= 0, :4]])
+        # the rows only: encode_capture pads them to the heap's size (zeros)
+        arrays["TM"] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+        arrays["S"] = st.S.copy()
         arrays["S"][S_TMN] = len(rows)
-        arrays["O"] = self.st.O[: self.st.S[S_OHIGH]]  # rows never used are left out
-        arrays["Lz"] = self.st.Lz[: self.st.S[S_LHIGH]]
+        arrays["O"] = copy("O", st.O[: st.S[S_OHIGH]], st.O)  # rows never used are left out
+        arrays["Lz"] = copy("Lz", st.Lz[: st.S[S_LHIGH]], st.Lz)
+        arrays[_TM_ROOM] = np.array([st.TM.shape[0]], dtype=np.int64)
+        if bufs is not None:
+            self._capture_bufs = bufs
+            self._capture_free = False
+            self._capture_owner = arrays
+        return arrays
+
+    def warm_capture(self) -> None:
+        """Make (and fault in) the capture buffers now, e.g. at start-up, not at the first snapshot."""
+        self.capture()
+        self._capture_owner = None
+        self._capture_free = True
+
+    def encode_capture(self, arrays: dict[str, np.ndarray]) -> bytes:
+        """The snapshot bytes of a `capture()` (after which its buffers serve the next capture)."""
+        mine = arrays is getattr(self, "_capture_owner", None)
+        arrays = dict(arrays)
+        rows = arrays["TM"]
+        arrays["TM"] = np.zeros((max(int(arrays.pop(_TM_ROOM)[0]), len(rows)), 4), dtype=np.int64)
+        arrays["TM"][: len(rows)] = rows
+        buf = io.BytesIO()
         np.savez(buf, LAYOUT=np.array([LAYOUT], dtype=np.int64), **arrays)
+        if mine:
+            self._capture_owner = None
+            self._capture_free = True
         return buf.getvalue()
+
+    def snapshot(self) -> bytes:
+        return self.encode_capture(self.capture())
 
     @classmethod
     def restore(cls, config: BookConfig, blob: bytes) -> NumbaBook:

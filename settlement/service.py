@@ -54,14 +54,14 @@ def parse_lease_ref(ref: str | tuple[str, int]) -> tuple[str, int]:
     if isinstance(ref, tuple):
         return ref[0], int(ref[1])
     cls, sep, tid = ref.rpartition("-")
-    if not sep or not cls or not tid.isdigit():
-        raise ValueError(f"a lease is CLASS-TRADE_ID (e.g. H100-7), not {ref!r}")
+    if not sep or not cls or not tid.isdigit() or not 0 < int(tid) < 2**63:
+        raise ValueError(f"a lease is CLASS-TRADE_ID (e.g. H100-7, a trade id below 2**63), not {ref[:80]!r}")
     return cls, int(tid)
 
 
 class Answer(NamedTuple):
     """A provider agent's answer to a provisioning task (R18), as journaled by the exchange
-    (exchange.entries.Prov) and streamed to settlement's consumer group: it follows the event
+    (exchange.entries.Prov) and applied by `gpux settle`'s replica alike: it follows the event
     ``after`` of its class."""
 
     cls: str

@@ -33,7 +33,7 @@ from exchange.engine import Engine, Result
 from exchange.entries import Admin, Cmd, Entry, Fund, decode_entry, encode_entry
 from exchange.journal import HEADER, Journal, read, segments
 from exchange.recovery import recover, replay
-from exchange.snapshots import write_snapshot
+from exchange.snapshots import BookSnap, Snapshot, encode_snapshot, encode_snapshot_parts, write_snapshot
 from exchange.state import ExchangeState, split_events
 from orderbook import types as T
 from orderbook.book import make_book
@@ -344,6 +344,40 @@ def test_snapshot_and_tail_equal_never_snapshotting(tmp_path: Path, engine: str,
     # a newer snapshot that cannot be read is skipped for the older one
     (data / "snapshots" / f"{len(entries):020d}.snap").write_bytes(b"\x93not a snapshot")
     assert_same_engine(straight, recover(cfg))
+
+
+@pytest.mark.parametrize("engine", ["numba", "reference"])
+def test_a_capture_is_the_state_when_it_was_taken_while_batches_go_on(engine: str) -> None:
+    """`Engine.capture` copies on the event loop and the snapshot is made from the copies later
+    (in a worker thread): the batches applied in between change nothing in it.  Its bytes are
+    those of the books' snapshots and `to_data()` taken at capture time."""
+    changed_orders = changed_leases = 0
+    for seed in range(4):
+        rng = random.Random(seed)
+        entries = exchange_entries(200 + seed, n=400)
+        cut = len(entries) // 2
+        live = Engine(INSTRUMENTS, engine)
+        apply_in_batches(live, entries[:cut], rng)
+        at_cut = encode_snapshot(Snapshot(
+            seq=live.seq, last_oid=live.last_oid, state=live.state.to_data(), money=live.money.to_snap(),
+            money_hash=live.money.state_hash(),
+            books={n: BookSnap(live.engine, live.book_time(n), b.state_hash(), b.snapshot())
+                   for n, b in live.books.items()}))
+        open_then = {o.oid: msgspec.to_builtins(o) for o in live.state.orders.values() if o.status == "open"}
+        leases_then = {ref: msgspec.to_builtins(x) for ref, x in live.state.leases.items()}
+        make = live.capture()
+        apply_in_batches(live, entries[cut:], rng)
+        # what the batches after the capture changed of what it holds (open orders, leases)
+        changed_orders += sum(msgspec.to_builtins(live.state.orders[oid]) != o for oid, o in open_then.items()
+                              if oid in live.state.orders)
+        changed_leases += sum(msgspec.to_builtins(live.state.leases[ref]) != x for ref, x in leases_then.items())
+        blob = b"".join(encode_snapshot_parts(make()))
+        assert blob == at_cut
+        resumed = Engine(INSTRUMENTS, engine)
+        resumed.load_snapshot(blob)
+        apply_in_batches(resumed, entries[cut:], rng)
+        assert_same_engine(live, resumed)
+    assert changed_orders > 0 and changed_leases > 0
 
 
 # ---------------------------------------------------------------------- torn tail

@@ -325,15 +325,20 @@ def test_payload_too_large_raises_and_writes_nothing(tmp_path):
     assert got[1][1] == bytes(MAX_PAYLOAD)
 
 
-def test_one_fsync_per_sync_and_none_with_fsync_false(tmp_path, monkeypatch):
-    calls = []
-    real_fsync = os.fsync
+def test_one_sync_per_sync_and_none_with_fsync_false(tmp_path, monkeypatch):
+    calls = []  # ("fsync" | "fdatasync", fd)
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
     def counting_fsync(fd):
-        calls.append(fd)
+        calls.append(("fsync", fd))
         real_fsync(fd)
 
+    def counting_fdatasync(fd):
+        calls.append(("fdatasync", fd))
+        real_fdatasync(fd)
+
     monkeypatch.setattr(os, "fsync", counting_fsync)
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
     with Journal.open(tmp_path / "nosync", fsync=False) as j:
         for _ in range(5):
             j.append([b"a"] * 50)
@@ -346,13 +351,13 @@ def test_one_fsync_per_sync_and_none_with_fsync_false(tmp_path, monkeypatch):
         calls.clear()
         for _ in range(5):
             j.sync()
-            assert len(calls) == 1
-            j.sync()  # nothing new: no fsync
+            assert [c for c, _ in calls] == ["fdatasync"]  # a batch costs one data sync
+            j.sync()  # nothing new: no sync
             assert len(calls) == 1
             calls.clear()
             j.append([b"a"] * 50)
-            assert calls == []  # append never fsyncs
-    assert len(calls) == 1  # close synced the last batch
+            assert calls == []  # append never syncs
+    assert [c for c, _ in calls] == ["fdatasync"]  # close synced the last batch
     assert len(list(read(tmp_path / "sync"))) == 300
 
 
@@ -413,6 +418,7 @@ def test_failed_fsync_is_never_retried(tmp_path, monkeypatch):
         raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fdatasync", failing_fsync)
     with pytest.raises(OSError):
         j.sync()
     monkeypatch.undo()
@@ -474,3 +480,129 @@ def test_rotation_happens_only_once_a_segment_is_over_the_size(tmp_path):
             j.append([b""])  # 16 bytes each: at 32 bytes the segment is not over 32, at 48 it is
         j.append([b"", b"", b""])
     assert [(first, path.stat().st_size) for first, path in segments(tmp_path)] == [(1, 48), (4, 64)]
+
+
+# ---------------------------------------------------------------- preallocated segments
+
+
+def _prealloc(directory: Path, **kw) -> Journal:
+    return Journal.open(directory, preallocate=True, **kw)
+
+
+def test_preallocated_segment_is_allocated_up_front_and_written_in_place(tmp_path):
+    seg_bytes = 1 << 16
+    with _prealloc(tmp_path, segment_bytes=seg_bytes) as j:
+        assert j.append([b"abc", b""]) == 2
+        j.sync()
+        ((_, path),) = segments(tmp_path)
+        allocated = seg_bytes + journal_module.PREALLOC_SLACK
+        assert path.stat().st_size == allocated  # the batch did not grow the file
+        j.append([b"defg"])
+        j.sync()
+        assert path.stat().st_size == allocated
+    data = path.read_bytes()
+    used = 3 * HEADER.size + 3 + 4
+    assert [s for s, _, _ in record_spans(path)[:3]] == [1, 2, 3]
+    assert data[used:] == bytes(allocated - used)  # zeros after the last record
+    assert list(read(tmp_path)) == [(1, b"abc"), (2, b""), (3, b"defg")]
+    with _prealloc(tmp_path, segment_bytes=seg_bytes) as j:  # the zeros are the end, nothing is cut
+        assert j.last_seq == 3
+        assert j.recovered_truncated_bytes == 0
+        assert j.append([b"h"]) == 4
+    assert path.stat().st_size == allocated
+    assert list(read(tmp_path, 3)) == [(3, b"defg"), (4, b"h")]
+
+
+def test_preallocated_rotation_cuts_the_old_segment_to_its_records(tmp_path):
+    written = [payload(i) for i in range(1, 61)]
+    with _prealloc(tmp_path, segment_bytes=300) as j:
+        for start in range(0, 60, 5):
+            j.append(written[start:start + 5])
+            j.sync()
+    segs = segments(tmp_path)
+    assert len(segs) > 3
+    for _, path in segs[:-1]:  # only the last segment ends in zeros
+        spans = record_spans(path)
+        assert spans[-1][2] == path.stat().st_size
+    assert segs[-1][1].stat().st_size == 300 + journal_module.PREALLOC_SLACK
+    assert list(read(tmp_path)) == list(enumerate(written, start=1))
+    with _prealloc(tmp_path, segment_bytes=300) as j:  # the checks of the earlier segments pass
+        assert j.last_seq == 60
+        assert j.recovered_truncated_bytes == 0
+    with Journal.open(tmp_path, segment_bytes=300) as j:  # a plain writer cuts the zeros off
+        assert j.last_seq == 60
+    assert record_spans(segs[-1][1])[-1][2] == segs[-1][1].stat().st_size
+
+
+def test_preallocated_torn_record_is_zeroed_in_place(tmp_path):
+    with _prealloc(tmp_path, segment_bytes=4096) as j:
+        j.append([b"one", b"two"])
+        j.sync()
+    ((_, path),) = segments(tmp_path)
+    size = path.stat().st_size
+    end = record_spans(path)[1][2]
+    seq3 = struct.pack("<Q", 3)
+    record = struct.pack("<II", 5, zlib.crc32(seq3 + b"three")) + seq3 + b"three"
+    with open(path, "r+b") as f:  # the crash: the record's first 20 bytes reached the disk
+        f.seek(end)
+        f.write(record[:20])
+    assert list(read(tmp_path)) == [(1, b"one"), (2, b"two")]
+    with _prealloc(tmp_path, segment_bytes=4096) as j:
+        assert j.last_seq == 2
+        assert j.recovered_truncated_bytes == 20
+        assert path.stat().st_size == size  # zeroed, not cut: the allocation stays
+        assert path.read_bytes()[end:] == bytes(size - end)
+        assert j.append([b"3"]) == 3
+    assert list(read(tmp_path)) == [(1, b"one"), (2, b"two"), (3, b"3")]
+
+
+def test_preallocated_garbage_after_zeros_raises_on_read_and_is_zeroed_on_open(tmp_path):
+    # a later write that reached the disk while an earlier one did not: neither was acknowledged
+    with _prealloc(tmp_path, segment_bytes=4096) as j:
+        j.append([b"one"])
+        j.sync()
+    ((_, path),) = segments(tmp_path)
+    end = record_spans(path)[0][2]
+    with open(path, "r+b") as f:
+        f.seek(end + 100)
+        f.write(b"\x07" * 30)
+    with pytest.raises(JournalError, match="byte offset 19"):  # like damage inside the last segment
+        list(read(tmp_path))
+    with _prealloc(tmp_path, segment_bytes=4096) as j:  # which open cuts (here: zeroes)
+        assert j.last_seq == 1
+        assert j.recovered_truncated_bytes == 130
+        assert j.append([b"two"]) == 2
+    assert list(read(tmp_path)) == [(1, b"one"), (2, b"two")]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=12),
+    segment_bytes=st.sampled_from([200, 700, 1 << 20]),
+    cut_seed=st.integers(min_value=0, max_value=10**9),
+)
+def test_property_preallocated_crash_leaves_a_prefix(batches, segment_bytes, cut_seed):
+    """The data of the last segment reached the disk up to a random byte, zeros after it (the
+    allocation did): reading and re-opening give a prefix of what was written, and the journal
+    goes on from it."""
+    with tempfile.TemporaryDirectory() as d:
+        directory = Path(d)
+        written: list[bytes] = []
+        with _prealloc(directory, segment_bytes=segment_bytes, fsync=False) as j:
+            for n in batches:
+                part = [payload(len(written) + k + 1) for k in range(n)]
+                j.append(part)
+                written += part
+        _, last = segments(directory)[-1]
+        data = bytearray(last.read_bytes())
+        spans = [span for span in record_spans(last) if span[0] != 0]  # seq 0: the zeros
+        used = spans[-1][2] if spans else 0
+        cut = random.Random(cut_seed).randint(0, used)
+        data[cut:] = bytes(len(data) - cut)
+        last.write_bytes(bytes(data))
+        got = list(read(directory))
+        assert got == list(enumerate(written[: len(got)], start=1))
+        with _prealloc(directory, segment_bytes=segment_bytes, fsync=False) as j:
+            assert j.last_seq == len(got)
+            assert j.append([b"next"]) == len(got) + 1
+        assert list(read(directory)) == [*got, (len(got) + 1, b"next")]

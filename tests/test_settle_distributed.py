@@ -1,15 +1,19 @@
-"""Distributed settlement end to end (issue 5): `gpux serve --redis` streams events, provisioning
-answers and deposits; `gpux settle --redis` (a member of the consumer group, its own process and
-ledger file) settles them exactly once; its ledger ends identical to the exchange's own."""
+"""Distributed settlement end to end (issues 5 and 14): `gpux serve --redis` publishes its journal
+(`exchange.stream`); `gpux settle --redis` (a replica: its own process, engine and ledger file)
+applies it; its ledger ends identical to the exchange's own — provisioning answers, clock ticks
+and metering included."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -62,6 +66,7 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
                 await t.cancel(rest["oid"])
             async with await bob.trader() as t:
                 [b1] = (await t.bid("H100", "on_demand", gpus=1, hours=2, limit=P))["trades"]
+                [b2] = (await t.bid("H100", "on_demand", gpus=1, hours=1, limit=P))["trades"]  # never answered
             await prov.request("POST", f"/v1/provisioning/{a1['lease']}",
                                {"status": "ready", "connection": {"host": "n1", "port": 22}})
             await prov.request("POST", f"/v1/provisioning/{a2['lease']}", {"status": "failed", "reason": "dead"})
@@ -71,8 +76,9 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
             admin = ex.client("root", "admin")
             await admin.deposit(ex.keys["bob"][0], 7 * USD)  # a deposit after start
             await asyncio.sleep(2.5)  # clock commands, no events: the ready lease is metered every second
-            await ex.exchange.bus.flush()
-            return {"ready": a1["trade_id"], "failed": a2["trade_id"], "released": b1["trade_id"]}
+            assert await ex.exchange.publisher.flush()
+            return {"ready": a1["trade_id"], "failed": a2["trade_id"], "released": b1["trade_id"],
+                    "waiting": b2["trade_id"]}
 
     tids = asyncio.run(market())
     want = _ledger(data / "ledger.db")
@@ -80,12 +86,14 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     assert sum(":meter:" in t.id for t in want[0]) >= 2  # metered between events, at clock commands
     assert want[2][("H100", tids["ready"])] == ("ready", '{"host":"n1","port":22}')
     assert want[2][("H100", tids["failed"])][0] == "failed"
+    assert want[2][("H100", tids["waiting"])][0] == "provisioning"  # its start came; no answer yet
 
     config = tmp_path / "gpux.toml"
     config.write_text("[settlement]\n" + "".join(f"{k} = {v}\n" for k, v in SETTINGS.items()))
     other = tmp_path / "other" / "ledger.db"
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "settle", "--redis", REDIS_URL, "--prefix", prefix,
-                             "--config", str(config), "--ledger", str(other), "--consumer", "t1"],
+                             "--config", str(config), "--ledger", str(other), "--metrics", f"127.0.0.1:{port}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60
@@ -97,6 +105,8 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
                 if got[0] == want[0]:
                     break
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read())
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -104,34 +114,54 @@ def test_gpux_settle_ends_with_the_exchanges_ledger(tmp_path: Path, prefix: str)
     assert got[1] == want[1]  # every balance
     assert got[2] == want[2]  # lease states and the agents' connections
     assert proc.returncode == 0, err.decode()[-3000:]
+    # its own /metrics and /healthz: the journal seq it applied, no lag, no gap (the stream starts at 1)
+    samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if not line.startswith("#"))
+    assert int(float(samples["gpux_settle_journal_seq"])) > 10 and samples["gpux_settle_gaps_total"] == "0"
+    assert samples["gpux_settle_healthy"] == "1" and health["status"] == "ok" and health["seq"] > 10
 
 
-def test_a_restarted_exchange_streams_only_the_deposits_it_had_not_sent(tmp_path: Path, prefix: str) -> None:
-    """Deposits reach `{prefix}:deposits` once: a restart sends the account store's rows after the
-    last one it sent (they would be applied once anyway, by id, but the stream would grow by every
-    deposit ever made at every start)."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_restarted_exchange_publishes_each_entry_once(tmp_path: Path, prefix: str) -> None:
+    """A restarted exchange's publisher goes on after the stream's last id (its cursor): the
+    stream holds every journal entry once, from seq 1 (was: a restarted exchange streamed only the
+    deposits it had not sent)."""
     import redis
 
+    from exchange.journal import read
+    from exchange.stream import FIELD, decode_chunk
+
     data = tmp_path / "data"
-    r = redis.Redis.from_url(REDIS_URL)
 
     async def run(new_accounts: list[str]) -> None:
         async with running_exchange(data, engine="numba", redis_url=REDIS_URL, redis_prefix=prefix,
                                     **SETTINGS) as ex:
             for name in new_accounts:
-                ex.account(name, "trader", 10 * USD)
-            for _ in range(100):  # the ledger picks up deposits within a second; then the bus sends them
-                if r.xlen(f"{prefix}:deposits") >= len(new_accounts) + len(seen):
-                    break
-                await asyncio.sleep(0.05)
-            await ex.exchange.bus.flush()
+                ex.client(name, "provider")
+            prov = ex.clients[-1]
+            await prov.ask("H100", gpus=1, price=P, end=ex.now + 86_400)
+            assert await ex.exchange.publisher.flush()
 
-    seen: list[str] = []
-    asyncio.run(run(["alice", "bob"]))
-    first = [e[1][b"id"] for e in r.xrange(f"{prefix}:deposits")]
-    assert len(first) == 2 and int(r.get(f"{prefix}:deposits:last")) > 0
-    seen += first
-    asyncio.run(run(["carol"]))  # the same data directory: alice's and bob's rows are not sent again
-    ids = [e[1][b"id"] for e in r.xrange(f"{prefix}:deposits")]
-    assert ids[:2] == first and len(ids) == 3 and len(set(ids)) == 3
+    asyncio.run(run(["alice"]))
+    asyncio.run(run(["carol"]))
+    r = redis.Redis.from_url(REDIS_URL)
+    chunks = [decode_chunk(f[FIELD]) for _, f in r.xrange(f"{prefix}:journal")]
     r.close()
+    payloads = [p for _, ps in chunks for p in ps]
+    assert chunks[0][0] == 1
+    assert [first for first, _ in chunks] == [1 + sum(len(ps) for _, ps in chunks[:i]) for i in range(len(chunks))]
+    journal = [p for _, p in read(data / "journal")]
+    assert payloads == journal[:len(payloads)] and len(payloads) >= len(journal) - 2
+
+
+def test_gpux_settle_refuses_an_exchanges_data_directory(tmp_path: Path) -> None:
+    """Its ledger would be the exchange's own: a clear error, exit code 2, nothing written."""
+    (tmp_path / "journal").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "settle", "--redis", REDIS_URL, "--data", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is an exchange's data directory" in proc.stderr
+    assert not (tmp_path / "ledger.db").exists()

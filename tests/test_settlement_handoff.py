@@ -1,6 +1,6 @@
-"""Handing events to settlement: the JSON form reads back to the records, the exchange's
-settlement on its bus (`settlement.link`), and any batching of the same events gives the same
-ledger."""
+"""Handing events to settlement: the JSON form reads back to the records, the journal's stream
+chunks read back to the entries, the exchange's settlement on its bus (`settlement.link`), and
+any batching of the same events gives the same ledger."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from orderbook.book import make_book
 from orderbook.codec import event_from_json, events_to_json
 from orderbook.config import BookConfig
 from orderbook.types import COMMAND_DTYPE, EV_NAMES, ON_DEMAND
-from settlement.consumer import entry_event
 from settlement.engine import SettlementConfig
 from settlement.events import as_events, from_json
 from settlement.ledger import ESCROW, InsufficientFunds
@@ -42,17 +41,16 @@ def test_json_events_read_back_to_their_records(handovers):
     assert set(EV_NAMES.values()) - seen <= {"released"}  # the mixed workload sends no releases
 
 
-def test_stream_entries_keep_what_settlement_needs(handovers):
-    import msgspec
+def test_stream_chunks_keep_the_journal_entries(handovers):
+    """What the Redis stream and the journal-tail endpoint carry (`exchange.stream` chunks) reads
+    back to the very journal entries (was: the JSON stream entries kept what settlement needs)."""
+    from exchange.entries import Cmd, Prov, decode_entry, encode_entry
+    from exchange.stream import decode_chunk, encode_chunk
 
-    for _, arr in handovers[:10]:
-        for rec, d in zip(arr.tolist(), events_to_json(arr), strict=True):
-            ev = entry_event({b"seq": str(d["seq"]).encode(), b"type": d["type"].encode(),
-                              b"event": msgspec.json.encode(d)})
-            if ev != rec:  # a stub: an event that moves no money keeps seq, time, type, side
-                assert ev[0] == rec[0] and ev[1] == rec[1] and d["type"] in ("accepted", "rejected", "cancelled",
-                                                                              "expired", "amended")
-                assert d.get("side") != "bid"
+    entries = [Cmd("H100", bytes(range(80)), "c1"), Prov("H100", 7, True, T, 3, '{"host":"n1"}'),
+               Cmd("A100", b"\0" * 80)]
+    first, payloads = decode_chunk(encode_chunk(11, [encode_entry(e) for e in entries]))
+    assert first == 11 and [decode_entry(p) for p in payloads] == entries
 
 
 def _settle(path, handovers, chunks) -> Settlement:

@@ -413,7 +413,7 @@ async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
     exchange = Exchange(cfg)
     try:
         if not existed:
-            data.mkdir(parents=True, exist_ok=True)
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only, as Exchange makes it
             lock.acquire()
         await exchange.start()
     except BaseException as e:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 from typing import Any
 
@@ -167,11 +168,11 @@ class _Handler(RequestHandler):
 class GuardedSite(web.TCPSite):
     """A TCP site whose connections are handled by the guard's request handler."""
 
-    def __init__(self, runner: web.AppRunner, guard: Guard, host: str, port: int, sock: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, runner: web.AppRunner, guard: Guard, host: str, port: int,
+                 sock: socket.socket | None = None, **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         self._guard = guard
-        self._sock = sock  # a socket bound already (the port is taken before anything else starts)
+        self._sock = sock  # a socket bound already (`gpux serve` binds before it creates anything)
 
     async def start(self) -> None:
         self._runner._reg_site(self)

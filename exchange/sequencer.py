@@ -187,6 +187,10 @@ class Sequencer:
         if snapshot and self.failed is None and self.engine.seq > self._last_snapshot_seq:
             blob = self.engine.snapshot()
             write_snapshot(self.cfg.data_path, self.engine.seq, blob)
+        for book in self.engine.books.values():  # the capture buffers serve a running sequencer only
+            if getattr(book, "_capture_bufs", None) is not None:
+                book._capture_bufs = None
+                book._capture_owner = None
         self._syncer.close()
         self.journal.close()
         self._io.shutdown(wait=True)

@@ -30,6 +30,7 @@ import pytest
 import redis
 from redis_helpers import REDIS_URL, redis_prefix
 
+from bench.redis_outage import journal_cursor
 from bench.settlement import FUNDS, ledger_digest
 from bench.workload import generate
 from exchange.config import Instrument, ServerConfig
@@ -273,17 +274,7 @@ run_replica(CFG, sys.argv[1], sys.argv[3], prefix=sys.argv[2], idle_exit_s=2.0, 
 """
 
 
-def committed(path: Path) -> int:
-    """The ledger's journal cursor, read while a replica writes (WAL)."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            row = conn.execute("SELECT position FROM settle_positions WHERE cls = '_journal'").fetchone()
-            return int(row[0]) if row else 0
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
+committed = journal_cursor  # the ledger's journal cursor, read while a replica writes (WAL)
 
 
 def test_sigkill_at_random_moments(tmp_path, prefix, journal, reference):

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import logging
 import os
 import re
 import struct
@@ -61,6 +62,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from zlib import crc32
+
+log = logging.getLogger("gpux.journal")
 
 __all__ = [
     "HEADER",
@@ -115,6 +118,27 @@ class _BadRecord(Exception):
         self.offset = offset
         self.reason = reason
         self.at_end = at_end  # nothing but this record (or zeros) follows: a torn tail
+
+
+def _intact_record_after(buf: bytes, offset: int, seq: int) -> int | None:
+    """The seq of an intact record (its CRC checked) after the bad one at ``offset``, which should
+    have carried ``seq``; None if none follows, or if the bad record is a hole (an all-zero header:
+    a write that never reached the disk before the crash, not damage).  Found by the next seqs'
+    bytes, so a damaged length field does not hide what follows."""
+    if not any(buf[offset:offset + HEADER_SIZE]):
+        return None
+    size = len(buf)
+    view = memoryview(buf)
+    for want in range(seq + 1, seq + 64):
+        key = _SEQ.pack(want)
+        pos = buf.find(key, offset + 8)
+        while pos != -1:
+            length, crc = _LEN_CRC.unpack_from(buf, pos - 8)
+            end = pos + 8 + length
+            if length <= MAX_PAYLOAD and end <= size and crc32(view[pos:end]) == crc:
+                return want
+            pos = buf.find(key, pos + 1)
+    return None
 
 
 def _zero_tail(buf: bytes, offset: int) -> bool:
@@ -326,6 +350,13 @@ class Journal:
                 for seq, _, end in _records(buf, first, first):
                     last_seq, valid = seq, end
             except _BadRecord as bad:
+                after = None if bad.at_end else _intact_record_after(buf, bad.offset, last_seq + 1)
+                if after is not None:  # intact records follow the damage: acknowledged ones, never cut
+                    raise JournalError(
+                        f"{last_path}: {bad.reason} at byte offset {bad.offset} (after seq {last_seq}), and an "
+                        f"intact record (seq {after}) follows it: journal entries from seq {last_seq + 1} on are "
+                        "at risk. Nothing was changed; restore the segment from a backup or a replica, or copy "
+                        "out what can be read before deciding") from None
                 valid = bad.offset
             fd = os.open(last_path, os.O_RDWR | os.O_CLOEXEC)
             if preallocate:
@@ -344,6 +375,9 @@ class Journal:
                     os.ftruncate(fd, valid)
                     if fsync:
                         os.fsync(fd)
+            if cut:
+                log.warning("journal: cut a torn last record (a write the crash interrupted, never acknowledged)",
+                            extra={"segment": str(last_path), "offset": valid, "bytes": cut, "last_seq": last_seq})
             return cls(path, dir_fd, segment_bytes, fsync, last_seq, fd, valid, cut, preallocate)
         except BaseException:
             if fd is not None:

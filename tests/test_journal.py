@@ -186,20 +186,36 @@ def test_flipped_payload_byte_in_last_record_is_dropped_at_open(tmp_path):
     assert list(read(tmp_path, 9)) == [(9, written[8]), (10, b"x")]
 
 
-def test_flipped_byte_inside_last_segment_raises_on_read_and_truncates_on_open(tmp_path):
+def test_flipped_byte_inside_last_segment_raises_on_read_and_stops_open_changing_nothing(tmp_path):
+    """A record that fails its CRC with intact records after it is damage, not a torn write: the
+    records after it were acknowledged, so open refuses to cut them, names the segment, the
+    offset and the seqs at risk, and leaves the file as it was."""
     written = write_journal(tmp_path, 10)
     ((_, path),) = segments(tmp_path)
     seq, start, end = record_spans(path)[6]
     assert seq == 7
     flip_byte(path, end - 1)
-    size = path.stat().st_size
+    before = path.read_bytes()
     with pytest.raises(JournalError, match=rf"{path.name}.*CRC.*byte offset {start}\b"):
         list(read(tmp_path))
     assert list(read(tmp_path, 1, 6)) == list(enumerate(written[:6], start=1))
-    with Journal.open(tmp_path) as j:
-        assert j.last_seq == 6
-        assert j.recovered_truncated_bytes == size - start
-    assert list(read(tmp_path)) == list(enumerate(written[:6], start=1))
+    with pytest.raises(JournalError, match=rf"{path.name}.*byte offset {start} \(after seq 6\).*from seq 7 on"):
+        Journal.open(tmp_path)
+    assert path.read_bytes() == before  # nothing cut, nothing zeroed
+
+
+def test_a_torn_last_record_is_cut_and_the_cut_is_logged(tmp_path, caplog):
+    write_journal(tmp_path, 10)
+    ((_, path),) = segments(tmp_path)
+    seq, start, end = record_spans(path)[-1]
+    assert seq == 10
+    with open(path, "r+b") as f:
+        f.truncate(end - 3)  # the crash cut the last write short
+    with caplog.at_level("WARNING", logger="gpux.journal"):
+        with Journal.open(tmp_path) as j:
+            assert j.last_seq == 9
+    cut = [r for r in caplog.records if "torn last record" in r.getMessage()]
+    assert len(cut) == 1 and cut[0].bytes == end - 3 - start and cut[0].last_seq == 9
 
 
 def test_flipped_byte_in_an_earlier_segment_makes_read_raise_naming_the_file(tmp_path):

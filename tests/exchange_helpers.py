@@ -97,14 +97,21 @@ async def assert_money_matches_ledger(ex: Exchange) -> None:
     seq = ex.sequencer
     if seq.failed is not None or not seq.running or not ex.settlement.healthy:
         return  # a test of a stopped or failing exchange: nothing to compare
-    for _ in range(500):
-        if not seq._queue and not seq.busy:
+    # The clock keeps sequencing batches (metering, lease ends) while this waits for the ledger:
+    # take the core's balances at a quiet point, with no await between reading them and the
+    # number of batches handed to the ledger, and compare once the ledger has exactly those.
+    core, ledger = None, None
+    for _ in range(100):
+        for _ in range(500):
+            if not seq._queue and not seq.busy:
+                break
+            await asyncio.sleep(0.01)
+        core, at, handed = ex.engine.money.all(), ex.engine.seq, ex.settlement.handed
+        await ex.settlement.synced()
+        with ex.settlement.lock:
+            ledger = ex.settlement.settlement.ledger.balances()
+        if ex.engine.seq == at and ex.settlement.handed == handed:
             break
-        await asyncio.sleep(0.01)
-    await ex.settlement.synced()
-    with ex.settlement.lock:
-        ledger = ex.settlement.settlement.ledger.balances()
-    core = ex.engine.money.all()
     assert core == ledger, f"core balances differ from the ledger's: {_diff(core, ledger)}"
 
 

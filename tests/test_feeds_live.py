@@ -173,11 +173,7 @@ def test_a_restarted_exchange_serves_the_same_book(tmp_path) -> None:
             return {c: stats(ex.exchange.feeds.feeds[c]) for c in CLASSES}
 
     async def again(before: dict) -> None:
-        # KNOWN BUG, not hidden: after this restart the core's money and the ledger have been seen
-        # to differ by a few GPU-seconds of refunds (1 run in 3; a lease's end or metering restored
-        # differently from a snapshot than from the ledger's own state). Open in issue 14's note;
-        # every other exchange test checks the two are equal.
-        async with running_exchange(tmp_path, check_money=False, **CFG) as ex:
+        async with running_exchange(tmp_path, **CFG) as ex:
             x = ex.exchange
             await quiet(x)
             for c in CLASSES:

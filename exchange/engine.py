@@ -32,7 +32,7 @@ from exchange.config import Instrument
 from exchange.entries import Cmd, Entry, Fund, Prov
 from exchange.money import Money
 from exchange.snapshots import BookSnap, Snapshot, SnapshotMismatch, encode_snapshot_parts
-from exchange.state import ExchangeState, split_event_array
+from exchange.state import ExchangeState, split_event_array, split_events
 from exchange.views import answer
 from orderbook import types as T
 from orderbook.book import Book, make_book, restore_book
@@ -44,6 +44,7 @@ log = logging.getLogger("gpux.engine")
 # books with at least this many commands in one apply() run on worker threads together: below
 # it, handing a batch to a thread costs more than the book's work (~1 µs a command)
 PARALLEL_MIN_COMMANDS = 256
+SMALL = 16  # commands (or events) of one book call read as tuples rather than with numpy
 
 
 @dataclass
@@ -142,30 +143,49 @@ class Engine:
         arrays: dict[str, np.ndarray] = {}
         state = self.state
         plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
+        facts: dict[str, tuple[list[Command] | None, list[bool], int, int]] = {}
         for name, idx in by_book.items():
             cmds = np.frombuffer(b"".join([entries[i].rec for i in idx]), dtype=COMMAND_DTYPE)
             # A clock command has no leading event, so after another command in the same book
             # call its events could not be told from that command's (split_events): every clock
-            # starts a new call.
-            cuts = np.flatnonzero(cmds["type"][1:] == CMD_CLOCK) + 1
-            bounds = [0, *cuts.tolist(), len(cmds)]
+            # starts a new call.  A few commands (live batches) are read as tuples, many (a
+            # replay) with numpy: each numpy call costs a microsecond or two whatever its size.
+            if len(idx) <= SMALL:
+                cmd_list: list[Command] | None = T.commands(cmds)
+                is_clock = [c.type == CMD_CLOCK for c in cmd_list]  # type: ignore[union-attr]
+                last_oid = max(c.oid for c in cmd_list)  # type: ignore[union-attr]
+                tick = max((c.time for c in cmd_list if c.type == CMD_CLOCK), default=0)  # type: ignore[union-attr]
+                cuts = [k for k in range(1, len(is_clock)) if is_clock[k]]
+            else:
+                cmd_list = T.commands(cmds) if want or any(entries[i].coid for i in idx) else None
+                types = cmds["type"]
+                clock = types == CMD_CLOCK
+                is_clock = clock.tolist()
+                last_oid = int(cmds["oid"].max())
+                clocks = cmds["time"][clock]
+                tick = int(clocks.max()) if len(clocks) else 0
+                cuts = (np.flatnonzero(clock[1:]) + 1).tolist()
+            bounds = [0, *cuts, len(cmds)]
             plans[name] = (cmds, list(zip(bounds[:-1], bounds[1:], strict=True)))
+            facts[name] = (cmd_list, is_clock, last_oid, tick)
         t0 = time.perf_counter()
         book_parts = self._run_books(plans)
         self.book_seconds += time.perf_counter() - t0
         for name, idx in by_book.items():
             cmds, spans = plans[name]
+            cmd_list, is_clock, last_oid, tick = facts[name]
             coids: list[str] | None = [entries[i].coid for i in idx]
             if not any(coids):  # type: ignore[arg-type]
                 coids = None
-            cmd_list = T.commands(cmds) if want or coids else None
-            is_clock = (cmds["type"] == CMD_CLOCK).tolist()
             parts = book_parts[name]
             for (lo, hi), part in zip(spans, parts, strict=True):
                 ev_list = T.events(part)
-                owned = state.apply(name, cmd_list[lo:hi] if cmd_list is not None else None, ev_list,
-                                    coids[lo:hi] if coids else None,
-                                    spans=split_event_array(is_clock[lo], hi - lo, part))
+                sub = cmd_list[lo:hi] if cmd_list is not None else None
+                if sub is not None and len(ev_list) <= SMALL:
+                    spans_of = split_events(sub, ev_list)
+                else:
+                    spans_of = split_event_array(is_clock[lo], hi - lo, part)
+                owned = state.apply(name, sub, ev_list, coids[lo:hi] if coids else None, spans=spans_of)
                 if want:
                     for k in range(lo, hi):
                         a, b = owned[k - lo]
@@ -173,11 +193,9 @@ class Engine:
             events = T.join(parts, T.EVENT_DTYPE)
             if len(events):
                 arrays[name] = events
-            last = int(cmds["oid"].max()) if len(cmds) else 0
-            if last > self.last_oid:
-                self.last_oid = last
-            clocks = cmds["time"][cmds["type"] == CMD_CLOCK]
-            money.apply_class(name, events, answers_of.pop(name, []), int(clocks.max()) if len(clocks) else 0)
+            if last_oid > self.last_oid:
+                self.last_oid = last_oid
+            money.apply_class(name, events, answers_of.pop(name, []), tick)
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
             money.apply_class(name, None, answers, 0)
         for i in funds:

@@ -784,3 +784,49 @@ def take_bids(B: np.ndarray, bfree: np.ndarray, S: np.ndarray, db: np.ndarray,
     S[S_NDB] = 0
     _free_gone(B, B_FLAGS, bfree, S, S_BFREE, gb, S_NGB)
     return up[:nu], gone[:ng]
+
+
+@_nj
+def select(events: np.ndarray, after: int, id_limit: int, money_limit: float) -> tuple:
+    """(reference: `engine._relevant_array`) One pass over a class's events (EVENT_DTYPE, seqs
+    from ``after + 1``): the rows of those that move money, in RECORD columns, the last seq and
+    the latest time, and a verdict: ``(rows, last_seq, last_time, problem, at)`` where problem is
+    0 (none), 1 (a gap: the event at ``at`` does not follow its predecessor), 2 (an order or trade
+    id of ``id_limit`` or more at ``at``) or 3 (a lease value or hold of ``money_limit`` µ$ or more
+    at ``at``; float bounds, so the int64 arithmetic of the rest cannot overflow)."""
+    n = len(events)
+    rows = np.empty((n, 17), np.int64)
+    k = 0
+    expect = after + 1
+    for i in range(n):  # the seqs first: a gap is the answer whatever else is wrong
+        if events[i]["seq"] != expect:
+            return rows[:0], 0, 0, 1, i
+        expect += 1
+    last_time = 0
+    for i in range(n):
+        e = events[i]
+        if e["time"] > last_time:
+            last_time = e["time"]
+        t = e["type"]
+        if t == EV_TRADE or t == EV_PREEMPTED or t == EV_RELEASED:
+            pass
+        elif e["side"] == SIDE_BID and (t == EV_ACCEPTED or t == EV_CANCELLED or t == EV_EXPIRED or t == EV_AMENDED):
+            pass
+        else:
+            continue
+        if e["oid"] >= id_limit or e["trade_id"] >= id_limit:
+            return rows[:0], 0, 0, 2, i
+        span = e["end"] - e["start"]
+        value = float(e["gpus"]) * float(e["price"]) * float(span if span > 0 else 0)
+        rem = e["remaining"] if e["remaining"] > 1 else 1
+        hold = float(e["hours"]) * float(e["price"]) * 2.0 * float(rem)
+        if value >= money_limit or hold >= money_limit:
+            return rows[:0], 0, 0, 3, i
+        r = rows[k]
+        r[R_SEQ], r[R_TIME], r[R_OID], r[R_OID2], r[R_TID] = e["seq"], e["time"], e["oid"], e["oid2"], e["trade_id"]
+        r[R_ACC], r[R_ACC2], r[R_PRICE] = e["account"], e["account2"], e["price"]
+        r[R_START], r[R_END] = e["start"], e["end"]
+        r[R_LEASE], r[R_GPUS], r[R_REM], r[R_HOURS] = e["lease_id"], e["gpus"], e["remaining"], e["hours"]
+        r[R_TYPE], r[R_KIND], r[R_MAKER] = e["type"], e["kind"], e["maker"]
+        k += 1
+    return rows[:k], expect - 1, last_time, 0, 0

@@ -636,25 +636,15 @@ def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[np.ndarray, int,
         events, seqs = events[skipped:], seqs[skipped:]
         if not len(events):
             return _NO_ROWS, 0, 0, skipped
-    if seqs[0] != c.seq + 1:
-        raise SequenceGap(c.name, c.seq + 1, int(seqs[0]))
-    if len(seqs) > 1:
-        steps = np.diff(seqs)
-        if not (steps == 1).all():
-            i = int(np.argmax(steps != 1))
-            raise SequenceGap(c.name, int(seqs[i]) + 1, int(seqs[i + 1]))
-    typ = events["type"]
-    bid_event = (events["side"] == SIDE_BID) & ((typ == EV_ACCEPTED) | (typ == EV_CANCELLED) | (typ == EV_EXPIRED)
-                                                 | (typ == EV_AMENDED))
-    mask = bid_event | (typ == EV_TRADE) | (typ == EV_PREEMPTED) | (typ == EV_RELEASED)
-    relevant = events[mask]
-    rows = np.empty((len(relevant), len(RECORD)), np.int64)
-    for j, name in enumerate(RECORD):
-        rows[:, j] = relevant[name]
-    if len(rows) and max(int(rows[:, R_OID].max()), int(rows[:, R_TID].max())) >= ids.ID_LIMIT:
+    rows, last_seq, last_time, problem, at = core.select(events, c.seq, ids.ID_LIMIT, float(MONEY_LIMIT))
+    if problem == 1:
+        prev = int(seqs[at - 1]) if at else c.seq
+        raise SequenceGap(c.name, prev + 1, int(seqs[at]))
+    if problem == 2:
         raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (settlement.ids)")
-    _check_money(c, rows)
-    return rows, int(seqs[-1]), int(events["time"].max()), skipped
+    if problem == 3:
+        raise ValueError(f"{c.name}: an event's lease value or hold is 2**62 µ$ or more and cannot be settled")
+    return rows, int(last_seq), int(last_time), skipped
 
 
 def _relevant_tuples(c: ClassState, events: Iterable[Event]) -> tuple[np.ndarray, int, int, int]:

@@ -673,9 +673,11 @@ def held_seconds(trades: np.ndarray, cuts: np.ndarray, t_from: int, t_to: int) -
     return trades["gpus"].astype(np.int64) * np.maximum(hi - lo, 0)
 
 
-def run_owned(engine: str, seed: int, days: int = C_DAYS) -> dict[str, Any]:
+def run_owned(engine: str, seed: int, days: int | None = None) -> dict[str, Any]:
     """Each company before (its fleet used by its own teams only) and after (its idle hours offered
-    on the exchange); every figure from the book's fills and preemptions."""
+    on the exchange), over ``days`` (C_DAYS if not given); every figure from the book's fills and
+    preemptions."""
+    days = C_DAYS if days is None else days
     t0 = time.perf_counter()
     t_end = T0 + days * 24 * HOUR
     companies = []
@@ -691,6 +693,8 @@ def run_owned(engine: str, seed: int, days: int = C_DAYS) -> dict[str, Any]:
             cuts = m.all_preemptions()
             secs = held_seconds(tr, cuts, T0, t_end)
             own = tr["account"] == C_TEAM_BASE + k
+            outside_cut = np.isin(cuts["trade_id"], tr["trade_id"][~own])
+            by_own = np.isin(cuts["lease_id"], tr["trade_id"][own])
             # what outsiders pay: each lease for the time it ran (a preempted spot lease pro rata, R12)
             paid = tr["price"].astype(np.int64) * held_seconds(tr, cuts, 0, 2**62) // HOUR
             wanted = sum(j.gpus * min(j.hours, days * 24 - j.start_h) for j in jobs)
@@ -702,7 +706,10 @@ def run_owned(engine: str, seed: int, days: int = C_DAYS) -> dict[str, Any]:
                 "income_by_kind_usd": {name: int(paid[~own & (tr["kind"] == kind)].sum()) / USD
                                        for name, kind in (("on_demand", ON_DEMAND), ("spot", SPOT))},
                 "outside_fills": int((~own).sum()),
-                "spot_preempted": int(np.isin(cuts["trade_id"], tr["trade_id"][~own]).sum()) if len(cuts) else 0,
+                # outsiders' spot leases cut short by a firm fill (R12): of the company's own teams, or
+                # of an outsider on the ask that sells both firm and spot
+                "spot_preempted_by_own_jobs": int((outside_cut & by_own).sum()),
+                "spot_preempted_by_outsiders": int((outside_cut & ~by_own).sum()),
                 "own_gpu_hours_wanted": wanted,
                 "own_gpu_hours_short": wanted - int(secs[own].sum()) // HOUR,
             }
@@ -903,8 +910,9 @@ def summary(r: dict[str, Any]) -> str:
         b4, af = k["before"], k["after"]
         lines.append(f"    company {k['company']}: {b4['utilisation']:.1%} -> {af['utilisation']:.1%}, income "
                      f"${af['income_usd']:,.0f} (on demand ${af['income_by_kind_usd']['on_demand']:,.0f}, spot "
-                     f"${af['income_by_kind_usd']['spot']:,.0f}; {af['spot_preempted']} spot leases preempted "
-                     f"by own jobs)")
+                     f"${af['income_by_kind_usd']['spot']:,.0f}; outsiders' spot leases preempted: "
+                     f"{af['spot_preempted_by_own_jobs']} by own jobs, {af['spot_preempted_by_outsiders']} by "
+                     f"outsiders' firm fills)")
     lines.append(f"run: {r['seconds']} s on the {r['engine']} book")
     return "\n".join(lines)
 

@@ -12,14 +12,21 @@ book's trade events (price × GPUs × hours of each fill), never from a formula 
     On the exchange it buys a year of 1,000 reserved at the start, 10,000 reserved for months 3–6
     two weeks ahead, the weekly bursts on demand, and from month 6 resells the 500 GPUs of its
     reserved base it no longer needs with resale asks (``lease_id``, R16) that other traders buy.
-    The alternative: a fixed year-long contract for the peak it needed, run through a book as one
-    reserved fill at the contract price.  Around it a background market of providers (long-term
-    and short-term asks), monthly reserved buyers, on-demand and spot traders.
+    The alternatives, each through a book of its own: a fixed year-long contract for the peak it
+    needed (one reserved fill at the contract price); the careful buyer's cheapest mix of a
+    contract below the peak and on-demand top-ups at a cloud's list price; all on demand at the
+    list price.  Around it a background market of providers (long-term and short-term asks),
+    monthly reserved buyers, on-demand and spot traders.
 
 (b) **Provider fleets.**  Eight providers with 1,000 GPUs each and five customers each, whose
     demand has a steady base and bursty training runs.  Once every provider rents only to its own
     customers (a book per provider: nobody else can buy there), once all in one book (the
     exchange).  Utilisation = GPU-hours leased / fleet GPU-hours, from the fills of each run.
+
+(c) **Owned fleets.**  Three companies whose own teams use about 20 % of their 1,000 GPUs offer
+    the idle hours: an on-demand ask (firm and spot) that planned jobs, reserved ahead, avoid,
+    and a spot-only ask that unannounced jobs preempt.  Each company before (its teams only)
+    and after (with the exchange's buyers), in a book of its own: utilisation and income.
 
 Every number that goes in is a constant below, named and described in docs/scenario.md.
 """

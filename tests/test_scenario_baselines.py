@@ -144,7 +144,15 @@ def test_json_reports_every_baseline_and_the_owned_fleets(cli_json: dict) -> Non
     mix = bl["contract_plus_on_demand"]
     assert mix["cost_usd"] <= bl["peak_contract"]["cost_usd"] and mix["cost_usd"] <= bl["all_on_demand"]["cost_usd"]
     assert mix["contract_gpus"] < a["peak_gpus"] == bl["peak_contract"]["contract_gpus"]
-    assert mix["contract_gpus"] == sc.cheapest_contract(sc.need_curve())
+    # every size from 0 to the peak, over the whole year: the chosen one is the cheapest
+    need = np.sort(sc.need_curve())
+    sizes = np.arange(a["peak_gpus"] + 1)
+    above = len(need) - np.searchsorted(need, sizes, side="right")  # hours with need > size
+    tail = np.concatenate((np.cumsum(need[::-1])[::-1], [0]))  # sum of need[i:]
+    top_up = tail[len(need) - above] - sizes * above  # GPU-hours above each size
+    costs = sizes * len(need) * sc.A_CONTRACT_PRICE + top_up * sc.A_LIST_PRICE
+    assert mix["contract_gpus"] == int(np.argmin(costs))
+    assert mix["cost_usd"] == int(costs.min()) / sc.USD
     assert bl["all_on_demand"]["contract_gpus"] == 0
     assert bl["all_on_demand"]["on_demand_gpu_hours"] == a["need_gpu_hours"]
     assert bl["peak_contract"]["cost_usd"] == a["fixed_contract"]["cost_usd"]

@@ -35,8 +35,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gpux demo $(DEMO_ARGS)
 
+# the README's figures measured here (bench/figures.py): bench.book 5 times, bench.scenario 3 times,
+# median and spread with the load average; a couple of minutes.  e.g. BENCH_ARGS="--cold --json"
 bench: $(STAMP)
-	$(BIN)/python -m bench.book --commands 1000000 --json
+	$(BIN)/python -m bench.figures $(BENCH_ARGS)
 
 # also numba's cache (orderbook/jitcache.py: .numba-cache/, and compiled files numba keeps beside
 # the sources of the jitted code that does not use it): the next run compiles again

@@ -12,14 +12,21 @@ book's trade events (price × GPUs × hours of each fill), never from a formula 
     On the exchange it buys a year of 1,000 reserved at the start, 10,000 reserved for months 3–6
     two weeks ahead, the weekly bursts on demand, and from month 6 resells the 500 GPUs of its
     reserved base it no longer needs with resale asks (``lease_id``, R16) that other traders buy.
-    The alternative: a fixed year-long contract for the peak it needed, run through a book as one
-    reserved fill at the contract price.  Around it a background market of providers (long-term
-    and short-term asks), monthly reserved buyers, on-demand and spot traders.
+    The alternatives, each through a book of its own: a fixed year-long contract for the peak it
+    needed (one reserved fill at the contract price); the careful buyer's cheapest mix of a
+    contract below the peak and on-demand top-ups at a cloud's list price; all on demand at the
+    list price.  Around it a background market of providers (long-term and short-term asks),
+    monthly reserved buyers, on-demand and spot traders.
 
 (b) **Provider fleets.**  Eight providers with 1,000 GPUs each and five customers each, whose
     demand has a steady base and bursty training runs.  Once every provider rents only to its own
     customers (a book per provider: nobody else can buy there), once all in one book (the
     exchange).  Utilisation = GPU-hours leased / fleet GPU-hours, from the fills of each run.
+
+(c) **Owned fleets.**  Three companies whose own teams use about 20 % of their 1,000 GPUs offer
+    the idle hours: an on-demand ask (firm and spot) that planned jobs, reserved ahead, avoid,
+    and a spot-only ask that unannounced jobs preempt.  Each company before (its teams only)
+    and after (with the exchange's buyers), in a book of its own: utilisation and income.
 
 Every number that goes in is a constant below, named and described in docs/scenario.md.
 """
@@ -75,6 +82,7 @@ A_LIMIT_RESERVED = 1_950_000  # the startup's limits, µ$ per GPU-hour
 A_LIMIT_ON_DEMAND = 2_400_000
 A_RESALE_PRICE = 1_740_000  # its resale asks: a little below the providers' long-term asks
 A_CONTRACT_PRICE = 1_650_000  # the fixed year-long contract's rate (a commitment discount)
+A_LIST_PRICE = 11_000_000  # a hyperscaler's on-demand list price for one H100, µ$ per GPU-hour
 
 A_PROVIDERS = 6
 A_FLEET = 4_000  # GPUs per provider
@@ -101,6 +109,19 @@ B_BURST_GPUS, B_BURST_HOURS = (100, 500), (24, 120)
 B_LIMIT = 2_400_000  # customers' on-demand limit: above every provider's price
 NODE = 8  # GPUs per node: bursts and reserved blocks come in multiples of it
 
+# ---------------------------------------------------------------------- (c) assumptions
+C_DAYS = 90
+C_COMPANIES, C_FLEET = 3, 1_000  # companies that own GPUs, GPUs each
+C_OWN_USE = 0.20  # the share of its fleet's GPU-hours a company's own teams use, on average
+C_JOB_GPUS, C_JOB_HOURS = (64, 512), (4, 48)  # an own job: GPUs (whole nodes), hours (uniform)
+C_PLANNED_SHARE = 0.6  # of own jobs booked ahead (reserved bids); the rest arrive unannounced
+C_LEAD_H = 48  # a planned job is reserved this long before it starts (longer than any outside lease)
+C_SPOT_ONLY_SHARE = 0.5  # of the fleet offered to outsiders as spot only: own jobs preempt it
+C_FIRM_PRICE = 2_000_000  # the on-demand ask: firm price, and its spot price
+C_SPOT_PRICE = 1_300_000
+C_OWN_PRICE = BOOK.max_price  # the spot-only ask's firm price: only the company's own teams pay it
+C_OD_TRADERS, C_SPOT_TRADERS = 8, 4  # the exchange's buyers around each company (A_OD_*, A_SPOT_* sizes)
+
 
 def _tick(x: float) -> int:
     return int(round(x / 1_000)) * 1_000
@@ -115,12 +136,13 @@ class Market:
     """One book; commands are queued at the current hour and sent by `step`, followed by a clock
     command to the next hour."""
 
-    def __init__(self, engine: str, t0: int = T0) -> None:
-        self.book = make_book(BOOK, engine)
+    def __init__(self, engine: str, t0: int = T0, config: BookConfig = BOOK) -> None:
+        self.book = make_book(config, engine)
         self.now = t0
         self.oid = 0
         self.queue: list[dict[str, int]] = []
         self.trades: list[np.ndarray] = []
+        self.preemptions: list[np.ndarray] = []
         self.commands = 0
         self.events = 0
         self.rejected = 0
@@ -163,7 +185,10 @@ class Market:
         if len(trades):
             self.trades.append(trades)
         self.rejected += int((types == EV_REJECTED).sum())
-        self.preempted += int((types == EV_PREEMPTED).sum())
+        cut = ev[types == EV_PREEMPTED]
+        if len(cut):
+            self.preemptions.append(cut)
+            self.preempted += len(cut)
         return trades
 
     def flush(self) -> np.ndarray:
@@ -177,8 +202,18 @@ class Market:
         self.now += HOUR
         return trades
 
+    def advance(self, to: int) -> np.ndarray:
+        """Send what is queued now, then a clock command to ``to`` (at or after now)."""
+        assert to >= self.now
+        trades = self._send(to)
+        self.now = to
+        return trades
+
     def all_trades(self) -> np.ndarray:
         return np.concatenate(self.trades) if self.trades else np.zeros(0, dtype=EVENT_DTYPE)
+
+    def all_preemptions(self) -> np.ndarray:
+        return np.concatenate(self.preemptions) if self.preemptions else np.zeros(0, dtype=EVENT_DTYPE)
 
 
 def gpu_hours(trades: np.ndarray, t_from: int, t_to: int) -> np.ndarray:
@@ -203,10 +238,90 @@ def held_curve(trades: np.ndarray, t0: int, hours: int) -> np.ndarray:
     return np.cumsum(diff)[:hours]
 
 
+# ====================================================================== (a) the buyer outside the exchange
+CLOUD_BOOK = BookConfig(name="H100", max_price=20_000_000)  # room for the list price
+CONTRACTOR, CLOUD = 90, 91  # the contract's provider and the cloud: accounts of the baselines' books
+
+
+def mix_cost(need: np.ndarray, contract_gpus: int, contract_price: int = A_CONTRACT_PRICE,
+             list_price: int = A_LIST_PRICE) -> int:
+    """µ$ a buyer pays over ``need`` (GPUs per hour) with a fixed contract of ``contract_gpus`` for
+    all its hours at ``contract_price`` and the need above the contract bought on demand at
+    ``list_price``: the planner's arithmetic, before anything is bought."""
+    top_up = int(np.maximum(need - contract_gpus, 0).sum())
+    return contract_gpus * len(need) * contract_price + top_up * list_price
+
+
+def cheapest_contract(need: np.ndarray, contract_price: int = A_CONTRACT_PRICE,
+                      list_price: int = A_LIST_PRICE) -> int:
+    """The contract size (GPUs) with the lowest `mix_cost`, the smallest of equals.  The cost is
+    linear in the size between two consecutive values of the need curve (each GPU more costs
+    the contract's hours and saves the list price of the hours the need is above it), so the
+    minimum is at 0 or at one of the curve's values: those are the candidates."""
+    sizes = np.unique(np.concatenate(([0], need))).astype(np.int64)
+    costs = [mix_cost(need, int(c), contract_price, list_price) for c in sizes]
+    return int(sizes[int(np.argmin(costs))])
+
+
+def run_outside(engine: str, need: np.ndarray, contract_gpus: int, start: int = A_START,
+                contract_price: int = A_CONTRACT_PRICE, list_price: int = A_LIST_PRICE) -> Market:
+    """The buyer without the exchange, through a book of its own: a fixed contract of
+    ``contract_gpus`` for all of ``need``'s hours from ``start`` (one provider ask, one reserved
+    bid: one fill at the contract price), and the need above the contract bought on demand from a
+    cloud's ask at its list price: an on-demand bid at the start of every run of hours with the
+    same top-up, for that run's hours."""
+    hours = len(need)
+    m = Market(engine, config=CLOUD_BOOK)
+    window_end = m.now + CLOUD_BOOK.max_window_hours * HOUR
+    if contract_gpus:
+        m.ask(CONTRACTOR, contract_gpus, contract_price, window_end, min_hours=hours)
+        m.bid(STARTUP, RESERVED, contract_gpus, hours, contract_price, tif=GTC, start=start)
+    top = np.maximum(need - contract_gpus, 0)
+    if top.any():
+        m.ask(CLOUD, int(top.max()), list_price, window_end)
+    m.flush()
+    h = 0
+    while h < hours:
+        j = h + 1
+        while j < hours and top[j] == top[h]:
+            j += 1
+        if top[h]:
+            m.advance(start + h * HOUR)
+            m.bid(STARTUP, ON_DEMAND, int(top[h]), j - h, list_price)
+            m.flush()
+        h = j
+    return m
+
+
+def outside_figures(m: Market, need: np.ndarray, contract_gpus: int, exch_cost: int,
+                    start: int = A_START) -> dict[str, Any]:
+    """A baseline's cost from its fills, what it held against the need, and the exchange's saving."""
+    tr = m.all_trades()
+    hours = len(need)
+    contract = tr[tr["account2"] == CONTRACTOR]
+    top_ups = tr[tr["account2"] == CLOUD]
+    total = cost(tr)
+    held = held_curve(tr, start, hours)
+    return {
+        "contract_gpus": contract_gpus,
+        "contract_usd": cost(contract) / USD,
+        "on_demand_usd": cost(top_ups) / USD,
+        "on_demand_gpu_hours": int(gpu_hours(top_ups, start, start + hours * HOUR).sum()),
+        "cost_usd": total / USD,
+        "fills": len(tr),
+        "unused_gpu_hours": int(np.maximum(held - need, 0).sum()),
+        "shortfall_gpu_hours": int(np.maximum(need - held, 0).sum()),
+        "usd_per_needed_gpu_hour": round(total / USD / int(need.sum()), 4),
+        "saving_usd": (total - exch_cost) / USD,
+        "saving_pct": round(100 * (total - exch_cost) / total, 1) if total else None,
+    }
+
+
 # ====================================================================== (a) the startup
 STARTUP = 1
 A_PROVIDER_BASE = 100  # provider accounts 100..
 A_TRADER_BASE = 1_000  # background traders 1000..
+C_OWNER_BASE, C_TEAM_BASE, C_BUYER_BASE = 200, 300, 2_000  # (c): owners, their teams, the exchange's buyers
 
 
 def need_curve() -> np.ndarray:
@@ -302,15 +417,22 @@ def run_startup(engine: str, seed: int) -> dict[str, Any]:
     by_kind = {name: bought[bought["kind"] == k] for name, k in (("reserved", RESERVED), ("on_demand", ON_DEMAND))}
     exch_cost = cost(bought) - cost(resold)
 
-    # the alternative: one fixed year-long contract for the peak, through a book of its own
-    c = Market(engine)
+    # the alternatives, each through a book of its own: a fixed year-long contract for the peak;
+    # the careful buyer's cheapest contract below it plus on-demand top-ups at a cloud's list
+    # price; everything on demand at the list price
     peak = int(need.max())
-    c.ask(A_PROVIDER_BASE, peak, A_CONTRACT_PRICE, window_end, min_hours=YEAR_H)
-    c.bid(STARTUP, RESERVED, peak, YEAR_H, A_CONTRACT_PRICE, tif=GTC, start=A_START)
-    c.flush()
+    c = run_outside(engine, need, peak)
     ct = c.all_trades()
     contract_cost = cost(ct)
     contract_held = held_curve(ct, A_START, YEAR_H)
+    best = cheapest_contract(need)
+    mix = run_outside(engine, need, best)
+    od = run_outside(engine, need, 0)
+    baselines = {
+        "peak_contract": outside_figures(c, need, peak, exch_cost),
+        "contract_plus_on_demand": outside_figures(mix, need, best, exch_cost),
+        "all_on_demand": outside_figures(od, need, 0, exch_cost),
+    }
 
     need_gh = int(need.sum())
     others = tr[(tr["account"] != STARTUP)]
@@ -341,15 +463,17 @@ def run_startup(engine: str, seed: int) -> dict[str, Any]:
             "shortfall_gpu_hours": int(np.maximum(need - contract_held, 0).sum()),
             "usd_per_needed_gpu_hour": round(contract_cost / USD / need_gh, 4),
         },
+        "baselines": baselines,
         "saving_usd": (contract_cost - exch_cost) / USD,
         "saving_pct": round(100 * (contract_cost - exch_cost) / contract_cost, 1) if contract_cost else None,
         "market": {
             "trades": len(tr), "background_trades": len(others), "preempted": m.preempted, "rejected": m.rejected,
-            "commands": m.commands + c.commands, "events": m.events + c.events,
+            "commands": m.commands + sum(x.commands for x in (c, mix, od)),
+            "events": m.events + sum(x.events for x in (c, mix, od)),
             "vwap_usd": {name: round(cost(tr[tr["kind"] == k]) / max(1, int((tr[tr["kind"] == k]["gpus"].astype(
                 np.int64) * tr[tr["kind"] == k]["hours"]).sum())) / USD, 4)
                 for name, k in (("reserved", RESERVED), ("on_demand", ON_DEMAND), ("spot", SPOT))},
-            "book_seconds": round(m.book_s + c.book_s, 3),
+            "book_seconds": round(m.book_s + sum(x.book_s for x in (c, mix, od)), 3),
         },
         "_curves": {"need": need, "held": held, "contract": contract_held,
                     "exchange_cost_by_month": _monthly_cost(bought, resold),
@@ -473,6 +597,148 @@ def run_fleets(engine: str, seed: int) -> dict[str, Any]:
     }
 
 
+
+# ====================================================================== (c) owned fleets
+def own_jobs(seed: int, company: int, days: int) -> list[Job]:
+    """A company's own teams' jobs over ``days``: exponential gaps whose mean makes the expected
+    use C_OWN_USE of the fleet; ``customer`` is 1 for a planned job, 0 for an unannounced one."""
+    rng = random.Random(f"{seed}:owned:{company}")
+    mean_job = (sum(C_JOB_GPUS) / 2) * (sum(C_JOB_HOURS) / 2)  # GPU-hours
+    gap_h = mean_job / (C_OWN_USE * C_FLEET)
+    jobs = []
+    t = 1 + rng.expovariate(1 / gap_h)  # from hour 1: a planned job's reservation clears the gate
+    while t < days * 24:
+        planned = rng.random() < C_PLANNED_SHARE
+        jobs.append(Job(int(planned), _nodes(rng.uniform(*C_JOB_GPUS)), int(t), rng.randint(*C_JOB_HOURS)))
+        t += rng.expovariate(1 / gap_h)
+    return jobs
+
+
+def run_owned_fleet(engine: str, seed: int, company: int, days: int, outside: bool) -> tuple[Market, list[Job]]:
+    """One company's fleet in a book: an on-demand ask (firm and spot) and a spot-only ask (its firm
+    price is the book's maximum, which only the company's own teams pay), both for the whole
+    period; its teams' jobs as bids from the team's account (planned jobs reserved C_LEAD_H ahead,
+    unannounced ones on demand when they arrive; missing GPUs asked for again every hour).  With
+    ``outside``, the exchange's on-demand and spot buyers bid for the same GPUs."""
+    rng = random.Random(f"{seed}:owned-buyers:{company}")
+    m = Market(engine)
+    owner, team = C_OWNER_BASE + company, C_TEAM_BASE + company
+    end = T0 + BOOK.max_window_hours * HOUR
+    spot_only = _nodes(C_FLEET * C_SPOT_ONLY_SHARE)
+    m.ask(owner, C_FLEET - spot_only, C_FIRM_PRICE, end, spot=C_SPOT_PRICE)
+    m.ask(owner, spot_only, C_OWN_PRICE, end, spot=C_SPOT_PRICE)
+    jobs = own_jobs(seed, company, days)
+    reserve_at: dict[int, list[Job]] = {}
+    for j in jobs:
+        if j.customer:
+            reserve_at.setdefault(max(0, j.start_h - C_LEAD_H), []).append(j)
+    by_start: dict[int, list[Job]] = {}
+    for j in jobs:
+        by_start.setdefault(j.start_h, []).append(j)
+    bids: dict[int, Job] = {}  # the team's bid oid -> its job
+    running: list[Job] = []
+    od_next = [T0 + rng.randint(0, A_OD_GAP_H[1]) * HOUR for _ in range(C_OD_TRADERS)]
+    spot_next = [T0 + rng.randint(0, A_SPOT_GAP_H[1]) * HOUR for _ in range(C_SPOT_TRADERS)]
+    for h in range(days * 24):
+        t = m.now
+        for j in reserve_at.get(h, []):
+            bids[m.bid(team, RESERVED, j.gpus, j.hours, C_OWN_PRICE, tif=GTC, start=T0 + j.start_h * HOUR,
+                       block=NODE)] = j
+        running += by_start.get(h, [])
+        running = [j for j in running if j.left > 0 and j.start_h + j.hours > h]
+        for j in running:  # unannounced jobs, and what a reservation did not get: on demand, for the hours left
+            bids[m.bid(team, ON_DEMAND, j.left, j.start_h + j.hours - h, C_OWN_PRICE, block=NODE)] = j
+        if outside:
+            for i in range(C_OD_TRADERS):
+                if od_next[i] <= t:
+                    m.bid(C_BUYER_BASE + i, ON_DEMAND, _nodes(rng.uniform(*A_OD_GPUS)), rng.randint(*A_OD_HOURS),
+                          _tick(rng.uniform(*A_OD_LIMIT)), block=NODE)
+                    od_next[i] = t + rng.randint(*A_OD_GAP_H) * HOUR
+            for i in range(C_SPOT_TRADERS):
+                if spot_next[i] <= t:
+                    m.bid(C_BUYER_BASE + 100 + i, SPOT, _nodes(rng.uniform(*A_SPOT_GPUS)),
+                          rng.randint(*A_SPOT_HOURS), _tick(rng.uniform(*A_SPOT_LIMIT)), block=NODE)
+                    spot_next[i] = t + rng.randint(*A_SPOT_GAP_H) * HOUR
+        trades = m.step()
+        for oid, gpus in zip(trades["oid"].tolist(), trades["gpus"].tolist(), strict=True):
+            j = bids.get(oid)
+            if j is not None:
+                j.left -= gpus
+    return m, jobs
+
+
+def held_seconds(trades: np.ndarray, cuts: np.ndarray, t_from: int, t_to: int) -> np.ndarray:
+    """GPU-seconds of each trade inside [t_from, t_to), a preempted lease up to its new end."""
+    end = trades["end"].copy()
+    if len(cuts):
+        new_end = dict(zip(cuts["trade_id"].tolist(), cuts["end"].tolist(), strict=True))
+        for i, tid in enumerate(trades["trade_id"].tolist()):
+            if tid in new_end:
+                end[i] = new_end[tid]
+    lo = np.maximum(trades["start"], t_from)
+    hi = np.minimum(end, t_to)
+    return trades["gpus"].astype(np.int64) * np.maximum(hi - lo, 0)
+
+
+def run_owned(engine: str, seed: int, days: int | None = None) -> dict[str, Any]:
+    """Each company before (its fleet used by its own teams only) and after (its idle hours offered
+    on the exchange), over ``days`` (C_DAYS if not given); every figure from the book's fills and
+    preemptions."""
+    days = C_DAYS if days is None else days
+    t0 = time.perf_counter()
+    t_end = T0 + days * 24 * HOUR
+    companies = []
+    commands = events = 0
+    book_s = 0.0
+    for k in range(C_COMPANIES):
+        row: dict[str, Any] = {"company": k + 1}
+        for when, outside in (("before", False), ("after", True)):
+            m, jobs = run_owned_fleet(engine, seed, k, days, outside)
+            commands, events, book_s = commands + m.commands, events + m.events, book_s + m.book_s
+            tr = m.all_trades()
+            tr = tr[tr["account2"] == C_OWNER_BASE + k]
+            cuts = m.all_preemptions()
+            secs = held_seconds(tr, cuts, T0, t_end)
+            own = tr["account"] == C_TEAM_BASE + k
+            outside_cut = np.isin(cuts["trade_id"], tr["trade_id"][~own])
+            by_own = np.isin(cuts["lease_id"], tr["trade_id"][own])
+            # what outsiders pay: each lease for the time it ran (a preempted spot lease pro rata, R12)
+            paid = tr["price"].astype(np.int64) * held_seconds(tr, cuts, 0, 2**62) // HOUR
+            wanted = sum(j.gpus * min(j.hours, days * 24 - j.start_h) for j in jobs)
+            row[when] = {
+                "utilisation": round(int(secs.sum()) / (C_FLEET * days * 24 * HOUR), 4),
+                "own_use": round(int(secs[own].sum()) / (C_FLEET * days * 24 * HOUR), 4),
+                "outside_gpu_hours": int(secs[~own].sum()) // HOUR,
+                "income_usd": int(paid[~own].sum()) / USD,
+                "income_by_kind_usd": {name: int(paid[~own & (tr["kind"] == kind)].sum()) / USD
+                                       for name, kind in (("on_demand", ON_DEMAND), ("spot", SPOT))},
+                "outside_fills": int((~own).sum()),
+                # outsiders' spot leases cut short by a firm fill (R12): of the company's own teams, or
+                # of an outsider on the ask that sells both firm and spot
+                "spot_preempted_by_own_jobs": int((outside_cut & by_own).sum()),
+                "spot_preempted_by_outsiders": int((outside_cut & ~by_own).sum()),
+                "own_gpu_hours_wanted": wanted,
+                "own_gpu_hours_short": wanted - int(secs[own].sum()) // HOUR,
+            }
+        companies.append(row)
+
+    def total(when: str, key: str) -> float:
+        return sum(c[when][key] for c in companies)
+
+    return {
+        "days": days, "companies": C_COMPANIES, "fleet_each": C_FLEET,
+        "per_company": companies,
+        "utilisation_before": round(total("before", "utilisation") / C_COMPANIES, 4),
+        "utilisation_after": round(total("after", "utilisation") / C_COMPANIES, 4),
+        "income_before_usd": total("before", "income_usd"),
+        "income_after_usd": total("after", "income_usd"),
+        "own_gpu_hours_short_before": int(total("before", "own_gpu_hours_short")),
+        "own_gpu_hours_short_after": int(total("after", "own_gpu_hours_short")),
+        "commands": commands, "events": events,
+        "book_seconds": round(book_s, 3), "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
 # ====================================================================== the plot
 def plot(path: Path, a: dict[str, Any], b: dict[str, Any]) -> str:
     """Write the figure; matplotlib if installed, else the built-in PNG writer.  Returns which."""
@@ -567,7 +833,8 @@ def assumptions() -> dict[str, Any]:
                     "eval_burst": {"gpus": A_EVAL_GPUS, "hours": A_EVAL_HOURS, "every_hours": A_EVAL_EVERY_H},
                     "reserve_burst_lead_hours": A_BURST_LEAD_H, "resell_lead_hours": A_RESELL_LEAD_H,
                     "limit_reserved_usd": A_LIMIT_RESERVED / USD, "limit_on_demand_usd": A_LIMIT_ON_DEMAND / USD,
-                    "resale_price_usd": A_RESALE_PRICE / USD, "contract_price_usd": A_CONTRACT_PRICE / USD},
+                    "resale_price_usd": A_RESALE_PRICE / USD, "contract_price_usd": A_CONTRACT_PRICE / USD,
+                    "list_price_usd": A_LIST_PRICE / USD},
         "background": {"providers": A_PROVIDERS, "fleet_each": A_FLEET, "long_share": A_LONG_SHARE,
                        "long_price_usd": [p / USD for p in A_LONG_PRICE],
                        "short_price_usd": [p / USD for p in A_SHORT_PRICE],
@@ -578,6 +845,12 @@ def assumptions() -> dict[str, Any]:
                    "customers_each": B_CUSTOMERS_EACH, "price_usd": [p / USD for p in B_PRICE],
                    "base_gpus": list(B_BASE), "burst_every_days": B_BURST_EVERY_D, "burst_gpus": list(B_BURST_GPUS),
                    "burst_hours": list(B_BURST_HOURS), "limit_usd": B_LIMIT / USD},
+        "owned_fleets": {"days": C_DAYS, "companies": C_COMPANIES, "fleet_each": C_FLEET, "own_use": C_OWN_USE,
+                         "job_gpus": list(C_JOB_GPUS), "job_hours": list(C_JOB_HOURS),
+                         "planned_share": C_PLANNED_SHARE, "lead_hours": C_LEAD_H,
+                         "spot_only_share": C_SPOT_ONLY_SHARE, "firm_price_usd": C_FIRM_PRICE / USD,
+                         "spot_price_usd": C_SPOT_PRICE / USD, "own_price_usd": C_OWN_PRICE / USD,
+                         "on_demand_buyers": C_OD_TRADERS, "spot_buyers": C_SPOT_TRADERS},
     }
 
 
@@ -586,10 +859,11 @@ def run(engine: str = "numba", seed: int = 1) -> dict[str, Any]:
     a = run_startup(engine, seed)
     t1 = time.perf_counter()
     b = run_fleets(engine, seed)
+    c = run_owned(engine, seed)
     t2 = time.perf_counter()
     a["seconds"] = round(t1 - t0, 2)
-    return {"engine": engine, "seed": seed, "startup": a, "fleets": b, "assumptions": assumptions(),
-            "seconds": round(t2 - t0, 2)}
+    return {"engine": engine, "seed": seed, "startup": a, "fleets": b, "owned_fleets": c,
+            "assumptions": assumptions(), "seconds": round(t2 - t0, 2)}
 
 
 def public(result: dict[str, Any]) -> dict[str, Any]:
@@ -597,6 +871,13 @@ def public(result: dict[str, Any]) -> dict[str, Any]:
     out = dict(result)
     out["startup"] = {k: v for k, v in result["startup"].items() if not k.startswith("_")}
     return out
+
+
+BASELINE_NAMES = {
+    "peak_contract": "fixed contract for the peak",
+    "contract_plus_on_demand": "cheapest contract below peak + on demand at list price",
+    "all_on_demand": "all on demand at list price",
+}
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -612,13 +893,34 @@ def summary(r: dict[str, Any]) -> str:
         f"    fixed contract: ${fc['cost_usd']:,.0f} ({fc['gpus']:,} GPUs x {fc['hours']:,} h at ${fc['price_usd']}); "
         f"${fc['usd_per_needed_gpu_hour']}/needed GPU-h, {fc['unused_gpu_hours']:,} GPU-h paid and unused",
         f"    saving with the exchange: ${a['saving_usd']:,.0f} ({a['saving_pct']}%)",
+        "    the exchange against each way of buying outside it:",
+    ]
+    for name, text in BASELINE_NAMES.items():
+        x = a["baselines"][name]
+        lines.append(f"      {text + ':':<58} ${x['cost_usd']:>13,.0f}   saving ${x['saving_usd']:>13,.0f} "
+                     f"({x['saving_pct']}%)")
+    lines += [
         f"(b) fleets, {b['providers']} providers x {b['fleet_each']:,} GPUs, {b['customers']} customers, "
         f"{b['days']} days:",
         f"    utilisation: own customers only {b['own_customers_only']['utilisation']:.1%}, exchange "
         f"{b['exchange']['utilisation']:.1%} (+{b['utilisation_gain_points']} points); demand served "
         f"{b['own_customers_only']['served_share']:.1%} -> {b['exchange']['served_share']:.1%}",
-        f"run: {r['seconds']} s on the {r['engine']} book",
     ]
+    c = r["owned_fleets"]
+    lines += [
+        f"(c) owned fleets, {c['companies']} companies x {c['fleet_each']:,} GPUs, own teams ~{C_OWN_USE:.0%}, "
+        f"{c['days']} days: utilisation {c['utilisation_before']:.1%} -> {c['utilisation_after']:.1%} offering the "
+        f"idle hours; income ${c['income_before_usd']:,.0f} -> ${c['income_after_usd']:,.0f}; own jobs short "
+        f"{c['own_gpu_hours_short_before']:,} -> {c['own_gpu_hours_short_after']:,} GPU-h",
+    ]
+    for k in c["per_company"]:
+        b4, af = k["before"], k["after"]
+        lines.append(f"    company {k['company']}: {b4['utilisation']:.1%} -> {af['utilisation']:.1%}, income "
+                     f"${af['income_usd']:,.0f} (on demand ${af['income_by_kind_usd']['on_demand']:,.0f}, spot "
+                     f"${af['income_by_kind_usd']['spot']:,.0f}; outsiders' spot leases preempted: "
+                     f"{af['spot_preempted_by_own_jobs']} by own jobs, {af['spot_preempted_by_outsiders']} by "
+                     f"outsiders' firm fills)")
+    lines.append(f"run: {r['seconds']} s on the {r['engine']} book")
     return "\n".join(lines)
 
 

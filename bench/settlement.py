@@ -44,8 +44,8 @@ import numpy as np
 
 from bench.book import run_books
 from bench.workload import DEFAULT_CLASSES, generate
+from clearing.engine import SettlementConfig, SettlementEngine
 from orderbook.types import EV_TRADE
-from settlement.engine import SettlementConfig, SettlementEngine
 from settlement.ledger import Ledger
 from settlement.service import Settlement
 

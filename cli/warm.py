@@ -1,6 +1,6 @@
 """Compile the jitted parts once, ahead of use: `python -m cli.warm`.
 
-The numba book (orderbook/fast.py) and settlement's core (settlement/core.py) are compiled on
+The numba book (orderbook/fast.py) and settlement's core (clearing/core.py) are compiled on
 first use and kept in numba's cache (a directory per version of their sources,
 orderbook/jitcache.py); a cold compile takes most of a minute on a small machine, a warm start
 a second or two.  `make .venv` runs this after
@@ -23,11 +23,11 @@ import numpy as np
 def warm() -> float:
     """Compile (or load from numba's cache) everything jitted; returns the seconds it took."""
     t0 = time.perf_counter()
+    from clearing.engine import SettlementConfig, SettlementEngine
     from orderbook.book import make_book
     from orderbook.config import BookConfig
     from orderbook.fast import NumbaBook
     from orderbook.types import CMD_AMEND, CMD_ASK, CMD_BID, CMD_CANCEL, CMD_CLOCK, COMMAND_DTYPE, GTC, HOUR, ON_DEMAND
-    from settlement.engine import SettlementConfig, SettlementEngine
 
     now = 1_800_000_000
     price = 2_000_000

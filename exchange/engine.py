@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from clearing.engine import SettlementConfig
 from exchange.config import Instrument
 from exchange.entries import Cmd, Entry, Fund, Prov
 from exchange.money import Money
@@ -38,7 +39,6 @@ from orderbook import types as T
 from orderbook.book import Book, make_book, restore_book
 from orderbook.engines import resolve_engine
 from orderbook.types import CMD_CLOCK, COMMAND_DTYPE, Command, Event
-from settlement.engine import SettlementConfig
 
 log = logging.getLogger("gpux.engine")
 # books with at least this many commands in one apply() run on worker threads together: below

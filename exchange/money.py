@@ -6,7 +6,7 @@ kept in memory from the same journal entries as the books (R17, R18, R19).
     money.fund(Fund("deposit", 42, 100_000_000, "accounts:7", t))
     money.available(42)                               # what a new bid of 42 may hold (R17)
 
-The settlement state machine (`settlement.engine`, jitted) turns events into transfers; here the
+The settlement state machine (`clearing.engine`, jitted) turns events into transfers; here the
 transfers move balances (``owner << 3 | kind`` -> µ$), nothing is written anywhere.  So the
 money is part of the deterministic core: replaying the journal gives the same balances, a
 snapshot carries them (`MoneySnap`) and `state_hash` covers them.  The sequencer decides R17
@@ -31,9 +31,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from exchange.config import ServerConfig
-from exchange.entries import Fund, Prov
-from settlement.engine import (
+from clearing.engine import (
     NO_TRANSFERS,
     Bid,
     ClassState,
@@ -43,8 +41,10 @@ from settlement.engine import (
     fees_from_instruments,
     join_transfers,
 )
-from settlement.leases import Lease
-from settlement.money import ACCOUNT_SHIFT, AVAILABLE, EXCHANGE, EXTERNAL, KIND_NAMES
+from clearing.leases import Lease
+from clearing.money import ACCOUNT_SHIFT, AVAILABLE, EXCHANGE, EXTERNAL, KIND_NAMES
+from exchange.config import ServerConfig
+from exchange.entries import Fund, Prov
 
 DEPOSIT, WITHDRAW = "deposit", "withdraw"
 ACCOUNTS_REF = "accounts:"  # a deposit request of the account store: "accounts:{row}"

@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from clearing.engine import MONEY_LIMIT
 from exchange.bus import Bus, Published
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
@@ -54,7 +55,6 @@ from orderbook.types import (
     Command,
     clock_command,
 )
-from settlement.engine import MONEY_LIMIT
 
 log = logging.getLogger("gpux.sequencer")
 
@@ -112,7 +112,7 @@ class SequencerStats:
 
 
 # a bid may hold at most this (µ$, ~1.28 billion USD): the money of the lease it may make stays
-# within settlement's int64 arithmetic (settlement.engine.MONEY_LIMIT, µ$·s/h)
+# within settlement's int64 arithmetic (clearing.engine.MONEY_LIMIT, µ$·s/h)
 MAX_HOLD = MONEY_LIMIT // 3600
 # how far ahead a reserved bid may start (two leap years)
 MAX_LEAD_S = 2 * 366 * 86_400

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from clearing.money import hold_fee_bps, hold_per_gpu, lease_value
 from exchange.config import Instrument
 from exchange.records import LeaseInfo, OrderInfo, lease_ref
 from exchange.views import encode_answer
@@ -43,7 +44,6 @@ from orderbook.types import (
     Command,
     Event,
 )
-from settlement.money import hold_fee_bps, hold_per_gpu, lease_value
 
 MAX_CLOSED_ORDERS = 200_000  # closed orders remembered for status queries (oldest forgotten first)
 MAX_COIDS = 1_000_000  # client order ids remembered for idempotent retries (oldest forgotten first)

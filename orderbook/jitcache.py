@@ -50,8 +50,8 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "orderbook.fast": (*_ORDERBOOK, "orderbook/fast.py", "orderbook/config.py", "orderbook/invariants.py",
                        "orderbook/quote.py", "orderbook/reasons.py", "orderbook/rules.py", "orderbook/statehash.py",
                        "orderbook/types.py"),
-    "settlement.core": (*_ORDERBOOK, "orderbook/types.py", "settlement/__init__.py", "settlement/core.py",
-                        "settlement/ids.py", "settlement/leases.py", "settlement/money.py"),
+    "clearing.core": (*_ORDERBOOK, "orderbook/types.py", "clearing/__init__.py", "clearing/core.py",
+                      "clearing/ids.py", "clearing/leases.py", "clearing/money.py"),
     "feeds.recording": (*_ORDERBOOK, "orderbook/types.py", "exchange/__init__.py", "exchange/journal.py",
                         "feeds/__init__.py", "feeds/recording.py"),
 }

@@ -16,7 +16,7 @@ external account is minus everything that ever came in).
 
 A transfer's id names what caused it (``order:H100:9:hold``, ``trade:H100:7:cost``,
 ``lease:H100:7:end:refund``, ``deposit:…``) and is UNIQUE: applying the same cause twice
-changes nothing (TigerBeetle's idempotent ids).  It is stored as two integers (`settlement.ids`:
+changes nothing (TigerBeetle's idempotent ids).  It is stored as two integers (`clearing.ids`:
 origin, class, order or trade id / cause, leg, seq or time; other ids by their row in
 ``transfer_names``) and accounts as ``owner * 8 + kind``: the strings are what `transfers`,
 `statement`, `get` and the view ``transfers_named`` show.  A batch of transfers is one transaction:
@@ -52,11 +52,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from settlement import ids
+from clearing import ids
 
-# account kinds, owners and the account encoding are money rules (settlement.money): the
+# account kinds, owners and the account encoding are money rules (clearing.money): the
 # core's balances use them as well as the ledger's rows
-from settlement.money import (  # noqa: F401 (the ledger's users name them from here too)
+from clearing.money import (  # noqa: F401 (the ledger's users name them from here too)
     ACCOUNT_SHIFT,
     AVAILABLE,
     ESCROW,
@@ -121,7 +121,7 @@ PAGE_SIZE = 16_384  # bigger pages: fewer B-tree splits per inserted transfer (~
 
 _SCHEMA = (
     f"PRAGMA page_size={PAGE_SIZE}",  # only takes effect on a new file, before its first table
-    # (ref, sub): the id (settlement.ids); debit and credit: owner << 3 | kind
+    # (ref, sub): the id (clearing.ids); debit and credit: owner << 3 | kind
     """CREATE TABLE IF NOT EXISTS transfers (
         ref INTEGER NOT NULL,
         sub INTEGER NOT NULL,
@@ -407,7 +407,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ ids
     def class_code(self, name: str, create: bool = True) -> int | None:
-        """A GPU class's code in transfer ids (`settlement.ids`); assigned on first use."""
+        """A GPU class's code in transfer ids (`clearing.ids`); assigned on first use."""
         code = self._classes.get(name)
         if code is None:
             if create and not self._depth:

@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from clearing.engine import SequenceGap, join_transfers
 from exchange.clock import WALL, Clock, Timer
 from exchange.config import ServerConfig
 from exchange.entries import Fund, Prov
 from exchange.money import DEPOSIT, settlement_config
 from orderbook.types import CMD_CLOCK, EVENT_DTYPE, join
-from settlement.engine import SequenceGap, join_transfers
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
 

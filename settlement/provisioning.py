@@ -35,11 +35,11 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
+from clearing.leases import ENDED, FAILED, PENDING, PREEMPTED, PROVISIONING, READY, RELEASED
 from exchange.entries import Prov
 from exchange.errors import ApiError
 from exchange.sequencer import Request
 from orderbook.types import EV_PREEMPTED, EV_RELEASED, EV_TRADE, KIND_NAMES
-from settlement.leases import ENDED, FAILED, PENDING, PREEMPTED, PROVISIONING, READY, RELEASED
 from settlement.service import parse_lease_ref
 
 log = logging.getLogger("gpux.provisioning")

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from clearing.engine import SequenceGap, SettlementConfig, join_transfers
 from exchange.config import ServerConfig
 from exchange.engine import Engine
 from exchange.entries import Fund, Prov, decode_entry
@@ -44,7 +45,6 @@ from exchange.money import DEPOSIT, settlement_config
 from exchange.snapshots import SnapshotMismatch, snapshots, write_snapshot
 from exchange.stream import FIELD, JournalReader, decode_chunk, id_seq, stream_id, stream_key
 from orderbook.types import CMD_CLOCK, EVENT_DTYPE
-from settlement.engine import SequenceGap, SettlementConfig, join_transfers
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
 
@@ -261,8 +261,8 @@ class Replica:
         """Inside the ledger step: new leases into the timetable; those whose start came, provisioning."""
         import heapq
 
+        from clearing.leases import PENDING
         from orderbook.types import EV_TRADE
-        from settlement.leases import PENDING
 
         if self._starts is None:
             self._starts = [(x.start, c.name, x.trade_id) for c in eng.classes.values() for x in c.find(status=PENDING)]

@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from settlement.engine import NO_TRANSFERS, LeaseStateError, SettlementConfig, SettlementEngine, join_transfers
-from settlement.events import as_events
-from settlement.leases import check_lease
+from clearing.engine import NO_TRANSFERS, LeaseStateError, SettlementConfig, SettlementEngine, join_transfers
+from clearing.events import as_events
+from clearing.leases import check_lease
 from settlement.ledger import ESCROW, KIND_NAMES, PREPAID, Ledger, Transfer
 from settlement.store import StateStore
 

@@ -19,9 +19,9 @@ from typing import NamedTuple
 
 import msgspec
 
-from settlement.engine import Bid, Changes, SettlementEngine
-from settlement.ids import CLASS_SHIFT
-from settlement.leases import LIVE, Lease
+from clearing.engine import Bid, Changes, SettlementEngine
+from clearing.ids import CLASS_SHIFT
+from clearing.leases import LIVE, Lease
 from settlement.ledger import class_code, insert_rows
 
 _SCHEMA = (

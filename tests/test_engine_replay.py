@@ -28,6 +28,7 @@ import pytest
 from streams import random_stream
 
 from app.exchange import Exchange
+from clearing.engine import SettlementConfig, fees_from_instruments
 from exchange.config import Instrument, ServerConfig
 from exchange.engine import Engine, Result
 from exchange.entries import Admin, Cmd, Entry, Fund, decode_entry, encode_entry
@@ -59,7 +60,6 @@ from orderbook.types import (
     commands,
     events,
 )
-from settlement.engine import SettlementConfig, fees_from_instruments
 from settlement.service import Settlement
 
 # Two classes, as the stream generator's book is configured (prices up to 12 ticks of 1,000 µ$);

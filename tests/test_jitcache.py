@@ -124,7 +124,7 @@ def test_an_edit_on_a_copy_of_the_tree(tmp_path: Path) -> None:
     """On a copy of the checkout: an edit to a hashed file moves the module's directory, an edit
     to a file it does not import leaves it."""
     tree = tmp_path / "tree"
-    for package in ("orderbook", "settlement", "exchange", "feeds"):
+    for package in ("orderbook", "clearing", "settlement", "exchange", "feeds"):
         shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     base = tmp_path / "cache"
 
@@ -135,7 +135,7 @@ def test_an_edit_on_a_copy_of_the_tree(tmp_path: Path) -> None:
     assert {m: p.name for m, p in start.items()} == {m: jitcache.directory(m, base, version="v").name
                                                      for m in jitcache.SOURCES}
     hashed = {f for files in jitcache.SOURCES.values() for f in files}
-    unrelated = ["orderbook/reference.py", "settlement/engine.py", "settlement/store.py"]
+    unrelated = ["orderbook/reference.py", "clearing/engine.py", "settlement/store.py"]
     assert not hashed & set(unrelated)
     for rel in unrelated:
         with open(tree / rel, "a") as f:
@@ -160,25 +160,25 @@ def test_base_directories(tmp_path: Path) -> None:
 def test_use_creates_and_prunes(tmp_path: Path) -> None:
     old = numba.config.CACHE_DIR
     if numba.config.DISABLE_JIT:
-        assert jitcache.use("settlement.core", {"NUMBA_CACHE_DIR": str(tmp_path)}) is None
+        assert jitcache.use("clearing.core", {"NUMBA_CACHE_DIR": str(tmp_path)}) is None
         return
     base = tmp_path / "gpux"
     base.mkdir()
     stale = []
     for i in range(6):
-        p = base / f"settlement.core-{i:016x}"
+        p = base / f"clearing.core-{i:016x}"
         p.mkdir()
         os.utime(p, (1_000_000 + i, 1_000_000 + i))
         stale.append(p)
     (base / "orderbook.fast-0000000000000000").mkdir()
     try:
-        path = jitcache.use("settlement.core", {"NUMBA_CACHE_DIR": str(tmp_path)})
-        assert path == jitcache.directory("settlement.core", base)
+        path = jitcache.use("clearing.core", {"NUMBA_CACHE_DIR": str(tmp_path)})
+        assert path == jitcache.directory("clearing.core", base)
         assert numba.config.CACHE_DIR == str(path)
         left = sorted(p.name for p in base.iterdir())
         kept = [p.name for p in stale[-(jitcache.KEEP - 1):]]
         assert left == sorted([path.name, "orderbook.fast-0000000000000000", *kept])
-        assert jitcache.use("settlement.core", {"NUMBA_CACHE_DIR": str(tmp_path)}) == path  # again: nothing pruned
+        assert jitcache.use("clearing.core", {"NUMBA_CACHE_DIR": str(tmp_path)}) == path  # again: nothing pruned
         assert len(list(base.iterdir())) == len(left)
     finally:
         numba.config.CACHE_DIR = old
@@ -186,8 +186,8 @@ def test_use_creates_and_prunes(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="nothing is cached without the JIT")
 def test_the_jitted_modules_cache_in_their_directories() -> None:
+    from clearing import core
     from orderbook import fast, statehash
-    from settlement import core
 
     for module, fn in ((fast, fast.process_batch), (core, core.apply), (statehash, statehash.hash_words)):
         name = module.__name__

@@ -1,5 +1,5 @@
-"""The jitted settlement engine (settlement.engine over settlement.core) against the plain-Python
-reference engine (settlement.reference) on the benchmark's mixed workload: every hand-over
+"""The jitted settlement engine (clearing.engine over clearing.core) against the plain-Python
+reference engine (clearing.reference) on the benchmark's mixed workload: every hand-over
 gives the same transfers, and the same bids, leases and timetable are left (R16–R19 as the
 reference writes them).  The hypothesis state machine (test_settlement_stateful) does the same
 on random streams with provisioning answers, resale, restarts and replays."""
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from bench.settlement import DEFAULT_FEES, workload_events
+from clearing.engine import SettlementConfig, SettlementEngine
+from clearing.leases import STATUSES
+from clearing.reference import SettlementEngine as ReferenceEngine
 from orderbook.types import EV_TRADE, EVENT_DTYPE, SIDE_BID
-from settlement.engine import SettlementConfig, SettlementEngine
-from settlement.leases import STATUSES
-from settlement.reference import SettlementEngine as ReferenceEngine
 
 
 @pytest.fixture(scope="module")

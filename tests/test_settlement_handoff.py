@@ -9,6 +9,8 @@ import pytest
 from helpers import BUYER, PROV, P, T, ask, bid
 
 from bench.settlement import accounts_of, fund_accounts, ledger_digest, workload_events
+from clearing.engine import SettlementConfig
+from clearing.events import as_events, from_json
 from exchange.bus import Bus, Published
 from exchange.config import Instrument, ServerConfig
 from exchange.entries import Fund
@@ -16,8 +18,6 @@ from orderbook.book import make_book
 from orderbook.codec import event_from_json, events_to_json
 from orderbook.config import BookConfig
 from orderbook.types import COMMAND_DTYPE, EV_NAMES, ON_DEMAND
-from settlement.engine import SettlementConfig
-from settlement.events import as_events, from_json
 from settlement.ledger import ESCROW, InsufficientFunds
 from settlement.link import SettlementLink
 from settlement.service import Settlement
@@ -117,6 +117,6 @@ def test_settlement_on_the_bus_keeps_a_refused_batch_until_it_can_apply(tmp_path
 
 
 def fee_of(amount: int) -> int:
-    from settlement.money import fee
+    from clearing.money import fee
 
     return fee(amount, 25)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from helpers import BUYER, BUYER2, PROV, PROV2, P, S, T, amend, ask, bid, cancel, release
 
+from clearing.engine import LeaseStateError, SequenceGap, SettlementConfig
+from clearing.money import fee, hold_per_gpu, lease_value
 from orderbook.book import make_book
 from orderbook.config import BookConfig
 from orderbook.types import COMMAND_DTYPE, EV_PREEMPTED, EV_TRADE, FOK, HOUR, IOC, ON_DEMAND, RESERVED, SPOT
-from settlement.engine import LeaseStateError, SequenceGap, SettlementConfig
 from settlement.ledger import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID, RECEIVABLE, InsufficientFunds
-from settlement.money import fee, hold_per_gpu, lease_value
 from settlement.service import Settlement
 
 USD = 1_000_000

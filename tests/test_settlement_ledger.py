@@ -140,7 +140,7 @@ NAMED_IDS = ["deposit:accounts:17", "order:H100:09:hold", "order:H100:9:amend:x"
 def test_ids_are_stored_as_integers_and_shown_as_documented(led):
     """Structured ids become (ref, sub) integers, anything else a named id; every id reads back
     exactly as written (transfers, get, statement and the SQL view), and stays idempotent."""
-    from settlement import ids
+    from clearing import ids
 
     led.deposit(7, 10**6, "seed")
     batch = [Transfer(tid, 7, AVAILABLE, 7, ESCROW, i + 1, i) for i, tid in enumerate(DOCUMENTED_IDS + NAMED_IDS)]
@@ -200,7 +200,7 @@ def test_state_tables_keyed_by_class_and_id_are_migrated(tmp_path):
 
     import msgspec
 
-    from settlement.leases import Lease
+    from clearing.leases import Lease
     from settlement.service import Settlement
 
     lease = Lease("H100", 7, 42, 43, 1, 2, 1000, 0, 3600, 3600, 0, 5, 6, status="ready", ready_at=1)
@@ -237,7 +237,7 @@ def test_settlements_pages_read_and_move_balances_like_rows(led):
     """The engine's transfers go in as one page per post (schema 3): they move balances, are
     counted, and read back through transfers, get, statement and check_invariants with the row
     transfers; bad pages are refused whole and change nothing."""
-    from settlement import ids
+    from clearing import ids
 
     led.deposit(7, 1000, "seed")
     code = led.class_code("H100")

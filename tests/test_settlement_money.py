@@ -1,4 +1,4 @@
-"""The money rules (settlement/money.py, R17, R19) and the jitted core's twins of them, which are
+"""The money rules (clearing/money.py, R17, R19) and the jitted core's twins of them, which are
 compiled from the same functions and must give the same integers."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from settlement import core, money
+from clearing import core, money
 
 
 def test_the_rules() -> None:

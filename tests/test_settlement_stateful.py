@@ -10,8 +10,8 @@ After every step:
   independent of settlement's own bookkeeping), and lease_prepaid what its live leases hold;
 * every trade is settled once: one lease row and one cost transfer per trade event;
 * replaying an old batch, or restarting from the file, changes nothing;
-* the jitted engine (settlement.engine, which the ledger is fed by) and the plain-Python
-  reference engine (settlement.reference), given the same inputs, have made the same transfers
+* the jitted engine (clearing.engine, which the ledger is fed by) and the plain-Python
+  reference engine (clearing.reference), given the same inputs, have made the same transfers
   and hold the same bids, leases, timetable, seq and clock.
 At the end, every lease is run to its end and each account's money is checked against a
 model that prices each lease from the events alone (failed: 0; reserved: its window; metered:
@@ -29,6 +29,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from clearing.engine import SettlementConfig
+from clearing.money import fee, hold_per_gpu, lease_value
+from clearing.reference import SettlementEngine as ReferenceEngine
 from orderbook.book import make_book
 from orderbook.config import BookConfig
 from orderbook.types import (
@@ -51,7 +54,6 @@ from orderbook.types import (
     SIDE_BID,
     SPOT,
 )
-from settlement.engine import SettlementConfig
 from settlement.ledger import (
     ACCOUNT_SHIFT,
     AVAILABLE,
@@ -63,8 +65,6 @@ from settlement.ledger import (
     InsufficientFunds,
     Transfer,
 )
-from settlement.money import fee, hold_per_gpu, lease_value
-from settlement.reference import SettlementEngine as ReferenceEngine
 from settlement.service import Settlement
 
 CLS = "H100"

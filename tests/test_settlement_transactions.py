@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bench.settlement import accounts_of, fund_accounts, ledger_digest, workload_events
-from settlement.engine import SettlementConfig, SettlementEngine
+from clearing.engine import SettlementConfig, SettlementEngine
 from settlement.ledger import AVAILABLE, InsufficientFunds, page_deltas
 from settlement.service import Settlement
 

@@ -10,8 +10,8 @@
 summed over pieces, so that metering in any number of steps adds up to the same total.
 
 This is the one copy of these rules in settlement: its link (the escrow check's pending
-holds), its engines (`settlement.engine`, `settlement.reference`) and its jitted core, which
-compiles these very functions (`settlement.core`).  So they stay plain integer arithmetic that
+holds), its engines (`clearing.engine`, `clearing.reference`) and its jitted core, which
+compiles these very functions (`clearing.core`).  So they stay plain integer arithmetic that
 numba compiles: no calls but to each other, no Python-only types.
 """
 

@@ -14,17 +14,17 @@ its events' times and the times given to `tick`; before an event later than the 
 class's leases are advanced to the event's time (so ready leases are metered and ended at
 the same points however the events were batched: a replay gives an identical ledger).
 
-The per-event work runs jitted over columnar state (`settlement.core`); the rules are those of
-`settlement.reference`, the plain-Python engine written for clarity, which the tests run
+The per-event work runs jitted over columnar state (`clearing.core`); the rules are those of
+`clearing.reference`, the plain-Python engine written for clarity, which the tests run
 beside this one on the same events and require the same transfers and state from.  Leases
 and bids are read out as `Lease` / `Bid` objects (`lease`, `ClassState.leases`, `take_changes`).
 
 Transfers come out as the ledger's rows, an int64 array of ``(ref, sub, debit, credit, amount,
 time)`` (`join_transfers` puts several together; the ledger stores them as a page): the id
-as two integers (`settlement.ids`, with the class's code in the ledger's ``id_classes``:
+as two integers (`clearing.ids`, with the class's code in the ledger's ``id_classes``:
 ``class_code``, which the store connects to the ledger file) and accounts as ``owner << 3 | kind``.
 
-What each event does to money (R17, R19) is written out in `settlement/reference.py`, the
+What each event does to money (R17, R19) is written out in `clearing/reference.py`, the
 plain-Python engine this one is tested against, and in docs/settlement.md.
 """
 
@@ -40,6 +40,9 @@ import msgspec
 import numpy as np
 from numba import typed, types
 
+from clearing import core, ids, money
+from clearing.events import as_events
+from clearing.leases import FAILED, PENDING, PROVISIONING, READY, STATUSES, Lease
 from orderbook.types import (
     EV_ACCEPTED,
     EV_AMENDED,
@@ -51,13 +54,10 @@ from orderbook.types import (
     SIDE_BID,
     Event,
 )
-from settlement import core, ids, money
-from settlement.events import as_events
-from settlement.leases import FAILED, PENDING, PROVISIONING, READY, STATUSES, Lease
 
 
 class Record(NamedTuple):
-    """The fields of an event that settlement reads, in the order of the int64 rows `settlement.core`
+    """The fields of an event that settlement reads, in the order of the int64 rows `clearing.core`
     takes (one row per event that moves money); `records(rows)` reads rows back as Records."""
 
     seq: int
@@ -83,12 +83,12 @@ RECORD = Record._fields
 _R = {name: i for i, name in enumerate(RECORD)}  # column of each field in the rows
 R_OID, R_TID, R_PRICE, R_START, R_END, R_GPUS, R_REM, R_HOURS = (
     _R[k] for k in ("oid", "trade_id", "price", "start", "end", "gpus", "remaining", "hours"))
-# settlement.core copies these columns as literals
+# clearing.core copies these columns as literals
 _CORE_COLUMNS = {name: getattr(core, "R_" + col) for name, col in zip(RECORD, (
     "SEQ", "TIME", "OID", "OID2", "TID", "ACC", "ACC2", "PRICE", "START", "END", "LEASE", "GPUS", "REM", "HOURS",
     "TYPE", "KIND", "MAKER"), strict=True)}
 if _CORE_COLUMNS != _R:
-    raise ImportError("settlement.core's event record columns (R_*) differ from settlement.engine.Record")
+    raise ImportError("clearing.core's event record columns (R_*) differ from clearing.engine.Record")
 _as_record = partial(tuple.__new__, Record)
 
 
@@ -98,7 +98,7 @@ def records(rows: np.ndarray) -> list[Record]:
 
 
 _record = operator.attrgetter(*RECORD)  # an Event -> a RECORD tuple
-MONEY_LIMIT = 2 ** 62  # lease values and holds at or above this are refused (int64 arithmetic in settlement.core)
+MONEY_LIMIT = 2 ** 62  # lease values and holds at or above this are refused (int64 arithmetic in clearing.core)
 _REASONS = {core.REASON_TIMEOUT: "provision timeout", core.REASON_NOT_READY: "not ready by its end"}
 _REASON_CODES = {text: code for code, text in _REASONS.items()}
 _STATUS_CODES = {name: code for code, name in enumerate(STATUSES)}
@@ -173,13 +173,13 @@ def _int_dict() -> Any:
 
 
 class ClassState:
-    """Everything settlement keeps for one GPU class: `settlement.core`'s arrays."""
+    """Everything settlement keeps for one GPU class: `clearing.core`'s arrays."""
 
     def __init__(self, name: str, seq: int = 0, clock: int = 0, fees: tuple[int, int] = (0, 0), code: int = 1,
                  config: SettlementConfig | None = None, capacity: int = 1024) -> None:
         cfg = config or SettlementConfig()
         self.name = name
-        self.code = code  # in transfer ids (settlement.ids)
+        self.code = code  # in transfer ids (clearing.ids)
         self.fees = fees  # (maker_bps, taker_bps)
         self.K = np.zeros(core.NK, np.int64)
         self.K[core.K_MAKER_BPS], self.K[core.K_TAKER_BPS] = fees
@@ -460,7 +460,7 @@ class SettlementEngine:
     # ------------------------------------------------------------------ events
     def apply(self, cls: str, events: np.ndarray | Iterable[Any]) -> np.ndarray:
         """Apply one class's events (an EVENT_DTYPE array, or Events, or anything
-        `settlement.events.as_events` reads, in seq order); returns the transfers.  Events at or
+        `clearing.events.as_events` reads, in seq order); returns the transfers.  Events at or
         below the last seq applied are skipped; a gap raises `SequenceGap` before anything changes."""
         c = self.state(cls)
         if isinstance(events, np.ndarray):
@@ -641,7 +641,7 @@ def _relevant_array(c: ClassState, events: np.ndarray) -> tuple[np.ndarray, int,
         prev = int(seqs[at - 1]) if at else c.seq
         raise SequenceGap(c.name, prev + 1, int(seqs[at]))
     if problem == 2:
-        raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (settlement.ids)")
+        raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (clearing.ids)")
     if problem == 3:
         raise ValueError(f"{c.name}: an event's lease value or hold is 2**62 µ$ or more and cannot be settled")
     return rows, int(last_seq), int(last_time), skipped
@@ -664,7 +664,7 @@ def _relevant_tuples(c: ClassState, events: Iterable[Event]) -> tuple[np.ndarray
         t = ev.type
         if t == EV_TRADE or t == EV_PREEMPTED or t == EV_RELEASED or (ev.side == SIDE_BID and t in _BID_TYPES):
             if ev.oid >= ids.ID_LIMIT or ev.trade_id >= ids.ID_LIMIT:
-                raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (settlement.ids)")
+                raise ValueError(f"{c.name}: an order or trade id of 2**48 or more cannot be settled (clearing.ids)")
             rows.append(_record(ev))
         if ev.time > last_time:
             last_time = ev.time

@@ -1,6 +1,6 @@
 """The settlement engine's per-event work, jitted: columnar state, transfers out as int64 rows.
 
-`settlement.engine.SettlementEngine` keeps, per class, its open bids and live leases here, in
+`clearing.engine.SettlementEngine` keeps, per class, its open bids and live leases here, in
 numpy arrays that these functions change in place (the book does the same, `orderbook/fast.py`):
 
 * ``L`` — one row of ``NL`` int64 per lease (the `Lease` fields in order, strings as codes,
@@ -12,7 +12,7 @@ numpy arrays that these functions change in place (the book does the same, `orde
   (fees, config, the transfer refs of its orders, trades and leases).
 
 Transfers come out as rows ``(ref, sub, debit, credit, amount, time)`` in an int64 array that
-the functions return (grown when full).  The rules are those of `settlement.reference` (the
+the functions return (grown when full).  The rules are those of `clearing.reference` (the
 plain-Python engine, kept as the specification and checked against this one event for event
 by the tests); comments name the function of the reference each one follows.
 
@@ -27,9 +27,9 @@ import types
 import numpy as np
 from numba import njit
 
+from clearing import ids, leases, money
 from orderbook import jitcache
 from orderbook import types as book_types
-from settlement import ids, leases, money
 
 jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
 
@@ -42,13 +42,13 @@ EV_ACCEPTED, EV_TRADE, EV_PREEMPTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED, EV_RE
 RESERVED = 2
 SIDE_BID = 1
 PARAM_SHIFT = 8
-# transfer legs and causes (settlement.ids)
+# transfer legs and causes (clearing.ids)
 HOLD, RELEASE, AMEND = 1, 2, 3
 COST, BUYER_FEE, TRADE_RELEASE, TOP_UP = 1, 2, 3, 4
 C_READY, C_METER, C_PREEMPTED, C_RELEASED, C_FAILED, C_END = 1 << 4, 2 << 4, 3 << 4, 4 << 4, 5 << 4, 6 << 4
 REFUND, FEE_REFUND, EARN, PROVIDER_FEE = 1, 2, 3, 4
 
-# lease statuses (settlement.leases.STATUSES, in order)
+# lease statuses (clearing.leases.STATUSES, in order)
 PENDING, PROVISIONING, READY, ENDED, RELEASED, PREEMPTED, FAILED = range(7)
 # failed reasons: 0 none, and these (REASON_CUSTOM: the engine keeps the text by trade id)
 REASON_TIMEOUT, REASON_NOT_READY, REASON_PARENT, REASON_CUSTOM = 1, 2, 3, 4
@@ -77,7 +77,7 @@ NS = 16
  K_LEASE_REF) = range(9)
 NK = 9
 
-# event record columns (settlement.engine.RECORD)
+# event record columns (clearing.engine.RECORD)
 (R_SEQ, R_TIME, R_OID, R_OID2, R_TID, R_ACC, R_ACC2, R_PRICE, R_START, R_END, R_LEASE, R_GPUS, R_REM, R_HOURS,
  R_TYPE, R_KIND, R_MAKER) = range(17)
 
@@ -105,7 +105,7 @@ _COPIES += [
 ]
 for _name, _copy, _source in _COPIES:
     if _copy != _source:
-        raise AssertionError(f"settlement.core: {_name} is {_source}, but the literal here is {_copy}")
+        raise AssertionError(f"clearing.core: {_name} is {_source}, but the literal here is {_copy}")
 del _COPIES, _name, _copy, _source
 
 _nj = njit(cache=True, nogil=True)
@@ -233,7 +233,7 @@ def _dirty_bid(B: np.ndarray, S: np.ndarray, db: np.ndarray, s: int) -> None:
 # ---------------------------------------------------------------------- money of one lease (leases.settle)
 @_nj
 def settle(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarray, S: np.ndarray) -> np.ndarray:
-    """Bring the ledger to the lease's targets (`settlement.leases.settle`)."""
+    """Bring the ledger to the lease's targets (`clearing.leases.settle`)."""
     start, end = L[s, START], L[s, END]
     gpus, price = L[s, GPUS], L[s, PRICE]
     st = L[s, STATUS]
@@ -290,7 +290,7 @@ def settle(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarr
 @_nj
 def settle_earnings(L: np.ndarray, s: int, ref: int, cause: int, time: int, out: np.ndarray,
                     S: np.ndarray) -> np.ndarray:
-    """A ready metered lease at a metering point or its end (`settlement.leases.settle_earnings`)."""
+    """A ready metered lease at a metering point or its end (`clearing.leases.settle_earnings`)."""
     start, end = L[s, START], L[s, END]
     gpus, price = L[s, GPUS], L[s, PRICE]
     rf = L[s, READY_AT] if L[s, READY_AT] > start else start

@@ -18,7 +18,7 @@ The money of a lease follows from its state alone (`targets`): what the buyer ow
 
 `settle` compares the targets with what the ledger already moved for the lease and emits the
 difference as transfers whose ids name the cause (``lease:H100:7:ready:refund``; as the
-ledger's integer keys, `settlement.ids`).  The buyer's
+ledger's integer keys, `clearing.ids`).  The buyer's
 fee follows the cap (fee on what the buyer pays), the provider's fee follows what it earned;
 both at the rates of the trade (maker or taker, R19).  So every path — metering in many or few
 steps, a preemption, a late ready — ends in the same totals.
@@ -30,9 +30,9 @@ from typing import Any
 
 import msgspec
 
+from clearing.ids import EARN, FEE_REFUND, PROVIDER_FEE, REFUND
+from clearing.money import AVAILABLE, BPS, EXCHANGE, FEES, HOUR, PREPAID, RECEIVABLE, fee, lease_value
 from orderbook.types import KIND_NAMES, RESERVED, SIDE_NAMES
-from settlement.ids import EARN, FEE_REFUND, PROVIDER_FEE, REFUND
-from settlement.money import AVAILABLE, BPS, EXCHANGE, FEES, HOUR, PREPAID, RECEIVABLE, fee, lease_value
 
 PENDING = "pending"
 PROVISIONING = "provisioning"

@@ -1,6 +1,6 @@
 """The settlement engine in plain Python, written for clarity: the specification that
-`settlement.engine` (the same rules over columnar state, jitted in `settlement.core`) is
-checked against, event for event, by the tests.  Same API as `settlement.engine.SettlementEngine`.
+`clearing.engine` (the same rules over columnar state, jitted in `clearing.core`) is
+checked against, event for event, by the tests.  Same API as `clearing.engine.SettlementEngine`.
 
     engine = SettlementEngine(SettlementConfig(fees={"H100": (0, 25)}))
     transfers = engine.apply("H100", events)       # Events (or an EVENT_DTYPE array), in seq order
@@ -17,7 +17,7 @@ class's leases are advanced to the event's time (so ready leases are metered and
 the same points however the events were batched: a replay gives an identical ledger).
 
 Transfers come out as the ledger's rows, ``(ref, sub, debit, credit, amount, time)``: the id
-as two integers (`settlement.ids`, with the class's code in the ledger's ``id_classes``:
+as two integers (`clearing.ids`, with the class's code in the ledger's ``id_classes``:
 ``class_code``, which the store connects to the ledger file) and accounts as ``owner << 3 | kind``.
 
 Money per event (R17, R19; transfer ids in docs/settlement.md):
@@ -39,18 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from orderbook.types import (
-    EV_ACCEPTED,
-    EV_AMENDED,
-    EV_CANCELLED,
-    EV_EXPIRED,
-    EV_PREEMPTED,
-    EV_TRADE,
-    RESERVED,
-    SIDE_BID,
-)
-from settlement import ids
-from settlement.engine import (  # shared with the jitted engine
+from clearing import ids
+from clearing.engine import (  # shared with the jitted engine
     Bid,
     LeaseStateError,
     Record,
@@ -58,12 +48,12 @@ from settlement.engine import (  # shared with the jitted engine
     answer_applies,
     records,
 )
-from settlement.engine import _relevant_array as _engine_relevant_array
-from settlement.engine import _relevant_tuples as _engine_relevant_tuples
-from settlement.events import as_events
-from settlement.ids import AMEND, BUYER_FEE, COST, HOLD, TOP_UP, TRADE_RELEASE
-from settlement.ids import RELEASE as ORDER_RELEASE
-from settlement.leases import (
+from clearing.engine import _relevant_array as _engine_relevant_array
+from clearing.engine import _relevant_tuples as _engine_relevant_tuples
+from clearing.events import as_events
+from clearing.ids import AMEND, BUYER_FEE, COST, HOLD, TOP_UP, TRADE_RELEASE
+from clearing.ids import RELEASE as ORDER_RELEASE
+from clearing.leases import (
     ENDED,
     FAILED,
     LIVE,
@@ -76,7 +66,17 @@ from settlement.leases import (
     settle,
     settle_earnings,
 )
-from settlement.money import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID, fee, hold_fee_bps, hold_per_gpu, lease_value
+from clearing.money import AVAILABLE, ESCROW, EXCHANGE, FEES, PREPAID, fee, hold_fee_bps, hold_per_gpu, lease_value
+from orderbook.types import (
+    EV_ACCEPTED,
+    EV_AMENDED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_PREEMPTED,
+    EV_TRADE,
+    RESERVED,
+    SIDE_BID,
+)
 
 _FEES = EXCHANGE << 3 | FEES
 _READY = ids.cause(ids.READY)
@@ -96,7 +96,7 @@ class ClassState:
 
     def __init__(self, name: str, seq: int = 0, clock: int = 0, fees: tuple[int, int] = (0, 0), code: int = 1) -> None:
         self.name = name
-        self.code = code  # in transfer ids (settlement.ids); a ref is order_ref | oid, trade_ref | tid, ...
+        self.code = code  # in transfer ids (clearing.ids); a ref is order_ref | oid, trade_ref | tid, ...
         self.order_ref = ids.class_base(ids.ORDER, code)
         self.trade_ref = ids.class_base(ids.TRADE, code)
         self.lease_ref = ids.class_base(ids.LEASE, code)

@@ -19,7 +19,10 @@ import aiohttp
 import numpy as np
 
 from client.feeds import FeedClient
+from exchange.journal import segments
+from feeds.history import TradeHistory
 from feeds.model import KINDS, trade_json
+from feeds.recording import recording_dir
 from feeds.replay import load, messages
 from orderbook.types import EV_TRADE, events
 from tests.exchange_helpers import running_exchange
@@ -68,7 +71,9 @@ def live_candles(fc: FeedClient, cls: str, stream: str) -> list[dict[str, Any]]:
 
 def test_trade_pages_join_without_gaps_or_repeats_while_trades_arrive(tmp_path) -> None:
     async def go() -> None:
-        async with running_exchange(tmp_path, **CFG) as ex, aiohttp.ClientSession() as http:
+        # small segments: the pages cross many of them, sealed and open
+        async with running_exchange(tmp_path, segment_bytes=1 << 13, **CFG) as ex, \
+                aiohttp.ClientSession() as http:
             x = ex.exchange
             rng = np.random.default_rng(5)
             await session(x, rng, 150)
@@ -113,6 +118,19 @@ def test_trade_pages_join_without_gaps_or_repeats_while_trades_arrive(tmp_path) 
             assert status == 200 and page["trades"] == [] and page["next"] == cursor and page["more"] is False
 
     asyncio.run(go())
+    assert len(segments(recording_dir(tmp_path))) > 4
+    # read again with one sealed segment cached at a time: the same pages
+    h = TradeHistory(tmp_path, keep=1)
+    for c in CLASSES:
+        want = recorded_trades(tmp_path, c)
+        got, after, more = [], 0, True
+        while more:
+            rows, more = h.page(c, None, None, None, after, 11)
+            got += [trade_json(e) for e in events(rows)]
+            after = got[-1]["seq"] if got else after
+        assert got == want
+        assert [trade_json(e) for e in events(h.trades(c, None, None))] == want
+    assert sum(s.trades is None for s in h._segs.values()) >= 2  # dropped from the cache, summaries kept
 
 
 def test_candles_from_rest_equal_the_live_channel_and_replay_reproduces_the_kinds(tmp_path) -> None:

@@ -68,6 +68,9 @@ KIND_CHANNELS = ("candles", "index")  # the channels that take a kind
 STREAMS = (("book", "trades", "ticker") + tuple(f"candles:{iv}" for iv in INTERVALS) + ("index",)
            + tuple(f"candles:{iv}:{k}" for iv in INTERVALS for k in KINDS) + tuple(f"index:{k}" for k in KINDS))
 CANDLE_KEYS = tuple(s.partition(":")[2] for s in STREAMS if s.startswith("candles:"))  # "1m", "1m:spot", ...
+# kind code -> (width, candle keys) per interval: the candles a trade of that kind updates (MarketStats.add)
+_CANDLES_OF = {k: tuple((w, (iv, f"{iv}:{name}")) for iv, w in INTERVALS.items()) for k, name in KIND_NAMES.items()}
+_CANDLES_ANY = tuple((w, (iv,)) for iv, w in INTERVALS.items())  # a trade of no known kind: class-wide only
 DAY = 86_400
 TRADES_KEPT = 100  # recent trades kept for a trades snapshot
 CANDLES_KEPT = {"1m": 1440, "1h": 720}  # a day of minutes, a month of hours
@@ -400,9 +403,9 @@ class MarketStats:
             self.klast[k] = (price, t)
         self.last = (price, t, k)
         changed = self.changed
-        for name, width in INTERVALS.items():
+        for width, keys in _CANDLES_OF.get(k, _CANDLES_ANY):
             start = t - t % width
-            for key in (name, f"{name}:{kname}") if kname is not None else (name,):
+            for key in keys:
                 cs = self.candles[key]
                 if cs and cs[-1][0] == start:
                     c = cs[-1]

@@ -259,3 +259,34 @@ def test_per_kind_subscriptions_and_their_errors(tmp_path) -> None:
             await fc.close()
 
     asyncio.run(go())
+
+
+def test_when_the_recorder_has_stopped_the_live_trades_follow_the_recording(tmp_path) -> None:
+    """The recorder stops after a write error (FeedService._drain sets it to None and /healthz says
+    so): the history then serves the recording and, after it, the trades the live feed holds."""
+    async def go() -> None:
+        async with running_exchange(tmp_path, **CFG) as ex, aiohttp.ClientSession() as http:
+            x = ex.exchange
+            sent: list[np.ndarray] = []
+
+            def on_batch(batch: Any) -> None:
+                ev = batch.events.get("H100")
+                if ev is not None:
+                    sent.append(ev[ev["type"] == EV_TRADE].copy())
+
+            x.bus.subscribe(on_batch)
+            rng = np.random.default_rng(12)
+            await session(x, rng, 120)
+            await quiet(x)
+            recorded = len(recorded_trades(tmp_path, "H100"))
+            x.feeds.recorder.close()
+            x.feeds.recorder = None  # what a failed write leaves
+            await session(x, rng, 40)
+            await quiet(x)
+            want = [trade_json(e) for part in sent for e in events(part)]
+            assert len(recorded_trades(tmp_path, "H100")) == recorded < len(want) < recorded + 100
+            assert await walk(http, ex.url, **{"class": "H100", "limit": 9}) == want
+            status, ans = await get(http, ex.url + "/v1/candles", **{"class": "H100"})
+            assert status == 200 and ans["candles"] == x.feeds.feeds["H100"].snapshot("candles:1m")["candles"]
+
+    asyncio.run(go())

@@ -67,7 +67,9 @@ CHANNELS = ("book", "trades", "ticker", "candles", "index")
 KIND_CHANNELS = ("candles", "index")  # the channels that take a kind
 STREAMS = (("book", "trades", "ticker") + tuple(f"candles:{iv}" for iv in INTERVALS) + ("index",)
            + tuple(f"candles:{iv}:{k}" for iv in INTERVALS for k in KINDS) + tuple(f"index:{k}" for k in KINDS))
-CANDLE_KEYS = tuple(s.partition(":")[2] for s in STREAMS if s.startswith("candles:"))  # "1m", "1m:spot", ...
+CANDLE_STREAMS = tuple(s for s in STREAMS if s.startswith("candles:"))
+CANDLE_KEYS = tuple(s.partition(":")[2] for s in CANDLE_STREAMS)  # "1m", "1m:spot", ... (MarketStats.candles)
+INDEX_STREAMS = ((None, "index"),) + tuple((k, f"index:{k}") for k in KINDS)  # (kind or None, stream)
 # kind code -> (width, candle keys) per interval: the candles a trade of that kind updates (MarketStats.add)
 _CANDLES_OF = {k: tuple((w, (iv, f"{iv}:{name}")) for iv, w in INTERVALS.items()) for k, name in KIND_NAMES.items()}
 _CANDLES_ANY = tuple((w, (iv,)) for iv, w in INTERVALS.items())  # a trade of no known kind: class-wide only
@@ -438,13 +440,22 @@ class MarketStats:
             dropped = True
         return dropped
 
-    def take_candles(self, key: str) -> list[dict[str, int]]:
-        """The candles of ``key`` ("1m", "1h:spot"...) changed since the last call."""
+    def take_candles(self, key: str, build: bool = True) -> list[dict[str, int]] | bool:
+        """The candles of ``key`` ("1m", "1h:spot"...) changed since the last call (with
+        ``build`` false: only whether any did)."""
         since = self.changed[key]
         self.changed[key] = None
         if since is None:
-            return []
-        return [_candle(c) for c in self.candles[key] if c[0] >= since]
+            return [] if build else False
+        if not build:
+            return True
+        out = []
+        for c in reversed(self.candles[key]):  # the changed ones are the newest
+            if c[0] < since:
+                break
+            out.append(_candle(c))
+        out.reverse()
+        return out
 
     def index(self, kind: str | None = None) -> dict[str, Any]:
         """The class's index (24 h VWAP of firm trades), or with ``kind`` the 24 h VWAP of that
@@ -557,24 +568,28 @@ class ClassFeed:
                 m.update(ticker)
                 out.append(("ticker", m))
         if trades:
-            for key in CANDLE_KEYS:
-                candles = stats.take_candles(key)
-                if candles:
-                    stream = f"candles:{key}"
-                    m = self._next(stream)
-                    m["action"] = "update"
-                    m["candles"] = candles
-                    out.append((stream, m))
+            for key, stream in zip(CANDLE_KEYS, CANDLE_STREAMS, strict=True):
+                if wanted is None or wanted(stream):
+                    candles = stats.take_candles(key)
+                    if candles:
+                        m = self._next(stream)
+                        m["action"] = "update"
+                        m["candles"] = candles
+                        out.append((stream, m))
+                elif stats.take_candles(key, build=False):
+                    self.u[stream] += 1  # counted, not built: nobody would get it
         if trades or expired:
-            for kind in (None, *KINDS):
+            for kind, stream in INDEX_STREAMS:
                 index = stats.index(kind)
                 if index != self._index.get(kind):
                     self._index[kind] = index
-                    stream = f"index:{kind}" if kind else "index"
-                    m = self._next(stream)
-                    m["action"] = "update"
-                    m.update(index)
-                    out.append((stream, m))
+                    if wanted is None or wanted(stream):
+                        m = self._next(stream)
+                        m["action"] = "update"
+                        m.update(index)
+                        out.append((stream, m))
+                    else:
+                        self.u[stream] += 1
         return out
 
     def _ticker_body(self) -> dict[str, Any]:

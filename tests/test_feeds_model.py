@@ -352,3 +352,20 @@ def test_statistics_by_kind() -> None:
     assert out["index:spot"]["value"] is None and out["index:reserved"]["value"] is None
     assert feed.snapshot("candles:1m:spot")["candles"][0]["volume"] == 5
     assert feed.snapshot("ticker")["kinds"]["spot"]["last"] == 1_200_000  # the last trade stays
+
+
+def test_streams_nobody_wants_are_counted_not_built() -> None:
+    """A stream without subscribers counts its updates (u) exactly as one with subscribers, so a
+    subscriber that joins later gets a snapshot with the right u and the next update follows it."""
+    full, lean = ClassFeed("T"), ClassFeed("T")
+    book = ReferenceBook(BookConfig(name="T", max_price=20_000))
+    cmds = random_stream(np.random.default_rng(7), 600)
+    for k in range(0, len(cmds), 20):
+        ev = book.process(cmds[k:k + 20])
+        built = dict(full.update(ev, book.now))
+        kept = dict(lean.update(ev, book.now, wanted=lambda s: s in ("book", "trades")))
+        assert set(kept) <= {"book", "trades", "ticker"} and set(built) >= set(kept)
+        assert lean.u == full.u
+    assert sum(full.u[s] for s in full.u if s.count(":") == 2) > 0  # per-kind candles were published
+    for s in full.u:
+        assert lean.snapshot(s) == full.snapshot(s)

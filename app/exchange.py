@@ -214,6 +214,7 @@ class Exchange:
                                     level2=app[FEEDS].level2, metrics=app[METRICS].render, health=app[HEALTH].report,
                                     clock=self.clock, journal_tail=app[JOURNAL_TAIL])
         gw.add_routes(app.router)
+        app[FEEDS].public_rate = gw.public_rate  # GET /v1/trades, /v1/candles: the public routes' limit
         app[METRICS].add(gw.metric_samples)
         # a revoked key stops working everywhere within a second, open sessions included
         watch = RevocationWatch(app[ACCOUNTS], app[VERIFIER].lookup, [gw.revoke, app[FEEDS].revoke], self.clock)

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from feeds.model import SIDE_KEYS, stream_name
+from feeds.model import SIDE_KEYS, message_stream, stream_name
 from gateway.auth import Signer
 
 _enc = msgspec.json.Encoder()
@@ -123,24 +123,30 @@ class FeedClient:
         asyncio.ensure_future(self.ws.send_bytes(_enc.encode(op)))
         return fut
 
-    async def subscribe(self, channel: str, gpu_class: str | None = None, interval: str | None = None) -> dict:
+    async def subscribe(self, channel: str, gpu_class: str | None = None, interval: str | None = None,
+                  kind: str | None = None) -> dict:
         op: dict[str, Any] = {"op": "subscribe", "channel": channel}
         if gpu_class is not None:
             op["class"] = gpu_class
         if interval is not None:
             op["interval"] = interval
-        key = self._key(channel, gpu_class, interval)
+        if kind is not None:
+            op["kind"] = kind
+        key = self._key(channel, gpu_class, interval, kind)
         self.subs[key] = dict(op)
         self.pending.add(key)
         return await asyncio.wait_for(self._send(op), 10)
 
-    async def unsubscribe(self, channel: str, gpu_class: str | None = None, interval: str | None = None) -> dict:
+    async def unsubscribe(self, channel: str, gpu_class: str | None = None, interval: str | None = None,
+                  kind: str | None = None) -> dict:
         op: dict[str, Any] = {"op": "unsubscribe", "channel": channel}
         if gpu_class is not None:
             op["class"] = gpu_class
         if interval is not None:
             op["interval"] = interval
-        key = self._key(channel, gpu_class, interval)
+        if kind is not None:
+            op["kind"] = kind
+        key = self._key(channel, gpu_class, interval, kind)
         self.subs.pop(key, None)
         self.pending.discard(key)
         self.last_u.pop(key, None)
@@ -154,10 +160,11 @@ class FeedClient:
             self.account = ans["account"]
         return ans
 
-    def _key(self, channel: str, gpu_class: str | None, interval: str | None) -> tuple[Any, str]:
+    def _key(self, channel: str, gpu_class: str | None, interval: str | None,
+             kind: str | None = None) -> tuple[Any, str]:
         if gpu_class is None:
             return (self.account, channel)
-        return (gpu_class, stream_name(channel, interval) or channel)
+        return (gpu_class, stream_name(channel, interval, kind) or channel)
 
     def _resubscribe(self, key: tuple[Any, str]) -> None:
         self.gaps += 1
@@ -207,8 +214,7 @@ class FeedClient:
 
     def _stream(self, m: dict[str, Any]) -> None:
         if "class" in m and "account" not in m:
-            stream = m["type"] if m["type"] != "candles" else f"candles:{m['interval']}"
-            key: tuple[Any, str] = (m["class"], stream)
+            key: tuple[Any, str] = (m["class"], message_stream(m))
         else:
             key = (m["account"], m["type"])
         if m.get("action") == "snapshot":

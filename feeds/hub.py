@@ -14,6 +14,8 @@ The protocol (client -> server, one JSON object per text frame)::
 
     {"op": "subscribe", "channel": "book", "class": "H100", "id": 1}
     {"op": "subscribe", "channel": "candles", "class": "H100", "interval": "1h"}
+    {"op": "subscribe", "channel": "candles", "class": "H100", "kind": "spot"}   # one kind's candles
+    {"op": "subscribe", "channel": "index", "class": "H100", "kind": "reserved"}
     {"op": "unsubscribe", "channel": "book", "class": "H100"}
     {"op": "auth", "key": "gk_...", "ts": 1767225600123, "sig": "<hex>"}   # private channels
     {"op": "subscribe", "channel": "orders"}                                # after auth
@@ -34,7 +36,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from exchange.clock import WALL, Clock
-from feeds.model import CHANNELS, ClassFeed, stream_name
+from feeds.model import CHANNELS, KIND_CHANNELS, KINDS, ClassFeed, stream_name
 from gateway.auth import RateLimiter
 from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 from gateway.wire import request_id
@@ -60,12 +62,14 @@ class SubscribeOp(_Op, tag="subscribe", kw_only=True):
     channel: str
     gpu_class: str | None = msgspec.field(name="class", default=None)
     interval: str | None = None
+    kind: str | None = None
 
 
 class UnsubscribeOp(_Op, tag="unsubscribe", kw_only=True):
     channel: str
     gpu_class: str | None = msgspec.field(name="class", default=None)
     interval: str | None = None
+    kind: str | None = None
 
 
 class AuthOp(_Op, tag="auth", kw_only=True):
@@ -387,12 +391,16 @@ class Hub:
         if op.channel in PRIVATE_CHANNELS:
             if self.private is None:
                 raise OpError("UNKNOWN_CHANNEL", f"private channels are not served here ({op.channel})")
-            if op.gpu_class is not None or op.interval is not None:
-                raise OpError("MALFORMED", "private channels take no class or interval: they cover the "
+            if op.gpu_class is not None or op.interval is not None or op.kind is not None:
+                raise OpError("MALFORMED", "private channels take no class, interval or kind: they cover the "
                                            "account's orders in every class")
             return "", op.channel, True
-        stream = stream_name(op.channel, op.interval)
+        stream = stream_name(op.channel, op.interval, op.kind)
         if stream is None:
+            if op.channel in CHANNELS and op.kind is not None and op.channel not in KIND_CHANNELS:
+                raise OpError("MALFORMED", f"{op.channel} takes no kind (only {' and '.join(KIND_CHANNELS)} do)")
+            if op.channel in CHANNELS and op.kind is not None and op.kind not in KINDS:
+                raise OpError("MALFORMED", f"kind {op.kind!r} is not one of {', '.join(KINDS)}")
             if op.channel in CHANNELS:
                 raise OpError("MALFORMED", f"interval {op.interval!r} is not one of 1m, 1h"
                               if op.channel == "candles" else f"{op.channel} takes no interval")
@@ -425,7 +433,9 @@ class Hub:
             self.subscribe(c, cls, stream)
             ack: dict[str, Any] = {"type": "subscribed", "id": op.id, "channel": op.channel, "class": cls}
             if op.channel == "candles":
-                ack["interval"] = stream.partition(":")[2]
+                ack["interval"] = stream.split(":")[1]
+            if op.kind is not None:
+                ack["kind"] = op.kind
             self._push(c, ack)
             self._push(c, self.feeds[cls].snapshot(stream))
         if first and self.on_first_subscribe is not None:

@@ -57,10 +57,22 @@ _STALE = object()  # a side's cached best price must be recomputed
 BIDS, SPOT_BIDS, ASKS, SPOT_ASKS = 0, 1, 2, 3
 SIDE_KEYS = ("bids", "spot_bids", "asks", "spot_asks")
 
-# public streams of a class: channel, or channel:interval for candles
-STREAMS = ("book", "trades", "ticker", "candles:1m", "candles:1h", "index")
-CHANNELS = ("book", "trades", "ticker", "candles", "index")
+# trade kinds, by name, in code order (orderbook.types: SPOT, ON_DEMAND, RESERVED)
+KINDS = tuple(KIND_NAMES[k] for k in sorted(KIND_NAMES))
+KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 INTERVALS = {"1m": 60, "1h": 3600}
+# public streams of a class: channel, channel:interval for candles, and the per-kind statistics
+# channel:kind / candles:interval:kind (docs/feeds.md, "Statistics by kind")
+CHANNELS = ("book", "trades", "ticker", "candles", "index")
+KIND_CHANNELS = ("candles", "index")  # the channels that take a kind
+STREAMS = (("book", "trades", "ticker") + tuple(f"candles:{iv}" for iv in INTERVALS) + ("index",)
+           + tuple(f"candles:{iv}:{k}" for iv in INTERVALS for k in KINDS) + tuple(f"index:{k}" for k in KINDS))
+CANDLE_STREAMS = tuple(s for s in STREAMS if s.startswith("candles:"))
+CANDLE_KEYS = tuple(s.partition(":")[2] for s in CANDLE_STREAMS)  # "1m", "1m:spot", ... (MarketStats.candles)
+INDEX_STREAMS = ((None, "index"),) + tuple((k, f"index:{k}") for k in KINDS)  # (kind or None, stream)
+# kind code -> (width, candle keys) per interval: the candles a trade of that kind updates (MarketStats.add)
+_CANDLES_OF = {k: tuple((w, (iv, f"{iv}:{name}")) for iv, w in INTERVALS.items()) for k, name in KIND_NAMES.items()}
+_CANDLES_ANY = tuple((w, (iv,)) for iv, w in INTERVALS.items())  # a trade of no known kind: class-wide only
 DAY = 86_400
 TRADES_KEPT = 100  # recent trades kept for a trades snapshot
 CANDLES_KEPT = {"1m": 1440, "1h": 720}  # a day of minutes, a month of hours
@@ -319,68 +331,98 @@ class BookModel:
 
 # ---------------------------------------------------------------------- trade statistics
 class MarketStats:
-    """Trades of one class: the last ones, 24 h volume and VWAP, candles, the price index.
+    """Trades of one class: the last ones, 24 h volume and VWAP, candles, the price index, each
+    class-wide and per kind (spot, on_demand, reserved).
 
     Volumes are GPU-hours as traded (``gpus × hours``; a lease preempted or released later still
     counts as traded); notional is µ$ (``price × GPU-hours``); VWAP = notional // volume.
-    The index is the 24 h VWAP of firm trades (on-demand and reserved), `docs/feeds.md`.
+    The index is the 24 h VWAP of firm trades (on-demand and reserved), `docs/feeds.md`; the
+    index of a kind is the 24 h VWAP of that kind's trades.
     """
 
     def __init__(self) -> None:
         # the 24 h window, one bucket per engine second with trades (at most 86,400 per class,
-        # whatever the trade rate): [time, gpu_h, notional, count, firm gpu_h, firm notional, firm count]
+        # whatever the trade rate): [time, then per kind (KINDS order): gpu_h, notional, count]
         self.window: deque[list[int]] = deque()
-        self.volume = self.notional = self.count = 0
-        self.firm_volume = self.firm_notional = self.firm_count = 0
+        n = len(KINDS)
+        self.kvolume = [0] * n  # per kind, over the window
+        self.knotional = [0] * n
+        self.kcount = [0] * n
         self.last: tuple[int, int, int] | None = None  # (price, time, kind)
+        self.klast: list[tuple[int, int] | None] = [None] * n  # (price, time) of each kind's last trade
         self.recent: deque[Event] = deque(maxlen=TRADES_KEPT)  # the last trades' events
-        self.candles: dict[str, deque[list[int]]] = {k: deque(maxlen=n) for k, n in CANDLES_KEPT.items()}
-        self.changed: dict[str, list[int] | None] = {k: None for k in INTERVALS}  # first changed candle start
+        # candles by key: "1m", "1h" (every trade) and "1m:spot", "1h:reserved"... (one kind's)
+        self.candles: dict[str, deque[list[int]]] = {k: deque(maxlen=CANDLES_KEPT[k.partition(":")[0]])
+                                                     for k in CANDLE_KEYS}
+        self.changed: dict[str, int | None] = dict.fromkeys(CANDLE_KEYS)  # first changed candle start
+
+    # class-wide and firm totals over the window
+    @property
+    def volume(self) -> int:
+        return sum(self.kvolume)
+
+    @property
+    def notional(self) -> int:
+        return sum(self.knotional)
+
+    @property
+    def count(self) -> int:
+        return sum(self.kcount)
+
+    @property
+    def firm_volume(self) -> int:
+        return sum(self.kvolume) - self.kvolume[SPOT]
+
+    @property
+    def firm_notional(self) -> int:
+        return sum(self.knotional) - self.knotional[SPOT]
+
+    @property
+    def firm_count(self) -> int:
+        return sum(self.kcount) - self.kcount[SPOT]
 
     def add(self, ev: Event) -> None:
         gpu_h = ev.gpus * ev.hours
         price = ev.price
         notional = price * gpu_h
-        firm = ev.kind != SPOT
         t = ev.time
+        k = ev.kind
+        kname = KIND_NAMES.get(k)
         w = self.window
         if w and w[-1][0] == t:
             b = w[-1]
         else:
-            b = [t, 0, 0, 0, 0, 0, 0]
+            b = [t] + [0] * (3 * len(KINDS))
             w.append(b)
-        b[1] += gpu_h
-        b[2] += notional
-        b[3] += 1
-        if firm:
-            b[4] += gpu_h
-            b[5] += notional
-            b[6] += 1
-        self.volume += gpu_h
-        self.notional += notional
-        self.count += 1
-        if firm:
-            self.firm_volume += gpu_h
-            self.firm_notional += notional
-            self.firm_count += 1
-        self.last = (price, t, ev.kind)
-        for name, width in INTERVALS.items():
+        if kname is not None:
+            i = 1 + 3 * k
+            b[i] += gpu_h
+            b[i + 1] += notional
+            b[i + 2] += 1
+            self.kvolume[k] += gpu_h
+            self.knotional[k] += notional
+            self.kcount[k] += 1
+            self.klast[k] = (price, t)
+        self.last = (price, t, k)
+        changed = self.changed
+        for width, keys in _CANDLES_OF.get(k, _CANDLES_ANY):
             start = t - t % width
-            cs = self.candles[name]
-            if cs and cs[-1][0] == start:
-                c = cs[-1]
-                if price > c[2]:
-                    c[2] = price
-                elif price < c[3]:
-                    c[3] = price
-                c[4] = price
-                c[5] += gpu_h
-                c[6] += notional
-                c[7] += 1
-            else:
-                cs.append([start, price, price, price, price, gpu_h, notional, 1])
-            if self.changed[name] is None:
-                self.changed[name] = start
+            for key in keys:
+                cs = self.candles[key]
+                if cs and cs[-1][0] == start:
+                    c = cs[-1]
+                    if price > c[2]:
+                        c[2] = price
+                    elif price < c[3]:
+                        c[3] = price
+                    c[4] = price
+                    c[5] += gpu_h
+                    c[6] += notional
+                    c[7] += 1
+                else:
+                    cs.append([start, price, price, price, price, gpu_h, notional, 1])
+                if changed[key] is None:
+                    changed[key] = start
         self.recent.append(ev)
 
     def expire(self, now: int) -> bool:
@@ -389,27 +431,51 @@ class MarketStats:
         cut = now - DAY
         dropped = False
         while w and w[0][0] <= cut:
-            _, gpu_h, notional, count, firm_gpu_h, firm_notional, firm_count = w.popleft()
-            self.volume -= gpu_h
-            self.notional -= notional
-            self.count -= count
-            self.firm_volume -= firm_gpu_h
-            self.firm_notional -= firm_notional
-            self.firm_count -= firm_count
+            b = w.popleft()
+            for k in range(len(KINDS)):
+                i = 1 + 3 * k
+                self.kvolume[k] -= b[i]
+                self.knotional[k] -= b[i + 1]
+                self.kcount[k] -= b[i + 2]
             dropped = True
         return dropped
 
-    def take_candles(self, name: str) -> list[dict[str, int]]:
-        since = self.changed[name]
-        self.changed[name] = None
+    def take_candles(self, key: str, build: bool = True) -> list[dict[str, int]] | bool:
+        """The candles of ``key`` ("1m", "1h:spot"...) changed since the last call (with
+        ``build`` false: only whether any did)."""
+        since = self.changed[key]
+        self.changed[key] = None
         if since is None:
-            return []
-        return [_candle(c) for c in self.candles[name] if c[0] >= since]
+            return [] if build else False
+        if not build:
+            return True
+        out = []
+        for c in reversed(self.candles[key]):  # the changed ones are the newest
+            if c[0] < since:
+                break
+            out.append(_candle(c))
+        out.reverse()
+        return out
 
-    def index(self) -> dict[str, Any]:
-        v = self.firm_volume
-        return {"value": self.firm_notional // v if v else None, "volume_24h": v, "trades_24h": self.firm_count,
-                "window_s": DAY, "method": "vwap_24h_firm"}
+    def index(self, kind: str | None = None) -> dict[str, Any]:
+        """The class's index (24 h VWAP of firm trades), or with ``kind`` the 24 h VWAP of that
+        kind's trades."""
+        if kind is None:
+            v, n, c, method = self.firm_volume, self.firm_notional, self.firm_count, "vwap_24h_firm"
+        else:
+            k = KIND_CODES[kind]
+            v, n, c, method = self.kvolume[k], self.knotional[k], self.kcount[k], f"vwap_24h_{kind}"
+        return {"value": n // v if v else None, "volume_24h": v, "trades_24h": c, "window_s": DAY, "method": method}
+
+    def by_kind(self) -> dict[str, dict[str, int | None]]:
+        """Per kind: its last trade and its 24 h volume, notional, VWAP and count (the ticker's ``kinds``)."""
+        out: dict[str, dict[str, int | None]] = {}
+        for k, name in enumerate(KINDS):
+            last, v, n = self.klast[k], self.kvolume[k], self.knotional[k]
+            out[name] = {"last": last[0] if last else None, "last_time": last[1] if last else None,
+                         "volume_24h": v, "notional_24h": n, "vwap_24h": n // v if v else None,
+                         "trades_24h": self.kcount[k]}
+        return out
 
 
 def trade_json(ev: Event) -> dict[str, Any]:
@@ -439,7 +505,7 @@ class ClassFeed:
         self.stats = MarketStats()
         self.u = dict.fromkeys(STREAMS, 0)
         self._ticker: dict[str, Any] | None = None
-        self._index: dict[str, Any] | None = None
+        self._index: dict[str | None, dict[str, Any]] = {}  # kind (None: class-wide) -> last index sent
 
     @property
     def seq(self) -> int:
@@ -450,10 +516,12 @@ class ClassFeed:
         return self.book.now
 
     def _head(self, stream: str) -> dict[str, Any]:
-        channel, _, interval = stream.partition(":")
+        channel, interval, kind = stream_parts(stream)
         d: dict[str, Any] = {"type": channel, "class": self.name, "seq": self.book.seq, "time": self.book.now}
         if interval:
             d["interval"] = interval
+        if kind:
+            d["kind"] = kind
         return d
 
     def _next(self, stream: str) -> dict[str, Any]:
@@ -500,22 +568,28 @@ class ClassFeed:
                 m.update(ticker)
                 out.append(("ticker", m))
         if trades:
-            for name in INTERVALS:
-                candles = stats.take_candles(name)
-                if candles:
-                    stream = f"candles:{name}"
-                    m = self._next(stream)
-                    m["action"] = "update"
-                    m["candles"] = candles
-                    out.append((stream, m))
+            for key, stream in zip(CANDLE_KEYS, CANDLE_STREAMS, strict=True):
+                if wanted is None or wanted(stream):
+                    candles = stats.take_candles(key)
+                    if candles:
+                        m = self._next(stream)
+                        m["action"] = "update"
+                        m["candles"] = candles
+                        out.append((stream, m))
+                elif stats.take_candles(key, build=False):
+                    self.u[stream] += 1  # counted, not built: nobody would get it
         if trades or expired:
-            index = stats.index()
-            if index != self._index:
-                self._index = index
-                m = self._next("index")
-                m["action"] = "update"
-                m.update(index)
-                out.append(("index", m))
+            for kind, stream in INDEX_STREAMS:
+                index = stats.index(kind)
+                if index != self._index.get(kind):
+                    self._index[kind] = index
+                    if wanted is None or wanted(stream):
+                        m = self._next(stream)
+                        m["action"] = "update"
+                        m.update(index)
+                        out.append((stream, m))
+                    else:
+                        self.u[stream] += 1
         return out
 
     def _ticker_body(self) -> dict[str, Any]:
@@ -533,6 +607,7 @@ class ClassFeed:
         d["notional_24h"] = s.notional
         d["vwap_24h"] = s.notional // s.volume if s.volume else None
         d["trades_24h"] = s.count
+        d["kinds"] = s.by_kind()
         return d
 
     def snapshot(self, stream: str) -> dict[str, Any]:
@@ -541,7 +616,7 @@ class ClassFeed:
         d = self._head(stream)
         d["u"] = self.u[stream]
         d["action"] = "snapshot"
-        channel, _, interval = stream.partition(":")
+        channel, interval, kind = stream_parts(stream)
         if channel == "book":
             d.update(self.book.level2())
         elif channel == "trades":
@@ -551,11 +626,13 @@ class ClassFeed:
                 self._ticker = self._ticker_body()
             d.update(self._ticker)
         elif channel == "candles":
-            d["candles"] = [_candle(c) for c in list(self.stats.candles[interval])[-CANDLES_SENT:]]
+            key = f"{interval}:{kind}" if kind else interval
+            d["candles"] = [_candle(c) for c in list(self.stats.candles[key])[-CANDLES_SENT:]]
         elif channel == "index":
-            if self._index is None:
-                self._index = self.stats.index()
-            d.update(self._index)
+            index = self._index.get(kind)
+            if index is None:
+                index = self._index[kind] = self.stats.index(kind)
+            d.update(index)
         return d
 
     def heartbeat(self) -> dict[str, Any]:
@@ -563,12 +640,33 @@ class ClassFeed:
                 "u": dict(self.u)}
 
 
-def stream_name(channel: str, interval: str | None) -> str | None:
-    """The stream a subscription names, or None if there is no such channel/interval."""
+def stream_name(channel: str, interval: str | None, kind: str | None = None) -> str | None:
+    """The stream a subscription names, or None if there is no such channel/interval/kind."""
+    if kind is not None and (channel not in KIND_CHANNELS or kind not in KIND_CODES):
+        return None
     if channel == "candles":
         iv = interval or "1m"
-        return f"candles:{iv}" if iv in INTERVALS else None
+        if iv not in INTERVALS:
+            return None
+        return f"candles:{iv}:{kind}" if kind else f"candles:{iv}"
     if channel in CHANNELS and interval is None:
-        return channel
+        return f"{channel}:{kind}" if kind else channel
     return None
 
+
+def stream_parts(stream: str) -> tuple[str, str | None, str | None]:
+    """(channel, interval, kind) of a stream name: "candles:1m:spot" -> ("candles", "1m", "spot"),
+    "index:reserved" -> ("index", None, "reserved"), "book" -> ("book", None, None)."""
+    parts = stream.split(":")
+    if parts[0] == "candles":
+        return "candles", parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
+    return parts[0], None, parts[1] if len(parts) > 1 else None
+
+
+def message_stream(m: dict[str, Any]) -> str:
+    """The stream of a public message (its type, interval and kind)."""
+    name = m["type"]
+    if name == "candles":
+        name = f"candles:{m['interval']}"
+    kind = m.get("kind")
+    return f"{name}:{kind}" if kind and name.partition(":")[0] in KIND_CHANNELS else name

@@ -14,8 +14,10 @@ recorder — runs in one callback on the next event-loop turn, usually while the
 for the next batch's fsync, and covers every batch that arrived meanwhile (one fan-out round,
 one recorded record).  Nothing here waits for a subscriber.
 
-Routes: ``GET /v1/feeds`` (live, public and private channels) and ``GET /v1/replay`` (the
-recording of this exchange, served at a chosen speed in the same message format).
+Routes: ``GET /v1/feeds`` (live, public and private channels), ``GET /v1/replay`` (the
+recording of this exchange, served at a chosen speed in the same message format), and the
+history over REST, ``GET /v1/trades`` (cursor pages) and ``GET /v1/candles``, from the recording
+(`feeds.history`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,12 +36,15 @@ from exchange.bus import Bus
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
 from exchange.engine import Engine, book_seq
+from exchange.errors import ApiError
 from exchange.records import lease_ref
 from exchange.views import fill_view, lease_view, order_view, private_update
+from feeds.history import TradeHistory, candles, merge_live
 from feeds.hub import AuthOp, Hub, OpError
-from feeds.model import DAY, BookModel, ClassFeed
+from feeds.model import DAY, INTERVALS, KIND_CODES, KINDS, BookModel, ClassFeed, trade_json
 from feeds.recorder import Recorder, catch_up, open_recorder
-from feeds.recording import recent
+from feeds.recording import RecordingError, recent
+from feeds.replay import parse_time
 from gateway.auth import AuthError, Verifier
 from orderbook.types import (
     EV_ACCEPTED,
@@ -48,11 +54,14 @@ from orderbook.types import (
     EV_PREEMPTED,
     EV_RELEASED,
     EV_TRADE,
+    EVENT_DTYPE,
     Event,
     events,
 )
 
 log = logging.getLogger("gpux.feeds")
+TRADES_PAGE, TRADES_PAGE_MAX = 100, 1000  # GET /v1/trades: trades per page, default and most
+CANDLES_PAGE, CANDLES_PAGE_MAX = 500, 5000  # GET /v1/candles: candles per answer, default and most
 
 
 class FeedService:
@@ -77,6 +86,8 @@ class FeedService:
         self.hub = Hub(self.feeds, private=self, clock=clock, **hub_options)
         self.recorder: Recorder | None = None
         self.record = record
+        self.history: TradeHistory | None = None  # the recording's trades, for GET /v1/trades and /v1/candles
+        self.public_rate: Callable[[web.Request], None] | None = None  # the gateway's public rate limit
         # (journal seq, events arrays, events as tuples, engine times) per batch not yet published
         self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, list[Event]], dict[str, int]]] = deque()
         self._ready = False
@@ -116,6 +127,8 @@ class FeedService:
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/v1/feeds", self.hub.handle)
         router.add_get("/v1/replay", self.replay)
+        router.add_get("/v1/trades", self.trades)
+        router.add_get("/v1/candles", self.candles)
 
     async def start(self) -> None:
         """Open the recorder and complete it from the command journal (in a worker thread), load
@@ -128,6 +141,7 @@ class FeedService:
                                                        self.engine.engine, self.start_seq, cfg.segment_bytes)
             await loop.run_in_executor(None, catch_up, self.recorder, cfg.instruments, self.engine.engine,
                                        self.data, self.start_seq)
+            self.history = TradeHistory(self.recorder.dir)
             now = max((f.now for f in self.feeds.values()), default=0)
             trades = await loop.run_in_executor(None, recent, self.recorder.dir, now - DAY, [EV_TRADE])
             self._load_stats(trades)  # on the loop: subscribers may be reading the statistics
@@ -161,6 +175,107 @@ class FeedService:
         if self.recorder is not None:
             self.recorder.checkpoint(self.engine.seq)
             self.recorder.close()
+
+    # ------------------------------------------------------------------ history over REST
+    def _query(self, request: web.Request, allowed: tuple[str, ...]) -> tuple[ClassFeed, int | None, int | None,
+                                                                             int | None]:
+        """The public rate limit, then the (feed, kind, from, to) of a history request."""
+        if self.public_rate is not None:
+            self.public_rate(request)
+        q = request.query
+        for k in q:
+            if k not in allowed:
+                raise ApiError("MALFORMED", f"unknown query parameter {k!r}; {request.path} takes "
+                                            f"{', '.join(allowed)}")
+        name = q.get("class")
+        if not name:
+            raise ApiError("MALFORMED", "the query parameter class is required")
+        feed = self.feeds.get(name)
+        if feed is None:
+            raise ApiError("UNKNOWN_CLASS", f"no GPU class {name!r}; classes: {', '.join(sorted(self.feeds))}")
+        kind = q.get("kind")
+        if kind is not None and kind not in KIND_CODES:
+            raise ApiError("MALFORMED", f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        try:
+            t_from, t_to = parse_time(q.get("from")), parse_time(q.get("to"))
+        except ValueError as e:
+            raise ApiError("MALFORMED", f"from/to: {e}") from None
+        if t_from is not None and t_to is not None and t_from > t_to:
+            raise ApiError("MALFORMED", f"from ({t_from}) is after to ({t_to})")
+        if not self._ready:
+            raise ApiError("UNAVAILABLE", "market data is starting; retry shortly")
+        return feed, None if kind is None else KIND_CODES[kind], t_from, t_to
+
+    @staticmethod
+    def _int(request: web.Request, name: str, default: int, lo: int, hi: int, code: str = "MALFORMED") -> int:
+        raw = request.query.get(name)
+        if raw is None:
+            return default
+        try:
+            v = int(raw)
+        except ValueError:
+            raise ApiError(code, f"{name} must be an integer, not {raw[:40]!r}") from None
+        if not lo <= v <= hi:
+            raise ApiError(code, f"{name} must be between {lo} and {hi}, not {v}")
+        return v
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except (RecordingError, OSError) as e:
+            raise ApiError("INTERNAL", f"the recording cannot be read: {e}") from None
+
+    async def trades(self, request: web.Request) -> web.Response:
+        """``GET /v1/trades?class=&kind=&from=&to=&cursor=&limit=``: trades in seq order, a page
+        at a time (docs/feeds.md, "History over REST")."""
+        feed, kind, t_from, t_to = self._query(request, ("class", "kind", "from", "to", "cursor", "limit"))
+        after = self._int(request, "cursor", 0, 0, 2**62, "BAD_CURSOR")
+        limit = self._int(request, "limit", TRADES_PAGE, 1, TRADES_PAGE_MAX)
+        if self.history is not None:
+            rows, more = await self._read(self.history.page, feed.name, kind, t_from, t_to, after, limit)
+        else:
+            rows, more = None, False
+        if self.history is None or (self.recorder is None and not more):
+            # no recording, or the recorder stopped: the trades the live feed still holds follow
+            got = merge_live(rows if rows is not None else np.empty(0, dtype=EVENT_DTYPE), feed.stats.recent,
+                             kind, t_from, t_to, after, limit)
+            more = len(got) > limit
+            got = got[:limit]
+        else:
+            got = events(rows)
+        return web.json_response({
+            "class": feed.name, "kind": None if kind is None else KINDS[kind], "trades": [trade_json(ev) for ev in got],
+            "next": str(got[-1].seq if got else after), "more": more})
+
+    async def candles(self, request: web.Request) -> web.Response:
+        """``GET /v1/candles?class=&kind=&interval=&from=&to=&limit=``: the candles of a range,
+        equal to the live candles channel's (docs/feeds.md, "History over REST")."""
+        feed, kind, t_from, t_to = self._query(request, ("class", "kind", "interval", "from", "to", "limit"))
+        interval = request.query.get("interval", "1m")
+        if interval not in INTERVALS:
+            raise ApiError("MALFORMED", f"interval {interval!r} is not one of {', '.join(INTERVALS)}")
+        width = INTERVALS[interval]
+        limit = self._int(request, "limit", CANDLES_PAGE, 1, CANDLES_PAGE_MAX)
+        hi = feed.now if t_to is None else t_to
+        hi -= hi % width  # the last candle's start
+        lo = hi - (limit - 1) * width if t_from is None else t_from - t_from % width
+        rows = None
+        if self.history is not None and lo <= hi:
+            rows = await self._read(self.history.trades, feed.name, lo, hi + width - 1)
+        if lo > hi:
+            got = []
+        elif self.history is None or self.recorder is None:
+            got = merge_live(rows if rows is not None else np.empty(0, dtype=EVENT_DTYPE), feed.stats.recent,
+                             None, lo, hi + width - 1, 0, None)
+        else:
+            got = events(rows)
+        if kind is not None:
+            got = [ev for ev in got if ev.kind == kind]
+        out = candles(got, width)
+        more = len(out) > limit
+        return web.json_response({
+            "class": feed.name, "kind": None if kind is None else KINDS[kind], "interval": interval, "from": lo,
+            "to": hi, "candles": out[:limit], "next": out[limit]["start"] if more else None})
 
     # ------------------------------------------------------------------ the bus
     def _on_batch(self, batch: Any) -> None:

@@ -74,6 +74,18 @@ def document() -> dict[str, Any]:
                                            signed=False, params=[_p("cls"), _p("hours", "query", "integer", False)])},
         "/v1/feeds": {"get": _op("market data WebSocket: public and private channels (docs/feeds.md)", signed=False)},
         "/v1/replay": {"get": _op("WebSocket replay of a recording, live-feed format (docs/feeds.md)", signed=False)},
+        "/v1/trades": {"get": _op("trade history of a class from the recording, oldest first, in cursor pages that "
+                                  "join without gaps or repeats (docs/feeds.md, History over REST)", signed=False,
+                                  params=[_p("class", "query"), _p("kind", "query", required=False),
+                                          _p("from", "query", required=False), _p("to", "query", required=False),
+                                          _p("cursor", "query", required=False),
+                                          _p("limit", "query", "integer", False)], answer="TradePage")},
+        "/v1/candles": {"get": _op("OHLCV candles of a class, or of one kind, over a range of the recording "
+                                   "(docs/feeds.md, History over REST)", signed=False,
+                                   params=[_p("class", "query"), _p("kind", "query", required=False),
+                                           _p("interval", "query", required=False),
+                                           _p("from", "query", required=False), _p("to", "query", required=False),
+                                           _p("limit", "query", "integer", False)], answer="CandlePage")},
         "/v1/quote": {"get": _op("what N GPUs x H hours of a kind would cost now, or why it cannot fill",
                                  signed=False, params=q, answer="Quote")},
         "/v1/account": {"get": _op("own balances from the ledger: available, escrow, lease_prepaid, receivable; "

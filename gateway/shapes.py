@@ -169,13 +169,54 @@ SHAPES: dict[str, dict[str, tuple[Any, str]]] = {
         "withdrawn": (INT, "µ$ taken out"),
         "available": (INT, "µ$: its available balance now"),
     },
+    "PublicTrade": {
+        "seq": (INT, "the trade event's sequence number in its class: the order of the history and its cursor"),
+        "time": (INT, "engine time of the trade"),
+        "trade_id": (INT, "the trade's id, counted per class"),
+        "kind": (STR, "spot, on_demand or reserved"),
+        "gpus": (INT, "GPUs traded"),
+        "hours": (INT, "hours traded"),
+        "price": (INT, "the trade price (R11), µ$ per GPU-hour"),
+        "start": (INT, "the lease's start"),
+        "end": (INT, "the lease's end as traded"),
+        "maker": (STR, "which side rested first: bid or ask"),
+        "resale_of": (INT, "present for a resold lease (R16): the trade id of the lease it was cut from"),
+    },
+    "TradePage": {
+        "class": (STR, "GPU class"),
+        "kind": (STR, "the kind asked for, or null: every kind"),
+        "trades": (["PublicTrade"], "the page's trades, oldest first (by seq); no accounts, no order ids"),
+        "next": (STR, "the cursor of the next page: the last trade's seq (the request's cursor if the page is "
+                      "empty)"),
+        "more": (BOOL, "more matching trades exist now: ask for the next page"),
+    },
+    "Candle": {
+        "start": (INT, "the interval's start, engine time"),
+        "open": (INT, "the first trade's price, µ$ per GPU-hour"),
+        "high": (INT, "the highest trade price"),
+        "low": (INT, "the lowest trade price"),
+        "close": (INT, "the last trade's price"),
+        "volume": (INT, "GPU-hours traded (gpus x hours)"),
+        "notional": (INT, "µ$ traded: price x GPU-hours, summed"),
+        "trades": (INT, "how many trades"),
+    },
+    "CandlePage": {
+        "class": (STR, "GPU class"),
+        "kind": (STR, "the kind asked for, or null: every kind"),
+        "interval": (STR, "1m or 1h"),
+        "from": (INT, "the first candle start covered (from, aligned down to the interval)"),
+        "to": (INT, "the last candle start covered (to, or the class's engine time, aligned down)"),
+        "candles": (["Candle"], "the candles with trades, oldest first; intervals without trades have none"),
+        "next": (INT, "when more candles lie in the range: the start of the first one left out; else null"),
+    },
 }
 # a lease as GET /v1/leases lists it: the book's lease and settlement's side of it
 SHAPES["LeaseWithSettlement"] = {**SHAPES["Lease"], "settlement": ("LeaseSettlement", "settlement's side of it")}
 NULLABLE = {("Order", "*"), ("OrderAnswer", "order"), ("ReleaseAnswer", "lease"), ("LeaseSettlement", "connection"),
-            ("Account", "ssh_public_key"), ("Quote", "average_price"), ("Quote", "reason"), ("Quote", "message")}
-OPTIONAL = {("OrderAnswer", "trades")} | {("Order", f) for f in ("kind", "tif", "hours", "block", "hold",
-                                                                  "spot_price", "min_hours", "lease_id")}
+            ("Account", "ssh_public_key"), ("Quote", "average_price"), ("Quote", "reason"), ("Quote", "message"),
+            ("TradePage", "kind"), ("CandlePage", "kind"), ("CandlePage", "next")}
+OPTIONAL = ({("OrderAnswer", "trades"), ("PublicTrade", "resale_of")}
+            | {("Order", f) for f in ("kind", "tif", "hours", "block", "hold", "spot_price", "min_hours", "lease_id")})
 
 
 def _type(t: Any) -> dict[str, Any]:

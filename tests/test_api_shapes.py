@@ -74,6 +74,16 @@ def test_real_answers_have_the_documented_shapes(tmp_path):
             seen.append(("/v1/quote", "get", await alice.quote("H100", "on_demand", 2, 2)))
             seen.append(("/v1/quote", "get", await alice.quote("A100", "on_demand", 2, 2)))  # nothing fills
             seen.append(("/v1/account", "get", await alice.account()))
+            trades = await alice.request("GET", "/v1/trades?class=H100", signed=False)
+            assert trades["trades"] and trades["more"] is False
+            seen.append(("/v1/trades", "get", trades))
+            seen.append(("/v1/trades", "get", await alice.request("GET", "/v1/trades?class=H100&kind=spot&limit=1",
+                                                                  signed=False)))
+            candles = await alice.request("GET", "/v1/candles?class=H100&interval=1h", signed=False)
+            assert candles["candles"] and candles["next"] is None
+            seen.append(("/v1/candles", "get", candles))
+            seen.append(("/v1/candles", "get", await alice.request("GET", "/v1/candles?class=H100&kind=on_demand",
+                                                                   signed=False)))
             seen.append(("/v1/provisioning", "get", await prov.request("GET", "/v1/provisioning")))
             trade_id = bought["trades"][0]["trade_id"]
             seen.append(("/v1/leases/{cls}/{trade_id}/release", "post", await alice.release("H100", trade_id)))

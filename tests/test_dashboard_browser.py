@@ -3,8 +3,10 @@
 
 The page loads without script errors, every chart draws real data from the demo's traffic (each
 chart element's data-count — levels, candles, trades, points, heat-map cells, samples, leases —
-is above 0), live updates arrive (the trade tape's count grows while the page stays open), and
-switching class redraws from that class's data.
+is above 0), live updates arrive (the trade tape's count grows while the page stays open),
+switching class redraws from that class's data, the candles can be shown for one kind (and the
+caption says which), and a page opened later starts with its charts' history from
+GET /v1/candles (the index line reaches back before it opened).
 
 Without chromium or the playwright package this test skips with the reason — except under
 CI=true, where it fails: CI (.ci/run) installs chromium with apt and `make test` installs the dev
@@ -82,6 +84,28 @@ def test_dashboard_draws_every_chart_and_updates_live(tmp_path) -> None:
                 page.wait_for_function("location.hash === '#A100'")
                 counts = _wait_counts(page, 30)
                 assert all(counts[c] > 0 for c in CHARTS), counts
+                # the candles of one kind: the caption says which
+                page.click("#candle-kinds button[data-kind='on_demand']")
+                page.wait_for_function("document.getElementById('candles-kind').textContent === 'on-demand'",
+                                       timeout=5_000)
+                pressed = page.locator("#candle-kinds button[data-kind='on_demand']").get_attribute("aria-pressed")
+                assert pressed == "true"
+                assert "on-demand" in page.locator("#ticker-A100").inner_text()  # last price per kind
+
+                # a page opened now starts with history from GET /v1/candles, not with empty charts:
+                # the candles of every kind (those older than the live snapshot's are merged) and the
+                # index line, one point per minute with firm trades, up to the page's first message
+                fresh = browser.new_page(viewport={"width": 1400, "height": 1400})
+                fresh.on("pageerror", lambda e: errors.append(str(e)))
+                fresh.goto(url + "#H100")
+                fresh.wait_for_function("window.gpux && window.gpux.history('H100').state === 'loaded'",
+                                        timeout=30_000)
+                hist = fresh.evaluate("window.gpux.history('H100')")
+                assert hist["received"] > 0 and hist["index"] > 0 and hist["first"] <= fresh.evaluate(
+                    "window.gpux.state.time"), hist
+                fresh.wait_for_function("window.gpux.counts().index > 0 && window.gpux.counts().candles > 0",
+                                        timeout=10_000)
+                assert fresh.evaluate("window.gpux.counts().index") >= hist["index"]
                 assert errors == [], errors
                 page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             finally:

@@ -24,6 +24,7 @@ from exchange.clock import SimClock
 from exchange.config import Instrument
 from exchange.entries import Fund
 from exchange.sequencer import Request
+from feeds.model import KINDS, STREAMS
 from orderbook.config import BookConfig
 from orderbook.types import CMD_AMEND, CMD_ASK, CMD_BID, CMD_CANCEL, CMD_RELEASE, GTC, IOC, ON_DEMAND, SPOT, Command
 from tests.exchange_helpers import running_exchange
@@ -164,7 +165,10 @@ def test_a_restarted_exchange_serves_the_same_book(tmp_path) -> None:
         t, i = feed.snapshot("ticker"), feed.snapshot("index")
         keys = ("last", "last_time", "volume_24h", "notional_24h", "vwap_24h", "trades_24h")
         return {"ticker": {k: t[k] for k in keys}, "index": i["value"], "trades": feed.snapshot("trades")["trades"],
-                "candles": feed.snapshot("candles:1m")["candles"]}
+                "candles": feed.snapshot("candles:1m")["candles"],
+                # statistics by kind: the ticker's kinds, each kind's index and candles
+                "kinds": t["kinds"], "kind_index": {k: feed.snapshot(f"index:{k}")["value"] for k in KINDS},
+                "kind_candles": {s: feed.snapshot(s)["candles"] for s in STREAMS if s.count(":") == 2}}
 
     async def go() -> dict:
         async with running_exchange(tmp_path, **CFG) as ex:
@@ -186,6 +190,7 @@ def test_a_restarted_exchange_serves_the_same_book(tmp_path) -> None:
 
     before = asyncio.run(go())
     assert all(v["ticker"]["trades_24h"] for v in before.values())
+    assert all(v["kind_index"]["spot"] and v["kind_candles"]["candles:1m:on_demand"] for v in before.values())
     asyncio.run(again(before))
 
 

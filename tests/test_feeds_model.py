@@ -310,3 +310,62 @@ def test_a_damaged_record_in_an_earlier_segment_is_named(tmp_path, events_per_re
     segs[0].write_bytes(bytes(raw))
     with pytest.raises(RecordingError, match=f"{segs[0].name}: record seq 1 fails its CRC at byte offset 0"):
         load(tmp_path)
+
+
+def test_statistics_by_kind() -> None:
+    """Candles, last price, VWAP and the index per kind; the class-wide ones keep mixing kinds
+    (candles, ticker) or firm trades (index) as documented."""
+    feed = ClassFeed("T")
+
+    def trade(t: int, kind: int, price: int, gpus: int, hours: int) -> Event:
+        return Event(type=EV_TRADE, seq=t - T0 + 1, time=t, trade_id=t - T0 + 1, kind=kind, price=price, gpus=gpus,
+                     hours=hours, start=t, end=t + hours * HOUR, oid=-1, oid2=-1)
+
+    rows = [trade(T0 + 1, ON_DEMAND, 2_000_000, 2, 3),   # 6 GPU-h
+            trade(T0 + 2, SPOT, 1_000_000, 4, 1),        # 4 GPU-h
+            trade(T0 + 3, RESERVED, 1_800_000, 1, 10),   # 10 GPU-h
+            trade(T0 + 4, SPOT, 1_200_000, 1, 1)]        # 1 GPU-h
+    out = dict(feed.update(rows, T0 + 4))
+    k = out["ticker"]["kinds"]
+    assert k["spot"] == {"last": 1_200_000, "last_time": T0 + 4, "volume_24h": 5, "notional_24h": 5_200_000,
+                         "vwap_24h": 1_040_000, "trades_24h": 2}
+    assert k["on_demand"]["vwap_24h"] == 2_000_000 and k["reserved"]["vwap_24h"] == 1_800_000
+    assert out["ticker"]["last"] == 1_200_000 and out["ticker"]["trades_24h"] == 4  # class-wide: every kind
+    assert out["index"]["value"] == (12_000_000 + 18_000_000) // 16 and out["index"]["method"] == "vwap_24h_firm"
+    assert out["index:spot"]["value"] == 1_040_000 and out["index:spot"]["kind"] == "spot"
+    assert out["index:spot"]["method"] == "vwap_24h_spot"
+    assert out["index:reserved"]["volume_24h"] == 10
+    spot = out["candles:1m:spot"]
+    assert spot["kind"] == "spot" and spot["interval"] == "1m"
+    assert [(c["open"], c["high"], c["low"], c["close"], c["volume"], c["trades"]) for c in spot["candles"]] == [
+        (1_000_000, 1_200_000, 1_000_000, 1_200_000, 5, 2)]
+    assert out["candles:1m"]["candles"][0]["trades"] == 4
+    assert feed.snapshot("candles:1h:reserved")["candles"][0]["notional"] == 18_000_000
+    assert feed.snapshot("index:on_demand")["value"] == 2_000_000
+    # a new on-demand trade changes only the streams it belongs to
+    out = dict(feed.update([trade(T0 + 5, ON_DEMAND, 2_200_000, 1, 1)], T0 + 5))
+    assert "candles:1m:on_demand" in out and "candles:1m:spot" not in out and "index:spot" not in out
+    assert feed.u["candles:1m:spot"] == 1 and feed.u["candles:1m:on_demand"] == 2
+    # a day later every kind's window is empty; the candles stay
+    out = dict(feed.update(None, T0 + 5 + DAY))
+    assert all(v["volume_24h"] == 0 and v["vwap_24h"] is None for v in out["ticker"]["kinds"].values())
+    assert out["index:spot"]["value"] is None and out["index:reserved"]["value"] is None
+    assert feed.snapshot("candles:1m:spot")["candles"][0]["volume"] == 5
+    assert feed.snapshot("ticker")["kinds"]["spot"]["last"] == 1_200_000  # the last trade stays
+
+
+def test_streams_nobody_wants_are_counted_not_built() -> None:
+    """A stream without subscribers counts its updates (u) exactly as one with subscribers, so a
+    subscriber that joins later gets a snapshot with the right u and the next update follows it."""
+    full, lean = ClassFeed("T"), ClassFeed("T")
+    book = ReferenceBook(BookConfig(name="T", max_price=20_000))
+    cmds = random_stream(np.random.default_rng(7), 600)
+    for k in range(0, len(cmds), 20):
+        ev = book.process(cmds[k:k + 20])
+        built = dict(full.update(ev, book.now))
+        kept = dict(lean.update(ev, book.now, wanted=lambda s: s in ("book", "trades")))
+        assert set(kept) <= {"book", "trades", "ticker"} and set(built) >= set(kept)
+        assert lean.u == full.u
+    assert sum(full.u[s] for s in full.u if s.count(":") == 2) > 0  # per-kind candles were published
+    for s in full.u:
+        assert lean.snapshot(s) == full.snapshot(s)

@@ -1,10 +1,13 @@
 // gpux dashboard: plain JS + canvas, no dependencies, no build step (docs/demo.md).
 //
 // Live data comes over the public market-data feed (WebSocket /v1/feeds, docs/feeds.md): for every
-// class the book (level 2 snapshot + deltas), trades, ticker, 1-minute candles and the price index,
-// with the feed's gap rule (a stream's `u` must grow by one; a heartbeat's `u` must match, else
-// resubscribe).  Capacity calendar, utilisation and open leases are polled from
-// GET /v1/dashboard/CLASS every POLL_MS.  Messages only mark what changed; drawing happens at most
+// class the book (level 2 snapshot + deltas), trades, ticker, 1-minute candles (every kind, and
+// each kind's: spot, on_demand, reserved) and the price index, with the feed's gap rule (a
+// stream's `u` must grow by one; a heartbeat's `u` must match, else resubscribe).  When a class is
+// first shown, its charts' history comes from GET /v1/candles (the recording): older candles of
+// every kind, and the index line before the page opened, recomputed per minute from the firm
+// (on-demand and reserved) candles of the 24 h before.  Capacity calendar, utilisation and open
+// leases are polled from GET /v1/dashboard/CLASS every POLL_MS.  Messages only mark what changed; drawing happens at most
 // once per animation frame (requestAnimationFrame), and only for the selected class.
 //
 // Every chart element carries data-count: how many data items it drew last time (levels, candles,
@@ -15,7 +18,11 @@
   const HOUR = 3600;
   const POLL_MS = 2000;
   const TAPE_ROWS = 40;
-  const STREAMS = [["book", null], ["trades", null], ["ticker", null], ["candles", "1m"], ["index", null]];
+  const KINDS = ["spot", "on_demand", "reserved"];
+  const KIND_LABEL = { all: "all kinds", spot: "spot", on_demand: "on-demand", reserved: "reserved" };
+  const STREAMS = [["book"], ["trades"], ["ticker"], ["candles", "1m"], ["index"]]
+    .concat(KINDS.map((k) => ["candles", "1m", k]));
+  const CANDLES_KEPT = 240;
   const COLORS = {};
   const css = getComputedStyle(document.documentElement);
   for (const k of ["bid", "ask", "sbid", "sask", "accent", "text", "dim", "line", "warn", "panel"]) {
@@ -25,13 +32,17 @@
   const S = {
     classes: [], sel: null, ws: null, cls: {}, dirty: new Set(), raf: 0, ids: 1, connected: false,
     time: 0, seq: 0, messages: 0, gaps: 0, retry: 500, pollTimer: 0, lastTapeTid: {},
+    candleKind: "all", openedAt: 0,
   };
 
   function C(name) {
     return S.cls[name] || (S.cls[name] = {
       book: { bids: new Map(), spot_bids: new Map(), asks: new Map(), spot_asks: new Map() },
-      u: {}, pending: new Set(), trades: [], lastTid: 0, tradeCount: 0, ticker: null, candles: [],
+      u: {}, pending: new Set(), trades: [], lastTid: 0, tradeCount: 0, ticker: null,
+      candles: { all: [], spot: [], on_demand: [], reserved: [] },  // 1-minute candles by kind
       index: null, indexHist: [], dash: null, utilHist: [],
+      // history from GET /v1/candles: candles received and merged (older than the live snapshot's), index points
+      hist: { state: "", received: 0, candles: 0, index: [] },
     });
   }
 
@@ -47,18 +58,27 @@
   function send(op) {
     if (S.ws && S.ws.readyState === 1) { op.id = S.ids++; S.ws.send(JSON.stringify(op)); }
   }
-  function subscribe(name, channel, interval) {
+  function subscribe(name, channel, interval, kind) {
     const op = { op: "subscribe", channel, class: name };
     if (interval) op.interval = interval;
+    if (kind) op.kind = kind;
     send(op);
+  }
+  // stream names (docs/feeds.md): channel, candles:INTERVAL, candles:INTERVAL:KIND, index:KIND
+  function streamOf(m) {
+    let s = m.type;
+    if (m.type === "candles") s += ":" + m.interval;
+    if ((m.type === "candles" || m.type === "index") && m.kind) s += ":" + m.kind;
+    return s;
   }
   function resubscribe(name, stream) {
     const c = C(name);
     if (c.pending.has(stream)) return;
     S.gaps++;
     c.pending.add(stream);
-    const [channel, interval] = stream.split(":");
-    subscribe(name, channel, interval);
+    const parts = stream.split(":");
+    if (parts[0] === "candles") subscribe(name, "candles", parts[1], parts[2]);
+    else subscribe(name, parts[0], null, parts[1]);
   }
 
   function connect() {
@@ -86,6 +106,7 @@
     if (!name) return;
     const c = C(name);
     if (m.time > S.time) S.time = m.time;
+    if (!S.openedAt && m.time) S.openedAt = m.time;
     if (t === "heartbeat") {
       for (const [stream, u] of Object.entries(m.u || {})) {
         if (c.u[stream] !== undefined && !c.pending.has(stream) && c.u[stream] !== u) resubscribe(name, stream);
@@ -94,7 +115,7 @@
       markStatus();
       return;
     }
-    const stream = m.interval ? t + ":" + m.interval : t;
+    const stream = streamOf(m);
     if (m.action === "snapshot") {
       c.pending.delete(stream);
     } else {
@@ -123,11 +144,12 @@
       const c = C(name);
       c.u = {};
       c.pending = new Set();
-      for (const [channel, interval] of STREAMS) subscribe(name, channel, interval);
+      for (const [channel, interval, kind] of STREAMS) subscribe(name, channel, interval, kind);
     }
     buildTabs();
     markStatus();
     poll();
+    loadHistory(S.sel);
   }
 
   function apply(c, type, m) {
@@ -150,14 +172,19 @@
     } else if (type === "ticker") {
       c.ticker = m;
     } else if (type === "candles") {
-      if (m.action === "snapshot") c.candles = [];
+      const kind = m.kind || "all";
+      let cs = c.candles[kind];
+      // a snapshot replaces the candles it covers; older ones (history from GET /v1/candles) stay
+      if (m.action === "snapshot" && m.candles && m.candles.length) cs = cs.filter((k) => k.start < m.candles[0].start);
       for (const k of m.candles || []) {
-        const last = c.candles.length ? c.candles[c.candles.length - 1] : null;
-        if (last && last.start === k.start) c.candles[c.candles.length - 1] = k;
-        else if (!last || k.start > last.start) c.candles.push(k);
+        const last = cs.length ? cs[cs.length - 1] : null;
+        if (last && last.start === k.start) cs[cs.length - 1] = k;
+        else if (!last || k.start > last.start) cs.push(k);
       }
-      if (c.candles.length > 240) c.candles.splice(0, c.candles.length - 240);
+      if (cs.length > CANDLES_KEPT) cs.splice(0, cs.length - CANDLES_KEPT);
+      c.candles[kind] = cs;
     } else if (type === "index") {
+      if (m.kind) return;  // only the class-wide index is drawn
       c.index = m;
       if (m.value != null) {
         const h = c.indexHist;
@@ -166,6 +193,62 @@
         if (h.length > 2000) h.splice(0, h.length - 2000);
       }
     }
+  }
+
+  // ------------------------------------------------------------------ history (GET /v1/candles)
+  async function candlesOf(name, kind, limit) {
+    let url = "/v1/candles?class=" + encodeURIComponent(name) + "&interval=1m&limit=" + limit;
+    if (kind !== "all") url += "&kind=" + kind;
+    const r = await fetch(url, { cache: "no-store" });
+    if (!r.ok) throw new Error("GET /v1/candles: " + r.status);
+    return (await r.json()).candles;
+  }
+
+  // the charts' history of a class, once per page: candles older than the live snapshot's, and
+  // the index line before the page opened (the 24 h VWAP of firm trades at each minute's end,
+  // from the on-demand and reserved candles: Σ notional // Σ volume, as the server rounds)
+  async function loadHistory(name) {
+    const c = C(name);
+    if (!name || c.hist.state) return;
+    c.hist.state = "loading";
+    try {
+      const [all, spot, od, rs] = await Promise.all([
+        candlesOf(name, "all", CANDLES_KEPT), candlesOf(name, "spot", CANDLES_KEPT),
+        candlesOf(name, "on_demand", 1440 + CANDLES_KEPT), candlesOf(name, "reserved", 1440 + CANDLES_KEPT)]);
+      const got = { all, spot, on_demand: od.slice(-CANDLES_KEPT), reserved: rs.slice(-CANDLES_KEPT) };
+      for (const kind of Object.keys(got)) {
+        const have = new Set(c.candles[kind].map((k) => k.start));
+        const add = got[kind].filter((k) => !have.has(k.start));  // the live feed's candles win
+        c.hist.received += got[kind].length;
+        c.hist.candles += add.length;
+        c.candles[kind] = add.concat(c.candles[kind]).sort((a, b) => a.start - b.start).slice(-CANDLES_KEPT);
+      }
+      const firm = new Map();
+      for (const k of od.concat(rs)) {
+        const f = firm.get(k.start) || { n: 0, v: 0 };
+        f.n += k.notional; f.v += k.volume;
+        firm.set(k.start, f);
+      }
+      const starts = [...firm.keys()].sort((a, b) => a - b);
+      const pts = [];
+      let n = 0, v = 0, lo = 0;
+      for (let i = 0; i < starts.length; i++) {
+        const t = starts[i] + 60;  // the minute's end (the current minute's: now)
+        n += firm.get(starts[i]).n; v += firm.get(starts[i]).v;
+        while (starts[lo] < t - 86400) {  // the window: candles starting in [t - 24 h, t)
+          n -= firm.get(starts[lo]).n; v -= firm.get(starts[lo]).v; lo++;
+        }
+        if (v > 0) pts.push({ t: Math.min(t, S.time || t), v: Math.floor(n / v) });
+      }
+      c.hist.index = pts;
+      c.hist.state = "loaded";
+    } catch (err) {
+      c.hist.state = "";  // try again when the class is shown next
+      console.warn("history", err);
+      return;
+    }
+    S.dirty.add(name);
+    schedule();
   }
 
   // ------------------------------------------------------------------ polling the capacity endpoint
@@ -255,6 +338,7 @@
     if (!S.classes.includes(name)) return;
     S.sel = name;
     history.replaceState(null, "", "#" + encodeURIComponent(name));
+    loadHistory(name);
     S.lastTapeTid = {};
     document.getElementById("tape-rows").textContent = "";
     markSelected();
@@ -266,13 +350,15 @@
   function drawTicker(name) {
     const el = document.getElementById("ticker-" + name);
     if (!el) return;
-    const c = C(name), t = c.ticker || {}, ix = c.index || {};
+    const c = C(name), t = c.ticker || {}, ix = c.index || {}, k = t.kinds || {};
+    const lastOf = (kind) => dollars((k[kind] || {}).last);
     el.innerHTML = "<b>" + name + "</b>" +
       row("last", t.last == null ? "—" : dollars(t.last) + " " + (t.last_kind || "").replace("_", "-")) +
+      KINDS.map((kind) => row("last " + KIND_LABEL[kind], lastOf(kind))).join("") +
       row("bid / ask", dollars(t.best_bid) + " / " + dollars(t.best_ask)) +
       row("spot bid / ask", dollars(t.best_spot_bid) + " / " + dollars(t.best_spot_ask)) +
       row("24 h volume", num(t.volume_24h) + " GPU-h · " + num(t.trades_24h) + " trades") +
-      row("index", dollars(ix.value));
+      row("index (firm, 24 h VWAP)", dollars(ix.value));
   }
   function row(k, v) { return '<div class="row"><span>' + k + "</span><span>" + v + "</span></div>"; }
 
@@ -407,9 +493,11 @@
     const L = 48, R = 8, T = 8, B = 22;
     const slot = 9;
     const n = Math.max(10, Math.floor((w - L - R) / slot));
-    const tEnd = Math.floor(Math.max(S.time, c.candles.length ? c.candles[c.candles.length - 1].start : 0) / 60) * 60 + 60;
-    const cs = c.candles.filter((k) => k.start >= tEnd - n * 60);
-    if (!cs.length) { el.dataset.count = "0"; empty(g, w, h, "no trades yet"); return; }
+    const all = c.candles[S.candleKind];
+    document.getElementById("candles-kind").textContent = KIND_LABEL[S.candleKind];
+    const tEnd = Math.floor(Math.max(S.time, all.length ? all[all.length - 1].start : 0) / 60) * 60 + 60;
+    const cs = all.filter((k) => k.start >= tEnd - n * 60);
+    if (!cs.length) { el.dataset.count = "0"; empty(g, w, h, "no " + KIND_LABEL[S.candleKind] + " trades yet"); return; }
     let lo = Infinity, hi = -Infinity, vmax = 1;
     for (const k of cs) { lo = Math.min(lo, k.low); hi = Math.max(hi, k.high); vmax = Math.max(vmax, k.volume); }
     if (hi === lo) { hi += 10000; lo -= 10000; }
@@ -465,8 +553,16 @@
     document.getElementById("index-value").innerHTML = ix && ix.value != null
       ? dollars(ix.value) + "<small>/GPU-hour · " + num(ix.volume_24h) + " GPU-h over " + num(ix.trades_24h) + " firm trades in 24 h</small>"
       : "—<small>no firm trades in the last 24 h</small>";
-    const line = c.indexHist;
-    const dots = c.candles.filter((k) => k.volume > 0).map((k) => ({ t: k.start + 30, v: k.notional / k.volume }));
+    // the line: history before the first live index message, then the live ones
+    const live = c.indexHist;
+    const line = c.hist.index.filter((p) => !live.length || p.t < live[0].t).concat(live);
+    const firm = new Map();
+    for (const k of c.candles.on_demand.concat(c.candles.reserved)) {
+      const f = firm.get(k.start) || { n: 0, v: 0 };
+      f.n += k.notional; f.v += k.volume;
+      firm.set(k.start, f);
+    }
+    const dots = [...firm].filter(([, f]) => f.v > 0).map(([t, f]) => ({ t: t + 30, v: f.n / f.v }));
     if (!line.length && !dots.length) { el.dataset.count = "0"; empty(g, w, h, "no trades yet"); return; }
     const pts = line.concat(dots);
     let t0 = Infinity, t1 = -Infinity, lo = Infinity, hi = -Infinity;
@@ -622,6 +718,14 @@
     el.dataset.count = String(ls.open);
   }
 
+  function markKind() {
+    document.getElementById("candles-kind").textContent = KIND_LABEL[S.candleKind];
+    for (const b of document.querySelectorAll("#candle-kinds button")) b.setAttribute("aria-pressed", String(b.dataset.kind === S.candleKind));
+  }
+  for (const b of document.querySelectorAll("#candle-kinds button")) {
+    b.onclick = () => window.gpux.candleKind(b.dataset.kind);
+  }
+
   window.addEventListener("resize", () => { S.dirty.add("*"); schedule(); });
   window.addEventListener("hashchange", () => { const n = decodeURIComponent(location.hash.slice(1)); if (n !== S.sel) select(n); });
 
@@ -633,6 +737,14 @@
       for (const el of document.querySelectorAll("[data-count]")) out[el.id] = Number(el.dataset.count);
       return out;
     },
+    // what GET /v1/candles gave a class's charts (tests): candles received and merged, index points,
+    // the first point's time, and the engine time when the page got its first message
+    history(name) {
+      const h = C(name).hist;
+      return { state: h.state, received: h.received, candles: h.candles, index: h.index.length,
+               first: h.index.length ? h.index[0].t : null, opened: S.openedAt };
+    },
+    candleKind(kind) { if (KIND_LABEL[kind]) { S.candleKind = kind; markKind(); S.dirty.add("*"); schedule(); } },
   };
   connect();
 })();

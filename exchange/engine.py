@@ -100,7 +100,7 @@ class Engine:
         out += [(f'gpux_halted{{class="{n}"}}', int(n in self.state.halted), "1 while trading in the class is halted",
                  "gauge") for n in self.books]
         out += [("gpux_book_seconds_total", round(self.book_seconds, 6), "time spent inside the books", "counter"),
-                ("gpux_leases", len(self.state.leases), "leases known (all states)", "gauge")]
+                ("gpux_leases", len(self.state.leases), "leases kept: live, or ended 7 days ago or less", "gauge")]
         return out
 
     def book_time(self, name: str) -> int:
@@ -196,6 +196,8 @@ class Engine:
             if last_oid > self.last_oid:
                 self.last_oid = last_oid
             money.apply_class(name, events, answers_of.pop(name, []), tick)
+            if tick:
+                state.prune(name, tick)
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
             money.apply_class(name, None, answers, 0)
         for i in funds:

@@ -13,6 +13,7 @@ prechecks, live only): this module only applies what the books said.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -47,6 +48,9 @@ from orderbook.types import (
 
 MAX_CLOSED_ORDERS = 200_000  # closed orders remembered for status queries (oldest forgotten first)
 MAX_COIDS = 1_000_000  # client order ids remembered for idempotent retries (oldest forgotten first)
+# an ended lease is remembered (GET /v1/leases, the private leases channel, answers) this long
+# after its end, by its class's engine time; the ledger keeps every lease's money for good
+LEASE_RETENTION_S = 7 * 86_400
 # records msgpack-encoded per call when a snapshot is encoded in a worker thread: each call holds
 # the GIL for about a millisecond, then the thread lets the event loop run
 ENCODE_CHUNK = 2_000
@@ -122,7 +126,8 @@ class ExchangeState:
         self.open_by_account: dict[int, set[int]] = {}
         self.closed: deque[int] = deque()
         self.leases: dict[str, LeaseInfo] = {}
-        self.leases_by_account: dict[int, list[str]] = {}
+        self.leases_by_account: dict[int, dict[str, None]] = {}  # refs, in trade order
+        self._forget_at: dict[str, list[tuple[int, int]]] = {}  # per class: heap of (end + retention, trade id)
         self.coids: dict[tuple[int, str], bytes] = {}  # (account, client_order_id) -> first answer
         self.halted: set[str] = set()
         self._fee_bps = {name: hold_fee_bps(i.maker_fee_bps, i.taker_fee_bps) for name, i in instruments.items()}
@@ -136,6 +141,30 @@ class ExchangeState:
 
     def account_leases(self, account: int) -> list[LeaseInfo]:
         return [self.leases[r] for r in self.leases_by_account.get(account, ())]
+
+    def prune(self, book: str, now: int) -> int:
+        """Forget the class's leases that ended ``LEASE_RETENTION_S`` or more before ``now`` (its
+        engine time after a clock command: the same on replay).  Returns how many."""
+        heap = self._forget_at.get(book)
+        n = 0
+        while heap and heap[0][0] <= now:
+            _, tid = heapq.heappop(heap)
+            ref = lease_ref(book, tid)
+            lease = self.leases.get(ref)
+            if lease is None or lease.end + LEASE_RETENTION_S > now:
+                continue  # forgotten already, or its end moved (a newer entry is on the heap)
+            del self.leases[ref]
+            for acc in (lease.buyer, lease.provider):
+                refs = self.leases_by_account.get(acc)
+                if refs is not None:
+                    refs.pop(ref, None)
+                    if not refs:
+                        del self.leases_by_account[acc]
+            n += 1
+        return n
+
+    def _remember(self, lease: LeaseInfo) -> None:
+        heapq.heappush(self._forget_at.setdefault(lease.book, []), (lease.end + LEASE_RETENTION_S, lease.trade_id))
 
     def hold_for(self, book: str, gpus: int, hours: int, limit: int) -> int:
         return gpus * hold_per_gpu(hours, limit, self._fee_bps.get(book, 0))
@@ -193,9 +222,10 @@ class ExchangeState:
             ref = lease_ref(book, ev.trade_id)
             lease = self.leases.get(ref)
             if lease is not None:  # a new record, not changed in place: a capture() may share the old one
-                self.leases[ref] = msgspec.structs.replace(
+                self.leases[ref] = lease = msgspec.structs.replace(
                     lease, end=ev.end, ended_by="preempted" if t == EV_PREEMPTED else "released",
                     cost=lease_value(lease.gpus, lease.price, ev.end - lease.start))
+                self._remember(lease)
         # EV_REJECTED changes nothing (R8)
 
     def _accepted(self, book: str, ev: Event, coid: str) -> None:
@@ -225,9 +255,10 @@ class ExchangeState:
                           cost=lease_value(gpus, price, ev.end - ev.start))
         ref = lease.ref
         self.leases[ref] = lease
-        self.leases_by_account.setdefault(buyer, []).append(ref)
+        self.leases_by_account.setdefault(buyer, {})[ref] = None
         if provider != buyer:
-            self.leases_by_account.setdefault(provider, []).append(ref)
+            self.leases_by_account.setdefault(provider, {})[ref] = None
+        self._remember(lease)
         b = self.orders.get(ev.oid)
         if b is not None:
             b.filled += gpus
@@ -307,11 +338,15 @@ class ExchangeState:
         self.closed = deque(data.closed)
         self.leases = {}
         self.leases_by_account = {}
+        self._forget_at = {}
         for lease in data.leases:
             self.leases[lease.ref] = lease
-            self.leases_by_account.setdefault(lease.buyer, []).append(lease.ref)
+            self.leases_by_account.setdefault(lease.buyer, {})[lease.ref] = None
             if lease.provider != lease.buyer:
-                self.leases_by_account.setdefault(lease.provider, []).append(lease.ref)
+                self.leases_by_account.setdefault(lease.provider, {})[lease.ref] = None
+            self._forget_at.setdefault(lease.book, []).append((lease.end + LEASE_RETENTION_S, lease.trade_id))
+        for heap in self._forget_at.values():
+            heapq.heapify(heap)
         self.coids = {(acc, coid): ans for acc, coid, ans in data.coids}
         self.halted = set(data.halted)
 

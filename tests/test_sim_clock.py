@@ -113,3 +113,4 @@ def test_the_whole_exchange_on_simulated_time(tmp_path) -> None:
         assert clocks[-1] >= end  # the hours passed as journaled clock commands
 
     run(scenario())
+

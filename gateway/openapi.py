@@ -71,6 +71,10 @@ def _p(name: str, where: str = "path", typ: str = "string", required: bool = Tru
     return {**p, "description": description} if description else p
 
 
+def _cls() -> dict[str, Any]:
+    return {**_p("cls", description="a GPU class (GET /v1/instruments)"), "example": "H100"}
+
+
 def _id(name: str) -> dict[str, Any]:
     """An order or trade id in the path: an integer that fits 63 bits."""
     return _p(name, typ="integer", minimum=0, maximum=I63)
@@ -141,6 +145,8 @@ def document() -> dict[str, Any]:
     components["ProvisionAnswer"]["then"] = {"required": ["connection"], "properties": {
         "connection": {"type": "object", "minProperties": 1}}}
     quote = _struct_params(QuoteRequest, components)
+    example = {"class": "H100", "kind": "on_demand", "gpus": 1, "hours": 1}
+    quote = [{**q, "example": example[q["name"]]} if q["name"] in example else q for q in quote]
     del components["QuoteRequest"]  # a query, not a body
     health = {"description": "not serving, or a part is not ok (checks says which)",
               "content": {JSON: {"schema": _ref("Health")}}}
@@ -153,11 +159,11 @@ def document() -> dict[str, Any]:
         "/v1/instruments": {"get": _op("GPU classes and their bounds, ticks, fees", signed=False,
                                        answer="InstrumentList")},
         "/v1/book/{cls}": {"get": _op("public order book of a class (level 2, R20)", signed=False, answer="Book",
-                                      params=[_p("cls"),
+                                      params=[_cls(),
                                               _p("depth", "query", "integer", False, minimum=1, maximum=1000)])},
         "/v1/dashboard/{cls}": {"get": _op("capacity calendar, utilisation and open leases of a class (docs/demo.md)",
                                            signed=False, answer="Dashboard",
-                                           params=[_p("cls"),
+                                           params=[_cls(),
                                                    _p("hours", "query", "integer", False, minimum=1,
                                                       maximum=24 * 14)])},
         "/v1/feeds": {"get": _websocket("market data: public and private channels", "docs/feeds.md")},
@@ -198,7 +204,7 @@ def document() -> dict[str, Any]:
         "/v1/leases": {"get": _op("own leases, as buyer or provider", answer="LeaseList")},
         "/v1/leases/{cls}/{trade_id}/release": {"post": _op(
             "release an on-demand or spot lease early (R16)", roles="trader",
-            params=[_p("cls"), _p("trade_id", typ="integer", minimum=1, maximum=I63)], answer="ReleaseAnswer")},
+            params=[_cls(), _p("trade_id", typ="integer", minimum=1, maximum=I63)], answer="ReleaseAnswer")},
         "/v1/admin/halt": {"post": _op("halt trading in a class", body="HaltRequest", roles="admin",
                                        answer="HaltAnswer")},
         "/v1/admin/resume": {"post": _op("resume trading in a class", body="HaltRequest", roles="admin",

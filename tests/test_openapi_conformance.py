@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ import requests
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
+from feeds import replay
 from gateway.auth import HEADER_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, Signer
 from gateway.openapi import document
 from tests.exchange_helpers import USD, running_exchange
@@ -47,6 +49,7 @@ CONFIG = SchemathesisConfig.from_dict({
 SCHEMA = schemathesis.openapi.from_dict(document(), config=CONFIG)
 OPERATIONS = {f"{method.upper()} {path}" for path, ops in document()["paths"].items() for method in ops}
 CASES: Counter[str] = Counter()
+STATUSES: dict[str, Counter[int]] = {}  # operation -> answers by status
 FAILURES: list[str] = []
 
 
@@ -151,12 +154,18 @@ def not_malformed(ctx: Any, response: Any, case: Any) -> bool | None:
 
 
 def _close_upgraded(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-    """A 101 hands the connection over to WebSocket: this HTTP client closes it, never reuses it."""
+    """A 101 hands the connection over to WebSocket: this HTTP client closes it, never reuses it,
+    and waits until the server has let a replay go (one replay at a time per address, so the next
+    handshake is not refused for the one before)."""
     if response.status_code == 101:
         response.raw.close()
         conn = getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None)
         if conn is not None:
             conn.close()
+        if (response.request.path_url or "").startswith("/v1/replay"):
+            deadline = time.monotonic() + 60
+            while replay._by_peer and time.monotonic() < deadline:  # the server is in this process
+                time.sleep(0.005)
 
 
 @SCHEMA.auth()
@@ -178,15 +187,37 @@ def test_the_server_conforms_to_its_openapi_document(case: Any, live: Live, sess
     label = f"{case.operation.method.upper()} {case.operation.path}"
     CASES[label] += 1
     try:
-        case.call_and_validate(base_url=live.url, session=session, timeout=30)
+        response = case.call_and_validate(base_url=live.url, session=session, timeout=30)
+        STATUSES.setdefault(label, Counter())[response.status_code] += 1
     except BaseException as e:
         FAILURES.append(f"{label}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         raise
+
+
+def test_the_router_answers_in_the_error_shape(live: Live, session: requests.Session) -> None:
+    """A path the API does not have is a JSON 404 NOT_FOUND; a method a path does not take is a
+    JSON 405 METHOD_NOT_ALLOWED whose Allow header lists the methods it takes; and the document
+    the server serves is the one this run used."""
+    r = session.get(live.url + "/v1/no-such-thing")
+    assert (r.status_code, r.headers["Content-Type"].split(";")[0]) == (404, "application/json")
+    assert r.json()["error"]["code"] == "NOT_FOUND"
+    r = session.delete(live.url + "/v1/asks")
+    assert (r.status_code, r.json()["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
+    assert {m.strip() for m in r.headers["Allow"].split(",")} == {"GET", "HEAD", "POST"}
+    r = session.put(live.url + "/metrics")
+    assert r.status_code == 405 and {m.strip() for m in r.headers["Allow"].split(",")} == {"GET", "HEAD"}
+    assert session.get(live.url + "/v1/openapi.json").json() == document()
 
 
 def test_every_operation_was_run_and_none_failed() -> None:
     """Runs after the parametrized test (file order): every operation of the document had cases."""
     print(f"\nschemathesis: {len(CASES)} of {len(OPERATIONS)} operations, {sum(CASES.values())} cases, "
           f"{len(FAILURES)} failures")
+    for label in sorted(STATUSES):
+        print(f"  {label}: {dict(sorted(STATUSES[label].items()))}")
     assert set(CASES) == OPERATIONS, f"operations without a case: {sorted(OPERATIONS - set(CASES))}"
     assert not FAILURES, FAILURES
+    # signing really works: every signed operation had answers past the signature check
+    signed = {f"{m.upper()} {p}" for p, ops in document()["paths"].items() for m, op in ops.items() if "security" in op}
+    unsigned_only = sorted(op for op in signed if not set(STATUSES.get(op, {})) - {401, 405})
+    assert not unsigned_only, f"signed operations that never got past the signature: {unsigned_only}"

@@ -390,6 +390,9 @@ def test_statement_running_balances_follow_the_order_applied(tmp_path_factory, o
     steps: list = []
     page_rows: list = []
     for n, (op, amount, t, flush) in enumerate(ops):
+        if op in ("deposit", "withdraw") and page_rows:  # the page so far goes in first (as the link posts)
+            steps.append(np.array(page_rows, dtype=np.int64).reshape(-1, 6))
+            page_rows = []
         if op == "deposit":
             steps.append([Transfer(f"deposit:{n}", EXCHANGE, EXTERNAL, 7, AVAILABLE, amount, t)])
             avail += amount

@@ -141,6 +141,8 @@ async def serve_replay(request: web.Request, path: Path, max_buffer: int = 16 <<
     Playback starts ``delay`` seconds (default 0.25) after the first subscription, so that a
     client's subscriptions sent together all get their snapshot at the start."""
     global _active
+    if not web.WebSocketResponse().can_prepare(request).ok:  # before reading the recording or taking a slot
+        return _bad(f"{request.path} is a WebSocket endpoint: connect with an upgrade")
     q = request.query
     try:
         t_from = parse_time(q.get("from"))

@@ -201,7 +201,7 @@ class FeedService:
         except ValueError as e:
             raise ApiError("MALFORMED", f"from/to: {e}") from None
         if t_from is not None and t_to is not None and t_from > t_to:
-            raise ApiError("MALFORMED", f"from ({t_from}) is after to ({t_to})")
+            raise ApiError("BAD_RANGE", f"from ({t_from}) is after to ({t_to})")
         if not self._ready:
             raise ApiError("UNAVAILABLE", "market data is starting; retry shortly")
         return feed, None if kind is None else KIND_CODES[kind], t_from, t_to

@@ -71,6 +71,7 @@ _dec = msgspec.json.Decoder()
 SEND_BUFFER_LIMIT = 8 << 20  # bytes waiting for a slow WebSocket client before it is cut off
 SEND_GRACE_S = CLOSE_GRACE_S  # then its socket is aborted if it has not gone within this long
 AUTH_TIMEOUT_S = 10
+I63 = 2**63 - 1  # ids and seqs in queries fit a signed 64-bit integer
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -165,8 +166,12 @@ def errors_middleware(counters: Counters, max_body: int) -> Any:
             return _error(ApiError("TOO_LARGE", f"the body is larger than {max_body} bytes"))
         except web.HTTPNotFound:
             return _error(ApiError("NOT_FOUND", f"no such resource: {request.method} {request.path}"))
-        except web.HTTPMethodNotAllowed:
-            return _error(ApiError("METHOD_NOT_ALLOWED", f"{request.path} does not accept {request.method}"))
+        except web.HTTPMethodNotAllowed as e:  # the methods the path takes, in Allow (RFC 9110)
+            allowed = ", ".join(sorted(e.allowed_methods))
+            response = _error(ApiError("METHOD_NOT_ALLOWED", f"{request.path} does not accept {request.method}; "
+                                                             f"it takes {allowed}"))
+            response.headers["Allow"] = allowed
+            return response
         except web.HTTPException:
             raise
         except Exception:
@@ -392,10 +397,7 @@ class Gateway:
         if "account" in request.query:
             if key.role not in ("admin", "analyst"):
                 raise ApiError("FORBIDDEN", "only admin and analyst keys may read another account's statement")
-            try:
-                a = int(request.query["account"])
-            except ValueError:
-                raise ApiError("MALFORMED", "account must be an integer") from None
+            a = _query_int(request, "account", None, 0, I63)
             if self.accounts.account(a) is None:
                 raise ApiError("NOT_FOUND", f"no account {a}")
         await self.ledger.synced()
@@ -612,7 +614,7 @@ class Gateway:
         tail = self.journal_tail
         if tail is None:
             raise ApiError("NOT_FOUND", "this exchange does not serve its journal")
-        after = _query_int(request, "after", None, 0, None)
+        after = _query_int(request, "after", None, 0, I63)
         limit = _query_int(request, "limit", 1000, 1, tail.MAX_LIMIT)
         try:
             blob = await asyncio.get_running_loop().run_in_executor(None, tail.chunk, after, limit)

@@ -209,19 +209,92 @@ SHAPES: dict[str, dict[str, tuple[Any, str]]] = {
         "candles": (["Candle"], "the candles with trades, oldest first; intervals without trades have none"),
         "next": (INT, "when more candles lie in the range: the start of the first one left out; else null"),
     },
+    "Health": {
+        "ok": (BOOL, "true while every part runs (then 200; else 503)"),
+        "seq": (INT, "the journal's last sequence number"),
+        "classes": ([STR], "the GPU classes"),
+        "halted": ([STR], "the classes whose trading is halted"),
+        "checks": (("map", STR), "per part (settlement, bus, feeds, sequencer...): ok, or what is wrong with it"),
+    },
+    "Book": {
+        "class": (STR, "GPU class"),
+        "time": (INT, "the book's engine time"),
+        "resting_orders": (INT, "orders resting in the book"),
+        "seq": (INT, "the event seq the level 2 below stands at"),
+        "asks": ([[INT]], "[price, gpus]: free GPUs now per firm ask price, lowest first"),
+        "spot_asks": ([[INT]], "[price, gpus]: free GPUs now per spot price, lowest first"),
+        "bids": ([[INT]], "[price, gpus]: remaining GPUs per limit of firm bids, highest first"),
+        "spot_bids": ([[INT]], "[price, gpus]: remaining GPUs per limit of spot bids, highest first"),
+    },
+    "Dashboard": {
+        "class": (STR, "GPU class"),
+        "time": (INT, "the book's engine time"),
+        "calendar": (OBJ, "start, step, hours, and per hour: free, spot_free, capacity, used (docs/demo.md)"),
+        "utilisation": (OBJ, "now: capacity, used, free, spot_free, ratio"),
+        "leases": (OBJ, "open, running, scheduled, by_kind"),
+        "providers": ([OBJ], "per provider account: capacity, used"),
+    },
+    "Statement": {
+        "account": (INT, "the account"),
+        "balances": (("map", INT), "µ$ per kind: available, escrow, lease_prepaid, receivable (zeros left out)"),
+        "transfers": (["StatementLine"], "every ledger transfer that touched the account, in the order applied"),
+        "leases": (["SettledLease"], "its leases as buyer or provider, as settlement keeps them"),
+    },
+    "StatementLine": {
+        "id": (STR, "the transfer's id: what caused it (docs/settlement.md)"),
+        "time": (INT, "engine time of its cause"),
+        "account": (STR, "the kind of the account's balance it moved: available, escrow, lease_prepaid, receivable"),
+        "amount": (INT, "µ$ it added to that balance (negative: taken from it)"),
+        "balance": (INT, "µ$: that balance right after this transfer, as the account had it"),
+        "from": (STR, "OWNER/KIND it was taken from"),
+        "to": (STR, "OWNER/KIND it went to"),
+    },
+    "SshKeyAnswer": {
+        "ok": (BOOL, "true"),
+        "account": (INT, "the account"),
+        "ssh_public_key": (STR, "the key now set"),
+    },
+    "ProvisionResult": {
+        "ok": (BOOL, "true"),
+        "lease": (STR, "the lease answered"),
+        "settlement": ("LeaseSettlement", "settlement's side of the lease after the answer"),
+    },
+    "HaltAnswer": {
+        "ok": (BOOL, "true"),
+        "class": (STR, "GPU class"),
+        "halted": (BOOL, "trading in it is halted now"),
+    },
+    "KillAnswer": {
+        "ok": (BOOL, "true"),
+        "account": (INT, "the account"),
+        "cancelled": (INT, "how many of its orders were cancelled"),
+    },
+    "AdminState": {
+        "seq": (INT, "the journal's last sequence number"),
+        "last_oid": (INT, "the last order id given"),
+        "state_hashes": (("map", STR), "per class: the book's state hash (a decimal string)"),
+        "money_hash": (STR, "the hash of the core's money (a decimal string)"),
+        "times": (("map", INT), "per class: the book's engine time"),
+        "digest": (("map", INT), "aggregates of the state: orders_open, leases, held, cost"),
+        "halted": ([STR], "the halted classes"),
+    },
+    "SnapshotAnswer": {"ok": (BOOL, "true: a snapshot is taken now")},
 }
 # a lease as GET /v1/leases lists it: the book's lease and settlement's side of it
 SHAPES["LeaseWithSettlement"] = {**SHAPES["Lease"], "settlement": ("LeaseSettlement", "settlement's side of it")}
 NULLABLE = {("Order", "*"), ("OrderAnswer", "order"), ("ReleaseAnswer", "lease"), ("LeaseSettlement", "connection"),
             ("Account", "ssh_public_key"), ("Quote", "average_price"), ("Quote", "reason"), ("Quote", "message"),
             ("TradePage", "kind"), ("CandlePage", "kind"), ("CandlePage", "next")}
-OPTIONAL = ({("OrderAnswer", "trades"), ("PublicTrade", "resale_of")}
-            | {("Order", f) for f in ("kind", "tif", "hours", "block", "hold", "spot_price", "min_hours", "lease_id")})
-
+OPTIONAL = {("OrderAnswer", "trades"), ("PublicTrade", "resale_of")} \
+    | {("Order", f) for f in ("kind", "tif", "hours", "block", "hold", "spot_price", "min_hours", "lease_id")} \
+    | {("Book", f) for f in ("seq", "asks", "spot_asks", "bids", "spot_bids")} \
+    | {("LeaseSettlement", f) for f in SHAPES["LeaseSettlement"] if f != "status"}  # only status while unknown
 
 def _type(t: Any) -> dict[str, Any]:
     if isinstance(t, list):
         return {"type": "array", "items": _type(t[0])}
+    if isinstance(t, tuple):  # ("map", value type): an object of any keys
+        return {"type": "object", "additionalProperties": _type(t[1])}
     if t in (INT, STR, BOOL, OBJ):
         return {"type": t}
     return {"$ref": f"#/components/schemas/{t}"}

@@ -29,7 +29,7 @@ Ruled = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1, description=(
     "bounded by the class's instrument settings (GET /v1/instruments); out of bounds gets the book's "
     "code (BAD_GPUS, BAD_HOURS, BAD_PRICE, OFF_TICK, BAD_BLOCK, BAD_SPOT_PRICE, BAD_MIN_HOURS, BAD_WINDOW, "
     "BAD_AMEND)"))]
-ClassName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+ClassName = Annotated[str, msgspec.Meta(min_length=1, max_length=32, examples=["H100"])]
 ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 RequestId = int | Annotated[str, msgspec.Meta(max_length=64)] | None
 KindName = Literal["spot", "on_demand", "reserved"]

@@ -71,7 +71,7 @@ from clearing.money import (  # noqa: F401 (the ledger's users name them from he
     kind_code,
 )
 
-SCHEMA_VERSION = 3  # 1: text ids and four account columns (see _migrate_v1); 2: no transfer_pages
+SCHEMA_VERSION = 4  # 1: text ids and four account columns (see _migrate_v1); 2: no transfer_pages; 3: no ``at``
 
 
 class Transfer(NamedTuple):
@@ -129,11 +129,14 @@ _SCHEMA = (
         credit INTEGER NOT NULL,
         amount INTEGER NOT NULL CHECK (amount > 0),
         time INTEGER NOT NULL,     -- engine time of the cause
+        at INTEGER,                -- the ledger's transfer count before it: the order applied (NULL before schema 4)
         PRIMARY KEY (ref, sub)
     ) WITHOUT ROWID""",
     # settlement's transfers, one page per post: ``n`` rows of the columns of ``transfers``
     # (ref, sub, debit, credit, amount, time), frame-of-reference encoded (encode_page)
-    "CREATE TABLE IF NOT EXISTS transfer_pages (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL)",
+    # ``at``: the ledger's transfer count before the page (its rows were applied at at, at + 1, ...)
+    "CREATE TABLE IF NOT EXISTS transfer_pages (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL, "
+    "at INTEGER)",
     "CREATE TABLE IF NOT EXISTS id_classes (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     "CREATE TABLE IF NOT EXISTS transfer_names (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     f"""CREATE TABLE IF NOT EXISTS balances (
@@ -173,6 +176,14 @@ def insert_rows(conn: sqlite3.Connection, rows: list, table: str = "transfers", 
     for i in range(0, len(rows), CHUNK):
         part = rows[i:i + CHUNK]
         conn.execute(_insert_many(len(part), table, width, verb), list(_flat(part)))
+
+
+def _insert_transfers(conn: sqlite3.Connection, rows: list, at: int) -> None:
+    """The ledger's rows (its six columns) into ``transfers``, the i-th with ``at + i``: the
+    ledger's count of transfers before it, so the order they were applied in."""
+    insert_rows(conn, [(*r, at + i) for i, r in enumerate(rows)], "transfers", 7)
+
+
 # (not an UPSERT: SQLite checks the CHECK constraint on the row an UPSERT tries to insert, a negative delta)
 _NEW_BALANCE = "INSERT INTO balances (balance, owner, kind) VALUES (?, ?, ?)"
 _SET_BALANCE = "UPDATE balances SET balance = ? WHERE owner = ? AND kind = ?"
@@ -234,7 +245,11 @@ class Ledger:
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('commits', 0)")
             if old is not None and old[0] == 1:
                 self._migrate_v1()
-            elif old is not None and old[0] == 2:  # transfer_pages is new; nothing else changed
+            elif old is not None and old[0] in (2, 3):  # 2: transfer_pages is new; 3: the ``at`` columns are
+                for table in ("transfers", "transfer_pages"):
+                    columns = [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
+                    if "at" not in columns:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN at INTEGER")
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
@@ -313,11 +328,11 @@ class Ledger:
         n0 = self.count()
         before = conn.total_changes
         with self._savepoint():
-            insert_rows(conn, rows)
+            _insert_transfers(conn, rows, n0)
             if conn.total_changes - before != len(rows):  # some were applied before: only the new ones count
                 conn.execute("ROLLBACK TO post")
                 rows = self._new_only(_unique(rows, self._format))
-                insert_rows(conn, rows)
+                _insert_transfers(conn, rows, n0)
                 deltas = None
             if rows:
                 self._moved(deltas if deltas is not None else account_deltas(rows), n0, len(rows))
@@ -368,13 +383,19 @@ class Ledger:
             raise LedgerError("a page of transfers names the same transfer id twice")
         n0 = self.count()
         with self._savepoint():
-            self.conn.execute("INSERT INTO transfer_pages (n, data) VALUES (?, ?)", (len(rows), encode_page(rows)))
+            self.conn.execute("INSERT INTO transfer_pages (n, data, at) VALUES (?, ?, ?)",
+                              (len(rows), encode_page(rows), n0))
             self._moved(page_deltas(rows), n0, len(rows))
         return len(rows)
 
     def _pages(self) -> Iterator[np.ndarray]:
         for n, data in self.conn.execute("SELECT n, data FROM transfer_pages ORDER BY id"):
             yield decode_page(data, n)
+
+    def _pages_at(self) -> Iterator[tuple[int | None, np.ndarray]]:
+        """Every page with the ledger's transfer count before it (None: written before schema 4)."""
+        for n, data, at in self.conn.execute("SELECT n, data, at FROM transfer_pages ORDER BY id"):
+            yield at, decode_page(data, n)
 
     def _page_rows(self, keep: Any = None) -> list[tuple]:
         """The rows of every page (those for which ``keep(page)`` is True) as tuples."""
@@ -517,14 +538,23 @@ class Ledger:
         return self.conn.execute("SELECT value FROM meta WHERE key = 'transfers'").fetchone()[0]
 
     def statement(self, owner: int) -> list[dict[str, Any]]:
-        """Every transfer that touched ``owner``, by time then id: the account of the owner's it touched,
-        the signed amount and that account's balance after it.  (A full scan of the transfers:
-        the ledger keeps no per-owner index, which would make every write ~4× slower.)"""
-        rows = self.conn.execute(_SELECT + " WHERE debit >> 3 = ? OR credit >> 3 = ?", (owner, owner)).fetchall()
-        rows += self._page_rows(lambda a: (a[:, 2] >> 3 == owner) | (a[:, 3] >> 3 == owner))
+        """Every transfer that touched ``owner``, in the order the ledger applied them: the account
+        of the owner's it touched, the signed amount and that account's balance after it — the
+        balance it really had then.  (Transfers written before schema 4 carry no order: they come
+        first, by time then id.  A full scan of the transfers: the ledger keeps no per-owner index,
+        which would make every write ~4× slower.)"""
+        rows = self.conn.execute("SELECT ref, sub, debit, credit, amount, time, at FROM transfers "
+                                 "WHERE debit >> 3 = ? OR credit >> 3 = ?", (owner, owner)).fetchall()
+        for at, a in self._pages_at():
+            idx = np.flatnonzero((a[:, 2] >> 3 == owner) | (a[:, 3] >> 3 == owner))
+            rows += [(*r, None if at is None else at + i) for i, r in zip(idx.tolist(), a[idx].tolist(), strict=True)]
+        fmt = self._formatter()
+        named = [(at, Transfer(fmt(ref, sub), d >> 3, d & 7, c >> 3, c & 7, amount, time))
+                 for ref, sub, d, c, amount, time, at in rows]
+        named.sort(key=lambda x: (0, x[1].time, x[1].id) if x[0] is None else (1, x[0], ""))
         running: dict[int, int] = {}
         out: list[dict[str, Any]] = []
-        for tid, do, dk, co, ck, amount, time in self._transfers(rows):
+        for _, (tid, do, dk, co, ck, amount, time) in named:
             legs = []
             if do == owner:
                 legs.append((dk, -amount))

@@ -236,8 +236,10 @@ class SettlementLink:
                 await asyncio.shield(self._inflight)
 
     def _commit(self, items: list[_Batch]) -> bool:
-        """Batches (after the backlog of refused ones), in journal order — each one's events,
-        provisioning answers and ticks — then the leases whose start came: one transaction.
+        """Batches (after the backlog of refused ones), in journal order — each one's deposits and
+        withdrawals, events, provisioning answers and ticks — then the leases whose start came: one
+        transaction, applied in the core's order (so each statement line's balance is one the
+        account had): the events' transfers are one page, cut before each batch with funds.
         Caller holds the lock.  False if the ledger refused (all kept in the backlog)."""
         self.backlog += items
         prov = self.provisioning
@@ -245,9 +247,19 @@ class SettlementLink:
         backlog = self.backlog
         self._answered = []
 
+        ledger = self.settlement.ledger
+        funds_first = False
+
         def step(engine: Any) -> np.ndarray:
             out: list[np.ndarray] = []
-            for b in backlog:  # in journal order: each batch's events, the answers among them, its clocks
+            if funds_first:
+                ledger.post([_fund_transfer(f) for b in backlog for f in b.funds])
+            for b in backlog:  # in journal order: each batch's funds, events, the answers among them, its clocks
+                if b.funds and not funds_first:  # before the batch's events, as the core applies them, and
+                    if out:  # after the batches before (the ledger's order is the statements' order)
+                        ledger.post(join_transfers(out), checked=True)
+                        out = []
+                    ledger.post([_fund_transfer(f) for f in b.funds])  # a transfer posted already is a no-op
                 answers: dict[str, list[Answer]] = {}
                 for a in b.answers:
                     answers.setdefault(a.book, []).append(Answer(a.book, a.trade_id, a.ready, a.time, a.after,
@@ -264,14 +276,18 @@ class SettlementLink:
                 out.append(prov.step(engine, [p for b in backlog for p in b.parts], engine_now))
             return join_transfers(out)
 
-        funds = [Transfer(f"{f.op}:{f.ref}", EXCHANGE, EXTERNAL, f.account, AVAILABLE, f.amount, f.time)
-                 if f.op == DEPOSIT else
-                 Transfer(f"{f.op}:{f.ref}", f.account, AVAILABLE, EXCHANGE, EXTERNAL, f.amount, f.time)
-                 for b in backlog for f in b.funds]
         try:
-            if funds:  # before the events (as the core applies them); a transfer posted already is a no-op
-                self.settlement.ledger.apply(funds)
-            self.settlement.run(step)
+            try:
+                self.settlement.run(step)
+            except LedgerError:
+                if not any(b.funds for b in backlog):
+                    raise
+                # a backlog the ledger refused (a batch it could not fund; the core's escrow check
+                # never lets one through): the money that came after it goes first, so that it can
+                # apply, at the cost of the statements' order for these batches
+                self._answered = []
+                funds_first = True
+                self.settlement.run(step)
         except (LedgerError, SequenceGap, sqlite3.Error) as e:
             if not isinstance(self.last_error, type(e)):
                 log.critical("settlement could not apply %d batches (kept, retried): %s", len(self.backlog), e)
@@ -322,6 +338,13 @@ class SettlementLink:
     def statement(self, account: int) -> dict[str, Any]:
         with self.lock:
             return self.settlement.statement(account)
+
+
+def _fund_transfer(f: Fund) -> Transfer:
+    """A deposit (from the external account) or a withdrawal (to it), named by its journal ref."""
+    if f.op == DEPOSIT:
+        return Transfer(f"{f.op}:{f.ref}", EXCHANGE, EXTERNAL, f.account, AVAILABLE, f.amount, f.time)
+    return Transfer(f"{f.op}:{f.ref}", f.account, AVAILABLE, EXCHANGE, EXTERNAL, f.amount, f.time)
 
 
 def _by_class(parts: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:

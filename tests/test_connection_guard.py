@@ -135,7 +135,9 @@ def test_idle_replay_connections_cannot_hold_every_replay_slot(tmp_path: Path, m
             async with aiohttp.ClientSession() as http:
                 idle = await http.ws_connect(url)
                 await idle.receive_json(timeout=5)  # hello
-                async with http.get(x.url + "/v1/replay") as r:  # a second one from the same address
+                handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+                async with http.get(x.url + "/v1/replay", headers=handshake) as r:  # a second one, same address
                     assert r.status == 503 and (await r.json())["error"]["code"] == "UNAVAILABLE"
                 msg = await idle.receive(timeout=5)  # closed for idling
                 assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)

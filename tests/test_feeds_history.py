@@ -212,7 +212,7 @@ def test_history_bad_parameters_answer_a_stable_code(tmp_path) -> None:
                 ("/v1/trades", {"class": "H100", "limit": "0"}, 400, "MALFORMED"),
                 ("/v1/trades", {"class": "H100", "limit": "1001"}, 400, "MALFORMED"),
                 ("/v1/trades", {"class": "H100", "from": "yesterday"}, 400, "MALFORMED"),
-                ("/v1/trades", {"class": "H100", "from": "200", "to": "100"}, 400, "MALFORMED"),
+                ("/v1/trades", {"class": "H100", "from": "200", "to": "100"}, 400, "BAD_RANGE"),
                 ("/v1/trades", {"class": "H100", "sort": "desc"}, 400, "MALFORMED"),
                 ("/v1/candles", {"class": "H100", "interval": "5m"}, 400, "MALFORMED"),
                 ("/v1/candles", {"class": "H100", "limit": "5001"}, 400, "MALFORMED"),

@@ -349,11 +349,12 @@ def test_statement_lists_an_accounts_transfers_and_leases(m):
         ("deposit:test:11", "available", FUNDS),
         ("order:H100:2:hold", "available", -2 * (P + 1000)),
         ("order:H100:2:hold", "escrow", 2 * (P + 1000)),
+        ("trade:H100:1:release", "escrow", -2000),  # in the order the ledger applied them
+        ("trade:H100:1:release", "available", 2000),
         ("trade:H100:1:cost", "escrow", -2 * P),
         ("trade:H100:1:cost", "lease_prepaid", 2 * P),
-        ("trade:H100:1:release", "escrow", -2000),
-        ("trade:H100:1:release", "available", 2000),
         ("lease:H100:1:end:earn", "lease_prepaid", -2 * P),
     ]
+    assert all(x["balance"] >= 0 for x in st["transfers"])
     assert [x["lease"] for x in st["leases"]] == ["H100-1"]
     assert m.s.statement(PROV)["leases"][0]["provider"] == PROV

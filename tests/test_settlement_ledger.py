@@ -280,12 +280,12 @@ def test_a_schema_2_ledger_gets_pages_and_keeps_its_rows(tmp_path):
     conn.commit()
     conn.close()
     led = Ledger(path)
-    assert led.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == 3
+    assert led.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == 4
     assert [t.id for t in led.transfers()] == ["deposit:a"] and led.balance(7) == 100
     led.check_invariants()
     led.close()
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
+    conn.execute("UPDATE meta SET value = 5 WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
     with pytest.raises(LedgerError, match="newer"):
@@ -309,3 +309,139 @@ def test_a_page_holds_any_int64_rows_exactly(rows, spread):
     assert (decode_page(data, len(a)) == a).all()
     if spread == 0:
         assert len(data) < a.nbytes or len(a) < 4
+
+
+def _real_history(led: Ledger, owner: int, steps: list) -> list[tuple[str, str, int]]:
+    """Apply ``steps`` (a Transfer list: a row batch; an int64 array: a page) one by one and
+    record, after each transfer that touched ``owner``, the balance its account really had:
+    (id, account kind, balance) in the order they were applied."""
+    from settlement.ledger import KIND_NAMES
+
+    seen = []
+    for step in steps:
+        if isinstance(step, list):
+            led.apply(step)
+            ids_ = [t.id for t in step]
+        else:
+            _page(led, step)
+            ids_ = [led._format(r[0], r[1]) for r in step]
+        rows = step if isinstance(step, list) else [led.get(i) for i in ids_]
+        # the balances right after this step, undone transfer by transfer back to each of them
+        after = {k: led.balance(owner, k) for k in KIND_NAMES}
+        legs = []
+        for t in rows:
+            for kind, sign in ((t.debit_kind, -1), (t.credit_kind, 1)):
+                if (t.debit_owner if sign < 0 else t.credit_owner) == owner:
+                    legs.append((t.id, kind, sign * t.amount))
+        back = dict(after)
+        trail = []
+        for tid, kind, signed in reversed(legs):
+            trail.append((tid, KIND_NAMES[kind], back[kind]))
+            back[kind] -= signed
+        seen += reversed(trail)
+    return seen
+
+
+def test_statement_balances_are_the_ones_the_account_had(led):
+    """Issue 17, item 9: transfers of one second were listed by id, so order 10's hold came before
+    order 9's release and the statement showed an available balance of -100 µ$ that never was.
+    The lines are in the order the ledger applied them; each balance is the one after it."""
+    from clearing import ids
+
+    code = led.class_code("H100")
+
+    def order(oid: int, leg: int, amount: int, t: int = 5) -> tuple:
+        d, c = (7 << 3 | AVAILABLE, 7 << 3 | ESCROW) if leg == ids.HOLD else (7 << 3 | ESCROW, 7 << 3 | AVAILABLE)
+        return (ids.class_base(ids.ORDER, code) | oid, leg, d, c, amount, t)
+
+    import numpy as np
+
+    def page(*rows: tuple) -> np.ndarray:
+        return np.array(rows, dtype=np.int64).reshape(-1, 6)
+
+    steps = [[Transfer("deposit:a", EXCHANGE, EXTERNAL, 7, AVAILABLE, 100, 5)],
+             page(order(9, ids.HOLD, 100)), page(order(9, ids.RELEASE, 100)), page(order(10, ids.HOLD, 100)),
+             page(order(10, ids.RELEASE, 60)),
+             [Transfer("withdraw:b", 7, AVAILABLE, EXCHANGE, EXTERNAL, 60, 5)],  # the same second, after them
+             page(order(11, ids.RELEASE, 40, t=4))]  # a time earlier than the rows before it
+    real = _real_history(led, 7, steps)
+    st = led.statement(7)
+    assert [(x["id"], x["account"], x["balance"]) for x in st] == real
+    assert all(x["balance"] >= 0 for x in st)
+    assert [x["id"] for x in st if x["account"] == "available"] == [
+        "deposit:a", "order:H100:9:hold", "order:H100:9:release", "order:H100:10:hold", "order:H100:10:release",
+        "withdraw:b", "order:H100:11:release"]
+    assert (st[-2]["balance"], st[-1]["balance"]) == (led.balance(7, ESCROW), led.balance(7)) == (0, 40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["deposit", "withdraw", "hold", "release"]), st.integers(1, 50),
+                          st.integers(0, 3), st.booleans()), min_size=1, max_size=25))
+def test_statement_running_balances_follow_the_order_applied(tmp_path_factory, ops):
+    """Any mix of deposits and withdrawals (rows) and holds and releases (pages, several a page),
+    whatever their times: each line's balance is the account's balance right after that transfer."""
+    import numpy as np
+
+    from clearing import ids
+
+    led = Ledger(tmp_path_factory.mktemp("stmt") / "ledger.db")
+    code = led.class_code("H100")
+    avail = escrow = 0
+    steps: list = []
+    page_rows: list = []
+    for n, (op, amount, t, flush) in enumerate(ops):
+        if op in ("deposit", "withdraw") and page_rows:  # the page so far goes in first (as the link posts)
+            steps.append(np.array(page_rows, dtype=np.int64).reshape(-1, 6))
+            page_rows = []
+        if op == "deposit":
+            steps.append([Transfer(f"deposit:{n}", EXCHANGE, EXTERNAL, 7, AVAILABLE, amount, t)])
+            avail += amount
+        elif op == "withdraw" and avail:
+            amount = min(amount, avail)
+            steps.append([Transfer(f"withdraw:{n}", 7, AVAILABLE, EXCHANGE, EXTERNAL, amount, t)])
+            avail -= amount
+        elif op in ("hold", "release"):
+            have = avail if op == "hold" else escrow
+            if not have:
+                continue
+            amount = min(amount, have)
+            leg = ids.HOLD if op == "hold" else ids.RELEASE
+            d, c = (7 << 3 | AVAILABLE, 7 << 3 | ESCROW) if op == "hold" else (7 << 3 | ESCROW, 7 << 3 | AVAILABLE)
+            page_rows.append((ids.class_base(ids.ORDER, code) | (1000 - n), leg, d, c, amount, t))
+            avail, escrow = (avail - amount, escrow + amount) if op == "hold" else (avail + amount, escrow - amount)
+        if page_rows and flush:
+            steps.append(np.array(page_rows, dtype=np.int64).reshape(-1, 6))
+            page_rows = []
+    if page_rows:
+        steps.append(np.array(page_rows, dtype=np.int64).reshape(-1, 6))
+    real = _real_history(led, 7, steps)
+    st_ = led.statement(7)
+    assert [(x["id"], x["account"], x["balance"]) for x in st_] == real
+    assert all(x["balance"] >= 0 for x in st_)
+    led.close()
+
+
+def test_a_schema_3_ledger_gets_the_order_columns_and_lists_its_old_transfers_first(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "v3.db"
+    led = Ledger(path)
+    led.deposit(7, 100, "old", time=9)
+    led.close()
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE t3 (ref INTEGER NOT NULL, sub INTEGER NOT NULL, debit INTEGER NOT NULL, credit INTEGER NOT NULL,
+            amount INTEGER NOT NULL CHECK (amount > 0), time INTEGER NOT NULL, PRIMARY KEY (ref, sub)) WITHOUT ROWID;
+        INSERT INTO t3 SELECT ref, sub, debit, credit, amount, time FROM transfers;
+        DROP VIEW transfers_named; DROP TABLE transfers; ALTER TABLE t3 RENAME TO transfers;
+        CREATE TABLE p3 (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL);
+        DROP TABLE transfer_pages; ALTER TABLE p3 RENAME TO transfer_pages;
+        UPDATE meta SET value = 3 WHERE key = 'schema_version';
+    """)
+    conn.close()
+    led = Ledger(path)
+    assert led.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == 4
+    led.withdraw(7, 100, "new", time=1)  # an earlier time, but applied after
+    assert [(x["id"], x["balance"]) for x in led.statement(7)] == [("deposit:old", 100), ("withdraw:new", 0)]
+    led.check_invariants()
+    led.close()

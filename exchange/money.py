@@ -49,6 +49,7 @@ from exchange.entries import Fund, Prov
 DEPOSIT, WITHDRAW = "deposit", "withdraw"
 ACCOUNTS_REF = "accounts:"  # a deposit request of the account store: "accounts:{row}"
 JOURNAL_REF = "journal:"  # a withdrawal, named by its journal seq
+POST_VECTOR_MIN = 256  # transfers of one apply posted with numpy from this many on
 
 
 class ClassSnap(msgspec.Struct, array_like=True):
@@ -131,13 +132,24 @@ class Money:
 
     # ------------------------------------------------------------------ applying
     def _post(self, transfers: np.ndarray) -> None:
-        if not len(transfers):
+        n = len(transfers)
+        if not n:
             return
         bal = self.balances
-        for debit, credit, amount in transfers[:, 2:5].tolist():
-            bal[debit] = bal.get(debit, 0) - amount
-            bal[credit] = bal.get(credit, 0) + amount
-        self.transfers += len(transfers)
+        if n < POST_VECTOR_MIN:
+            for debit, credit, amount in transfers[:, 2:5].tolist():
+                bal[debit] = bal.get(debit, 0) - amount
+                bal[credit] = bal.get(credit, 0) + amount
+        else:  # a replay's big batch: each account's net change once (int64 can hold it: all the
+            # money there is stays under the deposit cap, far below 2**63)
+            keys, where = np.unique(transfers[:, 2:4].ravel(), return_inverse=True)
+            net = np.zeros(len(keys), np.int64)
+            amount = transfers[:, 4]
+            np.add.at(net, where.reshape(-1, 2)[:, 0], -amount)
+            np.add.at(net, where.reshape(-1, 2)[:, 1], amount)
+            for k, v in zip(keys.tolist(), net.tolist(), strict=True):
+                bal[k] = bal.get(k, 0) + v
+        self.transfers += n
 
     def fresh(self, ref: str) -> bool:
         """Whether a funding entry named ``ref`` would apply (it was not applied before)."""

@@ -39,6 +39,7 @@ from exchange.engine import Engine, book_seq
 from exchange.errors import ApiError
 from exchange.records import lease_ref
 from exchange.views import fill_view, lease_view, order_view, private_update
+from feeds.forward import curve
 from feeds.history import TradeHistory, candles, merge_live
 from feeds.hub import AuthOp, Hub, OpError
 from feeds.model import DAY, INTERVALS, KIND_CODES, KINDS, BookModel, ClassFeed, trade_json
@@ -46,6 +47,8 @@ from feeds.recorder import Recorder, catch_up, open_recorder
 from feeds.recording import RecordingError, recent
 from feeds.replay import parse_time
 from gateway.auth import AuthError, Verifier
+from gateway.explain import rule_error
+from orderbook import reasons as R
 from orderbook.types import (
     EV_ACCEPTED,
     EV_AMENDED,
@@ -62,6 +65,8 @@ from orderbook.types import (
 log = logging.getLogger("gpux.feeds")
 TRADES_PAGE, TRADES_PAGE_MAX = 100, 1000  # GET /v1/trades: trades per page, default and most
 CANDLES_PAGE, CANDLES_PAGE_MAX = 500, 5000  # GET /v1/candles: candles per answer, default and most
+FORWARD_DAYS, FORWARD_DAYS_MAX = 28, 90  # GET /v1/forward: start days, default and most
+FORWARD_LOOKBACK_S = 7 * DAY  # ... its traded side: reserved trades of the last week
 
 
 class FeedService:
@@ -129,6 +134,7 @@ class FeedService:
         router.add_get("/v1/replay", self.replay)
         router.add_get("/v1/trades", self.trades)
         router.add_get("/v1/candles", self.candles)
+        router.add_get("/v1/forward", self.forward)
 
     async def start(self) -> None:
         """Open the recorder and complete it from the command journal (in a worker thread), load
@@ -276,6 +282,29 @@ class FeedService:
         return web.json_response({
             "class": feed.name, "kind": None if kind is None else KINDS[kind], "interval": interval, "from": lo,
             "to": hi, "candles": out[:limit], "next": out[limit]["start"] if more else None})
+
+    async def forward(self, request: web.Request) -> web.Response:
+        """``GET /v1/forward?class=&days=&gpus=&hours=``: the class's forward curve, by start day
+        (feeds/forward.py; docs/feeds.md, "Forward curve")."""
+        feed, _, _, _ = self._query(request, ("class", "days", "gpus", "hours"))
+        days = self._int(request, "days", FORWARD_DAYS, 1, FORWARD_DAYS_MAX)
+        book, cfg = self.engine.books[feed.name], self.cfg.instruments[feed.name].book
+        gpus = self._int(request, "gpus", 1, 1, 2**31 - 1)
+        hours = self._int(request, "hours", 24, 1, 2**31 - 1)
+        now = self.engine.book_time(feed.name)
+        for code, v, most in ((R.BAD_GPUS, gpus, cfg.max_gpus), (R.BAD_HOURS, hours, cfg.max_hours)):
+            if v > most:  # the class's own bounds: the book's codes, as GET /v1/quote answers
+                raise rule_error(code, cfg, now, gpus=gpus, hours=hours)
+        lo = max(now - FORWARD_LOOKBACK_S, 0)
+        rows = await self._read(self.history.trades, feed.name, lo, now) if self.history is not None else None
+        if self.history is None or self.recorder is None:
+            tape = merge_live(rows if rows is not None else np.empty(0, dtype=EVENT_DTYPE), feed.stats.recent,
+                              None, lo, now, 0, None)
+        else:
+            tape = events(rows)
+        return web.json_response({"class": feed.name, "time": now, "gpus": gpus, "hours": hours,
+                                  "lookback_s": FORWARD_LOOKBACK_S,
+                                  "days": curve(book, cfg, now, tape, days, gpus, hours)})
 
     # ------------------------------------------------------------------ the bus
     def _on_batch(self, batch: Any) -> None:

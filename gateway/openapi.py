@@ -198,6 +198,18 @@ def document() -> dict[str, Any]:
         "/v1/candles": {"get": _op("OHLCV candles of a class, or of one kind, over a range of the recording "
                                    "(docs/feeds.md, History over REST)", signed=False,
                                    params=_history_params(cursor=False), answer="CandlePage")},
+        "/v1/forward": {"get": _op("the forward curve of a class: by start day, the price a reserved bid would fill "
+                                   "at now and the reserved trades' price (docs/feeds.md, Forward curve)",
+                                   signed=False, answer="ForwardCurve", params=[
+                                       {**_p("class", "query", description="a GPU class (GET /v1/instruments)",
+                                             minLength=1), "example": "H100"},
+                                       _p("days", "query", "integer", False, minimum=1, maximum=90),
+                                       _p("gpus", "query", "integer", False, minimum=1, maximum=2**31 - 1,
+                                          description="GPUs of the quoted bid (default 1; over the class's "
+                                                      "max_gpus: BAD_GPUS)"),
+                                       _p("hours", "query", "integer", False, minimum=1, maximum=2**31 - 1,
+                                          description="hours of the quoted bid (default 24; over the class's "
+                                                      "max_hours: BAD_HOURS)")])},
         "/v1/quote": {"get": _op("what N GPUs x H hours of a kind would cost now, or why it cannot fill",
                                  signed=False, params=quote, answer="Quote")},
         "/v1/account": {"get": _op("own balances from the ledger: available, escrow, lease_prepaid, receivable; "

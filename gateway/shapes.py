@@ -209,6 +209,25 @@ SHAPES: dict[str, dict[str, tuple[Any, str]]] = {
         "candles": (["Candle"], "the candles with trades, oldest first; intervals without trades have none"),
         "next": (INT, "when more candles lie in the range: the start of the first one left out; else null"),
     },
+    "ForwardDay": {
+        "start": (INT, "the start day: a UTC midnight, engine time"),
+        "best": (INT, "µ$ per GPU-hour: the limit at which a reserved bid for gpus x hours from start fills in "
+                      "full now (the highest price of its fills, GET /v1/quote); null when it would not"),
+        "average": (INT, "µ$ per GPU-hour: what those GPU-hours cost on average, rounded down; null likewise"),
+        "reason": (STR, "why best is null (NO_LIQUIDITY, PARTIAL_LIQUIDITY, or a bid rule's code); else null"),
+        "traded_vwap": (INT, "µ$ per GPU-hour: the reserved trades of the last week starting that day, "
+                             "notional // GPU-hours; null without any"),
+        "traded_gpu_hours": (INT, "GPU-hours of those trades"),
+        "trades": (INT, "how many"),
+    },
+    "ForwardCurve": {
+        "class": (STR, "GPU class"),
+        "time": (INT, "the book's engine time"),
+        "gpus": (INT, "GPUs of the quoted bid"),
+        "hours": (INT, "hours of the quoted bid"),
+        "lookback_s": (INT, "how far back the traded side looks"),
+        "days": (["ForwardDay"], "one per start day, from the first UTC midnight after time"),
+    },
     "Health": {
         "ok": (BOOL, "true while every part runs (then 200; else 503)"),
         "seq": (INT, "the journal's last sequence number"),
@@ -284,7 +303,8 @@ SHAPES: dict[str, dict[str, tuple[Any, str]]] = {
 SHAPES["LeaseWithSettlement"] = {**SHAPES["Lease"], "settlement": ("LeaseSettlement", "settlement's side of it")}
 NULLABLE = {("Order", "*"), ("OrderAnswer", "order"), ("ReleaseAnswer", "lease"), ("LeaseSettlement", "connection"),
             ("Account", "ssh_public_key"), ("Quote", "average_price"), ("Quote", "reason"), ("Quote", "message"),
-            ("TradePage", "kind"), ("CandlePage", "kind"), ("CandlePage", "next")}
+            ("TradePage", "kind"), ("CandlePage", "kind"), ("CandlePage", "next"), ("ForwardDay", "best"),
+            ("ForwardDay", "average"), ("ForwardDay", "reason"), ("ForwardDay", "traded_vwap")}
 OPTIONAL = {("OrderAnswer", "trades"), ("PublicTrade", "resale_of")} \
     | {("Order", f) for f in ("kind", "tif", "hours", "block", "hold", "spot_price", "min_hours", "lease_id")} \
     | {("Book", f) for f in ("seq", "asks", "spot_asks", "bids", "spot_bids")} \

@@ -19,6 +19,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "REQUEST_TIMEOUT": (408, "the request did not arrive in time"),
     "BAD_START": (400, "a reserved bid may start at most two years ahead"),
     "NOT_FOUND": (404, "no such resource"),
+    "UNKNOWN_PRODUCT": (404, "no such product"),
     "BAD_RANGE": (400, "the range's from is after its to"),
     "BAD_CURSOR": (400, "the cursor is not one this endpoint gave: pass the previous page's next"),
     "METHOD_NOT_ALLOWED": (405, "this resource does not accept that method"),

@@ -43,6 +43,7 @@ from feeds.forward import curve
 from feeds.history import TradeHistory, candles, merge_live
 from feeds.hub import AuthOp, Hub, OpError
 from feeds.model import DAY, INTERVALS, KIND_CODES, KINDS, BookModel, ClassFeed, trade_json
+from feeds.products import parse, product_books
 from feeds.recorder import Recorder, catch_up, open_recorder
 from feeds.recording import RecordingError, recent
 from feeds.replay import parse_time
@@ -135,6 +136,7 @@ class FeedService:
         router.add_get("/v1/trades", self.trades)
         router.add_get("/v1/candles", self.candles)
         router.add_get("/v1/forward", self.forward)
+        router.add_get("/v1/products", self.products)
 
     async def start(self) -> None:
         """Open the recorder and complete it from the command journal (in a worker thread), load
@@ -305,6 +307,26 @@ class FeedService:
         return web.json_response({"class": feed.name, "time": now, "gpus": gpus, "hours": hours,
                                   "lookback_s": FORWARD_LOOKBACK_S,
                                   "days": curve(book, cfg, now, tape, days, gpus, hours)})
+
+    async def products(self, request: web.Request) -> web.Response:
+        """``GET /v1/products?class=[&product=&depth=]``: the executable book of each product of the
+        class, or of one (feeds/products.py; docs/feeds.md, "Products")."""
+        feed, _, _, _ = self._query(request, ("class", "product", "depth"))
+        depth = self._int(request, "depth", 10, 1, 1000)
+        only = None
+        if "product" in request.query:
+            only = parse(request.query["product"])
+            if only is None:
+                raise ApiError("UNKNOWN_PRODUCT", f"no product {request.query['product'][:60]!r}; names look like "
+                                                  "on_demand:24h:x1, spot:8h:x8 or reserved:24h:x1@START")
+        eng = self.engine
+        name = feed.name
+        now = eng.book_time(name)
+        st = eng.state
+        open_bids = [o for oids in st.open_by_account.values() for oid in oids
+                     if (o := st.orders[oid]).book == name and o.side == "bid"]
+        rows = product_books(eng.books[name], self.cfg.instruments[name].book, now, open_bids, depth, only)
+        return web.json_response({"class": name, "time": now, "seq": book_seq(eng.books[name]), "products": rows})
 
     # ------------------------------------------------------------------ the bus
     def _on_batch(self, batch: Any) -> None:

@@ -210,6 +210,15 @@ def document() -> dict[str, Any]:
                                        _p("hours", "query", "integer", False, minimum=1, maximum=2**31 - 1,
                                           description="hours of the quoted bid (default 24; over the class's "
                                                       "max_hours: BAD_HOURS)")])},
+        "/v1/products": {"get": _op("the executable book of each product of a class (kind, hours, block, start): asks "
+                                    "a bid of the product could fill now, its resting bids (docs/feeds.md, Products)",
+                                    signed=False, answer="ProductBooks", params=[
+                                        {**_p("class", "query", description="a GPU class (GET /v1/instruments)",
+                                              minLength=1), "example": "H100"},
+                                        {**_p("product", "query", required=False,
+                                              description="one product (UNKNOWN_PRODUCT otherwise)"),
+                                         "example": "on_demand:24h:x1"},
+                                        _p("depth", "query", "integer", False, minimum=1, maximum=1000)])},
         "/v1/quote": {"get": _op("what N GPUs x H hours of a kind would cost now, or why it cannot fill",
                                  signed=False, params=quote, answer="Quote")},
         "/v1/account": {"get": _op("own balances from the ledger: available, escrow, lease_prepaid, receivable; "

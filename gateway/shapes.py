@@ -209,6 +209,23 @@ SHAPES: dict[str, dict[str, tuple[Any, str]]] = {
         "candles": (["Candle"], "the candles with trades, oldest first; intervals without trades have none"),
         "next": (INT, "when more candles lie in the range: the start of the first one left out; else null"),
     },
+    "ProductBook": {
+        "product": (STR, "its name: KIND:HOURSh:xBLOCK, and @START for reserved (docs/feeds.md, Products)"),
+        "kind": (STR, "spot, on_demand or reserved"),
+        "hours": (INT, "the lease's duration"),
+        "block": (INT, "GPUs per block"),
+        "start": (INT, "reserved: the lease's start; else null"),
+        "best_bid": (INT, "the highest limit of the product's resting bids, µ$ per GPU-hour; null: none"),
+        "best_ask": (INT, "the lowest price a bid of the product could fill at now; null: none"),
+        "bids": ([[INT]], "[limit, gpus] of the product's resting bids, highest first"),
+        "asks": ([[INT]], "[price, gpus] a bid of the product could get now, cheapest first"),
+    },
+    "ProductBooks": {
+        "class": (STR, "GPU class"),
+        "time": (INT, "the book's engine time"),
+        "seq": (INT, "the book's last event seq"),
+        "products": (["ProductBook"], "every product of the class, or the one asked for"),
+    },
     "ForwardDay": {
         "start": (INT, "the start day: a UTC midnight, engine time"),
         "best": (INT, "µ$ per GPU-hour: the limit at which a reserved bid for gpus x hours from start fills in "
@@ -304,7 +321,8 @@ SHAPES["LeaseWithSettlement"] = {**SHAPES["Lease"], "settlement": ("LeaseSettlem
 NULLABLE = {("Order", "*"), ("OrderAnswer", "order"), ("ReleaseAnswer", "lease"), ("LeaseSettlement", "connection"),
             ("Account", "ssh_public_key"), ("Quote", "average_price"), ("Quote", "reason"), ("Quote", "message"),
             ("TradePage", "kind"), ("CandlePage", "kind"), ("CandlePage", "next"), ("ForwardDay", "best"),
-            ("ForwardDay", "average"), ("ForwardDay", "reason"), ("ForwardDay", "traded_vwap")}
+            ("ForwardDay", "average"), ("ForwardDay", "reason"), ("ForwardDay", "traded_vwap"),
+            ("ProductBook", "start"), ("ProductBook", "best_bid"), ("ProductBook", "best_ask")}
 OPTIONAL = {("OrderAnswer", "trades"), ("PublicTrade", "resale_of")} \
     | {("Order", f) for f in ("kind", "tif", "hours", "block", "hold", "spot_price", "min_hours", "lease_id")} \
     | {("Book", f) for f in ("seq", "asks", "spot_asks", "bids", "spot_bids")} \

@@ -25,7 +25,7 @@ import pytest
 from tests.test_demo import STARTUP_S, TRADES_WITHIN_S, DemoProcess
 
 CHROMIUM = "/usr/bin/chromium"
-CHARTS = ("depth", "candles", "tape", "index", "calendar", "util", "leases")
+CHARTS = ("depth", "candles", "tape", "index", "calendar", "forward", "util", "leases")
 
 
 def _require_browser() -> None:

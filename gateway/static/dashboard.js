@@ -17,6 +17,7 @@
   const USD = 1e6;
   const HOUR = 3600;
   const POLL_MS = 2000;
+  const FORWARD_DAYS = 14;
   const TAPE_ROWS = 40;
   const KINDS = ["spot", "on_demand", "reserved"];
   const KIND_LABEL = { all: "all kinds", spot: "spot", on_demand: "on-demand", reserved: "reserved" };
@@ -268,6 +269,12 @@
           S.dirty.add(name);
           schedule();
         }
+        const f = await fetch("/v1/forward?class=" + encodeURIComponent(name) + "&days=" + FORWARD_DAYS, { cache: "no-store" });
+        if (f.ok) {
+          C(name).forward = (await f.json()).days;
+          S.dirty.add(name);
+          schedule();
+        }
       } catch (err) { /* the exchange is restarting: the next poll tries again */ }
     }
     S.pollTimer = setTimeout(poll, POLL_MS);
@@ -292,6 +299,7 @@
     drawTape(name, c);
     drawIndex(c);
     drawCalendar(c);
+    drawForward(c);
     drawUtil(c);
     drawLeases(c);
   }
@@ -588,6 +596,43 @@
       g.lineWidth = 1;
     }
     el.dataset.count = String(line.length + dots.length);
+  }
+
+  // forward curve (GET /v1/forward): per start day, the limit a reserved 1-GPU x 24 h bid fills at now
+  // (line and dots) and the price reserved trades starting that day paid (hollow dots)
+  function drawForward(c) {
+    const { el, g, w, h } = canvas("forward");
+    const days = c.forward || [];
+    const best = days.filter((d) => d.best != null);
+    const traded = days.filter((d) => d.traded_vwap != null);
+    if (!best.length && !traded.length) {
+      el.dataset.count = "0";
+      empty(g, w, h, c.forward ? "no ask holds a GPU-day from the coming midnights" : "loading…");
+      return;
+    }
+    let lo = Infinity, hi = -Infinity;
+    for (const d of best) { lo = Math.min(lo, d.best); hi = Math.max(hi, d.best); }
+    for (const d of traded) { lo = Math.min(lo, d.traded_vwap); hi = Math.max(hi, d.traded_vwap); }
+    if (hi === lo) { hi += 10000; lo -= 10000; }
+    const padp = (hi - lo) * 0.1;
+    lo -= padp; hi += padp;
+    const t0 = days[0].start, t1 = days[days.length - 1].start;
+    const L = 48, R = 8, T = 8, B = 22;
+    const X = (t) => L + ((t - t0) / Math.max(t1 - t0, 1)) * (w - L - R);
+    const Y = (v) => T + (1 - (v - lo) / (hi - lo)) * (h - T - B);
+    axes(g, w, h, L, R, T, B, t0, t1, lo, hi, (v) => new Date(v * 1000).toISOString().slice(5, 10),
+         (v) => "$" + (v / USD).toFixed(2));
+    g.strokeStyle = COLORS.accent;
+    g.fillStyle = COLORS.accent;
+    g.lineWidth = 2;
+    g.beginPath();
+    best.forEach((d, i) => (i ? g.lineTo(X(d.start), Y(d.best)) : g.moveTo(X(d.start), Y(d.best))));
+    g.stroke();
+    g.lineWidth = 1;
+    for (const d of best) { g.beginPath(); g.arc(X(d.start), Y(d.best), 2.5, 0, 6.283); g.fill(); }
+    g.strokeStyle = COLORS.text;
+    for (const d of traded) { g.beginPath(); g.arc(X(d.start), Y(d.traded_vwap), 4, 0, 6.283); g.stroke(); }
+    el.dataset.count = String(best.length + traded.length);
   }
 
   // capacity calendar: rows are UTC days, columns hours; colour = GPUs free for a firm buyer

@@ -31,7 +31,7 @@ from orderbook.types import IOC, KIND_NAMES, ON_DEMAND, RESERVED, SPOT
 DAY = 86_400
 HOURS = (1, 8, 24, 168)  # firm (on demand) and spot: durations ...
 BLOCKS = (1, 8)  # ... and blocks; every pair is a product
-RESERVED_DAYS = 7  # reserved: 24 hours, block 1, starting at each of the next 7 UTC midnights
+RESERVED_DAYS = 14  # reserved: 24 hours, block 1, starting at each of the next 14 UTC midnights
 _KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 
 

@@ -32,6 +32,7 @@ DAY = 86_400
 HOURS = (1, 8, 24, 168)  # firm (on demand) and spot: durations ...
 BLOCKS = (1, 8)  # ... and blocks; every pair is a product
 RESERVED_DAYS = 14  # reserved: 24 hours, block 1, starting at each of the next 14 UTC midnights
+SIZES = (1, 8, 64)  # standard sizes quoted per product, in blocks
 _KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 
 
@@ -93,6 +94,27 @@ def bids(orders: Iterable[Any], p: Product) -> list[list[int]]:
     return [[price, levels[price]] for price in sorted(levels, reverse=True)]
 
 
+def quotes(levels: list[list[int]], block: int) -> list[dict[str, Any]]:
+    """What filling each standard size (``SIZES`` blocks) would cost now, from a product's ask
+    levels (the fills of its biggest bid, in the order a bid takes them): ``limit``, the price of
+    the last GPU taken (what a bid needs as its limit), and ``average`` (rounded down), or both
+    null when the levels hold fewer GPUs — as GET /v1/quote would answer for that many GPUs."""
+    out = []
+    for n in SIZES:
+        want, cost, limit = n * block, 0, None
+        for price, gpus in levels:
+            take = min(gpus, want)
+            cost += take * price
+            want -= take
+            limit = price
+            if not want:
+                break
+        full = not want
+        out.append({"gpus": n * block, "limit": limit if full else None,
+                    "average": cost // (n * block) if full else None})
+    return out
+
+
 def product_books(book: Any, cfg: BookConfig, now: int, open_bids: list[Any], depth: int,
                   only: Product | None = None) -> list[dict[str, Any]]:
     """Every product's book (or ``only`` one's), ``depth`` levels a side."""
@@ -101,5 +123,6 @@ def product_books(book: Any, cfg: BookConfig, now: int, open_bids: list[Any], de
         a, b = asks(book, cfg, now, p), bids(open_bids, p)
         out.append({"product": p.id, "kind": KIND_NAMES[p.kind], "hours": p.hours, "block": p.block,
                     "start": p.start or None, "best_bid": b[0][0] if b else None,
-                    "best_ask": a[0][0] if a else None, "bids": b[:depth], "asks": a[:depth]})
+                    "best_ask": a[0][0] if a else None, "bids": b[:depth], "asks": a[:depth],
+                    "quotes": quotes(a, p.block)})
     return out

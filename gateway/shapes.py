@@ -219,6 +219,14 @@ SHAPES: dict[str, dict[str, tuple[Any, str]]] = {
         "best_ask": (INT, "the lowest price a bid of the product could fill at now; null: none"),
         "bids": ([[INT]], "[limit, gpus] of the product's resting bids, highest first"),
         "asks": ([[INT]], "[price, gpus] a bid of the product could get now, cheapest first"),
+        "quotes": (["SizeQuote"], "what filling the standard sizes (1, 8 and 64 blocks) would cost now"),
+    },
+    "SizeQuote": {
+        "gpus": (INT, "the size: GPUs"),
+        "limit": (INT, "the limit a bid of the product for that many GPUs needs to fill in full now (the price of "
+                       "the last GPU it takes); null: the book cannot fill it"),
+        "average": (INT, "µ$ per GPU-hour it would pay on average, rounded down (GET /v1/quote's average_price); "
+                         "null likewise"),
     },
     "ProductBooks": {
         "class": (STR, "GPU class"),
@@ -322,7 +330,8 @@ NULLABLE = {("Order", "*"), ("OrderAnswer", "order"), ("ReleaseAnswer", "lease")
             ("Account", "ssh_public_key"), ("Quote", "average_price"), ("Quote", "reason"), ("Quote", "message"),
             ("TradePage", "kind"), ("CandlePage", "kind"), ("CandlePage", "next"), ("ForwardDay", "best"),
             ("ForwardDay", "average"), ("ForwardDay", "reason"), ("ForwardDay", "traded_vwap"),
-            ("ProductBook", "start"), ("ProductBook", "best_bid"), ("ProductBook", "best_ask")}
+            ("ProductBook", "start"), ("ProductBook", "best_bid"), ("ProductBook", "best_ask"), ("SizeQuote", "limit"),
+            ("SizeQuote", "average")}
 OPTIONAL = {("OrderAnswer", "trades"), ("PublicTrade", "resale_of")} \
     | {("Order", f) for f in ("kind", "tif", "hours", "block", "hold", "spot_price", "min_hours", "lease_id")} \
     | {("Book", f) for f in ("seq", "asks", "spot_asks", "bids", "spot_bids")} \

@@ -6,7 +6,8 @@ stretch of the session, every product's book over real HTTP:
 - no product's best bid reaches its best ask (the book is quiescent, R9/R10);
 - the best ask is executable: a bid of the product for the GPUs shown there, limited to that
   price, would fill now in full at it (GET /v1/quote, the book's own walk, R9-R11);
-- a product's bids are exactly the resting bids of that kind, duration and block.
+- a product's bids are exactly the resting bids of that kind, duration and block;
+- its quotes for the standard sizes are what GET /v1/quote answers for that many GPUs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def test_every_product_book_is_uncrossed_and_its_best_ask_fills_at_its_price(tmp
         async with running_exchange(tmp_path, **CFG) as ex, aiohttp.ClientSession() as http:
             x = ex.exchange
             rng = np.random.default_rng(7)
-            seen = {"asks": 0, "bids": 0, "both": 0, "quoted": 0}
+            seen = {"asks": 0, "bids": 0, "both": 0, "quoted": 0, "sizes": 0}
             for _ in range(6):
                 await session(x, rng, 150)
                 await quiet(x)
@@ -64,8 +65,18 @@ def test_every_product_book_is_uncrossed_and_its_best_ask_fills_at_its_price(tmp
                             assert status == 200 and quote["complete"], (p, quote)
                             assert {f["price"] for f in quote["fills"]} == {ask} and quote["filled"] == gpus
                             seen["quoted"] += 1
+                            for want in p["quotes"]:  # the standard sizes: what GET /v1/quote answers
+                                q = {**q, "gpus": want["gpus"], "limit": want["limit"] or ask}
+                                status, quote = await get(http, ex.url, "/v1/quote", **q)
+                                if want["limit"] is None:
+                                    assert not quote["complete"], (p["product"], want, quote)
+                                else:
+                                    assert quote["complete"] and quote["average_price"] == want["average"], (
+                                        p["product"], want, quote)
+                                    assert max(f["price"] for f in quote["fills"]) == want["limit"]
+                                    seen["sizes"] += 1
             # the session put bids into products and asks under them: the checks above had cases
-            assert seen["both"] > 10 and seen["quoted"] >= 30, seen
+            assert seen["both"] > 10 and seen["quoted"] >= 30 and seen["sizes"] >= 30, seen
 
     asyncio.run(scenario())
 

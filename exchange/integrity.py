@@ -391,6 +391,7 @@ class SegmentVerifier:
         self.failed: BaseException | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._recheck = False
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -404,7 +405,12 @@ class SegmentVerifier:
             self._thread.join(timeout=30)
 
     def wake(self) -> None:
-        """Look for closed segments to verify now (tests; not needed in operation)."""
+        """Look for closed segments to verify now (new ones are otherwise found every ``poll_s``)."""
+        self._wake.set()
+
+    def recheck(self) -> None:
+        """Verify every closed segment again now, not ``every_s`` after its last verification."""
+        self._recheck = True
         self._wake.set()
 
     def _work(self) -> None:
@@ -430,6 +436,9 @@ class SegmentVerifier:
         """Verify the closed segments never verified, or verified ``every_s`` ago; returns how many."""
         segs = segments(self.dir)
         now = time.monotonic()
+        if self._recheck:
+            self._recheck = False
+            self.verified.clear()
         done = 0
         for (first, path), (nxt, _) in zip(segs, segs[1:], strict=False):
             if self._stop.is_set():

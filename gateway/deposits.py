@@ -73,6 +73,7 @@ class DepositInbox:
             log.exception("could not read deposit requests")
             return []
         futs = []
+        posted = []
         for row, account, amount in rows:
             fund = Fund(DEPOSIT, account, amount, f"{ACCOUNTS_REF}{row}", 0)
             try:
@@ -80,16 +81,18 @@ class DepositInbox:
             except Exception:  # the sequencer stopped: the request stays ours, journaled after a restart
                 return futs
             self._posted = row
+            posted.append(row)
         if futs:
-            asyncio.ensure_future(self._count(futs))
+            asyncio.ensure_future(self._count(futs, posted))
         return futs
 
-    async def _count(self, futs: list[asyncio.Future]) -> None:
-        for r in await asyncio.gather(*futs, return_exceptions=True):
+    async def _count(self, futs: list[asyncio.Future], rows: list[int]) -> None:
+        for r, row in zip(await asyncio.gather(*futs, return_exceptions=True), rows, strict=True):
             if isinstance(r, dict):
                 self.journaled += 1
-            else:
+            else:  # not journaled (e.g. the journal could not write): handed over again at the next poll
                 self.errors += 1
+                self._posted = min(self._posted, row - 1)
 
     def metric_samples(self) -> list[tuple[str, Any, str, str]]:
         return [("gpux_deposits_journaled_total", self.journaled, "deposit requests journaled", "counter"),

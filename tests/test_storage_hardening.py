@@ -1,15 +1,25 @@
 """A running exchange and its storage (issue 17): closed journal segments are verified in the
-background and damage shows in /healthz and /metrics while the exchange trades on."""
+background and damage shows in /healthz and /metrics while the exchange trades on; after a full
+disk the exchange resumes by itself once writes succeed again, with nothing acknowledged lost and
+nothing refused accepted."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import struct
+import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from exchange.journal import segments
+from app.exchange import JOURNAL
+from client.api import Client, ClientError
+from exchange.config import ServerConfig
+from exchange.journal import FileOps, Journal, JournalError, read, segments
+from exchange.recovery import recover
 from exchange.sequencer import Request
 from orderbook.types import ON_DEMAND, bid_command
 from tests.exchange_helpers import USD, Running, running_exchange
@@ -87,5 +97,168 @@ def test_damage_in_a_closed_segment_shows_in_healthz_and_metrics(tmp_path: Path)
             await _until(healthy, "/healthz ok again")
             _, text = await _get(x.url + "/metrics")
             assert _metric(text, "gpux_journal_damaged_segments") == 0
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------------------------ a full disk
+class DiskFull(FileOps):
+    """The journal's system calls on a disk that is full while ``full`` is set.  ``mode``:
+    "rotate" fails making a new segment (posix_fallocate, where a preallocating journal meets a
+    full disk); "write" takes ``room`` more bytes past what each file held (a short write), then
+    fails (rewriting bytes already written needs no room); "sync" fails fdatasync."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.full = False
+        self.room = 0
+        self.failures = 0
+        self.high: dict[int, int] = {}  # fd -> end of the bytes written to it
+
+    def _enospc(self) -> OSError:
+        self.failures += 1
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        self.high[fd] = 0  # a new segment (its fd number may be an old one's)
+        if self.full and self.mode == "rotate":
+            os.posix_fallocate(fd, offset, 4096)  # a part of it, as a real full disk may leave
+            raise self._enospc()
+        super().fallocate(fd, offset, length)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        high = self.high.get(fd, 0)
+        if self.full and self.mode == "write" and offset + len(data) > high:
+            n = max(0, min(len(data), high + self.room - offset))
+            if n == 0:
+                raise self._enospc()
+            self.room -= max(0, offset + n - high)
+            data = data[:n]
+        n = super().pwrite(fd, data, offset)
+        self.high[fd] = max(high, offset + n)
+        return n
+
+    def fdatasync(self, fd: int) -> None:
+        if self.full and self.mode == "sync":
+            raise self._enospc()
+        super().fdatasync(fd)
+
+
+def test_a_failed_append_leaves_nothing_readable_and_the_journal_goes_on(tmp_path: Path) -> None:
+    ops = DiskFull("write")
+    j = Journal.open(tmp_path / "j", segment_bytes=4096, preallocate=True, ops=ops)
+    j.append([b"a" * 40] * 5)
+    j.sync()
+    ops.full, ops.room = True, 3 * 56 + 20  # three whole records of the next batch fit, and a bit
+    with pytest.raises(OSError):
+        j.append([b"b" * 40] * 6)  # a short write (seqs 6-8 whole in the file), then ENOSPC
+    assert j.failed is None and j.last_seq == 5
+    assert [s for s, _ in read(tmp_path / "j")] == [1, 2, 3, 4, 5]
+    ops.full = False
+    j.append([b"c" * 10])  # a shorter batch where the failed one was: no stale record after it
+    j.sync()
+    j.close()
+    assert [(s, p[:1]) for s, p in read(tmp_path / "j")] == [(k, b"a") for k in range(1, 6)] + [(6, b"c")]
+    ops.mode, ops.full = "rotate", True
+    j = Journal.open(tmp_path / "j", segment_bytes=64, preallocate=True, ops=ops)
+    with pytest.raises(OSError):
+        j.append([b"d"])  # the segment is over 64 bytes: rotation fails, the new segment is removed
+    assert len(segments(tmp_path / "j")) == 1 and j.failed is None
+    ops.full = False
+    assert j.append([b"d"]) == 7
+    j.sync()
+    j.close()
+    assert [s for s, _ in read(tmp_path / "j")] == list(range(1, 8))
+
+
+def test_a_failed_sync_is_cured_only_by_writing_again(tmp_path: Path) -> None:
+    ops = DiskFull("sync")
+    j = Journal.open(tmp_path / "j", segment_bytes=4096, preallocate=True, ops=ops)
+    j.append([b"a"])
+    ops.full = True
+    with pytest.raises(OSError):
+        j.sync()
+    assert j.retryable
+    with pytest.raises(JournalError):
+        j.append([b"b"])
+    with pytest.raises(OSError):
+        j.resync()
+    ops.full = False
+    j.resync()
+    assert j.failed is None and j.append([b"b"]) == 2
+    j.close()
+    assert [s for s, _ in read(tmp_path / "j")] == [1, 2]
+
+
+async def _ask(c: Client, k: int) -> dict:
+    return await c.ask("H100", 1, 2_000_000 + 1000 * k, int(time.time()) + 30 * 86_400, client_order_id=f"a{k}")
+
+
+@pytest.mark.parametrize("mode", ["rotate", "write", "sync"])
+def test_after_a_full_disk_the_exchange_resumes_by_itself(tmp_path: Path, mode: str) -> None:
+    data = tmp_path / "d"
+    accepted: dict[str, int] = {}  # client order id -> oid, acknowledged
+    refused: list[str] = []
+    account = 0
+    keys: dict = {}
+
+    async def scenario() -> None:
+        async with running_exchange(data, segment_bytes=1024) as x:
+            nonlocal account, keys
+            c = x.client("p", "provider")
+            account = x.keys["p"][0]
+            await x.settle()
+            ops = DiskFull(mode)
+            x.exchange.app[JOURNAL].ops = ops
+            for k in range(5):
+                accepted[f"a{k}"] = (await _ask(c, k))["oid"]
+            ops.full, ops.room = True, 100
+            k = 5
+            if mode == "sync":  # the batch is applied, its fsync fails: held, not answered, until the disk has room
+                held = asyncio.ensure_future(_ask(c, k))
+                await _until(lambda: ops.failures >= 2, "fsync retried")
+                assert not held.done()
+            else:  # refused (a rotation fails only when a batch starts a new segment: asks until one does)
+                while True:
+                    try:
+                        accepted[f"a{k}"] = (await _ask(c, k))["oid"]
+                    except ClientError as e:
+                        assert e.status == 503 and e.code == "UNAVAILABLE"
+                        assert "No space left on device" in e.message and "retries by itself" in e.message
+                        refused.append(f"a{k}")
+                        break
+                    k += 1
+                    assert k < 200
+            status, body = await _get(x.url + "/healthz")
+            assert status == 503 and "cannot write" in body and "ENOSPC" in body
+            _, text = await _get(x.url + "/metrics")
+            assert _metric(text, "gpux_journal_stalled") == 1
+            assert _metric(text, "gpux_journal_write_failures_total") >= 1
+            ops.full = False  # space again: nothing restarts the exchange
+
+            async def healthy() -> bool:
+                return (await _get(x.url + "/healthz"))[0] == 200
+
+            await _until(healthy, "the exchange resumes")
+            if mode == "sync":
+                accepted[f"a{k}"] = (await held)["oid"]
+            for n in range(k + 1, k + 40):  # and goes on, rotating segments
+                accepted[f"a{n}"] = (await _ask(c, n))["oid"]
+            _, text = await _get(x.url + "/metrics")
+            assert _metric(text, "gpux_journal_stalled") == 0 and _metric(text, "gpux_journal_stalls_total") == 1
+            keys = dict(x.keys)
+        # the state the exchange had in memory when it stopped (its final snapshot) is the journal's
+        cfg = ServerConfig(data_dir=str(data))
+        mem, journal = recover(cfg), recover(cfg, use_snapshots=False)
+        assert mem.seq == journal.seq and mem.state_hashes() == journal.state_hashes()
+        assert mem.money.state_hash() == journal.money.state_hash()
+        # restarted: every acknowledged order is there, the refused one is not
+        async with running_exchange(data, segment_bytes=1024) as x:
+            x.keys.update(keys)
+            c = x.client_for("p")
+            assert sorted(o["oid"] for o in await c.asks()) == sorted(accepted.values())
+            coids = x.exchange.engine.state.coids
+            assert all((account, coid) in coids for coid in accepted)
+            assert not any((account, coid) in coids for coid in refused)
 
     asyncio.run(scenario())

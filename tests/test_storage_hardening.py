@@ -9,6 +9,7 @@ import asyncio
 import errno
 import os
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from exchange.config import ServerConfig
 from exchange.journal import FileOps, Journal, JournalError, read, segments
 from exchange.recovery import recover
 from exchange.sequencer import Request
+from feeds.verify import verify
 from orderbook.types import ON_DEMAND, bid_command
 from tests.exchange_helpers import USD, Running, running_exchange
 
@@ -262,3 +264,69 @@ def test_after_a_full_disk_the_exchange_resumes_by_itself(tmp_path: Path, mode: 
             assert not any((account, coid) in coids for coid in refused)
 
     asyncio.run(scenario())
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir()
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def test_a_real_full_disk_every_part_resumes_by_itself(tmp_path: Path) -> None:
+    """The data directory on a small tmpfs, filled up: the market-data recorder and the journal
+    (at its next segment) meet ENOSPC; once space is freed, the exchange is healthy again without
+    a restart, and the journal, the snapshot taken at the stop and the recording agree."""
+    fs = tmp_path / "fs"
+    if not _mount_tmpfs(fs, "24m"):
+        pytest.skip("needs root and mount -t tmpfs")
+    data = fs / "d"
+    accepted: dict[str, int] = {}
+    try:
+        async def scenario() -> None:
+            async with running_exchange(data, segment_bytes=8192, check_money=False) as x:
+                c = x.client("p", "provider")
+                keys.update(x.keys)
+                await x.settle()
+                filler = fs / "filler"
+                with open(filler, "wb") as f:
+                    with pytest.raises(OSError) as e:
+                        while True:
+                            f.write(b"x" * 65536)
+                    assert e.value.errno == errno.ENOSPC  # not a byte left
+                k = 0
+                while True:  # until the journal meets the full disk
+                    try:
+                        accepted[f"a{k}"] = (await _ask(c, k))["oid"]
+                    except ClientError as e:
+                        assert e.status == 503 and e.code == "UNAVAILABLE" and "No space left" in e.message
+                        break
+                    k += 1
+                    assert k < 5000
+                status, body = await _get(x.url + "/healthz")
+                assert status == 503 and "ENOSPC" in body
+                filler.unlink()  # space again
+
+                async def healthy() -> bool:
+                    return (await _get(x.url + "/healthz"))[0] == 200
+
+                await _until(healthy, "every part healthy again, no restart")
+                for n in range(k + 1, k + 30):
+                    accepted[f"a{n}"] = (await _ask(c, n))["oid"]
+                assert {o["oid"] for o in await c.asks()} == set(accepted.values())
+                _, text = await _get(x.url + "/metrics")
+                assert _metric(text, "gpux_feeds_recorder_failures_total") >= 1
+                assert _metric(text, "gpux_journal_stalls_total") == 1
+
+        keys: dict = {}
+        asyncio.run(scenario())
+        cfg = ServerConfig(data_dir=str(data))
+        mem, journal = recover(cfg), recover(cfg, use_snapshots=False)
+        assert mem.seq == journal.seq and mem.state_hashes() == journal.state_hashes()
+        assert journal.state.open_count(keys["p"][0]) == len(accepted)
+        res = verify(data)  # the recording, rebuilt after the failure, is the journal's events byte for byte
+        assert res.ok, res.message
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=False)

@@ -83,6 +83,7 @@ BUS = web.AppKey("bus", Bus)
 PROVISIONING = web.AppKey("provisioning", Provisioning)
 JOURNAL_TAIL = web.AppKey("journal_tail", JournalTail)
 SEGMENT_VERIFIER = web.AppKey("segment_verifier", SegmentVerifier)
+REVOCATIONS = web.AppKey("revocations", RevocationWatch)
 PUBLISHER = web.AppKey("publisher", JournalPublisher)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
 DEPOSITS = web.AppKey("deposits", DepositInbox)
@@ -161,6 +162,7 @@ class Exchange:
         # deposit requests of the account store, journaled at start and every clock tick
         inbox = app[DEPOSITS] = DepositInbox(app[ACCOUNTS], sequencer, engine.money, exchange_id(self.data))
         sequencer.on_tick = inbox.poll
+        app[HEALTH].add("deposits", inbox.health)
         prov = app[PROVISIONING] = Provisioning(
             link, timeout_s=cfg.provision_timeout_s, enabled=cfg.provisioning == "agent", book_times=book_times,
             journal_seq=lambda: engine.seq, submit=sequencer.submit, ssh_key=app[ACCOUNTS].ssh_key)
@@ -225,7 +227,8 @@ class Exchange:
         gw.add_routes(app.router)
         app[METRICS].add(gw.metric_samples)
         # a revoked key stops working everywhere within a second, open sessions included
-        watch = RevocationWatch(app[ACCOUNTS], app[VERIFIER].lookup, [gw.revoke, app[FEEDS].revoke], self.clock)
+        watch = app[REVOCATIONS] = RevocationWatch(app[ACCOUNTS], app[VERIFIER].lookup,
+                                                   [gw.revoke, app[FEEDS].revoke], self.clock)
         watch.start()
         app[METRICS].add(watch.metric_samples)
         app[HEALTH].add("revocations", watch.health)

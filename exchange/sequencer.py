@@ -51,6 +51,7 @@ from exchange.errors import ApiError
 from exchange.journal import Journal
 from exchange.money import WITHDRAW, warm_copy
 from exchange.snapshots import encode_snapshot_parts, write_snapshot
+from exchange.supervise import supervise
 from orderbook.types import (
     CMD_ASK,
     CMD_BID,
@@ -163,6 +164,7 @@ class Sequencer:
         self._snapshot_due = False
         self._last_snapshot_seq = engine.seq
         self._snapshot_writing: asyncio.Future | None = None  # a snapshot being encoded and written
+        self._snapshot_error: BaseException | None = None  # the last snapshot's failure (None: it worked)
         self.failed: BaseException | None = None
         self.stalled: BaseException | None = None  # the journal's write error while it cannot write
         self._stalled_since = 0.0
@@ -185,8 +187,10 @@ class Sequencer:
         if self.on_tick is not None:
             self.on_tick()
         self._tick()
-        self._tasks = [asyncio.create_task(self._run(), name="sequencer"),
-                       asyncio.create_task(self._clock(), name="clock")]
+        stopping = lambda: self._closed  # noqa: E731
+        self._tasks = [supervise(asyncio.create_task(self._run(), name="sequencer"), "the sequencer's loop", stopping),
+                       supervise(asyncio.create_task(self._clock(), name="clock"), "the sequencer's clock task",
+                             stopping)]
 
     async def stop(self, snapshot: bool = True) -> None:
         """Finish the queued requests, take a final snapshot, close the journal (once; also after
@@ -205,8 +209,12 @@ class Sequencer:
         if self._snapshot_writing is not None:  # the last periodic one, still being written
             await asyncio.gather(self._snapshot_writing, return_exceptions=True)
         if snapshot and self.failed is None and self.engine.seq > self._last_snapshot_seq:
-            blob = self.engine.snapshot()
-            write_snapshot(self.cfg.data_path, self.engine.seq, blob)
+            try:
+                write_snapshot(self.cfg.data_path, self.engine.seq, self.engine.snapshot())
+            except Exception as e:  # (a full disk) the journal has everything: the next start replays more
+                self.stats.snapshot_failures += 1
+                log.error("the final snapshot at seq %d failed: %r; the journal is closed as usual", self.engine.seq, e,
+                          exc_info=True)
         for book in self.engine.books.values():  # the capture buffers serve a running sequencer only
             if getattr(book, "_capture_bufs", None) is not None:
                 book._capture_bufs = None
@@ -232,6 +240,11 @@ class Sequencer:
             if t.done():
                 exc = None if t.cancelled() else t.exception()
                 return f"the sequencer's {t.get_name()} task ended: {exc!r}"
+        if not self._syncer.alive:
+            return "the journal's fsync thread died (see the log): batches cannot be made durable"
+        if self._snapshot_error is not None:
+            return (f"the last snapshot failed ({self._snapshot_error!r}); trading goes on, start-up replays more "
+                    "journal; retried every snapshot_every_s")
         return "ok"
 
     def metric_samples(self) -> list[tuple[str, float, str, str]]:
@@ -669,8 +682,10 @@ class Sequencer:
         exc = fut.exception()
         if exc is not None:  # the journal is the system of record: trading goes on, start-up replays more
             self.stats.snapshot_failures += 1
+            self._snapshot_error = exc
             log.error("snapshot at seq %d failed: %r", seq, exc, exc_info=exc)
             return
+        self._snapshot_error = None
         self._last_snapshot_seq = max(self._last_snapshot_seq, seq)
         self.stats.snapshots += 1
         self.stats.snapshot_write_seconds += time.perf_counter() - started
@@ -688,6 +703,8 @@ class _Syncer:
 
     def __init__(self, fn: Callable[[], None]) -> None:
         self._fn = fn
+        self._closing = False
+        self._closed = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="gpux-fsync", daemon=True)
         self._thread.start()
@@ -700,19 +717,30 @@ class _Syncer:
         return fut
 
     def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            loop, fut, fn = job
-            try:
-                fn()
-            except BaseException as e:  # handed to the sequencer, which stops
-                loop.call_soon_threadsafe(_set, fut, None, e)
-            else:
-                loop.call_soon_threadsafe(_set, fut, True, None)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                loop, fut, fn = job
+                try:
+                    fn()
+                except BaseException as e:  # handed to the sequencer
+                    loop.call_soon_threadsafe(_set, fut, None, e)
+                else:
+                    loop.call_soon_threadsafe(_set, fut, True, None)
+        except BaseException as e:  # (e.g. the loop closed under it) reported in health, never silent
+            log.critical("the journal's fsync thread died: %r", e, exc_info=True)
+        finally:
+            self._closed = True
+
+    @property
+    def alive(self) -> bool:
+        """The thread runs (or was closed on purpose)."""
+        return self._thread.is_alive() or self._closing
 
     def close(self) -> None:
+        self._closing = True
         self._jobs.put(None)
         self._thread.join(timeout=10)
 

@@ -34,6 +34,7 @@ from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
 from exchange.engine import Engine, book_seq
 from exchange.records import lease_ref
+from exchange.supervise import supervise
 from exchange.views import fill_view, lease_view, order_view, private_update
 from feeds.hub import AuthOp, Hub, OpError
 from feeds.model import DAY, BookModel, ClassFeed
@@ -251,7 +252,9 @@ class FeedService:
         except Exception:
             pass
         if not self._closed and (self._rebuild is None or self._rebuild.done()):
-            self._rebuild = asyncio.get_running_loop().create_task(self._rebuild_recorder(), name="feeds-recorder")
+            self._rebuild = supervise(asyncio.get_running_loop().create_task(self._rebuild_recorder(),
+                                                                             name="feeds-recorder"),
+                                      "the market-data recorder's rebuild", lambda: self._closed)
 
     async def _rebuild_recorder(self, first_s: float = 0.5, max_s: float = 30.0) -> None:
         """Open the recording again and complete it from the command journal, as at start-up, in

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import struct
 import subprocess
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from app.exchange import JOURNAL
@@ -330,3 +332,84 @@ def test_a_real_full_disk_every_part_resumes_by_itself(tmp_path: Path) -> None:
         assert res.ok, res.message
     finally:
         subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+# ------------------------------------------------------------------------- background tasks
+class BrokenClock:
+    """A clock whose reading fails (what killed the clock task in issue 17's finding 5)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def time(self) -> int:
+        raise RuntimeError("injected clock fault")
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def _kill(part: str, x: Running, data: Path) -> tuple[str, str]:
+    """Make one background part of a running exchange die; (the /healthz check that must say so,
+    words of what it says).  The log must say why (CRITICAL or ERROR)."""
+    ex = x.exchange
+    if part == "clock":  # the clock task's next tick reads the clock
+        ex.sequencer.clock = BrokenClock(ex.sequencer.clock)
+        return "sequencer", "injected clock fault"
+    if part == "fsync-thread":  # its hand-back to a loop that is gone raises in the thread
+        gone = asyncio.new_event_loop()
+        gone.close()
+        ex.sequencer._syncer._jobs.put((gone, None, lambda: None))
+        return "sequencer", "fsync thread died"
+    if part == "revocations":
+        from app.exchange import REVOCATIONS
+
+        ex.app[REVOCATIONS]._task.cancel()
+        return "revocations", "cancelled"
+    if part == "feeds-heartbeat":
+        ex.feeds.hub.heartbeat_task.cancel()
+        return "feeds", "heartbeat"
+    if part == "verifier":  # its directory is gone (replaced by a file)
+        ver = ex.segment_verifier
+        ver.dir = data / "accounts.db"
+        ver.wake()
+        return "journal_verify", "NotADirectoryError"
+    if part == "deposits":  # the account store cannot be read
+        ex.store.close()
+        return "deposits", "cannot be read"
+    if part == "snapshots":  # the snapshot directory cannot be written
+        snaps = data / "snapshots"
+        if snaps.exists():
+            for p in snaps.iterdir():
+                p.unlink()
+            snaps.rmdir()
+        snaps.write_bytes(b"not a directory")
+        ex.sequencer.request_snapshot()
+        return "sequencer", "snapshot failed"
+    raise AssertionError(part)
+
+
+@pytest.mark.parametrize("part", ["clock", "fsync-thread", "revocations", "feeds-heartbeat", "verifier", "deposits",
+                                  "snapshots"])
+def test_a_background_part_that_dies_makes_the_process_unhealthy_and_is_logged(tmp_path: Path, part: str,
+                                                                                caplog) -> None:
+    data = tmp_path / "d"
+
+    async def scenario() -> None:
+        async with running_exchange(data, check_money=False) as x:
+            acc, _, _ = x.account("t", "trader", deposit=1000 * USD)
+            await x.settle()
+            await _bids(x, acc, 2)
+            status, _ = await _get(x.url + "/healthz")
+            assert status == 200
+            caplog.clear()
+            check, words = _kill(part, x, data)
+
+            async def reported() -> bool:
+                status, body = await _get(x.url + "/healthz")
+                return status == 503 and words in msgspec.json.decode(body)["checks"][check]
+
+            await _until(reported, f"/healthz reports {part} in its check {check!r}")
+            bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert bad, f"nothing logged when {part} died"
+
+    asyncio.run(scenario())

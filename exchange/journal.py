@@ -510,7 +510,8 @@ class Journal:
         except BaseException as exc:
             self._undo_append(exc)
             raise
-        self._unsynced.append((self._size, data))
+        if self.fsync:  # kept until synced, for `resync` (without fsync nothing is ever synced)
+            self._unsynced.append((self._size, data))
         self._size += len(data)
         self._dirty = True
         self._last_seq = seq

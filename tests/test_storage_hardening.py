@@ -194,6 +194,22 @@ def test_a_failed_sync_is_cured_only_by_writing_again(tmp_path: Path) -> None:
     assert [s for s, _ in read(tmp_path / "j")] == [1, 2]
 
 
+def test_only_a_syncing_journal_keeps_its_unsynced_records(tmp_path: Path) -> None:
+    """The copy `resync` writes again is kept until the next sync; a journal that never syncs (the
+    market-data recorder's) keeps none, or it would hold everything it ever wrote."""
+    lazy = Journal.open(tmp_path / "lazy", fsync=False)
+    for _ in range(50):
+        lazy.append([b"x" * 1000])
+    assert lazy._unsynced == []
+    lazy.close()
+    j = Journal.open(tmp_path / "j")
+    j.append([b"x" * 1000])
+    assert len(j._unsynced) == 1
+    j.sync()
+    assert j._unsynced == []
+    j.close()
+
+
 async def _ask(c: Client, k: int) -> dict:
     return await c.ask("H100", 1, 2_000_000 + 1000 * k, int(time.time()) + 30 * 86_400, client_order_id=f"a{k}")
 

@@ -284,6 +284,37 @@ def test_after_a_full_disk_the_exchange_resumes_by_itself(tmp_path: Path, mode: 
     asyncio.run(scenario())
 
 
+def test_a_recorder_that_cannot_write_is_rebuilt_without_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+
+    async def scenario() -> None:
+        async with running_exchange(data) as x:
+            c = x.client("p", "provider")
+            await x.settle()
+            for k in range(3):
+                await _ask(c, k)
+            feeds = x.exchange.feeds
+            ops = DiskFull("write")
+            ops.full = True
+            feeds.recorder.journal.ops = ops  # this recorder's writes fail from now on
+            for k in range(3, 10):
+                await _ask(c, k)  # trading goes on
+            await _until(lambda: ops.failures >= 1, "the recorder failed")
+            await _until(lambda: feeds.recorder is not None and feeds.recorder.journal.ops is not ops,
+                         "the recorder rebuilt from the command journal")
+            for k in range(10, 15):
+                await _ask(c, k)
+            status, _ = await _get(x.url + "/healthz")
+            assert status == 200
+            _, text = await _get(x.url + "/metrics")
+            assert _metric(text, "gpux_feeds_recorder_failures_total") == 1
+            assert _metric(text, "gpux_feeds_recording") == 1
+
+    asyncio.run(scenario())
+    res = verify(data)  # every event recorded once, in order: the ones of the failed round too
+    assert res.ok, res.message
+
+
 def _mount_tmpfs(where: Path, size: str) -> bool:
     where.mkdir()
     if os.geteuid() != 0:

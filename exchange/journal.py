@@ -454,7 +454,12 @@ class Journal:
                 os.ftruncate(self._fd, self._size)
                 self._dirty = True
             if self._dirty and self.fsync:
-                ops.fsync(self._fd)
+                try:
+                    ops.fsync(self._fd)
+                except BaseException as exc:  # as a failed sync: `resync` writes its records again
+                    self._failed = exc
+                    self._retryable = True
+                    raise
             self._dirty = False
             self._unsynced = []
             os.close(self._fd)
@@ -533,18 +538,17 @@ class Journal:
         would be replayed as if it had been accepted).  The bytes it wrote are zeroed in place
         (their blocks are allocated already: no space is needed; preallocated: the allocation
         stays) or cut, and that is synced.  If that fails too, the journal is failed for good."""
-        if self._fd is None:  # the new segment was not made (and was removed): nothing was written
-            return
         wrote, self._written = self._written, 0
+        if self._fd is None or self._failed is not None or not wrote:
+            return  # no segment, the old one's sync failed (`resync`), or nothing of the batch was written
         try:
             fd, start = self._fd, self._size
             if self.preallocate:
-                if wrote:
-                    zeros = bytes(wrote)
-                    self._write_all(zeros, start)
+                self._write_all(bytes(wrote), start)
             elif os.fstat(fd).st_size > start:
                 os.ftruncate(fd, start)
-            self.ops.fsync(fd)
+            if self.fsync:
+                self.ops.fsync(fd)
         except BaseException as again:
             self._failed = exc
             self._retryable = False

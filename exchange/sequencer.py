@@ -28,6 +28,7 @@ with the same back-off, then answered as usual.  /healthz says the journal is st
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import queue
 import threading
@@ -588,7 +589,7 @@ class Sequencer:
             try:
                 self.journal.append([encode_entry(e) for e in entries])
             except OSError as e:  # e.g. a full disk
-                if self.journal.failed is not None:  # and it could not clean up: stop
+                if self.journal.failed is not None and not self.journal.retryable:  # it could not clean up
                     raise
                 # nothing of the batch is in the journal or applied: refused, as if it never came
                 self.times.update(times_before)
@@ -598,6 +599,9 @@ class Sequencer:
                     if r is not None:
                         r.resolve(err)
                 self._answer_later([(r, err if isinstance(v, Request) else v) for r, v in later])
+                if self.journal.failed is not None:  # a sync of earlier records failed (closing a segment)
+                    await self._resync(e)
+                    self._unstall()
                 return
             self.busy = True
             self._inflight = [r for r in owners if r is not None]
@@ -704,7 +708,6 @@ class _Syncer:
     def __init__(self, fn: Callable[[], None]) -> None:
         self._fn = fn
         self._closing = False
-        self._closed = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="gpux-fsync", daemon=True)
         self._thread.start()
@@ -731,8 +734,6 @@ class _Syncer:
                     loop.call_soon_threadsafe(_set, fut, True, None)
         except BaseException as e:  # (e.g. the loop closed under it) reported in health, never silent
             log.critical("the journal's fsync thread died: %r", e, exc_info=True)
-        finally:
-            self._closed = True
 
     @property
     def alive(self) -> bool:
@@ -757,9 +758,7 @@ def _set(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
 def _why(exc: BaseException | None) -> str:
     """A write error in a few words: "No space left on device (ENOSPC)"."""
     if isinstance(exc, OSError) and exc.errno is not None:
-        import errno as _errno
-
-        return f"{exc.strerror or exc} ({_errno.errorcode.get(exc.errno, exc.errno)})"
+        return f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
     return repr(exc)
 
 

@@ -110,7 +110,8 @@ class DiskFull(FileOps):
     """The journal's system calls on a disk that is full while ``full`` is set.  ``mode``:
     "rotate" fails making a new segment (posix_fallocate, where a preallocating journal meets a
     full disk); "write" takes ``room`` more bytes past what each file held (a short write), then
-    fails (rewriting bytes already written needs no room); "sync" fails fdatasync."""
+    fails (rewriting bytes already written needs no room); "sync" fails fdatasync (a batch's sync),
+    "fsync" fails fsync (closing a segment, making one)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -146,6 +147,11 @@ class DiskFull(FileOps):
         if self.full and self.mode == "sync":
             raise self._enospc()
         super().fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        if self.full and self.mode == "fsync":
+            raise self._enospc()
+        super().fsync(fd)
 
 
 def test_a_failed_append_leaves_nothing_readable_and_the_journal_goes_on(tmp_path: Path) -> None:
@@ -192,6 +198,20 @@ def test_a_failed_sync_is_cured_only_by_writing_again(tmp_path: Path) -> None:
     assert j.failed is None and j.append([b"b"]) == 2
     j.close()
     assert [s for s, _ in read(tmp_path / "j")] == [1, 2]
+    # closing a segment at rotation syncs it: a failure there is a failed sync too
+    ops.mode = "fsync"
+    j = Journal.open(tmp_path / "k", segment_bytes=64, preallocate=True, ops=ops)
+    j.append([b"c" * 100])  # not synced: only the rotation's fsync would make it durable
+    ops.full = True
+    with pytest.raises(OSError):
+        j.append([b"d"])
+    assert j.retryable and j.last_seq == 1 and len(segments(tmp_path / "k")) == 1
+    ops.full = False
+    j.resync()
+    assert j.append([b"d"]) == 2
+    j.sync()
+    j.close()
+    assert [s for s, _ in read(tmp_path / "k")] == [1, 2] and len(segments(tmp_path / "k")) == 2
 
 
 def test_only_a_syncing_journal_keeps_its_unsynced_records(tmp_path: Path) -> None:
@@ -214,7 +234,7 @@ async def _ask(c: Client, k: int) -> dict:
     return await c.ask("H100", 1, 2_000_000 + 1000 * k, int(time.time()) + 30 * 86_400, client_order_id=f"a{k}")
 
 
-@pytest.mark.parametrize("mode", ["rotate", "write", "sync"])
+@pytest.mark.parametrize("mode", ["rotate", "write", "sync", "fsync"])
 def test_after_a_full_disk_the_exchange_resumes_by_itself(tmp_path: Path, mode: str) -> None:
     data = tmp_path / "d"
     accepted: dict[str, int] = {}  # client order id -> oid, acknowledged

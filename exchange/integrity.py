@@ -439,6 +439,11 @@ class SegmentVerifier:
         if self._recheck:
             self._recheck = False
             self.verified.clear()
+        present = {path for _, path in segs}
+        for gone in [p for p in self.damage if p not in present]:  # removed (e.g. restored elsewhere, or pruned)
+            del self.damage[gone]
+        for gone in [p for p in self.verified if p not in present]:
+            del self.verified[gone]
         done = 0
         for (first, path), (nxt, _) in zip(segs, segs[1:], strict=False):
             if self._stop.is_set():
@@ -451,6 +456,7 @@ class SegmentVerifier:
             except _Stopped:
                 break
             except FileNotFoundError:  # removed meanwhile
+                self.damage.pop(path, None)
                 continue
             except OSError as e:
                 self.errors += 1
@@ -479,8 +485,9 @@ class SegmentVerifier:
             return f"the journal verifier stopped: {self.failed!r}"
         if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
             return "the journal verifier's thread ended"
-        if self.damage:
-            lines = [p for probs in self.damage.values() for p in probs]
+        damage = list(self.damage.values())  # (one C call: the verifier thread may change the dict)
+        if damage:
+            lines = [p for probs in damage for p in probs]
             return "journal damaged (`gpux journal check`, docs/operations.md): " + " | ".join(lines)
         return "ok"
 

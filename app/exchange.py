@@ -17,8 +17,9 @@ aiohttp application under a typed key (`ENGINE`, `SEQUENCER`...), and each part'
 3. core — the journal, recovery (newest usable snapshot + the journal after it, through the same
    `Engine.apply` as live trading: books, exchange state and money), provisioning, the bus, the
    sequencer (built, not started), the deposit inbox that journals the account store's
-   deposit requests, the journal's durable tail (GET /v1/admin/journal) and, with --redis, the
-   journal publisher (`exchange.stream`);
+   deposit requests, the journal's durable tail (GET /v1/admin/journal), the background verifier
+   of the closed journal segments (`exchange.integrity`) and, with --redis, the journal publisher
+   (`exchange.stream`);
 4. feeds — market data, caught up from the recording and the journal;
 5. gateway — REST and the traders' WebSocket sessions, /metrics, /healthz, and the watch that
    makes a revoked key stop working everywhere within a second;
@@ -53,6 +54,7 @@ from exchange.bus import Bus
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
 from exchange.engine import Engine
+from exchange.integrity import SegmentVerifier
 from exchange.journal import Journal
 from exchange.recovery import recover
 from exchange.sequencer import Sequencer, open_journal
@@ -80,6 +82,8 @@ ENGINE = web.AppKey("engine", Engine)
 BUS = web.AppKey("bus", Bus)
 PROVISIONING = web.AppKey("provisioning", Provisioning)
 JOURNAL_TAIL = web.AppKey("journal_tail", JournalTail)
+SEGMENT_VERIFIER = web.AppKey("segment_verifier", SegmentVerifier)
+REVOCATIONS = web.AppKey("revocations", RevocationWatch)
 PUBLISHER = web.AppKey("publisher", JournalPublisher)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
 DEPOSITS = web.AppKey("deposits", DepositInbox)
@@ -158,6 +162,7 @@ class Exchange:
         # deposit requests of the account store, journaled at start and every clock tick
         inbox = app[DEPOSITS] = DepositInbox(app[ACCOUNTS], sequencer, engine.money, exchange_id(self.data))
         sequencer.on_tick = inbox.poll
+        app[HEALTH].add("deposits", inbox.health)
         prov = app[PROVISIONING] = Provisioning(
             link, timeout_s=cfg.provision_timeout_s, enabled=cfg.provisioning == "agent", book_times=book_times,
             journal_seq=lambda: engine.seq, submit=sequencer.submit, ssh_key=app[ACCOUNTS].ssh_key)
@@ -180,6 +185,11 @@ class Exchange:
         bus.subscribe(durable)
         if publisher is not None:
             await publisher.start()
+        # closed segments CRC-checked in a low-priority thread: damage is reported long before a replay needs them
+        verifier = app[SEGMENT_VERIFIER] = SegmentVerifier(self.data / "journal", every_s=cfg.verify_every_s)
+        verifier.start()
+        app[HEALTH].add("journal_verify", verifier.health)
+        app[METRICS].add(verifier.metric_samples)
         metrics = app[METRICS]
         metrics.add(self._process_samples)
         for part in (engine, engine.money, sequencer, inbox, link, prov, bus):
@@ -190,6 +200,7 @@ class Exchange:
             app[HEALTH].add("redis_publisher", publisher.health)
         yield
         await sequencer.stop()  # (stopped already unless start-up failed after this step)
+        await asyncio.to_thread(verifier.stop)
         if publisher is not None:
             await publisher.close()
         tail.close()
@@ -217,7 +228,8 @@ class Exchange:
         app[FEEDS].public_rate = gw.public_rate  # GET /v1/trades, /v1/candles: the public routes' limit
         app[METRICS].add(gw.metric_samples)
         # a revoked key stops working everywhere within a second, open sessions included
-        watch = RevocationWatch(app[ACCOUNTS], app[VERIFIER].lookup, [gw.revoke, app[FEEDS].revoke], self.clock)
+        watch = app[REVOCATIONS] = RevocationWatch(app[ACCOUNTS], app[VERIFIER].lookup,
+                                                   [gw.revoke, app[FEEDS].revoke], self.clock)
         watch.start()
         app[METRICS].add(watch.metric_samples)
         app[HEALTH].add("revocations", watch.health)
@@ -305,6 +317,11 @@ class Exchange:
     def publisher(self) -> JournalPublisher | None:
         """The Redis publisher (``--redis``), else None."""
         return self.app.get(PUBLISHER)
+
+    @property
+    def segment_verifier(self) -> SegmentVerifier:
+        """The background verifier of the closed journal segments."""
+        return self.app[SEGMENT_VERIFIER]
 
     @property
     def sequencer(self) -> Sequencer:

@@ -8,7 +8,8 @@
 
 and, registered by their modules: serve, ask, bid, cancel, release, orders, leases, book, quote,
 instruments (cli.trade; prices in dollars as written, `cli.units`); accounts (cli.accounts);
-replay, verify (cli.feeds); settle, statement (cli.settle); agent (cli.agent).
+replay, verify (cli.feeds); settle, statement (cli.settle); agent (cli.agent); journal check,
+journal salvage (cli.journal).
 """
 
 from __future__ import annotations
@@ -93,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import accounts as cli_accounts
     from cli import agent as agent_cli
     from cli import feeds as cli_feeds
+    from cli import journal as cli_journal
     from cli import settle as cli_settle
     from cli import trade as cli_trade
 
     cli_trade.register(sub)
     cli_accounts.register(sub)
     cli_feeds.register(sub)
+    cli_journal.register(sub)
     cli_settle.register(sub)
     agent_cli.register(sub)
     return parser

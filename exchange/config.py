@@ -9,6 +9,7 @@
     fsync = "batch"            # "batch": one fsync per batch before any ack; "off": never (tests only)
     segment_bytes = 67108864
     snapshot_every_s = 60
+    verify_every_s = 21600     # closed segments CRC-checked in the background again this often
 
     [engine]
     clock_interval_s = 1       # a clock command per book every second of wall time (R4, R13, R14)
@@ -88,6 +89,7 @@ class ServerConfig:
     fsync: str = "batch"
     segment_bytes: int = 64 << 20
     snapshot_every_s: int = 60
+    verify_every_s: int = 6 * 3600  # the closed journal segments read and CRC-checked again this often
     clock_interval_s: int = 1
     book_threads: int = 0  # 0: one per CPU (at most one per class); 1: books one after the other
     max_open_orders: int = 1000
@@ -110,7 +112,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
             raise ConfigError(f"journal.fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
-        for name in ("segment_bytes", "snapshot_every_s", "clock_interval_s", "max_open_orders",
+        for name in ("segment_bytes", "snapshot_every_s", "verify_every_s", "clock_interval_s", "max_open_orders",
                      "rate_burst", "max_message_bytes", "heartbeat_s", "redis_maxlen"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -142,7 +144,7 @@ class ServerConfig:
 # TOML table -> the ServerConfig fields it may set
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix", "redis_maxlen"),
-    "journal": ("fsync", "segment_bytes", "snapshot_every_s"),
+    "journal": ("fsync", "segment_bytes", "snapshot_every_s", "verify_every_s"),
     "engine": ("clock_interval_s", "book_threads"),
     "limits": ("max_open_orders", "rate_per_s", "rate_burst", "max_message_bytes", "heartbeat_s"),
     "settlement": ("provisioning", "provision_timeout_s", "meter_interval_s", "ledger_synchronous"),

@@ -52,6 +52,7 @@ silently at such a record at the very end of the last segment, and raises `Journ
 from __future__ import annotations
 
 import bisect
+import errno
 import fcntl
 import logging
 import os
@@ -93,6 +94,26 @@ _TAIL_PROBE = 1 << 16
 
 class JournalError(Exception):
     """The journal is damaged where damage cannot be a torn tail, or cannot be used."""
+
+
+class FileOps:
+    """The system calls a journal writer makes to write and sync.  A test subclass injects faults
+    (a disk that is full for a while); the calls look the functions up at each call."""
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        os.posix_fallocate(fd, offset, length)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+
+_OPS = FileOps()
 
 
 def _segment_path(directory: Path, first_seq: int) -> Path:
@@ -272,10 +293,18 @@ class Journal:
     """The writer of a journal directory.  Make one with `Journal.open`.
 
     `append` writes a batch (one write call, no sync); `sync` makes everything appended so far
-    durable (one fdatasync).  Acknowledge a batch only after its `sync` returned.  After any I/O
-    error the journal refuses further appends and syncs: re-open it (which recovers the tail).
+    durable (one fdatasync).  Acknowledge a batch only after its `sync` returned.
+
+    I/O errors (a full disk): an `append` that fails leaves nothing of its batch behind (what
+    reached the file is zeroed, or cut, and synced; a segment it was creating is removed) and the
+    journal stays usable: a later append may succeed once there is space again.  A `sync` that
+    fails is never simply retried (the kernel may have dropped the pages it could not write): the
+    journal refuses appends and syncs until `resync` wrote every unsynced record again from memory
+    and synced them.  If cleaning up after a failure fails too, the journal is `failed` for good
+    and must be re-opened (which recovers the tail).
+
     One writer per directory: `open` takes an exclusive flock on the directory.  Not thread-safe:
-    `sync` may run in a worker thread, but not while another thread appends or closes.
+    `sync` and `resync` may run in a worker thread, but not while another thread appends or closes.
     """
 
     def __init__(
@@ -289,6 +318,7 @@ class Journal:
         size: int,
         recovered_truncated_bytes: int,
         preallocate: bool = False,
+        ops: FileOps = _OPS,
     ) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
@@ -302,11 +332,15 @@ class Journal:
         self._size = size  # bytes of records in the current segment
         self._dirty = False  # appended since the last sync
         self._failed: BaseException | None = None
+        self._retryable = False  # _failed by a sync: `resync` may cure it
+        self._unsynced: list[tuple[int, bytes]] = []  # (offset, bytes) appended to _fd since the last sync
+        self._written = 0  # bytes of the write in progress that reached the file
         self._closed = False
+        self.ops = ops
 
     @classmethod
     def open(cls, directory: str | Path, *, segment_bytes: int = 64 << 20, fsync: bool = True,
-             preallocate: bool = False) -> Journal:
+             preallocate: bool = False, ops: FileOps | None = None) -> Journal:
         """Open (creating it if missing) the journal in `directory` for appending.
 
         Checks every segment but the last cheaply: its first record carries the seq of its file
@@ -316,6 +350,7 @@ class Journal:
         bytes that cut.  ``preallocate``: allocate each segment up front and write records in
         place (see the module's docstring); the last segment's bad tail is then zeroed, not cut.
         Raises JournalError for damage elsewhere, or when another writer holds the directory.
+        ``ops``: the system calls for writing and syncing (tests inject faults through it).
         """
         if segment_bytes < 1:
             raise ValueError(f"segment_bytes must be at least 1, not {segment_bytes}")
@@ -333,7 +368,7 @@ class Journal:
                 raise JournalError(f"{path}: the journal is open for writing elsewhere") from None
             segs = segments(path)
             if not segs:
-                return cls(path, dir_fd, segment_bytes, fsync, 0, None, 0, 0, preallocate)
+                return cls(path, dir_fd, segment_bytes, fsync, 0, None, 0, 0, preallocate, ops or _OPS)
             if segs[0][0] < 1:
                 raise JournalError(f"{segs[0][1]}: sequence numbers start at 1")
             for (first, seg_path), (next_first, _) in zip(segs, segs[1:], strict=False):
@@ -378,7 +413,7 @@ class Journal:
             if cut:
                 log.warning("journal: cut a torn last record (a write the crash interrupted, never acknowledged)",
                             extra={"segment": str(last_path), "offset": valid, "bytes": cut, "last_seq": last_seq})
-            return cls(path, dir_fd, segment_bytes, fsync, last_seq, fd, valid, cut, preallocate)
+            return cls(path, dir_fd, segment_bytes, fsync, last_seq, fd, valid, cut, preallocate, ops or _OPS)
         except BaseException:
             if fd is not None:
                 os.close(fd)
@@ -390,6 +425,16 @@ class Journal:
         """The seq of the last record appended (0 for an empty journal)."""
         return self._last_seq
 
+    @property
+    def failed(self) -> BaseException | None:
+        """The I/O error that stopped the journal (None while it takes appends)."""
+        return self._failed
+
+    @property
+    def retryable(self) -> bool:
+        """Whether `resync` may make a failed journal usable again (it failed in a sync)."""
+        return self._failed is not None and self._retryable and not self._closed
+
     def _usable(self) -> None:
         if self._closed:
             raise ValueError("the journal is closed")
@@ -400,25 +445,45 @@ class Journal:
 
     def _start_segment(self) -> None:
         """Close the current segment (cut to its records and fsynced) and create the next one,
-        named after the next seq (preallocated when asked), then fsync the directory."""
+        named after the next seq (preallocated when asked), then fsync the directory.  If making
+        the new segment fails (a full disk), it is removed again and there is no current segment:
+        the next append tries again."""
+        ops = self.ops
         if self._fd is not None:
             if self.preallocate:  # only the last segment may end in zeros
                 os.ftruncate(self._fd, self._size)
                 self._dirty = True
             if self._dirty and self.fsync:
-                os.fsync(self._fd)
-                self._dirty = False
+                try:
+                    ops.fsync(self._fd)
+                except BaseException as exc:  # as a failed sync: `resync` writes its records again
+                    self._failed = exc
+                    self._retryable = True
+                    raise
+            self._dirty = False
+            self._unsynced = []
             os.close(self._fd)
             self._fd = None
         path = _segment_path(self.directory, self._last_seq + 1)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self._size = 0
-        if self.preallocate:
-            os.posix_fallocate(self._fd, 0, self.segment_bytes + PREALLOC_SLACK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            if self.preallocate:
+                ops.fallocate(fd, 0, self.segment_bytes + PREALLOC_SLACK)
+                if self.fsync:
+                    ops.fsync(fd)  # the size and the allocation, once; then fdatasync per batch
             if self.fsync:
-                os.fsync(self._fd)  # the size and the allocation, once; then fdatasync per batch
-        if self.fsync:
-            os.fsync(self._dir_fd)
+                ops.fsync(self._dir_fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(path)
+                if self.fsync:
+                    os.fsync(self._dir_fd)
+            except OSError:
+                log.exception("journal: could not remove the segment it failed to make", extra={"segment": str(path)})
+            raise
+        self._fd = fd
+        self._size = 0
 
     def append(self, payloads: Sequence[bytes]) -> int:
         """Append one record per payload, with seqs last_seq + 1, ..., in one write call, and
@@ -442,24 +507,52 @@ class Journal:
         if seq == self._last_seq:
             return seq
         data = b"".join(parts)
+        self._written = 0
         try:
             if self._fd is None or self._size > self.segment_bytes:
                 self._start_segment()
-            written = os.pwrite(self._fd, data, self._size)
-            if written != len(data):  # a short write (e.g. a nearly full disk): finish it or fail
-                view = memoryview(data)
-                while written < len(data):
-                    more = os.pwrite(self._fd, view[written:], self._size + written)
-                    if not more:
-                        raise OSError(f"short write to {_segment_path(self.directory, self._last_seq + 1)}")
-                    written += more
+            self._write_all(data, self._size)
         except BaseException as exc:
-            self._failed = exc
+            self._undo_append(exc)
             raise
+        if self.fsync:  # kept until synced, for `resync` (without fsync nothing is ever synced)
+            self._unsynced.append((self._size, data))
         self._size += len(data)
         self._dirty = True
         self._last_seq = seq
         return seq
+
+    def _write_all(self, data: bytes, offset: int) -> None:
+        """pwrite all of ``data`` at ``offset``: a short write (a nearly full disk) is finished or
+        fails.  ``_written`` counts the bytes that reached the file, for `_undo_append`."""
+        self._written = 0
+        view = memoryview(data)
+        while self._written < len(data):
+            more = self.ops.pwrite(self._fd, view[self._written:], offset + self._written)  # type: ignore[arg-type]
+            if not more:
+                raise OSError(errno.ENOSPC, "short write to the journal's segment")
+            self._written += more
+
+    def _undo_append(self, exc: BaseException) -> None:
+        """After a failed append: nothing of its batch may stay readable (a record past last_seq
+        would be replayed as if it had been accepted).  The bytes it wrote are zeroed in place
+        (their blocks are allocated already: no space is needed; preallocated: the allocation
+        stays) or cut, and that is synced.  If that fails too, the journal is failed for good."""
+        wrote, self._written = self._written, 0
+        if self._fd is None or self._failed is not None or not wrote:
+            return  # no segment, the old one's sync failed (`resync`), or nothing of the batch was written
+        try:
+            fd, start = self._fd, self._size
+            if self.preallocate:
+                self._write_all(bytes(wrote), start)
+            elif os.fstat(fd).st_size > start:
+                os.ftruncate(fd, start)
+            if self.fsync:
+                self.ops.fsync(fd)
+        except BaseException as again:
+            self._failed = exc
+            self._retryable = False
+            log.critical("journal: could not undo a failed append (%r); the journal must be re-opened", again)
 
     def sync(self) -> None:
         """Make every record appended so far durable: one fdatasync of the current segment (none
@@ -470,11 +563,33 @@ class Journal:
             return
         if self.fsync:
             try:
-                os.fdatasync(self._fd)
+                self.ops.fdatasync(self._fd)  # type: ignore[arg-type]
             except BaseException as exc:
                 self._failed = exc  # never retry a failed sync: the kernel may have dropped the pages
+                self._retryable = True  # ... but `resync` writes them again from memory
                 raise
         self._dirty = False
+        self._unsynced = []
+
+    def resync(self) -> None:
+        """After a failed `sync`: write every record appended since the last good sync again
+        (from memory, at its place) and sync.  When that succeeds the records are durable and the
+        journal takes appends again; when it fails it raises, and may be called again later.
+        Raises JournalError for a journal that did not fail in a sync."""
+        if self._closed:
+            raise ValueError("the journal is closed")
+        if self._failed is None:
+            return
+        if not self._retryable:
+            raise JournalError(f"{self.directory}: the journal failed earlier and must be re-opened") from self._failed
+        for offset, data in self._unsynced:
+            self._write_all(data, offset)
+        if self.fsync:
+            self.ops.fdatasync(self._fd)  # type: ignore[arg-type]
+        self._failed = None
+        self._retryable = False
+        self._dirty = False
+        self._unsynced = []
 
     def close(self) -> None:
         """Sync and close.  Idempotent.  A journal that failed is closed without syncing."""

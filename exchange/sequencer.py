@@ -16,11 +16,19 @@ turn of the loop takes everything queued as one batch and
 
 A clock command per book every ``clock_interval_s`` of wall time moves engine time
 (R4, R13, R14): expiries and lease ends are journaled commands and replay exactly.
+
+A full disk stalls the sequencer, never stops it: a batch the journal could not append (nothing
+of it stays on disk, nothing of it was applied) is answered UNAVAILABLE; requests are refused
+UNAVAILABLE for a back-off (0.1 s, doubling to 5 s), then the next batch tries again (clock
+commands come every second, so it does without traffic).  A batch whose fsync failed was applied
+already: it is held, unanswered, while the journal writes it again and syncs (`Journal.resync`)
+with the same back-off, then answered as usual.  /healthz says the journal is stalled meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import queue
 import threading
@@ -45,6 +53,7 @@ from exchange.errors import ApiError
 from exchange.journal import Journal
 from exchange.money import WITHDRAW, warm_copy
 from exchange.snapshots import encode_snapshot_parts, write_snapshot
+from exchange.supervise import supervise
 from orderbook.types import (
     CMD_ASK,
     CMD_BID,
@@ -109,6 +118,9 @@ class SequencerStats:
     snapshot_capture_seconds: float = 0.0  # on the event loop: Engine.capture
     snapshot_capture_max: float = 0.0
     snapshot_write_seconds: float = 0.0  # in the I/O thread: encoding and writing, until done
+    write_failures: int = 0  # journal appends or syncs that failed (a full disk): retried
+    stalls: int = 0  # times the journal stopped taking writes and the sequencer waited for it
+    stall_seconds: float = 0.0  # time stalled (ended stalls)
 
 
 # a bid may hold at most this (µ$, ~1.28 billion USD): the money of the lease it may make stays
@@ -116,6 +128,9 @@ class SequencerStats:
 MAX_HOLD = MONEY_LIMIT // 3600
 # how far ahead a reserved bid may start (two leap years)
 MAX_LEAD_S = 2 * 366 * 86_400
+# after a failed journal write: wait this long before the next try, doubling up to RETRY_MAX_S
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
 
 
 class Sequencer:
@@ -150,8 +165,15 @@ class Sequencer:
         self._snapshot_due = False
         self._last_snapshot_seq = engine.seq
         self._snapshot_writing: asyncio.Future | None = None  # a snapshot being encoded and written
+        self._snapshot_error: BaseException | None = None  # the last snapshot's failure (None: it worked)
         self.failed: BaseException | None = None
+        self.stalled: BaseException | None = None  # the journal's write error while it cannot write
+        self._stalled_since = 0.0
+        self._retry_s = RETRY_FIRST_S
+        self._retry_at = 0.0  # (monotonic) requests are refused until then
+        self._retry_wake = asyncio.Event()  # a stop ends the back-off
         self.busy = False  # a batch is journaled but not yet published
+        self._inflight: list[Request] = []  # the owners of the batch being made durable
         self.times = {name: engine.book_time(name) for name in engine.books}
 
     # ------------------------------------------------------------------ lifecycle
@@ -166,8 +188,10 @@ class Sequencer:
         if self.on_tick is not None:
             self.on_tick()
         self._tick()
-        self._tasks = [asyncio.create_task(self._run(), name="sequencer"),
-                       asyncio.create_task(self._clock(), name="clock")]
+        stopping = lambda: self._closed  # noqa: E731
+        self._tasks = [supervise(asyncio.create_task(self._run(), name="sequencer"), "the sequencer's loop", stopping),
+                       supervise(asyncio.create_task(self._clock(), name="clock"), "the sequencer's clock task",
+                             stopping)]
 
     async def stop(self, snapshot: bool = True) -> None:
         """Finish the queued requests, take a final snapshot, close the journal (once; also after
@@ -178,6 +202,7 @@ class Sequencer:
         if self._running:
             self._running = False
             self._wake.set()
+            self._retry_wake.set()
             await self._stopped.wait()
         for t in self._tasks:
             t.cancel()
@@ -185,8 +210,12 @@ class Sequencer:
         if self._snapshot_writing is not None:  # the last periodic one, still being written
             await asyncio.gather(self._snapshot_writing, return_exceptions=True)
         if snapshot and self.failed is None and self.engine.seq > self._last_snapshot_seq:
-            blob = self.engine.snapshot()
-            write_snapshot(self.cfg.data_path, self.engine.seq, blob)
+            try:
+                write_snapshot(self.cfg.data_path, self.engine.seq, self.engine.snapshot())
+            except Exception as e:  # (a full disk) the journal has everything: the next start replays more
+                self.stats.snapshot_failures += 1
+                log.error("the final snapshot at seq %d failed: %r; the journal is closed as usual", self.engine.seq, e,
+                          exc_info=True)
         for book in self.engine.books.values():  # the capture buffers serve a running sequencer only
             if getattr(book, "_capture_bufs", None) is not None:
                 book._capture_bufs = None
@@ -205,10 +234,18 @@ class Sequencer:
             return f"sequencer stopped: {self.failed!r}"
         if not self._running:
             return "sequencer stopped"
+        if self.stalled is not None:
+            return (f"the journal cannot write ({_why(self.stalled)}) for "
+                    f"{time.monotonic() - self._stalled_since:.0f} s; orders are refused, writes are retried")
         for t in self._tasks:
             if t.done():
                 exc = None if t.cancelled() else t.exception()
                 return f"the sequencer's {t.get_name()} task ended: {exc!r}"
+        if not self._syncer.alive:
+            return "the journal's fsync thread died (see the log): batches cannot be made durable"
+        if self._snapshot_error is not None:
+            return (f"the last snapshot failed ({self._snapshot_error!r}); trading goes on, start-up replays more "
+                    "journal; retried every snapshot_every_s")
         return "ok"
 
     def metric_samples(self) -> list[tuple[str, float, str, str]]:
@@ -232,7 +269,14 @@ class Sequencer:
              "longest snapshot capture on the event loop", "gauge"),
             ("gpux_snapshot_write_seconds_total", round(st.snapshot_write_seconds, 6),
              "time encoding and writing snapshots off the event loop", "counter"),
-            ("gpux_sequencer_queued", len(self._queue), "requests waiting for the next batch", "gauge")]
+            ("gpux_sequencer_queued", len(self._queue), "requests waiting for the next batch", "gauge"),
+            ("gpux_journal_write_failures_total", st.write_failures,
+             "journal appends or syncs that failed (a full disk), retried with back-off", "counter"),
+            ("gpux_journal_stalled", int(self.stalled is not None),
+             "1 while the journal cannot write and orders are refused", "gauge"),
+            ("gpux_journal_stalls_total", st.stalls, "times the journal stopped taking writes", "counter"),
+            ("gpux_journal_stall_seconds_total", round(st.stall_seconds, 3), "time the journal could not write "
+             "(ended stalls)", "counter")]
         out += [(f'gpux_rejected_pre_total{{code="{code}"}}', n,
                  "requests refused by the sequencer before the journal", "counter")
                 for code, n in sorted(st.rejected_pre.items())]
@@ -259,8 +303,65 @@ class Sequencer:
         from the sequencer's loop once the request is durable (or refused)."""
         if not self._running:
             raise ApiError("UNAVAILABLE")
+        if self.stalled is not None and time.monotonic() < self._retry_at:
+            raise self._stall_error()
         self._queue.append(req)
         self._wake.set()
+
+    def _stall_error(self) -> ApiError:
+        return ApiError("UNAVAILABLE", f"the journal cannot write ({_why(self.stalled)}); nothing was accepted, "
+                                       "the exchange retries by itself: retry shortly")
+
+    # ------------------------------------------------------------------ a full disk
+    def _stall(self, exc: BaseException) -> None:
+        """A journal write failed: refuse requests for a back-off (doubling), answer the queued ones."""
+        self.stats.write_failures += 1
+        if self.stalled is None:
+            self.stats.stalls += 1
+            self._stalled_since = time.monotonic()
+            self._retry_s = RETRY_FIRST_S
+            log.error("the journal cannot write: orders are refused and writes retried until it can (%s)",
+                      _why(exc), exc_info=exc)
+        else:
+            self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+        self.stalled = exc
+        self._retry_at = time.monotonic() + self._retry_s
+        refused, self._queue = self._queue, []
+        for r in refused:
+            r.resolve(self._stall_error())
+
+    def _unstall(self) -> None:
+        if self.stalled is not None:
+            took = time.monotonic() - self._stalled_since
+            self.stats.stall_seconds += took
+            log.warning("the journal writes again: orders are taken (stalled %.1f s, %d failed writes)", took,
+                        self.stats.write_failures)
+            self.stalled = None
+
+    async def _back_off(self) -> None:
+        """Wait until the next try is due (or the sequencer stops)."""
+        wait = self._retry_at - time.monotonic()
+        if wait > 0 and self._running:
+            self._retry_wake.clear()
+            try:
+                await asyncio.wait_for(self._retry_wake.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def _resync(self, exc: BaseException) -> None:
+        """The fsync of an applied batch failed: write it again and sync until that works (the
+        batch is answered after), with back-off; raise if the sequencer stops meanwhile."""
+        while True:
+            self._stall(exc)
+            await self._back_off()
+            if not self._running:
+                raise RuntimeError(f"stopped while the journal could not sync ({_why(exc)})") from exc
+            try:
+                await self._syncer.sync(self.journal.resync)
+            except OSError as e:
+                exc = e
+                continue
+            return
 
     def _sync(self) -> None:
         t = time.perf_counter()
@@ -311,9 +412,11 @@ class Sequencer:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                if self.stalled is not None:
+                    await self._back_off()  # (a stop ends it: the queue is tried once more, then answered)
                 items, self._queue = self._queue, []
                 await self._batch(loop, items)
-        except BaseException as e:  # a failed fsync or a broken book: stop taking orders
+        except BaseException as e:  # a journal that cannot go on, or a broken book: stop taking orders
             if not isinstance(e, asyncio.CancelledError):
                 log.critical("sequencer stopped: %r", e, exc_info=True)
                 self.failed = e
@@ -321,6 +424,10 @@ class Sequencer:
             for r in self._queue:
                 r.resolve(ApiError("UNAVAILABLE"))
             self._queue = []
+            for r in self._inflight:  # applied, never made durable: the outcome is not known here
+                r.resolve(ApiError("UNAVAILABLE", "the exchange stopped before this request was made durable; "
+                                                  "after the restart, ask for it by its client order id"))
+            self._inflight = []
             raise
         finally:
             self._stopped.set()
@@ -416,6 +523,7 @@ class Sequencer:
         new: dict[int, int] = {}
         taken = items  # as they came (provisioning answers are taken out below)
         times = self.times
+        times_before = dict(times)
         oid = engine.last_oid
         self._batch_refs: set[str] = set()  # refs of the batch's deposits (a repeat is applied once)
         if any(r.prov is not None for r in items):
@@ -478,8 +586,25 @@ class Sequencer:
             for k, i in enumerate(rec_entry):
                 entries[i].rec = blob[k * REC_SIZE:(k + 1) * REC_SIZE]
         if entries:
+            try:
+                self.journal.append([encode_entry(e) for e in entries])
+            except OSError as e:  # e.g. a full disk
+                if self.journal.failed is not None and not self.journal.retryable:  # it could not clean up
+                    raise
+                # nothing of the batch is in the journal or applied: refused, as if it never came
+                self.times.update(times_before)
+                self._stall(e)
+                err = self._stall_error()
+                for r in owners:
+                    if r is not None:
+                        r.resolve(err)
+                self._answer_later([(r, err if isinstance(v, Request) else v) for r, v in later])
+                if self.journal.failed is not None:  # a sync of earlier records failed (closing a segment)
+                    await self._resync(e)
+                    self._unstall()
+                return
             self.busy = True
-            self.journal.append([encode_entry(e) for e in entries])
+            self._inflight = [r for r in owners if r is not None]
             ts = time.perf_counter()
             sync = self._syncer.sync()
             try:
@@ -489,7 +614,14 @@ class Sequencer:
                 raise
             engine.last_oid = max(engine.last_oid, oid)
             cpu -= time.thread_time()  # the loop runs other work while it waits
-            await sync
+            try:
+                await sync
+            except OSError as e:  # applied, not durable: held until the journal has it
+                if not self.journal.retryable:
+                    raise
+                await self._resync(e)
+            self._inflight = []
+            self._unstall()
             cpu += time.thread_time()
             self.stats.fsync_seconds += time.perf_counter() - ts
             self.stats.fsyncs += 1
@@ -506,14 +638,7 @@ class Sequencer:
             self.busy = False
             if self.after_batch is not None:  # busy: e.g. the ledger commits now and then
                 self.after_batch()
-        for r, verdict in later:
-            if isinstance(verdict, ApiError):
-                self.stats.rejected_pre[verdict.code] = self.stats.rejected_pre.get(verdict.code, 0) + 1
-                r.resolve(verdict)
-            elif isinstance(verdict, bytes):
-                r.resolve(_decoder.decode(verdict))
-            else:  # a repeat of a request in this same batch: the first one's answer
-                r.resolve(verdict.result if verdict.done else ApiError("INTERNAL"))
+        self._answer_later(later)
         st = self.stats
         st.batches += 1
         st.entries += len(entries)
@@ -524,6 +649,18 @@ class Sequencer:
         st.batch_cpu_seconds += time.thread_time() - cpu
         if self._snapshot_due:
             await self._snapshot(loop)
+
+    def _answer_later(self, later: list[tuple[Request, Any]]) -> None:
+        """Answer the requests of a batch that needed no journal entry."""
+        for r, verdict in later:
+            if isinstance(verdict, ApiError):
+                if verdict.code != "UNAVAILABLE":
+                    self.stats.rejected_pre[verdict.code] = self.stats.rejected_pre.get(verdict.code, 0) + 1
+                r.resolve(verdict)
+            elif isinstance(verdict, bytes):
+                r.resolve(_decoder.decode(verdict))
+            else:  # a repeat of a request in this same batch: the first one's answer
+                r.resolve(verdict.result if verdict.done else ApiError("INTERNAL"))
 
     async def _snapshot(self, loop: asyncio.AbstractEventLoop) -> None:
         """Capture the core between two batches (copies only: `Engine.capture`) and encode and
@@ -549,8 +686,10 @@ class Sequencer:
         exc = fut.exception()
         if exc is not None:  # the journal is the system of record: trading goes on, start-up replays more
             self.stats.snapshot_failures += 1
+            self._snapshot_error = exc
             log.error("snapshot at seq %d failed: %r", seq, exc, exc_info=exc)
             return
+        self._snapshot_error = None
         self._last_snapshot_seq = max(self._last_snapshot_seq, seq)
         self.stats.snapshots += 1
         self.stats.snapshot_write_seconds += time.perf_counter() - started
@@ -568,30 +707,41 @@ class _Syncer:
 
     def __init__(self, fn: Callable[[], None]) -> None:
         self._fn = fn
+        self._closing = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="gpux-fsync", daemon=True)
         self._thread.start()
 
-    def sync(self) -> asyncio.Future:
+    def sync(self, fn: Callable[[], None] | None = None) -> asyncio.Future:
+        """Run the sync (or ``fn``) in the thread; the future gets its outcome."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._jobs.put((loop, fut))
+        self._jobs.put((loop, fut, fn or self._fn))
         return fut
 
     def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            loop, fut = job
-            try:
-                self._fn()
-            except BaseException as e:  # handed to the sequencer, which stops
-                loop.call_soon_threadsafe(_set, fut, None, e)
-            else:
-                loop.call_soon_threadsafe(_set, fut, True, None)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                loop, fut, fn = job
+                try:
+                    fn()
+                except BaseException as e:  # handed to the sequencer
+                    loop.call_soon_threadsafe(_set, fut, None, e)
+                else:
+                    loop.call_soon_threadsafe(_set, fut, True, None)
+        except BaseException as e:  # (e.g. the loop closed under it) reported in health, never silent
+            log.critical("the journal's fsync thread died: %r", e, exc_info=True)
+
+    @property
+    def alive(self) -> bool:
+        """The thread runs (or was closed on purpose)."""
+        return self._thread.is_alive() or self._closing
 
     def close(self) -> None:
+        self._closing = True
         self._jobs.put(None)
         self._thread.join(timeout=10)
 
@@ -603,6 +753,13 @@ def _set(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
         fut.set_exception(exc)
     else:
         fut.set_result(value)
+
+
+def _why(exc: BaseException | None) -> str:
+    """A write error in a few words: "No space left on device (ENOSPC)"."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return repr(exc)
 
 
 def open_journal(data_dir: Path, cfg: ServerConfig) -> Journal:

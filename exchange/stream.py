@@ -49,6 +49,7 @@ from typing import Any
 from zlib import crc32
 
 from exchange.journal import HEADER, HEADER_SIZE, MAX_PAYLOAD, JournalError, segments
+from exchange.supervise import supervise
 
 log = logging.getLogger("gpux.stream")
 
@@ -338,7 +339,8 @@ class JournalPublisher:
     # ------------------------------------------------------------------ lifetime
     async def start(self) -> None:
         """Start publishing in the background (Redis need not be up: it is retried)."""
-        self._task = asyncio.create_task(self._run(), name="journal-publisher")
+        self._task = supervise(asyncio.create_task(self._run(), name="journal-publisher"), "the journal publisher",
+                               lambda: self._closing)
 
     def wake(self, durable_seq: int) -> None:
         """A batch up to ``durable_seq`` is durable: publish it."""

@@ -36,6 +36,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from exchange.clock import WALL, Clock
+from exchange.supervise import supervise
 from feeds.model import CHANNELS, KIND_CHANNELS, KINDS, ClassFeed, stream_name
 from gateway.auth import RateLimiter
 from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
@@ -140,6 +141,7 @@ class Hub:
         self.by_account: dict[int, dict[Conn, int]] = {}
         self.conns: set[Conn] = set()
         self._hb_task: asyncio.Task | None = None
+        self._stopping_hb = False
         self.stats = {"messages": 0, "frames": 0, "bytes": 0, "cut_off": 0, "connections_total": 0}
         self.on_first_subscribe: Callable[[Conn], None] | None = None
         # the subscribers' send buffers: one write per connection per turn, cut off past max_buffer
@@ -300,7 +302,8 @@ class Hub:
 
     def start(self) -> None:
         if self._hb_task is None:
-            self._hb_task = asyncio.get_running_loop().create_task(self._heartbeats(), name="feeds-heartbeat")
+            task = asyncio.get_running_loop().create_task(self._heartbeats(), name="feeds-heartbeat")
+            self._hb_task = supervise(task, "the feeds' heartbeat task", lambda: self._stopping_hb)
 
     def revoke(self, key_id: str) -> int:
         """Close (1008, with the reason) every connection authenticated with a revoked key."""
@@ -313,6 +316,7 @@ class Hub:
         """Close every connection (``code``, e.g. 1001 at shutdown), all at once: at most
         ``timeout`` seconds in all, then whoever has not answered is aborted."""
         if self._hb_task is not None:
+            self._stopping_hb = True
             self._hb_task.cancel()
             await asyncio.gather(self._hb_task, return_exceptions=True)
             self._hb_task = None

@@ -194,7 +194,11 @@ def open_recorder(data_dir: Path, instruments: dict[str, Instrument], engine: st
         d.rename(aside)
         d.mkdir()
         rec = Recorder(d, segment_bytes)
-    write_recording_meta(d, instruments, engine)
+    try:
+        write_recording_meta(d, instruments, engine)
+    except BaseException:  # (a full disk) the recording's lock is let go: it is opened again later
+        rec.close()
+        raise
     return rec
 
 

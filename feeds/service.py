@@ -38,6 +38,7 @@ from exchange.config import ServerConfig
 from exchange.engine import Engine, book_seq
 from exchange.errors import ApiError
 from exchange.records import lease_ref
+from exchange.supervise import supervise
 from exchange.views import fill_view, lease_view, order_view, private_update
 from feeds.forward import curve
 from feeds.history import TradeHistory, candles, merge_live
@@ -94,6 +95,10 @@ class FeedService:
         self.record = record
         self.history: TradeHistory | None = None  # the recording's trades, for GET /v1/trades and /v1/candles
         self.public_rate: Callable[[web.Request], None] | None = None  # the gateway's public rate limit
+        self.recorder_failures = 0  # times the recorder failed (a full disk) and was rebuilt or is being
+        self._behind = 0  # the last journal seq of a round not recorded while the recorder was down
+        self._rebuild: asyncio.Task | None = None  # rebuilding the recorder from the command journal
+        self._rebuild_error: BaseException | None = None
         # (journal seq, events arrays, events as tuples, engine times) per batch not yet published
         self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, list[Event]], dict[str, int]]] = deque()
         self._ready = False
@@ -119,15 +124,21 @@ class FeedService:
                 ("gpux_feeds_connections", len(self.hub.conns), "open market-data connections", "gauge"),
                 ("gpux_feeds_messages_total", st["messages"], "market-data messages queued to subscribers", "counter"),
                 ("gpux_feeds_cut_off_total", st["cut_off"], "subscribers cut off for reading too slowly", "counter"),
-                ("gpux_feeds_recording", int(self.recorder is not None), "1 while the recorder writes", "gauge")]
+                ("gpux_feeds_recording", int(self.recorder is not None), "1 while the recorder writes", "gauge"),
+                ("gpux_feeds_recorder_failures_total", self.recorder_failures,
+                 "times the recorder failed (e.g. a full disk) and was rebuilt from the command journal", "counter")]
 
     def health(self) -> str:
         """"ok" while the feeds publish: the heartbeat task runs and, if recording, the recorder works."""
         hb = self.hub.heartbeat_task
         if self._ready and not self._closed and (hb is None or hb.done()):
             return "the feeds' heartbeat task is not running"
-        if self.record and self._ready and self.recorder is None:
-            return "the market-data recorder failed (see logs); it is rebuilt at the next start"
+        if self.record and self._ready and self.recorder is None and not self._closed:
+            if self._rebuild is None or self._rebuild.done():
+                return f"the market-data recorder failed and its rebuild stopped: {self._rebuild_error!r}"
+            why = f" ({self._rebuild_error})" if self._rebuild_error is not None else ""
+            return ("the market-data recorder failed (see logs); it is being rebuilt from the command journal, "
+                    f"retried until it can write{why}")
         return "ok"
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -177,6 +188,9 @@ class FeedService:
             return
         self._closed = True
         self._unsubscribe()
+        if self._rebuild is not None:
+            self._rebuild.cancel()
+            await asyncio.gather(self._rebuild, return_exceptions=True)
         if self._ready and self._pending:
             self._drain()
         await self.hub.close()
@@ -384,11 +398,61 @@ class FeedService:
         if blocks and self.recorder is not None:
             try:
                 self.recorder.append(jseq, blocks)
-            except Exception:  # the recording is rebuilt from the command journal at the next start
-                log.exception("market-data recorder failed; recording stops until restart")
-                self.recorder = None
+            except Exception as e:  # e.g. a full disk: rebuilt from the command journal once it can write
+                self._recorder_failed(e, jseq)
+        elif blocks and self.record and self._rebuild is not None:
+            self._behind = jseq  # the rebuild records it from the command journal
         self.rounds += 1
         self.busy_s += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ a recorder that failed
+    def _recorder_failed(self, exc: Exception, jseq: int) -> None:
+        log.error("market-data recorder failed; it is rebuilt from the command journal once it can write (%r)", exc,
+                  exc_info=exc)
+        rec, self.recorder = self.recorder, None
+        self.recorder_failures += 1
+        self._behind = jseq
+        try:
+            if rec is not None:
+                rec.close()
+        except Exception:
+            pass
+        if not self._closed and (self._rebuild is None or self._rebuild.done()):
+            self._rebuild = supervise(asyncio.get_running_loop().create_task(self._rebuild_recorder(),
+                                                                             name="feeds-recorder"),
+                                      "the market-data recorder's rebuild", lambda: self._closed)
+
+    async def _rebuild_recorder(self, first_s: float = 0.5, max_s: float = 30.0) -> None:
+        """Open the recording again and complete it from the command journal, as at start-up, in
+        a worker thread (rounds meanwhile are not recorded; the catch-up covers them), retried with
+        back-off until it works; then the recorder goes live again."""
+        loop = asyncio.get_running_loop()
+        cfg, engine = self.cfg, self.engine
+        delay = first_s
+        while not self._closed:
+            await asyncio.sleep(delay)
+            rec = None
+            try:
+                rec = await loop.run_in_executor(None, open_recorder, self.data, cfg.instruments, engine.engine,
+                                                 engine.seq, cfg.segment_bytes)
+                while rec.last_jseq < self._behind:  # (checked on the loop: no round records meanwhile)
+                    await loop.run_in_executor(None, catch_up, rec, cfg.instruments, engine.engine, self.data,
+                                               self._behind)
+            except Exception as e:
+                self._rebuild_error = e
+                log.warning("market-data recorder not rebuilt yet (%r); retried in %.1f s", e, min(delay * 2, max_s))
+                if rec is not None:
+                    try:
+                        rec.close()
+                    except Exception:
+                        pass
+                delay = min(delay * 2, max_s)
+                continue
+            self.recorder = rec
+            self._rebuild_error = None
+            log.warning("market-data recorder rebuilt from the command journal; recording again",
+                        extra={"seq": rec.last_jseq})
+            return
 
     # ------------------------------------------------------------------ private channels
     def authenticate(self, op: AuthOp) -> tuple[int, str, str]:

@@ -62,17 +62,24 @@ class DepositInbox:
         self._posted = 0  # the last row handed to the sequencer
         self.journaled = 0
         self.errors = 0
+        self.last_error: Exception | None = None  # the last poll's failure to read the requests (None: it worked)
 
     def poll(self) -> list[asyncio.Future]:
         """Hand the requests this exchange has not journaled to the sequencer; their answers."""
         after = max(self.money.deposit_row, self._posted)
         try:
             rows = self.store.claim_deposits(self.owner, after)
-        except Exception:  # the account store is busy or gone: next tick
+        except Exception as e:  # the account store is busy or gone: next tick
             self.errors += 1
-            log.exception("could not read deposit requests")
+            if self.last_error is None:
+                log.exception("could not read deposit requests (tried again every clock tick)")
+            self.last_error = e
             return []
+        if self.last_error is not None:
+            log.warning("deposit requests read again")
+            self.last_error = None
         futs = []
+        posted = []
         for row, account, amount in rows:
             fund = Fund(DEPOSIT, account, amount, f"{ACCOUNTS_REF}{row}", 0)
             try:
@@ -80,16 +87,25 @@ class DepositInbox:
             except Exception:  # the sequencer stopped: the request stays ours, journaled after a restart
                 return futs
             self._posted = row
+            posted.append(row)
         if futs:
-            asyncio.ensure_future(self._count(futs))
+            asyncio.ensure_future(self._count(futs, posted))
         return futs
 
-    async def _count(self, futs: list[asyncio.Future]) -> None:
-        for r in await asyncio.gather(*futs, return_exceptions=True):
+    async def _count(self, futs: list[asyncio.Future], rows: list[int]) -> None:
+        for r, row in zip(await asyncio.gather(*futs, return_exceptions=True), rows, strict=True):
             if isinstance(r, dict):
                 self.journaled += 1
-            else:
+            else:  # not journaled (e.g. the journal could not write): handed over again at the next poll
                 self.errors += 1
+                self._posted = min(self._posted, row - 1)
+
+    def health(self) -> str:
+        """"ok" while the deposit requests can be read (each clock tick); else why not."""
+        if self.last_error is not None:
+            return (f"deposit requests cannot be read ({self.last_error!r}): deposits are not credited; "
+                    "retried each tick")
+        return "ok"
 
     def metric_samples(self) -> list[tuple[str, Any, str, str]]:
         return [("gpux_deposits_journaled_total", self.journaled, "deposit requests journaled", "counter"),

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from exchange.clock import WALL, Clock
+from exchange.supervise import supervise, task_health
 from gateway.accounts import AccountStore
 from gateway.auth import KeyCache
 
@@ -38,15 +39,18 @@ class RevocationWatch:
         self.known: set[str] = set()
         self._version: tuple[int, int] = (-1, -1)
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.revoked = 0  # keys revoked while running
         self.closed_sessions = 0
         self.errors = 0
 
     def start(self) -> None:
         self.check()  # the revoked keys as of now (nothing to close yet)
-        self._task = asyncio.create_task(self._run(), name="key-revocations")
+        self._task = supervise(asyncio.create_task(self._run(), name="key-revocations"), "the key revocation watch",
+                               lambda: self._stopping)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -78,10 +82,7 @@ class RevocationWatch:
         return len(new)
 
     def health(self) -> str:
-        if self._task is not None and self._task.done():
-            exc = None if self._task.cancelled() else self._task.exception()
-            return f"the key revocation watch ended: {exc!r}"
-        return "ok"
+        return task_health(self._task, "the key revocation watch", self._stopping)
 
     def metric_samples(self) -> list[tuple[str, Any, str, str]]:
         return [("gpux_keys_revoked_total", self.revoked, "API keys revoked while the exchange runs", "counter"),

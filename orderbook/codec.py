@@ -403,6 +403,14 @@ _COMPILED = {
 _OTHER = [(name, attrgetter(name)) for name in _EV_FIELDS if name != "type"]
 
 
+def event_enums(ev_type: int, is_bid: bool) -> dict[str, dict[int, str]]:
+    """The enumerated record fields that mean something for an event type (a bid's or not), each
+    with its names (code -> name), as `event_to_json` writes them: what the tables of `gpux replay`
+    write by name (feeds/tables.py)."""
+    return {field: _enum_names(enum) for _key, field, enum, _always in _LAYOUTS.get((ev_type, is_bid), ())
+            if enum is not None}
+
+
 def event_json(ev: Event) -> dict[str, Any]:
     """An event as a compact JSON-ready dict (docs/formats.md)."""
     ev_type = ev.type

@@ -8,7 +8,8 @@ field where the Parquet column is null.
 * events: ``class``, ``type``, then every EVENT_DTYPE field (orderbook/types.py) in record
   order, numbers as recorded; the enumerated ones (``reason``, ``kind``, ``side``, ``tif``,
   ``maker``, ``cmd``) by the names of docs/formats.md, and empty where the field means nothing
-  for that event (an ask has no ``kind``).
+  for that event (an ask has no ``kind``) — unless the record has a number there anyway, which
+  is then written as it is, so that nothing is hidden.
 * a channel: one row per level (``book``), trade (``trades``), candle (``candles``) or message
   (``ticker``, ``index``), with the message's head (``class``, ``seq``, ``time``, ``u``).
 
@@ -34,7 +35,7 @@ EVENT_COLUMNS = ["class", "type"] + [n for n in EVENT_DTYPE.names if n != "type"
 
 #: columns of each channel's table, in order
 CHANNEL_COLUMNS = {
-    "book": ["class", "seq", "time", "u", "action", "side", "price", "gpus"],
+    "book": ["class", "seq", "time", "u", "action", "checksum", "side", "price", "gpus"],
     "trades": ["class", "seq", "time", "u", "trade_seq", "trade_time", "trade_id", "kind", "gpus", "hours", "price",
                "start", "end", "maker", "resale_of"],
     "ticker": ["class", "seq", "time", "u", "best_bid", "best_bid_gpus", "best_ask", "best_ask_gpus", "best_spot_bid",
@@ -78,6 +79,10 @@ def event_columns(parts: Iterable[tuple[str, np.ndarray]]) -> dict[str, np.ndarr
             mask = key == k
             for field, table in event_enums(k // 2, bool(k % 2)).items():
                 cols[field][mask] = _names(table, ev[field][mask])
+        for field in ENUM_FIELDS:  # a field that means nothing for its event but is set: its number, shown
+            odd = np.flatnonzero(np.equal(cols[field], None) & (ev[field] != 0))
+            if len(odd):
+                cols[field][odd] = [str(v) for v in ev[field][odd].tolist()]
     return {name: cols[name] for name in EVENT_COLUMNS}
 
 
@@ -90,7 +95,7 @@ def channel_rows(msg: dict[str, Any]) -> Iterator[list[Any]]:
     if ch == "book":
         for side in ("bids", "spot_bids", "asks", "spot_asks"):
             for price, gpus in msg.get(side, ()):
-                yield head + [msg["action"], side, price, gpus]
+                yield head + [msg["action"], msg.get("checksum"), side, price, gpus]
     elif ch == "trades":
         for t in msg["trades"]:
             yield head + [t["seq"], t["time"], t["trade_id"], t["kind"], t["gpus"], t["hours"], t["price"],

@@ -24,9 +24,10 @@ pytest.importorskip("pyarrow")
 from polars.testing import assert_frame_equal as assert_pl_equal  # noqa: E402
 
 from cli.main import main as gpux  # noqa: E402
+from feeds.model import book_checksum  # noqa: E402
 from feeds.recording import load  # noqa: E402
 from feeds.replay import book_at  # noqa: E402
-from feeds.tables import Anonymizer  # noqa: E402
+from feeds.tables import STRING_COLUMNS, Anonymizer  # noqa: E402
 from orderbook.codec import event_enums  # noqa: E402
 from orderbook.types import EV_NAMES, EV_TRADE, EVENT_DTYPE, SIDE_BID  # noqa: E402
 
@@ -115,14 +116,17 @@ def test_documented_loads_give_the_same_tables_from_parquet_and_csv(recording: P
 
     # candles, events and book snapshots (every 5 s: the demo ran for less than a minute): Parquet
     # equals CSV in both libraries
-    assert list(ns["book"].columns) == ["class", "seq", "time", "u", "action", "side", "price", "gpus"]
+    assert list(ns["book"].columns) == ["class", "seq", "time", "u", "action", "checksum", "side", "price", "gpus"]
     assert gpux(["replay", str(recording), "--channel", "candles", "--format", "csv", "-o", "candles.csv"]) == 0
     assert gpux(["replay", str(recording), "--format", "csv", "-o", "events.csv"]) == 0
     for fmt in ("csv", "parquet"):
         assert gpux(["replay", str(recording), "--channel", "book", "--every", "5", "--format", fmt,
                      "-o", f"book5.{fmt}"]) == 0
     for name in ("candles", "book5", "events"):
-        pd.testing.assert_frame_equal(pd.read_parquet(f"{name}.parquet"), pd.read_csv(f"{name}.csv"))
+        # a CSV column cannot say its type: one empty throughout (no rejection, so no `cmd`) reads as
+        # float64 unless told it holds text
+        text = {c: "str" for c in STRING_COLUMNS}
+        pd.testing.assert_frame_equal(pd.read_parquet(f"{name}.parquet"), pd.read_csv(f"{name}.csv", dtype=text))
         assert_pl_equal(pl.read_parquet(f"{name}.parquet"), pl.read_csv(f"{name}.csv"))
     assert len(ns["candles"]) > 0 and len(ns["candles_pl"]) == len(ns["candles"])
 
@@ -133,6 +137,7 @@ def test_documented_loads_give_the_same_tables_from_parquet_and_csv(recording: P
         assert t % 5 == 0
         seq = int(snap["seq"].iloc[0])
         l2 = book_at(rec, c, seq, time=int(t)).level2()
+        assert set(snap["checksum"]) == {book_checksum(l2)}
         got = {side: [[int(p), int(g)] for p, g in zip(rows["price"], rows["gpus"], strict=True)]
                for side, rows in snap.groupby("side")}
         assert got == {k: v for k, v in l2.items() if v}, (c, t)
@@ -273,3 +278,29 @@ def test_worked_example_plots_the_forward_curve_and_the_spread(recording: Path, 
             spread[c] = rows
     assert forward and spread, "the demo made reserved trades and minutes with spot and on-demand trades"
     assert got == {"by": "day", "forward": forward, "spread": spread}
+
+
+def test_event_columns_name_enumerations_and_hide_nothing() -> None:
+    from feeds.tables import event_columns
+    from orderbook.types import EV_ACCEPTED, EV_REJECTED, IOC, ON_DEMAND, RESERVED, SIDE_ASK, empty_events
+
+    ev = empty_events(4)
+    ev["seq"] = [1, 2, 3, 4]
+    for i, fields in enumerate([
+        {"type": EV_ACCEPTED, "side": SIDE_BID, "kind": RESERVED, "tif": IOC},
+        {"type": EV_ACCEPTED, "side": SIDE_ASK},
+        {"type": EV_REJECTED, "cmd": 2, "reason": 8},
+        {"type": EV_TRADE, "kind": ON_DEMAND, "maker": SIDE_ASK, "side": SIDE_BID},  # side: not a trade's field
+    ]):
+        for k, v in fields.items():
+            ev[k][i] = v
+    cols = event_columns([("H100", ev[:2]), ("A100", ev[2:])])
+    assert cols["class"].tolist() == ["H100", "H100", "A100", "A100"]
+    assert cols["type"].tolist() == ["accepted", "accepted", "rejected", "trade"]
+    assert cols["kind"].tolist() == ["reserved", None, None, "on_demand"]
+    assert cols["tif"].tolist() == ["IOC", None, None, None]
+    assert cols["side"].tolist() == ["bid", "ask", None, "1"]  # set where it means nothing: shown as it is
+    assert cols["cmd"].tolist() == [None, None, "bid", None]
+    assert cols["reason"].tolist() == [None, None, "OFF_TICK", None]
+    assert cols["maker"].tolist() == [None, None, None, "ask"]
+    assert cols["seq"].tolist() == [1, 2, 3, 4]

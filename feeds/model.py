@@ -274,15 +274,18 @@ class BookModel:
         }
 
     def checksum(self) -> int:
-        """`book_checksum` of the book as it stands (the top levels only are sorted)."""
+        """`book_checksum` of the book as it stands (only the top levels are sorted)."""
         lv = self.levels
-        top = {
-            "asks": heapq.nsmallest(CHECKSUM_DEPTH, lv[ASKS]), "bids": heapq.nlargest(CHECKSUM_DEPTH, lv[BIDS]),
-            "spot_asks": heapq.nsmallest(CHECKSUM_DEPTH, lv[SPOT_ASKS]),
-            "spot_bids": heapq.nlargest(CHECKSUM_DEPTH, lv[SPOT_BIDS]),
-        }
-        side_of = {"asks": ASKS, "bids": BIDS, "spot_asks": SPOT_ASKS, "spot_bids": SPOT_BIDS}
-        return book_checksum({k: [[p, lv[side_of[k]][p]] for p in ps] for k, ps in top.items()})
+        parts = []
+        for side in (ASKS, BIDS, SPOT_ASKS, SPOT_BIDS):
+            d = lv[side]
+            high = side < ASKS
+            if len(d) > 4 * CHECKSUM_DEPTH:
+                top = (heapq.nlargest if high else heapq.nsmallest)(CHECKSUM_DEPTH, d)
+            else:
+                top = sorted(d, reverse=high)[:CHECKSUM_DEPTH]
+            parts.append(",".join([f"{p}:{d[p]}" for p in top]))
+        return zlib.crc32("|".join(parts).encode("ascii"))
 
     def take_deltas(self) -> dict[str, list[list[int]]]:
         """The levels whose size differs from the last `take_deltas`, as absolute sizes (0: the

@@ -1,7 +1,8 @@
 """`gpux replay` and `gpux verify`: the market-data recording (feeds/, docs/feeds.md).
 
     gpux replay PATH [--from T] [--to T] [--class NAME] [--channel events|book|trades|ticker|candles|index]
-                     [--interval 1m|1h] [--speed X] [--format jsonl|csv] [--progress] [--serve [HOST:]PORT]
+                     [--interval 1m|1h] [--every S] [--speed X] [--format jsonl|csv|parquet] [-o FILE]
+                     [--anonymize] [--progress] [--serve [HOST:]PORT]
     gpux verify DATA_DIR [--config FILE.toml] [--engine numba|reference] [--json]
 """
 
@@ -28,7 +29,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("replay", help="replay a market-data recording (events or feed channels, or serve it)",
                        description="Replay a market-data recording: raw events or one channel's feed messages as "
-                                   "JSON lines or CSV, at a chosen speed, or serve it over WebSocket (docs/feeds.md).")
+                                   "JSON lines, CSV or Parquet, at a chosen speed, or serve it over WebSocket "
+                                   "(docs/feeds.md).")
     replay.add_arguments(p)
     p.set_defaults(handler=_replay)
     v = sub.add_parser("verify", help="check the market-data recording against a replay of the command journal",

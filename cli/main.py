@@ -39,7 +39,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from cli.simulate import simulate, stream_lines
 
     book = open_book(instrument_config(args.gpu_class, args.config), args.engine, warn=_stderr)
-    stats = simulate(stream_lines(sys.stdin.fileno()), sys.stdout.buffer, book, batch=args.batch)
+
+    def open_class(name: str):  # a class named on a command line ({"class": ...}): its own book
+        return open_book(instrument_config(name, args.config), args.engine, warn=_stderr)
+
+    stats = simulate(stream_lines(sys.stdin.fileno()), sys.stdout.buffer, book, batch=args.batch,
+                     default_class=args.gpu_class, open_class=open_class)
     return 0 if stats.errors == 0 or not args.strict else 1
 
 
@@ -67,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and print one JSON event per line (docs/formats.md).")
     sim.add_argument("--engine", choices=ENGINES, default=None, help=engine_help)
     sim.add_argument("--class", dest="gpu_class", default="H100", metavar="NAME",
-                     help="GPU class of the book (default H100)")
+                     help="GPU class of the lines that name none (default H100); a line's \"class\" picks its own")
     sim.add_argument("--config", metavar="FILE.toml", default=None,
                      help="instrument settings, [instruments.NAME] tables of BookConfig fields")
     sim.add_argument("--batch", type=_positive, default=4096, metavar="N",

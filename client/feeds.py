@@ -11,19 +11,21 @@ Gap rule (docs/feeds.md): every message of a stream carries ``u``, one more than
 previous message; a snapshot carries the current ``u``.  A message whose ``u`` is not the last
 one + 1, or a heartbeat whose ``u`` for a stream differs from the last one seen, means something
 was missed: the client subscribes again (which gives a fresh snapshot) and ignores the stream's
-messages until the new snapshot arrives.
+messages until the new snapshot arrives.  A book message whose ``checksum`` differs from the
+client's own copy's (docs/feeds.md) is handled the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import msgspec
 
-from feeds.model import SIDE_KEYS, message_stream, stream_name
+from feeds.model import CHECKSUM_DEPTH, SIDE_KEYS, book_checksum, message_stream, stream_name
 from gateway.auth import Signer
 
 _enc = msgspec.json.Encoder()
@@ -51,6 +53,12 @@ class Level2:
                     side.pop(price, None)
         self.seq, self.time, self.u = msg["seq"], msg["time"], msg["u"]
 
+    def checksum(self) -> int:
+        """The book message checksum of this copy (`feeds.model.book_checksum`: top levels only)."""
+        s = self.sides
+        top = {k: (heapq.nsmallest if "asks" in k else heapq.nlargest)(CHECKSUM_DEPTH, s[k]) for k in SIDE_KEYS}
+        return book_checksum({k: [[p, s[k][p]] for p in ps] for k, ps in top.items()})
+
     def level2(self) -> dict[str, list[list[int]]]:
         s = self.sides
         return {"bids": [[p, s["bids"][p]] for p in sorted(s["bids"], reverse=True)],
@@ -76,6 +84,7 @@ class FeedClient:
         self.subs: dict[tuple[Any, str], dict[str, Any]] = {}  # the subscribe op of each stream
         self.pending: set[tuple[Any, str]] = set()  # resubscribed, waiting for the snapshot
         self.gaps = 0
+        self.checksum_errors = 0  # book messages whose checksum this client's copy did not match
         self.received = 0
         self.account = 0
         self.closed: asyncio.Future | None = None
@@ -229,7 +238,11 @@ class FeedClient:
                 return
             self.last_u[key] = m["u"]
         if key[1] == "book":
-            self.books.setdefault(m["class"], Level2()).apply(m)
+            book = self.books.setdefault(m["class"], Level2())
+            book.apply(m)
+            if "checksum" in m and book.checksum() != m["checksum"]:
+                self.checksum_errors += 1  # this copy went wrong: start again from a snapshot
+                self._resubscribe(key)
 
     def _heartbeat(self, m: dict[str, Any]) -> None:
         owner = m.get("class", m.get("account"))

@@ -175,7 +175,13 @@ class Hub:
         """Encode ``msg`` once and queue it for every subscriber of (cls, stream)."""
         conns = self.subs.get((cls, stream))
         if conns:
-            self._push_all(conns, ws_frame(_enc.encode(msg)))
+            self._push_all(conns, self._frame(msg))
+
+    def _frame(self, msg: dict[str, Any]) -> bytes:
+        """One text frame of ``msg`` with ``ts_ms`` added: the wall-clock time (ms since the epoch)
+        at which it is queued; queued frames are written in the same event-loop turn."""
+        raw = _enc.encode(msg)
+        return ws_frame(raw[:-1] + b',"ts_ms":%d}' % self.clock.time_ms())
 
     def _push_all(self, conns: Any, frame: bytes) -> None:
         self.sends.push_all(conns, frame)
@@ -185,7 +191,7 @@ class Hub:
         st["bytes"] += len(frame) * len(conns)
 
     def _push(self, c: Conn, msg: dict[str, Any]) -> None:
-        self._push_all((c,), ws_frame(_enc.encode(msg)))
+        self._push_all((c,), self._frame(msg))
 
     def has_private(self, account: int, channel: str) -> bool:
         return bool(self.psubs.get((account, channel)))
@@ -203,7 +209,7 @@ class Hub:
         u = self.pu.get(key, 0) + 1
         self.pu[key] = u
         msg["u"] = u
-        self._push_all(conns, ws_frame(_enc.encode(msg)))
+        self._push_all(conns, self._frame(msg))
 
     def flush(self) -> None:
         """Write what is queued now (it would go on this event-loop turn anyway)."""
@@ -282,11 +288,11 @@ class Hub:
         for cls, conns in self.by_class.items():
             feed = self.feeds.get(cls)
             if feed is not None and conns:
-                self._push_all(list(conns), ws_frame(_enc.encode(feed.heartbeat())))
+                self._push_all(list(conns), self._frame(feed.heartbeat()))
         for acc, conns in self.by_account.items():
             if conns:
                 u = {ch: self.pu.get((acc, ch), 0) for ch in PRIVATE_CHANNELS}
-                self._push_all(list(conns), ws_frame(_enc.encode({"type": "heartbeat", "account": acc, "u": u})))
+                self._push_all(list(conns), self._frame({"type": "heartbeat", "account": acc, "u": u}))
 
     async def _heartbeats(self) -> None:
         while True:

@@ -27,6 +27,7 @@ leases or windows start or end at or before the new time (a heap of such moments
 from __future__ import annotations
 
 import heapq
+import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -77,6 +78,17 @@ DAY = 86_400
 TRADES_KEPT = 100  # recent trades kept for a trades snapshot
 CANDLES_KEPT = {"1m": 1440, "1h": 720}  # a day of minutes, a month of hours
 CANDLES_SENT = 100  # candles in a snapshot
+CHECKSUM_DEPTH = 10  # levels per side in a book message's checksum
+CHECKSUM_SIDES = ("asks", "bids", "spot_asks", "spot_bids")  # in this order (Kraken: asks, then bids)
+
+
+def book_checksum(level2: dict[str, list[list[int]]]) -> int:
+    """The ``checksum`` of a book message (docs/feeds.md): CRC-32 (zlib's, unsigned) of the ASCII
+    string of the top CHECKSUM_DEPTH levels of each side, best first, in CHECKSUM_SIDES order:
+    a level is ``price:gpus``, levels are joined by ``,`` and sides by ``|``.  ``level2`` is
+    `BookModel.level2`'s shape (sides sorted best first)."""
+    text = "|".join(",".join(f"{p}:{g}" for p, g in level2.get(side, ())[:CHECKSUM_DEPTH]) for side in CHECKSUM_SIDES)
+    return zlib.crc32(text.encode("ascii"))
 
 
 class _Ask:
@@ -272,6 +284,20 @@ class BookModel:
             "asks": [[p, lv[ASKS][p]] for p in sorted(lv[ASKS])],
             "spot_asks": [[p, lv[SPOT_ASKS][p]] for p in sorted(lv[SPOT_ASKS])],
         }
+
+    def checksum(self) -> int:
+        """`book_checksum` of the book as it stands (only the top levels are sorted)."""
+        lv = self.levels
+        parts = []
+        for side in (ASKS, BIDS, SPOT_ASKS, SPOT_BIDS):
+            d = lv[side]
+            high = side < ASKS
+            if len(d) > 4 * CHECKSUM_DEPTH:
+                top = (heapq.nlargest if high else heapq.nsmallest)(CHECKSUM_DEPTH, d)
+            else:
+                top = sorted(d, reverse=high)[:CHECKSUM_DEPTH]
+            parts.append(",".join([f"{p}:{d[p]}" for p in top]))
+        return zlib.crc32("|".join(parts).encode("ascii"))
 
     def take_deltas(self) -> dict[str, list[list[int]]]:
         """The levels whose size differs from the last `take_deltas`, as absolute sizes (0: the
@@ -552,6 +578,7 @@ class ClassFeed:
             m = self._next("book")
             m["action"] = "delta"
             m.update(deltas)
+            m["checksum"] = book.checksum()
             out.append(("book", m))
         if trades:
             m = self._next("trades")
@@ -619,6 +646,7 @@ class ClassFeed:
         channel, interval, kind = stream_parts(stream)
         if channel == "book":
             d.update(self.book.level2())
+            d["checksum"] = self.book.checksum()
         elif channel == "trades":
             d["trades"] = [trade_json(ev) for ev in self.stats.recent]
         elif channel == "ticker":

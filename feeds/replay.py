@@ -32,8 +32,16 @@ from aiohttp import web
 from feeds.hub import Conn, Hub
 from feeds.model import INTERVALS, BookModel, ClassFeed
 from feeds.recording import Recording, RecordingError, load, recording_dir
+from feeds.tables import (
+    CHANNEL_COLUMNS,
+    EVENT_COLUMNS,
+    Anonymizer,
+    ParquetOut,
+    channel_rows,
+    event_columns,
+    rows_to_columns,
+)
 from orderbook.codec import events_to_json
-from orderbook.types import EV_NAMES, EVENT_DTYPE, events
 
 __all__ = ["load", "book_at", "feed_at", "Recording", "RecordingError", "serve_replay", "main"]
 
@@ -309,63 +317,118 @@ class Progress:
             self.stream.flush()
 
 
-CSV_FIELDS = {
-    "book": ["class", "seq", "time", "u", "action", "side", "price", "gpus"],
-    "trades": ["class", "seq", "time", "u", "trade_seq", "trade_time", "trade_id", "kind", "gpus", "hours", "price",
-               "start", "end", "maker"],
-    "ticker": ["class", "seq", "time", "u", "best_bid", "best_bid_gpus", "best_ask", "best_ask_gpus", "best_spot_bid",
-               "best_spot_bid_gpus", "best_spot_ask", "best_spot_ask_gpus", "last", "last_time", "last_kind",
-               "volume_24h", "notional_24h", "vwap_24h", "trades_24h"],
-    "candles": ["class", "interval", "seq", "time", "u", "start", "open", "high", "low", "close", "volume", "notional",
-                "trades"],
-    "index": ["class", "seq", "time", "u", "value", "volume_24h", "trades_24h"],
-}
+CSV_FIELDS = CHANNEL_COLUMNS  # the columns of each channel's table (feeds/tables.py)
+EVENT_CHUNK = 65_536  # events per CSV write or Parquet row group
 
 
 def _csv_rows(msg: dict[str, Any]) -> Iterator[list[Any]]:
-    ch = msg["type"]
-    head = [msg["class"], msg["seq"], msg["time"], msg["u"]]
-    if ch == "book":
-        for side in ("bids", "spot_bids", "asks", "spot_asks"):
-            for price, gpus in msg.get(side, ()):
-                yield head + [msg["action"], side, price, gpus]
-    elif ch == "trades":
-        for t in msg["trades"]:
-            yield head + [t["seq"], t["time"], t["trade_id"], t["kind"], t["gpus"], t["hours"], t["price"],
-                          t["start"], t["end"], t["maker"]]
-    elif ch == "candles":
-        for c in msg["candles"]:
-            yield [msg["class"], msg["interval"]] + head[1:] + [c[k] for k in CSV_FIELDS["candles"][5:]]
-    else:
-        yield head + ["" if msg.get(k) is None else msg[k] for k in CSV_FIELDS[ch][4:]]
+    return channel_rows(msg)
 
 
 def _event_csv_header() -> list[str]:
-    return ["class", "type"] + [n for n in EVENT_DTYPE.names if n != "type"]
+    return list(EVENT_COLUMNS)
 
 
-def _write_events(out: io.TextIOBase, name: str, ev: np.ndarray, fmt: str, writer: Any) -> None:
-    if fmt == "jsonl":
-        lines = []
-        for d in events_to_json(ev):
-            lines.append(_enc.encode({"class": name, **d}).decode())
-        if lines:
-            out.write("\n".join(lines) + "\n")
-    else:
-        for row in events(ev):
-            writer.writerow([name, EV_NAMES.get(row.type, row.type)]
-                            + [v for field, v in zip(row._fields, row, strict=True) if field != "type"])
+def book_snapshots(rec: Recording, every: int, from_time: int | None = None,
+                   to_time: int | None = None) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(T, a book snapshot per class) at every multiple T of ``every`` engine seconds from the
+    recording's first round (or ``from_time``) to its last (or ``to_time``): each class's book
+    after every recorded round whose engine time is at most T, with ``time`` = T."""
+    if every < 1:
+        raise ValueError("the snapshot interval must be at least 1 second")
+    feeds = {name: ClassFeed(name) for name in rec.classes}
+    nxt: int | None = None
+
+    def snap(t: int) -> list[dict[str, Any]]:
+        out = []
+        for n in sorted(feeds):
+            m = feeds[n].snapshot("book")
+            m["time"] = t
+            out.append(m)
+        return out
+
+    last = None
+    for _rseq, _jseq, blocks in rec.drains():
+        when = max(b[1] for b in blocks)
+        if nxt is None:
+            first = when if from_time is None else max(from_time, when)
+            nxt = -(-first // every) * every
+        while nxt < when and (to_time is None or nxt <= to_time):
+            if from_time is None or nxt >= from_time:
+                yield nxt, snap(nxt)
+            nxt += every
+        for name, t, ev in blocks:
+            feeds[name].update(ev, t)
+        last = when
+    end = last if to_time is None else (to_time if last is None else max(last, to_time))
+    while nxt is not None and end is not None and nxt <= end:
+        yield nxt, snap(nxt)
+        nxt += every
 
 
-def run_replay(path: str | Path, out: TextIO, *, classes: Sequence[str] | None = None, channel: str = "events",
+class _Table:
+    """Rows out as CSV text or Parquet row groups: the same rows for both."""
+
+    def __init__(self, out: Any, fmt: str, columns: list[str]) -> None:
+        self.fmt = fmt
+        self.columns = columns
+        self.pending: list[list[Any]] = []
+        if fmt == "parquet":
+            self.parquet: ParquetOut | None = ParquetOut(out, columns)
+            self.writer = None
+        else:
+            self.parquet = None
+            self.writer = csv.writer(out, lineterminator="\n")
+            self.writer.writerow(columns)
+
+    def columns_out(self, cols: dict[str, Any]) -> None:
+        if self.parquet is not None:
+            self.parquet.write(cols)
+        else:
+            self.writer.writerows(zip(*(c.tolist() if isinstance(c, np.ndarray) else c  # type: ignore[union-attr]
+                                        for c in cols.values()), strict=True))
+
+    def rows_out(self, rows: Iterator[list[Any]]) -> None:
+        if self.parquet is None:
+            self.writer.writerows(rows)  # type: ignore[union-attr]
+            return
+        self.pending.extend(rows)
+        if len(self.pending) >= EVENT_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parquet is not None and self.pending:
+            self.parquet.write(rows_to_columns(self.pending, self.columns))
+            self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+        if self.parquet is not None:
+            self.parquet.close()
+
+
+def run_replay(path: str | Path, out: Any, *, classes: Sequence[str] | None = None, channel: str = "events",
                interval: str = "1m", from_time: int | None = None, to_time: int | None = None, speed: float = 0.0,
-               fmt: str = "jsonl", progress: Progress | bool | None = None) -> int:
-    """`gpux replay`: write the recording's events (or one channel's messages) to ``out``;
-    returns the number of events replayed."""
+               fmt: str = "jsonl", progress: Progress | bool | None = None, anonymize: bool | Anonymizer = False,
+               every: int | None = None) -> int:
+    """`gpux replay`: write the recording's events (or one channel's messages) to ``out`` (text,
+    or binary for ``fmt="parquet"``); returns the number of events (or messages) replayed.
+    ``anonymize`` replaces account and order ids (`feeds.tables.Anonymizer`); ``every`` (book
+    channel) writes each class's whole book every so many engine seconds instead of deltas."""
+    if fmt not in ("jsonl", "csv", "parquet"):
+        raise ValueError(f"unknown format {fmt!r}: jsonl, csv or parquet")
+    if fmt == "parquet" and speed > 0:
+        raise ValueError("--speed paces a stream: it does not apply to a Parquet file")
+    if every is not None and channel != "book":
+        raise ValueError("--every applies to --channel book only (whole-book snapshots)")
     rec = load(path, classes=classes, to_time=to_time, from_time=from_time if channel == "events" else None)
+    if anonymize and channel == "events":
+        anon = anonymize if isinstance(anonymize, Anonymizer) else Anonymizer()
+        rec.events = {name: anon.events(ev) for name, ev in rec.events.items()}
     total_blocks = len(rec.blocks)
     bar = progress if isinstance(progress, Progress) else Progress(total_blocks, enabled=bool(progress))
-    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    columns = EVENT_COLUMNS if channel == "events" else CHANNEL_COLUMNS[channel]
+    table = _Table(out, fmt, columns) if fmt != "jsonl" else None
     t0_wall = time.monotonic()
     t0_eng: int | None = None
     done = 0
@@ -382,32 +445,48 @@ def run_replay(path: str | Path, out: TextIO, *, classes: Sequence[str] | None =
                 time.sleep(delay)
 
     if channel == "events":
-        if writer is not None:
-            writer.writerow(_event_csv_header())
+        parts: list[tuple[str, np.ndarray]] = []
+        held = 0
+
+        def flush_parts() -> None:
+            nonlocal parts, held
+            if parts and table is not None:
+                table.columns_out(event_columns(parts))
+            parts, held = [], 0
+
         for _rseq, _jseq, blocks in rec.drains():
             pace(max(b[1] for b in blocks))
             for name, _t, ev in blocks:
                 if len(ev):
-                    _write_events(out, name, ev, fmt, writer)
+                    if table is None:
+                        lines = [_enc.encode({"class": name, **d}).decode() for d in events_to_json(ev)]
+                        out.write("\n".join(lines) + "\n")
+                    else:
+                        parts.append((name, ev))
+                        held += len(ev)
                     events += len(ev)
+            if held >= EVENT_CHUNK or (speed > 0 and held):
+                flush_parts()
             done += len(blocks)
             bar.update(done, events)
+        flush_parts()
     else:
         stream = f"candles:{interval}" if channel == "candles" else channel
-        if writer is not None:
-            writer.writerow(CSV_FIELDS[channel])
-        for when, msgs in messages(rec, [stream], from_time):
+        source = (book_snapshots(rec, every, from_time, to_time) if every is not None
+                  else messages(rec, [stream], from_time))
+        for when, msgs in source:
             if when:
                 pace(when)
             for m in msgs:
-                if writer is None:
+                if table is None:
                     out.write(_enc.encode(m).decode() + "\n")
                 else:
-                    for row in _csv_rows(m):
-                        writer.writerow(row)
+                    table.rows_out(channel_rows(m))
             done += 1
             events = done
             bar.update(min(done, total_blocks), events)
+    if table is not None:
+        table.close()
     bar.done(events)
     return events
 
@@ -423,8 +502,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", default="1m", choices=sorted(INTERVALS), help="candle interval (default 1m)")
     p.add_argument("--speed", type=float, default=0.0,
                    help="engine seconds per wall second (default 0: as fast as possible)")
-    p.add_argument("--format", dest="fmt", default="jsonl", choices=["jsonl", "csv"],
-                   help="output format: JSON lines (default) or CSV")
+    p.add_argument("--format", dest="fmt", default="jsonl", choices=["jsonl", "csv", "parquet"],
+                   help="output format: JSON lines (default), CSV or Parquet (pyarrow; needs --output or a "
+                        "redirected stdout)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument("--anonymize", action="store_true",
+                   help="replace account and order ids by keyed pseudonyms (HMAC-SHA256; key: $GPUX_ANONYMIZE_KEY, "
+                        "else random for this run)")
+    p.add_argument("--every", type=int, metavar="SECONDS",
+                   help="--channel book: each class's whole book every SECONDS of engine time instead of deltas")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
@@ -445,10 +531,32 @@ def main(args: argparse.Namespace) -> int:
         web.run_app(replay_app(args.path), host=host or "127.0.0.1", port=int(port), print=None)
         return 0
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    fmt = args.fmt
+    if fmt == "parquet" and args.output is None and sys.stdout.isatty():
+        print("gpux: error: Parquet is binary: give --output FILE or redirect stdout", file=sys.stderr)
+        return 2
+    if args.anonymize and args.channel != "events":
+        print("gpux: error: --anonymize applies to --channel events (the channels carry no account or order ids)",
+              file=sys.stderr)
+        return 2
+    kwargs = dict(classes=args.classes, channel=args.channel, interval=args.interval, from_time=t_from,
+                  to_time=t_to, speed=args.speed, fmt=fmt, progress=progress, anonymize=args.anonymize,
+                  every=args.every)
     try:
-        run_replay(args.path, sys.stdout, classes=args.classes, channel=args.channel, interval=args.interval,
-                   from_time=t_from, to_time=t_to, speed=args.speed, fmt=args.fmt, progress=progress)
+        if fmt == "parquet" and args.output is None:  # stdout may be a pipe: build the file in memory
+            buf = io.BytesIO()
+            run_replay(args.path, buf, **kwargs)
+            sys.stdout.buffer.write(buf.getvalue())
+            sys.stdout.buffer.flush()
+        elif args.output is not None:
+            with open(args.output, "wb" if fmt == "parquet" else "w", newline="" if fmt != "parquet" else None) as f:
+                run_replay(args.path, f, **kwargs)
+        else:
+            run_replay(args.path, sys.stdout, **kwargs)
     except RecordingError as e:
         print(f"\ngpux: error: {e}", file=sys.stderr)
         return 1
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"gpux: error: {e}", file=sys.stderr)
+        return 2
     return 0

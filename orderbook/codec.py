@@ -105,10 +105,18 @@ class LineError:
 
 
 # --- command wire types ----------------------------------------------------------------------
+ClassName = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")]
+ClientOrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
 class _Command(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
-    """Fields every command may carry.  A missing ``time`` is the book's current time."""
+    """Fields every command may carry.  A missing ``time`` is the book's current time.  ``class``
+    and ``client_order_id`` are not part of the record: `gpux simulate` routes the command to that
+    class's book and tags its events with both (docs/formats.md)."""
 
     time: Int64 | None = None
+    gpu_class: ClassName | None = msgspec.field(name="class", default=None)
+    client_order_id: ClientOrderId | None = None
 
 
 class AskMsg(_Command, tag="ask", kw_only=True):
@@ -175,19 +183,40 @@ class CommandDecoder:
     bid without ``oid`` gets the next one).  A line that fails to decode changes neither.
     """
 
-    def __init__(self, time: int = 0, last_oid: int = 0) -> None:
-        self.time = time
+    def __init__(self, time: int = 0, last_oid: int = 0, default_class: str = "") -> None:
         self.last_oid = last_oid
+        self.default_class = default_class
+        self.times: dict[str, int] = {default_class: time}  # latest time per class (lines with "class")
+
+    @property
+    def time(self) -> int:
+        """The latest time seen for the default class."""
+        return self.times.get(self.default_class, 0)
+
+    @time.setter
+    def time(self, value: int) -> None:
+        self.times[self.default_class] = value
 
     def decode_tuple(self, line: bytes | str) -> Command:
         """One line -> the fields of a COMMAND_DTYPE record."""
+        return self.decode_line(line)[0]
+
+    def decode_line(self, line: bytes | str) -> tuple[Command, str | None, str | None]:
+        """One line -> (the fields of a COMMAND_DTYPE record, its ``class`` or None, its
+        ``client_order_id`` or None).  Times are kept per class: a line without ``time`` takes
+        the latest time seen on an earlier line of its class (no ``class``: the default one), or
+        for a class's first line the latest time of any class."""
         try:
             msg = _command_decoder.decode(line)
         except msgspec.ValidationError as e:
             raise CodecError(R.MALFORMED, str(e)) from None
         except msgspec.DecodeError as e:
             raise CodecError(R.MALFORMED, str(e)) from None
-        time = self.time if msg.time is None else msg.time
+        key = self.default_class if msg.gpu_class is None else msg.gpu_class
+        latest = self.times.get(key)
+        if latest is None:  # a class's first line: the latest time of any class
+            latest = max(self.times.values(), default=0)
+        time = latest if msg.time is None else msg.time
         if isinstance(msg, AskMsg):
             rec = Command(time=time, oid=self._next_oid(msg.oid), account=msg.account, price=msg.price,
                           spot_price=msg.spot_price, start=msg.start, end=msg.end, lease_id=msg.lease_id,
@@ -204,8 +233,8 @@ class CommandDecoder:
             rec = Command(time=time, type=CMD_CLOCK)
         else:
             rec = Command(time=time, account=msg.account, lease_id=msg.lease_id, type=CMD_RELEASE)
-        self.time = max(self.time, time)
-        return rec
+        self.times[key] = max(latest, time)
+        return rec, msg.gpu_class, msg.client_order_id
 
     def decode(self, line: bytes | str) -> np.void:
         """One line -> a COMMAND_DTYPE record; raises CodecError."""
@@ -401,6 +430,14 @@ _COMPILED = {
     for k, specs in _LAYOUTS.items()
 }
 _OTHER = [(name, attrgetter(name)) for name in _EV_FIELDS if name != "type"]
+
+
+def event_enums(ev_type: int, is_bid: bool) -> dict[str, dict[int, str]]:
+    """The enumerated record fields that mean something for an event type (a bid's or not), each
+    with its names (code -> name), as `event_to_json` writes them: what the tables of `gpux replay`
+    write by name (feeds/tables.py)."""
+    return {field: _enum_names(enum) for _key, field, enum, _always in _LAYOUTS.get((ev_type, is_bid), ())
+            if enum is not None}
 
 
 def event_json(ev: Event) -> dict[str, Any]:

@@ -198,3 +198,97 @@ def test_simulate_answers_each_line_while_input_is_open() -> None:
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+
+
+def _multi_class_lines() -> list[dict]:
+    """Two classes in one run: asks and bids on H100 (the default: some lines name it, some do
+    not) and A100, most with a client_order_id, a clock per class."""
+    t = 1_767_225_600
+    return [
+        {"type": "ask", "time": t, "account": 1, "gpus": 16, "price": 2_000_000, "spot_price": 1_200_000,
+         "end": t + 86_400, "client_order_id": "h-ask-1"},
+        {"type": "ask", "time": t, "account": 2, "gpus": 8, "price": 1_100_000, "end": t + 86_400, "class": "A100",
+         "client_order_id": "a-ask-1"},
+        {"type": "bid", "time": t + 60, "account": 101, "kind": "spot", "gpus": 8, "hours": 3, "limit": 1_250_000,
+         "class": "H100", "client_order_id": "h-spot"},
+        {"type": "bid", "time": t + 60, "account": 102, "kind": "on_demand", "gpus": 4, "hours": 2,
+         "limit": 1_200_000, "class": "A100", "client_order_id": "a-od"},
+        {"type": "bid", "account": 103, "kind": "on_demand", "gpus": 16, "hours": 2, "limit": 2_050_000,
+         "tif": "IOC", "client_order_id": "h-od"},
+        {"type": "bid", "account": 104, "kind": "on_demand", "gpus": 8, "hours": 1, "limit": 1_000_000,
+         "class": "A100"},
+        {"type": "clock", "time": t + 7_200, "class": "A100"},
+        {"type": "cancel", "account": 2, "oid": 2, "class": "A100", "client_order_id": "a-cancel"},
+        {"type": "clock", "time": t + 3_600},
+    ]
+
+
+@pytest.mark.parametrize("batch", ["4096", "1"])
+def test_simulate_spans_classes_and_tags_events_with_client_order_ids(engine: str, batch: str) -> None:
+    lines = _multi_class_lines()
+    proc = gpux("simulate", "--engine", engine, "--batch", batch, stdin="\n".join(map(json.dumps, lines)).encode())
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = _lines(proc.stdout)
+    assert all(d["type"] != "error" for d in out)
+
+    # each class's events are its own book's: numbered from 1 (R15), and the same as a run of that
+    # class's lines alone (without the two new fields)
+    for cls in ("H100", "A100"):
+        mine = [d for d in out if d.get("class", "H100") == cls]
+        assert [d["seq"] for d in mine] == list(range(1, len(mine) + 1))
+        # order ids are given out across the run (one sequence, as the exchange does): the lone run
+        # gets them written out
+        alone_in, oid = [], 0
+        for d in lines:
+            oid += d["type"] in ("ask", "bid")
+            if d.get("class", "H100") == cls:
+                d = {k: v for k, v in d.items() if k not in ("class", "client_order_id")}
+                alone_in.append({**d, "oid": oid} if d["type"] in ("ask", "bid") else d)
+        alone = gpux("simulate", "--engine", engine, "--class", cls,
+                     stdin="\n".join(map(json.dumps, alone_in)).encode())
+        assert [{k: v for k, v in d.items() if k not in ("class", "client_order_id")} for d in mine] == \
+            _lines(alone.stdout)
+
+    # events carry the class and client_order_id of the line that produced them, and only those
+    by_coid: dict[str, list[dict]] = {}
+    for d in out:
+        if "client_order_id" in d:
+            by_coid.setdefault(d["client_order_id"], []).append(d)
+    assert set(by_coid) == {d["client_order_id"] for d in lines if "client_order_id" in d}
+    for line in lines:
+        coid = line.get("client_order_id")
+        if coid is None:
+            continue
+        evs = by_coid[coid]
+        assert all(("class" in e) == ("class" in line) and e.get("class") == line.get("class") for e in evs)
+        head = evs[0]
+        assert head["type"] in ("accepted", "cancelled", "rejected")
+        if line["type"] in ("ask", "bid"):
+            assert head["type"] == "accepted" and head["account"] == line["account"]
+    assert [e["type"] for e in by_coid["h-od"]] == ["accepted", "trade", "preempted"]  # R12: the spot lease
+    assert [e["type"] for e in by_coid["a-od"]] == ["accepted", "trade"]
+    assert by_coid["a-od"][1]["price"] == 1_100_000 and by_coid["a-od"][1]["ask_oid"] == by_coid["a-ask-1"][0]["oid"]
+    assert [e["type"] for e in by_coid["a-cancel"]] == ["cancelled"]
+    untagged = [d for d in out if "client_order_id" not in d]
+    assert [(d.get("class"), d["type"], d["account"]) for d in untagged] == [("A100", "accepted", 104)]
+
+
+def test_simulate_refuses_an_unknown_class_or_a_bad_client_order_id(tmp_path: Path) -> None:
+    t = 1_767_225_600
+    lines = [
+        {"type": "ask", "time": t, "account": 1, "gpus": 8, "price": 2_000_000, "end": t + 86_400},
+        {"type": "ask", "time": t, "account": 1, "gpus": 8, "price": 2_000_000, "end": t + 86_400, "class": "B200"},
+        {"type": "ask", "time": t, "account": 1, "gpus": 8, "price": 2_000_000, "end": t + 86_400,
+         "client_order_id": "no spaces"},
+        {"type": "ask", "time": t, "account": 1, "gpus": 8, "price": 1_000_000, "end": t + 86_400, "class": "A100"},
+    ]
+    proc = gpux("simulate", "--engine", "reference", "--config", str(INSTRUMENTS),
+                stdin="\n".join(map(json.dumps, lines)).encode())
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = _lines(proc.stdout)
+    errors = [d for d in out if d["type"] == "error"]
+    assert [(e["line"], e["reason"]) for e in errors] == [(2, "MALFORMED"), (3, "MALFORMED")]
+    assert "no GPU class 'B200'" in errors[0]["message"] and "$.class" in errors[0]["message"]
+    assert "$.client_order_id" in errors[1]["message"]
+    # the refused lines used no order id: the A100 ask is order 2
+    assert [(d.get("class"), d["oid"]) for d in out if d["type"] == "accepted"] == [(None, 1), ("A100", 2)]

@@ -284,22 +284,27 @@ class RateLimiter:
 TokenBucket = RateLimiter  # the same thing: one bucket per key
 
 
+# (key id, clock) -> the last timestamp any Signer of this process gave the key on that clock
+_LAST_TS: dict[tuple[str, Callable[[], int]], int] = {}
+_LAST_LOCK = threading.Lock()
+
+
 class Signer:
-    """Client side: signs requests with one key, with timestamps strictly increasing per Signer
-    (a clock that repeats or goes back gives last + 1 ms), so two identical requests in the same
-    millisecond never share a signature."""
+    """Client side: signs requests with one key, with timestamps strictly increasing per key
+    across every Signer of the process on the same clock (a clock that repeats or goes back gives
+    last + 1 ms), so two identical requests in the same millisecond never share a signature — e.g.
+    a trading session's and a market-data session's logins, whose signed text is the same."""
 
     def __init__(self, key_id: str, secret: str, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
         self.key_id = key_id
         self._secret = secret
         self._clock_ms = clock_ms
-        self._last = -1
-        self._lock = threading.Lock()
 
     def next_timestamp(self) -> int:
-        with self._lock:
-            ts = max(int(self._clock_ms()), self._last + 1)
-            self._last = ts
+        mine = (self.key_id, self._clock_ms)
+        with _LAST_LOCK:
+            ts = max(int(self._clock_ms()), _LAST_TS.get(mine, -1) + 1)
+            _LAST_TS[mine] = ts
             return ts
 
     def headers(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:

@@ -14,6 +14,8 @@ from gateway.auth import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     STATUS,
+    WS_METHOD,
+    WS_PATH,
     AuthError,
     RateLimiter,
     ReplayGuard,
@@ -404,3 +406,17 @@ def test_signer_hides_the_secret() -> None:
     signer = Signer(KEY_ID, SECRET)
     assert SECRET not in repr(signer) and SECRET not in str(signer)
     assert KEY_ID in repr(signer)
+
+
+def test_two_signers_of_one_key_never_sign_the_same_login_in_one_millisecond() -> None:
+    """A trading session and a market-data session log in with the same key: the signed text is
+    the same, so on a clock that stands still the second login would be REPLAYED unless the
+    process's signers share the key's last timestamp (docs/auth.md, step 5)."""
+    def still() -> int:
+        return T0
+
+    v = make_verifier(Clock(T0))
+    first, second = Signer(KEY_ID, SECRET, clock_ms=still).ws_auth(), Signer(KEY_ID, SECRET, clock_ms=still).ws_auth()
+    assert first["ts"] == T0 and second["ts"] == T0 + 1
+    for m in (first, second):
+        assert v.verify(m["key"], m["ts"], m["sig"], WS_METHOD, WS_PATH, b"").account_id == 7

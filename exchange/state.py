@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -46,7 +45,7 @@ from orderbook.types import (
     Event,
 )
 
-MAX_CLOSED_ORDERS = 200_000  # closed orders remembered for status queries (oldest forgotten first)
+MAX_CLOSED_ORDERS = 200_000  # closed orders remembered for status queries (the lowest order ids forgotten first)
 MAX_COIDS = 1_000_000  # client order ids remembered for idempotent retries (oldest forgotten first)
 # an ended lease is remembered (GET /v1/leases, the private leases channel, answers) this long
 # after its end, by its class's engine time; the ledger keeps every lease's money for good
@@ -124,7 +123,10 @@ class ExchangeState:
         self.instruments = instruments
         self.orders: dict[int, OrderInfo] = {}
         self.open_by_account: dict[int, set[int]] = {}
-        self.closed: deque[int] = deque()
+        # closed orders remembered for status queries: a min-heap of their ids, so the oldest orders
+        # are forgotten first whatever order they closed in (a replay in other batches closes the
+        # orders of different classes in another order, and must remember the same ones)
+        self.closed: list[int] = []
         self.leases: dict[str, LeaseInfo] = {}
         self.leases_by_account: dict[int, dict[str, None]] = {}  # refs, in trade order
         self._forget_at: dict[str, list[tuple[int, int]]] = {}  # per class: heap of (end + retention, trade id)
@@ -285,9 +287,9 @@ class ExchangeState:
             s.discard(o.oid)
             if not s:
                 del self.open_by_account[o.account]
-        self.closed.append(o.oid)
+        heapq.heappush(self.closed, o.oid)
         if len(self.closed) > MAX_CLOSED_ORDERS:
-            self.orders.pop(self.closed.popleft(), None)
+            self.orders.pop(heapq.heappop(self.closed), None)
 
     # ------------------------------------------------------------------ snapshots
     def to_data(self) -> StateData:
@@ -335,7 +337,8 @@ class ExchangeState:
         for o in data.orders:
             if o.status == "open":
                 self.open_by_account.setdefault(o.account, set()).add(o.oid)
-        self.closed = deque(data.closed)
+        self.closed = list(data.closed)
+        heapq.heapify(self.closed)
         self.leases = {}
         self.leases_by_account = {}
         self._forget_at = {}

@@ -185,7 +185,8 @@ class Engine:
                     spans_of = split_events(sub, ev_list)
                 else:
                     spans_of = split_event_array(is_clock[lo], hi - lo, part)
-                owned = state.apply(name, sub, ev_list, coids[lo:hi] if coids else None, spans=spans_of)
+                owned = state.apply(name, sub, ev_list, coids[lo:hi] if coids else None, spans=spans_of,
+                                    order=idx[lo:hi] if coids else None)
                 if want:
                     for k in range(lo, hi):
                         a, b = owned[k - lo]
@@ -198,6 +199,7 @@ class Engine:
             money.apply_class(name, events, answers_of.pop(name, []), tick)
             if tick:
                 state.prune(name, tick)
+        state.flush_coids()  # the client order ids' first answers, in journal order
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
             money.apply_class(name, None, answers, 0)
         for i in funds:

@@ -131,6 +131,7 @@ class ExchangeState:
         self.leases_by_account: dict[int, dict[str, None]] = {}  # refs, in trade order
         self._forget_at: dict[str, list[tuple[int, int]]] = {}  # per class: heap of (end + retention, trade id)
         self.coids: dict[tuple[int, str], bytes] = {}  # (account, client_order_id) -> first answer
+        self._pending_coids: list[tuple[int, tuple[int, str], bytes]] = []  # (journal place, key, answer)
         self.halted: set[str] = set()
         self._fee_bps = {name: hold_fee_bps(i.maker_fee_bps, i.taker_fee_bps) for name, i in instruments.items()}
 
@@ -173,7 +174,8 @@ class ExchangeState:
 
     # ------------------------------------------------------------------ applying events
     def apply(self, book: str, commands: list[Command] | None, events: list[Event],
-              coids: list[str] | None = None, spans: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+              coids: list[str] | None = None, spans: list[tuple[int, int]] | None = None,
+              order: list[int] | None = None) -> list[tuple[int, int]]:
         """Apply one book's commands and the events they produced; returns the spans of
         `split_events` (or ``spans``, when the caller has them: `split_event_array`).
         ``coids[i]`` is the client order id command i carried ('' none); the first answer to
@@ -195,10 +197,28 @@ class ExchangeState:
             if coid:
                 key = (commands[i].account, coid)
                 if key not in self.coids:
-                    self.coids[key] = encode_answer(book, commands[i], events[a:b], self.orders, self.leases)
-                    if len(self.coids) > MAX_COIDS:
-                        del self.coids[next(iter(self.coids))]
+                    answer = encode_answer(book, commands[i], events[a:b], self.orders, self.leases)
+                    if order is None:
+                        self._remember_coid(key, answer)
+                    else:  # remembered in journal order by `flush_coids`
+                        self._pending_coids.append((order[i], key, answer))
         return spans
+
+    def flush_coids(self) -> None:
+        """Remember the first answers `apply` set aside (``order``: the command's place in the
+        journal), in journal order.  One `Engine.apply` handles its entries book by book, so this
+        keeps the order in which client order ids are forgotten (the oldest first, past
+        MAX_COIDS) the same whatever the batches were (live, or a replay's chunks)."""
+        pending, self._pending_coids = self._pending_coids, []
+        pending.sort(key=lambda p: p[0])
+        for _, key, answer in pending:
+            if key not in self.coids:
+                self._remember_coid(key, answer)
+
+    def _remember_coid(self, key: tuple[int, str], answer: bytes) -> None:
+        self.coids[key] = answer
+        if len(self.coids) > MAX_COIDS:
+            del self.coids[next(iter(self.coids))]
 
     def _event(self, book: str, inst: Instrument, ev: Event, coid: str) -> None:
         t = ev.type

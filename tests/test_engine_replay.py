@@ -569,3 +569,22 @@ def test_the_closed_orders_remembered_do_not_depend_on_the_batches(monkeypatch) 
     assert (a[:3], a[4:]) == (b[:3], b[4:])
     kept = sorted(whole.state.closed)
     assert all(whole.state.orders[oid].status != "open" for oid in kept)
+
+
+def test_the_client_order_ids_remembered_do_not_depend_on_the_batches(monkeypatch) -> None:
+    """Past MAX_COIDS the oldest client order ids are forgotten.  One apply handles its entries
+    book by book; the first answers are remembered in journal order all the same, so live
+    batches and a replay's chunks forget the same ones, in the same order."""
+    import exchange.state as state_module
+
+    monkeypatch.setattr(state_module, "MAX_COIDS", 30)
+    entries = exchange_entries(12, n=400)
+    whole = Engine(INSTRUMENTS, "numba")
+    whole.apply(entries)
+    pieces = Engine(INSTRUMENTS, "numba")
+    apply_in_batches(pieces, entries, random.Random(6), most=9)
+    assert len(whole.state.coids) == 30
+    assert list(whole.state.coids.items()) == list(pieces.state.coids.items())
+    # the ones kept are the last 30 journaled with an id
+    journaled = [(e.book, e.coid) for e in entries if type(e) is Cmd and e.coid]
+    assert [coid for _, coid in journaled[-30:]] == [coid for _, coid in whole.state.coids]

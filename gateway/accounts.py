@@ -121,8 +121,12 @@ def new_key_id() -> str:
 
 
 def new_secret() -> str:
-    """32 random bytes, url-safe base64 (43 characters)."""
-    return secrets.token_urlsafe(32)
+    """32 random bytes, url-safe base64 (43 characters), never beginning with "-": after
+    ``--secret`` on a command line such a secret would be read as an option (1 secret in 64)."""
+    while True:
+        s = secrets.token_urlsafe(32)
+        if s[0] != "-":
+            return s
 
 
 def check_name(name: str) -> str:

@@ -413,3 +413,13 @@ def test_cli_ssh_key_from_file_or_text(tmp_path: Path, capsys: pytest.CaptureFix
     with AccountStore(accounts_path(data)) as s:
         assert s.ssh_key(1) == SSH_KEY and s.ssh_key(2) == SSH_KEY
         assert s.account("carol") is None
+
+
+def test_a_new_secret_never_begins_with_a_dash() -> None:
+    """`gpux settle --secret S` (and agent, bid...): a secret beginning with "-" is read as an
+    option by the command line; url-safe base64 begins with one in 64 secrets.  CI met it."""
+    from gateway.accounts import new_secret
+
+    drawn = [new_secret() for _ in range(2000)]
+    assert all(s[0] != "-" and len(s) == 43 for s in drawn)
+    assert len(set(drawn)) == 2000

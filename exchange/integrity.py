@@ -424,8 +424,8 @@ class SegmentVerifier:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
         except BaseException as e:  # reported unhealthy, never running on half-alive
+            log.critical("the journal verifier stopped: %r", e, exc_info=True)  # (logged before /healthz says so)
             self.failed = e
-            log.critical("the journal verifier stopped: %r", e, exc_info=True)
 
     def _pause(self) -> None:
         time.sleep(0.001)  # hand the interpreter to the order path

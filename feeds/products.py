@@ -94,24 +94,21 @@ def bids(orders: Iterable[Any], p: Product) -> list[list[int]]:
     return [[price, levels[price]] for price in sorted(levels, reverse=True)]
 
 
-def quotes(levels: list[list[int]], block: int) -> list[dict[str, Any]]:
-    """What filling each standard size (``SIZES`` blocks) would cost now, from a product's ask
-    levels (the fills of its biggest bid, in the order a bid takes them): ``limit``, the price of
-    the last GPU taken (what a bid needs as its limit), and ``average`` (rounded down), or both
-    null when the levels hold fewer GPUs — as GET /v1/quote would answer for that many GPUs."""
+def quotes(book: Any, cfg: BookConfig, now: int, p: Product) -> list[dict[str, Any]]:
+    """What filling each standard size (``SIZES`` blocks) of the product would cost now: the
+    book's own quote (GET /v1/quote) — ``limit``, the highest price among its fills (what a bid
+    needs as its limit), and ``average`` (rounded down) — or both null when it would not fill."""
     out = []
     for n in SIZES:
-        want, cost, limit = n * block, 0, None
-        for price, gpus in levels:
-            take = min(gpus, want)
-            cost += take * price
-            want -= take
-            limit = price
-            if not want:
-                break
-        full = not want
-        out.append({"gpus": n * block, "limit": limit if full else None,
-                    "average": cost // (n * block) if full else None})
+        gpus = n * p.block
+        limit = average = None
+        if gpus <= cfg.max_gpus and not bid_code(cfg, now, p.kind, IOC, gpus, p.hours, cfg.max_price, p.block,
+                                                 p.start, 0):
+            q = book.quote(p.kind, gpus, p.hours, start=p.start, block=p.block)
+            if q.complete:
+                limit = max(f.price for f in q.fills)
+                average = q.cost // (q.filled * p.hours)
+        out.append({"gpus": gpus, "limit": limit, "average": average})
     return out
 
 
@@ -124,5 +121,5 @@ def product_books(book: Any, cfg: BookConfig, now: int, open_bids: list[Any], de
         out.append({"product": p.id, "kind": KIND_NAMES[p.kind], "hours": p.hours, "block": p.block,
                     "start": p.start or None, "best_bid": b[0][0] if b else None,
                     "best_ask": a[0][0] if a else None, "bids": b[:depth], "asks": a[:depth],
-                    "quotes": quotes(a, p.block)})
+                    "quotes": quotes(book, cfg, now, p)})
     return out

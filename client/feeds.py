@@ -6,6 +6,10 @@ and resubscription.  Works on the live feed (``/v1/feeds``) and on replay (``/v1
         await fc.subscribe("trades", "H100")
         ...
         fc.books["H100"].level2()     # {"bids": [[price, gpus], ...], "asks": ..., ...}
+        await fc.subscribe("products", "H100")       # live only: the executable books ...
+        fc.products["H100"]["on_demand:24h:x1"]      # {"best_bid", "best_ask", "bids", "asks", ...}
+        await fc.subscribe("quotes", "H100")         # ... and the standard sizes' quotes
+        fc.quotes["H100"]["spot:8h:x8"]              # [{"gpus", "limit", "average"}, ...]
 
 Gap rule (docs/feeds.md): every message of a stream carries ``u``, one more than the stream's
 previous message; a snapshot carries the current ``u``.  A message whose ``u`` is not the last
@@ -80,6 +84,9 @@ class FeedClient:
         self.drop = drop  # tests: return True to lose a message on purpose
         self.on_message = on_message
         self.books: dict[str, Level2] = {}
+        # the products' books and size quotes of each class (live only): class -> product id -> ...
+        self.products: dict[str, dict[str, dict[str, Any]]] = {}
+        self.quotes: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.last_u: dict[tuple[Any, str], int] = {}  # (class or account, stream) -> last u
         self.subs: dict[tuple[Any, str], dict[str, Any]] = {}  # the subscribe op of each stream
         self.pending: set[tuple[Any, str]] = set()  # resubscribed, waiting for the snapshot
@@ -237,12 +244,26 @@ class FeedClient:
                 self._resubscribe(key)
                 return
             self.last_u[key] = m["u"]
-        if key[1] == "book":
+        if key[1] in ("products", "quotes"):
+            self._products(m)
+        elif key[1] == "book":
             book = self.books.setdefault(m["class"], Level2())
             book.apply(m)
             if "checksum" in m and book.checksum() != m["checksum"]:
                 self.checksum_errors += 1  # this copy went wrong: start again from a snapshot
                 self._resubscribe(key)
+
+    def _products(self, m: dict[str, Any]) -> None:
+        """A products or quotes message: a snapshot replaces the class's copy, an update replaces
+        the rows it lists, whole, and drops the products in ``removed``."""
+        t, cls = m["type"], m["class"]
+        store = self.products if t == "products" else self.quotes
+        mine = {} if m["action"] == "snapshot" else store.setdefault(cls, {})
+        for gone in m.get("removed", ()):
+            mine.pop(gone, None)
+        for row in m[t]:
+            mine[row["product"]] = row if t == "products" else row["quotes"]
+        store[cls] = mine
 
     def _heartbeat(self, m: dict[str, Any]) -> None:
         owner = m.get("class", m.get("account"))

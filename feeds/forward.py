@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from feeds.products import size_quote
 from orderbook import reasons as R
 from orderbook.config import BookConfig
-from orderbook.rules import bid_code
-from orderbook.types import IOC, RESERVED, Event
+from orderbook.types import RESERVED, Event
 
 DAY = 86_400
 
@@ -48,15 +48,7 @@ def curve(book: Any, cfg: BookConfig, now: int, trades: Iterable[Event], days: i
     out = []
     for k in range(days):
         start = d0 + k * DAY
-        code = bid_code(cfg, now, RESERVED, IOC, gpus, hours, cfg.max_price, 1, start, 0)
-        best = average = None
-        if not code:
-            q = book.quote(RESERVED, gpus, hours, start=start)
-            if q.complete:
-                best = max(f.price for f in q.fills)
-                average = q.cost // (q.filled * hours)
-            else:
-                code = q.reason
+        best, average, code = size_quote(book, cfg, now, RESERVED, gpus, hours, start=start)
         notional, gpu_hours, n = traded.get(start, (0, 0, 0))
         out.append({"start": start, "best": best, "average": average, "reason": R.reason_name(code) if code else None,
                     "traded_vwap": notional // gpu_hours if gpu_hours else None,

@@ -38,6 +38,8 @@ from aiohttp import WSMsgType, web
 from exchange.clock import WALL, Clock
 from exchange.supervise import supervise
 from feeds.model import CHANNELS, KIND_CHANNELS, KINDS, ClassFeed, stream_name
+from feeds.products import STREAMS as LIVE_CHANNELS
+from feeds.products import ProductFeed
 from gateway.auth import RateLimiter
 from gateway.sendbuffer import CLOSE_GRACE_S, SendBuffer, Sender, ws_frame
 from gateway.wire import request_id
@@ -144,6 +146,10 @@ class Hub:
         self._stopping_hb = False
         self.stats = {"messages": 0, "frames": 0, "bytes": 0, "cut_off": 0, "connections_total": 0}
         self.on_first_subscribe: Callable[[Conn], None] | None = None
+        # the products' streams of each class (feeds.products), where the book itself is at hand
+        # (a live exchange; not a replay), and what to call when someone subscribes to them
+        self.live: dict[str, ProductFeed] = {}
+        self.on_live: Callable[[str], None] | None = None
         # the subscribers' send buffers: one write per connection per turn, cut off past max_buffer
         self.sends = Sender(max_buffer, close_grace_s, clock, stats=self.stats, stat="cut_off", on_cut=self._drop,
                             log=log, label="feed subscriber")
@@ -288,7 +294,11 @@ class Hub:
         for cls, conns in self.by_class.items():
             feed = self.feeds.get(cls)
             if feed is not None and conns:
-                self._push_all(list(conns), self._frame(feed.heartbeat()))
+                hb = feed.heartbeat()
+                live = self.live.get(cls)
+                if live is not None:
+                    hb["u"].update(live.u)
+                self._push_all(list(conns), self._frame(hb))
         for acc, conns in self.by_account.items():
             if conns:
                 u = {ch: self.pu.get((acc, ch), 0) for ch in PRIVATE_CHANNELS}
@@ -356,7 +366,8 @@ class Hub:
         self.conns.add(c)
         try:
             self._push(c, {"type": "hello", **self.hello, "classes": sorted(self.feeds),
-                           "channels": list(CHANNELS), "private": list(PRIVATE_CHANNELS) if self.private else []})
+                           "channels": list(CHANNELS) + (list(LIVE_CHANNELS) if self.live else []),
+                           "private": list(PRIVATE_CHANNELS) if self.private else []})
             async for msg in ws:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     if c.closed:
@@ -405,7 +416,13 @@ class Hub:
                 raise OpError("MALFORMED", "private channels take no class, interval or kind: they cover the "
                                            "account's orders in every class")
             return "", op.channel, True
-        stream = stream_name(op.channel, op.interval, op.kind)
+        if op.channel in LIVE_CHANNELS:
+            if op.interval is not None or op.kind is not None:
+                raise OpError("MALFORMED", f"{op.channel} takes no interval or kind")
+            if not self.live:
+                raise OpError("UNKNOWN_CHANNEL", f"{op.channel} is computed from the live book: it is not "
+                                                 "replayed (docs/feeds.md, \"Products\")")
+        stream = op.channel if op.channel in LIVE_CHANNELS else stream_name(op.channel, op.interval, op.kind)
         if stream is None:
             if op.channel in CHANNELS and op.kind is not None and op.channel not in KIND_CHANNELS:
                 raise OpError("MALFORMED", f"{op.channel} takes no kind (only {' and '.join(KIND_CHANNELS)} do)")
@@ -414,8 +431,8 @@ class Hub:
             if op.channel in CHANNELS:
                 raise OpError("MALFORMED", f"interval {op.interval!r} is not one of 1m, 1h"
                               if op.channel == "candles" else f"{op.channel} takes no interval")
-            raise OpError("UNKNOWN_CHANNEL", f"no channel {op.channel!r}; channels: "
-                                             f"{', '.join(CHANNELS + PRIVATE_CHANNELS)}")
+            served = CHANNELS + (LIVE_CHANNELS if self.live else ()) + PRIVATE_CHANNELS
+            raise OpError("UNKNOWN_CHANNEL", f"no channel {op.channel!r}; channels: {', '.join(served)}")
         if op.gpu_class is None:
             raise OpError("MALFORMED", f"channel {op.channel} needs a class")
         if op.gpu_class not in self.feeds:
@@ -440,20 +457,51 @@ class Hub:
         else:
             if (cls, stream) not in c.subs and len(c.subs) >= self.max_subscriptions:
                 raise OpError("TOO_MANY_SUBSCRIPTIONS", f"at most {self.max_subscriptions} per connection")
-            self.subscribe(c, cls, stream)
             ack: dict[str, Any] = {"type": "subscribed", "id": op.id, "channel": op.channel, "class": cls}
             if op.channel == "candles":
                 ack["interval"] = stream.split(":")[1]
             if op.kind is not None:
                 ack["kind"] = op.kind
-            self._push(c, ack)
-            self._push(c, self.feeds[cls].snapshot(stream))
+            if stream in LIVE_CHANNELS:
+                self._subscribe_live(c, cls, stream, ack)
+            else:
+                self.subscribe(c, cls, stream)
+                self._push(c, ack)
+                self._push(c, self.feeds[cls].snapshot(stream))
         if first and self.on_first_subscribe is not None:
             self.on_first_subscribe(c)
+
+    def _subscribe_live(self, c: Conn, cls: str, stream: str, ack: dict[str, Any]) -> None:
+        """A products stream: its snapshot as last computed; never computed yet, the snapshot
+        follows the first computation (`deliver_live`) and no update comes before it."""
+        live = self.live[cls]
+        self._push(c, ack)
+        snap = live.snapshot(stream)
+        if snap is None:
+            if (c, stream) not in live.waiting:
+                live.waiting.append((c, stream))
+        else:
+            self.subscribe(c, cls, stream)
+            self._push(c, snap)
+        if self.on_live is not None:
+            self.on_live(cls)  # recomputed now if the book moved since
+
+    def deliver_live(self, cls: str) -> None:
+        """After a class's products were computed: the snapshots of those waiting for one."""
+        live = self.live[cls]
+        waiting, live.waiting = live.waiting, []
+        for c, stream in waiting:
+            if not c.closed:
+                self.subscribe(c, cls, stream)
+                self._push(c, live.snapshot(stream))  # type: ignore[arg-type]
 
     def _unsubscribe(self, c: Conn, op: UnsubscribeOp) -> None:
         cls, stream, private = self._target(op)
         done = self.unsubscribe_private(c, stream) if private else self.unsubscribe(c, cls, stream)
+        live = self.live.get(cls)
+        if live is not None and (c, stream) in live.waiting:
+            live.waiting.remove((c, stream))
+            done = True
         ack: dict[str, Any] = {"type": "unsubscribed", "id": op.id, "channel": op.channel, "was_subscribed": done}
         if not private:
             ack["class"] = cls

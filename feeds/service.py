@@ -44,7 +44,7 @@ from feeds.forward import curve
 from feeds.history import TradeHistory, candles, merge_live
 from feeds.hub import AuthOp, Hub, OpError
 from feeds.model import DAY, INTERVALS, KIND_CODES, KINDS, BookModel, ClassFeed, trade_json
-from feeds.products import parse, product_books
+from feeds.products import INTERVAL_S, RESERVED_DAYS, BidLadders, ProductFeed, parse
 from feeds.recorder import Recorder, catch_up, open_recorder
 from feeds.recording import RecordingError, recent
 from feeds.replay import parse_time
@@ -77,7 +77,7 @@ class FeedService:
     ``verifier`` checks the private channels' auth messages."""
 
     def __init__(self, engine: Engine, bus: Bus, cfg: ServerConfig, verifier: Verifier, record: bool = True,
-                 clock: Clock = WALL, **hub_options: Any) -> None:
+                 clock: Clock = WALL, products_interval_s: float = INTERVAL_S, **hub_options: Any) -> None:
         eng = engine
         self.engine = eng
         self.cfg = cfg
@@ -91,6 +91,17 @@ class FeedService:
             for name, book in eng.books.items()}
         self.verifier = verifier
         self.hub = Hub(self.feeds, private=self, clock=clock, **hub_options)
+        # the products' books and quotes (feeds.products): computed from the books themselves when
+        # they hold exactly what is durable — in the bus callback, or later if nothing came since
+        self.product_feeds = {name: ProductFeed(name, cfg.instruments[name].book,
+                                           BidLadders.from_state(name, st.orders.values()),
+                                           interval_s=products_interval_s) for name in eng.books}
+        self.hub.live = self.product_feeds
+        self.hub.on_live = lambda name: self._refresh_products(name, durable=False)
+        self._durable = {name: (book_seq(book), eng.book_time(name)) for name, book in eng.books.items()}
+        self._product_timers: dict[str, asyncio.TimerHandle] = {}
+        self._product_wants: dict[str, list[asyncio.Future]] = {}  # REST answers waiting for a durable book
+        self.product_refreshes = 0
         self.recorder: Recorder | None = None
         self.record = record
         self.history: TradeHistory | None = None  # the recording's trades, for GET /v1/trades and /v1/candles
@@ -193,6 +204,8 @@ class FeedService:
             await asyncio.gather(self._rebuild, return_exceptions=True)
         if self._ready and self._pending:
             self._drain()
+        for timer in self._product_timers.values():
+            timer.cancel()
         await self.hub.close()
         if self.recorder is not None:
             self.recorder.checkpoint(self.engine.seq)
@@ -333,14 +346,14 @@ class FeedService:
             if only is None:
                 raise ApiError("UNKNOWN_PRODUCT", f"no product {request.query['product'][:60]!r}; names look like "
                                                   "on_demand:24h:x1, spot:8h:x8 or reserved:24h:x1@START")
-        eng = self.engine
-        name = feed.name
-        now = eng.book_time(name)
-        st = eng.state
-        open_bids = [o for oids in st.open_by_account.values() for oid in oids
-                     if (o := st.orders[oid]).book == name and o.side == "bid"]
-        rows = product_books(eng.books[name], self.cfg.instruments[name].book, now, open_bids, depth, only)
-        return web.json_response({"class": name, "time": now, "seq": book_seq(eng.books[name]), "products": rows})
+        pf = await self._fresh_products(feed.name)
+        assert pf.at is not None
+        rows = [{**row, "bids": row["bids"][:depth], "asks": row["asks"][:depth], "quotes": pf.quotes[pid]}
+                for pid, row in pf.full.items() if only is None or pid == only.id]
+        if only is not None and not rows:  # a well-formed name outside today's set (e.g. a past day)
+            raise ApiError("UNKNOWN_PRODUCT", f"no product {only.id!r} now; reserved products start at the next "
+                                              f"{RESERVED_DAYS} UTC midnights")
+        return web.json_response({"class": feed.name, "time": pf.at[1], "seq": pf.at[0], "products": rows})
 
     # ------------------------------------------------------------------ the bus
     def _on_batch(self, batch: Any) -> None:
@@ -358,6 +371,15 @@ class FeedService:
             if name not in times:
                 times[name] = eng.book_time(name)
         self._pending.append((eng.seq, batch.events, rows, times))
+        products = self.product_feeds
+        for name, evs in rows.items():
+            pf = products.get(name)
+            if pf is not None:
+                pf.ladders.apply(evs)
+        for name, t in times.items():
+            self._durable[name] = (book_seq(eng.books[name]), t)
+        for name in products:  # the books hold exactly what is durable now
+            self._refresh_products(name, durable=True)
         if self.hub.any_private:
             self._private(rows)
         if self._ready and not self._scheduled:
@@ -404,6 +426,66 @@ class FeedService:
             self._behind = jseq  # the rebuild records it from the command journal
         self.rounds += 1
         self.busy_s += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ products
+    def _refresh_products(self, name: str, durable: bool, force: bool = False) -> None:
+        """Recompute a class's products if someone wants them and its book moved: now if the book
+        holds exactly what is durable (``durable``: the bus callback says so; otherwise its seq and
+        time must be the last batch's) and ``interval_s`` has passed (or ``force``); a timer when
+        it has not; the next batch's callback when the book holds a batch not yet durable."""
+        pf = self.product_feeds.get(name)
+        if pf is None:
+            return
+        hub = self.hub
+        wants = self._product_wants.get(name)
+        if not (wants or pf.waiting or hub.has(name, "products") or hub.has(name, "quotes")):
+            return
+        eng = self.engine
+        book = eng.books[name]
+        state = (book_seq(book), eng.book_time(name))
+        if state != pf.at and (durable or state == self._durable.get(name)):
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if now < pf.next_at and pf.at is not None and not (force or wants):
+                if name not in self._product_timers:
+                    self._product_timers[name] = loop.call_later(pf.next_at - now, self._products_due, name)
+                return
+            t0 = time.perf_counter()
+            for stream, msg in pf.refresh(book, state[0], state[1], now):
+                hub.publish(name, stream, msg)
+            self.product_refreshes += 1
+            self.busy_s += time.perf_counter() - t0
+        elif state != pf.at:
+            return  # the book holds a batch not yet durable: that batch's callback computes
+        if pf.waiting:
+            hub.deliver_live(name)
+        if wants:
+            del self._product_wants[name]
+            for f in wants:
+                if not f.done():
+                    f.set_result(None)
+
+    def _products_due(self, name: str) -> None:
+        self._product_timers.pop(name, None)
+        if not self._closed:
+            self._refresh_products(name, durable=False)
+
+    async def _fresh_products(self, name: str) -> ProductFeed:
+        """The class's products computed at the book's current durable state (or, under load, at
+        the next batch's)."""
+        pf = self.product_feeds[name]
+        self._refresh_products(name, durable=False, force=True)
+        eng = self.engine
+        if pf.at != (book_seq(eng.books[name]), eng.book_time(name)) or pf.at is None:
+            f = asyncio.get_running_loop().create_future()
+            self._product_wants.setdefault(name, []).append(f)
+            self._refresh_products(name, durable=False, force=True)
+            try:
+                await asyncio.wait_for(f, 2.0)
+            except TimeoutError:
+                if pf.at is None:
+                    raise ApiError("UNAVAILABLE", "the products are being computed; retry shortly") from None
+        return pf
 
     # ------------------------------------------------------------------ a recorder that failed
     def _recorder_failed(self, exc: Exception, jseq: int) -> None:

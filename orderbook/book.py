@@ -16,7 +16,7 @@ import numpy as np
 
 from orderbook.config import BookConfig
 from orderbook.invariants import BookInvariantError
-from orderbook.quote import Quote
+from orderbook.quote import Quote, QuoteRequest
 
 ENGINES = ("numba", "reference")
 
@@ -40,6 +40,12 @@ class Book(Protocol):
     def quote(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
               account: int = 0, limit: int = 0) -> Quote:
         """What an IOC bid of these fields would fill now, and why not all; changes nothing."""
+        ...
+
+    def quote_fills(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
+                    account: int = 0, limit: int = 0) -> tuple[QuoteRequest, np.ndarray]:
+        """The same walk as `quote`: its checked request and its fills as int64 rows
+        ``ask_oid, provider, gpus, price`` (none when refused), without a Python object per fill."""
         ...
 
     def validate(self) -> None:

@@ -58,7 +58,7 @@ from orderbook.config import (
     BookConfig,
 )
 from orderbook.invariants import BookInvariantError
-from orderbook.quote import Quote, QuoteFill, check_request
+from orderbook.quote import Quote, QuoteFill, QuoteRequest, check_request
 from orderbook.statehash import hash_words
 from orderbook.types import (
     CMD_AMEND,
@@ -3416,11 +3416,19 @@ class NumbaBook:
     def quote(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
               account: int = 0, limit: int = 0) -> Quote:
         """What an IOC bid of these fields would fill now; changes nothing (orderbook/quote.py)."""
-        req = check_request(self.cfg, self.now, kind, gpus, hours, start, block, account, limit)
+        req, out = self.quote_fills(kind, gpus, hours, start, block, account, limit)
         if req.reason:
             return req.refused()
-        if req.end > INT64_MAX:  # no ask's window (int64) reaches that far
-            return req.answer([])
+        return req.answer([QuoteFill(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in out])
+
+    def quote_fills(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
+                    account: int = 0, limit: int = 0) -> tuple[QuoteRequest, np.ndarray]:
+        """`quote`'s request check and its fills as an int64 array, one row per fill in the order
+        the bid would fill: ``ask_oid, provider, gpus, price`` (no row when the request is refused).
+        No Python object per fill: what the market-data products read (feeds/products.py)."""
+        req = check_request(self.cfg, self.now, kind, gpus, hours, start, block, account, limit)
+        if req.reason or req.end > INT64_MAX:  # no ask's window (int64) reaches that far
+            return req, np.zeros((0, 4), dtype=np.int64)
         # each fill takes at least a block from a different resting ask
         out = np.zeros((max(1, min(req.gpus // req.block, int(self.st.S[S_NORD]))), 4), dtype=np.int64)
         acc = req.account if req.account <= INT64_MAX else 0  # no ask's account (int64) is that large
@@ -3428,7 +3436,7 @@ class NumbaBook:
                         req.block, req.gpus, out)
         if n < 0:
             raise AssertionError("quote: more fills than resting asks")
-        return req.answer([QuoteFill(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in out[:n]])
+        return req, out[:n]
 
     def lease_count(self) -> int:
         return int(self.st.S[S_NLEASE])

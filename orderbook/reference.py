@@ -17,7 +17,7 @@ from sortedcontainers import SortedList
 from orderbook import reasons as R
 from orderbook.config import BookConfig
 from orderbook.invariants import BookInvariantError
-from orderbook.quote import Quote, QuoteFill, check_request
+from orderbook.quote import Quote, QuoteFill, QuoteRequest, check_request
 from orderbook.rules import ask_code, bid_code
 from orderbook.statehash import hash_record
 from orderbook.types import (
@@ -161,9 +161,22 @@ class ReferenceBook:
     def quote(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
               account: int = 0, limit: int = 0) -> Quote:
         """What an IOC bid of these fields would fill now; changes nothing (orderbook/quote.py)."""
+        req, fills = self._quote(kind, gpus, hours, start, block, account, limit)
+        return req.refused() if req.reason else req.answer(fills)
+
+    def quote_fills(self, kind: int, gpus: int, hours: int, start: int = 0, block: int = 1,
+                    account: int = 0, limit: int = 0) -> tuple[QuoteRequest, np.ndarray]:
+        """`quote`'s request check and its fills as rows ``ask_oid, provider, gpus, price``
+        (int64; as `NumbaBook.quote_fills`)."""
+        req, fills = self._quote(kind, gpus, hours, start, block, account, limit)
+        rows = [(f.ask_oid, f.provider, f.gpus, f.price) for f in fills]
+        return req, np.array(rows, dtype=np.int64).reshape(len(rows), 4)
+
+    def _quote(self, kind: int, gpus: int, hours: int, start: int, block: int, account: int,
+               limit: int) -> tuple[QuoteRequest, list[QuoteFill]]:
         req = check_request(self.cfg, self.now, kind, gpus, hours, start, block, account, limit)
         if req.reason:
-            return req.refused()
+            return req, []
         b = Order(account=req.account, side=SIDE_BID, kind=req.kind, tif=IOC, gpus=req.gpus,
                   remaining=req.gpus, hours=req.hours, price=req.limit,
                   start=req.start if req.kind == RESERVED else 0, block=req.block)
@@ -176,7 +189,7 @@ class ReferenceBook:
                 b.remaining -= q
                 if b.remaining == 0:
                     break
-        return req.answer(fills)
+        return req, fills
 
     def open_orders(self) -> list[Order]:
         return sorted(self.orders.values(), key=lambda o: o.oid)

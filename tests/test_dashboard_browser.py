@@ -4,7 +4,8 @@
 The page loads without script errors, every chart draws real data from the demo's traffic (each
 chart element's data-count — levels, candles, trades, points, heat-map cells, samples, leases —
 is above 0), live updates arrive (the trade tape's count grows while the page stays open),
-switching class redraws from that class's data, the candles can be shown for one kind (and the
+switching class redraws from that class's data (the executable prices per product, from the
+products and quotes channels of the selected class, never crossed), the candles can be shown for one kind (and the
 caption says which), and a page opened later starts with its charts' history from
 GET /v1/candles (the index line reaches back before it opened).
 
@@ -25,7 +26,7 @@ import pytest
 from tests.test_demo import STARTUP_S, TRADES_WITHIN_S, DemoProcess
 
 CHROMIUM = "/usr/bin/chromium"
-CHARTS = ("depth", "candles", "tape", "index", "calendar", "forward", "util", "leases")
+CHARTS = ("depth", "products", "candles", "tape", "index", "calendar", "forward", "util", "leases")
 
 
 def _require_browser() -> None:
@@ -71,6 +72,11 @@ def test_dashboard_draws_every_chart_and_updates_live(tmp_path) -> None:
                 assert page.locator("#tape-rows tr").count() > 0
                 assert re.match(r"\$\d+\.\d{3}", page.locator("#index-value").inner_text())
                 assert page.locator("#ticker-H100").inner_text().startswith("H100")
+                # executable prices per product (the products and quotes channels): never crossed
+                crossed = page.evaluate("[...window.gpux.state.cls['H100'].products.values()].filter("
+                                        "(p) => p.best_bid != null && p.best_ask != null && p.best_bid >= p.best_ask)")
+                assert crossed == [], crossed
+                assert page.locator("#product-rows tr").count() == counts["products"]
 
                 # live updates: the tape grows while the page is open (no reload)
                 first = counts["tape"]

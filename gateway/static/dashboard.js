@@ -23,6 +23,7 @@
   const KIND_LABEL = { all: "all kinds", spot: "spot", on_demand: "on-demand", reserved: "reserved" };
   const STREAMS = [["book"], ["trades"], ["ticker"], ["candles", "1m"], ["index"]]
     .concat(KINDS.map((k) => ["candles", "1m", k]));
+  const LIVE = ["products", "quotes"];  // the products' channels: live only, for the selected class
   const CANDLES_KEPT = 240;
   const COLORS = {};
   const css = getComputedStyle(document.documentElement);
@@ -33,7 +34,7 @@
   const S = {
     classes: [], sel: null, ws: null, cls: {}, dirty: new Set(), raf: 0, ids: 1, connected: false,
     time: 0, seq: 0, messages: 0, gaps: 0, retry: 500, pollTimer: 0, lastTapeTid: {},
-    candleKind: "all", openedAt: 0,
+    candleKind: "all", openedAt: 0, live: false, liveFor: null,
   };
 
   function C(name) {
@@ -41,7 +42,7 @@
       book: { bids: new Map(), spot_bids: new Map(), asks: new Map(), spot_asks: new Map() },
       u: {}, pending: new Set(), trades: [], lastTid: 0, tradeCount: 0, ticker: null,
       candles: { all: [], spot: [], on_demand: [], reserved: [] },  // 1-minute candles by kind
-      index: null, indexHist: [], dash: null, utilHist: [],
+      index: null, indexHist: [], dash: null, utilHist: [], products: new Map(), quotes: new Map(),
       // history from GET /v1/candles: candles received and merged (older than the live snapshot's), index points
       hist: { state: "", received: 0, candles: 0, index: [] },
     });
@@ -147,10 +148,28 @@
       c.pending = new Set();
       for (const [channel, interval, kind] of STREAMS) subscribe(name, channel, interval, kind);
     }
+    S.live = (m.channels || []).includes("products");
+    S.liveFor = null;
+    followProducts(S.sel);
     buildTabs();
     markStatus();
     poll();
     loadHistory(S.sel);
+  }
+
+  // the products and quotes channels of the selected class only (each costs the exchange a computation)
+  function followProducts(name) {
+    if (!S.live || S.liveFor === name) return;
+    if (S.liveFor) {
+      const old = C(S.liveFor);
+      for (const ch of LIVE) {
+        send({ op: "unsubscribe", channel: ch, class: S.liveFor });
+        delete old.u[ch];
+        old.pending.delete(ch);
+      }
+    }
+    S.liveFor = name;
+    for (const ch of LIVE) subscribe(name, ch);
   }
 
   function apply(c, type, m) {
@@ -170,6 +189,11 @@
         c.tradeCount++;
       }
       if (c.trades.length > 200) c.trades.splice(0, c.trades.length - 200);
+    } else if (type === "products" || type === "quotes") {
+      // a snapshot replaces the class's copy; an update replaces the rows it lists and drops `removed`
+      if (m.action === "snapshot") c[type] = new Map();
+      for (const gone of m.removed || []) c[type].delete(gone);
+      for (const row of m[type] || []) c[type].set(row.product, type === "products" ? row : row.quotes);
     } else if (type === "ticker") {
       c.ticker = m;
     } else if (type === "candles") {
@@ -297,6 +321,7 @@
     drawDepth(c);
     drawCandles(c);
     drawTape(name, c);
+    drawProducts(c);
     drawIndex(c);
     drawCalendar(c);
     drawForward(c);
@@ -346,6 +371,7 @@
     if (!S.classes.includes(name)) return;
     S.sel = name;
     history.replaceState(null, "", "#" + encodeURIComponent(name));
+    followProducts(name);
     loadHistory(name);
     S.lastTapeTid = {};
     document.getElementById("tape-rows").textContent = "";
@@ -553,6 +579,28 @@
     const tape = document.getElementById("tape");
     tape.dataset.count = String(c.tradeCount);
     document.getElementById("tape-total").textContent = num(c.tradeCount);
+  }
+
+  // products (docs/feeds.md, "Products"): those with a price, firm first, then spot, then reserved by day
+  const KIND_ORDER = { on_demand: 0, spot: 1, reserved: 2 };
+  function productLabel(p) {
+    const day = p.start ? " from " + DAYS[new Date(p.start * 1000).getUTCDay()] + " " +
+      new Date(p.start * 1000).toISOString().slice(5, 10) : "";
+    return KIND_LABEL[p.kind] + " · " + p.hours + " h · ×" + p.block + day;
+  }
+  function drawProducts(c) {
+    const rows = [...c.products.values()].filter((p) => p.best_bid != null || p.best_ask != null)
+      .sort((a, b) => KIND_ORDER[a.kind] - KIND_ORDER[b.kind] || (a.start || 0) - (b.start || 0) ||
+        a.hours - b.hours || a.block - b.block);
+    const html = rows.map((p) => {
+      const q = (c.quotes.get(p.product) || [])[1];  // the second standard size: 8 blocks
+      const ask = p.asks.length ? dollars(p.asks[0][0]) + " (" + num(p.asks[0][1]) + ")" : "—";
+      return '<tr><td class="k-' + p.kind + '" title="' + p.product + '">' + productLabel(p) + "</td><td>" +
+        dollars(p.best_bid) + "</td><td>" + ask + "</td><td>" + (q ? dollars(q.limit) : "—") + "</td></tr>";
+    }).join("");
+    const tbody = document.getElementById("product-rows");
+    if (tbody.innerHTML !== html) tbody.innerHTML = html;
+    document.getElementById("products").dataset.count = String(rows.length);
   }
 
   function drawIndex(c) {

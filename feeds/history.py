@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from exchange.journal import segments
+from feeds.model import candle_json, fold_candle
 from feeds.recording import EVENT_SIZE, RecordingError, _crc_errors, _gather, recording_dir, scan_segment
 from orderbook.types import EV_TRADE, EVENT_DTYPE, Event, events, join
 
@@ -216,20 +217,5 @@ def candles(rows: Iterable[Event], width: int) -> list[dict[str, Any]]:
     the same arithmetic as the live candles channel (`feeds.model.MarketStats`)."""
     out: list[list[int]] = []
     for ev in rows:
-        t, price = ev.time, ev.price
-        gpu_h = ev.gpus * ev.hours
-        start = t - t % width
-        if out and out[-1][0] == start:
-            c = out[-1]
-            if price > c[2]:
-                c[2] = price
-            elif price < c[3]:
-                c[3] = price
-            c[4] = price
-            c[5] += gpu_h
-            c[6] += price * gpu_h
-            c[7] += 1
-        else:
-            out.append([start, price, price, price, price, gpu_h, price * gpu_h, 1])
-    return [{"start": c[0], "open": c[1], "high": c[2], "low": c[3], "close": c[4], "volume": c[5],
-             "notional": c[6], "trades": c[7]} for c in out]
+        fold_candle(out, ev.time - ev.time % width, ev.price, ev.gpus * ev.hours)
+    return [candle_json(c) for c in out]

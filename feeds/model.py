@@ -434,19 +434,7 @@ class MarketStats:
         for width, keys in _CANDLES_OF.get(k, _CANDLES_ANY):
             start = t - t % width
             for key in keys:
-                cs = self.candles[key]
-                if cs and cs[-1][0] == start:
-                    c = cs[-1]
-                    if price > c[2]:
-                        c[2] = price
-                    elif price < c[3]:
-                        c[3] = price
-                    c[4] = price
-                    c[5] += gpu_h
-                    c[6] += notional
-                    c[7] += 1
-                else:
-                    cs.append([start, price, price, price, price, gpu_h, notional, 1])
+                fold_candle(self.candles[key], start, price, gpu_h)
                 if changed[key] is None:
                     changed[key] = start
         self.recent.append(ev)
@@ -479,7 +467,7 @@ class MarketStats:
         for c in reversed(self.candles[key]):  # the changed ones are the newest
             if c[0] < since:
                 break
-            out.append(_candle(c))
+            out.append(candle_json(c))
         out.reverse()
         return out
 
@@ -514,7 +502,26 @@ def trade_json(ev: Event) -> dict[str, Any]:
     return d
 
 
-def _candle(c: list[int]) -> dict[str, int]:
+def fold_candle(cs: Any, start: int, price: int, gpu_h: int) -> None:
+    """Fold one trade into a list of candles ``[start, open, high, low, close, volume, notional,
+    trades]`` in time order: into the last one if it starts at ``start``, else a new one.  The
+    one arithmetic of the live candles (`MarketStats`) and the recorded ones (`feeds.history`)."""
+    if cs and cs[-1][0] == start:
+        c = cs[-1]
+        if price > c[2]:
+            c[2] = price
+        elif price < c[3]:
+            c[3] = price
+        c[4] = price
+        c[5] += gpu_h
+        c[6] += price * gpu_h
+        c[7] += 1
+    else:
+        cs.append([start, price, price, price, price, gpu_h, price * gpu_h, 1])
+
+
+def candle_json(c: list[int]) -> dict[str, int]:
+    """A candle list as the candles channel and GET /v1/candles show it."""
     return {"start": c[0], "open": c[1], "high": c[2], "low": c[3], "close": c[4], "volume": c[5],
             "notional": c[6], "trades": c[7]}
 
@@ -655,7 +662,7 @@ class ClassFeed:
             d.update(self._ticker)
         elif channel == "candles":
             key = f"{interval}:{kind}" if kind else interval
-            d["candles"] = [_candle(c) for c in list(self.stats.candles[key])[-CANDLES_SENT:]]
+            d["candles"] = [candle_json(c) for c in list(self.stats.candles[key])[-CANDLES_SENT:]]
         elif channel == "index":
             index = self._index.get(kind)
             if index is None:

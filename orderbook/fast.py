@@ -3177,6 +3177,7 @@ def _tf_new(rows: int, old: np.ndarray | None = None) -> np.ndarray:
     else:
         TF[TFH + 1, TF_HIGH] = TF_BASE
         TF[TFH + 1, TF_OMIN] = BIG
+        TF[TFH, TF_LIMIT] = HOUR  # the near limit of a fresh book (time 0): after now, as `check` wants
     return TF
 
 
@@ -3228,6 +3229,56 @@ def _pow2_at_least(n: int) -> int:
 
 
 _TM_ROOM = "_tm_room"  # in a capture(): the timer heap's rows (TM is padded to them when encoded)
+# In a snapshot, arrays that are mostly empty (per-price ladders and aggregates, bitmaps) are
+# stored as the elements that differ from an empty book's, and the hash maps (rebuilt by
+# `restore` from the live rows) as their shape only: ``NAME__shape``, ``NAME__fill`` (an empty
+# book's values at index 0 of the longest axis: the same all along it), ``NAME__at`` (flat indices)
+# and ``NAME__val``.  An empty book's snapshot went from 45 MB to deflate (~140 ms of CPU) to a
+# few kilobytes.
+_SPARSE = ("AG", "LH", "LT", "RO", "BM", "BS", "TM")
+_REBUILT = ("HK", "HV", "LK", "LV")
+
+
+def _fills(fresh: State) -> dict[str, np.ndarray]:
+    """Per `_SPARSE` array, an empty book's values at index 0 of its longest axis, where they are
+    the same at every index of that axis (else the array is stored whole)."""
+    out = {}
+    for name in _SPARSE:
+        a = getattr(fresh, name)
+        fill = a.take([0], axis=int(np.argmax(a.shape)))
+        if np.array_equal(a, np.broadcast_to(fill, a.shape)):
+            out[name] = fill
+    return out
+
+
+def _sparse(arrays: dict[str, np.ndarray], fills: dict[str, np.ndarray]) -> None:
+    """Replace the `_SPARSE` arrays that have a fill, and the `_REBUILT` ones, by their sparse form."""
+    for name in _SPARSE + _REBUILT:
+        a = arrays.get(name)
+        if a is None or (name in _SPARSE and name not in fills):
+            continue
+        del arrays[name]
+        if name in _SPARSE:
+            fill = fills[name]
+            at = np.flatnonzero(a != fill)
+        else:
+            fill = np.zeros((1,) * a.ndim, dtype=a.dtype)
+            at = np.zeros(0, dtype=np.int64)
+        arrays[name + "__shape"] = np.array(a.shape, dtype=np.int64)
+        arrays[name + "__fill"] = fill
+        arrays[name + "__at"] = at.astype(np.int64, copy=False)
+        arrays[name + "__val"] = a.reshape(-1)[at]
+
+
+def _dense(arrays: dict[str, np.ndarray]) -> None:
+    """The inverse of `_sparse` (in place); arrays stored whole (older snapshots) stay as they are."""
+    for key in [k for k in arrays if k.endswith("__shape")]:
+        name = key[: -len("__shape")]
+        shape = tuple(int(n) for n in arrays.pop(key))
+        fill, at, val = arrays.pop(name + "__fill"), arrays.pop(name + "__at"), arrays.pop(name + "__val")
+        a = np.broadcast_to(fill, shape).copy()
+        a.reshape(-1)[at] = val
+        arrays[name] = a
 
 
 class NumbaBook:
@@ -3360,6 +3411,10 @@ class NumbaBook:
         rows = arrays["TM"]
         arrays["TM"] = np.zeros((max(int(arrays.pop(_TM_ROOM)[0]), len(rows)), 4), dtype=np.int64)
         arrays["TM"][: len(rows)] = rows
+        fills = getattr(self, "_fills", None)
+        if fills is None:
+            fills = self._fills = _fills(type(self)(self.cfg, orders=16).st)  # an empty book's
+        _sparse(arrays, fills)
         buf = io.BytesIO()
         np.savez(buf, LAYOUT=np.array([LAYOUT], dtype=np.int64), **arrays)
         if mine:
@@ -3376,6 +3431,7 @@ class NumbaBook:
         book = cls(config)
         with np.load(io.BytesIO(blob)) as z:
             arrays = {k: z[k] for k in z.files}
+        _dense(arrays)
         layout = arrays.pop("LAYOUT", None)
         if layout is None or layout.shape != (1,) or int(layout[0]) != LAYOUT:
             got = "no layout record" if layout is None else f"layout {layout.tolist()}"

@@ -110,9 +110,13 @@ def test_restore_refuses_other_configuration() -> None:
 
 
 def _rewrite(blob: bytes, **arrays: np.ndarray | None) -> bytes:
-    """A numba book's snapshot with some arrays replaced (None: left out)."""
+    """A numba book's snapshot with some arrays replaced (None: left out), every array stored
+    whole (as snapshots before the sparse form were: restore takes both)."""
+    from orderbook.fast import _dense
+
     with np.load(io.BytesIO(blob)) as z:
         out = {k: z[k] for k in z.files}
+    _dense(out)
     for name, a in arrays.items():
         if a is None:
             del out[name]
@@ -131,8 +135,12 @@ def test_restore_refuses_snapshots_of_another_layout() -> None:
     book = make_book(CFG, engine="numba")
     book.process(random_stream(np.random.default_rng(2), 200))
     blob = book.snapshot()
-    restore_book(CFG, _rewrite(blob), engine="numba").validate()  # rewriting alone changes nothing
-    with np.load(io.BytesIO(blob)) as z:
+    whole = _rewrite(blob)  # the dense form of the same snapshot restores the same book
+    again = restore_book(CFG, whole, engine="numba")
+    again.validate()
+    assert again.state_hash() == book.state_hash()
+    assert len(whole) > 10 * len(blob)  # mostly empty arrays are stored sparse
+    with np.load(io.BytesIO(whole)) as z:
         ag, bm = z["AG"], z["BM"]
     for bad in (_rewrite(blob, LAYOUT=np.array([LAYOUT - 1])), _rewrite(blob, LAYOUT=None),
                 _rewrite(blob, S=np.zeros(NS + 1, dtype=np.int64)),  # layout 2's 20 scalars

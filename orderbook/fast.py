@@ -3240,14 +3240,12 @@ _REBUILT = ("HK", "HV", "LK", "LV")
 
 
 def _fills(fresh: State) -> dict[str, np.ndarray]:
-    """Per `_SPARSE` array, an empty book's values at index 0 of its longest axis, where they are
-    the same at every index of that axis (else the array is stored whole)."""
+    """Per `_SPARSE` array, a fresh book's values at index 0 of its longest axis (in a fresh book,
+    the same all along it).  Any fill gives a correct sparse form; a fresh book's, the smallest."""
     out = {}
     for name in _SPARSE:
         a = getattr(fresh, name)
-        fill = a.take([0], axis=int(np.argmax(a.shape)))
-        if np.array_equal(a, np.broadcast_to(fill, a.shape)):
-            out[name] = fill
+        out[name] = a.take([0], axis=int(np.argmax(a.shape)))
     return out
 
 
@@ -3255,7 +3253,7 @@ def _sparse(arrays: dict[str, np.ndarray], fills: dict[str, np.ndarray]) -> None
     """Replace the `_SPARSE` arrays that have a fill, and the `_REBUILT` ones, by their sparse form."""
     for name in _SPARSE + _REBUILT:
         a = arrays.get(name)
-        if a is None or (name in _SPARSE and name not in fills):
+        if a is None:
             continue
         del arrays[name]
         if name in _SPARSE:
@@ -3328,6 +3326,7 @@ class NumbaBook:
             UC=np.zeros(UC_WORDS, dtype=np.int64),
             PT=np.zeros(NPT, dtype=np.int64),
         )
+        self._fills = _fills(self.st)  # the empty values its snapshots leave out
 
     # ------------------------------------------------------------------ public API
     def process(self, commands: np.ndarray) -> np.ndarray:
@@ -3411,10 +3410,7 @@ class NumbaBook:
         rows = arrays["TM"]
         arrays["TM"] = np.zeros((max(int(arrays.pop(_TM_ROOM)[0]), len(rows)), 4), dtype=np.int64)
         arrays["TM"][: len(rows)] = rows
-        fills = getattr(self, "_fills", None)
-        if fills is None:
-            fills = self._fills = _fills(type(self)(self.cfg, orders=16).st)  # an empty book's
-        _sparse(arrays, fills)
+        _sparse(arrays, self._fills)
         buf = io.BytesIO()
         np.savez(buf, LAYOUT=np.array([LAYOUT], dtype=np.int64), **arrays)
         if mine:

@@ -243,6 +243,14 @@ def test_the_products_and_quotes_channels_are_uncrossed_and_executable_after_eve
                     assert {r["product"]: {k: v for k, v in r.items() if k != "quotes"}
                             for r in body["products"]} == rows
                     assert {r["product"]: r["quotes"] for r in body["products"]} == pc.quotes[cls]
+                    # the reserved products' 1-GPU quotes are the forward curve's executable side
+                    status, fwd = await get(http, ex.url, "/v1/forward", **{"class": cls, "days": 14})
+                    assert status == 200 and fwd["time"] == body["time"]
+                    days = {p["start"]: p["product"] for p in body["products"] if p["kind"] == "reserved"}
+                    assert sorted(days) == [d["start"] for d in fwd["days"]]
+                    for d in fwd["days"]:
+                        one = pc.quotes[cls][days[d["start"]]][0]
+                        assert one["gpus"] == 1 and (one["limit"], one["average"]) == (d["best"], d["average"]), d
             assert not pc.crossed, pc.crossed[:3]
             # the bids kept from the events are those of the exchange state (as a restart builds them)
             for cls in CLASSES:

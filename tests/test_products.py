@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 
 from client.feeds import FeedClient
 from exchange.clock import SimClock
@@ -154,7 +155,8 @@ class ProductsClient:
                     self.crossed.append((cls, m["seq"], row))
 
 
-def test_the_products_and_quotes_channels_are_uncrossed_and_executable_after_every_message(tmp_path) -> None:
+@pytest.mark.parametrize("engine", ["numba", "reference"])
+def test_the_products_and_quotes_channels_are_uncrossed_and_executable_after_every_message(tmp_path, engine) -> None:
     """Random sessions one command at a time on a simulated clock (moved now and then, so leases
     start and end and reserved days roll); a WebSocket subscriber's copy of every class's
     ``products`` and ``quotes`` streams is checked after every message (no gap, never crossed),
@@ -165,7 +167,8 @@ def test_the_products_and_quotes_channels_are_uncrossed_and_executable_after_eve
     async def scenario() -> None:
         midnight = (int(time.time()) // 86_400 + 1) * 86_400
         clock = SimClock(float(midnight - 2700))  # the second move of the clock passes a UTC midnight
-        async with running_exchange(tmp_path, clock=clock, **CFG) as ex, aiohttp.ClientSession() as http:
+        async with running_exchange(tmp_path, clock=clock, **{**CFG, "engine": engine}) as ex, \
+                aiohttp.ClientSession() as http:
             x = ex.exchange
             for pf in x.feeds.product_feeds.values():
                 pf.interval_s = 0.0  # a message for every batch that changes a product

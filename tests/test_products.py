@@ -188,7 +188,7 @@ def test_the_products_and_quotes_channels_are_uncrossed_and_executable_after_eve
 
             async def caught_up() -> None:
                 await quiet(x)
-                for _ in range(500):
+                for _ in range(1500):
                     feeds = x.feeds.product_feeds
                     if all(pc.u.get((c, s)) == feeds[c].u[s]
                            and feeds[c].at == (book_seq(x.engine.books[c]), x.engine.book_time(c))
@@ -305,7 +305,7 @@ def test_products_are_conflated_live_and_not_replayed(tmp_path) -> None:
             await quiet(x)
             pf = x.feeds.product_feeds["H100"]
             for _ in range(5):  # (the wall clock's ticks may move the products between the reads)
-                for _ in range(300):
+                for _ in range(800):
                     if pf.at == (book_seq(x.engine.books["H100"]), x.engine.book_time("H100")) and pc.u.get(
                             ("H100", "products")) == pf.u["products"]:
                         break
@@ -316,7 +316,7 @@ def test_products_are_conflated_live_and_not_replayed(tmp_path) -> None:
                     break
             rest = {r["product"]: {k: v for k, v in r.items() if k != "quotes"} for r in body["products"]}
             assert (body["seq"], body["time"]) == pf.at and rest == pc.rows["H100"]
-            for _ in range(300):  # the next heartbeat shows the SDK's client its gap; it subscribes again
+            for _ in range(800):  # the next heartbeat shows the SDK's client its gap; it subscribes again
                 if fc.gaps and not fc.pending and fc.products.get("H100") == pc.rows["H100"] and fc.quotes.get(
                         "H100") == pf.quotes:
                     break

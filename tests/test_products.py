@@ -36,7 +36,10 @@ async def get(http: aiohttp.ClientSession, url: str, path: str, **params: Any) -
 
 def test_every_product_book_is_uncrossed_and_its_best_ask_fills_at_its_price(tmp_path) -> None:
     async def scenario() -> None:
-        async with running_exchange(tmp_path, **CFG) as ex, aiohttp.ClientSession() as http:
+        # a simulated clock: engine time stands still between the products and the quotes read
+        # (the wall clock's ticks end leases and move spot quotes in between)
+        clock = SimClock(float(int(time.time())))
+        async with running_exchange(tmp_path, clock=clock, **CFG) as ex, aiohttp.ClientSession() as http:
             x = ex.exchange
             rng = np.random.default_rng(7)
             seen = {"asks": 0, "bids": 0, "both": 0, "quoted": 0, "sizes": 0}

@@ -20,17 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from feeds.products import size_quote
+from feeds.model import DAY
+from feeds.products import first_day, size_quote
 from orderbook import reasons as R
 from orderbook.config import BookConfig
 from orderbook.types import RESERVED, Event
-
-DAY = 86_400
-
-
-def first_day(now: int) -> int:
-    """The first UTC midnight after engine time ``now``."""
-    return (now // DAY + 1) * DAY
 
 
 def curve(book: Any, cfg: BookConfig, now: int, trades: Iterable[Event], days: int, gpus: int,

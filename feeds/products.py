@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from feeds.model import DAY, KIND_CODES
 from orderbook import reasons as R
 from orderbook.config import BookConfig
 from orderbook.rules import bid_code
@@ -49,12 +50,10 @@ from orderbook.types import (
     Event,
 )
 
-DAY = 86_400
 HOURS = (1, 8, 24, 168)  # firm (on demand) and spot: durations ...
 BLOCKS = (1, 8)  # ... and blocks; every pair is a product
 RESERVED_DAYS = 14  # reserved: 24 hours, block 1, starting at each of the next 14 UTC midnights
 SIZES = (1, 8, 64)  # standard sizes quoted per product, in blocks
-_KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +70,16 @@ class Product:
         return f"{base}@{self.start}" if self.start else base
 
 
+def first_day(now: int) -> int:
+    """The first UTC midnight after engine time ``now``."""
+    return (now // DAY + 1) * DAY
+
+
 def products(now: int) -> list[Product]:
     """The products of a class at engine time ``now``: a fixed set, the reserved ones rolling
     with the days."""
     out = [Product(kind, h, b) for kind in (ON_DEMAND, SPOT) for h in HOURS for b in BLOCKS]
-    first = (now // DAY + 1) * DAY
+    first = first_day(now)
     out += [Product(RESERVED, 24, 1, first + k * DAY) for k in range(RESERVED_DAYS)]
     return out
 
@@ -87,7 +91,7 @@ def parse(product_id: str) -> Product | None:
         kind, hours, block = head.split(":")
         if not hours.endswith("h") or not block.startswith("x"):
             return None
-        p = Product(_KIND_CODES[kind], int(hours[:-1]), int(block[1:]), int(start) if start else 0)
+        p = Product(KIND_CODES[kind], int(hours[:-1]), int(block[1:]), int(start) if start else 0)
     except (KeyError, ValueError):
         return None
     return p if p.id == product_id else None
@@ -150,7 +154,7 @@ class BidLadders:
         out = cls()
         for o in orders:
             if o.book == name and o.side == "bid" and o.status == "open" and o.remaining:
-                out._put(o.oid, bid_key(_KIND_CODES[o.kind], o.hours, o.block, o.start), o.price, o.remaining)
+                out._put(o.oid, bid_key(KIND_CODES[o.kind], o.hours, o.block, o.start), o.price, o.remaining)
         return out
 
     def _put(self, oid: int, key: tuple[int, int, int, int], limit: int, remaining: int) -> None:
@@ -293,6 +297,6 @@ class ProductFeed:
         m = self._head(stream)
         m["u"] = self.u[stream]
         m["action"] = "snapshot"
-        m[stream] = self._entries(stream, self.rows if stream == "products" else self.quotes,
-                                  self.rows if stream == "products" else self.quotes)
+        store = self.rows if stream == "products" else self.quotes
+        m[stream] = self._entries(stream, store, store.keys())
         return m

@@ -428,10 +428,10 @@ class FeedService:
         self.busy_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ products
-    def _refresh_products(self, name: str, durable: bool, force: bool = False) -> None:
+    def _refresh_products(self, name: str, durable: bool) -> None:
         """Recompute a class's products if someone wants them and its book moved: now if the book
         holds exactly what is durable (``durable``: the bus callback says so; otherwise its seq and
-        time must be the last batch's) and ``interval_s`` has passed (or ``force``); a timer when
+        time must be the last batch's) and ``interval_s`` has passed (or a REST answer waits); a timer when
         it has not; the next batch's callback when the book holds a batch not yet durable."""
         pf = self.product_feeds.get(name)
         if pf is None:
@@ -446,7 +446,7 @@ class FeedService:
         if state != pf.at and (durable or state == self._durable.get(name)):
             loop = asyncio.get_running_loop()
             now = loop.time()
-            if now < pf.next_at and pf.at is not None and not (force or wants):
+            if now < pf.next_at and pf.at is not None and not wants:
                 if name not in self._product_timers:
                     self._product_timers[name] = loop.call_later(pf.next_at - now, self._products_due, name)
                 return
@@ -474,12 +474,10 @@ class FeedService:
         """The class's products computed at the book's current durable state (or, under load, at
         the next batch's)."""
         pf = self.product_feeds[name]
-        self._refresh_products(name, durable=False, force=True)
-        eng = self.engine
-        if pf.at != (book_seq(eng.books[name]), eng.book_time(name)) or pf.at is None:
-            f = asyncio.get_running_loop().create_future()
-            self._product_wants.setdefault(name, []).append(f)
-            self._refresh_products(name, durable=False, force=True)
+        f = asyncio.get_running_loop().create_future()
+        self._product_wants.setdefault(name, []).append(f)
+        self._refresh_products(name, durable=False)  # now, if the book holds what is durable (f is done)
+        if not f.done():  # else the next batch's callback computes
             try:
                 await asyncio.wait_for(f, 2.0)
             except TimeoutError:

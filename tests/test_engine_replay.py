@@ -548,19 +548,27 @@ def test_ended_leases_are_kept_a_week_then_forgotten_the_same_way_on_replay() ->
         assert other.state_hashes() == engine.state_hashes()
 
 
+def _whole_and_in_batches(monkeypatch: Any, cap: str, value: int, seed: int, batches: int,
+                          most: int) -> tuple[list[Any], Engine, Engine]:
+    """With exchange.state's ``cap`` set to ``value``: 400 random entries applied in one call and
+    in random batches of at most ``most``: (entries, the one-call engine, the batched engine)."""
+    import exchange.state as state_module
+
+    monkeypatch.setattr(state_module, cap, value)
+    entries = exchange_entries(seed, n=400)
+    whole = Engine(INSTRUMENTS, "numba")
+    whole.apply(entries)
+    pieces = Engine(INSTRUMENTS, "numba")
+    apply_in_batches(pieces, entries, random.Random(batches), most=most)
+    return entries, whole, pieces
+
+
 def test_the_closed_orders_remembered_do_not_depend_on_the_batches(monkeypatch) -> None:
     """Past MAX_CLOSED_ORDERS the oldest closed orders are forgotten.  One apply handles its
     entries book by book, so orders of two classes close in another order in other batches (a
     replay's chunks against the live batches); the orders remembered must not change with it
     (docs/api.md: the highest order ids are kept)."""
-    import exchange.state as state_module
-
-    monkeypatch.setattr(state_module, "MAX_CLOSED_ORDERS", 40)
-    entries = exchange_entries(11, n=400)
-    whole = Engine(INSTRUMENTS, "numba")
-    whole.apply(entries)
-    pieces = Engine(INSTRUMENTS, "numba")
-    apply_in_batches(pieces, entries, random.Random(5), most=7)
+    entries, whole, pieces = _whole_and_in_batches(monkeypatch, "MAX_CLOSED_ORDERS", 40, seed=11, batches=5, most=7)
     assert len(whole.state.closed) == 40
     a, b = canonical(whole.state), canonical(pieces.state)
     # orders (the remembered closed ones among them), closed, leases, halted, leases and open
@@ -575,14 +583,7 @@ def test_the_client_order_ids_remembered_do_not_depend_on_the_batches(monkeypatc
     """Past MAX_COIDS the oldest client order ids are forgotten.  One apply handles its entries
     book by book; the first answers are remembered in journal order all the same, so live
     batches and a replay's chunks forget the same ones, in the same order."""
-    import exchange.state as state_module
-
-    monkeypatch.setattr(state_module, "MAX_COIDS", 30)
-    entries = exchange_entries(12, n=400)
-    whole = Engine(INSTRUMENTS, "numba")
-    whole.apply(entries)
-    pieces = Engine(INSTRUMENTS, "numba")
-    apply_in_batches(pieces, entries, random.Random(6), most=9)
+    entries, whole, pieces = _whole_and_in_batches(monkeypatch, "MAX_COIDS", 30, seed=12, batches=6, most=9)
     assert len(whole.state.coids) == 30
     assert list(whole.state.coids.items()) == list(pieces.state.coids.items())
     # the ones kept are the last 30 journaled with an id

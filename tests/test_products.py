@@ -34,6 +34,40 @@ async def get(http: aiohttp.ClientSession, url: str, path: str, **params: Any) -
         return r.status, await r.json()
 
 
+def resting_levels(resting: list[Any], p: dict[str, Any]) -> list[list[int]]:
+    """``[limit, GPUs]`` of the resting bids (exchange state) of exactly product ``p``, highest first."""
+    mine: dict[int, int] = {}
+    for o in resting:
+        if (o.kind == p["kind"] and o.hours == p["hours"] and max(o.block, 1) == p["block"]
+                and (p["start"] is None or o.start == p["start"])):
+            mine[o.price] = mine.get(o.price, 0) + o.remaining
+    return [[k, mine[k]] for k in sorted(mine, reverse=True)]
+
+
+async def check_executable(http: aiohttp.ClientSession, url: str, cls: str, p: dict[str, Any],
+                           sizes: list[dict[str, Any]], seen: dict[str, int], sized_limit: bool = False) -> None:
+    """Product ``p``'s best ask fills now in full at its price for the GPUs shown, and each of its
+    size quotes is what GET /v1/quote answers (limited to the size's own limit with
+    ``sized_limit``, else unlimited)."""
+    ask, gpus = p["asks"][0]
+    q = {"class": cls, "kind": p["kind"], "gpus": gpus, "hours": p["hours"], "block": p["block"], "limit": ask}
+    if p["start"]:
+        q["start"] = p["start"]
+    status, quote = await get(http, url, "/v1/quote", **q)
+    assert status == 200 and quote["complete"], (p, quote)
+    assert {f["price"] for f in quote["fills"]} == {ask} and quote["filled"] == gpus
+    seen["quoted"] += 1
+    for want in sizes:  # the standard sizes: what GET /v1/quote answers
+        limit = (want["limit"] or ask) if sized_limit else 0
+        status, quote = await get(http, url, "/v1/quote", **{**q, "gpus": want["gpus"], "limit": limit})
+        if want["limit"] is None:
+            assert not quote["complete"], (p["product"], want, quote)
+        else:
+            assert quote["complete"] and quote["average_price"] == want["average"], (p["product"], want, quote)
+            assert max(f["price"] for f in quote["fills"]) == want["limit"]
+            seen["sizes"] += 1
+
+
 def test_every_product_book_is_uncrossed_and_its_best_ask_fills_at_its_price(tmp_path) -> None:
     async def scenario() -> None:
         # a simulated clock: engine time stands still between the products and the quotes read
@@ -59,32 +93,9 @@ def test_every_product_book_is_uncrossed_and_its_best_ask_fills_at_its_price(tmp
                         if bid is not None and ask is not None:
                             seen["both"] += 1
                             assert bid < ask, (cls, p)
-                        mine = {}
-                        for o in resting:
-                            if (o.kind == p["kind"] and o.hours == p["hours"] and max(o.block, 1) == p["block"]
-                                    and (p["start"] is None or o.start == p["start"])):
-                                mine[o.price] = mine.get(o.price, 0) + o.remaining
-                        assert p["bids"] == [[k, mine[k]] for k in sorted(mine, reverse=True)], (cls, p["product"])
+                        assert p["bids"] == resting_levels(resting, p), (cls, p["product"])
                         if ask is not None and seen["quoted"] < 60:
-                            gpus = p["asks"][0][1]
-                            q = {"class": cls, "kind": p["kind"], "gpus": gpus, "hours": p["hours"],
-                                 "block": p["block"], "limit": ask}
-                            if p["start"]:
-                                q["start"] = p["start"]
-                            status, quote = await get(http, ex.url, "/v1/quote", **q)
-                            assert status == 200 and quote["complete"], (p, quote)
-                            assert {f["price"] for f in quote["fills"]} == {ask} and quote["filled"] == gpus
-                            seen["quoted"] += 1
-                            for want in p["quotes"]:  # the standard sizes: what GET /v1/quote answers
-                                q = {**q, "gpus": want["gpus"], "limit": want["limit"] or ask}
-                                status, quote = await get(http, ex.url, "/v1/quote", **q)
-                                if want["limit"] is None:
-                                    assert not quote["complete"], (p["product"], want, quote)
-                                else:
-                                    assert quote["complete"] and quote["average_price"] == want["average"], (
-                                        p["product"], want, quote)
-                                    assert max(f["price"] for f in quote["fills"]) == want["limit"]
-                                    seen["sizes"] += 1
+                            await check_executable(http, ex.url, cls, p, p["quotes"], seen, sized_limit=True)
             # the session put bids into products and asks under them: the checks above had cases
             assert seen["both"] > 10 and seen["quoted"] >= 30 and seen["sizes"] >= 30, seen
 
@@ -216,33 +227,12 @@ def test_the_products_and_quotes_channels_are_uncrossed_and_executable_after_eve
                 st = x.engine.state
                 resting = [o for o in st.orders.values() if o.book == cls and o.side == "bid" and o.status == "open"]
                 for p in rows.values():
-                    mine: dict[int, int] = {}
-                    for o in resting:
-                        if (o.kind == p["kind"] and o.hours == p["hours"] and max(o.block, 1) == p["block"]
-                                and (p["start"] is None or o.start == p["start"])):
-                            mine[o.price] = mine.get(o.price, 0) + o.remaining
-                    assert p["bids"] == [[k, mine[k]] for k in sorted(mine, reverse=True)][:10], (cls, p["product"])
+                    assert p["bids"] == resting_levels(resting, p)[:10], (cls, p["product"])
                     seen["both"] += p["best_bid"] is not None and p["best_ask"] is not None
                 # a sample: two products with an ask, in turn
                 sample = [p for p in rows.values() if p["best_ask"] is not None]
                 for p in sample[step % max(len(sample), 1):][:2]:
-                    ask, gpus = p["asks"][0]
-                    q = {"class": cls, "kind": p["kind"], "gpus": gpus, "hours": p["hours"], "block": p["block"],
-                         "limit": ask}
-                    if p["start"]:
-                        q["start"] = p["start"]
-                    status, quote = await get(http, ex.url, "/v1/quote", **q)
-                    assert status == 200 and quote["complete"], (p, quote)
-                    assert {f["price"] for f in quote["fills"]} == {ask} and quote["filled"] == gpus
-                    seen["quoted"] += 1
-                    for want in pc.quotes[cls][p["product"]]:
-                        status, quote = await get(http, ex.url, "/v1/quote", **{**q, "gpus": want["gpus"], "limit": 0})
-                        if want["limit"] is None:
-                            assert not quote["complete"], (p["product"], want, quote)
-                        else:
-                            assert quote["complete"] and quote["average_price"] == want["average"], (want, quote)
-                            assert max(f["price"] for f in quote["fills"]) == want["limit"]
-                            seen["sizes"] += 1
+                    await check_executable(http, ex.url, cls, p, pc.quotes[cls][p["product"]], seen)
                 if step % 30 == 0:  # REST shows the same rows, at the same seq and time
                     status, body = await get(http, ex.url, "/v1/products", **{"class": cls})
                     assert status == 200 and (body["seq"], body["time"]) == x.feeds.product_feeds[cls].at

@@ -113,7 +113,8 @@ def test_one_product_by_name_and_bad_names(tmp_path) -> None:
             # a week's lease does not fit the ask's 30-hour window: that product has no ask
             status, week = await get(http, ex.url, "/v1/products", **{"class": "H100", "product": "on_demand:168h:x1"})
             assert week["products"][0]["asks"] == [] and week["products"][0]["best_ask"] is None
-            for bad in ("on_demand:24h", "hourly:24h:x1", "on_demand:24h:x1@", "on_demand:024h:x1"):
+            past = f"reserved:24h:x1@{(ex.now // 86_400 - 1) * 86_400}"  # well-formed, but a day gone
+            for bad in ("on_demand:24h", "hourly:24h:x1", "on_demand:24h:x1@", "on_demand:024h:x1", past):
                 status, err = await get(http, ex.url, "/v1/products", **{"class": "H100", "product": bad})
                 assert status == 404 and err["error"]["code"] == "UNKNOWN_PRODUCT", bad
 
@@ -321,6 +322,15 @@ def test_products_are_conflated_live_and_not_replayed(tmp_path) -> None:
             assert 0 < len(updates) < x.sequencer.stats.batches - batches
             reader.cancel()
             await ws.close()
+            async with http.ws_connect(ex.url.replace("http", "ws") + "/v1/feeds") as live:
+                await live.receive_json()
+                for op in ({"channel": "products", "class": "H100", "kind": "spot"},
+                           {"channel": "quotes", "class": "H100", "interval": "1m"}):
+                    await live.send_json({"op": "subscribe", "id": 7, **op})
+                    m = await live.receive_json()
+                    while m.get("id") != 7:
+                        m = await live.receive_json()
+                    assert m["type"] == "error" and m["code"] == "MALFORMED", m
             async with http.ws_connect(ex.url.replace("http", "ws") + "/v1/replay?speed=0") as rp:
                 hello = await rp.receive_json()
                 assert "products" not in hello["channels"]

@@ -56,6 +56,7 @@ from exchange.config import ServerConfig
 from exchange.engine import Engine
 from exchange.integrity import SegmentVerifier
 from exchange.journal import Journal
+from exchange.lease import LeaderLease
 from exchange.recovery import recover
 from exchange.sequencer import Sequencer, open_journal
 from exchange.stream import JournalPublisher, JournalTail
@@ -67,6 +68,7 @@ from gateway.deposits import DepositInbox, exchange_id
 from gateway.gateway import Counters, Gateway, errors_middleware
 from gateway.guard import Guard, GuardedSite
 from gateway.metrics import Health, Metrics
+from gateway.replication import AccountPublisher
 from gateway.revocations import RevocationWatch
 from settlement.link import SettlementLink
 from settlement.provisioning import Provisioning
@@ -97,9 +99,16 @@ HEALTH = web.AppKey("health", Health)
 class Exchange:
     """Every part of `gpux serve`, built and wired in one place (see the module docstring)."""
 
-    def __init__(self, cfg: ServerConfig, clock: Clock = WALL) -> None:
+    def __init__(self, cfg: ServerConfig, clock: Clock = WALL, lease: LeaderLease | None = None,
+                 engine: Engine | None = None) -> None:
         self.cfg = cfg
+        self._handed = engine  # a standby's engine at the journal's end (app.standby): no recovery needed
         self.clock = clock
+        # a core with a standby (cfg.ha): the leader's lease, taken at start (or handed over by the
+        # standby that took it, app.standby); `deposed` is set when another core leads
+        self.lease = lease
+        self.deposed = asyncio.Event()
+        self.deposed_why = ""
         self.data = cfg.data_path
         self.started_at = time.time()
         self.counters = Counters()  # the gateway's, counted by the error middleware too
@@ -110,19 +119,69 @@ class Exchange:
         self.app[METRICS] = Metrics()
         self.app[METRICS].add(self.guard.metric_samples)
         self.app[HEALTH] = Health()
-        self.app.cleanup_ctx.extend([self._accounts, self._ledger, self._core, self._feeds, self._gateway,
-                                     self._dashboard, self._sequencer])
+        self.app.cleanup_ctx.extend([self._lease, self._accounts, self._ledger, self._core, self._feeds,
+                                     self._gateway, self._dashboard, self._sequencer])
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopped = False
 
     # ------------------------------------------------------------------ the parts, in order
+    async def _lease(self, app: web.Application) -> AsyncIterator[None]:
+        cfg = self.cfg
+        if not cfg.ha:
+            yield
+            return
+        assert cfg.redis_url is not None
+        lease = self.lease
+        if lease is None:
+            lease = self.lease = LeaderLease(cfg.redis_url, cfg.redis_prefix, node_name(cfg), ttl_ms=cfg.lease_ms)
+            if not await asyncio.to_thread(lease.acquire):
+                holder = await asyncio.to_thread(lease.holder)
+                lease.close()
+                raise StartupError(f"another core leads ({holder} holds {lease.key}): start this one as its standby "
+                                   "with --standby, or stop that one first")
+        loop = asyncio.get_running_loop()
+        seen = [time.monotonic()]
+
+        async def beat() -> None:  # the lease is renewed only while the event loop runs
+            while True:
+                seen[0] = time.monotonic()
+                await asyncio.sleep(0.1)
+
+        beating = asyncio.create_task(beat(), name="lease-heartbeat")
+        lease.on_deposed = lambda why: loop.call_soon_threadsafe(self._depose, why)
+        # (start-up may hold the loop for seconds, loading jitted code: the lease is kept meanwhile)
+        lease.start(alive=lambda: self._site is None or time.monotonic() - seen[0] < cfg.lease_ms / 2000)
+        app[HEALTH].add("lease", lease.health)
+        app[METRICS].add(lease.metric_samples)
+        yield
+        beating.cancel()
+        await asyncio.to_thread(lease.release)
+        lease.close()
+
+    def _depose(self, why: str) -> None:
+        """Another core leads: answer nothing more, stop (`run_server` exits)."""
+        self.deposed_why = self.deposed_why or why
+        publisher = self.app.get(PUBLISHER)
+        if publisher is not None:
+            publisher.depose(why)
+        self.deposed.set()
+
     async def _accounts(self, app: web.Application) -> AsyncIterator[None]:
         self.data.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only (files: `gpux`'s umask)
         store = app[ACCOUNTS] = AccountStore(self.data / "accounts.db")
         app[HEALTH].add("accounts", store.health)
         app[VERIFIER] = Verifier(cached(store.key), clock_ms=self.clock.time_ms)
+        pub = None
+        if self.cfg.ha:  # the keys for the standby (they are not in the journal)
+            assert self.cfg.redis_url is not None
+            pub = AccountPublisher(store, self.cfg.redis_url, self.cfg.redis_prefix)
+            await pub.start()
+            app[HEALTH].add("account_publisher", pub.health)
+            app[METRICS].add(pub.metric_samples)
         yield
+        if pub is not None:
+            await pub.close()
         store.close()
 
     async def _ledger(self, app: web.Application) -> AsyncIterator[None]:
@@ -136,8 +195,16 @@ class Exchange:
         t0 = time.perf_counter()
         journal = app[JOURNAL] = open_journal(self.data, cfg)
         try:
-            engine = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: recover(cfg, settled=link.cursor, sink=link.replayed))
+            engine = self._handed
+            self._handed = None
+            if engine is not None and (engine.seq != journal.last_seq
+                                       or any(link.cursor(n) != engine.event_seq(n) for n in engine.books)):
+                log.warning("the standby's engine is not at the journal's and the ledger's end: recovering")
+                engine.close()
+                engine = None
+            if engine is None:
+                engine = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: recover(cfg, settled=link.cursor, sink=link.replayed))
             if engine.seq != journal.last_seq:
                 raise RuntimeError(f"recovered to seq {engine.seq} but the journal ends at {journal.last_seq}")
             ahead = [n for n in engine.books if link.cursor(n) > engine.event_seq(n)]
@@ -174,8 +241,14 @@ class Exchange:
         tail = app[JOURNAL_TAIL] = JournalTail(self.data / "journal", journal.last_seq)
         publisher = None
         if cfg.redis_url:
+            lease = self.lease
+            fence = (lease.key, lease.token) if cfg.ha and lease is not None else None
             publisher = app[PUBLISHER] = JournalPublisher(cfg.redis_url, cfg.redis_prefix, self.data / "journal",
-                                                          journal.last_seq, maxlen=cfg.redis_maxlen)
+                                                          journal.last_seq, maxlen=cfg.redis_maxlen, fence=fence,
+                                                          interval_s=0.0 if fence else 0.005)
+            if fence is not None:  # a batch is answered once it is in the stream too
+                sequencer.replicate = publisher.replicated
+                publisher.on_deposed = self._depose
 
         def durable(_batch: Any) -> None:  # a batch is durable: engine.seq is its last entry's seq
             tail.durable_to(engine.seq)
@@ -344,6 +417,15 @@ class Exchange:
         return self.app[DASHBOARD]
 
 
+def node_name(cfg: ServerConfig) -> str:
+    """This core's name in the leader's lease: host, process and port."""
+    return f"{socket.gethostname()}/{os.getpid()}/{cfg.port}"
+
+
+class Deposed(Exception):
+    """`gpux serve --ha` stopped because another core took the leader's lease."""
+
+
 class StartupError(Exception):
     """`gpux serve` cannot start; one sentence that says what to do.  Raised before anything is
     created on disk (a busy port, a data directory another server holds), or after start-up
@@ -408,7 +490,8 @@ def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
     return sock
 
 
-async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
+async def run_server(cfg: ServerConfig, ready: Any = None, lease: LeaderLease | None = None,
+                     engine: Engine | None = None) -> None:
     """Serve until SIGINT/SIGTERM; then shut down gracefully (close code 1001, journal flushed).
 
     Before anything is created on disk, the data directory (if it exists) is locked and the port
@@ -428,7 +511,7 @@ async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
     # the journal's fsync runs in a worker thread; a short GIL switch interval lets it hand its
     # result back within a fraction of a millisecond instead of the default 5 ms
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    exchange = Exchange(cfg)
+    exchange = Exchange(cfg, lease=lease, engine=engine)
     try:
         if not existed:
             data.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only, as Exchange makes it
@@ -457,8 +540,16 @@ async def run_server(cfg: ServerConfig, ready: Any = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        deposed = asyncio.create_task(exchange.deposed.wait())
+        await asyncio.wait([stopping, deposed], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        deposed.cancel()
     finally:
         log.info("shutting down")
         await exchange.close()
         lock.release()
+    if exchange.deposed.is_set():
+        raise Deposed(f"another core leads now ({exchange.deposed_why}); this one stopped without answering "
+                      "what it had not replicated.  Its data directory may hold journal entries the leader does not: "
+                      "start it again as a standby (--standby) on a new data directory")

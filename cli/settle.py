@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.accounts import format_usd
+from cli.status import serve_metrics
 
 
 def _cmd_settle(args: argparse.Namespace) -> int:
@@ -58,7 +59,7 @@ def _cmd_settle(args: argparse.Namespace) -> int:
     def started(runner: Any) -> None:
         nonlocal server
         if args.metrics:
-            server = _serve_metrics(args.metrics, runner)
+            server = serve_metrics(args.metrics, runner)
 
     c = run_replica(cfg, args.redis, ledger, backfill=backfill, stop=stop, snapshot_every=args.snapshot_every,
                     on_start=started)
@@ -67,42 +68,6 @@ def _cmd_settle(args: argparse.Namespace) -> int:
     logging.getLogger("gpux.settle").info("stopped", extra={"seq": c.replica.engine.seq, "applied": c.replica.applied,
                                                              "gaps": c.gaps, "backfilled": c.backfilled})
     return 0
-
-
-def _serve_metrics(where: str, runner: Any) -> Any:
-    """/metrics and /healthz of `gpux settle` on HOST:PORT, in a thread."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from gateway.metrics import Metrics
-
-    metrics = Metrics()
-    metrics.add(runner.metric_samples)
-    host, _, port = where.rpartition(":")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if self.path == "/metrics":
-                body, status, ctype = metrics.render().encode(), 200, "text/plain; version=0.0.4"
-            elif self.path == "/healthz":
-                health = runner.health()
-                body = json.dumps({"status": "ok" if health == "ok" else "failing", "checks": {"settle": health},
-                                   **runner.status()}).encode()
-                status, ctype = (200 if health == "ok" else 503), "application/json"
-            else:
-                body, status, ctype = b"not found", 404, "text/plain"
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a: Any) -> None:
-            return None
-
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
-    threading.Thread(target=server.serve_forever, name="settle-metrics", daemon=True).start()
-    print(f"gpux: settle metrics on http://{host or '127.0.0.1'}:{server.server_address[1]}/metrics", flush=True)
-    return server
 
 
 def _statement_offline(data: Path, account: str) -> dict[str, Any]:

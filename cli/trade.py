@@ -32,18 +32,36 @@ class UsageError(Exception):
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from app.exchange import StartupError, run_server
+    from app.exchange import Deposed, StartupError, run_server
     from app.logs import setup_logging
     from exchange.config import load_config
     from exchange.journal import JournalError
 
     cfg = load_config(args.config).with_(host=args.host, port=args.port, data_dir=args.data,
-                                         engine=args.engine, redis_url=args.redis)
+                                         engine=args.engine, redis_url=args.redis, redis_prefix=args.prefix)
     if args.fsync is not None:
         cfg = cfg.with_(fsync=args.fsync)
+    if args.ha or args.standby:
+        if not cfg.redis_url:
+            print("gpux: error: --ha and --standby need the Redis the leader and its standby share: --redis URL",
+                  file=sys.stderr)
+            return 2
+        cfg = cfg.with_(ha=True)
     setup_logging(args.log_level)
+    lease = engine = None
     try:
-        asyncio.run(run_server(cfg))
+        if args.standby:
+            taken = _follow_as_standby(cfg, args)
+            if taken is None:
+                return 0
+            lease, engine = taken
+        asyncio.run(run_server(cfg, lease=lease, engine=engine))
+    except Deposed as e:
+        print(f"gpux: error: {e}", file=sys.stderr)
+        return 3
+    except UsageError as e:
+        print(f"gpux: error: {e}", file=sys.stderr)
+        return 2
     except StartupError as e:
         print(f"gpux: error: {e}", file=sys.stderr)
         return 2
@@ -53,6 +71,44 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _follow_as_standby(cfg: Any, args: argparse.Namespace) -> Any:
+    """`gpux serve --standby`: follow the leader until this process takes its lease (returned, with
+    the standby's engine) or is stopped (None)."""
+    import signal
+    import threading
+
+    from app.standby import Standby
+    from cli.status import serve_metrics
+    from settlement.replica import HttpJournal, JournalSource
+
+    backfill: JournalSource | None = None
+    if args.exchange:
+        from gateway.auth import Signer
+
+        key, secret = args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET")
+        if not key or not secret:
+            raise UsageError("--exchange needs an admin key: --key/--secret or GPUX_KEY/GPUX_SECRET")
+        backfill = HttpJournal(args.exchange, Signer(key, secret).headers)
+    standby = Standby(cfg, backfill=backfill)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = serve_metrics(args.metrics, standby) if args.metrics else None
+    print(f"gpux: standby of the leader at {cfg.redis_url} (stream {cfg.redis_prefix}:journal), data in "
+          f"{cfg.data_path}; it takes over on port {cfg.port} when the leader's lease lapses", flush=True)
+    try:
+        lease = standby.follow(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if lease is None:
+        return None
+    print(f"gpux: took over as the leader ({lease.token})", flush=True)
+    return lease, standby.engine
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -171,7 +227,18 @@ def register(sub: Any) -> None:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--engine", choices=ENGINES, help="book engine (default numba)")
-    serve.add_argument("--redis", metavar="URL", help="also publish events to Redis streams at URL")
+    serve.add_argument("--redis", metavar="URL", help="also publish the journal to the Redis stream at URL")
+    serve.add_argument("--prefix", default=None, help="Redis key prefix (default from the config: gpux)")
+    serve.add_argument("--ha", action="store_true",
+                       help="lead with a hot standby: take the leader's lease in Redis, answer a batch once it is "
+                            "in the Redis stream too (docs/operations.md)")
+    serve.add_argument("--standby", action="store_true",
+                       help="follow the leader sharing --redis and take over when its lease lapses")
+    serve.add_argument("--exchange", metavar="URL",
+                       help="with --standby: backfill gaps in the stream from the leader's GET /v1/admin/journal")
+    serve.add_argument("--key", help="with --exchange: an admin key id (env GPUX_KEY)")
+    serve.add_argument("--secret", help="its secret (env GPUX_SECRET)")
+    serve.add_argument("--metrics", metavar="HOST:PORT", help="with --standby: /metrics and /healthz while it follows")
     serve.add_argument("--fsync", choices=FSYNC_POLICIES, help="journal fsync policy (default batch)")
     serve.add_argument("--log-level", default="INFO", help="log level (default INFO)")
     serve.set_defaults(handler=_cmd_serve)

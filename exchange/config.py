@@ -101,6 +101,10 @@ class ServerConfig:
     redis_url: str | None = None
     redis_prefix: str = "gpux"
     redis_maxlen: int = 100_000  # stream entries (chunks of journal entries) Redis keeps, about
+    # a core with a hot standby (exchange.lease, docs/operations.md): the leader's lease in Redis,
+    # appends fenced by it, a batch answered only once it is in the Redis stream
+    ha: bool = False
+    lease_ms: int = 3000
     # settlement (docs/settlement.md): "agent" = leases wait for the provider's agent (R18);
     # "auto" = every lease is ready at its start (a market without agents: simulations, tests)
     provisioning: str = "agent"
@@ -122,6 +126,10 @@ class ServerConfig:
         if self.ledger_synchronous not in LEDGER_SYNC:
             raise ConfigError(f"settlement.ledger_synchronous must be one of {', '.join(LEDGER_SYNC)}, "
                               f"got {self.ledger_synchronous!r}")
+        if self.ha and not self.redis_url:
+            raise ConfigError("a core with a standby (ha) needs Redis: give redis_url (--redis URL)")
+        if self.lease_ms < 300:
+            raise ConfigError("lease_ms must be at least 300")
         if self.book_threads < 0:
             raise ConfigError("book_threads must be 0 (one per CPU) or more")
         for name in ("provision_timeout_s", "meter_interval_s"):
@@ -143,7 +151,7 @@ class ServerConfig:
 
 # TOML table -> the ServerConfig fields it may set
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix", "redis_maxlen"),
+    "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix", "redis_maxlen", "ha", "lease_ms"),
     "journal": ("fsync", "segment_bytes", "snapshot_every_s", "verify_every_s"),
     "engine": ("clock_interval_s", "book_threads"),
     "limits": ("max_open_orders", "rate_per_s", "rate_burst", "max_message_bytes", "heartbeat_s"),
@@ -187,6 +195,8 @@ def _check_type(path: Path, section: str, key: str, value: Any) -> Any:
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if want.startswith("float") and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise ConfigError(f"{where} must be a number, got {value!r}")
+    if want.startswith("bool") and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
     if want.startswith("str") and not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, got {value!r}")
     return value

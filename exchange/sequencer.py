@@ -33,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,6 +51,7 @@ from exchange.engine import Engine
 from exchange.entries import Admin, Cmd, Entry, Fund, Prov, encode_entry
 from exchange.errors import ApiError
 from exchange.journal import Journal
+from exchange.lease import Deposed
 from exchange.money import WITHDRAW, warm_copy
 from exchange.snapshots import encode_snapshot_parts, write_snapshot
 from exchange.supervise import supervise
@@ -143,7 +144,7 @@ class Sequencer:
     def __init__(self, engine: Engine, journal: Journal, cfg: ServerConfig, bus: Bus,
                  escrow: bool = True, *, on_tick: Callable[[], Any] | None = None,
                  after_batch: Callable[[], Any] | None = None, on_idle: Callable[[], Any] | None = None,
-                 clock: Clock = WALL) -> None:
+                 clock: Clock = WALL, replicate: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.engine = engine
         self.journal = journal
         self.cfg = cfg
@@ -153,6 +154,9 @@ class Sequencer:
         self.after_batch = after_batch
         self.on_idle = on_idle
         self.clock = clock
+        # a leader with a standby (exchange.lease): a batch is answered only once it is also in the
+        # Redis stream; raises exchange.lease.Deposed when another core leads
+        self.replicate = replicate
         self.stats = SequencerStats()
         self._queue: list[Request] = []
         self._wake = asyncio.Event()
@@ -424,9 +428,12 @@ class Sequencer:
             for r in self._queue:
                 r.resolve(ApiError("UNAVAILABLE"))
             self._queue = []
+            why = ("this core lost the leader's lease before the request was replicated: it was not acknowledged; "
+                   "retry it, with the same client order id, on the new leader") if isinstance(e, Deposed) else \
+                  ("the exchange stopped before this request was made durable; after the restart, ask for it by "
+                   "its client order id")
             for r in self._inflight:  # applied, never made durable: the outcome is not known here
-                r.resolve(ApiError("UNAVAILABLE", "the exchange stopped before this request was made durable; "
-                                                  "after the restart, ask for it by its client order id"))
+                r.resolve(ApiError("UNAVAILABLE", why))
             self._inflight = []
             raise
         finally:
@@ -620,6 +627,8 @@ class Sequencer:
                 if not self.journal.retryable:
                     raise
                 await self._resync(e)
+            if self.replicate is not None:
+                await self.replicate(engine.seq)
             self._inflight = []
             self._unstall()
             cpu += time.thread_time()

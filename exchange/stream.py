@@ -60,9 +60,11 @@ _LEN = struct.Struct("<I")
 CHUNK_ENTRIES = 2000  # entries per stream entry at most
 CHUNK_BYTES = 1 << 20  # ... and about this many payload bytes
 FIELD = b"c"
-# XADD KEYS[1] MAXLEN ~ ARGV[2] ARGV[3] c ARGV[4], only if the stream ends at seq ARGV[1] (0: empty);
-# returns {1, that seq} when added, else {0, the seq it ends at}
+# XADD KEYS[1] MAXLEN ~ ARGV[2] ARGV[3] c ARGV[4], only if the stream ends at seq ARGV[1] (0: empty)
+# and, when ARGV[5] is not empty (a leader with a lease, exchange.lease), only if KEYS[2] holds the
+# token ARGV[5]; returns {1, that seq} when added, {0, the seq it ends at}, or {-1, 0} when fenced
 _XADD_AFTER = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return {-1, 0} end
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local last = 0
 if #top > 0 then last = tonumber(string.match(top[1][1], '^(%d+)')) end
@@ -303,8 +305,15 @@ class JournalPublisher:
     def __init__(self, url: str, prefix: str, journal_dir: Path, durable_seq: int = 0, *,
                  maxlen: int = 100_000, chunk_entries: int = CHUNK_ENTRIES, poll_s: float = 1.0,
                  interval_s: float = 0.005,
-                 backoff_max_s: float = 5.0, redis_factory: Callable[[str], Any] | None = None) -> None:
+                 backoff_max_s: float = 5.0, redis_factory: Callable[[str], Any] | None = None,
+                 fence: tuple[str, str] | None = None) -> None:
         self.url = url
+        # (lease key, token): a leader's appends go through only while it holds the lease
+        # (exchange.lease); refused once, the publisher is deposed and sends nothing more
+        self.fence = fence
+        self.deposed = ""
+        self.on_deposed: Callable[[str], None] | None = None
+        self._waiters: list[tuple[int, asyncio.Future]] = []  # replicated(seq) calls, by seq
         self.prefix = prefix
         self.key = stream_key(prefix)
         self.reader = JournalReader(journal_dir)
@@ -348,6 +357,48 @@ class JournalPublisher:
             self.durable = durable_seq
         self._wake.set()
 
+    async def replicated(self, seq: int) -> None:
+        """Return once the stream holds journal seq ``seq`` (a leader with a lease answers a batch only
+        then); raises exchange.lease.Deposed if the stream refused this publisher's appends."""
+        from exchange.lease import Deposed
+
+        if self.deposed:
+            raise Deposed(self.deposed)
+        self.wake(seq)
+        if self.cursor is not None and self.cursor >= seq:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, fut))
+        await fut
+
+    def _release_waiters(self) -> None:
+        from exchange.lease import Deposed
+
+        if not self._waiters:
+            return
+        cursor = self.cursor or 0
+        keep = []
+        for seq, fut in self._waiters:
+            if fut.done():
+                continue
+            if self.deposed:
+                fut.set_exception(Deposed(self.deposed))
+            elif seq <= cursor:
+                fut.set_result(None)
+            else:
+                keep.append((seq, fut))
+        self._waiters = keep
+
+    def depose(self, why: str) -> None:
+        """Send nothing more: another core leads (its lease, exchange.lease)."""
+        first = not self.deposed
+        if first:
+            self.deposed = why
+            log.error("journal publisher: %s; sending nothing more", why)
+        self._release_waiters()
+        if first and self.on_deposed is not None:
+            self.on_deposed(why)
+
     async def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything durable is in the stream (tests); False on timeout."""
         deadline = time.monotonic() + timeout
@@ -365,6 +416,10 @@ class JournalPublisher:
             self._closing = True
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError("the journal publisher stopped before the batch was in Redis"))
+        self._waiters = []
         self.reader.close()
         if self._redis is not None:
             try:
@@ -397,6 +452,8 @@ class JournalPublisher:
                             f"(seq {self.durable}): it holds another journal; use another redis_prefix or delete "
                             "the stream")
             log.error("%s; not publishing", self.foreign)
+            if self.fence is not None:  # a leader behind the stream: another core led after it
+                self.depose(self.foreign)
             self.cursor = last
         else:
             if self.cursor is not None and last < self.cursor:
@@ -405,6 +462,7 @@ class JournalPublisher:
             self.cursor = last  # (beyond ours, up to our journal's end: another publisher sent those)
         self.expect = last or 0  # where the stream ends now (what the next XADD expects)
         self.connected = True
+        self._release_waiters()
         if self.down_since is not None:
             log.warning("Redis reachable again after %.1f s: publishing from seq %d",
                         time.monotonic() - self.down_since, (self.cursor or 0) + 1)
@@ -427,9 +485,12 @@ class JournalPublisher:
                             f"(seq {self.durable}): it holds another journal; use another redis_prefix or delete "
                             "the stream")
             log.error("%s; not publishing", self.foreign)
+            if self.fence is not None:  # a leader behind the stream: another core led after it
+                self.depose(self.foreign)
         else:  # another publisher (or a re-send) got there first: on from the stream's end
             self.refused += 1
             self.cursor = self.expect = top
+            self._release_waiters()
 
     async def _top(self) -> int | None:
         got = await self._redis.xrevrange(self.key, count=1)
@@ -440,11 +501,11 @@ class JournalPublisher:
 
         backoff = 0.1
         loop = asyncio.get_running_loop()
-        while not self._closing:
+        while not self._closing and not self.deposed:
             try:
                 if not self.connected:
                     await self._connect()
-                while self.cursor is not None and self.cursor < self.durable and not self.foreign:
+                while self.cursor is not None and self.cursor < self.durable and not self.foreign and not self.deposed:
                     wait = self.published_at + self.interval_s - time.monotonic()
                     if wait > 0 and self.durable - self.cursor < self.chunk_entries:
                         await asyncio.sleep(wait)
@@ -508,19 +569,28 @@ class JournalPublisher:
             # XADD only if the stream still ends where we left it: a Redis that restarted without
             # its latest writes (or empty), or another writer, is found at the next send even if
             # redis-py reconnected silently
-            ok, top = await self._xadd_after(keys=[self.key], args=[self.expect, self.maxlen, stream_id(last), blob])
+            fence_key, token = self.fence or ("", "")
+            ok, top = await self._xadd_after(keys=[self.key, fence_key or self.key],
+                                             args=[self.expect, self.maxlen, stream_id(last), blob, token])
+            if ok == -1:
+                self.depose(f"the stream refused journal seq {first} to {last}: the leader's lease {fence_key} "
+                            f"is no longer {token}")
+                return
             if not ok:
                 self._moved(int(top))
                 return
             self.cursor = self.expect = last
             self.sent_entries += last - first + 1
             self.sent_chunks += 1
+            self._release_waiters()
         self.published_at = time.monotonic()
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> str:
-        """"ok" while publishing works; else why not (the task died, Redis unreachable)."""
-        if self._task is not None and self._task.done() and not self._closing:
+        """"ok" while publishing works; else why not (the task died, Redis unreachable, deposed)."""
+        if self.deposed:
+            return f"deposed: {self.deposed}"
+        if self._task is not None and self._task.done() and not self._closing and not self.deposed:
             exc = None if self._task.cancelled() else self._task.exception()
             return f"the journal publisher stopped: {exc!r}"
         if self.foreign:

@@ -370,6 +370,31 @@ class AccountStore:
         revoke`: SQLite's PRAGMA data_version) or through this object: a cheap "anything new?"."""
         return self._read("PRAGMA data_version")[0][0], self._writes
 
+    def export_rows(self) -> dict[str, list[tuple]]:
+        """The accounts and their API keys, row by row (what a standby or a gateway elsewhere needs;
+        deposit requests are journaled, so they are not part of it)."""
+        with self._lock:
+            db = self._conn()
+            return {"accounts": db.execute("SELECT id, name, role, created_at, ssh_public_key FROM accounts "
+                                           "ORDER BY id").fetchall(),
+                    "api_keys": db.execute("SELECT key_id, account_id, secret, created_at, revoked FROM api_keys "
+                                           "ORDER BY key_id").fetchall()}
+
+    def import_rows(self, rows: dict[str, list]) -> int:
+        """Make the accounts and keys equal to ``rows`` (`export_rows` of the leader's store): new
+        ones added, changed ones (a revocation, an SSH key) updated; returns how many rows changed."""
+        if self.export_rows() == {k: [tuple(r) for r in v] for k, v in rows.items()}:
+            return 0
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany("INSERT INTO accounts (id, name, role, created_at, ssh_public_key) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT(id) DO UPDATE SET name = excluded.name, role = excluded.role, "
+                           "ssh_public_key = excluded.ssh_public_key", rows["accounts"])
+            db.executemany("INSERT INTO api_keys (key_id, account_id, secret, created_at, revoked) "
+                           "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key_id) DO UPDATE SET revoked = excluded.revoked",
+                           rows["api_keys"])
+            return db.total_changes - before
+
     def key_ids(self, account_id: int, *, include_revoked: bool = False) -> list[str]:
         """The ids of an account's keys (live ones unless asked), oldest first."""
         sql = "SELECT key_id FROM api_keys WHERE account_id = ?"

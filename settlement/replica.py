@@ -135,9 +135,16 @@ class Replica:
         # exchange's provisioning marks them (no money moves; the replica sends no tasks)
         self.mark_started = cfg.provisioning == "agent"
         self._starts: list[tuple[int, str, int]] | None = None  # (start, class, trade id) of pending leases
+        # after each Engine.apply: (last journal seq, its events by class, the books' times before it)
+        self.on_applied: Callable[[int, dict[str, np.ndarray], Any], None] | None = None
 
-    def close(self) -> None:
-        self.engine.close()
+    def _times(self) -> dict[str, int] | None:
+        return {n: self.engine.book_time(n) for n in self.engine.books} if self.on_applied is not None else None
+
+    def close(self, engine: bool = True) -> None:
+        """Close the ledger and (unless ``engine`` is False: it is handed on) the engine."""
+        if engine:
+            self.engine.close()
         self.settlement.close()
 
     @property
@@ -180,7 +187,10 @@ class Replica:
         cursor = self.cursor
         if seq < cursor:  # the ledger has these already (replayed from an older snapshot): engine only
             k = min(cursor - seq, len(entries))
-            self.engine.apply(entries[:k])
+            before = self._times()
+            _, arrays = self.engine.apply(entries[:k])
+            if self.on_applied is not None:
+                self.on_applied(self.engine.seq, arrays, before)
             entries = entries[k:]
         if entries:
             self._settle(entries)
@@ -193,7 +203,10 @@ class Replica:
         """Apply entries to the engine and their money to the ledger, in one transaction."""
         engine = self.engine
         seqs = {n: engine.event_seq(n) for n in engine.books}
+        before = self._times()
         results, arrays = engine.apply(entries)
+        if self.on_applied is not None:
+            self.on_applied(engine.seq, arrays, before)
         answers: dict[str, list[Answer]] = {}
         ticks: dict[str, list[tuple[int, int]]] = {}
         funds: list[Transfer] = []

@@ -173,7 +173,7 @@ class Exchange:
         app[HEALTH].add("accounts", store.health)
         app[VERIFIER] = Verifier(cached(store.key), clock_ms=self.clock.time_ms)
         pub = None
-        if self.cfg.ha:  # the keys for the standby (they are not in the journal)
+        if self.cfg.redis_url:  # the keys for a standby and the market-data processes (not in the journal)
             assert self.cfg.redis_url is not None
             pub = AccountPublisher(store, self.cfg.redis_url, self.cfg.redis_prefix)
             await pub.start()

@@ -43,9 +43,11 @@ import os
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zlib import crc32
 
 from exchange.journal import HEADER, HEADER_SIZE, MAX_PAYLOAD, JournalError, segments
@@ -617,3 +619,54 @@ class JournalPublisher:
              "time spent reading the journal and sending it to Redis", "counter"),
             ("gpux_redis_publisher_healthy", int(self.health() == "ok"), "0 while the publisher cannot publish",
              "gauge")]
+
+
+# ---------------------------------------------------------------------- backfill sources
+class JournalSource(Protocol):
+    """Where a gap is backfilled from: ``fetch(after, limit)`` -> the payloads of seqs after ``after``."""
+
+    name: str
+
+    def fetch(self, after: int, limit: int) -> list[bytes]: ...
+
+
+class FileJournal:
+    """The journal files of an exchange on the same machine (``gpux settle --journal DIR``)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.reader = JournalReader(directory)
+        self.name = f"the journal files in {directory}"
+
+    def fetch(self, after: int, limit: int) -> list[bytes]:
+        return self.reader.read(after, limit)
+
+
+class HttpJournal:
+    """The exchange's journal-tail endpoint, ``GET /v1/admin/journal?after=SEQ&limit=N`` (an admin
+    key signs it: ``headers(method, path)`` gives the GPUX-* headers, `gateway.auth.Signer.headers`)."""
+
+    def __init__(self, url: str, headers: Callable[[str, str], dict[str, str]], timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.headers = headers
+        self.timeout = timeout
+        self.name = f"{self.url}/v1/admin/journal"
+
+    def fetch(self, after: int, limit: int) -> list[bytes]:
+        path = f"/v1/admin/journal?after={after}&limit={limit}"
+        req = urllib.request.Request(self.url + path, headers=self.headers("GET", path))
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                blob = resp.read()
+        except urllib.error.HTTPError as e:
+            body = e.read().decode(errors="replace")[:500]
+            raise BackfillError(f"{self.name} answered {e.code}: {body}") from None
+        if not blob:
+            return []
+        first, payloads = decode_chunk(blob)
+        if first != after + 1:
+            raise BackfillError(f"{self.name} answered entries from seq {first}, not {after + 1}")
+        return payloads
+
+
+class BackfillError(RuntimeError):
+    """A gap that could not be backfilled (no source, or the source failed)."""

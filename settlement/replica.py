@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +43,17 @@ from exchange.engine import Engine
 from exchange.entries import Fund, Prov, decode_entry
 from exchange.money import DEPOSIT, settlement_config
 from exchange.snapshots import SnapshotMismatch, snapshots, write_snapshot
-from exchange.stream import FIELD, JournalReader, decode_chunk, id_seq, stream_id, stream_key
+from exchange.stream import (  # noqa: F401 - FileJournal, HttpJournal: where `gpux settle` finds them
+    FIELD,
+    BackfillError,
+    FileJournal,
+    HttpJournal,
+    JournalSource,
+    decode_chunk,
+    id_seq,
+    stream_id,
+    stream_key,
+)
 from orderbook.types import CMD_CLOCK, EVENT_DTYPE
 from settlement.ledger import AVAILABLE, EXCHANGE, EXTERNAL, LedgerError, Transfer
 from settlement.service import Answer, Settlement
@@ -54,59 +64,9 @@ SNAPSHOT_EVERY = 50_000  # entries between the replica's snapshots
 _NONE = np.zeros(0, dtype=EVENT_DTYPE)
 
 
-class JournalSource(Protocol):
-    """Where a gap is backfilled from: ``fetch(after, limit)`` -> the payloads of seqs after ``after``."""
-
-    name: str
-
-    def fetch(self, after: int, limit: int) -> list[bytes]: ...
-
-
-class FileJournal:
-    """The journal files of an exchange on the same machine (``gpux settle --journal DIR``)."""
-
-    def __init__(self, directory: str | Path) -> None:
-        self.reader = JournalReader(directory)
-        self.name = f"the journal files in {directory}"
-
-    def fetch(self, after: int, limit: int) -> list[bytes]:
-        return self.reader.read(after, limit)
-
-
-class HttpJournal:
-    """The exchange's journal-tail endpoint, ``GET /v1/admin/journal?after=SEQ&limit=N`` (an admin
-    key signs it: ``headers(method, path)`` gives the GPUX-* headers, `gateway.auth.Signer.headers`)."""
-
-    def __init__(self, url: str, headers: Callable[[str, str], dict[str, str]], timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.headers = headers
-        self.timeout = timeout
-        self.name = f"{self.url}/v1/admin/journal"
-
-    def fetch(self, after: int, limit: int) -> list[bytes]:
-        path = f"/v1/admin/journal?after={after}&limit={limit}"
-        req = urllib.request.Request(self.url + path, headers=self.headers("GET", path))
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                blob = resp.read()
-        except urllib.error.HTTPError as e:
-            body = e.read().decode(errors="replace")[:500]
-            raise BackfillError(f"{self.name} answered {e.code}: {body}") from None
-        if not blob:
-            return []
-        first, payloads = decode_chunk(blob)
-        if first != after + 1:
-            raise BackfillError(f"{self.name} answered entries from seq {first}, not {after + 1}")
-        return payloads
-
-
 class SimulatedCrash(BaseException):
     """Raised by test hooks to stop a replica as if its process died (not an Exception, so
     nothing on the way catches it)."""
-
-
-class BackfillError(RuntimeError):
-    """A gap that could not be backfilled (no source, or the source failed)."""
 
 
 class Replica:

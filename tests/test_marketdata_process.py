@@ -103,7 +103,8 @@ def test_a_market_data_process_serves_what_the_core_serves(tmp_path, prefix):
                 async with aiohttp.ClientSession() as s:  # REST level 2 and health
                     async with s.get(f"{md_url}/v1/book/H100") as r1, s.get(f"{ex.url}/v1/book/H100") as r2:
                         b1, b2 = await r1.json(), await r2.json()
-                        assert {k: b1[k] for k in ("asks", "bids", "seq")} == {k: b2[k] for k in ("asks", "bids", "seq")}
+                        keys = ("asks", "bids", "seq")
+                        assert {k: b1[k] for k in keys} == {k: b2[k] for k in keys}
                     async with s.get(f"{md_url}/healthz") as r:
                         h = await r.json()
                         assert r.status == 200 and h["role"] == "feeds" and h["checks"]["follower"] == "ok"

@@ -54,6 +54,7 @@ from exchange.bus import Bus
 from exchange.clock import WALL, Clock
 from exchange.config import ServerConfig
 from exchange.engine import Engine
+from exchange.inbox import RequestInbox
 from exchange.integrity import SegmentVerifier
 from exchange.journal import Journal
 from exchange.lease import LeaderLease
@@ -88,6 +89,7 @@ SEGMENT_VERIFIER = web.AppKey("segment_verifier", SegmentVerifier)
 REVOCATIONS = web.AppKey("revocations", RevocationWatch)
 PUBLISHER = web.AppKey("publisher", JournalPublisher)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
+INBOX = web.AppKey("inbox", RequestInbox)
 DEPOSITS = web.AppKey("deposits", DepositInbox)
 FEEDS = web.AppKey("feeds", FeedService)
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -320,7 +322,15 @@ class Exchange:
         sequencer = app[SEQUENCER]
         await sequencer.start()
         app[HEALTH].add("sequencer", sequencer.health)
+        inbox = None
+        if self.cfg.redis_url:  # requests of order gateways in other processes (gpux gateway)
+            inbox = app[INBOX] = RequestInbox(sequencer, app[ENGINE], self.cfg.redis_url, self.cfg.redis_prefix)
+            await inbox.start()
+            app[HEALTH].add("request_inbox", inbox.health)
+            app[METRICS].add(inbox.metric_samples)
         yield
+        if inbox is not None:
+            await inbox.close()
         await sequencer.stop()
 
     def _process_samples(self) -> list[tuple[str, float, str, str]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from exchange.bus import Bus, Published
@@ -55,6 +56,9 @@ class Follower:
         self.journal: Journal | None = None
         self.engine: Engine | None = None
         self.bus = Bus()
+        # the origin of each entry (the session a command came from), for those who push events to
+        # sessions (an order gateway: gateway.remote); None: no origins
+        self.origins: Callable[[list[Any]], list[Any]] | None = None
         self.snapshot_seq = 0
         self.stream_seq = 0  # the last seq seen in the stream
         self.applied = 0
@@ -98,7 +102,8 @@ class Follower:
         await asyncio.to_thread(journal.sync)
         entries = decode_entries(payloads)
         results, arrays = self.engine.apply(entries)
-        self.bus.publish(Published(results, arrays, [None] * len(entries), [e for e in entries if type(e) is Prov],
+        origins = self.origins(entries) if self.origins is not None else [None] * len(entries)
+        self.bus.publish(Published(results, arrays, origins, [e for e in entries if type(e) is Prov],
                                    [e for e in entries if type(e) is Fund]))
         self.applied += len(payloads)
         if self.engine.seq - self.snapshot_seq >= self.snapshot_every:

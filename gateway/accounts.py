@@ -371,19 +371,23 @@ class AccountStore:
         return self._read("PRAGMA data_version")[0][0], self._writes
 
     def export_rows(self) -> dict[str, list[tuple]]:
-        """The accounts and their API keys, row by row (what a standby or a gateway elsewhere needs;
-        deposit requests are journaled, so they are not part of it)."""
+        """The accounts, their API keys and the deposit requests, row by row (what a standby or a
+        gateway elsewhere needs: keys are not in the journal; a deposit request is journaled once,
+        by its ref, whichever exchange journals it)."""
         with self._lock:
             db = self._conn()
             return {"accounts": db.execute("SELECT id, name, role, created_at, ssh_public_key FROM accounts "
                                            "ORDER BY id").fetchall(),
                     "api_keys": db.execute("SELECT key_id, account_id, secret, created_at, revoked FROM api_keys "
-                                           "ORDER BY key_id").fetchall()}
+                                           "ORDER BY key_id").fetchall(),
+                    "deposits": db.execute("SELECT id, account_id, amount, created_at, note, taken_by FROM deposits "
+                                           "ORDER BY id").fetchall()}
 
     def import_rows(self, rows: dict[str, list]) -> int:
         """Make the accounts and keys equal to ``rows`` (`export_rows` of the leader's store): new
-        ones added, changed ones (a revocation, an SSH key) updated; returns how many rows changed."""
-        if self.export_rows() == {k: [tuple(r) for r in v] for k, v in rows.items()}:
+        ones added, changed ones (a revocation, an SSH key, a deposit taken) updated; returns how many
+        rows changed."""
+        if self.export_rows() == {k: [tuple(r) for r in v] for k, v in {"deposits": [], **rows}.items()}:
             return 0
         with self._write() as db:
             before = db.total_changes
@@ -393,6 +397,9 @@ class AccountStore:
             db.executemany("INSERT INTO api_keys (key_id, account_id, secret, created_at, revoked) "
                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key_id) DO UPDATE SET revoked = excluded.revoked",
                            rows["api_keys"])
+            db.executemany("INSERT INTO deposits (id, account_id, amount, created_at, note, taken_by) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET taken_by = excluded.taken_by",
+                           rows.get("deposits", []))
             return db.total_changes - before
 
     def key_ids(self, account_id: int, *, include_revoked: bool = False) -> list[str]:

@@ -163,6 +163,8 @@ class Exchange:
 
     def _depose(self, why: str) -> None:
         """Another core leads: answer nothing more, stop (`run_server` exits)."""
+        if not self.deposed_why:
+            log.error("deposed: %s; stopping", why)
         self.deposed_why = self.deposed_why or why
         publisher = self.app.get(PUBLISHER)
         if publisher is not None:
@@ -247,7 +249,8 @@ class Exchange:
             fence = (lease.key, lease.token) if cfg.ha and lease is not None else None
             publisher = app[PUBLISHER] = JournalPublisher(cfg.redis_url, cfg.redis_prefix, self.data / "journal",
                                                           journal.last_seq, maxlen=cfg.redis_maxlen, fence=fence,
-                                                          interval_s=0.0 if fence else 0.005)
+                                                          interval_s=0.0 if fence else 0.005,
+                                                          wait_replicas=cfg.redis_replicas if fence else 0)
             if fence is not None:  # a batch is answered once it is in the stream too
                 sequencer.replicate = publisher.replicated
                 publisher.on_deposed = self._depose
@@ -324,7 +327,11 @@ class Exchange:
         app[HEALTH].add("sequencer", sequencer.health)
         inbox = None
         if self.cfg.redis_url:  # requests of order gateways in other processes (gpux gateway)
-            inbox = app[INBOX] = RequestInbox(sequencer, app[ENGINE], self.cfg.redis_url, self.cfg.redis_prefix)
+            lease = self.lease
+            fence = (lease.key, lease.token) if self.cfg.ha and lease is not None else None
+            inbox = app[INBOX] = RequestInbox(sequencer, app[ENGINE], self.cfg.redis_url, self.cfg.redis_prefix,
+                                              fence=fence)
+            inbox.on_deposed = self._depose
             await inbox.start()
             app[HEALTH].add("request_inbox", inbox.health)
             app[METRICS].add(inbox.metric_samples)

@@ -45,8 +45,10 @@ def free_port() -> int:
 class RedisServer:
     """A `redis-server` of our own on a free loopback port, in ``directory``; stop and start it at will."""
 
-    def __init__(self, directory: Path, port: int | None = None, node_entries: int = 8) -> None:
+    def __init__(self, directory: Path, port: int | None = None, node_entries: int = 8,
+                 replica_of: int | None = None) -> None:
         self.directory = directory
+        self.replica_of = replica_of  # the port of the primary this one replicates
         self.port = port or free_port()
         self.node_entries = node_entries
         self.proc: subprocess.Popen | None = None
@@ -63,7 +65,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory), "--save", "",
              "--appendonly", "no", "--stream-node-max-entries", str(self.node_entries), "--daemonize", "no",
-             "--logfile", str(self.directory / "redis.log")],
+             "--logfile", str(self.directory / "redis.log"),
+             *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -105,6 +105,7 @@ class ServerConfig:
     # appends fenced by it, a batch answered only once it is in the Redis stream
     ha: bool = False
     lease_ms: int = 3000
+    redis_replicas: int = 0  # with ha: a batch is answered once this many Redis replicas have it too (WAIT)
     # settlement (docs/settlement.md): "agent" = leases wait for the provider's agent (R18);
     # "auto" = every lease is ready at its start (a market without agents: simulations, tests)
     provisioning: str = "agent"
@@ -128,6 +129,8 @@ class ServerConfig:
                               f"got {self.ledger_synchronous!r}")
         if self.ha and not self.redis_url:
             raise ConfigError("a core with a standby (ha) needs Redis: give redis_url (--redis URL)")
+        if self.redis_replicas < 0:
+            raise ConfigError("redis_replicas must be 0 or more")
         if self.lease_ms < 300:
             raise ConfigError("lease_ms must be at least 300")
         if self.book_threads < 0:
@@ -151,7 +154,8 @@ class ServerConfig:
 
 # TOML table -> the ServerConfig fields it may set
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix", "redis_maxlen", "ha", "lease_ms"),
+    "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix", "redis_maxlen", "ha", "lease_ms",
+               "redis_replicas"),
     "journal": ("fsync", "segment_bytes", "snapshot_every_s", "verify_every_s"),
     "engine": ("clock_interval_s", "book_threads"),
     "limits": ("max_open_orders", "rate_per_s", "rate_burst", "max_message_bytes", "heartbeat_s"),

@@ -37,6 +37,13 @@ log = logging.getLogger("gpux.inbox")
 MAX_AGE_MS = 8_000  # requests older than this when read are dropped: their gateway gave up on them
 REPLY_MAXLEN = 10_000
 REPLY_TTL_S = 3600  # a gateway's reply stream is dropped an hour after its last reply
+# SET KEYS[1] ARGV[1] (the inbox's cursor), unless ARGV[2] (a leader's token) is given and KEYS[2] (the
+# lease) no longer holds it: returns 1 when set
+_ADVANCE = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 
@@ -84,7 +91,7 @@ class RequestInbox:
     """The core's side: ``{prefix}:requests`` into the sequencer, answers to each gateway's stream."""
 
     def __init__(self, sequencer: Any, engine: Any, url: str, prefix: str, *, block_ms: int = 1000,
-                 count: int = 512, max_age_ms: int = MAX_AGE_MS) -> None:
+                 count: int = 512, max_age_ms: int = MAX_AGE_MS, fence: tuple[str, str] | None = None) -> None:
         self.sequencer = sequencer
         self.engine = engine
         self.url = url
@@ -94,6 +101,12 @@ class RequestInbox:
         self.block_ms = block_ms
         self.count = count
         self.max_age_ms = max_age_ms
+        # (lease key, token) of a leader with a standby: it takes requests only while it holds the
+        # lease (checked with the cursor's update, in Redis), so a deposed leader woken from a pause
+        # cannot take requests away from the new one
+        self.fence = fence
+        self.deposed = False
+        self.on_deposed: Any = None  # called once with why, when another core took the lease
         self.received = 0
         self.answered = 0
         self.dropped = 0  # too old when read
@@ -111,7 +124,8 @@ class RequestInbox:
 
         self._redis = aioredis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
         self._reader = aioredis.from_url(self.url, socket_timeout=self.block_ms / 1000 + 5, socket_connect_timeout=2)
-        stopping = lambda: self._closing  # noqa: E731
+        self._advance = self._redis.register_script(_ADVANCE)
+        stopping = lambda: self._closing or self.deposed  # noqa: E731
         self._tasks = [supervise(asyncio.create_task(self._read(), name="request-inbox"), "the request inbox",
                                  stopping),
                        supervise(asyncio.create_task(self._send(), name="reply-sender"), "the reply sender", stopping)]
@@ -137,10 +151,19 @@ class RequestInbox:
                 continue
             entries = reply[0][1]
             last = entries[-1][0].decode()
-            try:
-                await self._redis.set(self.cursor_key, last)  # read: a core that takes over starts after it
+            try:  # read: a core that takes over starts after it
+                fence_key, token = self.fence or ("", "")
+                taken = await self._advance(keys=[self.cursor_key, fence_key or self.cursor_key], args=[last, token])
             except (redis_lib.ConnectionError, redis_lib.TimeoutError, OSError) as e:
                 self._failed(e)
+                taken = 1
+            if not taken:
+                self.deposed = True
+                why = "another core holds the leader's lease; the request inbox takes no more requests"
+                log.error("request inbox: %s", why)
+                if self.on_deposed is not None:
+                    self.on_deposed(why)
+                return
             now = int(time.time() * 1000)
             for _, fields in entries:
                 self._take(fields, now)

@@ -308,8 +308,12 @@ class JournalPublisher:
                  maxlen: int = 100_000, chunk_entries: int = CHUNK_ENTRIES, poll_s: float = 1.0,
                  interval_s: float = 0.005,
                  backoff_max_s: float = 5.0, redis_factory: Callable[[str], Any] | None = None,
-                 fence: tuple[str, str] | None = None) -> None:
+                 fence: tuple[str, str] | None = None, wait_replicas: int = 0) -> None:
         self.url = url
+        # a batch counts as replicated once this many Redis replicas have it too (WAIT after each send)
+        self.wait_replicas = wait_replicas
+        self.on_replicas = 0  # the last seq the replicas acknowledged
+        self.replica_waits = 0  # WAITs that timed out (a replica down or behind)
         # (lease key, token): a leader's appends go through only while it holds the lease
         # (exchange.lease); refused once, the publisher is deposed and sends nothing more
         self.fence = fence
@@ -379,6 +383,8 @@ class JournalPublisher:
         if not self._waiters:
             return
         cursor = self.cursor or 0
+        if self.wait_replicas:
+            cursor = min(cursor, self.on_replicas)
         keep = []
         for seq, fut in self._waiters:
             if fut.done():
@@ -413,7 +419,7 @@ class JournalPublisher:
 
     async def close(self) -> None:
         if self._task is not None:
-            if self.connected:
+            if self.connected and not self.deposed and not self.foreign:
                 await self.flush(timeout=5.0)
             self._closing = True
             self._task.cancel()
@@ -585,7 +591,22 @@ class JournalPublisher:
             self.sent_entries += last - first + 1
             self.sent_chunks += 1
             self._release_waiters()
+        if self.wait_replicas and self.cursor is not None and self.cursor > self.on_replicas:
+            await self._wait_replicas(self.cursor)
         self.published_at = time.monotonic()
+
+    async def _wait_replicas(self, seq: int) -> None:
+        """Until ``wait_replicas`` Redis replicas have everything sent up to ``seq`` (WAIT)."""
+        while not self._closing:
+            got = await self._redis.wait(self.wait_replicas, 1000)
+            if got >= self.wait_replicas:
+                break
+            self.replica_waits += 1
+            if self.replica_waits == 1 or self.replica_waits % 10 == 0:
+                log.warning("%d of %d Redis replicas acknowledged journal seq %d; answers wait for them",
+                            got, self.wait_replicas, seq)
+        self.on_replicas = seq
+        self._release_waiters()
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> str:
@@ -615,6 +636,8 @@ class JournalPublisher:
              "counter"),
             ("gpux_redis_publish_errors_total", self.errors, "errors publishing (Redis unreachable, ...)",
              "counter"),
+            ("gpux_redis_replica_waits_total", self.replica_waits,
+             "WAITs for the Redis replicas that timed out (answers waited)", "counter"),
             ("gpux_redis_publish_seconds_total", round(self.publish_seconds, 6),
              "time spent reading the journal and sending it to Redis", "counter"),
             ("gpux_redis_publisher_healthy", int(self.health() == "ok"), "0 while the publisher cannot publish",

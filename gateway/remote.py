@@ -35,6 +35,7 @@ from orderbook.types import CMD_ASK, CMD_BID, COMMAND_DTYPE
 
 log = logging.getLogger("gpux.gateway")
 TIMEOUT_S = 10.0
+LEADER_POLL_S = 0.2
 REQUESTS_MAXLEN = 100_000
 
 
@@ -77,6 +78,8 @@ class RemoteSequencer:
         self.sent = 0
         self.answered = 0
         self.timeouts = 0
+        self.failovers = 0  # leader changes seen
+        self.resent = 0  # requests sent again after one
         self.errors = 0
         self.last_error = ""
         self.lag_s = 0.0  # the last answer's round trip
@@ -172,6 +175,8 @@ class RemoteSequencer:
                                  stopping),
                        supervise(asyncio.create_task(self._read(), name="reply-reader"), "the reply reader", stopping),
                        supervise(asyncio.create_task(self._expire(), name="request-timeouts"), "the request timeouts",
+                                 stopping),
+                       supervise(asyncio.create_task(self._watch_leader(), name="leader-watch"), "the leader watch",
                                  stopping)]
 
     async def _send(self) -> None:
@@ -234,6 +239,42 @@ class RemoteSequencer:
                 self._resolve(rid, ApiError("UNAVAILABLE", f"the core did not answer within {self.timeout_s:g} s "
                                                            "(a failover?); retry with the same client_order_id"))
 
+    async def _watch_leader(self) -> None:
+        """When another core takes the leader's lease (exchange.lease), what is in flight may have
+        been read by the old one and never answered: requests with a client order id are sent
+        again (the exchange answers one once), the others are answered UNAVAILABLE."""
+        from exchange.lease import leader_key
+
+        key = leader_key(self.prefix)
+        leader = None
+        while not self._closing:
+            await asyncio.sleep(LEADER_POLL_S)
+            try:
+                got = await self._redis.get(key)
+            except Exception:  # noqa: BLE001 - Redis down: the sender and reader report it
+                continue
+            if got is None:
+                continue
+            if leader is not None and got != leader:
+                self.failovers += 1
+                log.warning("the core's leader changed (%s): in-flight requests sent again", got.decode())
+                self._resend()
+            leader = got
+
+    def _resend(self) -> None:
+        now = time.monotonic()
+        for rid, (req, _, key) in list(self._pending.items()):
+            if req.coid:
+                self._pending[rid] = (req, now, key)
+                self._out.append((rid, encode_request(req)))
+                self.resent += 1
+            else:
+                self._resolve(rid, ApiError("UNAVAILABLE", "the core failed over while this request was in flight: "
+                                                           "it may or may not have been applied (look at your "
+                                                           "orders; a client_order_id makes a request safe to send "
+                                                           "again)"))
+        self._wake.set()
+
     def _failed(self, e: BaseException) -> None:
         self.errors += 1
         self.connected = False
@@ -266,6 +307,8 @@ class RemoteSequencer:
         return [("gpux_remote_requests_total", self.sent, "requests sent to the core", "counter"),
                 ("gpux_remote_answers_total", self.answered, "answers handed to clients", "counter"),
                 ("gpux_remote_timeouts_total", self.timeouts, "requests the core did not answer in time", "counter"),
+                ("gpux_remote_failovers_total", self.failovers, "changes of the core's leader seen", "counter"),
+                ("gpux_remote_resent_total", self.resent, "requests sent again after a failover", "counter"),
                 ("gpux_remote_pending", len(self._pending), "requests waiting for the core", "gauge"),
                 ("gpux_remote_held", len(self._held), "answers waiting for the replica to reach their seq", "gauge"),
                 ("gpux_remote_last_answer_seconds", round(self.lag_s, 6), "the last answer's round trip", "gauge"),

@@ -44,7 +44,7 @@ class Follower:
 
     def __init__(self, cfg: ServerConfig, redis_url: str, *, backfill: JournalSource | None = None,
                  block_ms: int = 1000, count: int = 64, snapshot_every: int = SNAPSHOT_EVERY,
-                 backoff_max_s: float = 5.0) -> None:
+                 backoff_max_s: float = 5.0, durable: bool = False) -> None:
         self.cfg = cfg
         self.redis_url = redis_url
         self.key = stream_key(cfg.redis_prefix)
@@ -53,6 +53,11 @@ class Follower:
         self.count = count
         self.snapshot_every = snapshot_every
         self.backoff_max_s = backoff_max_s
+        # fsync each chunk?  A follower's journal is a cache of the stream (what a power cut takes
+        # from it is read again from the stream or backfilled), so by default it is not synced:
+        # a kill -9 loses nothing of it (the page cache survives the process), and an answer that
+        # waits for a gateway's replica does not wait for a disk too
+        self.durable = durable
         self.journal: Journal | None = None
         self.engine: Engine | None = None
         self.bus = Bus()
@@ -99,7 +104,8 @@ class Follower:
         payloads = payloads[seq + 1 - first:]
         journal = self.journal
         journal.append(payloads)
-        await asyncio.to_thread(journal.sync)
+        if self.durable:
+            await asyncio.to_thread(journal.sync)
         entries = decode_entries(payloads)
         results, arrays = self.engine.apply(entries)
         origins = self.origins(entries) if self.origins is not None else [None] * len(entries)

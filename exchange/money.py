@@ -88,9 +88,13 @@ def _copy_class(c: Any) -> Any:
 
 
 def warm_copy() -> None:
-    """Compile what `Money.copy` runs (numba's typed-dict copy, ~0.5 s the first time in a
-    process), e.g. at start-up, not at the first snapshot."""
-    _copy_class(ClassState("warm"))
+    """Compile what `Money.copy` and `Money.to_snap` run (numba's typed-dict copy and iteration,
+    ~0.5 s each the first time in a process), e.g. at start-up, not at the first snapshot (where
+    the compile would hold the GIL, and so the event loop, in the snapshot's thread)."""
+    c = ClassState("warm")
+    _copy_class(c)
+    sorted(c.bids.items())
+    [c.leases[t] for t in c.leases]
 
 
 class Money:

@@ -479,7 +479,7 @@ class DataLock:
             self.fd = None
 
 
-def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+def listen_socket(host: str, port: int, backlog: int = 128, listen: bool = True) -> socket.socket:
     """A socket bound to ``host:port`` and listening (port 0: a free one); StartupError, which says
     what to do, when the port is taken or the address is not this machine's."""
     try:
@@ -492,7 +492,8 @@ def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
-        sock.listen(backlog)
+        if listen:  # (not: the port is only reserved, e.g. by a standby until it takes over)
+            sock.listen(backlog)
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
@@ -508,7 +509,7 @@ def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
 
 
 async def run_server(cfg: ServerConfig, ready: Any = None, lease: LeaderLease | None = None,
-                     engine: Engine | None = None) -> None:
+                     engine: Engine | None = None, sock: socket.socket | None = None) -> None:
     """Serve until SIGINT/SIGTERM; then shut down gracefully (close code 1001, journal flushed).
 
     Before anything is created on disk, the data directory (if it exists) is locked and the port
@@ -521,7 +522,10 @@ async def run_server(cfg: ServerConfig, ready: Any = None, lease: LeaderLease | 
     if existed:
         lock.acquire()
     try:
-        sock = listen_socket(cfg.host, cfg.port)
+        if sock is None:
+            sock = listen_socket(cfg.host, cfg.port)
+        else:  # bound already (a standby reserved its port when it started)
+            sock.listen(128)
     except BaseException:
         lock.release()
         raise

@@ -48,14 +48,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             return 2
         cfg = cfg.with_(ha=True)
     setup_logging(args.log_level)
-    lease = engine = None
+    lease = engine = sock = None
     try:
         if args.standby:
+            from app.exchange import listen_socket
+
+            # the port reserved now (a clash is found at start, not at take-over), listened on then
+            sock = listen_socket(cfg.host, cfg.port, listen=False)
+            cfg = cfg.with_(port=sock.getsockname()[1])
             taken = _follow_as_standby(cfg, args)
             if taken is None:
+                sock.close()
                 return 0
             lease, engine = taken
-        asyncio.run(run_server(cfg, lease=lease, engine=engine))
+        asyncio.run(run_server(cfg, lease=lease, engine=engine, sock=sock))
     except Deposed as e:
         print(f"gpux: error: {e}", file=sys.stderr)
         return 3

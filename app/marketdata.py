@@ -18,94 +18,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
+from app.follower import FollowerProcess, run_follower
 from exchange.config import ServerConfig
 from exchange.errors import ApiError
-from exchange.follow import Follower
 from exchange.stream import JournalSource
-from exchange.supervise import supervise
 from feeds.service import FeedService
-from gateway.accounts import AccountStore
-from gateway.auth import RateLimiter, Verifier, cached
-from gateway.gateway import Counters, errors_middleware
-from gateway.metrics import Health, Metrics
-from gateway.replication import POLL_S, pull_accounts
+from gateway.auth import RateLimiter
+from gateway.gateway import instruments_view
 from gateway.revocations import RevocationWatch
 
 log = logging.getLogger("gpux.marketdata")
 
 
-class MarketData:
-    """The parts of `gpux feeds`, built in order and stopped in reverse (aiohttp cleanup contexts)."""
+class MarketData(FollowerProcess):
+    """The parts of `gpux feeds` (see the module docstring)."""
+
+    role = "market-data"
 
     def __init__(self, cfg: ServerConfig, *, backfill: JournalSource | None = None, block_ms: int = 1000) -> None:
-        if not cfg.redis_url:
-            raise ValueError("a market-data process needs the core's Redis (--redis URL)")
-        self.cfg = cfg
-        self.started_at = time.time()
-        self.counters = Counters()
-        self.metrics = Metrics()
-        self.health = Health()
-        self.follower = Follower(cfg, cfg.redis_url, backfill=backfill, block_ms=block_ms)
+        super().__init__(cfg, backfill=backfill, block_ms=block_ms)
         self.limiter = RateLimiter(cfg.rate_per_s, cfg.rate_burst)
-        self.store: AccountStore | None = None
         self.feeds: FeedService | None = None
-        self.app = web.Application(client_max_size=cfg.max_message_bytes,
-                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes)])
-        self.app.cleanup_ctx.extend([self._accounts, self._feeds])
-        self.app.router.add_get("/healthz", self.healthz)
-        self.app.router.add_get("/metrics", self.metrics_text)
-        self.app.router.add_get("/v1/instruments", self.instruments)
-        self.app.router.add_get("/v1/book/{cls}", self.book)
-        self._runner: web.AppRunner | None = None
+        r = self.app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics_text)
+        r.add_get("/v1/instruments", self.instruments)
+        r.add_get("/v1/book/{cls}", self.book)
 
-    async def _accounts(self, app: web.Application) -> AsyncIterator[None]:
-        cfg = self.cfg
-        cfg.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        store = self.store = AccountStore(cfg.data_path / "accounts.db")
-        self.verifier = Verifier(cached(store.key))
-        import redis
-
-        r = redis.Redis.from_url(cfg.redis_url or "", socket_timeout=5, socket_connect_timeout=2)
-
-        async def pull() -> None:  # the leader's accounts and keys, as they change
-            while True:
-                try:
-                    await asyncio.to_thread(pull_accounts, r, cfg.redis_prefix, store)
-                except Exception as e:  # noqa: BLE001 - Redis down: the follower reports it
-                    log.debug("accounts not pulled: %s", e)
-                await asyncio.sleep(POLL_S)
-
-        puller = supervise(asyncio.create_task(pull(), name="account-puller"), "the account puller", lambda: True)
-        yield
-        puller.cancel()
-        await asyncio.gather(puller, return_exceptions=True)
-        r.close()
-        store.close()
-
-    async def _feeds(self, app: web.Application) -> AsyncIterator[None]:
+    async def _parts(self, app: web.Application) -> AsyncIterator[None]:
         f = self.follower
         engine, bus = await asyncio.get_running_loop().run_in_executor(None, f.open)
         log.info("recovered", extra={"seq": engine.seq})
+        assert self.store is not None and self.verifier is not None
         feeds = self.feeds = FeedService(engine, bus, self.cfg, self.verifier)
         feeds.add_routes(app.router)
         feeds.public_rate = self._public
         await feeds.start()
-        assert self.store is not None
         watch = RevocationWatch(self.store, self.verifier.lookup, [feeds.revoke])
         watch.start()
         await f.start()
         for part in (f, feeds, watch):
             self.metrics.add(part.metric_samples)
-        self.metrics.add(lambda: [("gpux_up", 1, "1 while the process serves", "gauge"),
-                                  ("gpux_uptime_seconds", round(time.time() - self.started_at, 3),
-                                   "seconds since start", "gauge")])
         self.health.add("follower", f.health)
         self.health.add("feeds", feeds.health)
         self.health.add("revocations", watch.health)
@@ -134,15 +92,8 @@ class MarketData:
 
     async def instruments(self, request: web.Request) -> web.Response:
         self._public(request)
-        eng = self.follower.engine
-        assert eng is not None
-        out = []
-        for name, inst in self.cfg.instruments.items():
-            d = inst.to_dict()
-            d["halted"] = name in eng.state.halted
-            d["time"] = eng.book_time(name)
-            out.append(d)
-        return web.json_response({"instruments": out})
+        assert self.follower.engine is not None
+        return web.json_response({"instruments": instruments_view(self.cfg, self.follower.engine)})
 
     async def book(self, request: web.Request) -> web.Response:
         """Level 2 of a class as the market-data model keeps it (the core's ``GET /v1/book``)."""
@@ -167,61 +118,7 @@ class MarketData:
                 d[side] = rows[:depth]
         return web.json_response(d)
 
-    # ------------------------------------------------------------------ lifetime
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        try:
-            await self._runner.setup()
-        except BaseException:
-            await self.app.cleanup()
-            self._runner = None
-            raise
-
-    async def serve(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> int:
-        assert self._runner is not None, "start() first"
-        site = web.SockSite(self._runner, sock) if sock is not None else web.TCPSite(self._runner, host, port)
-        await site.start()
-        return self._runner.addresses[-1][1] if self._runner.addresses else port
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
 
 async def run_marketdata(cfg: ServerConfig, backfill: JournalSource | None = None) -> None:
     """`gpux feeds`: serve until SIGINT/SIGTERM."""
-    import signal
-
-    from app.exchange import DataLock, StartupError, listen_socket
-
-    data = cfg.data_path
-    data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = DataLock(data)
-    lock.acquire()
-    try:
-        sock = listen_socket(cfg.host, cfg.port)
-    except BaseException:
-        lock.release()
-        raise
-    md = MarketData(cfg, backfill=backfill)
-    try:
-        await md.start()
-    except BaseException as e:
-        sock.close()
-        lock.release()
-        if isinstance(e, StartupError) or not isinstance(e, Exception):
-            raise
-        raise StartupError(f"the market-data process could not start: {e}") from e
-    try:
-        port = await md.serve(sock=sock)
-        log.info("listening", extra={"url": f"http://{cfg.host}:{port}", "data_dir": str(data)})
-        print(f"gpux: market data on http://{cfg.host}:{port}  (data: {data}; following {cfg.redis_url})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-    finally:
-        await md.close()
-        lock.release()
+    await run_follower(lambda: MarketData(cfg, backfill=backfill), cfg, "market data on")

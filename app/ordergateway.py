@@ -27,25 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
+from app.follower import FollowerProcess, run_follower
 from exchange.config import ServerConfig
 from exchange.errors import ApiError
-from exchange.follow import Follower
 from exchange.stream import JournalSource
-from exchange.supervise import supervise
 from feeds.service import FeedService
-from gateway.accounts import AccountStore
-from gateway.auth import Verifier, cached
-from gateway.gateway import Counters, Gateway, errors_middleware
-from gateway.metrics import Health, Metrics
+from gateway.gateway import Gateway
 from gateway.remote import RemoteSequencer, ReplicaLeases
-from gateway.replication import POLL_S, pull_accounts
 from gateway.revocations import RevocationWatch
 
 log = logging.getLogger("gpux.gateway")
@@ -64,67 +57,28 @@ async def core_only(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)
 
 
-class OrderGateway:
-    """The parts of `gpux gateway`, built in order and stopped in reverse."""
+class OrderGateway(FollowerProcess):
+    """The parts of `gpux gateway` (see the module docstring)."""
+
+    role = "order gateway"
 
     def __init__(self, cfg: ServerConfig, *, backfill: JournalSource | None = None, block_ms: int = 1000) -> None:
-        if not cfg.redis_url:
-            raise ValueError("an order gateway needs the core's Redis (--redis URL)")
-        self.cfg = cfg
-        self.started_at = time.time()
-        self.counters = Counters()
-        self.metrics = Metrics()
-        self.health = Health()
-        self.follower = Follower(cfg, cfg.redis_url, backfill=backfill, block_ms=block_ms)
+        super().__init__(cfg, backfill=backfill, block_ms=block_ms, middlewares=(core_only,))
         self.remote: RemoteSequencer | None = None
         self.gateway: Gateway | None = None
-        self.store: AccountStore | None = None
-        self.app = web.Application(client_max_size=cfg.max_message_bytes,
-                                   middlewares=[errors_middleware(self.counters, cfg.max_message_bytes), core_only])
-        self.app.cleanup_ctx.extend([self._accounts, self._parts])
-        self._runner: web.AppRunner | None = None
-
-    async def _accounts(self, app: web.Application) -> AsyncIterator[None]:
-        cfg = self.cfg
-        cfg.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        store = self.store = AccountStore(cfg.data_path / "accounts.db")
-        self.verifier = Verifier(cached(store.key))
-        import redis
-
-        r = redis.Redis.from_url(cfg.redis_url or "", socket_timeout=5, socket_connect_timeout=2)
-        try:  # the keys before the first client (a fresh gateway has none)
-            await asyncio.to_thread(pull_accounts, r, cfg.redis_prefix, store)
-        except Exception as e:  # noqa: BLE001 - Redis down: pulled later
-            log.warning("accounts not pulled yet: %s", e)
-
-        async def pull() -> None:
-            while True:
-                await asyncio.sleep(POLL_S)
-                try:
-                    await asyncio.to_thread(pull_accounts, r, cfg.redis_prefix, store)
-                except Exception as e:  # noqa: BLE001 - Redis down: the remote sequencer reports it
-                    log.debug("accounts not pulled: %s", e)
-
-        puller = supervise(asyncio.create_task(pull(), name="account-puller"), "the account puller", lambda: True)
-        yield
-        puller.cancel()
-        await asyncio.gather(puller, return_exceptions=True)
-        r.close()
-        store.close()
 
     async def _parts(self, app: web.Application) -> AsyncIterator[None]:
         cfg, f = self.cfg, self.follower
         engine, bus = await asyncio.get_running_loop().run_in_executor(None, f.open)
         log.info("recovered", extra={"seq": engine.seq})
-        assert cfg.redis_url is not None and self.store is not None
+        assert cfg.redis_url is not None and self.store is not None and self.verifier is not None
         remote = self.remote = RemoteSequencer(cfg.redis_url, cfg.redis_prefix, engine)
         f.origins = remote.origins
         feeds = FeedService(engine, bus, cfg, self.verifier, record=False)  # level 2 for GET /v1/book
         await feeds.start()
         leases = ReplicaLeases(engine, bus, cfg.data_path / "journal")  # GET /v1/leases: settlement's side
         gw = self.gateway = Gateway(cfg, engine, remote, self.store, self.verifier, leases, leases,  # type: ignore[arg-type]
-                                    bus,
-                                    counters=self.counters, level2=feeds.level2, metrics=self.metrics.render,
+                                    bus, counters=self.counters, level2=feeds.level2, metrics=self.metrics.render,
                                     health=self.health.report)
         bus.subscribe(remote.on_batch)  # after the gateway's pushes: an answer goes out once its events are here
         gw.add_routes(app.router)
@@ -132,9 +86,6 @@ class OrderGateway:
         watch.start()
         await remote.start()
         await f.start()
-        self.metrics.add(lambda: [("gpux_up", 1, "1 while the process serves", "gauge"),
-                                  ("gpux_uptime_seconds", round(time.time() - self.started_at, 3),
-                                   "seconds since start", "gauge")])
         for part in (f, remote, gw, watch):
             self.metrics.add(part.metric_samples)
         self.health.add("follower", f.health)
@@ -148,61 +99,7 @@ class OrderGateway:
         await feeds.close()
         await f.close()
 
-    # ------------------------------------------------------------------ lifetime
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        try:
-            await self._runner.setup()
-        except BaseException:
-            await self.app.cleanup()
-            self._runner = None
-            raise
-
-    async def serve(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> int:
-        assert self._runner is not None, "start() first"
-        site = web.SockSite(self._runner, sock) if sock is not None else web.TCPSite(self._runner, host, port)
-        await site.start()
-        return self._runner.addresses[-1][1] if self._runner.addresses else port
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
 
 async def run_gateway(cfg: ServerConfig, backfill: JournalSource | None = None) -> None:
     """`gpux gateway`: serve until SIGINT/SIGTERM."""
-    import signal
-
-    from app.exchange import DataLock, StartupError, listen_socket
-
-    data = cfg.data_path
-    data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = DataLock(data)
-    lock.acquire()
-    try:
-        sock = listen_socket(cfg.host, cfg.port)
-    except BaseException:
-        lock.release()
-        raise
-    gw = OrderGateway(cfg, backfill=backfill)
-    try:
-        await gw.start()
-    except BaseException as e:
-        sock.close()
-        lock.release()
-        if isinstance(e, StartupError) or not isinstance(e, Exception):
-            raise
-        raise StartupError(f"the order gateway could not start: {e}") from e
-    try:
-        port = await gw.serve(sock=sock)
-        log.info("listening", extra={"url": f"http://{cfg.host}:{port}", "data_dir": str(data)})
-        print(f"gpux: order gateway on http://{cfg.host}:{port}  (data: {data}; core at {cfg.redis_url})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-    finally:
-        await gw.close()
-        lock.release()
+    await run_follower(lambda: OrderGateway(cfg, backfill=backfill), cfg, "order gateway on")

@@ -377,12 +377,14 @@ def _taken_over_top(standby: Proc) -> int:
     return journal_scan(standby.data / "journal", int(m.group(1)))[1]
 
 
-def _first_new_ack(cl: Cluster, t: float, old_top: int) -> float:
-    """Seconds from ``t`` to the first ack of an order id the old leader never gave."""
-    after = [a for a, oid in cl.acks if a > t and oid > old_top]
-    if not after:
-        raise RuntimeError("no order was acknowledged by the new leader")
-    return min(after) - t
+async def _failover_s(cl: Cluster, t: float, standby: Proc, timeout: float = 60) -> float:
+    """Seconds from the fault at ``t`` to the first ack of an order id the old leader never gave."""
+    old_top = _taken_over_top(standby)
+    while not any(a > t and oid > old_top for a, oid in cl.acks[-500:]):
+        if time.monotonic() - t > timeout:
+            raise RuntimeError("no order was acknowledged by the new leader")
+        await asyncio.sleep(0.01)
+    return min(a for a, oid in cl.acks if a > t and oid > old_top) - t
 
 
 async def _rate(cl: Cluster, seconds: float, procs: list[Proc]) -> tuple[float, dict[str, float]]:
@@ -454,12 +456,7 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
         leader.signal(signal.SIGKILL)
         await asyncio.to_thread(leader.wait)
         await standby.wait_serving()
-        old_top = _taken_over_top(standby)
-        while not any(a > t and oid > old_top for a, oid in cl.acks[-500:]):
-            await asyncio.sleep(0.01)
-            if time.monotonic() - t > 60:
-                raise RuntimeError("no order acknowledged after the leader was killed")
-        failover.append(_first_new_ack(cl, t, old_top))
+        failover.append(await _failover_s(cl, t, standby))
         log(f"failover 1 (kill -9 of the leader): {failover[-1]:.2f} s")
         leader, standby = standby, core("core-3", True)
         await asyncio.sleep(max(step, 2 * lease_ms / 1000 + 2))  # the new standby catches up meanwhile
@@ -473,12 +470,7 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
         except subprocess.TimeoutExpired:
             deposed_rc = None
             leader.signal(signal.SIGKILL)
-        old_top = _taken_over_top(standby)
-        while not any(a > t and oid > old_top for a, oid in cl.acks[-500:]):
-            await asyncio.sleep(0.01)
-            if time.monotonic() - t > 60:
-                raise RuntimeError("no order acknowledged after the leader was stopped")
-        failover.append(_first_new_ack(cl, t, old_top))
+        failover.append(await _failover_s(cl, t, standby))
         log(f"failover 2 (SIGSTOP of the leader): {failover[-1]:.2f} s")
         old, leader = leader, standby
         standby = core("core-4", True)

@@ -11,9 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import sys
 from typing import Any
 
 
@@ -30,35 +27,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _feeds(args: argparse.Namespace) -> int:
-    from app.exchange import StartupError
-    from app.logs import setup_logging
     from app.marketdata import run_marketdata
-    from exchange.config import load_config
-    from exchange.stream import HttpJournal, JournalSource
+    from cli.follow import run_follower_command
 
-    cfg = load_config(args.config).with_(host=args.host, port=args.port, data_dir=args.data, redis_url=args.redis,
-                                         redis_prefix=args.prefix)
-    backfill: JournalSource | None = None
-    if args.exchange:
-        from gateway.auth import Signer
-
-        key, secret = args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET")
-        if not key or not secret:
-            print("gpux: error: --exchange needs an admin key: --key/--secret or GPUX_KEY/GPUX_SECRET", file=sys.stderr)
-            return 2
-        backfill = HttpJournal(args.exchange, Signer(key, secret).headers)
-    setup_logging(args.log_level)
-    try:
-        asyncio.run(run_marketdata(cfg, backfill))
-    except StartupError as e:
-        print(f"gpux: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_follower_command(args, run_marketdata)
 
 
 def register(sub: Any) -> None:
+    from cli.follow import add_follow_arguments
     from feeds import replay, verify
 
     p = sub.add_parser("replay", help="replay a market-data recording (events or feed channels, or serve it)",
@@ -77,15 +53,5 @@ def register(sub: Any) -> None:
                                    "/v1/forward, /v1/products, /v1/book) from a process of its own: it follows the "
                                    "journal `gpux serve --redis URL` streams into a journal, an engine and a "
                                    "recording of its own (docs/operations.md).  Start as many as needed.")
-    f.add_argument("--redis", required=True, metavar="URL", help="the core's Redis, e.g. redis://127.0.0.1:6379/0")
-    f.add_argument("--prefix", default=None, help="Redis key prefix (default from the config: gpux)")
-    f.add_argument("--config", default=None, metavar="FILE.toml", help="the exchange's configuration (classes)")
-    f.add_argument("--data", default=None, metavar="DIR", help="its own data directory (not the core's)")
-    f.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
-    f.add_argument("--port", type=int, default=None, help="port (0: a free one)")
-    f.add_argument("--exchange", default=None, metavar="URL",
-                   help="backfill gaps in the stream from the core's GET /v1/admin/journal (needs an admin key)")
-    f.add_argument("--key", help="the admin key id for --exchange (env GPUX_KEY)")
-    f.add_argument("--secret", help="its secret (env GPUX_SECRET)")
-    f.add_argument("--log-level", default=os.environ.get("GPUX_LOG_LEVEL", "INFO"), help="log level (default INFO)")
+    add_follow_arguments(f)
     f.set_defaults(handler=_feeds)

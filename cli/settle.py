@@ -25,9 +25,10 @@ from cli.status import serve_metrics
 
 def _cmd_settle(args: argparse.Namespace) -> int:
     from app.logs import setup_logging
+    from cli.follow import NeedsKey, backfill_from
     from exchange.config import load_config
     from settlement.link import LEDGER_FILE
-    from settlement.replica import FileJournal, HttpJournal, JournalSource, run_replica
+    from settlement.replica import FileJournal, JournalSource, run_replica
 
     cfg = load_config(args.config).with_(data_dir=args.data, redis_prefix=args.prefix)
     setup_logging(args.log_level)
@@ -40,14 +41,12 @@ def _cmd_settle(args: argparse.Namespace) -> int:
     backfill: JournalSource | None = None
     if args.journal:
         backfill = FileJournal(args.journal)
-    elif args.exchange:
-        from gateway.auth import Signer
-
-        key, secret = args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET")
-        if not key or not secret:
-            print("gpux: error: --exchange needs an admin key: --key/--secret or GPUX_KEY/GPUX_SECRET", file=sys.stderr)
+    else:
+        try:
+            backfill = backfill_from(args)
+        except NeedsKey as e:
+            print(f"gpux: error: {e}", file=sys.stderr)
             return 2
-        backfill = HttpJournal(args.exchange, Signer(key, secret).headers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

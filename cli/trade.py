@@ -86,17 +86,13 @@ def _follow_as_standby(cfg: Any, args: argparse.Namespace) -> Any:
     import threading
 
     from app.standby import Standby
+    from cli.follow import NeedsKey, backfill_from
     from cli.status import serve_metrics
-    from settlement.replica import HttpJournal, JournalSource
 
-    backfill: JournalSource | None = None
-    if args.exchange:
-        from gateway.auth import Signer
-
-        key, secret = args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET")
-        if not key or not secret:
-            raise UsageError("--exchange needs an admin key: --key/--secret or GPUX_KEY/GPUX_SECRET")
-        backfill = HttpJournal(args.exchange, Signer(key, secret).headers)
+    try:
+        backfill = backfill_from(args)
+    except NeedsKey as e:
+        raise UsageError(str(e)) from None
     standby = Standby(cfg, backfill=backfill)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -118,32 +114,10 @@ def _follow_as_standby(cfg: Any, args: argparse.Namespace) -> Any:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    from app.exchange import StartupError
-    from app.logs import setup_logging
     from app.ordergateway import run_gateway
-    from exchange.config import load_config
-    from exchange.stream import HttpJournal, JournalSource
+    from cli.follow import run_follower_command
 
-    cfg = load_config(args.config).with_(host=args.host, port=args.port, data_dir=args.data, redis_url=args.redis,
-                                         redis_prefix=args.prefix)
-    backfill: JournalSource | None = None
-    if args.exchange:
-        from gateway.auth import Signer
-
-        key, secret = args.key or os.environ.get("GPUX_KEY"), args.secret or os.environ.get("GPUX_SECRET")
-        if not key or not secret:
-            print("gpux: error: --exchange needs an admin key: --key/--secret or GPUX_KEY/GPUX_SECRET", file=sys.stderr)
-            return 2
-        backfill = HttpJournal(args.exchange, Signer(key, secret).headers)
-    setup_logging(args.log_level)
-    try:
-        asyncio.run(run_gateway(cfg, backfill))
-    except StartupError as e:
-        print(f"gpux: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_follower_command(args, run_gateway)
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -250,6 +224,7 @@ PRICE_HELP = "dollars per GPU-hour: 2.10, $2.10 or 2.10/h (exact µ$: 2100000µ$
 
 
 def register(sub: Any) -> None:
+    from cli.follow import add_follow_arguments
     from exchange.config import FSYNC_POLICIES
     from orderbook.book import ENGINES
 
@@ -282,17 +257,7 @@ def register(sub: Any) -> None:
                         description="Serve the trading API (REST and the trader WebSocket, as `gpux serve` does) "
                                     "from a process of its own: requests go to the core over Redis, reads come from "
                                     "a replica of the journal kept in --data (docs/operations.md).  Run any number.")
-    gw.add_argument("--redis", required=True, metavar="URL", help="the core's Redis (gpux serve --redis URL)")
-    gw.add_argument("--prefix", default=None, help="Redis key prefix (default from the config: gpux)")
-    gw.add_argument("--config", metavar="FILE.toml", help="the exchange's configuration (classes, limits)")
-    gw.add_argument("--data", metavar="DIR", help="its own data directory (not the core's)")
-    gw.add_argument("--host", help="listen address (default 127.0.0.1)")
-    gw.add_argument("--port", type=int, help="port (0: a free one)")
-    gw.add_argument("--exchange", metavar="URL",
-                    help="backfill gaps in the stream from the core's GET /v1/admin/journal (needs an admin key)")
-    gw.add_argument("--key", help="the admin key id for --exchange (env GPUX_KEY)")
-    gw.add_argument("--secret", help="its secret (env GPUX_SECRET)")
-    gw.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    add_follow_arguments(gw)
     gw.set_defaults(handler=_cmd_gateway)
 
     def conn(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -97,6 +97,23 @@ class Request:
                 self.reply(value)
 
 
+def submit_through(post: Callable[[Request], None], req: Request) -> asyncio.Future:
+    """``post(req)`` with a reply that completes the returned future: the answer dict, or the
+    ApiError as its exception (a sequencer's ``submit``, here or in another process)."""
+    fut = asyncio.get_running_loop().create_future()
+
+    def reply(value: Any) -> None:
+        if not fut.done():
+            if isinstance(value, BaseException):
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)
+
+    req.reply = reply
+    post(req)
+    return fut
+
+
 _CLOCK = clock_command()
 
 
@@ -289,18 +306,7 @@ class Sequencer:
     # ------------------------------------------------------------------ submitting
     def submit(self, req: Request) -> asyncio.Future:
         """Queue a request; the future gets its answer dict (or ApiError) once it is durable."""
-        fut = asyncio.get_running_loop().create_future()
-
-        def reply(value: Any) -> None:
-            if not fut.done():
-                if isinstance(value, BaseException):
-                    fut.set_exception(value)
-                else:
-                    fut.set_result(value)
-
-        req.reply = reply
-        self.post(req)
-        return fut
+        return submit_through(self.post, req)
 
     def post(self, req: Request) -> None:
         """Queue a request whose ``reply`` callback gets the answer dict or an ApiError, called

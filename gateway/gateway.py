@@ -147,6 +147,17 @@ class Counters(dict[str, int]):
         self[name] = self.get(name, 0) + n
 
 
+def instruments_view(cfg: ServerConfig, engine: Engine) -> list[dict[str, Any]]:
+    """``GET /v1/instruments``: each class's settings, whether it is halted and its engine time."""
+    out = []
+    for name, inst in cfg.instruments.items():
+        d = inst.to_dict()
+        d["halted"] = name in engine.state.halted
+        d["time"] = engine.book_time(name)
+        out.append(d)
+    return out
+
+
 def errors_middleware(counters: Counters, max_body: int) -> Any:
     """The one error format of every route (docs/api.md): an ApiError or AuthError raised by a
     handler becomes its JSON body and status; anything else is INTERNAL (and logged)."""
@@ -325,14 +336,7 @@ class Gateway:
 
     async def instruments(self, request: web.Request) -> web.Response:
         self._public(request)
-        engine = self.engine
-        out = []
-        for name, inst in self.cfg.instruments.items():
-            d = inst.to_dict()
-            d["halted"] = name in engine.state.halted
-            d["time"] = engine.book_time(name)
-            out.append(d)
-        return _json({"instruments": out})
+        return _json({"instruments": instruments_view(self.cfg, self.engine)})
 
     async def book(self, request: web.Request) -> web.Response:
         self._public(request)

@@ -30,6 +30,7 @@ import numpy as np
 from exchange.entries import Cmd
 from exchange.errors import ApiError
 from exchange.inbox import decode_answer, encode_request, replies_key, requests_key
+from exchange.sequencer import submit_through
 from exchange.supervise import supervise
 from orderbook.types import CMD_ASK, CMD_BID, COMMAND_DTYPE
 
@@ -98,18 +99,7 @@ class RemoteSequencer:
         raise ApiError("CORE_ONLY")
 
     def submit(self, req: Any) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-
-        def reply(value: Any) -> None:
-            if not fut.done():
-                if isinstance(value, BaseException):
-                    fut.set_exception(value)
-                else:
-                    fut.set_result(value)
-
-        req.reply = reply
-        self.post(req)
-        return fut
+        return submit_through(self.post, req)
 
     def post(self, req: Any) -> None:
         if not self.running:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
@@ -29,7 +28,7 @@ from exchange.errors import ApiError
 from exchange.stream import JournalSource
 from feeds.service import FeedService
 from gateway.auth import RateLimiter
-from gateway.gateway import instruments_view
+from gateway.gateway import book_view, instruments_view
 from gateway.revocations import RevocationWatch
 
 log = logging.getLogger("gpux.marketdata")
@@ -98,25 +97,9 @@ class MarketData(FollowerProcess):
     async def book(self, request: web.Request) -> web.Response:
         """Level 2 of a class as the market-data model keeps it (the core's ``GET /v1/book``)."""
         self._public(request)
-        name = request.match_info["cls"]
-        eng = self.follower.engine
-        assert eng is not None and self.feeds is not None
-        if name not in eng.books:
-            raise ApiError("UNKNOWN_CLASS", f"no GPU class {name!r}; classes: {', '.join(eng.books)}")
-        try:
-            depth = int(request.query.get("depth", "50"))
-        except ValueError:
-            raise ApiError("MALFORMED", "depth must be an integer") from None
-        if not 1 <= depth <= 1000:
-            raise ApiError("MALFORMED", "depth must be between 1 and 1000")
-        d: dict[str, Any] = {"class": name, "time": eng.book_time(name),
-                             "resting_orders": eng.books[name].resting_orders()}
-        l2 = self.feeds.level2(name)
-        if l2 is not None:
-            d["seq"], sides = l2
-            for side, rows in sides.items():
-                d[side] = rows[:depth]
-        return web.json_response(d)
+        assert self.follower.engine is not None and self.feeds is not None
+        return web.json_response(book_view(self.follower.engine, request.match_info["cls"], request.query,
+                                           self.feeds.level2))
 
 
 async def run_marketdata(cfg: ServerConfig, backfill: JournalSource | None = None) -> None:

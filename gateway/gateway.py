@@ -147,6 +147,29 @@ class Counters(dict[str, int]):
         self[name] = self.get(name, 0) + n
 
 
+def book_view(engine: Engine, name: str, query: Any,
+              level2: Callable[[str], tuple[int, dict[str, list]] | None] | None) -> dict[str, Any]:
+    """``GET /v1/book/{class}?depth=N``: the class's engine time, resting orders and, from the
+    market-data model, level 2 (R20): free GPUs now per ask price (firm and spot ladders),
+    remaining GPUs per bid limit (firm and spot bids); see docs/feeds.md."""
+    if name not in engine.books:
+        raise ApiError("UNKNOWN_CLASS", f"no GPU class {name!r}; classes: {', '.join(engine.books)}")
+    try:
+        depth = int(query.get("depth", "50"))
+    except ValueError:
+        raise ApiError("MALFORMED", "depth must be an integer") from None
+    if not 1 <= depth <= 1000:
+        raise ApiError("MALFORMED", "depth must be between 1 and 1000")
+    d: dict[str, Any] = {"class": name, "time": engine.book_time(name),
+                         "resting_orders": engine.books[name].resting_orders()}
+    l2 = level2(name) if level2 is not None else None
+    if l2 is not None:
+        d["seq"], sides = l2
+        for side, rows in sides.items():
+            d[side] = rows[:depth]
+    return d
+
+
 def instruments_view(cfg: ServerConfig, engine: Engine) -> list[dict[str, Any]]:
     """``GET /v1/instruments``: each class's settings, whether it is halted and its engine time."""
     out = []
@@ -340,24 +363,7 @@ class Gateway:
 
     async def book(self, request: web.Request) -> web.Response:
         self._public(request)
-        name = request.match_info["cls"]
-        book = self._book(name)
-        try:
-            depth = int(request.query.get("depth", "50"))
-        except ValueError:
-            raise ApiError("MALFORMED", "depth must be an integer") from None
-        if not 1 <= depth <= 1000:
-            raise ApiError("MALFORMED", "depth must be between 1 and 1000")
-        engine = self.engine
-        d: dict[str, Any] = {"class": name, "time": engine.book_time(name), "resting_orders": book.resting_orders()}
-        l2 = self.level2(name) if self.level2 is not None else None
-        if l2 is not None:
-            # level 2 (R20) as the market-data model keeps it: free GPUs now per ask price (firm and
-            # spot ladders), remaining GPUs per bid limit (firm and spot bids); see docs/feeds.md
-            d["seq"], sides = l2
-            for side, rows in sides.items():
-                d[side] = rows[:depth]
-        return _json(d)
+        return _json(book_view(self.engine, request.match_info["cls"], request.query, self.level2))
 
     async def quote(self, request: web.Request) -> web.Response:
         self._public(request)

@@ -142,14 +142,29 @@ class Proc:
         return self.proc.wait(timeout)
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds of the process so far (0 when it is gone)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_s(self.proc)
+
+
+def cpu_s(proc: subprocess.Popen | None) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    if proc is None or proc.poll() is not None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Other:
+    """A process not started as a `Proc` (gpux settle, redis-server), for its CPU."""
+
+    def __init__(self, name: str, proc: subprocess.Popen | None) -> None:
+        self.name = name
+        self.proc = proc
+
+    def cpu_s(self) -> float:
+        return cpu_s(self.proc)
 
 
 class Cluster:
@@ -387,7 +402,7 @@ async def _failover_s(cl: Cluster, t: float, standby: Proc, timeout: float = 60)
     return min(a for a, oid in cl.acks if a > t and oid > old_top) - t
 
 
-async def _rate(cl: Cluster, seconds: float, procs: list[Proc]) -> tuple[float, dict[str, float]]:
+async def _rate(cl: Cluster, seconds: float, procs: list[Any]) -> tuple[float, dict[str, float]]:
     """Orders/s over ``seconds``, and each process's CPU µs per order meanwhile."""
     cpu0 = {p.name: p.cpu_s() for p in procs}
     n0, t0 = len(cl.acked), time.monotonic()
@@ -448,7 +463,8 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
         rate_one, _ = await _rate(cl, step / 2, [])
         cl.one_gateway = False
         await asyncio.sleep(0.5)
-        rate_two, cpu = await _rate(cl, step, [leader, *gws, *fds, standby])
+        rate_two, cpu = await _rate(cl, step, [leader, *gws, *fds, standby, Other("settle", settle),
+                                               Other("redis", redis.proc), Other("redis-replica", replica.proc)])
         log(f"orders/s through one gateway {rate_one}, through two {rate_two}; CPU µs/order {cpu}")
         failover: list[float] = []
         # 1. kill -9 of the leader

@@ -26,7 +26,8 @@ order is on the last leader with its client order id), ``duplicate_fills`` 0 (no
 client order id journaled twice), ``standby_hash_equal`` (the last standby's state hashes, logged
 when it stops, equal a fresh replay of the leader's journal to the same seq), ``settle_equal``
 (`gpux settle`'s ledger equals the last leader's own and one built afresh from its journal),
-``books_equal`` (every subscriber's level 2 equals the leader's) and every ``failover_s`` ≤ 5.
+``books_equal`` (every subscriber's level 2 equals the leader's, and the book rebuilt from each
+market-data process's recording at the same seq) and every ``failover_s`` ≤ 5.
 """
 
 from __future__ import annotations
@@ -523,6 +524,10 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
         for s in subs:
             if s.fc is not None:
                 await s.fc.close()
+        for f in fds:  # their recordings complete and closed
+            f.signal(signal.SIGTERM)
+            await asyncio.to_thread(f.wait, 60)
+        books_recorded = all([await asyncio.to_thread(_book_as_recorded, s, f.data) for s in subs for f in fds])
         await asyncio.sleep(1.5 * lease_ms / 1000 + 1)  # the standby catches up
         standby.signal(signal.SIGTERM)
         standby.wait()
@@ -553,14 +558,16 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
             "deposed_exit_code": deposed_rc, "deposed_logged": _said(old, "deposed"), "leader_exit_code": leader_rc,
             "standby_hash_equal": hash_equal, "standby_seq": stopped[-1]["seq"] if stopped else 0,
             "settle_equal": got == want == fresh and len(want[0]) > 0, "transfers": len(want[0]),
-            "books_equal": books_equal, "subscriber_reconnects": sum(s.reconnects for s in subs),
+            "books_equal": books_equal and books_recorded, "books_as_recorded": books_recorded,
+            "subscriber_reconnects": sum(s.reconnects for s in subs),
             "orders_per_s_one_gateway": rate_one, "orders_per_s_two_gateways": rate_two,
             "ack_p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
             "ack_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2) if lat else None,
             "cpu_us_per_order": cpu, "lease_ms": lease_ms, "seconds": seconds, "redis_replicas": 1,
         }
         report["ok"] = (report["acked_lost"] == 0 and report["duplicate_fills"] == 0 and report["leases_missing"] == 0
-                        and report["answers_mismatched"] == 0 and report["standby_hash_equal"] and books_equal
+                        and report["answers_mismatched"] == 0 and report["standby_hash_equal"]
+                        and report["books_equal"]
                         and report["settle_equal"] and all(f <= 5 for f in failover) and deposed_rc == 3)
         return report
     finally:
@@ -577,6 +584,20 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
                 p.proc.wait(10)
         replica.close()
         redis.close()
+
+
+def _book_as_recorded(sub: Subscriber, data: Path) -> bool:
+    """The subscriber's level 2 equals the book rebuilt from a market-data process's recording at
+    the same event seq."""
+    from feeds.model import SIDE_KEYS
+    from feeds.replay import book_at
+
+    book = sub.fc.books.get("H100") if sub.fc is not None else None
+    if book is None:
+        return False
+    want = book_at(data, "H100", book.seq).level2()
+    got = book.level2()
+    return all(got.get(k, []) == want.get(k, []) for k in SIDE_KEYS)
 
 
 async def _books_converge(subs: list[Subscriber], url: str, timeout: float = 30) -> bool:

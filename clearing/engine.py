@@ -428,6 +428,22 @@ class SettlementEngine:
             c.dirty = False
         return ch
 
+    def drop_changes(self, cls: str) -> None:
+        """Forget what changed in ``cls`` since the last take, for an engine that keeps no store
+        (the core's money): the slots of closed bids and ended leases are free again, so the
+        tables hold the live ones, not every bid and lease there ever was."""
+        c = self.classes.get(cls)
+        if c is None:
+            return
+        if c.S[core.S_NDB] or c.S[core.S_NGB]:
+            core.take_bids(c.B, c.bfree, c.S, c.db, c.gb)
+        if c.S[core.S_NDL] or c.S[core.S_NGL]:
+            core.take_leases(c.L, c.lfree, c.S, c.dl, c.gl)
+            if c.reasons:  # forget the reasons of leases that left
+                for tid in [t for t in c.reasons if c.slot(t) < 0]:
+                    del c.reasons[tid]
+        c.dirty = False
+
     def exposure(self) -> dict[int, int]:
         """Escrow that the open bids hold, per account (what the ledger's escrow balances must be)."""
         out: dict[int, int] = {}

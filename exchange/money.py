@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -34,6 +34,7 @@ import numpy as np
 from clearing.engine import (
     NO_TRANSFERS,
     Bid,
+    Changes,
     ClassState,
     LeaseStateError,
     SettlementConfig,
@@ -108,6 +109,7 @@ class Money:
         self.deposit_row = 0
         self.refs: set[str] = set()  # refs of funding entries applied, but for accounts: and journal: ones
         self.transfers = 0  # counted, for /metrics
+        self.on_changes: Callable[[Changes], None] | None = None  # the bids and leases each apply changed
 
     def _new_engine(self) -> SettlementEngine:
         engine = SettlementEngine(self.config)
@@ -205,6 +207,10 @@ class Money:
             out.append(engine.tick(tick, cls))
         transfers = join_transfers(out)
         self._post(transfers)
+        if self.on_changes is not None:  # someone keeps the leases that ended (an order gateway's view)
+            self.on_changes(engine.take_changes())
+        else:  # nobody: their slots are free again (else the tables grow with every lease there was)
+            engine.drop_changes(cls)
         return transfers
 
     def _answer(self, cls: str, a: Prov) -> np.ndarray:

@@ -76,7 +76,8 @@ class OrderGateway(FollowerProcess):
         f.origins = remote.origins
         feeds = FeedService(engine, bus, cfg, self.verifier, record=False)  # level 2 for GET /v1/book
         await feeds.start()
-        leases = ReplicaLeases(engine, bus, cfg.data_path / "journal")  # GET /v1/leases: settlement's side
+        leases = ReplicaLeases(engine, bus, cfg.data_path / "journal",  # GET /v1/leases: settlement's side
+                               agents=cfg.provisioning == "agent")
         gw = self.gateway = Gateway(cfg, engine, remote, self.store, self.verifier, leases, leases,  # type: ignore[arg-type]
                                     bus, counters=self.counters, level2=feeds.level2, metrics=self.metrics.render,
                                     health=self.health.report)

@@ -23,6 +23,7 @@ import heapq
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from orderbook.types import CMD_ASK, CMD_BID, COMMAND_DTYPE
 log = logging.getLogger("gpux.gateway")
 TIMEOUT_S = 10.0
 LEADER_POLL_S = 0.2
+MAX_ENDED = 200_000  # ended leases whose settlement side an order gateway remembers
 REQUESTS_MAXLEN = 100_000
 
 
@@ -311,17 +313,31 @@ class ReplicaLeases:
     connection details seen in the journal (``Prov`` entries: at start, in the replica's own
     journal; then on its bus)."""
 
-    def __init__(self, engine: Any, bus: Any, journal_dir: Any) -> None:
+    def __init__(self, engine: Any, bus: Any, journal_dir: Any, agents: bool = True) -> None:
         from exchange.entries import Prov, decode_entry
         from exchange.journal import read
 
         self.engine = engine
+        self.agents = agents  # provisioning by providers' agents: a pending lease whose start came is provisioning
         self.connections: dict[str, Any] = {}
+        # the last state of leases that left the replica's money (ended, failed): the core's ledger keeps
+        # them, the money does not; those that ended before this process started are not known here
+        self.ended: OrderedDict[str, Any] = OrderedDict()
+        engine.money.on_changes = self._changes
         for _, payload in read(journal_dir):
             e = decode_entry(payload)
             if type(e) is Prov:
                 self._answer(e)
         bus.subscribe(self._on_batch)
+
+    def _changes(self, changes: Any) -> None:
+        money = self.engine.money.engine
+        for cls, leases in changes.leases.items():
+            for x in leases:
+                if money.lease(cls, x.trade_id) is None:
+                    self.ended[x.ref] = x
+                    if len(self.ended) > MAX_ENDED:
+                        self.ended.popitem(last=False)
 
     def _answer(self, a: Any) -> None:
         if a.connection:
@@ -338,10 +354,13 @@ class ReplicaLeases:
 
     def view(self, ref: str) -> dict[str, Any]:
         cls, _, tid = ref.rpartition("-")
-        x = self.engine.money.engine.lease(cls, int(tid))
+        x = self.engine.money.engine.lease(cls, int(tid)) or self.ended.get(ref)
         if x is None:
             return {"status": "unknown"}
         v = x.view()
-        return {"status": v["status"], "ready_at": v["ready_at"], "failed_reason": v["failed_reason"],
+        status = v["status"]
+        if status == "pending" and self.agents and x.start <= self.engine.book_time(cls):
+            status = "provisioning"  # as the core's provisioning marks it when it hands the task out
+        return {"status": status, "ready_at": v["ready_at"], "failed_reason": v["failed_reason"],
                 "connection": self.connections.get(ref), "paid": v["paid"], "fee": v["buyer_fee"],
                 "refunded": v["refunded"], "earned": v["earned"]}

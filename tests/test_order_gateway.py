@@ -92,8 +92,16 @@ def test_an_order_gateway_trades_like_the_core(tmp_path, prefix):
                 assert [x["trade_id"] for x in leases] == [trade["trade_id"]]
                 assert leases[0]["settlement"]["paid"] > 0
                 core_alice = client("alice", ex.url)
+                core_leases = await core_alice.leases()
+                assert leases[0]["settlement"] == core_leases[0]["settlement"]
+                assert leases == core_leases  # settlement's side too, as the core's ledger has it
+                await alice.release("H100", trade["trade_id"])  # ended early: refunded (R16)
+                ended = await alice.leases()
+                core_ended = await core_alice.leases()
+                assert ended[0]["settlement"] == core_ended[0]["settlement"]
+                assert ended == core_ended and ended[0]["settlement"]["refunded"] > 0
                 mine = await alice.account()
-                assert mine == await core_alice.account() and mine["escrow"] == 0 and mine["lease_prepaid"] > 0
+                assert mine == await core_alice.account() and mine["escrow"] == 0 and mine["available"] > 0
                 book1 = await client("prov", url1).book("H100")
                 book_core = await bob_core.book("H100")
                 assert book1["asks"] == book_core["asks"] and book1["seq"] == book_core["seq"]

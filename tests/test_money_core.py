@@ -172,3 +172,35 @@ def test_two_exchanges_sharing_an_account_store_never_credit_the_same_deposit(tm
     accepted = [r for r in (ra, rb) if isinstance(r, dict) and r.get("ok")]
     refused = [r for r in (ra, rb) if isinstance(r, ApiError) and r.code == "INSUFFICIENT_FUNDS"]
     assert len(accepted) == 1 and len(refused) == 1
+
+
+def test_the_cores_money_keeps_live_bids_and_leases_not_every_one_there_was():
+    """Closed bids and ended leases leave the core's money tables (their slots are used again):
+    after 60,000 workload commands the tables hold about the live ones, and the money equals a
+    replay of the same commands in one apply (state hash over live bids and leases only)."""
+    from bench.recovery import REC_SIZE, sequenced
+    from clearing import core
+    from exchange.engine import Engine
+    from exchange.entries import Cmd
+    from exchange.money import settlement_config
+
+    cfg = ServerConfig(data_dir="unused")
+    cmds, names = sequenced(60_000, 3)
+    blob = cmds.tobytes()
+    entries = [Cmd(names[k], blob[k * REC_SIZE:(k + 1) * REC_SIZE], "") for k in range(len(cmds))]
+    live = Engine(cfg.instruments, cfg.engine, None, settlement_config(cfg))
+    for lo in range(0, len(entries), 64):
+        live.apply(entries[lo:lo + 64])
+    ended = 0
+    for c in live.money.engine.classes.values():
+        n_live = len(c.live_slots())
+        assert int(c.S[core.S_NGL]) == 0 and int(c.S[core.S_NGB]) == 0  # nothing waits to be freed
+        assert c.L.shape[0] <= 2 * max(n_live, 1024), (c.L.shape, n_live)
+        assert c.B.shape[0] <= 2 * max(len(c.bmap), 4096), (c.B.shape, len(c.bmap))
+        ended += int(c.L[:, core.TID].max())  # trade ids made so far (at least)
+    assert ended > 3 * sum(len(c.live_slots()) for c in live.money.engine.classes.values())  # most ended
+    once = Engine(cfg.instruments, cfg.engine, None, settlement_config(cfg))
+    once.apply(entries)
+    assert live.money.state_hash() == once.money.state_hash() and live.money.all() == once.money.all()
+    live.close()
+    once.close()

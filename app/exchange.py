@@ -365,7 +365,15 @@ class Exchange:
         self._site = GuardedSite(self._runner, self.guard, host, port, reuse_address=True, backlog=backlog,
                                  sock=sock)
         await self._site.start()
-        return self._runner.addresses[-1][1] if self._runner.addresses else port
+        bound = self._runner.addresses[-1][1] if self._runner.addresses else port
+        if self.cfg.redis_url:  # where order gateways send what only the core serves (gateway.remote)
+            addr = self._runner.addresses[-1][0] if self._runner.addresses else host
+            url = self.cfg.advertise_url or f"http://{'127.0.0.1' if addr in ('0.0.0.0', '::') else addr}:{bound}"
+            try:
+                await advertise(self.cfg.redis_url, self.cfg.redis_prefix, url)
+            except Exception as e:  # noqa: BLE001 - Redis down: gateways answer CORE_ONLY for those routes
+                log.warning("could not advertise the core's URL in Redis: %s", e)
+        return bound
 
     async def stop(self) -> None:
         """Stop every part, in reverse order; the socket stays open (requests get UNAVAILABLE)."""
@@ -432,6 +440,19 @@ class Exchange:
     @property
     def dashboard(self) -> Dashboard:
         return self.app[DASHBOARD]
+
+
+async def advertise(url: str, prefix: str, core_url: str) -> None:
+    """Tell order gateways (`gateway.remote.core_key`) where this core serves HTTP."""
+    import redis.asyncio as aioredis
+
+    from gateway.remote import core_key
+
+    r = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        await r.set(core_key(prefix), core_url)
+    finally:
+        await r.aclose()
 
 
 def node_name(cfg: ServerConfig) -> str:

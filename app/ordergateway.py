@@ -18,7 +18,9 @@ code, built over other parts than in the core:
 
 Run any number of them; a client can use any.  What changes the account store or lives only in
 the core — creating accounts, deposits, SSH keys, statements, provider agents' provisioning
-tasks, snapshots, the journal tail — is answered CORE_ONLY (HTTP 421): send it to the core.
+tasks, snapshots, the journal tail — is forwarded to the core over HTTP as the client signed it
+(the core advertises its URL in Redis, `gateway.remote.core_key`), and answered as the core
+answers; CORE_ONLY (HTTP 421) when no core has said where it is.
 After a failover the gateways need nothing: they talk to Redis, and the new leader reads the
 requests its predecessor had not read.
 """
@@ -43,18 +45,16 @@ from gateway.revocations import RevocationWatch
 
 log = logging.getLogger("gpux.gateway")
 
-# what only the core serves (writes to the account store, the ledger, provisioning, the journal)
+# what only the core serves (writes to the account store, the ledger, provisioning, the journal):
+# forwarded to it, as they came (signed by the client: the core checks the signature)
 CORE_ONLY = {("POST", "/v1/admin/accounts"), ("POST", "/v1/admin/deposit"), ("POST", "/v1/admin/snapshot"),
              ("GET", "/v1/admin/journal"), ("GET", "/v1/account/statement"), ("PUT", "/v1/account/ssh-key"),
              ("GET", "/v1/provisioning")}
+FORWARDED_HEADERS = ("Content-Type", "GPUX-Key", "GPUX-Timestamp", "GPUX-Signature")
 
 
-@web.middleware
-async def core_only(request: web.Request, handler: Any) -> web.StreamResponse:
-    if (request.method, request.path) in CORE_ONLY or request.path.startswith("/v1/provisioning/"):
-        raise ApiError("CORE_ONLY", f"an order gateway does not serve {request.method} {request.path}: send it to "
-                                    "the core (gpux serve) itself")
-    return await handler(request)
+def core_only(path: str, method: str) -> bool:
+    return (method, path) in CORE_ONLY or path.startswith("/v1/provisioning/")
 
 
 class OrderGateway(FollowerProcess):
@@ -63,9 +63,48 @@ class OrderGateway(FollowerProcess):
     role = "order gateway"
 
     def __init__(self, cfg: ServerConfig, *, backfill: JournalSource | None = None, block_ms: int = 1000) -> None:
-        super().__init__(cfg, backfill=backfill, block_ms=block_ms, middlewares=(core_only,))
+        super().__init__(cfg, backfill=backfill, block_ms=block_ms, middlewares=(self._forward,))
         self.remote: RemoteSequencer | None = None
         self.gateway: Gateway | None = None
+        self.forwarded = 0
+        self._http: Any = None
+        self._redis: Any = None
+
+    @web.middleware
+    async def _forward(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """What only the core serves goes to the core (its URL in Redis), answered as it answers."""
+        if not core_only(request.path, request.method):
+            return await handler(request)
+        import aiohttp
+        import yarl
+
+        from gateway.remote import core_key
+
+        if self._http is None:
+            import redis.asyncio as aioredis
+
+            self._http = aiohttp.ClientSession()
+            self._redis = aioredis.from_url(self.cfg.redis_url or "", socket_timeout=5, socket_connect_timeout=2)
+        try:
+            url = await self._redis.get(core_key(self.cfg.redis_prefix))
+        except Exception:  # noqa: BLE001 - Redis down
+            url = None
+        if url is None:
+            raise ApiError("CORE_ONLY", f"{request.method} {request.path} is served by the core (gpux serve), and "
+                                        "this gateway does not know where it is: send it to the core itself")
+        body = await request.read()
+        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        try:
+            target = yarl.URL(url.decode() + request.raw_path, encoded=True)  # as signed: the raw path
+            async with self._http.request(request.method, target, data=body or None,
+                                          headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                out = await resp.read()
+                self.forwarded += 1
+                return web.Response(body=out, status=resp.status,
+                                    content_type=resp.content_type or "application/json")
+        except (aiohttp.ClientError, TimeoutError):
+            raise ApiError("UNAVAILABLE", f"the core (at {url.decode()}) did not answer {request.method} "
+                                          f"{request.path}; retry shortly") from None
 
     async def _parts(self, app: web.Application) -> AsyncIterator[None]:
         cfg, f = self.cfg, self.follower
@@ -99,6 +138,9 @@ class OrderGateway(FollowerProcess):
         await f.stop()
         await feeds.close()
         await f.close()
+        if self._http is not None:
+            await self._http.close()
+            await self._redis.aclose()
 
 
 async def run_gateway(cfg: ServerConfig, backfill: JournalSource | None = None) -> None:

@@ -106,6 +106,7 @@ class ServerConfig:
     ha: bool = False
     lease_ms: int = 3000
     redis_replicas: int = 0  # with ha: a batch is answered once this many Redis replicas have it too (WAIT)
+    advertise_url: str | None = None  # the core's URL for order gateways elsewhere (default http://HOST:PORT)
     # settlement (docs/settlement.md): "agent" = leases wait for the provider's agent (R18);
     # "auto" = every lease is ready at its start (a market without agents: simulations, tests)
     provisioning: str = "agent"
@@ -155,7 +156,7 @@ class ServerConfig:
 # TOML table -> the ServerConfig fields it may set
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "data_dir", "engine", "redis_url", "redis_prefix", "redis_maxlen", "ha", "lease_ms",
-               "redis_replicas"),
+               "redis_replicas", "advertise_url"),
     "journal": ("fsync", "segment_bytes", "snapshot_every_s", "verify_every_s"),
     "engine": ("clock_interval_s", "book_threads"),
     "limits": ("max_open_orders", "rate_per_s", "rate_burst", "max_message_bytes", "heartbeat_s"),

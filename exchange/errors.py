@@ -37,7 +37,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "NOT_AUTHENTICATED": (401, "authenticate first: the first message must be {\"op\": \"auth\", ...}"),
     "DUPLICATE_SESSION_OP": (409, "already authenticated"),
     "UNAVAILABLE": (503, "the exchange is shutting down or recovering; retry shortly"),
-    "CORE_ONLY": (421, "an order gateway does not serve this: send it to the core (gpux serve) itself"),
+    "CORE_ONLY": (421, "this order gateway cannot reach the core to forward this: send it to the core (gpux serve)"),
     "INTERNAL": (500, "internal error; the request may not have been applied"),
 }
 

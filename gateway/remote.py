@@ -42,6 +42,11 @@ MAX_ENDED = 200_000  # ended leases whose settlement side an order gateway remem
 REQUESTS_MAXLEN = 100_000
 
 
+def core_key(prefix: str) -> str:
+    """Where the core that serves says its URL is (for what an order gateway forwards to it)."""
+    return f"{prefix}:core-url"
+
+
 def command_key(account: int, rec: bytes, coid: str) -> tuple[int, Any]:
     """What ties a journaled command to the request it came from: the client order id, else the
     record without what the core stamps (its time, and a new order's id)."""

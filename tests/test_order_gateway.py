@@ -105,7 +105,20 @@ def test_an_order_gateway_trades_like_the_core(tmp_path, prefix):
                 book1 = await client("prov", url1).book("H100")
                 book_core = await bob_core.book("H100")
                 assert book1["asks"] == book_core["asks"] and book1["seq"] == book_core["seq"]
-                # only the core serves the account store, statements and provisioning
+                # what only the core serves (statements, provisioning, the account store) is forwarded to it
+                statement = await alice.request("GET", "/v1/account/statement")
+                assert statement == await core_alice.request("GET", "/v1/account/statement")
+                assert statement["transfers"] and gw2.forwarded == 1
+                with pytest.raises(ClientError) as e:  # signed by the client, checked by the core
+                    await client("alice", url2).request("PUT", "/v1/account/ssh-key", {"ssh_public_key": "nope"})
+                assert e.value.code == "BAD_SSH_KEY"
+                import redis
+
+                from gateway.remote import core_key
+
+                r = redis.Redis.from_url(REDIS_URL)
+                r.delete(core_key(prefix))  # no core has said where it serves: such requests are refused
+                r.close()
                 with pytest.raises(ClientError) as e:
                     await alice.request("GET", "/v1/account/statement")
                 assert e.value.code == "CORE_ONLY" and e.value.status == 421

@@ -460,6 +460,9 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
         sub_tasks = [asyncio.create_task(s.run(stop_feeds)) for s in subs]
         actors = [asyncio.create_task(_actor(cl, i, f"prov{i}", True, stop)) for i in range(providers)]
         actors += [asyncio.create_task(_actor(cl, providers + i, f"trader{i}", False, stop)) for i in range(traders)]
+        t0 = time.monotonic()
+        while not cl.acked and time.monotonic() - t0 < 60:  # the gateways' replicas caught up, the first answer
+            await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # warm
         rate_one, _ = await _rate(cl, step / 2, [])
         cl.one_gateway = False

@@ -179,7 +179,8 @@ class Exchange:
         pub = None
         if self.cfg.redis_url:  # the keys for a standby and the market-data processes (not in the journal)
             assert self.cfg.redis_url is not None
-            pub = AccountPublisher(store, self.cfg.redis_url, self.cfg.redis_prefix)
+            pub = AccountPublisher(store, self.cfg.redis_url, self.cfg.redis_prefix,
+                                   exchange_id=exchange_id(self.data) if self.cfg.ha else None)
             await pub.start()
             app[HEALTH].add("account_publisher", pub.health)
             app[METRICS].add(pub.metric_samples)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -45,7 +46,8 @@ from exchange.lease import LeaderLease
 from exchange.sequencer import open_journal
 from feeds.recorder import Recorder, catch_up, open_recorder
 from gateway.accounts import AccountStore
-from gateway.replication import POLL_S, pull_accounts
+from gateway.deposits import ID_FILE
+from gateway.replication import POLL_S, pull_accounts, pull_exchange_id
 from settlement.link import LEDGER_FILE
 from settlement.replica import FileJournal, JournalSource, Replica, ReplicaRunner
 
@@ -159,6 +161,7 @@ class Standby:
                     log.error("standby: could not read the stream to its end (%s); leading from seq %d",
                               runner.last_error, replica.engine.seq)
                 self.accounts_pulled += pull_accounts(r, cfg.redis_prefix, store)
+                self._adopt_exchange_id(r)
                 log.warning("standby: caught up to journal seq %d; starting as the leader", replica.engine.seq)
                 self.engine, handed = replica.engine, True  # the exchange starts from it: no recovery
                 return lease
@@ -176,6 +179,20 @@ class Standby:
             store.close()
             r.close()
             lock.release()
+
+    def _adopt_exchange_id(self, r: Any) -> None:
+        """Become the same exchange as the leader (``DATA/exchange.id``): the deposit requests it had
+        taken and not journaled are journaled by this one (once: a deposit's ref is applied once)."""
+        leader = pull_exchange_id(r, self.cfg.redis_prefix)
+        if leader is None:
+            return
+        path = self.cfg.data_path / ID_FILE
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(leader + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def _recorder(self, replica: MirroredReplica) -> Recorder:
         """The market-data recording of the data directory, kept from the replica's events, so that

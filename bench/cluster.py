@@ -562,6 +562,7 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
             "standby_hash_equal": hash_equal, "standby_seq": stopped[-1]["seq"] if stopped else 0,
             "settle_equal": got == want == fresh and len(want[0]) > 0, "transfers": len(want[0]),
             "books_equal": books_equal and books_recorded, "books_as_recorded": books_recorded,
+            "exchange_id_kept": _exchange_id(work / "core-1") == _exchange_id(leader.data) != "",
             "subscriber_reconnects": sum(s.reconnects for s in subs),
             "orders_per_s_one_gateway": rate_one, "orders_per_s_two_gateways": rate_two,
             "ack_p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
@@ -571,7 +572,8 @@ async def scenario(work: Path, seconds: float = 24.0, traders: int = 4, provider
         report["ok"] = (report["acked_lost"] == 0 and report["duplicate_fills"] == 0 and report["leases_missing"] == 0
                         and report["answers_mismatched"] == 0 and report["standby_hash_equal"]
                         and report["books_equal"]
-                        and report["settle_equal"] and all(f <= 5 for f in failover) and deposed_rc == 3)
+                        and report["settle_equal"] and all(f <= 5 for f in failover) and deposed_rc == 3
+                        and report["exchange_id_kept"])
         return report
     finally:
         if settle is not None and settle.poll() is None:
@@ -617,6 +619,12 @@ async def _books_converge(subs: list[Subscriber], url: str, timeout: float = 30)
                 return True
             await asyncio.sleep(0.2)
     return False
+
+
+def _exchange_id(data: Path) -> str:
+    """A core's exchange id (whose deposit requests are whose): the same for every leader of a lineage."""
+    path = data / "exchange.id"
+    return path.read_text().strip() if path.exists() else ""
 
 
 def _said(p: Proc, word: str) -> bool:

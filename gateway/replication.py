@@ -38,13 +38,28 @@ def pull_accounts(redis: Any, prefix: str, store: AccountStore) -> int:
     return store.import_rows(msgspec.msgpack.decode(blob))
 
 
-class AccountPublisher:
-    """The leader's account store, copied to ``{prefix}:accounts`` whenever it changes."""
+def exchange_id_key(prefix: str) -> str:
+    return f"{prefix}:exchange-id"
 
-    def __init__(self, store: AccountStore, url: str, prefix: str, poll_s: float = POLL_S) -> None:
+
+def pull_exchange_id(redis: Any, prefix: str) -> str | None:
+    """The leader's exchange id (``DATA/exchange.id``: whose deposit requests are whose), if it said."""
+    got = redis.get(exchange_id_key(prefix))
+    return got.decode() if got is not None else None
+
+
+class AccountPublisher:
+    """The leader's account store, copied to ``{prefix}:accounts`` whenever it changes; with
+    ``exchange_id``, also the leader's exchange id (a standby that takes over journals, as the same
+    exchange, the deposit requests its predecessor had taken but not journaled)."""
+
+    def __init__(self, store: AccountStore, url: str, prefix: str, poll_s: float = POLL_S,
+                 exchange_id: str | None = None) -> None:
         self.store = store
         self.url = url
         self.key = accounts_key(prefix)
+        self.exchange_id = exchange_id
+        self.id_key = exchange_id_key(prefix)
         self.poll_s = poll_s
         self.version: tuple[int, int] | None = None
         self.pushes = 0
@@ -59,6 +74,8 @@ class AccountPublisher:
 
         self._redis = aioredis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
         try:
+            if self.exchange_id:
+                await self._redis.set(self.id_key, self.exchange_id)
             await self.push()  # the standby can authenticate the leader's clients from the start
         except Exception as e:  # noqa: BLE001 - Redis down at start: retried by the task
             self._failed(e)

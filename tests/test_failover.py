@@ -198,5 +198,6 @@ def test_failover_under_load_loses_nothing_acknowledged(tmp_path):
     assert report["settle_equal"] and report["transfers"] > 0
     assert report["books_equal"] and report["subscriber_reconnects"] >= 1  # moved off the killed feeds process
     assert report["leader_exit_code"] == 0
+    assert report["exchange_id_kept"]  # the new leaders journal the deposit requests as the first one did
     # the benchmark holds failovers to 5 s; here, on a machine that may be three times busier, 8
     assert len(report["failover_s"]) == 2 and all(0 < f <= 8 for f in report["failover_s"]), report["failover_s"]

@@ -31,15 +31,15 @@ def prefix():
 
 
 def test_one_leader_at_a_time_and_a_new_epoch_each_time(prefix):
-    a = LeaderLease(REDIS_URL, prefix, "a", ttl_ms=400)
-    b = LeaderLease(REDIS_URL, prefix, "b", ttl_ms=400)
+    a = LeaderLease(REDIS_URL, prefix, "a", ttl_ms=1500)  # (room for a machine three times slower)
+    b = LeaderLease(REDIS_URL, prefix, "b", ttl_ms=1500)
     lost: list[str] = []
     a.on_deposed = lost.append
     try:
         assert a.acquire() and a.token == "1:a"
         assert not b.acquire() and b.holder() == "1:a"
         assert a.renew()
-        time.sleep(0.6)  # a paused past its lease: nobody renewed it
+        time.sleep(1.7)  # a paused past its lease: nobody renewed it
         assert b.holder() is None
         assert b.acquire() and b.epoch == 2
         assert not a.renew() and lost and "2:b" in lost[0]  # a learns it was deposed, once
@@ -55,7 +55,7 @@ def test_one_leader_at_a_time_and_a_new_epoch_each_time(prefix):
 def test_a_deposed_leaders_appends_are_refused_and_its_waiters_told(tmp_path, prefix):
     """The fence is checked inside Redis with the append: the old leader's chunk never reaches
     the stream, and a batch waiting to be replicated gets Deposed (it is never answered)."""
-    old = LeaderLease(REDIS_URL, prefix, "old", ttl_ms=300)
+    old = LeaderLease(REDIS_URL, prefix, "old", ttl_ms=2000)
 
     async def scenario():
         async with running_exchange(tmp_path / "x", fsync="off") as ex:  # a journal to publish from
@@ -73,7 +73,7 @@ def test_a_deposed_leaders_appends_are_refused_and_its_waiters_told(tmp_path, pr
         stream = f"{prefix}:journal"
         assert r.xlen(stream) >= 1
         before = r.xrange(stream)
-        time.sleep(0.4)
+        time.sleep(2.2)  # the old leader paused past its lease
         new = LeaderLease(REDIS_URL, prefix, "new", ttl_ms=5000)
         assert new.acquire()
         with pytest.raises(Deposed):

@@ -23,6 +23,7 @@ Integer arithmetic is int64 here: `engine` refuses events whose lease value coul
 from __future__ import annotations
 
 import types
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -755,6 +756,20 @@ def _free_gone(T: np.ndarray, flags: int, free: np.ndarray, S: np.ndarray, nfree
         free[S[nfree]] = s
         S[nfree] += 1
     S[ngone] = 0
+
+
+@_nj
+def dict_items(d: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The keys and values of a typed int64 -> int64 dict, as two arrays (in the dict's order)."""
+    n = len(d)
+    keys = np.empty(n, np.int64)
+    values = np.empty(n, np.int64)
+    i = 0
+    for k, v in d.items():
+        keys[i] = k
+        values[i] = v
+        i += 1
+    return keys, values
 
 
 @_nj

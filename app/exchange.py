@@ -465,6 +465,42 @@ class Deposed(Exception):
     """`gpux serve --ha` stopped because another core took the leader's lease."""
 
 
+class GcPauses:
+    """How long the garbage collector held the process, per generation (`/metrics`): a full
+    collection walks every object made since start-up, and nothing else runs meanwhile."""
+
+    SLOW_S = 0.05  # a pause this long is logged
+
+    def __init__(self) -> None:
+        self._t0 = 0.0
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.max = [0.0, 0.0, 0.0]
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        took = time.perf_counter() - self._t0
+        g = info.get("generation", 0)
+        self.count[g] += 1
+        self.total[g] += took
+        self.max[g] = max(self.max[g], took)
+        if took >= self.SLOW_S:
+            log.warning("garbage collection paused the process", extra={"generation": g, "ms": round(took * 1000, 1),
+                                                                         "collected": info.get("collected", 0)})
+
+    def metric_samples(self) -> list[tuple[str, float, str, str]]:
+        out: list[tuple[str, float, str, str]] = []
+        for g in range(3):
+            out += [(f'gpux_gc_pauses_total{{generation="{g}"}}', self.count[g], "garbage collections", "counter"),
+                    (f'gpux_gc_pause_seconds_total{{generation="{g}"}}', round(self.total[g], 6),
+                     "time the garbage collector held the process", "counter"),
+                    (f'gpux_gc_pause_max_seconds{{generation="{g}"}}', round(self.max[g], 6),
+                     "the longest garbage collection", "gauge")]
+        return out
+
+
 class StartupError(Exception):
     """`gpux serve` cannot start; one sentence that says what to do.  Raised before anything is
     created on disk (a busy port, a data directory another server holds), or after start-up
@@ -573,6 +609,9 @@ async def run_server(cfg: ServerConfig, ready: Any = None, lease: LeaderLease | 
     # collect the young generation less often (per-order objects are short-lived; pauses are latency)
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
+    pauses = GcPauses()
+    gc.callbacks.append(pauses.callback)
+    exchange.app[METRICS].add(pauses.metric_samples)
     try:
         port = await exchange.serve(sock=sock)
         log.info("listening", extra={"url": f"http://{cfg.host}:{port}", "data_dir": str(cfg.data_path)})

@@ -65,10 +65,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except Deposed as e:
         print(f"gpux: error: {e}", file=sys.stderr)
         return 3
-    except UsageError as e:
-        print(f"gpux: error: {e}", file=sys.stderr)
-        return 2
-    except StartupError as e:
+    except (UsageError, StartupError) as e:
         print(f"gpux: error: {e}", file=sys.stderr)
         return 2
     except JournalError as e:

@@ -30,7 +30,7 @@ import msgspec
 from exchange.entries import decode_entry, encode_entry
 from exchange.errors import ApiError
 from exchange.sequencer import Request
-from exchange.supervise import supervise
+from exchange.supervise import stop_tasks, supervise
 from orderbook.types import Command
 
 log = logging.getLogger("gpux.inbox")
@@ -220,12 +220,7 @@ class RequestInbox:
     async def close(self) -> None:
         self._closing = True
         self._flush.set()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for r in (self._redis, self._reader):
-            if r is not None:
-                await r.aclose()
+        await stop_tasks(self._tasks, self._redis, self._reader)
 
     def health(self) -> str:
         for t in self._tasks:

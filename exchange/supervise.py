@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("gpux.supervise")
 
@@ -47,3 +48,13 @@ def task_health(task: asyncio.Task | None, what: str, stopping: bool = False) ->
     if task is None or stopping or not task.done():
         return "ok"
     return f"{what} {_why(task)[0]}"
+
+
+async def stop_tasks(tasks: list[asyncio.Task], *clients: Any) -> None:
+    """Cancel ``tasks`` and wait for them, then close ``clients`` (redis.asyncio clients; None skipped)."""
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for c in clients:
+        if c is not None:
+            await c.aclose()

@@ -24,6 +24,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from exchange.entries import Cmd
 from exchange.errors import ApiError
 from exchange.inbox import decode_answer, encode_request, replies_key, requests_key
 from exchange.sequencer import submit_through
-from exchange.supervise import supervise
+from exchange.supervise import stop_tasks, supervise
 from orderbook.types import CMD_ASK, CMD_BID, COMMAND_DTYPE
 
 log = logging.getLogger("gpux.gateway")
@@ -57,6 +58,20 @@ def command_key(account: int, rec: bytes, coid: str) -> tuple[int, Any]:
     if int(a["type"][0]) in (CMD_BID, CMD_ASK):
         a["oid"] = 0
     return account, a.tobytes()
+
+
+class _BookTimes(Mapping[str, int]):
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def __getitem__(self, name: str) -> int:
+        return self.engine.book_time(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.engine.books)
+
+    def __len__(self) -> int:
+        return len(self.engine.books)
 
 
 class RemoteSequencer:
@@ -98,9 +113,9 @@ class RemoteSequencer:
         return not self._closing and self.connected
 
     @property
-    def times(self) -> dict[str, int]:
-        eng = self.engine
-        return {n: eng.book_time(n) for n in eng.books}
+    def times(self) -> Mapping[str, int]:
+        """Each class's engine time, as the replica has it (read per bid: no copy)."""
+        return _BookTimes(self.engine)
 
     def request_snapshot(self) -> None:
         raise ApiError("CORE_ONLY")
@@ -282,14 +297,9 @@ class RemoteSequencer:
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, self._redis, self._reader)
         for rid in list(self._pending):
             self._resolve(rid, ApiError("UNAVAILABLE"))
-        for r in (self._redis, self._reader):
-            if r is not None:
-                await r.aclose()
 
     # ------------------------------------------------------------------ reporting
     def health(self) -> str:

@@ -199,6 +199,11 @@ def test_the_cores_money_keeps_live_bids_and_leases_not_every_one_there_was():
         assert c.B.shape[0] <= 2 * max(len(c.bmap), 4096), (c.B.shape, len(c.bmap))
         ended += int(c.L[:, core.TID].max())  # trade ids made so far (at least)
     assert ended > 3 * sum(len(c.live_slots()) for c in live.money.engine.classes.values())  # most ended
+    from exchange.money import _live_leases, _open_bids
+
+    for c in live.money.engine.classes.values():  # the snapshot's array reads equal the record-by-record ones
+        assert _open_bids(c) == sorted(c.bids.items()) and len(c.bmap) > 0
+        assert _live_leases(c) == [c.leases[t] for t in c.leases] and len(c.leases) > 0
     once = Engine(cfg.instruments, cfg.engine, None, settlement_config(cfg))
     once.apply(entries)
     assert live.money.state_hash() == once.money.state_hash() and live.money.all() == once.money.all()

@@ -33,7 +33,8 @@ from exchange.config import Instrument
 from exchange.entries import Cmd, Entry, Fund, Prov
 from exchange.money import Money
 from exchange.snapshots import BookSnap, Snapshot, SnapshotMismatch, encode_snapshot_parts
-from exchange.state import ExchangeState, split_event_array, split_events
+from exchange.state import split_event_array, split_events
+from exchange.tables import ExchangeState
 from exchange.views import answer
 from orderbook import types as T
 from orderbook.book import Book, make_book, restore_book
@@ -157,14 +158,17 @@ class Engine:
                 tick = max((c.time for c in cmd_list if c.type == CMD_CLOCK), default=0)  # type: ignore[union-attr]
                 cuts = [k for k in range(1, len(is_clock)) if is_clock[k]]
             else:
-                cmd_list = T.commands(cmds) if want or any(entries[i].coid for i in idx) else None
+                split = want or any(entries[i].coid for i in idx)
+                cmd_list = T.commands(cmds) if split else None
                 types = cmds["type"]
                 clock = types == CMD_CLOCK
-                is_clock = clock.tolist()
+                is_clock = clock.tolist() if split else [bool(clock[0])]
                 last_oid = int(cmds["oid"].max())
                 clocks = cmds["time"][clock]
                 tick = int(clocks.max()) if len(clocks) else 0
-                cuts = (np.flatnonzero(clock[1:]) + 1).tolist()
+                # nothing to answer and no client order ids (a replay): no event needs telling
+                # which command it came from, so the book takes the whole run in one call
+                cuts = (np.flatnonzero(clock[1:]) + 1).tolist() if split else []
             bounds = [0, *cuts, len(cmds)]
             plans[name] = (cmds, list(zip(bounds[:-1], bounds[1:], strict=True)))
             facts[name] = (cmd_list, is_clock, last_oid, tick)
@@ -179,17 +183,20 @@ class Engine:
                 coids = None
             parts = book_parts[name]
             for (lo, hi), part in zip(spans, parts, strict=True):
-                ev_list = T.events(part)
                 sub = cmd_list[lo:hi] if cmd_list is not None else None
+                coids_of = coids[lo:hi] if coids else None
+                if not want and not (coids_of and any(coids_of)):  # a replay: the tables take the array
+                    state.apply(name, part)
+                    continue
+                ev_list = T.events(part)
                 if sub is not None and len(ev_list) <= SMALL:
                     spans_of = split_events(sub, ev_list)
                 else:
                     spans_of = split_event_array(is_clock[lo], hi - lo, part)
-                owned = state.apply(name, sub, ev_list, coids[lo:hi] if coids else None, spans=spans_of,
-                                    order=idx[lo:hi] if coids else None)
+                state.apply(name, part, sub, ev_list, coids_of, spans_of, idx[lo:hi] if coids else None)
                 if want:
                     for k in range(lo, hi):
-                        a, b = owned[k - lo]
+                        a, b = spans_of[k - lo]
                         out[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])  # type: ignore[index]
             events = T.join(parts, T.EVENT_DTYPE)
             if len(events):
@@ -206,9 +213,10 @@ class Engine:
             r = out[i]
             r.answer["available"] = money.available(r.answer["account"])  # type: ignore[index, union-attr]
         if answers:
-            for r in out:
-                if r is not None and r.command is not None:
-                    r.answer = answer(r.book, r.command, r.events, state.orders, state.leases)
+            asked = [r for r in out if r is not None and r.command is not None]
+            orders = state.orders_of([r.command.oid for r in asked])  # type: ignore[union-attr]
+            for r in asked:
+                r.answer = answer(r.book, r.command, r.events, orders, state.leases)  # type: ignore[arg-type]
         self.seq += len(entries)
         return (out if want else []), arrays  # type: ignore[return-value]
 

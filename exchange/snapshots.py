@@ -16,7 +16,8 @@ from pathlib import Path
 import msgspec
 
 from exchange.money import MoneySnap
-from exchange.state import Encoded, StateData
+from exchange.state import Encoded
+from exchange.tables import TableData
 
 SNAP_SUFFIX = ".snap"
 
@@ -31,9 +32,9 @@ class BookSnap(msgspec.Struct, array_like=True):
 class Snapshot(msgspec.Struct, kw_only=True):
     seq: int  # last journal seq applied
     books: dict[str, BookSnap]
-    state: StateData
+    state: TableData
     last_oid: int = 0  # the highest order id the sequencer gave out
-    version: int = 3  # 2: book blobs are zlib-compressed; 3: money in the core
+    version: int = 4  # 2: book blobs are zlib-compressed; 3: money in the core; 4: the state as tables
     money: MoneySnap | None = None  # None in snapshots older than money in the core: not usable
     money_hash: int = 0
 
@@ -53,7 +54,7 @@ def encode_snapshot_parts(snap: Snapshot) -> list[bytes | memoryview]:
     """`encode_snapshot`'s bytes as pieces, in order.  Fields of ``snap.state`` may be `Encoded`
     (their msgpack, in pieces: `ExchangeState.capture`); they are spliced in, never joined, so
     no single call holds the GIL for the whole state (`write_snapshot` writes the pieces)."""
-    fields = {f: v for f in StateData.__struct_fields__ if isinstance(v := getattr(snap.state, f), Encoded)}
+    fields = {f: v for f in type(snap.state).__struct_fields__ if isinstance(v := getattr(snap.state, f), Encoded)}
     if not fields:
         return [encode_snapshot(snap)]
     token = os.urandom(16)

@@ -1,11 +1,14 @@
 """What the exchange knows beyond the books: orders by account (with what each bid holds in
-escrow), leases, client order ids, halted classes.  The money itself is in settlement's
-ledger (settlement.link).  All of it follows from the journaled commands and the events the
-books answered with, so it is rebuilt exactly by replaying the journal (R21), and a
-snapshot of it is a msgspec blob.
+escrow), leases, client order ids, halted classes.  The money itself is the core's
+(`exchange.money`).  All of it follows from the journaled commands and the events the books
+answered with, so it is rebuilt exactly by replaying the journal (R21).
 
-    state = ExchangeState(instruments)
-    spans = state.apply(book, commands, events, coids)   # the same call live and on replay
+`ReferenceState` here is the specification, in plain Python records and dicts; the core runs
+`exchange.tables.ExchangeState`, the same rules over int64 tables changed by jitted code, and
+tests/test_state_tables.py checks the two against each other.
+
+    state = ReferenceState(instruments)
+    spans = state.apply(book, part, commands, events, coids)   # the same call live and on replay
 
 Nothing here decides whether a command may enter the journal (that is the sequencer's
 prechecks, live only): this module only applies what the books said.
@@ -26,6 +29,7 @@ from clearing.money import hold_fee_bps, hold_per_gpu, lease_value
 from exchange.config import Instrument
 from exchange.records import LeaseInfo, OrderInfo, lease_ref
 from exchange.views import encode_answer
+from orderbook import types as T
 from orderbook.types import (
     CMD_CLOCK,
     END_NAMES,
@@ -116,7 +120,7 @@ def _leading(ev: Event) -> bool:
             or (t == EV_CANCELLED and ev.reason == END_USER))
 
 
-class ExchangeState:
+class ReferenceState:
     """Orders, leases, client order ids and escrow, kept from the books' events."""
 
     def __init__(self, instruments: dict[str, Instrument]) -> None:
@@ -144,6 +148,10 @@ class ExchangeState:
 
     def account_leases(self, account: int) -> list[LeaseInfo]:
         return [self.leases[r] for r in self.leases_by_account.get(account, ())]
+
+    def orders_of(self, oids: list[int]) -> dict[int, OrderInfo]:
+        """The records of those of ``oids`` remembered."""
+        return {oid: o for oid in oids if (o := self.orders.get(oid)) is not None}
 
     def prune(self, book: str, now: int) -> int:
         """Forget the class's leases that ended ``LEASE_RETENTION_S`` or more before ``now`` (its
@@ -173,23 +181,26 @@ class ExchangeState:
         return gpus * hold_per_gpu(hours, limit, self._fee_bps.get(book, 0))
 
     # ------------------------------------------------------------------ applying events
-    def apply(self, book: str, commands: list[Command] | None, events: list[Event],
-              coids: list[str] | None = None, spans: list[tuple[int, int]] | None = None,
-              order: list[int] | None = None) -> list[tuple[int, int]]:
+    def apply(self, book: str, part: np.ndarray | None, commands: list[Command] | None = None,
+              events: list[Event] | None = None, coids: list[str] | None = None,
+              spans: list[tuple[int, int]] | None = None,
+              order: list[int] | None = None) -> list[tuple[int, int]] | None:
         """Apply one book's commands and the events they produced; returns the spans of
         `split_events` (or ``spans``, when the caller has them: `split_event_array`).
         ``coids[i]`` is the client order id command i carried ('' none); the first answer to
         each is remembered by `answer_of` for idempotent retries.  ``commands`` may be None
         when ``spans`` are given and no command carries a client order id."""
-        if spans is None:
-            spans = split_events(commands, events)  # type: ignore[arg-type]
+        if events is None:
+            events = T.events(part)  # type: ignore[arg-type]
+        if spans is None and commands is not None:
+            spans = split_events(commands, events)
         inst = self.instruments[book]
         if not coids or not any(coids):  # events in order; no answers to remember
             event = self._event
             for ev in events:
                 event(book, inst, ev, "")
             return spans
-        assert commands is not None
+        assert commands is not None and spans is not None
         for i, (a, b) in enumerate(spans):
             coid = coids[i] if coids else ""
             for ev in events[a:b]:

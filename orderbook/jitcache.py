@@ -52,6 +52,9 @@ SOURCES: dict[str, tuple[str, ...]] = {
                        "orderbook/types.py"),
     "clearing.core": (*_ORDERBOOK, "orderbook/types.py", "clearing/__init__.py", "clearing/core.py",
                       "clearing/ids.py", "clearing/leases.py", "clearing/money.py"),
+    "exchange.statecore": (*_ORDERBOOK, "orderbook/types.py", "clearing/__init__.py", "clearing/core.py",
+                           "clearing/ids.py", "clearing/leases.py", "clearing/money.py", "exchange/__init__.py",
+                           "exchange/statecore.py"),
     "feeds.recording": (*_ORDERBOOK, "orderbook/types.py", "exchange/__init__.py", "exchange/journal.py",
                         "feeds/__init__.py", "feeds/recording.py"),
 }

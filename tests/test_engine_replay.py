@@ -34,8 +34,9 @@ from exchange.engine import Engine, Result
 from exchange.entries import Admin, Cmd, Entry, Fund, decode_entry, encode_entry
 from exchange.journal import HEADER, Journal, read, segments
 from exchange.recovery import recover, replay
-from exchange.snapshots import BookSnap, Snapshot, encode_snapshot, encode_snapshot_parts, write_snapshot
-from exchange.state import ExchangeState, split_events
+from exchange.snapshots import BookSnap, Snapshot, encode_snapshot_parts, write_snapshot
+from exchange.state import split_events
+from exchange.tables import ExchangeState
 from orderbook import types as T
 from orderbook.book import make_book
 from orderbook.config import BookConfig
@@ -358,11 +359,11 @@ def test_a_capture_is_the_state_when_it_was_taken_while_batches_go_on(engine: st
         cut = len(entries) // 2
         live = Engine(INSTRUMENTS, engine)
         apply_in_batches(live, entries[:cut], rng)
-        at_cut = encode_snapshot(Snapshot(
-            seq=live.seq, last_oid=live.last_oid, state=live.state.to_data(), money=live.money.to_snap(),
+        at_cut = b"".join(encode_snapshot_parts(Snapshot(
+            seq=live.seq, last_oid=live.last_oid, state=live.state.capture()(), money=live.money.to_snap(),
             money_hash=live.money.state_hash(),
             books={n: BookSnap(live.engine, live.book_time(n), b.state_hash(), b.snapshot())
-                   for n, b in live.books.items()}))
+                   for n, b in live.books.items()})))
         open_then = {o.oid: msgspec.to_builtins(o) for o in live.state.orders.values() if o.status == "open"}
         leases_then = {ref: msgspec.to_builtins(x) for ref, x in live.state.leases.items()}
         make = live.capture()

@@ -16,7 +16,7 @@ from feeds.model import DAY, BookModel, ClassFeed, MarketStats
 from feeds.recording import BLOCK_DTYPE, decode_record, encode_record, load
 from orderbook.config import BookConfig
 from orderbook.reference import ReferenceBook
-from orderbook.types import EV_TRADE, EVENT_DTYPE, HOUR, ON_DEMAND, RESERVED, SIDE_ASK, SPOT, Event, commands, events
+from orderbook.types import EV_TRADE, EVENT_DTYPE, HOUR, ON_DEMAND, RESERVED, SIDE_ASK, SPOT, Event
 from tests.helpers import ask, bid, cancel, clock, release
 from tests.streams import random_stream
 
@@ -140,7 +140,7 @@ def test_preempted_spot_lease_frees_capacity_at_its_new_end() -> None:
 
 def test_model_from_exchange_state_equals_model_from_events() -> None:
     from exchange.config import Instrument
-    from exchange.state import ExchangeState
+    from exchange.tables import ExchangeState
 
     rng = np.random.default_rng(7)
     cmds = random_stream(rng, 400)
@@ -154,10 +154,10 @@ def test_model_from_exchange_state_equals_model_from_events() -> None:
         if c["time"][0] > book.now:  # as the sequencer does it: time moves by clock commands only
             tick = batch(clock(int(c["time"][0])))
             ev = book.process(tick)
-            state.apply("T", commands(tick), events(ev))
+            state.apply("T", ev)
             feed.update(ev, book.now)
         ev = book.process(c)
-        state.apply("T", commands(c), events(ev))
+        state.apply("T", ev)
         feed.update(ev, book.now)
     m = BookModel.from_state("T", book.seq, book.now, state.orders.values(), state.leases.values())
     assert m.level2() == feed.book.level2() == reference_level2(book)

@@ -1,0 +1,436 @@
+"""The exchange state the core runs: what `exchange.state.ReferenceState` keeps (orders by
+account with their escrow, leases, client order ids, halted classes), kept in int64 tables that
+`exchange.statecore`'s jitted code changes from each book call's events array, with no Python
+per event.  The reference is the specification; tests/test_state_tables.py checks that both
+answer the same for every query after the same events.
+
+    state = ExchangeState(instruments)
+    state.apply(book, part, commands, events, coids, spans, order)   # live and on replay
+    state.orders.get(oid), state.leases.get(ref)                     # records, made when read
+
+Records (`OrderInfo`, `LeaseInfo`) are made from a row when they are read: reads are the API's
+and the answers', a few per command, where events are many per command on replay.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import msgspec
+import numpy as np
+from numba import typed, types
+
+from clearing.money import hold_fee_bps, hold_per_gpu
+from exchange import state as spec
+from exchange import statecore as K
+from exchange.config import Instrument
+from exchange.records import LeaseInfo, OrderInfo
+from exchange.state import Encoded, StateData, _encode_array
+from exchange.views import encode_answer
+from orderbook.types import END_NAMES, EV_ACCEPTED, KIND_NAMES, SIDE_BID, TIF_NAMES, Command, Event
+
+_ZLEVEL = 1
+
+
+class TableData(msgspec.Struct, kw_only=True):
+    """The snapshot form of the tables: the rows in use up to each high-water mark (deflated
+    int64, little-endian), the heaps, the strings the rows refer to."""
+
+    classes: list[str]
+    orders: bytes
+    leases: bytes
+    closed: bytes
+    forget: list[bytes]  # per class, in `classes` order
+    next_ord: int
+    order_coids: list[tuple[int, str]]
+    coids: list[tuple[int, str, bytes]]
+    halted: list[str]
+
+
+def _int_dict() -> Any:
+    return typed.Dict.empty(types.int64, types.int64)
+
+
+def _pack(a: np.ndarray) -> bytes:
+    return zlib.compress(np.ascontiguousarray(a, dtype="<i8").tobytes(), _ZLEVEL)
+
+
+def _unpack(blob: bytes, width: int) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype="<i8").reshape(-1, width).astype(np.int64)
+
+
+class _Orders(Mapping[int, OrderInfo]):
+    """``state.orders``: oid -> `OrderInfo`, read from the table (iterated by order id)."""
+
+    def __init__(self, st: ExchangeState) -> None:
+        self._st = st
+
+    def __getitem__(self, oid: int) -> OrderInfo:
+        s = _look(self._st._omap, oid)
+        if s < 0:
+            raise KeyError(oid)
+        return self._st._order(s)
+
+    def __contains__(self, oid: object) -> bool:
+        return isinstance(oid, int) and _look(self._st._omap, oid) >= 0
+
+    def __len__(self) -> int:
+        return len(self._st._omap)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._st._live_order_rows()[1].tolist())
+
+    def values(self) -> list[OrderInfo]:  # type: ignore[override]
+        rows, _ = self._st._live_order_rows()
+        return [self._st._order(s) for s in rows.tolist()]
+
+
+class _Leases(Mapping[str, LeaseInfo]):
+    """``state.leases``: ref -> `LeaseInfo`, in the order the leases were recorded."""
+
+    def __init__(self, st: ExchangeState) -> None:
+        self._st = st
+
+    def _row(self, ref: object) -> int:
+        if not isinstance(ref, str):
+            return -1
+        book, _, tid = ref.rpartition("-")
+        ci = self._st._index.get(book)
+        if ci is None or not tid.isdigit() or int(tid) >= 1 << K.KEY_SHIFT:
+            return -1
+        return _look(self._st._lmap, K.lease_key(ci, int(tid)))
+
+    def __getitem__(self, ref: str) -> LeaseInfo:
+        s = self._row(ref)
+        if s < 0:
+            raise KeyError(ref)
+        return self._st._lease(s)
+
+    def __contains__(self, ref: object) -> bool:
+        return self._row(ref) >= 0
+
+    def __len__(self) -> int:
+        return len(self._st._lmap)
+
+    def __iter__(self) -> Iterator[str]:
+        return (x.ref for x in self.values())
+
+    def values(self) -> list[LeaseInfo]:  # type: ignore[override]
+        return [self._st._lease(s) for s in self._st._live_lease_rows().tolist()]
+
+    def items(self) -> list[tuple[str, LeaseInfo]]:  # type: ignore[override]
+        return [(x.ref, x) for x in self.values()]
+
+
+_I64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _look(m: Any, key: int) -> int:
+    """The row of ``key`` (-1: none; a key past int64, from a client's path, is none too)."""
+    if not _I64[0] <= key <= _I64[1]:
+        return -1
+    return int(K.rows_of(m, np.array([key], np.int64))[0])
+
+
+class ExchangeState:
+    """Orders, leases, client order ids and escrow, kept from the books' events in tables."""
+
+    def __init__(self, instruments: dict[str, Instrument], capacity: int = 1024) -> None:
+        self.instruments = instruments
+        self._names = list(instruments)
+        self._index = {name: i for i, name in enumerate(self._names)}
+        self._fee_bps = [hold_fee_bps(i.maker_fee_bps, i.taker_fee_bps) for i in instruments.values()]
+        self.coids: dict[tuple[int, str], bytes] = {}  # (account, client_order_id) -> first answer
+        self._pending_coids: list[tuple[int, tuple[int, str], bytes]] = []
+        self.order_coids: dict[int, str] = {}  # oid -> its client order id, for the orders that had one
+        self.halted: set[str] = set()
+        self._reset(capacity)
+        self.orders = _Orders(self)
+        self.leases = _Leases(self)
+
+    def _reset(self, capacity: int) -> None:
+        self._O = np.zeros((capacity, K.NO), np.int64)
+        self._O[:, K.O_STATUS] = K.FREE
+        self._ofree = np.zeros(capacity, np.int64)
+        self._omap = _int_dict()
+        self._LS = np.zeros((capacity, K.NLS), np.int64)
+        self._LS[:, K.L_ORD] = -1
+        self._lfree = np.zeros(capacity, np.int64)
+        self._lmap = _int_dict()
+        self._closed = np.zeros((capacity, 2), np.int64)
+        self._fheap = [np.zeros((capacity, 2), np.int64) for _ in self._names]
+        self._FC = np.zeros(len(self._names), np.int64)
+        self._S = np.zeros(K.NS, np.int64)
+        self._S[K.S_MAXCLOSED] = spec.MAX_CLOSED_ORDERS
+        self._S[K.S_RETENTION] = spec.LEASE_RETENTION_S
+        self._accs = _int_dict()  # account -> its place in _OC
+        self._acc: dict[int, int] = {}  # the same, for reads from Python
+        self._OC = np.zeros(capacity, np.int64)  # open orders per account
+        self._newacc = np.zeros(capacity, np.int64)
+        self._gone = np.zeros(capacity, np.int64)
+        self._args = np.zeros(5, np.int64)
+
+    # ------------------------------------------------------------------ room
+    def _room(self, n: int, ci: int) -> None:
+        """Make room for ``n`` more events of class ``ci`` (one row, one heap entry each at most)."""
+        S = self._S
+        S[K.S_MAXCLOSED] = spec.MAX_CLOSED_ORDERS  # the caps are exchange.state's (a test may lower them)
+        if S[K.S_OHW] + n > len(self._O):
+            self._O = _grown(self._O, S[K.S_OHW] + n, K.O_STATUS, K.FREE)
+            self._ofree = np.resize(self._ofree, len(self._O))
+        if S[K.S_LHW] + n > len(self._LS):
+            self._LS = _grown(self._LS, S[K.S_LHW] + n, K.L_ORD, -1)
+            self._lfree = np.resize(self._lfree, len(self._LS))
+        if S[K.S_NCLOSED] + n + 1 > len(self._closed):
+            self._closed = _grown(self._closed, S[K.S_NCLOSED] + n + 1)
+        if self._FC[ci] + 2 * n > len(self._fheap[ci]):
+            self._fheap[ci] = _grown(self._fheap[ci], self._FC[ci] + 2 * n)
+        if S[K.S_NACC] + n > len(self._OC):
+            self._OC = _grown(self._OC[:, None], S[K.S_NACC] + n)[:, 0].copy()
+        if n > len(self._gone):
+            self._gone = np.zeros(2 * n, np.int64)
+            self._newacc = np.zeros(2 * n, np.int64)
+        S[K.S_NGONE] = S[K.S_NNEW] = 0
+
+    def _run(self, ci: int, ev: np.ndarray, lo: int, hi: int, coid: int) -> None:
+        self._room(hi - lo, ci)
+        S, args = self._S, self._args
+        args[0], args[1], args[2], args[3], args[4] = lo, hi, ci, self._fee_bps[ci], coid
+        first = int(S[K.S_NACC])
+        K.apply(self._O, self._omap, self._ofree, self._LS, self._lmap, self._lfree, self._closed,
+                self._fheap[ci], self._FC, S, self._accs, self._OC, self._newacc, self._gone, ev, args)
+        if S[K.S_NNEW]:
+            for k, acc in enumerate(self._newacc[:S[K.S_NNEW]].tolist()):
+                self._acc[acc] = first + k
+        if S[K.S_NGONE]:
+            for oid in self._gone[:self._S[K.S_NGONE]].tolist():
+                self.order_coids.pop(oid, None)
+
+    # ------------------------------------------------------------------ queries
+    def _order(self, s: int) -> OrderInfo:
+        r = self._O[s].tolist()
+        oid = r[K.O_OID]
+        coid = self.order_coids.get(oid, "") if r[K.O_COID] else ""
+        status = K.STATUS_NAMES[r[K.O_STATUS]]
+        reason = END_NAMES.get(r[K.O_REASON], "") if r[K.O_REASON] else ""
+        if r[K.O_SIDE] == SIDE_BID:
+            return OrderInfo(oid=oid, book=self._names[r[K.O_BOOK]], account=r[K.O_ACCOUNT], side="bid",
+                             gpus=r[K.O_GPUS], price=r[K.O_PRICE], time=r[K.O_TIME], status=status,
+                             remaining=r[K.O_REM], filled=r[K.O_FILLED], kind=KIND_NAMES[r[K.O_KIND]],
+                             tif=TIF_NAMES[r[K.O_TIF]], hours=r[K.O_HOURS], block=r[K.O_BLOCK], start=r[K.O_START],
+                             end=r[K.O_END], expire_at=r[K.O_EXPIRE], reason=reason, client_order_id=coid,
+                             hold=r[K.O_HOLD], hold_per_gpu=r[K.O_HPG])
+        return OrderInfo(oid=oid, book=self._names[r[K.O_BOOK]], account=r[K.O_ACCOUNT], side="ask",
+                         gpus=r[K.O_GPUS], price=r[K.O_PRICE], time=r[K.O_TIME], status=status,
+                         remaining=r[K.O_REM], filled=r[K.O_FILLED], spot_price=r[K.O_SPOT], start=r[K.O_START],
+                         end=r[K.O_END], min_hours=r[K.O_MINH], expire_at=r[K.O_EXPIRE], lease_id=r[K.O_LEASE],
+                         reason=reason, client_order_id=coid)
+
+    def _lease(self, s: int) -> LeaseInfo:
+        r = self._LS[s].tolist()
+        return LeaseInfo(book=self._names[r[K.L_BOOK]], trade_id=r[K.L_TID], bid_oid=r[K.L_BID],
+                         ask_oid=r[K.L_ASK], buyer=r[K.L_BUYER], provider=r[K.L_PROV], kind=KIND_NAMES[r[K.L_KIND]],
+                         gpus=r[K.L_GPUS], start=r[K.L_START], end=r[K.L_END], price=r[K.L_PRICE],
+                         time=r[K.L_TIME], resale_of=r[K.L_RESALE], ended_by=K.ENDED_NAMES[r[K.L_ENDED]],
+                         cost=r[K.L_COST])
+
+    def _live_order_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows in use, by order id, and their order ids."""
+        OT = self._O[:self._S[K.S_OHW]]
+        rows = np.flatnonzero(OT[:, K.O_STATUS] != K.FREE)
+        oids = OT[rows, K.O_OID]
+        by = np.argsort(oids, kind="stable")
+        return rows[by], oids[by]
+
+    def _live_lease_rows(self) -> np.ndarray:
+        """The rows in use, in the order the leases were recorded."""
+        order = self._LS[:self._S[K.S_LHW], K.L_ORD]
+        rows = np.flatnonzero(order >= 0)
+        return rows[np.argsort(order[rows], kind="stable")]
+
+    def _open_rows(self, account: int | None = None) -> np.ndarray:
+        OT = self._O[:self._S[K.S_OHW]]
+        mask = OT[:, K.O_STATUS] == K.OPEN
+        if account is not None:
+            mask &= OT[:, K.O_ACCOUNT] == account
+        rows = np.flatnonzero(mask)
+        return rows[np.argsort(OT[rows, K.O_OID], kind="stable")]
+
+    def open_orders(self, account: int) -> list[OrderInfo]:
+        if not self.open_count(account):
+            return []
+        return [self._order(s) for s in self._open_rows(account).tolist()]
+
+    def open_count(self, account: int) -> int:
+        k = self._acc.get(account)
+        return 0 if k is None else int(self._OC[k])
+
+    def account_leases(self, account: int) -> list[LeaseInfo]:
+        LS = self._LS[:self._S[K.S_LHW]]
+        rows = np.flatnonzero((LS[:, K.L_ORD] >= 0) & ((LS[:, K.L_BUYER] == account) | (LS[:, K.L_PROV] == account)))
+        rows = rows[np.argsort(LS[rows, K.L_ORD], kind="stable")]
+        return [self._lease(s) for s in rows.tolist()]
+
+    @property
+    def open_by_account(self) -> dict[int, set[int]]:
+        """account -> the ids of its open orders (built when read)."""
+        OT = self._O[:self._S[K.S_OHW]]
+        rows = np.flatnonzero(OT[:, K.O_STATUS] == K.OPEN)
+        out: dict[int, set[int]] = {}
+        for acc, oid in zip(OT[rows, K.O_ACCOUNT].tolist(), OT[rows, K.O_OID].tolist(), strict=True):
+            out.setdefault(acc, set()).add(oid)
+        return out
+
+    @property
+    def leases_by_account(self) -> dict[int, dict[str, None]]:
+        """account -> the refs of its leases, in trade order (built when read)."""
+        out: dict[int, dict[str, None]] = {}
+        for x in self.leases.values():
+            out.setdefault(x.buyer, {})[x.ref] = None
+            out.setdefault(x.provider, {})[x.ref] = None
+        return out
+
+    @property
+    def closed(self) -> list[int]:
+        """The closed orders remembered (a heap of their ids)."""
+        return self._closed[:self._S[K.S_NCLOSED], 0].tolist()
+
+    def orders_of(self, oids: list[int]) -> dict[int, OrderInfo]:
+        """The records of those of ``oids`` remembered: one look-up for all of them (answers)."""
+        if not oids:
+            return {}
+        oids = [oid for oid in oids if _I64[0] <= oid <= _I64[1]]
+        rows = K.rows_of(self._omap, np.array(oids, np.int64)).tolist()
+        return {oid: self._order(s) for oid, s in zip(oids, rows, strict=True) if s >= 0}
+
+    def prune(self, book: str, now: int) -> int:
+        """Forget the class's leases that ended the retention or more before ``now``
+        (`exchange.state.LEASE_RETENTION_S`)."""
+        ci = self._index[book]
+        return int(K.prune(self._LS, self._lmap, self._lfree, self._fheap[ci], self._FC, self._S, ci, now))
+
+    def hold_for(self, book: str, gpus: int, hours: int, limit: int) -> int:
+        return gpus * hold_per_gpu(hours, limit, self._fee_bps[self._index[book]] if book in self._index else 0)
+
+    # ------------------------------------------------------------------ applying events
+    def apply(self, book: str, part: np.ndarray, commands: list[Command] | None = None,
+              events: list[Event] | None = None, coids: list[str] | None = None,
+              spans: list[tuple[int, int]] | None = None, order: list[int] | None = None) -> None:
+        """Apply one book call's events (``part``, EVENT_DTYPE).  With client order ids
+        (``coids[i]`` for command i, '' none) the commands, their events as tuples and the spans
+        of `exchange.state.split_events` are needed too: the first answer to each client order
+        id is remembered (in journal order, ``order``, by `flush_coids`)."""
+        ci = self._index[book]
+        if not coids or not any(coids):
+            if len(part):
+                self._run(ci, part, 0, len(part), 0)
+            return
+        assert commands is not None and events is not None and spans is not None
+        for i, (a, b) in enumerate(spans):
+            coid = coids[i]
+            if b > a:
+                self._run(ci, part, a, b, 1 if coid else 0)
+            if coid:
+                cmd = commands[i]
+                if b > a and events[a].oid == cmd.oid and events[a].type == EV_ACCEPTED:  # an order accepted with it
+                    self.order_coids[cmd.oid] = coid
+                key = (cmd.account, coid)
+                if key not in self.coids:
+                    answer = encode_answer(book, cmd, events[a:b], self.orders, self.leases)
+                    if order is None:
+                        self._remember_coid(key, answer)
+                    else:
+                        self._pending_coids.append((order[i], key, answer))
+
+    def flush_coids(self) -> None:
+        """(reference `flush_coids`) Remember the first answers set aside, in journal order."""
+        pending, self._pending_coids = self._pending_coids, []
+        pending.sort(key=lambda p: p[0])
+        for _, key, answer in pending:
+            if key not in self.coids:
+                self._remember_coid(key, answer)
+
+    def _remember_coid(self, key: tuple[int, str], answer: bytes) -> None:
+        self.coids[key] = answer
+        if len(self.coids) > spec.MAX_COIDS:
+            del self.coids[next(iter(self.coids))]
+
+    # ------------------------------------------------------------------ snapshots
+    def to_data(self) -> StateData:
+        """The records (the reference's snapshot form): tests and benchmarks compare states by it."""
+        return StateData(orders=list(self.orders.values()), closed=self.closed, leases=self.leases.values(),
+                         coids=[(acc, coid, ans) for (acc, coid), ans in self.coids.items()],
+                         halted=sorted(self.halted))
+
+    def capture(self) -> Callable[[], TableData]:
+        """The state now, for a snapshot taken off the event loop: copies of the tables' rows in
+        use (a few milliseconds); the function returned deflates them (zlib lets go of the GIL)
+        and encodes the client order ids a chunk at a time, in a worker thread."""
+        S = self._S
+        OT = self._O[:S[K.S_OHW]].copy()
+        LS = self._LS[:S[K.S_LHW]].copy()
+        closed = self._closed[:S[K.S_NCLOSED]].copy()
+        forget = [h[:n].copy() for h, n in zip(self._fheap, self._FC.tolist(), strict=True)]
+        next_ord = int(S[K.S_ORD])
+        order_coids = list(self.order_coids.items())
+        coids = list(self.coids.items())
+        halted = sorted(self.halted)
+        names = list(self._names)
+
+        def data() -> TableData:
+            return TableData(classes=names, orders=_pack(OT), leases=_pack(LS), closed=_pack(closed),
+                             forget=[_pack(h) for h in forget], next_ord=next_ord,
+                             order_coids=_encode_array(order_coids, len(order_coids)),  # type: ignore[arg-type]
+                             coids=_encode_array(((acc, coid, ans) for (acc, coid), ans in coids),  # type: ignore[arg-type]
+                                                 len(coids)),
+                             halted=halted)
+
+        return data
+
+    def load_data(self, data: TableData) -> None:
+        if data.classes != self._names:
+            raise ValueError(f"the snapshot's classes {data.classes} are not the configuration's {self._names}")
+        OT, LS, closed = _unpack(data.orders, K.NO), _unpack(data.leases, K.NLS), _unpack(data.closed, 2)
+        self._reset(max(1024, len(OT), len(LS), len(closed) + 1))  # (open orders' accounts: fewer than OT's rows)
+        self._O[:len(OT)] = OT
+        self._LS[:len(LS)] = LS
+        self._closed[:len(closed)] = closed
+        S = self._S
+        S[K.S_OHW], S[K.S_LHW], S[K.S_NCLOSED], S[K.S_ORD] = len(OT), len(LS), len(closed), data.next_ord
+        for ci, blob in enumerate(data.forget):
+            h = _unpack(blob, 2)
+            self._fheap[ci] = _grown(self._fheap[ci], len(h))
+            self._fheap[ci][:len(h)] = h
+            self._FC[ci] = len(h)
+        K.rebuild(self._O, self._omap, self._ofree, self._LS, self._lmap, self._lfree, S, self._accs, self._OC,
+                  self._newacc)
+        self._acc = {acc: k for k, acc in enumerate(self._newacc[:S[K.S_NACC]].tolist())}
+        self.order_coids = dict(data.order_coids)
+        self.coids = {(acc, coid): ans for acc, coid, ans in data.coids}
+        self.halted = set(data.halted)
+
+    def digest(self) -> dict[str, Any]:
+        """Aggregates that two equal states share (the crash test compares them)."""
+        OT = self._O[:self._S[K.S_OHW]]
+        open_ = OT[:, K.O_STATUS] == K.OPEN
+        LS = self._LS[:self._S[K.S_LHW]]
+        live = LS[:, K.L_ORD] >= 0
+        return {"orders_open": int(open_.sum()), "leases": int(live.sum()),
+                "held": int(OT[open_, K.O_HOLD].sum()), "cost": int(LS[live, K.L_COST].sum())}
+
+
+def _grown(a: np.ndarray, need: int, col: int | None = None, fill: int = 0) -> np.ndarray:
+    """``a`` with at least ``need`` rows (doubling), new rows zero (column ``col`` = ``fill``)."""
+    if need <= len(a):
+        return a
+    n = max(need, 2 * len(a))
+    out = np.zeros((n, a.shape[1]), np.int64)
+    out[:len(a)] = a
+    if col is not None:
+        out[len(a):, col] = fill
+    return out
+
+
+__all__ = ["ExchangeState", "TableData", "Encoded"]

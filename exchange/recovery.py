@@ -20,7 +20,7 @@ import numpy as np
 from exchange.config import ServerConfig
 from exchange.engine import Engine
 from exchange.entries import Fund, Prov, decode_entries
-from exchange.journal import read
+from exchange.journal import read_runs
 from exchange.money import settlement_config
 from exchange.snapshots import snapshots
 
@@ -76,15 +76,15 @@ def replay(engine: Engine, journal_dir: Path,
         if sink is not None:
             sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])
 
-    for seq, payload in read(journal_dir, from_seq=engine.seq + 1):
+    for seq, run in read_runs(journal_dir, from_seq=engine.seq + 1):
         if seq != expect:
             raise RuntimeError(f"journal gap: expected seq {expect}, found {seq}")
-        expect += 1
-        payloads.append(payload)
-        if len(payloads) >= REPLAY_CHUNK:
-            apply(payloads)
-            applied += len(payloads)
-            payloads = []
+        expect += len(run)
+        payloads += run
+        while len(payloads) >= REPLAY_CHUNK:
+            apply(payloads[:REPLAY_CHUNK])
+            applied += REPLAY_CHUNK
+            payloads = payloads[REPLAY_CHUNK:]
     if payloads:
         apply(payloads)
         applied += len(payloads)

@@ -44,10 +44,11 @@ jitcache.use(__name__)
 (O_OID, O_BOOK, O_ACCOUNT, O_SIDE, O_GPUS, O_PRICE, O_TIME, O_STATUS, O_REM, O_FILLED, O_KIND, O_TIF, O_HOURS,
  O_BLOCK, O_SPOT, O_START, O_END, O_MINH, O_EXPIRE, O_LEASE, O_REASON, O_HOLD, O_HPG, O_COID) = range(24)
 NO = 24
-# order statuses (FREE: a row not in use)
-FREE, OPEN, FILLED, CANCELLED, EXPIRED = -1, 0, 1, 2, 3
+# order statuses (FREE: a row not in use; zero, so that fresh rows, zeroed lazily by the
+# system, need no writing until they are used)
+FREE, OPEN, FILLED, CANCELLED, EXPIRED = 0, 1, 2, 3, 4
 STATUS_NAMES = {OPEN: "open", FILLED: "filled", CANCELLED: "cancelled", EXPIRED: "expired"}
-# lease columns (L_ORD: the order leases were recorded in, -1 for a row not in use)
+# lease columns (L_ORD: the order leases were recorded in, from 1; 0 for a row not in use)
 (L_BOOK, L_TID, L_BID, L_ASK, L_BUYER, L_PROV, L_KIND, L_GPUS, L_START, L_END, L_PRICE, L_TIME, L_RESALE,
  L_ENDED, L_COST, L_ORD) = range(16)
 NLS = 16
@@ -179,8 +180,8 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
             LS[s, L_RESALE] = e["lease_id"]
             LS[s, L_ENDED] = 0
             LS[s, L_COST] = _lease_value(gpus, e["price"], e["end"] - e["start"])
-            LS[s, L_ORD] = S[S_ORD]
             S[S_ORD] += 1
+            LS[s, L_ORD] = S[S_ORD]
             lmap[lease_key(book, tid)] = s
             FC[book] = _push(fheap, FC[book], e["end"] + R, tid)
             b = _look(omap, e["oid"])
@@ -284,7 +285,7 @@ def prune(LS: np.ndarray, lmap: dict, lfree: np.ndarray, fheap: np.ndarray, FC: 
         if s < 0 or LS[s, L_END] + R > now:
             continue  # forgotten already, or its end moved (a newer entry is on the heap)
         del lmap[key]
-        LS[s, L_ORD] = -1
+        LS[s, L_ORD] = 0
         lfree[S[S_NLFREE]] = s
         S[S_NLFREE] += 1
         n += 1
@@ -322,7 +323,7 @@ def rebuild(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap:
                 OC[k] += 1
     S[S_NLFREE] = 0
     for s in range(S[S_LHW]):
-        if LS[s, L_ORD] < 0:
+        if LS[s, L_ORD] == 0:
             lfree[S[S_NLFREE]] = s
             S[S_NLFREE] += 1
         else:

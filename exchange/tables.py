@@ -32,6 +32,7 @@ from exchange.views import encode_answer
 from orderbook.types import END_NAMES, EV_ACCEPTED, KIND_NAMES, SIDE_BID, TIF_NAMES, Command, Event
 
 _ZLEVEL = 1
+ROOM = 1 << 16  # rows of every table beyond the closed orders remembered, before any growing
 
 
 class TableData(msgspec.Struct, kw_only=True):
@@ -137,7 +138,7 @@ def _look(m: Any, key: int) -> int:
 class ExchangeState:
     """Orders, leases, client order ids and escrow, kept from the books' events in tables."""
 
-    def __init__(self, instruments: dict[str, Instrument], capacity: int = 1024) -> None:
+    def __init__(self, instruments: dict[str, Instrument], capacity: int | None = None) -> None:
         self.instruments = instruments
         self._names = list(instruments)
         self._index = {name: i for i, name in enumerate(self._names)}
@@ -150,26 +151,29 @@ class ExchangeState:
         self.orders = _Orders(self)
         self.leases = _Leases(self)
 
-    def _reset(self, capacity: int) -> None:
-        self._O = np.zeros((capacity, K.NO), np.int64)
-        self._O[:, K.O_STATUS] = K.FREE
-        self._ofree = np.zeros(capacity, np.int64)
+    def _reset(self, capacity: int | None) -> None:
+        """Empty tables.  Their rows are zeroed by the system when first touched (np.zeros of a
+        large array maps fresh pages), so room for the closed orders remembered and tens of
+        thousands of leases costs nothing until used, and spares the copies of growing."""
+        rows = capacity or spec.MAX_CLOSED_ORDERS + ROOM
+        room = capacity or ROOM
+        self._O = np.zeros((rows, K.NO), np.int64)
+        self._ofree = np.zeros(rows, np.int64)
         self._omap = _int_dict()
-        self._LS = np.zeros((capacity, K.NLS), np.int64)
-        self._LS[:, K.L_ORD] = -1
-        self._lfree = np.zeros(capacity, np.int64)
+        self._LS = np.zeros((room, K.NLS), np.int64)
+        self._lfree = np.zeros(room, np.int64)
         self._lmap = _int_dict()
-        self._closed = np.zeros((capacity, 2), np.int64)
-        self._fheap = [np.zeros((capacity, 2), np.int64) for _ in self._names]
+        self._closed = np.zeros((min(rows, spec.MAX_CLOSED_ORDERS + 1) + room, 2), np.int64)
+        self._fheap = [np.zeros((room, 2), np.int64) for _ in self._names]
         self._FC = np.zeros(len(self._names), np.int64)
         self._S = np.zeros(K.NS, np.int64)
         self._S[K.S_MAXCLOSED] = spec.MAX_CLOSED_ORDERS
         self._S[K.S_RETENTION] = spec.LEASE_RETENTION_S
         self._accs = _int_dict()  # account -> its place in _OC
         self._acc: dict[int, int] = {}  # the same, for reads from Python
-        self._OC = np.zeros(capacity, np.int64)  # open orders per account
-        self._newacc = np.zeros(capacity, np.int64)
-        self._gone = np.zeros(capacity, np.int64)
+        self._OC = np.zeros(room, np.int64)  # open orders per account
+        self._newacc = np.zeros(room, np.int64)
+        self._gone = np.zeros(room, np.int64)
         self._args = np.zeros(5, np.int64)
 
     # ------------------------------------------------------------------ room
@@ -178,10 +182,10 @@ class ExchangeState:
         S = self._S
         S[K.S_MAXCLOSED] = spec.MAX_CLOSED_ORDERS  # the caps are exchange.state's (a test may lower them)
         if S[K.S_OHW] + n > len(self._O):
-            self._O = _grown(self._O, S[K.S_OHW] + n, K.O_STATUS, K.FREE)
+            self._O = _grown(self._O, S[K.S_OHW] + n)
             self._ofree = np.resize(self._ofree, len(self._O))
         if S[K.S_LHW] + n > len(self._LS):
-            self._LS = _grown(self._LS, S[K.S_LHW] + n, K.L_ORD, -1)
+            self._LS = _grown(self._LS, S[K.S_LHW] + n)
             self._lfree = np.resize(self._lfree, len(self._LS))
         if S[K.S_NCLOSED] + n + 1 > len(self._closed):
             self._closed = _grown(self._closed, S[K.S_NCLOSED] + n + 1)
@@ -247,7 +251,7 @@ class ExchangeState:
     def _live_lease_rows(self) -> np.ndarray:
         """The rows in use, in the order the leases were recorded."""
         order = self._LS[:self._S[K.S_LHW], K.L_ORD]
-        rows = np.flatnonzero(order >= 0)
+        rows = np.flatnonzero(order > 0)
         return rows[np.argsort(order[rows], kind="stable")]
 
     def _open_rows(self, account: int | None = None) -> np.ndarray:
@@ -269,7 +273,7 @@ class ExchangeState:
 
     def account_leases(self, account: int) -> list[LeaseInfo]:
         LS = self._LS[:self._S[K.S_LHW]]
-        rows = np.flatnonzero((LS[:, K.L_ORD] >= 0) & ((LS[:, K.L_BUYER] == account) | (LS[:, K.L_PROV] == account)))
+        rows = np.flatnonzero((LS[:, K.L_ORD] > 0) & ((LS[:, K.L_BUYER] == account) | (LS[:, K.L_PROV] == account)))
         rows = rows[np.argsort(LS[rows, K.L_ORD], kind="stable")]
         return [self._lease(s) for s in rows.tolist()]
 
@@ -393,7 +397,14 @@ class ExchangeState:
         if data.classes != self._names:
             raise ValueError(f"the snapshot's classes {data.classes} are not the configuration's {self._names}")
         OT, LS, closed = _unpack(data.orders, K.NO), _unpack(data.leases, K.NLS), _unpack(data.closed, 2)
-        self._reset(max(1024, len(OT), len(LS), len(closed) + 1))  # (open orders' accounts: fewer than OT's rows)
+        self._reset(None)
+        self._O = _grown(self._O, len(OT))
+        self._ofree = np.zeros(len(self._O), np.int64)
+        self._LS = _grown(self._LS, len(LS))
+        self._lfree = np.zeros(len(self._LS), np.int64)
+        self._closed = _grown(self._closed, len(closed) + 1)
+        self._OC = _grown(self._OC[:, None], len(OT))[:, 0].copy()
+        self._newacc = np.zeros(len(self._OC), np.int64)
         self._O[:len(OT)] = OT
         self._LS[:len(LS)] = LS
         self._closed[:len(closed)] = closed
@@ -416,20 +427,17 @@ class ExchangeState:
         OT = self._O[:self._S[K.S_OHW]]
         open_ = OT[:, K.O_STATUS] == K.OPEN
         LS = self._LS[:self._S[K.S_LHW]]
-        live = LS[:, K.L_ORD] >= 0
+        live = LS[:, K.L_ORD] > 0
         return {"orders_open": int(open_.sum()), "leases": int(live.sum()),
                 "held": int(OT[open_, K.O_HOLD].sum()), "cost": int(LS[live, K.L_COST].sum())}
 
 
-def _grown(a: np.ndarray, need: int, col: int | None = None, fill: int = 0) -> np.ndarray:
-    """``a`` with at least ``need`` rows (doubling), new rows zero (column ``col`` = ``fill``)."""
+def _grown(a: np.ndarray, need: int) -> np.ndarray:
+    """``a`` with at least ``need`` rows (doubling), the new ones zero."""
     if need <= len(a):
         return a
-    n = max(need, 2 * len(a))
-    out = np.zeros((n, a.shape[1]), np.int64)
+    out = np.zeros((max(need, 2 * len(a)), a.shape[1]), np.int64)
     out[:len(a)] = a
-    if col is not None:
-        out[len(a):, col] = fill
     return out
 
 

@@ -55,7 +55,9 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "exchange.statecore": (*_ORDERBOOK, "orderbook/types.py", "clearing/__init__.py", "clearing/core.py",
                            "clearing/ids.py", "clearing/leases.py", "clearing/money.py", "exchange/__init__.py",
                            "exchange/statecore.py"),
-    "feeds.recording": (*_ORDERBOOK, "orderbook/types.py", "exchange/__init__.py", "exchange/journal.py",
+    "exchange.framescan": (*_ORDERBOOK, "exchange/__init__.py", "exchange/framescan.py"),
+    "feeds.recording": (*_ORDERBOOK, "orderbook/types.py", "exchange/__init__.py", "exchange/framescan.py",
+                        "exchange/journal.py",
                         "feeds/__init__.py", "feeds/recording.py"),
 }
 

@@ -619,3 +619,31 @@ def test_property_preallocated_crash_leaves_a_prefix(batches, segment_bytes, cut
             assert j.last_seq == len(got)
             assert j.append([b"next"]) == len(got) + 1
         assert list(read(directory)) == [*got, (len(got) + 1, b"next")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=600), st.integers(0, 64))
+def test_the_jitted_crc_is_zlibs(data, cut):
+    """`exchange.framescan.crc32`, which checks every record on replay, is zlib's CRC-32."""
+    import numpy as np
+
+    from exchange.framescan import crc32
+
+    arr = np.frombuffer(data, np.uint8)
+    lo = min(cut, len(data))
+    assert crc32(arr, lo, len(data)) == zlib.crc32(data[lo:])
+
+
+def test_runs_hold_the_records_read_gives_one_by_one_from_any_seq(tmp_path):
+    """`read_runs` (replay) gives the same records as `read`, in runs, across segments."""
+    from exchange.journal import read_runs
+
+    rng = random.Random(3)
+    with Journal.open(tmp_path, segment_bytes=3000, fsync=False) as j:
+        for _ in range(60):
+            j.append([rng.randbytes(rng.randrange(0, 90)) for _ in range(rng.randrange(1, 9))])
+    records = list(read(tmp_path))
+    assert len(segments(tmp_path)) > 3
+    for lo, hi in [(1, None), (7, None), (len(records), None), (5, 9), (13, 13), (2, len(records) - 1)]:
+        got = [(seq + k, p) for seq, run in read_runs(tmp_path, lo, hi) for k, p in enumerate(run)]
+        assert got == [r for r in records if r[0] >= lo and (hi is None or r[0] <= hi)]

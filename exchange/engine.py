@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from clearing.engine import SettlementConfig
+from clearing.engine import SettlementConfig, join_transfers
 from exchange.config import Instrument
 from exchange.entries import Cmd, Entry, Fund, Prov
 from exchange.money import Money
@@ -174,6 +174,7 @@ class Engine:
             facts[name] = (cmd_list, is_clock, last_oid, tick)
         t0 = time.perf_counter()
         book_parts = self._run_books(plans)
+        moved: list[np.ndarray] = []
         self.book_seconds += time.perf_counter() - t0
         for name, idx in by_book.items():
             cmds, spans = plans[name]
@@ -203,12 +204,13 @@ class Engine:
                 arrays[name] = events
             if last_oid > self.last_oid:
                 self.last_oid = last_oid
-            money.apply_class(name, events, answers_of.pop(name, []), tick)
+            moved.append(money.apply_class(name, events, answers_of.pop(name, []), tick, post=False))
             if tick:
                 state.prune(name, tick)
         state.flush_coids()  # the client order ids' first answers, in journal order
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
-            money.apply_class(name, None, answers, 0)
+            moved.append(money.apply_class(name, None, answers, 0, post=False))
+        money.post(join_transfers(moved))  # every class's at once (one pass over the accounts)
         for i in funds:
             r = out[i]
             r.answer["available"] = money.available(r.answer["account"])  # type: ignore[index, union-attr]

@@ -156,7 +156,8 @@ class Money:
                 for k, v in sorted(self.balances.items()) if v}
 
     # ------------------------------------------------------------------ applying
-    def _post(self, transfers: np.ndarray) -> None:
+    def post(self, transfers: np.ndarray) -> None:
+        """Move the balances by ``transfers`` (rows of `clearing.core`)."""
         n = len(transfers)
         if not n:
             return
@@ -204,10 +205,13 @@ class Money:
         self.transfers += 1
         return True
 
-    def apply_class(self, cls: str, events: np.ndarray | None, answers: list[Prov], tick: int) -> np.ndarray:
+    def apply_class(self, cls: str, events: np.ndarray | None, answers: list[Prov], tick: int,
+                    post: bool = True) -> np.ndarray:
         """One class's events of an apply (EVENT_DTYPE, in seq order) with the provisioning
         answers among them, each right after the event it follows, then its clock moved to
-        ``tick`` (0: no clock command).  Returns the transfers (their money is posted)."""
+        ``tick`` (0: no clock command).  Returns the transfers, their money posted (``post``;
+        else the caller hands them to `post` later: balances are sums, so several classes'
+        transfers post as well at once)."""
         engine = self.engine
         out: list[np.ndarray] = []
         n = 0 if events is None else len(events)
@@ -225,7 +229,8 @@ class Money:
         if tick:
             out.append(engine.tick(tick, cls))
         transfers = join_transfers(out)
-        self._post(transfers)
+        if post:
+            self.post(transfers)
         if self.on_changes is not None:  # someone keeps the leases that ended (an order gateway's view)
             self.on_changes(engine.take_changes())
         else:  # nobody: their slots are free again (else the tables grow with every lease there was)

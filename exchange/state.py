@@ -120,7 +120,45 @@ def _leading(ev: Event) -> bool:
             or (t == EV_CANCELLED and ev.reason == END_USER))
 
 
-class ReferenceState:
+class FirstAnswers:
+    """The first answer to each client order id (idempotent retries, R15), kept the same way by
+    both states: ``coids`` maps (account, client_order_id) to it, the oldest forgotten first past
+    MAX_COIDS.  Needs ``orders`` and ``leases`` mappings (the answers are made from them)."""
+
+    coids: dict[tuple[int, str], bytes]
+    _pending_coids: list[tuple[int, tuple[int, str], bytes]]
+    orders: Any
+    leases: Any
+
+    def _first_answer(self, book: str, command: Command, events: list[Event], coid: str, place: int | None) -> None:
+        """The answer to a command that carried ``coid``, if it is the first: remembered now, or
+        set aside for `flush_coids` (``place``: the command's place in the journal)."""
+        key = (command.account, coid)
+        if key not in self.coids:
+            answer = encode_answer(book, command, events, self.orders, self.leases)
+            if place is None:
+                self._remember_coid(key, answer)
+            else:  # remembered in journal order by `flush_coids`
+                self._pending_coids.append((place, key, answer))
+
+    def flush_coids(self) -> None:
+        """Remember the first answers `apply` set aside (``order``: the command's place in the
+        journal), in journal order.  One `Engine.apply` handles its entries book by book, so this
+        keeps the order in which client order ids are forgotten (the oldest first, past
+        MAX_COIDS) the same whatever the batches were (live, or a replay's chunks)."""
+        pending, self._pending_coids = self._pending_coids, []
+        pending.sort(key=lambda p: p[0])
+        for _, key, answer in pending:
+            if key not in self.coids:
+                self._remember_coid(key, answer)
+
+    def _remember_coid(self, key: tuple[int, str], answer: bytes) -> None:
+        self.coids[key] = answer
+        if len(self.coids) > MAX_COIDS:
+            del self.coids[next(iter(self.coids))]
+
+
+class ReferenceState(FirstAnswers):
     """Orders, leases, client order ids and escrow, kept from the books' events."""
 
     def __init__(self, instruments: dict[str, Instrument]) -> None:
@@ -206,30 +244,8 @@ class ReferenceState:
             for ev in events[a:b]:
                 self._event(book, inst, ev, coid if ev is events[a] else "")
             if coid:
-                key = (commands[i].account, coid)
-                if key not in self.coids:
-                    answer = encode_answer(book, commands[i], events[a:b], self.orders, self.leases)
-                    if order is None:
-                        self._remember_coid(key, answer)
-                    else:  # remembered in journal order by `flush_coids`
-                        self._pending_coids.append((order[i], key, answer))
+                self._first_answer(book, commands[i], events[a:b], coid, None if order is None else order[i])
         return spans
-
-    def flush_coids(self) -> None:
-        """Remember the first answers `apply` set aside (``order``: the command's place in the
-        journal), in journal order.  One `Engine.apply` handles its entries book by book, so this
-        keeps the order in which client order ids are forgotten (the oldest first, past
-        MAX_COIDS) the same whatever the batches were (live, or a replay's chunks)."""
-        pending, self._pending_coids = self._pending_coids, []
-        pending.sort(key=lambda p: p[0])
-        for _, key, answer in pending:
-            if key not in self.coids:
-                self._remember_coid(key, answer)
-
-    def _remember_coid(self, key: tuple[int, str], answer: bytes) -> None:
-        self.coids[key] = answer
-        if len(self.coids) > MAX_COIDS:
-            del self.coids[next(iter(self.coids))]
 
     def _event(self, book: str, inst: Instrument, ev: Event, coid: str) -> None:
         t = ev.type

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from clearing.core import _hold_per_gpu, _lease_value
+from clearing.core import _hold_per_gpu, _lease_value, _look
 from orderbook import jitcache
 from orderbook.types import (
     EV_ACCEPTED,
@@ -67,10 +67,10 @@ def lease_key(book: int, tid: int) -> int:
 
 
 @_nj
-def _look(d: dict, k: int) -> int:
-    if k in d:
-        return d[k]
-    return -1
+def _swap(heap: np.ndarray, i: int, j: int) -> None:
+    k, v = heap[j, 0], heap[j, 1]
+    heap[j, 0], heap[j, 1] = heap[i, 0], heap[i, 1]
+    heap[i, 0], heap[i, 1] = k, v
 
 
 @_nj
@@ -83,9 +83,7 @@ def _push(heap: np.ndarray, n: int, key: int, val: int) -> int:
         p = (i - 1) >> 1
         if heap[p, 0] < heap[i, 0] or (heap[p, 0] == heap[i, 0] and heap[p, 1] <= heap[i, 1]):
             break
-        k, v = heap[p, 0], heap[p, 1]
-        heap[p, 0], heap[p, 1] = heap[i, 0], heap[i, 1]
-        heap[i, 0], heap[i, 1] = k, v
+        _swap(heap, i, p)
         i = p
     return n + 1
 
@@ -105,9 +103,7 @@ def _pop(heap: np.ndarray, n: int) -> int:
             c = d
         if heap[i, 0] < heap[c, 0] or (heap[i, 0] == heap[c, 0] and heap[i, 1] <= heap[c, 1]):
             break
-        k, v = heap[c, 0], heap[c, 1]
-        heap[c, 0], heap[c, 1] = heap[i, 0], heap[i, 1]
-        heap[i, 0], heap[i, 1] = k, v
+        _swap(heap, i, c)
         i = c
     return n
 

@@ -28,7 +28,6 @@ from exchange import statecore as K
 from exchange.config import Instrument
 from exchange.records import LeaseInfo, OrderInfo
 from exchange.state import Encoded, StateData, _encode_array
-from exchange.views import encode_answer
 from orderbook.types import END_NAMES, EV_ACCEPTED, KIND_NAMES, SIDE_BID, TIF_NAMES, Command, Event
 
 _ZLEVEL = 1
@@ -135,7 +134,7 @@ def _look(m: Any, key: int) -> int:
     return int(K.rows_of(m, np.array([key], np.int64))[0])
 
 
-class ExchangeState:
+class ExchangeState(spec.FirstAnswers):
     """Orders, leases, client order ids and escrow, kept from the books' events in tables."""
 
     def __init__(self, instruments: dict[str, Instrument], capacity: int | None = None) -> None:
@@ -340,26 +339,7 @@ class ExchangeState:
                 cmd = commands[i]
                 if b > a and events[a].oid == cmd.oid and events[a].type == EV_ACCEPTED:  # an order accepted with it
                     self.order_coids[cmd.oid] = coid
-                key = (cmd.account, coid)
-                if key not in self.coids:
-                    answer = encode_answer(book, cmd, events[a:b], self.orders, self.leases)
-                    if order is None:
-                        self._remember_coid(key, answer)
-                    else:
-                        self._pending_coids.append((order[i], key, answer))
-
-    def flush_coids(self) -> None:
-        """(reference `flush_coids`) Remember the first answers set aside, in journal order."""
-        pending, self._pending_coids = self._pending_coids, []
-        pending.sort(key=lambda p: p[0])
-        for _, key, answer in pending:
-            if key not in self.coids:
-                self._remember_coid(key, answer)
-
-    def _remember_coid(self, key: tuple[int, str], answer: bytes) -> None:
-        self.coids[key] = answer
-        if len(self.coids) > spec.MAX_COIDS:
-            del self.coids[next(iter(self.coids))]
+                self._first_answer(book, cmd, events[a:b], coid, None if order is None else order[i])
 
     # ------------------------------------------------------------------ snapshots
     def to_data(self) -> StateData:

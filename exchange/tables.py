@@ -174,11 +174,17 @@ class ExchangeState(spec.FirstAnswers):
         self._newacc = np.zeros(room, np.int64)
         self._gone = np.zeros(room, np.int64)
         self._args = np.zeros(5, np.int64)
+        self._budget = 0  # (`_room`)
 
     # ------------------------------------------------------------------ room
     def _room(self, n: int, ci: int) -> None:
-        """Make room for ``n`` more events of class ``ci`` (one row, one heap entry each at most)."""
+        """Make room for ``n`` more events of class ``ci`` (one row, one heap entry each at most).
+        ``_budget``: events every table has room for, counted down (most calls check nothing)."""
         S = self._S
+        S[K.S_NGONE] = S[K.S_NNEW] = 0
+        if n <= self._budget and n <= len(self._gone):
+            self._budget -= n
+            return
         S[K.S_MAXCLOSED] = spec.MAX_CLOSED_ORDERS  # the caps are exchange.state's (a test may lower them)
         if S[K.S_OHW] + n > len(self._O):
             self._O = _grown(self._O, S[K.S_OHW] + n)
@@ -195,7 +201,9 @@ class ExchangeState(spec.FirstAnswers):
         if n > len(self._gone):
             self._gone = np.zeros(2 * n, np.int64)
             self._newacc = np.zeros(2 * n, np.int64)
-        S[K.S_NGONE] = S[K.S_NNEW] = 0
+        self._budget = min(len(self._O) - S[K.S_OHW], len(self._LS) - S[K.S_LHW],
+                           len(self._closed) - S[K.S_NCLOSED] - 1, len(self._OC) - S[K.S_NACC],
+                           *(len(h) - c for h, c in zip(self._fheap, self._FC.tolist(), strict=True))) - n
 
     def _run(self, ci: int, ev: np.ndarray, lo: int, hi: int, coid: int) -> None:
         self._room(hi - lo, ci)

@@ -181,6 +181,11 @@ class ReferenceState(FirstAnswers):
     def open_orders(self, account: int) -> list[OrderInfo]:
         return [self.orders[o] for o in sorted(self.open_by_account.get(account, ()))]
 
+    def open_records(self, book: str | None = None) -> list[OrderInfo]:
+        """Every open order (of class ``book``), by order id."""
+        return sorted((self.orders[o] for oids in self.open_by_account.values() for o in oids
+                       if book is None or self.orders[o].book == book), key=lambda o: o.oid)
+
     def open_count(self, account: int) -> int:
         return len(self.open_by_account.get(account, ()))
 

@@ -10,9 +10,10 @@ specification, checked against this one by the tests) keeps in dicts of records:
 * ``closed`` — a min-heap of the closed orders' ids (the lowest forgotten first);
 * ``fheap`` — per class, a min-heap of rows ``(end + retention, trade id)``: when to forget a
   lease (lazily: an entry counts only if the lease still ends then);
-* ``accs`` — account -> its place in ``OC``, how many open orders each account has (a place
-  is never given back; ``newacc`` lists the accounts given one in this call, for the Python
-  side's own copy of ``accs``, so that reading a count calls no jitted code);
+* ``accs`` — account -> its place in ``OC``, whose rows are ``(open orders, first open order's
+  row + 1)``, an account's open orders linked through ``O_NEXT``/``O_PREV`` (a place is never
+  given back; ``newacc`` lists the accounts given one in this call, for the Python side's own
+  copy of ``accs``, so that reading a count calls no jitted code);
 * ``S`` — scalars (row high-water marks, free counts, heap sizes); ``FC`` — each class's
   ``fheap`` size; ``gone`` — ids of forgotten orders that carried a client order id (the
   Python side keeps those strings).
@@ -43,7 +44,9 @@ jitcache.use(__name__)
 # order columns
 (O_OID, O_BOOK, O_ACCOUNT, O_SIDE, O_GPUS, O_PRICE, O_TIME, O_STATUS, O_REM, O_FILLED, O_KIND, O_TIF, O_HOURS,
  O_BLOCK, O_SPOT, O_START, O_END, O_MINH, O_EXPIRE, O_LEASE, O_REASON, O_HOLD, O_HPG, O_COID) = range(24)
-NO = 24
+# ... and an open order's neighbours in its account's list of open orders (row + 1; 0: none)
+O_NEXT, O_PREV = 24, 25
+NO = 26
 # order statuses (FREE: a row not in use; zero, so that fresh rows, zeroed lazily by the
 # system, need no writing until they are used)
 FREE, OPEN, FILLED, CANCELLED, EXPIRED = 0, 1, 2, 3, 4
@@ -119,6 +122,43 @@ def _new_row(S: np.ndarray, hw: int, nfree: int, free: np.ndarray) -> int:
 
 
 @_nj
+def _link(OT: np.ndarray, OC: np.ndarray, k: int, s: int) -> None:
+    """Count row ``s`` among account place ``k``'s open orders, first in its list."""
+    OC[k, 0] += 1
+    head = OC[k, 1]
+    OT[s, O_NEXT] = head
+    OT[s, O_PREV] = 0
+    if head:
+        OT[head - 1, O_PREV] = s + 1
+    OC[k, 1] = s + 1
+
+
+@_nj
+def _unlink(OT: np.ndarray, OC: np.ndarray, k: int, s: int) -> None:
+    p, n = OT[s, O_PREV], OT[s, O_NEXT]
+    if p:
+        OT[p - 1, O_NEXT] = n
+    else:
+        OC[k, 1] = n
+    if n:
+        OT[n - 1, O_PREV] = p
+    OT[s, O_NEXT] = OT[s, O_PREV] = 0
+
+
+@_nj
+def open_rows(OT: np.ndarray, OC: np.ndarray, k: int) -> np.ndarray:
+    """The rows of account place ``k``'s open orders (in no particular order)."""
+    out = np.empty(OC[k, 0], np.int64)
+    r = OC[k, 1]
+    i = 0
+    while r and i < len(out):
+        out[i] = r - 1
+        i += 1
+        r = OT[r - 1, O_NEXT]
+    return out[:i]
+
+
+@_nj
 def _close(OT: np.ndarray, omap: dict, ofree: np.ndarray, closed: np.ndarray, S: np.ndarray, accs: dict,
            OC: np.ndarray, gone: np.ndarray, s: int, status: int, reason: int) -> None:
     """(reference `_close`)"""
@@ -128,7 +168,9 @@ def _close(OT: np.ndarray, omap: dict, ofree: np.ndarray, closed: np.ndarray, S:
     OT[s, O_REASON] = reason
     if OT[s, O_SIDE] == SIDE_BID:
         OT[s, O_HOLD] = 0
-    OC[accs[OT[s, O_ACCOUNT]]] -= 1
+    k = accs[OT[s, O_ACCOUNT]]
+    OC[k, 0] -= 1
+    _unlink(OT, OC, k, s)
     S[S_NCLOSED] = _push(closed, S[S_NCLOSED], OT[s, O_OID], 0)
     if S[S_NCLOSED] > S[S_MAXCLOSED]:  # forget the lowest closed order id
         oid = closed[0, 0]
@@ -239,7 +281,7 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
                 accs[acc] = k
                 newacc[S[S_NNEW]] = acc
                 S[S_NNEW] += 1
-            OC[k] += 1
+            _link(OT, OC, k, s)
         elif t == EV_CANCELLED or t == EV_EXPIRED:
             s = _look(omap, e["oid"])
             if s >= 0:
@@ -316,7 +358,7 @@ def rebuild(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap:
                     S[S_NACC] += 1
                     accs[acc] = k
                     newacc[k] = acc
-                OC[k] += 1
+                _link(OT, OC, k, s)
     S[S_NLFREE] = 0
     for s in range(S[S_LHW]):
         if LS[s, L_ORD] == 0:

@@ -170,7 +170,7 @@ class ExchangeState(spec.FirstAnswers):
         self._S[K.S_RETENTION] = spec.LEASE_RETENTION_S
         self._accs = _int_dict()  # account -> its place in _OC
         self._acc: dict[int, int] = {}  # the same, for reads from Python
-        self._OC = np.zeros(room, np.int64)  # open orders per account
+        self._OC = np.zeros((room, 2), np.int64)  # per account: open orders, the first one's row + 1
         self._newacc = np.zeros(room, np.int64)
         self._gone = np.zeros(room, np.int64)
         self._args = np.zeros(5, np.int64)
@@ -197,7 +197,7 @@ class ExchangeState(spec.FirstAnswers):
         if self._FC[ci] + 2 * n > len(self._fheap[ci]):
             self._fheap[ci] = _grown(self._fheap[ci], self._FC[ci] + 2 * n)
         if S[K.S_NACC] + n > len(self._OC):
-            self._OC = _grown(self._OC[:, None], S[K.S_NACC] + n)[:, 0].copy()
+            self._OC = _grown(self._OC, S[K.S_NACC] + n)
         if n > len(self._gone):
             self._gone = np.zeros(2 * n, np.int64)
             self._newacc = np.zeros(2 * n, np.int64)
@@ -261,22 +261,29 @@ class ExchangeState(spec.FirstAnswers):
         rows = np.flatnonzero(order > 0)
         return rows[np.argsort(order[rows], kind="stable")]
 
-    def _open_rows(self, account: int | None = None) -> np.ndarray:
+    def _open_rows(self, book: str | None = None) -> np.ndarray:
         OT = self._O[:self._S[K.S_OHW]]
         mask = OT[:, K.O_STATUS] == K.OPEN
-        if account is not None:
-            mask &= OT[:, K.O_ACCOUNT] == account
+        if book is not None:
+            mask &= OT[:, K.O_BOOK] == self._index.get(book, -1)
         rows = np.flatnonzero(mask)
         return rows[np.argsort(OT[rows, K.O_OID], kind="stable")]
 
     def open_orders(self, account: int) -> list[OrderInfo]:
-        if not self.open_count(account):
+        """The account's open orders, by order id (its list of open rows: no scan of the table)."""
+        k = self._acc.get(account)
+        if k is None or not self._OC[k, 0]:
             return []
-        return [self._order(s) for s in self._open_rows(account).tolist()]
+        return sorted((self._order(s) for s in K.open_rows(self._O, self._OC, k).tolist()), key=lambda o: o.oid)
+
+    def open_records(self, book: str | None = None) -> list[OrderInfo]:
+        """Every open order (of class ``book``), by order id: a feed starting from the state
+        reads only these, not the closed orders remembered."""
+        return [self._order(s) for s in self._open_rows(book=book).tolist()]
 
     def open_count(self, account: int) -> int:
         k = self._acc.get(account)
-        return 0 if k is None else int(self._OC[k])
+        return 0 if k is None else int(self._OC[k, 0])
 
     def account_leases(self, account: int) -> list[LeaseInfo]:
         LS = self._LS[:self._S[K.S_LHW]]
@@ -391,7 +398,7 @@ class ExchangeState(spec.FirstAnswers):
         self._LS = _grown(self._LS, len(LS))
         self._lfree = np.zeros(len(self._LS), np.int64)
         self._closed = _grown(self._closed, len(closed) + 1)
-        self._OC = _grown(self._OC[:, None], len(OT))[:, 0].copy()
+        self._OC = _grown(self._OC, len(OT))
         self._newacc = np.zeros(len(self._OC), np.int64)
         self._O[:len(OT)] = OT
         self._LS[:len(LS)] = LS

@@ -333,8 +333,8 @@ class BookModel:
     # ------------------------------------------------------------------ from a live exchange
     @classmethod
     def from_state(cls, name: str, seq: int, now: int, orders: Any, leases: Any) -> BookModel:
-        """The model of a class from the exchange state (`exchange.state.ExchangeState`: its
-        open ``orders`` and ``leases`` of this class): how a restarted exchange starts its feed."""
+        """The model of a class from the exchange state (its open ``orders``, `open_records`, and
+        its ``leases``; other classes' are skipped): how a restarted exchange starts its feed."""
         m = cls(name)
         rows = []
         for o in sorted((o for o in orders if o.status == "open" and o.book == name), key=lambda o: o.oid):

@@ -16,7 +16,7 @@ product's best bid reaches its best ask, and a bid at the best ask for the size 
 fills now at that price.  Bids of other durations are in no product (the class-wide ladders
 still show them).
 
-    feed = ProductFeed("H100", cfg, BidLadders.from_state("H100", state.orders.values()))
+    feed = ProductFeed("H100", cfg, BidLadders.from_state("H100", state.open_records("H100")))
     feed.ladders.apply(events)                     # every batch's events, as the book takes them
     for stream, msg in feed.refresh(book, seq, now, loop.time()):   # the book at that seq
         ...                                        # "products" and "quotes" updates
@@ -139,7 +139,7 @@ class BidLadders:
     """The resting bids of one class, summed by product and limit, kept from its events
     (accepted, traded, amended, cancelled, expired).
 
-        ladders = BidLadders.from_state("H100", engine.state.orders.values())
+        ladders = BidLadders.from_state("H100", engine.state.open_records("H100"))
         ladders.apply(events)                       # a batch's Event tuples, in seq order
         ladders.levels(Product(ON_DEMAND, 24, 1))   # [[limit, GPUs], ...], highest first
     """

@@ -85,16 +85,17 @@ class FeedService:
         self.data = cfg.data_path
         self.start_seq = eng.seq
         st = eng.state
+        leases = st.leases.values()  # (records made once, for every class)
         self.feeds: dict[str, ClassFeed] = {
             name: ClassFeed(name, BookModel.from_state(name, book_seq(book), eng.book_time(name),
-                                                       st.orders.values(), st.leases.values()))
+                                                       st.open_records(name), leases))
             for name, book in eng.books.items()}
         self.verifier = verifier
         self.hub = Hub(self.feeds, private=self, clock=clock, **hub_options)
         # the products' books and quotes (feeds.products): computed from the books themselves when
         # they hold exactly what is durable — in the bus callback, or later if nothing came since
         self.product_feeds = {name: ProductFeed(name, cfg.instruments[name].book,
-                                           BidLadders.from_state(name, st.orders.values()),
+                                           BidLadders.from_state(name, st.open_records(name)),
                                            interval_s=products_interval_s) for name in eng.books}
         self.hub.live = self.product_feeds
         self.hub.on_live = lambda name: self._refresh_products(name, durable=False)

@@ -191,10 +191,10 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
           closed: np.ndarray, fheap: np.ndarray, FC: np.ndarray, S: np.ndarray, accs: dict, OC: np.ndarray,
           newacc: np.ndarray, gone: np.ndarray, ev: np.ndarray, args: np.ndarray) -> None:
     """(reference `ExchangeState.apply`, `_event`) Apply one class's events ``ev[lo:hi]`` in order.
-    ``args``: lo, hi, the class's index, its hold fee (bps) and whether the first event is the
-    leading event of a command that carried a client order id (one array: each argument of a
-    jitted call costs its dispatch time)."""
-    lo, hi, book, fee_bps, coid = args[0], args[1], args[2], args[3], args[4]
+    ``args``: lo, hi, the class's index, its hold fee (bps) and the index of the leading event of
+    a command that carried a client order id (-1: none), whose order keeps that id (one array:
+    each argument of a jitted call costs its dispatch time)."""
+    lo, hi, book, fee_bps, coid_at = args[0], args[1], args[2], args[3], args[4]
     R = S[S_RETENTION]
     for i in range(lo, hi):
         e = ev[i]
@@ -249,7 +249,7 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
             OT[s, O_END] = e["end"]
             OT[s, O_EXPIRE] = e["expire_at"]
             OT[s, O_REASON] = 0
-            OT[s, O_COID] = 1 if coid and i == lo else 0
+            OT[s, O_COID] = 1 if i == coid_at else 0
             if e["side"] == SIDE_BID:
                 hpg = _hold_per_gpu(np.int64(e["hours"]), e["price"], fee_bps)
                 OT[s, O_REM] = e["remaining"]

@@ -205,10 +205,11 @@ class ExchangeState(spec.FirstAnswers):
                            len(self._closed) - S[K.S_NCLOSED] - 1, len(self._OC) - S[K.S_NACC],
                            *(len(h) - c for h, c in zip(self._fheap, self._FC.tolist(), strict=True))) - n
 
-    def _run(self, ci: int, ev: np.ndarray, lo: int, hi: int, coid: int) -> None:
+    def _run(self, ci: int, ev: np.ndarray, lo: int, hi: int, coid_at: int = -1) -> None:
+        """The kernel over ``ev[lo:hi]``; ``coid_at``: the event whose order carried a client order id."""
         self._room(hi - lo, ci)
         S, args = self._S, self._args
-        args[0], args[1], args[2], args[3], args[4] = lo, hi, ci, self._fee_bps[ci], coid
+        args[0], args[1], args[2], args[3], args[4] = lo, hi, ci, self._fee_bps[ci], coid_at
         first = int(S[K.S_NACC])
         K.apply(self._O, self._omap, self._ofree, self._LS, self._lmap, self._lfree, self._closed,
                 self._fheap[ci], self._FC, S, self._accs, self._OC, self._newacc, self._gone, ev, args)
@@ -343,18 +344,24 @@ class ExchangeState(spec.FirstAnswers):
         ci = self._index[book]
         if not coids or not any(coids):
             if len(part):
-                self._run(ci, part, 0, len(part), 0)
+                self._run(ci, part, 0, len(part))
             return
         assert commands is not None and events is not None and spans is not None
+        done = 0  # events applied: one kernel call up to each command with a client order id
         for i, (a, b) in enumerate(spans):
             coid = coids[i]
-            if b > a:
-                self._run(ci, part, a, b, 1 if coid else 0)
-            if coid:
-                cmd = commands[i]
-                if b > a and events[a].oid == cmd.oid and events[a].type == EV_ACCEPTED:  # an order accepted with it
-                    self.order_coids[cmd.oid] = coid
-                self._first_answer(book, cmd, events[a:b], coid, None if order is None else order[i])
+            if not coid:
+                continue
+            cmd = commands[i]
+            accepted = b > a and events[a].oid == cmd.oid and events[a].type == EV_ACCEPTED
+            if b > done:
+                self._run(ci, part, done, b, a if accepted else -1)
+                done = b
+            if accepted:  # an order accepted with it
+                self.order_coids[cmd.oid] = coid
+            self._first_answer(book, cmd, events[a:b], coid, None if order is None else order[i])
+        if done < len(part):
+            self._run(ci, part, done, len(part))
 
     # ------------------------------------------------------------------ snapshots
     def to_data(self) -> StateData:

@@ -1,6 +1,7 @@
 """Recovery benchmark: how fast the core replays its journal (`exchange.recovery`).
 
     python -m bench.recovery --commands 2000000 --json [--snapshot-every 500000] [--batch 64] [--repeat 3]
+                             [--coids 0.5]
 
 Builds a data directory the way a server leaves it: the synthetic workload of `bench.book`
 (`bench.workload`, three classes, times and order ids stamped) journaled as `Cmd` entries
@@ -42,7 +43,7 @@ from exchange.journal import Journal
 from exchange.money import settlement_config
 from exchange.recovery import recover
 from exchange.snapshots import snapshots, write_snapshot
-from orderbook.types import CMD_CLOCK, COMMAND_DTYPE
+from orderbook.types import CMD_ASK, CMD_BID, CMD_CLOCK, COMMAND_DTYPE
 
 CLASSES = ("H100", "A100", "RTX4090")
 REC_SIZE = COMMAND_DTYPE.itemsize
@@ -96,12 +97,17 @@ def sequenced(commands: int, seed: int) -> tuple[np.ndarray, list[str]]:
     return out, [CLASSES[int(k)] for k in which]
 
 
-def build(cfg: ServerConfig, commands: int, batch: int, snapshot_every: int, seed: int) -> dict[str, Any]:
+def build(cfg: ServerConfig, commands: int, batch: int, snapshot_every: int, seed: int,
+          coids: float = 0.0) -> dict[str, Any]:
     """Journal ``commands`` workload commands into cfg's data directory, applying them live, with
-    a snapshot every ``snapshot_every``; returns the live engine's figures."""
+    a snapshot every ``snapshot_every`` and a client order id on a ``coids`` fraction of the bids
+    and asks; returns the live engine's figures."""
     cmds, names = sequenced(commands, seed)
     commands = len(cmds)
     blob = cmds.tobytes()
+    rng = np.random.default_rng(seed)
+    orders = np.isin(cmds["type"], (CMD_ASK, CMD_BID)) & (rng.random(commands) < coids)
+    coid = [f"c{k}" if o else "" for k, o in enumerate(orders.tolist())]
     engine = Engine(cfg.instruments, cfg.engine, None, settlement_config(cfg))
     t0 = time.perf_counter()
     snaps = 0
@@ -109,7 +115,7 @@ def build(cfg: ServerConfig, commands: int, batch: int, snapshot_every: int, see
                       preallocate=True) as journal:
         for lo in range(0, commands, batch):
             hi = min(lo + batch, commands)
-            entries = [Cmd(names[k], blob[k * REC_SIZE:(k + 1) * REC_SIZE], "") for k in range(lo, hi)]
+            entries = [Cmd(names[k], blob[k * REC_SIZE:(k + 1) * REC_SIZE], coid[k]) for k in range(lo, hi)]
             journal.append([encode_entry(e) for e in entries])
             engine.apply(entries)
             if snapshot_every and hi // snapshot_every != lo // snapshot_every:
@@ -123,11 +129,11 @@ def build(cfg: ServerConfig, commands: int, batch: int, snapshot_every: int, see
 
 
 def run(commands: int, batch: int, snapshot_every: int, repeat: int, engine: str, seed: int,
-        keep: str | None) -> dict[str, Any]:
+        keep: str | None, coids: float = 0.0) -> dict[str, Any]:
     tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="gpux-bench-recovery-"))
     try:
         cfg = ServerConfig(data_dir=str(tmp), engine=engine)
-        live = build(cfg, commands, batch, snapshot_every, seed)
+        live = build(cfg, commands, batch, snapshot_every, seed, coids)
         identical = True
 
         def timed(use_snapshots: bool) -> list[float]:
@@ -174,6 +180,7 @@ def run(commands: int, batch: int, snapshot_every: int, repeat: int, engine: str
             "identical": identical,
             "build_s": round(live["build_s"], 1),
             "batch": batch,
+            "coids": coids,
             "engine": cfg.engine,
             "target_entries_per_s": 500_000,
         }
@@ -191,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timed recoveries of each kind; medians (default 3)")
     p.add_argument("--engine", default="numba", choices=["numba", "reference"])
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--coids", type=float, default=0.0,
+                   help="the fraction of bids and asks that carry a client order id (default 0: none)")
     p.add_argument("--keep", metavar="DIR", help="build the data directory here and keep it")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    out = run(a.commands, a.batch, a.snapshot_every, a.repeat, a.engine, a.seed, a.keep)
+    out = run(a.commands, a.batch, a.snapshot_every, a.repeat, a.engine, a.seed, a.keep, a.coids)
     if a.json:
         print(json.dumps(out))
     else:

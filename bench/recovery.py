@@ -122,6 +122,7 @@ def build(cfg: ServerConfig, commands: int, batch: int, snapshot_every: int, see
                 write_snapshot(cfg.data_path, engine.seq, engine.snapshot())
                 snaps += 1
     out = {"seq": engine.seq, "hashes": engine.state_hashes(), "state": _state_bytes(engine),
+           "coids_remembered": len(engine.state.coids),
            "money": engine.money.state_hash(),
            "build_s": time.perf_counter() - t0, "snapshots": snaps}
     engine.close()
@@ -181,6 +182,7 @@ def run(commands: int, batch: int, snapshot_every: int, repeat: int, engine: str
             "build_s": round(live["build_s"], 1),
             "batch": batch,
             "coids": coids,
+            "coids_remembered": live["coids_remembered"],
             "engine": cfg.engine,
             "target_entries_per_s": 500_000,
         }

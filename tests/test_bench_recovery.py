@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from bench import recovery as bench_recovery
-from orderbook.types import CMD_CLOCK
+from orderbook.types import CMD_ASK, CMD_BID, CMD_CLOCK
 
 
 def test_sequenced_workload_moves_time_only_with_clock_commands():
@@ -41,3 +41,15 @@ def test_bench_recovery_runs_and_recovers_the_live_state(capsys, tmp_path):
     for key in ("entries_per_s", "recover_none_s", "recover_snapshot_s", "snapshot_load_s"):
         assert result[key] > 0
     assert (tmp_path / "data" / "journal").is_dir()
+
+
+def test_bench_recovery_with_client_order_ids_recovers_their_first_answers(capsys):
+    """--coids: the journal's bids and asks carry client order ids; both recoveries remember the
+    same first answers as the live engine (`identical` compares them too)."""
+    argv = ["--commands", "4000", "--snapshot-every", "1500", "--repeat", "1", "--json", "--coids", "0.5"]
+    assert bench_recovery.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["identical"] is True and result["coids"] == 0.5
+    cmds, _ = bench_recovery.sequenced(4000, seed=1)
+    orders = int(np.isin(cmds["type"], (CMD_ASK, CMD_BID)).sum())
+    assert 0.4 * orders < result["coids_remembered"] < 0.6 * orders

@@ -328,7 +328,10 @@ class ExchangeState(spec.FirstAnswers):
         """Forget the class's leases that ended the retention or more before ``now``
         (`exchange.state.LEASE_RETENTION_S`)."""
         ci = self._index[book]
-        return int(K.prune(self._LS, self._lmap, self._lfree, self._fheap[ci], self._FC, self._S, ci, now))
+        heap = self._fheap[ci]
+        if not self._FC[ci] or heap[0, 0] > now:  # nothing due (most clock ticks): no jitted call
+            return 0
+        return int(K.prune(self._LS, self._lmap, self._lfree, heap, self._FC, self._S, ci, now))
 
     def hold_for(self, book: str, gpus: int, hours: int, limit: int) -> int:
         return gpus * hold_per_gpu(hours, limit, self._fee_bps[self._index[book]] if book in self._index else 0)

@@ -98,7 +98,7 @@ class _Leases(Mapping[str, LeaseInfo]):
             return -1
         book, _, tid = ref.rpartition("-")
         ci = self._st._index.get(book)
-        if ci is None or not tid.isdigit() or int(tid) >= 1 << K.KEY_SHIFT:
+        if ci is None or not (tid.isascii() and tid.isdigit()) or int(tid) >= 1 << K.KEY_SHIFT:
             return -1
         return _look(self._st._lmap, K.lease_key(ci, int(tid)))
 

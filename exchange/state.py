@@ -130,12 +130,15 @@ class FirstAnswers:
     orders: Any
     leases: Any
 
-    def _first_answer(self, book: str, command: Command, events: list[Event], coid: str, place: int | None) -> None:
+    def _first_answer(self, book: str, command: Command, events: list[Event], coid: str, place: int | None,
+                      orders: Any = None, leases: Any = None) -> None:
         """The answer to a command that carried ``coid``, if it is the first: remembered now, or
-        set aside for `flush_coids` (``place``: the command's place in the journal)."""
+        set aside for `flush_coids` (``place``: the command's place in the journal).  Made from
+        the state's orders and leases, or from ``orders`` and ``leases`` as they stood then."""
         key = (command.account, coid)
         if key not in self.coids:
-            answer = encode_answer(book, command, events, self.orders, self.leases)
+            answer = encode_answer(book, command, events, self.orders if orders is None else orders,
+                                   self.leases if leases is None else leases)
             if place is None:
                 self._remember_coid(key, answer)
             else:  # remembered in journal order by `flush_coids`

@@ -189,13 +189,25 @@ def _close(OT: np.ndarray, omap: dict, ofree: np.ndarray, closed: np.ndarray, S:
 @_nj
 def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: dict, lfree: np.ndarray,
           closed: np.ndarray, fheap: np.ndarray, FC: np.ndarray, S: np.ndarray, accs: dict, OC: np.ndarray,
-          newacc: np.ndarray, gone: np.ndarray, ev: np.ndarray, args: np.ndarray) -> None:
+          newacc: np.ndarray, gone: np.ndarray, ev: np.ndarray, args: np.ndarray, coidx: np.ndarray,
+          marks: np.ndarray, cap: np.ndarray) -> None:
     """(reference `ExchangeState.apply`, `_event`) Apply one class's events ``ev[lo:hi]`` in order.
-    ``args``: lo, hi, the class's index, its hold fee (bps) and the index of the leading event of
-    a command that carried a client order id (-1: none), whose order keeps that id (one array:
-    each argument of a jitted call costs its dispatch time)."""
-    lo, hi, book, fee_bps, coid_at = args[0], args[1], args[2], args[3], args[4]
+
+    ``args``: lo, hi, the class's index, its hold fee (bps), how many of ``coidx`` and of
+    ``marks`` count (one array: each argument of a jitted call costs its dispatch time).
+    ``coidx``: the events (ascending) that accepted an order whose command carried a client order
+    id.  ``marks``: rows ``(event index, kind, key)``, ascending: after that event, copy the row
+    of the order ``key`` (kind 0) or of the class's lease ``key`` (kind 1) into ``cap`` (its last
+    column 1 if found, 0 if not): what a command's first answer is made from, as it stood right
+    after the command's events, with one call for the whole run of events."""
+    lo, hi, book, fee_bps, ncoid, nmarks = args[0], args[1], args[2], args[3], args[4], args[5]
     R = S[S_RETENTION]
+    ci = 0
+    while ci < ncoid and coidx[ci] < lo:
+        ci += 1
+    mi = 0
+    while mi < nmarks and marks[mi, 0] < lo:
+        mi += 1
     for i in range(lo, hi):
         e = ev[i]
         t = e["type"]
@@ -249,7 +261,11 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
             OT[s, O_END] = e["end"]
             OT[s, O_EXPIRE] = e["expire_at"]
             OT[s, O_REASON] = 0
-            OT[s, O_COID] = 1 if i == coid_at else 0
+            if ci < ncoid and coidx[ci] == i:
+                OT[s, O_COID] = 1
+                ci += 1
+            else:
+                OT[s, O_COID] = 0
             if e["side"] == SIDE_BID:
                 hpg = _hold_per_gpu(np.int64(e["hours"]), e["price"], fee_bps)
                 OT[s, O_REM] = e["remaining"]
@@ -307,6 +323,17 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
                 LS[s, L_COST] = _lease_value(LS[s, L_GPUS], LS[s, L_PRICE], e["end"] - LS[s, L_START])
                 FC[book] = _push(fheap, FC[book], e["end"] + R, tid)
         # EV_REJECTED changes nothing (R8)
+        while mi < nmarks and marks[mi, 0] == i:
+            r = _look(omap, marks[mi, 2]) if marks[mi, 1] == 0 else _look(lmap, lease_key(book, marks[mi, 2]))
+            if r < 0:
+                cap[mi, -1] = 0
+            elif marks[mi, 1] == 0:
+                cap[mi, :NO] = OT[r]
+                cap[mi, -1] = 1
+            else:
+                cap[mi, :NLS] = LS[r]
+                cap[mi, -1] = 1
+            mi += 1
 
 
 @_nj

@@ -28,9 +28,23 @@ from exchange import statecore as K
 from exchange.config import Instrument
 from exchange.records import LeaseInfo, OrderInfo
 from exchange.state import Encoded, StateData, _encode_array
-from orderbook.types import END_NAMES, EV_ACCEPTED, KIND_NAMES, SIDE_BID, TIF_NAMES, Command, Event
+from orderbook.types import (
+    CMD_AMEND,
+    CMD_ASK,
+    CMD_BID,
+    CMD_CANCEL,
+    CMD_RELEASE,
+    END_NAMES,
+    EV_ACCEPTED,
+    KIND_NAMES,
+    SIDE_BID,
+    TIF_NAMES,
+    Command,
+    Event,
+)
 
 _ZLEVEL = 1
+_ORDER_CMDS = (CMD_ASK, CMD_BID, CMD_CANCEL, CMD_AMEND)  # commands whose answer shows an order (exchange.views.answer)
 ROOM = 1 << 16  # rows of every table beyond the closed orders remembered, before any growing
 
 
@@ -125,6 +139,9 @@ class _Leases(Mapping[str, LeaseInfo]):
 
 
 _I64 = (-(1 << 63), (1 << 63) - 1)
+_NONE = np.zeros(0, np.int64)
+_NO_MARKS = np.zeros((0, 3), np.int64)
+_NO_CAP = np.zeros((0, K.NO + 1), np.int64)
 
 
 def _look(m: Any, key: int) -> int:
@@ -173,7 +190,7 @@ class ExchangeState(spec.FirstAnswers):
         self._OC = np.zeros((room, 2), np.int64)  # per account: open orders, the first one's row + 1
         self._newacc = np.zeros(room, np.int64)
         self._gone = np.zeros(room, np.int64)
-        self._args = np.zeros(5, np.int64)
+        self._args = np.zeros(6, np.int64)
         self._budget = 0  # (`_room`)
 
     # ------------------------------------------------------------------ room
@@ -205,26 +222,37 @@ class ExchangeState(spec.FirstAnswers):
                            len(self._closed) - S[K.S_NCLOSED] - 1, len(self._OC) - S[K.S_NACC],
                            *(len(h) - c for h, c in zip(self._fheap, self._FC.tolist(), strict=True))) - n
 
-    def _run(self, ci: int, ev: np.ndarray, lo: int, hi: int, coid_at: int = -1) -> None:
-        """The kernel over ``ev[lo:hi]``; ``coid_at``: the event whose order carried a client order id."""
+    def _run(self, ci: int, ev: np.ndarray, lo: int, hi: int, coidx: list[int] | None = None,
+             marks: list[tuple[int, int, int]] | None = None) -> np.ndarray:
+        """The kernel over ``ev[lo:hi]``: ``coidx``, the events that accepted an order whose command
+        carried a client order id; ``marks``, the rows to copy after given events (`statecore.apply`).
+        Returns the copies (one row per mark, its last column 1 where the row was found)."""
         self._room(hi - lo, ci)
         S, args = self._S, self._args
-        args[0], args[1], args[2], args[3], args[4] = lo, hi, ci, self._fee_bps[ci], coid_at
+        cx = np.array(coidx, np.int64) if coidx else _NONE
+        mk = np.array(marks, np.int64).reshape(-1, 3) if marks else _NO_MARKS
+        cap = np.zeros((len(mk), K.NO + 1), np.int64) if marks else _NO_CAP
+        args[0], args[1], args[2], args[3], args[4], args[5] = lo, hi, ci, self._fee_bps[ci], len(cx), len(mk)
         first = int(S[K.S_NACC])
         K.apply(self._O, self._omap, self._ofree, self._LS, self._lmap, self._lfree, self._closed,
-                self._fheap[ci], self._FC, S, self._accs, self._OC, self._newacc, self._gone, ev, args)
+                self._fheap[ci], self._FC, S, self._accs, self._OC, self._newacc, self._gone, ev, args, cx, mk, cap)
         if S[K.S_NNEW]:
             for k, acc in enumerate(self._newacc[:S[K.S_NNEW]].tolist()):
                 self._acc[acc] = first + k
         if S[K.S_NGONE]:
             for oid in self._gone[:self._S[K.S_NGONE]].tolist():
                 self.order_coids.pop(oid, None)
+        return cap
 
     # ------------------------------------------------------------------ queries
     def _order(self, s: int) -> OrderInfo:
-        r = self._O[s].tolist()
+        return self._order_of(self._O[s].tolist())
+
+    def _order_of(self, r: list[int], coid: str = "") -> OrderInfo:
+        """The record of an order row (``coid``: its client order id, when the caller knows it)."""
         oid = r[K.O_OID]
-        coid = self.order_coids.get(oid, "") if r[K.O_COID] else ""
+        if r[K.O_COID] and not coid:
+            coid = self.order_coids.get(oid, "")
         status = K.STATUS_NAMES[r[K.O_STATUS]]
         reason = END_NAMES.get(r[K.O_REASON], "") if r[K.O_REASON] else ""
         if r[K.O_SIDE] == SIDE_BID:
@@ -241,7 +269,9 @@ class ExchangeState(spec.FirstAnswers):
                          reason=reason, client_order_id=coid)
 
     def _lease(self, s: int) -> LeaseInfo:
-        r = self._LS[s].tolist()
+        return self._lease_of(self._LS[s].tolist())
+
+    def _lease_of(self, r: list[int]) -> LeaseInfo:
         return LeaseInfo(book=self._names[r[K.L_BOOK]], trade_id=r[K.L_TID], bid_oid=r[K.L_BID],
                          ask_oid=r[K.L_ASK], buyer=r[K.L_BUYER], provider=r[K.L_PROV], kind=KIND_NAMES[r[K.L_KIND]],
                          gpus=r[K.L_GPUS], start=r[K.L_START], end=r[K.L_END], price=r[K.L_PRICE],
@@ -350,21 +380,42 @@ class ExchangeState(spec.FirstAnswers):
                 self._run(ci, part, 0, len(part))
             return
         assert commands is not None and events is not None and spans is not None
-        done = 0  # events applied: one kernel call up to each command with a client order id
+        # one kernel call for the whole run: the rows each first answer is made from are copied
+        # right after its command's events (marks), as they stood then
+        coidx: list[int] = []
+        mine: dict[int, str] = {}  # orders accepted here with a client order id
+        marks: list[tuple[int, int, int]] = []
+        asked: list[tuple[int, int]] = []  # (command, its mark or -1)
         for i, (a, b) in enumerate(spans):
             coid = coids[i]
             if not coid:
                 continue
             cmd = commands[i]
-            accepted = b > a and events[a].oid == cmd.oid and events[a].type == EV_ACCEPTED
-            if b > done:
-                self._run(ci, part, done, b, a if accepted else -1)
-                done = b
-            if accepted:  # an order accepted with it
-                self.order_coids[cmd.oid] = coid
-            self._first_answer(book, cmd, events[a:b], coid, None if order is None else order[i])
-        if done < len(part):
-            self._run(ci, part, done, len(part))
+            if b > a and events[a].oid == cmd.oid and events[a].type == EV_ACCEPTED:  # an order accepted with it
+                coidx.append(a)
+                self.order_coids[cmd.oid] = mine[cmd.oid] = coid
+            if b > a and cmd.type in _ORDER_CMDS:
+                marks.append((b - 1, 0, cmd.oid))
+            elif b > a and cmd.type == CMD_RELEASE:
+                marks.append((b - 1, 1, cmd.lease_id))
+            else:
+                asked.append((i, -1))
+                continue
+            asked.append((i, len(marks) - 1))
+        cap = self._run(ci, part, 0, len(part), coidx, marks).tolist()
+        for i, m in asked:
+            a, b = spans[i]
+            cmd = commands[i]
+            orders: dict[int, OrderInfo] | None = None  # (None: the state's own, for answers that read none)
+            leases: dict[str, LeaseInfo] | None = None
+            if m >= 0:
+                orders, leases = {}, {}
+                if cap[m][-1] and marks[m][1] == 0:
+                    orders[cmd.oid] = self._order_of(cap[m], mine.get(cmd.oid, ""))
+                elif cap[m][-1]:
+                    x = self._lease_of(cap[m])
+                    leases[x.ref] = x
+            self._first_answer(book, cmd, events[a:b], coids[i], None if order is None else order[i], orders, leases)
 
     # ------------------------------------------------------------------ snapshots
     def to_data(self) -> StateData:

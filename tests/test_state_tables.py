@@ -134,3 +134,33 @@ def test_a_snapshot_of_other_classes_is_refused() -> None:
     ExchangeState(INSTRUMENTS).load_data(data)  # the same classes: fine
     with pytest.raises(ValueError, match="classes"):
         ExchangeState({"X": INSTRUMENTS[BOOKS[0]]}).load_data(data)
+
+
+def test_a_first_answer_is_the_order_as_it_stood_after_its_own_command() -> None:
+    """R15: a client order id's first answer shows the order right after the command that carried
+    it, even when a later command in the same book call trades it (the tables copy its row there,
+    `statecore.apply`'s marks), and so does the answer to a cancel and to a release."""
+    from helpers import ask, bid, cancel, clock, release
+
+    from exchange.entries import Cmd
+    from orderbook.types import ON_DEMAND
+
+    t0, hour = 1_700_000_000, 3_600
+    day = [clock(t0), ask(t0, 1, 10, gpus=8, price=2_000, end=t0 + 48 * hour),
+           bid(t0, 2, 20, ON_DEMAND, gpus=4, hours=2, limit=1_000),  # rests: under the ask
+           bid(t0, 3, 21, ON_DEMAND, gpus=2, hours=2, limit=3_000),  # trades at once (lease 1)
+           cancel(t0, 2, 20),  # the first bid goes: its answer above must still show it open
+           ask(t0, 4, 11, gpus=4, price=900, end=t0 + 48 * hour),
+           release(t0, 21, 1)]
+    coids = ["", "a", "b", "c", "d", "e", "f"]
+    entries = [Cmd("T", r.tobytes(), coid) for r, coid in zip(day, coids, strict=True)]
+    tables, reference = _engines()
+    got, _ = tables.apply(entries, answers=True)
+    want, _ = reference.apply(entries, answers=True)
+    assert [r.answer for r in got] == [r.answer for r in want]
+    assert view(tables.state) == view(reference.state)
+    first = {coid: msgspec.json.decode(a) for (_, coid), a in tables.state.coids.items()}
+    assert first["b"]["order"]["status"] == "open"  # as it stood after its own command
+    assert tables.state.orders[2].status == "cancelled"  # ... not as it stands at the end
+    assert first["d"]["order"]["status"] == "cancelled"
+    assert first["f"]["lease"]["ended_by"] == "released"

@@ -183,23 +183,24 @@ class Engine:
             if not any(coids):  # type: ignore[arg-type]
                 coids = None
             parts = book_parts[name]
-            for (lo, hi), part in zip(spans, parts, strict=True):
+            # without client order ids the state takes the book's events in one call, after its spans
+            for (lo, hi), part in zip(spans, parts, strict=True) if want or coids else ():
                 sub = cmd_list[lo:hi] if cmd_list is not None else None
                 coids_of = coids[lo:hi] if coids else None
-                if not want and not (coids_of and any(coids_of)):  # a replay: the tables take the array
-                    state.apply(name, part)
-                    continue
                 ev_list = T.events(part)
                 if sub is not None and len(ev_list) <= SMALL:
                     spans_of = split_events(sub, ev_list)
                 else:
                     spans_of = split_event_array(is_clock[lo], hi - lo, part)
-                state.apply(name, part, sub, ev_list, coids_of, spans_of, idx[lo:hi] if coids else None)
+                if coids:
+                    state.apply(name, part, sub, ev_list, coids_of, spans_of, idx[lo:hi])
                 if want:
                     for k in range(lo, hi):
                         a, b = spans_of[k - lo]
                         out[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])  # type: ignore[index]
             events = T.join(parts, T.EVENT_DTYPE)
+            if not coids and len(events):
+                state.apply(name, events)
             if len(events):
                 arrays[name] = events
             if last_oid > self.last_oid:

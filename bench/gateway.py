@@ -14,7 +14,8 @@ server that is not still writing back the burst before it), then saturation:
 * **latency** — an open loop at ``--rate`` requests/s for ``--latency-seconds``: request i is
   due at t0 + i/rate whatever happened before it, and its latency is measured from that due
   time to its ack, so a stall counts against every request it delays (no coordinated
-  omission).  Reports p50/p99/p999 in ms.  ``--snapshots`` snapshots (default 1) are forced
+  omission); the clients' garbage collector is paused for the window (its pauses are the
+  clients', not the server's).  Reports p50/p99/p999 in ms.  ``--snapshots`` snapshots (default 1) are forced
   inside this window, evenly spaced (``POST /v1/admin/snapshot``), on top of the periodic ones
   every ``--snapshot-every`` s (the server's ``snapshot_every_s``, default 60 as in production);
   ``snapshots_in_window`` says how many the server finished writing during the window
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -240,7 +242,17 @@ async def _run(url: str, traders: list[tuple[str, str]], provider: tuple[str, st
         forced = [start + args.latency_seconds * (k + 1) / (args.snapshots + 1) for k in range(args.snapshots)]
         forcing = asyncio.ensure_future(_force_snapshots(http, url, Signer(*admin), forced) if admin and forced
                                         else asyncio.sleep(0))
-        lat = sorted(await _open_loop(conns, args.rate, args.latency_seconds))
+        # the clients' own garbage collector paused for the window: its full collections (this
+        # process holds every latency and 50 sessions' objects) took up to ~150 ms, and an open
+        # loop counts a client's stall against every request it delays (docs/perf/order-path.md §14)
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            lat = sorted(await _open_loop(conns, args.rate, args.latency_seconds))
+        finally:
+            gc.enable()
+            gc.unfreeze()
         await forcing
         m1, c1 = await metrics(), cpu()
         lat_errors: dict[str, int] = {}

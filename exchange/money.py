@@ -107,14 +107,28 @@ def _live_leases(c: ClassState) -> list[Lease]:
     return [c.lease_from_row(r, a) for r, a in zip(rows, args, strict=True)]
 
 
+_warmed = False
+
+
 def warm_copy() -> None:
-    """Compile what `Money.copy` and `Money.to_snap` run (numba's typed-dict copy and iteration,
-    ~0.5 s each the first time in a process), e.g. at start-up, not at the first snapshot (where
-    the compile would hold the GIL, and so the event loop, in the snapshot's thread)."""
+    """Compile, once per process, what numba compiles at the first call from Python and does not
+    cache: its typed dicts' methods (``get`` ~0.4 s, ``copy`` ~0.6 s, ``len``, ``in``, item get and
+    set, iteration), which `Money.copy` and `Money.to_snap` (a snapshot's thread), settlement's
+    `ClassState.slot` (the ledger's thread, at the first lease it provisions) and the state
+    tables' reads run.  Called at start-up: the first use of each held the GIL for that long, and
+    so the event loop, in whatever thread came first (the ~120 ms stalls of docs/perf/order-path.md
+    §12 and §14)."""
+    global _warmed
+    if _warmed:
+        return
     c = ClassState("warm")
     _copy_class(c)
     _open_bids(c)
     _live_leases(c)
+    d = c.lmap
+    d[1] = 1
+    _ = (d.get(1, -1), len(d), 1 in d, d[1], sorted(d.keys()), list(d.items()), d.copy())
+    _warmed = True
 
 
 class Money:

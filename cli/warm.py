@@ -10,7 +10,8 @@ neither the first `gpux serve` nor a test waiting for a server subprocess pays f
 It drives a tiny market through every entry point a server uses: a book call with an ask, a
 bid that fills, an amend, a cancel and a clock; the state hash, crossing pairs and a quote; a
 snapshot restored; settlement's engine applying the events, provisioning answers (ready and
-failed), a tick, reading out changes, a restore and a lease lookup.
+failed), a tick, reading out changes, a restore and a lease lookup; then the core's exchange
+state (its tables) and the journal's framing check, through a journal written and read back.
 """
 
 from __future__ import annotations
@@ -67,7 +68,41 @@ def warm() -> float:
                   [x for xs in changes.leases.values() for x in xs])
     other.tick(now + 20 * HOUR)
     other.state("W").find(status="ended")
+    _warm_core(cmds, now)
     return time.perf_counter() - t0
+
+
+def _warm_core(cmds: np.ndarray, now: int) -> None:
+    """The core's own jitted parts: the exchange state's tables (`exchange.statecore`: a batch
+    with a client order id, the reads, a snapshot restored) and the journal's framing check
+    (`exchange.framescan`), through a journal written and read back."""
+    import tempfile
+
+    from exchange.config import Instrument
+    from exchange.engine import Engine
+    from exchange.entries import Cmd, decode_entry, encode_entry
+    from exchange.journal import Journal, read_runs
+    from orderbook.config import BookConfig
+    from orderbook.types import HOUR
+
+    entries = [Cmd("W", cmds[i:i + 1].tobytes(), "warm" if i == 1 else "") for i in range(len(cmds))]
+    with tempfile.TemporaryDirectory(prefix="gpux-warm-") as tmp:
+        with Journal.open(tmp, fsync=False) as journal:
+            journal.append([encode_entry(e) for e in entries])
+        entries = [decode_entry(p) for _, run in read_runs(tmp) for p in run]
+    engine = Engine({"W": Instrument(BookConfig(name="W"))}, "numba")
+    engine.apply(entries[:3], answers=True)
+    engine.apply(entries[3:], results=False)
+    st = engine.state
+    st.orders.get(2)
+    st.open_orders(1)
+    st.account_leases(2)
+    st.open_records("W")
+    st.prune("W", now + 30 * 86_400 + 20 * HOUR)
+    twin = Engine(engine.instruments, "numba")
+    twin.load_snapshot(engine.snapshot())
+    engine.close()
+    twin.close()
 
 
 def main() -> None:

@@ -178,39 +178,26 @@ class Engine:
         self.book_seconds += time.perf_counter() - t0
         for name, idx in by_book.items():
             cmds, spans = plans[name]
-            cmd_list, is_clock, last_oid, tick = facts[name]
+            last_oid, tick = facts[name][2:]
             coids: list[str] | None = [entries[i].coid for i in idx]
             if not any(coids):  # type: ignore[arg-type]
                 coids = None
             parts = book_parts[name]
-            # without client order ids the state takes the book's events in one call, after its spans
-            for (lo, hi), part in zip(spans, parts, strict=True) if want or coids else ():
-                sub = cmd_list[lo:hi] if cmd_list is not None else None
-                coids_of = coids[lo:hi] if coids else None
-                ev_list = T.events(part)
-                if sub is not None and len(ev_list) <= SMALL:
-                    spans_of = split_events(sub, ev_list)
-                else:
-                    spans_of = split_event_array(is_clock[lo], hi - lo, part)
-                if coids:
-                    state.apply(name, part, sub, ev_list, coids_of, spans_of, idx[lo:hi])
-                if want:
-                    for k in range(lo, hi):
-                        a, b = spans_of[k - lo]
-                        out[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])  # type: ignore[index]
             events = T.join(parts, T.EVENT_DTYPE)
-            if not coids and len(events):
+            if want or coids:  # each command's events: for its Result, or its first answer
+                self._per_command(name, idx, spans, parts, facts[name], coids, out if want else None)
+            if not coids and len(events):  # the state takes the book's events in one call
                 state.apply(name, events)
             if len(events):
                 arrays[name] = events
             if last_oid > self.last_oid:
                 self.last_oid = last_oid
-            moved.append(money.apply_class(name, events, answers_of.pop(name, []), tick, post=False))
+            moved.append(money.apply_class(name, events, answers_of.pop(name, []), tick))
             if tick:
                 state.prune(name, tick)
         state.flush_coids()  # the client order ids' first answers, in journal order
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
-            moved.append(money.apply_class(name, None, answers, 0, post=False))
+            moved.append(money.apply_class(name, None, answers, 0))
         money.post(join_transfers(moved))  # every class's at once (one pass over the accounts)
         for i in funds:
             r = out[i]
@@ -222,6 +209,27 @@ class Engine:
                 r.answer = answer(r.book, r.command, r.events, orders, state.leases)  # type: ignore[arg-type]
         self.seq += len(entries)
         return (out if want else []), arrays  # type: ignore[return-value]
+
+    def _per_command(self, name: str, idx: list[int], spans: list[tuple[int, int]], parts: list[np.ndarray],
+                     facts: tuple[list[Command] | None, list[bool], int, int], coids: list[str] | None,
+                     out: list[Result | None] | None) -> None:
+        """One book's events told apart by command (a span of commands per book call): each
+        command's `Result` into ``out`` (None: none wanted), and, with client order ids, the state
+        applied span by span so that each first answer is remembered."""
+        cmd_list, is_clock, _, _ = facts
+        for (lo, hi), part in zip(spans, parts, strict=True):
+            sub = cmd_list[lo:hi] if cmd_list is not None else None
+            ev_list = T.events(part)
+            if sub is not None and len(ev_list) <= SMALL:
+                spans_of = split_events(sub, ev_list)
+            else:
+                spans_of = split_event_array(is_clock[lo], hi - lo, part)
+            if coids:
+                self.state.apply(name, part, sub, ev_list, coids[lo:hi], spans_of, idx[lo:hi])
+            if out is not None:
+                for k in range(lo, hi):
+                    a, b = spans_of[k - lo]
+                    out[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])  # type: ignore[index]
 
     def _run_books(self, plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]) -> dict[str, list[np.ndarray]]:
         """Each book's command spans through its book, in order; the events of each span.

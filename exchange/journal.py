@@ -193,11 +193,10 @@ def _runs(buf: bytes, seq: int, verify_from: int) -> Iterator[tuple[int, list[in
             seq += n
             offset = stop
         if offset < size and n < len(starts):  # stopped at a record that is not good: say what is wrong
-            for _, start, end in _records(buf, seq, verify_from, offset):
-                yield seq, [start], [end]  # (good after all: the slow check is the judge)
-                seq += 1
-                offset = end
-                break
+            _, start, end = next(_records(buf, seq, verify_from, offset))  # (raises _BadRecord)
+            yield seq, [start], [end]  # good after all: the slow check is the judge
+            seq += 1
+            offset = end
 
 
 def _records(buf: bytes, seq: int, verify_from: int, offset: int = 0) -> Iterator[tuple[int, int, int]]:

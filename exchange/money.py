@@ -2,7 +2,7 @@
 kept in memory from the same journal entries as the books (R17, R18, R19).
 
     money = Money(instruments, SettlementConfig(...))
-    money.apply_class("H100", events, answers, tick)   # what one apply did in a class
+    money.post(money.apply_class("H100", events, answers, tick))   # what one apply did in a class
     money.fund(Fund("deposit", 42, 100_000_000, "accounts:7", t))
     money.available(42)                               # what a new bid of 42 may hold (R17)
 
@@ -110,7 +110,7 @@ def _live_leases(c: ClassState) -> list[Lease]:
 _warmed = False
 
 
-def warm_copy() -> None:
+def warm_typed_dicts() -> None:
     """Compile, once per process, what numba compiles at the first call from Python and does not
     cache: its typed dicts' methods (``get`` ~0.4 s, ``copy`` ~0.6 s, ``len``, ``in``, item get and
     set, iteration), which `Money.copy` and `Money.to_snap` (a snapshot's thread), settlement's
@@ -219,13 +219,11 @@ class Money:
         self.transfers += 1
         return True
 
-    def apply_class(self, cls: str, events: np.ndarray | None, answers: list[Prov], tick: int,
-                    post: bool = True) -> np.ndarray:
+    def apply_class(self, cls: str, events: np.ndarray | None, answers: list[Prov], tick: int) -> np.ndarray:
         """One class's events of an apply (EVENT_DTYPE, in seq order) with the provisioning
         answers among them, each right after the event it follows, then its clock moved to
-        ``tick`` (0: no clock command).  Returns the transfers, their money posted (``post``;
-        else the caller hands them to `post` later: balances are sums, so several classes'
-        transfers post as well at once)."""
+        ``tick`` (0: no clock command).  Returns the transfers, for `post` (balances are sums:
+        an apply posts every class's transfers at once)."""
         engine = self.engine
         out: list[np.ndarray] = []
         n = 0 if events is None else len(events)
@@ -243,8 +241,6 @@ class Money:
         if tick:
             out.append(engine.tick(tick, cls))
         transfers = join_transfers(out)
-        if post:
-            self.post(transfers)
         if self.on_changes is not None:  # someone keeps the leases that ended (an order gateway's view)
             self.on_changes(engine.take_changes())
         else:  # nobody: their slots are free again (else the tables grow with every lease there was)

@@ -91,7 +91,8 @@ class _Orders(Mapping[int, OrderInfo]):
         return isinstance(oid, int) and _look(self._st._omap, oid) >= 0
 
     def __len__(self) -> int:
-        return len(self._st._omap)
+        S = self._st._S
+        return int(S[K.S_OHW] - S[K.S_NOFREE])
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._st._live_order_rows()[1].tolist())
@@ -126,7 +127,8 @@ class _Leases(Mapping[str, LeaseInfo]):
         return self._row(ref) >= 0
 
     def __len__(self) -> int:
-        return len(self._st._lmap)
+        S = self._st._S
+        return int(S[K.S_LHW] - S[K.S_NLFREE])
 
     def __iter__(self) -> Iterator[str]:
         return (x.ref for x in self.values())
@@ -154,7 +156,7 @@ def _look(m: Any, key: int) -> int:
 class ExchangeState(spec.FirstAnswers):
     """Orders, leases, client order ids and escrow, kept from the books' events in tables."""
 
-    def __init__(self, instruments: dict[str, Instrument], capacity: int | None = None) -> None:
+    def __init__(self, instruments: dict[str, Instrument]) -> None:
         self.instruments = instruments
         self._names = list(instruments)
         self._index = {name: i for i, name in enumerate(self._names)}
@@ -163,16 +165,15 @@ class ExchangeState(spec.FirstAnswers):
         self._pending_coids: list[tuple[int, tuple[int, str], bytes]] = []
         self.order_coids: dict[int, str] = {}  # oid -> its client order id, for the orders that had one
         self.halted: set[str] = set()
-        self._reset(capacity)
+        self._reset()
         self.orders = _Orders(self)
         self.leases = _Leases(self)
 
-    def _reset(self, capacity: int | None) -> None:
+    def _reset(self) -> None:
         """Empty tables.  Their rows are zeroed by the system when first touched (np.zeros of a
         large array maps fresh pages), so room for the closed orders remembered and tens of
         thousands of leases costs nothing until used, and spares the copies of growing."""
-        rows = capacity or spec.MAX_CLOSED_ORDERS + ROOM
-        room = capacity or ROOM
+        rows, room = spec.MAX_CLOSED_ORDERS + ROOM, ROOM
         self._O = np.zeros((rows, K.NO), np.int64)
         self._ofree = np.zeros(rows, np.int64)
         self._omap = _int_dict()
@@ -453,7 +454,7 @@ class ExchangeState(spec.FirstAnswers):
         if data.classes != self._names:
             raise ValueError(f"the snapshot's classes {data.classes} are not the configuration's {self._names}")
         OT, LS, closed = _unpack(data.orders, K.NO), _unpack(data.leases, K.NLS), _unpack(data.closed, 2)
-        self._reset(None)
+        self._reset()
         self._O = _grown(self._O, len(OT))
         self._ofree = np.zeros(len(self._O), np.int64)
         self._LS = _grown(self._LS, len(LS))

@@ -164,3 +164,16 @@ def test_a_first_answer_is_the_order_as_it_stood_after_its_own_command() -> None
     assert tables.state.orders[2].status == "cancelled"  # ... not as it stands at the end
     assert first["d"]["order"]["status"] == "cancelled"
     assert first["f"]["lease"]["ended_by"] == "released"
+
+
+def test_ids_a_client_can_send_that_are_no_row_are_none() -> None:
+    """Order ids past int64 and lease refs that are not ASCII digits (a client's path) find nothing
+    in the tables and raise nothing, as in the reference (exchange.tables._look, _Leases._row)."""
+    tables, reference = _engines()
+    tables.apply(exchange_entries(5, n=80))
+    reference.apply(exchange_entries(5, n=80))
+    for st in (tables.state, reference.state):
+        assert st.orders.get(2**80) is None and 2**80 not in st.orders
+        assert st.leases.get(f"{BOOKS[0]}-²") is None and f"{BOOKS[0]}-1x" not in st.leases
+        assert st.open_orders(2**80) == [] and st.open_count(2**80) == 0
+    assert tables.state.orders_of([2**80, -(2**70)]) == {}

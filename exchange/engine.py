@@ -19,8 +19,9 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -45,7 +46,28 @@ log = logging.getLogger("gpux.engine")
 # books with at least this many commands in one apply() run on worker threads together: below
 # it, handing a batch to a thread costs more than the book's work (~1 µs a command)
 PARALLEL_MIN_COMMANDS = 256
+REPLAY_AHEAD = 3  # chunks the books may run ahead of the state and the money in `Engine.replay`
 SMALL = 16  # commands (or events) of one book call read as tuples rather than with numpy
+
+
+@dataclass(slots=True)
+class _Booked:
+    """One `apply`'s entries after the books took them (`Engine._book`): what the state and
+    the money stages read."""
+
+    entries: list[Entry]
+    out: list[Result | None]
+    want: bool  # Results wanted
+    by_book: dict[str, list[int]]  # entry indexes of each book's commands
+    answers_of: dict[str, list[Prov]]
+    funds: list[int]
+    admin: list[Entry]
+    plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]
+    facts: dict[str, tuple[list[Command] | None, list[bool], int, int]]
+    parts: dict[str, list[np.ndarray]]  # each book call's events
+    events: dict[str, np.ndarray]  # each book's events, joined
+    coids: dict[str, list[str] | None]  # each book's commands' client order ids (None: none has one)
+    arrays: dict[str, np.ndarray]  # the books that produced events (for the bus)
 
 
 @dataclass
@@ -116,12 +138,65 @@ class Engine:
               results: bool = True) -> tuple[list[Result], dict[str, np.ndarray]]:
         """Apply journal entries in order.  Returns one Result per entry and the events
         array of each book that produced any (for the bus).  ``results=False`` (replay, where
-        nothing is answered): the same changes, no Results (an empty list; no answers)."""
-        want = results or answers
+        nothing is answered): the same changes, no Results (an empty list; no answers).
+
+        Three stages (`replay` runs them on three threads, a chunk apart): the books
+        (`_book`), then the exchange state (`_apply_state`) and the money (`_apply_money`),
+        which read the books' events and share nothing with each other."""
+        b = self._book(entries, results or answers)
+        self._apply_state(b)
+        self._apply_money(b)
+        out = b.out
+        if answers:
+            state = self.state
+            asked = [r for r in out if r is not None and r.command is not None]
+            orders = state.orders_of([r.command.oid for r in asked])  # type: ignore[union-attr]
+            for r in asked:
+                r.answer = answer(r.book, r.command, r.events, orders, state.leases)  # type: ignore[arg-type]
+        return (out if b.want else []), b.arrays  # type: ignore[return-value]
+
+    def replay(self, chunks: Iterable[list[Entry]],
+               sink: Callable[[dict[str, np.ndarray], list[Entry]], None] | None = None) -> None:
+        """``apply(chunk, results=False)`` for each chunk, in order, as a pipeline: while the
+        books take a chunk on this thread, the exchange state and the money take the chunks
+        before it, each on a thread of its own (their kernels let go of the GIL).  Each stage
+        sees the chunks in journal order, so the outcome is `apply`'s, chunk by chunk
+        (tests/test_engine_replay.py compares them).  ``sink(arrays, chunk)`` gets each chunk's
+        events by class once its books took it.  With one thread (``threads=1``, the reference
+        engine), plain `apply` calls."""
+        if self.threads < 2:
+            for chunk in chunks:
+                _, arrays = self.apply(chunk, results=False)
+                if sink is not None:
+                    sink(arrays, chunk)
+            return
+        stages = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replay-{n}") for n in ("state", "money")]
+        pending: deque[Future] = deque()
+        try:
+            for chunk in chunks:
+                b = self._book(chunk, False)
+                if sink is not None:
+                    sink(b.arrays, chunk)
+                pending.append(stages[0].submit(self._apply_state, b))
+                pending.append(stages[1].submit(self._apply_money, b))
+                while len(pending) > 2 * REPLAY_AHEAD:  # a few chunks ahead at most (memory)
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+            for st in stages:
+                st.shutdown(wait=True)
+
+    def _book(self, entries: list[Entry], want: bool) -> _Booked:
+        """Stage one of `apply`: the entries sorted by kind, and each book's commands through
+        the book (the engine's seq and last order id move on here)."""
         out: list[Result | None] = [None] * len(entries)
         by_book: dict[str, list[int]] = {}
         answers_of: dict[str, list[Prov]] = {}
         funds: list[int] = []
+        admin: list[Entry] = []
         for i, e in enumerate(entries):
             if type(e) is Cmd:
                 by_book.setdefault(e.book, []).append(i)
@@ -131,18 +206,8 @@ class Engine:
             elif type(e) is Fund:
                 funds.append(i)
             else:
-                if e.op == "halt":
-                    self.state.halted.add(e.book)
-                elif e.op == "resume":
-                    self.state.halted.discard(e.book)
+                admin.append(e)
                 out[i] = Result(e.book, None, [])
-        money = self.money
-        for i in funds:  # before the events: balances are sums (exchange.money)
-            e = entries[i]
-            out[i] = Result("", None, [], {"ok": True, "op": e.op, "account": e.account, "amount": e.amount,
-                                            "applied": money.fund(e)})
-        arrays: dict[str, np.ndarray] = {}
-        state = self.state
         plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
         facts: dict[str, tuple[list[Command] | None, list[bool], int, int]] = {}
         for name, idx in by_book.items():
@@ -172,43 +237,60 @@ class Engine:
             bounds = [0, *cuts, len(cmds)]
             plans[name] = (cmds, list(zip(bounds[:-1], bounds[1:], strict=True)))
             facts[name] = (cmd_list, is_clock, last_oid, tick)
-        t0 = time.perf_counter()
-        book_parts = self._run_books(plans)
-        moved: list[np.ndarray] = []
-        self.book_seconds += time.perf_counter() - t0
-        for name, idx in by_book.items():
-            cmds, spans = plans[name]
-            last_oid, tick = facts[name][2:]
-            coids: list[str] | None = [entries[i].coid for i in idx]
-            if not any(coids):  # type: ignore[arg-type]
-                coids = None
-            parts = book_parts[name]
-            events = T.join(parts, T.EVENT_DTYPE)
-            if want or coids:  # each command's events: for its Result, or its first answer
-                self._per_command(name, idx, spans, parts, facts[name], coids, out if want else None)
-            if not coids and len(events):  # the state takes the book's events in one call
-                state.apply(name, events)
-            if len(events):
-                arrays[name] = events
             if last_oid > self.last_oid:
                 self.last_oid = last_oid
-            moved.append(money.apply_class(name, events, answers_of.pop(name, []), tick))
+        t0 = time.perf_counter()
+        parts = self._run_books(plans)
+        self.book_seconds += time.perf_counter() - t0
+        events = {name: T.join(parts[name], T.EVENT_DTYPE) for name in by_book}
+        coids: dict[str, list[str] | None] = {}
+        for name, idx in by_book.items():
+            c: list[str] | None = [entries[i].coid for i in idx]
+            coids[name] = c if any(c) else None  # type: ignore[arg-type]
+        self.seq += len(entries)
+        return _Booked(entries, out, want, by_book, answers_of, funds, admin, plans, facts, parts, events, coids,
+                       {name: ev for name, ev in events.items() if len(ev)})
+
+    def _apply_state(self, b: _Booked) -> None:
+        """Stage two (a): the exchange state takes the books' events (and halts, and the first
+        answers to client order ids); each command's `Result` when they are wanted."""
+        state = self.state
+        for e in b.admin:
+            if e.op == "halt":  # type: ignore[union-attr]
+                state.halted.add(e.book)
+            elif e.op == "resume":  # type: ignore[union-attr]
+                state.halted.discard(e.book)
+        for name, idx in b.by_book.items():
+            _, spans = b.plans[name]
+            coids = b.coids[name]
+            if b.want or coids:  # each command's events: for its Result, or its first answer
+                self._per_command(name, idx, spans, b.parts[name], b.facts[name], coids, b.out if b.want else None)
+            events = b.events[name]
+            if not coids and len(events):  # the state takes the book's events in one call
+                state.apply(name, events)
+            tick = b.facts[name][3]
             if tick:
                 state.prune(name, tick)
         state.flush_coids()  # the client order ids' first answers, in journal order
+
+    def _apply_money(self, b: _Booked) -> None:
+        """Stage two (b): deposits and withdrawals, then each class's events and provisioning
+        answers through settlement, every class's transfers posted at once."""
+        money = self.money
+        out, entries = b.out, b.entries
+        for i in b.funds:  # before the events: balances are sums (exchange.money)
+            e = entries[i]
+            out[i] = Result("", None, [], {"ok": True, "op": e.op, "account": e.account,  # type: ignore[union-attr]
+                                            "amount": e.amount, "applied": money.fund(e)})  # type: ignore[arg-type,union-attr]
+        answers_of = dict(b.answers_of)
+        moved = [money.apply_class(name, b.events[name], answers_of.pop(name, []), b.facts[name][3])
+                 for name in b.by_book]
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
             moved.append(money.apply_class(name, None, answers, 0))
         money.post(join_transfers(moved))  # every class's at once (one pass over the accounts)
-        for i in funds:
+        for i in b.funds:
             r = out[i]
             r.answer["available"] = money.available(r.answer["account"])  # type: ignore[index, union-attr]
-        if answers:
-            asked = [r for r in out if r is not None and r.command is not None]
-            orders = state.orders_of([r.command.oid for r in asked])  # type: ignore[union-attr]
-            for r in asked:
-                r.answer = answer(r.book, r.command, r.events, orders, state.leases)  # type: ignore[arg-type]
-        self.seq += len(entries)
-        return (out if want else []), arrays  # type: ignore[return-value]
 
     def _per_command(self, name: str, idx: list[int], spans: list[tuple[int, int]], parts: list[np.ndarray],
                      facts: tuple[list[Command] | None, list[bool], int, int], coids: list[str] | None,

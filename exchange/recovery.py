@@ -1,5 +1,5 @@
 """Recovery: the core at the end of the journal, from the newest usable snapshot and the
-journal entries after it, through the same `Engine.apply` as live trading.
+journal entries after it, through the same `Engine.apply` stages as live trading (`Engine.replay` pipelines them).
 
     engine = recover(cfg)                                   # start-up
     engine = recover(cfg, use_snapshots=False)              # the whole journal (tests, verify)
@@ -12,14 +12,14 @@ journal.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from exchange.config import ServerConfig
 from exchange.engine import Engine
-from exchange.entries import Fund, Prov, decode_entries
+from exchange.entries import Entry, Fund, Prov, decode_entries
 from exchange.journal import read_runs
 from exchange.money import settlement_config
 from exchange.snapshots import snapshots
@@ -65,27 +65,29 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
 
 def replay(engine: Engine, journal_dir: Path,
            sink: Callable[[dict[str, np.ndarray], list[Prov], list[Fund]], None] | None = None) -> int:
-    """Apply every journal entry after ``engine.seq``; returns how many were applied."""
-    payloads: list[bytes] = []
+    """Apply every journal entry after ``engine.seq``, REPLAY_CHUNK at a time through the
+    engine's pipeline (`Engine.replay`); returns how many were applied."""
     applied = 0
     expect = engine.seq + 1
 
-    def apply(payloads: list[bytes]) -> None:
-        chunk = decode_entries(payloads)  # one call per chunk
-        _, arrays = engine.apply(chunk, results=False)  # nothing to answer
-        if sink is not None:
-            sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])
+    def chunks() -> Iterator[list[Entry]]:
+        nonlocal applied, expect
+        payloads: list[bytes] = []
+        for seq, run in read_runs(journal_dir, from_seq=engine.seq + 1):
+            if seq != expect:
+                raise RuntimeError(f"journal gap: expected seq {expect}, found {seq}")
+            expect += len(run)
+            payloads += run
+            while len(payloads) >= REPLAY_CHUNK:
+                yield decode_entries(payloads[:REPLAY_CHUNK])  # one call per chunk
+                applied += REPLAY_CHUNK
+                payloads = payloads[REPLAY_CHUNK:]
+        if payloads:
+            yield decode_entries(payloads)
+            applied += len(payloads)
 
-    for seq, run in read_runs(journal_dir, from_seq=engine.seq + 1):
-        if seq != expect:
-            raise RuntimeError(f"journal gap: expected seq {expect}, found {seq}")
-        expect += len(run)
-        payloads += run
-        while len(payloads) >= REPLAY_CHUNK:
-            apply(payloads[:REPLAY_CHUNK])
-            applied += REPLAY_CHUNK
-            payloads = payloads[REPLAY_CHUNK:]
-    if payloads:
-        apply(payloads)
-        applied += len(payloads)
+    def handed(arrays: dict[str, np.ndarray], chunk: list[Entry]) -> None:
+        sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])  # type: ignore[misc]
+
+    engine.replay(chunks(), handed if sink is not None else None)
     return applied

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,78 @@ def test_books_on_worker_threads_apply_as_on_one_thread(seed: int) -> None:
     finally:
         two.close()
     assert two._pool is None
+
+
+# ---------------------------------------------------------------------- the replay pipeline
+def funded_entries(seed: int, n: int) -> list[Entry]:
+    """`exchange_entries` with deposits and withdrawals among them (the money stage's own entries)."""
+    rng = random.Random(seed)
+    out: list[Entry] = [Fund("deposit", acc, 10**9, f"test:{acc}", 0) for acc in range(1, 6)]
+    for k, e in enumerate(exchange_entries(seed, n)):
+        out.append(e)
+        if rng.random() < 0.02:
+            out.append(Fund(rng.choice(["deposit", "withdraw"]), rng.randint(1, 5), rng.randint(1, 1000),
+                            f"journal:{k}", 0))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_replay_pipeline_ends_where_applying_chunk_by_chunk_does(seed: int) -> None:
+    """`Engine.replay` runs the books of a chunk while the exchange state and the money take the
+    chunks before it, on two threads of their own: books, state, money, seq, last order id and
+    the events handed on are those of `apply` chunk by chunk, and the stages did run on their
+    threads."""
+    rng = random.Random(seed)
+    entries = funded_entries(seed, 600)
+    chunks = batches(entries, rng, 60)
+    one = Engine(INSTRUMENTS, "numba", threads=1)
+    handed_one = []
+    for chunk in chunks:
+        handed_one.append({n: a.tolist() for n, a in one.apply(chunk, results=False)[1].items()})
+    piped = Engine(INSTRUMENTS, "numba", threads=2)
+    where: dict[str, set[str]] = {"state": set(), "money": set()}
+    stage_state, stage_money = piped._apply_state, piped._apply_money
+
+    def on_thread(stage: Any, name: str) -> Any:
+        def run(b: Any) -> None:
+            where[name].add(threading.current_thread().name)
+            stage(b)
+        return run
+
+    piped._apply_state, piped._apply_money = on_thread(stage_state, "state"), on_thread(stage_money, "money")
+    handed_piped: list[dict[str, list]] = []
+    try:
+        piped.replay(iter(chunks), lambda arrays, chunk: handed_piped.append({n: a.tolist()
+                                                                             for n, a in arrays.items()}))
+        assert_same_engine(one, piped)
+        assert piped.money.state_hash() == one.money.state_hash()
+        assert piped.money.all() == one.money.all() and one.money.transfers > len(entries) // 10
+        assert handed_piped == handed_one
+    finally:
+        piped.close()
+    assert all(t.startswith("replay-state") for t in where["state"]) and where["state"]
+    assert all(t.startswith("replay-money") for t in where["money"]) and where["money"]
+
+
+def test_a_failing_stage_stops_the_replay_with_its_error(monkeypatch) -> None:
+    """An error in the state or money stage (a bug, a broken table) ends `Engine.replay` with
+    that error; nothing goes on silently past it."""
+    entries = funded_entries(7, 300)
+    engine = Engine(INSTRUMENTS, "numba", threads=2)
+    calls = 0
+    post = engine.money.post
+
+    def broken(transfers: np.ndarray) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("broken money")
+        post(transfers)
+
+    monkeypatch.setattr(engine.money, "post", broken)
+    with pytest.raises(RuntimeError, match="broken money"):
+        engine.replay(iter(batches(entries, random.Random(7), 30)))
+    engine.close()
 
 
 # ---------------------------------------------------------------------- who produced which event

@@ -46,7 +46,7 @@ log = logging.getLogger("gpux.engine")
 # books with at least this many commands in one apply() run on worker threads together: below
 # it, handing a batch to a thread costs more than the book's work (~1 µs a command)
 PARALLEL_MIN_COMMANDS = 256
-REPLAY_AHEAD = 3  # chunks the books may run ahead of the state and the money in `Engine.replay`
+REPLAY_AHEAD = 2  # chunks the books may run ahead of the state and the money in `Engine.replay`
 SMALL = 16  # commands (or events) of one book call read as tuples rather than with numpy
 
 

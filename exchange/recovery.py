@@ -25,7 +25,10 @@ from exchange.money import settlement_config
 from exchange.snapshots import snapshots
 
 log = logging.getLogger("gpux.recovery")
-REPLAY_CHUNK = 4096
+# journal entries per chunk of the replay pipeline: each chunk costs a few Python calls per stage
+# and class, so bigger is faster (300,000 entries: ~200,000/s at 4,096, ~270,000/s at 32,768)
+# while a chunk's entries and events stay a few MB (docs/perf/order-path.md §15)
+REPLAY_CHUNK = 32768
 
 
 def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: bool = True,

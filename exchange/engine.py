@@ -242,14 +242,18 @@ class Engine:
         t0 = time.perf_counter()
         parts = self._run_books(plans)
         self.book_seconds += time.perf_counter() - t0
-        events = {name: T.join(parts[name], T.EVENT_DTYPE) for name in by_book}
+        events: dict[str, np.ndarray] = {}
+        arrays: dict[str, np.ndarray] = {}
         coids: dict[str, list[str] | None] = {}
         for name, idx in by_book.items():
+            ev = events[name] = T.join(parts[name], T.EVENT_DTYPE)
+            if len(ev):
+                arrays[name] = ev
             c: list[str] | None = [entries[i].coid for i in idx]
             coids[name] = c if any(c) else None  # type: ignore[arg-type]
         self.seq += len(entries)
         return _Booked(entries, out, want, by_book, answers_of, funds, admin, plans, facts, parts, events, coids,
-                       {name: ev for name, ev in events.items() if len(ev)})
+                       arrays)
 
     def _apply_state(self, b: _Booked) -> None:
         """Stage two (a): the exchange state takes the books' events (and halts, and the first

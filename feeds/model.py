@@ -104,7 +104,9 @@ class _Ask:
         self.end = end
         self.free = 0  # what this ask adds to asks[price] now
         self.free_spot = 0  # ... and to spot_asks[spot]
-        self.leases: dict[int, list[int]] = {}  # trade id -> [gpus, start, end, spot?, counted in *_now?]
+        # trade id -> (gpus, start, end, spot?, counted in *_now?); tuples, replaced when they change:
+        # the collector stops tracking a tuple of ints, so live leases cost its scans nothing
+        self.leases: dict[int, tuple[int, int, int, bool, bool]] = {}
         self.firm_now = 0  # GPUs of the firm leases running now
         self.spot_now = 0  # ... of the spot leases
 
@@ -117,7 +119,7 @@ class BookModel:
         self.seq = 0  # last event applied
         self.now = 0  # engine time
         self.asks: dict[int, _Ask] = {}
-        self.bids: dict[int, list[int]] = {}  # oid -> [side (BIDS | SPOT_BIDS), limit, remaining]
+        self.bids: dict[int, tuple[int, int, int]] = {}  # oid -> (side (BIDS | SPOT_BIDS), limit, remaining)
         self.levels: list[dict[int, int]] = [{} for _ in SIDE_KEYS]  # price -> GPUs (> 0)
         self._best: list[int | None | object] = [None] * len(SIDE_KEYS)  # best price, or _STALE
         self._published: list[dict[int, int]] = [{} for _ in SIDE_KEYS]
@@ -157,21 +159,21 @@ class BookModel:
                 b = bids.get(ev.oid)
                 if b is not None:
                     self._add(b[0], b[1], ev.remaining - b[2])
-                    b[2] = ev.remaining
-                    if not b[2]:
+                    if ev.remaining:
+                        bids[ev.oid] = (b[0], b[1], ev.remaining)
+                    else:
                         del bids[ev.oid]
                 a = asks.get(ev.oid2)
                 if a is not None:
                     tid, start, end = ev.trade_id, ev.start, ev.end
                     if end > at:  # (a lease that is over by the batch's end changes nothing)
-                        lease = [ev.gpus, start, end, ev.kind == SPOT, False]
-                        a.leases[tid] = lease
-                        if start <= at:  # running at the batch's end: count it now
-                            lease[4] = True
-                            if lease[3]:
-                                a.spot_now += lease[0]
+                        spot, running = ev.kind == SPOT, start <= at
+                        a.leases[tid] = (ev.gpus, start, end, spot, running)
+                        if running:  # running at the batch's end: count it now
+                            if spot:
+                                a.spot_now += ev.gpus
                             else:
-                                a.firm_now += lease[0]
+                                a.firm_now += ev.gpus
                             dirty.add(a.oid)
                         else:
                             push(moments, (start, a.oid, tid))
@@ -186,7 +188,7 @@ class BookModel:
                     push(moments, (a.end, a.oid, 0))
                 else:
                     side = SPOT_BIDS if ev.kind == SPOT else BIDS
-                    bids[ev.oid] = [side, ev.price, ev.remaining]
+                    bids[ev.oid] = (side, ev.price, ev.remaining)
                     self._add(side, ev.price, ev.remaining)
             elif t == EV_CANCELLED or t == EV_EXPIRED:
                 if ev.side == SIDE_ASK:
@@ -206,7 +208,7 @@ class BookModel:
                 if a is not None:
                     lease = a.leases.get(ev.trade_id)
                     if lease is not None:
-                        lease[2] = ev.end
+                        a.leases[ev.trade_id] = (lease[0], lease[1], ev.end, lease[3], lease[4])
                         push(moments, (ev.end, a.oid, ev.trade_id))
             elif t == EV_AMENDED:
                 if ev.side == SIDE_ASK:
@@ -218,7 +220,7 @@ class BookModel:
                     b = bids.get(ev.oid)
                     if b is not None:
                         self._add(b[0], b[1], ev.remaining - b[2])
-                        b[2] = ev.remaining
+                        bids[ev.oid] = (b[0], b[1], ev.remaining)
             # EV_REJECTED changes nothing (R8)
         if rows:
             self.seq = rows[-1].seq
@@ -245,15 +247,16 @@ class BookModel:
                 lease = a.leases.get(tid)
                 if lease is not None:
                     running = lease[1] <= now < lease[2]
+                    if lease[2] <= now:
+                        del a.leases[tid]  # ended: its GPUs are back (R13)
+                    elif running != lease[4]:
+                        a.leases[tid] = (lease[0], lease[1], lease[2], lease[3], running)
                     if running != lease[4]:
                         d = lease[0] if running else -lease[0]
                         if lease[3]:
                             a.spot_now += d
                         else:
                             a.firm_now += d
-                        lease[4] = running
-                    if lease[2] <= now:
-                        del a.leases[tid]  # ended: its GPUs are back (R13)
         if dirty:
             for oid in dirty:
                 a = asks.get(oid)

@@ -145,7 +145,9 @@ class BidLadders:
     """
 
     def __init__(self) -> None:
-        self.bids: dict[int, list[Any]] = {}  # oid -> [bid_key, limit, remaining]
+        # oid -> (bid_key, limit, remaining); tuples, replaced when they change (the collector stops
+        # tracking them, so resting bids cost its scans nothing)
+        self.bids: dict[int, tuple[tuple[int, int, int, int], int, int]] = {}
         self.by_key: dict[tuple[int, int, int, int], dict[int, int]] = {}  # bid_key -> limit -> GPUs (> 0)
 
     @classmethod
@@ -158,10 +160,10 @@ class BidLadders:
         return out
 
     def _put(self, oid: int, key: tuple[int, int, int, int], limit: int, remaining: int) -> None:
-        self.bids[oid] = [key, limit, 0]
-        self._set(self.bids[oid], remaining)
+        self._set(oid, (key, limit, 0), remaining)
 
-    def _set(self, b: list[Any], remaining: int) -> None:
+    def _set(self, oid: int, b: tuple[tuple[int, int, int, int], int, int], remaining: int) -> None:
+        """Bid ``oid`` (``b``: as it was) now has ``remaining`` GPUs resting (0: gone)."""
         lv = self.by_key.setdefault(b[0], {})
         v = lv.get(b[1], 0) + remaining - b[2]
         if v:
@@ -170,7 +172,10 @@ class BidLadders:
             del lv[b[1]]
             if not lv:
                 del self.by_key[b[0]]
-        b[2] = remaining
+        if remaining:
+            self.bids[oid] = (b[0], b[1], remaining)
+        else:
+            self.bids.pop(oid, None)
 
     def apply(self, rows: Iterable[Event]) -> None:
         bids = self.bids
@@ -179,16 +184,14 @@ class BidLadders:
             if t == EV_TRADE or (t == EV_AMENDED and ev.side == SIDE_BID):
                 b = bids.get(ev.oid)
                 if b is not None:
-                    self._set(b, ev.remaining)
-                    if not ev.remaining:
-                        del bids[ev.oid]
+                    self._set(ev.oid, b, ev.remaining)
             elif t == EV_ACCEPTED and ev.side == SIDE_BID:
                 if ev.remaining:
                     self._put(ev.oid, bid_key(ev.kind, ev.hours, ev.block, ev.start), ev.price, ev.remaining)
             elif (t == EV_CANCELLED or t == EV_EXPIRED) and ev.side == SIDE_BID:
-                b = bids.pop(ev.oid, None)
+                b = bids.get(ev.oid)
                 if b is not None:
-                    self._set(b, 0)
+                    self._set(ev.oid, b, 0)
 
     def levels(self, p: Product) -> list[list[int]]:
         """``[limit, GPUs]`` of the resting bids of exactly the product, highest first."""

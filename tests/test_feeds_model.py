@@ -9,11 +9,15 @@ that applies only the snapshot and the deltas.
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
 from feeds.model import DAY, BookModel, ClassFeed, MarketStats
+from feeds.products import BidLadders
 from feeds.recording import BLOCK_DTYPE, decode_record, encode_record, load
+from orderbook import types as T
 from orderbook.config import BookConfig
 from orderbook.reference import ReferenceBook
 from orderbook.types import EV_TRADE, EVENT_DTYPE, HOUR, ON_DEMAND, RESERVED, SIDE_ASK, SPOT, Event
@@ -369,3 +373,31 @@ def test_streams_nobody_wants_are_counted_not_built() -> None:
     assert sum(full.u[s] for s in full.u if s.count(":") == 2) > 0  # per-kind candles were published
     for s in full.u:
         assert lean.snapshot(s) == full.snapshot(s)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_resting_bids_and_live_leases_cost_the_collector_nothing(seed: int) -> None:
+    """The feed models keep a tuple of ints per resting bid and per live lease, replaced when it
+    changes: the collector stops tracking such tuples, so a book with many of them adds nothing
+    to its young-generation scans (docs/perf/order-path.md §17), where a list per bid and per lease
+    stayed tracked for ever."""
+    rng = np.random.default_rng(seed)
+    cmds = random_stream(rng, 2000)
+    book = ReferenceBook(BookConfig(name="T", max_price=20_000))
+    feed = ClassFeed("T")
+    ladders = BidLadders()
+    seen = {"bids": 0, "leases": 0, "ladders": 0}
+    for k, i in enumerate(range(0, len(cmds), 7)):
+        events = book.process(cmds[i:i + 7])
+        feed.update(events, book.now)
+        ladders.apply(T.events(events) if isinstance(events, np.ndarray) else events)
+        if k % 60 != 59:
+            continue
+        gc.collect()
+        gc.collect()  # (a tuple is untracked once its items are: a nested one may take a second pass)
+        kept = {"bids": list(feed.book.bids.values()), "ladders": list(ladders.bids.values()),
+                "leases": [x for a in feed.book.asks.values() for x in a.leases.values()]}
+        for what, values in kept.items():
+            assert not [v for v in values if gc.is_tracked(v)], what
+            seen[what] += len(values)
+    assert min(seen.values()) > 0, seen  # each kind was there to check

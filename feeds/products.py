@@ -145,9 +145,10 @@ class BidLadders:
     """
 
     def __init__(self) -> None:
-        # oid -> (bid_key, limit, remaining); tuples, replaced when they change (the collector stops
-        # tracking them, so resting bids cost its scans nothing)
-        self.bids: dict[int, tuple[tuple[int, int, int, int], int, int]] = {}
+        # oid -> (*bid_key, limit, remaining): flat tuples of ints, replaced when they change; the
+        # collector stops tracking such a tuple at the first collection that sees it (a nested key
+        # tuple could still be tracked then, and keep its bid tracked into the older generations)
+        self.bids: dict[int, tuple[int, int, int, int, int, int]] = {}
         self.by_key: dict[tuple[int, int, int, int], dict[int, int]] = {}  # bid_key -> limit -> GPUs (> 0)
 
     @classmethod
@@ -160,20 +161,21 @@ class BidLadders:
         return out
 
     def _put(self, oid: int, key: tuple[int, int, int, int], limit: int, remaining: int) -> None:
-        self._set(oid, (key, limit, 0), remaining)
+        self._set(oid, (*key, limit, 0), remaining)
 
-    def _set(self, oid: int, b: tuple[tuple[int, int, int, int], int, int], remaining: int) -> None:
+    def _set(self, oid: int, b: tuple[int, int, int, int, int, int], remaining: int) -> None:
         """Bid ``oid`` (``b``: as it was) now has ``remaining`` GPUs resting (0: gone)."""
-        lv = self.by_key.setdefault(b[0], {})
-        v = lv.get(b[1], 0) + remaining - b[2]
+        key, limit = b[:4], b[4]
+        lv = self.by_key.setdefault(key, {})
+        v = lv.get(limit, 0) + remaining - b[5]
         if v:
-            lv[b[1]] = v
+            lv[limit] = v
         else:
-            del lv[b[1]]
+            del lv[limit]
             if not lv:
-                del self.by_key[b[0]]
+                del self.by_key[key]
         if remaining:
-            self.bids[oid] = (b[0], b[1], remaining)
+            self.bids[oid] = (*key, limit, remaining)
         else:
             self.bids.pop(oid, None)
 

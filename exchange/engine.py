@@ -67,7 +67,11 @@ class _Booked:
     parts: dict[str, list[np.ndarray]]  # each book call's events
     events: dict[str, np.ndarray]  # each book's events, joined
     coids: dict[str, list[str] | None]  # each book's commands' client order ids (None: none has one)
-    arrays: dict[str, np.ndarray]  # the books that produced events (for the bus)
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The events of the books that produced any (for the bus)."""
+        return {name: ev for name, ev in self.events.items() if len(ev)}
 
 
 @dataclass
@@ -243,17 +247,13 @@ class Engine:
         parts = self._run_books(plans)
         self.book_seconds += time.perf_counter() - t0
         events: dict[str, np.ndarray] = {}
-        arrays: dict[str, np.ndarray] = {}
         coids: dict[str, list[str] | None] = {}
         for name, idx in by_book.items():
-            ev = events[name] = T.join(parts[name], T.EVENT_DTYPE)
-            if len(ev):
-                arrays[name] = ev
+            events[name] = T.join(parts[name], T.EVENT_DTYPE)
             c: list[str] | None = [entries[i].coid for i in idx]
             coids[name] = c if any(c) else None  # type: ignore[arg-type]
         self.seq += len(entries)
-        return _Booked(entries, out, want, by_book, answers_of, funds, admin, plans, facts, parts, events, coids,
-                       arrays)
+        return _Booked(entries, out, want, by_book, answers_of, funds, admin, plans, facts, parts, events, coids)
 
     def _apply_state(self, b: _Booked) -> None:
         """Stage two (a): the exchange state takes the books' events (and halts, and the first

@@ -70,27 +70,24 @@ def replay(engine: Engine, journal_dir: Path,
            sink: Callable[[dict[str, np.ndarray], list[Prov], list[Fund]], None] | None = None) -> int:
     """Apply every journal entry after ``engine.seq``, REPLAY_CHUNK at a time through the
     engine's pipeline (`Engine.replay`); returns how many were applied."""
-    applied = 0
-    expect = engine.seq + 1
+    start = engine.seq
 
     def chunks() -> Iterator[list[Entry]]:
-        nonlocal applied, expect
+        expect = start + 1
         payloads: list[bytes] = []
-        for seq, run in read_runs(journal_dir, from_seq=engine.seq + 1):
+        for seq, run in read_runs(journal_dir, from_seq=start + 1):
             if seq != expect:
                 raise RuntimeError(f"journal gap: expected seq {expect}, found {seq}")
             expect += len(run)
             payloads += run
             while len(payloads) >= REPLAY_CHUNK:
                 yield decode_entries(payloads[:REPLAY_CHUNK])  # one call per chunk
-                applied += REPLAY_CHUNK
                 payloads = payloads[REPLAY_CHUNK:]
         if payloads:
             yield decode_entries(payloads)
-            applied += len(payloads)
 
     def handed(arrays: dict[str, np.ndarray], chunk: list[Entry]) -> None:
         sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])  # type: ignore[misc]
 
     engine.replay(chunks(), handed if sink is not None else None)
-    return applied
+    return engine.seq - start

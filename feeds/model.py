@@ -246,17 +246,18 @@ class BookModel:
             if tid:
                 lease = a.leases.get(tid)
                 if lease is not None:
-                    running = lease[1] <= now < lease[2]
-                    if lease[2] <= now:
-                        del a.leases[tid]  # ended: its GPUs are back (R13)
-                    elif running != lease[4]:
-                        a.leases[tid] = (lease[0], lease[1], lease[2], lease[3], running)
-                    if running != lease[4]:
-                        d = lease[0] if running else -lease[0]
-                        if lease[3]:
+                    gpus, start, end, spot, counted = lease
+                    running = start <= now < end
+                    if running != counted:
+                        d = gpus if running else -gpus
+                        if spot:
                             a.spot_now += d
                         else:
                             a.firm_now += d
+                    if end <= now:
+                        del a.leases[tid]  # ended: its GPUs are back (R13)
+                    elif running != counted:
+                        a.leases[tid] = (gpus, start, end, spot, running)
         if dirty:
             for oid in dirty:
                 a = asks.get(oid)

@@ -358,6 +358,12 @@ def prune(LS: np.ndarray, lmap: dict, lfree: np.ndarray, fheap: np.ndarray, FC: 
 
 
 @_nj
+def row_of(m: dict, key: int) -> int:
+    """The row of one key (-1: none): a lookup from Python without an array around the key."""
+    return _look(m, key)
+
+
+@_nj
 def rows_of(m: dict, keys: np.ndarray) -> np.ndarray:
     """The row of each key (-1: none)."""
     out = np.empty(len(keys), np.int64)

@@ -150,7 +150,7 @@ def _look(m: Any, key: int) -> int:
     """The row of ``key`` (-1: none; a key past int64, from a client's path, is none too)."""
     if not _I64[0] <= key <= _I64[1]:
         return -1
-    return int(K.rows_of(m, np.array([key], np.int64))[0])
+    return K.row_of(m, int(key))  # int: one compiled signature, whatever integer type came
 
 
 class ExchangeState(spec.FirstAnswers):

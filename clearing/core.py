@@ -845,3 +845,64 @@ def select(events: np.ndarray, after: int, id_limit: int, money_limit: float) ->
         r[R_TYPE], r[R_KIND], r[R_MAKER] = e["type"], e["kind"], e["maker"]
         k += 1
     return rows[:k], expect - 1, last_time, 0, 0
+
+
+@_nj
+def net_moves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each account's net change over transfer rows (debit column 2, credit 3, amount 4): the
+    accounts any row names, in increasing order (a net of 0 included), and their nets.  Account
+    keys of a market are few and close together, so they are summed in an array over their range;
+    keys far apart are summed after a sort."""
+    n = rows.shape[0]
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    lo = min(rows[0, 2], rows[0, 3])
+    hi = max(rows[0, 2], rows[0, 3])
+    for i in range(n):
+        for c in (2, 3):
+            k = rows[i, c]
+            if k < lo:
+                lo = k
+            elif k > hi:
+                hi = k
+    if hi - lo < 8 * n + 4096:
+        span = hi - lo + 1
+        net = np.zeros(span, np.int64)
+        seen = np.zeros(span, np.bool_)
+        for i in range(n):
+            a = rows[i, 2] - lo
+            b = rows[i, 3] - lo
+            net[a] -= rows[i, 4]
+            net[b] += rows[i, 4]
+            seen[a] = True
+            seen[b] = True
+        m = 0
+        for j in range(span):
+            if seen[j]:
+                m += 1
+        keys = np.empty(m, np.int64)
+        out = np.empty(m, np.int64)
+        m = 0
+        for j in range(span):
+            if seen[j]:
+                keys[m] = j + lo
+                out[m] = net[j]
+                m += 1
+        return keys, out
+    flat = np.empty(2 * n, np.int64)
+    moves = np.empty(2 * n, np.int64)
+    for i in range(n):
+        flat[2 * i], moves[2 * i] = rows[i, 2], -rows[i, 4]
+        flat[2 * i + 1], moves[2 * i + 1] = rows[i, 3], rows[i, 4]
+    order = np.argsort(flat, kind="mergesort")
+    keys = np.empty(2 * n, np.int64)
+    out = np.empty(2 * n, np.int64)
+    m = -1
+    for j in range(2 * n):
+        k = flat[order[j]]
+        if m < 0 or keys[m] != k:
+            m += 1
+            keys[m] = k
+            out[m] = 0
+        out[m] += moves[order[j]]
+    return keys[:m + 1].copy(), out[:m + 1].copy()

@@ -12,7 +12,10 @@ import os
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.exchange import Exchange
 from client.api import ClientError
@@ -209,3 +212,45 @@ def test_the_cores_money_keeps_live_bids_and_leases_not_every_one_there_was():
     assert live.money.state_hash() == once.money.state_hash() and live.money.all() == once.money.all()
     live.close()
     once.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 10**12)), max_size=60),
+       st.sampled_from([0, 1 << 40, 1 << 56]))
+def test_net_moves_sums_each_accounts_transfers_as_a_plain_loop_does(moves: list, spread: int) -> None:
+    """A replay posts a big batch of transfers as each account's net change (`clearing.core.net_moves`):
+    every account a transfer names, in increasing order, a net of 0 included, equal to adding the
+    transfers up one by one; with keys close together (summed over their range) and far apart
+    (``spread``: summed after a sort)."""
+    from clearing import core
+
+    rows = np.array([(k, 0, d * (1 + spread), c, a, 0) for k, (d, c, a) in enumerate(moves) if d != c],
+                    dtype=np.int64).reshape(-1, 6)
+    want: dict[int, int] = {}
+    for _, _, debit, credit, amount, _ in rows.tolist():
+        want[debit] = want.get(debit, 0) - amount
+        want[credit] = want.get(credit, 0) + amount
+    keys, net = core.net_moves(rows)
+    assert keys.tolist() == sorted(want) and net.tolist() == [want[k] for k in sorted(want)]
+
+
+def test_a_big_batch_of_transfers_moves_the_balances_as_small_ones_do() -> None:
+    """`Money.post` of POST_VECTOR_MIN transfers or more (a replay's chunk) ends with the balances
+    that posting them in small batches gives, accounts near and far apart alike."""
+    from exchange.money import POST_VECTOR_MIN, Money, settlement_config
+
+    rng = np.random.default_rng(7)
+    n = 4 * POST_VECTOR_MIN
+    owners = np.concatenate((rng.integers(1, 300, n // 2), rng.integers(1, 1 << 50, n - n // 2)))
+    debit = owners << 3 | 1
+    credit = np.roll(owners, 7) << 3 | rng.integers(1, 4, n)
+    rows = np.stack([np.arange(n), np.zeros(n, np.int64), debit, credit, rng.integers(1, 10**9, n),
+                     np.zeros(n, np.int64)], axis=1).astype(np.int64)
+    rows = rows[rows[:, 2] != rows[:, 3]]
+    cfg = ServerConfig(data_dir="unused")
+    big, small = Money(cfg.instruments, settlement_config(cfg)), Money(cfg.instruments, settlement_config(cfg))
+    big.post(rows)
+    for lo in range(0, len(rows), 10):
+        small.post(rows[lo:lo + 10])
+    assert big.all() == small.all() and big.state_hash() == small.state_hash() and len(big.all()) > 300
+    assert big.transfers == small.transfers == len(rows)

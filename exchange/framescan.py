@@ -24,26 +24,41 @@ HEADER_SIZE = 16
 MAX_PAYLOAD = 16 << 20  # (exchange.journal.MAX_PAYLOAD; checked there)
 
 
-def _table() -> np.ndarray:
-    t = np.zeros(256, np.uint32)
+def _tables() -> np.ndarray:
+    """CRC-32 tables for eight bytes a step ("slicing by 8"): ``t[0]`` is the classic byte table,
+    ``t[k][i]`` the CRC of byte ``i`` followed by ``k`` zero bytes."""
+    t = np.zeros((8, 256), np.uint32)
     for i in range(256):
         c = i
         for _ in range(8):
             c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        t[i] = c
+        t[0, i] = c
+    for i in range(256):
+        for k in range(1, 8):
+            t[k, i] = (int(t[k - 1, i]) >> 8) ^ int(t[0, int(t[k - 1, i]) & 0xFF])
     return t
 
 
-_CRC = _table()
+_CRC = _tables()
 _nj = njit(cache=True, nogil=True)
 
 
 @_nj
 def crc32(buf: np.ndarray, lo: int, hi: int) -> int:
-    """zlib's CRC-32 of ``buf[lo:hi]``."""
+    """zlib's CRC-32 of ``buf[lo:hi]``: eight bytes a step through the tables, the rest one by one
+    (a byte at a time cost ~0.4 µs per journal record on replay)."""
+    T = _CRC
     c = np.uint32(0xFFFFFFFF)
-    for i in range(lo, hi):
-        c = _CRC[(c ^ buf[i]) & 0xFF] ^ (c >> np.uint32(8))
+    i = lo
+    while i + 8 <= hi:
+        a = c ^ (np.uint32(buf[i]) | np.uint32(buf[i + 1]) << np.uint32(8)
+                 | np.uint32(buf[i + 2]) << np.uint32(16) | np.uint32(buf[i + 3]) << np.uint32(24))
+        c = (T[7, a & 0xFF] ^ T[6, (a >> np.uint32(8)) & 0xFF] ^ T[5, (a >> np.uint32(16)) & 0xFF]
+             ^ T[4, a >> np.uint32(24)] ^ T[3, buf[i + 4]] ^ T[2, buf[i + 5]] ^ T[1, buf[i + 6]] ^ T[0, buf[i + 7]])
+        i += 8
+    while i < hi:
+        c = T[0, (c ^ buf[i]) & 0xFF] ^ (c >> np.uint32(8))
+        i += 1
     return int(c ^ np.uint32(0xFFFFFFFF))
 
 

@@ -85,6 +85,25 @@ class Result:
     answer: dict[str, Any] | None = None
 
 
+@dataclass
+class Packed:
+    """A chunk of journal entries for `Engine.replay`, read straight from the journal
+    (`exchange.recovery`): every command without a client order id as a record of its class,
+    the other entries decoded.
+
+    ``book[k]`` is the class (an index into ``names``) of entry k when it is such a command, -1
+    otherwise; ``recs[k]`` its record; ``others`` the other entries by position.  Applying it
+    is applying the entries one after the other (`Engine.apply`)."""
+
+    names: list[str]
+    book: np.ndarray  # int64, one per entry
+    recs: np.ndarray  # COMMAND_DTYPE, one per entry (the records of the others are not read)
+    others: dict[int, Entry]
+
+    def __len__(self) -> int:
+        return len(self.book)
+
+
 def book_seq(book: Any) -> int:
     """The last event seq of a book (either engine)."""
     seq = getattr(book, "seq", None)
@@ -159,18 +178,26 @@ class Engine:
                 r.answer = answer(r.book, r.command, r.events, orders, state.leases)  # type: ignore[arg-type]
         return (out if b.want else []), b.arrays  # type: ignore[return-value]
 
-    def replay(self, chunks: Iterable[list[Entry]],
-               sink: Callable[[dict[str, np.ndarray], list[Entry]], None] | None = None) -> None:
+    def replay(self, chunks: Iterable[list[Entry] | Packed],
+               sink: Callable[[dict[str, np.ndarray], Any], None] | None = None) -> None:
         """``apply(chunk, results=False)`` for each chunk, in order, as a pipeline: while the
         books take a chunk on this thread, the exchange state and the money take the chunks
         before it, each on a thread of its own (their kernels let go of the GIL).  Each stage
         sees the chunks in journal order, so the outcome is `apply`'s, chunk by chunk
         (tests/test_engine_replay.py compares them).  ``sink(arrays, chunk)`` gets each chunk's
-        events by class once its books took it.  With one thread (``threads=1``, the reference
-        engine), plain `apply` calls."""
+        events by class once its books took it.  A chunk is a list of entries or a `Packed` one
+        (recovery reads most commands straight from the journal's bytes), which applies as
+        its entries would.  With one thread (``threads=1``, the reference engine), the stages
+        one after the other."""
         if self.threads < 2:
             for chunk in chunks:
-                _, arrays = self.apply(chunk, results=False)
+                if type(chunk) is Packed:
+                    b = self._book_packed(chunk)
+                    self._apply_state(b)
+                    self._apply_money(b)
+                    arrays = b.arrays
+                else:
+                    _, arrays = self.apply(chunk, results=False)
                 if sink is not None:
                     sink(arrays, chunk)
             return
@@ -178,7 +205,7 @@ class Engine:
         pending: deque[Future] = deque()
         try:
             for chunk in chunks:
-                b = self._book(chunk, False)
+                b = self._book_packed(chunk) if type(chunk) is Packed else self._book(chunk, False)
                 if sink is not None:
                     sink(b.arrays, chunk)
                 pending.append(stages[0].submit(self._apply_state, b))
@@ -254,6 +281,51 @@ class Engine:
             coids[name] = c if any(c) else None  # type: ignore[arg-type]
         self.seq += len(entries)
         return _Booked(entries, out, want, by_book, answers_of, funds, admin, plans, facts, parts, events, coids)
+
+    def _book_packed(self, p: Packed) -> _Booked:
+        """`_book` of a chunk read straight from the journal (replay, nothing answered): each
+        class's records go to its book in one call, in journal order; the other entries are
+        sorted as `_book` sorts them."""
+        n = len(p)
+        entries: list[Any] = [None] * n  # only the other entries are read from it (funds)
+        answers_of: dict[str, list[Prov]] = {}
+        funds: list[int] = []
+        admin: list[Entry] = []
+        by_book: dict[str, list[int]] = {}
+        for i, e in sorted(p.others.items()):
+            entries[i] = e
+            if type(e) is Prov:
+                answers_of.setdefault(e.book, []).append(e)
+            elif type(e) is Fund:
+                funds.append(i)
+            elif type(e) is Cmd:
+                raise ValueError("a packed chunk holds its commands as records, not as entries")
+            else:
+                admin.append(e)
+        plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
+        facts: dict[str, tuple[list[Command] | None, list[bool], int, int]] = {}
+        codes, first = np.unique(p.book, return_index=True)
+        for code in codes[np.argsort(first, kind="stable")].tolist():  # the books as they first come
+            if code < 0:
+                continue
+            name = p.names[code]
+            where = np.flatnonzero(p.book == code)
+            cmds = p.recs[where]
+            clock = cmds["type"] == CMD_CLOCK
+            clocks = cmds["time"][clock]
+            last_oid = int(cmds["oid"].max())
+            by_book[name] = where  # type: ignore[assignment]  (read for its names only: no client order ids)
+            plans[name] = (cmds, [(0, len(cmds))])
+            facts[name] = (None, [bool(clock[0])], last_oid, int(clocks.max()) if len(clocks) else 0)
+            if last_oid > self.last_oid:
+                self.last_oid = last_oid
+        t0 = time.perf_counter()
+        parts = self._run_books(plans)
+        self.book_seconds += time.perf_counter() - t0
+        events = {name: T.join(parts[name], T.EVENT_DTYPE) for name in by_book}
+        self.seq += n
+        return _Booked(entries, [None] * n, False, by_book, answers_of, funds, admin, plans, facts, parts, events,
+                       dict.fromkeys(by_book))
 
     def _apply_state(self, b: _Booked) -> None:
         """Stage two (a): the exchange state takes the books' events (and halts, and the first

@@ -89,3 +89,40 @@ def scan(buf: np.ndarray, offset: int, seq: int, verify_from: int, starts: np.nd
         seq += 1
         offset = end
     return n, offset
+
+
+@_nj
+def commands(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, names: np.ndarray, lens: np.ndarray,
+             rec_size: int, recs: np.ndarray, book: np.ndarray) -> int:
+    """Replay's shortcut past msgpack for the common entry: a command without a client order id.
+    For each payload ``buf[starts[k]:ends[k]]`` that is exactly `exchange.entries.Cmd` (tag 1)
+    with a book named by a row of ``names`` (``lens``: each name's length), a ``rec_size``-byte
+    record and an empty client order id, ``book[k]`` is that row and ``recs[k]`` the record;
+    for any other payload ``book[k]`` is -1 (the caller decodes it as msgpack).  Returns how many
+    were taken."""
+    taken = 0
+    for k in range(len(starts)):
+        book[k] = -1
+        p, end = starts[k], ends[k]
+        if end - p < 4 or buf[p] != 0x94 or buf[p + 1] != 0x01 or (buf[p + 2] & 0xE0) != 0xA0:
+            continue
+        n = buf[p + 2] & 0x1F
+        r = p + 3 + n  # the record's bin8 header
+        if end != r + 3 + rec_size or buf[r] != 0xC4 or buf[r + 1] != rec_size or buf[end - 1] != 0xA0:
+            continue
+        for b in range(len(lens)):
+            if lens[b] != n:
+                continue
+            same = True
+            for i in range(n):
+                if buf[p + 3 + i] != names[b, i]:
+                    same = False
+                    break
+            if same:
+                book[k] = b
+                break
+        if book[k] < 0:
+            continue
+        recs[k, :] = buf[r + 2:r + 2 + rec_size]
+        taken += 1
+    return taken

@@ -177,7 +177,7 @@ def _zero_tail(buf: bytes, offset: int) -> bool:
 _RUN = 8192  # records framed per call of the jitted scan
 
 
-def _runs(buf: bytes, seq: int, verify_from: int) -> Iterator[tuple[int, list[int], list[int]]]:
+def _runs(buf: bytes, seq: int, verify_from: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """The records of the segment image ``buf`` as runs ``(first seq, payload starts, payload
     ends)``: `_records`, with the framing and the CRCs checked by jitted code
     (`exchange.framescan`) a run at a time.  Raises _BadRecord as `_records` does."""
@@ -189,12 +189,13 @@ def _runs(buf: bytes, seq: int, verify_from: int) -> Iterator[tuple[int, list[in
     while offset < size:
         n, stop = framescan.scan(arr, offset, seq, verify_from, starts, ends)
         if n:
-            yield seq, starts[:n].tolist(), ends[:n].tolist()
+            yield seq, starts[:n].copy(), ends[:n].copy()
             seq += n
             offset = stop
         if offset < size and n < len(starts):  # stopped at a record that is not good: say what is wrong
             _, start, end = next(_records(buf, seq, verify_from, offset))  # (raises _BadRecord)
-            yield seq, [start], [end]  # good after all: the slow check is the judge
+            # good after all: the slow check is the judge
+            yield seq, np.array([start], np.int64), np.array([end], np.int64)
             seq += 1
             offset = end
 
@@ -246,6 +247,15 @@ def read(directory: str | Path, from_seq: int = 1, to_seq: int | None = None) ->
 def read_runs(directory: str | Path, from_seq: int = 1, to_seq: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
     """`read`'s records a run at a time: ``(seq of the first, payloads)``, up to a few thousand
     per run (replay takes them so; each record checked as `read` checks it)."""
+    for seq, buf, starts, ends in read_spans(directory, from_seq, to_seq):
+        yield seq, [buf[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def read_spans(directory: str | Path, from_seq: int = 1,
+               to_seq: int | None = None) -> Iterator[tuple[int, bytes, np.ndarray, np.ndarray]]:
+    """`read_runs` without the payloads cut out: ``(seq of the first, segment image, payload
+    starts, payload ends)``, the bounds as int64 arrays into the image (replay reads most
+    records straight from it, `exchange.framescan.commands`)."""
     if from_seq < 1:
         raise ValueError(f"from_seq must be at least 1, not {from_seq}")
     if to_seq is not None and to_seq < from_seq:
@@ -273,7 +283,7 @@ def read_runs(directory: str | Path, from_seq: int = 1, to_seq: int | None = Non
                 lo = max(0, from_seq - seq)
                 hi = len(starts) if to_seq is None else min(len(starts), to_seq - seq + 1)
                 if lo < hi:
-                    yield seq + lo, [buf[a:b] for a, b in zip(starts[lo:hi], ends[lo:hi], strict=True)]
+                    yield seq + lo, buf, starts[lo:hi], ends[lo:hi]
                 if to_seq is not None and expected > to_seq:
                     return
         except _BadRecord as bad:

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from exchange import framescan
 from exchange.config import ServerConfig
-from exchange.engine import Engine
-from exchange.entries import Entry, Fund, Prov, decode_entries
-from exchange.journal import read_runs
+from exchange.engine import Engine, Packed
+from exchange.entries import Cmd, Entry, Fund, Prov, decode_entries
+from exchange.journal import read_spans
 from exchange.money import settlement_config
 from exchange.snapshots import snapshots
+from orderbook.types import COMMAND_DTYPE
 
 log = logging.getLogger("gpux.recovery")
 # journal entries per chunk of the replay pipeline: each chunk costs a few Python calls per stage
@@ -69,25 +71,60 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
 def replay(engine: Engine, journal_dir: Path,
            sink: Callable[[dict[str, np.ndarray], list[Prov], list[Fund]], None] | None = None) -> int:
     """Apply every journal entry after ``engine.seq``, REPLAY_CHUNK at a time through the
-    engine's pipeline (`Engine.replay`); returns how many were applied."""
+    engine's pipeline (`Engine.replay`); returns how many were applied.  A chunk's commands
+    without a client order id are read straight from the journal's bytes into records
+    (`Packed`); a chunk with a command that has one is decoded entry by entry."""
     start = engine.seq
+    names = list(engine.books)
+    encoded = [n.encode() for n in names]
+    table = np.zeros((len(names), max(1, *map(len, encoded))), np.uint8)
+    for k, e in enumerate(encoded):
+        table[k, :len(e)] = np.frombuffer(e, np.uint8)
+    lens = np.array([len(e) for e in encoded], np.int64)
 
-    def chunks() -> Iterator[list[Entry]]:
+    def pack(runs: list[tuple[bytes, np.ndarray, np.ndarray]]) -> Packed | list[Entry]:
+        n = sum(len(s) for _, s, _ in runs)
+        book = np.empty(n, np.int64)
+        recs = np.empty(n, COMMAND_DTYPE)
+        raw = recs.view(np.uint8).reshape(n, COMMAND_DTYPE.itemsize)
+        others: dict[int, Entry] = {}
+        at = 0
+        for buf, starts, ends in runs:
+            m = len(starts)
+            framescan.commands(np.frombuffer(buf, np.uint8), starts, ends, table, lens, COMMAND_DTYPE.itemsize,
+                               raw[at:at + m], book[at:at + m])
+            rest = np.flatnonzero(book[at:at + m] < 0).tolist()
+            if rest:
+                decoded = decode_entries([buf[starts[k]:ends[k]] for k in rest])
+                if any(type(e) is Cmd for e in decoded):  # a client order id: every entry as itself
+                    return decode_entries([buf[a:b] for buf, s, e in runs
+                                           for a, b in zip(s.tolist(), e.tolist(), strict=True)])
+                others.update(zip([at + k for k in rest], decoded, strict=True))
+            at += m
+        return Packed(names, book, recs, others)
+
+    def chunks() -> Iterator[Packed | list[Entry]]:
         expect = start + 1
-        payloads: list[bytes] = []
-        for seq, run in read_runs(journal_dir, from_seq=start + 1):
+        runs: list[tuple[bytes, np.ndarray, np.ndarray]] = []
+        count = 0
+        for seq, buf, starts, ends in read_spans(journal_dir, from_seq=start + 1):
             if seq != expect:
                 raise RuntimeError(f"journal gap: expected seq {expect}, found {seq}")
-            expect += len(run)
-            payloads += run
-            while len(payloads) >= REPLAY_CHUNK:
-                yield decode_entries(payloads[:REPLAY_CHUNK])  # one call per chunk
-                payloads = payloads[REPLAY_CHUNK:]
-        if payloads:
-            yield decode_entries(payloads)
+            expect += len(starts)
+            while len(starts):
+                take = min(len(starts), REPLAY_CHUNK - count)
+                runs.append((buf, starts[:take], ends[:take]))
+                count += take
+                starts, ends = starts[take:], ends[take:]
+                if count == REPLAY_CHUNK:
+                    yield pack(runs)
+                    runs, count = [], 0
+        if runs:
+            yield pack(runs)
 
-    def handed(arrays: dict[str, np.ndarray], chunk: list[Entry]) -> None:
-        sink(arrays, [e for e in chunk if type(e) is Prov], [e for e in chunk if type(e) is Fund])  # type: ignore[misc]
+    def handed(arrays: dict[str, np.ndarray], chunk: Packed | list[Entry]) -> None:
+        entries = [e for _, e in sorted(chunk.others.items())] if type(chunk) is Packed else chunk
+        sink(arrays, [e for e in entries if type(e) is Prov], [e for e in entries if type(e) is Fund])  # type: ignore[misc]
 
     engine.replay(chunks(), handed if sink is not None else None)
     return engine.seq - start

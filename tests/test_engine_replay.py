@@ -286,6 +286,63 @@ def test_the_replay_pipeline_ends_where_applying_chunk_by_chunk_does(seed: int) 
     assert all(t.startswith("replay-money") for t in where["money"]) and where["money"]
 
 
+@pytest.mark.parametrize("seed,threads,coids", [(0, 2, False), (1, 1, False), (2, 2, True)])
+def test_recovery_reading_commands_straight_from_the_journal_ends_as_applying_the_entries(
+        tmp_path: Path, monkeypatch, seed: int, threads: int, coids: bool) -> None:
+    """Recovery reads a chunk's commands without a client order id straight from the journal's
+    bytes into records (`exchange.engine.Packed`) and decodes only the other entries (deposits,
+    withdrawals, halts, provisioning answers): the engine ends as one that applied the decoded
+    entries chunk by chunk, and the sink gets the same events, answers and funds.  A chunk with a
+    client order id in it is decoded entry by entry."""
+    from exchange import recovery as R
+    from exchange.entries import Prov
+
+    rng = random.Random(seed)
+    entries: list[Entry] = []
+    for e in funded_entries(seed, 400):
+        if type(e) is Cmd and e.coid and not (coids and rng.random() < 0.05):
+            e = Cmd(e.book, e.rec, "")
+        entries.append(e)
+        if rng.random() < 0.03:
+            entries.append(Prov(rng.choice(BOOKS), rng.randint(1, 60), rng.random() < 0.5, 0, 0))
+    write_journal(tmp_path / "journal", entries, rng, segment_bytes=3000)
+    chunk = 37
+    monkeypatch.setattr(R, "REPLAY_CHUNK", chunk)
+    money = SettlementConfig(fees=fees_from_instruments(INSTRUMENTS), auto_ready=False)  # answers count (R18)
+    one = Engine(INSTRUMENTS, "numba", threads=1, money=money)
+    handed_one = []
+    for lo in range(0, len(entries), chunk):
+        part = entries[lo:lo + chunk]
+        arrays = one.apply(part, results=False)[1]
+        handed_one.append(({n: a.tolist() for n, a in arrays.items()}, [e for e in part if type(e) is Prov],
+                           [e for e in part if type(e) is Fund]))
+    read = Engine(INSTRUMENTS, "numba", threads=threads, money=money)
+    packed = 0
+    book_packed = read._book_packed
+
+    def counted(p: Any) -> Any:
+        nonlocal packed
+        packed += 1
+        return book_packed(p)
+
+    read._book_packed = counted  # type: ignore[method-assign]
+    handed: list[tuple] = []
+    try:
+        n = R.replay(read, tmp_path / "journal",
+                     lambda arrays, answers, funds: handed.append(({k: a.tolist() for k, a in arrays.items()},
+                                                                  answers, funds)))
+        assert n == len(entries)
+        assert_same_engine(one, read)
+        assert read.money.state_hash() == one.money.state_hash() and read.money.all() == one.money.all()
+        assert handed == handed_one
+    finally:
+        read.close()
+        one.close()
+    chunks = -(-len(entries) // chunk)
+    assert 0 < packed <= chunks and (packed < chunks) == coids
+    assert any(type(e) is Prov for e in entries) and any(type(e) is Admin for e in entries)
+
+
 def test_a_failing_stage_stops_the_replay_with_its_error(monkeypatch) -> None:
     """An error in the state or money stage (a bug, a broken table) ends `Engine.replay` with
     that error; nothing goes on silently past it."""

@@ -906,3 +906,10 @@ def net_moves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             out[m] = 0
         out[m] += moves[order[j]]
     return keys[:m + 1].copy(), out[:m + 1].copy()
+
+
+@_nj
+def fill_map(d: Any, keys: np.ndarray, values: np.ndarray) -> None:
+    """``d[keys[i]] = values[i]`` for every i (a restore's many entries: one call, not one each)."""
+    for i in range(len(keys)):
+        d[keys[i]] = values[i]

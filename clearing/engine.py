@@ -560,11 +560,14 @@ class SettlementEngine:
         leases = sorted(leases, key=lambda x: x.trade_id)
         c = self.classes[cls] = self._new_state(cls, seq, clock)
         c.reserve(max(len(bids), len(leases)))
-        for oid, b in bids:
-            s = c.bfree[c.S[core.S_BFREE] - 1]
-            c.S[core.S_BFREE] -= 1
-            c.B[s] = (oid, b.account, b.hpg, b.remaining, 0)
-            c.bmap[oid] = s
+        if bids:  # each bid takes the top free slot, as a bid taken live does; rows and map at once
+            top = int(c.S[core.S_BFREE])
+            taken = c.bfree[top - len(bids):top][::-1].copy()
+            c.S[core.S_BFREE] = top - len(bids)
+            rows = np.array([(oid, b.account, b.hpg, b.remaining) for oid, b in bids], np.int64)
+            c.B[taken, :4] = rows
+            c.B[taken, 4:] = 0
+            core.fill_map(c.bmap, rows[:, 0].copy(), taken)
         slots = np.empty(len(leases), np.int64)
         tail: dict[int, int] = {}  # parent trade id -> slot of its last sub-lease so far
         for i, x in enumerate(leases):

@@ -74,23 +74,34 @@ def warm() -> float:
 
 def _warm_core(cmds: np.ndarray, now: int) -> None:
     """The core's own jitted parts: the exchange state's tables (`exchange.statecore`: a batch
-    with a client order id, the reads, a snapshot restored) and the journal's framing check
-    (`exchange.framescan`), through a journal written and read back."""
+    with a client order id, the reads, a snapshot restored), the journal's framing check and
+    replay's record reader (`exchange.framescan`), through a journal written, read back and
+    replayed, and the money's bulk helpers."""
     import tempfile
+    from pathlib import Path
 
+    from clearing import core
+    from clearing.engine import _int_dict
     from exchange.config import Instrument
     from exchange.engine import Engine
     from exchange.entries import Cmd, decode_entry, encode_entry
     from exchange.journal import Journal, read_runs
+    from exchange.recovery import replay
     from orderbook.config import BookConfig
     from orderbook.types import HOUR
 
     entries = [Cmd("W", cmds[i:i + 1].tobytes(), "warm" if i == 1 else "") for i in range(len(cmds))]
+    instruments = {"W": Instrument(BookConfig(name="W"))}
     with tempfile.TemporaryDirectory(prefix="gpux-warm-") as tmp:
         with Journal.open(tmp, fsync=False) as journal:
             journal.append([encode_entry(e) for e in entries])
         entries = [decode_entry(p) for _, run in read_runs(tmp) for p in run]
-    engine = Engine({"W": Instrument(BookConfig(name="W"))}, "numba")
+        replayed = Engine(instruments, "numba")
+        replay(replayed, Path(tmp))  # commands read straight from the journal's bytes (framescan.commands)
+        replayed.close()
+    core.net_moves(np.zeros((0, 6), np.int64))  # a replay's big posts
+    core.fill_map(_int_dict(), np.zeros(0, np.int64), np.zeros(0, np.int64))  # a snapshot's open bids
+    engine = Engine(instruments, "numba")
     engine.apply(entries[:3], answers=True)
     engine.apply(entries[3:], results=False)
     st = engine.state

@@ -191,21 +191,17 @@ class Engine:
         one after the other."""
         if self.threads < 2:
             for chunk in chunks:
-                if type(chunk) is Packed:
-                    b = self._book_packed(chunk)
-                    self._apply_state(b)
-                    self._apply_money(b)
-                    arrays = b.arrays
-                else:
-                    _, arrays = self.apply(chunk, results=False)
+                b = self._book_chunk(chunk)
+                self._apply_state(b)
+                self._apply_money(b)
                 if sink is not None:
-                    sink(arrays, chunk)
+                    sink(b.arrays, chunk)
             return
         stages = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replay-{n}") for n in ("state", "money")]
         pending: deque[Future] = deque()
         try:
             for chunk in chunks:
-                b = self._book_packed(chunk) if type(chunk) is Packed else self._book(chunk, False)
+                b = self._book_chunk(chunk)
                 if sink is not None:
                     sink(b.arrays, chunk)
                 pending.append(stages[0].submit(self._apply_state, b))
@@ -270,9 +266,7 @@ class Engine:
             facts[name] = (cmd_list, is_clock, last_oid, tick)
             if last_oid > self.last_oid:
                 self.last_oid = last_oid
-        t0 = time.perf_counter()
         parts = self._run_books(plans)
-        self.book_seconds += time.perf_counter() - t0
         events: dict[str, np.ndarray] = {}
         coids: dict[str, list[str] | None] = {}
         for name, idx in by_book.items():
@@ -281,6 +275,10 @@ class Engine:
             coids[name] = c if any(c) else None  # type: ignore[arg-type]
         self.seq += len(entries)
         return _Booked(entries, out, want, by_book, answers_of, funds, admin, plans, facts, parts, events, coids)
+
+    def _book_chunk(self, chunk: list[Entry] | Packed) -> _Booked:
+        """Stage one for a replay's chunk, either kind (nothing answered)."""
+        return self._book_packed(chunk) if type(chunk) is Packed else self._book(chunk, False)  # type: ignore[arg-type]
 
     def _book_packed(self, p: Packed) -> _Booked:
         """`_book` of a chunk read straight from the journal (replay, nothing answered): each
@@ -319,9 +317,7 @@ class Engine:
             facts[name] = (None, [bool(clock[0])], last_oid, int(clocks.max()) if len(clocks) else 0)
             if last_oid > self.last_oid:
                 self.last_oid = last_oid
-        t0 = time.perf_counter()
         parts = self._run_books(plans)
-        self.book_seconds += time.perf_counter() - t0
         events = {name: T.join(parts[name], T.EVENT_DTYPE) for name in by_book}
         self.seq += n
         return _Booked(entries, [None] * n, False, by_book, answers_of, funds, admin, plans, facts, parts, events,
@@ -397,6 +393,13 @@ class Engine:
         on worker threads at once, one book per thread; each book still sees its spans in order.
         What comes out does not depend on it: the exchange state is updated afterwards, book by
         book, in the same order as on one thread."""
+        t0 = time.perf_counter()
+        try:
+            return self._run_plans(plans)
+        finally:
+            self.book_seconds += time.perf_counter() - t0
+
+    def _run_plans(self, plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]) -> dict[str, list[np.ndarray]]:
         def run(name: str) -> list[np.ndarray]:
             book = self.books[name]
             cmds, spans = plans[name]

@@ -93,14 +93,12 @@ def scan(buf: np.ndarray, offset: int, seq: int, verify_from: int, starts: np.nd
 
 @_nj
 def commands(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, names: np.ndarray, lens: np.ndarray,
-             rec_size: int, recs: np.ndarray, book: np.ndarray) -> int:
+             rec_size: int, recs: np.ndarray, book: np.ndarray) -> None:
     """Replay's shortcut past msgpack for the common entry: a command without a client order id.
     For each payload ``buf[starts[k]:ends[k]]`` that is exactly `exchange.entries.Cmd` (tag 1)
     with a book named by a row of ``names`` (``lens``: each name's length), a ``rec_size``-byte
     record and an empty client order id, ``book[k]`` is that row and ``recs[k]`` the record;
-    for any other payload ``book[k]`` is -1 (the caller decodes it as msgpack).  Returns how many
-    were taken."""
-    taken = 0
+    for any other payload ``book[k]`` is -1 (the caller decodes it as msgpack)."""
     for k in range(len(starts)):
         book[k] = -1
         p, end = starts[k], ends[k]
@@ -124,5 +122,3 @@ def commands(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, names: np.nd
         if book[k] < 0:
             continue
         recs[k, :] = buf[r + 2:r + 2 + rec_size]
-        taken += 1
-    return taken

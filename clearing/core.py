@@ -131,10 +131,9 @@ _fee, _hold_per_gpu, _lease_value = _jitted(money, "fee", "hold_per_gpu", "lease
 # ---------------------------------------------------------------------- small pieces
 @_nj
 def _look(d: dict, k: int) -> int:
-    """``d[k]``, or -1 (a typed dict's ``get`` gives an Optional, which cannot index an array)."""
-    if k in d:
-        return d[k]
-    return -1
+    """``d[k]``, or -1, in one hash lookup (``k in d`` then ``d[k]`` is two).  A typed dict's
+    ``get`` gives an Optional, which cannot index an array; ``+ 0`` makes it an int."""
+    return d.get(k, -1) + 0
 
 
 @_nj

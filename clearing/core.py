@@ -4,8 +4,10 @@
 numpy arrays that these functions change in place (the book does the same, `orderbook/fast.py`):
 
 * ``L`` — one row of ``NL`` int64 per lease (the `Lease` fields in order, strings as codes,
-  then the timetable and bookkeeping columns below); ``lmap`` — trade id -> row;
-* ``B`` — one row per open bid (oid, account, hold per GPU, remaining GPUs, flags); ``bmap``;
+  then the timetable and bookkeeping columns below); ``lmap`` — trade id -> row (a
+  `clearing.intmap`, like ``bmap``);
+* ``B`` — one row per open bid (oid, account, hold per GPU, remaining GPUs, flags); ``bmap`` —
+  order id -> row;
 * ``heap`` — the timetable, rows ``(due, trade id)`` (lazily invalidated: an entry counts only
   while its lease's ``DUE`` column still says that time);
 * ``S`` — the class's scalars (seq, clock, counters, list lengths); ``K`` — its constants
@@ -23,12 +25,11 @@ Integer arithmetic is int64 here: `engine` refuses events whose lease value coul
 from __future__ import annotations
 
 import types
-from typing import Any
 
 import numpy as np
 from numba import njit
 
-from clearing import ids, leases, money
+from clearing import ids, intmap, leases, money
 from orderbook import jitcache
 from orderbook import types as book_types
 
@@ -129,13 +130,6 @@ _fee, _hold_per_gpu, _lease_value = _jitted(money, "fee", "hold_per_gpu", "lease
 
 
 # ---------------------------------------------------------------------- small pieces
-@_nj
-def _look(d: dict, k: int) -> int:
-    """``d[k]``, or -1, in one hash lookup (``k in d`` then ``d[k]`` is two).  A typed dict's
-    ``get`` gives an Optional, which cannot index an array; ``+ 0`` makes it an int."""
-    return d.get(k, -1) + 0
-
-
 @_nj
 def _grown(out: np.ndarray, n: int) -> np.ndarray:
     """``out`` with twice the rows (element by element: a slice copy costs seconds of compile time)."""
@@ -322,21 +316,21 @@ def settle_earnings(L: np.ndarray, s: int, ref: int, cause: int, time: int, out:
 
 # ---------------------------------------------------------------------- the timetable
 @_nj
-def _drop(L: np.ndarray, lmap: dict, S: np.ndarray, gl: np.ndarray, s: int) -> None:
+def _drop(L: np.ndarray, lmap: np.ndarray, S: np.ndarray, gl: np.ndarray, s: int) -> None:
     """(reference `_drop`) The lease leaves the engine; its row is freed at the next take."""
     tid = L[s, TID]
-    if _look(lmap, tid) == s:
-        del lmap[tid]
+    if intmap.get(lmap, tid) == s:
+        intmap.delete(lmap, tid)
     L[s, DUE] = -1
     L[s, CHILD] = 0
     parent = L[s, RESALE]
     if parent:
-        p = _look(lmap, parent)
+        p = intmap.get(lmap, parent)
         if p >= 0:  # unlink from the parent's sub-leases
             prev = -1
             c = L[p, CHILD]
             while c:
-                cs = _look(lmap, c)
+                cs = intmap.get(lmap, c)
                 nxt = L[cs, SIB] if cs >= 0 else 0
                 if c == tid:
                     if prev < 0:
@@ -353,7 +347,7 @@ def _drop(L: np.ndarray, lmap: dict, S: np.ndarray, gl: np.ndarray, s: int) -> N
 
 
 @_nj
-def _schedule_next(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, gl: np.ndarray,
+def _schedule_next(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarray, K: np.ndarray, gl: np.ndarray,
                    s: int, now: int) -> None:
     """(reference `_schedule_next`) Put the lease on the timetable for its next transition (or drop it)."""
     st = L[s, STATUS]
@@ -384,7 +378,7 @@ def _schedule_next(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K
 
 
 @_nj
-def _fail(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
+def _fail(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
           gl: np.ndarray, stack: np.ndarray, s: int, reason: int, arg: int, time: int,
           out: np.ndarray) -> np.ndarray:
     """(reference `_fail`) The lease fails, refunded in full; its sub-leases not ready yet fail
@@ -409,7 +403,7 @@ def _fail(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndar
         _dirty_lease(L, S, dl, x)
         c = L[x, CHILD]
         while c:
-            cs = _look(lmap, c)
+            cs = intmap.get(lmap, c)
             if cs < 0:
                 break
             stack[n] = cs
@@ -423,7 +417,7 @@ def _fail(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndar
 
 
 @_nj
-def _meter(L: np.ndarray, lmap: dict, S: np.ndarray, K: np.ndarray, gl: np.ndarray, s: int, now: int,
+def _meter(L: np.ndarray, lmap: np.ndarray, S: np.ndarray, K: np.ndarray, gl: np.ndarray, s: int, now: int,
            earnings_only: bool, out: np.ndarray) -> tuple[np.ndarray, int]:
     """(reference: the READY part of `_advance`, and its copy in `_advance_class`) A ready lease's
     metering points up to ``now`` (metered kinds), then its end if that passed (status from how
@@ -457,7 +451,7 @@ def _meter(L: np.ndarray, lmap: dict, S: np.ndarray, K: np.ndarray, gl: np.ndarr
 
 
 @_nj
-def _advance(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
+def _advance(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
              gl: np.ndarray, stack: np.ndarray, s: int, now: int, out: np.ndarray) -> np.ndarray:
     """(reference `_advance`) Every transition of the lease due at or before ``now``, each at
     its own time; then schedule the next one."""
@@ -486,13 +480,13 @@ def _advance(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.n
 
 
 @_nj
-def advance_class(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
+def advance_class(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
                   gl: np.ndarray, stack: np.ndarray, now: int, out: np.ndarray) -> np.ndarray:
     """(reference `_advance_class`) Every lease due at or before ``now``."""
     while S[S_NHEAP] and heap[0, 0] <= now:
         due, tid = heap[0, 0], heap[0, 1]
         _hpop(heap, S)
-        s = _look(lmap, tid)
+        s = intmap.get(lmap, tid)
         if s < 0 or L[s, DUE] != due:
             continue  # stale entry
         L[s, DUE] = -1
@@ -513,10 +507,10 @@ def advance_class(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K:
 
 # ---------------------------------------------------------------------- events
 @_nj
-def _close_bid(B: np.ndarray, bmap: dict, S: np.ndarray, db: np.ndarray, gb: np.ndarray, s: int) -> None:
+def _close_bid(B: np.ndarray, bmap: np.ndarray, S: np.ndarray, db: np.ndarray, gb: np.ndarray, s: int) -> None:
     """(reference `_forget_bid`) The bid left: its row is deleted at the next take unless it
     was opened since the last one; its slot is freed then."""
-    del bmap[B[s, B_OID]]
+    intmap.delete(bmap, B[s, B_OID])
     B[s, B_FLAGS] |= GONE
     _dirty_bid(B, S, db, s)
     gb[S[S_NGB]] = s
@@ -524,19 +518,19 @@ def _close_bid(B: np.ndarray, bmap: dict, S: np.ndarray, db: np.ndarray, gb: np.
 
 
 @_nj
-def _new_bid_slot(B: np.ndarray, bmap: dict, bfree: np.ndarray, S: np.ndarray, oid: int) -> int:
-    s = _look(bmap, oid)
+def _new_bid_slot(B: np.ndarray, bmap: np.ndarray, bfree: np.ndarray, S: np.ndarray, oid: int) -> int:
+    s = intmap.get(bmap, oid)
     if s >= 0:
         return s
     S[S_BFREE] -= 1
     s = bfree[S[S_BFREE]]
-    bmap[oid] = s
+    intmap.put(bmap, oid, s)
     B[s, B_FLAGS] = 0
     return s
 
 
 @_nj
-def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dict, heap: np.ndarray,
+def _trade(L: np.ndarray, lmap: np.ndarray, lfree: np.ndarray, B: np.ndarray, bmap: np.ndarray, heap: np.ndarray,
            S: np.ndarray, K: np.ndarray, dl: np.ndarray, db: np.ndarray, gl: np.ndarray, gb: np.ndarray,
            stack: np.ndarray, ev: np.ndarray, out: np.ndarray) -> np.ndarray:
     """(reference `_trade`) A fill: the buyer's escrow pays the lease (and fee); a pending lease."""
@@ -551,7 +545,7 @@ def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: di
     ref = K[K_TRADE_REF] | tid
     b = buyer << ACCOUNT_SHIFT
     src = b | AVAILABLE
-    bs = _look(bmap, oid)
+    bs = intmap.get(bmap, oid)
     if bs >= 0:
         src = b | ESCROW
         rest = gpus * B[bs, B_HPG] - cost - buyer_fee
@@ -592,18 +586,18 @@ def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: di
     L[s, BUYER_FEE_PAID] = buyer_fee
     L[s, DUE] = -1
     L[s, LFLAGS] = LIVE
-    lmap[tid] = s
+    intmap.put(lmap, tid, s)
     S[S_LIVE] += 1
     parent = ev[R_LEASE]
     if parent:  # a sub-lease (R16): last among its parent's
-        p = _look(lmap, parent)
+        p = intmap.get(lmap, parent)
         if p >= 0:
             c = L[p, CHILD]
             if not c:
                 L[p, CHILD] = tid
             else:
                 while True:
-                    cs = _look(lmap, c)
+                    cs = intmap.get(lmap, c)
                     if cs < 0 or not L[cs, SIB]:
                         break
                     c = L[cs, SIB]
@@ -628,7 +622,7 @@ def _trade(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: di
 
 
 @_nj
-def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dict, bfree: np.ndarray,
+def apply(L: np.ndarray, lmap: np.ndarray, lfree: np.ndarray, B: np.ndarray, bmap: np.ndarray, bfree: np.ndarray,
           heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray, db: np.ndarray, gl: np.ndarray,
           gb: np.ndarray, stack: np.ndarray, rows: np.ndarray, last_time: int, out: np.ndarray) -> np.ndarray:
     """(reference `SettlementEngine.apply`, after the events were checked and filtered) Apply
@@ -658,7 +652,7 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
                 a = ev[R_ACC] << ACCOUNT_SHIFT
                 out = _emit(out, S, K[K_ORDER_REF] | oid, HOLD, a | AVAILABLE, a | ESCROW, hold, t)
         elif typ == EV_CANCELLED or typ == EV_EXPIRED:  # (reference `_bid_closed`)
-            s = _look(bmap, ev[R_OID])
+            s = intmap.get(bmap, ev[R_OID])
             if s >= 0:
                 _close_bid(B, bmap, S, db, gb, s)
                 if B[s, B_REM]:
@@ -666,7 +660,7 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
                     out = _emit(out, S, K[K_ORDER_REF] | ev[R_OID], RELEASE, a | ESCROW, a | AVAILABLE,
                                 B[s, B_REM] * B[s, B_HPG], S[S_CLOCK])
         elif typ == EV_AMENDED:  # (reference `_bid_amended`)
-            s = _look(bmap, ev[R_OID])
+            s = intmap.get(bmap, ev[R_OID])
             if s >= 0:
                 freed = (B[s, B_REM] - ev[R_REM]) * B[s, B_HPG]
                 B[s, B_REM] = ev[R_REM]
@@ -676,7 +670,7 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
                     out = _emit(out, S, K[K_ORDER_REF] | ev[R_OID], ev[R_SEQ] << PARAM_SHIFT | AMEND, a | ESCROW,
                                 a | AVAILABLE, freed, t)
         else:  # EV_PREEMPTED, EV_RELEASED (reference `_cut`): the lease now ends at the event's end
-            s = _look(lmap, ev[R_TID])
+            s = intmap.get(lmap, ev[R_TID])
             if s >= 0:
                 new_end = ev[R_END] if ev[R_END] < L[s, END] else L[s, END]
                 if new_end < L[s, START]:
@@ -698,7 +692,7 @@ def apply(L: np.ndarray, lmap: dict, lfree: np.ndarray, B: np.ndarray, bmap: dic
 
 # ---------------------------------------------------------------------- provisioning answers (R18)
 @_nj
-def mark(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
+def mark(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
          gl: np.ndarray, stack: np.ndarray, s: int, what: int, t: int, reason: int, out: np.ndarray) -> np.ndarray:
     """(reference `mark_provisioning` / `mark_ready` / `mark_failed`, once the Python side checked
     the lease's state) ``what``: PROVISIONING, READY or FAILED."""
@@ -718,7 +712,7 @@ def mark(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarr
 
 
 @_nj
-def schedule_all(L: np.ndarray, lmap: dict, heap: np.ndarray, S: np.ndarray, K: np.ndarray, gl: np.ndarray,
+def schedule_all(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarray, K: np.ndarray, gl: np.ndarray,
                  slots: np.ndarray) -> None:
     """(reference `restore`) Put restored leases on the timetable, in trade id order."""
     for i in range(slots.shape[0]):
@@ -755,20 +749,6 @@ def _free_gone(T: np.ndarray, flags: int, free: np.ndarray, S: np.ndarray, nfree
         free[S[nfree]] = s
         S[nfree] += 1
     S[ngone] = 0
-
-
-@_nj
-def dict_items(d: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The keys and values of a typed int64 -> int64 dict, as two arrays (in the dict's order)."""
-    n = len(d)
-    keys = np.empty(n, np.int64)
-    values = np.empty(n, np.int64)
-    i = 0
-    for k, v in d.items():
-        keys[i] = k
-        values[i] = v
-        i += 1
-    return keys, values
 
 
 @_nj
@@ -905,10 +885,3 @@ def net_moves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             out[m] = 0
         out[m] += moves[order[j]]
     return keys[:m + 1].copy(), out[:m + 1].copy()
-
-
-@_nj
-def fill_map(d: Any, keys: np.ndarray, values: np.ndarray) -> None:
-    """``d[keys[i]] = values[i]`` for every i (a restore's many entries: one call, not one each)."""
-    for i in range(len(keys)):
-        d[keys[i]] = values[i]

@@ -38,9 +38,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
-from numba import typed, types
 
-from clearing import core, ids, money
+from clearing import core, ids, intmap, money
 from clearing.events import as_events
 from clearing.leases import FAILED, PENDING, PROVISIONING, READY, STATUSES, Lease
 from orderbook.types import (
@@ -168,10 +167,6 @@ class Changes:
     cursors: set[str] = field(default_factory=set)
 
 
-def _int_dict() -> Any:
-    return typed.Dict.empty(types.int64, types.int64)
-
-
 class ClassState:
     """Everything settlement keeps for one GPU class: `clearing.core`'s arrays."""
 
@@ -192,8 +187,8 @@ class ClassState:
         self.K[core.K_LEASE_REF] = ids.class_base(ids.LEASE, code)
         self.S = np.zeros(core.NS, np.int64)
         self.S[core.S_SEQ], self.S[core.S_CLOCK] = seq, clock
-        self.lmap = _int_dict()
-        self.bmap = _int_dict()
+        self.lmap = intmap.new()  # trade id -> row of L
+        self.bmap = intmap.new()  # order id -> row of B
         self.L = np.zeros((0, core.NL), np.int64)
         self.B = np.zeros((0, core.NB), np.int64)
         self.lfree = self.dl = self.gl = self.stack = self.bfree = self.db = self.gb = np.zeros(0, np.int64)
@@ -250,7 +245,10 @@ class ClassState:
         self._grow("B", "bfree", core.S_BFREE, ("db", "gb"), extra)
 
     def reserve(self, n: int) -> None:
-        """Room for ``n`` more events: a lease or bid each, and the timetable's pushes."""
+        """Room for ``n`` more events: a lease or bid each (rows and map entries), and the
+        timetable's pushes."""
+        self.lmap = intmap.room(self.lmap, n)
+        self.bmap = intmap.room(self.bmap, n)
         if self.S[core.S_LFREE] < n:
             self._grow_leases(n)
         if self.S[core.S_BFREE] < n:
@@ -282,7 +280,7 @@ class ClassState:
 
     # ------------------------------------------------------------------ reading out
     def slot(self, trade_id: int) -> int:
-        return self.lmap.get(trade_id, -1)
+        return intmap.get(self.lmap, trade_id)
 
     def reason(self, code: int, arg: int, trade_id: int) -> str:
         if code == core.REASON_PARENT:
@@ -353,17 +351,17 @@ class _Bids(Mapping[int, Bid]):
         self.c = c
 
     def __getitem__(self, oid: int) -> Bid:
-        s = self.c.bmap.get(oid, -1)
+        s = intmap.get(self.c.bmap, oid)
         if s < 0:
             raise KeyError(oid)
         _, account, hpg, rem, _ = self.c.B[s].tolist()
         return Bid(account, hpg, rem)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(sorted(int(o) for o in self.c.bmap.keys()))
+        return iter(sorted(intmap.items(self.c.bmap)[0].tolist()))
 
     def __len__(self) -> int:
-        return len(self.c.bmap)
+        return intmap.size(self.c.bmap)
 
 
 class SettlementEngine:
@@ -567,7 +565,7 @@ class SettlementEngine:
             rows = np.array([(oid, b.account, b.hpg, b.remaining) for oid, b in bids], np.int64)
             c.B[taken, :4] = rows
             c.B[taken, 4:] = 0
-            core.fill_map(c.bmap, rows[:, 0].copy(), taken)
+            intmap.fill(c.bmap, rows[:, 0].copy(), taken)
         slots = np.empty(len(leases), np.int64)
         tail: dict[int, int] = {}  # parent trade id -> slot of its last sub-lease so far
         for i, x in enumerate(leases):
@@ -581,13 +579,14 @@ class SettlementEngine:
                    _STATUS_CODES[x.status], x.ready_at, x.metered_to, _ENDED_BY_CODES[x.ended_by], code,
                    x.cost, x.buyer_fee, x.earned, x.provider_fee, x.refunded, -1, 0, 0, 0, 0, 0]
             c.L[s] = row
-            c.lmap[x.trade_id] = s
+            intmap.put(c.lmap, x.trade_id, s)
             c.L[s, core.LFLAGS] = core.LIVE
             slots[i] = s
-            if x.resale_of and x.resale_of in c.lmap:
+            parent = intmap.get(c.lmap, x.resale_of) if x.resale_of else -1
+            if parent >= 0:
                 prev = tail.get(x.resale_of)
                 if prev is None:
-                    c.L[c.lmap[x.resale_of], core.CHILD] = x.trade_id
+                    c.L[parent, core.CHILD] = x.trade_id
                 else:
                     c.L[prev, core.SIB] = x.trade_id
                 tail[x.resale_of] = s

@@ -80,8 +80,7 @@ def _warm_core(cmds: np.ndarray, now: int) -> None:
     import tempfile
     from pathlib import Path
 
-    from clearing import core
-    from clearing.engine import _int_dict
+    from clearing import core, intmap
     from exchange.config import Instrument
     from exchange.engine import Engine
     from exchange.entries import Cmd, decode_entry, encode_entry
@@ -100,7 +99,7 @@ def _warm_core(cmds: np.ndarray, now: int) -> None:
         replay(replayed, Path(tmp))  # commands read straight from the journal's bytes (framescan.commands)
         replayed.close()
     core.net_moves(np.zeros((0, 6), np.int64))  # a replay's big posts
-    core.fill_map(_int_dict(), np.zeros(0, np.int64), np.zeros(0, np.int64))  # a snapshot's open bids
+    intmap.fill(intmap.new(), np.zeros(0, np.int64), np.zeros(0, np.int64))  # a snapshot's open bids
     engine = Engine(instruments, "numba")
     engine.apply(entries[:3], answers=True)
     engine.apply(entries[3:], results=False)

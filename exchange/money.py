@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from clearing import core
+from clearing import core, intmap
 from clearing.engine import (
     NO_TRANSFERS,
     Bid,
@@ -92,7 +92,7 @@ def _copy_class(c: Any) -> Any:
 def _open_bids(c: ClassState) -> list[tuple[int, Bid]]:
     """``sorted(c.bids.items())``, read from the class's arrays at once: a snapshot's bids are
     made in its writer thread, and record by record they held the GIL ~2 µs each."""
-    oids, slots = core.dict_items(c.bmap)
+    oids, slots = intmap.items(c.bmap)
     order = np.argsort(oids, kind="stable")
     rows = c.B[slots[order]][:, core.B_ACCOUNT:core.B_REM + 1].tolist()
     return [(o, Bid(a, h, r)) for o, (a, h, r) in zip(oids[order].tolist(), rows, strict=True)]
@@ -110,14 +110,13 @@ def _live_leases(c: ClassState) -> list[Lease]:
 _warmed = False
 
 
-def warm_typed_dicts() -> None:
-    """Compile, once per process, what numba compiles at the first call from Python and does not
-    cache: its typed dicts' methods (``get`` ~0.4 s, ``copy`` ~0.6 s, ``len``, ``in``, item get and
-    set, iteration), which `Money.copy` and `Money.to_snap` (a snapshot's thread), settlement's
-    `ClassState.slot` (the ledger's thread, at the first lease it provisions) and the state
-    tables' reads run.  Called at start-up: the first use of each held the GIL for that long, and
-    so the event loop, in whatever thread came first (the ~120 ms stalls of docs/perf/order-path.md
-    §12 and §14)."""
+def warm_reads() -> None:
+    """Load, once per process, the jitted reads that `Money.copy` and `Money.to_snap` (a
+    snapshot's thread) and settlement's `ClassState.slot` (the ledger's thread, at the first
+    lease it provisions) call from Python.  numba loads a function at its first call, holding
+    the GIL; when these were typed dicts' methods, which numba compiles there and does not
+    cache, that first call stopped the event loop for up to a second (the ~120 ms stalls of
+    docs/perf/order-path.md §12 and §14).  Called at start-up."""
     global _warmed
     if _warmed:
         return
@@ -125,9 +124,9 @@ def warm_typed_dicts() -> None:
     _copy_class(c)
     _open_bids(c)
     _live_leases(c)
-    d = c.lmap
-    d[1] = 1
-    _ = (d.get(1, -1), len(d), 1 in d, d[1], sorted(d.keys()), list(d.items()), d.copy())
+    c.reserve(1)
+    intmap.put(c.lmap, 1, 1)
+    _ = (c.slot(1), intmap.items(c.lmap), intmap.get_many(c.lmap, np.ones(1, np.int64)))
     _warmed = True
 
 

@@ -52,7 +52,7 @@ from exchange.entries import Admin, Cmd, Entry, Fund, Prov, encode_entry
 from exchange.errors import ApiError
 from exchange.journal import Journal
 from exchange.lease import Deposed
-from exchange.money import WITHDRAW, warm_typed_dicts
+from exchange.money import WITHDRAW, warm_reads
 from exchange.snapshots import encode_snapshot_parts, write_snapshot
 from exchange.supervise import supervise
 from orderbook.types import (
@@ -204,7 +204,7 @@ class Sequencer:
             warm = getattr(book, "warm_capture", None)
             if warm is not None:
                 warm()
-        warm_typed_dicts()  # numba compiles their methods at the first call from Python (~2 s in all)
+        warm_reads()  # numba loads jitted code at its first call, holding the GIL
         self._running = True
         if self.on_tick is not None:
             self.on_tick()

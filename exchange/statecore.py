@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from clearing.core import _hold_per_gpu, _lease_value, _look
+from clearing import intmap
+from clearing.core import _hold_per_gpu, _lease_value
 from orderbook import jitcache
 from orderbook.types import (
     EV_ACCEPTED,
@@ -159,7 +160,7 @@ def open_rows(OT: np.ndarray, OC: np.ndarray, k: int) -> np.ndarray:
 
 
 @_nj
-def _close(OT: np.ndarray, omap: dict, ofree: np.ndarray, closed: np.ndarray, S: np.ndarray, accs: dict,
+def _close(OT: np.ndarray, omap: np.ndarray, ofree: np.ndarray, closed: np.ndarray, S: np.ndarray, accs: np.ndarray,
            OC: np.ndarray, gone: np.ndarray, s: int, status: int, reason: int) -> None:
     """(reference `_close`)"""
     if OT[s, O_STATUS] != OPEN:
@@ -168,27 +169,27 @@ def _close(OT: np.ndarray, omap: dict, ofree: np.ndarray, closed: np.ndarray, S:
     OT[s, O_REASON] = reason
     if OT[s, O_SIDE] == SIDE_BID:
         OT[s, O_HOLD] = 0
-    k = accs[OT[s, O_ACCOUNT]]
+    k = intmap.get(accs, OT[s, O_ACCOUNT])
     OC[k, 0] -= 1
     _unlink(OT, OC, k, s)
     S[S_NCLOSED] = _push(closed, S[S_NCLOSED], OT[s, O_OID], 0)
     if S[S_NCLOSED] > S[S_MAXCLOSED]:  # forget the lowest closed order id
         oid = closed[0, 0]
         S[S_NCLOSED] = _pop(closed, S[S_NCLOSED])
-        r = _look(omap, oid)
+        r = intmap.get(omap, oid)
         if r >= 0:
             if OT[r, O_COID]:
                 gone[S[S_NGONE]] = oid
                 S[S_NGONE] += 1
-            del omap[oid]
+            intmap.delete(omap, oid)
             OT[r, O_STATUS] = FREE
             ofree[S[S_NOFREE]] = r
             S[S_NOFREE] += 1
 
 
 @_nj
-def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: dict, lfree: np.ndarray,
-          closed: np.ndarray, fheap: np.ndarray, FC: np.ndarray, S: np.ndarray, accs: dict, OC: np.ndarray,
+def apply(OT: np.ndarray, omap: np.ndarray, ofree: np.ndarray, LS: np.ndarray, lmap: np.ndarray, lfree: np.ndarray,
+          closed: np.ndarray, fheap: np.ndarray, FC: np.ndarray, S: np.ndarray, accs: np.ndarray, OC: np.ndarray,
           newacc: np.ndarray, gone: np.ndarray, ev: np.ndarray, args: np.ndarray, coidx: np.ndarray,
           marks: np.ndarray, cap: np.ndarray) -> None:
     """(reference `ExchangeState.apply`, `_event`) Apply one class's events ``ev[lo:hi]`` in order.
@@ -232,16 +233,16 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
             LS[s, L_COST] = _lease_value(gpus, e["price"], e["end"] - e["start"])
             S[S_ORD] += 1
             LS[s, L_ORD] = S[S_ORD]
-            lmap[lease_key(book, tid)] = s
+            intmap.put(lmap, lease_key(book, tid), s)
             FC[book] = _push(fheap, FC[book], e["end"] + R, tid)
-            b = _look(omap, e["oid"])
+            b = intmap.get(omap, e["oid"])
             if b >= 0:
                 OT[b, O_FILLED] += gpus
                 OT[b, O_REM] = e["remaining"]
                 OT[b, O_HOLD] = OT[b, O_REM] * OT[b, O_HPG]
                 if OT[b, O_REM] == 0:
                     _close(OT, omap, ofree, closed, S, accs, OC, gone, b, FILLED, 0)
-            a = _look(omap, e["oid2"])
+            a = intmap.get(omap, e["oid2"])
             if a >= 0:
                 OT[a, O_FILLED] += gpus
         elif t == EV_ACCEPTED:  # (reference `_accepted`)
@@ -289,24 +290,24 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
                 OT[s, O_LEASE] = e["lease_id"]
                 OT[s, O_HPG] = 0
                 OT[s, O_HOLD] = 0
-            omap[oid] = s
-            k = _look(accs, acc)
+            intmap.put(omap, oid, s)
+            k = intmap.get(accs, acc)
             if k < 0:
                 k = S[S_NACC]
                 S[S_NACC] += 1
-                accs[acc] = k
+                intmap.put(accs, acc, k)
                 newacc[S[S_NNEW]] = acc
                 S[S_NNEW] += 1
             _link(OT, OC, k, s)
         elif t == EV_CANCELLED or t == EV_EXPIRED:
-            s = _look(omap, e["oid"])
+            s = intmap.get(omap, e["oid"])
             if s >= 0:
                 if OT[s, O_SIDE] == SIDE_BID:
                     OT[s, O_REM] = e["remaining"]
                 _close(OT, omap, ofree, closed, S, accs, OC, gone, s, CANCELLED if t == EV_CANCELLED else EXPIRED,
                        np.int64(e["reason"]))
         elif t == EV_AMENDED:
-            s = _look(omap, e["oid"])
+            s = intmap.get(omap, e["oid"])
             if s >= 0:
                 OT[s, O_GPUS] = e["gpus"]
                 if OT[s, O_SIDE] == SIDE_BID:
@@ -316,7 +317,7 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
                     OT[s, O_REM] = e["gpus"]
         elif t == EV_PREEMPTED or t == EV_RELEASED:
             tid = e["trade_id"]
-            s = _look(lmap, lease_key(book, tid))
+            s = intmap.get(lmap, lease_key(book, tid))
             if s >= 0:
                 LS[s, L_END] = e["end"]
                 LS[s, L_ENDED] = 1 if t == EV_PREEMPTED else 2
@@ -324,7 +325,7 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
                 FC[book] = _push(fheap, FC[book], e["end"] + R, tid)
         # EV_REJECTED changes nothing (R8)
         while mi < nmarks and marks[mi, 0] == i:
-            r = _look(omap, marks[mi, 2]) if marks[mi, 1] == 0 else _look(lmap, lease_key(book, marks[mi, 2]))
+            r = intmap.get(omap, marks[mi, 2]) if marks[mi, 1] == 0 else intmap.get(lmap, lease_key(book, marks[mi, 2]))
             if r < 0:
                 cap[mi, -1] = 0
             elif marks[mi, 1] == 0:
@@ -337,7 +338,7 @@ def apply(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: d
 
 
 @_nj
-def prune(LS: np.ndarray, lmap: dict, lfree: np.ndarray, fheap: np.ndarray, FC: np.ndarray, S: np.ndarray,
+def prune(LS: np.ndarray, lmap: np.ndarray, lfree: np.ndarray, fheap: np.ndarray, FC: np.ndarray, S: np.ndarray,
           book: int, now: int) -> int:
     """(reference `prune`) Forget the class's leases that ended the retention or more before ``now``."""
     R = S[S_RETENTION]
@@ -346,10 +347,10 @@ def prune(LS: np.ndarray, lmap: dict, lfree: np.ndarray, fheap: np.ndarray, FC: 
         tid = fheap[0, 1]
         FC[book] = _pop(fheap, FC[book])
         key = lease_key(book, tid)
-        s = _look(lmap, key)
+        s = intmap.get(lmap, key)
         if s < 0 or LS[s, L_END] + R > now:
             continue  # forgotten already, or its end moved (a newer entry is on the heap)
-        del lmap[key]
+        intmap.delete(lmap, key)
         LS[s, L_ORD] = 0
         lfree[S[S_NLFREE]] = s
         S[S_NLFREE] += 1
@@ -358,23 +359,8 @@ def prune(LS: np.ndarray, lmap: dict, lfree: np.ndarray, fheap: np.ndarray, FC: 
 
 
 @_nj
-def row_of(m: dict, key: int) -> int:
-    """The row of one key (-1: none): a lookup from Python without an array around the key."""
-    return _look(m, key)
-
-
-@_nj
-def rows_of(m: dict, keys: np.ndarray) -> np.ndarray:
-    """The row of each key (-1: none)."""
-    out = np.empty(len(keys), np.int64)
-    for i in range(len(keys)):
-        out[i] = _look(m, keys[i])
-    return out
-
-
-@_nj
-def rebuild(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap: dict, lfree: np.ndarray,
-            S: np.ndarray, accs: dict, OC: np.ndarray, newacc: np.ndarray) -> None:
+def rebuild(OT: np.ndarray, omap: np.ndarray, ofree: np.ndarray, LS: np.ndarray, lmap: np.ndarray, lfree: np.ndarray,
+            S: np.ndarray, accs: np.ndarray, OC: np.ndarray, newacc: np.ndarray) -> None:
     """The maps, free lists and open counts of restored rows (a snapshot keeps the rows only)."""
     S[S_NOFREE] = 0
     for s in range(S[S_OHW]):
@@ -382,14 +368,14 @@ def rebuild(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap:
             ofree[S[S_NOFREE]] = s
             S[S_NOFREE] += 1
         else:
-            omap[OT[s, O_OID]] = s
+            intmap.put(omap, OT[s, O_OID], s)
             if OT[s, O_STATUS] == OPEN:
                 acc = OT[s, O_ACCOUNT]
-                k = _look(accs, acc)
+                k = intmap.get(accs, acc)
                 if k < 0:
                     k = S[S_NACC]
                     S[S_NACC] += 1
-                    accs[acc] = k
+                    intmap.put(accs, acc, k)
                     newacc[k] = acc
                 _link(OT, OC, k, s)
     S[S_NLFREE] = 0
@@ -398,4 +384,4 @@ def rebuild(OT: np.ndarray, omap: dict, ofree: np.ndarray, LS: np.ndarray, lmap:
             lfree[S[S_NLFREE]] = s
             S[S_NLFREE] += 1
         else:
-            lmap[lease_key(LS[s, L_BOOK], LS[s, L_TID])] = s
+            intmap.put(lmap, lease_key(LS[s, L_BOOK], LS[s, L_TID]), s)

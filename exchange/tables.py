@@ -20,8 +20,8 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from numba import typed, types
 
+from clearing import intmap
 from clearing.money import hold_fee_bps, hold_per_gpu
 from exchange import state as spec
 from exchange import statecore as K
@@ -61,10 +61,6 @@ class TableData(msgspec.Struct, kw_only=True):
     order_coids: list[tuple[int, str]]
     coids: list[tuple[int, str, bytes]]
     halted: list[str]
-
-
-def _int_dict() -> Any:
-    return typed.Dict.empty(types.int64, types.int64)
 
 
 def _pack(a: np.ndarray) -> bytes:
@@ -150,7 +146,7 @@ def _look(m: Any, key: int) -> int:
     """The row of ``key`` (-1: none; a key past int64, from a client's path, is none too)."""
     if not _I64[0] <= key <= _I64[1]:
         return -1
-    return K.row_of(m, int(key))  # int: one compiled signature, whatever integer type came
+    return intmap.get(m, int(key))  # int: one compiled signature, whatever integer type came
 
 
 class ExchangeState(spec.FirstAnswers):
@@ -176,17 +172,17 @@ class ExchangeState(spec.FirstAnswers):
         rows, room = spec.MAX_CLOSED_ORDERS + ROOM, ROOM
         self._O = np.zeros((rows, K.NO), np.int64)
         self._ofree = np.zeros(rows, np.int64)
-        self._omap = _int_dict()
+        self._omap = intmap.new()  # order id -> row of _O (grown by `_room`)
         self._LS = np.zeros((room, K.NLS), np.int64)
         self._lfree = np.zeros(room, np.int64)
-        self._lmap = _int_dict()
+        self._lmap = intmap.new()  # lease key -> row of _LS
         self._closed = np.zeros((min(rows, spec.MAX_CLOSED_ORDERS + 1) + room, 2), np.int64)
         self._fheap = [np.zeros((room, 2), np.int64) for _ in self._names]
         self._FC = np.zeros(len(self._names), np.int64)
         self._S = np.zeros(K.NS, np.int64)
         self._S[K.S_MAXCLOSED] = spec.MAX_CLOSED_ORDERS
         self._S[K.S_RETENTION] = spec.LEASE_RETENTION_S
-        self._accs = _int_dict()  # account -> its place in _OC
+        self._accs = intmap.new()  # account -> its place in _OC
         self._acc: dict[int, int] = {}  # the same, for reads from Python
         self._OC = np.zeros((room, 2), np.int64)  # per account: open orders, the first one's row + 1
         self._newacc = np.zeros(room, np.int64)
@@ -219,8 +215,12 @@ class ExchangeState(spec.FirstAnswers):
         if n > len(self._gone):
             self._gone = np.zeros(2 * n, np.int64)
             self._newacc = np.zeros(2 * n, np.int64)
+        self._omap = intmap.room(self._omap, n)
+        self._lmap = intmap.room(self._lmap, n)
+        self._accs = intmap.room(self._accs, n)
         self._budget = min(len(self._O) - S[K.S_OHW], len(self._LS) - S[K.S_LHW],
                            len(self._closed) - S[K.S_NCLOSED] - 1, len(self._OC) - S[K.S_NACC],
+                           *(intmap.free(m) for m in (self._omap, self._lmap, self._accs)),
                            *(len(h) - c for h, c in zip(self._fheap, self._FC.tolist(), strict=True))) - n
 
     def _run(self, ci: int, ev: np.ndarray, lo: int, hi: int, coidx: list[int] | None = None,
@@ -352,7 +352,7 @@ class ExchangeState(spec.FirstAnswers):
         if not oids:
             return {}
         oids = [oid for oid in oids if _I64[0] <= oid <= _I64[1]]
-        rows = K.rows_of(self._omap, np.array(oids, np.int64)).tolist()
+        rows = intmap.get_many(self._omap, np.array(oids, np.int64)).tolist()
         return {oid: self._order(s) for oid, s in zip(oids, rows, strict=True) if s >= 0}
 
     def prune(self, book: str, now: int) -> int:
@@ -472,6 +472,9 @@ class ExchangeState(spec.FirstAnswers):
             self._fheap[ci] = _grown(self._fheap[ci], len(h))
             self._fheap[ci][:len(h)] = h
             self._FC[ci] = len(h)
+        self._omap = intmap.room(self._omap, len(OT))
+        self._lmap = intmap.room(self._lmap, len(LS))
+        self._accs = intmap.room(self._accs, len(OT))
         K.rebuild(self._O, self._omap, self._ofree, self._LS, self._lmap, self._lfree, S, self._accs, self._OC,
                   self._newacc)
         self._acc = {acc: k for k, acc in enumerate(self._newacc[:S[K.S_NACC]].tolist())}

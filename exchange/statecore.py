@@ -71,24 +71,20 @@ def lease_key(book: int, tid: int) -> int:
 
 
 @_nj
-def _swap(heap: np.ndarray, i: int, j: int) -> None:
-    k, v = heap[j, 0], heap[j, 1]
-    heap[j, 0], heap[j, 1] = heap[i, 0], heap[i, 1]
-    heap[i, 0], heap[i, 1] = k, v
-
-
-@_nj
 def _push(heap: np.ndarray, n: int, key: int, val: int) -> int:
-    """Push (key, val) on a min-heap of rows with ``n`` entries; returns the new size."""
+    """Push (key, val) on a min-heap of rows with ``n`` entries; returns the new size.  (The
+    rows move up into the hole inline: a helper called per level costs its arrays' reference
+    counts, atomic adds, at every level.)"""
     i = n
-    heap[i, 0] = key
-    heap[i, 1] = val
     while i > 0:
         p = (i - 1) >> 1
-        if heap[p, 0] < heap[i, 0] or (heap[p, 0] == heap[i, 0] and heap[p, 1] <= heap[i, 1]):
+        if heap[p, 0] < key or (heap[p, 0] == key and heap[p, 1] <= val):
             break
-        _swap(heap, i, p)
+        heap[i, 0] = heap[p, 0]
+        heap[i, 1] = heap[p, 1]
         i = p
+    heap[i, 0] = key
+    heap[i, 1] = val
     return n + 1
 
 
@@ -96,7 +92,7 @@ def _push(heap: np.ndarray, n: int, key: int, val: int) -> int:
 def _pop(heap: np.ndarray, n: int) -> int:
     """Remove the smallest row of a heap of ``n`` entries (read it first); returns the new size."""
     n -= 1
-    heap[0, 0], heap[0, 1] = heap[n, 0], heap[n, 1]
+    key, val = heap[n, 0], heap[n, 1]
     i = 0
     while True:
         c = 2 * i + 1
@@ -105,10 +101,14 @@ def _pop(heap: np.ndarray, n: int) -> int:
         d = c + 1
         if d < n and (heap[d, 0] < heap[c, 0] or (heap[d, 0] == heap[c, 0] and heap[d, 1] < heap[c, 1])):
             c = d
-        if heap[i, 0] < heap[c, 0] or (heap[i, 0] == heap[c, 0] and heap[i, 1] <= heap[c, 1]):
+        if key < heap[c, 0] or (key == heap[c, 0] and val <= heap[c, 1]):
             break
-        _swap(heap, i, c)
+        heap[i, 0] = heap[c, 0]
+        heap[i, 1] = heap[c, 1]
         i = c
+    if n > 0:
+        heap[i, 0] = key
+        heap[i, 1] = val
     return n
 
 

@@ -48,6 +48,7 @@ log = logging.getLogger("gpux.engine")
 PARALLEL_MIN_COMMANDS = 256
 REPLAY_AHEAD = 2  # chunks the books may run ahead of the state and the money in `Engine.replay`
 SMALL = 16  # commands (or events) of one book call read as tuples rather than with numpy
+_RECORD_BYTES = np.dtype((np.void, COMMAND_DTYPE.itemsize))  # a command record as plain bytes
 
 
 @dataclass(slots=True)
@@ -302,13 +303,12 @@ class Engine:
                 admin.append(e)
         plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
         facts: dict[str, tuple[list[Command] | None, list[bool], int, int]] = {}
-        codes, first = np.unique(p.book, return_index=True)
-        for code in codes[np.argsort(first, kind="stable")].tolist():  # the books as they first come
-            if code < 0:
-                continue
+        rows = p.recs.view(_RECORD_BYTES)  # (a fancy index of records as bytes: ~15× a structured one)
+        found = [(int(w[0]), code, w) for code, w in
+                 ((code, np.flatnonzero(p.book == code)) for code in range(len(p.names))) if len(w)]
+        for _, code, where in sorted(found, key=lambda x: x[0]):  # the books as they first come
             name = p.names[code]
-            where = np.flatnonzero(p.book == code)
-            cmds = p.recs[where]
+            cmds = rows[where].view(COMMAND_DTYPE)
             clock = cmds["type"] == CMD_CLOCK
             clocks = cmds["time"][clock]
             last_oid = int(cmds["oid"].max())

@@ -6,7 +6,8 @@ specification, checked against this one by the tests) keeps in dicts of records:
 * ``OT`` — one row of ``NO`` int64 per order remembered (open, or closed and among the newest
   `MAX_CLOSED_ORDERS`); ``omap`` — oid -> row; ``ofree`` — rows given back; strings as codes;
 * ``LS`` — one row of ``NLS`` per lease remembered (live, or ended less than
-  `LEASE_RETENTION_S` ago); ``lmap`` — `lease_key` -> row; ``lfree``;
+  `LEASE_RETENTION_S` ago); ``lmap`` — `lease_key` -> row; ``lfree``; (``omap``, ``lmap`` and
+  ``accs`` are `clearing.intmap` tables: `ExchangeState._room` makes room in them before a call)
 * ``closed`` — a min-heap of the closed orders' ids (the lowest forgotten first);
 * ``fheap`` — per class, a min-heap of rows ``(end + retention, trade id)``: when to forget a
   lease (lazily: an entry counts only if the lease still ends then);

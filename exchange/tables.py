@@ -142,7 +142,7 @@ _NO_MARKS = np.zeros((0, 3), np.int64)
 _NO_CAP = np.zeros((0, K.NO + 1), np.int64)
 
 
-def _look(m: Any, key: int) -> int:
+def _look(m: np.ndarray, key: int) -> int:
     """The row of ``key`` (-1: none; a key past int64, from a client's path, is none too)."""
     if not _I64[0] <= key <= _I64[1]:
         return -1

@@ -32,6 +32,7 @@ from numba import njit
 from clearing import ids, intmap, leases, money
 from orderbook import jitcache
 from orderbook import types as book_types
+from orderbook.borrow import borrow
 
 jitcache.use(__name__)  # numba's cache for the functions below: keyed by the sources they are compiled from
 
@@ -627,6 +628,11 @@ def apply(L: np.ndarray, lmap: np.ndarray, lfree: np.ndarray, B: np.ndarray, bma
           gb: np.ndarray, stack: np.ndarray, rows: np.ndarray, last_time: int, out: np.ndarray) -> np.ndarray:
     """(reference `SettlementEngine.apply`, after the events were checked and filtered) Apply
     one class's event records in order; the caller made room in every array for them."""
+    # (borrowed: the helpers below take a dozen arrays each, and a counted one costs two atomic
+    # adds per call; orderbook/borrow.py)
+    L, lmap, lfree, B, bmap, bfree = borrow(L), borrow(lmap), borrow(lfree), borrow(B), borrow(bmap), borrow(bfree)
+    heap, S, K, dl, db, gl = borrow(heap), borrow(S), borrow(K), borrow(dl), borrow(db), borrow(gl)
+    gb, stack, rows = borrow(gb), borrow(stack), borrow(rows)
     for i in range(rows.shape[0]):
         ev = rows[i]
         t = ev[R_TIME]

@@ -30,6 +30,7 @@ from numba import njit
 from clearing import intmap
 from clearing.core import _hold_per_gpu, _lease_value
 from orderbook import jitcache
+from orderbook.borrow import borrow
 from orderbook.types import (
     EV_ACCEPTED,
     EV_AMENDED,
@@ -202,6 +203,11 @@ def apply(OT: np.ndarray, omap: np.ndarray, ofree: np.ndarray, LS: np.ndarray, l
     of the order ``key`` (kind 0) or of the class's lease ``key`` (kind 1) into ``cap`` (its last
     column 1 if found, 0 if not): what a command's first answer is made from, as it stood right
     after the command's events, with one call for the whole run of events."""
+    # (borrowed: no reference counts for the helpers' calls, orderbook/borrow.py)
+    OT, omap, ofree, LS, lmap, lfree = borrow(OT), borrow(omap), borrow(ofree), borrow(LS), borrow(lmap), borrow(lfree)
+    closed, fheap, FC, S, accs, OC = borrow(closed), borrow(fheap), borrow(FC), borrow(S), borrow(accs), borrow(OC)
+    newacc, gone, ev, coidx = borrow(newacc), borrow(gone), borrow(ev), borrow(coidx)
+    marks, cap = borrow(marks), borrow(cap)
     lo, hi, book, fee_bps, ncoid, nmarks = args[0], args[1], args[2], args[3], args[4], args[5]
     R = S[S_RETENTION]
     ci = 0
@@ -342,6 +348,7 @@ def apply(OT: np.ndarray, omap: np.ndarray, ofree: np.ndarray, LS: np.ndarray, l
 def prune(LS: np.ndarray, lmap: np.ndarray, lfree: np.ndarray, fheap: np.ndarray, FC: np.ndarray, S: np.ndarray,
           book: int, now: int) -> int:
     """(reference `prune`) Forget the class's leases that ended the retention or more before ``now``."""
+    LS, lmap, lfree, fheap, FC, S = borrow(LS), borrow(lmap), borrow(lfree), borrow(fheap), borrow(FC), borrow(S)
     R = S[S_RETENTION]
     n = 0
     while FC[book] and fheap[0, 0] <= now:

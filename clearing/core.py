@@ -482,8 +482,11 @@ def _advance(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarray, K
 
 @_nj
 def advance_class(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray,
-                  gl: np.ndarray, stack: np.ndarray, now: int, out: np.ndarray) -> np.ndarray:
+                  gl: np.ndarray, stack: np.ndarray, now: int, owned: np.ndarray) -> np.ndarray:
     """(reference `_advance_class`) Every lease due at or before ``now``."""
+    L, lmap, heap, S, K, dl, gl, stack = borrow(L), borrow(lmap), borrow(heap), borrow(S), borrow(K), borrow(dl), \
+        borrow(gl), borrow(stack)
+    out = borrow(owned)  # (grown: a new array, owned, which replaces it: `apply`)
     while S[S_NHEAP] and heap[0, 0] <= now:
         due, tid = heap[0, 0], heap[0, 1]
         _hpop(heap, S)
@@ -503,7 +506,10 @@ def advance_class(L: np.ndarray, lmap: np.ndarray, heap: np.ndarray, S: np.ndarr
             due = point if point < end else end
             L[s, DUE] = due
             _hpush(heap, S, due, tid)
-    return out
+        if out.shape[0] != owned.shape[0]:
+            owned = out
+            out = borrow(owned)
+    return owned if out.shape[0] == owned.shape[0] else out
 
 
 # ---------------------------------------------------------------------- events
@@ -625,11 +631,14 @@ def _trade(L: np.ndarray, lmap: np.ndarray, lfree: np.ndarray, B: np.ndarray, bm
 @_nj
 def apply(L: np.ndarray, lmap: np.ndarray, lfree: np.ndarray, B: np.ndarray, bmap: np.ndarray, bfree: np.ndarray,
           heap: np.ndarray, S: np.ndarray, K: np.ndarray, dl: np.ndarray, db: np.ndarray, gl: np.ndarray,
-          gb: np.ndarray, stack: np.ndarray, rows: np.ndarray, last_time: int, out: np.ndarray) -> np.ndarray:
+          gb: np.ndarray, stack: np.ndarray, rows: np.ndarray, last_time: int, owned: np.ndarray) -> np.ndarray:
     """(reference `SettlementEngine.apply`, after the events were checked and filtered) Apply
-    one class's event records in order; the caller made room in every array for them."""
+    one class's event records in order; the caller made room in every array for them but the
+    transfers' ``owned``, which grows when full (a new array, returned)."""
     # (borrowed: the helpers below take a dozen arrays each, and a counted one costs two atomic
-    # adds per call; orderbook/borrow.py)
+    # adds per call; orderbook/borrow.py).  The transfers too, each event's helpers write into
+    # ``out``, borrowed; one that fills it returns a grown array, counted, which is then owned.
+    out = borrow(owned)
     L, lmap, lfree, B, bmap, bfree = borrow(L), borrow(lmap), borrow(lfree), borrow(B), borrow(bmap), borrow(bfree)
     heap, S, K, dl, db, gl = borrow(heap), borrow(S), borrow(K), borrow(dl), borrow(db), borrow(gl)
     gb, stack, rows = borrow(gb), borrow(stack), borrow(rows)
@@ -689,11 +698,14 @@ def apply(L: np.ndarray, lmap: np.ndarray, lfree: np.ndarray, B: np.ndarray, bma
                     out = settle(L, s, K[K_LEASE_REF] | L[s, TID], why, t, out, S)
                 out = _advance(L, lmap, heap, S, K, dl, gl, stack, s, S[S_CLOCK], out)
                 _dirty_lease(L, S, dl, s)
+        if out.shape[0] != owned.shape[0]:
+            owned = out
+            out = borrow(owned)
     if last_time > S[S_CLOCK]:
         if S[S_NHEAP] and heap[0, 0] <= last_time:
             out = advance_class(L, lmap, heap, S, K, dl, gl, stack, last_time, out)
         S[S_CLOCK] = last_time
-    return out
+    return owned if out.shape[0] == owned.shape[0] else out
 
 
 # ---------------------------------------------------------------------- provisioning answers (R18)

@@ -46,6 +46,7 @@ from numba.np.arrayobj import make_array, populate_array
 
 from orderbook import jitcache
 from orderbook import reasons as R
+from orderbook.borrow import borrow
 from orderbook.config import (
     P_GATE_S,
     P_MAX_GPUS,
@@ -2365,6 +2366,7 @@ def _on_release(st, C, i):
 def process_batch(state, C, first):
     """Apply commands C[first:] in order.  Returns (status, index of the first command not applied)."""
     st = _bind(state)
+    C = borrow(C)  # (passed to a call per command: no reference counts, orderbook/borrow.py)
     S = st.S
     n = C.shape[0]
     i = first

@@ -21,20 +21,27 @@ def handovers() -> list:
     return workload_events(12_000, seed=7, batch=512)
 
 
-@pytest.mark.parametrize("config", [
-    SettlementConfig(fees=DEFAULT_FEES, meter_interval_s=3600),
-    SettlementConfig(fees={}, meter_interval_s=86_400),
-    SettlementConfig(fees=DEFAULT_FEES, auto_ready=False, provision_timeout_s=900, meter_interval_s=600),
-], ids=["fees-hourly", "no-fees-daily", "provisioning-timeouts"])
-def test_same_transfers_and_state_as_the_reference(handovers: list, config: SettlementConfig) -> None:
+@pytest.mark.parametrize(("config", "tiny"), [
+    (SettlementConfig(fees=DEFAULT_FEES, meter_interval_s=3600), False),
+    (SettlementConfig(fees={}, meter_interval_s=86_400), False),
+    (SettlementConfig(fees=DEFAULT_FEES, auto_ready=False, provision_timeout_s=900, meter_interval_s=600), False),
+    (SettlementConfig(fees=DEFAULT_FEES, meter_interval_s=600), True),
+], ids=["fees-hourly", "no-fees-daily", "provisioning-timeouts", "transfers-buffer-growing"])
+def test_same_transfers_and_state_as_the_reference(handovers: list, config: SettlementConfig, tiny: bool) -> None:
+    """``tiny``: the transfers' buffer is one row long at every call, so the core grows it many
+    times inside an apply and inside a tick (a grown buffer replaces the borrowed one mid-event)."""
     fast, ref = SettlementEngine(config), ReferenceEngine(config)
     trades = 0
     for i, (cls, ev) in enumerate(handovers):
+        if tiny:
+            fast._out = np.empty((1, 6), np.int64)
         got, want = fast.apply(cls, ev), ref.apply(cls, ev)
         assert sorted(map(tuple, got)) == sorted(want), f"hand-over {i} ({cls})"
         trades += int(np.count_nonzero(ev["type"] == EV_TRADE))
         if i % 7 == 0:  # a tick between hand-overs, as the exchange's clock does
             now = int(ev["time"].max()) + 1800
+            if tiny:
+                fast._out = np.empty((1, 6), np.int64)
             assert sorted(map(tuple, fast.tick(now, cls))) == sorted(ref.tick(now, cls))
         changes, ref_changes = fast.take_changes(), ref.take_changes()
         assert {c: {x.trade_id: x for x in xs} for c, xs in changes.leases.items()} == ref_changes.leases

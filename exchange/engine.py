@@ -22,7 +22,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -34,7 +34,6 @@ from exchange.config import Instrument
 from exchange.entries import Cmd, Entry, Fund, Prov
 from exchange.money import Money
 from exchange.snapshots import BookSnap, Snapshot, SnapshotMismatch, encode_snapshot_parts
-from exchange.state import split_event_array, split_events
 from exchange.tables import ExchangeState
 from exchange.views import answer
 from orderbook import types as T
@@ -49,6 +48,7 @@ PARALLEL_MIN_COMMANDS = 256
 REPLAY_AHEAD = 2  # chunks the books may run ahead of the state and the money in `Engine.replay`
 SMALL = 16  # commands (or events) of one book call read as tuples rather than with numpy
 _RECORD_BYTES = np.dtype((np.void, COMMAND_DTYPE.itemsize))  # a command record as plain bytes
+_EVENT_BYTES = np.dtype((np.void, T.EVENT_DTYPE.itemsize))  # an event record as plain bytes
 
 
 @dataclass(slots=True)
@@ -63,16 +63,29 @@ class _Booked:
     answers_of: dict[str, list[Prov]]
     funds: list[int]
     admin: list[Entry]
-    plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]
-    facts: dict[str, tuple[list[Command] | None, list[bool], int, int]]
-    parts: dict[str, list[np.ndarray]]  # each book call's events
-    events: dict[str, np.ndarray]  # each book's events, joined
+    plans: dict[str, tuple[np.ndarray, np.ndarray | None]]  # each book's commands, where their events start
+    facts: dict[str, tuple[list[Command] | None, int, int]]  # its commands as tuples, last order id, clock
+    events: dict[str, np.ndarray]  # each book's events
     coids: dict[str, list[str] | None]  # each book's commands' client order ids (None: none has one)
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """The events of the books that produced any (for the bus)."""
         return {name: ev for name, ev in self.events.items() if len(ev)}
+
+
+def _events_of(events: np.ndarray, spans: list[tuple[int, int]]) -> list[list[Event]]:
+    """The events of each span as tuples, read with one copy (a slice read per span costs
+    several microseconds, most of a replay's time with client order ids)."""
+    if not spans:
+        return []
+    sp = np.array(spans, np.int64).reshape(-1, 2)
+    lens = sp[:, 1] - sp[:, 0]
+    ends = np.cumsum(lens)
+    at = np.repeat(sp[:, 0] - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
+    flat = T.events(events.view(_EVENT_BYTES)[at].view(T.EVENT_DTYPE))
+    bounds = [0, *ends.tolist()]
+    return [flat[bounds[j]:bounds[j + 1]] for j in range(len(spans))]
 
 
 @dataclass
@@ -92,14 +105,16 @@ class Packed:
     (`exchange.recovery`): every command without a client order id as a record of its class,
     the other entries decoded.
 
-    ``book[k]`` is the class (an index into ``names``) of entry k when it is such a command, -1
-    otherwise; ``recs[k]`` its record; ``others`` the other entries by position.  Applying it
-    is applying the entries one after the other (`Engine.apply`)."""
+    ``book[k]`` is the class (an index into ``names``) of entry k when it is a command, -1
+    otherwise; ``recs[k]`` its record; ``coids`` the client order ids of the commands that
+    carry one, by position; ``others`` the other entries by position.  Applying it is applying
+    the entries one after the other (`Engine.apply`)."""
 
     names: list[str]
     book: np.ndarray  # int64, one per entry
     recs: np.ndarray  # COMMAND_DTYPE, one per entry (the records of the others are not read)
     others: dict[int, Entry]
+    coids: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.book)
@@ -219,7 +234,7 @@ class Engine:
 
     def _book(self, entries: list[Entry], want: bool) -> _Booked:
         """Stage one of `apply`: the entries sorted by kind, and each book's commands through
-        the book (the engine's seq and last order id move on here)."""
+        the book in one call (the engine's seq and last order id move on here)."""
         out: list[Result | None] = [None] * len(entries)
         by_book: dict[str, list[int]] = {}
         answers_of: dict[str, list[Prov]] = {}
@@ -236,46 +251,35 @@ class Engine:
             else:
                 admin.append(e)
                 out[i] = Result(e.book, None, [])
-        plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
-        facts: dict[str, tuple[list[Command] | None, list[bool], int, int]] = {}
-        for name, idx in by_book.items():
-            cmds = np.frombuffer(b"".join([entries[i].rec for i in idx]), dtype=COMMAND_DTYPE)
-            # A clock command has no leading event, so after another command in the same book
-            # call its events could not be told from that command's (split_events): every clock
-            # starts a new call.  A few commands (live batches) are read as tuples, many (a
-            # replay) with numpy: each numpy call costs a microsecond or two whatever its size.
-            if len(idx) <= SMALL:
-                cmd_list: list[Command] | None = T.commands(cmds)
-                is_clock = [c.type == CMD_CLOCK for c in cmd_list]  # type: ignore[union-attr]
-                last_oid = max(c.oid for c in cmd_list)  # type: ignore[union-attr]
-                tick = max((c.time for c in cmd_list if c.type == CMD_CLOCK), default=0)  # type: ignore[union-attr]
-                cuts = [k for k in range(1, len(is_clock)) if is_clock[k]]
-            else:
-                split = want or any(entries[i].coid for i in idx)
-                cmd_list = T.commands(cmds) if split else None
-                types = cmds["type"]
-                clock = types == CMD_CLOCK
-                is_clock = clock.tolist() if split else [bool(clock[0])]
-                last_oid = int(cmds["oid"].max())
-                clocks = cmds["time"][clock]
-                tick = int(clocks.max()) if len(clocks) else 0
-                # nothing to answer and no client order ids (a replay): no event needs telling
-                # which command it came from, so the book takes the whole run in one call
-                cuts = (np.flatnonzero(clock[1:]) + 1).tolist() if split else []
-            bounds = [0, *cuts, len(cmds)]
-            plans[name] = (cmds, list(zip(bounds[:-1], bounds[1:], strict=True)))
-            facts[name] = (cmd_list, is_clock, last_oid, tick)
-            if last_oid > self.last_oid:
-                self.last_oid = last_oid
-        parts = self._run_books(plans)
-        events: dict[str, np.ndarray] = {}
+        plans: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        facts: dict[str, tuple[list[Command] | None, int, int]] = {}
         coids: dict[str, list[str] | None] = {}
         for name, idx in by_book.items():
-            events[name] = T.join(parts[name], T.EVENT_DTYPE)
+            cmds = np.frombuffer(b"".join([entries[i].rec for i in idx]), dtype=COMMAND_DTYPE)
             c: list[str] | None = [entries[i].coid for i in idx]
             coids[name] = c if any(c) else None  # type: ignore[arg-type]
+            # A few commands (live batches) are read as tuples, many (a replay) with numpy: each
+            # numpy call costs a microsecond or two whatever its size
+            if len(idx) <= SMALL:
+                cmd_list: list[Command] | None = T.commands(cmds)
+                last_oid = max(c.oid for c in cmd_list)  # type: ignore[union-attr]
+                tick = max((c.time for c in cmd_list if c.type == CMD_CLOCK), default=0)  # type: ignore[union-attr]
+            else:
+                cmd_list = T.commands(cmds) if want else None  # (client order ids: those commands only)
+                clocks = cmds["time"][cmds["type"] == CMD_CLOCK]
+                last_oid = int(cmds["oid"].max())
+                tick = int(clocks.max()) if len(clocks) else 0
+            # where each command's events start, when they must be told apart: for its Result, or
+            # for the first answer to its client order id (nothing to answer and no client order
+            # ids, a replay: none needed)
+            firsts = np.empty(len(cmds) + 1, np.int64) if want or coids[name] else None
+            plans[name] = (cmds, firsts)
+            facts[name] = (cmd_list, last_oid, tick)
+            if last_oid > self.last_oid:
+                self.last_oid = last_oid
+        events = self._run_books(plans)
         self.seq += len(entries)
-        return _Booked(entries, out, want, by_book, answers_of, funds, admin, plans, facts, parts, events, coids)
+        return _Booked(entries, out, want, by_book, answers_of, funds, admin, plans, facts, events, coids)
 
     def _book_chunk(self, chunk: list[Entry] | Packed) -> _Booked:
         """Stage one for a replay's chunk, either kind (nothing answered)."""
@@ -301,27 +305,27 @@ class Engine:
                 raise ValueError("a packed chunk holds its commands as records, not as entries")
             else:
                 admin.append(e)
-        plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]] = {}
-        facts: dict[str, tuple[list[Command] | None, list[bool], int, int]] = {}
+        plans: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        facts: dict[str, tuple[list[Command] | None, int, int]] = {}
+        coids: dict[str, list[str] | None] = {}
         rows = p.recs.view(_RECORD_BYTES)  # (a fancy index of records as bytes: ~15× a structured one)
         found = [(int(w[0]), code, w) for code, w in
                  ((code, np.flatnonzero(p.book == code)) for code in range(len(p.names))) if len(w)]
         for _, code, where in sorted(found, key=lambda x: x[0]):  # the books as they first come
             name = p.names[code]
             cmds = rows[where].view(COMMAND_DTYPE)
-            clock = cmds["type"] == CMD_CLOCK
-            clocks = cmds["time"][clock]
+            clocks = cmds["time"][cmds["type"] == CMD_CLOCK]
             last_oid = int(cmds["oid"].max())
-            by_book[name] = where  # type: ignore[assignment]  (read for its names only: no client order ids)
-            plans[name] = (cmds, [(0, len(cmds))])
-            facts[name] = (None, [bool(clock[0])], last_oid, int(clocks.max()) if len(clocks) else 0)
+            c = [p.coids.get(k, "") for k in where.tolist()] if p.coids else None
+            coids[name] = c if c and any(c) else None
+            by_book[name] = where  # type: ignore[assignment]  (its entries' places in the chunk)
+            plans[name] = (cmds, np.empty(len(cmds) + 1, np.int64) if coids[name] else None)
+            facts[name] = (None, last_oid, int(clocks.max()) if len(clocks) else 0)
             if last_oid > self.last_oid:
                 self.last_oid = last_oid
-        parts = self._run_books(plans)
-        events = {name: T.join(parts[name], T.EVENT_DTYPE) for name in by_book}
+        events = self._run_books(plans)
         self.seq += n
-        return _Booked(entries, [None] * n, False, by_book, answers_of, funds, admin, plans, facts, parts, events,
-                       dict.fromkeys(by_book))
+        return _Booked(entries, [None] * n, False, by_book, answers_of, funds, admin, plans, facts, events, coids)
 
     def _apply_state(self, b: _Booked) -> None:
         """Stage two (a): the exchange state takes the books' events (and halts, and the first
@@ -333,14 +337,15 @@ class Engine:
             elif e.op == "resume":  # type: ignore[union-attr]
                 state.halted.discard(e.book)
         for name, idx in b.by_book.items():
-            _, spans = b.plans[name]
+            cmds, firsts = b.plans[name]
             coids = b.coids[name]
-            if b.want or coids:  # each command's events: for its Result, or its first answer
-                self._per_command(name, idx, spans, b.parts[name], b.facts[name], coids, b.out if b.want else None)
             events = b.events[name]
+            if firsts is not None:  # each command's events: for its Result, or its first answer
+                self._per_command(name, idx, cmds, firsts, events, b.facts[name][0], coids,
+                                  b.out if b.want else None)
             if not coids and len(events):  # the state takes the book's events in one call
                 state.apply(name, events)
-            tick = b.facts[name][3]
+            tick = b.facts[name][2]
             if tick:
                 state.prune(name, tick)
         state.flush_coids()  # the client order ids' first answers, in journal order
@@ -355,7 +360,7 @@ class Engine:
             out[i] = Result("", None, [], {"ok": True, "op": e.op, "account": e.account,  # type: ignore[union-attr]
                                             "amount": e.amount, "applied": money.fund(e)})  # type: ignore[arg-type,union-attr]
         answers_of = dict(b.answers_of)
-        moved = [money.apply_class(name, b.events[name], answers_of.pop(name, []), b.facts[name][3])
+        moved = [money.apply_class(name, b.events[name], answers_of.pop(name, []), b.facts[name][2])
                  for name in b.by_book]
         for name, answers in answers_of.items():  # answers in classes without commands in this apply
             moved.append(money.apply_class(name, None, answers, 0))
@@ -364,33 +369,36 @@ class Engine:
             r = out[i]
             r.answer["available"] = money.available(r.answer["account"])  # type: ignore[index, union-attr]
 
-    def _per_command(self, name: str, idx: list[int], spans: list[tuple[int, int]], parts: list[np.ndarray],
-                     facts: tuple[list[Command] | None, list[bool], int, int], coids: list[str] | None,
-                     out: list[Result | None] | None) -> None:
-        """One book's events told apart by command (a span of commands per book call): each
-        command's `Result` into ``out`` (None: none wanted), and, with client order ids, the state
-        applied span by span so that each first answer is remembered."""
-        cmd_list, is_clock, _, _ = facts
-        for (lo, hi), part in zip(spans, parts, strict=True):
-            sub = cmd_list[lo:hi] if cmd_list is not None else None
-            ev_list = T.events(part)
-            if sub is not None and len(ev_list) <= SMALL:
-                spans_of = split_events(sub, ev_list)
-            else:
-                spans_of = split_event_array(is_clock[lo], hi - lo, part)
-            if coids:
-                self.state.apply(name, part, sub, ev_list, coids[lo:hi], spans_of, idx[lo:hi])
-            if out is not None:
-                for k in range(lo, hi):
-                    a, b = spans_of[k - lo]
-                    out[idx[k]] = Result(name, cmd_list[k], ev_list[a:b])  # type: ignore[index]
+    def _per_command(self, name: str, idx: list[int], cmds: np.ndarray, firsts: np.ndarray, events: np.ndarray,
+                     cmd_list: list[Command] | None, coids: list[str] | None, out: list[Result | None] | None) -> None:
+        """One book's events told apart by command (``firsts``, from the book): each command's
+        `Result` into ``out`` (None: none wanted), and, with client order ids, the state applied
+        with the first answer of each remembered.  Without Results (a replay), only the commands
+        with a client order id and their events are read as tuples."""
+        spans_of = list(zip(firsts[:-1].tolist(), firsts[1:].tolist(), strict=True))
+        if out is None and cmd_list is None:  # a replay: the commands with a client order id only
+            assert coids is not None
+            k = [i for i, c in enumerate(coids) if c]
+            spans = [spans_of[i] for i in k]
+            mine = T.commands(cmds.view(_RECORD_BYTES)[k].view(COMMAND_DTYPE))
+            self.state.apply(name, events, mine, None, [coids[i] for i in k], spans, [idx[i] for i in k],
+                             _events_of(events, spans))
+            return
+        commands = cmd_list if cmd_list is not None else T.commands(cmds)
+        ev_list = T.events(events)
+        if coids:
+            self.state.apply(name, events, commands, ev_list, coids, spans_of, idx)
+        if out is not None:
+            for k, (a, b) in enumerate(spans_of):
+                out[idx[k]] = Result(name, commands[k], ev_list[a:b])
 
-    def _run_books(self, plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]) -> dict[str, list[np.ndarray]]:
-        """Each book's command spans through its book, in order; the events of each span.
+    def _run_books(self, plans: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> dict[str, np.ndarray]:
+        """Each book's commands through its book in one call; its events (and, where ``plans``
+        has an array for them, where each command's events start).
 
         Books of different classes share nothing, and the numba book releases the GIL while it
         matches, so when two or more books have a sizeable batch (a busy tick, a replay) they run
-        on worker threads at once, one book per thread; each book still sees its spans in order.
+        on worker threads at once, one book per thread.
         What comes out does not depend on it: the exchange state is updated afterwards, book by
         book, in the same order as on one thread."""
         t0 = time.perf_counter()
@@ -399,11 +407,10 @@ class Engine:
         finally:
             self.book_seconds += time.perf_counter() - t0
 
-    def _run_plans(self, plans: dict[str, tuple[np.ndarray, list[tuple[int, int]]]]) -> dict[str, list[np.ndarray]]:
-        def run(name: str) -> list[np.ndarray]:
-            book = self.books[name]
-            cmds, spans = plans[name]
-            return [book.process(cmds[lo:hi]) for lo, hi in spans]
+    def _run_plans(self, plans: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> dict[str, np.ndarray]:
+        def run(name: str) -> np.ndarray:
+            cmds, firsts = plans[name]
+            return self.books[name].process(cmds) if firsts is None else self.books[name].process(cmds, firsts)
 
         big = [name for name, (cmds, _) in plans.items() if len(cmds) >= PARALLEL_MIN_COMMANDS]
         if self.threads < 2 or len(big) < 2:

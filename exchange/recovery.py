@@ -11,6 +11,7 @@ journal.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,9 +72,9 @@ def recover(cfg: ServerConfig, journal_dir: Path | None = None, use_snapshots: b
 def replay(engine: Engine, journal_dir: Path,
            sink: Callable[[dict[str, np.ndarray], list[Prov], list[Fund]], None] | None = None) -> int:
     """Apply every journal entry after ``engine.seq``, REPLAY_CHUNK at a time through the
-    engine's pipeline (`Engine.replay`); returns how many were applied.  A chunk's commands
-    without a client order id are read straight from the journal's bytes into records
-    (`Packed`); a chunk with a command that has one is decoded entry by entry."""
+    engine's pipeline (`Engine.replay`); returns how many were applied.  A chunk's commands are
+    read straight from the journal's bytes into records (`Packed`); those with a client order
+    id, and the other entries, are decoded one by one."""
     start = engine.seq
     names = list(engine.books)
     encoded = [n.encode() for n in names]
@@ -81,13 +82,15 @@ def replay(engine: Engine, journal_dir: Path,
     for k, e in enumerate(encoded):
         table[k, :len(e)] = np.frombuffer(e, np.uint8)
     lens = np.array([len(e) for e in encoded], np.int64)
+    codes = {name: k for k, name in enumerate(names)}
 
-    def pack(runs: list[tuple[bytes, np.ndarray, np.ndarray]]) -> Packed | list[Entry]:
+    def pack(runs: list[tuple[bytes, np.ndarray, np.ndarray]]) -> Packed:
         n = sum(len(s) for _, s, _ in runs)
         book = np.empty(n, np.int64)
         recs = np.empty(n, COMMAND_DTYPE)
         raw = recs.view(np.uint8).reshape(n, COMMAND_DTYPE.itemsize)
         others: dict[int, Entry] = {}
+        coids: dict[int, str] = {}
         at = 0
         for buf, starts, ends in runs:
             m = len(starts)
@@ -96,14 +99,17 @@ def replay(engine: Engine, journal_dir: Path,
             rest = np.flatnonzero(book[at:at + m] < 0).tolist()
             if rest:
                 decoded = decode_entries([buf[starts[k]:ends[k]] for k in rest])
-                if any(type(e) is Cmd for e in decoded):  # a client order id: every entry as itself
-                    return decode_entries([buf[a:b] for buf, s, e in runs
-                                           for a, b in zip(s.tolist(), e.tolist(), strict=True)])
-                others.update(zip([at + k for k in rest], decoded, strict=True))
+                for k, e in zip(rest, decoded, strict=True):
+                    if type(e) is Cmd:  # a command with a client order id: its record, and the id
+                        raw[at + k] = np.frombuffer(e.rec, np.uint8)
+                        book[at + k] = codes[e.book]
+                        coids[at + k] = e.coid
+                    else:
+                        others[at + k] = e
             at += m
-        return Packed(names, book, recs, others)
+        return Packed(names, book, recs, others, coids)
 
-    def chunks() -> Iterator[Packed | list[Entry]]:
+    def chunks() -> Iterator[Packed]:
         expect = start + 1
         runs: list[tuple[bytes, np.ndarray, np.ndarray]] = []
         count = 0
@@ -122,9 +128,19 @@ def replay(engine: Engine, journal_dir: Path,
         if runs:
             yield pack(runs)
 
-    def handed(arrays: dict[str, np.ndarray], chunk: Packed | list[Entry]) -> None:
-        entries = [e for _, e in sorted(chunk.others.items())] if type(chunk) is Packed else chunk
+    def handed(arrays: dict[str, np.ndarray], chunk: Packed) -> None:
+        entries = [e for _, e in sorted(chunk.others.items())]
         sink(arrays, [e for e in entries if type(e) is Prov], [e for e in entries if type(e) is Fund])  # type: ignore[misc]
 
-    engine.replay(chunks(), handed if sink is not None else None)
+    # what a replay builds lives on (orders, leases, first answers) and makes no cycles, so the
+    # collector's full sweeps only re-read it, ever larger: a third of a replay's time with client
+    # order ids (docs/perf/order-path.md §21).  Paused for the replay (process-wide: start-up and
+    # `gpux verify` run nothing else that needs it meanwhile), as it was after.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        engine.replay(chunks(), handed if sink is not None else None)
+    finally:
+        if collecting:
+            gc.enable()
     return engine.seq - start

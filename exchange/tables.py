@@ -370,34 +370,38 @@ class ExchangeState(spec.FirstAnswers):
     # ------------------------------------------------------------------ applying events
     def apply(self, book: str, part: np.ndarray, commands: list[Command] | None = None,
               events: list[Event] | None = None, coids: list[str] | None = None,
-              spans: list[tuple[int, int]] | None = None, order: list[int] | None = None) -> None:
+              spans: list[tuple[int, int]] | None = None, order: list[int] | None = None,
+              per_command: list[list[Event]] | None = None) -> None:
         """Apply one book call's events (``part``, EVENT_DTYPE).  With client order ids
         (``coids[i]`` for command i, '' none) the commands, their events as tuples and the spans
         of `exchange.state.split_events` are needed too: the first answer to each client order
-        id is remembered (in journal order, ``order``, by `flush_coids`)."""
+        id is remembered (in journal order, ``order``, by `flush_coids`).  ``per_command``: each
+        command's events already read as tuples (``events`` is not read then)."""
         ci = self._index[book]
         if not coids or not any(coids):
             if len(part):
                 self._run(ci, part, 0, len(part))
             return
-        assert commands is not None and events is not None and spans is not None
+        assert commands is not None and (events is not None or per_command is not None) and spans is not None
         # one kernel call for the whole run: the rows each first answer is made from are copied
         # right after its command's events (marks), as they stood then
         coidx: list[int] = []
         mine: dict[int, str] = {}  # orders accepted here with a client order id
         marks: list[tuple[int, int, int]] = []
         asked: list[tuple[int, int]] = []  # (command, its mark or -1)
+        evs_of: dict[int, list[Event]] = {}  # each such command's events, read once
         for i, (a, b) in enumerate(spans):
             coid = coids[i]
             if not coid:
                 continue
             cmd = commands[i]
-            if b > a and events[a].oid == cmd.oid and events[a].type == EV_ACCEPTED:  # an order accepted with it
+            evs = evs_of[i] = events[a:b] if per_command is None else per_command[i]
+            if evs and evs[0].oid == cmd.oid and evs[0].type == EV_ACCEPTED:  # an order accepted with it
                 coidx.append(a)
                 self.order_coids[cmd.oid] = mine[cmd.oid] = coid
-            if b > a and cmd.type in _ORDER_CMDS:
+            if evs and cmd.type in _ORDER_CMDS:
                 marks.append((b - 1, 0, cmd.oid))
-            elif b > a and cmd.type == CMD_RELEASE:
+            elif evs and cmd.type == CMD_RELEASE:
                 marks.append((b - 1, 1, cmd.lease_id))
             else:
                 asked.append((i, -1))
@@ -405,7 +409,6 @@ class ExchangeState(spec.FirstAnswers):
             asked.append((i, len(marks) - 1))
         cap = self._run(ci, part, 0, len(part), coidx, marks).tolist()
         for i, m in asked:
-            a, b = spans[i]
             cmd = commands[i]
             orders: dict[int, OrderInfo] | None = None  # (None: the state's own, for answers that read none)
             leases: dict[str, LeaseInfo] | None = None
@@ -416,7 +419,7 @@ class ExchangeState(spec.FirstAnswers):
                 elif cap[m][-1]:
                     x = self._lease_of(cap[m])
                     leases[x.ref] = x
-            self._first_answer(book, cmd, events[a:b], coids[i], None if order is None else order[i], orders, leases)
+            self._first_answer(book, cmd, evs_of[i], coids[i], None if order is None else order[i], orders, leases)
 
     # ------------------------------------------------------------------ snapshots
     def to_data(self) -> StateData:

@@ -2,6 +2,7 @@
 
     book = make_book(BookConfig(name="H100"), engine="numba")   # or "reference"
     events = book.process(commands)     # COMMAND_DTYPE array in, EVENT_DTYPE array out
+    book.process(commands, firsts)      # and where each command's events start (int64, n + 1)
     book.state_hash()                   # equal for equal states, across engines
     book.quote(ON_DEMAND, gpus=8, hours=4)  # what such a bid would fill now; changes nothing
     book.validate()                     # derived structures agree with the orders and leases
@@ -27,7 +28,10 @@ __all__ = ["ENGINES", "Book", "BookInvariantError", "make_book", "restore_book"]
 class Book(Protocol):
     cfg: BookConfig
 
-    def process(self, commands: np.ndarray) -> np.ndarray: ...
+    def process(self, commands: np.ndarray, firsts: np.ndarray | None = None) -> np.ndarray:
+        """The events of ``commands``, in order; ``firsts`` (int64, one more than the commands),
+        when given, gets where each command's events start, then their count."""
+        ...
 
     def state_hash(self) -> int: ...
 

@@ -46,7 +46,6 @@ from numba.np.arrayobj import make_array, populate_array
 
 from orderbook import jitcache
 from orderbook import reasons as R
-from orderbook.borrow import borrow
 from orderbook.config import (
     P_GATE_S,
     P_MAX_GPUS,
@@ -185,6 +184,7 @@ T_EXPIRE, T_LEASE_END, T_ASK_START, T_LEASE_START = 0, 1, 2, 3
 
 # batch status
 ST_DONE, ST_NEED_SPACE, ST_ERROR = 0, 1, 2
+_NO_FIRSTS = np.zeros(0, dtype=np.int64)  # `process` without firsts
 
 # what one command may consume at most (checked before it starts)
 LEASE_RESERVE = 65_536
@@ -2363,16 +2363,19 @@ def _on_release(st, C, i):
 # nogil: the books of different GPU classes share nothing, so the engine and the benchmark may
 # run them on threads at once (one core each)
 @njit(cache=True, _nrt=False, nogil=True)
-def process_batch(state, C, first):
-    """Apply commands C[first:] in order.  Returns (status, index of the first command not applied)."""
+def process_batch(state, C, first, F):
+    """Apply commands C[first:] in order.  Returns (status, index of the first command not applied).
+    ``F`` (empty: not wanted): the index of each command's first event, written as it starts."""
     st = _bind(state)
-    C = borrow(C)  # (passed to a call per command: no reference counts, orderbook/borrow.py)
     S = st.S
     n = C.shape[0]
     i = first
+    firsts = F.shape[0] > 0
     while i < n:
         if not _space_ok(st):
             return ST_NEED_SPACE, i
+        if firsts:
+            F[i] = S[S_NEV]
         t = C[i]["time"]
         typ = C[i]["type"]
         if t < S[S_NOW]:
@@ -3331,15 +3334,17 @@ class NumbaBook:
         self._fills = _fills(self.st)  # the empty values its snapshots leave out
 
     # ------------------------------------------------------------------ public API
-    def process(self, commands: np.ndarray) -> np.ndarray:
-        """Apply a batch of command records; return the event records they produced."""
+    def process(self, commands: np.ndarray, firsts: np.ndarray | None = None) -> np.ndarray:
+        """Apply a batch of command records; return the event records they produced.  ``firsts``
+        (int64, one more than the commands): where each command's events start, then their count."""
         if commands.dtype != COMMAND_DTYPE:
             raise TypeError(f"commands must be an array of COMMAND_DTYPE records, not {commands.dtype}")
         C = np.ascontiguousarray(commands)
+        F = _NO_FIRSTS if firsts is None else firsts
         self.st.S[S_NEV] = 0
         i = 0
         while True:
-            status, i = process_batch(self.st, C, i)
+            status, i = process_batch(self.st, C, i, F)
             if status == ST_DONE:
                 break
             if status == ST_ERROR:
@@ -3350,6 +3355,8 @@ class NumbaBook:
             self._grow()
         # a byte copy: numpy copies a structured array field by field (~14x slower, 1 MB a batch)
         n = int(self.st.S[S_NEV])
+        if firsts is not None:
+            firsts[len(C)] = n
         out = np.empty(n, dtype=EVENT_DTYPE)
         out.view(np.uint8)[:] = self.st.E[:n].view(np.uint8)
         return out

@@ -47,7 +47,7 @@ KEEP = 4  # directories of a module kept (the current one included)
 _ORDERBOOK = ("orderbook/__init__.py", "orderbook/jitcache.py")
 SOURCES: dict[str, tuple[str, ...]] = {
     "orderbook.statehash": (*_ORDERBOOK, "orderbook/statehash.py"),
-    "orderbook.fast": (*_ORDERBOOK, "orderbook/borrow.py", "orderbook/fast.py", "orderbook/config.py",
+    "orderbook.fast": (*_ORDERBOOK, "orderbook/fast.py", "orderbook/config.py",
                        "orderbook/invariants.py", "orderbook/quote.py", "orderbook/reasons.py", "orderbook/rules.py",
                        "orderbook/statehash.py", "orderbook/types.py"),
     "clearing.intmap": (*_ORDERBOOK, "clearing/__init__.py", "clearing/intmap.py"),

@@ -107,11 +107,16 @@ class ReferenceBook:
         self._reoffer: set[int] = set()
 
     # ------------------------------------------------------------------ public API
-    def process(self, commands: np.ndarray) -> np.ndarray:
-        """Apply a batch of command records; return the event records they produced."""
+    def process(self, commands: np.ndarray, firsts: np.ndarray | None = None) -> np.ndarray:
+        """Apply a batch of command records; return the event records they produced.  ``firsts``
+        (int64, one more than the commands): where each command's events start, then their count."""
         self._events = []
-        for cmd in commands:
+        for k, cmd in enumerate(commands):
+            if firsts is not None:
+                firsts[k] = len(self._events)
             self._apply({name: int(cmd[name]) for name in commands.dtype.names})
+        if firsts is not None:
+            firsts[len(commands)] = len(self._events)
         out = np.zeros(len(self._events), dtype=EVENT_DTYPE)
         for i, ev in enumerate(self._events):
             for k, v in ev.items():

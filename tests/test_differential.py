@@ -181,3 +181,19 @@ def test_random_streams_reach_every_event_and_most_reasons() -> None:
     never = {R.OK, R.MALFORMED, R.BAD_COMMAND}  # the codec's; unknown types come only from raw bytes
     missing = {R.reason_name(c) for c in set(R.REASONS) - never - seen_reasons}
     assert len(missing) <= 3, f"reason codes the random streams never produce: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("engine", ["reference", "numba"])
+@pytest.mark.parametrize("seed", range(4))
+def test_firsts_say_where_each_commands_events_start(engine: str, seed: int) -> None:
+    """`process(commands, firsts)`: firsts[i] is where command i's events start in the batch's
+    events, firsts[n] their count; the same as processing the commands one at a time (clock
+    commands, whose events have no leading one, and re-offers included), and the same events."""
+    commands = random_stream(np.random.default_rng(100 + seed), 400)
+    firsts = np.full(len(commands) + 1, -1, np.int64)
+    whole = make_book(CFG, engine=engine).process(commands, firsts)
+    book = make_book(CFG, engine=engine)
+    counts = [len(book.process(commands[i:i + 1])) for i in range(len(commands))]
+    assert firsts.tolist() == np.concatenate([[0], np.cumsum(counts)]).tolist()
+    assert firsts[-1] == len(whole) > len(commands)
+    assert make_book(CFG, engine=engine).process(commands).tobytes() == whole.tobytes()

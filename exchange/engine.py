@@ -102,8 +102,8 @@ class Result:
 @dataclass
 class Packed:
     """A chunk of journal entries for `Engine.replay`, read straight from the journal
-    (`exchange.recovery`): every command without a client order id as a record of its class,
-    the other entries decoded.
+    (`exchange.recovery`): every command as a record of its class (with its client order id,
+    if any, beside), the other entries decoded.
 
     ``book[k]`` is the class (an index into ``names``) of entry k when it is a command, -1
     otherwise; ``recs[k]`` its record; ``coids`` the client order ids of the commands that

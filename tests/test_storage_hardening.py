@@ -242,8 +242,13 @@ def test_after_a_full_disk_the_exchange_resumes_by_itself(tmp_path: Path, mode: 
     account = 0
     keys: dict = {}
 
+    # "sync": the ask's own batch must be the first whose fsync fails (then it is held); a clock
+    # batch journaled between the disk filling and the ask's arrival would fail first, and the
+    # ask, queued behind it, be refused instead (seen once on a loaded machine): no clock batches
+    quiet = {"clock_interval_s": 3600} if mode == "sync" else {}
+
     async def scenario() -> None:
-        async with running_exchange(data, segment_bytes=1024) as x:
+        async with running_exchange(data, segment_bytes=1024, **quiet) as x:
             nonlocal account, keys
             c = x.client("p", "provider")
             account = x.keys["p"][0]

@@ -97,23 +97,6 @@ def split_events(commands: list[Command], events: list[Event]) -> list[tuple[int
     return spans
 
 
-def split_event_array(clock_first: bool, n_commands: int, events: np.ndarray) -> list[tuple[int, int]]:
-    """`split_events` from the events' array: the same spans, found with numpy.  Only the first of
-    the ``n_commands`` may be a clock command (``clock_first``), as `split_events` requires."""
-    t = events["type"]
-    lead = np.flatnonzero((t == EV_ACCEPTED) | (t == EV_REJECTED) | (t == EV_AMENDED) | (t == EV_RELEASED)
-                          | ((t == EV_CANCELLED) & (events["reason"] == END_USER))).tolist()
-    if len(lead) != n_commands - clock_first:
-        raise AssertionError(f"{len(lead)} leading events for {n_commands - clock_first} non-clock commands")
-    if clock_first:
-        lead.insert(0, 0)
-    elif lead and lead[0] != 0:
-        raise AssertionError("events before the first command's leading event")
-    elif not lead and len(events):
-        raise AssertionError("events left over after the last command")
-    return list(zip(lead, [*lead[1:], len(events)], strict=True))
-
-
 def _leading(ev: Event) -> bool:
     t = ev.type
     return (t == EV_ACCEPTED or t == EV_REJECTED or t == EV_AMENDED or t == EV_RELEASED
@@ -232,7 +215,7 @@ class ReferenceState(FirstAnswers):
               spans: list[tuple[int, int]] | None = None,
               order: list[int] | None = None) -> list[tuple[int, int]] | None:
         """Apply one book's commands and the events they produced; returns the spans of
-        `split_events` (or ``spans``, when the caller has them: `split_event_array`).
+        `split_events` (or ``spans``, when the caller has them: the book's ``firsts``).
         ``coids[i]`` is the client order id command i carried ('' none); the first answer to
         each is remembered by `answer_of` for idempotent retries.  ``commands`` may be None
         when ``spans`` are given and no command carries a client order id."""

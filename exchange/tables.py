@@ -374,7 +374,7 @@ class ExchangeState(spec.FirstAnswers):
               per_command: list[list[Event]] | None = None) -> None:
         """Apply one book call's events (``part``, EVENT_DTYPE).  With client order ids
         (``coids[i]`` for command i, '' none) the commands, their events as tuples and the spans
-        of `exchange.state.split_events` are needed too: the first answer to each client order
+        of their events (from the book's ``firsts``) are needed too: the first answer to each client order
         id is remembered (in journal order, ``order``, by `flush_coids`).  ``per_command``: each
         command's events already read as tuples (``events`` is not read then)."""
         ci = self._index[book]

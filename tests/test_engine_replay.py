@@ -388,7 +388,7 @@ def test_each_command_gets_the_events_the_book_gives_it_alone(seed: int) -> None
 
 @pytest.mark.parametrize("seed", range(6))
 def test_split_events_gives_every_event_to_one_command(seed: int) -> None:
-    """`split_events` on book calls that start at a clock (as Engine.apply makes them): the spans
+    """`split_events` (the reference state's) on book calls that start at a clock: the spans
     partition the events, each non-clock command has one leading event, first, and a clock none;
     every span is exactly what the book gives that command alone."""
     rng = random.Random(seed)
@@ -720,3 +720,26 @@ def test_the_client_order_ids_remembered_do_not_depend_on_the_batches(monkeypatc
     # the ones kept are the last 30 journaled with an id
     journaled = [(e.book, e.coid) for e in entries if type(e) is Cmd and e.coid]
     assert [coid for _, coid in journaled[-30:]] == [coid for _, coid in whole.state.coids]
+
+
+def test_recovery_pauses_the_collector_and_restores_it(tmp_path: Path) -> None:
+    """What a replay builds lives on and makes no cycles: recovery pauses Python's collector
+    while it replays (its full sweeps were a third of a replay with client order ids) and leaves
+    it as it found it, on or off."""
+    import gc
+
+    from exchange import recovery as R
+
+    entries = list(funded_entries(3, 200))
+    write_journal(tmp_path / "journal", entries, random.Random(3), segment_bytes=3000)
+    seen: list[bool] = []
+    for was in (True, False):
+        (gc.enable if was else gc.disable)()
+        try:
+            engine = Engine(INSTRUMENTS, "numba", threads=1)
+            R.replay(engine, tmp_path / "journal", lambda *_: seen.append(gc.isenabled()))
+            engine.close()
+            assert gc.isenabled() == was
+        finally:
+            gc.enable()
+    assert seen and not any(seen)
